@@ -1,0 +1,202 @@
+"""LoRA: low-rank adapters on a frozen model, saved and loaded in Hugging Face PEFT's format.
+
+A `LoRALinear` is an `nn.Linear` that keeps its frozen `weight` under the same name and adds
+`lora_A`/`lora_B`, so a model with adapters still loads and saves base weights by their Hugging Face
+names, and PEFT's adapter keys are ours with a prefix and a `.weight` suffix.
+"""
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model.checkpoint import replace_directory
+from model.mistral import Mistral
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PEFT_PREFIX = "base_model.model."
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 32
+    alpha: float = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")
+    use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r (PEFT's rsLoRA)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoRALinear(nn.Linear):
+    """y = x W^T + scaling * dropout(x) A^T B^T, with W frozen and A, B trained."""
+
+    def __init__(self, linear: nn.Linear, config: LoRAConfig):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.weight.requires_grad_(False)
+        self.bias = None
+        # Adapter weights stay fp32 whatever the base dtype: they are the optimizer's master copy.
+        device = self.weight.device
+        self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, device=device))
+        if device.type != "meta":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's (and nn.Linear's) init
+        self.scaling = config.scaling
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        if self.merged:
+            return y
+        update = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        return y + update * self.scaling
+
+    def delta(self) -> torch.Tensor:
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight.copy_((self.weight.float() - self.delta()).to(self.weight.dtype))
+            self.merged = False
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+def apply_lora(model: Mistral, config: LoRAConfig) -> str:
+    """Wrap the target projections of every decoder layer and freeze everything else.
+
+    Returns a one-line summary of trainable and total parameters.
+    """
+    unknown = set(config.targets) - set(PROJECTIONS)
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {', '.join(PROJECTIONS)}")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for layer in model.model.layers:
+        for block in (layer.self_attn, layer.mlp):
+            for name in config.targets:
+                if isinstance(getattr(block, name, None), nn.Linear):
+                    setattr(block, name, LoRALinear(getattr(block, name), config))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}: " \
+           f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+
+
+def merge_lora(model: Mistral) -> Mistral:
+    """Fold every adapter into its base weight and put plain `nn.Linear`s back (for `save_model`)."""
+    for name, module in lora_layers(model).items():
+        module.merge()
+        parent_name, _, child = name.rpartition(".")
+        plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        plain.weight = module.weight
+        setattr(model.get_submodule(parent_name), child, plain)
+    return model
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights under PEFT's key names."""
+    return {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(module, part).detach().float().cpu().contiguous()
+            for name, module in lora_layers(model).items() for part in ("lora_A", "lora_B")}
+
+
+def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str) -> None:
+    """Write `adapter_model.safetensors` and `adapter_config.json` as PEFT does, atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(adapter_state_dict(model), building / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        peft_config = {
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+            "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+            "target_modules": sorted(config.targets), "bias": "none", "use_rslora": config.use_rslora,
+            "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+            "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+        }
+        (building / ADAPTER_CONFIG).write_text(json.dumps(peft_config, indent=2))
+        replace_directory(building, out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str]:
+    """The LoRA settings of a twin- or PEFT-made adapter, and the base model it was trained on."""
+    config_file = Path(adapter_dir) / ADAPTER_CONFIG
+    try:
+        peft = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"{config_file}: missing (is {adapter_dir} a LoRA adapter directory?)") from None
+    except json.JSONDecodeError as error:
+        raise AdapterError(f"{config_file}: not valid JSON ({error})") from None
+    refused = {"peft_type": ("LORA",), "bias": ("none",), "use_dora": (False,), "fan_in_fan_out": (False,),
+               "layers_to_transform": (None,), "rank_pattern": ({},), "alpha_pattern": ({},),
+               "modules_to_save": (None, [])}
+    for key, allowed in refused.items():
+        value = peft.get(key, allowed[0])
+        if value not in allowed:
+            raise AdapterError(f"{config_file}: {key} = {value!r} is not supported (expected {allowed[0]!r})")
+    targets = peft.get("target_modules") or []
+    if isinstance(targets, str) or not set(targets) <= set(PROJECTIONS):
+        raise AdapterError(f"{config_file}: target_modules {targets!r} must be a list drawn from {PROJECTIONS}")
+    config = LoRAConfig(r=peft["r"], alpha=peft["lora_alpha"], dropout=peft.get("lora_dropout", 0.0),
+                        targets=tuple(sorted(targets)), use_rslora=peft.get("use_rslora", False))
+    return config, peft.get("base_model_name_or_path") or ""
+
+
+def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
+    """Put a twin- or PEFT-made adapter on `model` (adding the LoRA layers it needs)."""
+    config, _ = read_adapter_config(adapter_dir)
+    weights_file = Path(adapter_dir) / ADAPTER_WEIGHTS
+    try:
+        state = load_file(weights_file)
+    except FileNotFoundError:
+        raise AdapterError(f"{weights_file}: missing") from None
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise AdapterError(f"{weights_file}: not a safetensors file ({error})") from None
+    if not lora_layers(model):
+        apply_lora(model, config)
+    # PEFT names the adapter inside the key while training ("lora_A.default.weight"), not on disk.
+    state = {key.replace(".default.weight", ".weight"): value for key, value in state.items()}
+    expected = adapter_state_dict(model)
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    if missing or unexpected:
+        raise AdapterError(f"{weights_file}: does not fit the model (missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]})")
+    for name, module in lora_layers(model).items():
+        for part in ("lora_A", "lora_B"):
+            tensor = state[f"{PEFT_PREFIX}{name}.{part}.weight"]
+            param = getattr(module, part)
+            if tensor.shape != param.shape:
+                raise AdapterError(f"{weights_file}: {name}.{part} has shape {list(tensor.shape)}, "
+                                   f"the model needs {list(param.shape)}")
+            with torch.no_grad():
+                param.copy_(tensor)
+    return config

@@ -1,0 +1,233 @@
+"""Hugging Face checkpoints in and out: a local directory or a Hub repo id, safetensors or .bin.
+
+Loading builds the model on the meta device and reads each tensor straight into its final dtype and
+device, so the weights are never in memory twice. Safetensors are read with plain file reads into
+the destination tensor rather than through a memory map: a map's pages count as the process's
+memory until it is closed, which would double the peak for a single-file checkpoint.
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.mistral import Mistral, MistralConfig
+from model.tokenizer import Tokenizer
+
+TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.json"]
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+                      "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+# Older Llama checkpoints store rotary frequencies; we compute them, so these keys are not weights.
+IGNORED_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file or tensor and what is wrong."""
+
+
+def resolve_checkpoint(path_or_repo: str | os.PathLike) -> Path:
+    """A local directory as it is, or a Hub repo id downloaded (config, tokenizer and weights only)."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_repo)
+    if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise CheckpointError(f"{name}: not a checkpoint directory and not a Hugging Face repo id")
+    from huggingface_hub import snapshot_download  # the only network access twin makes, and only here
+
+    wanted = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+    try:
+        local = Path(snapshot_download(name, allow_patterns=wanted))
+        if not any(local.glob("*.safetensors")):  # an old repo with pickled weights only
+            local = Path(snapshot_download(name, allow_patterns=[*wanted, "pytorch_model*.bin",
+                                                                 "pytorch_model.bin.index.json"]))
+    except Exception as error:  # network, authentication, missing repo: say which and stop
+        raise CheckpointError(f"{name}: could not download from the Hugging Face Hub "
+                              f"({type(error).__name__}: {error})") from None
+    return local
+
+
+def load_config(directory: Path) -> MistralConfig:
+    config_file = directory / "config.json"
+    try:
+        return MistralConfig.from_hf(json.loads(config_file.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_file}: missing") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_file}: not valid JSON ({error})") from None
+    except KeyError as error:
+        raise CheckpointError(f"{config_file}: required field {error} is missing") from None
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{config_file}: {error}") from None
+
+
+def read_safetensors_header(file: Path) -> tuple[dict, int]:
+    """The tensor table of a .safetensors file and the byte offset where tensor data begins."""
+    try:
+        with open(file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len <= 0 or header_len > os.path.getsize(file) - 8:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(header_len))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: not a safetensors file ({error})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + header_len
+
+
+def read_safetensors_tensor(f, info: dict, data_start: int, file: Path, name: str) -> torch.Tensor:
+    """Read one tensor's bytes into a fresh tensor of the file's dtype."""
+    if info["dtype"] not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
+    tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    if tensor.numel() * tensor.element_size() != end - begin:
+        raise CheckpointError(f"{file}: tensor {name} has {end - begin} bytes for shape {info['shape']}")
+    f.seek(data_start + begin)
+    if f.readinto(memoryview(tensor.view(torch.uint8).numpy()).cast("B")) != end - begin:
+        raise CheckpointError(f"{file}: truncated inside tensor {name}")
+    return tensor
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The checkpoint's weight files, from its index when sharded."""
+    for index_name, single_name in [("model.safetensors.index.json", "model.safetensors"),
+                                    ("pytorch_model.bin.index.json", "pytorch_model.bin")]:
+        index_file = directory / index_name
+        if index_file.exists():
+            try:
+                weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise CheckpointError(f"{index_file}: not a valid index ({error!r})") from None
+            files = [directory / name for name in dict.fromkeys(weight_map.values())]
+            for file in files:
+                if not file.exists():
+                    raise CheckpointError(f"{file}: shard listed in {index_name} is missing")
+            return files
+        if (directory / single_name).exists():
+            return [directory / single_name]
+    raise CheckpointError(f"{directory}: no model.safetensors, sharded safetensors or pytorch_model.bin")
+
+
+def iterate_checkpoint(files: list[Path], expected: dict[str, torch.Size]):
+    """Yield (name, tensor) for every weight, after checking names and shapes against `expected`."""
+    safetensors = files[0].suffix == ".safetensors"
+    if safetensors:  # check every name and shape before reading a single byte of data
+        headers = [(file, *read_safetensors_header(file)) for file in files]
+        found = {name: (file, info["shape"]) for file, header, _ in headers for name, info in header.items()}
+        check_names_and_shapes(found, expected)
+        for file, header, data_start in headers:
+            with open(file, "rb") as f:
+                for name, info in header.items():
+                    if name in expected:
+                        yield name, read_safetensors_tensor(f, info, data_start, file, name)
+        return
+    found = {}
+    for file in files:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # a pickle we refuse to execute, or a damaged file
+            raise CheckpointError(f"{file}: cannot be read as plain tensors ({error})") from None
+        found.update({name: (file, list(tensor.shape)) for name, tensor in state.items()})
+        for name, tensor in state.items():
+            if name in expected:
+                if list(tensor.shape) != list(expected[name]):
+                    check_names_and_shapes({name: (file, list(tensor.shape))}, {name: expected[name]})
+                yield name, tensor
+        del state
+    check_names_and_shapes(found, expected)
+
+
+def check_names_and_shapes(found: dict[str, tuple[Path, list[int]]], expected: dict[str, torch.Size]):
+    unexpected = [name for name in found if name not in expected and not IGNORED_KEYS.match(name)]
+    if unexpected:
+        file = found[unexpected[0]][0]
+        raise CheckpointError(f"{file}: unexpected tensors {unexpected[:5]}"
+                              + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+    missing = [name for name in expected if name not in found]
+    if missing:
+        raise CheckpointError(f"checkpoint is missing tensors {missing[:5]}"
+                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    for name, (file, shape) in found.items():
+        if name in expected and list(shape) != list(expected[name]):
+            raise CheckpointError(f"{file}: tensor {name} has shape {list(shape)}, "
+                                  f"the config needs {list(expected[name])}")
+
+
+def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, attribute = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    module._parameters[attribute] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+
+
+def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+               device: torch.device | str = "cpu") -> Mistral:
+    """A Hugging Face Mistral or Llama checkpoint as a `Mistral` in `dtype` on `device`."""
+    directory = resolve_checkpoint(path_or_repo)
+    config = load_config(directory)
+    with torch.device("meta"):
+        model = Mistral(config)
+    expected = {name: p.shape for name, p in model.named_parameters()}  # a tied head appears once
+    for name, tensor in iterate_checkpoint(weight_files(directory), expected):
+        assign_parameter(model, name, tensor.to(device=device, dtype=dtype))
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer:
+    """The checkpoint's tokenizer, checked to fit the model's embedding table."""
+    directory = resolve_checkpoint(path_or_repo)
+    tokenizer = Tokenizer.from_dir(directory)
+    config_file = directory / "config.json"
+    if config_file.exists():
+        vocab_size = load_config(directory).vocab_size
+        if tokenizer.vocab_size > vocab_size:
+            raise CheckpointError(f"{directory}: the tokenizer has ids up to {tokenizer.vocab_size - 1}, "
+                                  f"but the model's embedding has only {vocab_size} rows")
+    return tokenizer
+
+
+def save_model(model: Mistral, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None,
+               max_shard_size: str = "5GB") -> None:
+    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+    The directory is built under a temporary name and renamed into place, so an interrupted save
+    never leaves a half-written model where a good one was.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: p.detach() for name, p in model.named_parameters()}  # a tied head appears once
+    dtype = next(iter(state.values())).dtype
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_torch_state_dict(state, building, max_shard_size=max_shard_size)
+        (building / "config.json").write_text(json.dumps(model.config.to_hf(dtype), indent=2))
+        if tokenizer is not None:
+            tokenizer.save(building)
+        replace_directory(building, out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Move `new` to `target`, replacing what was there only once `new` is complete."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, target)

@@ -1,0 +1,295 @@
+"""The Mistral decoder (and Llama, which is Mistral without a sliding window) in one file.
+
+Parameter names equal Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so loading a
+checkpoint is a plain copy of tensors, and rotary embeddings use Hugging Face's rotate-half layout,
+so neither checkpoints nor LoRA adapters need their q/k rows permuted.
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entropy default)
+
+
+@dataclass
+class MistralConfig:
+    vocab_size: int = 32002
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 32768
+    sliding_window: int | None = 4096  # None: full causal attention
+    tie_word_embeddings: bool = False
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    model_type: str = "mistral"
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "MistralConfig":
+        """Read a Hugging Face `config.json` dict; refuse what this architecture does not compute."""
+        model_type = hf.get("model_type")
+        if model_type not in ("mistral", "llama"):
+            raise ValueError(f"model_type {model_type!r} is not supported (only 'mistral' and 'llama')")
+        refused = {
+            "hidden_act": (hf.get("hidden_act", "silu"), ("silu",)),
+            "attention_bias": (hf.get("attention_bias", False), (False,)),
+            "mlp_bias": (hf.get("mlp_bias", False), (False,)),
+            "rope_scaling": (hf.get("rope_scaling"), (None,)),
+            "pretraining_tp": (hf.get("pretraining_tp", 1), (1,)),
+        }
+        # transformers 5 writes rope settings as `rope_parameters`, older versions as `rope_theta`.
+        rope = hf.get("rope_parameters") or {}
+        if rope:
+            refused["rope_parameters.rope_type"] = (rope.get("rope_type", "default"), ("default",))
+        for field_name, (value, allowed) in refused.items():
+            if value not in allowed:
+                raise ValueError(f"{field_name} = {value!r} is not supported (expected {allowed[0]!r})")
+        eos = hf.get("eos_token_id", 2)
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=hf["num_attention_heads"],
+            num_key_value_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim"),
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            sliding_window=hf.get("sliding_window") if model_type == "mistral" else None,
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            bos_token_id=hf.get("bos_token_id", 1),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            model_type=model_type,
+        )
+
+    def to_hf(self, dtype: torch.dtype) -> dict:
+        """The `config.json` dict that transformers reads back into the same architecture."""
+        hf = asdict(self)
+        hf["architectures"] = ["MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"]
+        hf["hidden_act"] = "silu"
+        hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+        if self.model_type == "llama":
+            del hf["sliding_window"]
+        return hf
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 and cast back before the weight, as the reference does, so bf16 matches it.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos and sin of each position's rotation, [batch, seq, head_dim], in rotate-half layout."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
+    angles = position_ids.float()[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` tokens."""
+
+    def __init__(self, config: MistralConfig, batch_size: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0  # tokens stored; advanced by the model after all layers have written
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys/values and return all of them so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after the first `length` tokens (to re-sample a reply)."""
+        self.length = min(self.length, length)
+
+
+def attention_mask(query_len: int, key_len: int, window: int | None,
+                   document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask [batch or 1, 1, query, key] of what each query may attend to; None for plain causal.
+
+    Queries are the last `query_len` of `key_len` tokens. A token sees itself and up to `window - 1`
+    tokens before it, and only tokens of its own document (packed rows hold several sessions).
+    """
+    if document_ids is None and query_len == key_len and (window is None or key_len <= window):
+        return None
+    query_pos = torch.arange(key_len - query_len, key_len, device=device)[:, None]
+    key_pos = torch.arange(key_len, device=device)[None, :]
+    allowed = key_pos <= query_pos
+    if window is not None:
+        allowed = allowed & (query_pos - key_pos < window)
+    if document_ids is not None:
+        same_document = document_ids[:, :, None] == document_ids[:, None, :]
+        return (allowed & same_document)[:, None]
+    return allowed[None, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MistralConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None, layer_index: int):
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer_index, k, v)
+        # Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads.
+        # Expanding them explicitly keeps every SDPA kernel (flash, memory-efficient, math) available.
+        repeats = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        is_causal = mask is None and seq > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MistralConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: MistralConfig, index: int):
+        super().__init__()
+        self.index = index
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, self.index)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class MistralBody(nn.Module):
+    """Everything but the LM head; named `model` in the checkpoint."""
+
+    def __init__(self, config: MistralConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Mistral(nn.Module):
+    def __init__(self, config: MistralConfig):
+        super().__init__()
+        self.config = config
+        self.model = MistralBody(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Recompute each decoder layer's activations in the backward pass instead of storing them.
+        self.activation_checkpointing = False
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                labels: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab]; or, given `labels`, the summed cross-entropy over the labelled
+        positions (fp32 scalar); or, with `return_hidden`, the final normalised hidden states.
+
+        `position_ids`/`document_ids` [batch, seq] describe packed rows: positions restart at 0 for
+        each document and no token attends to another document. `kv_cache` serves decoding: the
+        tokens continue what the cache holds, and the cache grows by them.
+        """
+        batch, seq = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None and document_ids is not None:
+            raise ValueError("document_ids (packed rows) cannot be combined with a KV cache")
+        if kv_cache is not None and past + seq > kv_cache.max_len:
+            raise ValueError(f"KV cache holds {kv_cache.max_len} tokens; {past} + {seq} do not fit")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + seq, device=input_ids.device).expand(batch, seq)
+
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        mask = attention_mask(seq, past + seq, self.config.sliding_window, document_ids, x.device)
+        for layer in self.model.layers:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, kv_cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += seq
+        x = self.model.norm(x)
+
+        if return_hidden:
+            return x
+        if labels is not None:
+            return chunked_cross_entropy(x, self.lm_head, labels)
+        return self.lm_head(x)
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
+                          chunk_tokens: int = 2048) -> torch.Tensor:
+    """Summed cross-entropy of the labelled positions, never holding their full-vocabulary logits.
+
+    Only labelled positions get logits at all, and each chunk's LM head and loss are recomputed in
+    the backward pass, so memory holds one chunk of [chunk_tokens, vocab] fp32 logits at a time.
+    """
+    labels = labels.reshape(-1)
+    keep = labels != IGNORE_INDEX
+    hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels[keep]
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(lm_head(h).float(), y, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, labels.numel(), chunk_tokens):
+        h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
+        if torch.is_grad_enabled():
+            total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
+        else:
+            total = total + chunk_loss(h, y)
+    return total

@@ -1,0 +1,135 @@
+"""The model holds to transformers' Mistral/Llama on tiny random configs."""
+import pytest
+import torch
+
+from model import KVCache, MistralConfig, load_model
+from model.mistral import IGNORE_INDEX
+from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
+
+CONFIGS = {
+    "gqa": tiny_config(),
+    "mha": tiny_config(num_key_value_heads=4),
+    "window-shorter-than-sequence": tiny_config(sliding_window=7),
+    "tied-head": tiny_config(tie_word_embeddings=True),
+    "head-dim-override": tiny_config(head_dim=24),
+    "vocab-32002": tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64, num_hidden_layers=1),
+    "llama": tiny_config(model_type="llama", rope_theta=500000.0),
+}
+
+
+def reference_and_ours(tmp_path, config: MistralConfig, dtype=torch.float32, shard=False):
+    hf_model = hf_reference(config)
+    save_hf_checkpoint(hf_model, tmp_path, max_shard_size="200KB" if shard else "5GB")
+    return hf_model, load_model(tmp_path, dtype=dtype).eval()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("shard", [False, True], ids=["single-file", "sharded"])
+def test_logits_match_transformers_fp32(tmp_path, name, shard):
+    config = CONFIGS[name]
+    hf_model, ours = reference_and_ours(tmp_path, config, shard=shard)
+    if shard:
+        assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    ids = torch.randint(0, config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf_model(ids).logits
+        got = ours(ids)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_logits_match_transformers_bf16(tmp_path):
+    """In bf16 both implementations round differently; ours must be no further from the fp32 truth
+    than transformers' own bf16 run is (plus a little), which is what 'as exact as the reference' means."""
+    config = tiny_config(sliding_window=9)
+    hf_model, ours = reference_and_ours(tmp_path, config, dtype=torch.bfloat16)
+    ids = torch.randint(0, config.vocab_size, (2, 31), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        truth = hf_model(ids).logits
+        hf_bf16 = hf_model.to(torch.bfloat16)(ids).logits.float()
+        ours_bf16 = ours(ids).float()
+    reference_error = (hf_bf16 - truth).abs().max().item()
+    our_error = (ours_bf16 - truth).abs().max().item()
+    assert our_error <= 1.5 * reference_error + 1e-3, (our_error, reference_error)
+    assert (ours_bf16 - hf_bf16).abs().max().item() <= 2 * reference_error + 1e-3
+
+
+def test_packed_row_equals_sessions_run_alone():
+    config = tiny_config(sliding_window=6)
+    model = random_model(config)
+    lengths = [5, 9, 4]
+    sessions = [torch.randint(0, config.vocab_size, (1, n)) for n in lengths]
+    row = torch.cat(sessions, dim=1)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    document_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    with torch.no_grad():
+        packed = model(row, position_ids=position_ids, document_ids=document_ids)
+        alone = torch.cat([model(s) for s in sessions], dim=1)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_prefill_and_decode_equal_full_forward():
+    config = tiny_config(sliding_window=5)
+    model = random_model(config)
+    ids = torch.randint(0, config.vocab_size, (1, 12))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(config, batch_size=1, max_len=16, dtype=torch.float32, device="cpu")
+        steps = [model(ids[:, :7], kv_cache=cache)]  # prefill
+        steps += [model(ids[:, i:i + 1], kv_cache=cache) for i in range(7, 10)]  # decode
+        steps.append(model(ids[:, 10:], kv_cache=cache))  # a chunk after decoding
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.length == 12
+
+
+def test_kv_cache_overflow_is_refused():
+    config = tiny_config()
+    model = random_model(config)
+    cache = KVCache(config, batch_size=1, max_len=4, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="KV cache holds 4 tokens"):
+        model(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
+
+
+def test_loss_from_labels_equals_full_cross_entropy_and_its_gradient():
+    config = tiny_config()
+    model = random_model(config).train()
+    ids = torch.randint(0, config.vocab_size, (2, 10))
+    labels = ids.roll(-1, dims=1)
+    labels[:, -1] = IGNORE_INDEX
+    labels[0, :3] = IGNORE_INDEX
+    model.activation_checkpointing = True
+    chunked = model(ids, labels=labels)
+    chunked.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing = False
+    logits = model(ids)
+    full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    full.backward()
+    torch.testing.assert_close(chunked, full, atol=1e-4, rtol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_loss_chunks_smaller_than_the_batch_give_the_same_sum():
+    from model.mistral import chunked_cross_entropy
+
+    config = tiny_config()
+    model = random_model(config)
+    hidden = torch.randn(2, 9, config.hidden_size)
+    labels = torch.randint(0, config.vocab_size, (2, 9))
+    with torch.no_grad():
+        one = chunked_cross_entropy(hidden, model.lm_head, labels, chunk_tokens=1000)
+        many = chunked_cross_entropy(hidden, model.lm_head, labels, chunk_tokens=4)
+    torch.testing.assert_close(one, many)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model_type", "gpt2", "model_type 'gpt2' is not supported"),
+    ("hidden_act", "gelu", "hidden_act = 'gelu' is not supported"),
+    ("rope_scaling", {"type": "linear", "factor": 2.0}, "rope_scaling"),
+])
+def test_unsupported_config_values_are_named(field, value, message):
+    hf = tiny_config().to_hf(torch.float32)
+    hf[field] = value
+    with pytest.raises(ValueError, match=message):
+        MistralConfig.from_hf(hf)
