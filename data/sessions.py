@@ -65,7 +65,7 @@ def read_sessions_file(path: str | os.PathLike) -> list[Session]:
     except json.JSONDecodeError:
         # Not JSON Lines: the whole file may be one (pretty-printed) session.
         return [_session_from_json(_parse_json(text, path, "the file"), f"{path}")]
-    return [_session_from_json(_parse_json(line, path, f"line {number}"), f"{path}:{number}")
+    return [_session_from_json(_parse_json(line, path, f"line {number}"), f"{path}: line {number}")
             for number, line in lines]
 
 
@@ -119,10 +119,15 @@ def _sessions_from_doppelganger(value, path: Path) -> list[Session]:
             if (not isinstance(entry, dict) or not isinstance(entry.get("author"), str)
                     or not entry["author"] or not isinstance(entry.get("text"), str)):
                 raise DataError(f"{where}: each message must be an object with author and text strings")
-            messages = entry["text"].removeprefix(">>> ").split("\n>>> ")
+            messages = [message for message in entry["text"].removeprefix(">>> ").split("\n>>> ")
+                        if message.strip()]
+            if not messages:
+                continue
             if session.turns and session.turns[-1].speaker == entry["author"]:
                 session.turns[-1].messages.extend(messages)
             else:
                 session.turns.append(Turn(entry["author"], messages))
+        if not session.turns:
+            raise DataError(f"{where}: no message has any text")
         sessions.append(session)
     return sessions

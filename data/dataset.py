@@ -1,0 +1,197 @@
+"""From a Telegram export to packed training and validation rows: what train.py and evaluate.py call.
+
+    sessions (data.telegram) -> validation split -> ChatML pieces (data.chatml) -> rows (data.packing)
+
+Tokenized rows are cached on disk, so a second run, or the other ranks of a distributed run once the
+first rank has written the cache, skip tokenizing.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.chatml import RenderedSession, split_to_fit
+from data.packing import PackedRows, pack
+from data.sessions import DataError, Session
+from data.telegram import ConversionReport, ExportOptions, load_sessions
+from model.tokenizer import Tokenizer
+
+TRAIN_ON = ("all", "target")
+CACHE_FORMAT = 1  # bump when rendering or packing changes what the same inputs produce
+ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
+
+
+@dataclass
+class DataConfig:
+    seq_len: int = 1024
+    train_on: str = "all"  # "all": learn every speaker's turns; "target": only the target's
+    val_fraction: float = 0.02  # of sessions, held out for validation
+    export: ExportOptions = field(default_factory=ExportOptions)
+
+    def __post_init__(self):
+        if self.train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be positive, got {self.seq_len}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class DataReport:
+    conversion: ConversionReport
+    train_sessions: int
+    val_sessions: int
+    tokens: int  # in all pieces, trained or context, padding not counted
+    trained_tokens: int
+    tokens_cut: int  # dropped from turns too long for a row
+    train_rows: int
+    val_rows: int
+    seq_len: int
+    utilization: float  # of the training rows
+
+    def summary(self) -> str:
+        return "\n".join([
+            self.conversion.summary(),
+            f"sessions: {self.train_sessions:,} for training, "
+            f"{self.val_sessions:,} held out for validation",
+            f"tokens: {self.tokens:,}, {self.trained_tokens:,} of them trained, "
+            f"{self.tokens_cut:,} cut from turns longer than a row",
+            f"rows of {self.seq_len} tokens: {self.train_rows:,} training, "
+            f"{self.val_rows:,} validation, training rows {self.utilization:.1%} filled",
+        ])
+
+
+@dataclass
+class PreparedData:
+    train_rows: PackedRows
+    val_rows: PackedRows
+    val_sessions: list[Session]  # held out, for evaluating per speaker
+    target: str
+    report: DataReport
+
+    def summary(self) -> str:
+        return self.report.summary()
+
+
+def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
+                 cache_dir: str | Path | None = None) -> PreparedData:
+    """Convert the export at `path`, hold out validation sessions, tokenize and pack them.
+
+    With `cache_dir`, the rows are read from there when the same sessions were tokenized before with
+    the same tokenizer and settings, and written there otherwise.
+    """
+    sessions, conversion = load_sessions(path, config.export)
+    fingerprints = [session_fingerprint(session) for session in sessions]
+    held_out = validation_mask(fingerprints, config.val_fraction)
+    train = [session for session, out in zip(sessions, held_out) if not out]
+    val = [session for session, out in zip(sessions, held_out) if out]
+    if not train:
+        raise DataError(f"{path}: no sessions to train on; `python -m data.telegram {path} "
+                        "-o sessions.jsonl` lists what the conversion skipped")
+
+    cache_file = None
+    if cache_dir is not None:
+        key = _cache_key(fingerprints, tokenizer, config)
+        cache_file = Path(cache_dir) / f"tokens-{key}.npz"
+    if cache_file is not None and cache_file.exists():
+        train_rows, val_rows, tokens_cut = _load_rows(cache_file)
+    else:
+        trained_speakers = {conversion.target} if config.train_on == "target" else None
+        train_pieces, train_cut = _tokenize(train, tokenizer, config.seq_len, trained_speakers)
+        val_pieces, val_cut = _tokenize(val, tokenizer, config.seq_len, trained_speakers)
+        train_rows, val_rows = pack(train_pieces, config.seq_len), pack(val_pieces, config.seq_len)
+        tokens_cut = train_cut + val_cut
+        if cache_file is not None:
+            _save_rows(cache_file, train_rows, val_rows, tokens_cut)
+
+    report = DataReport(
+        conversion=conversion, train_sessions=len(train), val_sessions=len(val),
+        tokens=int(train_rows.lengths.sum() + val_rows.lengths.sum()),
+        trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens, tokens_cut=tokens_cut,
+        train_rows=len(train_rows), val_rows=len(val_rows), seq_len=config.seq_len,
+        utilization=train_rows.utilization)
+    return PreparedData(train_rows, val_rows, val, conversion.target, report)
+
+
+def session_fingerprint(session: Session) -> str:
+    """A hash of everything in the session, independent of where it sits in the export."""
+    content = json.dumps(dataclasses.asdict(session), ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def validation_mask(fingerprints: list[str], fraction: float) -> list[bool]:
+    """Which sessions to hold out: those whose hash falls below `fraction`; at least one of two or
+    more, none of a single one.
+
+    Each session's fate depends on its own content only, so the split is the same in every run and
+    for any order of the input, and a later, longer export of the same chats holds out the same old
+    sessions (the one picked to reach the minimum of one aside): none of them leaks into training.
+    """
+    if len(fingerprints) < 2:
+        return [False] * len(fingerprints)
+    positions = [int(fingerprint[:16], 16) / 16 ** 16 for fingerprint in fingerprints]
+    held_out = [position < fraction for position in positions]
+    if fraction > 0 and not any(held_out):
+        held_out[positions.index(min(positions))] = True
+    return held_out
+
+
+def _tokenize(sessions: list[Session], tokenizer: Tokenizer, seq_len: int,
+              trained_speakers: set[str] | None) -> tuple[list[RenderedSession], int]:
+    pieces, cut = [], 0
+    for session in tqdm(sessions, desc="tokenizing", unit="session", leave=False):
+        session_pieces, session_cut = split_to_fit(session.turns, tokenizer, seq_len,
+                                                   trained_speakers=trained_speakers)
+        pieces += session_pieces
+        cut += session_cut
+    return pieces, cut
+
+
+def _cache_key(fingerprints: list[str], tokenizer: Tokenizer, config: DataConfig) -> str:
+    # Keyed on the converted sessions rather than on the export file: that covers the file's content
+    # and every export option at once, and the conversion runs anyway (the validation sessions and
+    # the report come from it; it takes about as long as tokenizing).
+    settings = {"format": CACHE_FORMAT, "tokenizer": _tokenizer_fingerprint(tokenizer),
+                "seq_len": config.seq_len, "train_on": config.train_on,
+                "val_fraction": config.val_fraction, "sessions": fingerprints}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """A hash of the files the tokenizer saves: its model, added tokens and config (legacy & co.)."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save(directory)
+        for file in sorted(Path(directory).iterdir()):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def _save_rows(cache_file: Path, train_rows: PackedRows, val_rows: PackedRows, tokens_cut: int) -> None:
+    arrays = {"tokens_cut": np.array(tokens_cut)}
+    for split, rows in (("train", train_rows), ("val", val_rows)):
+        arrays.update({f"{split}_{name}": getattr(rows, name) for name in ROW_ARRAYS})
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed, so a reader (another rank) never sees half a file.
+    temporary = tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False)
+    try:
+        with temporary:
+            np.savez(temporary, **arrays)
+        os.replace(temporary.name, cache_file)
+    except BaseException:
+        os.unlink(temporary.name)
+        raise
+
+
+def _load_rows(cache_file: Path) -> tuple[PackedRows, PackedRows, int]:
+    with np.load(cache_file) as arrays:
+        train_rows = PackedRows(**{name: arrays[f"train_{name}"] for name in ROW_ARRAYS})
+        val_rows = PackedRows(**{name: arrays[f"val_{name}"] for name in ROW_ARRAYS})
+        return train_rows, val_rows, int(arrays["tokens_cut"])

@@ -1,0 +1,94 @@
+"""Token generation: prefill the prompt once, then decode token by token from a KV cache.
+
+The cache remembers which tokens it holds, so a prompt that extends the previous one (the next turn
+of a chat, or the same prompt sampled again) only runs the model over the tokens that are new.
+"""
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from model.mistral import KVCache, Mistral
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7  # 0: greedy
+    top_p: float = 0.9
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.0  # 1: none; >1 makes tokens already in the context less likely
+    max_new_tokens: int = 256
+
+
+def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Tensor,
+                 generator: torch.Generator | None = None) -> int:
+    """Choose the next token from the last position's logits [vocab]."""
+    logits = logits.float()
+    if config.repetition_penalty != 1.0 and context.numel():
+        # As in the CTRL paper and transformers: shrink positive logits, grow negative ones.
+        seen = logits[context]
+        logits[context] = torch.where(seen > 0, seen / config.repetition_penalty, seen * config.repetition_penalty)
+    if config.temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / config.temperature
+    if config.top_k > 0:
+        kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
+        logits[logits < kth] = float("-inf")
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # keeps the token that crosses p
+        logits[order[mass_before >= config.top_p]] = float("-inf")
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+class Generator:
+    """Generates continuations of token prompts with one model and one preallocated KV cache."""
+
+    def __init__(self, model: Mistral, max_len: int, device: torch.device, compile: bool = False):
+        self.model, self.device = model, device
+        dtype = next(model.parameters()).dtype
+        self.cache = KVCache(model.config, batch_size=1, max_len=max_len, dtype=dtype, device=device)
+        self.cached_ids: list[int] = []  # the tokens whose keys and values the cache holds
+        # Decoding runs the model on one token at a time; compiling it removes most of the Python overhead.
+        self.forward = torch.compile(model, dynamic=True) if compile else model
+
+    @property
+    def max_len(self) -> int:
+        return self.cache.max_len
+
+    @torch.inference_mode()
+    def generate(self, prompt: list[int], config: SamplingConfig, stop_ids: set[int],
+                 generator: torch.Generator | None = None) -> Iterator[int]:
+        """Yield new tokens until a stop token (yielded too), `max_new_tokens` or a full cache."""
+        if len(prompt) >= self.max_len:
+            raise ValueError(f"the prompt has {len(prompt)} tokens; the context holds {self.max_len}")
+        # The cache may hold fewer tokens than `cached_ids` if a forward pass was interrupted, and
+        # the last prompt token must run again to give the next token's logits.
+        reuse = min(common_prefix_length(self.cached_ids, prompt), self.cache.length, len(prompt) - 1)
+        self.cache.truncate(reuse)
+        self.cached_ids = list(prompt)
+        logits = self._run(prompt[reuse:])
+        context = torch.tensor(prompt, device=self.device)
+        for _ in range(config.max_new_tokens):
+            token = sample_token(logits, config, context, generator)
+            yield token
+            if token in stop_ids or len(self.cached_ids) >= self.max_len:
+                return
+            self.cached_ids.append(token)
+            context = torch.cat([context, torch.tensor([token], device=self.device)])
+            logits = self._run([token])
+
+    def _run(self, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], device=self.device)
+        return self.forward(input_ids, kv_cache=self.cache)[0, -1]
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

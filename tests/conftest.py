@@ -1,0 +1,118 @@
+"""Fixtures shared by the test modules.
+
+The real Mistral / Dolphin tokenizers, offline: Mistral-7B-v0.1's tokenizer.model ships inside the
+mistral-common wheel (mistral_common/data/tokenizer.model.v1), and the JSON files around it are small
+enough to write here.
+
+Dolphin-2.2.1-Mistral-7B = that model + <|im_end|> (32000) and <|im_start|> (32001).
+- added_tokens.json and special_tokens_map.json are as published (checked against public copies).
+- tokenizer_config.json is rebuilt: Mistral-7B-v0.1's config (legacy=true, LlamaTokenizer) with the two
+  added tokens, eos <|im_end|> and a ChatML chat_template. <|im_start|> is a non-special added token, the
+  way axolotl adds it (only eos is registered as special); that only matters to decode(skip_special=True).
+"""
+
+import importlib.resources
+import json
+
+import pytest
+
+
+def _added_token(content: str, special: bool = True) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+            "special": special}
+
+
+def _special_token(content: str) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+
+MISTRAL_TOKENIZER_CONFIG = {
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "added_tokens_decoder": {"0": _added_token("<unk>"), "1": _added_token("<s>"), "2": _added_token("</s>")},
+    "additional_special_tokens": [],
+    "bos_token": "<s>",
+    "clean_up_tokenization_spaces": False,
+    "eos_token": "</s>",
+    "legacy": True,
+    "model_max_length": 1000000000000000019884624838656,
+    "pad_token": None,
+    "sp_model_kwargs": {},
+    "spaces_between_special_tokens": False,
+    "tokenizer_class": "LlamaTokenizer",
+    "unk_token": "<unk>",
+    "use_default_system_prompt": False,
+}
+
+DOLPHIN_TOKENIZER_CONFIG = {
+    **MISTRAL_TOKENIZER_CONFIG,
+    "added_tokens_decoder": {
+        **MISTRAL_TOKENIZER_CONFIG["added_tokens_decoder"],
+        "32000": _added_token("<|im_end|>"),
+        "32001": _added_token("<|im_start|>", special=False),
+    },
+    "chat_template": (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "eos_token": "<|im_end|>",
+    "pad_token": "</s>",
+    "use_default_system_prompt": True,
+}
+
+DOLPHIN_ADDED_TOKENS = {"<|im_end|>": 32000, "<|im_start|>": 32001}
+
+DOLPHIN_SPECIAL_TOKENS_MAP = {
+    "bos_token": _special_token("<s>"),
+    "eos_token": _special_token("<|im_end|>"),
+    "pad_token": "</s>",
+    "unk_token": _special_token("<unk>"),
+}
+
+
+def mistral_tokenizer_model() -> bytes:
+    return (importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1").read_bytes()
+
+
+def write_tokenizer_dir(path, files: dict[str, dict]):
+    """tokenizer.model plus the given JSON files (name -> content) in path; returns path."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tokenizer.model").write_bytes(mistral_tokenizer_model())
+    for name, content in files.items():
+        (path / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_dir(tmp_path_factory):
+    """Base Mistral-7B-v0.1 tokenizer: no ChatML tokens."""
+    return write_tokenizer_dir(tmp_path_factory.mktemp("mistral-tokenizer"),
+                               {"tokenizer_config.json": MISTRAL_TOKENIZER_CONFIG})
+
+
+@pytest.fixture(scope="session")
+def dolphin_tokenizer_dir(tmp_path_factory):
+    return write_tokenizer_dir(
+        tmp_path_factory.mktemp("dolphin-tokenizer"),
+        {
+            "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG,
+            "added_tokens.json": DOLPHIN_ADDED_TOKENS,
+            "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def dolphin_tokenizer(dolphin_tokenizer_dir):
+    """Shared across the session: don't add tokens to it, load your own copy for that."""
+    from model.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(dolphin_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
+    """transformers' tokenizer for the same files: the oracle for ids."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(dolphin_tokenizer_dir)

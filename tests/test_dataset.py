@@ -1,0 +1,153 @@
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.chatml import render
+from data.dataset import DataConfig, prepare_data, session_fingerprint, validation_mask
+from data.packing import PackedRows
+from data.sessions import DataError, Session, Turn, write_sessions
+from data.telegram import ExportOptions, load_sessions
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "telegram_export" / "result.json"
+
+
+def synthetic_sessions(count: int) -> list[Session]:
+    return [Session("chat", "personal_chat", 1_600_000_000 + 60 * i,
+                    [Turn("Alice", [f"hi {i}"]), Turn("Bob", [f"hello {i}"])], "Alice")
+            for i in range(count)]
+
+
+def held_out_starts(sessions: list[Session], fraction: float) -> set[int]:
+    mask = validation_mask([session_fingerprint(s) for s in sessions], fraction)
+    return {session.start for session, out in zip(sessions, mask) if out}
+
+
+def test_validation_split_depends_on_content_only():
+    sessions = synthetic_sessions(1000)
+    held_out = held_out_starts(sessions, 0.02)
+    assert 5 <= len(held_out) <= 40  # ~2% of 1000
+    shuffled = sessions[:]
+    random.Random(0).shuffle(shuffled)
+    assert held_out_starts(shuffled, 0.02) == held_out
+    # a longer export later holds out the same old sessions: none of them moves into training
+    assert held_out_starts(synthetic_sessions(2000), 0.02) >= held_out
+
+
+def test_validation_split_holds_out_at_least_one_of_two_or_more():
+    assert len(held_out_starts(synthetic_sessions(2), 0.02)) == 1
+    assert held_out_starts(synthetic_sessions(1), 0.02) == set()
+    assert held_out_starts(synthetic_sessions(50), 0.0) == set()
+
+
+def test_fingerprint_sees_every_field():
+    session = synthetic_sessions(1)[0]
+    changed = Session(session.chat, session.chat_type, session.start,
+                      [Turn("Alice", ["hi 0!"]), session.turns[1]], session.target)
+    assert session_fingerprint(session) == session_fingerprint(synthetic_sessions(1)[0])
+    assert session_fingerprint(session) != session_fingerprint(changed)
+
+
+@pytest.fixture(scope="module")
+def sample(dolphin_tokenizer):
+    return prepare_data(SAMPLE, dolphin_tokenizer, DataConfig())
+
+
+def test_sample_becomes_packed_rows(sample, dolphin_tokenizer):
+    sessions, _ = load_sessions(SAMPLE, DataConfig().export)
+    assert sample.target == "Alexander Smirnov"
+    assert 1 <= len(sample.val_sessions) < len(sessions)
+    assert all(session in sessions for session in sample.val_sessions)
+    for rows in (sample.train_rows, sample.val_rows):
+        assert rows.input_ids.shape == (len(rows), 1024) and rows.input_ids.dtype == np.int32
+
+    train = [s for s in sessions if s not in sample.val_sessions]
+    rendered = [render(s.turns, dolphin_tokenizer) for s in train]  # every sample session fits a row
+    assert int(sample.train_rows.lengths.sum()) == sum(len(r) for r in rendered)
+    assert sample.train_rows.trained_tokens == sum(sum(r.trained[1:]) for r in rendered)
+
+
+def test_sample_rows_are_full_but_for_the_last(sample):
+    # The sample holds only about seven rows of tokens, so the padding of the last row alone keeps
+    # its utilization under 95% (87% now). What packing controls is that every other row is full.
+    lengths = np.sort(sample.train_rows.lengths)
+    assert lengths[1:].min() >= 0.95 * 1024
+    assert len(lengths) <= math.ceil(lengths.sum() / 1024) + 1
+
+
+def test_report_counts(sample):
+    report = sample.report
+    assert report.train_sessions + report.val_sessions == report.conversion.sessions
+    assert report.val_sessions == len(sample.val_sessions)
+    assert report.tokens == sample.train_rows.lengths.sum() + sample.val_rows.lengths.sum()
+    assert report.trained_tokens == sample.train_rows.trained_tokens + sample.val_rows.trained_tokens
+    assert report.tokens_cut == 0 and report.train_rows == len(sample.train_rows)
+    assert report.utilization == sample.train_rows.utilization
+    summary = sample.summary()
+    assert summary.startswith(report.conversion.summary())
+    assert f"{report.tokens:,}" in summary and f"{report.train_rows:,} training" in summary
+
+
+def test_train_on_target_trains_only_the_targets_turns(sample, dolphin_tokenizer):
+    target_only = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(train_on="target"))
+    sessions, _ = load_sessions(SAMPLE, DataConfig().export)
+    train = [s for s in sessions if s not in target_only.val_sessions]
+    expected = sum(sum(render(s.turns, dolphin_tokenizer, trained_speakers={s.target}).trained)
+                   for s in train)
+    assert target_only.train_rows.trained_tokens == expected < sample.train_rows.trained_tokens
+    np.testing.assert_array_equal(target_only.train_rows.input_ids, sample.train_rows.input_ids)
+
+
+def same_rows(a: PackedRows, b: PackedRows) -> bool:
+    return all(np.array_equal(getattr(a, name), getattr(b, name))
+               for name in ("input_ids", "labels", "position_ids", "document_ids", "lengths"))
+
+
+def test_second_call_loads_the_cache_without_tokenizing(tmp_path, dolphin_tokenizer, monkeypatch):
+    first = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
+    assert [path.suffix for path in tmp_path.iterdir()] == [".npz"]  # no temporary file left behind
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("encode called although the cache holds these rows")
+
+    monkeypatch.setattr(dolphin_tokenizer, "encode", no_tokenizing)
+    second = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
+    assert same_rows(first.train_rows, second.train_rows) and same_rows(first.val_rows, second.val_rows)
+    assert second.report == first.report and second.val_sessions == first.val_sessions
+
+    with pytest.raises(AssertionError, match="encode called"):  # another setting, another cache entry
+        prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=512), cache_dir=tmp_path)
+
+
+def test_cache_key_covers_the_tokenizer(tmp_path, dolphin_tokenizer, dolphin_tokenizer_dir):
+    from model.tokenizer import Tokenizer
+
+    prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
+    other = Tokenizer.from_dir(dolphin_tokenizer_dir)
+    other.add_special_tokens(["<|new|>"])
+    prepare_data(SAMPLE, other, DataConfig(), cache_dir=tmp_path)
+    prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(train_on="target"), cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize("setting, message", [({"train_on": "everyone"}, "train_on"),
+                                              ({"seq_len": 0}, "seq_len"),
+                                              ({"val_fraction": 1.0}, "val_fraction")])
+def test_bad_settings_are_refused(setting, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**setting)
+
+
+def test_an_export_with_nothing_to_train_on_is_refused(dolphin_tokenizer):
+    no_sessions = DataConfig(export=ExportOptions(target="Olga Petrenko"))  # she never answers
+    with pytest.raises(DataError, match="no sessions to train on"):
+        prepare_data(SAMPLE, dolphin_tokenizer, no_sessions)
+
+
+def test_a_single_session_is_all_for_training(tmp_path, dolphin_tokenizer):
+    one_session = tmp_path / "sessions.jsonl"
+    write_sessions(synthetic_sessions(1), one_session)
+    prepared = prepare_data(one_session, dolphin_tokenizer, DataConfig())
+    assert prepared.report.train_sessions == 1 and len(prepared.val_rows) == 0

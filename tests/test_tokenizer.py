@@ -1,0 +1,335 @@
+"""model/tokenizer.py against transformers' AutoTokenizer (the oracle for ids) on the real Dolphin tokenizer."""
+
+import json
+import random
+import re
+import shutil
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.tokenizer import Tokenizer, TokenizerError
+
+NAMES = ["John Smith", "Анна Петрова", "Maria", "Jean-Luc Picard", "Dr. O'Brien", "😎 Котик", "李雷", "x"]
+MESSAGES = [
+    "hello", "Hello, world!", "Привет, как дела?", "ну да, ок", "Ёлки-палки, «ёжик» — это…",
+    "ok 👍🏽", "семья 👨‍👩‍👧‍👦 в сборе", "флаги 🇷🇺🇺🇦🇺🇸", "1️⃣2️⃣3️⃣", "❤️‍🔥", "emoji at the end 😂😂😂",
+    "https://t.me/joinchat/AbCdEf?start=1&x=%20y", "смотри www.example.com/путь/к?файлу=1",
+    "3.14159", "1 000 000 ₽", "+7 (999) 123-45-67", "в 12:30, 2024-01-31", "42", "0.5%", "x2 = 2x",
+    "mixed English и русский in one line", "код: def f(x):\n    return x ** 2",
+    "tab\tseparated\tvalues", "  leading spaces", "trailing spaces   ", "double  spaces  inside",
+    "line one\nline two\n\nline four", "\n", "", " ", "  ", "\t", "\n\n", " \n ",
+    "combining и\u0306", "zero\u200bwidth", "nbsp\u00a0here", "𠜎 rare CJK", "مرحبا بالعالم", "ǅ Ω ∑ ∞",
+    ">>> quoted", "<b>html</b> & <i>tags</i>", "\\n is not a newline", "<|im_start", "im_end|>",
+    "▁ is SentencePiece's space",
+]
+SPECIAL_CASES = [
+    "<|im_end|><|im_start|>", "<|im_start|><|im_start|>", "a<|im_start|>b", "a <|im_start|> b",
+    "a  <|im_start|>  b", "<|im_start|> John\n", "<|im_start|>  John\n", "text<|im_end|>", "text <|im_end|>",
+    "<|im_end|>\n", "<|im_end|> \n<|im_start|>", "<|im_end|>\t<|im_start|>", "<s>", "</s>", "<unk>",
+    "<s>hi</s>", " <s> hi </s> ", "<|im_start|>\n", "<|im_end|> ", "<|im_start|>user<|im_end|>",
+    "<|im_start|>Иван\n>>> 😀<|im_end|>",
+]
+# what encode cuts out of a Dolphin text before SentencePiece sees it
+ADDED = re.compile(r"<\|im_start\|>|<\|im_end\|>|<unk>|</s>|<s>")
+
+
+def turn(name: str, messages: list[str]) -> str:
+    return f"<|im_start|>{name}\n>>> " + "\n>>> ".join(messages) + "<|im_end|>"
+
+
+def chat_corpus() -> list[str]:
+    rng = random.Random(1234)
+    corpus = MESSAGES + SPECIAL_CASES
+    corpus += [" " + m for m in MESSAGES[:12]] + [m + " " for m in MESSAGES[:12]]
+    corpus += [" ".join(rng.sample(MESSAGES, 2)) for _ in range(30)]
+    corpus += ["\n>>> ".join(rng.sample(MESSAGES, 3)) for _ in range(20)]
+    turns = [turn(rng.choice(NAMES), rng.sample(MESSAGES, rng.randint(1, 3))) for _ in range(40)]
+    corpus += turns
+    corpus += ["\n".join(rng.sample(turns, rng.randint(2, 5))) for _ in range(30)]
+    return list(dict.fromkeys(corpus))  # drop duplicates, keep order
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    return chat_corpus()
+
+
+def representable(text: str) -> bool:
+    """Whether decode(encode(text)) can give text back: transformers maps a few texts onto the ids of another.
+    - '▁' (U+2581) is SentencePiece's space: "x ▁ y" has the ids of "x   y".
+    - Dolphin (legacy=true) prepends '▁' to each chunk between added tokens unless it starts with a space:
+      so " hi" has the ids of "hi" (at the start of the text and right after an added token)."""
+    return "▁" not in text and not any(re.match(" [^ ]", chunk) for chunk in ADDED.split(text))
+
+
+def copy_with_config(source_dir, target_dir, edit=None, drop=()):
+    """Copy a tokenizer directory, drop some files, and let edit(config) change tokenizer_config.json."""
+    shutil.copytree(source_dir, target_dir)
+    for name in drop:
+        (target_dir / name).unlink()
+    if edit is not None:
+        path = target_dir / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        edit(config)
+        path.write_text(json.dumps(config), encoding="utf-8")
+    return target_dir
+
+
+def hf_load(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_corpus_covers_the_chat_cases(corpus):
+    assert len(corpus) >= 200
+    for needle in ["👨‍👩‍👧‍👦", "🇷🇺", "https://", "\n>>> ", "Анна Петрова", "  ", "\t", "<|im_end|><|im_start|>"]:
+        assert any(needle in text for text in corpus), needle
+    assert "" in corpus and "\n" in corpus
+
+
+def test_ids_match_transformers(dolphin_tokenizer, hf_dolphin_tokenizer, corpus):
+    ours, hf = dolphin_tokenizer, hf_dolphin_tokenizer
+    assert [text for text in corpus if ours.encode(text) != hf.encode(text, add_special_tokens=False)] == []
+    # tokenizer_config says add_bos_token=true: transformers' default path is our bos=True
+    assert [text for text in corpus if ours.encode(text, bos=True) != hf.encode(text)] == []
+
+
+# bits that stress the whitespace and added-token rules when glued together at random
+FRAGMENTS = [" ", "  ", "    ", "\n", "\t", "a", "the", "Привет", "😀", "👨‍👩‍👧", "2024", "𠜎", "▁", "<|im_start|>",
+             "<|im_end|>", "<s>", "</s>", ">>>", "\r\n", "<|im", "\u200b"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=12).map("".join))
+def test_random_texts_match_transformers(dolphin_tokenizer, hf_dolphin_tokenizer, text):
+    ids = dolphin_tokenizer.encode(text)
+    assert ids == hf_dolphin_tokenizer.encode(text, add_special_tokens=False)
+    assert dolphin_tokenizer.encode(dolphin_tokenizer.decode(ids)) == ids
+    if representable(text):
+        assert dolphin_tokenizer.decode(ids) == text
+
+
+def test_basic_api(dolphin_tokenizer):
+    tok = dolphin_tokenizer
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.im_start_id, tok.im_end_id) == (32002, 1, 32000, 32001, 32000)
+    assert tok.token_to_id("<|im_start|>") == 32001
+    assert tok.token_to_id("</s>") == 2
+    assert tok.token_to_id("▁hell") == 6312
+    assert tok.token_to_id("no such piece") is None
+    assert tok.encode("") == []
+    assert tok.encode("", bos=True, eos=True) == [1, 32000]
+    assert tok.encode("hi", eos=True)[-1] == 32000
+    assert tok.decode([]) == ""
+
+
+def test_decode_inverts_encode(dolphin_tokenizer, corpus):
+    tok = dolphin_tokenizer
+    not_representable = [text for text in corpus if not representable(text)]
+    assert 0 < len(not_representable) < len(corpus) // 4
+    for text in corpus:
+        ids = tok.encode(text)
+        if representable(text):
+            assert tok.decode(ids) == text
+        assert tok.encode(tok.decode(ids)) == ids  # either way decode gives a text with these ids
+
+
+def test_texts_that_share_ids_and_spaces_that_survive(dolphin_tokenizer):
+    tok = dolphin_tokenizer
+    assert tok.encode(" hello") == tok.encode("hello")
+    assert tok.encode("a<|im_start|> b") == tok.encode("a<|im_start|>b")
+    assert tok.encode("x ▁ y") == tok.encode("x   y")
+    # a dummy prefix is removed only where it can be one; real spaces stay
+    for text in [" ", "  ", "  hi", "a<|im_start|> ", "a<|im_start|>  b", "<|im_end|>  \n", "x <|im_end|>"]:
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_skip_special(dolphin_tokenizer):
+    tok = dolphin_tokenizer
+    assert tok.decode(tok.encode("<s>hi</s><|im_end|>"), skip_special=True) == "hi"
+    # Dolphin's <|im_start|> is an added token but not a special one
+    ids = tok.encode("<|im_start|>Анна\nпривет<|im_end|>")
+    assert tok.decode(ids, skip_special=True) == "<|im_start|>Анна\nпривет"
+
+
+def test_stream_matches_decode(dolphin_tokenizer, corpus):
+    tok = dolphin_tokenizer
+    for text in corpus:
+        ids = tok.encode(text, bos=True, eos=True)
+        stream = tok.stream()
+        outputs = [stream.add(i) for i in ids] + [stream.flush()]
+        assert "".join(outputs) == tok.decode(ids), text
+        assert not any("\ufffd" in out for out in outputs), text
+
+
+def test_stream_holds_partial_characters_and_keeps_spaces(dolphin_tokenizer):
+    tok = dolphin_tokenizer
+    ids = tok.encode("a 𠜎 b")  # 𠜎 is not in the vocabulary: four byte pieces <0xF0><0xA0><0x9C><0x8E>
+    stream = tok.stream()
+    assert [stream.add(i) for i in ids] + [stream.flush()] == ["a", " ", "", "", "", "𠜎", " b", ""]
+    stream = tok.stream()
+    assert [stream.add(i) for i in tok.encode("hello world")] == ["hell", "o", " world"]
+
+
+def test_chatml_parts_encode_independently(dolphin_tokenizer, hf_dolphin_tokenizer, corpus):
+    # the data pipeline encodes a session turn by turn: splitting right before <|im_start|> must not change ids
+    sessions = [text for text in corpus if "<|im_end|>\n<|im_start|>" in text]
+    assert len(sessions) >= 20
+    for session in sessions:
+        parts = [part for part in re.split(r"(?=<\|im_start\|>)", session) if part]
+        # turns are joined by "\n", so each part but the last even ends in whitespace: still no difference
+        assert all(part.endswith("<|im_end|>\n") for part in parts[:-1])
+        assert dolphin_tokenizer.encode(session, bos=True) == dolphin_tokenizer.encode(parts[0], bos=True) + [
+            i for part in parts[1:] for i in dolphin_tokenizer.encode(part)
+        ]
+        hf_parts = [i for part in parts for i in hf_dolphin_tokenizer.encode(part, add_special_tokens=False)]
+        assert hf_dolphin_tokenizer.encode(session, add_special_tokens=False) == hf_parts
+
+
+def test_added_tokens_load_the_same_from_each_source(
+    dolphin_tokenizer_dir, dolphin_tokenizer, hf_dolphin_tokenizer, tmp_path, corpus
+):
+    def without_decoder(config):
+        del config["added_tokens_decoder"]
+
+    hf_dolphin_tokenizer.save_pretrained(tmp_path / "hf")  # writes a tokenizer.json with added_tokens
+    source_dir, only_config = dolphin_tokenizer_dir, ["added_tokens.json"]
+    sources = {
+        "tokenizer_config.json": copy_with_config(source_dir, tmp_path / "config", drop=only_config),
+        "added_tokens.json": copy_with_config(source_dir, tmp_path / "added", without_decoder),
+        "tokenizer.json": copy_with_config(source_dir, tmp_path / "json", without_decoder, drop=only_config),
+    }
+    shutil.copy(tmp_path / "hf" / "tokenizer.json", sources["tokenizer.json"])
+    for source, path in sources.items():
+        ours, hf = Tokenizer.from_dir(path), hf_load(path)
+        assert (ours.vocab_size, ours.eos_id, ours.im_start_id, ours.im_end_id) == (32002, 32000, 32001, 32000), source
+        for text in corpus:
+            assert ours.encode(text) == dolphin_tokenizer.encode(text) == hf.encode(text, add_special_tokens=False)
+
+
+def test_save_then_load_gives_the_same_ids(dolphin_tokenizer, tmp_path, corpus):
+    out = tmp_path / "saved"
+    dolphin_tokenizer.save(out)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["added_tokens.json", "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["legacy"] is True and config["eos_token"] == "<|im_end|>"
+    assert config["added_tokens_decoder"]["32001"]["content"] == "<|im_start|>"
+    ours, hf = Tokenizer.from_dir(out), hf_load(out)
+    for text in corpus:
+        assert ours.encode(text) == dolphin_tokenizer.encode(text) == hf.encode(text, add_special_tokens=False)
+
+
+def test_add_chatml_tokens_to_base_mistral(mistral_tokenizer_dir, tmp_path, corpus):
+    tok = Tokenizer.from_dir(mistral_tokenizer_dir)
+    assert (tok.vocab_size, tok.eos_id, tok.im_start_id, tok.im_end_id) == (32000, 2, None, None)
+    assert tok.add_special_tokens(["<|im_start|>", "<|im_end|>"]) == [32000, 32001]
+    assert tok.add_special_tokens(["<|im_end|>", "</s>"]) == [32001, 2]  # already there: same ids
+    assert (tok.vocab_size, tok.im_start_id, tok.im_end_id) == (32002, 32000, 32001)
+    assert tok.encode("<|im_start|>Анна\n>>> hi<|im_end|>")[0] == 32000
+    tok.save(tmp_path)
+    reloaded, hf = Tokenizer.from_dir(tmp_path), hf_load(tmp_path)
+    assert (reloaded.vocab_size, reloaded.im_start_id, reloaded.im_end_id) == (32002, 32000, 32001)
+    assert hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [32000, 32001]
+    for text in corpus:
+        assert reloaded.encode(text) == tok.encode(text) == hf.encode(text, add_special_tokens=False)
+
+
+def set_legacy_false(config):
+    config["legacy"] = False
+
+
+def drop_legacy(config):  # transformers' LlamaTokenizer then defaults to legacy=false
+    del config["legacy"]
+
+
+def no_prefix_space(config):
+    config["add_prefix_space"] = False
+
+
+def strip_around_chatml(config):
+    config["added_tokens_decoder"]["32000"]["lstrip"] = True
+    config["added_tokens_decoder"]["32001"]["rstrip"] = True
+
+
+@pytest.mark.parametrize("edit", [set_legacy_false, drop_legacy, no_prefix_space, strip_around_chatml])
+def test_config_flags_match_transformers(dolphin_tokenizer_dir, tmp_path, corpus, edit):
+    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "variant", edit)
+    ours, hf = Tokenizer.from_dir(path), hf_load(path)
+    for text in corpus:
+        ids = ours.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False), text
+        assert ours.encode(ours.decode(ids)) == ids, text
+
+
+def test_merge_order_comes_from_tokenizer_json(
+    dolphin_tokenizer_dir, dolphin_tokenizer, hf_dolphin_tokenizer, tmp_path
+):
+    # tokenizer.json files converted by transformers 4.x rank merges by SentencePiece score, which puts
+    # the whitespace runs ('▁▁', '▁▁▁▁', ...) last; transformers 5 ranks by piece id when it converts itself
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(dolphin_tokenizer_dir / "tokenizer.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.piece_size())]
+    vocab = set(pieces)
+    by_score = sorted(range(len(pieces)), key=lambda i: -sp.get_score(i))
+    merges = [
+        [piece[:k], piece[k:]]
+        for piece in (pieces[i] for i in by_score)
+        for k in range(1, len(piece))
+        if piece[:k] in vocab and piece[k:] in vocab
+    ]
+    hf_dolphin_tokenizer.save_pretrained(tmp_path / "hf")
+    tokenizer_json = json.loads((tmp_path / "hf" / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer_json["model"]["merges"] = merges
+    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "old-merges")
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+
+    ours, hf = Tokenizer.from_dir(path), hf_load(path)
+    texts = ["  hello", "a  b   c    d     e", "код:\n    def f():\n        return 1", "<|im_start|>  x<|im_end|>"]
+    for text in texts:
+        assert ours.encode(text) == hf.encode(text, add_special_tokens=False), text
+    assert ours.encode("  hello") != dolphin_tokenizer.encode("  hello")  # the order really matters
+    ours.save(tmp_path / "saved")  # the merge order travels along in tokenizer.json
+    reloaded, hf_reloaded = Tokenizer.from_dir(tmp_path / "saved"), hf_load(tmp_path / "saved")
+    for text in texts:
+        assert reloaded.encode(text) == ours.encode(text) == hf_reloaded.encode(text, add_special_tokens=False)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(TokenizerError, match="tokenizer.model: file not found"):
+        Tokenizer.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a sentencepiece model", "truncated"])
+def test_corrupt_model_file(dolphin_tokenizer_dir, tmp_path, content):
+    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "corrupt")
+    model = path / "tokenizer.model"
+    model.write_bytes(model.read_bytes()[:1000] if content == "truncated" else content)
+    with pytest.raises(TokenizerError, match="tokenizer.model: not a valid SentencePiece model") as error:
+        Tokenizer.from_dir(path)
+    assert str(model) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_malformed_tokenizer_config(dolphin_tokenizer_dir, tmp_path):
+    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "broken")
+    (path / "tokenizer_config.json").write_text('{"legacy": true,', encoding="utf-8")
+    with pytest.raises(TokenizerError, match="tokenizer_config.json: not valid JSON") as error:
+        Tokenizer.from_dir(path)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_eos_token(dolphin_tokenizer_dir, tmp_path):
+    def unknown_eos(config):
+        config["eos_token"] = "<|nope|>"
+
+    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "bad-eos", unknown_eos)
+    with pytest.raises(TokenizerError, match="eos_token '<\\|nope\\|>' is neither"):
+        Tokenizer.from_dir(path)
+
+
+def test_decode_rejects_unknown_ids(dolphin_tokenizer):
+    with pytest.raises(TokenizerError, match="32002 is not in the vocabulary"):
+        dolphin_tokenizer.decode([1, 32002])

@@ -1,0 +1,239 @@
+"""Fine-tune a Mistral chat model on a Telegram export, so that it writes as the people in it.
+
+    python train.py --lora --data ~/Downloads/Telegram\\ Desktop/DataExport/ --out runs/me
+
+LoRA adapters on one GPU (`--lora`), or every weight sharded over a node (`--fsdp`, under torchrun).
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.dataset import DataConfig, prepare_data
+from data.packing import RowLoader
+from data.sessions import DataError
+from data.telegram import add_export_args, export_options_from_args
+from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
+from model import CheckpointError, load_model, load_tokenizer, save_model
+from model.tokenizer import TokenizerError
+from training import (MetricsLog, Throughput, TrainingError, begin_checkpoint, checkpoints, cosine_schedule,
+                      endless, evaluate, finish_checkpoint, load_training_state, make_optimizer,
+                      save_training_state, train_step, write_atomically)
+
+DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--lora", action="store_true", help="train LoRA adapters on a frozen model (the default)")
+    mode.add_argument("--fsdp", action="store_true", help="train every weight, sharded with FSDP (run under torchrun)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="base model: a local directory or a Hugging Face repo id (default: %(default)s)")
+    parser.add_argument("--data", help="Telegram export (result.json or its directory) or a sessions JSONL file (required unless --resume)")
+    parser.add_argument("--out", default="runs/twin", help="output directory (default: %(default)s)")
+
+    data = parser.add_argument_group("data")
+    add_export_args(data)
+    data.add_argument("--train-on", choices=["all", "target"], default="all", help="whose turns the loss covers (default: %(default)s)")
+    data.add_argument("--seq-len", type=int, default=1024, help="tokens per packed row (default: %(default)s)")
+    data.add_argument("--val-fraction", type=float, default=0.02, help="share of sessions held out for evaluation (default: %(default)s)")
+
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--micro-batch", type=int, default=8, help="rows per forward pass (default: %(default)s)")
+    optim.add_argument("--batch", type=int, default=32, help="rows per optimizer step, over all ranks, reached by gradient accumulation (default: %(default)s)")
+    optim.add_argument("--epochs", type=float, default=3, help="passes over the training rows (default: %(default)s)")
+    optim.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs (default: from --epochs)")
+    optim.add_argument("--lr", type=float, help="peak learning rate (default: 2e-4 with --lora, 2e-5 with --fsdp)")
+    optim.add_argument("--warmup-ratio", type=float, default=0.03, help="share of steps of linear warmup (default: %(default)s)")
+    optim.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of matrices (default: %(default)s)")
+    optim.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this; 0 disables (default: %(default)s)")
+    optim.add_argument("--seed", type=int, default=42, help="seed of initialisation, dropout and shuffling (default: %(default)s)")
+
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--lora-r", type=int, default=32, help="adapter rank (default: %(default)s)")
+    lora.add_argument("--lora-alpha", type=float, default=16, help="adapter scaling numerator, scaling = alpha / r (default: %(default)s)")
+    lora.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the adapter input (default: %(default)s)")
+    lora.add_argument("--lora-targets", default="q,k,v,o,gate", help="projections to adapt, from q,k,v,o,gate,up,down (default: %(default)s)")
+    lora.add_argument("--merge", action="store_true", help="also write the merged full model to OUT/merged (default: off)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--eval-every", type=int, default=100, help="evaluate on the held-out split every N steps, and at the end; 0: only at the end (default: %(default)s)")
+    run.add_argument("--save-every", type=int, default=100, help="write a checkpoint every N steps; 0: never (default: %(default)s)")
+    run.add_argument("--keep-checkpoints", type=int, default=2, help="how many of the newest checkpoints to keep (default: %(default)s)")
+    run.add_argument("--log-every", type=int, default=1, help="append to OUT/metrics.jsonl every N steps (default: %(default)s)")
+    run.add_argument("--stop-at", type=int, help="save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)")
+    run.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its newest checkpoint, with its settings (flags given here override them)")
+    run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)")
+    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="weight and compute dtype (default: %(default)s: bf16 on cuda, fp32 on cpu)")
+    run.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                     help="recompute each layer's activations in the backward pass (default: on with cuda, off on cpu)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        # The run's saved settings, then whatever was given explicitly on this command line.
+        settings_file = Path(args.resume) / "run_args.json"
+        if not settings_file.exists():
+            parser.error(f"--resume: {settings_file} not found; is {args.resume} a twin run directory?")
+        explicit = argparse.Namespace()
+        suppressing = build_parser()
+        for action in suppressing._actions:
+            action.default = argparse.SUPPRESS
+        suppressing.parse_args(argv, namespace=explicit)
+        args = argparse.Namespace(**{**json.loads(settings_file.read_text()), **vars(explicit)})
+        args.out = args.resume
+    elif not args.data:
+        parser.error("--data is required: a Telegram export (result.json or its folder) or a sessions file")
+    if args.lr is None:
+        args.lr = 2e-5 if args.fsdp else 2e-4
+    if args.batch % args.micro_batch:
+        parser.error(f"--batch ({args.batch}) must be a multiple of --micro-batch ({args.micro_batch})")
+    return args
+
+
+def resolve_device(args) -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.fsdp:
+            import fsdp
+            fsdp.train(args)
+        else:
+            train_lora(args)
+    except (DataError, CheckpointError, TokenizerError, AdapterError, TrainingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except torch.cuda.OutOfMemoryError:
+        print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
+              "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
+              "--activation-checkpointing.", file=sys.stderr)
+        sys.exit(2)
+
+
+def train_lora(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device, dtype = resolve_device(args)
+    torch.manual_seed(args.seed)
+    if not args.resume:  # what --resume continues with; a stop is a property of this invocation only
+        settings = {k: v for k, v in vars(args).items() if k not in ("resume", "stop_at")}
+        write_atomically(out / "run_args.json", json.dumps(settings, indent=2))
+
+    # Data: the export becomes sessions, held-out sessions, and packed rows of tokens.
+    tokenizer = load_tokenizer(args.model)
+    data_config = DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
+                             export=export_options_from_args(args))
+    data = prepare_data(args.data, tokenizer, data_config, cache_dir=out / "cache")
+    print(data.summary())
+
+    # Model: the frozen base in `dtype`, with trainable adapters.
+    model = load_model(args.model, dtype=dtype, device=device)
+    lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                             targets=lora_targets(args.lora_targets))
+    print(apply_lora(model, lora_config))
+    model.activation_checkpointing = (device.type == "cuda" if args.activation_checkpointing is None
+                                      else args.activation_checkpointing)
+    model.train()
+
+    # Schedule: optimizer steps of `batch` rows, each accumulated over micro-batches.
+    loader = RowLoader(data.train_rows, args.micro_batch, seed=args.seed)
+    accumulation = args.batch // args.micro_batch
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(loader) / accumulation))
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
+    scheduler = cosine_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
+
+    step = 0
+    if args.resume:
+        newest = checkpoints(out)
+        if not newest:
+            raise TrainingError(f"{out}: no checkpoint to resume from in {out / 'checkpoints'}")
+        load_adapter(model, newest[-1] / "adapter")
+        step = load_training_state(newest[-1], optimizer, scheduler, loader)
+        print(f"resumed from {newest[-1]} at step {step} of {total_steps}")
+    metrics = MetricsLog(out / "metrics.jsonl", resume_after_step=step if args.resume else None)
+
+    def save_checkpoint():
+        building, final = begin_checkpoint(out, step)
+        save_adapter(model, building / "adapter", lora_config, base_model=args.model)
+        save_training_state(building, step, optimizer, scheduler, loader)
+        finish_checkpoint(building, final, args.keep_checkpoints)
+
+    def run_evaluation() -> dict:
+        loss, tokens = evaluate(model, data.val_rows, args.micro_batch, device)
+        record = {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "eval_tokens": tokens}
+        metrics.write(record)
+        return record
+
+    # The run: optimizer steps until the schedule ends, with evaluation and checkpoints on the way.
+    batches = endless(loader)
+    tokens_per_step = args.batch * args.seq_len
+    throughput, started, rates, last_eval = Throughput(), time.time(), [], {}
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    while step < total_steps:
+        window = [next(batches) for _ in range(accumulation)]
+        loss, grad_norm = train_step(model, optimizer, window, device, args.grad_clip)
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            saved = checkpoints(out)
+            raise TrainingError(f"loss is {loss}, gradient norm {grad_norm} at step {step + 1}; stopped without "
+                                f"updating the weights. Last good checkpoint: {saved[-1] if saved else 'none'} "
+                                "(try a lower --lr, or --dtype fp32)")
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        rates.append(throughput.tick(tokens_per_step))
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rates[-1]:,.0f}")
+        bar.update()
+        if step % args.log_every == 0 or step == total_steps:
+            metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                           "tokens_per_s": rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
+        if args.eval_every and step % args.eval_every == 0 and step < total_steps:
+            last_eval = run_evaluation()
+            bar.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
+        if (args.save_every and step % args.save_every == 0) or step == args.stop_at:
+            save_checkpoint()
+        if step == args.stop_at and step < total_steps:
+            bar.close()
+            print(f"stopped after step {step} as asked; continue with: python train.py --resume {out}")
+            return
+    bar.close()
+
+    # The result: the adapter in PEFT's format, with the tokenizer and a record of the run.
+    last_eval = run_evaluation()
+    print(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
+    save_adapter(model, out / "adapter", lora_config, base_model=args.model)
+    tokenizer.save(out / "adapter")
+    figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
+               "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,
+               "train_rows": len(data.train_rows), "val_rows": len(data.val_rows)}
+    write_atomically(out / "run.json", json.dumps({"mode": "lora", "settings": vars(args), "figures": figures}, indent=2))
+    print(f"adapter written to {out / 'adapter'}")
+    if args.merge:
+        save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)
+        print(f"merged model written to {out / 'merged'}")
+
+
+def lora_targets(text: str) -> tuple[str, ...]:
+    names = tuple(f"{name.strip()}_proj" for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in PROJECTIONS]
+    if unknown:
+        raise AdapterError(f"--lora-targets: unknown {', '.join(unknown)}; choose from q,k,v,o,gate,up,down")
+    return names
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The mechanics of a training run: optimizer and schedule, one optimizer step over an accumulation
+window, evaluation, the metrics file, and checkpoints that a run resumes from exactly."""
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data.packing import PackedRows, RowLoader
+from model.mistral import IGNORE_INDEX
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; norms and other vectors get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999),
+                             fused=device.type == "cuda")
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warmup to the peak learning rate, then cosine decay to zero at `total_steps`."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def endless(loader: RowLoader):
+    """Micro-batches across epochs; the loader's state says where the stream is."""
+    while True:
+        yield from loader
+
+
+def trained_token_count(batches: list[dict[str, torch.Tensor]]) -> int:
+    return sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in batches)
+
+
+def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy over the batch's trained tokens."""
+    batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+    return model(batch["input_ids"], position_ids=batch["position_ids"],
+                 document_ids=batch["document_ids"], labels=batch["labels"])
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[dict[str, torch.Tensor]],
+               device: torch.device, grad_clip: float, token_total: int | None = None,
+               loss_scale: float = 1.0) -> tuple[float, float]:
+    """Accumulate gradients over the window's micro-batches and return (mean loss, gradient norm).
+
+    The loss is normalised by the trained tokens of the whole window (`token_total`, which a
+    distributed run counts over all ranks), so every token weighs the same whatever micro-batch it
+    fell in. `loss_scale` undoes the averaging of gradients over ranks that FSDP applies.
+    The optimizer is not stepped when the loss is not finite: the caller stops the run.
+    """
+    token_total = token_total or trained_token_count(window)
+    loss_sum = 0.0
+    for batch in window:
+        loss = forward_loss(model, batch, device)
+        if loss.requires_grad:  # a micro-batch without trained tokens contributes nothing
+            (loss * loss_scale / token_total).backward()
+        loss_sum += loss.item()
+    mean_loss = loss_sum / max(token_total, 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    if math.isfinite(mean_loss) and math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return mean_loss, grad_norm
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rows: PackedRows, micro_batch: int, device: torch.device) -> tuple[float, int]:
+    """Mean cross-entropy over the trained tokens of `rows` and how many tokens that was."""
+    if len(rows) == 0:
+        return float("nan"), 0
+    was_training = model.training
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for batch in RowLoader(rows, micro_batch, shuffle=False, wrap=False):
+        loss_sum += forward_loss(model, batch, device).item()
+        tokens += trained_token_count([batch])
+    model.train(was_training)
+    return loss_sum / max(tokens, 1), tokens
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per logged step or evaluation, appended as they happen."""
+
+    def __init__(self, path: Path, resume_after_step: int | None = None):
+        self.path = path
+        if resume_after_step is not None and path.exists():
+            # Steps after the checkpoint we resume from never happened as far as this run is concerned.
+            kept = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= resume_after_step]
+            write_atomically(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# Checkpoints are directories `OUT/checkpoints/step-00000100`, built under a temporary name and
+# renamed when complete, so the newest complete one is always safe to resume from.
+CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
+
+
+def rng_state() -> dict:
+    # Dropout is the only randomness after start-up; the loader's order comes from its own seed.
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = out / "checkpoints"
+    found = [p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name)] if folder.exists() else []
+    return sorted(found)
+
+
+def begin_checkpoint(out: Path, step: int) -> tuple[Path, Path]:
+    """A fresh temporary directory to write step `step`'s checkpoint into, and its final name."""
+    final = out / "checkpoints" / f"step-{step:08d}"
+    building = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    return building, final
+
+
+def finish_checkpoint(building: Path, final: Path, keep: int) -> None:
+    """Rename the complete checkpoint into place and delete all but the newest `keep`."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(building, final)
+    for old in checkpoints(final.parent.parent)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+
+
+def save_training_state(directory: Path, step: int, optimizer, scheduler, loader: RowLoader) -> None:
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "loader": loader.state_dict(), "rng": rng_state()}, directory / "training_state.pt")
+
+
+def load_training_state(directory: Path, optimizer, scheduler, loader: RowLoader) -> int:
+    """Restore what `save_training_state` wrote; returns the step to continue after."""
+    state = torch.load(directory / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
+    restore_rng_state(state["rng"])
+    return state["step"]
+
+
+class Throughput:
+    """Tokens per second over the last optimizer step."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def tick(self, tokens: int) -> float:
+        now = time.perf_counter()
+        rate = tokens / max(now - self.start, 1e-9)
+        self.start = now
+        return rate
