@@ -7,8 +7,6 @@ names, and PEFT's adapter keys are ours with a prefix and a `.weight` suffix.
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.checkpoint import replace_directory
+import atomic
 from model.mistral import Mistral
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -128,10 +126,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str) -> None:
     """Write `adapter_model.safetensors` and `adapter_config.json` as PEFT does, atomically."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic.directory(out_dir) as building:
         save_file(adapter_state_dict(model), building / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         peft_config = {
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
@@ -140,11 +135,7 @@ def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig,
             "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
             "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
         }
-        (building / ADAPTER_CONFIG).write_text(json.dumps(peft_config, indent=2))
-        replace_directory(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+        atomic.write_text(building / ADAPTER_CONFIG, json.dumps(peft_config, indent=2))
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import atomic
 from data.dataset import DataConfig, prepare_data
 from data.packing import RowLoader
 from data.sessions import DataError
@@ -21,9 +22,9 @@ from data.telegram import add_export_args, export_options_from_args
 from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.tokenizer import TokenizerError
-from training import (MetricsLog, Throughput, TrainingError, begin_checkpoint, checkpoints, cosine_schedule,
-                      endless, evaluate, finish_checkpoint, load_training_state, make_optimizer,
-                      save_training_state, train_step, write_atomically)
+from training import (MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints, cosine_schedule,
+                      endless, evaluate, load_training_state, make_optimizer, prune_checkpoints,
+                      save_training_state, train_step)
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -89,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for action in suppressing._actions:
             action.default = argparse.SUPPRESS
         suppressing.parse_args(argv, namespace=explicit)
-        args = argparse.Namespace(**{**json.loads(settings_file.read_text()), **vars(explicit)})
+        defaults = {action.dest: action.default for action in parser._actions}
+        args = argparse.Namespace(**{**defaults, **json.loads(settings_file.read_text()), **vars(explicit)})
         args.out = args.resume
     elif not args.data:
         parser.error("--data is required: a Telegram export (result.json or its folder) or a sessions file")
@@ -132,7 +134,7 @@ def train_lora(args) -> None:
     torch.manual_seed(args.seed)
     if not args.resume:  # what --resume continues with; a stop is a property of this invocation only
         settings = {k: v for k, v in vars(args).items() if k not in ("resume", "stop_at")}
-        write_atomically(out / "run_args.json", json.dumps(settings, indent=2))
+        atomic.write_text(out / "run_args.json", json.dumps(settings, indent=2))
 
     # Data: the export becomes sessions, held-out sessions, and packed rows of tokens.
     tokenizer = load_tokenizer(args.model)
@@ -168,10 +170,10 @@ def train_lora(args) -> None:
     metrics = MetricsLog(out / "metrics.jsonl", resume_after_step=step if args.resume else None)
 
     def save_checkpoint():
-        building, final = begin_checkpoint(out, step)
-        save_adapter(model, building / "adapter", lora_config, base_model=args.model)
-        save_training_state(building, step, optimizer, scheduler, loader)
-        finish_checkpoint(building, final, args.keep_checkpoints)
+        with atomic.directory(checkpoint_path(out, step)) as building:
+            save_adapter(model, building / "adapter", lora_config, base_model=args.model)
+            save_training_state(building, step, optimizer, scheduler, loader)
+        prune_checkpoints(out, args.keep_checkpoints)
 
     def run_evaluation() -> dict:
         loss, tokens = evaluate(model, data.val_rows, args.micro_batch, device)
@@ -183,34 +185,33 @@ def train_lora(args) -> None:
     batches = endless(loader)
     tokens_per_step = args.batch * args.seq_len
     throughput, started, rates, last_eval = Throughput(), time.time(), [], {}
-    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
-    while step < total_steps:
-        window = [next(batches) for _ in range(accumulation)]
-        loss, grad_norm = train_step(model, optimizer, window, device, args.grad_clip)
-        if not math.isfinite(loss) or not math.isfinite(grad_norm):
-            saved = checkpoints(out)
-            raise TrainingError(f"loss is {loss}, gradient norm {grad_norm} at step {step + 1}; stopped without "
-                                f"updating the weights. Last good checkpoint: {saved[-1] if saved else 'none'} "
-                                "(try a lower --lr, or --dtype fp32)")
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        rates.append(throughput.tick(tokens_per_step))
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rates[-1]:,.0f}")
-        bar.update()
-        if step % args.log_every == 0 or step == total_steps:
-            metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
-        if args.eval_every and step % args.eval_every == 0 and step < total_steps:
-            last_eval = run_evaluation()
-            bar.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
-        if (args.save_every and step % args.save_every == 0) or step == args.stop_at:
-            save_checkpoint()
-        if step == args.stop_at and step < total_steps:
-            bar.close()
-            print(f"stopped after step {step} as asked; continue with: python train.py --resume {out}")
-            return
-    bar.close()
+    with tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True) as bar:
+        while step < total_steps:
+            window = [next(batches) for _ in range(accumulation)]
+            loss, grad_norm = train_step(model, optimizer, window, device, args.grad_clip)
+            if not math.isfinite(loss) or not math.isfinite(grad_norm):
+                saved = checkpoints(out)
+                raise TrainingError(f"loss is {loss}, gradient norm {grad_norm} at step {step + 1}; stopped without "
+                                    f"updating the weights. Last good checkpoint: {saved[-1] if saved else 'none'} "
+                                    "(try a lower --lr, or --dtype fp32)")
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            rates.append(throughput.tick(tokens_per_step))
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rates[-1]:,.0f}")
+            bar.update()
+            if step % args.log_every == 0 or step == total_steps:
+                metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "tokens_per_s": rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
+            if args.eval_every and step % args.eval_every == 0 and step < total_steps:
+                last_eval = run_evaluation()
+                bar.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
+            if (args.save_every and step % args.save_every == 0) or step == args.stop_at:
+                save_checkpoint()
+            if step == args.stop_at and step < total_steps:
+                bar.close()
+                print(f"stopped after step {step} as asked; continue with: python train.py --resume {out}")
+                return
 
     # The result: the adapter in PEFT's format, with the tokenizer and a record of the run.
     last_eval = run_evaluation()
@@ -220,7 +221,7 @@ def train_lora(args) -> None:
     figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
                "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,
                "train_rows": len(data.train_rows), "val_rows": len(data.val_rows)}
-    write_atomically(out / "run.json", json.dumps({"mode": "lora", "settings": vars(args), "figures": figures}, indent=2))
+    atomic.write_text(out / "run.json", json.dumps({"mode": "lora", "settings": vars(args), "figures": figures}, indent=2))
     print(f"adapter written to {out / 'adapter'}")
     if args.merge:
         save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)

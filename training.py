@@ -2,7 +2,6 @@
 window, evaluation, the metrics file, and checkpoints that a run resumes from exactly."""
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import atomic
 from data.packing import PackedRows, RowLoader
 from model.mistral import IGNORE_INDEX
 
@@ -105,21 +105,15 @@ class MetricsLog:
             # Steps after the checkpoint we resume from never happened as far as this run is concerned.
             kept = [line for line in path.read_text().splitlines()
                     if line and json.loads(line)["step"] <= resume_after_step]
-            write_atomically(path, "".join(line + "\n" for line in kept))
+            atomic.write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-# Checkpoints are directories `OUT/checkpoints/step-00000100`, built under a temporary name and
-# renamed when complete, so the newest complete one is always safe to resume from.
+# Checkpoints are directories `OUT/checkpoints/step-00000100`, written with `atomic.directory`, so
+# the newest complete one is always safe to resume from.
 CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
 
 
@@ -144,20 +138,13 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found)
 
 
-def begin_checkpoint(out: Path, step: int) -> tuple[Path, Path]:
-    """A fresh temporary directory to write step `step`'s checkpoint into, and its final name."""
-    final = out / "checkpoints" / f"step-{step:08d}"
-    building = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    return building, final
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:08d}"
 
 
-def finish_checkpoint(building: Path, final: Path, keep: int) -> None:
-    """Rename the complete checkpoint into place and delete all but the newest `keep`."""
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(building, final)
-    for old in checkpoints(final.parent.parent)[:-keep] if keep > 0 else []:
+def prune_checkpoints(out: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for old in checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
 
 

@@ -8,12 +8,12 @@ memory until it is closed, which would double the peak for a single-file checkpo
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+import atomic
 
 from model.mistral import Mistral, MistralConfig
 from model.tokenizer import Tokenizer
@@ -205,29 +205,10 @@ def save_model(model: Mistral, out_dir: str | os.PathLike, tokenizer: Tokenizer 
     """
     from huggingface_hub import save_torch_state_dict
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     state = {name: p.detach() for name, p in model.named_parameters()}  # a tied head appears once
     dtype = next(iter(state.values())).dtype
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic.directory(out_dir) as building:
         save_torch_state_dict(state, building, max_shard_size=max_shard_size)
-        (building / "config.json").write_text(json.dumps(model.config.to_hf(dtype), indent=2))
+        atomic.write_text(building / "config.json", json.dumps(model.config.to_hf(dtype), indent=2))
         if tokenizer is not None:
             tokenizer.save(building)
-        replace_directory(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Move `new` to `target`, replacing what was there only once `new` is complete."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)

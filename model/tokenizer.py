@@ -34,12 +34,13 @@ import operator
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece
+
+import atomic
 
 SPACE = "▁"  # SentencePiece's stand-in for ' '
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
@@ -187,17 +188,6 @@ def _merge_priorities(tokenizer_json: dict | None, pieces: list[str], path: Path
         rank.setdefault(pair[0] + pair[1], i)
     # pieces no merge produces (single characters, bytes, controls) are never merge results: any priority works
     return [rank.get(piece, len(merges) + i) for i, piece in enumerate(pieces)]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class Tokenizer:
@@ -417,7 +407,7 @@ class Tokenizer:
             files["tokenizer.json"] = {**self._tokenizer_json, "added_tokens": tokens}
         for name, content in files.items():
             data = content if isinstance(content, bytes) else json.dumps(content, indent=2, ensure_ascii=False).encode()
-            _write_atomic(out / name, data)
+            atomic.write_bytes(out / name, data)
 
 
 class StreamDecoder:

@@ -116,3 +116,29 @@ def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(dolphin_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, dolphin_tokenizer):
+    """A tiny random Mistral with Dolphin's tokenizer (vocab 32002), saved like a Hugging Face model."""
+    from model import save_model
+    from tests.helpers import random_model, tiny_config
+
+    path = tmp_path_factory.mktemp("tiny-checkpoint")
+    config = tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64, sliding_window=48)
+    save_model(random_model(config), path, tokenizer=dolphin_tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_checkpoint):
+    """A finished train.py --lora --merge run of a few steps on the tiny model and the sample export."""
+    import train
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    sample = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
+    train.main(["--lora", "--model", str(tiny_checkpoint), "--data", str(sample), "--out", str(out),
+                "--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "3", "--lr", "1e-2",
+                "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge"])
+    return out

@@ -1,0 +1,160 @@
+"""train.py --lora end to end on a tiny model and the bundled sample export."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from training import cosine_schedule, train_step
+from tests.helpers import random_model, tiny_config
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
+FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "4", "--lora-r", "4", "--lora-alpha", "8",
+        "--eval-every", "0", "--save-every", "0"]
+
+
+def run_train(*args: str):
+    train.main(["--lora", *map(str, args)])
+
+
+def adapter_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def test_lora_run_writes_adapter_metrics_and_record(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 6, "--lr", 1e-2,
+              "--eval-every", 3, *FAST[:-4], "--save-every", 3)
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "adapter" / "tokenizer.model").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "lr", "tokens_per_s"} <= r.keys() for r in steps)
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert evals[-1]["eval_perplexity"] == pytest.approx(math.exp(evals[-1]["eval_loss"]))
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["figures"]["steps"] == 6 and run["figures"]["target"] == "Alexander Smirnov"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+
+
+def test_stop_and_resume_gives_the_same_adapter_as_a_straight_run(tmp_path, tiny_checkpoint):
+    common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 6, "--lr", 5e-3, *FAST]
+    run_train(*common, "--out", tmp_path / "straight")
+    run_train(*common, "--out", tmp_path / "split", "--stop-at", 3)
+    assert not (tmp_path / "split" / "adapter").exists()
+    train.main(["--resume", str(tmp_path / "split")])
+    straight, resumed = adapter_weights(tmp_path / "straight"), adapter_weights(tmp_path / "split")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 6
+
+
+def test_merge_writes_a_full_model(tmp_path, tiny_checkpoint):
+    import transformers
+
+    out = tmp_path / "run"
+    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 1, "--merge", *FAST)
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.config.vocab_size == 32002
+
+
+def test_accumulated_gradient_equals_the_full_batch_gradient():
+    config = tiny_config()
+    ids = torch.randint(0, config.vocab_size, (3, 12))
+    labels = ids.clone()
+    labels[0, :10] = -100
+    batch = {"input_ids": ids, "labels": labels, "position_ids": torch.arange(12).expand(3, 12),
+             "document_ids": torch.zeros(3, 12, dtype=torch.long)}
+    split = [{k: v[:1] for k, v in batch.items()}, {k: v[1:] for k, v in batch.items()}]
+
+    def gradient_after(window):
+        model = random_model(config).train()
+        captured = {}
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        optimizer.step = lambda: captured.update(g=model.lm_head.weight.grad.clone())
+        loss, _ = train_step(model, optimizer, window, torch.device("cpu"), grad_clip=0)
+        return loss, captured["g"]
+
+    full_loss, full_grad = gradient_after([batch])
+    split_loss, split_grad = gradient_after(split)
+    assert split_loss == pytest.approx(full_loss, rel=1e-5)
+    torch.testing.assert_close(split_grad, full_grad, atol=1e-6, rtol=1e-4)
+    # And it is the mean over all 26 trained tokens, not a mean of per-micro-batch means.
+    model = random_model(config)
+    with torch.no_grad():
+        per_token = model(ids, labels=labels).item() / 26
+    assert full_loss == pytest.approx(per_token, rel=1e-5)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = cosine_schedule(optimizer, warmup_steps=4, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.01
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    out = tmp_path / "run"
+    import training
+
+    real_forward_loss = training.forward_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, device):
+        calls["n"] += 1
+        loss = real_forward_loss(model, batch, device)
+        return loss * float("nan") if calls["n"] > 4 else loss  # steps 1-2 fine (2 micro-batches each)
+
+    monkeypatch.setattr(training, "forward_loss", poisoned)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 5,
+                  *FAST[:-2], "--save-every", 2)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: loss is nan") and "step-00000002" in error
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert not (out / "adapter").exists()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_bad_data_path_is_one_error_line(tmp_path, tiny_checkpoint):
+    result = cli("--lora", "--model", tiny_checkpoint, "--data", tmp_path / "missing.json", "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "missing.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_target_lists_the_top_speakers(tmp_path, tiny_checkpoint, capsys):
+    with pytest.raises(SystemExit):
+        run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "o", "--target", "Nobody Here")
+    error = capsys.readouterr().err
+    assert "Nobody Here" in error and "Alexander Smirnov" in error
+
+
+def test_help_documents_every_flag_with_its_default():
+    import argparse
+
+    for action in train.build_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.dest
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in action.help, action.dest
