@@ -5,6 +5,8 @@
 LoRA adapters on one GPU (`--lora`), or every weight sharded over a node (`--fsdp`, under torchrun).
 """
 import argparse
+import contextlib
+import io
 import json
 import math
 import sys
@@ -15,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 import atomic
+import fsdp
 from data.dataset import DataConfig, prepare_data
 from data.packing import RowLoader
 from data.sessions import DataError
@@ -24,7 +27,7 @@ from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.tokenizer import TokenizerError
 from training import (MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints, cosine_schedule,
                       endless, evaluate, load_training_state, make_optimizer, prune_checkpoints,
-                      save_training_state, train_step)
+                      save_training_state, train_step, trained_token_count)
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -63,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-targets", default="q,k,v,o,gate", help="projections to adapt, from q,k,v,o,gate,up,down (default: %(default)s)")
     lora.add_argument("--merge", action="store_true", help="also write the merged full model to OUT/merged (default: off)")
 
+    full = parser.add_argument_group("full fine-tuning (--fsdp)")
+    full.add_argument("--param-dtype", choices=list(DTYPES), default="fp32", help="dtype of the sharded master weights and AdamW states; bf16 halves their memory (default: %(default)s)")
+    full.add_argument("--export-dtype", choices=list(DTYPES), default="bf16", help="dtype of the exported model in OUT/model (default: %(default)s)")
+    full.add_argument("--add-chatml-tokens", action="store_true", help="add <|im_start|>/<|im_end|> to the tokenizer and grow the embeddings (default: automatic when the tokenizer lacks them)")
+
     run = parser.add_argument_group("run")
     run.add_argument("--eval-every", type=int, default=100, help="evaluate on the held-out split every N steps, and at the end; 0: only at the end (default: %(default)s)")
     run.add_argument("--save-every", type=int, default=100, help="write a checkpoint every N steps; 0: never (default: %(default)s)")
@@ -97,8 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--data is required: a Telegram export (result.json or its folder) or a sessions file")
     if args.lr is None:
         args.lr = 2e-5 if args.fsdp else 2e-4
-    if args.batch % args.micro_batch:
-        parser.error(f"--batch ({args.batch}) must be a multiple of --micro-batch ({args.micro_batch})")
     return args
 
 
@@ -111,50 +117,74 @@ def resolve_device(args) -> tuple[torch.device, torch.dtype]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    world = fsdp.start() if args.fsdp else None
+    exit_code = 0
     try:
-        if args.fsdp:
-            import fsdp
-            fsdp.train(args)
-        else:
-            train_lora(args)
+        train(args, world)
     except (DataError, CheckpointError, TokenizerError, AdapterError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_code = 2
+    except fsdp.MainRankFailed:  # rank 0 has printed the error
+        exit_code = 2
     except torch.cuda.OutOfMemoryError:
         print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
               "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
               "--activation-checkpointing.", file=sys.stderr)
-        sys.exit(2)
+        exit_code = 2
+    if world is not None:
+        fsdp.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
+    if exit_code:
+        sys.exit(exit_code)
 
 
-def train_lora(args) -> None:
+def train(args, world: "fsdp.World | None") -> None:
+    """One run: LoRA on one device (`world` None) or every weight sharded over the world's ranks."""
+    rank, world_size = (world.rank, world.size) if world else (0, 1)
+    is_main = rank == 0
+    say = print if is_main else lambda *_, **__: None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device, dtype = resolve_device(args)
+    device, dtype = (world.device, resolve_device(args)[1]) if world else resolve_device(args)
     torch.manual_seed(args.seed)
-    if not args.resume:  # what --resume continues with; a stop is a property of this invocation only
-        settings = {k: v for k, v in vars(args).items() if k not in ("resume", "stop_at")}
-        atomic.write_text(out / "run_args.json", json.dumps(settings, indent=2))
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:  # what --resume continues with; a stop belongs to this invocation only
+            settings = {k: v for k, v in vars(args).items() if k not in ("resume", "stop_at")}
+            atomic.write_text(out / "run_args.json", json.dumps(settings, indent=2))
 
-    # Data: the export becomes sessions, held-out sessions, and packed rows of tokens.
-    tokenizer = load_tokenizer(args.model)
-    data_config = DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
-                             export=export_options_from_args(args))
-    data = prepare_data(args.data, tokenizer, data_config, cache_dir=out / "cache")
-    print(data.summary())
+    # Data: the export becomes sessions, held-out sessions, and packed rows of tokens. In a sharded
+    # run rank 0 goes first and caches the tokens; the other ranks then read its cache.
+    def prepare():
+        tokenizer = load_tokenizer(args.model)
+        if args.fsdp and (args.add_chatml_tokens or tokenizer.im_start_id is None):
+            tokenizer.add_special_tokens(["<|im_end|>", "<|im_start|>"])
+        data_config = DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
+                                 export=export_options_from_args(args))
+        with contextlib.redirect_stderr(io.StringIO()) if not is_main else contextlib.nullcontext():
+            return tokenizer, prepare_data(args.data, tokenizer, data_config, cache_dir=out / "cache")
 
-    # Model: the frozen base in `dtype`, with trainable adapters.
-    model = load_model(args.model, dtype=dtype, device=device)
-    lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                             targets=lora_targets(args.lora_targets))
-    print(apply_lora(model, lora_config))
+    tokenizer, data = fsdp.main_first(world, prepare) if world else prepare()
+    say(data.summary())
+
+    # Model: LoRA adapters on the frozen base, or every weight sharded, in fp32 master copies.
+    if args.fsdp:
+        model = fsdp.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype], dtype)
+        say(f"full fine-tuning of {sum(p.numel() for p in model.parameters()):,} parameters "
+            f"sharded over {world_size} ranks")
+    else:
+        model = load_model(args.model, dtype=dtype, device=device)
+        lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                 targets=lora_targets(args.lora_targets))
+        say(apply_lora(model, lora_config))
     model.activation_checkpointing = (device.type == "cuda" if args.activation_checkpointing is None
                                       else args.activation_checkpointing)
     model.train()
 
-    # Schedule: optimizer steps of `batch` rows, each accumulated over micro-batches.
-    loader = RowLoader(data.train_rows, args.micro_batch, seed=args.seed)
-    accumulation = args.batch // args.micro_batch
+    # Schedule: optimizer steps of `batch` rows over all ranks, each accumulated over micro-batches.
+    loader = RowLoader(data.train_rows, args.micro_batch, rank=rank, world_size=world_size, seed=args.seed)
+    if args.batch % (args.micro_batch * world_size):
+        raise TrainingError(f"--batch ({args.batch}) must be a multiple of --micro-batch x ranks "
+                            f"({args.micro_batch} x {world_size})")
+    accumulation = args.batch // (args.micro_batch * world_size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(loader) / accumulation))
     optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
     scheduler = cosine_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
@@ -164,31 +194,50 @@ def train_lora(args) -> None:
         newest = checkpoints(out)
         if not newest:
             raise TrainingError(f"{out}: no checkpoint to resume from in {out / 'checkpoints'}")
-        load_adapter(model, newest[-1] / "adapter")
-        step = load_training_state(newest[-1], optimizer, scheduler, loader)
-        print(f"resumed from {newest[-1]} at step {step} of {total_steps}")
-    metrics = MetricsLog(out / "metrics.jsonl", resume_after_step=step if args.resume else None)
+        if args.fsdp:
+            state = fsdp.load_checkpoint(newest[-1], world, model, optimizer)
+            scheduler.load_state_dict(state["scheduler"])
+            loader.load_state_dict(state["loader"])
+            step = state["step"]
+        else:
+            load_adapter(model, newest[-1] / "adapter")
+            step = load_training_state(newest[-1], optimizer, scheduler, loader)
+        say(f"resumed from {newest[-1]} at step {step} of {total_steps}")
+    metrics = MetricsLog(out / "metrics.jsonl", resume_after_step=step if args.resume else None) if is_main else None
 
     def save_checkpoint():
-        with atomic.directory(checkpoint_path(out, step)) as building:
-            save_adapter(model, building / "adapter", lora_config, base_model=args.model)
-            save_training_state(building, step, optimizer, scheduler, loader)
-        prune_checkpoints(out, args.keep_checkpoints)
+        if args.fsdp:
+            state = {"step": step, "scheduler": scheduler.state_dict(), "loader": loader.state_dict()}
+            fsdp.save_checkpoint(checkpoint_path(out, step), world, model, optimizer, state)
+        else:
+            with atomic.directory(checkpoint_path(out, step)) as building:
+                save_adapter(model, building / "adapter", lora_config, base_model=args.model)
+                save_training_state(building, step, optimizer, scheduler, loader)
+        if is_main:
+            prune_checkpoints(out, args.keep_checkpoints)
 
     def run_evaluation() -> dict:
         loss, tokens = evaluate(model, data.val_rows, args.micro_batch, device)
         record = {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "eval_tokens": tokens}
-        metrics.write(record)
+        if metrics:
+            metrics.write(record)
         return record
 
     # The run: optimizer steps until the schedule ends, with evaluation and checkpoints on the way.
     batches = endless(loader)
     tokens_per_step = args.batch * args.seq_len
     throughput, started, rates, last_eval = Throughput(), time.time(), [], {}
-    with tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True) as bar:
+    with tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True,
+              disable=not is_main) as bar:
         while step < total_steps:
             window = [next(batches) for _ in range(accumulation)]
-            loss, grad_norm = train_step(model, optimizer, window, device, args.grad_clip)
+            tokens = trained_token_count(window)
+            if world:  # every token of the global batch weighs the same, whichever rank holds it
+                tokens = int(fsdp.all_reduce_sum([tokens], device)[0])
+            loss, grad_norm = train_step(model, optimizer, window, device, args.grad_clip, tokens,
+                                         loss_scale=world_size)
+            if world:
+                loss = fsdp.all_reduce_sum([loss], device)[0]
             if not math.isfinite(loss) or not math.isfinite(grad_norm):
                 saved = checkpoints(out)
                 raise TrainingError(f"loss is {loss}, gradient norm {grad_norm} at step {step + 1}; stopped without "
@@ -200,32 +249,41 @@ def train_lora(args) -> None:
             rates.append(throughput.tick(tokens_per_step))
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rates[-1]:,.0f}")
             bar.update()
-            if step % args.log_every == 0 or step == total_steps:
+            if metrics and (step % args.log_every == 0 or step == total_steps):
                 metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
             if args.eval_every and step % args.eval_every == 0 and step < total_steps:
                 last_eval = run_evaluation()
-                bar.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
+                if is_main:
+                    bar.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, "
+                              f"perplexity {last_eval['eval_perplexity']:.2f}")
             if (args.save_every and step % args.save_every == 0) or step == args.stop_at:
                 save_checkpoint()
             if step == args.stop_at and step < total_steps:
                 bar.close()
-                print(f"stopped after step {step} as asked; continue with: python train.py --resume {out}")
+                say(f"stopped after step {step} as asked; continue with: python train.py --resume {out}")
                 return
 
-    # The result: the adapter in PEFT's format, with the tokenizer and a record of the run.
+    # The result: the adapter in PEFT's format, or the whole model in Hugging Face's, with the
+    # tokenizer and a record of the run.
     last_eval = run_evaluation()
-    print(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
-    save_adapter(model, out / "adapter", lora_config, base_model=args.model)
-    tokenizer.save(out / "adapter")
-    figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
-               "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,
-               "train_rows": len(data.train_rows), "val_rows": len(data.val_rows)}
-    atomic.write_text(out / "run.json", json.dumps({"mode": "lora", "settings": vars(args), "figures": figures}, indent=2))
-    print(f"adapter written to {out / 'adapter'}")
-    if args.merge:
+    say(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
+    if args.fsdp:
+        fsdp.export_model(model, out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
+        say(f"model written to {out / 'model'}")
+    else:
+        save_adapter(model, out / "adapter", lora_config, base_model=args.model)
+        tokenizer.save(out / "adapter")
+        say(f"adapter written to {out / 'adapter'}")
+    if is_main:
+        figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
+                   "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,
+                   "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": world_size}
+        atomic.write_text(out / "run.json", json.dumps({"mode": "fsdp" if args.fsdp else "lora",
+                                                        "settings": vars(args), "figures": figures}, indent=2))
+    if args.merge and not args.fsdp:
         save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)
-        print(f"merged model written to {out / 'merged'}")
+        say(f"merged model written to {out / 'merged'}")
 
 
 def lora_targets(text: str) -> tuple[str, ...]:

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 import atomic
 from data.packing import PackedRows, RowLoader
@@ -74,7 +76,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[
         loss_sum += loss.item()
     mean_loss = loss_sum / max(token_total, 1)
     params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)  # sharded: global norm
     if math.isfinite(mean_loss) and math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -89,9 +92,16 @@ def evaluate(model: nn.Module, rows: PackedRows, micro_batch: int, device: torch
     was_training = model.training
     model.eval()
     loss_sum, tokens = 0.0, 0
-    for batch in RowLoader(rows, micro_batch, shuffle=False, wrap=False):
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    # Without wrapping every row comes once; every rank still runs the same number of batches
+    # (some empty), as sharded models need all ranks in each forward pass.
+    for batch in RowLoader(rows, micro_batch, rank=rank, world_size=world_size, shuffle=False, wrap=False):
         loss_sum += forward_loss(model, batch, device).item()
         tokens += trained_token_count([batch])
+    if dist.is_initialized():
+        totals = torch.tensor([loss_sum, tokens], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        loss_sum, tokens = totals[0].item(), int(totals[1].item())
     model.train(was_training)
     return loss_sum / max(tokens, 1), tokens
 

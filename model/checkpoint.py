@@ -6,6 +6,7 @@ the destination tensor rather than through a memory map: a map's pages count as 
 memory until it is closed, which would double the peak for a single-file checkpoint.
 """
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -83,20 +84,6 @@ def read_safetensors_header(file: Path) -> tuple[dict, int]:
     return header, 8 + header_len
 
 
-def read_safetensors_tensor(f, info: dict, data_start: int, file: Path, name: str) -> torch.Tensor:
-    """Read one tensor's bytes into a fresh tensor of the file's dtype."""
-    if info["dtype"] not in SAFETENSORS_DTYPES:
-        raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
-    tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
-    begin, end = info["data_offsets"]
-    if tensor.numel() * tensor.element_size() != end - begin:
-        raise CheckpointError(f"{file}: tensor {name} has {end - begin} bytes for shape {info['shape']}")
-    f.seek(data_start + begin)
-    if f.readinto(memoryview(tensor.view(torch.uint8).numpy()).cast("B")) != end - begin:
-        raise CheckpointError(f"{file}: truncated inside tensor {name}")
-    return tensor
-
-
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's weight files, from its index when sharded."""
     for index_name, single_name in [("model.safetensors.index.json", "model.safetensors"),
@@ -117,49 +104,70 @@ def weight_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory}: no model.safetensors, sharded safetensors or pytorch_model.bin")
 
 
-def iterate_checkpoint(files: list[Path], expected: dict[str, torch.Size]):
-    """Yield (name, tensor) for every weight, after checking names and shapes against `expected`."""
-    safetensors = files[0].suffix == ".safetensors"
-    if safetensors:  # check every name and shape before reading a single byte of data
-        headers = [(file, *read_safetensors_header(file)) for file in files]
-        found = {name: (file, info["shape"]) for file, header, _ in headers for name, info in header.items()}
-        check_names_and_shapes(found, expected)
-        for file, header, data_start in headers:
-            with open(file, "rb") as f:
-                for name, info in header.items():
-                    if name in expected:
-                        yield name, read_safetensors_tensor(f, info, data_start, file, name)
-        return
-    found = {}
-    for file in files:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as error:  # a pickle we refuse to execute, or a damaged file
-            raise CheckpointError(f"{file}: cannot be read as plain tensors ({error})") from None
-        found.update({name: (file, list(tensor.shape)) for name, tensor in state.items()})
-        for name, tensor in state.items():
-            if name in expected:
-                if list(tensor.shape) != list(expected[name]):
-                    check_names_and_shapes({name: (file, list(tensor.shape))}, {name: expected[name]})
-                yield name, tensor
-        del state
-    check_names_and_shapes(found, expected)
+class CheckpointReader:
+    """The tensors of a checkpoint's weight files, each read on demand, whole or a range of rows.
 
+    Reading rows is what lets each rank of a sharded run read only its own part of every tensor.
+    """
 
-def check_names_and_shapes(found: dict[str, tuple[Path, list[int]]], expected: dict[str, torch.Size]):
-    unexpected = [name for name in found if name not in expected and not IGNORED_KEYS.match(name)]
-    if unexpected:
-        file = found[unexpected[0]][0]
-        raise CheckpointError(f"{file}: unexpected tensors {unexpected[:5]}"
-                              + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
-    missing = [name for name in expected if name not in found]
-    if missing:
-        raise CheckpointError(f"checkpoint is missing tensors {missing[:5]}"
-                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    for name, (file, shape) in found.items():
-        if name in expected and list(shape) != list(expected[name]):
-            raise CheckpointError(f"{file}: tensor {name} has shape {list(shape)}, "
-                                  f"the config needs {list(expected[name])}")
+    def __init__(self, directory: Path):
+        self.files = weight_files(directory)
+        self.locations: dict[str, tuple[Path, dict, int]] = {}  # safetensors: file, entry, data start
+        self.pickled: dict[str, torch.Tensor] = {}  # .bin: memory-mapped tensors
+        for file in self.files:
+            if file.suffix == ".safetensors":
+                header, data_start = read_safetensors_header(file)
+                self.locations.update({name: (file, info, data_start) for name, info in header.items()})
+            else:
+                try:
+                    self.pickled.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+                except Exception as error:  # a pickle we refuse to execute, or a damaged file
+                    raise CheckpointError(f"{file}: cannot be read as plain tensors ({error})") from None
+
+    def file_of(self, name: str) -> Path:
+        return self.locations[name][0] if name in self.locations else self.files[0]
+
+    def shapes(self) -> dict[str, list[int]]:
+        found = {name: info["shape"] for name, (_, info, _) in self.locations.items()}
+        return {**found, **{name: list(t.shape) for name, t in self.pickled.items()}}
+
+    def check(self, expected: dict[str, torch.Size]) -> None:
+        """Refuse a checkpoint whose tensor names or shapes differ from the model's, before any read."""
+        shapes = self.shapes()
+        unexpected = [name for name in shapes if name not in expected and not IGNORED_KEYS.match(name)]
+        if unexpected:
+            raise CheckpointError(f"{self.file_of(unexpected[0])}: unexpected tensors {unexpected[:5]}"
+                                  + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+        missing = [name for name in expected if name not in shapes]
+        if missing:
+            raise CheckpointError(f"checkpoint is missing tensors {missing[:5]}"
+                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        for name, shape in expected.items():
+            if list(shapes[name]) != list(shape):
+                raise CheckpointError(f"{self.file_of(name)}: tensor {name} has shape {list(shapes[name])}, "
+                                      f"the config needs {list(shape)}")
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows `start:stop` (along the first dimension) of tensor `name`, in the file's dtype."""
+        if name in self.pickled:
+            return self.pickled[name][start:stop]
+        file, info, data_start = self.locations[name]
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
+        shape, (begin, end) = info["shape"], info["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        if math.prod(shape) * dtype.itemsize != end - begin:
+            raise CheckpointError(f"{file}: tensor {name} has {end - begin} bytes for shape {shape}")
+        rows = shape[0] if shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        row_bytes = (end - begin) // max(rows, 1)
+        tensor = torch.empty([stop - start, *shape[1:]] if shape else [], dtype=dtype)
+        with open(file, "rb") as f:
+            f.seek(data_start + begin + start * row_bytes)
+            wanted = (stop - start) * row_bytes
+            if f.readinto(memoryview(tensor.view(torch.uint8).numpy()).cast("B")) != wanted:
+                raise CheckpointError(f"{file}: truncated inside tensor {name}")
+        return tensor
 
 
 def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -176,8 +184,10 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
     with torch.device("meta"):
         model = Mistral(config)
     expected = {name: p.shape for name, p in model.named_parameters()}  # a tied head appears once
-    for name, tensor in iterate_checkpoint(weight_files(directory), expected):
-        assign_parameter(model, name, tensor.to(device=device, dtype=dtype))
+    reader = CheckpointReader(directory)
+    reader.check(expected)
+    for name in expected:
+        assign_parameter(model, name, reader.read(name).to(device=device, dtype=dtype))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model

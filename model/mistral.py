@@ -184,7 +184,7 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
         is_causal = mask is None and seq > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):

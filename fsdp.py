@@ -1,0 +1,212 @@
+"""Full fine-tuning sharded over processes with FSDP2: every rank holds 1/world of each weight, its
+gradient and its AdamW state, and gathers a layer's weights only while that layer computes.
+
+Runs under torchrun, on one node or several: NCCL on CUDA, gloo on CPU (how the tests run it).
+"""
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+import atomic
+from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint
+from model.mistral import Mistral
+from model.tokenizer import Tokenizer
+
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start(timeout_minutes: float = 30) -> World:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+    if "RANK" not in os.environ:
+        raise RuntimeError("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", timeout=timedelta(minutes=timeout_minutes), device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo", timeout=timedelta(minutes=timeout_minutes))
+    world = World(dist.get_rank(), dist.get_world_size(), device)
+    if not world.is_main:
+        os.environ["TQDM_DISABLE"] = "1"  # one progress bar per job, not one per rank
+    return world
+
+
+def stop(exit_code: int = 0) -> None:
+    """Leave the process group and exit.
+
+    Tearing down gloo while its background threads still run aborted about one run in six with
+    "terminate called without an active exception". After a barrier no collective is in flight, and
+    `os._exit` ends the process without running the C++ destructors that raced; everything of ours
+    is flushed and closed by then.
+    """
+    if dist.is_initialized():
+        if exit_code == 0:
+            dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.destroy_process_group()
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+class MainRankFailed(Exception):
+    """Rank 0 failed in work that the other ranks wait for; it reports the error, they just stop."""
+
+
+def main_first(world: World, work):
+    """Run `work` on rank 0, then on the other ranks (which may use what it cached); when it fails on
+    rank 0 the others stop too instead of waiting for it."""
+    failed = [False]
+    if world.is_main:
+        try:
+            result = work()
+        except BaseException:
+            failed = [True]
+            dist.broadcast_object_list(failed, src=0)
+            raise
+    dist.broadcast_object_list(failed, src=0)
+    if world.is_main:
+        return result
+    if failed[0]:
+        raise MainRankFailed()
+    return work()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_dtype: torch.dtype,
+                       compute_dtype: torch.dtype) -> Mistral:
+    """The checkpoint as a model sharded over the world, each rank reading only its rows of each tensor.
+
+    `vocab_size` larger than the checkpoint's grows the embedding and LM head (new tokens such as
+    ChatML's); the new rows start as the mean of the existing ones, a neutral point to learn from.
+    """
+    directory = resolve_checkpoint(path_or_repo)
+    config = load_config(directory)
+    old_vocab = config.vocab_size
+    config.vocab_size = max(vocab_size, old_vocab)
+    with torch.device("meta"):
+        model = Mistral(config).to(param_dtype)
+    reader = CheckpointReader(directory)
+    expected = {name: list(p.shape) for name, p in model.named_parameters()}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in expected:
+            expected[name][0] = old_vocab
+    reader.check(expected)
+
+    # Shard first, on the meta device: no rank ever builds the full model.
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    model.to_empty(device=world.device)
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            local = param.to_local()
+            if local.shape[0] == 0:
+                continue
+            # FSDP2 splits dim 0 as torch.chunk does: ceil(rows / world) rows per rank.
+            start = world.rank * -(-param.shape[0] // world.size)
+            stop = start + local.shape[0]
+            rows = reader.read(name, start, min(stop, old_vocab) if start < old_vocab else start)
+            if stop > old_vocab and name in ("model.embed_tokens.weight", "lm_head.weight"):
+                mean = mean_row(reader, name, old_vocab)
+                rows = torch.cat([rows, mean.expand(stop - max(start, old_vocab), -1).to(rows.dtype)])
+            local.copy_(rows)
+    return model
+
+
+def mean_row(reader: CheckpointReader, name: str, rows: int, chunk: int = 4096) -> torch.Tensor:
+    """The mean of a tensor's rows in fp32, read a chunk of rows at a time."""
+    total = None
+    for start in range(0, rows, chunk):
+        part = reader.read(name, start, min(start + chunk, rows)).float().sum(0)
+        total = part if total is None else total + part
+    return total / rows
+
+
+# Checkpoints: every rank writes its shards with torch.distributed.checkpoint into a temporary
+# directory of the same name on all ranks; rank 0 renames it into place once all have finished.
+
+def save_checkpoint(final: Path, world: World, model, optimizer, training_state: dict) -> None:
+    building = final.with_name(f".{final.name}.tmp")
+    if world.is_main:
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+    dist.barrier()
+    model.reshard()
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.save(state, checkpoint_id=building)
+    torch.save(torch.get_rng_state(), building / f"rng-rank{world.rank}.pt")
+    if world.is_main:
+        torch.save(training_state, building / "training_state.pt")
+    dist.barrier()
+    if world.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(building, final)
+    dist.barrier()
+
+
+def load_checkpoint(directory: Path, world: World, model, optimizer) -> dict:
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=directory)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    torch.set_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
+    return torch.load(directory / "training_state.pt", weights_only=True)
+
+
+def export_model(model: Mistral, out_dir: Path, world: World, tokenizer: Tokenizer, dtype: torch.dtype,
+                 max_shard_size: str = "5GB") -> None:
+    """Write the consolidated model in Hugging Face's format from rank 0, one 5 GB shard at a time:
+    every rank helps gather a shard's tensors, rank 0 writes them and lets them go."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    model.reshard()  # after a forward pass without backward (evaluation) the root stays gathered
+    params = dict(model.named_parameters())  # a tied head appears once
+    sizes = {name: torch.empty(p.shape, dtype=dtype, device="meta") for name, p in params.items()}
+    split = split_torch_state_dict_into_shards(sizes, max_shard_size=max_shard_size)
+    with atomic.directory(out_dir) if world.is_main else nullcontext() as building:
+        for filename, names in split.filename_to_tensors.items():
+            shard = {name: params[name].full_tensor().to("cpu", dtype).contiguous() for name in names}
+            if world.is_main:
+                save_file(shard, building / filename, metadata={"format": "pt"})
+            del shard
+        if world.is_main:
+            if split.is_sharded:
+                index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sizes.values())},
+                         "weight_map": split.tensor_to_filename}
+                atomic.write_text(building / "model.safetensors.index.json", json.dumps(index, indent=2))
+            atomic.write_text(building / "config.json", json.dumps(model.config.to_hf(dtype), indent=2))
+            tokenizer.save(building)
+    dist.barrier()

@@ -1,0 +1,126 @@
+"""train.py --fsdp under torchrun with 2 CPU ranks (gloo) on a tiny model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model import load_model, save_model
+from tests.helpers import random_model, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "telegram_export"
+FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-3", "--dtype", "fp32",
+        "--export-dtype", "fp32", "--eval-every", "0", "--save-every", "0"]
+
+
+def torchrun(ranks: int, *args, script: str = "train.py", check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+               script, "--fsdp", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def losses(out: Path) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def exported(out: Path) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted((out / "model").glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_two_ranks_follow_the_single_process_loss_trajectory(tmp_path, tiny_checkpoint):
+    # 3 steps of 8 rows stay inside the first epoch, where both runs see the same rows per step.
+    torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "two", "--max-steps", 3, *FAST)
+    torchrun(1, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "one", "--max-steps", 3, *FAST)
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(two) == 3 and two[-1] < two[0]
+    assert two == pytest.approx(one, rel=1e-5)
+    for name, tensor in exported(tmp_path / "one").items():
+        torch.testing.assert_close(exported(tmp_path / "two")[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_stop_and_resume_equals_a_straight_run(tmp_path, tiny_checkpoint):
+    common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 4, *FAST]
+    torchrun(2, *common, "--out", tmp_path / "straight")
+    torchrun(2, *common, "--out", tmp_path / "split", "--stop-at", 2)
+    assert not (tmp_path / "split" / "model").exists()
+    torchrun(2, "--resume", tmp_path / "split")
+    assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
+    straight, resumed = exported(tmp_path / "straight"), exported(tmp_path / "split")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
+
+
+def test_export_loads_in_transformers_and_chatml_rows_start_at_the_mean(tmp_path, mistral_tokenizer_dir):
+    import transformers
+
+    from model import Tokenizer
+
+    base = tmp_path / "base"
+    original = random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48))
+    save_model(original, base, tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir))
+    torchrun(2, "--model", base, "--data", SAMPLE, "--out", tmp_path / "run", "--max-steps", 1,
+             *FAST[:FAST.index("--lr")], "--lr", 0.0, *FAST[FAST.index("--lr") + 2:])
+    out = tmp_path / "run" / "model"
+    tokenizer = Tokenizer.from_dir(out)
+    assert (tokenizer.im_end_id, tokenizer.im_start_id) == (32000, 32001)
+    ours = load_model(out, dtype=torch.float32)
+    assert ours.config.vocab_size == 32002
+    old_rows = original.model.embed_tokens.weight.detach()
+    for weight, old in [(ours.model.embed_tokens.weight, old_rows), (ours.lm_head.weight, original.lm_head.weight.detach())]:
+        torch.testing.assert_close(weight[:32000], old)  # lr 0: nothing moved
+        torch.testing.assert_close(weight[32000:], old.mean(0).expand(2, -1))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, 32002, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-4, rtol=0)
+    # From the tokenizer files alone: beside a config.json of model_type mistral, transformers 5.23
+    # picks a generic tokenizer class that drops SentencePiece's dummy prefix for any Mistral tokenizer.
+    tokenizer_only = tmp_path / "tokenizer"
+    tokenizer.save(tokenizer_only)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_only)
+    text = "<|im_start|>Катя\n>>> привет<|im_end|>"
+    assert hf_tokenizer.encode(text, add_special_tokens=False) == tokenizer.encode(text)
+
+
+FAILING_RANK = """
+import sys
+import torch.distributed as dist
+import train, training
+
+real_step = training.train_step
+def train_step(*args, **kwargs):
+    if dist.get_rank() == 1:
+        raise RuntimeError("injected failure on rank 1")
+    return real_step(*args, **kwargs)
+train.train_step = train_step
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, tiny_checkpoint):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_RANK)
+    result = torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "run", "--max-steps", 3,
+                      *FAST, script=script, check=False)
+    assert result.returncode != 0
+    assert "injected failure on rank 1" in result.stderr
+
+
+def test_a_bad_data_path_ends_every_rank_with_one_error_line(tmp_path, tiny_checkpoint):
+    result = torchrun(2, "--model", tiny_checkpoint, "--data", tmp_path / "nowhere.json", "--out", tmp_path / "run",
+                      *FAST, check=False)
+    assert result.returncode != 0
+    # One line from rank 0, none from rank 1; the launcher's own failure report follows it.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "nowhere.json: no such file or directory" in errors[0]
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
