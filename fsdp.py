@@ -96,6 +96,13 @@ def main_first(world: World, work):
     return work()
 
 
+def gather(value: float) -> list[float]:
+    """This value from every rank, in rank order."""
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)

@@ -26,7 +26,7 @@ from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.tokenizer import TokenizerError
 from training import (MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints, cosine_schedule,
-                      endless, evaluate, load_training_state, make_optimizer, prune_checkpoints,
+                      endless, evaluate, load_training_state, make_optimizer, peak_memory_mb, prune_checkpoints,
                       save_training_state, train_step, trained_token_count)
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
@@ -275,10 +275,12 @@ def train(args, world: "fsdp.World | None") -> None:
         save_adapter(model, out / "adapter", lora_config, base_model=args.model)
         tokenizer.save(out / "adapter")
         say(f"adapter written to {out / 'adapter'}")
+    memory = fsdp.gather(peak_memory_mb(device)) if world else [peak_memory_mb(device)]
     if is_main:
         figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
                    "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,
-                   "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": world_size}
+                   "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": world_size,
+                   "peak_memory_mb_per_rank": [round(m) for m in memory]}
         atomic.write_text(out / "run.json", json.dumps({"mode": "fsdp" if args.fsdp else "lora",
                                                         "settings": vars(args), "figures": figures}, indent=2))
     if args.merge and not args.fsdp:

@@ -173,6 +173,15 @@ def load_training_state(directory: Path, optimizer, scheduler, loader: RowLoader
     return state["step"]
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident host memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 class Throughput:
     """Tokens per second over the last optimizer step."""
 

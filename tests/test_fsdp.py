@@ -39,10 +39,14 @@ def exported(out: Path) -> dict[str, torch.Tensor]:
 
 def test_two_ranks_follow_the_single_process_loss_trajectory(tmp_path, tiny_checkpoint):
     # 3 steps of 8 rows stay inside the first epoch, where both runs see the same rows per step.
-    torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "two", "--max-steps", 3, *FAST)
+    # Activation checkpointing on the sharded layers must not change a single number either.
+    torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "two", "--max-steps", 3, *FAST,
+             "--activation-checkpointing")
     torchrun(1, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "one", "--max-steps", 3, *FAST)
     two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
     assert len(two) == 3 and two[-1] < two[0]
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["mode"] == "fsdp" and len(run["figures"]["peak_memory_mb_per_rank"]) == 2
     assert two == pytest.approx(one, rel=1e-5)
     for name, tensor in exported(tmp_path / "one").items():
         torch.testing.assert_close(exported(tmp_path / "two")[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
