@@ -3,8 +3,9 @@
     python bench/bench_load.py [--layers 22] [--keep DIR]
 
 Writes a random checkpoint of TinyLlama-1.1B's shapes as a Mistral (one 2.2 GB safetensors file),
-then loads it in a fresh process per loader and reports each process's peak resident memory above
-its baseline (Python with torch imported), against the size of the weights.
+then loads it in a fresh process per loader, touches every weight page (a loader may leave weights
+memory-mapped and unread), and reports each process's peak resident memory above its baseline
+(Python with the loader imported), against the size of the weights.
 """
 import argparse
 import json
@@ -24,17 +25,21 @@ LOADERS = {
 }
 
 MEASURE = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {root!r})
 path = {path!r}
-def rss_mb():
+def status_mb(field):
     for line in open('/proc/self/status'):
-        if line.startswith('VmRSS'):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
 {imports}
-baseline = rss_mb()
+baseline = status_mb('VmRSS')
 {load}
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# A loader may leave weights memory-mapped and unread; touch every page so both models are resident.
+for p in model.parameters():
+    p.data.reshape(-1)[::1024].float().sum()
+# VmHWM, not ru_maxrss: the latter survives exec and would count the parent that wrote the checkpoint.
+peak = status_mb('VmHWM')
 print(baseline, peak, sum(p.numel() for p in model.parameters()))
 """
 
