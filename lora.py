@@ -6,6 +6,7 @@ names, and PEFT's adapter keys are ours with a prefix and a `.weight` suffix.
 """
 import json
 import math
+from contextlib import contextmanager
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,22 @@ class LoRALinear(nn.Linear):
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+@contextmanager
+def adapters_off(model: nn.Module):
+    """The base model, for the duration: every LoRA update is scaled by zero, so it adds nothing."""
+    layers = list(lora_layers(model).values())
+    if any(layer.merged for layer in layers):
+        raise AdapterError("the adapters are merged into the weights and cannot be switched off")
+    scalings = [layer.scaling for layer in layers]
+    for layer in layers:
+        layer.scaling = 0.0
+    try:
+        yield model
+    finally:
+        for layer, scaling in zip(layers, scalings):
+            layer.scaling = scaling
 
 
 def apply_lora(model: Mistral, config: LoRAConfig) -> str:

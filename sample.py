@@ -87,9 +87,10 @@ class Chat:
     """A conversation between two people, one of them played by the model."""
 
     def __init__(self, generator: Generator, tokenizer: Tokenizer, sampling: SamplingConfig,
-                 speaker: str, user: str, seed: int | None):
+                 speaker: str, user: str, seed: int | None, interruptible: bool = True):
         self.generator, self.tokenizer, self.sampling = generator, tokenizer, sampling
         self.speaker, self.user = speaker, user
+        self.interruptible = interruptible  # Ctrl-C ends a reply (a person chatting), not the program
         self.turns: list[Turn] = []
         self.random = torch.Generator()
         self.random.manual_seed(seed) if seed is not None else self.random.seed()
@@ -105,10 +106,10 @@ class Chat:
                 return ids[-room:]
             turns = turns[1:]
 
-    def reply(self, speaker: str, echo) -> Turn:
+    def reply(self, speaker: str, echo=lambda text: None) -> Turn:
         """Sample `speaker`'s next turn, streaming its text to `echo`, and add it to the conversation.
 
-        Ctrl-C stops the reply where it is; what was written so far is kept.
+        Ctrl-C (KeyboardInterrupt) stops the reply where it is and keeps what was written so far.
         """
         stream = self.tokenizer.stream()
         stop_ids = {self.tokenizer.im_end_id, self.tokenizer.im_start_id, self.tokenizer.eos_id}
@@ -121,6 +122,8 @@ class Chat:
                 text += piece
                 echo(piece)
         except KeyboardInterrupt:
+            if not self.interruptible:
+                raise
             echo(" [stopped]")
         text += stream.flush()
         turn = Turn(speaker, parse_body(text))

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-every", type=int, default=100, help="write a checkpoint every N steps; 0: never (default: %(default)s)")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="how many of the newest checkpoints to keep (default: %(default)s)")
     run.add_argument("--log-every", type=int, default=1, help="append to OUT/metrics.jsonl every N steps (default: %(default)s)")
+    run.add_argument("--eval-report", action=argparse.BooleanOptionalAction, default=True,
+                     help="after training, write the fidelity report (held-out loss and style, tuned vs base, per speaker) to OUT/report (default: on)")
+    run.add_argument("--eval-contexts", type=int, default=4, help="held-out contexts per speaker the report samples replies at (default: %(default)s)")
     run.add_argument("--stop-at", type=int, help="save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)")
     run.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its newest checkpoint, with its settings (flags given here override them)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)")
@@ -283,9 +286,28 @@ def train(args, world: "fsdp.World | None") -> None:
                    "peak_memory_mb_per_rank": [round(m) for m in memory]}
         atomic.write_text(out / "run.json", json.dumps({"mode": "fsdp" if args.fsdp else "lora",
                                                         "settings": vars(args), "figures": figures}, indent=2))
+    if args.eval_report and not args.fsdp:
+        write_fidelity_report(args, model, tokenizer, data, out, device)
+    elif args.eval_report and is_main:
+        say(f"for the fidelity report of the full fine-tune: python evaluate.py --checkpoint {out}")
     if args.merge and not args.fsdp:
         save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)
         say(f"merged model written to {out / 'merged'}")
+
+
+def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:
+    """Held-out loss and style, tuned against base, per speaker: `OUT/report/`."""
+    from evaluate import EvalSettings, EvaluationError, run_evaluation  # evaluate imports this module
+
+    about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data)}
+    try:
+        report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),
+                                device, about)
+    except EvaluationError as error:  # e.g. nothing held out
+        print(f"fidelity report skipped: {error}")
+        return
+    print(report.summary())
+    print(f"fidelity report: {out / 'report' / 'report.md'}")
 
 
 def lora_targets(text: str) -> tuple[str, ...]:

@@ -140,5 +140,6 @@ def tiny_run(tmp_path_factory, tiny_checkpoint):
     sample = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
     train.main(["--lora", "--model", str(tiny_checkpoint), "--data", str(sample), "--out", str(out),
                 "--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "3", "--lr", "1e-2",
-                "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge"])
+                "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge",
+                "--eval-contexts", "1"])
     return out

@@ -15,7 +15,7 @@ from tests.helpers import random_model, tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "telegram_export"
 FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-3", "--dtype", "fp32",
-        "--export-dtype", "fp32", "--eval-every", "0", "--save-every", "0"]
+        "--export-dtype", "fp32", "--eval-every", "0", "--save-every", "0", "--no-eval-report"]
 
 
 def torchrun(ranks: int, *args, script: str = "train.py", check: bool = True) -> subprocess.CompletedProcess:

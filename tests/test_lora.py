@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from lora import (AdapterError, LoRAConfig, LoRALinear, apply_lora, load_adapter, lora_layers, merge_lora,
-                  save_adapter)
+from lora import (AdapterError, LoRAConfig, LoRALinear, adapters_off, apply_lora, load_adapter, lora_layers,
+                  merge_lora, save_adapter)
 from model import load_model, save_model
 from tests.helpers import hf_reference, save_hf_checkpoint, tiny_config
 
@@ -154,3 +154,20 @@ def test_adapter_of_another_rank_is_refused_with_shapes(base, tmp_path):
 def test_missing_adapter_directory_is_named(tmp_path):
     with pytest.raises(AdapterError, match="adapter_config.json: missing"):
         load_adapter(None, tmp_path)
+
+
+def test_adapters_off_is_the_base_model_and_the_adapters_come_back(base):
+    model = load_model(base[0], torch.float32).eval()
+    with torch.no_grad():
+        base_logits = model(sample_ids())
+        apply_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+        randomize_adapters(model)
+        tuned_logits = model(sample_ids())
+        with adapters_off(model):
+            assert torch.equal(model(sample_ids()), base_logits)
+        assert torch.equal(model(sample_ids()), tuned_logits)
+        assert not torch.allclose(tuned_logits, base_logits)
+        next(iter(lora_layers(model).values())).merge()
+        with pytest.raises(AdapterError, match="merged"):
+            with adapters_off(model):
+                pass

@@ -15,7 +15,7 @@ from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
 FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "4", "--lora-r", "4", "--lora-alpha", "8",
-        "--eval-every", "0", "--save-every", "0"]
+        "--no-eval-report", "--eval-every", "0", "--save-every", "0"]
 
 
 def run_train(*args: str):
@@ -42,6 +42,7 @@ def test_lora_run_writes_adapter_metrics_and_record(tmp_path, tiny_checkpoint):
     run = json.loads((out / "run.json").read_text())
     assert run["figures"]["steps"] == 6 and run["figures"]["target"] == "Alexander Smirnov"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    assert not (out / "report").exists()  # --no-eval-report
 
 
 def test_stop_and_resume_gives_the_same_adapter_as_a_straight_run(tmp_path, tiny_checkpoint):
@@ -158,3 +159,22 @@ def test_help_documents_every_flag_with_its_default():
             assert action.help, action.dest
             if action.default not in (None, False, argparse.SUPPRESS):
                 assert "default" in action.help, action.dest
+
+
+def test_out_of_memory_names_the_knobs(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train_step", out_of_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "o", *FAST)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: the GPU ran out of memory at --micro-batch 2, --seq-len 256")
+    assert "--activation-checkpointing" in error
+
+
+def test_a_lora_run_ends_with_the_fidelity_report(tiny_run):
+    report = json.loads((tiny_run / "report" / "report.json").read_text())
+    assert (tiny_run / "report" / "report.md").exists()
+    assert "Alexander Smirnov" in json.dumps(report)
