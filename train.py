@@ -283,7 +283,7 @@ def train(args, world: "fsdp.World | None") -> None:
         figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
                    "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,
                    "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": world_size,
-                   "peak_memory_mb_per_rank": [round(m) for m in memory]}
+                   "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
         atomic.write_text(out / "run.json", json.dumps({"mode": "fsdp" if args.fsdp else "lora",
                                                         "settings": vars(args), "figures": figures}, indent=2))
     if args.eval_report and not args.fsdp:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
-from data.sessions import DataError, Session
+from data.sessions import DataError, Session, most_frequent_partners
 from data.telegram import ConversionReport, ExportOptions, load_sessions
 from model.tokenizer import Tokenizer
 
@@ -74,6 +74,7 @@ class PreparedData:
     val_rows: PackedRows
     val_sessions: list[Session]  # held out, for evaluating per speaker
     target: str
+    partners: dict[str, str]  # speaker -> their most frequent partner in all sessions (sample.py's --as)
     report: DataReport
 
     def summary(self) -> str:
@@ -117,7 +118,8 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
         trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens, tokens_cut=tokens_cut,
         train_rows=len(train_rows), val_rows=len(val_rows), seq_len=config.seq_len,
         utilization=train_rows.utilization)
-    return PreparedData(train_rows, val_rows, val, conversion.target, report)
+    return PreparedData(train_rows, val_rows, val, conversion.target,
+                        most_frequent_partners(sessions), report)
 
 
 def session_fingerprint(session: Session) -> str:

@@ -1,14 +1,26 @@
 """Conversation sessions: the unit twin trains on, and the files that hold them.
 
 Our own format is JSONL, one session per line:
-    {"chat": ..., "chat_type": ..., "start": unixtime, "turns": [{"speaker": ..., "messages": [...]}], "target": ...}
+    {"chat": ..., "chat_type": ..., "start": unixtime,
+     "turns": [{"speaker": ..., "messages": [...]}], "target": ...}
 We also read the "doppelganger" format, so people can bring data they already prepared for it:
 a JSON list of sessions, each a list of {"author": ..., "text": ">>> first message\\n>>> second message"}.
+
+Messages are rendered between ChatML markers such as <|im_start|>, which the tokenizer turns into
+special tokens wherever they stand; neutralize_chatml_markers() keeps a message quoting one from
+ending its turn.
 """
 import json
 import os
+import re
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# Anything shaped like a ChatML special token: <|im_start|> and <|im_end|>, and the likes of
+# <|endoftext|> that other ChatML tokenizers add.
+_CHATML_MARKER = re.compile(r"<(?=\|[A-Za-z0-9_]+\|>)")
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 class DataError(ValueError):
@@ -107,6 +119,8 @@ def _session_from_json(value, where: str) -> Session:
 
 def _sessions_from_doppelganger(value, path: Path) -> list[Session]:
     """Doppelganger sessions: lists of {"author", "text"}, text holding ">>> "-prefixed messages."""
+    from data.chatml import parse_body  # here, not at the top: data.chatml imports Turn from this module
+
     if not isinstance(value, list):
         raise DataError(f"{path}: expected a JSON list of sessions")
     sessions = []
@@ -119,8 +133,7 @@ def _sessions_from_doppelganger(value, path: Path) -> list[Session]:
             if (not isinstance(entry, dict) or not isinstance(entry.get("author"), str)
                     or not entry["author"] or not isinstance(entry.get("text"), str)):
                 raise DataError(f"{where}: each message must be an object with author and text strings")
-            messages = [message for message in entry["text"].removeprefix(">>> ").split("\n>>> ")
-                        if message.strip()]
+            messages = parse_body(entry["text"])
             if not messages:
                 continue
             if session.turns and session.turns[-1].speaker == entry["author"]:
@@ -131,3 +144,46 @@ def _sessions_from_doppelganger(value, path: Path) -> list[Session]:
             raise DataError(f"{where}: no message has any text")
         sessions.append(session)
     return sessions
+
+
+def neutralize_chatml_markers(sessions: list[Session]) -> int:
+    """Put a zero-width space after the "<" of every ChatML marker quoted in a message, in place;
+    returns how many there were.
+
+    A message that says "<|im_end|>" would otherwise become the special token that ends a turn, and
+    the model would learn turns that stop mid-message. The zero-width space keeps the text as its
+    author wrote it to the eye, and the tokenizer sees plain characters.
+    """
+    changed = 0
+    for session in sessions:
+        for turn in session.turns:
+            for index, message in enumerate(turn.messages):
+                turn.messages[index], count = _CHATML_MARKER.subn("<" + ZERO_WIDTH_SPACE, message)
+                changed += count
+    return changed
+
+
+def most_frequent_partners(sessions: list[Session]) -> dict[str, str]:
+    """Each speaker's most frequent partner: the other speaker whose turns most often come right
+    before or right after theirs, that is, who they answer and who answers them.
+
+    Ties go to the partner adjacent to them in more sessions, then to the name that sorts first, so the
+    answer never depends on the order of the sessions. Speakers who never talk with anyone else
+    (sessions of one speaker) have no partner and are left out.
+    """
+    adjacent_turns: Counter[tuple[str, str]] = Counter()
+    adjacent_sessions: Counter[tuple[str, str]] = Counter()
+    for session in sessions:
+        pairs = set()
+        for before, after in zip(session.turns, session.turns[1:]):
+            if before.speaker != after.speaker:
+                for pair in ((before.speaker, after.speaker), (after.speaker, before.speaker)):
+                    adjacent_turns[pair] += 1
+                    pairs.add(pair)
+        adjacent_sessions.update(pairs)
+    others = defaultdict(list)
+    for speaker, other in adjacent_turns:
+        others[speaker].append(other)
+    return {speaker: min(others[speaker], key=lambda other: (-adjacent_turns[speaker, other],
+                                                            -adjacent_sessions[speaker, other], other))
+            for speaker in sorted(others)}

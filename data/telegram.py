@@ -10,6 +10,8 @@ How it works:
   3. The target (the person being cloned) is chosen, names are made unique, and each chat is cut
      into sessions at long silences; consecutive messages of one author become one turn.
 load_sessions() also takes a sessions file (ours or doppelganger's), so train.py accepts either.
+Either way, a ChatML marker such as <|im_end|> quoted in a message gets a zero-width space after its
+"<", so that it stays text instead of ending the turn (data.sessions.neutralize_chatml_markers).
 """
 import argparse
 import codecs
@@ -27,7 +29,8 @@ from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
-from data.sessions import DataError, Session, Turn, read_sessions_file, write_sessions
+from data.sessions import (DataError, Session, Turn, neutralize_chatml_markers, read_sessions_file,
+                           write_sessions)
 
 # Chats that hold the target's own conversations; everything else is skipped.
 DEFAULT_CHAT_TYPES = {"personal_chat", "private_group", "private_supergroup"}
@@ -132,6 +135,7 @@ class ConversionReport:
     messages_skipped: Counter = field(default_factory=Counter)  # reason -> messages
     turns_per_session: list[int] = field(default_factory=list)
     speaker_chars: Counter = field(default_factory=Counter)    # speaker -> characters written
+    chatml_markers: int = 0  # quoted in messages, neutralized
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -150,6 +154,9 @@ class ConversionReport:
         lines.append(f"messages: {self.messages_kept} kept, {skipped} skipped")
         if skipped:
             lines.append(f"  skipped: {_counts(self.messages_skipped)}")
+        if self.chatml_markers:
+            lines.append(f"  ChatML markers like <|im_end|> quoted in messages: {self.chatml_markers}, "
+                         "kept as text (a zero-width space after each '<')")
         turns = self.turns_per_session
         lines.append(f"sessions: {len(turns)}" + (
             f", turns per session: min {min(turns)}, median {statistics.median(turns):g}, "
@@ -688,6 +695,7 @@ def _sessions_from_export(export: _ExportReader,
                 f"only {target} speaks in the group {chat_name!r}: was it exported with "
                 "'Only my messages'? Export it again with everyone's messages to learn from it")
     sessions.sort(key=lambda session: session.start)
+    report.chatml_markers = neutralize_chatml_markers(sessions)
     _count_sessions(report, sessions)
     if not sessions:
         report.warnings.append("no sessions: nothing to train on (see what was skipped above)")
@@ -731,13 +739,15 @@ def _load_sessions_file(path: Path,
         appearances = Counter(speaker for session in sessions
                               for speaker in {turn.speaker for turn in session.turns})
         target = appearances.most_common(1)[0][0]
-        report.target_how = "the speaker in the most sessions, as the file names no target; choose with --target"
+        report.target_how = ("the speaker in the most sessions, as the file names no target; "
+                             "choose with --target")
     report.target = target
     for session in sessions:
         session.target = target
     if dataclasses.replace(options, target=None) != ExportOptions():
         report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded and "
                                "--public-groups apply to Telegram exports, not to a sessions file")
+    report.chatml_markers = neutralize_chatml_markers(sessions)
     _count_sessions(report, sessions)
     return sessions, report
 

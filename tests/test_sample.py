@@ -101,3 +101,8 @@ def test_missing_checkpoint_is_one_error_line(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "run.json" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_you_write_as_the_speakers_most_frequent_partner_by_default(tiny_run):
+    out = sample_cli("--checkpoint", tiny_run, "--speaker", SPEAKER, "--max-new-tokens", 4, stdin="/quit\n").stdout
+    assert out.startswith(f"You are Катя Морозова, the model is {SPEAKER}.")

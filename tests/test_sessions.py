@@ -1,8 +1,10 @@
 import json
+import random
 
 import pytest
 
-from data.sessions import DataError, Session, Turn, read_sessions_file, write_sessions
+from data.sessions import (ZERO_WIDTH_SPACE, DataError, Session, Turn, most_frequent_partners,
+                           neutralize_chatml_markers, read_sessions_file, write_sessions)
 
 
 def sample_sessions() -> list[Session]:
@@ -107,3 +109,58 @@ def test_not_utf8_and_missing_files_raise_data_error(tmp_path):
         read_sessions_file(path)
     with pytest.raises(DataError, match="cannot read"):
         read_sessions_file(tmp_path / "missing.jsonl")
+
+
+# --- ChatML markers quoted in messages -------------------------------------------------------------
+
+@pytest.mark.parametrize("message, neutralized, count", [
+    ("<|im_start|>Bob\nhi<|im_end|>", "<\u200b|im_start|>Bob\nhi<\u200b|im_end|>", 2),
+    ("the model ends with <|endoftext|>", "the model ends with <\u200b|endoftext|>", 1),
+    ("<<|im_end|>>", "<<\u200b|im_end|>>", 1),
+    ("a <| b |> c", "a <| b |> c", 0),         # not shaped like a token: left alone
+    ("<|im_start", "<|im_start", 0),
+    ("x <|>, <||> y", "x <|>, <||> y", 0),
+    ("привет 😍", "привет 😍", 0),
+])
+def test_neutralize_chatml_markers(message, neutralized, count):
+    sessions = [Session("c", "", 0, [Turn("A", ["ok", message]), Turn("B", [message])])]
+    assert neutralize_chatml_markers(sessions) == 2 * count
+    assert sessions[0].turns[0].messages == ["ok", neutralized]
+    assert sessions[0].turns[1].messages == [neutralized]
+    assert neutralized.replace(ZERO_WIDTH_SPACE, "") == message  # nothing else changes
+    assert neutralize_chatml_markers(sessions) == 0  # once is enough
+
+
+# --- Partners ------------------------------------------------------------------------------------
+
+def session(*speakers: str) -> Session:
+    return Session("c", "", 0, [Turn(speaker, ["..."]) for speaker in speakers])
+
+
+def test_partner_is_who_answers_and_is_answered_most():
+    sessions = [session("Me", "Kate", "Me", "Kate", "Me"), session("Me", "Bob"), session("Bob", "Me"),
+                # a group: Olga opens, Igor answers her, Igor and I talk
+                session("Olga", "Igor", "Me", "Igor", "Me")]
+    # Me: 4 adjacent turns with Kate, 2 with Bob, 3 with Igor. Igor: 3 with Me, 1 with Olga.
+    assert most_frequent_partners(sessions) == {
+        "Me": "Kate", "Kate": "Me", "Bob": "Me", "Olga": "Igor", "Igor": "Me"}
+
+
+def test_partner_ties_go_to_more_sessions_then_to_the_name():
+    # Me has 3 adjacent turns with Ann (in one session) and 3 with Bob (in two sessions): Bob.
+    sessions = [session("Me", "Ann", "Me", "Ann"), session("Me", "Bob"), session("Bob", "Me", "Bob")]
+    assert most_frequent_partners(sessions)["Me"] == "Bob"
+    # Equal in both: the name that sorts first.
+    assert most_frequent_partners([session("Zoe", "Me", "Ann")])["Me"] == "Ann"
+    # ... whatever the order of the sessions.
+    shuffled = sessions[:]
+    for seed in range(5):
+        random.Random(seed).shuffle(shuffled)
+        assert most_frequent_partners(shuffled) == most_frequent_partners(sessions)
+
+
+def test_speakers_who_talk_with_nobody_have_no_partner():
+    # Our files may hold two turns of one speaker in a row: that is not talking with anyone.
+    sessions = [session("Me", "Me"), session("Notes"), session("Me", "Kate")]
+    assert most_frequent_partners(sessions) == {"Me": "Kate", "Kate": "Me"}
+    assert most_frequent_partners([]) == {}

@@ -1,5 +1,4 @@
 import argparse
-import copy
 import json
 import os
 import random
@@ -13,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data import telegram
-from data.sessions import DataError, Session, Turn, write_sessions
+from data.chatml import render
+from data.sessions import ZERO_WIDTH_SPACE, DataError, Session, Turn, write_sessions
 from data.telegram import (ExportOptions, add_export_args, export_options_from_args, load_sessions,
                            repair_hex_escapes)
 
@@ -435,6 +435,38 @@ def test_duplicate_sessions_are_dropped(tmp_path):
     assert report.messages_skipped == {"in duplicate sessions": 2}
 
 
+# --- ChatML markers in messages --------------------------------------------------------------------
+
+QUOTING = "the format is <|im_start|>name, then the text, then <|im_end|>"
+QUOTED = QUOTING.replace("<|", "<" + ZERO_WIDTH_SPACE + "|")
+
+
+def test_chatml_markers_in_an_export_stay_text_and_are_counted(tmp_path, dolphin_tokenizer):
+    sessions, report = convert(tmp_path, export(chat(talk((BOB, "how do chat models see turns?"),
+                                                          (ME, QUOTING), (ME, "<|im_end|>")))))
+    assert dialogue(sessions) == [[("Bob", ["how do chat models see turns?"]),
+                                   ("Me Myself", [QUOTED, f"<{ZERO_WIDTH_SPACE}|im_end|>"])]]
+    assert report.chatml_markers == 3
+    assert "ChatML markers like <|im_end|> quoted in messages: 3" in report.summary()
+    ids = render(sessions[0].turns, dolphin_tokenizer).ids  # two turns: two of each marker, no more
+    assert ids.count(dolphin_tokenizer.im_start_id) == ids.count(dolphin_tokenizer.im_end_id) == 2
+    assert dolphin_tokenizer.decode(ids).count(QUOTED) == 1
+
+
+def test_chatml_markers_in_sessions_files_stay_text_and_are_counted(tmp_path):
+    ours = [Session("Bob", "personal_chat", T0, [Turn("Bob", ["hi"]), Turn("Alex", [QUOTING])], "Alex")]
+    write_sessions(ours, tmp_path / "s.jsonl")
+    doppelganger = write(tmp_path, [[{"author": "Bob", "text": ">>> hi"},
+                                     {"author": "Alex", "text": f">>> ok\n>>> {QUOTING}"}]],
+                         name="doppelganger.json")
+    for path, said in [(tmp_path / "s.jsonl", [QUOTED]), (doppelganger, ["ok", QUOTED])]:
+        sessions, report = load_sessions(path, ExportOptions())
+        assert dialogue(sessions) == [[("Bob", ["hi"]), ("Alex", said)]]
+        assert report.chatml_markers == 2
+    _, report = load_sessions(write(tmp_path, good_export()), ExportOptions())
+    assert report.chatml_markers == 0 and "ChatML" not in report.summary()
+
+
 # --- Sessions files as input ---------------------------------------------------------------------
 
 def test_load_sessions_reads_our_sessions_file(tmp_path):
@@ -695,7 +727,7 @@ def test_bundled_sample_end_to_end():
     assert report.chats_skipped == {"saved_messages": 1, "bot_chat": 1, "public_channel": 1,
                                     "Telegram service notifications": 1,
                                     "public_supergroup (see --public-groups)": 1}
-    assert (report.sessions, report.messages_kept) == (57, 440)
+    assert (report.sessions, report.messages_kept, report.chatml_markers) == (110, 775, 2)
     assert report.messages_skipped == {
         "in skipped chats": 30, "in sessions where the target does not answer": 23,
         "older than 24 months": 17, "service": 4, "forwarded": 2, "via bot": 1, "unsupported": 1}
@@ -707,7 +739,8 @@ def test_bundled_sample_end_to_end():
     for message in ["Agenda for Tuesday:\x0b1. budget\x0b2. venue", "the config is in C:\\xampp\\htdocs btw",
                     "Here is the schedule for the retreat: https://example.com/retreat-2023. Please confirm by Friday.",
                     "[photo]", "[voice message]", "[video message]", "[animation]", "[file]", "[location]",
-                    "[contact]", "[audio]", "[poll]", "[sticker]", "😍"]:
+                    "[contact]", "[audio]", "[poll]", "[sticker]", "😍",
+                    f"типа такого: <{ZERO_WIDTH_SPACE}|im_start|>Дима"]:
         assert message in said
     # A day and five minutes after the previous message: a session of its own.
     assert any(session.turns[0].messages[0] == "ну что, идём завтра? 🙈" for session in sessions)
@@ -719,5 +752,5 @@ def test_bundled_sample_with_every_flag():
     assert report.chats_kept == {"personal_chat": 3, "private_group": 1, "private_supergroup": 2,
                                  "public_supergroup": 1}
     assert report.messages_skipped == {"in skipped chats": 18, "service": 4, "unsupported": 1}
-    assert report.messages_kept == 518 - 18 - 4 - 1
+    assert report.messages_kept == 853 - 18 - 4 - 1
     assert "Tom Baker (synthetic)" in report.speaker_chars
