@@ -28,17 +28,17 @@ from tqdm import tqdm
 
 import atomic
 from data.chatml import split_to_fit
-from data.dataset import DataConfig, PreparedData, prepare_data
+from data.dataset import DataConfig, PreparedData, data_config_from_args, prepare_data
 from data.packing import pack
 from data.sessions import DataError, Session, Turn
-from data.telegram import ExportOptions, export_options_from_args
+from data.telegram import ExportOptions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, adapters_off, load_adapter, lora_layers
 from model import CheckpointError, Mistral, load_model, load_tokenizer
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import Chat
 from style import STATISTICS, style_distance, style_statistics
-from train import DEFAULT_MODEL, DTYPES, resolve_device
+from train import DEFAULT_MODEL, DTYPES, recorded_args, resolve_device
 from training import evaluate as mean_loss
 
 OFF = 0.25  # a style distance from this up is a difference a reader notices (see style_distance)
@@ -508,19 +508,10 @@ def sources_from_args(args) -> Sources:
         raise CheckpointError(f"{run_file}: not a train.py run record ({error})") from None
     full_model = out / "model"
     if full_model.exists():
-        return Sources(base, None, full_model, data, data_config_from_settings(settings), out / "cache",
+        return Sources(base, None, full_model, data, data_config_from_args(recorded_args(settings)), out / "cache",
                        Path(args.out or out / "report"))
-    return Sources(base, out / "adapter", None, data, data_config_from_settings(settings), out / "cache",
+    return Sources(base, out / "adapter", None, data, data_config_from_args(recorded_args(settings)), out / "cache",
                    Path(args.out or out / "report"))
-
-
-def data_config_from_settings(settings: dict) -> DataConfig:
-    """The DataConfig of a train.py run, from the settings its run.json records."""
-    export = export_options_from_args(argparse.Namespace(**{**asdict(ExportOptions()), **settings}))
-    defaults = DataConfig()
-    return DataConfig(seq_len=settings.get("seq_len", defaults.seq_len),
-                      train_on=settings.get("train_on", defaults.train_on),
-                      val_fraction=settings.get("val_fraction", defaults.val_fraction), export=export)
 
 
 def evaluate_from_args(args) -> tuple[Report, Path]:

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 import atomic
 import fsdp
-from data.dataset import DataConfig, prepare_data
+from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
 from data.sessions import DataError
-from data.telegram import add_export_args, export_options_from_args
+from data.telegram import add_export_args
 from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.tokenizer import TokenizerError
@@ -101,14 +101,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for action in suppressing._actions:
             action.default = argparse.SUPPRESS
         suppressing.parse_args(argv, namespace=explicit)
-        defaults = {action.dest: action.default for action in parser._actions}
-        args = argparse.Namespace(**{**defaults, **json.loads(settings_file.read_text()), **vars(explicit)})
+        args = recorded_args({**json.loads(settings_file.read_text()), **vars(explicit)})
         args.out = args.resume
     elif not args.data:
         parser.error("--data is required: a Telegram export (result.json or its folder) or a sessions file")
     if args.lr is None:
         args.lr = 2e-5 if args.fsdp else 2e-4
     return args
+
+
+def recorded_args(settings: dict) -> argparse.Namespace:
+    """A run's recorded settings over today's defaults (which cover flags newer than the record)."""
+    defaults = {action.dest: action.default for action in build_parser()._actions}
+    return argparse.Namespace(**{**defaults, **settings})
 
 
 def resolve_device(args) -> tuple[torch.device, torch.dtype]:
@@ -160,10 +165,8 @@ def train(args, world: "fsdp.World | None") -> None:
         tokenizer = load_tokenizer(args.model)
         if args.fsdp and (args.add_chatml_tokens or tokenizer.im_start_id is None):
             tokenizer.add_special_tokens(["<|im_end|>", "<|im_start|>"])
-        data_config = DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
-                                 export=export_options_from_args(args))
         with contextlib.redirect_stderr(io.StringIO()) if not is_main else contextlib.nullcontext():
-            return tokenizer, prepare_data(args.data, tokenizer, data_config, cache_dir=out / "cache")
+            return tokenizer, prepare_data(args.data, tokenizer, data_config_from_args(args), cache_dir=out / "cache")
 
     tokenizer, data = fsdp.main_first(world, prepare) if world else prepare()
     say(data.summary())

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, most_frequent_partners
-from data.telegram import ConversionReport, ExportOptions, load_sessions
+from data.telegram import ConversionReport, ExportOptions, export_options_from_args, load_sessions
 from model.tokenizer import Tokenizer
 
 TRAIN_ON = ("all", "target")
@@ -41,6 +41,12 @@ class DataConfig:
             raise ValueError(f"seq_len must be positive, got {self.seq_len}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def data_config_from_args(args) -> DataConfig:
+    """The DataConfig of train.py's flags (or of the settings a run recorded in run.json)."""
+    return DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
+                      export=export_options_from_args(args))
 
 
 @dataclass
