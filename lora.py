@@ -64,8 +64,10 @@ class LoRALinear(nn.Linear):
         y = F.linear(x, self.weight)
         if self.merged:
             return y
-        update = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
-        return y + update * self.scaling
+        # addmm adds the scaled low-rank product into y within the matrix multiply: no extra passes over y.
+        down = F.linear(self.dropout(x), self.lora_A.to(x.dtype))
+        return torch.addmm(y.flatten(0, -2), down.flatten(0, -2), self.lora_B.to(x.dtype).t(),
+                           alpha=self.scaling).view_as(y)
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling

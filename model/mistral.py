@@ -178,12 +178,15 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(layer_index, k, v)
-        # Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads.
-        # Expanding them explicitly keeps every SDPA kernel (flash, memory-efficient, math) available.
-        repeats = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        # Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads. On CPU
+        # SDPA shares them without copies; CUDA's memory-efficient kernel, which packed rows with
+        # their mask need, takes the heads expanded.
+        if x.device.type == "cuda":
+            repeats = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
         is_causal = mask is None and seq > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           enable_gqa=k.shape[1] != q.shape[1])
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
 
@@ -272,7 +275,7 @@ class Mistral(nn.Module):
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
-                          chunk_tokens: int = 2048) -> torch.Tensor:
+                          chunk_tokens: int = 512) -> torch.Tensor:
     """Summed cross-entropy of the labelled positions, never holding their full-vocabulary logits.
 
     Only labelled positions get logits at all, and each chunk's LM head and loss are recomputed in
@@ -283,7 +286,8 @@ def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Module, labels: torc
     hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels[keep]
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(lm_head(h).float(), y, reduction="sum")
+        # log_softmax upcasts as it reads: no separate fp32 copy of the chunk's logits.
+        return F.nll_loss(F.log_softmax(lm_head(h), dim=-1, dtype=torch.float32), y, reduction="sum")
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, labels.numel(), chunk_tokens):
