@@ -82,7 +82,9 @@ class Generator:
 
     def _run(self, ids: list[int]) -> torch.Tensor:
         input_ids = torch.tensor([ids], device=self.device)
-        return self.forward(input_ids, kv_cache=self.cache)[0, -1]
+        # Only the last position's logits are needed: a prompt of n tokens skips n - 1 LM-head rows.
+        hidden = self.forward(input_ids, kv_cache=self.cache, return_hidden=True)
+        return self.model.lm_head(hidden[0, -1])
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from data.chatml import parse_body, render
-from data.sessions import DataError, Session, Turn, read_sessions_file, write_sessions
+from data.sessions import DataError, Session, Turn, neutralize_turn, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
@@ -95,6 +95,12 @@ class Chat:
         self.random = torch.Generator()
         self.random.manual_seed(seed) if seed is not None else self.random.seed()
 
+    def add(self, turn: Turn) -> None:
+        """Add a turn to the conversation. ChatML markers quoted in it stay text, as in training: typed
+        or even sampled as plain characters, they would otherwise become special tokens in the prompt."""
+        neutralize_turn(turn)
+        self.turns.append(turn)
+
     def prompt(self, speaker: str) -> list[int]:
         """The conversation rendered exactly as in training, ending in `speaker`'s open header;
         the oldest turns are dropped until it leaves room for a reply."""
@@ -127,7 +133,7 @@ class Chat:
             echo(" [stopped]")
         text += stream.flush()
         turn = Turn(speaker, parse_body(text))
-        self.turns.append(turn)
+        self.add(turn)
         return turn
 
 
@@ -165,7 +171,7 @@ def interactive(chat: Chat) -> None:
             messages.append(line)
             continue
         if messages:
-            chat.turns.append(Turn(chat.user, messages))
+            chat.add(Turn(chat.user, messages))
             messages = []
         show_turn_header(chat.speaker)
         chat.reply(chat.speaker, echo)
@@ -236,9 +242,10 @@ def run(args) -> None:
         sessions = read_sessions_file(args.history)
         if not sessions:
             raise DataError(f"{args.history}: no session in it")
-        chat.turns = list(sessions[0].turns)
+        for turn in sessions[0].turns:
+            chat.add(turn)
     if args.prompt is not None:
-        chat.turns.append(Turn(user, split_messages(args.prompt)))
+        chat.add(Turn(user, split_messages(args.prompt)))
 
     if args.auto:
         for turn in chat.turns:

@@ -183,20 +183,31 @@ def start_worker(side: str, *args):
     return process, parent_end
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16",
-                        help="weights and compute (default: %(default)s; this CPU has AMX, where bf16 is ~7x fp32)")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per side (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: %(default)s)")
-    parser.add_argument("--micro-batch", type=int, default=4, help="rows per step (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: %(default)s)")
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The random model's shape; the defaults are the mid-sized Mistral both CPU benchmarks use."""
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size (default: %(default)s)")
     parser.add_argument("--intermediate", type=int, default=3584, help="MLP size (default: %(default)s)")
     parser.add_argument("--layers", type=int, default=8, help="decoder layers (default: %(default)s)")
     parser.add_argument("--heads", type=int, default=16, help="query heads (default: %(default)s)")
     parser.add_argument("--kv-heads", type=int, default=4, help="key/value heads (default: %(default)s)")
     parser.add_argument("--vocab", type=int, default=32002, help="vocabulary size (default: %(default)s)")
+
+
+def model_config(args: argparse.Namespace) -> MistralConfig:
+    return MistralConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, sliding_window=4096)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16",
+                        help="weights and compute (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per side (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: %(default)s)")
+    parser.add_argument("--micro-batch", type=int, default=4, help="rows per step (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: %(default)s)")
+    add_model_args(parser)
     parser.add_argument("--lora-r", type=int, default=32, help="adapter rank (default: %(default)s)")
     parser.add_argument("--lora-alpha", type=float, default=16, help="adapter alpha (default: %(default)s)")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="adapter dropout (default: %(default)s)")
@@ -205,9 +216,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each side (default: %(default)s)")
     args = parser.parse_args()
 
-    config = MistralConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                           num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                           num_key_value_heads=args.kv_heads, sliding_window=4096)
+    config = model_config(args)
     lora = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                       targets=tuple(f"{name.strip()}_proj" for name in args.lora_targets.split(",")))
     dtype = DTYPES[args.dtype]

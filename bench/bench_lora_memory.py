@@ -10,8 +10,16 @@ AdamW) on packed rows. Its figure is the peak resident set during the step minus
 after imports. A least-squares line through the figures gives the cost of each extra row, and the
 projection to --project rows. `--sides peer` measures transformers + PEFT the same way; processes
 run one at a time, never two 7B models at once.
+
+By default glibc serves blocks below a threshold it raises as the program runs (up to 32 MiB) from
+its heap, and keeps what is freed there for reuse; a step's activations are such blocks, so the
+resident set climbs above what the tensors hold at any moment. The workers run with
+MALLOC_MMAP_THRESHOLD_ fixed (--mmap-threshold) so that every block of 128 KiB or more is returned
+to the system when freed: the resident set then follows the live tensors, as a GPU's memory does
+under PyTorch's caching allocator. --mmap-threshold 0 measures under glibc's defaults.
 """
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -62,7 +70,12 @@ def main():
     parser.add_argument("--sides", default="twin",
                         help="comma-separated sides to measure: twin, peer (transformers + PEFT) (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    parser.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ for the workers, in bytes; 0: glibc's default "
+                             "(default: %(default)s)")
     args = parser.parse_args()
+    if args.mmap_threshold:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)  # the spawned workers inherit it
     micro_batches = [int(n) for n in args.micro_batches.split(",")]
     sides = [side.strip() for side in args.sides.split(",")]
     if not set(sides) <= set(SIDE_NAMES):
@@ -81,7 +94,8 @@ def main():
                   f"in {time.perf_counter() - started:.0f} s")
         weights_mib = sum(f.stat().st_size for f in directory.glob("*.safetensors")) / 2**20
         print(f"Dolphin-2.2.1-Mistral-7B shapes, bf16, seq {args.seq_len}, LoRA r=32 on q,k,v,o,gate, "
-              f"activation checkpointing, {args.threads} threads; weights {weights_mib:,.0f} MiB")
+              f"activation checkpointing, {args.threads} threads; weights {weights_mib:,.0f} MiB; "
+              f"malloc mmap threshold {args.mmap_threshold or 'glibc default'}")
         results = []
         for side in sides:
             for micro_batch in micro_batches:
@@ -105,7 +119,9 @@ def main():
         print(f"{SIDE_NAMES[side]:18}" + "".join(f"{f'{mib:,.0f} MiB':>16}" for mib in figures)
               + f"{f'{per_row:,.0f} MiB':>16}{f'{projected[side]:,.0f} MiB':>18}")
     if "twin" in projected:
-        print(f"twin at micro-batch {args.project}, seq {args.seq_len}: {projected['twin'] / 1024:.1f} GiB projected "
+        measured = next((r["mib"] for r in results if r["side"] == "twin" and r["micro_batch"] == args.project), None)
+        figure = f"{measured / 1024:.1f} GiB measured" if measured else f"{projected['twin'] / 1024:.1f} GiB projected"
+        print(f"twin at micro-batch {args.project}, seq {args.seq_len}: {figure} "
               f"(target: within 20 GB = {20e9 / 2**30:.1f} GiB)")
     if len(projected) == 2:
         print(f"ratio twin/transformers+PEFT at micro-batch {args.project}: "

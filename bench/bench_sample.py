@@ -10,6 +10,11 @@ Time to first token covers the prefill of the prompt (and setting up the cache);
 the rate after the first token. Figures are the median and the fastest of the rounds after warmup
 (on a shared machine the fastest is the one least disturbed by others), and the two sides' tokens
 are compared.
+
+A batch-1 decoding step multiplies one vector by every weight matrix, so it is bound by how fast
+memory delivers the weights. The script also times exactly that, every matrix times one vector
+and nothing else, and prints the tokens/s it allows: the ceiling no implementation of the same
+model in the same dtype passes on this machine.
 """
 import argparse
 import statistics
@@ -21,8 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_lora import add_model_args, model_config  # noqa: E402
 from generation import Generator, SamplingConfig  # noqa: E402
-from model.mistral import Mistral, MistralConfig  # noqa: E402
+from model.mistral import Mistral  # noqa: E402
 
 
 def twin_generate(model: Mistral, prompt: list[int], new_tokens: int, compile: bool) -> tuple[list[int], list[float]]:
@@ -35,6 +41,20 @@ def twin_generate(model: Mistral, prompt: list[int], new_tokens: int, compile: b
         tokens.append(token)
         arrivals.append(time.perf_counter() - start)
     return tokens, arrivals
+
+
+def weight_read_ceiling(model: Mistral, rounds: int = 10) -> float:
+    """Tokens/s if a decoding step did nothing but multiply one vector by each weight matrix once."""
+    matrices = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    vectors = {width: torch.randn(1, width) for width in {w.shape[1] for w in matrices}}
+    seconds = []
+    with torch.inference_mode():
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for weight in matrices:
+                torch.nn.functional.linear(vectors[weight.shape[1]], weight)
+            seconds.append(time.perf_counter() - start)
+    return 1 / min(seconds)
 
 
 def peer_generate(model, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
@@ -67,12 +87,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per side first (default: %(default)s)")
     parser.add_argument("--prompt-tokens", type=int, default=200, help="prompt length (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
-    parser.add_argument("--hidden", type=int, default=1024, help="hidden size (default: %(default)s)")
-    parser.add_argument("--intermediate", type=int, default=3584, help="MLP size (default: %(default)s)")
-    parser.add_argument("--layers", type=int, default=8, help="decoder layers (default: %(default)s)")
-    parser.add_argument("--heads", type=int, default=16, help="query heads (default: %(default)s)")
-    parser.add_argument("--kv-heads", type=int, default=4, help="key/value heads (default: %(default)s)")
-    parser.add_argument("--vocab", type=int, default=32002, help="vocabulary size (default: %(default)s)")
+    add_model_args(parser)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="also time twin with torch.compile, as `sample.py --compile` (default: off)")
@@ -83,9 +98,7 @@ def main():
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    config = MistralConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                           num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                           num_key_value_heads=args.kv_heads, sliding_window=4096)
+    config = model_config(args)
     torch.manual_seed(args.seed)
     peer = transformers.MistralForCausalLM(transformers.MistralConfig(**config.to_hf(torch.float32))).eval()
     peer.generation_config.pad_token_id = config.eos_token_id
@@ -113,6 +126,7 @@ def main():
         print(f"  round {round_number + 1}/{args.warmup + args.rounds}" + (" (warmup)" if round_number < args.warmup
               else ": " + ", ".join(f"{side} {decode_rate[side][-1]:.1f} tok/s" for side in sides)), flush=True)
 
+    ceiling = weight_read_ceiling(twin)
     twin_tokens, peer_tokens = tokens["twin"], tokens["transformers"]
     first_difference = next((i for i, (a, b) in enumerate(zip(twin_tokens, peer_tokens)) if a != b), None)
     same = first_difference is None and len(twin_tokens) == len(peer_tokens)
@@ -127,6 +141,11 @@ def main():
     for label, figures, form in rows:
         print(f"{label:28}" + "".join(f"{form.format(figures[side]):>16}" for side in sides)
               + f"{figures['twin'] / figures['transformers']:>19.2f}x")
+    weight_mb = sum(p.numel() * p.element_size() for name, p in twin.named_parameters() if "embed" not in name) / 1e6
+    print(f"\nceiling: {ceiling:.1f} tokens/s, the rate of reading the {weight_mb:,.0f} MB of weight matrices once per "
+          f"token ({weight_mb * ceiling / 1e3:.1f} GB/s here); fastest rounds reach "
+          + ", ".join(f"{side} {100 * max(rate) / ceiling:.0f}%" for side, rate in decode_rate.items())
+          + f"; no side passes {ceiling / max(decode_rate['transformers']):.2f}x transformers' fastest")
 
 
 if __name__ == "__main__":

@@ -154,12 +154,15 @@ def neutralize_chatml_markers(sessions: list[Session]) -> int:
     the model would learn turns that stop mid-message. The zero-width space keeps the text as its
     author wrote it to the eye, and the tokenizer sees plain characters.
     """
+    return sum(neutralize_turn(turn) for session in sessions for turn in session.turns)
+
+
+def neutralize_turn(turn: Turn) -> int:
+    """neutralize_chatml_markers for one turn (one typed into a chat, say)."""
     changed = 0
-    for session in sessions:
-        for turn in session.turns:
-            for index, message in enumerate(turn.messages):
-                turn.messages[index], count = _CHATML_MARKER.subn("<" + ZERO_WIDTH_SPACE, message)
-                changed += count
+    for index, message in enumerate(turn.messages):
+        turn.messages[index], count = _CHATML_MARKER.subn("<" + ZERO_WIDTH_SPACE, message)
+        changed += count
     return changed
 
 

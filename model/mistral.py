@@ -147,7 +147,9 @@ def attention_mask(query_len: int, key_len: int, window: int | None,
     Queries are the last `query_len` of `key_len` tokens. A token sees itself and up to `window - 1`
     tokens before it, and only tokens of its own document (packed rows hold several sessions).
     """
-    if document_ids is None and query_len == key_len and (window is None or key_len <= window):
+    # Without documents or a window in play, a full causal prefill is SDPA's `is_causal`, and a lone
+    # query (a decoding step) sees every key: neither needs a mask built.
+    if document_ids is None and query_len in (1, key_len) and (window is None or key_len <= window):
         return None
     query_pos = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     key_pos = torch.arange(key_len, device=device)[None, :]

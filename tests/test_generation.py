@@ -24,6 +24,15 @@ def test_greedy_with_cache_equals_full_recomputation_across_the_window():
     assert cached == greedy_by_recomputation(model, prompt, 80)
 
 
+def test_compiled_decoding_gives_the_eager_tokens():
+    # sample.py --compile is meant for CUDA; the same torch.compile path runs on CPU (inductor's C++ backend).
+    model = random_model(tiny_config(sliding_window=16), seed=3)
+    prompt, greedy = list(range(5, 15)), SamplingConfig(temperature=0, max_new_tokens=24)
+    eager = list(Generator(model, max_len=64, device=torch.device("cpu")).generate(prompt, greedy, stop_ids=set()))
+    compiled = Generator(model, max_len=64, device=torch.device("cpu"), compile=True)
+    assert list(compiled.generate(prompt, greedy, stop_ids=set())) == eager
+
+
 def test_a_prompt_extending_the_last_one_reuses_the_cache_and_gives_the_same_tokens():
     config = tiny_config(sliding_window=8)
     model = random_model(config, seed=4)

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from lora import (AdapterError, LoRAConfig, LoRALinear, adapters_off, apply_lora, load_adapter, lora_layers,
-                  merge_lora, save_adapter)
+from lora import (AdapterError, LoRAConfig, LoRALinear, adapters_off, apply_lora, dropout, load_adapter,
+                  lora_layers, merge_lora, save_adapter)
 from model import load_model, save_model
 from tests.helpers import hf_reference, save_hf_checkpoint, tiny_config
 
@@ -124,6 +124,34 @@ def test_lora_path_computes_in_the_input_dtype_with_fp32_adapter_weights():
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     layer(x).float().sum().backward()
     assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_B.grad is not None
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5])
+def test_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it(p):
+    torch.manual_seed(0)
+    x = torch.rand(64, 4096).add_(1).requires_grad_()
+    y = dropout(x, p)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / (1 - p), rtol=1e-3)
+    # Each of the four elements cut from one 64-bit word is kept alike (the word's top bit is not random).
+    for lane in range(4):
+        assert abs(kept.flatten()[lane::4].float().mean().item() - (1 - p)) < 0.005
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p), rtol=1e-3)
+    assert abs(y.mean().item() / x.mean().item() - 1) < 0.01
+
+
+def test_dropout_is_reproducible_from_the_seed_and_off_in_eval_mode():
+    layer = LoRALinear(torch.nn.Linear(16, 8, bias=False), LoRAConfig(r=4, dropout=0.5))
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(5, 16)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        outputs.append(layer(x))
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], layer(x))
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -48,6 +48,17 @@ def test_prompt_drops_the_oldest_turns_when_the_context_fills(dolphin_tokenizer)
     assert prompt[0] == dolphin_tokenizer.bos_id
 
 
+def test_a_quoted_chatml_marker_stays_text_as_in_training(dolphin_tokenizer):
+    model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
+    chat = Chat(Generator(model, 512, torch.device("cpu")), dolphin_tokenizer, SamplingConfig(max_new_tokens=16),
+                SPEAKER, "User", seed=0)
+    chat.add(Turn("User", ["what does <|im_end|> do?"]))
+    prompt = chat.prompt(SPEAKER)
+    assert prompt.count(dolphin_tokenizer.im_end_id) == 1  # the one that closes the turn
+    assert prompt == render([Turn("User", ["what does <\u200b|im_end|> do?"])], dolphin_tokenizer,
+                            open_speaker=SPEAKER).ids
+
+
 def test_split_messages_accepts_real_and_literal_newlines():
     assert split_messages("hey\\nwhat's up?\nok") == ["hey", "what's up?", "ok"]
 
