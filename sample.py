@@ -201,11 +201,7 @@ def command(chat: Chat, line: str) -> bool:
         else:
             print("(no reply to sample again)")
     elif name == "/save" and value:
-        path = Path(value)
-        sessions = read_sessions_file(path) if path.exists() else []
-        write_sessions(sessions + [Session(chat="sample.py", chat_type="personal_chat", start=0,
-                                           turns=list(chat.turns), target=chat.speaker)], path)
-        print(f"(saved {len(chat.turns)} turns to {path})")
+        save_transcript(chat, Path(value))
     elif name == "/temp" and value:
         try:
             chat.sampling.temperature = float(value)
@@ -215,6 +211,21 @@ def command(chat: Chat, line: str) -> bool:
     else:
         print(f"(unknown command or missing argument: {line}; /help lists them)")
     return True
+
+
+def save_transcript(chat: Chat, path: Path) -> None:
+    """/save: append the conversation to a sessions file; a failure is reported, and the chat goes on."""
+    if not chat.turns:
+        print("(nothing to save yet)")
+        return
+    try:
+        sessions = read_sessions_file(path) if path.exists() else []
+        write_sessions(sessions + [Session(chat="sample.py", chat_type="personal_chat", start=0,
+                                           turns=list(chat.turns), target=chat.speaker)], path)
+    except (OSError, DataError) as error:
+        print(f"(not saved: {error})")
+        return
+    print(f"(saved {len(chat.turns)} turns to {path})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # The run's saved settings, then whatever was given explicitly on this command line.
         settings_file = Path(args.resume) / "run_args.json"
         if not settings_file.exists():
-            parser.error(f"--resume: {settings_file} not found; is {args.resume} a twin run directory?")
+            sys.exit(f"error: --resume: {settings_file} not found; is {args.resume} a twin run directory?")
         explicit = argparse.Namespace()
         suppressing = build_parser()
         for action in suppressing._actions:
@@ -104,7 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = recorded_args({**json.loads(settings_file.read_text()), **vars(explicit)})
         args.out = args.resume
     elif not args.data:
-        parser.error("--data is required: a Telegram export (result.json or its folder) or a sessions file")
+        sys.exit("error: --data is required: a Telegram export (result.json or its folder) or a sessions file")
+    elif checkpoints(Path(args.out)) or (Path(args.out) / "run.json").exists():
+        # A fresh run would mix its checkpoints and metrics with the earlier run's, or overwrite its result.
+        sys.exit(f"error: --out {args.out} holds an earlier run; continue it with --resume {args.out}, "
+                 "or choose another --out")
+    if Path(args.model).is_dir():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
+        args.model = str(Path(args.model).resolve())
     if args.lr is None:
         args.lr = 2e-5 if args.fsdp else 2e-4
     return args
@@ -209,7 +215,7 @@ def train(args, world: "fsdp.World | None") -> None:
             load_adapter(model, newest[-1] / "adapter")
             step = load_training_state(newest[-1], optimizer, scheduler, loader)
         say(f"resumed from {newest[-1]} at step {step} of {total_steps}")
-    metrics = MetricsLog(out / "metrics.jsonl", resume_after_step=step if args.resume else None) if is_main else None
+    metrics = MetricsLog(out / "metrics.jsonl", after_step=step) if is_main else None
 
     def save_checkpoint():
         if args.fsdp:
@@ -223,6 +229,8 @@ def train(args, world: "fsdp.World | None") -> None:
             prune_checkpoints(out, args.keep_checkpoints)
 
     def run_evaluation() -> dict:
+        if not data.val_rows:
+            return {}
         loss, tokens = evaluate(model, data.val_rows, args.micro_batch, device)
         record = {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "eval_tokens": tokens}
         if metrics:
@@ -258,7 +266,7 @@ def train(args, world: "fsdp.World | None") -> None:
             if metrics and (step % args.log_every == 0 or step == total_steps):
                 metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
-            if args.eval_every and step % args.eval_every == 0 and step < total_steps:
+            if args.eval_every and step % args.eval_every == 0 and step < total_steps and data.val_rows:
                 last_eval = run_evaluation()
                 if is_main:
                     bar.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, "
@@ -273,7 +281,8 @@ def train(args, world: "fsdp.World | None") -> None:
     # The result: the adapter in PEFT's format, or the whole model in Hugging Face's, with the
     # tokenizer and a record of the run.
     last_eval = run_evaluation()
-    say(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}")
+    say(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}" if last_eval
+        else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
     if args.fsdp:
         fsdp.export_model(model, out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
         say(f"model written to {out / 'model'}")

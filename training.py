@@ -109,12 +109,13 @@ def evaluate(model: nn.Module, rows: PackedRows, micro_batch: int, device: torch
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per logged step or evaluation, appended as they happen."""
 
-    def __init__(self, path: Path, resume_after_step: int | None = None):
+    def __init__(self, path: Path, after_step: int = 0):
         self.path = path
-        if resume_after_step is not None and path.exists():
-            # Steps after the checkpoint we resume from never happened as far as this run is concerned.
+        if path.exists():
+            # The run goes on from `after_step` (0: a fresh start); records past it are from an attempt
+            # that died before its next checkpoint, and never happened as far as this run is concerned.
             kept = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= resume_after_step]
+                    if line and json.loads(line)["step"] <= after_step]
             atomic.write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:

@@ -100,8 +100,12 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
     train = [session for session, out in zip(sessions, held_out) if not out]
     val = [session for session, out in zip(sessions, held_out) if out]
     if not train:
-        raise DataError(f"{path}: no sessions to train on; `python -m data.telegram {path} "
-                        "-o sessions.jsonl` lists what the conversion skipped")
+        skipped = conversion.chats_skipped + conversion.messages_skipped
+        why = (f"{len(sessions)} sessions, all held out for validation" if sessions else
+               "the conversion kept no conversation with the target in it" +
+               (f" (most skipped: {', '.join(f'{reason} {n}' for reason, n in skipped.most_common(4))})" if skipped else ""))
+        raise DataError(f"{path}: no sessions to train on: {why}; `python -m data.telegram {path} "
+                        "-o sessions.jsonl` prints the whole conversion report")
 
     cache_file = None
     if cache_dir is not None:

@@ -730,8 +730,10 @@ def _load_sessions_file(path: Path,
     named_targets = Counter(session.target for session in sessions if session.target)
     if options.target is not None:
         if options.target not in speakers:
-            raise DataError(f"{path}: --target {options.target!r} never speaks in this file; "
-                            f"speakers: {', '.join(sorted(speakers)[:10])}")
+            messages = Counter(turn.speaker for session in sessions for turn in session.turns
+                               for _ in turn.messages)
+            raise DataError(f"{path}: --target {options.target!r} never speaks in this file; top speakers: "
+                            f"{', '.join(name for name, _ in messages.most_common(10))}")
         target, report.target_how = options.target, "chosen with --target"
     elif named_targets:
         target, report.target_how = named_targets.most_common(1)[0][0], "named in the sessions file"

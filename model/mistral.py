@@ -140,26 +140,47 @@ class KVCache:
         self.length = min(self.length, length)
 
 
-def attention_mask(query_len: int, key_len: int, window: int | None,
-                   document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask [batch or 1, 1, query, key] of what each query may attend to; None for plain causal.
+def attention_mask(query_len: int, key_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask [1, 1, query, key] of what each query may attend to; None where SDPA needs none.
 
     Queries are the last `query_len` of `key_len` tokens. A token sees itself and up to `window - 1`
-    tokens before it, and only tokens of its own document (packed rows hold several sessions).
+    tokens before it.
     """
-    # Without documents or a window in play, a full causal prefill is SDPA's `is_causal`, and a lone
-    # query (a decoding step) sees every key: neither needs a mask built.
-    if document_ids is None and query_len in (1, key_len) and (window is None or key_len <= window):
+    # Without a window in play, a full causal prefill is SDPA's `is_causal`, and a lone query (a
+    # decoding step) sees every key: neither needs a mask built.
+    if query_len in (1, key_len) and (window is None or key_len <= window):
         return None
     query_pos = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     key_pos = torch.arange(key_len, device=device)[None, :]
     allowed = key_pos <= query_pos
     if window is not None:
         allowed = allowed & (query_pos - key_pos < window)
-    if document_ids is not None:
-        same_document = document_ids[:, :, None] == document_ids[:, None, :]
-        return (allowed & same_document)[:, None]
     return allowed[None, None]
+
+
+@dataclass(frozen=True)
+class DocumentSpans:
+    """For each row of a packed batch, the (start, end) of each of its documents.
+
+    An object, not a bare list: FSDP's forward hooks rebuild the lists and tuples among a layer's
+    arguments on the way in, and would scramble these.
+    """
+    rows: list[list[tuple[int, int]]]
+
+    @classmethod
+    def of(cls, document_ids: torch.Tensor) -> "DocumentSpans":
+        """The runs of equal ids in each row of `document_ids` [batch, seq]."""
+        batch, seq = document_ids.shape
+        starts: list[list[int]] = [[0] for _ in range(batch)]
+        for row, before in (document_ids[:, 1:] != document_ids[:, :-1]).nonzero().tolist():
+            starts[row].append(before + 1)
+        return cls([list(zip(row, row[1:] + [seq])) for row in starts])
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention of q to the keys it may see: `mask`, or causal where None."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
+                                          enable_gqa=k.shape[1] != q.shape[1])
 
 
 class Attention(nn.Module):
@@ -167,12 +188,14 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        self.window = config.sliding_window
         self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None, layer_index: int):
+    def forward(self, x, cos, sin, mask, documents: DocumentSpans | None, kv_cache: KVCache | None,
+                layer_index: int):
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -181,14 +204,22 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer_index, k, v)
         # Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads. On CPU
-        # SDPA shares them without copies; CUDA's memory-efficient kernel, which packed rows with
-        # their mask need, takes the heads expanded.
+        # SDPA shares them without copies; CUDA's memory-efficient kernel, which a window's mask
+        # needs, takes the heads expanded.
         if x.device.type == "cuda":
             repeats = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        is_causal = mask is None and seq > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           enable_gqa=k.shape[1] != q.shape[1])
+        if documents is None or batch == 0:  # (an FSDP rank evaluates an empty batch when out of rows)
+            y = attend(q, k, v, mask)
+        else:
+            # Packed rows: each document attends to itself alone, so attention runs document by
+            # document, never computing the blocks between documents that a mask would only discard.
+            y = torch.cat([
+                torch.cat([attend(q[row:row + 1, :, start:end], k[row:row + 1, :, start:end],
+                                  v[row:row + 1, :, start:end],
+                                  attention_mask(end - start, end - start, self.window, x.device))
+                           for start, end in spans], dim=2)
+                for row, spans in enumerate(documents.rows)])
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
 
@@ -212,8 +243,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, self.index)
+    def forward(self, x, cos, sin, mask, documents=None, kv_cache: KVCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, documents, kv_cache, self.index)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -259,12 +290,15 @@ class Mistral(nn.Module):
 
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        mask = attention_mask(seq, past + seq, self.config.sliding_window, document_ids, x.device)
+        if document_ids is None:
+            mask, documents = attention_mask(seq, past + seq, self.config.sliding_window, x.device), None
+        else:
+            mask, documents = None, DocumentSpans.of(document_ids)
         for layer in self.model.layers:
             if self.activation_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, mask, kv_cache, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, documents, kv_cache, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, kv_cache)
+                x = layer(x, cos, sin, mask, documents, kv_cache)
         if kv_cache is not None:
             kv_cache.length += seq
         x = self.model.norm(x)
@@ -276,26 +310,54 @@ class Mistral(nn.Module):
         return self.lm_head(x)
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
+def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, labels: torch.Tensor,
                           chunk_tokens: int = 512) -> torch.Tensor:
     """Summed cross-entropy of the labelled positions, never holding their full-vocabulary logits.
 
-    Only labelled positions get logits at all, and each chunk's LM head and loss are recomputed in
-    the backward pass, so memory holds one chunk of [chunk_tokens, vocab] fp32 logits at a time.
+    Only labelled positions get logits at all, one chunk of [chunk_tokens, vocab] at a time.
     """
     labels = labels.reshape(-1)
     keep = labels != IGNORE_INDEX
-    hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels[keep]
+    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1])[keep], lm_head.weight, labels[keep],
+                                    chunk_tokens, torch.is_grad_enabled())
 
-    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # log_softmax upcasts as it reads: no separate fp32 copy of the chunk's logits.
-        return F.nll_loss(F.log_softmax(lm_head(h), dim=-1, dtype=torch.float32), y, reduction="sum")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, labels.numel(), chunk_tokens):
-        h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
-        if torch.is_grad_enabled():
-            total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
-        else:
-            total = total + chunk_loss(h, y)
-    return total
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum(-log softmax(hidden @ weight.T)[label]) with the gradients worked out in the forward pass.
+
+    The gradient of the loss by a chunk's logits is softmax - one_hot(label), known as soon as the
+    chunk's loss is; turned straight into gradients for the hidden states (and the weight, when it
+    trains), it lets each chunk's logits go at once, and the backward pass needs neither them nor
+    a second multiply by the LM head.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int,
+                grad_enabled: bool):
+        # (needs_input_grad says what requires grad even under no_grad, which evaluation runs in)
+        needs_grad = [needs and grad_enabled for needs in ctx.needs_input_grad[:2]]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if needs_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if needs_grad[1] else None
+        for start in range(0, labels.numel(), chunk_tokens):
+            h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
+            # log_softmax upcasts as it reads: no separate fp32 copy of the chunk's logits.
+            log_probs = F.log_softmax(F.linear(h, weight), dim=-1, dtype=torch.float32)
+            total += F.nll_loss(log_probs, y, reduction="sum")
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad_logits = log_probs.exp_()
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1
+            grad_logits = grad_logits.to(h.dtype)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk_tokens])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t(), h)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_total if grad_hidden is not None else None,
+                grad_weight * grad_total if grad_weight is not None else None, None, None, None)

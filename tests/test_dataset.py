@@ -153,7 +153,8 @@ def test_partners_come_from_every_session_held_out_or_not(sample, tmp_path, dolp
 
 def test_an_export_with_nothing_to_train_on_is_refused(dolphin_tokenizer):
     no_sessions = DataConfig(export=ExportOptions(target="Olga Petrenko"))  # she never answers
-    with pytest.raises(DataError, match="no sessions to train on"):
+    with pytest.raises(DataError, match="no sessions to train on: the conversion kept no conversation with the "
+                                        "target in it \\(most skipped: in sessions where the target does not answer"):
         prepare_data(SAMPLE, dolphin_tokenizer, no_sessions)
 
 

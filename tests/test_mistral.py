@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model import KVCache, MistralConfig, load_model
-from model.mistral import IGNORE_INDEX
+from model.mistral import IGNORE_INDEX, DocumentSpans
 from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 CONFIGS = {
@@ -53,17 +53,18 @@ def test_logits_match_transformers_bf16(tmp_path):
     assert (ours_bf16 - hf_bf16).abs().max().item() <= 2 * reference_error + 1e-3
 
 
-def test_packed_row_equals_sessions_run_alone():
-    config = tiny_config(sliding_window=6)
+def test_packed_rows_equal_sessions_run_alone():
+    config = tiny_config(sliding_window=6)  # shorter than some sessions
     model = random_model(config)
-    lengths = [5, 9, 4]
-    sessions = [torch.randint(0, config.vocab_size, (1, n)) for n in lengths]
-    row = torch.cat(sessions, dim=1)
-    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
-    document_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    rows = [[5, 9, 4], [12, 1, 5]]  # session lengths, different in each row
+    sessions = [[torch.randint(0, config.vocab_size, (1, n)) for n in lengths] for lengths in rows]
+    input_ids = torch.cat([torch.cat(row, dim=1) for row in sessions])
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in rows])
+    document_ids = torch.stack([torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)]) for lengths in rows])
+    assert DocumentSpans.of(document_ids).rows == [[(0, 5), (5, 14), (14, 18)], [(0, 12), (12, 13), (13, 18)]]
     with torch.no_grad():
-        packed = model(row, position_ids=position_ids, document_ids=document_ids)
-        alone = torch.cat([model(s) for s in sessions], dim=1)
+        packed = model(input_ids, position_ids=position_ids, document_ids=document_ids)
+        alone = torch.cat([torch.cat([model(s) for s in row], dim=1) for row in sessions])
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
 
 
@@ -110,17 +111,33 @@ def test_loss_from_labels_equals_full_cross_entropy_and_its_gradient():
         torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_loss_chunks_smaller_than_the_batch_give_the_same_sum():
+@pytest.mark.parametrize("tied", [False, True])
+def test_loss_chunks_smaller_than_the_batch_give_the_same_sum_and_gradients(tied):
     from model.mistral import chunked_cross_entropy
 
-    config = tiny_config()
+    config = tiny_config(tie_word_embeddings=tied)
     model = random_model(config)
     hidden = torch.randn(2, 9, config.hidden_size)
     labels = torch.randint(0, config.vocab_size, (2, 9))
+    labels[1, 2:5] = IGNORE_INDEX
+    results = []
+    for chunk_tokens in (1000, 4):
+        model.zero_grad()
+        h = hidden.clone().requires_grad_()
+        loss = chunked_cross_entropy(h, model.lm_head, labels, chunk_tokens=chunk_tokens)
+        (2.5 * loss).backward()
+        results.append((loss, h.grad, model.lm_head.weight.grad.clone()))
+    reference = h.detach().clone().requires_grad_()
+    model.zero_grad()
+    expected = torch.nn.functional.cross_entropy(model.lm_head(reference).flatten(0, 1), labels.flatten(),
+                                                 reduction="sum")
+    (2.5 * expected).backward()
+    for loss, grad_hidden, grad_weight in results:
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(grad_hidden, reference.grad)
+        torch.testing.assert_close(grad_weight, model.lm_head.weight.grad)
     with torch.no_grad():
-        one = chunked_cross_entropy(hidden, model.lm_head, labels, chunk_tokens=1000)
-        many = chunked_cross_entropy(hidden, model.lm_head, labels, chunk_tokens=4)
-    torch.testing.assert_close(one, many)
+        torch.testing.assert_close(chunked_cross_entropy(hidden, model.lm_head, labels), expected.detach())
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -77,12 +77,16 @@ def test_auto_plays_both_people(tiny_run):
 
 
 def test_interactive_session_with_commands(tiny_run, tmp_path):
-    transcript = tmp_path / "chat.jsonl"
-    script = "\n".join(["hi", "how are you?", "", "/temp 0", "/regen", "/as Bob", "yo", "", "/speaker Bob",
-                        "/as Alice", "", f"/save {transcript}", "/quit"]) + "\n"
+    transcript, notes = tmp_path / "chat.jsonl", tmp_path / "notes.txt"
+    notes.write_text("not a sessions file")
+    script = "\n".join([f"/save {transcript}", "hi", "how are you?", "", "/temp 0", "/regen", "/as Bob", "yo", "",
+                        "/speaker Bob", "/as Alice", "", f"/save {tmp_path}/missing/chat.jsonl", f"/save {notes}",
+                        f"/save {transcript}", "/quit"]) + "\n"
     out = sample_cli("--checkpoint", tiny_run, "--speaker", SPEAKER, "--as", "User", "--seed", 0,
                      "--max-new-tokens", 8, stdin=script).stdout
     assert "(temperature 0.0)" in out and "(you are Bob, the model is Alexander Smirnov)" in out
+    assert "(nothing to save yet)" in out and out.count("(not saved: ") == 2  # and the chat went on
+    assert notes.read_text() == "not a sessions file"
     session = read_sessions_file(transcript)[-1]
     speakers = [turn.speaker for turn in session.turns]
     assert speakers == ["User", SPEAKER, "Bob", SPEAKER, "Bob"]  # /regen replaced the first reply

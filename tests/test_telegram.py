@@ -480,7 +480,9 @@ def test_load_sessions_reads_our_sessions_file(tmp_path):
     sessions, report = load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Bob", months=3))
     assert [s.target for s in sessions] == ["Bob"]
     assert "apply to Telegram exports" in report.warnings[0]
-    with pytest.raises(DataError, match="'Carol' never speaks"):
+    ours[0].turns.append(Turn("Bob", ["and", "more"]))  # Bob writes the most messages: he comes first
+    write_sessions(ours, tmp_path / "s.jsonl")
+    with pytest.raises(DataError, match="'Carol' never speaks in this file; top speakers: Bob, Alex$"):
         load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Carol"))
 
 

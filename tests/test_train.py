@@ -144,6 +144,27 @@ def test_bad_data_path_is_one_error_line(tmp_path, tiny_checkpoint):
     assert "Traceback" not in result.stderr
 
 
+def test_an_out_holding_a_run_is_refused_and_resume_needs_a_run(tmp_path, tiny_run, tiny_checkpoint):
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    fresh = cli("--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tiny_run)
+    assert fresh.returncode == 1 and f"continue it with --resume {tiny_run}" in fresh.stderr
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
+    not_a_run = cli("--resume", tmp_path)
+    assert not_a_run.returncode == 1 and "run_args.json not found" in not_a_run.stderr
+    for result in (fresh, not_a_run):
+        assert result.stderr.strip().count("\n") == 0 and "usage:" not in result.stderr
+
+
+def test_a_run_with_nothing_held_out_skips_evaluation(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "run"
+    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--val-fraction", 0,
+              *FAST[:-4], "--eval-every", 1, "--save-every", 0)
+    assert "no held-out sessions, so no evaluation" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and not any("eval_loss" in r for r in records)
+    assert "eval_loss" not in json.loads((out / "run.json").read_text())["figures"]
+
+
 def test_unknown_target_lists_the_top_speakers(tmp_path, tiny_checkpoint, capsys):
     with pytest.raises(SystemExit):
         run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "o", "--target", "Nobody Here")
