@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda, fp32 on cpu")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
     return parser
 
 
@@ -151,7 +151,8 @@ def split_messages(text: str) -> list[str]:
 
 
 def interactive(chat: Chat) -> None:
-    print(f"You are {chat.user}, the model is {chat.speaker}. One message a line; an empty line sends. /help for commands.")
+    print(f"You are {chat.user}, the model is {chat.speaker}. One message a line; an empty line sends "
+          "(on its own, it lets the model write again). /help for commands.")
     messages: list[str] = []
     while True:
         try:

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--lora", action="store_true", help="train LoRA adapters on a frozen model (the default)")
-    mode.add_argument("--fsdp", action="store_true", help="train every weight, sharded with FSDP (run under torchrun)")
+    mode.add_argument("--fsdp", action="store_true", help="train every weight, sharded with FSDP (run under torchrun) (default: off)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="base model: a local directory or a Hugging Face repo id (default: %(default)s)")
     parser.add_argument("--data", help="Telegram export (result.json or its directory) or a sessions JSONL file (required unless --resume)")
     parser.add_argument("--out", default="runs/twin", help="output directory (default: %(default)s)")

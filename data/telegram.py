@@ -109,10 +109,10 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-forwarded", action="store_true",
         help="keep forwarded messages and messages sent via bots; they are skipped otherwise "
-             "as they are not their sender's own words")
+             "as they are not their sender's own words (default: off)")
     parser.add_argument(
         "--public-groups", action="store_true",
-        help="also read public supergroups; otherwise only personal chats and private groups")
+        help="also read public supergroups; otherwise only personal chats and private groups (default: off)")
 
 
 def export_options_from_args(args: argparse.Namespace) -> ExportOptions:
