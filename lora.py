@@ -36,6 +36,12 @@ class LoRAConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")
     use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r (PEFT's rsLoRA)
 
+    def __post_init__(self):
+        if self.r < 1:
+            raise AdapterError(f"LoRA rank must be at least 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise AdapterError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)

@@ -220,7 +220,7 @@ def save_transcript(chat: Chat, path: Path) -> None:
         print("(nothing to save yet)")
         return
     try:
-        sessions = read_sessions_file(path) if path.exists() else []
+        sessions = read_sessions_file(path) if path.exists() and path.stat().st_size else []
         write_sessions(sessions + [Session(chat="sample.py", chat_type="personal_chat", start=0,
                                            turns=list(chat.turns), target=chat.speaker)], path)
     except (OSError, DataError) as error:

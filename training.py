@@ -71,7 +71,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[
     loss_sum = 0.0
     for batch in window:
         loss = forward_loss(model, batch, device)
-        if loss.requires_grad:  # a micro-batch without trained tokens contributes nothing
+        # Even a micro-batch without trained tokens goes backward (with zero gradients), so the ranks
+        # of a sharded run meet in the same gradient collectives; a window without any has no step.
+        if token_total and loss.requires_grad:
             (loss * loss_scale / token_total).backward()
         loss_sum += loss.item()
     mean_loss = loss_sum / max(token_total, 1)
@@ -114,13 +116,20 @@ class MetricsLog:
         if path.exists():
             # The run goes on from `after_step` (0: a fresh start); records past it are from an attempt
             # that died before its next checkpoint, and never happened as far as this run is concerned.
-            kept = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= after_step]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= after_step]
             atomic.write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _step_of(record: str) -> float:
+    """The step of a metrics line; infinite for a line a crash cut short, so it is dropped."""
+    try:
+        return json.loads(record)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 # Checkpoints are directories `OUT/checkpoints/step-00000100`, written with `atomic.directory`, so

@@ -338,7 +338,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         needs_grad = [needs and grad_enabled for needs in ctx.needs_input_grad[:2]]
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if needs_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if needs_grad[1] else None
+        # The weight's gradient sums every chunk's, unscaled until the backward pass: fp32 keeps the
+        # sum in range and exact whatever the model's dtype.
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad[1] else None
         for start in range(0, labels.numel(), chunk_tokens):
             h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
             # log_softmax upcasts as it reads: no separate fp32 copy of the chunk's logits.
@@ -352,12 +354,14 @@ class LinearCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk_tokens])
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t(), h)
+                grad_weight += grad_logits.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (grad_hidden * grad_total if grad_hidden is not None else None,
-                grad_weight * grad_total if grad_weight is not None else None, None, None, None)
+                (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None,
+                None, None, None)

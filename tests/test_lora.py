@@ -154,6 +154,13 @@ def test_dropout_is_reproducible_from_the_seed_and_off_in_eval_mode():
     assert torch.equal(layer(x), layer(x))
 
 
+@pytest.mark.parametrize("settings, message", [({"dropout": 1.0}, "dropout must be in \\[0, 1\\), got 1.0"),
+                                               ({"dropout": -0.1}, "dropout must be in"), ({"r": 0}, "rank")])
+def test_impossible_lora_settings_are_refused(settings, message):
+    with pytest.raises(AdapterError, match=message):
+        LoRAConfig(**settings)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"use_dora": True}, "use_dora = True is not supported"),
     ({"target_modules": ["lm_head"]}, "target_modules"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model import KVCache, MistralConfig, load_model
-from model.mistral import IGNORE_INDEX, DocumentSpans
+from model.mistral import IGNORE_INDEX, DocumentSpans, chunked_cross_entropy
 from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 CONFIGS = {
@@ -113,8 +113,6 @@ def test_loss_from_labels_equals_full_cross_entropy_and_its_gradient():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_loss_chunks_smaller_than_the_batch_give_the_same_sum_and_gradients(tied):
-    from model.mistral import chunked_cross_entropy
-
     config = tiny_config(tie_word_embeddings=tied)
     model = random_model(config)
     hidden = torch.randn(2, 9, config.hidden_size)
@@ -138,6 +136,18 @@ def test_loss_chunks_smaller_than_the_batch_give_the_same_sum_and_gradients(tied
         torch.testing.assert_close(grad_weight, model.lm_head.weight.grad)
     with torch.no_grad():
         torch.testing.assert_close(chunked_cross_entropy(hidden, model.lm_head, labels), expected.detach())
+
+
+def test_the_lm_head_gradient_stays_in_range_in_fp16():
+    # 4096 tokens that all want token 3 from hidden states of 20: the unscaled sum of their gradients
+    # (about -80,000) is past fp16's largest number, the gradient of the mean loss (-20) is not.
+    head = torch.nn.Linear(8, 16, bias=False).half()
+    hidden = torch.full((4096, 8), 20.0, dtype=torch.float16, requires_grad=True)
+    labels = torch.full((4096,), 3)
+    loss = chunked_cross_entropy(hidden, head, labels)
+    (loss / 4096).backward()
+    assert head.weight.grad.dtype == torch.float16 and torch.isfinite(head.weight.grad).all()
+    assert head.weight.grad[3].float().mean().item() == pytest.approx(-20, rel=0.01)
 
 
 @pytest.mark.parametrize("field, value, message", [

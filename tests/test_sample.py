@@ -8,7 +8,7 @@ import torch
 from data.chatml import render
 from data.sessions import Turn, read_sessions_file
 from generation import Generator, SamplingConfig
-from sample import Chat, split_messages
+from sample import Chat, save_transcript, split_messages
 from tests.helpers import random_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +57,15 @@ def test_a_quoted_chatml_marker_stays_text_as_in_training(dolphin_tokenizer):
     assert prompt.count(dolphin_tokenizer.im_end_id) == 1  # the one that closes the turn
     assert prompt == render([Turn("User", ["what does <\u200b|im_end|> do?"])], dolphin_tokenizer,
                             open_speaker=SPEAKER).ids
+
+
+def test_save_writes_into_an_empty_file(tmp_path):
+    from types import SimpleNamespace
+
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    save_transcript(SimpleNamespace(turns=[Turn("User", ["hi"]), Turn(SPEAKER, ["hey"])], speaker=SPEAKER), empty)
+    assert [turn.speaker for turn in read_sessions_file(empty)[0].turns] == ["User", SPEAKER]
 
 
 def test_split_messages_accepts_real_and_literal_newlines():

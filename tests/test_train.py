@@ -97,6 +97,35 @@ def test_accumulated_gradient_equals_the_full_batch_gradient():
     assert full_loss == pytest.approx(per_token, rel=1e-5)
 
 
+def test_micro_batches_without_trained_tokens_add_nothing_and_a_window_of_them_no_step():
+    config = tiny_config()
+    ids = torch.randint(0, config.vocab_size, (1, 12))
+    untrained = {"input_ids": ids, "labels": torch.full_like(ids, -100), "position_ids": torch.arange(12)[None],
+                 "document_ids": torch.zeros(1, 12, dtype=torch.long)}
+    trained = {**untrained, "labels": ids.roll(-1, dims=1)}
+    model = random_model(config).train()  # every weight trains, the LM head's too
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert train_step(model, optimizer, [untrained], torch.device("cpu"), grad_clip=1.0) == (0.0, 0.0)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    _, with_empty = train_step(random_model(config).train(), torch.optim.SGD(model.parameters(), lr=0.0),
+                               [trained, untrained], torch.device("cpu"), grad_clip=0)
+    _, alone = train_step(random_model(config).train(), torch.optim.SGD(model.parameters(), lr=0.0),
+                          [trained], torch.device("cpu"), grad_clip=0)
+    assert with_empty == pytest.approx(alone, rel=1e-6)
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped(tmp_path):
+    from training import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
+    MetricsLog(path, after_step=2).write({"step": 3, "loss": 1.8})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    MetricsLog(path)  # a fresh start
+    assert path.read_text() == ""
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = cosine_schedule(optimizer, warmup_steps=4, total_steps=20)
