@@ -43,8 +43,9 @@ def twin_generate(model: Mistral, prompt: list[int], new_tokens: int, compile: b
     return tokens, arrivals
 
 
-def weight_read_ceiling(model: Mistral, rounds: int = 10) -> float:
-    """Tokens/s if a decoding step did nothing but multiply one vector by each weight matrix once."""
+def weight_read_ceiling(model: Mistral, rounds: int = 10) -> tuple[float, float]:
+    """Tokens/s if a decoding step did nothing but multiply one vector by each weight matrix once,
+    and the megabytes of those matrices."""
     matrices = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
     vectors = {width: torch.randn(1, width) for width in {w.shape[1] for w in matrices}}
     seconds = []
@@ -54,7 +55,7 @@ def weight_read_ceiling(model: Mistral, rounds: int = 10) -> float:
             for weight in matrices:
                 torch.nn.functional.linear(vectors[weight.shape[1]], weight)
             seconds.append(time.perf_counter() - start)
-    return 1 / min(seconds)
+    return 1 / min(seconds), sum(w.numel() * w.element_size() for w in matrices) / 1e6
 
 
 def peer_generate(model, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
@@ -126,7 +127,7 @@ def main():
         print(f"  round {round_number + 1}/{args.warmup + args.rounds}" + (" (warmup)" if round_number < args.warmup
               else ": " + ", ".join(f"{side} {decode_rate[side][-1]:.1f} tok/s" for side in sides)), flush=True)
 
-    ceiling = weight_read_ceiling(twin)
+    ceiling, weight_mb = weight_read_ceiling(twin)
     twin_tokens, peer_tokens = tokens["twin"], tokens["transformers"]
     first_difference = next((i for i, (a, b) in enumerate(zip(twin_tokens, peer_tokens)) if a != b), None)
     same = first_difference is None and len(twin_tokens) == len(peer_tokens)
@@ -141,7 +142,6 @@ def main():
     for label, figures, form in rows:
         print(f"{label:28}" + "".join(f"{form.format(figures[side]):>16}" for side in sides)
               + f"{figures['twin'] / figures['transformers']:>19.2f}x")
-    weight_mb = sum(p.numel() * p.element_size() for name, p in twin.named_parameters() if "embed" not in name) / 1e6
     print(f"\nceiling: {ceiling:.1f} tokens/s, the rate of reading the {weight_mb:,.0f} MB of weight matrices once per "
           f"token ({weight_mb * ceiling / 1e3:.1f} GB/s here); fastest rounds reach "
           + ", ".join(f"{side} {100 * max(rate) / ceiling:.0f}%" for side, rate in decode_rate.items())

@@ -339,7 +339,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if needs_grad[0] else None
         # The weight's gradient sums every chunk's, unscaled until the backward pass: fp32 keeps the
-        # sum in range and exact whatever the model's dtype.
+        # sum in range and precise whatever the model's dtype.
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad[1] else None
         for start in range(0, labels.numel(), chunk_tokens):
             h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
