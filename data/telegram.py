@@ -767,7 +767,7 @@ def _count_sessions(report: ConversionReport, sessions: list[Session]) -> None:
 def _is_sessions_file(path: Path) -> bool:
     """A sessions file (ours, or a doppelganger list) rather than a Telegram export?"""
     with open(path, "rb") as file:
-        head = file.read(4096).decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
+        head = file.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if not head:
         raise DataError(f"{path}: empty file")
     first_key = re.match(r'\{\s*"([^"\\]*)"', head)
