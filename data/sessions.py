@@ -19,8 +19,6 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import atomic
-
 LATEST_START = 253402300799  # 9999-12-31 23:59:59 UTC, the last second a date can show
 
 # SentencePiece tokenizers read "▁" as a space: "▁Bob" would be encoded as " Bob", which decodes as "Bob".
@@ -93,8 +91,15 @@ class Session:
 
 def write_sessions(sessions: list[Session], path: str | os.PathLike) -> None:
     """Write sessions as JSONL. Atomic: a reader never sees a half-written file."""
-    atomic.write_text(path, "".join(json.dumps(asdict(session), ensure_ascii=False) + "\n"
-                                    for session in sessions))
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as file:
+            for session in sessions:
+                file.write(json.dumps(asdict(session), ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_sessions_file(path: str | os.PathLike, repairs: Counter | None = None) -> list[Session]:
