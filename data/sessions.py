@@ -8,7 +8,7 @@ a JSON list of sessions, each a list of {"author": ..., "text": ">>> first messa
 
 Names and messages come from other people, so every reader cleans them (clean_name, clean_message):
 a name becomes one plain line, a message loses its control characters, and neither keeps a lone
-surrogate, which no file could hold. Text that spells a special token such as <|im_end|> needs no
+surrogate (which a JSON escape can hold and UTF-8 cannot). Text that spells a special token such as <|im_end|> needs no
 cleaning: data.chatml encodes names and messages as plain text.
 """
 import json
@@ -47,8 +47,10 @@ def clean_message(text: str, repairs: Counter | None = None) -> str:
     text, surrogates = _SURROGATE.subn("\ufffd", text)
     text = _LINE_BREAK.sub("\n", text)
     text, controls = _CONTROL.subn("", text)
-    if repairs is not None:
-        repairs.update([LONE_SURROGATES] * bool(surrogates) + [CONTROL_CHARACTERS] * bool(controls))
+    if repairs is not None and surrogates:
+        repairs[LONE_SURROGATES] += 1
+    if repairs is not None and controls:
+        repairs[CONTROL_CHARACTERS] += 1
     return text
 
 

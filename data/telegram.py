@@ -403,8 +403,8 @@ class _ExportReader:
         elif not found_chat_list:
             raise DataError(f"{self.path}: not a Telegram export: no chats list and no messages "
                             "at the top level")
-        # Once per person rather than once per message.
-        self.display_names = {person: clean_name(name or "", self.report.repairs) or _deleted_account(person)
+        # Cleaned once per person rather than once per message.
+        self.display_names = {person: _display_name(name, person, self.report.repairs)
                               for person, (_, name) in self.latest_names.items()}
 
     def _skip(self, where: str, malformed: _Malformed, skipped: Counter) -> None:
@@ -562,6 +562,11 @@ def _author_without_id(message: dict) -> str | None:
     return f"name:{name}" if name else None
 
 
+def _display_name(name: str | None, person: str, repairs: Counter) -> str:
+    """A name as one plain line; without one, a name made from the person's (or chat's) id."""
+    return clean_name(name or "", repairs) or _deleted_account(person)
+
+
 def _deleted_account(person: str) -> str:
     """Deleted accounts have no name. A suffix made from the id keeps two of them apart."""
     return f"Deleted Account {zlib.crc32(person.encode('utf-8', 'surrogatepass')) % 10000:04d}"
@@ -715,10 +720,11 @@ def _sessions_from_export(export: _ExportReader,
     if target_id not in names:  # the owner may never have written in this export
         own_name = export.owner_name if target_id == export.owner_id else ""
         names[target_id] = (own_name if own_name and own_name not in names.values()
-                            else clean_name(target_id, report.repairs) or _deleted_account(target_id))
+                            else _display_name(target_id, target_id, report.repairs))
     report.target = target = names[target_id]
 
     # Relative to the newest message, not today: the same export always gives the same sessions.
+    # (Today only bounds the dates: messages dated after it were skipped as damage.)
     cutoff = export.newest_time - options.months * SECONDS_PER_MONTH if options.months else 0
     sessions, seen = [], set()
     for chat in export.kept_chats:
@@ -727,8 +733,7 @@ def _sessions_from_export(export: _ExportReader,
             report.messages_skipped[f"older than {options.months} months"] += (
                 len(chat.messages) - len(recent))
         recent.sort(key=lambda message: message.time)  # stable: same-second messages keep order
-        chat_name = (clean_name(chat.name or "", report.repairs)
-                     or _deleted_account(_person_id(chat.id) or ""))
+        chat_name = _display_name(chat.name, _person_id(chat.id) or "", report.repairs)
         for messages in _split_at_gaps(recent, options.gap_minutes * 60):
             session = Session(chat_name, chat.type, messages[0].time, _turns(messages, names), target)
             if options.speakers == "target" and all(turn.speaker != target
