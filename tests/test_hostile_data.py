@@ -10,7 +10,6 @@ import copy
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
