@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from data.chatml import parse_body, render
-from data.sessions import DataError, Session, Turn, neutralize_turn, read_sessions_file, write_sessions
+from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
@@ -96,9 +96,9 @@ class Chat:
         self.random.manual_seed(seed) if seed is not None else self.random.seed()
 
     def add(self, turn: Turn) -> None:
-        """Add a turn to the conversation. ChatML markers quoted in it stay text, as in training: typed
-        or even sampled as plain characters, they would otherwise become special tokens in the prompt."""
-        neutralize_turn(turn)
+        """Add a turn to the conversation, its messages cleaned as in training (no control characters,
+        no lone surrogates, which a terminal can pass on from bytes that are not UTF-8)."""
+        turn.messages = [clean_message(message) for message in turn.messages]
         self.turns.append(turn)
 
     def prompt(self, speaker: str) -> list[int]:

@@ -9,12 +9,13 @@ the newline between turns are context only. sample.py renders its prompt with th
 ending in the open header of the speaker the model should write as, so training and sampling can
 never disagree about the format.
 
-The ids are built turn by turn rather than by tokenizing the joined string, so the mask is exact:
-every turn string starts with the special token `<|im_start|>`, which the tokenizer splits out, so
-its text is tokenized on its own in the joined string too and the per-turn ids concatenate to
-exactly `tokenizer.encode(joined, bos=True)` (tests/test_chatml.py checks this on the real
-tokenizer). Inside a turn the header ends in "\\n", a byte token no merge crosses, so the header's
-ids are a prefix of the turn's ids.
+Names and messages are people's text, so they are encoded with `special=False`: a message saying
+"<s>" or "<|im_end|>" (or a contact named so) gets the ids of those characters, never a special token,
+and cannot end a turn or open another. Each turn is therefore built as
+`<|im_start|>` + the ids of "Name\\n>>> message..." + `<|im_end|>`, and the mask is exact. For text
+that spells no added token those ids are exactly `tokenizer.encode(joined, bos=True)` of the joined
+string (tests/test_chatml.py checks this on the real tokenizer). Inside a turn the header ends in
+"\\n", a byte token no merge crosses, so the header's ids are a prefix of the turn's ids.
 """
 from dataclasses import dataclass
 
@@ -79,15 +80,33 @@ class _TurnEncoder:
         # Whether a text chunk gets a dummy-prefix "▁" depends on what precedes it, so the newline
         # between turns is encoded after an <|im_end|>, as it stands in the joined string.
         self.separator = tokenizer.encode(IM_END + TURN_SEPARATOR)[1:]
+        # Text right after an added token mostly gets the dummy "▁" that text at the start of a string
+        # gets, but with legacy=false tokenizers only the start does. There a "\n", which no merge
+        # crosses, stands at the start in the text's place and its ids are dropped again.
+        newline_after_token = tokenizer.encode(IM_START + "\n")[1:]
+        self.stand_in = "" if newline_after_token == tokenizer.encode("\n", special=False) else "\n"
+        self.stand_in_ids = tokenizer.encode(self.stand_in, special=False)
         self.headers: dict[str, list[int]] = {}
+
+    def _after_start_token(self, text: str) -> list[int]:
+        """The ids of people's text right after <|im_start|>, as plain text."""
+        ids = self.tokenizer.encode(self.stand_in + text, special=False)
+        if ids[:len(self.stand_in_ids)] != self.stand_in_ids:
+            raise TokenizerError("the tokenizer merges a newline into the text after it, so names and "
+                                 "messages cannot be encoded as they stand after <|im_start|>")
+        return [self.tokenizer.im_start_id, *ids[len(self.stand_in_ids):]]
 
     def header(self, speaker: str) -> list[int]:
         if speaker not in self.headers:
-            self.headers[speaker] = self.tokenizer.encode(format_header(speaker))
+            self.headers[speaker] = self._after_start_token(format_header(speaker).removeprefix(IM_START))
         return self.headers[speaker]
 
+    def turn_ids(self, turn: Turn) -> list[int]:
+        text = format_turn(turn).removeprefix(IM_START).removesuffix(IM_END)
+        return [*self._after_start_token(text), self.tokenizer.im_end_id]
+
     def encode(self, turn: Turn) -> _EncodedTurn:
-        return self.encode_ids(turn, self.tokenizer.encode(format_turn(turn)))
+        return self.encode_ids(turn, self.turn_ids(turn))
 
     def encode_ids(self, turn: Turn, ids: list[int]) -> _EncodedTurn:
         header = self.header(turn.speaker)
@@ -113,7 +132,8 @@ class _TurnEncoder:
 
 def render(turns: list[Turn], tokenizer: Tokenizer, *, trained_speakers: set[str] | None = None,
            open_speaker: str | None = None) -> RenderedSession:
-    """BOS + the turns as ChatML, the ids of `tokenizer.encode(format_conversation(...), bos=True)`.
+    """BOS + the turns as ChatML: the ids of `tokenizer.encode(format_conversation(...), bos=True)`,
+    except that names and messages are always plain text.
 
     `trained_speakers`: whose turns the loss learns (None: everyone's). `open_speaker`: end with that
     speaker's open header, the prompt from which the model writes their next turn.
@@ -137,7 +157,7 @@ def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
     for turn in turns:
         encoded_turn = encoder.encode(turn)
         if len(encoded_turn.ids) > budget:
-            kept = _shorten(turn, encoded_turn.ids, tokenizer, budget)
+            kept = _shorten(turn, encoded_turn.ids, encoder, budget)
             cut += len(encoded_turn.ids) - len(kept)
             encoded_turn = encoder.encode_ids(turn, kept)
         encoded.append(encoded_turn)
@@ -155,13 +175,13 @@ def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
     return pieces, cut
 
 
-def _shorten(turn: Turn, ids: list[int], tokenizer: Tokenizer, budget: int) -> list[int]:
+def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> list[int]:
     """The ids of the longest run of the turn's first messages that fits in `budget` tokens,
     or, when even the first message alone does not fit, the turn's first `budget` ids."""
     best, low, high = None, 1, len(turn.messages) - 1
     while low <= high:  # binary search: a turn's token count grows with its messages
         count = (low + high) // 2
-        candidate = tokenizer.encode(format_turn(Turn(turn.speaker, turn.messages[:count])))
+        candidate = encoder.turn_ids(Turn(turn.speaker, turn.messages[:count]))
         if len(candidate) <= budget:
             best, low = candidate, count + 1
         else:

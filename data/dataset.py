@@ -23,7 +23,7 @@ from data.telegram import ConversionReport, ExportOptions, export_options_from_a
 from model.tokenizer import Tokenizer
 
 TRAIN_ON = ("all", "target")
-CACHE_FORMAT = 1  # bump when rendering or packing changes what the same inputs produce
+CACHE_FORMAT = 2  # bump when rendering or packing changes what the same inputs produce
 ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 
 

@@ -10,8 +10,11 @@ How it works:
   3. The target (the person being cloned) is chosen, names are made unique, and each chat is cut
      into sessions at long silences; consecutive messages of one author become one turn.
 load_sessions() also takes a sessions file (ours or doppelganger's), so train.py accepts either.
-Either way, a ChatML marker such as <|im_end|> quoted in a message gets a zero-width space after its
-"<", so that it stays text instead of ending the turn (data.sessions.neutralize_chatml_markers).
+
+Exports hold other people's words and names, and sometimes damage: names are cleaned into one plain
+line and messages lose control characters (data.sessions.clean_name, clean_message), and a message
+or chat that cannot be read is skipped and counted by reason, so one bad message never sinks an
+export; --strict stops at the first one instead.
 """
 import argparse
 import codecs
@@ -29,7 +32,7 @@ from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
-from data.sessions import (DataError, Session, Turn, neutralize_chatml_markers, read_sessions_file,
+from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
 # Chats that hold the target's own conversations; everything else is skipped.
@@ -50,8 +53,8 @@ ATTACHMENT_PLACEHOLDERS = {
     "invoice_information": "[invoice]", "file": "[file]",
 }
 
-SECONDS_PER_MONTH = 365.2425 / 12 * 24 * 3600
-LATEST_PLAUSIBLE_TIME = 1 << 40  # far beyond any real message; guards against garbage dates
+SECONDS_PER_DAY = 24 * 3600
+SECONDS_PER_MONTH = 365.2425 / 12 * SECONDS_PER_DAY
 READ_CHUNK_BYTES = 1 << 20
 SESSION_FIELDS = {field.name for field in dataclasses.fields(Session)}
 
@@ -64,6 +67,7 @@ class ExportOptions:
     speakers: str = "target"       # "target": keep sessions where the target answers; "any": all
     keep_forwarded: bool = False   # keep forwarded and via-bot messages (not the author's words)
     public_groups: bool = False    # also read public supergroups
+    strict: bool = False           # stop at a malformed message or chat instead of skipping it
 
     def __post_init__(self):
         if not self.gap_minutes > 0:
@@ -113,12 +117,16 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--public-groups", action="store_true",
         help="also read public supergroups; otherwise only personal chats and private groups (default: off)")
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="stop with an error at the first malformed message or chat of an export; otherwise they "
+             "are skipped and counted (default: off)")
 
 
 def export_options_from_args(args: argparse.Namespace) -> ExportOptions:
     return ExportOptions(target=args.target, gap_minutes=args.gap_minutes, months=args.months,
                          speakers=args.speakers, keep_forwarded=args.keep_forwarded,
-                         public_groups=args.public_groups)
+                         public_groups=args.public_groups, strict=args.strict)
 
 
 @dataclass
@@ -135,7 +143,7 @@ class ConversionReport:
     messages_skipped: Counter = field(default_factory=Counter)  # reason -> messages
     turns_per_session: list[int] = field(default_factory=list)
     speaker_chars: Counter = field(default_factory=Counter)    # speaker -> characters written
-    chatml_markers: int = 0  # quoted in messages, neutralized
+    repairs: Counter = field(default_factory=Counter)  # what cleaning changed -> messages or names
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -154,9 +162,8 @@ class ConversionReport:
         lines.append(f"messages: {self.messages_kept} kept, {skipped} skipped")
         if skipped:
             lines.append(f"  skipped: {_counts(self.messages_skipped)}")
-        if self.chatml_markers:
-            lines.append(f"  ChatML markers like <|im_end|> quoted in messages: {self.chatml_markers}, "
-                         "kept as text (a zero-width space after each '<')")
+        if self.repairs:
+            lines.append(f"  repaired: {_counts(self.repairs)}")
         turns = self.turns_per_session
         lines.append(f"sessions: {len(turns)}" + (
             f", turns per session: min {min(turns)}, median {statistics.median(turns):g}, "
@@ -343,6 +350,15 @@ class _Chat:
     skipped: Counter = field(default_factory=Counter)  # reason -> messages
 
 
+class _Malformed(Exception):
+    """A message or chat that cannot be read. The message says what is wrong; `reason`, without the
+    values from the file, is what the report counts."""
+
+    def __init__(self, reason: str, problem: str):
+        super().__init__(problem)
+        self.reason = reason
+
+
 class _ExportReader:
     """Reads one export: the chats worth keeping, who is who, and what was skipped and why."""
 
@@ -353,11 +369,16 @@ class _ExportReader:
         self.owner_id: str | None = None  # personal_information.user_id
         self.owner_name = ""
         self.saved_messages_authors: Counter = Counter()
-        self.latest_names: dict[str, tuple[int, str]] = {}  # author id -> (time, display name)
+        self.latest_names: dict[str, tuple[int, str | None]] = {}  # author id -> (time, name as written)
+        self.display_names: dict[str, str] = {}  # author id -> newest name, cleaned; set at the end
         self.message_counts: Counter = Counter()  # author id -> messages written anywhere
         self.author_ids: dict[str, str] = {}  # one shared string per id: saves memory on big exports
         self.newest_time = 0
+        # Nothing is written after its export: a later date is damage, and would move the --months
+        # cutoff past every real message. A day's margin covers time zones.
+        self.latest_time = int(datetime.now(timezone.utc).timestamp()) + SECONDS_PER_DAY
         self.report = ConversionReport(str(path), "Telegram export")
+        self.warned: set[str] = set()  # kinds of malformed input already warned about
 
     def read(self) -> None:
         size = self.path.stat().st_size
@@ -382,6 +403,21 @@ class _ExportReader:
         elif not found_chat_list:
             raise DataError(f"{self.path}: not a Telegram export: no chats list and no messages "
                             "at the top level")
+        # Cleaned once per person rather than once per message.
+        self.display_names = {person: _display_name(name, person, self.report.repairs)
+                              for person, (_, name) in self.latest_names.items()}
+
+    def _skip(self, where: str, malformed: _Malformed, skipped: Counter) -> None:
+        """Count the malformed message or chat in `skipped` and warn about the first of its kind;
+        with --strict, stop."""
+        if self.options.strict:
+            raise DataError(f"{self.path}: {where}: {malformed}")
+        kind = f"malformed ({malformed.reason})"
+        skipped[kind] += 1
+        if kind not in self.warned:
+            self.warned.add(kind)
+            self.report.warnings.append(f"{where}: {malformed}; this and any other {kind} skipped "
+                                        "(--strict stops at the first instead)")
 
     def _read_personal_information(self, info) -> None:
         if not isinstance(info, dict):
@@ -391,7 +427,8 @@ class _ExportReader:
             raise DataError(f"{self.path}: personal_information.user_id "
                             f"{info.get('user_id')!r} is not a Telegram id")
         names = [info.get("first_name"), info.get("last_name")]
-        self.owner_name = " ".join(name.strip() for name in names if isinstance(name, str)).strip()
+        self.owner_name = clean_name(" ".join(name for name in names if isinstance(name, str)),
+                                     self.report.repairs)
 
     def _read_chat_list(self, reader: _JsonReader, key: str) -> None:
         for list_key in reader.object_keys(key):
@@ -401,43 +438,56 @@ class _ExportReader:
             for index in reader.array_items(f"{key}.list"):
                 where = f"{key}.list[{index}]"
                 chat = _Chat()
+                if reader.peek() != "{":
+                    reader.value(where)
+                    self._skip(where, _Malformed("chat not an object", "a chat must be an object"),
+                               self.report.chats_skipped)
+                    continue
                 for chat_key in reader.object_keys(where):
                     self._read_chat_field(reader, chat, chat_key, f"{where}.")
                 self._finish_chat(chat, where)
 
     def _read_chat_field(self, reader: _JsonReader, chat: _Chat, key: str, prefix: str) -> None:
-        if key == "messages":
+        if key == "messages" and reader.peek() == "[":
             chat.messages = []
             for index in reader.array_items(f"{prefix}messages"):
                 where = f"{prefix}messages[{index}]"
-                self._add_message(chat, reader.value(where), where)
+                try:
+                    self._add_message(chat, reader.value(where))
+                except _Malformed as malformed:
+                    self._skip(where, malformed, chat.skipped)
         elif key in ("name", "type", "id"):
             setattr(chat, key, reader.value(prefix + key))
-        else:
+        else:  # messages that are not a list are read here too, and the chat has none
             reader.value(prefix + key)
 
-    def _add_message(self, chat: _Chat, message, where: str) -> None:
+    def _add_message(self, chat: _Chat, message) -> None:
         if not isinstance(message, dict):
-            raise DataError(f"{self.path}: {where}: a message must be an object")
+            raise _Malformed("not an object", "a message must be an object")
         kind = message.get("type")
         if kind != "message":
             if not isinstance(kind, str):
-                raise DataError(f"{self.path}: {where}: the message has no type")
+                raise _Malformed("no type", "the message has no type")
             chat.skipped[kind if kind in ("service", "unsupported") else f"type {kind}"] += 1
             return
-        time = _message_time(message, f"{self.path}: {where}")
-        self.newest_time = max(self.newest_time, time)
+        time = _message_time(message)
+        if time > self.latest_time:
+            raise _Malformed("date after today", f"date {time} is after today")
         author = _person_id(message.get("from_id"))
         if author is None:
-            author = _author_without_id(message, f"{self.path}: {where}")
+            author = _author_without_id(message)
             if author is None:
                 chat.skipped["no author"] += 1
                 return
+        name = message.get("from")
+        if name is not None and not isinstance(name, str):
+            raise _Malformed("bad author", f"from must be a name, got {type(name).__name__}")
+        self.newest_time = max(self.newest_time, time)
         author = self.author_ids.setdefault(author, author)
         self.message_counts[author] += 1
         latest = self.latest_names.get(author)
         if latest is None or time >= latest[0]:
-            self.latest_names[author] = (time, _display_name(message, author, f"{self.path}: {where}"))
+            self.latest_names[author] = (time, name)
         if not self.options.keep_forwarded:
             if "forwarded_from" in message:
                 chat.skipped["forwarded"] += 1
@@ -445,32 +495,40 @@ class _ExportReader:
             if "via_bot" in message:
                 chat.skipped["via bot"] += 1
                 return
-        text = _message_text(message, f"{self.path}: {where}")
+        text = _message_text(message, self.report.repairs)
         if not text:
             chat.skipped["empty"] += 1
             return
         chat.messages.append(ChatMessage(time, author, text))
 
     def _finish_chat(self, chat: _Chat, where: str) -> None:
-        if chat.messages is None:
-            raise DataError(f"{self.path}: {where}: the chat has no messages list")
-        if not isinstance(chat.type, str):
-            raise DataError(f"{self.path}: {where}: the chat has no type")
-        if chat.name is not None and not isinstance(chat.name, str):
-            raise DataError(f"{self.path}: {where}: the chat name must be a string")
+        try:
+            if chat.messages is None:
+                raise _Malformed("chat without messages", "the chat has no list of messages")
+            if not isinstance(chat.type, str):
+                raise _Malformed("chat without type", "the chat has no type")
+            if chat.name is not None and not isinstance(chat.name, str):
+                raise _Malformed("chat name not a string", "the chat name must be a string")
+        except _Malformed as malformed:
+            self._skip(where, malformed, self.report.chats_skipped)
+            self._skip_messages(chat)
+            return
         self.report.chats_read[chat.type] += 1
         if chat.type == "saved_messages":
             self.saved_messages_authors.update(message.author for message in chat.messages)
         reason = self._why_skip(chat)
         if reason:
             self.report.chats_skipped[reason] += 1
-            messages = len(chat.messages) + sum(chat.skipped.values())
-            if messages:
-                self.report.messages_skipped["in skipped chats"] += messages
+            self._skip_messages(chat)
             return
         self.report.chats_kept[chat.type] += 1
         self.report.messages_skipped.update(chat.skipped)
         self.kept_chats.append(chat)
+
+    def _skip_messages(self, chat: _Chat) -> None:
+        messages = len(chat.messages or []) + sum(chat.skipped.values())
+        if messages:
+            self.report.messages_skipped["in skipped chats"] += messages
 
     def _why_skip(self, chat: _Chat) -> str | None:
         if (chat.type == "verification_codes" or _person_id(chat.id) == f"user{SERVICE_NOTIFICATIONS_ID}"
@@ -494,30 +552,27 @@ def _person_id(value) -> str | None:
     return None
 
 
-def _author_without_id(message: dict, where: str) -> str | None:
+def _author_without_id(message: dict) -> str | None:
     """Very old exports name some authors without an id."""
     from_id = message.get("from_id")
     if from_id is not None and not isinstance(from_id, str):
-        raise DataError(f"{where}: from_id {from_id!r} is not a Telegram id")
+        raise _Malformed("bad author", f"from_id {from_id!r} is not a Telegram id")
     name = message.get("from")
-    return f"name:{name.strip()}" if isinstance(name, str) and name.strip() else None
+    name = clean_name(name) if isinstance(name, str) else ""
+    return f"name:{name}" if name else None
 
 
-def _display_name(message: dict, author: str, where: str) -> str:
-    name = message.get("from")
-    if isinstance(name, str) and name.strip():
-        return name.strip()
-    if name is None or isinstance(name, str):
-        return _deleted_account(author)
-    raise DataError(f"{where}: from must be a name, got {type(name).__name__}")
+def _display_name(name: str | None, person: str, repairs: Counter) -> str:
+    """A name as one plain line; without one, a name made from the person's (or chat's) id."""
+    return clean_name(name or "", repairs) or _deleted_account(person)
 
 
 def _deleted_account(person: str) -> str:
     """Deleted accounts have no name. A suffix made from the id keeps two of them apart."""
-    return f"Deleted Account {zlib.crc32(person.encode()) % 10000:04d}"
+    return f"Deleted Account {zlib.crc32(person.encode('utf-8', 'surrogatepass')) % 10000:04d}"
 
 
-def _message_time(message: dict, where: str) -> int:
+def _message_time(message: dict) -> int:
     unixtime = message.get("date_unixtime")
     if unixtime is not None:
         if isinstance(unixtime, int) and not isinstance(unixtime, bool):
@@ -525,29 +580,30 @@ def _message_time(message: dict, where: str) -> int:
         elif isinstance(unixtime, str) and unixtime.isdecimal() and len(unixtime) < 20:
             time = int(unixtime)
         else:
-            raise DataError(f"{where}: date_unixtime {unixtime!r} is not a unix time")
+            raise _Malformed("bad date", f"date_unixtime {unixtime!r} is not a unix time")
     else:  # exports before 2021 have only the ISO date, in local time: fine for gaps and order
         date = message.get("date")
         if not isinstance(date, str):
-            raise DataError(f"{where}: the message has no date")
+            raise _Malformed("bad date", "the message has no date")
         try:
             parsed = datetime.fromisoformat(date)
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
             time = int(parsed.timestamp())
         except (ValueError, OverflowError):
-            raise DataError(f"{where}: date {date!r} is not an ISO date") from None
-    if not 0 <= time < LATEST_PLAUSIBLE_TIME:
-        raise DataError(f"{where}: date {time} is not a plausible unix time")
+            raise _Malformed("bad date", f"date {date!r} is not an ISO date") from None
+    if time < 0:
+        raise _Malformed("bad date", f"date {time} is not a plausible unix time")
     return time
 
 
-def _message_text(message: dict, where: str) -> str:
+def _message_text(message: dict, repairs: Counter) -> str:
     """The message as its author would say it: text, sticker emoji, or a media placeholder."""
     if "sticker_emoji" in message or message.get("media_type") == "sticker":
         emoji = message.get("sticker_emoji")
-        return emoji.strip() if isinstance(emoji, str) and emoji.strip() else "[sticker]"
-    text = _plain_text(message.get("text", ""), where).strip()
+        emoji = clean_message(emoji, repairs).strip() if isinstance(emoji, str) else ""
+        return emoji or "[sticker]"
+    text = clean_message(_plain_text(message.get("text", "")), repairs).strip()
     if text:  # a caption says more than "[photo]"
         return text
     media_type = message.get("media_type")
@@ -559,12 +615,12 @@ def _message_text(message: dict, where: str) -> str:
     return ""
 
 
-def _plain_text(text, where: str) -> str:
+def _plain_text(text) -> str:
     """Message text is a string, or a list of strings and entities like {"type": "bold", "text": ...}."""
     if isinstance(text, str):
         return text
     if not isinstance(text, list):
-        raise DataError(f"{where}: text must be a string or a list, got {type(text).__name__}")
+        raise _Malformed("bad text", f"text must be a string or a list, got {type(text).__name__}")
     parts = []
     for part in text:
         if isinstance(part, str):
@@ -572,7 +628,7 @@ def _plain_text(text, where: str) -> str:
         elif isinstance(part, dict) and isinstance(part.get("text"), str):
             parts.append(part["text"])
         else:
-            raise DataError(f"{where}: text parts must be strings or entities with a text string")
+            raise _Malformed("bad text", "text parts must be strings or entities with a text string")
     return "".join(parts)
 
 
@@ -597,7 +653,7 @@ def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> s
     wanted = wanted.strip()
     if _person_id(wanted) in names:
         return _person_id(wanted)
-    same_name = [person for person, (_, name) in export.latest_names.items() if name == wanted]
+    same_name = [person for person, name in export.display_names.items() if name == wanted]
     if len(same_name) > 1:
         choices = ", ".join(f"{names[person]!r} ({person})" for person in same_name)
         raise DataError(f"{export.path}: --target {wanted!r} matches {len(same_name)} people: "
@@ -619,7 +675,7 @@ def _most_active(export: _ExportReader, names: dict[str, str]) -> str:
 def _unique_names(export: _ExportReader) -> dict[str, str]:
     """Each person's newest display name; when two people share one, the less active is numbered."""
     people_by_name = defaultdict(list)
-    for person, (_, name) in export.latest_names.items():
+    for person, name in export.display_names.items():
         people_by_name[name].append(person)
     names, taken = {}, set(people_by_name)
     for name, people in people_by_name.items():
@@ -663,10 +719,12 @@ def _sessions_from_export(export: _ExportReader,
     target_id, report.target_how = _choose_target(export, options, names)
     if target_id not in names:  # the owner may never have written in this export
         own_name = export.owner_name if target_id == export.owner_id else ""
-        names[target_id] = own_name if own_name and own_name not in names.values() else target_id
+        names[target_id] = (own_name if own_name and own_name not in names.values()
+                            else _display_name(target_id, target_id, report.repairs))
     report.target = target = names[target_id]
 
     # Relative to the newest message, not today: the same export always gives the same sessions.
+    # (Today only bounds the dates: messages dated after it were skipped as damage.)
     cutoff = export.newest_time - options.months * SECONDS_PER_MONTH if options.months else 0
     sessions, seen = [], set()
     for chat in export.kept_chats:
@@ -675,7 +733,7 @@ def _sessions_from_export(export: _ExportReader,
             report.messages_skipped[f"older than {options.months} months"] += (
                 len(chat.messages) - len(recent))
         recent.sort(key=lambda message: message.time)  # stable: same-second messages keep order
-        chat_name = chat.name or _deleted_account(_person_id(chat.id) or "")
+        chat_name = _display_name(chat.name, _person_id(chat.id) or "", report.repairs)
         for messages in _split_at_gaps(recent, options.gap_minutes * 60):
             session = Session(chat_name, chat.type, messages[0].time, _turns(messages, names), target)
             if options.speakers == "target" and all(turn.speaker != target
@@ -695,7 +753,6 @@ def _sessions_from_export(export: _ExportReader,
                 f"only {target} speaks in the group {chat_name!r}: was it exported with "
                 "'Only my messages'? Export it again with everyone's messages to learn from it")
     sessions.sort(key=lambda session: session.start)
-    report.chatml_markers = neutralize_chatml_markers(sessions)
     _count_sessions(report, sessions)
     if not sessions:
         report.warnings.append("no sessions: nothing to train on (see what was skipped above)")
@@ -715,7 +772,7 @@ def _count_sessions(report: ConversionReport, sessions: list[Session]) -> None:
 def _is_sessions_file(path: Path) -> bool:
     """A sessions file (ours, or a doppelganger list) rather than a Telegram export?"""
     with open(path, "rb") as file:
-        head = file.read(4096).decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
+        head = file.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if not head:
         raise DataError(f"{path}: empty file")
     first_key = re.match(r'\{\s*"([^"\\]*)"', head)
@@ -724,8 +781,8 @@ def _is_sessions_file(path: Path) -> bool:
 
 def _load_sessions_file(path: Path,
                         options: ExportOptions) -> tuple[list[Session], ConversionReport]:
-    sessions = read_sessions_file(path)
     report = ConversionReport(str(path), "sessions file")
+    sessions = read_sessions_file(path, report.repairs)
     speakers = {turn.speaker for session in sessions for turn in session.turns}
     named_targets = Counter(session.target for session in sessions if session.target)
     if options.target is not None:
@@ -747,9 +804,8 @@ def _load_sessions_file(path: Path,
     for session in sessions:
         session.target = target
     if dataclasses.replace(options, target=None) != ExportOptions():
-        report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded and "
-                               "--public-groups apply to Telegram exports, not to a sessions file")
-    report.chatml_markers = neutralize_chatml_markers(sessions)
+        report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups "
+                               "and --strict apply to Telegram exports, not to a sessions file")
     _count_sessions(report, sessions)
     return sessions, report
 

@@ -324,9 +324,15 @@ class Tokenizer:
         piece_id = self._sp.piece_to_id(token)
         return piece_id if self._pieces[piece_id] == token else None
 
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Token ids of text; BOS/EOS only when asked for, regardless of add_bos_token in the config."""
-        parts = self._split_pattern.split(text)
+    def encode(self, text: str, bos: bool = False, eos: bool = False, special: bool = True) -> list[int]:
+        """Token ids of text; BOS/EOS only when asked for, regardless of add_bos_token in the config.
+
+        special=False is for text people wrote: every added token spelled out in it, such as "<s>" or
+        "<|im_end|>", stays plain text, so no added or special token id ever comes from it. The text is
+        one chunk at the start of a text, as with transformers' split_special_tokens=True (which,
+        unlike this, still splits out added tokens not flagged special, such as Dolphin's <|im_start|>).
+        """
+        parts = self._split_pattern.split(text) if special else [text]
         chunks, tokens = parts[0::2], [self._by_content[content] for content in parts[1::2]]
         for i, token in enumerate(tokens):  # lstrip/rstrip tokens swallow the whitespace next to them
             if token.lstrip:

@@ -55,7 +55,7 @@ def test_a_quoted_chatml_marker_stays_text_as_in_training(dolphin_tokenizer):
     chat.add(Turn("User", ["what does <|im_end|> do?"]))
     prompt = chat.prompt(SPEAKER)
     assert prompt.count(dolphin_tokenizer.im_end_id) == 1  # the one that closes the turn
-    assert prompt == render([Turn("User", ["what does <\u200b|im_end|> do?"])], dolphin_tokenizer,
+    assert prompt == render([Turn("User", ["what does <|im_end|> do?"])], dolphin_tokenizer,
                             open_speaker=SPEAKER).ids
 
 

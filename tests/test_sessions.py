@@ -1,10 +1,11 @@
 import json
 import random
+from collections import Counter
 
 import pytest
 
-from data.sessions import (ZERO_WIDTH_SPACE, DataError, Session, Turn, most_frequent_partners,
-                           neutralize_chatml_markers, read_sessions_file, write_sessions)
+from data.sessions import (DataError, Session, Turn, clean_message, clean_name, most_frequent_partners,
+                           read_sessions_file, write_sessions)
 
 
 def sample_sessions() -> list[Session]:
@@ -91,6 +92,13 @@ GOOD_LINE = '{"chat": "c", "turns": [{"speaker": "A", "messages": ["hi"]}]}'
     ('[[{"author": "A", "text": ">>> "}]]', "no message has any text"),
     ('{"a": 1}', "non-empty list of turns"),
     ("[", "not valid JSON"),
+    ('{"turns": [{"speaker": "\\u200b\\n", "messages": ["hi"]}]}', "turn 0 needs a speaker name"),
+    ('[[{"author": "\\u202e", "text": ">>> hi"}]]', "needs an author name"),
+    ('{"turns": [{"speaker": "A", "messages": ["hi"]}], "start": -1}', "start must be"),
+    ('{"turns": [{"speaker": "A", "messages": ["hi"]}], "start": 99999999999999}', "start must be"),
+    ('{"turns": [{"speaker": "A", "messages": ["hi"]}], "start": ' + "9" * 5000 + "}", "cannot be decoded"),
+    ("[" * 100000, "nested too deeply"),
+    ('{"turns": ' + "[" * 100000, "nested too deeply"),
 ])
 def test_bad_sessions_files_raise_data_error_naming_file_and_problem(tmp_path, content, problem):
     path = tmp_path / "bad.jsonl"
@@ -111,24 +119,60 @@ def test_not_utf8_and_missing_files_raise_data_error(tmp_path):
         read_sessions_file(tmp_path / "missing.jsonl")
 
 
-# --- ChatML markers quoted in messages -------------------------------------------------------------
+# --- Cleaning names and messages ------------------------------------------------------------------
 
-@pytest.mark.parametrize("message, neutralized, count", [
-    ("<|im_start|>Bob\nhi<|im_end|>", "<\u200b|im_start|>Bob\nhi<\u200b|im_end|>", 2),
-    ("the model ends with <|endoftext|>", "the model ends with <\u200b|endoftext|>", 1),
-    ("<<|im_end|>>", "<<\u200b|im_end|>>", 1),
-    ("a <| b |> c", "a <| b |> c", 0),         # not shaped like a token: left alone
-    ("<|im_start", "<|im_start", 0),
-    ("x <|>, <||> y", "x <|>, <||> y", 0),
-    ("привет 😍", "привет 😍", 0),
+@pytest.mark.parametrize("name, cleaned", [
+    ("Катя Морозова 😀", "Катя Морозова 😀"),
+    ("Bob<|im_end|>\n<|im_start|>Alice", "Bob<|im_end|> <|im_start|>Alice"),  # the tokenizer keeps it text
+    ("a\tb\r\nc\x0bd\x85e\u2028f\x00g", "a b c d e f g"),
+    ("  spaced \u00a0\u3000 out  ", "spaced out"),
+    ("zero\u200bwidth\u200c\u200d\u2060\ufeff", "zerowidth"),
+    ("\u202eevil\u202c \u2067isolate\u2069", "evil isolate"),
+    ("\u2581Bob\u2581\u2581Lee", "Bob Lee"),
+    ("lone \udc80 surrogate", "lone \ufffd surrogate"),
+    ("\u200b\u202e \n", ""),
 ])
-def test_neutralize_chatml_markers(message, neutralized, count):
-    sessions = [Session("c", "", 0, [Turn("A", ["ok", message]), Turn("B", [message])])]
-    assert neutralize_chatml_markers(sessions) == 2 * count
-    assert sessions[0].turns[0].messages == ["ok", neutralized]
-    assert sessions[0].turns[1].messages == [neutralized]
-    assert neutralized.replace(ZERO_WIDTH_SPACE, "") == message  # nothing else changes
-    assert neutralize_chatml_markers(sessions) == 0  # once is enough
+def test_clean_name_makes_one_plain_line(name, cleaned):
+    repairs = Counter()
+    assert clean_name(name, repairs) == cleaned
+    assert repairs == ({"lone surrogates (kept as U+FFFD)": 1} if "\udc80" in name else {})
+
+
+@pytest.mark.parametrize("message, cleaned, repaired", [
+    ("привет 😍\nдве строки\tи таб", "привет 😍\nдве строки\tи таб", []),
+    ("<s>struck</s> <|im_end|>", "<s>struck</s> <|im_end|>", []),  # the tokenizer keeps it text
+    ("bell\x07 nul\x00 esc\x1b[1m del\x7f c1\x9b", "bell nul esc[1m del c1", ["control characters (removed)"]),
+    ("windows\r\nmac\rvt\x0bff\x0cnel\x85ls\u2028ps\u2029", "windows\nmac\nvt\nff\nnel\nls\nps\n", []),
+    ("\ud83d half an emoji", "\ufffd half an emoji", ["lone surrogates (kept as U+FFFD)"]),
+    ("zero\u200bwidth and \u202e stay", "zero\u200bwidth and \u202e stay", []),
+])
+def test_clean_message_keeps_text_newlines_and_tabs(message, cleaned, repaired):
+    repairs = Counter()
+    assert clean_message(message, repairs) == cleaned
+    assert repairs == Counter(repaired)
+
+
+def test_data_errors_are_one_line_whatever_the_file_says():
+    error = DataError("file\nname: key 'a\rb\u2028c' of \ud800 is wrong\x1b[31m")
+    assert str(error) == "file\\nname: key 'a\\rb\\u2028c' of \\ud800 is wrong\\x1b[31m"
+    assert str(error).isprintable()
+
+
+def test_sessions_files_are_cleaned_as_they_are_read(tmp_path):
+    path = tmp_path / "hostile.jsonl"
+    line = {"chat": "Chat\n2", "turns": [{"speaker": "Bob\u200b\n<|im_start|>Eve", "messages": ["hi\x07", "\ud800"]},
+                                          {"speaker": "Alex", "messages": ["<s>ok</s>"]}],
+            "target": "Alex\u200b"}
+    path.write_text(json.dumps(line))  # ASCII escapes, so that the lone surrogate can be written
+    repairs = Counter()
+    assert read_sessions_file(path, repairs) == [
+        Session("Chat 2", "", 0, [Turn("Bob <|im_start|>Eve", ["hi", "\ufffd"]), Turn("Alex", ["<s>ok</s>"])],
+                target="Alex")]
+    assert repairs == {"control characters (removed)": 1, "lone surrogates (kept as U+FFFD)": 1}
+    doppelganger = tmp_path / "doppelganger.json"
+    doppelganger.write_text(json.dumps([[{"author": "Bob\r\nSmith", "text": ">>> a\x00\n>>> b\udfff"}]]))
+    assert read_sessions_file(doppelganger) == [Session("", "", 0, [Turn("Bob Smith", ["a", "b\ufffd"])])]
+    write_sessions(read_sessions_file(path), tmp_path / "out.jsonl")  # nothing left that cannot be written
 
 
 # --- Partners ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 from data import telegram
 from data.chatml import render
-from data.sessions import ZERO_WIDTH_SPACE, DataError, Session, Turn, write_sessions
+from data.sessions import DataError, Session, Turn, write_sessions
+from tests.helpers import assert_chatml_structure
 from data.telegram import (ExportOptions, add_export_args, export_options_from_args, load_sessions,
                            repair_hex_escapes)
 
@@ -133,11 +135,13 @@ def test_repair_hex_escapes(raw, repaired):
 
 def test_hex_escapes_in_a_file_are_repaired_but_escaped_backslashes_stay(tmp_path):
     raw = json.dumps(export(chat(talk((BOB, "CONTROL"), (ME, "PATH")))))
-    raw = raw.replace("CONTROL", r"bell\x07 and tab\x0b!").replace("PATH", r"C:\\xampp\\htdocs")
+    raw = raw.replace("CONTROL", r"bell\x07 and vertical tab\x0b!").replace("PATH", r"C:\\xampp\\htdocs")
     with pytest.raises(json.JSONDecodeError):
         json.loads(raw)  # what Telegram Desktop writes is not strictly JSON
-    sessions, _ = convert(tmp_path, raw)
-    assert dialogue(sessions) == [[("Bob", ["bell\x07 and tab\x0b!"]), ("Me Myself", ["C:\\xampp\\htdocs"])]]
+    sessions, report = convert(tmp_path, raw)
+    # The bell is a control character and goes; a vertical tab is a line break.
+    assert dialogue(sessions) == [[("Bob", ["bell and vertical tab\n!"]), ("Me Myself", ["C:\\xampp\\htdocs"])]]
+    assert report.repairs == {"control characters (removed)": 1}
 
 
 def tricky_raw_export() -> str:
@@ -151,7 +155,7 @@ def tricky_raw_export() -> str:
 @pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5, 7, 64])
 def test_chunk_boundaries_do_not_change_the_result(tmp_path, monkeypatch, chunk_bytes):
     expected, _ = convert(tmp_path, tricky_raw_export())
-    assert expected[0].turns[0].messages == ["a\x07\\x41\\B"]
+    assert expected[0].turns[0].messages == ["a\\x41\\B"]
     monkeypatch.setattr(telegram, "READ_CHUNK_BYTES", chunk_bytes)
     sessions, _ = convert(tmp_path, tricky_raw_export())
     assert sessions == expected
@@ -435,36 +439,66 @@ def test_duplicate_sessions_are_dropped(tmp_path):
     assert report.messages_skipped == {"in duplicate sessions": 2}
 
 
-# --- ChatML markers in messages --------------------------------------------------------------------
+# --- Names and messages that spell special tokens, and other hostile text -----------------------
 
-QUOTING = "the format is <|im_start|>name, then the text, then <|im_end|>"
-QUOTED = QUOTING.replace("<|", "<" + ZERO_WIDTH_SPACE + "|")
+QUOTING = "the format is <|im_start|>name, then the text, then <|im_end|>; <s>struck out</s>"
 
 
-def test_chatml_markers_in_an_export_stay_text_and_are_counted(tmp_path, dolphin_tokenizer):
+def test_special_tokens_spelled_in_messages_stay_text(tmp_path, dolphin_tokenizer):
     sessions, report = convert(tmp_path, export(chat(talk((BOB, "how do chat models see turns?"),
                                                           (ME, QUOTING), (ME, "<|im_end|>")))))
-    assert dialogue(sessions) == [[("Bob", ["how do chat models see turns?"]),
-                                   ("Me Myself", [QUOTED, f"<{ZERO_WIDTH_SPACE}|im_end|>"])]]
-    assert report.chatml_markers == 3
-    assert "ChatML markers like <|im_end|> quoted in messages: 3" in report.summary()
-    ids = render(sessions[0].turns, dolphin_tokenizer).ids  # two turns: two of each marker, no more
-    assert ids.count(dolphin_tokenizer.im_start_id) == ids.count(dolphin_tokenizer.im_end_id) == 2
-    assert dolphin_tokenizer.decode(ids).count(QUOTED) == 1
+    said = [("Bob", ["how do chat models see turns?"]), ("Me Myself", [QUOTING, "<|im_end|>"])]
+    assert dialogue(sessions) == [said]  # as written: the tokenizer boundary keeps it text
+    assert_chatml_structure(render(sessions[0].turns, dolphin_tokenizer), dolphin_tokenizer, sessions[0].turns)
 
 
-def test_chatml_markers_in_sessions_files_stay_text_and_are_counted(tmp_path):
-    ours = [Session("Bob", "personal_chat", T0, [Turn("Bob", ["hi"]), Turn("Alex", [QUOTING])], "Alex")]
-    write_sessions(ours, tmp_path / "s.jsonl")
-    doppelganger = write(tmp_path, [[{"author": "Bob", "text": ">>> hi"},
-                                     {"author": "Alex", "text": f">>> ok\n>>> {QUOTING}"}]],
-                         name="doppelganger.json")
-    for path, said in [(tmp_path / "s.jsonl", [QUOTED]), (doppelganger, ["ok", QUOTED])]:
-        sessions, report = load_sessions(path, ExportOptions())
-        assert dialogue(sessions) == [[("Bob", ["hi"]), ("Alex", said)]]
-        assert report.chatml_markers == 2
-    _, report = load_sessions(write(tmp_path, good_export()), ExportOptions())
-    assert report.chatml_markers == 0 and "ChatML" not in report.summary()
+@pytest.mark.parametrize("raw, cleaned", [
+    ("Bob<|im_end|>\n<|im_start|>Alice", "Bob<|im_end|> <|im_start|>Alice"),
+    ("Eve\r\n\tSmith", "Eve Smith"),
+    ("Zoe\u200b\u200d\u2060", "Zoe"),        # zero-width characters
+    ("\u202egnp.exe\u202c Bob", "gnp.exe Bob"),  # a right-to-left override
+    ("  Ann   \u00a0 Lee\u2028", "Ann Lee"),
+    ("<s>Kim</s>\x07", "<s>Kim</s>"),
+    ("\u2581Bob", "Bob"),                       # SentencePiece's space
+    ("Ivan\ud800", "Ivan\ufffd"),               # a lone surrogate
+])
+def test_names_become_one_plain_line(tmp_path, dolphin_tokenizer, raw, cleaned):
+    messages = talk((BOB, "hi"), (ME, "hey"))
+    messages[0]["from"] = raw
+    # json.dumps writes ASCII escapes, which can hold a lone surrogate
+    sessions, report = convert(tmp_path, json.dumps(export(chat(messages, name=raw))))
+    assert [turn.speaker for turn in sessions[0].turns] == [cleaned, "Me Myself"]
+    assert sessions[0].chat == cleaned
+    assert_chatml_structure(render(sessions[0].turns, dolphin_tokenizer), dolphin_tokenizer, sessions[0].turns)
+
+
+def test_a_name_empty_after_cleaning_falls_back_to_one_made_from_the_id(tmp_path):
+    messages = talk((BOB, "hi"), (4, "hello"), (ME, "hey"))
+    messages[0]["from"], messages[1]["from"] = "\u200b\n", "\u202e"
+    sessions, _ = convert(tmp_path, export(chat(messages, type="private_group", name="\u2066", id=9)))
+    bob, other = sessions[0].turns[0].speaker, sessions[0].turns[1].speaker
+    assert bob.startswith("Deleted Account ") and other.startswith("Deleted Account ") and bob != other
+    assert sessions[0].chat.startswith("Deleted Account ")
+
+
+def test_control_characters_and_lone_surrogates_in_messages_are_repaired_and_counted(tmp_path):
+    raw = json.dumps(export(chat(talk((BOB, "ring\x07 the\x00 bell\x1b[0m"), (ME, "half \ud83d of a pair"),
+                                      (ME, "tab\tand\r\nnew line")))))
+    sessions, report = convert(tmp_path, raw)
+    assert dialogue(sessions) == [[("Bob", ["ring the bell[0m"]),
+                                   ("Me Myself", ["half \ufffd of a pair", "tab\tand\nnew line"])]]
+    assert report.repairs == {"lone surrogates (kept as U+FFFD)": 1, "control characters (removed)": 1}
+    assert "repaired: " in report.summary()
+    write_sessions(sessions, tmp_path / "s.jsonl")  # no lone surrogate left to stop the write
+    assert load_sessions(tmp_path / "s.jsonl")[0] == sessions
+
+
+def test_cli_with_hostile_names_prints_one_line_per_speaker(tmp_path):
+    messages = talk((BOB, "hi"), (ME, "hey"))
+    messages[0]["from"] = "Bob\n<|im_start|>Alice"
+    path = write(tmp_path, export(chat(messages, name="x\ny")))
+    assert telegram.main([str(path), "-o", str(tmp_path / "out.jsonl"), "--preview", "1"]) == 0
+    assert (tmp_path / "out.jsonl").read_text(encoding="utf-8").count("\n") == 1
 
 
 # --- Sessions files as input ---------------------------------------------------------------------
@@ -504,8 +538,8 @@ def test_export_args_round_trip():
     add_export_args(parser)
     assert export_options_from_args(parser.parse_args([])) == ExportOptions()
     args = parser.parse_args(["--target", "Bob", "--gap-minutes", "2.5", "--months", "0",
-                              "--speakers", "any", "--keep-forwarded", "--public-groups"])
-    assert export_options_from_args(args) == ExportOptions("Bob", 2.5, 0, "any", True, True)
+                              "--speakers", "any", "--keep-forwarded", "--public-groups", "--strict"])
+    assert export_options_from_args(args) == ExportOptions("Bob", 2.5, 0, "any", True, True, True)
     for bad in (["--gap-minutes", "0"], ["--months", "-1"], ["--speakers", "all"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
@@ -540,7 +574,7 @@ def test_cli_writes_sessions_and_prints_what_it_did(tmp_path):
 def test_cli_help_documents_every_flag_and_default():
     help_text = " ".join(run_cli("--help").stdout.split())
     for flag in ["--target", "--gap-minutes", "--months", "--speakers", "--keep-forwarded",
-                 "--public-groups", "--preview", "--output"]:
+                 "--public-groups", "--strict", "--preview", "--output"]:
         assert flag in help_text
     for default in ["(default: 10", "(default: 24)", "(default: target)", "(default: 0)"]:
         assert default in help_text
@@ -596,27 +630,11 @@ GOOD_RAW = json.dumps(good_export(), indent=1)
     ('{"about": "x"}', "not a Telegram export"),
     ('{"chats": []}', "chats: expected an object"),
     ('{"chats": {"list": {}}}', "chats.list: expected a list"),
-    ('{"chats": {"list": [1]}}', "chats.list[0]: expected an object"),
     ('{"chats": {"list": [{"type": "personal_chat", "messages": [{"a": 1,}]}]}}', "not valid JSON"),
     ('{"chats": {1: 2}}', "a key in double quotes"),
-    (with_change(lambda d: d["chats"]["list"][0].pop("messages")), "no messages list"),
-    (with_change(lambda d: d["chats"]["list"][0].pop("type")), "the chat has no type"),
-    (with_change(lambda d: d["chats"]["list"][0].update(name=5)), "chat name must be a string"),
-    (with_change(lambda d: d["chats"]["list"][0].update(messages={})), "expected a list"),
+    ('{"chats": {"x\\ny": [1,}}', "chats.x\\ny: not valid JSON"),  # a key from the file, escaped
     (with_change(lambda d: d.update(personal_information="me")), "personal_information must be"),
     (with_change(lambda d: d["personal_information"].update(user_id=[1])), "not a Telegram id"),
-    (with_change(lambda d: first_message(d).pop("type")), "messages[0]: the message has no type"),
-    (with_change(lambda d: (first_message(d).pop("date_unixtime"), first_message(d).pop("date"))),
-     "has no date"),
-    (with_change(lambda d: first_message(d).update(date_unixtime="yesterday")), "not a unix time"),
-    (with_change(lambda d: first_message(d).update(date_unixtime=-5)), "not a plausible unix time"),
-    (with_change(lambda d: (first_message(d).pop("date_unixtime"), first_message(d).update(date="noon"))),
-     "not an ISO date"),
-    (with_change(lambda d: first_message(d).update(text=5)), "text must be a string or a list"),
-    (with_change(lambda d: first_message(d).update(text=[5])), "text parts must be"),
-    (with_change(lambda d: first_message(d).update(from_id=[2])), "is not a Telegram id"),
-    (with_change(lambda d: first_message(d).update({"from": 5})), "from must be a name"),
-    (with_change(lambda d: d["chats"]["list"][0]["messages"].append(7)), "a message must be an object"),
 ])
 def test_malformed_exports_raise_data_error_naming_file_and_problem(tmp_path, content, problem):
     path = write(tmp_path, content)
@@ -625,6 +643,94 @@ def test_malformed_exports_raise_data_error_naming_file_and_problem(tmp_path, co
     assert str(error.value).startswith(f"{path}: ")
     assert problem in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def with_chat_change(change) -> dict:
+    """The good export, and a second chat changed by `change`."""
+    data = good_export()
+    broken = chat(talk((CAROL, "yo"), (CAROL, "there?"), (ME, "sup"), start=T0 + DAY), name="Carol", id=CAROL)
+    data["chats"]["list"].append(broken)
+    change(broken, broken["messages"][0])
+    return data
+
+
+MALFORMED = [  # (export, what is skipped, its count in the report, the error with --strict)
+    (with_chat_change(lambda chat, message: message.pop("type")),
+     "malformed (no type)", "the message has no type"),
+    (with_chat_change(lambda chat, message: (message.pop("date_unixtime"), message.pop("date"))),
+     "malformed (bad date)", "has no date"),
+    (with_chat_change(lambda chat, message: message.update(date_unixtime="yesterday")),
+     "malformed (bad date)", "not a unix time"),
+    (with_chat_change(lambda chat, message: message.update(date_unixtime=-5)),
+     "malformed (bad date)", "not a plausible unix time"),
+    (with_chat_change(lambda chat, message: (message.pop("date_unixtime"), message.update(date="noon"))),
+     "malformed (bad date)", "not an ISO date"),
+    (with_chat_change(lambda chat, message: message.update(date_unixtime="4102444800")),  # 2100
+     "malformed (date after today)", "date 4102444800 is after today"),
+    (with_chat_change(lambda chat, message: message.update(text=5)),
+     "malformed (bad text)", "text must be a string or a list"),
+    (with_chat_change(lambda chat, message: message.update(text=[{"type": "bold"}])),
+     "malformed (bad text)", "text parts must be"),
+    (with_chat_change(lambda chat, message: message.update(from_id=[2])),
+     "malformed (bad author)", "is not a Telegram id"),
+    (with_chat_change(lambda chat, message: message.update({"from": 5})),
+     "malformed (bad author)", "from must be a name"),
+    (with_chat_change(lambda chat, message: chat["messages"].__setitem__(0, 7)),
+     "malformed (not an object)", "a message must be an object"),
+]
+MALFORMED_CHATS = [
+    (with_chat_change(lambda chat, message: chat.pop("messages")),
+     "malformed (chat without messages)", "the chat has no list of messages"),
+    (with_chat_change(lambda chat, message: chat.update(messages={})),
+     "malformed (chat without messages)", "the chat has no list of messages"),
+    (with_chat_change(lambda chat, message: chat.pop("type")), "malformed (chat without type)", "no type"),
+    (with_chat_change(lambda chat, message: chat.update(name=5)),
+     "malformed (chat name not a string)", "chat name must be a string"),
+    (with_chat_change(lambda chat, message: chat.clear()), "malformed (chat without messages)", "no list"),
+    (with_change(lambda data: data["chats"]["list"].append(1)),
+     "malformed (chat not an object)", "a chat must be an object"),
+]
+
+
+@pytest.mark.parametrize("data, reason, problem", MALFORMED)
+def test_a_malformed_message_is_skipped_and_counted_not_the_export(tmp_path, data, reason, problem):
+    sessions, report = convert(tmp_path, data)
+    assert dialogue(sessions)[0] == HELLO  # the first chat is whole
+    assert report.messages_skipped[reason] == 1
+    assert sum(report.messages_skipped.values()) == 1 and report.messages_kept == 4
+    assert f"skipped: {reason} 1" in report.summary()
+    assert len(report.warnings) == 1 and problem in report.warnings[0] and "--strict" in report.warnings[0]
+    with pytest.raises(DataError, match=f"^{write(tmp_path, data)}: chats.list\\[1\\].messages\\[0\\]: .*"
+                                        f"{re.escape(problem)}"):
+        load_sessions(tmp_path / "result.json", ExportOptions(strict=True))
+
+
+@pytest.mark.parametrize("data, reason, problem", MALFORMED_CHATS)
+def test_a_malformed_chat_is_skipped_and_counted_not_the_export(tmp_path, data, reason, problem):
+    sessions, report = convert(tmp_path, data)
+    assert dialogue(sessions) == [HELLO]
+    assert report.chats_skipped == {reason: 1}
+    assert len(report.warnings) == 1 and problem in report.warnings[0]
+    with pytest.raises(DataError, match=f"^{write(tmp_path, data)}: chats.list\\[1\\]: .*{re.escape(problem)}"):
+        load_sessions(tmp_path / "result.json", ExportOptions(strict=True))
+
+
+def test_every_kind_of_malformed_message_is_warned_about_once(tmp_path):
+    messages = talk((BOB, "hi"), (ME, "hey"), (BOB, "a"), (BOB, "b"), (ME, "c"))
+    for index in (2, 3):
+        messages[index]["text"] = 5
+    messages[4]["date_unixtime"] = "soon"
+    _, report = convert(tmp_path, export(chat(messages)))
+    assert report.messages_skipped == {"malformed (bad text)": 2, "malformed (bad date)": 1}
+    assert len(report.warnings) == 2
+
+
+def test_a_message_from_the_future_does_not_move_the_months_cutoff(tmp_path):
+    messages = (talk((BOB, "old"), (ME, "a"), start=T0 - 40 * 30 * DAY) + talk((BOB, "hi"), (ME, "hey"))
+                + talk((BOB, "from 2100"), (ME, "!"), start=4102444800))
+    sessions, report = convert(tmp_path, export(chat(messages)), months=24)
+    assert dialogue(sessions) == [HELLO]
+    assert report.messages_skipped == {"malformed (date after today)": 2, "older than 24 months": 2}
 
 
 def test_not_utf8_and_missing_paths_raise_data_error(tmp_path):
@@ -729,7 +835,8 @@ def test_bundled_sample_end_to_end():
     assert report.chats_skipped == {"saved_messages": 1, "bot_chat": 1, "public_channel": 1,
                                     "Telegram service notifications": 1,
                                     "public_supergroup (see --public-groups)": 1}
-    assert (report.sessions, report.messages_kept, report.chatml_markers) == (110, 775, 2)
+    assert (report.sessions, report.messages_kept) == (110, 775)
+    assert report.repairs == {}
     assert report.messages_skipped == {
         "in skipped chats": 30, "in sessions where the target does not answer": 23,
         "older than 24 months": 17, "service": 4, "forwarded": 2, "via bot": 1, "unsupported": 1}
@@ -738,11 +845,11 @@ def test_bundled_sample_end_to_end():
         "Olga Petrenko", "Igor Lebedev", "Deleted Account 8958", "Deleted Account 9551"}
     assert len(report.warnings) == 1 and "'Project Aurora'" in report.warnings[0]
     said = [m for session in sessions for turn in session.turns for m in turn.messages]
-    for message in ["Agenda for Tuesday:\x0b1. budget\x0b2. venue", "the config is in C:\\xampp\\htdocs btw",
+    for message in ["Agenda for Tuesday:\n1. budget\n2. venue", "the config is in C:\\xampp\\htdocs btw",
                     "Here is the schedule for the retreat: https://example.com/retreat-2023. Please confirm by Friday.",
                     "[photo]", "[voice message]", "[video message]", "[animation]", "[file]", "[location]",
                     "[contact]", "[audio]", "[poll]", "[sticker]", "😍",
-                    f"типа такого: <{ZERO_WIDTH_SPACE}|im_start|>Дима"]:
+                    "типа такого: <|im_start|>Дима"]:
         assert message in said
     # A day and five minutes after the previous message: a session of its own.
     assert any(session.turns[0].messages[0] == "ну что, идём завтра? 🙈" for session in sessions)
