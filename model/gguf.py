@@ -30,7 +30,8 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     try:
         reader = gguf.GGUFReader(path)
     except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable GGUF file, or a damaged or truncated one "
+                              f"({type(error).__name__}: {error})") from None
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     config = read_config(reader, tensors, path)
     with torch.device("meta"):
@@ -44,12 +45,13 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
         raise CheckpointError(f"{path}: does not fit a {config.model_type} model of its own metadata "
                               f"(missing tensors {missing[:3]}, unexpected {unexpected[:3]})")
     for name, param in model.named_parameters():
-        tensor = tensors[gguf_names[name]]
-        shape = list(reversed(tensor.shape.tolist()))  # GGUF lists dimensions innermost first
+        shape = list(reversed(tensors[gguf_names[name]].shape.tolist()))  # GGUF lists dimensions innermost first
         if shape != list(param.shape):
-            raise CheckpointError(f"{path}: tensor {tensor.name} has shape {shape}, the metadata needs "
+            raise CheckpointError(f"{path}: tensor {gguf_names[name]} has shape {shape}, the metadata needs "
                                   f"{list(param.shape)}")
-        weights = dequantize(tensor, path)
+
+    for name, _ in model.named_parameters():
+        weights = dequantize(tensors[gguf_names[name]], path)
         if config.model_type == "llama" and name.split(".")[-2] in ("q_proj", "k_proj"):
             heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
             weights = unpermute_rotary_rows(weights, heads)
@@ -61,53 +63,56 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
 
 def read_config(reader: gguf.GGUFReader, tensors: dict, path: Path) -> MistralConfig:
     """The model's config from the GGUF metadata, refused in one line where we cannot compute it."""
-    def field(key: str, default=KeyError):
-        if key not in reader.fields:
-            if default is KeyError:
-                raise CheckpointError(f"{path}: metadata {key} is missing")
-            return default
-        return reader.fields[key].contents()
-
-    arch = field("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (only "
-                              f"{', '.join(map(repr, ARCHITECTURES))}; Mistral's GGUFs are 'llama')")
-    if "token_embd.weight" not in tensors:
-        raise CheckpointError(f"{path}: tensor token_embd.weight is missing")
-    hidden_size, heads = field(f"{arch}.embedding_length"), field(f"{arch}.attention.head_count")
-    head_dim = field(f"{arch}.attention.key_length", hidden_size // heads)
-    for key, value in [("rope.dimension_count", field(f"{arch}.rope.dimension_count", head_dim)),
-                       ("attention.value_length", field(f"{arch}.attention.value_length", head_dim))]:
-        if value != head_dim:
-            raise CheckpointError(f"{path}: {arch}.{key} = {value} is not supported (expected the head size, "
-                                  f"{head_dim})")
-    rope_scaling = field(f"{arch}.rope.scaling.type", "none")
-    if rope_scaling != "none":
-        raise CheckpointError(f"{path}: {arch}.rope.scaling.type = {rope_scaling!r} is not supported")
-    hf = {
-        "model_type": arch,
-        "vocab_size": int(tensors["token_embd.weight"].shape[-1]),
-        "hidden_size": hidden_size,
-        "intermediate_size": field(f"{arch}.feed_forward_length"),
-        "num_hidden_layers": field(f"{arch}.block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": field(f"{arch}.attention.head_count_kv", heads),
-        "head_dim": head_dim,
-        "rms_norm_eps": field(f"{arch}.attention.layer_norm_rms_epsilon"),
-        "rope_theta": field(f"{arch}.rope.freq_base", 10000.0),
-        "max_position_embeddings": field(f"{arch}.context_length"),
-        "attention_bias": "blk.0.attn_output.bias" in tensors,
-        "tie_word_embeddings": "output.weight" not in tensors,  # llama.cpp reuses token_embd
-        "bos_token_id": field("tokenizer.ggml.bos_token_id", 1),
-        "eos_token_id": field("tokenizer.ggml.eos_token_id", 2),
-    }
     try:
-        config = MistralConfig.from_hf(hf)
-    except (ValueError, TypeError) as error:
+        config = MistralConfig.from_hf(hf_config(reader, tensors))
+    except KeyError as error:
+        raise CheckpointError(f"{path}: metadata {error.args[0]} is missing") from None
+    except (ValueError, TypeError, ArithmeticError) as error:  # (values of the wrong type, too)
         raise CheckpointError(f"{path}: {error}") from None
     if LLAMA3_ROPE_FREQS in tensors:
         config.rope_scaling = llama3_scaling(config, dequantize(tensors[LLAMA3_ROPE_FREQS], path), path)
     return config
+
+
+def hf_config(reader: gguf.GGUFReader, tensors: dict) -> dict:
+    """The GGUF metadata as the Hugging Face `config.json` it was converted from."""
+    def metadata(key: str, default=None):
+        if key not in reader.fields and default is None:
+            raise KeyError(key)
+        return reader.fields[key].contents() if key in reader.fields else default
+
+    arch = metadata("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported (only "
+                         f"{', '.join(map(repr, ARCHITECTURES))}; Mistral's GGUFs are 'llama')")
+    if "token_embd.weight" not in tensors:
+        raise ValueError("tensor token_embd.weight is missing")
+    hidden_size, heads = metadata(f"{arch}.embedding_length"), metadata(f"{arch}.attention.head_count")
+    head_dim = metadata(f"{arch}.attention.key_length", hidden_size // heads)
+    for key in ("rope.dimension_count", "attention.value_length"):
+        if metadata(f"{arch}.{key}", head_dim) != head_dim:
+            raise ValueError(f"{arch}.{key} = {metadata(f'{arch}.{key}')} is not supported "
+                             f"(expected the head size, {head_dim})")
+    rope_scaling = metadata(f"{arch}.rope.scaling.type", "none")
+    if rope_scaling != "none":
+        raise ValueError(f"{arch}.rope.scaling.type = {rope_scaling!r} is not supported")
+    return {
+        "model_type": arch,
+        "vocab_size": int(tensors["token_embd.weight"].shape[-1]),
+        "hidden_size": hidden_size,
+        "intermediate_size": metadata(f"{arch}.feed_forward_length"),
+        "num_hidden_layers": metadata(f"{arch}.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": metadata(f"{arch}.attention.head_count_kv", heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": metadata(f"{arch}.attention.layer_norm_rms_epsilon"),
+        "rope_theta": metadata(f"{arch}.rope.freq_base", 10000.0),
+        "max_position_embeddings": metadata(f"{arch}.context_length"),
+        "attention_bias": "blk.0.attn_output.bias" in tensors,
+        "tie_word_embeddings": "output.weight" not in tensors,  # llama.cpp reuses token_embd
+        "bos_token_id": metadata("tokenizer.ggml.bos_token_id", 1),
+        "eos_token_id": metadata("tokenizer.ggml.eos_token_id", 2),
+    }
 
 
 def llama3_scaling(config: MistralConfig, rope_factors: torch.Tensor, path: Path) -> dict | None:

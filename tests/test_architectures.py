@@ -16,13 +16,15 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
                "original_max_position_embeddings": 64}
 
 ARCHITECTURES = {
-    "llama3-rope-scaling": tiny_config(model_type="llama", rope_theta=500000.0, rope_scaling=LLAMA3_ROPE),
-    "llama-tied-with-bias": tiny_config(model_type="llama", tie_word_embeddings=True, attention_bias=True),
+    # Llama 3.2 1B/3B: scaled RoPE and a tied head
+    "llama3-rope-scaling-tied": tiny_config(model_type="llama", rope_theta=500000.0, rope_scaling=LLAMA3_ROPE,
+                                            tie_word_embeddings=True),
     "qwen2": tiny_config(model_type="qwen2", rope_theta=1000000.0, rms_norm_eps=1e-6),
-    "qwen2-tied": tiny_config(model_type="qwen2", tie_word_embeddings=True),
-    # Layer 0 attends fully, layer 1 through a window shorter than the sequences.
-    "qwen2-sliding-window": tiny_config(model_type="qwen2", sliding_window=5, max_window_layers=1),
+    # Layer 0 attends fully, layer 1 through a window shorter than the sequences; tied like Qwen2.5 0.5B-3B.
+    "qwen2-sliding-window-tied": tiny_config(model_type="qwen2", sliding_window=5, max_window_layers=1,
+                                             tie_word_embeddings=True),
     "qwen3": tiny_config(model_type="qwen3", head_dim=24),
+    # attention_bias puts biases on all four projections, as in Llama
     "qwen3-bias-tied": tiny_config(model_type="qwen3", head_dim=24, attention_bias=True,
                                    tie_word_embeddings=True),
 }
@@ -54,7 +56,7 @@ def test_logits_equal_transformers(pair):
 
 def test_llama3_scaling_changes_the_logits_of_the_config_tested():
     """Else the tests above would pass with the scaling ignored."""
-    scaled = ARCHITECTURES["llama3-rope-scaling"]
+    scaled = ARCHITECTURES["llama3-rope-scaling-tied"]
     ids = sample_ids(scaled)
     with torch.no_grad():  # (the same seed gives both the same weights)
         difference = hf_reference(scaled)(ids).logits - hf_reference(replace(scaled, rope_scaling=None))(ids).logits
