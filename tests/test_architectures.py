@@ -2,13 +2,15 @@
 logits, packed rows, the KV cache, a save round trip and LoRA adapters both ways through PEFT."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+import train
 from lora import LoRAConfig, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from model import KVCache, MistralConfig, load_model, save_model
-from tests.helpers import hf_reference, save_hf_checkpoint, tiny_config
+from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 # Llama 3.1's scaling, shrunk so that a 16-wide head has frequencies in all three bands: kept
 # (wavelength < 16), blended and stretched (wavelength > 64).
@@ -50,6 +52,7 @@ def test_config_round_trips_through_the_hf_dict():
 
 def test_logits_equal_transformers(pair):
     config, _, hf_model, ours = pair
+    assert ours.config == config  # read back from the config.json transformers wrote
     with torch.no_grad():
         torch.testing.assert_close(ours(sample_ids(config)), hf_model(sample_ids(config)).logits, atol=1e-4, rtol=0)
 
@@ -169,3 +172,24 @@ def test_qwen_defaults_window_off_and_head_dim_128():
     hf["sliding_window"] = 4096  # as Qwen's configs say, with use_sliding_window false
     config = MistralConfig.from_hf(hf)
     assert config.head_dim == 128 and config.sliding_window is None and config.window_of(1) is None
+
+
+@pytest.mark.slow
+def test_train_lora_merge_on_a_qwen2_base_exports_what_the_adapter_computes(tmp_path, dolphin_tokenizer):
+    import transformers
+
+    config = tiny_config(model_type="qwen2", vocab_size=32002, hidden_size=32, intermediate_size=64,
+                         tie_word_embeddings=True)
+    save_model(random_model(config), tmp_path / "base", tokenizer=dolphin_tokenizer)
+    sample = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
+    train.main(["--lora", "--model", str(tmp_path / "base"), "--data", str(sample), "--out", str(tmp_path / "run"),
+                "--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "2", "--lr", "1e-2",
+                "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge",
+                "--eval-contexts", "1"])
+    tuned = load_model(tmp_path / "base", torch.float32)
+    load_adapter(tuned, tmp_path / "run" / "adapter")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged", dtype=torch.float32)
+    assert type(merged).__name__ == "Qwen2ForCausalLM"
+    ids = sample_ids(config)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids).logits, tuned.eval()(ids), atol=1e-3, rtol=0)
