@@ -70,7 +70,9 @@ class LoRALinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.weight.requires_grad_(False)
-        self.bias = None
+        self.bias = linear.bias  # (Qwen2's q, k and v have one; frozen like the weight)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
         # Adapter weights stay fp32 whatever the base dtype: they are the optimizer's master copy.
         device = self.weight.device
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
@@ -82,7 +84,7 @@ class LoRALinear(nn.Linear):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
         # addmm adds the scaled low-rank product into y within the matrix multiply: no extra passes over y.
@@ -154,7 +156,7 @@ def merge_lora(model: Mistral) -> Mistral:
         module.merge()
         parent_name, _, child = name.rpartition(".")
         plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
-        plain.weight = module.weight
+        plain.weight, plain.bias = module.weight, module.bias
         setattr(model.get_submodule(parent_name), child, plain)
     return model
 

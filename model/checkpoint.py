@@ -178,7 +178,12 @@ def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                device: torch.device | str = "cpu") -> Mistral:
-    """A Hugging Face Mistral or Llama checkpoint as a `Mistral` in `dtype` on `device`."""
+    """A Hugging Face checkpoint (Mistral, Llama, Qwen2, Qwen3) or a GGUF file as a `Mistral` in `dtype`
+    on `device`."""
+    if str(path_or_repo).endswith(".gguf"):
+        from model.gguf import load_gguf_model  # (it imports this module)
+
+        return load_gguf_model(path_or_repo, dtype, device)
     directory = resolve_checkpoint(path_or_repo)
     config = load_config(directory)
     with torch.device("meta"):
