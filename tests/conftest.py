@@ -112,10 +112,12 @@ def dolphin_tokenizer(dolphin_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
-    """transformers' tokenizer for the same files: the oracle for ids."""
-    from transformers import AutoTokenizer
+    """transformers' tokenizer for the same files, read the way SentencePiece encodes: the oracle for ids.
+    (The LlamaTokenizer class the config names would drop the dummy prefix before a leading space; see
+    model/tokenizer.py.)"""
+    from transformers import TokenizersBackend
 
-    return AutoTokenizer.from_pretrained(dolphin_tokenizer_dir)
+    return TokenizersBackend.from_pretrained(dolphin_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
