@@ -185,6 +185,26 @@ def _token_content(value, path: Path, key: str) -> str | None:
     raise TokenizerError(f"{path}: {key} must be a string or an object with a 'content' string")
 
 
+def read_config(root: Path) -> dict:
+    """tokenizer_config.json, with bos/eos/unk/pad from special_tokens_map.json where it names none, each
+    token and additional_special_tokens as plain strings."""
+    config_path = root / "tokenizer_config.json"
+    config = _read_json(config_path) or {}
+    special_map = _read_json(root / "special_tokens_map.json") or {}
+    for key in NAMED_TOKENS:
+        if config.get(key) is None and special_map.get(key) is not None:
+            config[key] = _token_content(special_map[key], root / "special_tokens_map.json", key)
+        elif config.get(key) is not None:
+            config[key] = _token_content(config[key], config_path, key)
+    extra = config.get("additional_special_tokens") or []
+    if not isinstance(extra, list):
+        raise TokenizerError(f"{config_path}: additional_special_tokens must be a list")
+    config["additional_special_tokens"] = [_token_content(t, config_path, "additional_special_tokens") for t in extra]
+    if config.get("split_special_tokens"):
+        raise TokenizerError(f"{config_path}: split_special_tokens=true is not supported")
+    return config
+
+
 def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> AddedToken:
     if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not entry["content"]:
         raise TokenizerError(f"{path}: added token {token_id!r} needs a non-empty 'content' string")
@@ -273,19 +293,7 @@ class Tokenizer:
             raise TokenizerError(f"{model_path}: file not found (a SentencePiece tokenizer.model is required)")
         config_path = root / "tokenizer_config.json"
         added_json_path = root / "added_tokens.json"
-        config = _read_json(config_path) or {}
-        special_map = _read_json(root / "special_tokens_map.json") or {}
-        for key in NAMED_TOKENS:
-            if config.get(key) is None and special_map.get(key) is not None:
-                config[key] = _token_content(special_map[key], root / "special_tokens_map.json", key)
-            elif config.get(key) is not None:
-                config[key] = _token_content(config[key], config_path, key)
-        extra = config.get("additional_special_tokens") or []
-        if not isinstance(extra, list):
-            raise TokenizerError(f"{config_path}: additional_special_tokens must be a list")
-        config["additional_special_tokens"] = [_token_content(t, config_path, "additional_special_tokens") for t in extra]
-        if config.get("split_special_tokens"):
-            raise TokenizerError(f"{config_path}: split_special_tokens=true is not supported")
+        config = read_config(root)
         named = {config.get(key) for key in NAMED_TOKENS} | set(config["additional_special_tokens"])
 
         # lowest precedence first: a later source overrides an earlier one for the same id
