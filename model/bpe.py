@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -141,8 +142,9 @@ class BPETokenizer:
         }
         self._by_content = {token.content: token for token in self._added.values()}
         self.vocab_size: int = max([len(self._piece_bytes), *(token_id + 1 for token_id in self._added)])
-        # an added token that takes no whitespace along shows how the chunk after it starts
-        plain = [t.content for t in self._added.values() if not (t.lstrip or t.rstrip)]
+        # an added token matched in the raw text that takes no whitespace along shows how the chunk after it starts
+        plain = [t.content for t in self._backend.get_added_tokens_decoder().values()
+                 if not (t.lstrip or t.rstrip or t.normalized)]
         self._later_prefix = self._probe_prefix(plain[0]) if plain else None
 
     def _text_bytes(self, ids: list[int]) -> bytes:
@@ -205,7 +207,7 @@ class BPETokenizer:
             ids.append(self.eos_id)
         return ids
 
-    def decode(self, ids, skip_special: bool = False) -> str:
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ids, without the dummy '▁' prefixes encode added. skip_special drops special added tokens."""
         stream = self.stream(skip_special=skip_special)
         return "".join(stream.add(i) for i in ids) + stream.flush()
@@ -271,8 +273,9 @@ def _gguf_fields(path: Path) -> dict:
 
     try:
         reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as error:
-        raise TokenizerError(f"{path}: not a GGUF file ({error})") from None
+    except Exception as error:  # a damaged file fails anywhere inside numpy, with any exception
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TokenizerError(f"{path}: not a readable GGUF file ({reason})") from None
     return {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.ggml.")}
 
 
@@ -321,11 +324,12 @@ def _bpe_from_gguf(path: Path, fields: dict, tokens: list[str], token_types: lis
               "normalized": False, "special": token_type == GGUF_CONTROL}
              for i, (token, token_type) in enumerate(zip(tokens, token_types))
              if token_type in (GGUF_CONTROL, GGUF_USER_DEFINED)]
-    bos = config.get("bos_token") if fields.get("tokenizer.ggml.add_bos_token", False) else None
+    bos_id = fields.get("tokenizer.ggml.bos_token_id", -1)
+    adds_bos = fields.get("tokenizer.ggml.add_bos_token", False) and 0 <= bos_id < len(tokens)
     tokenizer_json = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": PRE_TOKENIZERS[pre]},
-        "post_processor": _bos_template(bos, tokens.index(bos)) if bos else None,
+        "post_processor": _bos_template(tokens[bos_id], bos_id) if adds_bos else None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,

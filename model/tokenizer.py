@@ -249,7 +249,8 @@ class Tokenizer:
         ]
         self._config = dict(config)
         # which chunks get a dummy "▁": see the module docstring
-        if self._config.get("add_prefix_space") is False or not _spec_value(model, NORMALIZER_SPEC, ADD_DUMMY_PREFIX, 1):
+        model_adds_prefix = _spec_value(model, NORMALIZER_SPEC, ADD_DUMMY_PREFIX, default=1)
+        if self._config.get("add_prefix_space") is False or not model_adds_prefix:
             self._dummy_prefix = "never"
         else:
             # transformers 4 took a missing legacy for true, and so does transformers 5 reading tokenizer.model

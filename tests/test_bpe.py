@@ -97,8 +97,8 @@ def mistral_json_dirs(mistral_dir, tmp_path_factory):
     from transformers import TokenizersBackend
 
     dirs = {}
-    for name, hf in [("metaspace", hf_auto(mistral_dir)), ("sentencepiece", TokenizersBackend.from_pretrained(mistral_dir)),
-                     ("hub", TokenizersBackend.from_pretrained(mistral_dir))]:
+    sentencepiece = TokenizersBackend.from_pretrained(mistral_dir)
+    for name, hf in [("metaspace", hf_auto(mistral_dir)), ("sentencepiece", sentencepiece), ("hub", sentencepiece)]:
         dirs[name] = tmp_path_factory.mktemp(f"mistral-json-{name}")
         hf.save_pretrained(dirs[name])
         (dirs[name] / "tokenizer.model").write_bytes(mistral_tokenizer_model())  # the Hub has both files
@@ -175,7 +175,8 @@ def test_mistral_tokenizer_json_follows_its_own_rules(mistral_dir, mistral_json_
     SentencePiece's rules do not; either way decode undoes exactly what encode added. The Hub's tokenizer.json
     holds SentencePiece's rules, so the Hub folder encodes as tokenizer.model alone does (transformers 5.24's
     LlamaTokenizer, which the config names, rebuilds Metaspace instead: see tests/test_tokenizer.py)."""
-    metaspace, sentencepiece, hub = (load_tokenizer(mistral_json_dirs[n]) for n in ("metaspace", "sentencepiece", "hub"))
+    metaspace, sentencepiece, hub = (load_tokenizer(mistral_json_dirs[name])
+                                     for name in ("metaspace", "sentencepiece", "hub"))
     assert metaspace.encode(" hello") == metaspace.encode("hello")
     assert sentencepiece.encode(" hello") == [28705, 6312, 28709]  # '▁', '▁hell', 'o', as SentencePiece
     for text in [" hello", "  hello", "<s> x", "<s>  x", " "]:
@@ -221,7 +222,8 @@ def test_added_tokens_and_save_round_trip(llama3_tokenizer_dir, tmp_path):
     reloaded, hf = load_tokenizer(tmp_path), hf_auto(tmp_path)
     assert (reloaded.vocab_size, reloaded.bos_id, reloaded.im_start_id) == (size + 2, tok.bos_id, size)
     assert hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [size, size + 1]
-    assert [t for t in CORPUS if not reloaded.encode(t) == tok.encode(t) == hf.encode(t, add_special_tokens=False)] == []
+    assert [t for t in CORPUS if not reloaded.encode(t) == tok.encode(t) == hf.encode(t, add_special_tokens=False)
+            ] == []
     assert [t for t in CORPUS if tok.encode(t, bos=True) != hf.encode(t)] == []
 
 
@@ -330,8 +332,14 @@ def test_bad_files_give_one_line(tmp_path, llama3_tokenizer_dir):
     with pytest.raises(TokenizerError, match="no eos_token"):
         load_tokenizer(tmp_path / "nameless")
     (tmp_path / "fake.gguf").write_bytes(b"GGUF but not really")
-    with pytest.raises(TokenizerError, match="fake.gguf: not a GGUF file"):
+    with pytest.raises(TokenizerError, match="fake.gguf: not a readable GGUF file"):
         load_tokenizer(tmp_path / "fake.gguf")
+    whole = tiny_sentencepiece_gguf(tmp_path / "whole.gguf", add_space_prefix=True).read_bytes()
+    for size in [20, 200, len(whole) - 10]:
+        (tmp_path / "cut.gguf").write_bytes(whole[:size])
+        with pytest.raises(TokenizerError, match="cut.gguf: not a readable GGUF file") as error:
+            load_tokenizer(tmp_path / "cut.gguf")
+        assert "\n" not in str(error.value)
     with pytest.raises(TokenizerError, match="missing.gguf: file not found"):
         load_tokenizer(tmp_path / "missing.gguf")
 
