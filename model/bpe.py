@@ -3,7 +3,10 @@
 The bases people pick today ship tokenizer.json: byte-level BPE (Llama 3, Qwen 2.5/3, SmolLM2,
 Mistral-Nemo) or SentencePiece-style BPE (Mistral v0.1/v0.3). Hugging Face's `tokenizers` library runs
 it, the same code transformers' fast tokenizers run, so encode() gives transformers' ids by construction:
-added tokens, normalizer, pre-tokenizer and merges all come from the file. What twin adds on top:
+added tokens, normalizer, pre-tokenizer and merges all come from the file. (One exception: where
+tokenizer_config.json names transformers 5's LlamaTokenizer, that class swaps the file's rules for its
+own Metaspace ones; twin keeps the file's, which for Mistral's tokenizer.json on the Hub are
+SentencePiece's, see model/tokenizer.py.) What twin adds on top:
 
 - BOS/EOS only when asked for. bos_id is the token transformers puts in front of a text (the file's
   post-processor says which), or None where it puts none: SmolLM2 and Qwen have no BOS, and
@@ -14,7 +17,10 @@ added tokens, normalizer, pre-tokenizer and merges all come from the file. What 
 
 A GGUF file carries no tokenizer.json: tokenizer_from_gguf() rebuilds one from llama.cpp's metadata
 (tokenizer.ggml.model "gpt2": tokens, merges and the pre-tokenizer's name) or, for "llama", a
-SentencePiece tokenizer.model from the tokens, scores and token types.
+SentencePiece tokenizer.model from the tokens, scores and token types. Both encode as llama.cpp does.
+transformers 5.24's own GGUF reading differs in two places: it splits SmolLM2's text without first
+splitting off digits (SmolLM2's tokenizer.json and llama.cpp do), and it reads a "llama" vocabulary
+with LlamaTokenizer's rules (see model/tokenizer.py).
 """
 
 from __future__ import annotations
