@@ -16,8 +16,8 @@ from torch import nn
 
 import atomic
 
-from model.mistral import Mistral, MistralConfig
 from model.bpe import BPETokenizer, tokenizer_from_gguf
+from model.mistral import Mistral, MistralConfig
 from model.tokenizer import Tokenizer
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
