@@ -16,6 +16,7 @@ from torch import nn
 
 import atomic
 
+from model.bpe import BPETokenizer, tokenizer_from_gguf
 from model.mistral import Mistral, MistralConfig
 from model.tokenizer import Tokenizer
 
@@ -198,10 +199,18 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
     return model
 
 
-def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer:
-    """The checkpoint's tokenizer, checked to fit the model's embedding table."""
+def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
+    """The checkpoint's tokenizer, checked to fit the model's embedding table; a .gguf file's from its metadata.
+
+    A folder with a tokenizer.json is read from it, as transformers' fast tokenizers do (for Mistral v0.1
+    it holds the same rules as tokenizer.model), otherwise from tokenizer.model."""
+    if str(path_or_repo).endswith(".gguf"):
+        return tokenizer_from_gguf(path_or_repo)
     directory = resolve_checkpoint(path_or_repo)
-    tokenizer = Tokenizer.from_dir(directory)
+    if (directory / "tokenizer.json").is_file():
+        tokenizer = BPETokenizer.from_dir(directory)
+    else:
+        tokenizer = Tokenizer.from_dir(directory)
     config_file = directory / "config.json"
     if config_file.exists():
         vocab_size = load_config(directory).vocab_size
