@@ -46,6 +46,8 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
+    if path.is_symlink():  # a link is replaced, never what it leads to
+        path.unlink()
     if path.exists():  # swap: the old one leaves only once the new one is complete
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
