@@ -22,11 +22,9 @@ import atomic
 import fsdp
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
-from data.sessions import DataError
 from data.telegram import add_export_args
 from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
-from model.tokenizer import TokenizerError
 from training import (DamagedCheckpoint, MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints,
                       cosine_schedule, endless, evaluate, load_training_state, make_optimizer, peak_memory_mb,
                       prune_checkpoints, remove_unfinished_writes, resume_from, save_training_state, train_step,
@@ -145,6 +143,7 @@ def refuse(message: str) -> NoReturn:
 
 
 def check_run_folder(out: Path, flag: str) -> None:
+    """Refuse a run folder that is a file, or that links to files elsewhere."""
     if out.exists() and not out.is_dir():
         refuse(f"{flag} {out}: not a folder")
     for name in RUN_ENTRIES:
@@ -254,8 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     exit_code = 0
     try:
         train(args, world)
-    except (DataError, CheckpointError, TokenizerError, AdapterError, TrainingError, ValueError) as error:
-        # (the ValueErrors that are none of ours: settings torch refuses, such as a negative --lr)
+    except (TrainingError, ValueError) as error:
+        # Our ValueErrors (DataError, CheckpointError, TokenizerError, AdapterError), and torch's for a
+        # setting it refuses, such as a negative --lr.
         print(f"error: {error}", file=sys.stderr)
         exit_code = 2
     except OSError as error:  # a run folder that cannot be written, a full disk
