@@ -159,7 +159,7 @@ def resumed_args(argv: list[str] | None, out: Path) -> argparse.Namespace:
         refuse(f"--resume: {settings_file} not found; is {out} a twin run directory?")
     try:
         settings = json.loads(settings_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         refuse(f"{settings_file}: not readable as JSON ({error})")
     if not isinstance(settings, dict):
         refuse(f"{settings_file}: holds a JSON {type(settings).__name__}, not train.py's settings")
@@ -218,7 +218,7 @@ def read_run_record(out: Path) -> dict:
         record = json.loads(run_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise CheckpointError(f"{run_file}: not readable as JSON ({error})") from None
     settings = record.get("settings") if isinstance(record, dict) else None
     figures = record.get("figures", {}) if isinstance(record, dict) else None

@@ -134,7 +134,7 @@ def _step_of(record: str) -> float:
     """The step of a metrics line; infinite for a line a crash cut short (or any other), so it is dropped."""
     try:
         step = json.loads(record)["step"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return math.inf
     return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
 

@@ -138,6 +138,8 @@ CASES = {
                                    "{run}/run_args.json: not readable as JSON", 2),
     "run_args.json not UTF-8": Case(then(unfinished, write("run_args.json", b"\xff\xfe{}")),
                                     "{run}/run_args.json: not readable as JSON", 2),
+    "run_args.json nested too deep": Case(then(unfinished, write("run_args.json", "[" * 100_000)),
+                                          "{run}/run_args.json: not readable as JSON", 2),
     "run_args.json a list": Case(then(unfinished, write("run_args.json", "[1, 2]")),
                                  "{run}/run_args.json: holds a JSON list", 2),
     "run_args.json text for a number": Case(then(unfinished, settings(seq_len="long")),
@@ -183,7 +185,8 @@ CASES = {
     "token cache damaged": Case(then(unfinished, lambda run, _: [truncate(str(f.relative_to(run)))(run, _)
                                                                   for f in (run / "cache").iterdir()]),
                                 "damaged token cache"),
-    "metrics with garbage lines": Case(then(unfinished, write("metrics.jsonl", b'{"step": "x"}\n\xff\x00\n{"step": 1}')),
+    "metrics with garbage lines": Case(then(unfinished, write("metrics.jsonl", b'{"step": "x"}\n\xff\x00\n{"step": 1}\n'
+                                                                               + b"[" * 100_000)),
                                        "resumed from {run}/checkpoints/step-00000002"),
     # Links out of the run folder.
     "checkpoints a link": Case(then(unfinished, link("checkpoints", "elsewhere")), "{run}/checkpoints: a symbolic link", 2),
@@ -195,6 +198,8 @@ CASES = {
     "the run a file": Case(lambda run, _: (shutil.rmtree(run), run.write_text("x")), "--resume {run}: not a folder", 2),
     # run.json, as sample.py and evaluate.py read it.
     "run.json not JSON, sampled": Case(run_json("{"), "{run}/run.json: not readable as JSON", 2, "sample"),
+    "run.json nested too deep, sampled": Case(run_json("[" * 100_000), "{run}/run.json: not readable as JSON", 2,
+                                              "sample"),
     "run.json a list, evaluated": Case(run_json([]), "{run}/run.json: not a train.py run record", 2, "evaluate"),
     "run.json partners not names": Case(run_json({"settings": {"model": "m", "data": "d"}, "figures": {"partners": [1]}}),
                                         "{run}/run.json: not a train.py run record", 2, "sample"),
