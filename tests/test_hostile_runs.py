@@ -174,6 +174,9 @@ CASES = {
                                             write("checkpoints", "x")), "{run}: no checkpoint to resume from", 2),
     "a crafted .metadata in a LoRA checkpoint": Case(then(unfinished, crafted(f"{STEP_2}/.metadata")),
                                                      "resumed from {run}/checkpoints/step-00000002"),
+    "a crafted .metadata, sampled": Case(crafted(f"{STEP_2}/.metadata"), "Misha", command="sample"),
+    "a crafted .metadata, evaluated": Case(crafted(f"{STEP_2}/.metadata"), "report written to {run}/report/report.md",
+                                           command="evaluate"),
     # Writes cut short: removed at start, or put back when they were complete.
     "unfinished checkpoint writes": Case(then(unfinished, lambda run, _: (run / "checkpoints/.step-00000003.k2_x.tmp"
                                                                           ).mkdir(),
