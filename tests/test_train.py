@@ -220,13 +220,19 @@ def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path,
     for result in ("run.json", "adapter"):  # killed before they were written
         path = out / result
         path.unlink() if path.is_file() else shutil.rmtree(path)
-    train.main(["--resume", str(out), "--eval-report", "--eval-contexts", "1"])
+    previous = os.umask(0o022)
+    try:
+        train.main(["--resume", str(out), "--eval-report", "--eval-contexts", "1"])
+    finally:
+        os.umask(previous)
     resumed = json.loads((out / "run.json").read_text())
     assert resumed["figures"]["steps"] == 2 and resumed["figures"]["final_loss"] == finished["figures"]["final_loss"]
     assert resumed["figures"]["eval_loss"] == pytest.approx(finished["figures"]["eval_loss"], rel=1e-6)
     for name, tensor in adapter_weights(out).items():
         torch.testing.assert_close(tensor, adapter[name], atol=0, rtol=0, msg=name)
     assert (out / "report" / "report.md").exists()
+    report = [out / "report", *(out / "report").iterdir()]  # private too (the rest: the test below)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in report} == {0o700, 0o600}
 
 
 def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoint):
