@@ -106,6 +106,23 @@ def link(name: str, target: str) -> Callable[[Path, Path], None]:
     return damage
 
 
+def copy(name: str, to: str) -> Callable[[Path, Path], None]:
+    def damage(run: Path, outside: Path) -> None:
+        shutil.copytree(run / name, run / to) if (run / name).is_dir() else shutil.copy(run / name, run / to)
+    return damage
+
+
+def remove(name: str) -> Callable[[Path, Path], None]:
+    def damage(run: Path, outside: Path) -> None:
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    return damage
+
+
+def truncated_cache(run: Path, outside: Path) -> None:
+    for cache_file in (run / "cache").iterdir():
+        truncate(str(cache_file.relative_to(run)))(run, outside)
+
+
 def move(name: str, to: str) -> Callable[[Path, Path], None]:
     def damage(run: Path, outside: Path) -> None:
         os.replace(run / name, run / to)
@@ -132,8 +149,7 @@ CASES = {
     "finished, trained into": Case(lambda run, outside: None, "--out {run} holds a finished run", 2, "fresh"),
     "checkpoints only, trained into": Case(unfinished, "continue it with --resume {run}", 2, "fresh"),
     # run_args.json
-    "run_args.json missing": Case(then(unfinished, lambda run, _: (run / "run_args.json").unlink()),
-                                  "{run}/run_args.json not found", 2),
+    "run_args.json missing": Case(then(unfinished, remove("run_args.json")), "{run}/run_args.json not found", 2),
     "run_args.json not JSON": Case(then(unfinished, write("run_args.json", "{\"seq_len\": 2")),
                                    "{run}/run_args.json: not readable as JSON", 2),
     "run_args.json not UTF-8": Case(then(unfinished, write("run_args.json", b"\xff\xfe{}")),
@@ -157,8 +173,8 @@ CASES = {
     "training state truncated": Case(then(unfinished, truncate(f"{STEP_2}/training_state.pt")), RESUMED_FROM_1),
     "training state empty": Case(then(unfinished, write(f"{STEP_2}/training_state.pt", b"")), RESUMED_FROM_1),
     "training state crafted": Case(then(unfinished, crafted(f"{STEP_2}/training_state.pt")), RESUMED_FROM_1),
-    "training state of another step": Case(then(unfinished, lambda run, _: shutil.copy(
-        run / STEP_1 / "training_state.pt", run / STEP_2 / "training_state.pt")), RESUMED_FROM_1),
+    "training state of another step": Case(then(unfinished, copy(f"{STEP_1}/training_state.pt",
+                                                                 f"{STEP_2}/training_state.pt")), RESUMED_FROM_1),
     "optimizer moments of another shape": Case(then(unfinished, training_state(
         lambda state: state["optimizer"]["state"][0].update(exp_avg=torch.zeros(3, 3)))), RESUMED_FROM_1),
     "scheduler state with foreign attributes": Case(then(unfinished, training_state(
@@ -168,26 +184,21 @@ CASES = {
     "every checkpoint damaged": Case(then(unfinished, truncate(f"{STEP_2}/training_state.pt"),
                                           truncate(f"{STEP_1}/training_state.pt")),
                                      "{run}/checkpoints: no checkpoint to resume from is intact", 2),
-    "no checkpoint": Case(then(unfinished, lambda run, _: shutil.rmtree(run / "checkpoints")),
-                          "{run}: no checkpoint to resume from", 2),
-    "a file for the checkpoints": Case(then(unfinished, lambda run, _: shutil.rmtree(run / "checkpoints"),
-                                            write("checkpoints", "x")), "{run}: no checkpoint to resume from", 2),
+    "no checkpoint": Case(then(unfinished, remove("checkpoints")), "{run}: no checkpoint to resume from", 2),
+    "a file for the checkpoints": Case(then(unfinished, remove("checkpoints"), write("checkpoints", "x")),
+                                       "{run}: no checkpoint to resume from", 2),
     "a crafted .metadata in a LoRA checkpoint": Case(then(unfinished, crafted(f"{STEP_2}/.metadata")),
                                                      "resumed from {run}/checkpoints/step-00000002"),
     "a crafted .metadata, sampled": Case(crafted(f"{STEP_2}/.metadata"), "Misha", command="sample"),
     "a crafted .metadata, evaluated": Case(crafted(f"{STEP_2}/.metadata"), "report written to {run}/report/report.md",
                                            command="evaluate"),
     # Writes cut short: removed at start, or put back when they were complete.
-    "unfinished checkpoint writes": Case(then(unfinished, lambda run, _: (run / "checkpoints/.step-00000003.k2_x.tmp"
-                                                                          ).mkdir(),
-                                              lambda run, _: shutil.copytree(run / STEP_1, run / "checkpoints/.step-00000002.tmp"),
-                                              lambda run, _: (run / ".adapter.x9.tmp").mkdir()),
-                                         "removed {run}/.adapter.x9.tmp"),
+    "unfinished writes": Case(then(unfinished, copy(STEP_1, "checkpoints/.step-00000003.k2_x.tmp"),
+                                   copy(STEP_1, "checkpoints/.step-00000002.tmp"), copy("cache", ".adapter.x9.tmp")),
+                              "removed {run}/.adapter.x9.tmp"),
     "a checkpoint swapped out and not back": Case(then(unfinished, move(STEP_2, "checkpoints/.step-00000002.old")),
                                                   "resumed from {run}/checkpoints/step-00000002"),
-    "token cache damaged": Case(then(unfinished, lambda run, _: [truncate(str(f.relative_to(run)))(run, _)
-                                                                  for f in (run / "cache").iterdir()]),
-                                "damaged token cache"),
+    "token cache damaged": Case(then(unfinished, truncated_cache), "damaged token cache"),
     "metrics with garbage lines": Case(then(unfinished, write("metrics.jsonl", b'{"step": "x"}\n\xff\x00\n{"step": 1}\n'
                                                                                + b"[" * 100_000)),
                                        "resumed from {run}/checkpoints/step-00000002"),
@@ -196,8 +207,7 @@ CASES = {
     "metrics a link": Case(then(unfinished, link("metrics.jsonl", "metrics.jsonl")), "{run}/metrics.jsonl: a symbolic link",
                            2),
     "cache a link, trained into": Case(link("cache", "cache"), "{run}/cache: a symbolic link", 2, "fresh"),
-    "a checkpoint a link": Case(then(unfinished, lambda run, outside: shutil.move(run / STEP_2, outside / "step"),
-                                     lambda run, outside: (run / STEP_2).symlink_to(outside / "step")), RESUMED_FROM_1),
+    "a checkpoint a link": Case(then(unfinished, link(STEP_2, "step")), RESUMED_FROM_1),
     "the run a file": Case(lambda run, _: (shutil.rmtree(run), run.write_text("x")), "--resume {run}: not a folder", 2),
     # run.json, as sample.py and evaluate.py read it.
     "run.json not JSON, sampled": Case(run_json("{"), "{run}/run.json: not readable as JSON", 2, "sample"),
