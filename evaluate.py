@@ -38,7 +38,7 @@ from model import CheckpointError, Mistral, load_model, load_tokenizer
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import Chat
 from style import STATISTICS, style_distance, style_statistics
-from train import DEFAULT_MODEL, DTYPES, recorded_args, resolve_device
+from train import DEFAULT_MODEL, DTYPES, read_run_record, recorded_args, resolve_device
 from training import evaluate as mean_loss
 
 OFF = 0.25  # a style distance from this up is a difference a reader notices (see style_distance)
@@ -456,6 +456,7 @@ def settings_from_args(args) -> EvalSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    atomic.private_files()
     args = build_parser().parse_args(argv)
     try:
         report, out_dir = evaluate_from_args(args)
@@ -498,14 +499,8 @@ def sources_from_args(args) -> Sources:
     if given:
         raise EvaluationError(f"{', '.join(given)}: taken from the run in --checkpoint; leave out")
     out = Path(args.checkpoint)
-    run_file = out / "run.json"
-    try:
-        settings = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
-        base, data = settings["model"], args.data or settings["data"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{run_file}: not a train.py run record ({error})") from None
+    settings = read_run_record(out)["settings"]
+    base, data = settings["model"], args.data or settings["data"]
     full_model = out / "model"
     if full_model.exists():
         return Sources(base, None, full_model, data, data_config_from_args(recorded_args(settings)), out / "cache",

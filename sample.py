@@ -6,19 +6,19 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 `--prompt`, `--history` and `--auto` answer once and exit, for scripts.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+import atomic
 from data.chatml import parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
 from model.tokenizer import Tokenizer, TokenizerError
-from train import DEFAULT_MODEL, DTYPES, resolve_device
+from train import DEFAULT_MODEL, DTYPES, read_run_record, resolve_device
 
 HELP = """commands:
   /reset          forget the conversation
@@ -65,10 +65,7 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
     model_source, adapter, people = args.model, args.adapter, {}
     if args.checkpoint:
         out = Path(args.checkpoint)
-        run_file = out / "run.json"
-        if not run_file.exists():
-            raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?")
-        run = json.loads(run_file.read_text())
+        run = read_run_record(out)
         people = run.get("figures", {}).get("partners", {})
         if (out / "model").exists():  # a full fine-tune's export
             model_source, adapter = out / "model", None
@@ -230,6 +227,7 @@ def save_transcript(chat: Chat, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    atomic.private_files()
     args = build_parser().parse_args(argv)
     try:
         run(args)

@@ -32,6 +32,7 @@ from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
+import atomic
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -843,6 +844,7 @@ def _format_session(session: Session) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    atomic.private_files()
     # Names and messages are in any language: never crash on a console that cannot show them.
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")
