@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import atomic
-from data.chatml import parse_body, render
+from data.chatml import chat_format, parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
@@ -115,7 +115,8 @@ class Chat:
         Ctrl-C (KeyboardInterrupt) stops the reply where it is and keeps what was written so far.
         """
         stream = self.tokenizer.stream()
-        stop_ids = {self.tokenizer.im_end_id, self.tokenizer.im_start_id, self.tokenizer.eos_id}
+        layout = chat_format(self.tokenizer)  # a turn ends at its end token, or where another header starts
+        stop_ids = {layout.turn_end_id, layout.header_start_id, self.tokenizer.eos_id}
         text = ""
         try:
             for token in self.generator.generate(self.prompt(speaker), self.sampling, stop_ids, self.random):

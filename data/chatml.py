@@ -1,54 +1,110 @@
-"""ChatML rendering of a conversation into token ids and the loss mask.
+"""Chat formats: a conversation rendered into token ids and the loss mask.
 
-A session renders as (BOS, then turns joined by a newline):
+A session renders as the tokenizer's BOS (none for SmolLM2 and Qwen, which have none), then its turns in
+one of two layouts, the first whose tokens the tokenizer has:
+
+ChatML (Dolphin, SmolLM2, Qwen; train.py adds its tokens to a base model that has neither), turns joined
+by a newline:
 
     <s><|im_start|>Alice\\n>>> hi\\n>>> how are you?<|im_end|>\\n<|im_start|>Bob\\n>>> fine<|im_end|>
 
-Training learns each turn's body and its `<|im_end|>`; the BOS, the `<|im_start|>Name\\n` headers and
-the newline between turns are context only. sample.py renders its prompt with the same `render`,
-ending in the open header of the speaker the model should write as, so training and sampling can
-never disagree about the format.
+Llama 3's header tokens, which take any name as the role, turns back to back:
+
+    <|begin_of_text|><|start_header_id|>Alice<|end_header_id|>\\n\\n>>> hi<|eot_id|><|start_header_id|>Bob...
+
+Training learns each turn's body and the token that ends it; the BOS, the headers and the separator
+between turns are context only. sample.py renders its prompt with the same `render`, ending in the
+open header of the speaker the model should write as, and stops at the format's turn end, so
+training and sampling can never disagree about the format.
 
 Names and messages are people's text, so they are encoded with `special=False`: a message saying
 "<s>" or "<|im_end|>" (or a contact named so) gets the ids of those characters, never a special token,
-and cannot end a turn or open another. Each turn is therefore built as
-`<|im_start|>` + the ids of "Name\\n>>> message..." + `<|im_end|>`, and the mask is exact. For text
-that spells no added token those ids are exactly `tokenizer.encode(joined, bos=True)` of the joined
-string (tests/test_chatml.py checks this on the real tokenizer). Inside a turn the header ends in
-"\\n", a byte token no merge crosses, so the header's ids are a prefix of the turn's ids.
+and cannot end a turn or open another. Each turn is therefore built as the format's tokens around the
+ids of its text ("Name\\n>>> message..." in ChatML; "Name" and "\\n\\n>>> message..." in Llama 3's),
+and the mask is exact. For text that spells no added token those ids are exactly
+`tokenizer.encode(joined, bos=True)` of the joined string (tests/test_chatml.py checks this for each
+format). The header's text ends in newlines, which no merge crosses into the ">>> " after them, so
+the header's ids are a prefix of the turn's ids.
 """
 from dataclasses import dataclass
 
 from data.sessions import Turn
 from model.tokenizer import Tokenizer, TokenizerError
 
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-TURN_SEPARATOR = "\n"
 MESSAGE_PREFIX = ">>> "
 
 
-def format_header(speaker: str) -> str:
-    return f"{IM_START}{speaker}\n"
+@dataclass(frozen=True)
+class ChatFormat:
+    """A layout of turns and the ids of its tokens in one tokenizer. A turn reads
+    `header_start` NAME `name_end` `header_newlines` BODY `turn_end`; turns are joined by `separator`."""
+    header_start: str
+    name_end: str  # a token closing the name (Llama 3's), or "" where the newline after it does (ChatML)
+    header_newlines: str
+    turn_end: str
+    separator: str
+    header_start_id: int
+    name_end_id: int | None
+    turn_end_id: int
+    bos_id: int | None
+
+    def header(self, speaker: str) -> str:
+        return f"{self.header_start}{speaker}{self.name_end}{self.header_newlines}"
+
+    def turn(self, turn: Turn) -> str:
+        return f"{self.header(turn.speaker)}{format_body(turn.messages)}{self.turn_end}"
+
+    def conversation(self, turns: list[Turn], open_speaker: str | None = None) -> str:
+        """The text `render` tokenizes (without the BOS)."""
+        parts = [self.turn(turn) for turn in turns]
+        if open_speaker is not None:
+            parts.append(self.header(open_speaker))
+        return self.separator.join(parts)
 
 
-def format_turn(turn: Turn) -> str:
-    body = "\n".join(MESSAGE_PREFIX + message for message in turn.messages)
-    return f"{format_header(turn.speaker)}{body}{IM_END}"
+CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", turn_end="<|im_end|>",
+              separator="\n")
+LLAMA3 = dict(header_start="<|start_header_id|>", name_end="<|end_header_id|>", header_newlines="\n\n",
+              turn_end="<|eot_id|>", separator="")
+
+
+def chat_format(tokenizer: Tokenizer) -> ChatFormat:
+    """The tokenizer's chat format; TokenizerError if it has none."""
+    found = find_chat_format(tokenizer)
+    if found is None:
+        raise TokenizerError("the tokenizer has neither ChatML's <|im_start|>/<|im_end|> nor Llama 3's "
+                             "header tokens; train.py adds ChatML's to a base model's tokenizer")
+    return found
+
+
+def find_chat_format(tokenizer: Tokenizer) -> ChatFormat | None:
+    """ChatML where the tokenizer has its tokens, else Llama 3's headers where it has those, else None
+    (a base model, which train.py gives ChatML's tokens)."""
+    for layout in (CHATML, LLAMA3):
+        tokens = [token for token in (layout["header_start"], layout["name_end"], layout["turn_end"]) if token]
+        ids = {token: _added_token_id(tokenizer, token) for token in tokens}
+        if None not in ids.values():
+            return ChatFormat(**layout, header_start_id=ids[layout["header_start"]],
+                              name_end_id=ids.get(layout["name_end"]), turn_end_id=ids[layout["turn_end"]],
+                              bos_id=tokenizer.bos_id)
+    return None
+
+
+def _added_token_id(tokenizer: Tokenizer, token: str) -> int | None:
+    """The id of `token` if the tokenizer has it as an added token (one that encode splits out of a text)."""
+    ids = tokenizer.encode(token)
+    return ids[0] if len(ids) == 1 and tokenizer.encode(token, special=False) != ids else None
+
+
+def format_body(messages: list[str]) -> str:
+    """A turn's body: its messages, each on lines of its own after the ">>> " prefix."""
+    return "\n".join(MESSAGE_PREFIX + message for message in messages)
 
 
 def parse_body(body: str) -> list[str]:
     """The messages of a turn's body (what the model writes after a header); blank ones dropped."""
     messages = body.removeprefix(MESSAGE_PREFIX).split("\n" + MESSAGE_PREFIX)
     return [message for message in messages if message.strip()]
-
-
-def format_conversation(turns: list[Turn], open_speaker: str | None = None) -> str:
-    """The text `render` tokenizes (without the BOS)."""
-    parts = [format_turn(turn) for turn in turns]
-    if open_speaker is not None:
-        parts.append(format_header(open_speaker))
-    return TURN_SEPARATOR.join(parts)
 
 
 @dataclass
@@ -63,7 +119,7 @@ class RenderedSession:
 
 @dataclass
 class _EncodedTurn:
-    ids: list[int]  # header, body, <|im_end|>
+    ids: list[int]  # header, body, turn end token
     header_len: int
     trained: bool
 
@@ -72,38 +128,45 @@ class _TurnEncoder:
     """Encodes turns of one conversation, remembering each speaker's header ids."""
 
     def __init__(self, tokenizer: Tokenizer, trained_speakers: set[str] | None):
-        if tokenizer.im_start_id is None or tokenizer.im_end_id is None:
-            raise TokenizerError("the tokenizer has no <|im_start|>/<|im_end|> tokens; twin needs a "
-                                 "ChatML tokenizer such as Dolphin-2.2.1-Mistral-7B's")
+        self.format = layout = chat_format(tokenizer)
         self.tokenizer = tokenizer
         self.trained_speakers = trained_speakers
-        # Whether a text chunk gets a dummy-prefix "▁" depends on what precedes it, so the newline
-        # between turns is encoded after an <|im_end|>, as it stands in the joined string.
-        self.separator = tokenizer.encode(IM_END + TURN_SEPARATOR)[1:]
+        self.bos = [layout.bos_id] if layout.bos_id is not None else []
+        # Whether a text chunk gets a dummy-prefix "▁" depends on what precedes it, so the separator
+        # between turns is encoded after a turn end token, as it stands in the joined string.
+        self.separator = tokenizer.encode(layout.turn_end + layout.separator)[1:]
         # Text right after an added token mostly gets the dummy "▁" that text at the start of a string
-        # gets, but with legacy=false tokenizers only the start does. There a "\n", which no merge
+        # gets, but with legacy=false tokenizers only the start does. There a "\\n", which no merge
         # crosses, stands at the start in the text's place and its ids are dropped again.
-        newline_after_token = tokenizer.encode(IM_START + "\n")[1:]
+        newline_after_token = tokenizer.encode(layout.header_start + "\n")[1:]
         self.stand_in = "" if newline_after_token == tokenizer.encode("\n", special=False) else "\n"
         self.stand_in_ids = tokenizer.encode(self.stand_in, special=False)
         self.headers: dict[str, list[int]] = {}
 
-    def _after_start_token(self, text: str) -> list[int]:
-        """The ids of people's text right after <|im_start|>, as plain text."""
+    def _after_token(self, text: str) -> list[int]:
+        """The ids of people's text right after an added token, as plain text."""
         ids = self.tokenizer.encode(self.stand_in + text, special=False)
         if ids[:len(self.stand_in_ids)] != self.stand_in_ids:
             raise TokenizerError("the tokenizer merges a newline into the text after it, so names and "
-                                 "messages cannot be encoded as they stand after <|im_start|>")
-        return [self.tokenizer.im_start_id, *ids[len(self.stand_in_ids):]]
+                                 "messages cannot be encoded as they stand after an added token")
+        return ids[len(self.stand_in_ids):]
+
+    def _header_then(self, speaker: str, text: str) -> list[int]:
+        """The ids of the header start token, the speaker's name, the name end token (where the format has
+        one), then `text` (the header's newlines and whatever follows them)."""
+        layout = self.format
+        if layout.name_end_id is None:
+            return [layout.header_start_id, *self._after_token(speaker + text)]
+        return [layout.header_start_id, *self._after_token(speaker), layout.name_end_id, *self._after_token(text)]
 
     def header(self, speaker: str) -> list[int]:
         if speaker not in self.headers:
-            self.headers[speaker] = self._after_start_token(format_header(speaker).removeprefix(IM_START))
+            self.headers[speaker] = self._header_then(speaker, self.format.header_newlines)
         return self.headers[speaker]
 
     def turn_ids(self, turn: Turn) -> list[int]:
-        text = format_turn(turn).removeprefix(IM_START).removesuffix(IM_END)
-        return [*self._after_start_token(text), self.tokenizer.im_end_id]
+        body = self.format.header_newlines + format_body(turn.messages)
+        return [*self._header_then(turn.speaker, body), self.format.turn_end_id]
 
     def encode(self, turn: Turn) -> _EncodedTurn:
         return self.encode_ids(turn, self.turn_ids(turn))
@@ -120,7 +183,7 @@ class _TurnEncoder:
         if open_speaker is not None:
             header = self.header(open_speaker)
             turns = [*turns, _EncodedTurn(header, len(header), trained=False)]
-        ids, trained = [self.tokenizer.bos_id], [False]
+        ids, trained = list(self.bos), [False] * len(self.bos)
         for index, turn in enumerate(turns):
             if index:
                 ids += self.separator
@@ -132,8 +195,9 @@ class _TurnEncoder:
 
 def render(turns: list[Turn], tokenizer: Tokenizer, *, trained_speakers: set[str] | None = None,
            open_speaker: str | None = None) -> RenderedSession:
-    """BOS + the turns as ChatML: the ids of `tokenizer.encode(format_conversation(...), bos=True)`,
-    except that names and messages are always plain text.
+    """BOS + the turns in the tokenizer's chat format: the ids of
+    `tokenizer.encode(chat_format(tokenizer).conversation(...), bos=True)`, except that names and messages
+    are always plain text.
 
     `trained_speakers`: whose turns the loss learns (None: everyone's). `open_speaker`: end with that
     speaker's open header, the prompt from which the model writes their next turn.
@@ -146,13 +210,13 @@ def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
                  trained_speakers: set[str] | None = None) -> tuple[list[RenderedSession], int]:
     """Render a session as pieces of at most `seq_len` tokens; returns (pieces, tokens cut).
 
-    Pieces break at turn boundaries and each renders like a session of its own (BOS, full headers),
+    Pieces break at turn boundaries and each renders like a session of its own (BOS if any, full headers),
     holding as many consecutive turns as fit. A turn too long for a piece by itself keeps the whole
     messages that fit (or, when even its first message does not, its first tokens); the rest of it
     is dropped and counted as cut.
     """
     encoder = _TurnEncoder(tokenizer, trained_speakers)
-    budget = seq_len - 1  # a piece's BOS
+    budget = seq_len - len(encoder.bos)
     encoded, cut = [], 0
     for turn in turns:
         encoded_turn = encoder.encode(turn)

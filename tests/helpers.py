@@ -1,4 +1,5 @@
 """Tiny models shared by the tests: configs, Hugging Face reference models and checkpoints."""
+import functools
 from pathlib import Path
 
 import torch
@@ -52,33 +53,44 @@ def random_model(config: MistralConfig, seed: int = 0) -> Mistral:
 
 
 def assert_chatml_structure(rendered, tokenizer, turns, open_speaker: str | None = None) -> None:
-    """The ids `data.chatml.render` made of `turns` have the structure of ChatML, whatever the names and
-    messages say: one BOS, then for each turn one <|im_start|>, a header of one line (the speaker's name)
-    followed by a ">>> " line, and one <|im_end|>; no other added or special token (no EOS, no <unk>).
-    Each turn decodes to its speaker and messages, and its trained ids to exactly its messages."""
-    from data.chatml import IM_END, IM_START, format_turn
+    """The ids `data.chatml.render` made of `turns` have the structure of the tokenizer's chat format
+    (ChatML, or Llama 3's headers), whatever the names and messages say: the BOS once where the tokenizer
+    has one, then for each turn one header start token (and one name end token where the format has
+    one), a header whose name is the speaker's, a body of ">>> " lines, and one turn end token; no other
+    added or special token (no EOS, no <unk>). Each turn decodes to its speaker and messages, its trained
+    ids to exactly its body and turn end, and nothing else is trained."""
+    from data.chatml import chat_format
 
+    layout = chat_format(tokenizer)
     ids = rendered.ids
     added_ids = {token_id for token_id in set(ids) if _is_added_token(tokenizer, token_id)}
     added = [token_id for token_id in ids if token_id in added_ids]
-    expected = ([tokenizer.bos_id] + [tokenizer.im_start_id, tokenizer.im_end_id] * len(turns)
-                + [tokenizer.im_start_id] * (open_speaker is not None))
+    header_tokens = [layout.header_start_id] + ([layout.name_end_id] if layout.name_end_id is not None else [])
+    expected = ([layout.bos_id] if layout.bos_id is not None else []) + \
+        [*header_tokens, layout.turn_end_id] * len(turns) + header_tokens * (open_speaker is not None)
     assert added == expected, f"added tokens {added}, expected {expected}"
-    assert ids[0] == tokenizer.bos_id
-    starts = [index for index, token_id in enumerate(ids) if token_id == tokenizer.im_start_id]
-    ends = [index for index, token_id in enumerate(ids) if token_id == tokenizer.im_end_id]
+    assert ids[:1] == expected[:1]
+    # SentencePiece writes a space as "▁": there a "▁" in the text comes back as a space.
+    as_decoded = (lambda text: text.replace("▁", " ")) if tokenizer.decode(tokenizer.encode(
+        "a▁", special=False)) == "a " else (lambda text: text)
+    header_end = layout.name_end + layout.header_newlines
+    starts = [index for index, token_id in enumerate(ids) if token_id == layout.header_start_id]
+    ends = [index for index, token_id in enumerate(ids) if token_id == layout.turn_end_id]
+    trained_in_turns = 0
     for turn, start, end in zip(turns, starts, ends):
-        # SentencePiece writes a space as "▁": a "▁" in the text comes back as a space.
-        expected_text = format_turn(turn).removeprefix(IM_START).removesuffix(IM_END).replace("▁", " ")
-        header, _, body = tokenizer.decode(ids[start + 1:end]).partition("\n")
-        assert header == turn.speaker.replace("▁", " ") and body.startswith(">>> ")
-        assert f"{header}\n{body}" == expected_text
+        text = tokenizer.decode(ids[start + 1:end])
+        assert text == as_decoded(layout.turn(turn).removeprefix(layout.header_start).removesuffix(layout.turn_end))
+        header = as_decoded(turn.speaker) + header_end
+        body = text.removeprefix(header)
+        assert text.startswith(header) and "\n" not in turn.speaker and body.startswith(">>> ")
         trained = [token_id for token_id, learned in zip(ids[start:end + 1], rendered.trained[start:end + 1])
                    if learned]
         if trained:
-            assert tokenizer.decode(trained) == body + IM_END
+            assert tokenizer.decode(trained) == body + layout.turn_end
+        trained_in_turns += len(trained)
+    assert sum(rendered.trained) == trained_in_turns  # nothing between turns, and no open header, is trained
     if open_speaker is not None:
-        assert tokenizer.decode(ids[starts[-1] + 1:]) == open_speaker.replace("▁", " ") + "\n"
+        assert tokenizer.decode(ids[starts[-1] + 1:]) == as_decoded(open_speaker) + header_end
 
 
 def _is_added_token(tokenizer, token_id: int) -> bool:
@@ -86,3 +98,23 @@ def _is_added_token(tokenizer, token_id: int) -> bool:
     split out of a text."""
     text = tokenizer.decode([token_id])
     return tokenizer.encode(text) == [token_id] and tokenizer.encode(text, special=False) != [token_id]
+
+
+# The tokenizers each chat format is checked with: ChatML with a BOS (Dolphin, SentencePiece), ChatML without
+# one (Qwen 2.5-style and SmolLM2's, byte-level BPE), and Llama 3's header tokens.
+CHAT_TOKENIZERS = ("dolphin", "qwen2", "llama3", "smollm2")
+
+
+def chat_tokenizer(request, name: str):
+    """One of CHAT_TOKENIZERS, from the conftest fixtures (SmolLM2's skips where its GGUF is unavailable).
+    Shared by every test: don't add tokens to it."""
+    if name in ("qwen2", "llama3"):
+        return _tokenizer_from_dir(request.getfixturevalue(f"{name}_tokenizer_dir"))
+    return request.getfixturevalue(f"{name}_tokenizer")
+
+
+@functools.cache
+def _tokenizer_from_dir(path: Path):
+    from model.bpe import BPETokenizer
+
+    return BPETokenizer.from_dir(path)
