@@ -136,7 +136,7 @@ class _TurnEncoder:
         # between turns is encoded after a turn end token, as it stands in the joined string.
         self.separator = tokenizer.encode(layout.turn_end + layout.separator)[1:]
         # Text right after an added token mostly gets the dummy "▁" that text at the start of a string
-        # gets, but with legacy=false tokenizers only the start does. There a "\\n", which no merge
+        # gets, but with legacy=false tokenizers only the start does. There a "\n", which no merge
         # crosses, stands at the start in the text's place and its ids are dropped again.
         newline_after_token = tokenizer.encode(layout.header_start + "\n")[1:]
         self.stand_in = "" if newline_after_token == tokenizer.encode("\n", special=False) else "\n"
