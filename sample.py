@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 
+from console import quiet_when_the_reader_leaves
 from data.chatml import parse_body, render
 from data.sessions import DataError, Session, Turn, neutralize_turn, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
+from model.checkpoint import check_finite, first_line
 from model.tokenizer import Tokenizer, TokenizerError
 from train import DEFAULT_MODEL, DTYPES, resolve_device
 
@@ -68,15 +70,19 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
         run_file = out / "run.json"
         if not run_file.exists():
             raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?")
-        run = json.loads(run_file.read_text())
-        people = run.get("figures", {}).get("partners", {})
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+            people, base_model = dict(run.get("figures", {}).get("partners", {})), run["settings"]["model"]
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{run_file}: not a train.py run record ({first_line(error)})") from None
         if (out / "model").exists():  # a full fine-tune's export
             model_source, adapter = out / "model", None
         else:
-            model_source, adapter = run["settings"]["model"], out / "adapter"
+            model_source, adapter = base_model, out / "adapter"
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer.model").exists() else model_source
     tokenizer = load_tokenizer(tokenizer_source)
     model = load_model(model_source, dtype=dtype, device=device)
+    check_finite(model, model_source)  # the adapter's weights are checked as it loads
     if adapter:
         load_adapter(model, adapter)
         merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
@@ -229,6 +235,7 @@ def save_transcript(chat: Chat, path: Path) -> None:
     print(f"(saved {len(chat.turns)} turns to {path})")
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import atomic
 import fsdp
+from console import quiet_when_the_reader_leaves
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
 from data.sessions import DataError
@@ -129,6 +130,7 @@ def resolve_device(args) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     world = fsdp.start() if args.fsdp else None

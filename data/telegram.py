@@ -29,6 +29,7 @@ from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
+from console import quiet_when_the_reader_leaves
 from data.sessions import (DataError, Session, Turn, neutralize_chatml_markers, read_sessions_file,
                            write_sessions)
 
@@ -786,6 +787,7 @@ def _format_session(session: Session) -> str:
     return "\n".join(lines)
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> int:
     # Names and messages are in any language: never crash on a console that cannot show them.
     for stream in (sys.stdout, sys.stderr):

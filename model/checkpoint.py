@@ -70,6 +70,14 @@ def shown(value: object) -> str:
     return _SHORT.repr(value)
 
 
+def is_whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is an int to Python
+
+
+def is_positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def read_json(file: Path, error: type[ValueError] = CheckpointError) -> object:
     """A JSON file's content; a missing, unreadable or malformed file raises `error` naming it."""
     if file.exists() and not file.is_file():  # a folder, or a FIFO that would block a read forever
@@ -172,12 +180,6 @@ def check_config_fields(hf: object, config_file: Path) -> None:
     def refuse(reason: str):
         raise CheckpointError(f"{config_file}: {reason}")
 
-    def is_whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def is_positive_number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
-
     if not isinstance(hf, dict):
         refuse(f"expected a JSON object, got {type(hf).__name__}")
     for key in REQUIRED_SIZES:
@@ -185,7 +187,7 @@ def check_config_fields(hf: object, config_file: Path) -> None:
             refuse(f"required field {key!r} is missing")
     for key in REQUIRED_SIZES + OPTIONAL_SIZES:
         value = hf.get(key)
-        if (value is not None or key in REQUIRED_SIZES) and not (is_whole(value) and value >= 1):
+        if (value is not None or key in REQUIRED_SIZES) and not (is_whole_number(value) and value >= 1):
             refuse(f"{key} must be a whole number of at least 1, got {shown(value)}")
     rope = hf.get("rope_parameters")
     if rope is not None and not isinstance(rope, dict):
@@ -199,7 +201,7 @@ def check_config_fields(hf: object, config_file: Path) -> None:
     for key in ("bos_token_id", "eos_token_id"):
         value = hf.get(key)
         ids = value if isinstance(value, list) and key == "eos_token_id" else [value]
-        if value is not None and not (ids and all(is_whole(i) and i >= 0 for i in ids)):
+        if value is not None and not (ids and all(is_whole_number(i) and i >= 0 for i in ids)):
             refuse(f"{key} must be a token id, got {shown(value)}")
 
     heads = hf["num_attention_heads"]
