@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import atomic
-from model.checkpoint import first_line, is_positive_number, is_whole_number, read_json, shown
+from model.checkpoint import FLOAT_DTYPES, first_line, is_positive_number, is_whole_number, read_json, shown
 from model.mistral import Mistral
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -272,7 +272,7 @@ def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
         tensor, name = state[key], key.removeprefix(PEFT_PREFIX).removesuffix(".weight")
         if list(tensor.shape) != shape:
             raise AdapterError(f"{weights_file}: {name} has shape {list(tensor.shape)}, the model needs {shape}")
-        if tensor.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        if tensor.dtype not in FLOAT_DTYPES.values():
             raise AdapterError(f"{weights_file}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')}; "
                                "only float adapter weights load")
         if not torch.isfinite(tensor).all():

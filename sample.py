@@ -6,7 +6,6 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 `--prompt`, `--history` and `--auto` answer once and exit, for scripts.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from data.sessions import DataError, Session, Turn, neutralize_turn, read_sessio
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
-from model.checkpoint import check_finite, first_line
+from model.checkpoint import check_finite, first_line, read_json
 from model.tokenizer import Tokenizer, TokenizerError
 from train import DEFAULT_MODEL, DTYPES, resolve_device
 
@@ -70,9 +69,9 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
         run_file = out / "run.json"
         if not run_file.exists():
             raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?")
+        run = read_json(run_file)
         try:
-            run = json.loads(run_file.read_text(encoding="utf-8"))
-            people, base_model = dict(run.get("figures", {}).get("partners", {})), run["settings"]["model"]
+            people, base_model = dict(run.get("figures", {}).get("partners", {})), str(run["settings"]["model"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(f"{run_file}: not a train.py run record ({first_line(error)})") from None
         if (out / "model").exists():  # a full fine-tune's export
