@@ -45,7 +45,8 @@ MAX_DIMENSION = 2**24
 
 # A Hub repo id is "owner/name", each part letters, digits, "-", "_" and "." (as the Hub allows).
 REPO_ID_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?")
-FILE_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".json", ".model"}
+# Endings that make a name a path: files twin might be pointed at, and ".git", which the Hub refuses.
+PATH_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".json", ".model", ".git"}
 # Seconds the Hub may stay silent before it counts as unreachable (it answers a lookup in well under
 # one); with huggingface_hub's own start-up requests a lookup then fails within 10 s.
 HUB_TIMEOUT_S = 5
@@ -116,7 +117,7 @@ def looks_like_repo_id(name: str) -> bool:
     owner, slash, repo = name.partition("/")
     return bool(slash and REPO_ID_PART.fullmatch(owner) and REPO_ID_PART.fullmatch(repo)
                 and "--" not in name and ".." not in name
-                and Path(repo).suffix.lower() not in FILE_SUFFIXES
+                and Path(repo).suffix.lower() not in PATH_SUFFIXES
                 and not Path(owner).exists())
 
 
@@ -343,7 +344,7 @@ class CheckpointReader:
                                   + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
         missing = [name for name in expected if name not in shapes]
         if missing:
-            raise CheckpointError(f"checkpoint is missing tensors {missing[:5]}"
+            raise CheckpointError(f"{self.files[0].parent}: the weight files are missing tensors {missing[:5]}"
                                   + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         for name, shape in expected.items():
             if list(shapes[name]) != list(shape):
@@ -412,7 +413,8 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
 
 def check_finite(model: nn.Module, source: str | os.PathLike) -> None:
     """Refuse a model whose weights hold NaN or infinity, naming the first such tensor: it would
-    write nothing but garbage. One summing pass over the weights: a few milliseconds on a GPU."""
+    write nothing but garbage. One summing pass over the weights (135M parameters: 30 ms in fp32,
+    110 ms in bf16 on one CPU core), paid once after loading."""
     for name, param in model.named_parameters():
         # A non-finite element makes the sum non-finite; only then is every element looked at, so
         # that a sum that merely overflows is not taken for one.

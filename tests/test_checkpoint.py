@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from model import CheckpointError, load_model, load_tokenizer, save_model
-from model.checkpoint import HUB_TIMEOUT_S, download_from_hub
+from model.checkpoint import HUB_TIMEOUT_S, download_from_hub, looks_like_repo_id
 from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 
@@ -176,6 +176,14 @@ def test_what_is_clearly_a_path_is_refused_without_the_hub(hub, name, capsys, tm
     with pytest.raises(CheckpointError, match="no such folder$"):
         load_model(name)
     assert hub.calls == [] and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["cognitivecomputations/dolphin-2.2.1-mistral-7b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+                                  "Qwen/Qwen2.5-0.5B-Instruct", "mistralai/Mistral-7B-v0.1"])
+def test_real_repo_ids_are_repo_ids(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_repo_id(name)
+    assert not looks_like_repo_id(name + ".git") and not looks_like_repo_id("./" + name)
 
 
 def test_a_relative_path_whose_first_folder_exists_is_a_path(hub, tmp_path, monkeypatch):
