@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 import atomic
+from console import quiet_when_the_reader_leaves
 from data.chatml import split_to_fit
 from data.dataset import DataConfig, PreparedData, data_config_from_args, prepare_data
 from data.packing import pack
@@ -35,6 +36,7 @@ from data.telegram import ExportOptions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, adapters_off, load_adapter, lora_layers
 from model import CheckpointError, Mistral, load_model, load_tokenizer
+from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import Chat
 from style import STATISTICS, style_distance, style_statistics
@@ -455,6 +457,7 @@ def settings_from_args(args) -> EvalSettings:
                         sampling=sampling, context_tokens=args.context, micro_batch=args.micro_batch)
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
     atomic.private_files()
     args = build_parser().parse_args(argv)
@@ -521,6 +524,7 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
 
     if adapter:  # one model in memory, its adapters switched off for the base figures
         model = load_model(sources.base, dtype=dtype, device=device)
+        check_finite(model, sources.base)
         load_adapter(model, adapter)
         report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about)
     else:  # a full fine-tune: two models, one after the other (two 7B models rarely fit at once)
@@ -535,6 +539,7 @@ def measure_checkpoint(source, tokenizer: Tokenizer, data: PreparedData, plan: P
                        device: torch.device, dtype: torch.dtype, name: str) -> Measurement:
     """Load a model, measure it, and let it go (it is freed when this returns)."""
     model = load_model(source, dtype=dtype, device=device)
+    check_finite(model, source)
     measurement = measure(model, tokenizer, data, plan, settings, device, name)
     del model
     if device.type == "cuda":

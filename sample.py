@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 
 import atomic
+from console import quiet_when_the_reader_leaves
 from data.chatml import chat_format, parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
+from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
 from train import DEFAULT_MODEL, DTYPES, read_run_record, resolve_device
 
@@ -74,6 +76,7 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer.model").exists() else model_source
     tokenizer = load_tokenizer(tokenizer_source)
     model = load_model(model_source, dtype=dtype, device=device)
+    check_finite(model, model_source)  # the adapter's weights are checked as it loads
     if adapter:
         load_adapter(model, adapter)
         merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
@@ -227,6 +230,7 @@ def save_transcript(chat: Chat, path: Path) -> None:
     print(f"(saved {len(chat.turns)} turns to {path})")
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
     atomic.private_files()
     args = build_parser().parse_args(argv)

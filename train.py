@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import atomic
 import fsdp
+from console import quiet_when_the_reader_leaves
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
 from data.telegram import add_export_args
@@ -246,6 +247,7 @@ def resolve_device(args) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
     atomic.private_files()
     args = parse_args(argv)
