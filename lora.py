@@ -3,12 +3,16 @@
 A `LoRALinear` is an `nn.Linear` that keeps its frozen `weight` under the same name and adds
 `lora_A`/`lora_B`, so a model with adapters still loads and saves base weights by their Hugging Face
 names, and PEFT's adapter keys are ours with a prefix and a `.weight` suffix.
+
+Tokens a base model lacks (ChatML's, which train.py adds to a base that has no chat format) need rows
+of their own in the embedding and the LM head. `TrainableTokens` trains just those rows, the rest of
+the matrix frozen, saved as PEFT's `trainable_token_indices` saves them.
 """
 import json
 import math
 from contextlib import contextmanager
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,11 +21,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import atomic
-from model.checkpoint import FLOAT_DTYPES, first_line, is_positive_number, is_whole_number, read_json, shown
+from model.checkpoint import (FLOAT_DTYPES, MAX_DIMENSION, first_line, is_positive_number, is_whole_number, read_json,
+                              shown)
 from model.mistral import Mistral
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."
+TOKEN_LAYERS = {"embed_tokens": "model.embed_tokens", "lm_head": "lm_head"}  # PEFT's names for them -> ours
+TOKEN_ROWS = "token_adapter.trainable_tokens_delta"  # PEFT's key for a layer's trained rows (the rows, not deltas)
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
@@ -36,6 +43,8 @@ class LoRAConfig:
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")
     use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r (PEFT's rsLoRA)
+    # "embed_tokens" and/or "lm_head" -> the token ids whose rows train there (PEFT's trainable_token_indices)
+    trainable_tokens: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.r < 1:
@@ -110,34 +119,73 @@ class LoRALinear(nn.Linear):
             self.merged = False
 
 
+class TrainableTokens(nn.Module):
+    """An embedding or LM head of which only some tokens' rows train (PEFT's trainable tokens): its
+    weight is the frozen base weight with rows `indices` replaced by `rows`. An LM head tied to the
+    embedding shares the embedding's rows."""
+
+    def __init__(self, base: nn.Embedding | nn.Linear, indices: list[int], shared_rows: nn.Parameter | None = None):
+        super().__init__()
+        self.base = base
+        base.weight.requires_grad_(False)
+        self.register_buffer("indices", torch.tensor(indices, device=base.weight.device), persistent=False)
+        # fp32 whatever the base dtype, like the LoRA weights: they are the optimizer's master copy
+        self.rows = shared_rows if shared_rows is not None else nn.Parameter(base.weight.detach()[indices].float())
+        self.shares_rows = shared_rows is not None
+        self.active = True  # off: the base weight (adapters_off)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """What the model computes with; model.mistral's chunked loss reads an LM head's `weight` directly."""
+        if not self.active:
+            return self.base.weight
+        return self.base.weight.index_copy(0, self.indices, self.rows.to(self.base.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.base, nn.Embedding):
+            return F.embedding(x, self.weight)
+        return F.linear(x, self.weight)
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
 
 
+def token_layers(model: nn.Module) -> dict[str, TrainableTokens]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, TrainableTokens)}
+
+
 @contextmanager
 def adapters_off(model: nn.Module):
-    """The base model, for the duration: every LoRA update is scaled by zero, so it adds nothing."""
+    """The base model, for the duration: every LoRA update is scaled by zero, so it adds nothing, and
+    trained token rows give way to the base model's."""
     layers = list(lora_layers(model).values())
     if any(layer.merged for layer in layers):
         raise AdapterError("the adapters are merged into the weights and cannot be switched off")
     scalings = [layer.scaling for layer in layers]
     for layer in layers:
         layer.scaling = 0.0
+    for tokens in token_layers(model).values():
+        tokens.active = False
     try:
         yield model
     finally:
         for layer, scaling in zip(layers, scalings):
             layer.scaling = scaling
+        for tokens in token_layers(model).values():
+            tokens.active = True
 
 
 def apply_lora(model: Mistral, config: LoRAConfig) -> str:
-    """Wrap the target projections of every decoder layer and freeze everything else.
+    """Wrap the target projections of every decoder layer, and the embedding and LM head where the
+    config trains token rows (growing them to hold those tokens), and freeze everything else.
 
     Returns a one-line summary of trainable and total parameters.
     """
     unknown = set(config.targets) - set(PROJECTIONS)
     if unknown:
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {', '.join(PROJECTIONS)}")
+    check_trainable_tokens(model, config.trainable_tokens)
     for param in model.parameters():
         param.requires_grad_(False)
     for layer in model.model.layers:
@@ -145,27 +193,85 @@ def apply_lora(model: Mistral, config: LoRAConfig) -> str:
             for name in config.targets:
                 if isinstance(getattr(block, name, None), nn.Linear):
                     setattr(block, name, LoRALinear(getattr(block, name), config))
+    add_trainable_tokens(model, config.trainable_tokens)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}: " \
-           f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+    tokens = len(config.trainable_tokens.get("embed_tokens", config.trainable_tokens.get("lm_head", ())))
+    return f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}" + \
+           (f" and the rows of {tokens} new tokens" if tokens else "") + \
+           f": {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+
+
+def check_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
+    """Refuse token rows the model cannot take: an LM head tied to the embedding trains the embedding's
+    rows or none, and rows beyond the vocabulary only extend it by as many rows as are trained (the
+    tokens added to a base model come last), so that an adapter cannot make the model grow without bound."""
+    rows = model.config.vocab_size
+    for layer, indices in trainable_tokens.items():
+        if max(indices) >= rows + len(indices):
+            raise AdapterError(f"trainable token {max(indices)} of {layer} is beyond the model's vocabulary of "
+                               f"{rows} tokens; load the tokenizer saved with the adapter")
+    tied = model.config.tie_word_embeddings
+    if tied and "lm_head" in trainable_tokens and trainable_tokens["lm_head"] != trainable_tokens.get("embed_tokens"):
+        raise AdapterError("the LM head is tied to the embedding: its trainable tokens must be the embedding's")
+
+
+def add_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
+    """Grow the vocabulary to hold the tokens, and make their rows trainable (see TrainableTokens)."""
+    if not trainable_tokens:
+        return
+    grow_vocabulary(model, max(max(indices) for indices in trainable_tokens.values()) + 1)
+    embed_indices = trainable_tokens.get("embed_tokens")
+    if embed_indices:
+        model.model.embed_tokens = TrainableTokens(model.model.embed_tokens, list(embed_indices))
+    if model.config.tie_word_embeddings and embed_indices:
+        model.lm_head = TrainableTokens(model.lm_head, list(embed_indices), shared_rows=model.model.embed_tokens.rows)
+    elif "lm_head" in trainable_tokens and not model.config.tie_word_embeddings:
+        model.lm_head = TrainableTokens(model.lm_head, list(trainable_tokens["lm_head"]))
+
+
+def grow_vocabulary(model: Mistral, vocab_size: int) -> None:
+    """Give the embedding and the LM head `vocab_size` rows, each new row the mean of the existing ones
+    (as fsdp.load_sharded_model does): a neutral point from which new tokens learn."""
+    embedding, head = model.model.embed_tokens, model.lm_head
+    if vocab_size <= embedding.weight.shape[0]:
+        return
+
+    def grown(weight: torch.Tensor) -> nn.Parameter:
+        mean = weight.detach().float().mean(0, keepdim=True).to(weight.dtype)
+        rows = torch.cat([weight.detach(), mean.expand(vocab_size - weight.shape[0], -1)])
+        return nn.Parameter(rows, requires_grad=weight.requires_grad)
+
+    embedding.weight, embedding.num_embeddings = grown(embedding.weight), vocab_size
+    head.weight = embedding.weight if model.config.tie_word_embeddings else grown(head.weight)
+    head.out_features = model.config.vocab_size = vocab_size
 
 
 def merge_lora(model: Mistral) -> Mistral:
-    """Fold every adapter into its base weight and put plain `nn.Linear`s back (for `save_model`)."""
+    """Fold every adapter into its base weight, and trained token rows into theirs, and put plain
+    `nn.Linear`s and `nn.Embedding`s back (for `save_model`)."""
     for name, module in lora_layers(model).items():
         module.merge()
         parent_name, _, child = name.rpartition(".")
         plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
         plain.weight, plain.bias = module.weight, module.bias
         setattr(model.get_submodule(parent_name), child, plain)
+    for name, module in token_layers(model).items():
+        module.base.weight = nn.Parameter(module.weight.detach(), requires_grad=False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, module.base)
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
     return model
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights under PEFT's key names."""
-    return {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(module, part).detach().float().cpu().contiguous()
-            for name, module in lora_layers(model).items() for part in ("lora_A", "lora_B")}
+    """The adapter weights under PEFT's key names (a tied LM head's rows are the embedding's, saved once)."""
+    state = {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(module, part).detach().float().cpu().contiguous()
+             for name, module in lora_layers(model).items() for part in ("lora_A", "lora_B")}
+    state.update({f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": module.rows.detach().float().cpu().contiguous()
+                  for name, module in token_layers(model).items() if not module.shares_rows})
+    return state
 
 
 def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str) -> None:
@@ -178,6 +284,8 @@ def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig,
             "target_modules": sorted(config.targets), "bias": "none", "use_rslora": config.use_rslora,
             "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
             "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+            "trainable_token_indices": {layer: list(indices) for layer, indices in config.trainable_tokens.items()}
+            or None,
         }
         atomic.write_text(building / ADAPTER_CONFIG, json.dumps(peft_config, indent=2))
 
@@ -224,7 +332,17 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str
     base_model = peft.get("base_model_name_or_path") or ""
     if not isinstance(base_model, str):
         refuse(f"base_model_name_or_path must be a string, got {shown(base_model)}")
-    config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(sorted(set(targets))), use_rslora=use_rslora)
+    trainable_tokens = peft.get("trainable_token_indices")
+    if isinstance(trainable_tokens, list):  # PEFT's short form: the embedding's
+        trainable_tokens = {"embed_tokens": trainable_tokens}
+    if not (trainable_tokens is None or isinstance(trainable_tokens, dict) and set(trainable_tokens) <= set(TOKEN_LAYERS)
+            and all(isinstance(indices, list) and indices and len(set(indices)) == len(indices)
+                    and all(is_whole_number(i) and 0 <= i < MAX_DIMENSION for i in indices)
+                    for indices in trainable_tokens.values())):
+        refuse("trainable_token_indices must be a list of distinct token ids, or an object of such lists for "
+               f"{' and '.join(TOKEN_LAYERS)}, got {shown(trainable_tokens)}")
+    config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(sorted(set(targets))), use_rslora=use_rslora,
+                        trainable_tokens={layer: tuple(indices) for layer, indices in (trainable_tokens or {}).items()})
     return config, base_model
 
 
@@ -233,13 +351,19 @@ def adapter_shapes(model: Mistral, config: LoRAConfig) -> dict[str, list[int]]:
     else of those `apply_lora(model, config)` would make, so that an adapter is checked before any is made."""
     layers = lora_layers(model)
     if layers:
-        return {f"{PEFT_PREFIX}{name}.{part}.weight": list(getattr(module, part).shape)
-                for name, module in layers.items() for part in ("lora_A", "lora_B")}
+        shapes = {f"{PEFT_PREFIX}{name}.{part}.weight": list(getattr(module, part).shape)
+                  for name, module in layers.items() for part in ("lora_A", "lora_B")}
+        shapes.update({f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": list(module.rows.shape)
+                       for name, module in token_layers(model).items() if not module.shares_rows})
+        return shapes
     shapes = {}
     for name, module in model.named_modules():
         if name.rpartition(".")[2] in config.targets and isinstance(module, nn.Linear):
             shapes[f"{PEFT_PREFIX}{name}.lora_A.weight"] = [config.r, module.in_features]
             shapes[f"{PEFT_PREFIX}{name}.lora_B.weight"] = [module.out_features, config.r]
+    for layer, indices in config.trainable_tokens.items():
+        if not (layer == "lm_head" and model.config.tie_word_embeddings):  # tied: the embedding's rows
+            shapes[f"{PEFT_PREFIX}{TOKEN_LAYERS[layer]}.{TOKEN_ROWS}"] = [len(indices), model.config.hidden_size]
     return shapes
 
 
@@ -263,6 +387,10 @@ def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
     Every weight is checked (names, shapes, a float dtype, finite values) before any layer is made or
     changed, so a damaged or hostile adapter leaves the model as it was."""
     config, _ = read_adapter_config(adapter_dir)
+    try:
+        check_trainable_tokens(model, config.trainable_tokens)
+    except AdapterError as error:
+        raise AdapterError(f"{Path(adapter_dir) / ADAPTER_CONFIG}: {error}") from None
     weights_file = Path(adapter_dir) / ADAPTER_WEIGHTS
     state = read_adapter_weights(weights_file)
     expected = adapter_shapes(model, config)
@@ -285,4 +413,7 @@ def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
         for name, module in lora_layers(model).items():
             for part in ("lora_A", "lora_B"):
                 getattr(module, part).copy_(state[f"{PEFT_PREFIX}{name}.{part}.weight"])
+        for name, module in token_layers(model).items():
+            if not module.shares_rows:
+                module.rows.copy_(state[f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}"])
     return config

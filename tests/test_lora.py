@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lora import (AdapterError, LoRAConfig, LoRALinear, adapters_off, apply_lora, dropout, load_adapter,
-                  lora_layers, merge_lora, save_adapter)
+                  lora_layers, merge_lora, save_adapter, token_layers)
 from model import load_model, save_model
 from tests.helpers import hf_reference, save_hf_checkpoint, tiny_config
 
@@ -206,3 +206,140 @@ def test_adapters_off_is_the_base_model_and_the_adapters_come_back(base):
         with pytest.raises(AdapterError, match="merged"):
             with adapters_off(model):
                 pass
+
+
+# --- Trainable tokens: the rows of tokens added to a base model (ChatML's), in PEFT's format ----------
+
+NEW_TOKENS = (CONFIG.vocab_size, CONFIG.vocab_size + 1)  # two tokens added after the base vocabulary
+
+
+@pytest.fixture(params=[False, True], ids=["untied", "tied"])
+def base_of_either_head(request, tmp_path):
+    """A tiny base checkpoint with an LM head of its own or tied to the embedding, and transformers' model."""
+    config = tiny_config(sliding_window=6, tie_word_embeddings=request.param)
+    hf_model = hf_reference(config)
+    save_hf_checkpoint(hf_model, tmp_path / "base")
+    return tmp_path / "base", hf_model
+
+
+def ids_with_new_tokens(seed=0):
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 15), generator=torch.Generator().manual_seed(seed))
+    ids[:, ::4] = torch.tensor(NEW_TOKENS).repeat(2, 2)[:, :ids[:, ::4].shape[1]]
+    return ids
+
+
+def with_new_tokens(**settings) -> LoRAConfig:
+    return LoRAConfig(r=4, alpha=8, dropout=0.0, trainable_tokens={"embed_tokens": NEW_TOKENS, "lm_head": NEW_TOKENS},
+                      **settings)
+
+
+def randomize_token_rows(model, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in token_layers(model).values():
+            module.rows.normal_(0, 0.5)
+
+
+def test_new_token_rows_start_at_the_mean_and_only_they_train(base_of_either_head):
+    model = load_model(base_of_either_head[0], torch.float32)
+    embedding_before = model.model.embed_tokens.weight.detach().clone()
+    summary = apply_lora(model, with_new_tokens())
+    assert "the rows of 2 new tokens" in summary and model.config.vocab_size == CONFIG.vocab_size + 2
+    weight = model.model.embed_tokens.weight
+    assert torch.equal(weight[:CONFIG.vocab_size], embedding_before)
+    torch.testing.assert_close(weight[CONFIG.vocab_size:], embedding_before.mean(0).expand(2, -1))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    tied = model.config.tie_word_embeddings  # a tied head shares the embedding's rows
+    assert {name for name in trainable if "lora_" not in name} == (
+        {"model.embed_tokens.rows"} | (set() if tied else {"lm_head.rows"}))
+    labels = ids_with_new_tokens(1)
+    model(ids_with_new_tokens(), labels=labels).backward()
+    rows = model.model.embed_tokens.rows
+    assert rows.grad is not None and rows.grad.abs().sum() > 0
+    assert all(p.grad is None for name, p in model.named_parameters() if name not in trainable)
+
+
+def test_adapter_with_new_tokens_loads_in_peft_with_our_logits(base_of_either_head, tmp_path):
+    from peft import PeftModel
+
+    path, hf_model = base_of_either_head
+    ours = load_model(path, torch.float32)
+    apply_lora(ours, with_new_tokens())
+    randomize_adapters(ours)
+    randomize_token_rows(ours)
+    ours.eval()
+    save_adapter(ours, tmp_path / "adapter", with_new_tokens(), base_model=str(path))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {"embed_tokens": list(NEW_TOKENS), "lm_head": list(NEW_TOKENS)}
+    hf_model.resize_token_embeddings(CONFIG.vocab_size + 2)  # as the tokenizer saved with the adapter asks
+    peft_model = PeftModel.from_pretrained(hf_model, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids_with_new_tokens()), peft_model(ids_with_new_tokens()).logits,
+                                   atol=1e-4, rtol=0)
+
+
+def test_peft_made_adapter_with_new_tokens_loads_in_ours_with_peft_logits(base_of_either_head, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    path, hf_model = base_of_either_head
+    hf_model.resize_token_embeddings(CONFIG.vocab_size + 2)
+    tied = hf_model.config.tie_word_embeddings
+    indices = list(NEW_TOKENS) if tied else {"embed_tokens": list(NEW_TOKENS), "lm_head": list(NEW_TOKENS)}
+    peft_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "down_proj"],
+                             trainable_token_indices=indices, task_type="CAUSAL_LM")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(hf_model, peft_config).eval()
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "peft-adapter")
+    ours = load_model(path, torch.float32)  # the base vocabulary: loading the adapter grows it
+    config = load_adapter(ours, tmp_path / "peft-adapter")
+    assert config.trainable_tokens["embed_tokens"] == NEW_TOKENS
+    ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids_with_new_tokens()), peft_model(ids_with_new_tokens()).logits,
+                                   atol=1e-4, rtol=0)
+
+
+def test_new_token_rows_merge_and_switch_off(base_of_either_head, tmp_path):
+    import transformers
+
+    model = load_model(base_of_either_head[0], torch.float32).eval()
+    apply_lora(model, with_new_tokens())
+    with torch.no_grad():
+        untrained = model(ids_with_new_tokens())
+        randomize_token_rows(model)
+        tuned = model(ids_with_new_tokens())
+        with adapters_off(model):
+            assert torch.equal(model(ids_with_new_tokens()), untrained)
+        assert torch.equal(model(ids_with_new_tokens()), tuned) and not torch.allclose(tuned, untrained)
+        merge_lora(model)
+        assert not token_layers(model) and model.model.embed_tokens.weight.shape[0] == CONFIG.vocab_size + 2
+        assert (model.lm_head.weight is model.model.embed_tokens.weight) == model.config.tie_word_embeddings
+        torch.testing.assert_close(model(ids_with_new_tokens()), tuned, atol=1e-5, rtol=0)
+    save_model(model, tmp_path / "merged")
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids_with_new_tokens()).logits, tuned, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("indices, message", [
+    ([-1], "trainable_token_indices must be"), ([1.5], "trainable_token_indices must be"),
+    ([], "trainable_token_indices must be"), ([3, 3], "trainable_token_indices must be"),
+    ({"wte": [3]}, "trainable_token_indices must be"), ("256", "trainable_token_indices must be"),
+    ([10 ** 9], "trainable_token_indices must be"),
+    ([CONFIG.vocab_size + 5], "adapter_config.json: trainable token 261 of embed_tokens is beyond the model's "
+                              "vocabulary of 256 tokens"),
+])
+def test_impossible_trainable_tokens_are_named_and_leave_the_model_as_it_was(base, tmp_path, indices, message):
+    ours = load_model(base[0], torch.float32)
+    apply_lora(ours, with_new_tokens())
+    save_adapter(ours, tmp_path / "adapter", with_new_tokens(), base_model="x")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "trainable_token_indices": indices}))
+    fresh = load_model(base[0], torch.float32)
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(fresh, tmp_path / "adapter")
+    assert not lora_layers(fresh) and not token_layers(fresh) and fresh.config.vocab_size == CONFIG.vocab_size
