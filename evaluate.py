@@ -34,7 +34,7 @@ from data.packing import pack
 from data.sessions import DataError, Session, Turn
 from data.telegram import ExportOptions
 from generation import Generator, SamplingConfig
-from lora import AdapterError, adapters_off, load_adapter, lora_layers
+from lora import AdapterError, adapters_off, load_adapter, lora_layers, tokenizer_source
 from model import CheckpointError, Mistral, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
@@ -517,7 +517,7 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
     sources = sources_from_args(args)
     device, dtype = resolve_device(args)
     adapter = sources.adapter
-    tokenizer = load_tokenizer(adapter if adapter and (adapter / "tokenizer.model").exists() else sources.base)
+    tokenizer = load_tokenizer(tokenizer_source(sources.base, adapter))
     data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=sources.cache_dir)
     about = {"base": str(sources.base), "data": str(sources.data),
              "tuned": f"adapter {adapter}" if adapter else f"full model {sources.full_model}"}

@@ -30,6 +30,7 @@ PEFT_PREFIX = "base_model.model."
 TOKEN_LAYERS = {"embed_tokens": "model.embed_tokens", "lm_head": "lm_head"}  # PEFT's names for them -> ours
 TOKEN_ROWS = "token_adapter.trainable_tokens_delta"  # PEFT's key for a layer's trained rows (the rows, not deltas)
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+TOKENIZER_DEFINITIONS = ("tokenizer.json", "tokenizer.model")  # a folder with either holds a tokenizer
 
 
 class AdapterError(ValueError):
@@ -288,6 +289,15 @@ def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig,
             or None,
         }
         atomic.write_text(building / ADAPTER_CONFIG, json.dumps(peft_config, indent=2))
+
+
+def tokenizer_source(base_model: str | os.PathLike, adapter_dir: str | os.PathLike | None) -> str | os.PathLike:
+    """Where the tokenizer of a base model with an adapter is read from: the adapter's folder when a tokenizer
+    was saved there (train.py saves the one it trained with, which has the ChatML tokens it added to a base
+    without a chat format), else the base model."""
+    if adapter_dir is not None and any((Path(adapter_dir) / name).is_file() for name in TOKENIZER_DEFINITIONS):
+        return adapter_dir
+    return base_model
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str]:

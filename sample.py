@@ -16,7 +16,7 @@ from console import quiet_when_the_reader_leaves
 from data.chatml import chat_format, parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
-from lora import AdapterError, load_adapter, merge_lora
+from lora import AdapterError, load_adapter, merge_lora, tokenizer_source
 from model import CheckpointError, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
@@ -73,8 +73,7 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
             model_source, adapter = out / "model", None
         else:
             model_source, adapter = run["settings"]["model"], out / "adapter"
-    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer.model").exists() else model_source
-    tokenizer = load_tokenizer(tokenizer_source)
+    tokenizer = load_tokenizer(tokenizer_source(model_source, adapter))
     model = load_model(model_source, dtype=dtype, device=device)
     check_finite(model, model_source)  # the adapter's weights are checked as it loads
     if adapter:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 import atomic
 import fsdp
 from console import quiet_when_the_reader_leaves
+from data.chatml import add_chatml_tokens
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
 from data.telegram import add_export_args
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--lora", action="store_true", help="train LoRA adapters on a frozen model (the default)")
     mode.add_argument("--fsdp", action="store_true", help="train every weight, sharded with FSDP (run under torchrun) (default: off)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="base model: a local directory or a Hugging Face repo id (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="base model: a local directory, a .gguf file (with --lora) or a Hugging Face repo id (default: %(default)s)")
+    parser.add_argument("--add-chatml-tokens", action="store_true", help="add <|im_start|>/<|im_end|> to the tokenizer and train their rows, even where it has a chat format (default: automatic when it has neither ChatML's nor Llama 3's header tokens)")
     parser.add_argument("--data", help="Telegram export (result.json or its directory) or a sessions JSONL file (required unless --resume)")
     parser.add_argument("--out", default="runs/twin", help="output directory (default: %(default)s)")
 
@@ -81,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     full = parser.add_argument_group("full fine-tuning (--fsdp)")
     full.add_argument("--param-dtype", choices=list(DTYPES), default="fp32", help="dtype of the sharded master weights and AdamW states; bf16 halves their memory (default: %(default)s)")
     full.add_argument("--export-dtype", choices=list(DTYPES), default="bf16", help="dtype of the exported model in OUT/model (default: %(default)s)")
-    full.add_argument("--add-chatml-tokens", action="store_true", help="add <|im_start|>/<|im_end|> to the tokenizer and grow the embeddings (default: automatic when the tokenizer lacks them)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--eval-every", type=int, default=100, help="evaluate on the held-out split every N steps, and at the end; 0: only at the end (default: %(default)s)")
@@ -124,7 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             refuse(f"--out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out")
     if args.fsdp and "RANK" not in os.environ:
         refuse("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
-    if Path(args.model).is_dir():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
+    if args.fsdp and args.model.endswith(".gguf"):
+        refuse(f"--model {args.model}: --fsdp reads Hugging Face model folders, not GGUF files; train on a GGUF file "
+               "with --lora")
+    if Path(args.model).exists():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
         args.model = str(Path(args.model).resolve())
     if args.lr is None:
         args.lr = 2e-5 if args.fsdp else 2e-4
@@ -296,12 +300,14 @@ def train(args, world: "fsdp.World | None") -> None:
     # run rank 0 goes first and caches the tokens; the other ranks then read its cache.
     def prepare():
         tokenizer = load_tokenizer(args.model)
-        if args.fsdp and (args.add_chatml_tokens or tokenizer.im_start_id is None):
-            tokenizer.add_special_tokens(["<|im_end|>", "<|im_start|>"])
+        # A base model without a chat format learns ChatML: the embedding and LM head grow rows for its
+        # tokens, which a full fine-tune trains with everything else and LoRA trains on their own.
+        new_tokens = tuple(add_chatml_tokens(tokenizer, always=args.add_chatml_tokens))
         with contextlib.redirect_stderr(io.StringIO()) if not is_main else contextlib.nullcontext():
-            return tokenizer, prepare_data(args.data, tokenizer, data_config_from_args(args), cache_dir=out / "cache")
+            data = prepare_data(args.data, tokenizer, data_config_from_args(args), cache_dir=out / "cache")
+        return tokenizer, new_tokens, data
 
-    tokenizer, data = fsdp.main_first(world, prepare) if world else prepare()
+    tokenizer, new_tokens, data = fsdp.main_first(world, prepare) if world else prepare()
     say(data.summary())
 
     # Model: LoRA adapters on the frozen base, or every weight sharded, in fp32 master copies.
@@ -312,7 +318,9 @@ def train(args, world: "fsdp.World | None") -> None:
     else:
         model = load_model(args.model, dtype=dtype, device=device)
         lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                 targets=lora_targets(args.lora_targets))
+                                 targets=lora_targets(args.lora_targets),
+                                 trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens
+                                 else {})
         say(apply_lora(model, lora_config))
     model.activation_checkpointing = (device.type == "cuda" if args.activation_checkpointing is None
                                       else args.activation_checkpointing)

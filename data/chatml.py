@@ -90,6 +90,16 @@ def find_chat_format(tokenizer: Tokenizer) -> ChatFormat | None:
     return None
 
 
+def add_chatml_tokens(tokenizer: Tokenizer, always: bool = False) -> list[int]:
+    """Give a tokenizer without a chat format (a base model's) ChatML's tokens, or any tokenizer with
+    `always`; returns the ids of the tokens it did not have. <|im_end|> comes first, as in Dolphin."""
+    if find_chat_format(tokenizer) is not None and not always:
+        return []
+    missing = [token for token in (CHATML["turn_end"], CHATML["header_start"])
+               if _added_token_id(tokenizer, token) is None]
+    return tokenizer.add_special_tokens(missing)
+
+
 def _added_token_id(tokenizer: Tokenizer, token: str) -> int | None:
     """The id of `token` if the tokenizer has it as an added token (one that encode splits out of a text)."""
     ids = tokenizer.encode(token)
