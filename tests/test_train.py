@@ -299,3 +299,82 @@ def test_a_lora_run_ends_with_the_fidelity_report(tiny_run):
     report = json.loads((tiny_run / "report" / "report.json").read_text())
     assert (tiny_run / "report" / "report.md").exists()
     assert "Alexander Smirnov" in json.dumps(report)
+
+
+# --- A base of each chat format, end to end: train.py --lora, then sample.py on the run ----------------
+
+def tiny_base(path: Path, tokenizer, **config) -> Path:
+    """A tiny random model of the tokenizer's vocabulary, saved with the tokenizer like a Hugging Face model."""
+    from model import save_model
+
+    model = random_model(tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, **config))
+    save_model(model, path, tokenizer=tokenizer)
+    return path
+
+
+def train_then_chat(base: Path, out: Path, capsys) -> str:
+    """A two-step LoRA run on the sample export, then sample.py's reply to "привет" as the target."""
+    import sample
+
+    run_train("--model", base, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--lr", 1e-2, *FAST)
+    capsys.readouterr()
+    sample.main(["--checkpoint", str(out), "--speaker", "Alexander Smirnov", "--prompt", "привет",
+                 "--max-new-tokens", "8", "--seed", "0"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, config, turn_end", [
+    ("llama3", dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=True), "<|eot_id|>"),
+    ("qwen2", dict(model_type="qwen2", rope_theta=1000000.0), "<|im_end|>"),
+])
+def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_path, capsys, name, config, turn_end):
+    from data.chatml import chat_format
+    from model import load_tokenizer
+
+    tokenizer_dir = request.getfixturevalue(f"{name}_tokenizer_dir")
+    base = tiny_base(tmp_path / "base", load_tokenizer(tokenizer_dir), **config)
+    reply = train_then_chat(base, tmp_path / "run", capsys)
+    assert reply.startswith("\nAlexander Smirnov:\n") and reply.strip() != "Alexander Smirnov:"
+    adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["trainable_token_indices"] is None  # the tokenizer had its chat tokens already
+    assert chat_format(load_tokenizer(tmp_path / "run" / "adapter")).turn_end == turn_end
+
+
+def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_path, capsys, mistral_tokenizer_dir):
+    from model import load_tokenizer
+    from model.tokenizer import Tokenizer
+
+    base = tiny_base(tmp_path / "base", Tokenizer.from_dir(mistral_tokenizer_dir))
+    reply = train_then_chat(base, tmp_path / "run", capsys)
+    assert reply.startswith("\nAlexander Smirnov:\n")
+    adapter = tmp_path / "run" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {"embed_tokens": [32000, 32001], "lm_head": [32000, 32001]}
+    grown = load_tokenizer(adapter)
+    assert (grown.vocab_size, grown.im_end_id, grown.im_start_id) == (32002, 32000, 32001)
+    rows = load_file(adapter / "adapter_model.safetensors")["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
+    start = load_file(base / "model.safetensors")["model.embed_tokens.weight"].float().mean(0)
+    assert rows.shape == (2, 32) and not torch.allclose(rows, start.expand(2, -1))  # trained from the mean
+
+
+@pytest.mark.slow
+def test_lora_on_the_smollm2_gguf_trains_and_chats_from_anywhere(tmp_path, smollm2_gguf):
+    out = tmp_path / "run"
+    run_train("--model", smollm2_gguf, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--seq-len", 128,
+              "--micro-batch", 2, "--batch", 2, *FAST[4:])
+    assert json.loads((out / "run.json").read_text())["settings"]["model"] == str(smollm2_gguf.resolve())
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {path.name for path in (out / "adapter").iterdir()}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, str(Path(train.__file__).with_name("sample.py")), "--checkpoint", str(out),
+                             "--speaker", "Alexander Smirnov", "--prompt", "привет", "--max-new-tokens", "12",
+                             "--temperature", "0"], capture_output=True, text=True, cwd=elsewhere, timeout=600)
+    assert result.returncode == 0, result.stderr
+    header, _, reply = result.stdout.partition("Alexander Smirnov:\n")
+    assert header.strip() == "" and reply.strip()
+
+
+def test_fsdp_refuses_a_gguf_file_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")  # as under torchrun
+    said = refused(["--fsdp", "--model", tmp_path / "model.gguf", "--data", SAMPLE, "--out", tmp_path / "run"], capsys)
+    assert "--fsdp reads Hugging Face model folders, not GGUF files" in said and not (tmp_path / "run").exists()
