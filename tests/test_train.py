@@ -356,6 +356,22 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
     start = load_file(base / "model.safetensors")["model.embed_tokens.weight"].float().mean(0)
     assert rows.shape == (2, 32) and not torch.allclose(rows, start.expand(2, -1))  # trained from the mean
 
+    # PEFT loads the adapter on the base grown to the saved tokenizer, and computes what twin does
+    import transformers
+    from peft import PeftModel
+
+    from lora import load_adapter
+    from model import load_model
+
+    hf_base = transformers.AutoModelForCausalLM.from_pretrained(base)
+    hf_base.resize_token_embeddings(grown.vocab_size)
+    peft_model = PeftModel.from_pretrained(hf_base, adapter).eval()
+    ours = load_model(base, torch.float32)
+    load_adapter(ours, adapter)
+    ids = torch.tensor([grown.encode("<|im_start|>Alexander Smirnov\n>>> привет<|im_end|>")])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(ids), peft_model(ids).logits, atol=1e-4, rtol=0)
+
 
 @pytest.mark.slow
 def test_lora_on_the_smollm2_gguf_trains_and_chats_from_anywhere(tmp_path, smollm2_gguf):
