@@ -25,21 +25,21 @@ def main():
 
     import transformers
 
-    from data.chatml import format_conversation
+    from data.chatml import chat_format
     from data.telegram import ExportOptions, load_sessions
     from model import Tokenizer
     from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,
                                 write_tokenizer_dir)
 
     sessions, _ = load_sessions(ROOT / "examples" / "telegram_export", ExportOptions(speakers="any", months=0))
-    texts = [format_conversation(session.turns) for session in sessions] * args.repeat
-    megabytes = sum(len(text.encode()) for text in texts) / 1e6
     with tempfile.TemporaryDirectory() as scratch:
         directory = write_tokenizer_dir(Path(scratch), {
             "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG, "added_tokens.json": DOLPHIN_ADDED_TOKENS,
             "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP})
         ours = Tokenizer.from_dir(directory)
         theirs = transformers.AutoTokenizer.from_pretrained(directory)
+    texts = [chat_format(ours).conversation(session.turns) for session in sessions] * args.repeat
+    megabytes = sum(len(text.encode()) for text in texts) / 1e6
     encoders = {"twin": ours.encode, "transformers": lambda text: theirs.encode(text, add_special_tokens=False)}
     assert all(encoders["twin"](t) == encoders["transformers"](t) for t in texts[:len(sessions)]), "ids differ"
 

@@ -139,3 +139,25 @@ def test_non_finite_scores_are_an_error_not_a_sample(score):
     for temperature in (0.0, 0.7):  # greedy would otherwise pick an arbitrary token, sampling crash
         with pytest.raises(ValueError, match="next-token scores are NaN or infinite"):
             sample_token(logits, SamplingConfig(temperature=temperature), torch.tensor([], dtype=torch.long))
+
+
+def test_a_reply_ends_at_the_turn_end_token_of_the_tokenizers_format(request):
+    from data.chatml import chat_format
+    from tests.helpers import chat_tokenizer
+
+    tokenizer = chat_tokenizer(request, "llama3")
+    layout = chat_format(tokenizer)
+
+    class ScriptedGenerator:
+        max_len = 512
+
+        def generate(self, prompt, sampling, stop_ids, random):
+            assert {layout.turn_end_id, layout.header_start_id, tokenizer.eos_id} <= stop_ids
+            assert prompt == render([Turn("User", ["hi"])], tokenizer, open_speaker=SPEAKER).ids
+            yield from tokenizer.encode(">>> hey\n>>> how are you?", special=False)
+            yield layout.turn_end_id
+            yield from tokenizer.encode("never shown", special=False)
+
+    chat = Chat(ScriptedGenerator(), tokenizer, SamplingConfig(max_new_tokens=16), SPEAKER, "User", seed=0)
+    chat.add(Turn("User", ["hi"]))
+    assert chat.reply(SPEAKER).messages == ["hey", "how are you?"]
