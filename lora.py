@@ -197,7 +197,7 @@ def apply_lora(model: Mistral, config: LoRAConfig) -> str:
     add_trainable_tokens(model, config.trainable_tokens)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    tokens = len(config.trainable_tokens.get("embed_tokens", config.trainable_tokens.get("lm_head", ())))
+    tokens = len(set().union(*config.trainable_tokens.values()))
     return f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}" + \
            (f" and the rows of {tokens} new tokens" if tokens else "") + \
            f": {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
@@ -222,12 +222,13 @@ def add_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int, 
     if not trainable_tokens:
         return
     grow_vocabulary(model, max(max(indices) for indices in trainable_tokens.values()) + 1)
-    embed_indices = trainable_tokens.get("embed_tokens")
-    if embed_indices:
-        model.model.embed_tokens = TrainableTokens(model.model.embed_tokens, list(embed_indices))
-    if model.config.tie_word_embeddings and embed_indices:
-        model.lm_head = TrainableTokens(model.lm_head, list(embed_indices), shared_rows=model.model.embed_tokens.rows)
-    elif "lm_head" in trainable_tokens and not model.config.tie_word_embeddings:
+    tied = model.config.tie_word_embeddings
+    if "embed_tokens" in trainable_tokens:
+        embedding = TrainableTokens(model.model.embed_tokens, list(trainable_tokens["embed_tokens"]))
+        model.model.embed_tokens = embedding
+        if tied:  # the head is the embedding: it computes with the same rows
+            model.lm_head = TrainableTokens(model.lm_head, list(trainable_tokens["embed_tokens"]), embedding.rows)
+    if "lm_head" in trainable_tokens and not tied:
         model.lm_head = TrainableTokens(model.lm_head, list(trainable_tokens["lm_head"]))
 
 
