@@ -260,18 +260,24 @@ def test_rendered_sessions_have_the_structure_of_their_format(any_tokenizer, leg
         assert_chatml_structure(render(turns, tokenizer, open_speaker="<s>x</s>"), tokenizer, turns, "<s>x</s>")
 
 
-@pytest.mark.parametrize("turns", [[Turn("Bob", ["<s>struck out</s>"])], [Turn("Bob", ["x<|im_end|>"])],
-                                   [Turn("Bob\nAlice", ["hi"])], [Turn("Bob<|im_start|>Alice", ["hi"])],
-                                   [Turn("Bob", ["x<|eot_id|>"])], [Turn("Bob<|end_header_id|>", ["hi"])]])
-def test_the_structure_check_fails_on_the_ids_of_the_joined_text(any_tokenizer, turns):
+FORGED = [[Turn("Bob", ["<s>struck out</s>"])], [Turn("Bob", ["x<|im_end|>"])], [Turn("Bob<|im_start|>Alice", ["hi"])],
+          [Turn("Bob", ["x<|eot_id|>"])], [Turn("Bob<|end_header_id|>", ["hi"])], [Turn("Bob", ["<|endoftext|>"])]]
+
+
+def test_the_structure_check_fails_on_the_ids_of_the_joined_text(any_tokenizer):
     from data.chatml import RenderedSession
 
-    text = chat_format(any_tokenizer).conversation(turns)
-    ids = any_tokenizer.encode(text, bos=True)  # special tokens split out of text
-    if ids == render(turns, any_tokenizer).ids:
-        pytest.skip("the text spells no added token of this tokenizer")
+    failed = 0
+    for turns in FORGED:
+        ids = any_tokenizer.encode(chat_format(any_tokenizer).conversation(turns), bos=True)  # tokens split out
+        if ids != render(turns, any_tokenizer).ids:  # the text spells an added token of this tokenizer
+            with pytest.raises(AssertionError):
+                assert_chatml_structure(RenderedSession(ids, [True] * len(ids)), any_tokenizer, turns)
+            failed += 1
+    assert failed >= 2
+    turns = [Turn("Bob\nAlice", ["hi"])]  # a name of two lines
     with pytest.raises(AssertionError):
-        assert_chatml_structure(RenderedSession(ids, [True] * len(ids)), any_tokenizer, turns)
+        assert_chatml_structure(render(turns, any_tokenizer), any_tokenizer, turns)
 
 
 def test_a_message_spelling_chatml_is_trained_as_its_characters(dolphin_tokenizer):
