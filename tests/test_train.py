@@ -373,6 +373,20 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
         torch.testing.assert_close(ours.eval()(ids), peft_model(ids).logits, atol=1e-4, rtol=0)
 
 
+def test_new_token_rows_resume_as_if_never_stopped(tmp_path, mistral_tokenizer_dir):
+    from model.tokenizer import Tokenizer
+
+    base = tiny_base(tmp_path / "base", Tokenizer.from_dir(mistral_tokenizer_dir))
+    common = ["--model", base, "--data", SAMPLE, "--max-steps", 4, "--lr", 5e-3, *FAST]
+    run_train(*common, "--out", tmp_path / "straight")
+    run_train(*common, "--out", tmp_path / "split", "--stop-at", 2)
+    train.main(["--resume", str(tmp_path / "split")])
+    straight, resumed = adapter_weights(tmp_path / "straight"), adapter_weights(tmp_path / "split")
+    assert straight.keys() == resumed.keys() and any("trainable_tokens" in key for key in straight)
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
+
+
 @pytest.mark.slow
 def test_lora_on_the_smollm2_gguf_trains_and_chats_from_anywhere(tmp_path, smollm2_gguf):
     out = tmp_path / "run"
