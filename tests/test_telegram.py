@@ -217,7 +217,9 @@ def test_forwarded_and_via_bot_messages_are_skipped_unless_asked(tmp_path):
     ({"file": FILE, "mime_type": "application/pdf"}, "[file]"),
     ({"location_information": {"latitude": 1.5, "longitude": 2.5}}, "[location]"),
     ({"contact_information": {"first_name": "Zed", "phone_number": "+999"}}, "[contact]"),
-    ({"poll": {"question": "when?", "answers": []}}, "[poll]"),
+    ({"poll": {"question": "when? ", "answers": [{"text": "now", "voters": 1, "chosen": True}]}}, "when?"),
+    ({"poll": {"question": "", "answers": []}}, "[poll]"),
+    ({"poll": "damaged"}, "[poll]"),
     ({"photo": FILE, "text": "look at this view"}, "look at this view"),  # a caption is the text
     ({"media_type": "video_file", "file": FILE, "text": ["my ", {"type": "bold", "text": "trip"}]},
      "my trip"),
@@ -227,6 +229,35 @@ def test_media_becomes_a_placeholder_unless_it_has_a_caption(tmp_path, fields, s
     messages[1].update(fields)
     sessions, _ = convert(tmp_path, export(chat(messages)))
     assert dialogue(sessions) == [[("Bob", ["hi"]), ("Me Myself", [said])]]
+
+
+def test_media_drop_leaves_out_placeholders_but_keeps_captions_sticker_emoji_and_polls(tmp_path):
+    messages = talk((BOB, "hi"), (ME, ""), (ME, ""), (ME, ""), (ME, ""), (ME, ""), (BOB, ""))
+    messages[1].update(photo=FILE, text="the view")
+    messages[2].update(photo=FILE)
+    messages[3].update(media_type="sticker", sticker_emoji="😂", file=FILE)
+    messages[4].update(media_type="voice_message", file=FILE)
+    messages[5].update(poll={"question": "pizza?", "answers": []})
+    messages[6].update(media_type="sticker", file=FILE)
+    data = export(chat(messages))
+    sessions, report = convert(tmp_path, data)
+    assert dialogue(sessions) == [[("Bob", ["hi"]), ("Me Myself", ["the view", "[photo]", "😂", "[voice message]",
+                                                                   "pizza?"]), ("Bob", ["[sticker]"])]]
+    assert report.placeholders == {"[photo]": 1, "[voice message]": 1, "[sticker]": 1}
+    assert ("media without text: [photo] 1, [voice message] 1, [sticker] 1 (kept as placeholders; "
+            "--media drop leaves them out)") in report.summary()
+    sessions, report = convert(tmp_path, data, media="drop")
+    assert dialogue(sessions) == [[("Bob", ["hi"]), ("Me Myself", ["the view", "😂", "pizza?"])]]
+    assert report.messages_skipped == {"media without text (--media drop)": 3}
+    assert not report.placeholders and "media without text:" not in report.summary()
+
+
+def test_placeholders_are_documented_in_the_help_and_the_module():
+    help_text = " ".join(run_cli("--help").stdout.split())
+    assert "--media {keep,drop}" in help_text and "(default: keep)" in help_text
+    for placeholder in telegram.PLACEHOLDERS:
+        assert placeholder in telegram.__doc__
+    assert "[photo]" in help_text and "[voice message]" in help_text
 
 
 def test_a_message_with_neither_text_nor_media_is_skipped(tmp_path):
@@ -292,17 +323,41 @@ def test_target_flag_overrides_by_name_or_id(tmp_path, wanted):
     assert [s.target for s in sessions] == ["Bob"]  # Bob answers here, the owner does not
 
 
-def test_target_flag_naming_nobody_or_two_people_is_a_data_error(tmp_path):
-    group = talk((6, "a"), (7, "b"), (ME, "c"))
-    for msg in group[:2]:
+def test_target_flag_naming_nobody_is_a_data_error(tmp_path):
+    data = export(chat(talk((BOB, "hi"), (ME, "hey"))))
+    with pytest.raises(DataError, match="'Nobody' wrote no message.*most active: Bob \\(user2\\), Me Myself"):
+        convert(tmp_path, data, target="Nobody")
+    with pytest.raises(DataError, match="'' wrote no message"):
+        convert(tmp_path, data, target="  ")
+
+
+def test_target_flag_takes_a_part_of_a_name_in_any_case_and_a_full_name_when_a_part_is_ambiguous(tmp_path):
+    group = talk((6, "a"), (7, "b"), (8, "c"), (ME, "d"))
+    for msg, name in zip(group, ["Sam Green", "Sam Greenwood", "Pat Sam Green"]):
+        msg["from"] = name
+    data = export(chat(group, type="private_group", name="Sams", id=20))
+    for wanted, chosen in [("greenwood", "Sam Greenwood"), ("Pat", "Pat Sam Green"), ("me", "Me Myself"),
+                           ("sam green", "Sam Green"), ("Sam Green", "Sam Green")]:
+        _, report = convert(tmp_path, data, target=wanted)
+        assert (report.target, report.target_how) == (chosen, "chosen with --target"), wanted
+    with pytest.raises(DataError, match="--target 'Sam' matches 3 people: 'Sam Green' \\(user6\\), "
+                                        "'Sam Greenwood' \\(user7\\), 'Pat Sam Green' \\(user8\\); "
+                                        "pass a full name or an id$"):
+        convert(tmp_path, data, target="Sam")
+
+
+def test_target_flag_with_a_name_two_people_share_picks_the_one_called_so_and_says_who_else_is(tmp_path):
+    group = talk((6, "a"), (7, "b"), (6, "c"), (ME, "d"))
+    for msg in group[:3]:
         msg["from"] = "Sam"
     data = export(chat(group, type="private_group", name="Sams", id=20))
-    with pytest.raises(DataError, match="'Nobody' wrote no message.*most active"):
-        convert(tmp_path, data, target="Nobody")
-    with pytest.raises(DataError, match="'Sam' matches 2 people"):
-        convert(tmp_path, data, target="Sam")
-    _, report = convert(tmp_path, data, target="Sam (2)")
-    assert report.target == "Sam (2)"
+    _, report = convert(tmp_path, data, target="Sam")
+    assert report.target == "Sam"  # the more active, user6: the sessions call the other "Sam (2)"
+    assert report.target_how == ("chosen with --target; also called Sam: 'Sam (2)' (user7), "
+                                 "whom an id or that name picks")
+    for wanted in ("Sam (2)", "user7", "sam (2)"):
+        _, report = convert(tmp_path, data, target=wanted)
+        assert report.target == "Sam (2)" and "also called Sam: 'Sam' (user6)" in report.target_how
 
 
 def test_no_way_to_tell_the_target_is_a_data_error(tmp_path):
@@ -352,7 +407,9 @@ def test_public_supergroups_are_read_only_when_asked(tmp_path):
 def test_warns_about_a_group_exported_with_only_my_messages(tmp_path):
     mine = talk((ME, "one"), (ME, "two"), start=T0 + DAY)
     data = export(chat(talk((ME, "solo"), (ME, "again"))),  # a personal chat: no warning for it
-                  chat(mine, type="private_supergroup", name="Work", id=30))
+                  chat(mine, type="private_supergroup", name="Work", id=30),
+                  # Telegram exports only the owner's messages of a chat they left: no warning either
+                  left=[chat(mine, type="private_supergroup", name="Left", id=31)])
     _, report = convert(tmp_path, data)
     assert len(report.warnings) == 2  # Work, and "no sessions"
     assert "'Work'" in report.warnings[0] and "Only my messages" in report.warnings[0]
@@ -518,6 +575,12 @@ def test_load_sessions_reads_our_sessions_file(tmp_path):
     write_sessions(ours, tmp_path / "s.jsonl")
     with pytest.raises(DataError, match="'Carol' never speaks in this file; top speakers: Bob, Alex$"):
         load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Carol"))
+    assert load_sessions(tmp_path / "s.jsonl", ExportOptions(target=" alex"))[1].target == "Alex"
+    ours[0].turns.append(Turn("Alex Brown", ["me too"]))
+    write_sessions(ours, tmp_path / "s.jsonl")
+    assert load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Alex"))[1].target == "Alex"
+    with pytest.raises(DataError, match="'brow' never speaks"):  # only whole words match
+        load_sessions(tmp_path / "s.jsonl", ExportOptions(target="brow"))
 
 
 def test_load_sessions_reads_doppelganger_sessions(tmp_path):
@@ -564,17 +627,32 @@ def test_cli_writes_sessions_and_prints_what_it_did(tmp_path):
                      "chats: 2 read, 1 kept (personal_chat 1)", "skipped: bot_chat 1",
                      "messages: 2 kept, 2 skipped", "forwarded 1", "in skipped chats 1",
                      "sessions: 1, turns per session: min 2, median 2, max 2",
-                     "Bob: 12 chars (85.7%)", "wrote 1 sessions to"]:
+                     "Bob: 12 chars (85.7%)", "Me Myself: 2 chars (14.3%)", "wrote 1 session to"]:
         assert expected in result.stdout
     assert "secret plans" not in result.stdout  # private: only with --preview
     preview = run_cli(path, "-o", tmp_path / "out.jsonl", "--preview", "1")
     assert "[Bob]\n>>> secret plans" in preview.stdout
 
 
+def test_cli_previews_and_summarises_without_writing_when_no_output_is_given(tmp_path):
+    path = write(tmp_path, export(chat(talk((BOB, "secret plans"), (ME, "k")))))
+    result = run_cli(path, "--preview", "1")
+    assert result.returncode == 0, result.stderr
+    assert "[Bob]\n>>> secret plans" in result.stdout and "sessions: 1" in result.stdout
+    assert "wrote nothing (no -o): 1 session\n" in result.stdout
+    assert "Me Myself: 1 char (7.7%)" in result.stdout
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_summary_counts_are_singular_for_one():
+    assert [telegram.plural(count, "turn") for count in (0, 1, 2, 1234)] == [
+        "0 turns", "1 turn", "2 turns", "1,234 turns"]
+
+
 def test_cli_help_documents_every_flag_and_default():
     help_text = " ".join(run_cli("--help").stdout.split())
     for flag in ["--target", "--gap-minutes", "--months", "--speakers", "--keep-forwarded",
-                 "--public-groups", "--strict", "--preview", "--output"]:
+                 "--public-groups", "--strict", "--media", "--preview", "--output"]:
         assert flag in help_text
     for default in ["(default: 10", "(default: 24)", "(default: target)", "(default: 0)"]:
         assert default in help_text
