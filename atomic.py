@@ -1,5 +1,9 @@
 """Writes that never leave a half-written file or directory behind: build under a temporary name
-beside the target, then rename, which replaces the target in one step."""
+beside the target, then rename, which replaces the target in one step.
+
+What twin writes holds people's messages, their names, or weights learned from them, so it is
+private to the owner: files 0600, folders 0700.
+"""
 import os
 import shutil
 import tempfile
@@ -8,21 +12,19 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _default_mode(directory: bool) -> int:
-    # mkstemp/mkdtemp create private files; give ours the permissions an ordinary write would.
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+def private_files() -> None:
+    """Create every later file and folder of this process owner-only, whoever writes it (the libraries
+    that save models and checkpoints too). Programs call this first thing in their main."""
+    os.umask(0o077)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _make_parent(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(temporary, _default_mode(directory=False))
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -35,16 +37,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 @contextmanager
 def directory(path: str | os.PathLike) -> Iterator[Path]:
-    """A fresh directory to fill; when the block ends without an error it replaces `path`."""
+    """A fresh directory (mode 0700) to fill; when the block ends without an error it replaces `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     building = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(building, _default_mode(directory=True))
     try:
         yield building
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
+    if path.is_symlink():  # a link is replaced, never what it leads to
+        path.unlink()
     if path.exists():  # swap: the old one leaves only once the new one is complete
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -53,3 +56,8 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(building, path)
+
+
+def _make_parent(path: Path) -> None:
+    # Only the innermost folder gets the mode from mkdir; umask decides for the ones above it.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

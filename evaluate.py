@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 import atomic
+from console import quiet_when_the_reader_leaves
 from data.chatml import split_to_fit
 from data.dataset import DataConfig, PreparedData, data_config_from_args, prepare_data
 from data.packing import pack
@@ -35,10 +36,11 @@ from data.telegram import ExportOptions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, adapters_off, load_adapter, lora_layers
 from model import CheckpointError, Mistral, load_model, load_tokenizer
+from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import Chat
 from style import STATISTICS, style_distance, style_statistics
-from train import DEFAULT_MODEL, DTYPES, recorded_args, resolve_device
+from train import DEFAULT_MODEL, DTYPES, read_run_record, recorded_args, resolve_device
 from training import evaluate as mean_loss
 
 OFF = 0.25  # a style distance from this up is a difference a reader notices (see style_distance)
@@ -455,7 +457,9 @@ def settings_from_args(args) -> EvalSettings:
                         sampling=sampling, context_tokens=args.context, micro_batch=args.micro_batch)
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
+    atomic.private_files()
     args = build_parser().parse_args(argv)
     try:
         report, out_dir = evaluate_from_args(args)
@@ -498,14 +502,8 @@ def sources_from_args(args) -> Sources:
     if given:
         raise EvaluationError(f"{', '.join(given)}: taken from the run in --checkpoint; leave out")
     out = Path(args.checkpoint)
-    run_file = out / "run.json"
-    try:
-        settings = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
-        base, data = settings["model"], args.data or settings["data"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{run_file}: not a train.py run record ({error})") from None
+    settings = read_run_record(out)["settings"]
+    base, data = settings["model"], args.data or settings["data"]
     full_model = out / "model"
     if full_model.exists():
         return Sources(base, None, full_model, data, data_config_from_args(recorded_args(settings)), out / "cache",
@@ -526,6 +524,7 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
 
     if adapter:  # one model in memory, its adapters switched off for the base figures
         model = load_model(sources.base, dtype=dtype, device=device)
+        check_finite(model, sources.base)
         load_adapter(model, adapter)
         report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about)
     else:  # a full fine-tune: two models, one after the other (two 7B models rarely fit at once)
@@ -540,6 +539,7 @@ def measure_checkpoint(source, tokenizer: Tokenizer, data: PreparedData, plan: P
                        device: torch.device, dtype: torch.dtype, name: str) -> Measurement:
     """Load a model, measure it, and let it go (it is freed when this returns)."""
     model = load_model(source, dtype=dtype, device=device)
+    check_finite(model, source)
     measurement = measure(model, tokenizer, data, plan, settings, device, name)
     del model
     if device.type == "cuda":

@@ -3,8 +3,10 @@ gradient and its AdamW state, and gathers a layer's weights only while that laye
 
 Runs under torchrun, on one node or several: NCCL on CUDA, gloo on CPU (how the tests run it).
 """
+import io
 import json
 import os
+import pickle
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -14,6 +16,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -22,6 +27,7 @@ import atomic
 from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint
 from model.mistral import Mistral
 from model.tokenizer import Tokenizer
+from training import DamagedCheckpoint, TrainingError, read_training_state, reason
 
 
 @dataclass
@@ -184,12 +190,108 @@ def save_checkpoint(final: Path, world: World, model, optimizer, training_state:
 
 
 def load_checkpoint(directory: Path, world: World, model, optimizer) -> dict:
+    """Load a checkpoint that `check_checkpoint` passed; returns its training state."""
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=directory)
+    try:
+        dcp.load(state, storage_reader=_CheckedReader(directory), planner=_CheckedLoadPlanner())
+    except dcp.CheckpointException as error:  # the ranks' failures, gathered (with their tracebacks)
+        problems = "; ".join(f"rank {rank}: {reason(failure)}" for rank, (failure, _) in sorted(error.failures.items()))
+        raise TrainingError(f"{directory}: cannot be loaded ({problems})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     torch.set_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
-    return torch.load(directory / "training_state.pt", weights_only=True)
+    return read_training_state(directory)
+
+
+# torch.distributed.checkpoint keeps its index, `.metadata`, as a plain pickle, which can run any code
+# when read. A checkpoint's is read only by an unpickler that knows the few classes the index is made
+# of; naming anything else, the file is refused before anything of it is built.
+METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata",
+                                              "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+                                              "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # torch.strided and the other layouts, by name
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath"},
+}
+
+
+class _ForeignClass(Exception):
+    """A pickle naming a class that no checkpoint index holds."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name in METADATA_CLASSES.get(module, ()) or module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                       torch.dtype):
+            return super().find_class(module, name)
+        raise _ForeignClass(f"{module}.{name}")
+
+
+def read_checkpoint_metadata(path: Path) -> Metadata:
+    """A checkpoint's `.metadata`, unpickled with only its own classes; its data files must be plain
+    files beside it, long enough for every entry. TrainingError for a file that names any other class,
+    DamagedCheckpoint for one that cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            metadata = _MetadataUnpickler(file).load()
+    except _ForeignClass as error:
+        raise TrainingError(f"{path}: refused: it names {error}, which no checkpoint index holds (a file made "
+                            "to run code when read)") from None
+    except Exception as error:  # with only those classes, any failure means a damaged file
+        raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise DamagedCheckpoint(f"{path}: not a checkpoint index")
+    sizes = {}
+    for entry in metadata.storage_data.values():
+        name = entry.relative_path if isinstance(entry, _StorageInfo) else None
+        data_file = path.parent / str(name)
+        if not (isinstance(name, str) and name == data_file.name and not name.startswith(".")
+                and not entry.transform_descriptors and data_file.is_file() and not data_file.is_symlink()):
+            raise DamagedCheckpoint(f"{path}: names {name!r}, not a data file beside it")
+        if name not in sizes:
+            sizes[name] = data_file.stat().st_size
+        if not (isinstance(entry.offset, int) and isinstance(entry.length, int) and 0 <= entry.offset
+                and 0 <= entry.length and entry.offset + entry.length <= sizes[name]):
+            raise DamagedCheckpoint(f"{data_file}: shorter than {path.name} says")
+    return metadata
+
+
+def check_checkpoint(directory: Path, world_size: int) -> None:
+    """Whether a sharded checkpoint can be resumed from by `world_size` ranks, without loading it:
+    DamagedCheckpoint if it cannot, TrainingError if it was crafted to run code."""
+    read_checkpoint_metadata(directory / ".metadata")
+    read_training_state(directory)
+    for rank in range(world_size):
+        path = directory / f"rng-rank{rank}.pt"
+        try:
+            rng = torch.load(path, weights_only=True)
+        except Exception as error:  # for a damaged file torch raises anything from EOFError to KeyError
+            raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
+        if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+            raise DamagedCheckpoint(f"{path}: not a random number generator state")
+
+
+class _CheckedReader(dcp.FileSystemReader):
+    """DCP's file reader, except that it reads the index with the unpickler above, never with pickle."""
+
+    def read_metadata(self, *args, rank: int | None = None, **kwargs) -> Metadata:
+        metadata = read_checkpoint_metadata(Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata"))
+        metadata.storage_meta = metadata.storage_meta or StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _CheckedLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner, except that values other than tensors (the optimizer's settings) are unpickled
+    with torch's weights-only loader: the default planner loads them with `weights_only=False`."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        checked = io.BytesIO()
+        torch.save(torch.load(value, weights_only=True), checked)  # plain values saved again: safe to load
+        checked.seek(0)
+        super().load_bytes(read_item, checked)
 
 
 def export_model(model: Mistral, out_dir: Path, world: World, tokenizer: Tokenizer, dtype: torch.dtype,

@@ -24,6 +24,8 @@ def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Te
                  generator: torch.Generator | None = None) -> int:
     """Choose the next token from the last position's logits [vocab]."""
     logits = logits.float()
+    if not torch.isfinite(logits).all():  # finite weights can still overflow, in fp16 above all
+        raise ValueError("the model's next-token scores are NaN or infinite; with --dtype fp16, try bf16 or fp32")
     if config.repetition_penalty != 1.0 and context.numel():
         # As in the CTRL paper and transformers: shrink positive logits, grow negative ones.
         seen = logits[context]

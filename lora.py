@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import atomic
+from model.checkpoint import FLOAT_DTYPES, first_line, is_positive_number, is_whole_number, read_json, shown
 from model.mistral import Mistral
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -70,7 +71,9 @@ class LoRALinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.weight.requires_grad_(False)
-        self.bias = None
+        self.bias = linear.bias  # (Qwen2's q, k and v have one; frozen like the weight)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
         # Adapter weights stay fp32 whatever the base dtype: they are the optimizer's master copy.
         device = self.weight.device
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
@@ -82,7 +85,7 @@ class LoRALinear(nn.Linear):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
         # addmm adds the scaled low-rank product into y within the matrix multiply: no extra passes over y.
@@ -154,7 +157,7 @@ def merge_lora(model: Mistral) -> Mistral:
         module.merge()
         parent_name, _, child = name.rpartition(".")
         plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
-        plain.weight = module.weight
+        plain.weight, plain.bias = module.weight, module.bias
         setattr(model.get_submodule(parent_name), child, plain)
     return model
 
@@ -181,54 +184,105 @@ def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig,
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str]:
     """The LoRA settings of a twin- or PEFT-made adapter, and the base model it was trained on."""
-    config_file = Path(adapter_dir) / ADAPTER_CONFIG
-    try:
-        peft = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterError(f"{config_file}: missing (is {adapter_dir} a LoRA adapter directory?)") from None
-    except json.JSONDecodeError as error:
-        raise AdapterError(f"{config_file}: not valid JSON ({error})") from None
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise AdapterError(f"{adapter_dir}: " + ("a file, not an adapter folder" if adapter_dir.exists()
+                                                 else "no such folder"))
+    config_file = adapter_dir / ADAPTER_CONFIG
+    if not config_file.exists():
+        raise AdapterError(f"{config_file}: missing (is {adapter_dir} a LoRA adapter directory?)")
+    peft = read_json(config_file, AdapterError)
+
+    def refuse(reason: str):
+        raise AdapterError(f"{config_file}: {reason}")
+
+    if not isinstance(peft, dict):
+        refuse(f"expected a JSON object, got {type(peft).__name__}")
     refused = {"peft_type": ("LORA",), "bias": ("none",), "use_dora": (False,), "fan_in_fan_out": (False,),
                "layers_to_transform": (None,), "rank_pattern": ({},), "alpha_pattern": ({},),
                "modules_to_save": (None, [])}
     for key, allowed in refused.items():
         value = peft.get(key, allowed[0])
         if value not in allowed:
-            raise AdapterError(f"{config_file}: {key} = {value!r} is not supported (expected {allowed[0]!r})")
-    targets = peft.get("target_modules") or []
-    if isinstance(targets, str) or not set(targets) <= set(PROJECTIONS):
-        raise AdapterError(f"{config_file}: target_modules {targets!r} must be a list drawn from {PROJECTIONS}")
-    config = LoRAConfig(r=peft["r"], alpha=peft["lora_alpha"], dropout=peft.get("lora_dropout", 0.0),
-                        targets=tuple(sorted(targets)), use_rslora=peft.get("use_rslora", False))
-    return config, peft.get("base_model_name_or_path") or ""
+            refuse(f"{key} = {shown(value)} is not supported (expected {allowed[0]!r})")
+    for key in ("r", "lora_alpha"):
+        if key not in peft:
+            refuse(f"required field {key!r} is missing")
+    r, alpha = peft["r"], peft["lora_alpha"]
+    dropout, use_rslora = peft.get("lora_dropout", 0.0), peft.get("use_rslora", False)
+    if not (is_whole_number(r) and r >= 1):
+        refuse(f"r must be a whole number of at least 1, got {shown(r)}")
+    if not is_positive_number(alpha):
+        refuse(f"lora_alpha must be a positive number, got {shown(alpha)}")
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        refuse(f"lora_dropout must be a number from 0 to below 1, got {shown(dropout)}")
+    if not isinstance(use_rslora, bool):
+        refuse(f"use_rslora must be true or false, got {shown(use_rslora)}")
+    targets = peft.get("target_modules")
+    if not (isinstance(targets, list) and targets and all(target in PROJECTIONS for target in targets)):
+        refuse(f"target_modules must be a list drawn from {', '.join(PROJECTIONS)}, got {shown(targets)}")
+    base_model = peft.get("base_model_name_or_path") or ""
+    if not isinstance(base_model, str):
+        refuse(f"base_model_name_or_path must be a string, got {shown(base_model)}")
+    config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(sorted(set(targets))), use_rslora=use_rslora)
+    return config, base_model
 
 
-def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
-    """Put a twin- or PEFT-made adapter on `model` (adding the LoRA layers it needs)."""
-    config, _ = read_adapter_config(adapter_dir)
-    weights_file = Path(adapter_dir) / ADAPTER_WEIGHTS
+def adapter_shapes(model: Mistral, config: LoRAConfig) -> dict[str, list[int]]:
+    """The PEFT name and shape of every adapter weight: of the model's LoRA layers when it has them,
+    else of those `apply_lora(model, config)` would make, so that an adapter is checked before any is made."""
+    layers = lora_layers(model)
+    if layers:
+        return {f"{PEFT_PREFIX}{name}.{part}.weight": list(getattr(module, part).shape)
+                for name, module in layers.items() for part in ("lora_A", "lora_B")}
+    shapes = {}
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in config.targets and isinstance(module, nn.Linear):
+            shapes[f"{PEFT_PREFIX}{name}.lora_A.weight"] = [config.r, module.in_features]
+            shapes[f"{PEFT_PREFIX}{name}.lora_B.weight"] = [module.out_features, config.r]
+    return shapes
+
+
+def read_adapter_weights(weights_file: Path) -> dict[str, torch.Tensor]:
+    """adapter_model.safetensors' tensors under our names (PEFT names the adapter inside a key while
+    training, "lora_A.default.weight", but not on disk)."""
+    if weights_file.exists() and not weights_file.is_file():  # a folder, or a FIFO a read would block on
+        raise AdapterError(f"{weights_file}: not a regular file")
     try:
         state = load_file(weights_file)
     except FileNotFoundError:
         raise AdapterError(f"{weights_file}: missing") from None
     except Exception as error:  # safetensors raises its own error types for damaged files
-        raise AdapterError(f"{weights_file}: not a safetensors file ({error})") from None
-    if not lora_layers(model):
-        apply_lora(model, config)
-    # PEFT names the adapter inside the key while training ("lora_A.default.weight"), not on disk.
-    state = {key.replace(".default.weight", ".weight"): value for key, value in state.items()}
-    expected = adapter_state_dict(model)
+        raise AdapterError(f"{weights_file}: not a safetensors file ({first_line(error)})") from None
+    return {key.replace(".default.weight", ".weight"): value for key, value in state.items()}
+
+
+def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
+    """Put a twin- or PEFT-made adapter on `model` (adding the LoRA layers it needs).
+
+    Every weight is checked (names, shapes, a float dtype, finite values) before any layer is made or
+    changed, so a damaged or hostile adapter leaves the model as it was."""
+    config, _ = read_adapter_config(adapter_dir)
+    weights_file = Path(adapter_dir) / ADAPTER_WEIGHTS
+    state = read_adapter_weights(weights_file)
+    expected = adapter_shapes(model, config)
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or unexpected:
         raise AdapterError(f"{weights_file}: does not fit the model (missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(unexpected)[:3]})")
-    for name, module in lora_layers(model).items():
-        for part in ("lora_A", "lora_B"):
-            tensor = state[f"{PEFT_PREFIX}{name}.{part}.weight"]
-            param = getattr(module, part)
-            if tensor.shape != param.shape:
-                raise AdapterError(f"{weights_file}: {name}.{part} has shape {list(tensor.shape)}, "
-                                   f"the model needs {list(param.shape)}")
-            with torch.no_grad():
-                param.copy_(tensor)
+                           f"unexpected {shown(sorted(unexpected)[:3])})")
+    for key, shape in expected.items():
+        tensor, name = state[key], key.removeprefix(PEFT_PREFIX).removesuffix(".weight")
+        if list(tensor.shape) != shape:
+            raise AdapterError(f"{weights_file}: {name} has shape {list(tensor.shape)}, the model needs {shape}")
+        if tensor.dtype not in FLOAT_DTYPES.values():
+            raise AdapterError(f"{weights_file}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')}; "
+                               "only float adapter weights load")
+        if not torch.isfinite(tensor).all():
+            raise AdapterError(f"{weights_file}: {name} holds NaN or infinite values")
+    if not lora_layers(model):
+        apply_lora(model, config)
+    with torch.no_grad():
+        for name, module in lora_layers(model).items():
+            for part in ("lora_A", "lora_B"):
+                getattr(module, part).copy_(state[f"{PEFT_PREFIX}{name}.{part}.weight"])
     return config

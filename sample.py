@@ -6,19 +6,21 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 `--prompt`, `--history` and `--auto` answer once and exit, for scripts.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+import atomic
+from console import quiet_when_the_reader_leaves
 from data.chatml import parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from generation import Generator, SamplingConfig
 from lora import AdapterError, load_adapter, merge_lora
 from model import CheckpointError, load_model, load_tokenizer
+from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
-from train import DEFAULT_MODEL, DTYPES, resolve_device
+from train import DEFAULT_MODEL, DTYPES, read_run_record, resolve_device
 
 HELP = """commands:
   /reset          forget the conversation
@@ -65,10 +67,7 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
     model_source, adapter, people = args.model, args.adapter, {}
     if args.checkpoint:
         out = Path(args.checkpoint)
-        run_file = out / "run.json"
-        if not run_file.exists():
-            raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?")
-        run = json.loads(run_file.read_text())
+        run = read_run_record(out)
         people = run.get("figures", {}).get("partners", {})
         if (out / "model").exists():  # a full fine-tune's export
             model_source, adapter = out / "model", None
@@ -77,6 +76,7 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer.model").exists() else model_source
     tokenizer = load_tokenizer(tokenizer_source)
     model = load_model(model_source, dtype=dtype, device=device)
+    check_finite(model, model_source)  # the adapter's weights are checked as it loads
     if adapter:
         load_adapter(model, adapter)
         merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
@@ -229,7 +229,9 @@ def save_transcript(chat: Chat, path: Path) -> None:
     print(f"(saved {len(chat.turns)} turns to {path})")
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
+    atomic.private_files()
     args = build_parser().parse_args(argv)
     try:
         run(args)

@@ -9,28 +9,40 @@ import contextlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from tqdm import tqdm
 
 import atomic
 import fsdp
+from console import quiet_when_the_reader_leaves
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
-from data.sessions import DataError
 from data.telegram import add_export_args
 from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
-from model.tokenizer import TokenizerError
-from training import (MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints, cosine_schedule,
-                      endless, evaluate, load_training_state, make_optimizer, peak_memory_mb, prune_checkpoints,
-                      save_training_state, train_step, trained_token_count)
+from training import (DamagedCheckpoint, MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints,
+                      cosine_schedule, endless, evaluate, load_training_state, make_optimizer, peak_memory_mb,
+                      prune_checkpoints, remove_unfinished_writes, resume_from, save_training_state, train_step,
+                      trained_token_count)
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# What a run folder holds. Each is the run's own: a link there would lead reads and writes elsewhere.
+RUN_ENTRIES = ("run_args.json", "run.json", "metrics.jsonl", "checkpoints", "cache", "adapter", "merged", "model",
+               "report")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     add_export_args(data)
     data.add_argument("--train-on", choices=["all", "target"], default="all", help="whose turns the loss covers (default: %(default)s)")
-    data.add_argument("--seq-len", type=int, default=1024, help="tokens per packed row (default: %(default)s)")
+    data.add_argument("--seq-len", type=positive_int, default=1024, help="tokens per packed row (default: %(default)s)")
     data.add_argument("--val-fraction", type=float, default=0.02, help="share of sessions held out for evaluation (default: %(default)s)")
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--micro-batch", type=int, default=8, help="rows per forward pass (default: %(default)s)")
-    optim.add_argument("--batch", type=int, default=32, help="rows per optimizer step, over all ranks, reached by gradient accumulation (default: %(default)s)")
+    optim.add_argument("--micro-batch", type=positive_int, default=8, help="rows per forward pass (default: %(default)s)")
+    optim.add_argument("--batch", type=positive_int, default=32, help="rows per optimizer step, over all ranks, reached by gradient accumulation (default: %(default)s)")
     optim.add_argument("--epochs", type=float, default=3, help="passes over the training rows (default: %(default)s)")
-    optim.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs (default: from --epochs)")
+    optim.add_argument("--max-steps", type=positive_int, help="optimizer steps; overrides --epochs (default: from --epochs)")
     optim.add_argument("--lr", type=float, help="peak learning rate (default: 2e-4 with --lora, 2e-5 with --fsdp)")
     optim.add_argument("--warmup-ratio", type=float, default=0.03, help="share of steps of linear warmup (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of matrices (default: %(default)s)")
@@ -75,11 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=int, default=100, help="evaluate on the held-out split every N steps, and at the end; 0: only at the end (default: %(default)s)")
     run.add_argument("--save-every", type=int, default=100, help="write a checkpoint every N steps; 0: never (default: %(default)s)")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="how many of the newest checkpoints to keep (default: %(default)s)")
-    run.add_argument("--log-every", type=int, default=1, help="append to OUT/metrics.jsonl every N steps (default: %(default)s)")
+    run.add_argument("--log-every", type=positive_int, default=1, help="append to OUT/metrics.jsonl every N steps (default: %(default)s)")
     run.add_argument("--eval-report", action=argparse.BooleanOptionalAction, default=True,
                      help="after training, write the fidelity report (held-out loss and style, tuned vs base, per speaker) to OUT/report (default: on)")
     run.add_argument("--eval-contexts", type=int, default=4, help="held-out contexts per speaker the report samples replies at (default: %(default)s)")
-    run.add_argument("--stop-at", type=int, help="save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)")
+    run.add_argument("--stop-at", type=positive_int, help="save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)")
     run.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its newest checkpoint, with its settings (flags given here override them)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)")
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="weight and compute dtype (default: %(default)s: bf16 on cuda, fp32 on cpu)")
@@ -92,23 +104,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume:
-        # The run's saved settings, then whatever was given explicitly on this command line.
-        settings_file = Path(args.resume) / "run_args.json"
-        if not settings_file.exists():
-            sys.exit(f"error: --resume: {settings_file} not found; is {args.resume} a twin run directory?")
-        explicit = argparse.Namespace()
-        suppressing = build_parser()
-        for action in suppressing._actions:
-            action.default = argparse.SUPPRESS
-        suppressing.parse_args(argv, namespace=explicit)
-        args = recorded_args({**json.loads(settings_file.read_text()), **vars(explicit)})
-        args.out = args.resume
+        out = Path(args.resume)
+        check_run_folder(out, "--resume")
+        if (out / "run.json").exists():
+            if on_main_rank():
+                print(f"{out} is a finished run ({out / 'run.json'} holds its result): nothing to resume. Chat with "
+                      f"it: python sample.py --checkpoint {out}; or train anew with another --out")
+            sys.exit(0)
+        args = resumed_args(argv, out)
     elif not args.data:
-        sys.exit("error: --data is required: a Telegram export (result.json or its folder) or a sessions file")
-    elif checkpoints(Path(args.out)) or (Path(args.out) / "run.json").exists():
+        refuse("--data is required: a Telegram export (result.json or its folder) or a sessions file")
+    else:
+        out = Path(args.out)
+        check_run_folder(out, "--out")
         # A fresh run would mix its checkpoints and metrics with the earlier run's, or overwrite its result.
-        sys.exit(f"error: --out {args.out} holds an earlier run; continue it with --resume {args.out}, "
-                 "or choose another --out")
+        if (out / "run.json").exists():
+            refuse(f"--out {out} holds a finished run ({out / 'run.json'}); choose another --out")
+        if checkpoints(out):
+            refuse(f"--out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out")
+    if args.fsdp and "RANK" not in os.environ:
+        refuse("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
     if Path(args.model).is_dir():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
         args.model = str(Path(args.model).resolve())
     if args.lr is None:
@@ -116,27 +131,137 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def on_main_rank() -> bool:
+    """Rank 0 of a torchrun job, or a plain process; known before the process group is."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def refuse(message: str) -> NoReturn:
+    """End a bad command line: one error line (from one rank of a job) and the status of a user error."""
+    if on_main_rank():
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_run_folder(out: Path, flag: str) -> None:
+    """Refuse a run folder that is a file, or that links to files elsewhere."""
+    if out.exists() and not out.is_dir():
+        refuse(f"{flag} {out}: not a folder")
+    for name in RUN_ENTRIES:
+        if (out / name).is_symlink():
+            refuse(f"{out / name}: a symbolic link; a run folder holds its own files, and twin follows no link "
+                   "out of it")
+
+
+def resumed_args(argv: list[str] | None, out: Path) -> argparse.Namespace:
+    """The run's saved settings, then whatever was given explicitly on this command line."""
+    settings_file = out / "run_args.json"
+    if not settings_file.is_file():
+        refuse(f"--resume: {settings_file} not found; is {out} a twin run directory?")
+    try:
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        refuse(f"{settings_file}: not readable as JSON ({error})")
+    if not isinstance(settings, dict):
+        refuse(f"{settings_file}: holds a JSON {type(settings).__name__}, not train.py's settings")
+    try:
+        recorded = recorded_args(settings)
+    except ValueError as error:
+        refuse(f"{settings_file}: {error}")
+    explicit = argparse.Namespace()
+    suppressing = build_parser()
+    for action in suppressing._actions:
+        action.default = argparse.SUPPRESS
+    suppressing.parse_args(argv, namespace=explicit)
+    args = argparse.Namespace(**{**vars(recorded), **vars(explicit)})
+    args.out = str(out)
+    return args
+
+
 def recorded_args(settings: dict) -> argparse.Namespace:
-    """A run's recorded settings over today's defaults (which cover flags newer than the record)."""
-    defaults = {action.dest: action.default for action in build_parser()._actions}
-    return argparse.Namespace(**{**defaults, **settings})
+    """A run's recorded settings over today's defaults (which cover flags newer than the record).
+
+    Each value must be one the command line could have given: ValueError names the first that is not.
+    Keys that are no flag are left out, and so are --resume and --stop-at, which belong to one invocation.
+    """
+    actions = {action.dest: action for action in build_parser()._actions if action.dest != "help"}
+    recorded = {dest: recorded_value(actions[dest], value) for dest, value in settings.items()
+                if dest in actions and dest not in ("resume", "stop_at")}
+    return argparse.Namespace(**{**{dest: action.default for dest, action in actions.items()}, **recorded})
+
+
+def recorded_value(action: argparse.Action, value):
+    """`value` as the flag of `action` would have given it on the command line; ValueError if it cannot."""
+    flag, shown = max(action.option_strings, key=len), json.dumps(value)[:60]
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0:  # an on/off flag
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{flag}: {shown} is not true or false")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (isinstance(value, str) or action.type and number):
+        raise ValueError(f"{flag}: {shown} is not a {'number' if action.type else 'string'}")
+    try:
+        value = action.type(str(value)) if action.type else value
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise ValueError(f"{flag}: {shown} is refused ({error})") from None
+    if action.choices and value not in action.choices:
+        raise ValueError(f"{flag}: {shown} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def read_run_record(out: Path) -> dict:
+    """OUT/run.json of a finished run, checked: its settings are ones train.py takes (with a --data), and
+    its partners are names. A damaged or foreign record raises CheckpointError naming the file."""
+    run_file = out / "run.json"
+    try:
+        record = json.loads(run_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_file}: missing; is {out} a finished train.py run?") from None
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        raise CheckpointError(f"{run_file}: not readable as JSON ({error})") from None
+    settings = record.get("settings") if isinstance(record, dict) else None
+    figures = record.get("figures", {}) if isinstance(record, dict) else None
+    partners = figures.get("partners", {}) if isinstance(figures, dict) else None
+    if not (isinstance(settings, dict) and isinstance(partners, dict)
+            and all(isinstance(name, str) for pair in partners.items() for name in pair)):
+        raise CheckpointError(f"{run_file}: not a train.py run record (its settings, figures or partners are "
+                              "missing or of the wrong type)")
+    try:
+        recorded = recorded_args(settings)
+    except ValueError as error:
+        raise CheckpointError(f"{run_file}: {error}") from None
+    if recorded.data is None:
+        raise CheckpointError(f"{run_file}: records no --data")
+    return record
 
 
 def resolve_device(args) -> tuple[torch.device, torch.dtype]:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              "cpu" if args.device == "auto" else args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device}: {error}") from None
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, dtype
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> None:
+    atomic.private_files()
     args = parse_args(argv)
     world = fsdp.start() if args.fsdp else None
     exit_code = 0
     try:
         train(args, world)
-    except (DataError, CheckpointError, TokenizerError, AdapterError, TrainingError) as error:
+    except (TrainingError, ValueError) as error:
+        # Our ValueErrors (DataError, CheckpointError, TokenizerError, AdapterError), and torch's for a
+        # setting it refuses, such as a negative --lr.
         print(f"error: {error}", file=sys.stderr)
+        exit_code = 2
+    except OSError as error:  # a run folder that cannot be written, a full disk
+        print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error}", file=sys.stderr)
         exit_code = 2
     except fsdp.MainRankFailed:  # rank 0 has printed the error
         exit_code = 2
@@ -161,6 +286,8 @@ def train(args, world: "fsdp.World | None") -> None:
     torch.manual_seed(args.seed)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for path in remove_unfinished_writes(out):
+            say(f"removed {path}, left by a write that was cut short")
         if not args.resume:  # what --resume continues with; a stop belongs to this invocation only
             settings = {k: v for k, v in vars(args).items() if k not in ("resume", "stop_at")}
             atomic.write_text(out / "run_args.json", json.dumps(settings, indent=2))
@@ -201,30 +328,39 @@ def train(args, world: "fsdp.World | None") -> None:
     optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
     scheduler = cosine_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
 
-    step = 0
+    step, loss = 0, None
     if args.resume:
-        newest = checkpoints(out)
-        if not newest:
-            raise TrainingError(f"{out}: no checkpoint to resume from in {out / 'checkpoints'}")
-        if args.fsdp:
-            state = fsdp.load_checkpoint(newest[-1], world, model, optimizer)
+        def warn(line: str) -> None:
+            if is_main:
+                print(line, file=sys.stderr)
+
+        if args.fsdp:  # rank 0 checks the checkpoints first and says what is wrong with them
+            resumed, _ = fsdp.main_first(world, lambda: resume_from(
+                out, lambda directory: fsdp.check_checkpoint(directory, world_size), warn))
+            state = fsdp.load_checkpoint(resumed, world, model, optimizer)
             scheduler.load_state_dict(state["scheduler"])
             loader.load_state_dict(state["loader"])
-            step = state["step"]
         else:
-            load_adapter(model, newest[-1] / "adapter")
-            step = load_training_state(newest[-1], optimizer, scheduler, loader)
-        say(f"resumed from {newest[-1]} at step {step} of {total_steps}")
+            def load_lora_checkpoint(directory: Path) -> dict:
+                try:
+                    load_adapter(model, directory / "adapter")
+                except AdapterError as error:
+                    raise DamagedCheckpoint(str(error)) from None
+                return load_training_state(directory, optimizer, scheduler, loader)
+
+            resumed, state = resume_from(out, load_lora_checkpoint, warn)
+        step, loss = state["step"], state.get("loss")  # older checkpoints did not keep it
+        say(f"resumed from {resumed} at step {step} of {total_steps}")
     metrics = MetricsLog(out / "metrics.jsonl", after_step=step) if is_main else None
 
     def save_checkpoint():
         if args.fsdp:
-            state = {"step": step, "scheduler": scheduler.state_dict(), "loader": loader.state_dict()}
+            state = {"step": step, "loss": loss, "scheduler": scheduler.state_dict(), "loader": loader.state_dict()}
             fsdp.save_checkpoint(checkpoint_path(out, step), world, model, optimizer, state)
         else:
             with atomic.directory(checkpoint_path(out, step)) as building:
                 save_adapter(model, building / "adapter", lora_config, base_model=args.model)
-                save_training_state(building, step, optimizer, scheduler, loader)
+                save_training_state(building, step, loss, optimizer, scheduler, loader)
         if is_main:
             prune_checkpoints(out, args.keep_checkpoints)
 
@@ -279,7 +415,8 @@ def train(args, world: "fsdp.World | None") -> None:
                 return
 
     # The result: the adapter in PEFT's format, or the whole model in Hugging Face's, with the
-    # tokenizer and a record of the run.
+    # tokenizer, the fidelity report, and last a record of the run, which marks it finished (until
+    # then --resume, even from a checkpoint of the final step, writes them all).
     last_eval = run_evaluation()
     say(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}" if last_eval
         else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
@@ -290,6 +427,13 @@ def train(args, world: "fsdp.World | None") -> None:
         save_adapter(model, out / "adapter", lora_config, base_model=args.model)
         tokenizer.save(out / "adapter")
         say(f"adapter written to {out / 'adapter'}")
+    if args.eval_report and not args.fsdp:
+        write_fidelity_report(args, model, tokenizer, data, out, device)
+    elif args.eval_report and is_main:
+        say(f"for the fidelity report of the full fine-tune: python evaluate.py --checkpoint {out}")
+    if args.merge and not args.fsdp:
+        save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)
+        say(f"merged model written to {out / 'merged'}")
     memory = fsdp.gather(peak_memory_mb(device)) if world else [peak_memory_mb(device)]
     if is_main:
         figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
@@ -298,13 +442,6 @@ def train(args, world: "fsdp.World | None") -> None:
                    "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
         atomic.write_text(out / "run.json", json.dumps({"mode": "fsdp" if args.fsdp else "lora",
                                                         "settings": vars(args), "figures": figures}, indent=2))
-    if args.eval_report and not args.fsdp:
-        write_fidelity_report(args, model, tokenizer, data, out, device)
-    elif args.eval_report and is_main:
-        say(f"for the fidelity report of the full fine-tune: python evaluate.py --checkpoint {out}")
-    if args.merge and not args.fsdp:
-        save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)
-        say(f"merged model written to {out / 'merged'}")
 
 
 def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:

@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, most_frequent_partners
 from data.telegram import ConversionReport, ExportOptions, export_options_from_args, load_sessions
+from model.mistral import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
 TRAIN_ON = ("all", "target")
@@ -111,8 +114,9 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
     if cache_dir is not None:
         key = _cache_key(fingerprints, tokenizer, config)
         cache_file = Path(cache_dir) / f"tokens-{key}.npz"
-    if cache_file is not None and cache_file.exists():
-        train_rows, val_rows, tokens_cut = _load_rows(cache_file)
+    cached = _load_rows(cache_file, config.seq_len, tokenizer.vocab_size) if cache_file is not None else None
+    if cached is not None:
+        train_rows, val_rows, tokens_cut = cached
     else:
         trained_speakers = {conversion.target} if config.train_on == "target" else None
         train_pieces, train_cut = _tokenize(train, tokenizer, config.seq_len, trained_speakers)
@@ -202,8 +206,37 @@ def _save_rows(cache_file: Path, train_rows: PackedRows, val_rows: PackedRows, t
         raise
 
 
-def _load_rows(cache_file: Path) -> tuple[PackedRows, PackedRows, int]:
-    with np.load(cache_file) as arrays:
-        train_rows = PackedRows(**{name: arrays[f"train_{name}"] for name in ROW_ARRAYS})
-        val_rows = PackedRows(**{name: arrays[f"val_{name}"] for name in ROW_ARRAYS})
-        return train_rows, val_rows, int(arrays["tokens_cut"])
+def _load_rows(cache_file: Path, seq_len: int, vocab_size: int) -> tuple[PackedRows, PackedRows, int] | None:
+    """The cached rows; None when there are none, or when the file is damaged (it is then warned about,
+    and tokenizing again replaces it)."""
+    if not cache_file.exists():
+        return None
+    try:
+        with np.load(cache_file) as arrays:  # arrays of numbers only: it refuses pickled objects
+            train_rows = PackedRows(**{name: arrays[f"train_{name}"] for name in ROW_ARRAYS})
+            val_rows = PackedRows(**{name: arrays[f"val_{name}"] for name in ROW_ARRAYS})
+            tokens_cut = int(arrays["tokens_cut"])
+        problem = _rows_problem(train_rows, seq_len, vocab_size) or _rows_problem(val_rows, seq_len, vocab_size)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        problem = repr(error)[:200]  # one line, whatever the error
+    if problem:
+        print(f"warning: {cache_file}: damaged token cache ({problem}); tokenizing again", file=sys.stderr)
+        return None
+    return train_rows, val_rows, tokens_cut
+
+
+def _rows_problem(rows: PackedRows, seq_len: int, vocab_size: int) -> str | None:
+    """What would make cached rows fail in training, if anything."""
+    count = len(rows.lengths)
+    for name in ROW_ARRAYS:
+        array = getattr(rows, name)
+        if array.shape != ((count,) if name == "lengths" else (count, seq_len)) or array.dtype.kind not in "iu":
+            return f"{name} is {array.dtype} of shape {array.shape}"
+    limits = {"input_ids": (rows.input_ids, vocab_size),
+              "labels": (rows.labels[rows.labels != IGNORE_INDEX], vocab_size),
+              "position_ids": (rows.position_ids, seq_len), "document_ids": (rows.document_ids, seq_len),
+              "lengths": (rows.lengths, seq_len + 1)}
+    for name, (values, limit) in limits.items():
+        if values.size and (values.min() < 0 or values.max() >= limit):
+            return f"{name} out of range"
+    return None

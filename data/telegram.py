@@ -38,6 +38,8 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
+import atomic
+from console import quiet_when_the_reader_leaves
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -910,7 +912,9 @@ def _format_session(session: Session) -> str:
     return "\n".join(lines)
 
 
+@quiet_when_the_reader_leaves
 def main(argv: list[str] | None = None) -> int:
+    atomic.private_files()
     # Names and messages are in any language: never crash on a console that cannot show them.
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")

@@ -1,4 +1,4 @@
-"""The Mistral model, its checkpoint I/O and its tokenizer."""
+"""The model (Mistral, Llama, Qwen2, Qwen3), its checkpoint I/O (Hugging Face and GGUF) and its tokenizer."""
 from model.checkpoint import CheckpointError, load_model, load_tokenizer, save_model
 from model.mistral import KVCache, Mistral, MistralConfig
 from model.tokenizer import Tokenizer

@@ -1,9 +1,15 @@
-"""The Mistral decoder (and Llama, which is Mistral without a sliding window) in one file.
+"""The decoder of Mistral, Llama (2 and 3), Qwen2/2.5 and Qwen3 in one file.
+
+They are one architecture with a few switches, all in `MistralConfig`: Mistral attends through a
+sliding window; Llama 3.1+ stretches the long rotary wavelengths (`rope_scaling`); Qwen2 adds biases
+to q, k and v; Qwen3 normalises each head's queries and keys; any of them may tie the LM head to the
+embedding.
 
 Parameter names equal Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so loading a
 checkpoint is a plain copy of tensors, and rotary embeddings use Hugging Face's rotate-half layout,
 so neither checkpoints nor LoRA adapters need their q/k rows permuted.
 """
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,6 +18,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entropy default)
+HF_ARCHITECTURES = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -25,8 +34,13 @@ class MistralConfig:
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # None, or Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}
+    rope_scaling: dict | None = None
     max_position_embeddings: int = 32768
     sliding_window: int | None = 4096  # None: full causal attention
+    max_window_layers: int = 0  # Qwen: the layers before this one attend fully, the rest through the window
+    attention_bias: bool = False  # biases on q, k, v and o (Llama's and Qwen3's `attention_bias`)
     tie_word_embeddings: bool = False
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -39,26 +53,58 @@ class MistralConfig:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                              f"num_key_value_heads ({self.num_key_value_heads})")
 
+    @property
+    def qkv_bias(self) -> bool:
+        """Biases on q, k and v: always in Qwen2; in Llama and Qwen3 with `attention_bias` (o too)."""
+        return self.attention_bias or self.model_type == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3 RMS-normalises each head's queries and keys before rotating them."""
+        return self.model_type == "qwen3"
+
+    def window_of(self, layer: int) -> int | None:
+        """The sliding window of this decoder layer; None where it attends to the whole context."""
+        return self.sliding_window if layer >= self.max_window_layers else None
+
     @classmethod
     def from_hf(cls, hf: dict) -> "MistralConfig":
         """Read a Hugging Face `config.json` dict; refuse what this architecture does not compute."""
         model_type = hf.get("model_type")
-        if model_type not in ("mistral", "llama"):
-            raise ValueError(f"model_type {model_type!r} is not supported (only 'mistral' and 'llama')")
+        if model_type not in HF_ARCHITECTURES:
+            raise ValueError(f"model_type {model_type!r} is not supported "
+                             f"(only {', '.join(map(repr, HF_ARCHITECTURES))})")
         refused = {
             "hidden_act": (hf.get("hidden_act", "silu"), ("silu",)),
-            "attention_bias": (hf.get("attention_bias", False), (False,)),
             "mlp_bias": (hf.get("mlp_bias", False), (False,)),
-            "rope_scaling": (hf.get("rope_scaling"), (None,)),
             "pretraining_tp": (hf.get("pretraining_tp", 1), (1,)),
         }
-        # transformers 5 writes rope settings as `rope_parameters`, older versions as `rope_theta`.
-        rope = hf.get("rope_parameters") or {}
-        if rope:
-            refused["rope_parameters.rope_type"] = (rope.get("rope_type", "default"), ("default",))
+        if model_type == "mistral":
+            refused["attention_bias"] = (hf.get("attention_bias", False), (False,))
         for field_name, (value, allowed) in refused.items():
             if value not in allowed:
                 raise ValueError(f"{field_name} = {value!r} is not supported (expected {allowed[0]!r})")
+        # transformers 5 writes rope settings as `rope_parameters`, older versions as `rope_theta`
+        # and `rope_scaling` (whose type was once called `type`).
+        rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(f"rope_scaling of type {rope_type!r} is not supported (only Llama 3's 'llama3')")
+        rope_scaling = ({"rope_type": "llama3", **{name: rope[name] for name in LLAMA3_ROPE_FIELDS}}
+                        if rope_type == "llama3" else None)
+
+        if model_type == "mistral":
+            sliding_window, max_window_layers = hf.get("sliding_window"), 0
+        elif model_type == "llama":
+            sliding_window, max_window_layers = None, 0
+        else:  # Qwen: a window only with use_sliding_window, and then only from layer max_window_layers on
+            sliding_window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+            max_window_layers = hf.get("max_window_layers", 28) if sliding_window else 0
+            layer_types = ["sliding_attention" if sliding_window and i >= max_window_layers else "full_attention"
+                           for i in range(hf["num_hidden_layers"])]
+            if hf.get("layer_types") not in (None, layer_types):
+                raise ValueError(f"layer_types = {hf['layer_types']!r} is not supported (expected "
+                                 f"{layer_types!r}, what use_sliding_window and max_window_layers say)")
         eos = hf.get("eos_token_id", 2)
         return cls(
             vocab_size=hf["vocab_size"],
@@ -67,11 +113,15 @@ class MistralConfig:
             num_hidden_layers=hf["num_hidden_layers"],
             num_attention_heads=hf["num_attention_heads"],
             num_key_value_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            head_dim=hf.get("head_dim"),
+            # (Qwen3's head_dim defaults to 128, not hidden_size / heads)
+            head_dim=hf.get("head_dim", 128 if model_type == "qwen3" else None),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            rope_scaling=rope_scaling,
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
-            sliding_window=hf.get("sliding_window") if model_type == "mistral" else None,
+            sliding_window=sliding_window,
+            max_window_layers=max_window_layers,
+            attention_bias=model_type in ("llama", "qwen3") and hf.get("attention_bias", False),
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
             bos_token_id=hf.get("bos_token_id", 1),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,
@@ -81,11 +131,17 @@ class MistralConfig:
     def to_hf(self, dtype: torch.dtype) -> dict:
         """The `config.json` dict that transformers reads back into the same architecture."""
         hf = asdict(self)
-        hf["architectures"] = ["MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"]
+        hf["architectures"] = [HF_ARCHITECTURES[self.model_type]]
         hf["hidden_act"] = "silu"
         hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+        if self.model_type in ("qwen2", "qwen3"):
+            hf["use_sliding_window"] = self.sliding_window is not None
+        else:
+            del hf["max_window_layers"]
         if self.model_type == "llama":
             del hf["sliding_window"]
+        if self.model_type in ("mistral", "qwen2"):  # fixed by the architecture
+            del hf["attention_bias"]
         return hf
 
 
@@ -103,9 +159,26 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+def rotary_frequencies(config: MistralConfig, device: torch.device) -> torch.Tensor:
+    """The angle each pair of a head's dimensions turns by per position, [head_dim / 2], in fp32."""
+    dim = config.head_dim
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, device=device).float() / dim)
+    if config.rope_scaling is None:
+        return inv_freq
+    # Llama 3.1's long context: wavelengths longer than the original context stretch by `factor`,
+    # those shorter than original / high_freq_factor stay, and the band between blends the two.
+    scaling = config.rope_scaling
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (original / wavelength - low) / (high - low)  # 0 at the band's long end, 1 at its short end
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    blended = torch.where(wavelength > original / low, inv_freq / factor, blended)
+    return torch.where(wavelength < original / high, inv_freq, blended)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
     """cos and sin of each position's rotation, [batch, seq, head_dim], in rotate-half layout."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
     angles = position_ids.float()[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -184,23 +257,29 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class Attention(nn.Module):
-    def __init__(self, config: MistralConfig):
+    def __init__(self, config: MistralConfig, index: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-        self.window = config.sliding_window
-        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.window = config.window_of(index)
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, documents: DocumentSpans | None, kv_cache: KVCache | None,
                 layer_index: int):
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q.transpose(1, 2), cos, sin), apply_rotary(k.transpose(1, 2), cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(layer_index, k, v)
         # Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads. On CPU
@@ -239,7 +318,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.index = index
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
+        self.self_attn = Attention(config, index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
@@ -289,12 +368,15 @@ class Mistral(nn.Module):
             position_ids = torch.arange(past, past + seq, device=input_ids.device).expand(batch, seq)
 
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        if document_ids is None:
-            mask, documents = attention_mask(seq, past + seq, self.config.sliding_window, x.device), None
-        else:
-            mask, documents = None, DocumentSpans.of(document_ids)
+        cos, sin = rotary_cos_sin(position_ids, rotary_frequencies(self.config, x.device), x.dtype)
+        # One mask per distinct window (Qwen's first layers attend fully, the rest through a window).
+        # Packed rows need none: attention runs document by document.
+        documents = DocumentSpans.of(document_ids) if document_ids is not None else None
+        windows = {layer.self_attn.window for layer in self.model.layers}
+        masks = {window: None if documents is not None else attention_mask(seq, past + seq, window, x.device)
+                 for window in windows}
         for layer in self.model.layers:
+            mask = masks[layer.self_attn.window]
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, documents, kv_cache, use_reentrant=False)
             else:

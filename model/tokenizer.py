@@ -1,29 +1,31 @@
-"""SentencePiece tokenizer plus added tokens, id-for-id equal to transformers' LlamaTokenizer (v5).
+"""SentencePiece tokenizer plus added tokens, encoding the way SentencePiece itself does.
 
 Mistral and Dolphin ship a SentencePiece BPE model (tokenizer.model) and, in their JSON files, extra
-"added" tokens such as <|im_start|>/<|im_end|>. transformers 5 turns a text into ids like this:
+"added" tokens such as <|im_start|>/<|im_end|>. A text becomes ids like this:
 
 1. Added tokens are cut out of the text first (leftmost, longest match). Tokens flagged lstrip/rstrip
    also swallow the whitespace on that side.
-2. In every remaining chunk ' ' becomes '▁', and a dummy '▁' is prepended unless the chunk already
-   starts with one. Which chunks get it depends on the config: legacy=true -> every chunk, including
-   the one right after an added token ("always"); legacy=false (the default) -> only a chunk at the
-   very start of the text ("first"); add_prefix_space=false -> none ("never").
-3. Each chunk is BPE-merged as a whole. A merge's priority is its place in tokenizer.json's merge list
-   when there is one, otherwise the id of the merged piece.
+2. Every remaining chunk is encoded by SentencePiece with the model's own normalizer spec: extra
+   whitespace removed where the spec says so (llama2.c-style models do), ' ' written '▁', and a dummy
+   '▁' prepended when the spec asks for one, also before a chunk that already starts with a space
+   (' hello' -> ['▁', '▁hell', 'o']). Merges follow the piece scores ('a  b' -> ['▁a', '▁', '▁b']).
+   Which chunks get the dummy '▁' depends on tokenizer_config.json: legacy=true (the default) -> every
+   chunk ("always"); legacy=false -> only a chunk at the very start of the text ("first");
+   add_prefix_space=false -> none ("never").
 
-Plain SentencePiece disagrees on two points: it always adds its own dummy '▁' (also before a leading
-space), and it merges by piece score, which ranks the whitespace-run pieces ('▁▁', '▁▁▁▁', ...) last.
-So we load a patched copy of the model: add_dummy_prefix off and scores = -(transformers' priority);
-then we add the dummy '▁' ourselves exactly where transformers does.
+That is what the model was trained with: SentencePiece itself, mistral-common, llama.cpp, transformers 4
+and transformers 5's SentencePiece conversion (`TokenizersBackend`, which AutoTokenizer uses for a
+tokenizer.model whose config names no tokenizer class) all agree. transformers 5's `LlamaTokenizer`
+class, which AutoTokenizer picks where tokenizer_config.json names it (Mistral's and Dolphin's do),
+differs: it skips the dummy '▁' before a chunk that starts with a space, and without a tokenizer.json
+it ranks merges by piece id. twin follows SentencePiece there, and save() names no tokenizer class, so
+transformers reads what twin writes back with twin's ids.
 
 BOS/EOS are explicit: encode() adds them only when asked (bos=True, eos=True), whatever the
 add_bos_token / add_eos_token flags say. The flags are kept and saved for transformers' sake.
 
-Decoding is the inverse of encoding, not a copy of transformers' decode (which turns
-"a<|im_start|>b" into "a<|im_start|> b"): the dummy '▁' that encode added at the start of a chunk is
-removed again. Where two texts share the same ids the choice is fixed: a chunk that starts with a
-single space followed by a non-space (" hi") decodes without that space, since "hi" gives the same ids.
+Decoding is the inverse of encoding: the dummy '▁' that encode put before a chunk is removed again.
+Only '▁' written in the text itself and whitespace that remove_extra_whitespaces dropped do not survive.
 """
 
 from __future__ import annotations
@@ -107,30 +109,56 @@ def _proto_fields(buf: bytes):
         pos = end
 
 
-def _model_type(model: bytes) -> int:
-    """TrainerSpec.model_type of a SentencePiece ModelProto: 1 unigram (the default), 2 BPE, ..."""
-    for field, wire, _, payload, end in _proto_fields(model):
-        if field == 2 and wire == 2:  # ModelProto.trainer_spec
-            for spec_field, spec_wire, _, spec_payload, _ in _proto_fields(model[payload:end]):
-                if spec_field == 3 and spec_wire == 0:  # TrainerSpec.model_type
-                    return _read_varint(model[payload:end], spec_payload)[0]
-    return 1
+# field numbers in sentencepiece_model.proto
+PIECES, TRAINER_SPEC, NORMALIZER_SPEC = 1, 2, 3  # ModelProto
+PIECE, SCORE, TYPE = 1, 2, 3  # ModelProto.SentencePiece
+MODEL_TYPE, BYTE_FALLBACK, UNK_ID, BOS_ID, EOS_ID, PAD_ID = 3, 35, 40, 41, 42, 43  # TrainerSpec
+NAME, ADD_DUMMY_PREFIX, REMOVE_EXTRA_WHITESPACES = 1, 3, 4  # NormalizerSpec
+BPE_MODEL = 2  # TrainerSpec.model_type; 1, unigram, is the default
+PIECE_BYTE = 6  # SentencePiece.type: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
 
 
-def _patched_model(model: bytes, priorities: list[int]) -> bytes:
-    """The ModelProto with piece i scored -priorities[i] and add_dummy_prefix off.
+def _spec_value(model: bytes, spec: int, field: int, default: int) -> int:
+    """A varint field of the model's TrainerSpec or NormalizerSpec; the last occurrence wins, as in protobuf."""
+    value = default
+    for model_field, wire, _, payload, end in _proto_fields(model):
+        if model_field == spec and wire == 2:
+            body = model[payload:end]
+            for spec_field, spec_wire, _, spec_payload, _ in _proto_fields(body):
+                if spec_field == field and spec_wire == 0:
+                    value = _read_varint(body, spec_payload)[0]
+    return value
 
-    Protobuf keeps the last value of a scalar field and merges repeated occurrences of a message field,
-    so appending a score to every piece and a NormalizerSpec{add_dummy_prefix: false} overrides both."""
-    out, piece = bytearray(), 0
-    for field, wire, start, payload, end in _proto_fields(model):
-        if field == 1 and wire == 2:  # ModelProto.pieces; SentencePiece.score is field 2, a float
-            body = model[payload:end] + b"\x15" + struct.pack("<f", -priorities[piece])
-            out += b"\x0a" + _encode_varint(len(body)) + body  # key of field 1, length-delimited
-            piece += 1
-        else:
-            out += model[start:end]
-    return bytes(out + b"\x1a\x02\x18\x00")  # field 3 (normalizer_spec) { field 3 (add_dummy_prefix): 0 }
+
+def _varint_field(field: int, value: int) -> bytes:
+    return _encode_varint(field << 3) + _encode_varint(value & 0xFFFFFFFFFFFFFFFF)  # negative ints take 10 bytes
+
+
+def _bytes_field(field: int, body: bytes) -> bytes:
+    return _encode_varint(field << 3 | 2) + _encode_varint(len(body)) + body
+
+
+def _without_dummy_prefix(model: bytes) -> bytes:
+    """The ModelProto with add_dummy_prefix off. Protobuf merges repeated occurrences of a message field and
+    keeps the last value of a scalar one, so an appended NormalizerSpec{add_dummy_prefix: false} overrides it."""
+    return model + _bytes_field(NORMALIZER_SPEC, _varint_field(ADD_DUMMY_PREFIX, 0))
+
+
+def sentencepiece_model(pieces: list[tuple[str, float, int]], unk_id: int, bos_id: int, eos_id: int,
+                        pad_id: int, add_dummy_prefix: bool) -> bytes:
+    """A SentencePiece BPE ModelProto (a tokenizer.model's bytes) from (piece, score, type) triples; an id of -1
+    means none. No normalization besides ' ' -> '▁' and the dummy prefix, as llama.cpp does."""
+    body = bytearray()
+    for piece, score, piece_type in pieces:
+        entry = _bytes_field(PIECE, piece.encode()) + _encode_varint(SCORE << 3 | 5) + struct.pack("<f", score)
+        body += _bytes_field(PIECES, entry + _varint_field(TYPE, piece_type))
+    byte_fallback = any(piece_type == PIECE_BYTE for _, _, piece_type in pieces)
+    trainer = [(MODEL_TYPE, BPE_MODEL), (BYTE_FALLBACK, byte_fallback), (UNK_ID, unk_id), (BOS_ID, bos_id),
+               (EOS_ID, eos_id), (PAD_ID, pad_id)]
+    body += _bytes_field(TRAINER_SPEC, b"".join(_varint_field(field, value) for field, value in trainer))
+    normalizer = _bytes_field(NAME, b"identity") + _varint_field(ADD_DUMMY_PREFIX, add_dummy_prefix)
+    body += _bytes_field(NORMALIZER_SPEC, normalizer + _varint_field(REMOVE_EXTRA_WHITESPACES, 0))
+    return bytes(body)
 
 
 # --- reading the JSON files ---
@@ -157,6 +185,26 @@ def _token_content(value, path: Path, key: str) -> str | None:
     raise TokenizerError(f"{path}: {key} must be a string or an object with a 'content' string")
 
 
+def read_config(root: Path) -> dict:
+    """tokenizer_config.json, with bos/eos/unk/pad from special_tokens_map.json where it names none, each
+    token and additional_special_tokens as plain strings."""
+    config_path = root / "tokenizer_config.json"
+    config = _read_json(config_path) or {}
+    special_map = _read_json(root / "special_tokens_map.json") or {}
+    for key in NAMED_TOKENS:
+        if config.get(key) is None and special_map.get(key) is not None:
+            config[key] = _token_content(special_map[key], root / "special_tokens_map.json", key)
+        elif config.get(key) is not None:
+            config[key] = _token_content(config[key], config_path, key)
+    extra = config.get("additional_special_tokens") or []
+    if not isinstance(extra, list):
+        raise TokenizerError(f"{config_path}: additional_special_tokens must be a list")
+    config["additional_special_tokens"] = [_token_content(t, config_path, "additional_special_tokens") for t in extra]
+    if config.get("split_special_tokens"):
+        raise TokenizerError(f"{config_path}: split_special_tokens=true is not supported")
+    return config
+
+
 def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> AddedToken:
     if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not entry["content"]:
         raise TokenizerError(f"{path}: added token {token_id!r} needs a non-empty 'content' string")
@@ -175,56 +223,41 @@ def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> Ad
     )
 
 
-def _merge_priorities(tokenizer_json: dict | None, pieces: list[str], path: Path) -> list[int]:
-    """transformers' merge priority of every piece: its first place in tokenizer.json's merges, else its id."""
-    merges = ((tokenizer_json or {}).get("model") or {}).get("merges")
-    if not merges:
-        return list(range(len(pieces)))
-    rank: dict[str, int] = {}
-    for i, merge in enumerate(merges):
-        pair = merge.split(" ", 1) if isinstance(merge, str) else merge
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            raise TokenizerError(f"{path}: merge {i} is not a pair of strings: {merge!r}")
-        rank.setdefault(pair[0] + pair[1], i)
-    # pieces no merge produces (single characters, bytes, controls) are never merge results: any priority works
-    return [rank.get(piece, len(merges) + i) for i, piece in enumerate(pieces)]
-
-
 class Tokenizer:
     """Load with Tokenizer.from_dir(path); encode/decode/stream are the everyday API."""
 
-    def __init__(self, model: bytes, added: Iterable[AddedToken], config: dict, tokenizer_json: dict | None = None,
-                 source: str = "tokenizer.model"):
+    def __init__(self, model: bytes, added: Iterable[AddedToken], config: dict, source: str = "tokenizer.model"):
         """model: tokenizer.model's bytes; added: the added tokens; config: tokenizer_config.json's content
-        (bos_token, eos_token, unk_token, pad_token, legacy, add_prefix_space are read from it, all of it is
-        written back by save); tokenizer_json: tokenizer.json's content if any (its merge order is used)."""
+        (bos_token, eos_token, unk_token, pad_token, legacy, add_prefix_space are read from it, the rest is
+        written back by save)."""
         try:
-            plain = sentencepiece.SentencePieceProcessor(model_proto=model)
+            self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
         except RuntimeError:
-            plain = None
-        if plain is None or plain.piece_size() == 0:  # sentencepiece accepts an empty file as an empty model
+            self._sp = None
+        if self._sp is None or self._sp.piece_size() == 0:  # sentencepiece accepts an empty file as an empty model
             raise TokenizerError(f"{source}: not a valid SentencePiece model file")
-        if _model_type(model) != 2:
+        if _spec_value(model, TRAINER_SPEC, MODEL_TYPE, default=1) != BPE_MODEL:
             raise TokenizerError(f"{source}: not a BPE SentencePiece model; only BPE (Llama, Mistral) is supported")
-        pieces = [plain.id_to_piece(i) for i in range(plain.piece_size())]
-        priorities = _merge_priorities(tokenizer_json, pieces, Path(source).with_name("tokenizer.json"))
-        self._sp = sentencepiece.SentencePieceProcessor(model_proto=_patched_model(model, priorities))
+        # for the chunks that get no dummy prefix (see the module docstring)
+        self._sp_without_prefix = sentencepiece.SentencePieceProcessor(model_proto=_without_dummy_prefix(model))
         self._model = model
-        self._tokenizer_json = tokenizer_json
+        pieces = [self._sp.id_to_piece(i) for i in range(self._sp.piece_size())]
         self._pieces = pieces
         self._piece_bytes = [
-            bytes([int(piece[3:5], 16)]) if plain.is_byte(i) else piece.replace(SPACE, " ").encode()
+            bytes([int(piece[3:5], 16)]) if self._sp.is_byte(i) else piece.replace(SPACE, " ").encode()
             for i, piece in enumerate(pieces)
         ]
         self._config = dict(config)
         # which chunks get a dummy "▁": see the module docstring
-        if self._config.get("add_prefix_space") is False:
+        model_adds_prefix = _spec_value(model, NORMALIZER_SPEC, ADD_DUMMY_PREFIX, default=1)
+        if self._config.get("add_prefix_space") is False or not model_adds_prefix:
             self._dummy_prefix = "never"
         else:
-            self._dummy_prefix = "always" if self._config.get("legacy") else "first"
+            # transformers 4 took a missing legacy for true, and so does transformers 5 reading tokenizer.model
+            self._dummy_prefix = "always" if self._config.get("legacy", True) else "first"
 
         # the model's own <s>, </s>, <unk> stand in for names the config leaves out
-        defaults = {"bos_token": plain.bos_id(), "eos_token": plain.eos_id(), "unk_token": plain.unk_id()}
+        defaults = {"bos_token": self._sp.bos_id(), "eos_token": self._sp.eos_id(), "unk_token": self._sp.unk_id()}
         for key, default_id in defaults.items():
             if self._config.get(key) is None and default_id >= 0:
                 self._config[key] = pieces[default_id]
@@ -239,7 +272,7 @@ class Tokenizer:
         for key, content in named:
             if content is None or any(token.content == content for token in self._added.values()):
                 continue
-            piece_id = plain.piece_to_id(content)
+            piece_id = self._sp.piece_to_id(content)
             if pieces[piece_id] != content:
                 raise TokenizerError(
                     f"{source}: {key} {content!r} is neither a piece of tokenizer.model nor an added token"
@@ -251,42 +284,23 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load tokenizer.model plus the added tokens of tokenizer_config.json (added_tokens_decoder),
-        tokenizer.json (added_tokens) and added_tokens.json, whichever exist; special_tokens_map.json names
-        bos/eos/unk/pad where tokenizer_config.json does not."""
+        """Load tokenizer.model plus the added tokens of tokenizer_config.json (added_tokens_decoder) and
+        added_tokens.json, whichever exist; special_tokens_map.json names bos/eos/unk/pad where
+        tokenizer_config.json does not. A tokenizer.json is not read: model.checkpoint.load_tokenizer
+        gives a folder that has one to model.bpe.BPETokenizer."""
         root = Path(path)
         model_path = root / "tokenizer.model"
         if not model_path.is_file():
             raise TokenizerError(f"{model_path}: file not found (a SentencePiece tokenizer.model is required)")
-        config_path, json_path = root / "tokenizer_config.json", root / "tokenizer.json"
+        config_path = root / "tokenizer_config.json"
         added_json_path = root / "added_tokens.json"
-        config = _read_json(config_path) or {}
-        special_map = _read_json(root / "special_tokens_map.json") or {}
-        for key in NAMED_TOKENS:
-            if config.get(key) is None and special_map.get(key) is not None:
-                config[key] = _token_content(special_map[key], root / "special_tokens_map.json", key)
-            elif config.get(key) is not None:
-                config[key] = _token_content(config[key], config_path, key)
-        extra = config.get("additional_special_tokens") or []
-        if not isinstance(extra, list):
-            raise TokenizerError(f"{config_path}: additional_special_tokens must be a list")
-        config["additional_special_tokens"] = [_token_content(t, config_path, "additional_special_tokens") for t in extra]
-        if config.get("split_special_tokens"):
-            raise TokenizerError(f"{config_path}: split_special_tokens=true is not supported")
+        config = read_config(root)
         named = {config.get(key) for key in NAMED_TOKENS} | set(config["additional_special_tokens"])
 
         # lowest precedence first: a later source overrides an earlier one for the same id
         added: dict[int, AddedToken] = {}
         for content, token_id in (_read_json(added_json_path) or {}).items():
             token = _added_token({"content": content}, token_id, added_json_path, special_default=content in named)
-            added[token.id] = token
-        tokenizer_json = _read_json(json_path)
-        entries = (tokenizer_json or {}).get("added_tokens") or []
-        if not isinstance(entries, list):
-            raise TokenizerError(f"{json_path}: added_tokens must be a list")
-        for entry in entries:
-            token_id = entry.get("id") if isinstance(entry, dict) else None
-            token = _added_token(entry, token_id, json_path, special_default=True)
             added[token.id] = token
         decoder = config.get("added_tokens_decoder") or {}
         if not isinstance(decoder, dict):
@@ -298,7 +312,7 @@ class Tokenizer:
             model = model_path.read_bytes()
         except OSError as e:
             raise TokenizerError(f"{model_path}: cannot read ({e.strerror})") from None
-        return cls(model, added.values(), config, tokenizer_json, source=str(model_path))
+        return cls(model, added.values(), config, source=str(model_path))
 
     def _index_added(self) -> None:
         self._by_content = {token.content: token for token in self._added.values()}
@@ -344,18 +358,21 @@ class Tokenizer:
             if i:
                 ids.append(tokens[i - 1].id)
             if chunk:  # one call per chunk: sentencepiece's batch call costs more than it saves on chat text
-                ids += self._sp.encode(self._with_dummy_prefix(chunk, at_text_start=i == 0))
+                ids += self._encode_chunk(chunk, at_text_start=i == 0)
         if eos:
             ids.append(self.eos_id)
         return ids
 
-    def _with_dummy_prefix(self, chunk: str, at_text_start: bool) -> str:
-        # with add_dummy_prefix off, sentencepiece turns a leading ' ' into exactly the '▁' transformers adds
-        if chunk[0] in (" ", SPACE) or self._dummy_prefix == "never":
-            return chunk
-        if self._dummy_prefix == "first" and not at_text_start:
-            return chunk
-        return " " + chunk
+    def _encode_chunk(self, chunk: str, at_text_start: bool) -> list[int]:
+        if self._chunk_prefix(at_text_start):
+            return self._sp.encode(chunk)
+        return self._sp_without_prefix.encode(chunk)
+
+    def _chunk_prefix(self, at_text_start: bool) -> str | None:
+        """How encode marks the start of a chunk of text: with a dummy '▁' always (PREFIX_ADDED) or not at all."""
+        if self._dummy_prefix == "always" or (self._dummy_prefix == "first" and at_text_start):
+            return PREFIX_ADDED
+        return None
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ids, without the dummy '▁' prefixes encode added. skip_special drops special added tokens."""
@@ -380,8 +397,8 @@ class Tokenizer:
         return ids
 
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Write tokenizer.model, tokenizer_config.json, special_tokens_map.json and added_tokens.json (plus
-        tokenizer.json if one was loaded: it carries the merge order), each file atomically."""
+        """Write tokenizer.model, tokenizer_config.json, special_tokens_map.json and added_tokens.json, each
+        file atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         added = sorted(self._added.values(), key=lambda t: t.id)
@@ -392,10 +409,12 @@ class Tokenizer:
         }
         config = dict(self._config)
         config.pop("tokenizer_file", None)  # a path into somebody's cache that would override our files
-        config.setdefault("tokenizer_class", "LlamaTokenizer")
-        # LlamaTokenizer defaults to legacy=false, and transformers' own save_pretrained drops the key:
-        # spell it out, it decides the ids after every added token
-        config["legacy"] = bool(config.get("legacy"))
+        # Named, transformers 5's LlamaTokenizer would drop the dummy '▁' before a leading space (see the
+        # module docstring); unnamed, transformers reads tokenizer.model the way SentencePiece does.
+        config.pop("tokenizer_class", None)
+        # transformers' own save_pretrained drops the key and classes disagree on its default: spell it
+        # out, it decides the ids after every added token
+        config["legacy"] = bool(config.get("legacy", True))
         config["added_tokens_decoder"] = decoder
         special_map = {
             key: {"content": config[key], "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
@@ -408,20 +427,25 @@ class Tokenizer:
             "special_tokens_map.json": special_map,
             "added_tokens.json": {t.content: t.id for t in added if t.id >= len(self._pieces)},
         }
-        if self._tokenizer_json is not None:
-            tokens = [{"id": t.id, **decoder[str(t.id)]} for t in added]
-            files["tokenizer.json"] = {**self._tokenizer_json, "added_tokens": tokens}
         for name, content in files.items():
             data = content if isinstance(content, bytes) else json.dumps(content, indent=2, ensure_ascii=False).encode()
             atomic.write_bytes(out / name, data)
 
 
+PREFIX_ADDED = "added"  # encode put a dummy ' ' before the chunk's text
+PREFIX_IF_MISSING = "if missing"  # ... unless that text already began with one (Metaspace's way)
+
+
 class StreamDecoder:
     """Turns ids into text as they arrive. add() returns only text that is final: UTF-8 characters split
-    over byte pieces (<0xE2><0x80><0x94>) are held until complete, and the dummy '▁' at the start of a chunk
-    is held until the next piece shows whether it was a prefix or a real space."""
+    over byte pieces (<0xE2><0x80><0x94>) are held until complete, and with PREFIX_IF_MISSING the space at
+    the start of a chunk is held until the next piece shows whether it was the dummy prefix or a real space.
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False):
+    It serves every tokenizer class that has _added (id -> AddedToken), _piece_bytes (id -> the piece's
+    bytes, None for an unused id), bos_id, vocab_size and _chunk_prefix(at_text_start), which says how
+    encode marks the start of a chunk of text: PREFIX_ADDED, PREFIX_IF_MISSING or None."""
+
+    def __init__(self, tokenizer, skip_special: bool = False):
         self._tok = tokenizer
         self._skip_special = skip_special
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -429,10 +453,9 @@ class StreamDecoder:
         self._start_chunk()
 
     def _start_chunk(self) -> None:
-        scheme = self._tok._dummy_prefix
-        has_dummy = scheme == "always" or (scheme == "first" and self._at_text_start)
+        self._prefix = self._tok._chunk_prefix(self._at_text_start)
         # bytes of the chunk's start while it is undecided whether its leading ' ' is the dummy prefix
-        self._head: bytearray | None = bytearray() if has_dummy else None
+        self._head: bytearray | None = bytearray() if self._prefix else None
 
     def add(self, token_id: int) -> str:
         tok = self._tok
@@ -444,19 +467,19 @@ class StreamDecoder:
             self._at_text_start = self._at_text_start and token_id == tok.bos_id
             self._start_chunk()
             return text if self._skip_special and added.special else text + added.content
-        if not 0 <= token_id < len(tok._piece_bytes):
+        piece = tok._piece_bytes[token_id] if 0 <= token_id < len(tok._piece_bytes) else None
+        if piece is None:
             raise TokenizerError(f"token id {token_id!r} is not in the vocabulary (size {tok.vocab_size})")
         self._at_text_start = False
-        piece = tok._piece_bytes[token_id]
         if self._head is None:
             return self._utf8.decode(piece)
         self._head += piece
-        if len(self._head) < 2:
+        if self._prefix == PREFIX_IF_MISSING and len(self._head) < 2:
             return ""
         head, self._head = self._head, None
-        # encode prepends '▁' only to a chunk that does not start with a space: so ' x' is a dummy prefix,
-        # '  x' is a real space
-        if head[0] == 0x20 and head[1] != 0x20:
+        # PREFIX_ADDED: the first ' ' is the dummy one. PREFIX_IF_MISSING: encode adds none to a chunk that
+        # starts with a space, so ' x' is a dummy prefix and '  x' a real space
+        if head[:1] == b" " and (self._prefix == PREFIX_ADDED or head[1:2] != b" "):
             head = head[1:]
         return self._utf8.decode(bytes(head))
 

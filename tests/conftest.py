@@ -112,10 +112,12 @@ def dolphin_tokenizer(dolphin_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
-    """transformers' tokenizer for the same files: the oracle for ids."""
-    from transformers import AutoTokenizer
+    """transformers' tokenizer for the same files, read the way SentencePiece encodes: the oracle for ids.
+    (The LlamaTokenizer class the config names would drop the dummy prefix before a leading space; see
+    model/tokenizer.py.)"""
+    from transformers import TokenizersBackend
 
-    return AutoTokenizer.from_pretrained(dolphin_tokenizer_dir)
+    return TokenizersBackend.from_pretrained(dolphin_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
@@ -189,3 +191,87 @@ def smollm2_gguf():
                 target.write(chunk)
         partial.replace(gguf)
     return gguf
+
+
+# --- byte-level BPE tokenizers like Llama 3's and Qwen 2.5's, built offline ---
+
+BPE_TRAINING_TEXT = [
+    "Hello, how are you doing today? I'm fine, thanks! We'll see what they've done.",
+    "Привет, как дела? Всё хорошо, спасибо. Увидимся завтра в 12:30, ладно?",
+    "ну да, ок)) давай созвонимся вечером, я напишу", "Ёлки-палки, «ёжик» — это…",
+    "def f(x):\n    return x ** 2\n\nprint(f(3))", "https://t.me/joinchat/AbCdEf?start=1 and www.example.com",
+    "ok 👍 😂😂 семья 👨‍👩‍👧‍👦 🇷🇺 ❤️", "你好，世界。我们明天见。", "2024-01-31 1 000 000 ₽ +7 (999) 123-45-67",
+    "  leading spaces, trailing spaces   and   runs    of spaces", "line one\nline two\n\n\tindented",
+]
+LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                         "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                         "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+
+
+def train_byte_level_bpe(split_regex: str, vocab_size: int = 700, **model_options):
+    """A small byte-level BPE (tokenizers.Tokenizer) trained on BPE_TRAINING_TEXT, text split by split_regex
+    then bytes mapped to GPT-2's alphabet, as Llama 3's and Qwen 2's tokenizer.json do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(**model_options))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split_regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(BPE_TRAINING_TEXT * 3, trainer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_dir(tmp_path_factory):
+    """A Llama-3.x-Instruct-style tokenizer folder: Llama 3's split regex and ignore_merges, its special tokens
+    after a 700-token vocabulary, BOS <|begin_of_text|> from the post-processor, EOS <|eot_id|>; no ChatML."""
+    from tokenizers import processors
+
+    from model.bpe import LLAMA3_REGEX
+
+    path = tmp_path_factory.mktemp("llama3-tokenizer")
+    tokenizer = train_byte_level_bpe(LLAMA3_REGEX, ignore_merges=True)
+    tokenizer.add_special_tokens(LLAMA3_SPECIAL_TOKENS)
+    bos = ("<|begin_of_text|>", tokenizer.token_to_id("<|begin_of_text|>"))
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B:1", special_tokens=[bos])])
+    tokenizer.save(str(path / "tokenizer.json"))
+    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "clean_up_tokenization_spaces": True,
+              "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer_dir(tmp_path_factory):
+    """A Qwen-2.5-Instruct-style tokenizer folder: NFC, Qwen 2's split regex, <|endoftext|>, ChatML
+    <|im_start|>/<|im_end|> and non-special added tokens (<tool_call>) after a 700-token vocabulary; no BOS."""
+    from tokenizers import AddedToken, normalizers, processors
+
+    from model.bpe import QWEN2_REGEX
+
+    path = tmp_path_factory.mktemp("qwen2-tokenizer")
+    tokenizer = train_byte_level_bpe(QWEN2_REGEX)
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>"]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ["<tool_call>", "</tool_call>"]])
+    tokenizer.save(str(path / "tokenizer.json"))
+    config = {"add_prefix_space": False, "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+              "unk_token": None, "errors": "replace", "split_special_tokens": False, "model_max_length": 131072,
+              "additional_special_tokens": special[1:], "tokenizer_class": "Qwen2Tokenizer"}
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf):
+    """twin's tokenizer of the SmolLM2 GGUF (byte-level BPE, ChatML, no BOS). Shared: don't add tokens to it."""
+    from model.bpe import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(smollm2_gguf)

@@ -16,20 +16,20 @@ def tiny_config(**overrides) -> MistralConfig:
 
 
 def hf_reference(config: MistralConfig, seed: int = 0):
-    """A randomly initialised transformers model of this config, the oracle the tests compare to."""
+    """A randomly initialised transformers model of this config (its own class for each model_type:
+    Mistral, Llama, Qwen2, Qwen3), the oracle the tests compare to."""
     import transformers
 
     torch.manual_seed(seed)
-    hf_class = (transformers.MistralForCausalLM if config.model_type == "mistral"
-                else transformers.LlamaForCausalLM)
-    hf_config_class = (transformers.MistralConfig if config.model_type == "mistral"
-                       else transformers.LlamaConfig)
-    hf_config = hf_config_class(**config.to_hf(torch.float32), attn_implementation="eager")
-    model = hf_class(hf_config).eval()
-    with torch.no_grad():  # the default init leaves norms at one; random ones catch more mistakes
+    hf_config = transformers.AutoConfig.for_model(**config.to_hf(torch.float32), attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+    assert type(model).__name__ == hf_config.architectures[0], (type(model), hf_config.architectures)
+    with torch.no_grad():  # the default init leaves norms at one and biases at zero; random ones catch more
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                param.normal_(0, 0.05)
     return model
 
 

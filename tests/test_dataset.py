@@ -117,6 +117,38 @@ def test_second_call_loads_the_cache_without_tokenizing(tmp_path, dolphin_tokeni
         prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=512), cache_dir=tmp_path)
 
 
+def rows_with(cache_file, **changes) -> dict:
+    with np.load(cache_file) as arrays:
+        return {**dict(arrays), **changes}
+
+
+CACHE_DAMAGE = {
+    "truncated": lambda f: f.write_bytes(f.read_bytes()[:200]),
+    "not a zip": lambda f: f.write_bytes(b"\x93NUMPY garbage" * 10),
+    "empty": lambda f: f.write_bytes(b""),
+    "pickled objects": lambda f: np.savez(f, **rows_with(f, tokens_cut=np.array([{"x": 1}], dtype=object))),
+    "an array missing": lambda f: np.savez(f, **{k: v for k, v in rows_with(f).items() if k != "val_labels"}),
+    "ids past the vocabulary": lambda f: np.savez(f, **rows_with(f, train_input_ids=rows_with(f)["train_input_ids"]
+                                                                    + 40000)),
+    "rows of another length": lambda f: np.savez(f, **rows_with(f, train_labels=rows_with(f)["train_labels"][:, :9])),
+    "floats": lambda f: np.savez(f, **rows_with(f, val_lengths=rows_with(f)["val_lengths"].astype(np.float32))),
+}
+
+
+@pytest.mark.parametrize("damage", CACHE_DAMAGE)
+def test_a_damaged_cache_is_tokenized_again(damage, tmp_path, dolphin_tokenizer, capsys):
+    first = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
+    [cache_file] = tmp_path.iterdir()
+    CACHE_DAMAGE[damage](cache_file)
+    capsys.readouterr()
+    again = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
+    assert same_rows(first.train_rows, again.train_rows) and same_rows(first.val_rows, again.val_rows)
+    warning = capsys.readouterr().err
+    assert f"warning: {cache_file}: damaged token cache" in warning and "Traceback" not in warning
+    prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)  # rewritten whole
+    assert "damaged" not in capsys.readouterr().err
+
+
 def test_cache_key_covers_the_tokenizer(tmp_path, dolphin_tokenizer, dolphin_tokenizer_dir):
     from model.tokenizer import Tokenizer
 

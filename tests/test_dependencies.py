@@ -1,11 +1,12 @@
-"""Runtime code stands on torch, safetensors, sentencepiece, huggingface-hub, numpy and tqdm alone."""
+"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy and tqdm alone."""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "huggingface-hub", "numpy", "tqdm"}
+RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
+                        "tqdm"}
 ORACLES = ["transformers", "peft", "accelerate"]
 
 

@@ -1,6 +1,8 @@
 """train.py --fsdp under torchrun with 2 CPU ranks (gloo) on a tiny model."""
 import json
 import os
+import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,9 @@ from safetensors.torch import load_file
 
 from model import load_model, save_model
 from tests.helpers import random_model, tiny_config
+from tests.test_hostile_runs import CreatesAFile
+
+pytestmark = pytest.mark.slow  # every test here starts torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "telegram_export"
@@ -55,9 +60,19 @@ def test_two_ranks_follow_the_single_process_loss_trajectory(tmp_path, tiny_chec
 def test_stop_and_resume_equals_a_straight_run(tmp_path, tiny_checkpoint):
     common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 4, *FAST]
     torchrun(2, *common, "--out", tmp_path / "straight")
-    torchrun(2, *common, "--out", tmp_path / "split", "--stop-at", 2)
-    assert not (tmp_path / "split" / "model").exists()
-    torchrun(2, "--resume", tmp_path / "split")
+    previous = os.umask(0o022)  # an ordinary umask, which the ranks inherit: train.py makes its files private
+    try:
+        torchrun(2, *common, "--out", tmp_path / "split", "--stop-at", 2)
+        assert not (tmp_path / "split" / "model").exists()
+        (tmp_path / "split" / "checkpoints" / ".step-00000003.tmp").mkdir()  # a write killed at step 3
+        torchrun(2, "--resume", tmp_path / "split")
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "split", *(tmp_path / "split").rglob("*")]
+    assert {".metadata", "__0_0.distcp", "training_state.pt", "rng-rank1.pt", "config.json"} <= {p.name for p in written}
+    assert not (tmp_path / "split" / "checkpoints" / ".step-00000003.tmp").exists()
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
+            if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)} == {}
     assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
     straight, resumed = exported(tmp_path / "straight"), exported(tmp_path / "split")
     for name in straight:
@@ -127,4 +142,18 @@ def test_a_bad_data_path_ends_every_rank_with_one_error_line(tmp_path, tiny_chec
     # One line from rank 0, none from rank 1; the launcher's own failure report follows it.
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "nowhere.json: no such file or directory" in errors[0]
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
+
+
+def test_resuming_past_a_crafted_index_runs_nothing_and_says_so_once(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, *FAST, "--stop-at", 1)
+    index = out / "checkpoints" / "step-00000001" / ".metadata"
+    index.write_bytes(pickle.dumps(CreatesAFile(tmp_path / "pwned")))
+    result = torchrun(2, "--resume", out, check=False)
+    assert result.returncode != 0 and not (tmp_path / "pwned").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {index}: refused: it names io.open, which no checkpoint index holds (a file made to "
+                      "run code when read)"]
+    # The ranks end without a traceback; the launcher's own failure report follows the error line.
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr

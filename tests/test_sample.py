@@ -3,11 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from data.chatml import render
 from data.sessions import Turn, read_sessions_file
-from generation import Generator, SamplingConfig
+from generation import Generator, SamplingConfig, sample_token
 from sample import Chat, save_transcript, split_messages
 from tests.helpers import random_model, tiny_config
 
@@ -130,3 +131,11 @@ def test_missing_checkpoint_is_one_error_line(tmp_path):
 def test_you_write_as_the_speakers_most_frequent_partner_by_default(tiny_run):
     out = sample_cli("--checkpoint", tiny_run, "--speaker", SPEAKER, "--max-new-tokens", 4, stdin="/quit\n").stdout
     assert out.startswith(f"You are Катя Морозова, the model is {SPEAKER}.")
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_non_finite_scores_are_an_error_not_a_sample(score):
+    logits = torch.tensor([0.5, score, 1.0])
+    for temperature in (0.0, 0.7):  # greedy would otherwise pick an arbitrary token, sampling crash
+        with pytest.raises(ValueError, match="next-token scores are NaN or infinite"):
+            sample_token(logits, SamplingConfig(temperature=temperature), torch.tensor([], dtype=torch.long))

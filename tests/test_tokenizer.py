@@ -1,4 +1,10 @@
-"""model/tokenizer.py against transformers' AutoTokenizer (the oracle for ids) on the real Dolphin tokenizer."""
+"""model/tokenizer.py against SentencePiece and transformers on the real Dolphin tokenizer.
+
+The behaviour checked is SentencePiece's (model/tokenizer.py's docstring): a dummy '▁' before every chunk,
+also one that starts with a space, and merges by piece score. transformers 5.24 (pinned in
+requirements-dev.txt) gives exactly that when it reads tokenizer.model itself (`TokenizersBackend`, what
+AutoTokenizer picks where no tokenizer class is named), so that is the oracle here; its LlamaTokenizer
+class differs, and test_llama_tokenizer_class_differs_on_leading_spaces pins how."""
 
 import json
 import random
@@ -57,11 +63,9 @@ def corpus() -> list[str]:
 
 
 def representable(text: str) -> bool:
-    """Whether decode(encode(text)) can give text back: transformers maps a few texts onto the ids of another.
-    - '▁' (U+2581) is SentencePiece's space: "x ▁ y" has the ids of "x   y".
-    - Dolphin (legacy=true) prepends '▁' to each chunk between added tokens unless it starts with a space:
-      so " hi" has the ids of "hi" (at the start of the text and right after an added token)."""
-    return "▁" not in text and not any(re.match(" [^ ]", chunk) for chunk in ADDED.split(text))
+    """Whether decode(encode(text)) can give text back: '▁' (U+2581) is SentencePiece's space, so "x ▁ y"
+    has the ids of "x   y". Every other text on Dolphin's tokenizer comes back as it was."""
+    return "▁" not in text
 
 
 def copy_with_config(source_dir, target_dir, edit=None, drop=()):
@@ -78,6 +82,14 @@ def copy_with_config(source_dir, target_dir, edit=None, drop=()):
 
 
 def hf_load(path):
+    """transformers reading tokenizer.model as SentencePiece encodes (see the module docstring)."""
+    from transformers import TokenizersBackend
+
+    return TokenizersBackend.from_pretrained(path)
+
+
+def hf_auto(path):
+    """What a transformers user gets from the folder: for what twin saves, that is the SentencePiece reading."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -136,13 +148,19 @@ def test_decode_inverts_encode(dolphin_tokenizer, corpus):
         assert tok.encode(tok.decode(ids)) == ids  # either way decode gives a text with these ids
 
 
-def test_texts_that_share_ids_and_spaces_that_survive(dolphin_tokenizer):
+def test_leading_spaces_and_space_runs_as_sentencepiece(dolphin_tokenizer):
     tok = dolphin_tokenizer
-    assert tok.encode(" hello") == tok.encode("hello")
-    assert tok.encode("a<|im_start|> b") == tok.encode("a<|im_start|>b")
+
+    def pieces(text):
+        return [tok._pieces[i] if i < 32000 else i for i in tok.encode(text)]
+
+    assert pieces(" hello") == ["▁", "▁hell", "o"]
+    assert pieces("a  b") == ["▁a", "▁", "▁b"]
+    assert pieces("<|im_start|> hi") == [32001, "▁", "▁hi"]  # legacy=true: every chunk gets its dummy '▁'
+    assert tok.encode(" hello") != tok.encode("hello")
     assert tok.encode("x ▁ y") == tok.encode("x   y")
-    # a dummy prefix is removed only where it can be one; real spaces stay
-    for text in [" ", "  ", "  hi", "a<|im_start|> ", "a<|im_start|>  b", "<|im_end|>  \n", "x <|im_end|>"]:
+    # the dummy prefix, and only it, is removed again
+    for text in [" ", "  ", " hi", "  hi", "a<|im_start|> ", "a<|im_start|> b", "<|im_end|>  \n", "x <|im_end|>"]:
         assert tok.decode(tok.encode(text)) == text
 
 
@@ -188,20 +206,14 @@ def test_chatml_parts_encode_independently(dolphin_tokenizer, hf_dolphin_tokeniz
         assert hf_dolphin_tokenizer.encode(session, add_special_tokens=False) == hf_parts
 
 
-def test_added_tokens_load_the_same_from_each_source(
-    dolphin_tokenizer_dir, dolphin_tokenizer, hf_dolphin_tokenizer, tmp_path, corpus
-):
+def test_added_tokens_load_the_same_from_each_source(dolphin_tokenizer_dir, dolphin_tokenizer, tmp_path, corpus):
     def without_decoder(config):
         del config["added_tokens_decoder"]
 
-    hf_dolphin_tokenizer.save_pretrained(tmp_path / "hf")  # writes a tokenizer.json with added_tokens
-    source_dir, only_config = dolphin_tokenizer_dir, ["added_tokens.json"]
     sources = {
-        "tokenizer_config.json": copy_with_config(source_dir, tmp_path / "config", drop=only_config),
-        "added_tokens.json": copy_with_config(source_dir, tmp_path / "added", without_decoder),
-        "tokenizer.json": copy_with_config(source_dir, tmp_path / "json", without_decoder, drop=only_config),
+        "tokenizer_config.json": copy_with_config(dolphin_tokenizer_dir, tmp_path / "config", drop=["added_tokens.json"]),
+        "added_tokens.json": copy_with_config(dolphin_tokenizer_dir, tmp_path / "added", without_decoder),
     }
-    shutil.copy(tmp_path / "hf" / "tokenizer.json", sources["tokenizer.json"])
     for source, path in sources.items():
         ours, hf = Tokenizer.from_dir(path), hf_load(path)
         assert (ours.vocab_size, ours.eos_id, ours.im_start_id, ours.im_end_id) == (32002, 32000, 32001, 32000), source
@@ -215,9 +227,9 @@ def test_save_then_load_gives_the_same_ids(dolphin_tokenizer, tmp_path, corpus):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["added_tokens.json", "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
     config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
-    assert config["legacy"] is True and config["eos_token"] == "<|im_end|>"
+    assert config["legacy"] is True and config["eos_token"] == "<|im_end|>" and "tokenizer_class" not in config
     assert config["added_tokens_decoder"]["32001"]["content"] == "<|im_start|>"
-    ours, hf = Tokenizer.from_dir(out), hf_load(out)
+    ours, hf = Tokenizer.from_dir(out), hf_auto(out)
     for text in corpus:
         assert ours.encode(text) == dolphin_tokenizer.encode(text) == hf.encode(text, add_special_tokens=False)
 
@@ -230,7 +242,7 @@ def test_add_chatml_tokens_to_base_mistral(mistral_tokenizer_dir, tmp_path, corp
     assert (tok.vocab_size, tok.im_start_id, tok.im_end_id) == (32002, 32000, 32001)
     assert tok.encode("<|im_start|>Анна\n>>> hi<|im_end|>")[0] == 32000
     tok.save(tmp_path)
-    reloaded, hf = Tokenizer.from_dir(tmp_path), hf_load(tmp_path)
+    reloaded, hf = Tokenizer.from_dir(tmp_path), hf_auto(tmp_path)
     assert (reloaded.vocab_size, reloaded.im_start_id, reloaded.im_end_id) == (32002, 32000, 32001)
     assert hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [32000, 32001]
     for text in corpus:
@@ -241,7 +253,7 @@ def set_legacy_false(config):
     config["legacy"] = False
 
 
-def drop_legacy(config):  # transformers' LlamaTokenizer then defaults to legacy=false
+def drop_legacy(config):  # as in transformers 4 and in transformers 5 reading tokenizer.model: legacy=true
     del config["legacy"]
 
 
@@ -249,14 +261,52 @@ def no_prefix_space(config):
     config["add_prefix_space"] = False
 
 
-def strip_around_chatml(config):
-    config["added_tokens_decoder"]["32000"]["lstrip"] = True
-    config["added_tokens_decoder"]["32001"]["rstrip"] = True
+def sentencepiece_without_dummy_prefix(model_file):
+    """SentencePiece itself, with the model's dummy prefix switched off through its own protobuf classes."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    proto.normalizer_spec.add_dummy_prefix = False
+    return sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
 
 
-@pytest.mark.parametrize("edit", [set_legacy_false, drop_legacy, no_prefix_space, strip_around_chatml])
-def test_config_flags_match_transformers(dolphin_tokenizer_dir, tmp_path, corpus, edit):
+@pytest.mark.parametrize("edit, prefixed", [(set_legacy_false, "first"), (drop_legacy, "always"),
+                                            (no_prefix_space, "none")])
+def test_dummy_prefix_settings_as_sentencepiece(dolphin_tokenizer_dir, tmp_path, corpus, edit, prefixed):
+    """legacy=true or missing: every chunk gets SentencePiece's dummy '▁'; legacy=false: only the text's first
+    chunk; add_prefix_space=false: none. The oracle is SentencePiece on each chunk between added tokens, with or
+    without its dummy prefix (what transformers 4's LlamaTokenizer did; of transformers 5.24's classes only
+    TokenizersBackend, for legacy=true, does the same)."""
+    import sentencepiece
+
     path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "variant", edit)
+    ours = Tokenizer.from_dir(path)
+    with_prefix = sentencepiece.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    without_prefix = sentencepiece_without_dummy_prefix(path / "tokenizer.model")
+    for text in corpus:
+        parts = re.split(f"({ADDED.pattern})", text)
+        expected = []
+        for i, chunk in enumerate(parts):
+            if i % 2:
+                expected.append(ours.token_to_id(chunk))
+            elif chunk:
+                sp = with_prefix if prefixed == "always" or (prefixed == "first" and i == 0) else without_prefix
+                expected += sp.encode(chunk)
+        ids = ours.encode(text)
+        assert ids == expected, text
+        assert ours.encode(ours.decode(ids)) == ids, text
+        if representable(text):
+            assert ours.decode(ids) == text, text
+
+
+def test_lstrip_rstrip_match_transformers(dolphin_tokenizer_dir, tmp_path, corpus):
+    def strip_around_chatml(config):
+        config["added_tokens_decoder"]["32000"]["lstrip"] = True
+        config["added_tokens_decoder"]["32001"]["rstrip"] = True
+
+    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "variant", strip_around_chatml)
     ours, hf = Tokenizer.from_dir(path), hf_load(path)
     for text in corpus:
         ids = ours.encode(text)
@@ -264,38 +314,56 @@ def test_config_flags_match_transformers(dolphin_tokenizer_dir, tmp_path, corpus
         assert ours.encode(ours.decode(ids)) == ids, text
 
 
-def test_merge_order_comes_from_tokenizer_json(
-    dolphin_tokenizer_dir, dolphin_tokenizer, hf_dolphin_tokenizer, tmp_path
-):
-    # tokenizer.json files converted by transformers 4.x rank merges by SentencePiece score, which puts
-    # the whitespace runs ('▁▁', '▁▁▁▁', ...) last; transformers 5 ranks by piece id when it converts itself
+def test_ids_equal_sentencepiece_on_plain_text(dolphin_tokenizer, dolphin_tokenizer_dir, corpus):
+    """Without added tokens in the way, encode is SentencePiece's own encode: mistral-common's ids."""
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(dolphin_tokenizer_dir / "tokenizer.model"))
-    pieces = [sp.id_to_piece(i) for i in range(sp.piece_size())]
-    vocab = set(pieces)
-    by_score = sorted(range(len(pieces)), key=lambda i: -sp.get_score(i))
-    merges = [
-        [piece[:k], piece[k:]]
-        for piece in (pieces[i] for i in by_score)
-        for k in range(1, len(piece))
-        if piece[:k] in vocab and piece[k:] in vocab
-    ]
-    hf_dolphin_tokenizer.save_pretrained(tmp_path / "hf")
-    tokenizer_json = json.loads((tmp_path / "hf" / "tokenizer.json").read_text(encoding="utf-8"))
-    tokenizer_json["model"]["merges"] = merges
-    path = copy_with_config(dolphin_tokenizer_dir, tmp_path / "old-merges")
-    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    plain = [text for text in corpus if not ADDED.search(text)]
+    assert len(plain) > 100
+    assert [text for text in plain if dolphin_tokenizer.encode(text) != sp.encode(text)] == []
 
-    ours, hf = Tokenizer.from_dir(path), hf_load(path)
-    texts = ["  hello", "a  b   c    d     e", "код:\n    def f():\n        return 1", "<|im_start|>  x<|im_end|>"]
-    for text in texts:
-        assert ours.encode(text) == hf.encode(text, add_special_tokens=False), text
-    assert ours.encode("  hello") != dolphin_tokenizer.encode("  hello")  # the order really matters
-    ours.save(tmp_path / "saved")  # the merge order travels along in tokenizer.json
-    reloaded, hf_reloaded = Tokenizer.from_dir(tmp_path / "saved"), hf_load(tmp_path / "saved")
-    for text in texts:
-        assert reloaded.encode(text) == ours.encode(text) == hf_reloaded.encode(text, add_special_tokens=False)
+
+def test_llama_tokenizer_class_differs_on_leading_spaces(dolphin_tokenizer, dolphin_tokenizer_dir):
+    """transformers 5.24's LlamaTokenizer, which Dolphin's and Mistral's tokenizer_config.json name, skips the
+    dummy '▁' before a chunk that starts with a space and ranks merges by piece id. twin keeps SentencePiece's
+    ids; should this test fail, transformers changed and the module docstring needs a look."""
+    from transformers import AutoTokenizer
+
+    llama = AutoTokenizer.from_pretrained(dolphin_tokenizer_dir)
+    assert type(llama).__name__ == "LlamaTokenizer"
+    assert llama.convert_ids_to_tokens(llama.encode(" hello", add_special_tokens=False)) == ["▁hell", "o"]
+    assert llama.convert_ids_to_tokens(llama.encode("a  b", add_special_tokens=False)) == ["▁a", "▁▁", "b"]
+    assert dolphin_tokenizer.encode("hello world") == llama.encode("hello world", add_special_tokens=False)
+
+
+def llama2c_style(model: bytes) -> bytes:
+    """Mistral's tokenizer.model with remove_extra_whitespaces at its default, true, as llama2.c's are."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    return proto.SerializeToString()
+
+
+def test_remove_extra_whitespaces_as_sentencepiece(tmp_path, corpus):
+    """A llama2.c-style tokenizer.model with no JSON files: transformers 5.24's AutoTokenizer reads it as
+    SentencePiece does, leading/trailing spaces dropped and runs of spaces collapsed in every chunk."""
+    import sentencepiece
+    from tests.conftest import mistral_tokenizer_model
+
+    (tmp_path / "tokenizer.model").write_bytes(llama2c_style(mistral_tokenizer_model()))
+    ours, hf = Tokenizer.from_dir(tmp_path), hf_auto(tmp_path)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    assert ours.encode("  a   b  ") == ours.encode("a b") == sp.encode("  a   b  ")
+    assert ours.decode(ours.encode("  a   b  ")) == "a b"
+    assert [text for text in corpus if ours.encode(text) != hf.encode(text, add_special_tokens=False)] == []
+    plain = [text for text in corpus if not ADDED.search(text)]
+    assert [text for text in plain if ours.encode(text) != sp.encode(text)] == []
+    ours.save(tmp_path / "saved")
+    reloaded = hf_auto(tmp_path / "saved")
+    assert [text for text in corpus if ours.encode(text) != reloaded.encode(text, add_special_tokens=False)] == []
 
 
 def test_missing_model_file(tmp_path):

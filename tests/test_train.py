@@ -1,6 +1,9 @@
 """train.py --lora end to end on a tiny model and the bundled sample export."""
 import json
 import math
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -173,15 +176,83 @@ def test_bad_data_path_is_one_error_line(tmp_path, tiny_checkpoint):
     assert "Traceback" not in result.stderr
 
 
-def test_an_out_holding_a_run_is_refused_and_resume_needs_a_run(tmp_path, tiny_run, tiny_checkpoint):
+def refused(argv: list, capsys) -> str:
+    """What train.py said, in one line on stderr, ending with the status of a user error."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(list(map(str, argv)))
+    said = capsys.readouterr().err
+    assert exit_info.value.code == 2 and said.count("\n") == 1 and said.startswith("error: "), said
+    return said
+
+
+def test_an_out_holding_a_run_is_refused_and_resume_needs_a_run(tmp_path, tiny_run, tiny_checkpoint, capsys):
     before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
-    fresh = cli("--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tiny_run)
-    assert fresh.returncode == 1 and f"continue it with --resume {tiny_run}" in fresh.stderr
+    fresh = refused(["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tiny_run], capsys)
+    assert f"--out {tiny_run} holds a finished run" in fresh
+    assert "--resume" not in fresh  # a finished run cannot be continued
     assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
-    not_a_run = cli("--resume", tmp_path)
-    assert not_a_run.returncode == 1 and "run_args.json not found" in not_a_run.stderr
-    for result in (fresh, not_a_run):
-        assert result.stderr.strip().count("\n") == 0 and "usage:" not in result.stderr
+    assert "run_args.json not found" in refused(["--resume", tmp_path], capsys)
+
+
+def test_a_fresh_run_into_an_unfinished_one_points_to_resume(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "run"
+    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--stop-at", 1, *FAST)
+    capsys.readouterr()
+    assert refused(["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, *FAST], capsys) == (
+        f"error: --out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out\n")
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny_run, capsys):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")}
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(tiny_run)])
+    assert exit_info.value.code == 0
+    said = capsys.readouterr()
+    assert said.err == "" and said.out.count("\n") == 1 and f"{tiny_run} is a finished run" in said.out
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")} == before
+
+
+@pytest.mark.slow  # with the fidelity report; tests/test_hostile_runs.py resumes such a run without it
+def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path, tiny_checkpoint):
+    # --save-every divides the steps: the newest checkpoint is at the final step, and resuming from it
+    # has no step left to train, only the results to write.
+    out = tmp_path / "run"
+    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, *FAST[:-2],
+              "--save-every", 2)
+    finished = json.loads((out / "run.json").read_text())
+    adapter = adapter_weights(out)
+    for result in ("run.json", "adapter"):  # killed before they were written
+        path = out / result
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    previous = os.umask(0o022)
+    try:
+        train.main(["--resume", str(out), "--eval-report", "--eval-contexts", "1"])
+    finally:
+        os.umask(previous)
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["figures"]["steps"] == 2 and resumed["figures"]["final_loss"] == finished["figures"]["final_loss"]
+    assert resumed["figures"]["eval_loss"] == pytest.approx(finished["figures"]["eval_loss"], rel=1e-6)
+    for name, tensor in adapter_weights(out).items():
+        torch.testing.assert_close(tensor, adapter[name], atol=0, rtol=0, msg=name)
+    assert (out / "report" / "report.md").exists()
+    report = [out / "report", *(out / "report").iterdir()]  # private too (the rest: the test below)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in report} == {0o700, 0o600}
+
+
+def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    previous = os.umask(0o022)  # an ordinary umask: train.py itself must make its files private
+    try:
+        run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--merge",
+                  *FAST[:-2], "--save-every", 1)
+    finally:
+        os.umask(previous)
+    written = [out, *out.rglob("*")]
+    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json", "run_args.json"} <= {
+        p.name for p in written}
+    assert (out / "checkpoints" / "step-00000002" / "training_state.pt").exists()
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
+    assert {name: mode for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)} == {}
 
 
 def test_a_run_with_nothing_held_out_skips_evaluation(tmp_path, tiny_checkpoint, capsys):

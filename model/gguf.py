@@ -1,0 +1,152 @@
+"""GGUF files (llama.cpp's format) in: the config from the file's metadata, the weights dequantized by
+the `gguf` package, llama.cpp's own reader.
+
+Converting a model to GGUF renames its tensors (`blk.0.attn_q.weight`), and for the llama
+architecture (which Mistral's GGUFs use too) it permutes the rows of q and k into llama.cpp's
+interleaved rotary layout; loading undoes both, so the result is the model that was converted.
+Tensors are dequantized one at a time straight into the target dtype: no float copy of the whole model
+ever sits beside it.
+"""
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from model.checkpoint import CheckpointError, assign_parameter
+from model.mistral import Mistral, MistralConfig, rotary_frequencies
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same
+LLAMA3_ROPE_FREQS = "rope_freqs.weight"
+# What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
+LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Mistral:
+    """The model in a llama, mistral, qwen2 or qwen3 GGUF file, dequantized to `dtype` on `device`."""
+    path = Path(path).expanduser()
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds
+        raise CheckpointError(f"{path}: not a readable GGUF file, or a damaged or truncated one "
+                              f"({type(error).__name__}: {error})") from None
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    config = read_config(reader, tensors, path)
+    with torch.device("meta"):
+        model = Mistral(config)
+    gguf_names = gguf_tensor_names(model)
+
+    found = set(tensors) - {LLAMA3_ROPE_FREQS}
+    missing = [name for name in gguf_names.values() if name not in tensors]
+    unexpected = sorted(found - set(gguf_names.values()))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: does not fit a {config.model_type} model of its own metadata "
+                              f"(missing tensors {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, param in model.named_parameters():
+        shape = list(reversed(tensors[gguf_names[name]].shape.tolist()))  # GGUF lists dimensions innermost first
+        if shape != list(param.shape):
+            raise CheckpointError(f"{path}: tensor {gguf_names[name]} has shape {shape}, the metadata needs "
+                                  f"{list(param.shape)}")
+
+    for name, _ in model.named_parameters():
+        weights = dequantize(tensors[gguf_names[name]], path)
+        if config.model_type == "llama" and name.split(".")[-2] in ("q_proj", "k_proj"):
+            heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
+            weights = unpermute_rotary_rows(weights, heads)
+        assign_parameter(model, name, weights.to(device=device, dtype=dtype))
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def read_config(reader: gguf.GGUFReader, tensors: dict, path: Path) -> MistralConfig:
+    """The model's config from the GGUF metadata, refused in one line where we cannot compute it."""
+    try:
+        config = MistralConfig.from_hf(hf_config(reader, tensors))
+    except KeyError as error:
+        raise CheckpointError(f"{path}: metadata {error.args[0]} is missing") from None
+    except (ValueError, TypeError, ArithmeticError) as error:  # (values of the wrong type, too)
+        raise CheckpointError(f"{path}: {error}") from None
+    if LLAMA3_ROPE_FREQS in tensors:
+        config.rope_scaling = llama3_scaling(config, dequantize(tensors[LLAMA3_ROPE_FREQS], path), path)
+    return config
+
+
+def hf_config(reader: gguf.GGUFReader, tensors: dict) -> dict:
+    """The GGUF metadata as the Hugging Face `config.json` it was converted from."""
+    def metadata(key: str, default=None):
+        if key not in reader.fields and default is None:
+            raise KeyError(key)
+        return reader.fields[key].contents() if key in reader.fields else default
+
+    arch = metadata("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported (only "
+                         f"{', '.join(map(repr, ARCHITECTURES))}; Mistral's GGUFs are 'llama')")
+    if "token_embd.weight" not in tensors:
+        raise ValueError("tensor token_embd.weight is missing")
+    hidden_size, heads = metadata(f"{arch}.embedding_length"), metadata(f"{arch}.attention.head_count")
+    head_dim = metadata(f"{arch}.attention.key_length", hidden_size // heads)
+    for key in ("rope.dimension_count", "attention.value_length"):
+        if metadata(f"{arch}.{key}", head_dim) != head_dim:
+            raise ValueError(f"{arch}.{key} = {metadata(f'{arch}.{key}')} is not supported "
+                             f"(expected the head size, {head_dim})")
+    rope_scaling = metadata(f"{arch}.rope.scaling.type", "none")
+    if rope_scaling != "none":
+        raise ValueError(f"{arch}.rope.scaling.type = {rope_scaling!r} is not supported")
+    return {
+        "model_type": arch,
+        "vocab_size": int(tensors["token_embd.weight"].shape[-1]),
+        "hidden_size": hidden_size,
+        "intermediate_size": metadata(f"{arch}.feed_forward_length"),
+        "num_hidden_layers": metadata(f"{arch}.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": metadata(f"{arch}.attention.head_count_kv", heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": metadata(f"{arch}.attention.layer_norm_rms_epsilon"),
+        "rope_theta": metadata(f"{arch}.rope.freq_base", 10000.0),
+        "max_position_embeddings": metadata(f"{arch}.context_length"),
+        "attention_bias": "blk.0.attn_output.bias" in tensors,
+        "tie_word_embeddings": "output.weight" not in tensors,  # llama.cpp reuses token_embd
+        "bos_token_id": metadata("tokenizer.ggml.bos_token_id", 1),
+        "eos_token_id": metadata("tokenizer.ggml.eos_token_id", 2),
+    }
+
+
+def llama3_scaling(config: MistralConfig, rope_factors: torch.Tensor, path: Path) -> dict | None:
+    """Llama 3's rope_scaling from the factors llama.cpp bakes into rope_freqs.weight (each frequency
+    is divided by its factor), refused unless they are exactly what that scaling gives."""
+    factor = rope_factors.max().item()
+    scaling = {"rope_type": "llama3", "factor": factor, **LLAMA3_BAKED_SCALING} if factor != 1 else None
+    plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
+    scaled = rotary_frequencies(replace(config, rope_scaling=scaling), torch.device("cpu"))
+    if rope_factors.shape != plain.shape or not torch.allclose(plain / rope_factors, scaled, rtol=1e-5, atol=0):
+        raise CheckpointError(f"{path}: tensor {LLAMA3_ROPE_FREQS} is not Llama 3's rope scaling "
+                              f"(factor {factor:g}, {LLAMA3_BAKED_SCALING}); other rope scalings are not supported")
+    return scaling
+
+
+def gguf_tensor_names(model: Mistral) -> dict[str, str]:
+    """Our parameter name -> its GGUF tensor name, from the gguf package's own table."""
+    arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == model.config.model_type)
+    table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    return {name: table.get_name(name, try_suffixes=(".weight", ".bias")) for name, _ in model.named_parameters()}
+
+
+def dequantize(tensor, path: Path) -> torch.Tensor:
+    """One GGUF tensor as fp32, in PyTorch's dimension order."""
+    try:
+        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise CheckpointError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, which the gguf "
+                              f"package cannot dequantize") from None
+    # Plain F32 comes back as a read-only view of the file's memory map; the model needs its own copy.
+    return torch.from_numpy(array if array.flags.writeable else np.array(array)).float()
+
+
+def unpermute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row order: within each head, llama.cpp puts the two rows that rotate
+    together side by side (0, d/2, 1, d/2 + 1, ...); Hugging Face keeps them d/2 apart."""
+    return weight.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(weight.shape)
