@@ -10,8 +10,8 @@ can learn and the fidelity report can measure (style.py):
   - Катя Морозова sends many short lower-case Russian messages without punctuation, with emoji;
   - Eleanor Whitfield writes one long, capitalised, punctuated English message a turn;
   - Dmitry Volkov writes capitalised Russian, asks questions and sends links.
-Each conversation is a topic of the chat (a film, a hike, a laptop to buy) played from templates: every
-session picks one topic, one of a few wordings for each turn, and slot values such as a time or a film.
+Each conversation is a topic of its chat (a film, a hike, a laptop to buy) played from templates: a
+session picks a topic, one of its lines of wordings, and slot values such as a time or a film.
 
 Around them sits what a real export holds and the converter must handle: media (photos, stickers,
 voice and video messages, files, a location, a contact, a poll), service messages, forwarded and
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import atomic  # noqa: E402
 
-SEED = 29  # of the first 40 seeds, one whose default 2% held-out split has sessions of every persona
+SEED = 18  # of the first 40 seeds, one whose default 2% held-out split has sessions of every persona
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 FIRST_DAY = datetime(2023, 1, 9, tzinfo=timezone.utc)
 LAST_DAY = datetime(2024, 11, 15, tzinfo=timezone.utc)
@@ -139,6 +139,11 @@ KATYA_TOPICS = [
      ("A", ["утро)) | встал, already at work", "доброе, ещё в кровати haha", "morning, я тоже не хочу"]),
      ("K", ["везёт | а я только кофе пью", "соня 😜", "ладно | пошла собираться"]),
      ("A", ["have a nice day))", "ладно, getting up, встаю", "удачи today"])],
+    [("A", ["привет)) | что делаешь tonight?", "hey, ты дома?", "слушай, есть plans на вечер?"]),
+     ("K", ["ничего | сижу дома | а что", "да | а что случилось", "пока нет | а что"]),
+     ("A", ["пойдём гулять, weather отличная", "можно зайду? нужна твоя help с презентацией",
+            "го в кафе, i'm buying"]),
+     ("K", ["давай | через час 🙌", "заходи | чайник ставлю", "ура | бегу"])],
 ]
 
 ELEANOR_SLOTS = {
@@ -261,6 +266,21 @@ ELEANOR_TOPICS = [
             "It really was special. The cathedral was even more beautiful than I remembered, and we found a "
             "tiny bookshop that you would adore."]),
      ("A", ["хочу туда)) | sounds amazing", "не надо ничего, just come back safe", "хочу туда)) | sounds amazing"], SOMETIMES)],
+    [("A", ["hi Eleanor)) | как дела в {city}?", "hey, quick question про {month}",
+            "good morning)) | я прочитал {book}, finally"]),
+     ("E", ["Hello, Alexander! Everything is splendid here, thank you, although it has not stopped raining "
+            "since Tuesday. How are things with you?",
+            "Of course, ask away. I am at my desk with a large pot of tea, so you have my full attention.",
+            "At last! I have been dying to hear what you think of it. Did the ending move you, or are you made "
+            "of sterner stuff than I am?"]),
+     ("A", ["всё ok, busy но fine))", "можно приехать на неделю later? хочу больше времени",
+            "почти cried | но никому не скажу))"]),
+     ("E", ["Busy but fine sounds like a good week to me. Do not work too hard, and write when you have a "
+            "quiet moment.",
+            "A whole week would be wonderful. Let me check with my sister, but I am almost certain that the "
+            "flat is free in {month}.",
+            "Your secret is safe with me. I am delighted that you liked it, and I shall find you another one "
+            "for the winter."])],
 ]
 
 DMITRY_SLOTS = {
@@ -335,6 +355,12 @@ DMITRY_TOPICS = [
      ("A", ["гляну after lunch", "ок, смотрю | похоже на race condition", "сейчас busy, вечером ok?"]),
      ("D", ["Спасибо! А тесты тоже посмотришь?", "Думаешь? А как это поймать?", "Конечно. Не горит."]),
      ("A", ["да, all green вроде", "добавь lock, должно помочь", "ok, напишу вечером"])],
+    [("A", ["привет)) | есть minute?", "дим, у тебя есть drill? | нужно на час", "hey, ты в {day} free?"]),
+     ("D", ["Привет! Конечно, что случилось?", "Есть. Когда тебе удобно забрать?", "Вроде да. А что ты хотел?"]),
+     ("A", ["нужен совет по машине, она weird звуки издаёт", "сегодня вечером ok?", "хочу на рыбалку, join?"]),
+     ("D", ["Какие звуки? Стучит или скрипит?", "Давай {time}. Ты на машине или пешком?",
+            "С удовольствием! Во сколько выезжаем?"]),
+     ("A", ["скрипит, when turning", "на машине, буду on time", "в шесть утра, early bird"])],
 ]
 
 GROUP_SLOTS = {
@@ -574,10 +600,19 @@ def spread(count: int, rng: random.Random, taken: set[int], hours: range) -> lis
 
 def conversations(topics: list, slots: dict, count: int, special: list, hours: range,
                   rng: random.Random) -> list[tuple[int, list[dict]]]:
-    """`count` conversations played from `topics` on days of their own, and the special ones."""
+    """`count` conversations played from `topics` on days of their own, and the special ones.
+
+    No two say the same: a held-out conversation with a twin among the training ones would measure
+    how well a model remembers, not how well it writes as the person."""
     taken = {start // DAY for start, _ in special}
-    played = [(start, session_from_topic(rng.choice(topics), slots, rng))
-              for start in spread(count, rng, taken, hours)]
+    played, said = [], set()
+    for start in spread(count, rng, taken, hours):
+        while True:
+            messages = session_from_topic(rng.choice(topics), slots, rng)
+            if repr(messages) not in said:
+                break
+        said.add(repr(messages))
+        played.append((start, messages))
     return sorted(played + special, key=lambda conversation: conversation[0])
 
 

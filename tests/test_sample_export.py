@@ -58,8 +58,8 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
     def minor_script(persona: dict) -> float:
         return min(persona["cyrillic_share"], persona["latin_share"])
 
-    assert minor_script(alexander) > 0.3
-    assert all(minor_script(other) < 0.25 for other in (katya, eleanor, dmitry))
+    assert minor_script(alexander) > 0.35
+    assert all(minor_script(other) < 0.3 for other in (katya, eleanor, dmitry))
     assert alexander["lowercase_share"] > 0.95
     # Катя: many short lower-case messages a turn, emoji, no question marks.
     assert highest(stats, "messages_per_turn") == lowest(stats, "chars_per_message") == KATYA
