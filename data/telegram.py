@@ -693,7 +693,7 @@ def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> t
     wanted = wanted.strip()
     person = _person_id(wanted)
     if person not in names:
-        people_by_name = {name: person for person, name in names.items()}
+        people_by_name = {name: someone for someone, name in names.items()}
         matches = _matching_names(wanted, people_by_name)
         if len(matches) > 1:
             choices = ", ".join(f"{name!r} ({people_by_name[name]})" for name in matches)

@@ -645,7 +645,7 @@ def write_chat(name: str | None, chat_type: str, chat_id: int,
                conversations: list[tuple[int, list[dict]]], rng: random.Random) -> dict:
     """The chat as Telegram Desktop writes it: messages a few seconds to minutes apart, a new turn
     sometimes replying to the one before, now and then an edit."""
-    messages, message_id = [], chat_id % 1000 * 10000
+    messages, message_id = [], chat_id % 1000 * 10000  # ids count up within a chat
     for start, planned in conversations:
         time, previous_author, previous_id = start, None, None
         for entry in planned:
@@ -723,7 +723,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder to write result.json into (default: examples/telegram_export)")
     args = parser.parse_args(argv)
     path = args.out / "result.json"
-    atomic.write_text(path, export_text(build_export()))
+    try:
+        atomic.write_text(path, export_text(build_export()))
+    except OSError as error:
+        parser.exit(2, f"error: {path}: cannot write: {error.strerror or error}\n")
     print(f"wrote {path}")
 
 
