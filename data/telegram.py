@@ -11,6 +11,12 @@ How it works:
      into sessions at long silences; consecutive messages of one author become one turn.
 load_sessions() also takes a sessions file (ours or doppelganger's), so train.py accepts either.
 
+A message without text still happened, so media become placeholders that keep the hole visible in
+the turn order: [photo], [video], [video message], [voice message], [audio], [animation], [sticker],
+[file], [location], [contact], [game], [invoice] and [poll]. A caption is the text instead, a sticker
+is its emoji where it has one, and a poll is its question. The summary counts the placeholders kept;
+--media drop leaves out the messages that would be only a placeholder.
+
 Exports hold other people's words and names, and sometimes damage: names are cleaned into one plain
 line and messages lose control characters (data.sessions.clean_name, clean_message), and a message
 or chat that cannot be read is skipped and counted by reason, so one bad message never sinks an
@@ -28,7 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterator, NamedTuple, NoReturn
+from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
@@ -43,7 +49,6 @@ PUBLIC_GROUP_TYPE = "public_supergroup"  # strangers talking: only with --public
 GROUP_TYPES = {"private_group", "private_supergroup", PUBLIC_GROUP_TYPE}
 SERVICE_NOTIFICATIONS_ID = 777000  # the "Telegram" account that sends login codes
 
-# A message without text still happened: a placeholder keeps the hole visible in the turn order.
 MEDIA_PLACEHOLDERS = {
     "sticker": "[sticker]", "voice_message": "[voice message]", "video_message": "[video message]",
     "video_file": "[video]", "audio_file": "[audio]", "animation": "[animation]",
@@ -54,6 +59,8 @@ ATTACHMENT_PLACEHOLDERS = {
     "contact_information": "[contact]", "poll": "[poll]", "game_title": "[game]",
     "invoice_information": "[invoice]", "file": "[file]",
 }
+PLACEHOLDERS = {*MEDIA_PLACEHOLDERS.values(), *ATTACHMENT_PLACEHOLDERS.values()}
+MEDIA_CHOICES = ("keep", "drop")
 
 SECONDS_PER_DAY = 24 * 3600
 SECONDS_PER_MONTH = 365.2425 / 12 * SECONDS_PER_DAY
@@ -70,6 +77,7 @@ class ExportOptions:
     keep_forwarded: bool = False   # keep forwarded and via-bot messages (not the author's words)
     public_groups: bool = False    # also read public supergroups
     strict: bool = False           # stop at a malformed message or chat instead of skipping it
+    media: str = "keep"            # "keep": media without text become placeholders; "drop": skipped
 
     def __post_init__(self):
         if not self.gap_minutes > 0:
@@ -78,6 +86,8 @@ class ExportOptions:
             raise ValueError(f"months must be 0 (all) or more, got {self.months}")
         if self.speakers not in ("target", "any"):
             raise ValueError(f"speakers must be 'target' or 'any', got {self.speakers!r}")
+        if self.media not in MEDIA_CHOICES:
+            raise ValueError(f"media must be 'keep' or 'drop', got {self.media!r}")
 
 
 def _positive_float(text: str) -> float:
@@ -99,8 +109,9 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     defaults = ExportOptions()
     parser.add_argument(
         "--target", metavar="NAME", default=defaults.target,
-        help="the person to clone, by display name or Telegram id (user123); unset means the "
-             "export's owner (personal_information.user_id, else the author of Saved Messages)")
+        help="the person to clone, by Telegram id (user123) or name: the full name as the summary "
+             "shows it, or a part of it that only one person's name has, in any case; unset means "
+             "the export's owner (personal_information.user_id, else the author of Saved Messages)")
     parser.add_argument(
         "--gap-minutes", type=_positive_float, default=defaults.gap_minutes, metavar="N",
         help="a silence longer than this starts a new session (default: %(default)s)")
@@ -123,12 +134,18 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
         "--strict", action="store_true",
         help="stop with an error at the first malformed message or chat of an export; otherwise they "
              "are skipped and counted (default: off)")
+    parser.add_argument(
+        "--media", choices=MEDIA_CHOICES, default=defaults.media,
+        help="keep: a photo, sticker, voice message, video, file, location, contact or poll without "
+             "text becomes a placeholder such as [photo] or [voice message] (a caption, a sticker's "
+             "emoji and a poll's question are kept as text); drop: such messages are left out "
+             "(default: %(default)s)")
 
 
 def export_options_from_args(args: argparse.Namespace) -> ExportOptions:
     return ExportOptions(target=args.target, gap_minutes=args.gap_minutes, months=args.months,
                          speakers=args.speakers, keep_forwarded=args.keep_forwarded,
-                         public_groups=args.public_groups, strict=args.strict)
+                         public_groups=args.public_groups, strict=args.strict, media=args.media)
 
 
 @dataclass
@@ -145,6 +162,7 @@ class ConversionReport:
     messages_skipped: Counter = field(default_factory=Counter)  # reason -> messages
     turns_per_session: list[int] = field(default_factory=list)
     speaker_chars: Counter = field(default_factory=Counter)    # speaker -> characters written
+    placeholders: Counter = field(default_factory=Counter)     # "[photo]" -> kept messages saying it
     repairs: Counter = field(default_factory=Counter)  # what cleaning changed -> messages or names
     warnings: list[str] = field(default_factory=list)
 
@@ -161,26 +179,34 @@ class ConversionReport:
             if self.chats_skipped:
                 lines.append(f"  skipped: {_counts(self.chats_skipped)}")
         skipped = sum(self.messages_skipped.values())
-        lines.append(f"messages: {self.messages_kept} kept, {skipped} skipped")
+        lines.append(f"messages: {self.messages_kept:,} kept, {skipped:,} skipped")
         if skipped:
             lines.append(f"  skipped: {_counts(self.messages_skipped)}")
         if self.repairs:
             lines.append(f"  repaired: {_counts(self.repairs)}")
+        if self.placeholders:
+            lines.append(f"  media without text: {_counts(self.placeholders)} "
+                         "(kept as placeholders; --media drop leaves them out)")
         turns = self.turns_per_session
-        lines.append(f"sessions: {len(turns)}" + (
+        lines.append(f"sessions: {len(turns):,}" + (
             f", turns per session: min {min(turns)}, median {statistics.median(turns):g}, "
             f"max {max(turns)}" if turns else ""))
         total_chars = sum(self.speaker_chars.values())
         if total_chars:
             lines.append("top speakers by message characters (tokens need a tokenizer):")
             for speaker, chars in self.speaker_chars.most_common(10):
-                lines.append(f"  {speaker}: {chars:,} chars ({chars / total_chars:.1%})")
+                lines.append(f"  {speaker}: {plural(chars, 'char')} ({chars / total_chars:.1%})")
         lines += [f"warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
 def _counts(counter: Counter) -> str:
-    return ", ".join(f"{key} {count}" for key, count in counter.most_common() if count > 0)
+    return ", ".join(f"{key} {count:,}" for key, count in counter.most_common() if count > 0)
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 session", "2 sessions": the count and the noun, which takes an s unless there is one."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 # --- Reading JSON piece by piece -------------------------------------------------------------
@@ -350,6 +376,7 @@ class _Chat:
     id: object = None
     messages: list[ChatMessage] | None = None
     skipped: Counter = field(default_factory=Counter)  # reason -> messages
+    left: bool = False  # from left_chats: the owner left it
 
 
 class _Malformed(Exception):
@@ -439,7 +466,7 @@ class _ExportReader:
                 continue
             for index in reader.array_items(f"{key}.list"):
                 where = f"{key}.list[{index}]"
-                chat = _Chat()
+                chat = _Chat(left=key == "left_chats")
                 if reader.peek() != "{":
                     reader.value(where)
                     self._skip(where, _Malformed("chat not an object", "a chat must be an object"),
@@ -498,6 +525,11 @@ class _ExportReader:
                 chat.skipped["via bot"] += 1
                 return
         text = _message_text(message, self.report.repairs)
+        if not text:
+            text = _placeholder(message)
+            if text and self.options.media == "drop":
+                chat.skipped["media without text (--media drop)"] += 1
+                return
         if not text:
             chat.skipped["empty"] += 1
             return
@@ -600,14 +632,20 @@ def _message_time(message: dict) -> int:
 
 
 def _message_text(message: dict, repairs: Counter) -> str:
-    """The message as its author would say it: text, sticker emoji, or a media placeholder."""
+    """What the author wrote: the text (a caption with media), a sticker's emoji or a poll's
+    question; "" when they wrote nothing."""
     if "sticker_emoji" in message or message.get("media_type") == "sticker":
         emoji = message.get("sticker_emoji")
-        emoji = clean_message(emoji, repairs).strip() if isinstance(emoji, str) else ""
-        return emoji or "[sticker]"
+        return clean_message(emoji, repairs).strip() if isinstance(emoji, str) else ""
     text = clean_message(_plain_text(message.get("text", "")), repairs).strip()
-    if text:  # a caption says more than "[photo]"
-        return text
+    poll = message.get("poll")
+    if not text and isinstance(poll, dict) and isinstance(poll.get("question"), str):
+        return clean_message(poll["question"], repairs).strip()
+    return text
+
+
+def _placeholder(message: dict) -> str:
+    """The placeholder of the media a message holds, such as "[photo]"; "" when it holds none."""
     media_type = message.get("media_type")
     if isinstance(media_type, str):
         return MEDIA_PLACEHOLDERS.get(media_type, "[file]")
@@ -640,7 +678,7 @@ def _choose_target(export: _ExportReader, options: ExportOptions,
                    names: dict[str, str]) -> tuple[str, str]:
     """The id of the person to clone, and how it was chosen."""
     if options.target is not None:
-        return _find_person(export, options.target, names), "chosen with --target"
+        return _find_person(export, options.target, names)
     if export.owner_id is not None:
         return export.owner_id, "the export's owner, from personal_information.user_id"
     if export.saved_messages_authors:
@@ -650,23 +688,47 @@ def _choose_target(export: _ExportReader, options: ExportOptions,
                     f"{_most_active(export, names)}")
 
 
-def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> str:
-    """The id that --target means: an id, a display name, or a numbered name like "Misha (2)"."""
+def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> tuple[str, str]:
+    """The id that --target means, and how it was chosen: an id, or a name (see _matching_names)."""
     wanted = wanted.strip()
-    if _person_id(wanted) in names:
-        return _person_id(wanted)
-    same_name = [person for person, name in export.display_names.items() if name == wanted]
-    if len(same_name) > 1:
-        choices = ", ".join(f"{names[person]!r} ({person})" for person in same_name)
-        raise DataError(f"{export.path}: --target {wanted!r} matches {len(same_name)} people: "
-                        f"{choices}; pass one of these names or ids")
-    if same_name:
-        return same_name[0]
-    for person, name in names.items():
-        if name == wanted:
-            return person
-    raise DataError(f"{export.path}: --target {wanted!r} wrote no message in this export; "
-                    f"most active: {_most_active(export, names)}")
+    person = _person_id(wanted)
+    if person not in names:
+        people_by_name = {name: someone for someone, name in names.items()}
+        matches = _matching_names(wanted, people_by_name)
+        if len(matches) > 1:
+            choices = ", ".join(f"{name!r} ({people_by_name[name]})" for name in matches)
+            raise DataError(f"{export.path}: --target {wanted!r} matches {len(matches)} people: "
+                            f"{choices}; pass a full name or an id")
+        if not matches:
+            raise DataError(f"{export.path}: --target {wanted!r} wrote no message in this export; "
+                            f"most active: {_most_active(export, names)}")
+        person = people_by_name[matches[0]]
+    namesakes = [other for other, name in export.display_names.items()
+                 if name == export.display_names[person] and other != person]
+    if not namesakes:
+        return person, "chosen with --target"
+    # Two people called "Misha" are "Misha" (the more active) and "Misha (2)": say which one this is.
+    others = ", ".join(f"{names[other]!r} ({other})" for other in namesakes)
+    return person, (f"chosen with --target; also called {export.display_names[person]}: {others}, "
+                    "whom an id or that name picks")
+
+
+def _matching_names(wanted: str, names: Iterable[str]) -> list[str]:
+    """The names `wanted` picks: the one equal to it; else those equal to it in another case; else
+    those holding its words in a row, in any case ("alexander", "Smirnov" for "Alexander Smirnov")."""
+    names = list(names)
+    if wanted in names:
+        return [wanted]
+    folded = wanted.casefold()
+    same = [name for name in names if name.casefold() == folded]
+    if same:
+        return same
+    words = folded.split()
+    return [name for name in names if words and _holds_run(name.casefold().split(), words)]
+
+
+def _holds_run(words: list[str], run: list[str]) -> bool:
+    return any(words[start:start + len(run)] == run for start in range(len(words) - len(run) + 1))
 
 
 def _most_active(export: _ExportReader, names: dict[str, str]) -> str:
@@ -749,7 +811,8 @@ def _sessions_from_export(export: _ExportReader,
                 continue
             seen.add(key)
             sessions.append(session)
-        if (chat.type in GROUP_TYPES and chat.messages
+        # A left chat holds only the owner's messages anyway: Telegram exports no one else's there.
+        if (chat.type in GROUP_TYPES and chat.messages and not chat.left
                 and all(message.author == target_id for message in chat.messages)):
             report.warnings.append(
                 f"only {target} speaks in the group {chat_name!r}: was it exported with "
@@ -767,6 +830,7 @@ def _count_sessions(report: ConversionReport, sessions: list[Session]) -> None:
         for turn in session.turns:
             report.messages_kept += len(turn.messages)
             report.speaker_chars[turn.speaker] += sum(len(message) for message in turn.messages)
+            report.placeholders.update(message for message in turn.messages if message in PLACEHOLDERS)
 
 
 # --- Sessions files ----------------------------------------------------------------------------
@@ -785,15 +849,19 @@ def _load_sessions_file(path: Path,
                         options: ExportOptions) -> tuple[list[Session], ConversionReport]:
     report = ConversionReport(str(path), "sessions file")
     sessions = read_sessions_file(path, report.repairs)
-    speakers = {turn.speaker for session in sessions for turn in session.turns}
     named_targets = Counter(session.target for session in sessions if session.target)
     if options.target is not None:
-        if options.target not in speakers:
-            messages = Counter(turn.speaker for session in sessions for turn in session.turns
-                               for _ in turn.messages)
-            raise DataError(f"{path}: --target {options.target!r} never speaks in this file; top speakers: "
+        messages = Counter(turn.speaker for session in sessions for turn in session.turns
+                           for _ in turn.messages)
+        wanted = options.target.strip()
+        matches = _matching_names(wanted, [name for name, _ in messages.most_common()])
+        if not matches:
+            raise DataError(f"{path}: --target {wanted!r} never speaks in this file; top speakers: "
                             f"{', '.join(name for name, _ in messages.most_common(10))}")
-        target, report.target_how = options.target, "chosen with --target"
+        if len(matches) > 1:
+            raise DataError(f"{path}: --target {wanted!r} matches {len(matches)} speakers: "
+                            f"{', '.join(matches[:10])}; pass a full name")
+        target, report.target_how = matches[0], "chosen with --target"
     elif named_targets:
         target, report.target_how = named_targets.most_common(1)[0][0], "named in the sessions file"
     else:  # doppelganger files name no target; the owner of the chats is in (nearly) all of them
@@ -806,8 +874,8 @@ def _load_sessions_file(path: Path,
     for session in sessions:
         session.target = target
     if dataclasses.replace(options, target=None) != ExportOptions():
-        report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups "
-                               "and --strict apply to Telegram exports, not to a sessions file")
+        report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups, "
+                               "--strict and --media apply to Telegram exports, not to a sessions file")
     _count_sessions(report, sessions)
     return sessions, report
 
@@ -856,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
                     "machine-readable JSON) into conversation sessions, one JSON object a line.")
     parser.add_argument("export", help="result.json, the folder holding it, or a sessions file "
                                        "(ours or doppelganger's)")
-    parser.add_argument("-o", "--output", required=True, help="where to write the sessions (JSONL)")
+    parser.add_argument("-o", "--output", help="where to write the sessions (JSONL); without it nothing "
+                                               "is written, and the summary (and --preview) show what would be")
     add_export_args(parser)
     parser.add_argument("--preview", type=_non_negative_int, default=0, metavar="N",
                         help="print the first N sessions; they are private data, so only when asked "
@@ -867,13 +936,17 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        write_sessions(sessions, args.output)
-    except OSError as error:
-        print(f"error: {args.output}: cannot write: {error.strerror or error}", file=sys.stderr)
-        return 2
+    if args.output is not None:
+        try:
+            write_sessions(sessions, args.output)
+        except OSError as error:
+            print(f"error: {args.output}: cannot write: {error.strerror or error}", file=sys.stderr)
+            return 2
     print(report.summary())
-    print(f"wrote {len(sessions)} sessions to {args.output}")
+    if args.output is None:
+        print(f"wrote nothing (no -o): {plural(len(sessions), 'session')}")
+    else:
+        print(f"wrote {plural(len(sessions), 'session')} to {args.output}")
     for session in sessions[:args.preview]:
         print(_format_session(session))
     return 0

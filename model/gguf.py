@@ -27,6 +27,8 @@ LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "origin
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Mistral:
     """The model in a llama, mistral, qwen2 or qwen3 GGUF file, dequantized to `dtype` on `device`."""
     path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
     try:
         reader = gguf.GGUFReader(path)
     except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds

@@ -217,7 +217,9 @@ def test_forwarded_and_via_bot_messages_are_skipped_unless_asked(tmp_path):
     ({"file": FILE, "mime_type": "application/pdf"}, "[file]"),
     ({"location_information": {"latitude": 1.5, "longitude": 2.5}}, "[location]"),
     ({"contact_information": {"first_name": "Zed", "phone_number": "+999"}}, "[contact]"),
-    ({"poll": {"question": "when?", "answers": []}}, "[poll]"),
+    ({"poll": {"question": "when? ", "answers": [{"text": "now", "voters": 1, "chosen": True}]}}, "when?"),
+    ({"poll": {"question": "", "answers": []}}, "[poll]"),
+    ({"poll": "damaged"}, "[poll]"),
     ({"photo": FILE, "text": "look at this view"}, "look at this view"),  # a caption is the text
     ({"media_type": "video_file", "file": FILE, "text": ["my ", {"type": "bold", "text": "trip"}]},
      "my trip"),
@@ -227,6 +229,35 @@ def test_media_becomes_a_placeholder_unless_it_has_a_caption(tmp_path, fields, s
     messages[1].update(fields)
     sessions, _ = convert(tmp_path, export(chat(messages)))
     assert dialogue(sessions) == [[("Bob", ["hi"]), ("Me Myself", [said])]]
+
+
+def test_media_drop_leaves_out_placeholders_but_keeps_captions_sticker_emoji_and_polls(tmp_path):
+    messages = talk((BOB, "hi"), (ME, ""), (ME, ""), (ME, ""), (ME, ""), (ME, ""), (BOB, ""))
+    messages[1].update(photo=FILE, text="the view")
+    messages[2].update(photo=FILE)
+    messages[3].update(media_type="sticker", sticker_emoji="😂", file=FILE)
+    messages[4].update(media_type="voice_message", file=FILE)
+    messages[5].update(poll={"question": "pizza?", "answers": []})
+    messages[6].update(media_type="sticker", file=FILE)
+    data = export(chat(messages))
+    sessions, report = convert(tmp_path, data)
+    assert dialogue(sessions) == [[("Bob", ["hi"]), ("Me Myself", ["the view", "[photo]", "😂", "[voice message]",
+                                                                   "pizza?"]), ("Bob", ["[sticker]"])]]
+    assert report.placeholders == {"[photo]": 1, "[voice message]": 1, "[sticker]": 1}
+    assert ("media without text: [photo] 1, [voice message] 1, [sticker] 1 (kept as placeholders; "
+            "--media drop leaves them out)") in report.summary()
+    sessions, report = convert(tmp_path, data, media="drop")
+    assert dialogue(sessions) == [[("Bob", ["hi"]), ("Me Myself", ["the view", "😂", "pizza?"])]]
+    assert report.messages_skipped == {"media without text (--media drop)": 3}
+    assert not report.placeholders and "media without text:" not in report.summary()
+
+
+def test_placeholders_are_documented_in_the_help_and_the_module():
+    help_text = " ".join(run_cli("--help").stdout.split())
+    assert "--media {keep,drop}" in help_text and "(default: keep)" in help_text
+    for placeholder in telegram.PLACEHOLDERS:
+        assert placeholder in telegram.__doc__
+    assert "[photo]" in help_text and "[voice message]" in help_text
 
 
 def test_a_message_with_neither_text_nor_media_is_skipped(tmp_path):
@@ -292,17 +323,41 @@ def test_target_flag_overrides_by_name_or_id(tmp_path, wanted):
     assert [s.target for s in sessions] == ["Bob"]  # Bob answers here, the owner does not
 
 
-def test_target_flag_naming_nobody_or_two_people_is_a_data_error(tmp_path):
-    group = talk((6, "a"), (7, "b"), (ME, "c"))
-    for msg in group[:2]:
+def test_target_flag_naming_nobody_is_a_data_error(tmp_path):
+    data = export(chat(talk((BOB, "hi"), (ME, "hey"))))
+    with pytest.raises(DataError, match="'Nobody' wrote no message.*most active: Bob \\(user2\\), Me Myself"):
+        convert(tmp_path, data, target="Nobody")
+    with pytest.raises(DataError, match="'' wrote no message"):
+        convert(tmp_path, data, target="  ")
+
+
+def test_target_flag_takes_a_part_of_a_name_in_any_case_and_a_full_name_when_a_part_is_ambiguous(tmp_path):
+    group = talk((6, "a"), (7, "b"), (8, "c"), (ME, "d"))
+    for msg, name in zip(group, ["Sam Green", "Sam Greenwood", "Pat Sam Green"]):
+        msg["from"] = name
+    data = export(chat(group, type="private_group", name="Sams", id=20))
+    for wanted, chosen in [("greenwood", "Sam Greenwood"), ("Pat", "Pat Sam Green"), ("me", "Me Myself"),
+                           ("sam green", "Sam Green"), ("Sam Green", "Sam Green")]:
+        _, report = convert(tmp_path, data, target=wanted)
+        assert (report.target, report.target_how) == (chosen, "chosen with --target"), wanted
+    with pytest.raises(DataError, match="--target 'Sam' matches 3 people: 'Sam Green' \\(user6\\), "
+                                        "'Sam Greenwood' \\(user7\\), 'Pat Sam Green' \\(user8\\); "
+                                        "pass a full name or an id$"):
+        convert(tmp_path, data, target="Sam")
+
+
+def test_target_flag_with_a_name_two_people_share_picks_the_one_called_so_and_says_who_else_is(tmp_path):
+    group = talk((6, "a"), (7, "b"), (6, "c"), (ME, "d"))
+    for msg in group[:3]:
         msg["from"] = "Sam"
     data = export(chat(group, type="private_group", name="Sams", id=20))
-    with pytest.raises(DataError, match="'Nobody' wrote no message.*most active"):
-        convert(tmp_path, data, target="Nobody")
-    with pytest.raises(DataError, match="'Sam' matches 2 people"):
-        convert(tmp_path, data, target="Sam")
-    _, report = convert(tmp_path, data, target="Sam (2)")
-    assert report.target == "Sam (2)"
+    _, report = convert(tmp_path, data, target="Sam")
+    assert report.target == "Sam"  # the more active, user6: the sessions call the other "Sam (2)"
+    assert report.target_how == ("chosen with --target; also called Sam: 'Sam (2)' (user7), "
+                                 "whom an id or that name picks")
+    for wanted in ("Sam (2)", "user7", "sam (2)"):
+        _, report = convert(tmp_path, data, target=wanted)
+        assert report.target == "Sam (2)" and "also called Sam: 'Sam' (user6)" in report.target_how
 
 
 def test_no_way_to_tell_the_target_is_a_data_error(tmp_path):
@@ -352,7 +407,9 @@ def test_public_supergroups_are_read_only_when_asked(tmp_path):
 def test_warns_about_a_group_exported_with_only_my_messages(tmp_path):
     mine = talk((ME, "one"), (ME, "two"), start=T0 + DAY)
     data = export(chat(talk((ME, "solo"), (ME, "again"))),  # a personal chat: no warning for it
-                  chat(mine, type="private_supergroup", name="Work", id=30))
+                  chat(mine, type="private_supergroup", name="Work", id=30),
+                  # Telegram exports only the owner's messages of a chat they left: no warning either
+                  left=[chat(mine, type="private_supergroup", name="Left", id=31)])
     _, report = convert(tmp_path, data)
     assert len(report.warnings) == 2  # Work, and "no sessions"
     assert "'Work'" in report.warnings[0] and "Only my messages" in report.warnings[0]
@@ -518,6 +575,12 @@ def test_load_sessions_reads_our_sessions_file(tmp_path):
     write_sessions(ours, tmp_path / "s.jsonl")
     with pytest.raises(DataError, match="'Carol' never speaks in this file; top speakers: Bob, Alex$"):
         load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Carol"))
+    assert load_sessions(tmp_path / "s.jsonl", ExportOptions(target=" alex"))[1].target == "Alex"
+    ours[0].turns.append(Turn("Alex Brown", ["me too"]))
+    write_sessions(ours, tmp_path / "s.jsonl")
+    assert load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Alex"))[1].target == "Alex"
+    with pytest.raises(DataError, match="'brow' never speaks"):  # only whole words match
+        load_sessions(tmp_path / "s.jsonl", ExportOptions(target="brow"))
 
 
 def test_load_sessions_reads_doppelganger_sessions(tmp_path):
@@ -564,17 +627,32 @@ def test_cli_writes_sessions_and_prints_what_it_did(tmp_path):
                      "chats: 2 read, 1 kept (personal_chat 1)", "skipped: bot_chat 1",
                      "messages: 2 kept, 2 skipped", "forwarded 1", "in skipped chats 1",
                      "sessions: 1, turns per session: min 2, median 2, max 2",
-                     "Bob: 12 chars (85.7%)", "wrote 1 sessions to"]:
+                     "Bob: 12 chars (85.7%)", "Me Myself: 2 chars (14.3%)", "wrote 1 session to"]:
         assert expected in result.stdout
     assert "secret plans" not in result.stdout  # private: only with --preview
     preview = run_cli(path, "-o", tmp_path / "out.jsonl", "--preview", "1")
     assert "[Bob]\n>>> secret plans" in preview.stdout
 
 
+def test_cli_previews_and_summarises_without_writing_when_no_output_is_given(tmp_path):
+    path = write(tmp_path, export(chat(talk((BOB, "secret plans"), (ME, "k")))))
+    result = run_cli(path, "--preview", "1")
+    assert result.returncode == 0, result.stderr
+    assert "[Bob]\n>>> secret plans" in result.stdout and "sessions: 1" in result.stdout
+    assert "wrote nothing (no -o): 1 session\n" in result.stdout
+    assert "Me Myself: 1 char (7.7%)" in result.stdout
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_summary_counts_are_singular_for_one():
+    assert [telegram.plural(count, "turn") for count in (0, 1, 2, 1234)] == [
+        "0 turns", "1 turn", "2 turns", "1,234 turns"]
+
+
 def test_cli_help_documents_every_flag_and_default():
     help_text = " ".join(run_cli("--help").stdout.split())
     for flag in ["--target", "--gap-minutes", "--months", "--speakers", "--keep-forwarded",
-                 "--public-groups", "--strict", "--preview", "--output"]:
+                 "--public-groups", "--strict", "--media", "--preview", "--output"]:
         assert flag in help_text
     for default in ["(default: 10", "(default: 24)", "(default: target)", "(default: 0)"]:
         assert default in help_text
@@ -835,31 +913,35 @@ def test_bundled_sample_end_to_end():
     assert report.chats_skipped == {"saved_messages": 1, "bot_chat": 1, "public_channel": 1,
                                     "Telegram service notifications": 1,
                                     "public_supergroup (see --public-groups)": 1}
-    assert (report.sessions, report.messages_kept) == (110, 775)
-    assert report.repairs == {}
+    assert (report.sessions, report.messages_kept) == (512, 3024)
+    assert report.repairs == {"control characters (removed)": 1}  # a BEL
     assert report.messages_skipped == {
-        "in skipped chats": 30, "in sessions where the target does not answer": 23,
-        "older than 24 months": 17, "service": 4, "forwarded": 2, "via bot": 1, "unsupported": 1}
-    assert set(report.speaker_chars) == {
-        "Alexander Smirnov", "Eleanor Whitfield", "Катя Морозова", "Dmitry Volkov", "Misha", "Misha (2)",
-        "Olga Petrenko", "Igor Lebedev", "Deleted Account 8958", "Deleted Account 9551"}
+        "in skipped chats": 22, "in sessions where the target does not answer": 13,
+        "older than 24 months": 7, "service": 4, "forwarded": 2, "via bot": 2, "unsupported": 1}
+    assert report.placeholders == {"[photo]": 11, "[voice message]": 1, "[video message]": 1, "[location]": 1,
+                                   "[animation]": 1, "[sticker]": 1, "[contact]": 1, "[file]": 1, "[audio]": 1}
+    # Катя was "Katya" before she renamed herself; two people are called Misha; one account is deleted.
+    assert set(report.speaker_chars) == {"Alexander Smirnov", "Eleanor Whitfield", "Катя Морозова", "Dmitry Volkov",
+                                         "Misha", "Misha (2)", "Deleted Account 8958"}
+    # The left group holds only the owner's messages, as Telegram exports them: no warning for it.
     assert len(report.warnings) == 1 and "'Project Aurora'" in report.warnings[0]
     said = [m for session in sessions for turn in session.turns for m in turn.messages]
-    for message in ["Agenda for Tuesday:\n1. budget\n2. venue", "the config is in C:\\xampp\\htdocs btw",
+    for message in ["Agenda for Tuesday:\n1. Budget for the spring programme.\n2. The venue, which is still "
+                    "undecided.\n3. Anything else you would like to raise.",
+                    "в C:\\xampp\\htdocs, btw", "скопировал из терминала, sorry за мусор",
                     "Here is the schedule for the retreat: https://example.com/retreat-2023. Please confirm by Friday.",
-                    "[photo]", "[voice message]", "[video message]", "[animation]", "[file]", "[location]",
-                    "[contact]", "[audio]", "[poll]", "[sticker]", "😍",
-                    "типа такого: <|im_start|>Дима"]:
+                    "смотри что @hiking_club_demo выложили 😍", "Куда идём в субботу?", "вот видео с концерта 🎶",
+                    "😍", "👍", "типа такого: <|im_start|>Дима"]:
         assert message in said
-    # A day and five minutes after the previous message: a session of its own.
-    assert any(session.turns[0].messages[0] == "ну что, идём завтра? 🙈" for session in sessions)
+    assert sum("https://" in message for message in said) == 100  # links written as text entities
 
 
 def test_bundled_sample_with_every_flag():
-    options = ExportOptions(months=0, speakers="any", keep_forwarded=True, public_groups=True)
+    options = ExportOptions(months=0, speakers="any", keep_forwarded=True, public_groups=True, media="drop")
     sessions, report = load_sessions(SAMPLE / "result.json", options)
     assert report.chats_kept == {"personal_chat": 3, "private_group": 1, "private_supergroup": 2,
                                  "public_supergroup": 1}
-    assert report.messages_skipped == {"in skipped chats": 18, "service": 4, "unsupported": 1}
-    assert report.messages_kept == 853 - 18 - 4 - 1
-    assert "Tom Baker (synthetic)" in report.speaker_chars
+    assert report.messages_skipped == {"in skipped chats": 16, "media without text (--media drop)": 22,
+                                       "service": 4, "unsupported": 1}
+    assert report.messages_kept == 3075 - 16 - 22 - 4 - 1  # every message of the export but these
+    assert "Tom Baker (synthetic)" in report.speaker_chars and not report.placeholders
