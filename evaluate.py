@@ -37,7 +37,7 @@ from lora import AdapterError, adapters_off, load_adapter, lora_layers
 from model import CheckpointError, Mistral, load_model, load_tokenizer
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import Chat
-from style import STATISTICS, style_distance, style_statistics
+from fidelity.style import STATISTICS, style_distance, style_statistics
 from train import DEFAULT_MODEL, DTYPES, recorded_args, resolve_device
 from training import evaluate as mean_loss
 

@@ -17,7 +17,7 @@ from evaluate import (EvalSettings, EvaluationError, choose_contexts, choose_spe
 from generation import SamplingConfig
 import sample
 from model import load_model, save_model
-from style import STATISTICS
+from fidelity.style import STATISTICS
 from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
