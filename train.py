@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-on", choices=["all", "target"], default="all", help="whose turns the loss covers (default: %(default)s)")
     data.add_argument("--seq-len", type=int, default=1024, help="tokens per packed row (default: %(default)s)")
     data.add_argument("--val-fraction", type=float, default=0.02, help="share of sessions held out for evaluation (default: %(default)s)")
+    data.add_argument("--split", choices=["hash", "time"], default="hash", help="which sessions are held out: hash spreads them over time, time holds out the newest (default: %(default)s)")
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--micro-batch", type=int, default=8, help="rows per forward pass (default: %(default)s)")
