@@ -1,17 +1,17 @@
-"""Runtime code stands on torch, safetensors, sentencepiece, huggingface-hub, numpy and tqdm alone."""
+"""Runtime code stands on torch, safetensors, sentencepiece, huggingface-hub, numpy, tqdm and matplotlib alone."""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "huggingface-hub", "numpy", "tqdm"}
+RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "huggingface-hub", "numpy", "tqdm", "matplotlib"}
 ORACLES = ["transformers", "peft", "accelerate"]
 
 
 def runtime_modules() -> list[str]:
     top = [p.stem for p in ROOT.glob("*.py")]
-    packages = [f"{p.parent.name}.{p.stem}" for folder in ("model", "data") for p in (ROOT / folder).glob("*.py")]
+    packages = [f"{p.parent.name}.{p.stem}" for folder in ("model", "data", "fidelity") for p in (ROOT / folder).glob("*.py")]
     return sorted(top + packages)
 
 
