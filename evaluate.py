@@ -546,7 +546,7 @@ def speaker_verdict(speaker: SpeakerReport, attribution: Attribution | None) -> 
                  "(or there is no training turn of theirs or of others to compare with), so style has no position.")
     else:
         style = (f"Over {speaker.contexts} held-out contexts the tuned model's style sits at {tuned:.2f} between "
-                 f"other people (0) and {speaker.speaker} themselves (1), the base model's at {number(base)}.")
+                 f"other people (0) and {cell(speaker.speaker)} themselves (1), the base model's at {number(base)}.")
     if attribution and speaker.speaker in attribution.classes:
         style += (f" The classifier attributes {percent(attribution.share('tuned', speaker.speaker))} of the tuned "
                   f"model's turns to them ({percent(attribution.share('base', speaker.speaker))} of the base "

@@ -239,6 +239,17 @@ def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
 
+def test_the_split_is_the_run_s_or_given(tmp_path):
+    def config(*arguments):
+        return evaluate.sources_from_args(evaluate.build_parser().parse_args(
+            ["--adapter", str(tmp_path), "--data", str(SAMPLE), *arguments])).data_config
+
+    assert config().split == "hash" and config("--split", "time").split == "time"
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
+    sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(["--checkpoint", str(tmp_path)]))
+    assert sources.data_config.split == "time" and sources.metrics_file == tmp_path / "metrics.jsonl"
+
+
 def test_sampling_defaults_are_sample_py_s():
     ours = evaluate.build_parser().parse_args([])
     theirs = sample.build_parser().parse_args(["--speaker", TARGET])
