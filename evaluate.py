@@ -51,10 +51,10 @@ from fidelity.style import STATISTICS, style_statistics
 from generation import SamplingConfig
 from lora import AdapterError, adapters_off, load_adapter, lora_layers
 from model import CheckpointError, Mistral, load_model, load_tokenizer
+from model.mistral import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import fit_prompt
 from train import DEFAULT_MODEL, DTYPES, recorded_args, resolve_device
-from training import evaluate as mean_loss
 
 MODELS = ("base", "tuned")
 WRITERS = ("real", *MODELS)  # the person at the same contexts, as the reference for every figure
@@ -166,13 +166,30 @@ class Measurement:
     replies: dict[str, list[list[str]]]  # speaker -> the turn written at each of their contexts
 
 
-def speaker_loss(model: Mistral, tokenizer: Tokenizer, sessions: list[Session], speaker: str,
-                 seq_len: int, micro_batch: int, device: torch.device) -> tuple[float, int]:
-    """Loss on the speaker's turns: the held-out sessions cut and packed as training cut and packed
-    them, with only this speaker's message bodies (and end of turn) counted."""
-    pieces = [piece for session in sessions if any(turn.speaker == speaker for turn in session.turns)
-              for piece in split_to_fit(session.turns, tokenizer, seq_len, trained_speakers={speaker})[0]]
-    return mean_loss(model, pack(pieces, seq_len), micro_batch, device)
+@torch.no_grad()
+def speaker_losses(model: Mistral, tokenizer: Tokenizer, sessions: list[Session], speakers: list[str],
+                   seq_len: int, micro_batch: int, device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
+    """Each speaker's loss on their held-out turns, and its tokens: the held-out sessions cut and packed as
+    training cut and packed them, with only the speaker's message bodies (and end of turn) counted.
+
+    The model runs over the rows once for all speakers: their rows differ only in which tokens count,
+    as cutting and packing depend on the tokens alone.
+    """
+    rows = {speaker: pack([piece for session in sessions for piece in
+                           split_to_fit(session.turns, tokenizer, seq_len, trained_speakers={speaker})[0]], seq_len)
+            for speaker in speakers}
+    layout = rows[speakers[0]]
+    sums, tokens = dict.fromkeys(speakers, 0.0), dict.fromkeys(speakers, 0)
+    for start in range(0, len(layout), micro_batch):
+        window = slice(start, start + micro_batch)
+        batch = [torch.from_numpy(array[window]).long().to(device)
+                 for array in (layout.input_ids, layout.position_ids, layout.document_ids)]
+        hidden = model(batch[0], position_ids=batch[1], document_ids=batch[2], return_hidden=True)
+        for speaker in speakers:
+            labels = torch.from_numpy(rows[speaker].labels[window]).long().to(device)
+            sums[speaker] += chunked_cross_entropy(hidden, model.lm_head, labels).item()
+            tokens[speaker] += int((labels != IGNORE_INDEX).sum())
+    return {speaker: sums[speaker] / max(tokens[speaker], 1) for speaker in speakers}, tokens
 
 
 def model_writer(model: Mistral, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device) -> Writer:
@@ -199,10 +216,8 @@ def measure(model: Mistral, tokenizer: Tokenizer, data: PreparedData, plan: Plan
     was_training = model.training
     model.eval()  # no adapter dropout while sampling
     try:
-        loss, tokens = {}, {}
-        for speaker in plan.speakers:
-            loss[speaker], tokens[speaker] = speaker_loss(model, tokenizer, data.val_sessions, speaker,
-                                                          data.report.seq_len, settings.micro_batch, device)
+        loss, tokens = speaker_losses(model, tokenizer, data.val_sessions, plan.speakers, data.report.seq_len,
+                                      settings.micro_batch, device)
         write = write or model_writer(model, tokenizer, settings, device)
         everywhere = [context for speaker in plan.speakers for context in plan.contexts[speaker]]
         # Batches of conversations of about one length waste little on padding. Batch n is sampled with
