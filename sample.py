@@ -82,6 +82,16 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
     return model.eval(), tokenizer, people
 
 
+def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> list[int]:
+    """The conversation rendered exactly as in training, ending in `speaker`'s open header;
+    the oldest turns are dropped until it fits in `room` tokens (leaving the rest for a reply)."""
+    while True:
+        ids = render(turns, tokenizer, open_speaker=speaker).ids
+        if len(ids) <= room or not turns:
+            return ids[-room:]
+        turns = turns[1:]
+
+
 class Chat:
     """A conversation between two people, one of them played by the model."""
 
@@ -101,15 +111,7 @@ class Chat:
         self.turns.append(turn)
 
     def prompt(self, speaker: str) -> list[int]:
-        """The conversation rendered exactly as in training, ending in `speaker`'s open header;
-        the oldest turns are dropped until it leaves room for a reply."""
-        room = self.generator.max_len - self.sampling.max_new_tokens
-        turns = self.turns
-        while True:
-            ids = render(turns, self.tokenizer, open_speaker=speaker).ids
-            if len(ids) <= room or not turns:
-                return ids[-room:]
-            turns = turns[1:]
+        return fit_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len - self.sampling.max_new_tokens)
 
     def reply(self, speaker: str, echo=lambda text: None) -> Turn:
         """Sample `speaker`'s next turn, streaming its text to `echo`, and add it to the conversation.

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-on", choices=["all", "target"], default="all", help="whose turns the loss covers (default: %(default)s)")
     data.add_argument("--seq-len", type=positive_int, default=1024, help="tokens per packed row (default: %(default)s)")
     data.add_argument("--val-fraction", type=float, default=0.02, help="share of sessions held out for evaluation (default: %(default)s)")
+    data.add_argument("--split", choices=["hash", "time"], default="hash", help="which sessions are held out: hash spreads them over time, time holds out the newest (default: %(default)s)")
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--micro-batch", type=positive_int, default=8, help="rows per forward pass (default: %(default)s)")
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=positive_int, default=1, help="append to OUT/metrics.jsonl every N steps (default: %(default)s)")
     run.add_argument("--eval-report", action=argparse.BooleanOptionalAction, default=True,
                      help="after training, write the fidelity report (held-out loss and style, tuned vs base, per speaker) to OUT/report (default: on)")
-    run.add_argument("--eval-contexts", type=int, default=4, help="held-out contexts per speaker the report samples replies at (default: %(default)s)")
+    run.add_argument("--eval-contexts", type=int, default=32, help="held-out contexts per speaker the report samples replies at (default: %(default)s)")
     run.add_argument("--stop-at", type=positive_int, help="save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)")
     run.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its newest checkpoint, with its settings (flags given here override them)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)")
@@ -456,10 +457,10 @@ def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch
     """Held-out loss and style, tuned against base, per speaker: `OUT/report/`."""
     from evaluate import EvalSettings, EvaluationError, run_evaluation  # evaluate imports this module
 
-    about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data)}
+    about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
     try:
         report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),
-                                device, about)
+                                device, about, metrics_file=out / "metrics.jsonl")
     except EvaluationError as error:  # e.g. nothing held out
         print(f"fidelity report skipped: {error}")
         return

@@ -26,6 +26,7 @@ from model.mistral import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
 TRAIN_ON = ("all", "target")
+SPLITS = ("hash", "time")
 CACHE_FORMAT = 2  # bump when rendering or packing changes what the same inputs produce
 ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 
@@ -35,11 +36,14 @@ class DataConfig:
     seq_len: int = 1024
     train_on: str = "all"  # "all": learn every speaker's turns; "target": only the target's
     val_fraction: float = 0.02  # of sessions, held out for validation
+    split: str = "hash"  # which: "hash" spreads them over time (validation_mask), "time" the newest (newest_mask)
     export: ExportOptions = field(default_factory=ExportOptions)
 
     def __post_init__(self):
         if self.train_on not in TRAIN_ON:
             raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {self.seq_len}")
         if not 0 <= self.val_fraction < 1:
@@ -49,7 +53,7 @@ class DataConfig:
 def data_config_from_args(args) -> DataConfig:
     """The DataConfig of train.py's flags (or of the settings a run recorded in run.json)."""
     return DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
-                      export=export_options_from_args(args))
+                      split=args.split, export=export_options_from_args(args))
 
 
 @dataclass
@@ -81,6 +85,7 @@ class DataReport:
 class PreparedData:
     train_rows: PackedRows
     val_rows: PackedRows
+    train_sessions: list[Session]  # the fidelity report's reference for the people and their private text
     val_sessions: list[Session]  # held out, for evaluating per speaker
     target: str
     partners: dict[str, str]  # speaker -> their most frequent partner in all sessions (sample.py's --as)
@@ -99,7 +104,8 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
     """
     sessions, conversion = load_sessions(path, config.export)
     fingerprints = [session_fingerprint(session) for session in sessions]
-    held_out = validation_mask(fingerprints, config.val_fraction)
+    held_out = (validation_mask(fingerprints, config.val_fraction) if config.split == "hash" else
+                newest_mask([session.start for session in sessions], fingerprints, config.val_fraction))
     train = [session for session, out in zip(sessions, held_out) if not out]
     val = [session for session, out in zip(sessions, held_out) if out]
     if not train:
@@ -132,7 +138,7 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
         trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens, tokens_cut=tokens_cut,
         train_rows=len(train_rows), val_rows=len(val_rows), seq_len=config.seq_len,
         utilization=train_rows.utilization)
-    return PreparedData(train_rows, val_rows, val, conversion.target,
+    return PreparedData(train_rows, val_rows, train, val, conversion.target,
                         most_frequent_partners(sessions), report)
 
 
@@ -159,6 +165,23 @@ def validation_mask(fingerprints: list[str], fraction: float) -> list[bool]:
     return held_out
 
 
+def newest_mask(starts: list[int], fingerprints: list[str], fraction: float) -> list[bool]:
+    """Which sessions to hold out: the newest `fraction` of them (rounded, at least one of two or more,
+    none of a single one), so that a twin is judged on what came after everything it learnt from.
+
+    Sessions that start at the same second are ordered by their fingerprints, so the split does not
+    depend on the order of the input.
+    """
+    if len(starts) < 2 or fraction <= 0:
+        return [False] * len(starts)
+    count = min(max(1, round(fraction * len(starts))), len(starts) - 1)
+    newest = sorted(range(len(starts)), key=lambda index: (starts[index], fingerprints[index]))[-count:]
+    held_out = [False] * len(starts)
+    for index in newest:
+        held_out[index] = True
+    return held_out
+
+
 def _tokenize(sessions: list[Session], tokenizer: Tokenizer, seq_len: int,
               trained_speakers: set[str] | None) -> tuple[list[RenderedSession], int]:
     pieces, cut = [], 0
@@ -176,7 +199,7 @@ def _cache_key(fingerprints: list[str], tokenizer: Tokenizer, config: DataConfig
     # the report come from it; it takes about as long as tokenizing).
     settings = {"format": CACHE_FORMAT, "tokenizer": _tokenizer_fingerprint(tokenizer),
                 "seq_len": config.seq_len, "train_on": config.train_on,
-                "val_fraction": config.val_fraction, "sessions": fingerprints}
+                "val_fraction": config.val_fraction, "split": config.split, "sessions": fingerprints}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -1,4 +1,4 @@
-"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy and tqdm alone."""
+"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm and matplotlib alone."""
 import re
 import subprocess
 import sys
@@ -6,13 +6,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
-                        "tqdm"}
+                        "tqdm", "matplotlib"}
 ORACLES = ["transformers", "peft", "accelerate"]
 
 
 def runtime_modules() -> list[str]:
     top = [p.stem for p in ROOT.glob("*.py")]
-    packages = [f"{p.parent.name}.{p.stem}" for folder in ("model", "data") for p in (ROOT / folder).glob("*.py")]
+    packages = [f"{p.parent.name}.{p.stem}" for folder in ("model", "data", "fidelity") for p in (ROOT / folder).glob("*.py")]
     return sorted(top + packages)
 
 

@@ -2,6 +2,7 @@
 the person from a model that answers "ok?" to everything, and a tuned model that beats its base."""
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,12 @@ import train
 from data.chatml import split_to_fit
 from data.dataset import DataConfig, prepare_data
 from data.sessions import Session, Turn
-from evaluate import (EvalSettings, EvaluationError, choose_contexts, choose_speakers, compare,
+from evaluate import (EvalSettings, EvaluationError, Measurement, choose_contexts, choose_speakers, compare,
                       measure, plan_evaluation, write_report)
 from generation import SamplingConfig
 import sample
 from model import load_model, save_model
-from style import STATISTICS
+from fidelity.style import STATISTICS
 from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
@@ -58,41 +59,95 @@ def test_contexts_end_right_before_a_real_turn_of_the_speaker():
     assert len({tuple(context.real) for context in chosen}) == 4
 
 
-def report_with(sample, data, dolphin_tokenizer, out_dir):
-    """The report when the tuned model's turns come from `sample` (the base model copies the person)."""
-    settings = EvalSettings(contexts=4)
-    plan = plan_evaluation(data, settings)
-    model = tiny_model()
-    base = measure(model, dolphin_tokenizer, data, plan, settings, CPU, "base", sample=lambda context, seed: context.real)
-    tuned = measure(model, dolphin_tokenizer, data, plan, settings, CPU, "tuned", sample=sample)
+@pytest.fixture(scope="module")
+def measured(sample_data, dolphin_tokenizer):
+    """The plan, and a model's loss with turns that copy the person's: the base model of every report below."""
+    settings = EvalSettings(contexts=6)
+    plan = plan_evaluation(sample_data, settings)
+    return plan, measure(tiny_model(), dolphin_tokenizer, sample_data, plan, settings, CPU, "base", write=copy_the_person)
+
+
+def report_with(write, measured, data, out_dir, examples: int = 3):
+    """The report when the tuned model's turns come from `write`."""
+    plan, base = measured
+    settings = EvalSettings(contexts=6, examples=examples)
+    tuned = Measurement(base.loss, base.tokens, {speaker: write(plan.contexts[speaker], 0) for speaker in plan.speakers})
     report = compare(plan, data, base, tuned, settings, about={"base": "b", "tuned": "t", "data": "d", "seed": 0,
                                                               "sampling": {}})
     write_report(report, out_dir)
     return report, (out_dir / "report.md").read_text(), json.loads((out_dir / "report.json").read_text())
 
 
-def test_a_model_that_copies_the_person_is_at_distance_zero(sample_data, dolphin_tokenizer, tmp_path):
-    report, markdown, figures = report_with(lambda context, seed: context.real, sample_data, dolphin_tokenizer, tmp_path)
+def copy_the_person(contexts, seed):
+    return [context.real for context in contexts]
+
+
+def test_a_model_that_copies_the_person_is_at_or_above_the_ceiling(measured, sample_data, tmp_path):
+    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path)
     assert [speaker.speaker for speaker in report.speakers][0] == TARGET
     assert all(speaker.contexts > 0 for speaker in report.speakers)
+    positioned = 0
     for speaker in figures["speakers"]:
         assert len(speaker["style"]) == len(STATISTICS)
-        assert all(row["tuned_distance"] == 0 and row["base_distance"] == 0 for row in speaker["style"].values())
-        assert speaker["off"] == [] and speaker["closer"] == []
-    assert markdown.count(f"within {evaluate.OFF} of the real person on every statistic") == len(report.speakers)
+        for row in speaker["style"].values():
+            for model in ("base", "tuned"):
+                placement = row["placements"][model]
+                assert placement["distance"] == 0
+                if placement["position"] is not None:
+                    assert placement["position"] >= 1 and placement["low"] >= 1
+                    positioned += 1
+        assert speaker["attributed_to_them"]["tuned"] == speaker["attributed_to_them"]["real"]
+    assert positioned >= 10
+    assert figures["failures"]["tuned"] == figures["failures"]["real"]
+    assert figures["memorization"]["tuned"] == figures["memorization"]["real"]
+    assert figures["plots"] == ["style_positions.png"] and (tmp_path / "style_positions.png").exists()
+    assert "![Style between the floor and the ceiling](style_positions.png)" in markdown
 
 
-def test_a_model_that_answers_ok_to_everything_is_far_and_the_report_says_so(sample_data, dolphin_tokenizer, tmp_path):
-    report, markdown, figures = report_with(lambda context, seed: ["ok?"], sample_data, dolphin_tokenizer, tmp_path)
+def test_a_model_that_answers_ok_to_everything_sits_at_the_floor_and_repeats_itself(measured, sample_data, tmp_path):
+    report, markdown, figures = report_with(lambda contexts, seed: [["ok?"]] * len(contexts), measured,
+                                            sample_data, tmp_path)
     target = figures["speakers"][0]
     assert target["speaker"] == TARGET
-    assert target["style"]["question_share"]["tuned"] == 1 and target["style"]["question_share"]["base_distance"] == 0
-    assert target["style"]["chars_per_message"]["tuned_distance"] > 0.5
-    assert {"question_share", "chars_per_message", "cyrillic_share", "latin_share"} <= set(target["off"])
-    for speaker in report.speakers:  # even for Eleanor, who writes English and asks questions
-        assert "chars_per_message" in speaker.off and len(speaker.off) >= 2 and speaker.closer == []
-    assert f"far from the real person (distance {evaluate.OFF} or more)" in markdown
+    assert target["style"]["question_share"]["tuned"] == 1
+    assert target["position"]["tuned"] < 0.5 <= 1 <= target["position"]["base"]
+    assert figures["failures"]["tuned"]["repeats_across"] == 1 and figures["failures"]["real"]["repeats_across"] < 0.5
+    assert figures["failures"]["tuned"]["ignores_context"] == 1
     assert "Alexander Smirnov, tuned:\n  ok?" in markdown
+
+
+def test_a_model_that_talks_like_an_assistant_has_a_leak_rate_of_one(measured, sample_data, tmp_path):
+    answer = [["As an AI language model, I don't have personal experiences.", "How can I assist you today?"]]
+    report, markdown, figures = report_with(lambda contexts, seed: answer * len(contexts), measured,
+                                            sample_data, tmp_path)
+    assert figures["failures"]["tuned"]["assistant_leaks"] == 1 and figures["failures"]["base"]["assistant_leaks"] == 0
+    assert "| assistant talk | 0% | 0% | 100% |" in markdown
+    for speaker in figures["speakers"]:
+        if speaker["real_vs_written_auc"]["tuned"] is not None:
+            assert speaker["real_vs_written_auc"]["tuned"] > 0.9  # told apart from the person at once
+
+
+def test_a_model_that_recites_its_training_text_is_caught(measured, sample_data, tmp_path):
+    recited = max((turn.messages for session in sample_data.train_sessions for turn in session.turns),
+                  key=lambda messages: len(" ".join(messages).split()))
+    report, markdown, figures = report_with(lambda contexts, seed: [recited] * len(contexts), measured,
+                                            sample_data, tmp_path)
+    assert figures["memorization"]["tuned"]["copying_share"] == 1
+    assert figures["memorization"]["tuned"]["longest_copy"] >= len(" ".join(recited).split()) - 2
+    assert figures["memorization"]["base"]["copying_share"] < 0.5
+
+
+def test_personal_values_of_the_training_text_are_counted_never_shown(measured, sample_data, tmp_path):
+    phone = "+7 916 555-01-23"
+    told = Session("chat", "personal_chat", 0, [Turn("Misha", [f"мой новый номер {phone}"])])
+    with_phone = replace(sample_data, train_sessions=[*sample_data.train_sessions, told])
+    report, markdown, figures = report_with(lambda contexts, seed: [[f"звони {phone}"]] * len(contexts), measured,
+                                            with_phone, tmp_path, examples=0)
+    phones = figures["personal_data"]["tuned"]["phone"]
+    assert phones == {"in_training": 1, "replies_with_one": figures["failures"]["tuned"]["replies"], "values_leaked": 1}
+    assert figures["personal_data"]["real"]["phone"]["values_leaked"] == 0
+    for text in (markdown, (tmp_path / "report.json").read_text()):
+        assert "555-01" not in text and "9165550123" not in text
 
 
 def test_held_out_sessions_never_reach_the_training_rows(sample_data, dolphin_tokenizer):
@@ -115,12 +170,13 @@ def test_held_out_sessions_never_reach_the_training_rows(sample_data, dolphin_to
                        for session in sample_data.val_sessions)
 
 
+@pytest.mark.slow
 def test_report_after_training_shows_the_tuned_model_beating_its_base(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "run"
     train.main(["--lora", "--model", str(tiny_checkpoint), "--data", str(SAMPLE), "--out", str(out),
                 "--val-fraction", "0.1", "--seq-len", "256", "--micro-batch", "2", "--batch", "4",
                 "--max-steps", "6", "--lr", "2e-2", "--lora-r", "4", "--lora-alpha", "8",
-                "--eval-every", "0", "--save-every", "0"])
+                "--eval-every", "3", "--save-every", "0", "--no-eval-report"])
     evaluate.main(["--checkpoint", str(out), "--speakers", "100", "--contexts", "2", "--max-new-tokens", "8"])
     figures = json.loads((out / "report" / "report.json").read_text())
     speakers = figures["speakers"]
@@ -135,7 +191,17 @@ def test_report_after_training_shows_the_tuned_model_beating_its_base(tmp_path, 
     assert mean_loss == pytest.approx(run["eval_loss"], rel=1e-4)
     printed = capsys.readouterr().out
     assert f"{TARGET} (target): loss {speakers[0]['loss']['base']:.3f} → {speakers[0]['loss']['tuned']:.3f}" in printed
-    assert (out / "report" / "report.md").read_text().startswith("# Twin fidelity report")
+    markdown = (out / "report" / "report.md").read_text()
+    assert markdown.startswith("# Twin fidelity report") and "![Loss curves](loss_curves.png)" in markdown
+    assert figures["plots"] == ["loss_curves.png", "style_positions.png"]
+
+
+def test_a_lora_run_ends_with_the_report_and_its_plots(tiny_run):
+    figures = json.loads((tiny_run / "report" / "report.json").read_text())
+    assert "loss_curves.png" in figures["plots"]
+    assert (tiny_run / "report" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert figures["about"]["split"] == "hash" and figures["failures"]["tuned"]["replies"] == sum(
+        speaker["contexts"] for speaker in figures["speakers"])
 
 
 def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, tiny_checkpoint, dolphin_tokenizer):
@@ -162,6 +228,8 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
     (["--adapter", "{tmp}", "--data", str(SAMPLE), "--speakers", "0"], "--speakers: give at least 1"),
     (["--data", str(SAMPLE)], "give --checkpoint (a train.py run) or --adapter"),
     (["--checkpoint", "{tmp}", "--val-fraction", "0.5"], "--val-fraction: taken from the run in --checkpoint"),
+    (["--checkpoint", "{tmp}", "--split", "time"], "--split: taken from the run in --checkpoint"),
+    (["--checkpoint", "{tmp}", "--sample-batch", "0"], "--sample-batch must be 1 or more"),
 ])
 def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -169,6 +237,17 @@ def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_the_split_is_the_run_s_or_given(tmp_path):
+    def config(*arguments):
+        return evaluate.sources_from_args(evaluate.build_parser().parse_args(
+            ["--adapter", str(tmp_path), "--data", str(SAMPLE), *arguments])).data_config
+
+    assert config().split == "hash" and config("--split", "time").split == "time"
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
+    sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(["--checkpoint", str(tmp_path)]))
+    assert sources.data_config.split == "time" and sources.metrics_file == tmp_path / "metrics.jsonl"
 
 
 def test_sampling_defaults_are_sample_py_s():

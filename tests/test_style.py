@@ -1,8 +1,8 @@
-"""style.py: the statistics equal values worked out by hand; distances run from 0 (equal) to 1."""
+"""fidelity/style.py: the statistics equal values worked out by hand; distances run from 0 (equal) to 1."""
 import pytest
 from hypothesis import given, strategies as st
 
-from style import STATISTICS, count_emoji, starts_in_lower_case, style_distance, style_statistics
+from fidelity.style import STATISTICS, count_emoji, starts_in_lower_case, style_distance, style_statistics
 
 SHARE = next(statistic for statistic in STATISTICS if statistic.name == "question_share")
 RATE = next(statistic for statistic in STATISTICS if statistic.name == "chars_per_message")

@@ -1,0 +1,76 @@
+"""Replies at many contexts at once: their prompts decoded together, as one batch.
+
+Decoding reads every weight of the model for each new token. A batch of prompts reads them once per
+step for all of them, so on a CPU eight replies take about the time of two (measured on a 135M model),
+and a GPU goes further. Each reply is sampled token by token exactly as generation.Generator samples
+one (`sample_token`, the same stop tokens); only the random draws are shared by the batch.
+
+Prompts of different lengths are padded on the left, so that every row's next token sits at the same
+place in the KV cache; a mask keeps each token from seeing padding, and positions start at each
+prompt's first real token, so a padded prompt computes what it would alone. A reply that ends leaves
+the batch, and the batch shrinks around it.
+"""
+import torch
+
+from generation import SamplingConfig, sample_token
+from model.mistral import KVCache, Mistral, rotary_cos_sin
+
+PADDING = 0  # any id: padding is never attended to
+
+
+@torch.inference_mode()
+def generate_batch(model: Mistral, prompts: list[list[int]], config: SamplingConfig, stop_ids: set[int],
+                   generator: torch.Generator | None, device: torch.device) -> list[list[int]]:
+    """The tokens sampled after each prompt, up to (not including) a stop token or `max_new_tokens`."""
+    width = max(map(len, prompts))
+    padding = torch.tensor([width - len(prompt) for prompt in prompts], device=device)
+    ids = torch.tensor([[PADDING] * (width - len(prompt)) + prompt for prompt in prompts], device=device)
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, len(prompts), width + config.max_new_tokens, dtype=dtype, device=device)
+    seen = [torch.tensor(prompt, device=device) for prompt in prompts]  # what the repetition penalty looks at
+    written: list[list[int]] = [[] for _ in prompts]
+    writing = list(range(len(prompts)))  # the prompt of each row of the batch
+    logits = _last_logits(model, ids, padding, cache)
+    for step in range(config.max_new_tokens):
+        tokens, rows_left = [], []
+        for row, number in enumerate(writing):
+            token = sample_token(logits[row], config, seen[number], generator)
+            if token in stop_ids:
+                continue
+            written[number].append(token)
+            seen[number] = torch.cat([seen[number], torch.tensor([token], device=device)])
+            tokens.append(token)
+            rows_left.append(row)
+        if not rows_left or step == config.max_new_tokens - 1:
+            break
+        if len(rows_left) < len(writing):
+            kept = torch.tensor(rows_left, device=device)
+            cache.keys, cache.values = cache.keys[:, kept], cache.values[:, kept]
+            padding = padding[kept]
+            writing = [writing[row] for row in rows_left]
+        logits = _last_logits(model, torch.tensor(tokens, device=device)[:, None], padding, cache)
+    return written
+
+
+def _last_logits(model: Mistral, ids: torch.Tensor, padding: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Run `ids` [batch, new] after what the cache holds; the logits of each row's last token [batch, vocab].
+
+    Mistral.forward without its packed rows, with a mask for the padding that its KV-cache path lacks.
+    """
+    config = model.config
+    past, new = cache.length, ids.shape[1]
+    keys = torch.arange(past + new, device=ids.device)
+    queries = keys[past:]
+    positions = (queries[None, :] - padding[:, None]).clamp(min=0)
+    mask = (keys >= padding[:, None, None]) & (keys <= queries[:, None])  # [batch, new, keys]
+    if config.sliding_window is not None:
+        mask &= queries[:, None] - keys < config.sliding_window
+    # A padding token sees itself: a query that sees nothing would give NaN, which would reach the real
+    # tokens through its (masked, so zero-weighted) values, as 0 x NaN is NaN.
+    mask |= keys == queries[:, None]
+    x = model.model.embed_tokens(ids)
+    cos, sin = rotary_cos_sin(positions, config.head_dim, config.rope_theta, x.dtype)
+    for layer in model.model.layers:
+        x = layer(x, cos, sin, mask[:, None], kv_cache=cache)
+    cache.length += new
+    return model.lm_head(model.model.norm(x[:, -1]))
