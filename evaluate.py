@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-import atomic
-from console import quiet_when_the_reader_leaves
+from core import atomic
+from core.cli import quiet_when_the_reader_leaves
 from data.chatml import parse_body, split_to_fit
 from data.dataset import SPLITS, DataConfig, PreparedData, data_config_from_args, prepare_data
 from data.packing import pack
@@ -49,11 +49,11 @@ from fidelity.plots import loss_curves_png, read_metrics, style_positions_png
 from fidelity.privacy import COPY_WORDS, Memorization, PersonalDataLeak, TrainingText, memorization, personal_data_leaks
 from fidelity.sampling import generate_batch
 from fidelity.style import STATISTICS, style_statistics
-from generation import SamplingConfig
-from lora import AdapterError, adapters_off, load_adapter, lora_layers, tokenizer_source
-from model import CheckpointError, Mistral, load_model, load_tokenizer
+from model.generation import SamplingConfig
+from model.lora import AdapterError, adapters_off, load_adapter, lora_layers, tokenizer_source
+from model import CheckpointError, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
-from model.mistral import IGNORE_INDEX, chunked_cross_entropy
+from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import fit_prompt
 from train import DEFAULT_MODEL, DTYPES, read_run_record, recorded_args, resolve_device
@@ -169,7 +169,7 @@ class Measurement:
 
 
 @torch.no_grad()
-def speaker_losses(model: Mistral, tokenizer: Tokenizer, sessions: list[Session], speakers: list[str],
+def speaker_losses(model: Transformer, tokenizer: Tokenizer, sessions: list[Session], speakers: list[str],
                    seq_len: int, micro_batch: int, device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
     """Each speaker's loss on their held-out turns, and its tokens: the held-out sessions cut and packed as
     training cut and packed them, with only the speaker's message bodies (and end of turn) counted.
@@ -186,7 +186,7 @@ def speaker_losses(model: Mistral, tokenizer: Tokenizer, sessions: list[Session]
         window = slice(start, start + micro_batch)
         batch = [torch.from_numpy(array[window]).long().to(device)
                  for array in (layout.input_ids, layout.position_ids, layout.document_ids)]
-        hidden = model(batch[0], position_ids=batch[1], document_ids=batch[2], return_hidden=True)
+        hidden = model.hidden_states(batch[0], position_ids=batch[1], document_ids=batch[2])
         for speaker in speakers:
             labels = torch.from_numpy(rows[speaker].labels[window]).long().to(device)
             sums[speaker] += chunked_cross_entropy(hidden, model.lm_head, labels).item()
@@ -194,7 +194,7 @@ def speaker_losses(model: Mistral, tokenizer: Tokenizer, sessions: list[Session]
     return {speaker: sums[speaker] / max(tokens[speaker], 1) for speaker in speakers}, tokens
 
 
-def model_writer(model: Mistral, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device) -> Writer:
+def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device) -> Writer:
     """The model writing each speaker's next turn: the prompt, stop tokens and sampling of sample.py."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
     if settings.sampling.max_new_tokens >= max_len:
@@ -212,7 +212,7 @@ def model_writer(model: Mistral, tokenizer: Tokenizer, settings: EvalSettings, d
     return write
 
 
-def measure(model: Mistral, tokenizer: Tokenizer, data: PreparedData, plan: Plan, settings: EvalSettings,
+def measure(model: Transformer, tokenizer: Tokenizer, data: PreparedData, plan: Plan, settings: EvalSettings,
             device: torch.device, name: str, write: Writer | None = None) -> Measurement:
     """Loss per speaker, and a turn written at every context (by `write`, default the model itself)."""
     was_training = model.training
@@ -594,7 +594,7 @@ def max_backtick_run(lines: list[str]) -> int:
 
 # --- Putting it together -----------------------------------------------------------------------
 
-def run_evaluation(model: Mistral, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
+def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
                    settings: EvalSettings | None = None, device: torch.device = torch.device("cpu"),
                    about: dict | None = None, metrics_file: Path | None = None) -> Report:
     """Evaluate a model carrying LoRA adapters against itself with them switched off; write the report.

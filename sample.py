@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-import atomic
-from console import quiet_when_the_reader_leaves
+from core import atomic
+from core.cli import quiet_when_the_reader_leaves
 from data.chatml import chat_format, parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
-from generation import Generator, SamplingConfig
-from lora import AdapterError, load_adapter, merge_lora, tokenizer_source
+from model.generation import Generator, SamplingConfig
+from model.lora import AdapterError, load_adapter, merge_lora, tokenizer_source
 from model import CheckpointError, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError

@@ -18,16 +18,16 @@ from typing import NoReturn
 import torch
 from tqdm import tqdm
 
-import atomic
-import fsdp
-from console import quiet_when_the_reader_leaves
+from core import atomic
+from training import distributed
+from core.cli import quiet_when_the_reader_leaves
 from data.chatml import add_chatml_tokens
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
 from data.telegram import add_export_args
-from lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
+from model.lora import AdapterError, LoRAConfig, PROJECTIONS, apply_lora, load_adapter, merge_lora, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
-from training import (DamagedCheckpoint, MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints,
+from training.loop import (DamagedCheckpoint, MetricsLog, Throughput, TrainingError, checkpoint_path, checkpoints,
                       cosine_schedule, endless, evaluate, load_training_state, make_optimizer, peak_memory_mb,
                       prune_checkpoints, remove_unfinished_writes, resume_from, save_training_state, train_step,
                       trained_token_count)
@@ -256,7 +256,7 @@ def resolve_device(args) -> tuple[torch.device, torch.dtype]:
 def main(argv: list[str] | None = None) -> None:
     atomic.private_files()
     args = parse_args(argv)
-    world = fsdp.start() if args.fsdp else None
+    world = distributed.start() if args.fsdp else None
     exit_code = 0
     try:
         train(args, world)
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:  # a run folder that cannot be written, a full disk
         print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error}", file=sys.stderr)
         exit_code = 2
-    except fsdp.MainRankFailed:  # rank 0 has printed the error
+    except distributed.MainRankFailed:  # rank 0 has printed the error
         exit_code = 2
     except torch.cuda.OutOfMemoryError:
         print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
               "--activation-checkpointing.", file=sys.stderr)
         exit_code = 2
     if world is not None:
-        fsdp.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
+        distributed.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
     if exit_code:
         sys.exit(exit_code)
 
@@ -308,12 +308,12 @@ def train(args, world: "fsdp.World | None") -> None:
             data = prepare_data(args.data, tokenizer, data_config_from_args(args), cache_dir=out / "cache")
         return tokenizer, new_tokens, data
 
-    tokenizer, new_tokens, data = fsdp.main_first(world, prepare) if world else prepare()
+    tokenizer, new_tokens, data = distributed.main_first(world, prepare) if world else prepare()
     say(data.summary())
 
     # Model: LoRA adapters on the frozen base, or every weight sharded, in fp32 master copies.
     if args.fsdp:
-        model = fsdp.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype], dtype)
+        model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype], dtype)
         say(f"full fine-tuning of {sum(p.numel() for p in model.parameters()):,} parameters "
             f"sharded over {world_size} ranks")
     else:
@@ -344,9 +344,9 @@ def train(args, world: "fsdp.World | None") -> None:
                 print(line, file=sys.stderr)
 
         if args.fsdp:  # rank 0 checks the checkpoints first and says what is wrong with them
-            resumed, _ = fsdp.main_first(world, lambda: resume_from(
-                out, lambda directory: fsdp.check_checkpoint(directory, world_size), warn))
-            state = fsdp.load_checkpoint(resumed, world, model, optimizer)
+            resumed, _ = distributed.main_first(world, lambda: resume_from(
+                out, lambda directory: distributed.check_checkpoint(directory, world_size), warn))
+            state = distributed.load_checkpoint(resumed, world, model, optimizer)
             scheduler.load_state_dict(state["scheduler"])
             loader.load_state_dict(state["loader"])
         else:
@@ -365,7 +365,7 @@ def train(args, world: "fsdp.World | None") -> None:
     def save_checkpoint():
         if args.fsdp:
             state = {"step": step, "loss": loss, "scheduler": scheduler.state_dict(), "loader": loader.state_dict()}
-            fsdp.save_checkpoint(checkpoint_path(out, step), world, model, optimizer, state)
+            distributed.save_checkpoint(checkpoint_path(out, step), world, model, optimizer, state)
         else:
             with atomic.directory(checkpoint_path(out, step)) as building:
                 save_adapter(model, building / "adapter", lora_config, base_model=args.model)
@@ -392,11 +392,11 @@ def train(args, world: "fsdp.World | None") -> None:
             window = [next(batches) for _ in range(accumulation)]
             tokens = trained_token_count(window)
             if world:  # every token of the global batch weighs the same, whichever rank holds it
-                tokens = int(fsdp.all_reduce_sum([tokens], device)[0])
+                tokens = int(distributed.all_reduce_sum([tokens], device)[0])
             loss, grad_norm = train_step(model, optimizer, window, device, args.grad_clip, tokens,
                                          loss_scale=world_size)
             if world:
-                loss = fsdp.all_reduce_sum([loss], device)[0]
+                loss = distributed.all_reduce_sum([loss], device)[0]
             if not math.isfinite(loss) or not math.isfinite(grad_norm):
                 saved = checkpoints(out)
                 raise TrainingError(f"loss is {loss}, gradient norm {grad_norm} at step {step + 1}; stopped without "
@@ -430,7 +430,7 @@ def train(args, world: "fsdp.World | None") -> None:
     say(f"eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}" if last_eval
         else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
     if args.fsdp:
-        fsdp.export_model(model, out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
+        distributed.export_model(model, out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
         say(f"model written to {out / 'model'}")
     else:
         save_adapter(model, out / "adapter", lora_config, base_model=args.model)
@@ -443,7 +443,7 @@ def train(args, world: "fsdp.World | None") -> None:
     if args.merge and not args.fsdp:
         save_model(merge_lora(model), out / "merged", tokenizer=tokenizer)
         say(f"merged model written to {out / 'merged'}")
-    memory = fsdp.gather(peak_memory_mb(device)) if world else [peak_memory_mb(device)]
+    memory = distributed.gather(peak_memory_mb(device)) if world else [peak_memory_mb(device)]
     if is_main:
         figures = {"steps": step, "final_loss": loss, **last_eval, "seconds": round(time.time() - started, 1),
                    "tokens_per_s": sum(rates) / max(len(rates), 1), "target": data.target,

@@ -45,12 +45,12 @@ print(baseline, peak, sum(p.numel() for p in model.parameters()))
 
 
 def write_checkpoint(directory: Path, layers: int) -> int:
-    from model.mistral import Mistral, MistralConfig
+    from model.transformer import Transformer, ModelConfig
 
-    config = MistralConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
+    config = ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
                            num_attention_heads=32, num_key_value_heads=4, sliding_window=4096)
     with torch.device("meta"):
-        shapes = {n: p.shape for n, p in Mistral(config).named_parameters()}
+        shapes = {n: p.shape for n, p in Transformer(config).named_parameters()}
     state = {n: torch.randn(s, dtype=torch.bfloat16) * 0.02 for n, s in shapes.items()}
     from safetensors.torch import save_file
 

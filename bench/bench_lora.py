@@ -32,8 +32,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from data.chatml import RenderedSession  # noqa: E402
 from data.packing import RowLoader, pack  # noqa: E402
-from lora import LoRAConfig  # noqa: E402
-from model.mistral import IGNORE_INDEX, Mistral, MistralConfig  # noqa: E402
+from model.lora import LoRAConfig  # noqa: E402
+from model.loss import IGNORE_INDEX  # noqa: E402
+from model.transformer import ModelConfig, Transformer  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LEARNING_RATE, GRAD_CLIP = 2e-4, 1.0
@@ -60,13 +61,13 @@ def reset_peak_memory() -> None:
 
 # -- inputs ----------------------------------------------------------------------------------------------
 
-def write_random_checkpoint(directory: Path, config: MistralConfig, dtype: torch.dtype, seed: int = 0) -> int:
+def write_random_checkpoint(directory: Path, config: ModelConfig, dtype: torch.dtype, seed: int = 0) -> int:
     """A Hugging Face style checkpoint of random weights, one safetensors shard per decoder layer, so
     the writer holds one layer at a time. Returns the bytes of weights written."""
     from safetensors.torch import save_file
 
     with torch.device("meta"):
-        shapes = {name: p.shape for name, p in Mistral(config).named_parameters()}
+        shapes = {name: p.shape for name, p in Transformer(config).named_parameters()}
     groups: dict[str, list[str]] = {}
     for name in shapes:
         parts = name.split(".")
@@ -110,9 +111,9 @@ def packed_batch(vocab_size: int, seq_len: int, micro_batch: int, seed: int = 0)
 # -- the two trainers: each returns a function that runs one step and returns its mean loss ----------
 
 def twin_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict):
-    from lora import apply_lora
+    from model.lora import apply_lora
     from model import load_model
-    from training import make_optimizer, train_step
+    from training.loop import make_optimizer, train_step
 
     model = load_model(checkpoint, dtype=dtype)
     apply_lora(model, lora)
@@ -193,8 +194,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, default=32002, help="vocabulary size (default: %(default)s)")
 
 
-def model_config(args: argparse.Namespace) -> MistralConfig:
-    return MistralConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads, sliding_window=4096)
 

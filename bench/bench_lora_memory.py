@@ -31,10 +31,10 @@ import torch
 
 # bench_lora also puts the repository root on sys.path.
 from bench_lora import SIDE_NAMES, packed_batch, start_worker, write_random_checkpoint
-from lora import LoRAConfig  # noqa: E402
-from model.mistral import IGNORE_INDEX, MistralConfig  # noqa: E402
+from model.lora import LoRAConfig  # noqa: E402
+from model.loss import IGNORE_INDEX, ModelConfig  # noqa: E402
 
-DOLPHIN_7B = MistralConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
                            rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=32768)
 CHECKPOINT_GB = 14.5

@@ -20,22 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fidelity.sampling import generate_batch  # noqa: E402
-from generation import SamplingConfig  # noqa: E402
-from lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
+from model.generation import SamplingConfig  # noqa: E402
+from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
 from model import save_model  # noqa: E402
-from model.mistral import Mistral, MistralConfig  # noqa: E402
+from model.transformer import Transformer, ModelConfig  # noqa: E402
 from tests.helpers import random_model  # noqa: E402
 from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,  # noqa: E402
                             write_tokenizer_dir)
 
 # SmolLM2-135M's shape, with the vocabulary of the tokenizer at hand (Dolphin's 32,002 ids, not 49,152):
 # 125M parameters.
-SMOLLM2_135M = MistralConfig(vocab_size=32002, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+SMOLLM2_135M = ModelConfig(vocab_size=32002, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                              sliding_window=None, tie_word_embeddings=True, model_type="llama", rope_theta=100000.0)
 
 
-def decode_step_seconds(model: Mistral, batch: int, steps: int = 24) -> float:
+def decode_step_seconds(model: Transformer, batch: int, steps: int = 24) -> float:
     """Seconds per decoding step of `batch` replies after 200-token prompts (prefill excluded)."""
     config = SamplingConfig(temperature=0.7, max_new_tokens=1)
     prompts = [list(range(100, 300))] * batch

@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_lora import add_model_args, model_config  # noqa: E402
-from generation import Generator, SamplingConfig  # noqa: E402
-from model.mistral import Mistral  # noqa: E402
+from model.generation import Generator, SamplingConfig  # noqa: E402
+from model.transformer import Transformer  # noqa: E402
 
 
-def twin_generate(model: Mistral, prompt: list[int], new_tokens: int, compile: bool) -> tuple[list[int], list[float]]:
+def twin_generate(model: Transformer, prompt: list[int], new_tokens: int, compile: bool) -> tuple[list[int], list[float]]:
     """The new tokens and the time each arrived, from the call on."""
     start = time.perf_counter()
     # A fresh generator each time: one that kept its cache would skip the prompt it has already seen.
@@ -43,7 +43,7 @@ def twin_generate(model: Mistral, prompt: list[int], new_tokens: int, compile: b
     return tokens, arrivals
 
 
-def weight_read_ceiling(model: Mistral, rounds: int = 10) -> tuple[float, float]:
+def weight_read_ceiling(model: Transformer, rounds: int = 10) -> tuple[float, float]:
     """Tokens/s if a decoding step did nothing but multiply one vector by each weight matrix once,
     and the megabytes of those matrices."""
     matrices = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
@@ -101,9 +101,9 @@ def main():
     torch.set_num_threads(args.threads)
     config = model_config(args)
     torch.manual_seed(args.seed)
-    peer = transformers.MistralForCausalLM(transformers.MistralConfig(**config.to_hf(torch.float32))).eval()
+    peer = transformers.MistralForCausalLM(transformers.ModelConfig(**config.to_hf(torch.float32))).eval()
     peer.generation_config.pad_token_id = config.eos_token_id
-    twin = Mistral(config).eval()
+    twin = Transformer(config).eval()
     twin.load_state_dict(peer.state_dict())  # the same parameter names, so the same weights
     prompt = torch.randint(3, config.vocab_size, (args.prompt_tokens,)).tolist()
     params = sum(p.numel() for p in twin.parameters())

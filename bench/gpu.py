@@ -46,13 +46,14 @@ from bench_lora import write_random_checkpoint  # noqa: E402
 from data.chatml import RenderedSession, split_to_fit  # noqa: E402
 from data.packing import RowLoader, pack  # noqa: E402
 from data.telegram import load_sessions  # noqa: E402
-from lora import LoRAConfig  # noqa: E402
-from model.mistral import IGNORE_INDEX, Mistral, MistralConfig  # noqa: E402
+from model.lora import LoRAConfig  # noqa: E402
+from model.loss import IGNORE_INDEX, chunked_cross_entropy  # noqa: E402
+from model.transformer import ModelConfig, Transformer  # noqa: E402
 
-DOLPHIN_7B = MistralConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
                            rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=32768)
-SMOKE = MistralConfig(vocab_size=32002, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+SMOKE = ModelConfig(vocab_size=32002, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, sliding_window=4096)
 # Dense bf16 tensor-core peak in TFLOP/s (no sparsity), by a part of the device name; --peak-tflops overrides.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0,
@@ -143,7 +144,7 @@ def packed_as_transformers(batch: Batch) -> Batch:
 
 # -- FLOPs and figures ----------------------------------------------------------------------------------
 
-def forward_flops(config: MistralConfig, document_lengths: list[int]) -> float:
+def forward_flops(config: ModelConfig, document_lengths: list[int]) -> float:
     """Matrix FLOPs of one forward pass over documents of these lengths: the weight products
     (2 x parameters touched x tokens, the LM head included) and causal attention's two products."""
     hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -187,33 +188,33 @@ def memory_figures(device: torch.device) -> dict:
 
 # -- the LoRA step ---------------------------------------------------------------------------------------
 
-def random_weights(config: MistralConfig, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
+def random_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
     """One set of random weights, shared by both sides so that their first losses agree."""
     with torch.device("meta"):
-        shapes = {name: p.shape for name, p in Mistral(config).named_parameters()}
+        shapes = {name: p.shape for name, p in Transformer(config).named_parameters()}
     generator = torch.Generator(device=device).manual_seed(seed)
     return {name: (torch.ones(shape, dtype=dtype, device=device) if name.endswith("norm.weight")
                    else torch.randn(shape, dtype=dtype, device=device, generator=generator).mul_(0.02))
             for name, shape in shapes.items()}
 
 
-def peer_model(config: MistralConfig, weights: dict, device: torch.device, dtype: torch.dtype):
+def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype):
     """transformers' Mistral with these weights, sdpa attention."""
     import transformers
 
     transformers.logging.set_verbosity_error()
-    hf_config = transformers.MistralConfig(**config.to_hf(dtype), attn_implementation="sdpa")
+    hf_config = transformers.ModelConfig(**config.to_hf(dtype), attn_implementation="sdpa")
     with torch.device(device):
         model = transformers.MistralForCausalLM._from_config(hf_config, dtype=dtype)
     model.load_state_dict(weights, strict=False)  # the same parameter names as ours
     return model
 
 
-def twin_lora_model(config: MistralConfig, weights: dict, device: torch.device):
-    from lora import apply_lora
+def twin_lora_model(config: ModelConfig, weights: dict, device: torch.device):
+    from model.lora import apply_lora
 
     with torch.device("meta"):
-        model = Mistral(config)
+        model = Transformer(config)
     model.load_state_dict(weights, assign=True)
     apply_lora(model, LORA)
     model.to(device)
@@ -221,7 +222,7 @@ def twin_lora_model(config: MistralConfig, weights: dict, device: torch.device):
     return model.train()
 
 
-def peer_lora_model(config: MistralConfig, weights: dict, device: torch.device, dtype: torch.dtype):
+def peer_lora_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype):
     import peft
 
     model = peer_model(config, weights, device, dtype)
@@ -277,8 +278,9 @@ def lora_side(name: str, build, step_of, batches: list[Batch], args, device: tor
 
 def twin_step(model, batch: dict) -> torch.Tensor:
     labels = batch["labels"].long()
-    loss_sum = model(batch["input_ids"].long(), position_ids=batch["position_ids"].long(),
-                     document_ids=batch["document_ids"].long(), labels=labels)
+    hidden = model.hidden_states(batch["input_ids"], position_ids=batch["position_ids"],
+                                 document_ids=batch["document_ids"])
+    loss_sum = chunked_cross_entropy(hidden, model.lm_head, labels)
     return loss_sum / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -286,7 +288,7 @@ def peer_step(model, batch: dict) -> torch.Tensor:
     return model(**batch, use_cache=False).loss
 
 
-def bench_lora(args, config: MistralConfig, sessions: list[RenderedSession], device: torch.device,
+def bench_lora(args, config: ModelConfig, sessions: list[RenderedSession], device: torch.device,
                dtype: torch.dtype) -> dict:
     steps = args.warmup + args.steps
     packed = packed_batches(sessions, args.seq_len, args.micro_batch, steps)
@@ -332,15 +334,15 @@ def decode_rate(generate, new_tokens: int, rounds: int) -> tuple[float, list[int
     return max(rates[1:]), tokens
 
 
-def bench_decode(args, config: MistralConfig, device: torch.device, dtype: torch.dtype) -> dict:
+def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict:
     import transformers
 
-    from generation import Generator, SamplingConfig
+    from model.generation import Generator, SamplingConfig
 
     transformers.logging.set_verbosity_error()
     weights = random_weights(config, dtype, device)
     with torch.device("meta"):
-        twin = Mistral(config)
+        twin = Transformer(config)
     twin.load_state_dict(weights, assign=True)
     twin.eval()
     peer = peer_model(config, weights, device, dtype).eval()
@@ -414,7 +416,7 @@ def bench_decode(args, config: MistralConfig, device: torch.device, dtype: torch
 # -- one FSDP2 step through train.py ---------------------------------------------------------------------
 
 def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
-    config = MistralConfig(vocab_size=32002, hidden_size=args.fsdp_hidden, intermediate_size=args.fsdp_hidden * 7 // 2,
+    config = ModelConfig(vocab_size=32002, hidden_size=args.fsdp_hidden, intermediate_size=args.fsdp_hidden * 7 // 2,
                            num_hidden_layers=args.fsdp_layers, num_attention_heads=max(1, args.fsdp_hidden // 128),
                            num_key_value_heads=max(1, args.fsdp_hidden // 512), sliding_window=4096)
     with tempfile.TemporaryDirectory(prefix="twin-gpu-fsdp-") as directory:
@@ -430,7 +432,7 @@ def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
                    "--eval-every", "0", "--no-eval-report", "--device", device.type,
                    "--dtype", "bf16" if device.type == "cuda" else "fp32"]
         with torch.device("meta"):
-            params = sum(p.numel() for p in Mistral(config).parameters())
+            params = sum(p.numel() for p in Transformer(config).parameters())
         print(f"FSDP: train.py --fsdp, 1 rank, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
               f"{args.fsdp_steps} steps", flush=True)
         start = time.perf_counter()

@@ -22,7 +22,7 @@ from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, most_frequent_partners
 from data.telegram import ConversionReport, ExportOptions, export_options_from_args, load_sessions
-from model.mistral import IGNORE_INDEX
+from model.loss import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
 TRAIN_ON = ("all", "target")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.chatml import RenderedSession
-from model.mistral import IGNORE_INDEX
+from model.loss import IGNORE_INDEX
 
 
 @dataclass

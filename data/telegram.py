@@ -38,8 +38,8 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
-import atomic
-from console import quiet_when_the_reader_leaves
+from core import atomic
+from core.cli import quiet_when_the_reader_leaves
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import atomic  # noqa: E402
+from core import atomic  # noqa: E402
 
 SEED = 18  # of the first 40 seeds, one whose default 2% held-out split has sessions of every persona
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"

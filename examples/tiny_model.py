@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.telegram import ExportOptions, load_sessions  # noqa: E402
-from model import Mistral, MistralConfig, Tokenizer, save_model  # noqa: E402
+from model import Transformer, ModelConfig, Tokenizer, save_model  # noqa: E402
 
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 
@@ -49,12 +49,12 @@ def main() -> None:
     texts += [turn.speaker for session in sessions for turn in session.turns]
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = train_tokenizer(texts, args.vocab_size, Path(scratch))
-        config = MistralConfig(vocab_size=tokenizer.vocab_size, hidden_size=256, intermediate_size=768,
+        config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=256, intermediate_size=768,
                                num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
                                max_position_embeddings=4096, sliding_window=1024, rms_norm_eps=1e-5,
                                eos_token_id=tokenizer.eos_id)
         torch.manual_seed(args.seed)
-        model = Mistral(config)
+        model = Transformer(config)
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "norm" not in name:

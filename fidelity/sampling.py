@@ -6,20 +6,20 @@ and a GPU goes further. Each reply is sampled token by token exactly as generati
 one (`sample_token`, the same stop tokens); only the random draws are shared by the batch.
 
 Prompts of different lengths are padded on the left, so that every row's next token sits at the same
-place in the KV cache; a mask keeps each token from seeing padding, and positions start at each
-prompt's first real token, so a padded prompt computes what it would alone. A reply that ends leaves
+place in the KV cache; the model's `padding` argument keeps each token from seeing padding and starts
+positions at each prompt's first real token, so a padded prompt computes what it would alone. A reply that ends leaves
 the batch, and the batch shrinks around it.
 """
 import torch
 
-from generation import SamplingConfig, sample_token
-from model.mistral import KVCache, Mistral, rotary_cos_sin
+from model.generation import SamplingConfig, sample_token
+from model.transformer import KVCache, Transformer
 
 PADDING = 0  # any id: padding is never attended to
 
 
 @torch.inference_mode()
-def generate_batch(model: Mistral, prompts: list[list[int]], config: SamplingConfig, stop_ids: set[int],
+def generate_batch(model: Transformer, prompts: list[list[int]], config: SamplingConfig, stop_ids: set[int],
                    generator: torch.Generator | None, device: torch.device) -> list[list[int]]:
     """The tokens sampled after each prompt, up to (not including) a stop token or `max_new_tokens`."""
     width = max(map(len, prompts))
@@ -52,25 +52,6 @@ def generate_batch(model: Mistral, prompts: list[list[int]], config: SamplingCon
     return written
 
 
-def _last_logits(model: Mistral, ids: torch.Tensor, padding: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Run `ids` [batch, new] after what the cache holds; the logits of each row's last token [batch, vocab].
-
-    Mistral.forward without its packed rows, with a mask for the padding that its KV-cache path lacks.
-    """
-    config = model.config
-    past, new = cache.length, ids.shape[1]
-    keys = torch.arange(past + new, device=ids.device)
-    queries = keys[past:]
-    positions = (queries[None, :] - padding[:, None]).clamp(min=0)
-    mask = (keys >= padding[:, None, None]) & (keys <= queries[:, None])  # [batch, new, keys]
-    if config.sliding_window is not None:
-        mask &= queries[:, None] - keys < config.sliding_window
-    # A padding token sees itself: a query that sees nothing would give NaN, which would reach the real
-    # tokens through its (masked, so zero-weighted) values, as 0 x NaN is NaN.
-    mask |= keys == queries[:, None]
-    x = model.model.embed_tokens(ids)
-    cos, sin = rotary_cos_sin(positions, config.head_dim, config.rope_theta, x.dtype)
-    for layer in model.model.layers:
-        x = layer(x, cos, sin, mask[:, None], kv_cache=cache)
-    cache.length += new
-    return model.lm_head(model.model.norm(x[:, -1]))
+def _last_logits(model: Transformer, ids: torch.Tensor, padding: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Run `ids` [batch, new] after what the cache holds; the logits of each row's last token [batch, vocab]."""
+    return model.lm_head(model.hidden_states(ids, kv_cache=cache, padding=padding)[:, -1])

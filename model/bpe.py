@@ -33,7 +33,7 @@ from pathlib import Path
 
 import tokenizers
 
-import atomic
+from core import atomic
 from model.tokenizer import (
     CHATML_TOKENS,
     NAMED_TOKENS,

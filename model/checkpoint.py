@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import atomic
+from core import atomic
 
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from model.mistral import Mistral, MistralConfig
+from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -160,14 +160,14 @@ def download_from_hub(repo_id: str) -> Path:
                               f"({type(error).__name__}: {first_line(error)})") from None
 
 
-def load_config(directory: Path) -> MistralConfig:
+def load_config(directory: Path) -> ModelConfig:
     """config.json, its fields checked before the model class reads them and its layer count checked
     against the weight files, so that an absurd config is refused before any model is built."""
     config_file = directory / "config.json"
     hf = read_json(config_file)
     check_config_fields(hf, config_file)
     try:
-        config = MistralConfig.from_hf(hf)
+        config = ModelConfig.from_hf(hf)
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{config_file}: {first_line(error)}") from None
     layers = {match.group(1) for name in CheckpointReader(directory).shapes() if (match := LAYER_KEY.match(name))}
@@ -396,8 +396,8 @@ def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
-               device: torch.device | str = "cpu") -> Mistral:
-    """A Hugging Face checkpoint (Mistral, Llama, Qwen2, Qwen3) or a GGUF file as a `Mistral` in `dtype`
+               device: torch.device | str = "cpu") -> Transformer:
+    """A Hugging Face checkpoint (Mistral, Llama, Qwen2, Qwen3) or a GGUF file as a `Transformer` in `dtype`
     on `device`."""
     if str(path_or_repo).endswith(".gguf"):
         from model.gguf import load_gguf_model  # (it imports this module)
@@ -406,7 +406,7 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
     directory = resolve_checkpoint(path_or_repo)
     config = load_config(directory)
     with torch.device("meta"):
-        model = Mistral(config)
+        model = Transformer(config)
     expected = {name: p.shape for name, p in model.named_parameters()}  # a tied head appears once
     reader = CheckpointReader(directory)
     reader.check(expected)
@@ -449,7 +449,7 @@ def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
     return tokenizer
 
 
-def save_model(model: Mistral, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None,
+def save_model(model: Transformer, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None,
                max_shard_size: str = "5GB") -> None:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 

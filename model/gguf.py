@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, assign_parameter
-from model.mistral import Mistral, MistralConfig, rotary_frequencies
+from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same
 LLAMA3_ROPE_FREQS = "rope_freqs.weight"
@@ -24,7 +24,7 @@ LLAMA3_ROPE_FREQS = "rope_freqs.weight"
 LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Mistral:
+def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Transformer:
     """The model in a llama, mistral, qwen2 or qwen3 GGUF file, dequantized to `dtype` on `device`."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -37,7 +37,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     config = read_config(reader, tensors, path)
     with torch.device("meta"):
-        model = Mistral(config)
+        model = Transformer(config)
     gguf_names = gguf_tensor_names(model)
 
     found = set(tensors) - {LLAMA3_ROPE_FREQS}
@@ -63,10 +63,10 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     return model
 
 
-def read_config(reader: gguf.GGUFReader, tensors: dict, path: Path) -> MistralConfig:
+def read_config(reader: gguf.GGUFReader, tensors: dict, path: Path) -> ModelConfig:
     """The model's config from the GGUF metadata, refused in one line where we cannot compute it."""
     try:
-        config = MistralConfig.from_hf(hf_config(reader, tensors))
+        config = ModelConfig.from_hf(hf_config(reader, tensors))
     except KeyError as error:
         raise CheckpointError(f"{path}: metadata {error.args[0]} is missing") from None
     except (ValueError, TypeError, ArithmeticError) as error:  # (values of the wrong type, too)
@@ -117,7 +117,7 @@ def hf_config(reader: gguf.GGUFReader, tensors: dict) -> dict:
     }
 
 
-def llama3_scaling(config: MistralConfig, rope_factors: torch.Tensor, path: Path) -> dict | None:
+def llama3_scaling(config: ModelConfig, rope_factors: torch.Tensor, path: Path) -> dict | None:
     """Llama 3's rope_scaling from the factors llama.cpp bakes into rope_freqs.weight (each frequency
     is divided by its factor), refused unless they are exactly what that scaling gives."""
     factor = rope_factors.max().item()
@@ -130,7 +130,7 @@ def llama3_scaling(config: MistralConfig, rope_factors: torch.Tensor, path: Path
     return scaling
 
 
-def gguf_tensor_names(model: Mistral) -> dict[str, str]:
+def gguf_tensor_names(model: Transformer) -> dict[str, str]:
     """Our parameter name -> its GGUF tensor name, from the gguf package's own table."""
     arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == model.config.model_type)
     table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)

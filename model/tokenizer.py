@@ -42,7 +42,7 @@ from pathlib import Path
 
 import sentencepiece
 
-import atomic
+from core import atomic
 
 SPACE = "▁"  # SentencePiece's stand-in for ' '
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")

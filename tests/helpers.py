@@ -4,19 +4,19 @@ from pathlib import Path
 
 import torch
 
-from model.mistral import Mistral, MistralConfig
+from model.transformer import Transformer, ModelConfig
 
 
-def tiny_config(**overrides) -> MistralConfig:
+def tiny_config(**overrides) -> ModelConfig:
     """A Mistral of a few hundred thousand parameters: GQA 4/2, a window shorter than most tests."""
     settings = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     sliding_window=None, rms_norm_eps=1e-5, rope_theta=10000.0)
     settings.update(overrides)
-    return MistralConfig(**settings)
+    return ModelConfig(**settings)
 
 
-def hf_reference(config: MistralConfig, seed: int = 0):
+def hf_reference(config: ModelConfig, seed: int = 0):
     """A randomly initialised transformers model of this config (its own class for each model_type:
     Mistral, Llama, Qwen2, Qwen3), the oracle the tests compare to."""
     import transformers
@@ -39,10 +39,10 @@ def save_hf_checkpoint(hf_model, directory: Path, max_shard_size: str | int = "5
     return directory
 
 
-def random_model(config: MistralConfig, seed: int = 0) -> Mistral:
+def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
     """One of our models with random weights (norm weights too), in fp32."""
     torch.manual_seed(seed)
-    model = Mistral(config)
+    model = Transformer(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import train
-from lora import LoRAConfig, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from model import KVCache, MistralConfig, load_model, save_model
+from model.lora import LoRAConfig, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
+from model import KVCache, ModelConfig, load_model, save_model
 from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 # Llama 3.1's scaling, shrunk so that a 16-wide head has frequencies in all three bands: kept
@@ -41,13 +41,13 @@ def pair(request, tmp_path_factory):
     return config, path, hf_model, load_model(path, torch.float32).eval()
 
 
-def sample_ids(config: MistralConfig, length: int = 23, seed: int = 1) -> torch.Tensor:
+def sample_ids(config: ModelConfig, length: int = 23, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
 
 
 def test_config_round_trips_through_the_hf_dict():
     for config in ARCHITECTURES.values():
-        assert MistralConfig.from_hf(config.to_hf(torch.float32)) == config
+        assert ModelConfig.from_hf(config.to_hf(torch.float32)) == config
 
 
 def test_logits_equal_transformers(pair):
@@ -154,14 +154,14 @@ def test_peft_made_adapter_loads_in_ours_with_peft_logits(pair, tmp_path):
 def test_unsupported_variants_are_refused_in_one_line(change, message):
     hf = {**tiny_config(model_type="qwen2").to_hf(torch.float32), **change}
     with pytest.raises(ValueError, match=message):
-        MistralConfig.from_hf(hf)
+        ModelConfig.from_hf(hf)
 
 
 def test_llama3_scaling_is_read_from_transformers_5_rope_parameters():
     hf = tiny_config(model_type="llama").to_hf(torch.float32)
     del hf["rope_theta"], hf["rope_scaling"]
     hf["rope_parameters"] = {**LLAMA3_ROPE, "rope_theta": 500000.0}
-    config = MistralConfig.from_hf(hf)
+    config = ModelConfig.from_hf(hf)
     assert config.rope_scaling == LLAMA3_ROPE and config.rope_theta == 500000.0
 
 
@@ -170,7 +170,7 @@ def test_qwen_defaults_window_off_and_head_dim_128():
     for field in ("head_dim", "use_sliding_window", "max_window_layers"):
         del hf[field]
     hf["sliding_window"] = 4096  # as Qwen's configs say, with use_sliding_window false
-    config = MistralConfig.from_hf(hf)
+    config = ModelConfig.from_hf(hf)
     assert config.head_dim == 128 and config.sliding_window is None and config.window_of(1) is None
 
 

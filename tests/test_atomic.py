@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import atomic
+from core import atomic
 from data import telegram
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"

@@ -15,7 +15,7 @@ from data.dataset import DataConfig, prepare_data
 from data.sessions import Session, Turn
 from evaluate import (EvalSettings, EvaluationError, Measurement, choose_contexts, choose_speakers, compare,
                       measure, plan_evaluation, write_report)
-from generation import SamplingConfig
+from model.generation import SamplingConfig
 import sample
 from model import load_model, save_model
 from fidelity.style import STATISTICS

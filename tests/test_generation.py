@@ -1,7 +1,7 @@
 """Decoding from the KV cache equals recomputing everything; the sampling filters do what they say."""
 import torch
 
-from generation import Generator, SamplingConfig, sample_token
+from model.generation import Generator, SamplingConfig, sample_token
 from tests.helpers import random_model, tiny_config
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=80)

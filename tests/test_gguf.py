@@ -9,8 +9,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from lora import LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
-from model import CheckpointError, MistralConfig, load_model
+from model.lora import LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
+from model import CheckpointError, ModelConfig, load_model
 from model.gguf import gguf_tensor_names
 from tests.helpers import hf_reference, tiny_config
 
@@ -44,7 +44,7 @@ def random_k_quant(rows: int, columns: int, qtype: Q, rng: np.random.Generator) 
     return blocks.reshape(rows, -1)
 
 
-def write_gguf(path, hf_model, config: MistralConfig, qtype: Q = Q.F32, name: str = "tiny",
+def write_gguf(path, hf_model, config: ModelConfig, qtype: Q = Q.F32, name: str = "tiny",
                extra_tensors: dict | None = None):
     """The model as llama.cpp's converter writes it: renamed tensors, q/k rows permuted for llama,
     2-D weights in `qtype`, norms and biases in F32, no output.weight when tied."""
@@ -137,7 +137,7 @@ def test_loads_into_the_requested_dtype(tmp_path):
     assert not any(p.is_meta for p in model.parameters())
 
 
-def llama3_rope_factors(config: MistralConfig) -> np.ndarray:
+def llama3_rope_factors(config: ModelConfig) -> np.ndarray:
     """rope_freqs.weight as llama.cpp's converter computes it for Llama 3.1 (LlamaModel.generate_extra_tensors)."""
     scaling = config.rope_scaling
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
@@ -267,7 +267,7 @@ def test_smollm2_logits_equal_transformers(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_greedy_tokens_equal_transformers(smollm2):
-    from generation import Generator, SamplingConfig
+    from model.generation import Generator, SamplingConfig
 
     ours, reference = smollm2
     generator = Generator(ours, max_len=128, device=torch.device("cpu"))

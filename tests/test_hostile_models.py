@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import evaluate
 import sample
 import train
-from lora import AdapterError, LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
+from model.lora import AdapterError, LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.checkpoint import check_finite, download_from_hub
 from model.tokenizer import TokenizerError

@@ -17,10 +17,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import evaluate
-import fsdp
+from training import distributed
 import sample
 import train
-from training import DamagedCheckpoint, TrainingError, resume_from
+from training.loop import DamagedCheckpoint, TrainingError, resume_from
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
 FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "4", "--lora-r", "4", "--lora-alpha", "8",
@@ -285,7 +285,7 @@ def test_falling_back_warns_about_the_damaged_checkpoint(finished_run, tmp_path,
 
 @pytest.fixture
 def sharded_checkpoint(tmp_path) -> Path:
-    """A checkpoint as fsdp.save_checkpoint writes it, of a plain model, at step 2."""
+    """A checkpoint as distributed.save_checkpoint writes it, of a plain model, at step 2."""
     directory = tmp_path / "run" / STEP_2
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -300,11 +300,11 @@ def sharded_checkpoint(tmp_path) -> Path:
 
 
 def test_a_sharded_checkpoint_passes_the_checks_and_loads_through_them(sharded_checkpoint):
-    fsdp.check_checkpoint(sharded_checkpoint, world_size=1)
+    distributed.check_checkpoint(sharded_checkpoint, world_size=1)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.5)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    dcp.load(state, storage_reader=fsdp._CheckedReader(sharded_checkpoint), planner=fsdp._CheckedLoadPlanner(),
+    dcp.load(state, storage_reader=distributed._CheckedReader(sharded_checkpoint), planner=distributed._CheckedLoadPlanner(),
              no_dist=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.001  # the saved settings, read back
 
@@ -315,22 +315,22 @@ def test_a_crafted_index_is_refused_by_name_and_runs_nothing(sharded_checkpoint)
     torch.save({"step": 1, "scheduler": {}, "loader": {"epoch": 0, "step": 2}}, older / "training_state.pt")
     (sharded_checkpoint / ".metadata").write_bytes(pickle.dumps(CreatesAFile(pwned)))
     with pytest.raises(TrainingError) as refused:
-        fsdp.check_checkpoint(sharded_checkpoint, world_size=1)
+        distributed.check_checkpoint(sharded_checkpoint, world_size=1)
     assert not isinstance(refused.value, DamagedCheckpoint)  # not skipped for an older one: refused
     assert str(refused.value).startswith(f"{sharded_checkpoint / '.metadata'}: refused: it names io.open")
     with pytest.raises(dcp.CheckpointException):  # nor does loading unpickle it
-        dcp.load({}, storage_reader=fsdp._CheckedReader(sharded_checkpoint), no_dist=True)
+        dcp.load({}, storage_reader=distributed._CheckedReader(sharded_checkpoint), no_dist=True)
     assert not pwned.exists()
     # Resuming does not go on from the intact older checkpoint past a crafted one: it stops.
-    fsdp.check_checkpoint(older, world_size=1)
+    distributed.check_checkpoint(older, world_size=1)
     with pytest.raises(TrainingError, match="refused"):
-        resume_from(sharded_checkpoint.parents[1], lambda directory: fsdp.check_checkpoint(directory, 1), print)
+        resume_from(sharded_checkpoint.parents[1], lambda directory: distributed.check_checkpoint(directory, 1), print)
     assert not pwned.exists()
 
 
 def test_crafted_optimizer_settings_in_the_data_files_run_nothing(sharded_checkpoint):
     pwned = sharded_checkpoint.parents[2] / "outside" / "pwned"
-    metadata = fsdp.read_checkpoint_metadata(sharded_checkpoint / ".metadata")
+    metadata = distributed.read_checkpoint_metadata(sharded_checkpoint / ".metadata")
     [entry] = [info for index, info in metadata.storage_data.items() if index.fqn == "optimizer.param_groups.0.lr"]
     payload = pickle.dumps(CreatesAFile(pwned))
     data_file = sharded_checkpoint / entry.relative_path
@@ -340,7 +340,7 @@ def test_crafted_optimizer_settings_in_the_data_files_run_nothing(sharded_checkp
     model = torch.nn.Linear(3, 2)
     state = {"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict()}
     with pytest.raises(dcp.CheckpointException, match="Weights only load failed"):
-        dcp.load(state, storage_reader=fsdp._CheckedReader(sharded_checkpoint), planner=fsdp._CheckedLoadPlanner(),
+        dcp.load(state, storage_reader=distributed._CheckedReader(sharded_checkpoint), planner=distributed._CheckedLoadPlanner(),
                  no_dist=True)
     assert not pwned.exists()
 
@@ -363,14 +363,14 @@ def test_a_damaged_sharded_checkpoint_is_named(name, sharded_checkpoint):
     file, damage, says = SHARDED_DAMAGE[name]
     damage(sharded_checkpoint / file)
     with pytest.raises(DamagedCheckpoint, match=says):
-        fsdp.check_checkpoint(sharded_checkpoint, world_size=1)
+        distributed.check_checkpoint(sharded_checkpoint, world_size=1)
 
 
 def test_an_index_naming_files_outside_its_folder_is_refused(sharded_checkpoint):
-    metadata = fsdp.read_checkpoint_metadata(sharded_checkpoint / ".metadata")
+    metadata = distributed.read_checkpoint_metadata(sharded_checkpoint / ".metadata")
     for info in metadata.storage_data.values():
         info.relative_path = "../../../outside/secret"
     (sharded_checkpoint.parents[2] / "outside" / "secret").write_bytes(b"x" * 100_000)
     (sharded_checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(DamagedCheckpoint, match="not a data file beside it"):
-        fsdp.check_checkpoint(sharded_checkpoint, world_size=1)
+        distributed.check_checkpoint(sharded_checkpoint, world_size=1)

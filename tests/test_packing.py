@@ -5,7 +5,7 @@ import pytest
 
 from data.chatml import RenderedSession
 from data.packing import RowLoader, pack
-from model.mistral import IGNORE_INDEX
+from model.loss import IGNORE_INDEX
 
 
 def session(length: int, first_id: int = 100, trained_from: int = 1) -> RenderedSession:

@@ -8,7 +8,7 @@ import torch
 
 from data.chatml import render
 from data.sessions import Turn, read_sessions_file
-from generation import Generator, SamplingConfig, sample_token
+from model.generation import Generator, SamplingConfig, sample_token
 from sample import Chat, save_transcript, split_messages
 from tests.helpers import random_model, tiny_config
 

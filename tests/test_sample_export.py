@@ -9,7 +9,7 @@ import pytest
 
 from data.dataset import session_fingerprint, validation_mask
 from data.telegram import load_sessions
-from style import style_statistics
+from fidelity.style import style_statistics
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "examples" / "telegram_export"

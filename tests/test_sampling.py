@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fidelity.sampling import generate_batch
-from generation import Generator, SamplingConfig
+from model.generation import Generator, SamplingConfig
 from tests.helpers import random_model, tiny_config
 
 CPU = torch.device("cpu")

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from training import cosine_schedule, train_step
+from model.loss import chunked_cross_entropy
+from training.loop import cosine_schedule, train_step
 from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
@@ -96,7 +97,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient():
     # And it is the mean over all 26 trained tokens, not a mean of per-micro-batch means.
     model = random_model(config)
     with torch.no_grad():
-        per_token = model(ids, labels=labels).item() / 26
+        per_token = chunked_cross_entropy(model.hidden_states(ids), model.lm_head, labels).item() / 26
     assert full_loss == pytest.approx(per_token, rel=1e-5)
 
 
@@ -119,7 +120,7 @@ def test_micro_batches_without_trained_tokens_add_nothing_and_a_window_of_them_n
 
 
 def test_a_metrics_line_cut_short_by_a_crash_is_dropped(tmp_path):
-    from training import MetricsLog
+    from training.loop import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
@@ -143,7 +144,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     out = tmp_path / "run"
-    import training
+    from training import loop as training
 
     real_forward_loss = training.forward_loss
     calls = {"n": 0}
@@ -360,7 +361,7 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
     import transformers
     from peft import PeftModel
 
-    from lora import load_adapter
+    from model.lora import load_adapter
     from model import load_model
 
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(base)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROGRAM = """
 import sys
-from console import quiet_when_the_reader_leaves
+from core.cli import quiet_when_the_reader_leaves
 
 def main():
     for number in range(100_000):

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import torch
 
-from model.mistral import KVCache, Mistral
+from model.transformer import KVCache, Transformer
 
 
 NUCLEUS_CANDIDATES = 512  # tokens sorted first for top-p sampling
@@ -57,13 +57,13 @@ def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Te
 class Generator:
     """Generates continuations of token prompts with one model and one preallocated KV cache."""
 
-    def __init__(self, model: Mistral, max_len: int, device: torch.device, compile: bool = False):
+    def __init__(self, model: Transformer, max_len: int, device: torch.device, compile: bool = False):
         self.model, self.device = model, device
         dtype = next(model.parameters()).dtype
         self.cache = KVCache(model.config, batch_size=1, max_len=max_len, dtype=dtype, device=device)
         self.cached_ids: list[int] = []  # the tokens whose keys and values the cache holds
         # Decoding runs the model on one token at a time; compiling it removes most of the Python overhead.
-        self.forward = torch.compile(model, dynamic=True) if compile else model
+        self.hidden_states = torch.compile(model.hidden_states, dynamic=True) if compile else model.hidden_states
 
     @property
     def max_len(self) -> int:
@@ -94,7 +94,7 @@ class Generator:
     def _run(self, ids: list[int]) -> torch.Tensor:
         input_ids = torch.tensor([ids], device=self.device)
         # Only the last position's logits are needed: a prompt of n tokens skips n - 1 LM-head rows.
-        hidden = self.forward(input_ids, kv_cache=self.cache, return_hidden=True)
+        hidden = self.hidden_states(input_ids, kv_cache=self.cache)
         return self.model.lm_head(hidden[0, -1])
 
 

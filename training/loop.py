@@ -14,9 +14,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-import atomic
+from core import atomic
 from data.packing import PackedRows, RowLoader
-from model.mistral import IGNORE_INDEX
+from model.loss import IGNORE_INDEX, chunked_cross_entropy
 
 
 class TrainingError(RuntimeError):
@@ -59,8 +59,9 @@ def trained_token_count(batches: list[dict[str, torch.Tensor]]) -> int:
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Summed cross-entropy over the batch's trained tokens."""
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-    return model(batch["input_ids"], position_ids=batch["position_ids"],
-                 document_ids=batch["document_ids"], labels=batch["labels"])
+    hidden = model.hidden_states(batch["input_ids"], position_ids=batch["position_ids"],
+                                 document_ids=batch["document_ids"])
+    return chunked_cross_entropy(hidden, model.lm_head, batch["labels"])
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[dict[str, torch.Tensor]],

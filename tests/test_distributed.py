@@ -114,9 +114,10 @@ def test_export_loads_in_transformers_and_chatml_rows_start_at_the_mean(tmp_path
 FAILING_RANK = """
 import sys
 import torch.distributed as dist
-import train, training
+import train
+from training import loop
 
-real_step = training.train_step
+real_step = loop.train_step
 def train_step(*args, **kwargs):
     if dist.get_rank() == 1:
         raise RuntimeError("injected failure on rank 1")

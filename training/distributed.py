@@ -21,13 +21,13 @@ from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-import atomic
+from core import atomic
 from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint
-from model.mistral import Mistral
+from model.transformer import Transformer
 from model.tokenizer import Tokenizer
-from training import DamagedCheckpoint, TrainingError, read_training_state, reason
+from training.loop import DamagedCheckpoint, TrainingError, read_training_state, reason
 
 
 @dataclass
@@ -116,7 +116,7 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_dtype: torch.dtype,
-                       compute_dtype: torch.dtype) -> Mistral:
+                       compute_dtype: torch.dtype) -> Transformer:
     """The checkpoint as a model sharded over the world, each rank reading only its rows of each tensor.
 
     `vocab_size` larger than the checkpoint's grows the embedding and LM head (new tokens such as
@@ -127,7 +127,7 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
     old_vocab = config.vocab_size
     config.vocab_size = max(vocab_size, old_vocab)
     with torch.device("meta"):
-        model = Mistral(config).to(param_dtype)
+        model = Transformer(config).to(param_dtype)
     reader = CheckpointReader(directory)
     expected = {name: list(p.shape) for name, p in model.named_parameters()}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -140,6 +140,8 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+    # The loss reads the final hidden states, not the logits: that method gathers the root's weights too.
+    register_fsdp_forward_method(model, "hidden_states")
     model.to_empty(device=world.device)
 
     with torch.no_grad():
@@ -294,7 +296,7 @@ class _CheckedLoadPlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, checked)
 
 
-def export_model(model: Mistral, out_dir: Path, world: World, tokenizer: Tokenizer, dtype: torch.dtype,
+def export_model(model: Transformer, out_dir: Path, world: World, tokenizer: Tokenizer, dtype: torch.dtype,
                  max_shard_size: str = "5GB") -> None:
     """Write the consolidated model in Hugging Face's format from rank 0, one 5 GB shard at a time:
     every rank helps gather a shard's tensors, rank 0 writes them and lets them go."""

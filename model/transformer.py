@@ -1,6 +1,6 @@
 """The decoder of Mistral, Llama (2 and 3), Qwen2/2.5 and Qwen3 in one file.
 
-They are one architecture with a few switches, all in `MistralConfig`: Mistral attends through a
+They are one architecture with a few switches, all in `ModelConfig`: Transformer attends through a
 sliding window; Llama 3.1+ stretches the long rotary wavelengths (`rope_scaling`); Qwen2 adds biases
 to q, k and v; Qwen3 normalises each head's queries and keys; any of them may tie the LM head to the
 embedding.
@@ -17,14 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entropy default)
 HF_ARCHITECTURES = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM",
                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
-class MistralConfig:
+class ModelConfig:
     vocab_size: int = 32002
     hidden_size: int = 4096
     intermediate_size: int = 14336
@@ -68,7 +67,7 @@ class MistralConfig:
         return self.sliding_window if layer >= self.max_window_layers else None
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "MistralConfig":
+    def from_hf(cls, hf: dict) -> "ModelConfig":
         """Read a Hugging Face `config.json` dict; refuse what this architecture does not compute."""
         model_type = hf.get("model_type")
         if model_type not in HF_ARCHITECTURES:
@@ -159,7 +158,7 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rotary_frequencies(config: MistralConfig, device: torch.device) -> torch.Tensor:
+def rotary_frequencies(config: ModelConfig, device: torch.device) -> torch.Tensor:
     """The angle each pair of a head's dimensions turns by per position, [head_dim / 2], in fp32."""
     dim = config.head_dim
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, device=device).float() / dim)
@@ -193,7 +192,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` tokens."""
 
-    def __init__(self, config: MistralConfig, batch_size: int, max_len: int,
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  dtype: torch.dtype, device: torch.device | str):
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
@@ -213,22 +212,28 @@ class KVCache:
         self.length = min(self.length, length)
 
 
-def attention_mask(query_len: int, key_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask [1, 1, query, key] of what each query may attend to; None where SDPA needs none.
+def attention_mask(query_len: int, key_len: int, window: int | None, device: torch.device,
+                   padding: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Boolean mask [1 or batch, 1, query, key] of what each query may attend to; None where SDPA needs none.
 
     Queries are the last `query_len` of `key_len` tokens. A token sees itself and up to `window - 1`
-    tokens before it.
+    tokens before it, and no key among the first `padding[row]` of its row.
     """
-    # Without a window in play, a full causal prefill is SDPA's `is_causal`, and a lone query (a
-    # decoding step) sees every key: neither needs a mask built.
-    if query_len in (1, key_len) and (window is None or key_len <= window):
+    # Without a window or padding in play, a full causal prefill is SDPA's `is_causal`, and a lone
+    # query (a decoding step) sees every key: neither needs a mask built.
+    if padding is None and query_len in (1, key_len) and (window is None or key_len <= window):
         return None
     query_pos = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     key_pos = torch.arange(key_len, device=device)[None, :]
     allowed = key_pos <= query_pos
     if window is not None:
         allowed = allowed & (query_pos - key_pos < window)
-    return allowed[None, None]
+    if padding is None:
+        return allowed[None, None]
+    # A padding query sees itself: one that saw nothing would give NaN, which would reach the real
+    # tokens through its values (masked to weight 0, but 0 x NaN is NaN).
+    real_key = key_pos[None] >= padding[:, None, None]
+    return ((allowed[None] & real_key) | (key_pos == query_pos)[None])[:, None]
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class Attention(nn.Module):
-    def __init__(self, config: MistralConfig, index: int):
+    def __init__(self, config: ModelConfig, index: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
@@ -303,7 +308,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: MistralConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
@@ -314,7 +319,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: MistralConfig, index: int):
+    def __init__(self, config: ModelConfig, index: int):
         super().__init__()
         self.index = index
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -327,21 +332,21 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class MistralBody(nn.Module):
+class TransformerBody(nn.Module):
     """Everything but the LM head; named `model` in the checkpoint."""
 
-    def __init__(self, config: MistralConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class Mistral(nn.Module):
-    def __init__(self, config: MistralConfig):
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.model = MistralBody(config)
+        self.model = TransformerBody(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -350,13 +355,20 @@ class Mistral(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                labels: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
-        """Logits [batch, seq, vocab]; or, given `labels`, the summed cross-entropy over the labelled
-        positions (fp32 scalar); or, with `return_hidden`, the final normalised hidden states.
+                padding: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, seq, vocab] of `hidden_states` (which says what the arguments mean)."""
+        return self.lm_head(self.hidden_states(input_ids, position_ids, document_ids, kv_cache, padding))
+
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                      document_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                      padding: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normalised hidden states [batch, seq, hidden], what the LM head and the loss read.
 
         `position_ids`/`document_ids` [batch, seq] describe packed rows: positions restart at 0 for
         each document and no token attends to another document. `kv_cache` serves decoding: the
-        tokens continue what the cache holds, and the cache grows by them.
+        tokens continue what the cache holds, and the cache grows by them. `padding` [batch] counts
+        the padding tokens at the start of each row of a batch of prompts decoded together: no token
+        attends to them, and positions start after them.
         """
         batch, seq = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -366,6 +378,8 @@ class Mistral(nn.Module):
             raise ValueError(f"KV cache holds {kv_cache.max_len} tokens; {past} + {seq} do not fit")
         if position_ids is None:
             position_ids = torch.arange(past, past + seq, device=input_ids.device).expand(batch, seq)
+            if padding is not None:
+                position_ids = (position_ids - padding[:, None]).clamp(min=0)
 
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(position_ids, rotary_frequencies(self.config, x.device), x.dtype)
@@ -373,7 +387,7 @@ class Mistral(nn.Module):
         # Packed rows need none: attention runs document by document.
         documents = DocumentSpans.of(document_ids) if document_ids is not None else None
         windows = {layer.self_attn.window for layer in self.model.layers}
-        masks = {window: None if documents is not None else attention_mask(seq, past + seq, window, x.device)
+        masks = {window: None if documents is not None else attention_mask(seq, past + seq, window, x.device, padding)
                  for window in windows}
         for layer in self.model.layers:
             mask = masks[layer.self_attn.window]
@@ -383,67 +397,4 @@ class Mistral(nn.Module):
                 x = layer(x, cos, sin, mask, documents, kv_cache)
         if kv_cache is not None:
             kv_cache.length += seq
-        x = self.model.norm(x)
-
-        if return_hidden:
-            return x
-        if labels is not None:
-            return chunked_cross_entropy(x, self.lm_head, labels)
-        return self.lm_head(x)
-
-
-def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, labels: torch.Tensor,
-                          chunk_tokens: int = 512) -> torch.Tensor:
-    """Summed cross-entropy of the labelled positions, never holding their full-vocabulary logits.
-
-    Only labelled positions get logits at all, one chunk of [chunk_tokens, vocab] at a time.
-    """
-    labels = labels.reshape(-1)
-    keep = labels != IGNORE_INDEX
-    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1])[keep], lm_head.weight, labels[keep],
-                                    chunk_tokens, torch.is_grad_enabled())
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """sum(-log softmax(hidden @ weight.T)[label]) with the gradients worked out in the forward pass.
-
-    The gradient of the loss by a chunk's logits is softmax - one_hot(label), known as soon as the
-    chunk's loss is; turned straight into gradients for the hidden states (and the weight, when it
-    trains), it lets each chunk's logits go at once, and the backward pass needs neither them nor
-    a second multiply by the LM head.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int,
-                grad_enabled: bool):
-        # (needs_input_grad says what requires grad even under no_grad, which evaluation runs in)
-        needs_grad = [needs and grad_enabled for needs in ctx.needs_input_grad[:2]]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if needs_grad[0] else None
-        # The weight's gradient sums every chunk's, unscaled until the backward pass: fp32 keeps the
-        # sum in range and precise whatever the model's dtype.
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad[1] else None
-        for start in range(0, labels.numel(), chunk_tokens):
-            h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
-            # log_softmax upcasts as it reads: no separate fp32 copy of the chunk's logits.
-            log_probs = F.log_softmax(F.linear(h, weight), dim=-1, dtype=torch.float32)
-            total += F.nll_loss(log_probs, y, reduction="sum")
-            if grad_hidden is None and grad_weight is None:
-                continue
-            grad_logits = log_probs.exp_()
-            grad_logits[torch.arange(len(y), device=y.device), y] -= 1
-            grad_logits = grad_logits.to(h.dtype)
-            if grad_hidden is not None:
-                torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk_tokens])
-            if grad_weight is not None:
-                grad_weight += grad_logits.t() @ h
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_total if grad_hidden is not None else None,
-                (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None,
-                None, None, None)
+        return self.model.norm(x)

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import atomic
+from core import atomic
 from model.checkpoint import (FLOAT_DTYPES, MAX_DIMENSION, first_line, is_positive_number, is_whole_number, read_json,
                               shown)
-from model.mistral import Mistral
+from model.transformer import Transformer
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."
@@ -137,7 +137,7 @@ class TrainableTokens(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """What the model computes with; model.mistral's chunked loss reads an LM head's `weight` directly."""
+        """What the model computes with; model.transformer's chunked loss reads an LM head's `weight` directly."""
         if not self.active:
             return self.base.weight
         return self.base.weight.index_copy(0, self.indices, self.rows.to(self.base.weight.dtype))
@@ -177,7 +177,7 @@ def adapters_off(model: nn.Module):
             tokens.active = True
 
 
-def apply_lora(model: Mistral, config: LoRAConfig) -> str:
+def apply_lora(model: Transformer, config: LoRAConfig) -> str:
     """Wrap the target projections of every decoder layer, and the embedding and LM head where the
     config trains token rows (growing them to hold those tokens), and freeze everything else.
 
@@ -203,7 +203,7 @@ def apply_lora(model: Mistral, config: LoRAConfig) -> str:
            f": {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
 
 
-def check_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
+def check_trainable_tokens(model: Transformer, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
     """Refuse token rows the model cannot take: an LM head tied to the embedding trains the embedding's
     rows or none, and rows beyond the vocabulary only extend it by as many rows as are trained (the
     tokens added to a base model come last), so that an adapter cannot make the model grow without bound."""
@@ -217,7 +217,7 @@ def check_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int
         raise AdapterError("the LM head is tied to the embedding: its trainable tokens must be the embedding's")
 
 
-def add_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
+def add_trainable_tokens(model: Transformer, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
     """Grow the vocabulary to hold the tokens, and make their rows trainable (see TrainableTokens)."""
     if not trainable_tokens:
         return
@@ -232,7 +232,7 @@ def add_trainable_tokens(model: Mistral, trainable_tokens: dict[str, tuple[int, 
         model.lm_head = TrainableTokens(model.lm_head, list(trainable_tokens["lm_head"]))
 
 
-def grow_vocabulary(model: Mistral, vocab_size: int) -> None:
+def grow_vocabulary(model: Transformer, vocab_size: int) -> None:
     """Give the embedding and the LM head `vocab_size` rows, each new row the mean of the existing ones
     (as fsdp.load_sharded_model does): a neutral point from which new tokens learn."""
     embedding, head = model.model.embed_tokens, model.lm_head
@@ -249,7 +249,7 @@ def grow_vocabulary(model: Mistral, vocab_size: int) -> None:
     head.out_features = model.config.vocab_size = vocab_size
 
 
-def merge_lora(model: Mistral) -> Mistral:
+def merge_lora(model: Transformer) -> Transformer:
     """Fold every adapter into its base weight, and trained token rows into theirs, and put plain
     `nn.Linear`s and `nn.Embedding`s back (for `save_model`)."""
     for name, module in lora_layers(model).items():
@@ -276,7 +276,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_adapter(model: Mistral, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str) -> None:
+def save_adapter(model: Transformer, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str) -> None:
     """Write `adapter_model.safetensors` and `adapter_config.json` as PEFT does, atomically."""
     with atomic.directory(out_dir) as building:
         save_file(adapter_state_dict(model), building / ADAPTER_WEIGHTS, metadata={"format": "pt"})
@@ -357,7 +357,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str
     return config, base_model
 
 
-def adapter_shapes(model: Mistral, config: LoRAConfig) -> dict[str, list[int]]:
+def adapter_shapes(model: Transformer, config: LoRAConfig) -> dict[str, list[int]]:
     """The PEFT name and shape of every adapter weight: of the model's LoRA layers when it has them,
     else of those `apply_lora(model, config)` would make, so that an adapter is checked before any is made."""
     layers = lora_layers(model)
@@ -392,7 +392,7 @@ def read_adapter_weights(weights_file: Path) -> dict[str, torch.Tensor]:
     return {key.replace(".default.weight", ".weight"): value for key, value in state.items()}
 
 
-def load_adapter(model: Mistral, adapter_dir: str | os.PathLike) -> LoRAConfig:
+def load_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> LoRAConfig:
     """Put a twin- or PEFT-made adapter on `model` (adding the LoRA layers it needs).
 
     Every weight is checked (names, shapes, a float dtype, finite values) before any layer is made or
