@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from core import atomic
-from core.cli import quiet_when_the_reader_leaves
+from core.cli import program
 from data.chatml import parse_body, split_to_fit
 from data.dataset import SPLITS, DataConfig, PreparedData, data_config_from_args, prepare_data
 from data.packing import pack
@@ -57,6 +57,7 @@ from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import fit_prompt
 from train import DEFAULT_MODEL, DTYPES, read_run_record, recorded_args, resolve_device
+from core.errors import TwinError
 
 MODELS = ("base", "tuned")
 WRITERS = ("real", *MODELS)  # the person at the same contexts, as the reference for every figure
@@ -66,7 +67,7 @@ REFERENCE_TURNS = 2000  # training turns drawn per speaker, and of everyone else
 PLOTS = {"loss_curves.png": "Loss curves", "style_positions.png": "Style between the floor and the ceiling"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(TwinError):
     """Nothing to evaluate, or a request that cannot be met; the message says which and why."""
 
 
@@ -679,9 +680,8 @@ def settings_from_args(args) -> EvalSettings:
                         sample_batch=args.sample_batch)
 
 
-@quiet_when_the_reader_leaves
+@program
 def main(argv: list[str] | None = None) -> None:
-    atomic.private_files()
     args = build_parser().parse_args(argv)
     try:
         report, out_dir = evaluate_from_args(args)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from core import atomic
-from core.cli import quiet_when_the_reader_leaves
+from core.cli import program
 from data.chatml import chat_format, parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from model.generation import Generator, SamplingConfig
@@ -231,9 +230,8 @@ def save_transcript(chat: Chat, path: Path) -> None:
     print(f"(saved {len(chat.turns)} turns to {path})")
 
 
-@quiet_when_the_reader_leaves
+@program
 def main(argv: list[str] | None = None) -> None:
-    atomic.private_files()
     args = build_parser().parse_args(argv)
     try:
         run(args)

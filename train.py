@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from core import atomic
 from training import distributed
-from core.cli import quiet_when_the_reader_leaves
+from core.cli import program
 from data.chatml import add_chatml_tokens
 from data.dataset import data_config_from_args, prepare_data
 from data.packing import RowLoader
@@ -252,9 +252,8 @@ def resolve_device(args) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-@quiet_when_the_reader_leaves
+@program
 def main(argv: list[str] | None = None) -> None:
-    atomic.private_files()
     args = parse_args(argv)
     world = distributed.start() if args.fsdp else None
     exit_code = 0

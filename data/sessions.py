@@ -18,6 +18,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from core.errors import TwinError
 
 LATEST_START = 253402300799  # 9999-12-31 23:59:59 UTC, the last second a date can show
 
@@ -32,7 +33,7 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
 _UNPRINTABLE_IN_ERRORS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-class DataError(ValueError):
+class DataError(TwinError):
     """Bad input data. The message is one line naming the file and what is wrong with it."""
 
     def __init__(self, message: str):

@@ -38,8 +38,7 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
-from core import atomic
-from core.cli import quiet_when_the_reader_leaves
+from core.cli import program
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -912,9 +911,8 @@ def _format_session(session: Session) -> str:
     return "\n".join(lines)
 
 
-@quiet_when_the_reader_leaves
+@program
 def main(argv: list[str] | None = None) -> int:
-    atomic.private_files()
     # Names and messages are in any language: never crash on a console that cannot show them.
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")
@@ -931,17 +929,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the first N sessions; they are private data, so only when asked "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        sessions, report = load_sessions(args.export, export_options_from_args(args))
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    sessions, report = load_sessions(args.export, export_options_from_args(args))
     if args.output is not None:
         try:
             write_sessions(sessions, args.output)
         except OSError as error:
-            print(f"error: {args.output}: cannot write: {error.strerror or error}", file=sys.stderr)
-            return 2
+            raise DataError(f"{args.output}: cannot write: {error.strerror or error}") from None
     print(report.summary())
     if args.output is None:
         print(f"wrote nothing (no -o): {plural(len(sessions), 'session')}")

@@ -27,6 +27,7 @@ from core import atomic
 from model.bpe import BPETokenizer, tokenizer_from_gguf
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
+from core.errors import TwinError
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.json"]
@@ -53,7 +54,7 @@ PATH_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".json
 HUB_TIMEOUT_S = 5
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TwinError):
     """A checkpoint that cannot be loaded; the message names the file or tensor and what is wrong."""
 
 

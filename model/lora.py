@@ -24,6 +24,7 @@ from core import atomic
 from model.checkpoint import (FLOAT_DTYPES, MAX_DIMENSION, first_line, is_positive_number, is_whole_number, read_json,
                               shown)
 from model.transformer import Transformer
+from core.errors import TwinError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."
@@ -33,7 +34,7 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.j
 TOKENIZER_DEFINITIONS = ("tokenizer.json", "tokenizer.model")  # a folder with either holds a tokenizer
 
 
-class AdapterError(ValueError):
+class AdapterError(TwinError):
     """An adapter that cannot be used; the message names the file and what is wrong."""
 
 

@@ -43,13 +43,14 @@ from pathlib import Path
 import sentencepiece
 
 from core import atomic
+from core.errors import TwinError
 
 SPACE = "▁"  # SentencePiece's stand-in for ' '
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # tokenizer_config.json keys
 
 
-class TokenizerError(ValueError):
+class TokenizerError(TwinError):
     """A tokenizer file is missing or malformed, or a token id is out of range."""
 
 

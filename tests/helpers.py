@@ -118,3 +118,11 @@ def _tokenizer_from_dir(path: Path):
     from model.bpe import BPETokenizer
 
     return BPETokenizer.from_dir(path)
+
+
+def exit_status(main, argv: list) -> int:
+    """Run a program's `main` in this process; the status it would exit with."""
+    try:
+        return main([str(arg) for arg in argv]) or 0
+    except SystemExit as exited:
+        return exited.code or 0

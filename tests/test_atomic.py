@@ -7,6 +7,7 @@ import pytest
 
 from core import atomic
 from data import telegram
+from tests.helpers import exit_status
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
 
@@ -39,7 +40,7 @@ def test_private_files_covers_every_writer_of_the_process(tmp_path, ordinary_uma
 
 
 def test_a_converted_sessions_file_is_private(tmp_path, ordinary_umask, capsys):
-    assert telegram.main([str(SAMPLE), "-o", str(tmp_path / "sessions.jsonl")]) == 0
+    assert exit_status(telegram.main, [str(SAMPLE), "-o", str(tmp_path / "sessions.jsonl")]) == 0
     assert mode(tmp_path / "sessions.jsonl") == 0o600
 
 

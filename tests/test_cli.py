@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROGRAM = """
 import sys
-from core.cli import quiet_when_the_reader_leaves
+from core.cli import program
 
 def main():
     for number in range(100_000):
         print("line", number)
     return 0
 
-sys.exit(quiet_when_the_reader_leaves(main)() if sys.argv[1] == "wrapped" else main())
+sys.exit(program(main)() if sys.argv[1] == "wrapped" else main())
 """
 
 

@@ -18,7 +18,7 @@ from data import telegram
 from data.chatml import render
 from data.sessions import DataError, clean_message, clean_name
 from data.telegram import ExportOptions, load_sessions
-from tests.helpers import CHAT_TOKENIZERS, assert_chatml_structure, chat_tokenizer
+from tests.helpers import CHAT_TOKENIZERS, assert_chatml_structure, chat_tokenizer, exit_status
 
 ME, BOB, CAROL = 1, 2, 3
 T0 = 1_700_000_000
@@ -263,7 +263,7 @@ def test_hostile_input_converts_or_stops_with_one_line(tmp_path, capsys, chat_to
 
     out = tmp_path / "out.jsonl"
     flags = [f"--{key}={value}" for key, value in case.options.items()]
-    status = telegram.main([str(path), "-o", str(out), "--preview", "2", *flags])
+    status = exit_status(telegram.main, [str(path), "-o", str(out), "--preview", "2", *flags])
     printed = capsys.readouterr()
     if case.outcome == FAILS:
         assert status == 2 and not out.exists()

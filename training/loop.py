@@ -17,9 +17,10 @@ from torch.distributed.tensor import DTensor
 from core import atomic
 from data.packing import PackedRows, RowLoader
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
+from core.errors import TwinError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TwinError):
     """A run that cannot go on; the message says why and what to do."""
 
 
