@@ -56,7 +56,8 @@ from model.checkpoint import check_finite
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer, TokenizerError
 from sample import fit_prompt
-from train import DEFAULT_MODEL, DTYPES, read_run_record, recorded_args, resolve_device
+from core.device import DTYPES, resolve_device
+from training.settings import DEFAULT_MODEL, read_run_record, recorded_args
 from core.errors import TwinError
 
 MODELS = ("base", "tuned")

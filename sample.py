@@ -19,7 +19,8 @@ from model.lora import AdapterError, load_adapter, merge_lora, tokenizer_source
 from model import CheckpointError, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.tokenizer import Tokenizer, TokenizerError
-from train import DEFAULT_MODEL, DTYPES, read_run_record, resolve_device
+from core.device import DTYPES, resolve_device
+from training.settings import DEFAULT_MODEL, read_run_record
 
 HELP = """commands:
   /reset          forget the conversation

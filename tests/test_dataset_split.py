@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import train
+from training import settings
 from data.dataset import DataConfig, data_config_from_args, newest_mask, prepare_data, session_fingerprint
 from data.sessions import Session, Turn
 
@@ -58,9 +59,9 @@ def test_prepare_data_with_the_time_split(dolphin_tokenizer, tmp_path):
 
 def test_the_split_flag_and_its_default():
     assert DataConfig().split == "hash"
-    args = train.build_parser().parse_args(["--data", "x"])
+    args = settings.build_parser().parse_args(["--data", "x"])
     assert data_config_from_args(args).split == "hash"
-    args = train.build_parser().parse_args(["--data", "x", "--split", "time"])
+    args = settings.build_parser().parse_args(["--data", "x", "--split", "time"])
     assert data_config_from_args(args).split == "time"
     with pytest.raises(ValueError, match="split must be one of hash, time"):
         DataConfig(split="random")

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from training import settings
 from model.loss import chunked_cross_entropy
 from training.loop import cosine_schedule, train_step
 from tests.helpers import random_model, tiny_config
@@ -276,7 +277,7 @@ def test_unknown_target_lists_the_top_speakers(tmp_path, tiny_checkpoint, capsys
 def test_help_documents_every_flag_with_its_default():
     import argparse
 
-    for action in train.build_parser()._actions:
+    for action in settings.build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.dest
             if action.default not in (None, False, argparse.SUPPRESS):
