@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from core import atomic
 from core.cli import program
-from data.chatml import parse_body, split_to_fit
+from data.chatml import fit_prompt, parse_body, split_to_fit
 from data.dataset import SPLITS, DataConfig, PreparedData, data_config_from_args, prepare_data
 from data.packing import pack
 from data.sessions import DataError, Session, Turn
@@ -55,7 +55,6 @@ from model import CheckpointError, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer, TokenizerError
-from sample import fit_prompt
 from core.device import DTYPES, resolve_device
 from training.settings import DEFAULT_MODEL, read_run_record, recorded_args
 from core.errors import TwinError

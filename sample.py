@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from core.cli import program
-from data.chatml import chat_format, parse_body, render
+from data.chatml import chat_format, fit_prompt, parse_body, render
 from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
 from model.generation import Generator, SamplingConfig
 from model.lora import AdapterError, load_adapter, merge_lora, tokenizer_source
@@ -80,16 +80,6 @@ def load_chat_model(args, device: torch.device, dtype: torch.dtype):
         load_adapter(model, adapter)
         merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
     return model.eval(), tokenizer, people
-
-
-def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> list[int]:
-    """The conversation rendered exactly as in training, ending in `speaker`'s open header;
-    the oldest turns are dropped until it fits in `room` tokens (leaving the rest for a reply)."""
-    while True:
-        ids = render(turns, tokenizer, open_speaker=speaker).ids
-        if len(ids) <= room or not turns:
-            return ids[-room:]
-        turns = turns[1:]
 
 
 class Chat:

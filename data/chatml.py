@@ -261,3 +261,13 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
         else:
             high = count - 1
     return best if best is not None else ids[:budget]
+
+
+def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> list[int]:
+    """The conversation rendered exactly as in training, ending in `speaker`'s open header;
+    the oldest turns are dropped until it fits in `room` tokens (leaving the rest for a reply)."""
+    while True:
+        ids = render(turns, tokenizer, open_speaker=speaker).ids
+        if len(ids) <= room or not turns:
+            return ids[-room:]
+        turns = turns[1:]
