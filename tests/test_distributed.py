@@ -115,14 +115,14 @@ FAILING_RANK = """
 import sys
 import torch.distributed as dist
 import train
-from training import loop
+from training import run
 
-real_step = loop.train_step
+real_step = run.train_step
 def train_step(*args, **kwargs):
     if dist.get_rank() == 1:
         raise RuntimeError("injected failure on rank 1")
     return real_step(*args, **kwargs)
-train.train_step = train_step
+run.train_step = train_step
 train.main(sys.argv[1:])
 """
 

@@ -20,7 +20,8 @@ import evaluate
 from training import distributed
 import sample
 import train
-from training.loop import DamagedCheckpoint, TrainingError, resume_from
+from training.checkpointer import DamagedCheckpoint, resume_from
+from training.loop import TrainingError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
 FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "4", "--lora-r", "4", "--lora-alpha", "8",
@@ -294,7 +295,7 @@ def sharded_checkpoint(tmp_path) -> Path:
     dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint_id=directory, no_dist=True)
     torch.save({"step": 2, "loss": 1.0, "scheduler": {}, "loader": {"epoch": 0, "step": 4}},
                directory / "training_state.pt")
-    torch.save(torch.get_rng_state(), directory / "rng-rank0.pt")
+    torch.save({"torch": torch.get_rng_state()}, directory / "rng-rank0.pt")
     (tmp_path / "outside").mkdir()
     return directory
 

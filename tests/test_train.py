@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from training import run as runs
 from training import settings
 from model.loss import chunked_cross_entropy
 from training.loop import cosine_schedule, train_step
@@ -288,7 +289,7 @@ def test_out_of_memory_names_the_knobs(tmp_path, tiny_checkpoint, monkeypatch, c
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train, "train_step", out_of_memory)
+    monkeypatch.setattr(runs, "train_step", out_of_memory)
     with pytest.raises(SystemExit) as exit_info:
         run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "o", *FAST)
     assert exit_info.value.code == 2

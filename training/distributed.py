@@ -27,7 +27,9 @@ from core import atomic
 from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint
 from model.transformer import Transformer
 from model.tokenizer import Tokenizer
-from training.loop import DamagedCheckpoint, TrainingError, read_training_state, reason
+from training.checkpointer import (DamagedCheckpoint, read_training_state, reason, restore_rng_state, resume_from,
+                                   rng_state)
+from training.loop import TrainingError
 
 
 @dataclass
@@ -181,7 +183,7 @@ def save_checkpoint(final: Path, world: World, model, optimizer, training_state:
     model.reshard()
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.save(state, checkpoint_id=building)
-    torch.save(torch.get_rng_state(), building / f"rng-rank{world.rank}.pt")
+    torch.save(rng_state(), building / f"rng-rank{world.rank}.pt")
     if world.is_main:
         torch.save(training_state, building / "training_state.pt")
     dist.barrier()
@@ -201,8 +203,28 @@ def load_checkpoint(directory: Path, world: World, model, optimizer) -> dict:
         raise TrainingError(f"{directory}: cannot be loaded ({problems})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    torch.set_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
+    restore_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
     return read_training_state(directory)
+
+
+class ShardedCheckpoints:
+    """A full fine-tune's checkpoint: every rank's shards of the weights and optimizer state
+    (torch.distributed.checkpoint), each rank's random state, and rank 0's training state."""
+
+    def __init__(self, world: World, model, optimizer, scheduler, loader):
+        self.world, self.model, self.optimizer, self.scheduler, self.loader = world, model, optimizer, scheduler, loader
+
+    def save(self, directory: Path, state: dict) -> None:
+        save_checkpoint(directory, self.world, self.model, self.optimizer, state)
+
+    def resume(self, out: Path, warn) -> tuple[Path, dict]:
+        # Rank 0 checks the checkpoints first and says what is wrong with them; all then load the one it chose.
+        chosen, _ = main_first(self.world, lambda: resume_from(
+            out, lambda directory: check_checkpoint(directory, self.world.size), warn))
+        state = load_checkpoint(chosen, self.world, self.model, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["loader"])
+        return chosen, state
 
 
 # torch.distributed.checkpoint keeps its index, `.metadata`, as a plain pickle, which can run any code
@@ -271,7 +293,7 @@ def check_checkpoint(directory: Path, world_size: int) -> None:
             rng = torch.load(path, weights_only=True)
         except Exception as error:  # for a damaged file torch raises anything from EOFError to KeyError
             raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
-        if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+        if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8):
             raise DamagedCheckpoint(f"{path}: not a random number generator state")
 
 

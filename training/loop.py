@@ -1,13 +1,9 @@
 """The mechanics of a training run: optimizer and schedule, one optimizer step over an accumulation
-window, evaluation, the metrics file, and checkpoints that a run resumes from exactly."""
+window, evaluation, the metrics file, throughput and peak memory."""
 import json
 import math
-import os
-import re
-import shutil
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,10 +18,6 @@ from core.errors import TwinError
 
 class TrainingError(TwinError):
     """A run that cannot go on; the message says why and what to do."""
-
-
-class DamagedCheckpoint(TrainingError):
-    """A checkpoint whose files cannot be read back as one; an older checkpoint may still serve."""
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -139,132 +131,6 @@ def _step_of(record: str) -> float:
     except (ValueError, KeyError, TypeError, RecursionError):
         return math.inf
     return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
-
-
-# Checkpoints are directories `OUT/checkpoints/step-00000100`, written with `atomic.directory`, so
-# the newest complete one is always safe to resume from.
-CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
-# What a write cut short leaves: atomic.directory's `.step-00000100.k3j_x2.tmp` (or `.adapter.…`) and
-# the `.step-00000100.old` it swaps out, fsdp.save_checkpoint's `.step-00000100.tmp`.
-UNFINISHED_WRITE = re.compile(r"\.(step-\d{8}|adapter|merged|model)(\.\w+)?\.(tmp|old)")
-
-
-def rng_state() -> dict:
-    # Dropout is the only randomness after start-up; the loader's order comes from its own seed.
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first. A link is none: pruning must never reach outside the run."""
-    folder = out / "checkpoints"
-    found = [p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
-             ] if folder.is_dir() else []
-    return sorted(found)
-
-
-def checkpoint_path(out: Path, step: int) -> Path:
-    return out / "checkpoints" / f"step-{step:08d}"
-
-
-def prune_checkpoints(out: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints."""
-    for old in checkpoints(out)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
-
-
-def remove_unfinished_writes(out: Path) -> list[Path]:
-    """Delete what killed writes left in the run (a 7B checkpoint's is up to 0.5 GB); returns what went.
-
-    A `.NAME.old` whose NAME is missing was complete: the write was killed in the middle of swapping it
-    for its replacement, so it goes back in place instead."""
-    removed = []
-    for folder in (out, out / "checkpoints"):
-        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            found = UNFINISHED_WRITE.fullmatch(path.name)
-            if not found:
-                continue
-            if found[3] == "old" and not (folder / found[1]).exists() and not path.is_symlink():
-                os.replace(path, folder / found[1])
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            removed.append(path)
-    return removed
-
-
-def save_training_state(directory: Path, step: int, loss: float, optimizer, scheduler, loader: RowLoader) -> None:
-    torch.save({"step": step, "loss": loss, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "loader": loader.state_dict(), "rng": rng_state()}, directory / "training_state.pt")
-
-
-def read_training_state(directory: Path) -> dict:
-    """A checkpoint's `training_state.pt`, checked to be the state of the step the folder is named after."""
-    path = directory / "training_state.pt"
-    try:
-        state = torch.load(path, weights_only=True)  # tensors and plain containers: no code of the file's runs
-    except Exception as error:  # for a damaged file torch raises anything from EOFError to KeyError
-        raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
-    step = int(CHECKPOINT_NAME.fullmatch(directory.name)[1])
-    loader = state.get("loader") if isinstance(state, dict) else None
-    if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] == step
-            and isinstance(state.get("loss", 0.0), (float, type(None))) and isinstance(state.get("scheduler"), dict)
-            and isinstance(loader, dict) and all(type(loader.get(key)) is int for key in ("epoch", "step"))):
-        raise DamagedCheckpoint(f"{path}: not the training state of step {step}")
-    return state
-
-
-def load_training_state(directory: Path, optimizer, scheduler, loader: RowLoader) -> dict:
-    """Restore what `save_training_state` wrote; returns the state (its step is the one to continue after)."""
-    state = read_training_state(directory)
-    try:
-        if not state["scheduler"].keys() <= scheduler.state_dict().keys():  # it would set any attribute it is given
-            raise ValueError(f"scheduler state {sorted(state['scheduler'])}")
-        optimizer.load_state_dict(state["optimizer"])
-        for param, moments in optimizer.state.items():
-            if any(torch.is_tensor(v) and v.shape not in (param.shape, torch.Size()) for v in moments.values()):
-                raise ValueError("optimizer moments of another shape than their parameter's")
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        restore_rng_state(state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise DamagedCheckpoint(f"{directory / 'training_state.pt'}: does not fit this run ({reason(error)})") from None
-    return state
-
-
-Loaded = TypeVar("Loaded")
-
-
-def resume_from(out: Path, load: Callable[[Path], Loaded], warn: Callable[[str], None]) -> tuple[Path, Loaded]:
-    """The newest checkpoint that `load` takes, and what it returned. A damaged one is skipped with a
-    warning, for the one before it."""
-    found = checkpoints(out)
-    if not found:
-        raise TrainingError(f"{out}: no checkpoint to resume from in {out / 'checkpoints'}")
-    problems = []
-    for directory in reversed(found):
-        try:
-            return directory, load(directory)
-        except DamagedCheckpoint as error:
-            problems.append(error)
-            warn(f"warning: cannot resume from {directory.name}: {error}")
-    raise TrainingError(f"{out / 'checkpoints'}: no checkpoint to resume from is intact; the newest: {problems[0]}")
-
-
-def reason(error: BaseException, limit: int = 200) -> str:
-    """An exception's first line, for a one-line message (some have none, some a page)."""
-    lines = str(error).strip().splitlines()
-    return lines[0][:limit] if lines else type(error).__name__
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -11,7 +11,7 @@ from core.device import DTYPES
 from data.telegram import add_export_args
 from model.checkpoint import CheckpointError
 from model.lora import PROJECTIONS, AdapterError
-from training.loop import checkpoints
+from training.checkpointer import checkpoints
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
 # What a run folder holds. Each is the run's own: a link there would lead reads and writes elsewhere.

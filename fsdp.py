@@ -1,0 +1,42 @@
+"""The full fine-tuning recipe: every weight trained, sharded over the ranks of a torchrun job with
+FSDP2 (bf16 compute, fp32 master weights by default).
+
+    torchrun --nproc-per-node 8 train.py --fsdp --data EXPORT --out runs/me-full
+
+The story of a run: the data (rank 0 first), the sharded model (grown by the ChatML rows where the
+base has no chat format), the optimizer steps with held-out evaluations and sharded checkpoints,
+then the consolidated model in Hugging Face's format and the record of the run.
+"""
+from core.device import DTYPES
+from training import distributed
+from training import run as runs
+from training.checkpointer import Checkpointer
+
+
+def train(args, world: distributed.World) -> None:
+    run = runs.Run(args, world)
+    runs.start(run)
+    tokenizer, _, data = runs.prepare(run)
+
+    model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype],
+                                           run.dtype)
+    run.say(f"full fine-tuning of {sum(p.numel() for p in model.parameters()):,} parameters "
+            f"sharded over {world.size} ranks")
+    model.activation_checkpointing = runs.activation_checkpointing(run)
+    model.train()
+
+    schedule = runs.make_schedule(run, model, data)
+    backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader)
+    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main)
+    progress = runs.resume(run, checkpointer, schedule.total_steps)
+    metrics = runs.metrics_log(run, progress)
+    if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
+        return
+
+    runs.final_evaluation(run, model, data, progress, metrics)
+    distributed.export_model(model, run.out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
+    run.say(f"model written to {run.out / 'model'}")
+    runs.write_record(run, "fsdp", data, progress)
+    if args.eval_report:
+        run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
+    run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")

@@ -1,0 +1,69 @@
+"""The LoRA recipe: adapters on a frozen base, on one device.
+
+    python train.py --lora --data EXPORT --out runs/me
+
+The story of a run: the data, the base with its adapters (and, for a base without a chat format, new
+ChatML token rows), the optimizer steps with held-out evaluations and checkpoints, then the adapter
+in PEFT's format, the fidelity report, the merged model if asked, and the record of the run.
+"""
+from pathlib import Path
+
+import torch
+
+from model import load_model, save_model
+from model.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
+from training import run as runs
+from training.checkpointer import AdapterCheckpoints, Checkpointer
+from training.settings import lora_targets
+
+
+def train(args) -> None:
+    run = runs.Run(args)
+    runs.start(run)
+    tokenizer, new_tokens, data = runs.prepare(run)
+
+    model = load_model(args.model, dtype=run.dtype, device=run.device)
+    lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                             targets=lora_targets(args.lora_targets),
+                             trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {})
+    run.say(apply_lora(model, lora_config))
+    model.activation_checkpointing = runs.activation_checkpointing(run)
+    model.train()
+
+    schedule = runs.make_schedule(run, model, data)
+    backend = AdapterCheckpoints(model, lora_config, args.model, schedule.optimizer, schedule.scheduler,
+                                 schedule.loader)
+    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints)
+    progress = runs.resume(run, checkpointer, schedule.total_steps)
+    metrics = runs.metrics_log(run, progress)
+    if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
+        return
+
+    runs.final_evaluation(run, model, data, progress, metrics)
+    save_adapter(model, run.out / "adapter", lora_config, base_model=args.model)
+    tokenizer.save(run.out / "adapter")
+    run.say(f"adapter written to {run.out / 'adapter'}")
+    if args.eval_report:
+        write_fidelity_report(args, model, tokenizer, data, run.out, run.device)
+    if args.merge:
+        save_model(merge_lora(model), run.out / "merged", tokenizer=tokenizer)
+        run.say(f"merged model written to {run.out / 'merged'}")
+    runs.write_record(run, "lora", data, progress)
+    run.say(f"next: chat with your twin: python sample.py --checkpoint {run.out}"
+            + (f"\n      read the report: {run.out / 'report' / 'report.md'}" if args.eval_report else ""))
+
+
+def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:
+    """Held-out loss and style, tuned against base, per speaker: `OUT/report/`."""
+    from evaluate import EvalSettings, EvaluationError, run_evaluation  # evaluate imports this module
+
+    about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
+    try:
+        report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),
+                                device, about, metrics_file=out / "metrics.jsonl")
+    except EvaluationError as error:  # e.g. nothing held out
+        print(f"fidelity report skipped: {error}")
+        return
+    print(report.summary())
+    print(f"fidelity report: {out / 'report' / 'report.md'}")
+

@@ -1,0 +1,226 @@
+"""What the two recipes (lora.py, fsdp.py) share: the run folder, the data, the schedule, the loop of
+optimizer steps with its evaluations and checkpoints, and the record that marks a run finished.
+
+A run is one process (LoRA) or one rank of a torchrun job (full fine-tuning); rank 0 alone prints,
+writes the metrics and the record, and goes first where files are made that the others then read.
+"""
+import contextlib
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from core import atomic
+from core.device import resolve_device
+from data.chatml import add_chatml_tokens
+from data.dataset import PreparedData, data_config_from_args, prepare_data
+from data.packing import RowLoader
+from model import load_tokenizer
+from training import distributed
+from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
+from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
+                           peak_memory_mb, train_step, trained_token_count)
+
+
+@dataclass
+class Run:
+    """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
+    args: object
+    world: "distributed.World | None" = None
+    out: Path = field(init=False)
+    device: torch.device = field(init=False)
+    dtype: torch.dtype = field(init=False)
+
+    def __post_init__(self):
+        self.out = Path(self.args.out)
+        device, self.dtype = resolve_device(self.args)
+        self.device = self.world.device if self.world else device
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank if self.world else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.world.size if self.world else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, *line) -> None:
+        if self.is_main:
+            print(*line)
+
+    def warn(self, line: str) -> None:
+        if self.is_main:
+            print(line, file=sys.stderr)
+
+
+def start(run: Run) -> None:
+    """Seed, make the run folder, clear what killed writes left in it, and record the settings a
+    `--resume` continues with (a stop belongs to this invocation only)."""
+    torch.manual_seed(run.args.seed)
+    if not run.is_main:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    for path in remove_unfinished_writes(run.out):
+        run.say(f"removed {path}, left by a write that was cut short")
+    if not run.args.resume:
+        settings = {k: v for k, v in vars(run.args).items() if k not in ("resume", "stop_at")}
+        atomic.write_text(run.out / "run_args.json", json.dumps(settings, indent=2))
+
+
+def prepare(run: Run) -> tuple:
+    """The tokenizer, the ids of the ChatML tokens it had to be given (none for a base with a chat
+    format), and the packed rows. In a sharded run rank 0 goes first and caches the tokens."""
+    def work():
+        tokenizer = load_tokenizer(run.args.model)
+        new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.args.add_chatml_tokens))
+        with contextlib.redirect_stderr(io.StringIO()) if not run.is_main else contextlib.nullcontext():
+            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.out / "cache")
+        return tokenizer, new_tokens, data
+
+    tokenizer, new_tokens, data = distributed.main_first(run.world, work) if run.world else work()
+    run.say(data.summary())
+    return tokenizer, new_tokens, data
+
+
+@dataclass
+class Schedule:
+    """Optimizer steps of `--batch` rows over all ranks, each accumulated over micro-batches."""
+    loader: RowLoader
+    accumulation: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+def make_schedule(run: Run, model: torch.nn.Module, data: PreparedData) -> Schedule:
+    args = run.args
+    loader = RowLoader(data.train_rows, args.micro_batch, rank=run.rank, world_size=run.world_size, seed=args.seed)
+    if args.batch % (args.micro_batch * run.world_size):
+        raise TrainingError(f"--batch ({args.batch}) must be a multiple of --micro-batch x ranks "
+                            f"({args.micro_batch} x {run.world_size})")
+    accumulation = args.batch // (args.micro_batch * run.world_size)
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(loader) / accumulation))
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, run.device)
+    scheduler = cosine_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
+    return Schedule(loader, accumulation, total_steps, optimizer, scheduler)
+
+
+@dataclass
+class Progress:
+    """Where the loop stands: the step done last, its loss, and each step's tokens per second."""
+    step: int = 0
+    loss: float | None = None
+    rates: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    last_eval: dict = field(default_factory=dict)
+
+
+def resume(run: Run, checkpointer: Checkpointer, total_steps: int) -> Progress:
+    if not run.args.resume:
+        return Progress()
+    resumed, state = checkpointer.resume(run.warn)
+    run.say(f"resumed from {resumed} at step {state['step']} of {total_steps}")
+    return Progress(step=state["step"], loss=state.get("loss"))  # older checkpoints did not keep the loss
+
+
+def held_out_loss(run: Run, model, data: PreparedData, step: int, metrics: MetricsLog | None) -> dict:
+    if not data.val_rows:
+        return {}
+    loss, tokens = evaluate(model, data.val_rows, run.args.micro_batch, run.device)
+    record = {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "eval_tokens": tokens}
+    if metrics:
+        metrics.write(record)
+    return record
+
+
+def train_loop(run: Run, model, data: PreparedData, schedule: Schedule, checkpointer: Checkpointer,
+               progress: Progress, metrics: MetricsLog | None) -> bool:
+    """Optimizer steps until the schedule ends (True) or `--stop-at` (False), with evaluations and
+    checkpoints on the way."""
+    args, loader = run.args, schedule.loader
+    batches, throughput = endless(loader), Throughput()
+    with tqdm(total=schedule.total_steps, initial=progress.step, desc="training", unit="step", dynamic_ncols=True,
+              disable=not run.is_main) as bar:
+        while progress.step < schedule.total_steps:
+            loss, grad_norm, lr = step_once(run, model, schedule, [next(batches) for _ in range(schedule.accumulation)])
+            progress.step, progress.loss = progress.step + 1, loss
+            progress.rates.append(throughput.tick(args.batch * args.seq_len))
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.rates[-1]:,.0f}")
+            bar.update()
+            step = progress.step
+            if metrics and (step % args.log_every == 0 or step == schedule.total_steps):
+                metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "tokens_per_s": progress.rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
+            if args.eval_every and step % args.eval_every == 0 and step < schedule.total_steps and data.val_rows:
+                progress.last_eval = held_out_loss(run, model, data, step, metrics)
+                if run.is_main:
+                    bar.write(f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
+                              f"perplexity {progress.last_eval['eval_perplexity']:.2f}")
+            if checkpointer.due(step) or step == args.stop_at:
+                checkpointer.save(step, {"step": step, "loss": loss, "scheduler": schedule.scheduler.state_dict(),
+                                         "loader": loader.state_dict()})
+            if step == args.stop_at and step < schedule.total_steps:
+                bar.close()
+                run.say(f"stopped after step {step} as asked; continue with: python train.py --resume {run.out}")
+                return False
+    return True
+
+
+def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float, float, float]:
+    """One optimizer step over an accumulation window: (mean loss, gradient norm, learning rate)."""
+    tokens = trained_token_count(window)
+    if run.world:  # every token of the global batch weighs the same, whichever rank holds it
+        tokens = int(distributed.all_reduce_sum([tokens], run.device)[0])
+    loss, grad_norm = train_step(model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens,
+                                 loss_scale=run.world_size)
+    if run.world:
+        loss = distributed.all_reduce_sum([loss], run.device)[0]
+    if not math.isfinite(loss) or not math.isfinite(grad_norm):
+        saved = checkpoints(run.out)
+        raise TrainingError(f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
+                            f"Last good checkpoint: {saved[-1] if saved else 'none'} (try a lower --lr, or --dtype fp32)")
+    lr = schedule.scheduler.get_last_lr()[0]
+    schedule.scheduler.step()
+    return loss, grad_norm, lr
+
+
+def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, metrics: MetricsLog | None) -> None:
+    progress.last_eval = held_out_loss(run, model, data, progress.step, metrics)
+    run.say(f"eval loss {progress.last_eval['eval_loss']:.4f}, perplexity {progress.last_eval['eval_perplexity']:.2f}"
+            if progress.last_eval else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
+
+
+def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
+    """OUT/run.json, written last: it marks the run finished (until then --resume, even from a
+    checkpoint of the final step, writes everything again)."""
+    memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
+    if not run.is_main:
+        return
+    figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
+               "seconds": round(time.time() - progress.started, 1),
+               "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
+               "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
+               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
+    atomic.write_text(run.out / "run.json", json.dumps({"mode": mode, "settings": vars(run.args), "figures": figures},
+                                                       indent=2))
+
+
+def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:
+    return MetricsLog(run.out / "metrics.jsonl", after_step=progress.step) if run.is_main else None
+
+
+def activation_checkpointing(run: Run) -> bool:
+    """On by default on CUDA, where memory is short; off on CPU, where time is."""
+    flag = run.args.activation_checkpointing
+    return run.device.type == "cuda" if flag is None else flag
+
