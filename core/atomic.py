@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 def private_files() -> None:
@@ -18,17 +18,26 @@ def private_files() -> None:
     os.umask(0o077)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextmanager
+def file(path: str | os.PathLike, *, text: bool = False, make_parents: bool = True) -> Iterator[IO]:
+    """A new file (mode 0600) to write; when the block ends without an error it replaces `path`.
+    `make_parents=False` for a path a person typed: a missing folder is their mistake to hear about."""
     path = Path(path)
-    _make_parent(path)
+    if make_parents:
+        _make_parent(path)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8", "newline": "\n"} if text else {})) as f:
+            yield f
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with file(path) as f:
+        f.write(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

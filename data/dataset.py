@@ -8,7 +8,6 @@ first rank has written the cache, skip tokenizing.
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import zipfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core import atomic
 from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, most_frequent_partners
@@ -217,16 +217,8 @@ def _save_rows(cache_file: Path, train_rows: PackedRows, val_rows: PackedRows, t
     arrays = {"tokens_cut": np.array(tokens_cut)}
     for split, rows in (("train", train_rows), ("val", val_rows)):
         arrays.update({f"{split}_{name}": getattr(rows, name) for name in ROW_ARRAYS})
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed, so a reader (another rank) never sees half a file.
-    temporary = tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False)
-    try:
-        with temporary:
-            np.savez(temporary, **arrays)
-        os.replace(temporary.name, cache_file)
-    except BaseException:
-        os.unlink(temporary.name)
-        raise
+    with atomic.file(cache_file) as file:  # another rank never reads half a file
+        np.savez(file, **arrays)
 
 
 def _load_rows(cache_file: Path, seq_len: int, vocab_size: int) -> tuple[PackedRows, PackedRows, int] | None:

@@ -18,6 +18,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from core import atomic
 from core.errors import TwinError
 
 LATEST_START = 253402300799  # 9999-12-31 23:59:59 UTC, the last second a date can show
@@ -94,15 +95,9 @@ class Session:
 
 def write_sessions(sessions: list[Session], path: str | os.PathLike) -> None:
     """Write sessions as JSONL. Atomic: a reader never sees a half-written file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="\n") as file:
-            for session in sessions:
-                file.write(json.dumps(asdict(session), ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic.file(path, text=True, make_parents=False) as file:
+        for session in sessions:
+            file.write(json.dumps(asdict(session), ensure_ascii=False) + "\n")
 
 
 def read_sessions_file(path: str | os.PathLike, repairs: Counter | None = None) -> list[Session]:
