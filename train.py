@@ -233,7 +233,9 @@ def train(args, world: "fsdp.World | None") -> None:
 
 def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:
     """Held-out loss and style, tuned against base, per speaker: `OUT/report/`."""
-    from evaluate import EvalSettings, EvaluationError, run_evaluation  # evaluate imports this module
+    from fidelity import EvaluationError
+    from fidelity.evaluation import run_evaluation
+    from fidelity.plan import EvalSettings
 
     about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
     try:
