@@ -33,7 +33,7 @@ def test_report_after_training_shows_the_tuned_model_beating_its_base(tmp_path, 
                 "--val-fraction", "0.1", "--seq-len", "256", "--micro-batch", "2", "--batch", "4",
                 "--max-steps", "6", "--lr", "2e-2", "--lora-r", "4", "--lora-alpha", "8",
                 "--eval-every", "3", "--save-every", "0", "--no-eval-report"])
-    evaluate.main(["--checkpoint", str(out), "--speakers", "100", "--contexts", "2", "--max-new-tokens", "8"])
+    evaluate.main(["--checkpoint", str(out), "--speakers", "100", "--contexts", "1", "--max-new-tokens", "4"])
     figures = json.loads((out / "report" / "report.json").read_text())
     speakers = figures["speakers"]
     assert speakers[0]["speaker"] == TARGET and len(speakers) >= 3
@@ -47,6 +47,7 @@ def test_report_after_training_shows_the_tuned_model_beating_its_base(tmp_path, 
     assert mean_loss == pytest.approx(run["eval_loss"], rel=1e-4)
     printed = capsys.readouterr().out
     assert f"{TARGET} (target): loss {speakers[0]['loss']['base']:.3f} → {speakers[0]['loss']['tuned']:.3f}" in printed
+    assert printed.endswith(f"to talk with the twin: python sample.py --checkpoint {out} --speaker '{TARGET}'\n")
     markdown = (out / "report" / "report.md").read_text()
     assert markdown.startswith("# Twin fidelity report") and "![Loss curves](loss_curves.png)" in markdown
     assert figures["plots"] == ["loss_curves.png", "style_positions.png"]
@@ -60,7 +61,8 @@ def test_a_lora_run_ends_with_the_report_and_its_plots(tiny_run):
         speaker["contexts"] for speaker in figures["speakers"])
 
 
-def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, tiny_checkpoint, dolphin_tokenizer):
+def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, tiny_checkpoint, dolphin_tokenizer,
+                                                                    capsys):
     run = tmp_path / "run"
     tuned = tiny_model(seed=1)
     save_model(tuned, run / "model", tokenizer=dolphin_tokenizer)
@@ -77,6 +79,8 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
         assert [speaker["loss"][which] for speaker in figures["speakers"]] == pytest.approx(
             [expected.loss[name] for name in plan.speakers])
     assert all(speaker["examples"] == [] for speaker in figures["speakers"])
+    first = figures["speakers"][0]["speaker"]
+    assert capsys.readouterr().out.endswith(f"python sample.py --checkpoint {run} --speaker '{first}'\n")
 
 
 @pytest.mark.parametrize("arguments, message", [
