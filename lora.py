@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from fidelity import EvaluationError
+from fidelity.evaluation import run_evaluation
+from fidelity.plan import EvalSettings
 from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
 from training import run as runs
@@ -55,8 +58,6 @@ def train(args) -> None:
 
 def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:
     """Held-out loss and style, tuned against base, per speaker: `OUT/report/`."""
-    from evaluate import EvalSettings, EvaluationError, run_evaluation  # evaluate imports this module
-
     about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
     try:
         report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),

@@ -1,0 +1,70 @@
+"""A whole fidelity report: plan, measure base and tuned, compare, write. `run_evaluation` is what train.py
+calls at the end of a LoRA run; `evaluate_full_fine_tune` compares two checkpoints."""
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from data.dataset import PreparedData
+from fidelity import EvaluationError
+from fidelity.markdown import write_report
+from fidelity.measure import Measurement, measure
+from fidelity.plan import EvalSettings, Plan, plan_evaluation
+from fidelity.report import Report, compare
+from model import load_model
+from model.checkpoint import check_finite
+from model.lora import adapters_off, lora_layers
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+
+def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
+                   settings: EvalSettings | None = None, device: torch.device = torch.device("cpu"),
+                   about: dict | None = None, metrics_file: Path | None = None) -> Report:
+    """Evaluate a model carrying LoRA adapters against itself with them switched off; write the report.
+
+    `about` says what the report is about: "base", "tuned", "data" (strings for the reader).
+    `metrics_file`: the run's metrics.jsonl, for the loss curves.
+    The model is left as it came: adapters on, same training mode.
+    """
+    settings = settings or EvalSettings()
+    if not lora_layers(model):
+        raise EvaluationError("the model carries no LoRA adapters, so there is no base model to switch to")
+    plan = plan_evaluation(data, settings)
+    with adapters_off(model):
+        base = measure(model, tokenizer, data, plan, settings, device, "base")
+    tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file)
+
+
+
+def evaluate_full_fine_tune(base_source: str | Path, tuned_source: str | Path, tokenizer: Tokenizer,
+                            data: PreparedData, out_dir: str | Path, settings: EvalSettings, device: torch.device,
+                            dtype: torch.dtype, about: dict, metrics_file: Path | None = None) -> Report:
+    """Evaluate a fully fine-tuned checkpoint against its base; write the report. The two models are
+    loaded one after the other, as two 7B models rarely fit in memory at once."""
+    plan = plan_evaluation(data, settings)
+    base = measure_checkpoint(base_source, tokenizer, data, plan, settings, device, dtype, "base")
+    tuned = measure_checkpoint(tuned_source, tokenizer, data, plan, settings, device, dtype, "tuned")
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about, metrics_file)
+
+def compare_and_write(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
+                      settings: EvalSettings, out_dir: str | Path, about: dict,
+                      metrics_file: Path | None = None) -> Report:
+    about = {"base": "base model", "tuned": "tuned model", "data": "held-out sessions", **about,
+             "speakers": plan.speakers, "contexts": settings.contexts, "seed": settings.seed,
+             "sampling": asdict(settings.sampling)}
+    report = compare(plan, data, base, tuned, settings, about)
+    write_report(report, out_dir, metrics_file)
+    return report
+
+
+def measure_checkpoint(source: str | Path, tokenizer: Tokenizer, data: PreparedData, plan: Plan, settings: EvalSettings,
+                       device: torch.device, dtype: torch.dtype, name: str) -> Measurement:
+    """Load a model, measure it, and let it go (it is freed when this returns)."""
+    model = load_model(source, dtype=dtype, device=device)
+    check_finite(model, source)
+    measurement = measure(model, tokenizer, data, plan, settings, device, name)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return measurement

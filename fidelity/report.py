@@ -1,0 +1,154 @@
+"""The figures of a fidelity report: base and tuned measured against the person's real turns and the
+training split, per speaker (loss, calibrated style, real vs written) and over every context (attribution,
+failures, privacy)."""
+from dataclasses import dataclass
+
+from data.dataset import PreparedData
+from data.sessions import Turn
+from fidelity.attribution import NgramClassifier, confusion_matrix, real_vs_generated_auc
+from fidelity.calibration import Placement, mean_position, place, style_bounds
+from fidelity.failures import FailureRates, failure_rates
+from fidelity.measure import Measurement
+from fidelity.plan import EvalSettings, Plan
+from fidelity.privacy import COPY_WORDS, Memorization, PersonalDataLeak, TrainingText, memorization, personal_data_leaks
+from fidelity.style import STATISTICS, style_statistics
+
+MODELS = ("base", "tuned")
+WRITERS = ("real", *MODELS)  # the person at the same contexts, as the reference for every figure
+CONTEXT_TURNS_SHOWN = 3  # turns of conversation before each example's reply
+CONTEXT_TURNS_READ = 3  # the turns before a reply it should pick up words from (fidelity.failures)
+
+
+@dataclass
+class StyleRow:
+    real: float
+    base: float
+    tuned: float
+    ceiling: float | None  # how far the person's own other turns are from the real ones (fidelity.calibration)
+    floor: float | None  # how far other people's turns are
+    placements: dict[str, Placement]  # model -> how far its turns are, and where that falls between the two
+
+
+@dataclass
+class Example:
+    earlier_turns: int  # of the conversation, not shown
+    context: list[Turn]  # the last turns before the reply
+    real: list[str]
+    tuned: list[str]
+
+
+@dataclass
+class SpeakerReport:
+    speaker: str
+    is_target: bool
+    held_out_turns: int
+    loss_tokens: int
+    base_loss: float
+    tuned_loss: float
+    contexts: int
+    style: dict[str, StyleRow]  # statistic name -> figures; empty without contexts
+    position: dict[str, float | None]  # model -> mean position over the statistics that tell the person apart
+    real_vs_written_auc: dict[str, float | None]  # model -> how well real turns are told from its turns
+    examples: list[Example]
+
+    @property
+    def title(self) -> str:
+        return f"{self.speaker} (target)" if self.is_target else self.speaker
+
+
+@dataclass
+class Attribution:
+    classes: list[str]  # the speakers the classifier knows (those with turns in the training split)
+    confusion: dict[str, dict[str, dict[str, int]]]  # writer -> speaker written as -> class -> turns
+
+    def share(self, writer: str, speaker: str) -> float | None:
+        """The share of the turns written as `speaker` that the classifier gives to them."""
+        row = self.confusion[writer].get(speaker, {})
+        total = sum(row.values())
+        return row.get(speaker, 0) / total if total and speaker in self.classes else None
+
+
+@dataclass
+class Report:
+    speakers: list[SpeakerReport]
+    held_out_sessions: int
+    attribution: Attribution | None  # None when fewer than two speakers have training turns
+    failures: dict[str, FailureRates]  # writer -> over all contexts
+    memorization: dict[str, Memorization]  # writer -> over all contexts
+    personal_data: dict[str, dict[str, PersonalDataLeak]]  # writer -> kind -> counts
+    about: dict  # what was evaluated, and how
+
+    def summary(self) -> str:
+        lines = [f"fidelity, base → tuned (held-out sessions: {self.held_out_sessions}):"]
+        for speaker in self.speakers:
+            figures = [f"loss {speaker.base_loss:.3f} → {speaker.tuned_loss:.3f}"]
+            if speaker.style:
+                figures.append(f"style position {' → '.join(number(speaker.position[model]) for model in MODELS)}")
+            if self.attribution and speaker.style:
+                figures.append("attributed to them " + " → ".join(
+                    percent(self.attribution.share(model, speaker.speaker)) for model in MODELS))
+            figures.append(f"contexts: {speaker.contexts}")
+            lines.append(f"  {speaker.title}: {', '.join(figures)}")
+        tuned = self.failures["tuned"]
+        lines.append(f"  tuned model: assistant talk {tuned.assistant_leaks:.0%}, refusals {tuned.refusals:.0%}, "
+                     f"empty {tuned.empty:.0%}, copies of {COPY_WORDS}+ training words "
+                     f"{self.memorization['tuned'].copying_share:.0%}, personal values from training "
+                     f"{sum(leak.values_leaked for leak in self.personal_data['tuned'].values())}")
+        return "\n".join(lines)
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def compare(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
+            settings: EvalSettings, about: dict) -> Report:
+    written = {"real": {speaker: [context.real for context in plan.contexts[speaker]] for speaker in plan.speakers},
+               "base": base.replies, "tuned": tuned.replies}
+    speakers = [speaker_report(speaker, plan, data, base, tuned, written, settings) for speaker in plan.speakers]
+
+    # Failures and privacy, over every context of every speaker.
+    everywhere = {writer: [turn for speaker in plan.speakers for turn in written[writer][speaker]] for writer in WRITERS}
+    conversations = [[message for turn in context.turns[-CONTEXT_TURNS_READ:] for message in turn.messages]
+                     for speaker in plan.speakers for context in plan.contexts[speaker]]
+    training = TrainingText([turn.messages for session in data.train_sessions for turn in session.turns])
+    return Report(
+        speakers, len(data.val_sessions), attribute(plan, written),
+        failures={writer: failure_rates(turns, everywhere["real"], conversations) for writer, turns in everywhere.items()},
+        memorization={writer: memorization(training, turns) for writer, turns in everywhere.items()},
+        personal_data={writer: personal_data_leaks(training, turns) for writer, turns in everywhere.items()},
+        about=about)
+
+
+def speaker_report(speaker: str, plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
+                   written: dict[str, dict[str, list[list[str]]]], settings: EvalSettings) -> SpeakerReport:
+    contexts, real = plan.contexts[speaker], written["real"][speaker]
+    style, position, auc = {}, dict.fromkeys(MODELS), dict.fromkeys(MODELS)
+    if contexts:
+        bounds = style_bounds(real, plan.own_turns[speaker], plan.others_turns[speaker], settings.seed)
+        placements = {model: place(written[model][speaker], real, bounds, settings.seed) for model in MODELS}
+        values = {writer: style_statistics(written[writer][speaker]) for writer in WRITERS}
+        style = {statistic.name: StyleRow(*(values[writer][statistic.name] for writer in WRITERS),
+                                          bounds[statistic.name].ceiling, bounds[statistic.name].floor,
+                                          {model: placements[model][statistic.name] for model in MODELS})
+                 for statistic in STATISTICS}
+        position = {model: mean_position(placements[model]) for model in MODELS}
+        auc = {model: real_vs_generated_auc(real, written[model][speaker], settings.seed) for model in MODELS}
+    examples = [Example(max(0, len(context.turns) - CONTEXT_TURNS_SHOWN), context.turns[-CONTEXT_TURNS_SHOWN:],
+                        context.real, reply)
+                for context, reply in zip(contexts[:settings.examples], tuned.replies[speaker])]
+    return SpeakerReport(speaker, speaker == data.target, plan.held_out_turns[speaker], tuned.tokens[speaker],
+                         base.loss[speaker], tuned.loss[speaker], len(contexts), style, position, auc, examples)
+
+
+def attribute(plan: Plan, written: dict[str, dict[str, list[list[str]]]]) -> Attribution | None:
+    """Who the classifier, fitted on the evaluated speakers' training turns, says wrote each turn."""
+    known = {speaker: plan.own_turns[speaker] for speaker in plan.speakers if plan.own_turns[speaker]}
+    if len(known) < 2:
+        return None
+    classifier = NgramClassifier(known)
+    return Attribution(classifier.classes, {writer: confusion_matrix(classifier, written[writer]) for writer in WRITERS})

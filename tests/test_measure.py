@@ -1,0 +1,63 @@
+"""fidelity/measure.py: held-out loss per speaker as training computes it, and a turn written at every
+context, batched but in the plan's order."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.chatml import split_to_fit
+from data.dataset import DataConfig, prepare_data
+from data.packing import pack
+from data.sessions import Session, Turn
+from fidelity import EvaluationError
+from fidelity.measure import measure, model_writer, speaker_losses
+from fidelity.plan import EvalSettings, plan_evaluation
+from model.generation import SamplingConfig
+from tests.helpers import random_model, tiny_config
+from training.loop import evaluate
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
+
+
+def test_the_speakers_losses_together_are_the_loss_training_computes(model, dolphin_tokenizer):
+    sessions = [Session("chat", "personal_chat", day, [Turn("Anna", [f"hi {day}", "how are you?"]),
+                                                        Turn("Boris", ["fine"]), Turn("Anna", [f"see you at {day}"])])
+                for day in range(6)]
+    loss, tokens = speaker_losses(model, dolphin_tokenizer, sessions, ["Anna", "Boris"], seq_len=64, micro_batch=4,
+                                  device=CPU)
+    rows = pack([piece for session in sessions for piece in split_to_fit(session.turns, dolphin_tokenizer, 64)[0]], 64)
+    expected_loss, expected_tokens = evaluate(model, rows, 4, CPU)
+    assert tokens["Anna"] > tokens["Boris"] > 0 and tokens["Anna"] + tokens["Boris"] == expected_tokens
+    together = (loss["Anna"] * tokens["Anna"] + loss["Boris"] * tokens["Boris"]) / expected_tokens
+    assert together == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it_was(model, dolphin_tokenizer):
+    data = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.2))
+    settings = EvalSettings(speakers=2, contexts=3, sample_batch=2, seed=7)
+    plan = plan_evaluation(data, settings)
+    seeds = []
+
+    def echo(contexts, seed):
+        seeds.append(seed)
+        return [[f"{context.real[0]}?"] for context in contexts]
+
+    model.train()
+    measurement = measure(model, dolphin_tokenizer, data, plan, settings, CPU, "tuned", write=echo)
+    assert model.training
+    for speaker in plan.speakers:
+        assert measurement.replies[speaker] == [[f"{context.real[0]}?"] for context in plan.contexts[speaker]]
+    assert seeds == [7, 8, 9]  # six contexts, two at a time: batch n is sampled with seed + n
+    assert set(measurement.loss) == set(plan.speakers) and all(measurement.tokens[name] > 0 for name in plan.speakers)
+
+
+def test_a_turn_as_long_as_the_context_is_refused(model, dolphin_tokenizer):
+    settings = EvalSettings(context_tokens=16, sampling=SamplingConfig(max_new_tokens=16))
+    with pytest.raises(EvaluationError, match=r"max_new_tokens \(16\) must be below the context \(16 tokens\)"):
+        model_writer(model, dolphin_tokenizer, settings, CPU)
