@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from core.cli import program
-from data.chatml import chat_format, fit_prompt, parse_body, render
-from data.sessions import DataError, Session, Turn, clean_message, read_sessions_file, write_sessions
+from data.chatml import chat_format, fit_prompt, render
+from data.sessions import DataError, Session, Turn, clean_message, parse_body, read_sessions_file, write_sessions
 from model.generation import Generator, SamplingConfig
 from model.lora import AdapterError, load_adapter, merge_lora, tokenizer_source
 from model import CheckpointError, load_model, load_tokenizer

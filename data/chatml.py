@@ -28,11 +28,8 @@ the header's ids are a prefix of the turn's ids.
 """
 from dataclasses import dataclass
 
-from data.sessions import Turn
+from data.sessions import Turn, format_body
 from model.tokenizer import Tokenizer, TokenizerError
-
-MESSAGE_PREFIX = ">>> "
-
 
 @dataclass(frozen=True)
 class ChatFormat:
@@ -104,17 +101,6 @@ def _added_token_id(tokenizer: Tokenizer, token: str) -> int | None:
     """The id of `token` if the tokenizer has it as an added token (one that encode splits out of a text)."""
     ids = tokenizer.encode(token)
     return ids[0] if len(ids) == 1 and tokenizer.encode(token, special=False) != ids else None
-
-
-def format_body(messages: list[str]) -> str:
-    """A turn's body: its messages, each on lines of its own after the ">>> " prefix."""
-    return "\n".join(MESSAGE_PREFIX + message for message in messages)
-
-
-def parse_body(body: str) -> list[str]:
-    """The messages of a turn's body (what the model writes after a header); blank ones dropped."""
-    messages = body.removeprefix(MESSAGE_PREFIX).split("\n" + MESSAGE_PREFIX)
-    return [message for message in messages if message.strip()]
 
 
 @dataclass

@@ -83,6 +83,21 @@ class Turn:
     messages: list[str]
 
 
+# A turn's messages as the model reads and writes them: each after this prefix, on lines of its own.
+MESSAGE_PREFIX = ">>> "
+
+
+def format_body(messages: list[str]) -> str:
+    """A turn's body: its messages, each on lines of its own after the ">>> " prefix."""
+    return "\n".join(MESSAGE_PREFIX + message for message in messages)
+
+
+def parse_body(body: str) -> list[str]:
+    """The messages of a turn's body (what the model writes after a header); blank ones dropped."""
+    messages = body.removeprefix(MESSAGE_PREFIX).split("\n" + MESSAGE_PREFIX)
+    return [message for message in messages if message.strip()]
+
+
 @dataclass
 class Session:
     """One conversation: turns with no long gap between them, from one chat."""
@@ -171,8 +186,6 @@ def _session_from_json(value, where: str, repairs: Counter) -> Session:
 
 def _sessions_from_doppelganger(value, path: Path, repairs: Counter) -> list[Session]:
     """Doppelganger sessions: lists of {"author", "text"}, text holding ">>> "-prefixed messages."""
-    from data.chatml import parse_body  # here, not at the top: data.chatml imports Turn from this module
-
     if not isinstance(value, list):
         raise DataError(f"{path}: expected a JSON list of sessions")
     sessions = []

@@ -6,7 +6,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from data.chatml import fit_prompt, parse_body, split_to_fit
+from data.chatml import fit_prompt, split_to_fit
+from data.sessions import parse_body
 from data.dataset import PreparedData
 from data.packing import pack
 from data.sessions import Session

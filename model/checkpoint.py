@@ -25,9 +25,10 @@ from torch import nn
 from core import atomic
 
 from model.bpe import BPETokenizer, tokenizer_from_gguf
+from model.gguf import load_gguf_model
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
-from core.errors import TwinError
+from model.weights import CheckpointError, assign_parameter
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.json"]
@@ -52,10 +53,6 @@ PATH_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".json
 # Seconds the Hub may stay silent before it counts as unreachable (it answers a lookup in well under
 # one); with huggingface_hub's own start-up requests a lookup then fails within 10 s.
 HUB_TIMEOUT_S = 5
-
-
-class CheckpointError(TwinError):
-    """A checkpoint that cannot be loaded; the message names the file or tensor and what is wrong."""
 
 
 def first_line(error: BaseException) -> str:
@@ -390,19 +387,11 @@ def read_pickled_tensors(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    module_name, _, attribute = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    module._parameters[attribute] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
-
-
 def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                device: torch.device | str = "cpu") -> Transformer:
     """A Hugging Face checkpoint (Mistral, Llama, Qwen2, Qwen3) or a GGUF file as a `Transformer` in `dtype`
     on `device`."""
     if str(path_or_repo).endswith(".gguf"):
-        from model.gguf import load_gguf_model  # (it imports this module)
-
         return load_gguf_model(path_or_repo, dtype, device)
     directory = resolve_checkpoint(path_or_repo)
     config = load_config(directory)

@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 import torch
 
-from model.checkpoint import CheckpointError, assign_parameter
+from model.weights import CheckpointError, assign_parameter
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same

@@ -1,7 +1,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from data.chatml import chat_format, find_chat_format, format_body, parse_body, render, split_to_fit
+from data.chatml import chat_format, find_chat_format, render, split_to_fit
+from data.sessions import format_body, parse_body
 from data.sessions import Turn, clean_name
 from model.bpe import BPETokenizer
 from model.tokenizer import Tokenizer, TokenizerError

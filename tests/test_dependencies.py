@@ -1,4 +1,6 @@
-"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm and matplotlib alone."""
+"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm and
+matplotlib alone; no module imports a program; and no two modules import each other, however indirectly."""
+import ast
 import re
 import subprocess
 import sys
@@ -10,10 +12,31 @@ RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "
 ORACLES = ["transformers", "peft", "accelerate"]
 
 
+PROGRAMS = {"train", "sample", "evaluate", "serve"}
+NOT_RUNTIME = {"tests", "bench", "examples"}
+
+
 def runtime_modules() -> list[str]:
+    """Every module of twin: the top-level files and those of its packages (the folders with an __init__.py)."""
     top = [p.stem for p in ROOT.glob("*.py")]
-    packages = [f"{p.parent.name}.{p.stem}" for folder in ("model", "data", "fidelity") for p in (ROOT / folder).glob("*.py")]
+    packages = [f"{p.parent.name}.{p.stem}" for init in ROOT.glob("*/__init__.py") if init.parent.name not in NOT_RUNTIME
+                for p in init.parent.glob("*.py") if p.stem != "__init__"]
     return sorted(top + packages)
+
+
+def imports_of(module: str, modules: set[str]) -> set[str]:
+    """The modules of twin that `module` imports anywhere in its file (inside functions too)."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in modules}
+    return found - {module}
 
 
 def test_requirements_are_exactly_the_runtime_dependencies():
@@ -30,3 +53,28 @@ def test_no_runtime_module_imports_the_test_oracles():
             f"import importlib\nfor module in {modules!r}:\n    importlib.import_module(module)\nprint('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_no_module_imports_a_program():
+    modules = set(runtime_modules())
+    importers = {module: sorted(imports_of(module, modules) & PROGRAMS) for module in modules}
+    assert {module: programs for module, programs in importers.items() if programs} == {}
+
+
+def test_no_import_circle():
+    modules = set(runtime_modules())
+    graph = {module: imports_of(module, modules) for module in modules}
+    done, path = set(), []
+
+    def visit(module: str) -> None:  # depth first; a module met again on the current path closes a circle
+        assert module not in path, "import circle: " + " -> ".join(path[path.index(module):] + [module])
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
