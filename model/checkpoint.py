@@ -10,6 +10,7 @@ field by field and against the weight files' headers (an absurd size is refused 
 built), every tensor entry against its file's length, every shard name against the folder, every
 dtype against the float types, and pickled weights are read without running any code.
 """
+import contextlib
 import functools
 import json
 import math
@@ -18,6 +19,7 @@ import re
 import reprlib
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -440,18 +442,34 @@ def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
 
 
 def save_model(model: Transformer, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None,
-               max_shard_size: str = "5GB") -> None:
-    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+               dtype: torch.dtype | None = None, max_shard_size: str = "5GB",
+               gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach, writes: bool = True) -> None:
+    """Write a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads: safetensors shards
+    of at most `max_shard_size` (one in memory at a time), their index, config.json and the tokenizer.
 
-    The directory is built under a temporary name and renamed into place, so an interrupted save
-    never leaves a half-written model where a good one was.
+    The folder is built under a temporary name and renamed into place, so an interrupted save never
+    leaves a half-written model where a good one was. A sharded model is written the same way: every
+    rank calls this, `gather` giving a parameter's full tensor, and only the rank that `writes` does.
     """
-    from huggingface_hub import save_torch_state_dict
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
 
-    state = {name: p.detach() for name, p in model.named_parameters()}  # a tied head appears once
-    dtype = next(iter(state.values())).dtype
-    with atomic.directory(out_dir) as building:
-        save_torch_state_dict(state, building, max_shard_size=max_shard_size)
+    params = dict(model.named_parameters())  # a tied head appears once
+    dtype = dtype or next(iter(params.values())).dtype
+    sizes = {name: torch.empty(p.shape, dtype=dtype, device="meta") for name, p in params.items()}
+    split = split_torch_state_dict_into_shards(sizes, max_shard_size=max_shard_size)
+    with atomic.directory(out_dir) if writes else contextlib.nullcontext() as building:
+        for filename, names in split.filename_to_tensors.items():
+            shard = {name: gather(params[name]).to("cpu", dtype).contiguous() for name in names}
+            if writes:
+                save_file(shard, building / filename, metadata={"format": "pt"})
+            del shard
+        if not writes:
+            return
+        if split.is_sharded:
+            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sizes.values())},
+                     "weight_map": split.tensor_to_filename}
+            atomic.write_text(building / "model.safetensors.index.json", json.dumps(index, indent=2))
         atomic.write_text(building / "config.json", json.dumps(model.config.to_hf(dtype), indent=2))
         if tokenizer is not None:
             tokenizer.save(building)

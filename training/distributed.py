@@ -4,11 +4,9 @@ gradient and its AdamW state, and gathers a layer's weights only while that laye
 Runs under torchrun, on one node or several: NCCL on CUDA, gloo on CPU (how the tests run it).
 """
 import io
-import json
 import os
 import pickle
 import shutil
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from core import atomic
-from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint
+from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint, save_model
 from model.transformer import Transformer
 from model.tokenizer import Tokenizer
 from training.checkpointer import (DamagedCheckpoint, read_training_state, reason, restore_rng_state, resume_from,
@@ -318,28 +316,9 @@ class _CheckedLoadPlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, checked)
 
 
-def export_model(model: Transformer, out_dir: Path, world: World, tokenizer: Tokenizer, dtype: torch.dtype,
-                 max_shard_size: str = "5GB") -> None:
-    """Write the consolidated model in Hugging Face's format from rank 0, one 5 GB shard at a time:
-    every rank helps gather a shard's tensors, rank 0 writes them and lets them go."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
+def export_model(model: Transformer, out_dir: Path, world: World, tokenizer: Tokenizer, dtype: torch.dtype) -> None:
+    """Write the consolidated model in Hugging Face's format from rank 0, one shard at a time: every
+    rank helps gather a shard's tensors, rank 0 writes them and lets them go."""
     model.reshard()  # after a forward pass without backward (evaluation) the root stays gathered
-    params = dict(model.named_parameters())  # a tied head appears once
-    sizes = {name: torch.empty(p.shape, dtype=dtype, device="meta") for name, p in params.items()}
-    split = split_torch_state_dict_into_shards(sizes, max_shard_size=max_shard_size)
-    with atomic.directory(out_dir) if world.is_main else nullcontext() as building:
-        for filename, names in split.filename_to_tensors.items():
-            shard = {name: params[name].full_tensor().to("cpu", dtype).contiguous() for name in names}
-            if world.is_main:
-                save_file(shard, building / filename, metadata={"format": "pt"})
-            del shard
-        if world.is_main:
-            if split.is_sharded:
-                index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sizes.values())},
-                         "weight_map": split.tensor_to_filename}
-                atomic.write_text(building / "model.safetensors.index.json", json.dumps(index, indent=2))
-            atomic.write_text(building / "config.json", json.dumps(model.config.to_hf(dtype), indent=2))
-            tokenizer.save(building)
+    save_model(model, out_dir, tokenizer, dtype, gather=lambda param: param.full_tensor(), writes=world.is_main)
     dist.barrier()
