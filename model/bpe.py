@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -35,14 +34,13 @@ import tokenizers
 
 from core import atomic
 from model.tokenizer import (
-    CHATML_TOKENS,
     NAMED_TOKENS,
     PREFIX_ADDED,
     PREFIX_IF_MISSING,
     SPACE,
     AddedToken,
-    StreamDecoder,
     Tokenizer,
+    TokenizerBase,
     TokenizerError,
     read_config,
     sentencepiece_model,
@@ -93,7 +91,7 @@ def _load_backend(text: str, source: str) -> tokenizers.Tokenizer:
         raise TokenizerError(f"{source}: not a tokenizer.json the tokenizers library can read ({reason})") from None
 
 
-class BPETokenizer:
+class BPETokenizer(TokenizerBase):
     """Load with BPETokenizer.from_dir(path) or tokenizer_from_gguf(file); the API is model.tokenizer.Tokenizer's."""
 
     def __init__(self, tokenizer_json: str, config: dict, source: str = "tokenizer.json"):
@@ -189,16 +187,6 @@ class BPETokenizer:
         """The tokenizer without its added tokens, for encode(special=False)."""
         return _load_backend(json.dumps({**self._json, "added_tokens": []}), self._source)
 
-    @property
-    def im_start_id(self) -> int | None:
-        token = self._by_content.get(CHATML_TOKENS[0])
-        return token.id if token else None
-
-    @property
-    def im_end_id(self) -> int | None:
-        token = self._by_content.get(CHATML_TOKENS[1])
-        return token.id if token else None
-
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
@@ -212,15 +200,6 @@ class BPETokenizer:
         if eos:
             ids.append(self.eos_id)
         return ids
-
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text of ids, without the dummy '▁' prefixes encode added. skip_special drops special added tokens."""
-        stream = self.stream(skip_special=skip_special)
-        return "".join(stream.add(i) for i in ids) + stream.flush()
-
-    def stream(self, skip_special: bool = False) -> StreamDecoder:
-        """Incremental decoder for generation: add() ids one by one, show what it returns, flush() at the end."""
-        return StreamDecoder(self, skip_special)
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Make tokens special added tokens (split out of any text); new ones get ids after the current vocab."""

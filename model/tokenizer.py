@@ -224,7 +224,32 @@ def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> Ad
     )
 
 
-class Tokenizer:
+class TokenizerBase:
+    """What both kinds of tokenizer (this SentencePiece one, and model.bpe's for tokenizer.json) do
+    alike once their added tokens are indexed by content in `_by_content`."""
+    _by_content: dict[str, AddedToken]
+
+    @property
+    def im_start_id(self) -> int | None:
+        token = self._by_content.get(CHATML_TOKENS[0])
+        return token.id if token else None
+
+    @property
+    def im_end_id(self) -> int | None:
+        token = self._by_content.get(CHATML_TOKENS[1])
+        return token.id if token else None
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of ids, without the dummy '▁' prefixes encode added. skip_special drops special added tokens."""
+        stream = self.stream(skip_special=skip_special)
+        return "".join(stream.add(i) for i in ids) + stream.flush()
+
+    def stream(self, skip_special: bool = False) -> StreamDecoder:
+        """Incremental decoder for generation: add() ids one by one, show what it returns, flush() at the end."""
+        return StreamDecoder(self, skip_special)
+
+
+class Tokenizer(TokenizerBase):
     """Load with Tokenizer.from_dir(path); encode/decode/stream are the everyday API."""
 
     def __init__(self, model: bytes, added: Iterable[AddedToken], config: dict, source: str = "tokenizer.model"):
@@ -323,16 +348,6 @@ class Tokenizer:
         contents = sorted(self._by_content, key=len, reverse=True)
         self._split_pattern = re.compile("(" + "|".join(map(re.escape, contents)) + ")")
 
-    @property
-    def im_start_id(self) -> int | None:
-        token = self._by_content.get(CHATML_TOKENS[0])
-        return token.id if token else None
-
-    @property
-    def im_end_id(self) -> int | None:
-        token = self._by_content.get(CHATML_TOKENS[1])
-        return token.id if token else None
-
     def token_to_id(self, token: str) -> int | None:
         if token in self._by_content:
             return self._by_content[token].id
@@ -374,15 +389,6 @@ class Tokenizer:
         if self._dummy_prefix == "always" or (self._dummy_prefix == "first" and at_text_start):
             return PREFIX_ADDED
         return None
-
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text of ids, without the dummy '▁' prefixes encode added. skip_special drops special added tokens."""
-        stream = self.stream(skip_special=skip_special)
-        return "".join(stream.add(i) for i in ids) + stream.flush()
-
-    def stream(self, skip_special: bool = False) -> StreamDecoder:
-        """Incremental decoder for generation: add() ids one by one, show what it returns, flush() at the end."""
-        return StreamDecoder(self, skip_special)
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Make tokens special added tokens (split out of any text); new ones get ids after the current vocab."""
