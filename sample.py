@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
-    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda, fp32 on cpu")
+    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 BF16 or not")
     add_threads_arg(run)
     run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
     return parser
