@@ -1,0 +1,57 @@
+"""A conversation between two people, one of them played by the model: its turns, its prompt, its replies."""
+import time
+
+import torch
+
+from data.chatml import chat_format, fit_prompt
+from data.sessions import Turn, clean_message, parse_body
+from model.generation import Generator, SamplingConfig
+from model.tokenizer import Tokenizer
+
+
+class Chat:
+    """A conversation between two people, one of them played by the model."""
+
+    def __init__(self, generator: Generator, tokenizer: Tokenizer, sampling: SamplingConfig,
+                 speaker: str, user: str, seed: int | None, interruptible: bool = True):
+        self.generator, self.tokenizer, self.sampling = generator, tokenizer, sampling
+        self.speaker, self.user = speaker, user
+        self.interruptible = interruptible  # Ctrl-C ends a reply (a person chatting), not the program
+        self.turns: list[Turn] = []
+        self.started = int(time.time())  # a saved conversation's start, as an export's session has one
+        self.random = torch.Generator()
+        self.random.manual_seed(seed) if seed is not None else self.random.seed()
+
+    def add(self, turn: Turn) -> None:
+        """Add a turn to the conversation, its messages cleaned as in training (no control characters,
+        no lone surrogates, which a terminal can pass on from bytes that are not UTF-8)."""
+        turn.messages = [clean_message(message) for message in turn.messages]
+        self.turns.append(turn)
+
+    def prompt(self, speaker: str) -> list[int]:
+        return fit_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len - self.sampling.max_new_tokens)
+
+    def reply(self, speaker: str, echo=lambda text: None) -> Turn:
+        """Sample `speaker`'s next turn, streaming its text to `echo`, and add it to the conversation.
+
+        Ctrl-C (KeyboardInterrupt) stops the reply where it is and keeps what was written so far.
+        """
+        stream = self.tokenizer.stream()
+        layout = chat_format(self.tokenizer)  # a turn ends at its end token, or where another header starts
+        stop_ids = {layout.turn_end_id, layout.header_start_id, self.tokenizer.eos_id}
+        text = ""
+        try:
+            for token in self.generator.generate(self.prompt(speaker), self.sampling, stop_ids, self.random):
+                if token in stop_ids:
+                    break
+                piece = stream.add(token)
+                text += piece
+                echo(piece)
+        except KeyboardInterrupt:
+            if not self.interruptible:
+                raise
+            echo(" [stopped]")
+        text += stream.flush()
+        turn = Turn(speaker, parse_body(text))
+        self.add(turn)
+        return turn

@@ -1,0 +1,65 @@
+"""The people a training run saw, and the names a chat may use for them."""
+import difflib
+from dataclasses import dataclass, field
+
+from core.errors import TwinError
+
+CLOSEST = 3  # names offered for one that the run never saw
+LISTED = 10  # names listed where none is close (a run of group chats knows hundreds)
+
+
+class SpeakerError(TwinError):
+    """A speaker name the chat cannot use: one the run never saw, or none where the run names nobody."""
+
+
+@dataclass(frozen=True)
+class People:
+    """Who a run's conversations had: the person the run twins and each speaker's most frequent partner.
+
+    Empty for a model given without its run folder: then any name goes, as there is nothing to check it by.
+    """
+    target: str | None = None
+    partners: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_run_record(cls, record: dict) -> "People":
+        """From a run.json that training.settings.read_run_record checked (its partners are names)."""
+        figures = record.get("figures", {})
+        target = figures.get("target")
+        return cls(target if isinstance(target, str) else None, dict(figures.get("partners", {})))
+
+    @property
+    def names(self) -> set[str]:
+        return {*self.partners, *self.partners.values(), *([self.target] if self.target else [])}
+
+    def check(self, name: str, where: str) -> str:
+        """`name` itself if the run saw it (or the run is unknown); raise SpeakerError offering the closest."""
+        names = self.names
+        if not names or name in names:
+            return name
+        raise SpeakerError(f"{where} {name!r}: no one of that name in this run's conversations; "
+                           f"{self.suggestion(name)}")
+
+    def suggestion(self, name: str) -> str:
+        # Compared in lower case, so that a wrong case alone is always close.
+        by_lower = {known.lower(): known for known in self.names}
+        close = difflib.get_close_matches(name.lower(), by_lower, n=CLOSEST, cutoff=0.5)
+        if close:
+            return "did you mean " + " or ".join(repr(by_lower[lower]) for lower in close) + "?"
+        listed = sorted(self.names)
+        more = f" and {len(listed) - LISTED} more" if len(listed) > LISTED else ""
+        return "the speakers are " + ", ".join(repr(known) for known in listed[:LISTED]) + more
+
+    def speaker_or_target(self, speaker: str | None) -> str:
+        """--speaker, checked; by default the person the run twins."""
+        if speaker is not None:
+            return self.check(speaker, "--speaker")
+        if self.target is None:
+            raise SpeakerError("--speaker: needed here, as no run record (--checkpoint) names the person to twin")
+        return self.target
+
+    def user_for(self, speaker: str, user: str | None) -> str:
+        """--as, checked; by default the speaker's most frequent partner, else "User"."""
+        if user is not None:
+            return self.check(user, "--as")
+        return self.partners.get(speaker, "User")

@@ -1,0 +1,38 @@
+"""core.device: torch computes on as many threads as the cores this process may use, or --threads."""
+import argparse
+import os
+
+import pytest
+import torch
+
+from core.device import add_threads_arg, available_cores, set_threads
+from core.errors import TwinError
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_threads_arg(parser)
+    return parser.parse_args(argv)
+
+
+def test_threads_follow_the_cores_this_process_may_use(restore_threads, capsys, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)  # as under `taskset -c 3`
+    assert available_cores() == 1 and set_threads(parse()) == 1 and torch.get_num_threads() == 1
+    assert "computing on 1 CPU thread (the cores available; --threads to change)" in capsys.readouterr().err
+
+
+def test_the_threads_flag_overrides_the_cores(restore_threads, capsys):
+    assert set_threads(parse("--threads", "2")) == 2 and torch.get_num_threads() == 2
+    assert "computing on 2 CPU threads (--threads)" in capsys.readouterr().err
+
+
+def test_no_threads_is_a_user_error():
+    with pytest.raises(TwinError, match="^--threads: must be 1 or more, got 0$"):
+        set_threads(parse("--threads", "0"))
