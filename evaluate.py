@@ -24,7 +24,7 @@ from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
 from data.telegram import ExportOptions
 from fidelity import EvaluationError
 from fidelity.evaluation import evaluate_full_fine_tune, run_evaluation
-from fidelity.plan import EvalSettings
+from fidelity.plan import REPLY_TOKENS, EvalSettings
 from fidelity.report import Report
 from model import load_model, load_tokenizer
 from model.checkpoint import check_finite
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of the contexts chosen and of sampling (default: %(default)s)")
     sampling.add_argument("--temperature", type=float, default=SamplingConfig.temperature, help="0: greedy (default: %(default)s)")
     sampling.add_argument("--top-p", type=float, default=SamplingConfig.top_p, help="nucleus sampling mass (default: %(default)s)")
-    sampling.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens, help="longest turn in tokens (default: %(default)s)")
+    sampling.add_argument("--max-new-tokens", type=int, default=REPLY_TOKENS, help="longest turn in tokens (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--context", type=int, default=EvalSettings.context_tokens, help="tokens of conversation the model sees when writing (default: %(default)s)")
     run.add_argument("--micro-batch", type=int, default=EvalSettings.micro_batch, help="rows per forward pass for the loss (default: %(default)s)")

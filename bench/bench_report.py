@@ -4,10 +4,13 @@
     python bench/bench_report.py --max-new-tokens 256
 
 Random weights never write the end of a turn, so every reply runs to --max-new-tokens: the time is that
-of replies of exactly that length. The script also times one batched decoding step and one step alone,
-from which the time at other reply lengths follows (replies of a batch end when its longest does).
+of replies of exactly that length. The script first times the model alone (a prefill, a decoding step)
+at a few batch sizes, from which the time at other reply lengths follows. Random weights also spread
+the next token's probability flat, so top-p sampling sorts the whole vocabulary at every token (a
+trained model's nucleus lies among its 512 likeliest tokens): the whole report's time is an upper bound.
 """
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,11 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fidelity.sampling import generate_batch  # noqa: E402
-from model.generation import SamplingConfig  # noqa: E402
+from core.device import DTYPES  # noqa: E402
 from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
 from model import save_model  # noqa: E402
-from model.transformer import Transformer, ModelConfig  # noqa: E402
+from model.transformer import KVCache, ModelConfig, Transformer  # noqa: E402
 from tests.helpers import random_model  # noqa: E402
 from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,  # noqa: E402
                             write_tokenizer_dir)
@@ -35,19 +37,32 @@ SMOLLM2_135M = ModelConfig(vocab_size=32002, hidden_size=576, intermediate_size=
                              sliding_window=None, tie_word_embeddings=True, model_type="llama", rope_theta=100000.0)
 
 
-def decode_step_seconds(model: Transformer, batch: int, steps: int = 24) -> float:
-    """Seconds per decoding step of `batch` replies after 200-token prompts (prefill excluded)."""
-    config = SamplingConfig(temperature=0.7, max_new_tokens=1)
-    prompts = [list(range(100, 300))] * batch
-    generate_batch(model, prompts, config, set(), None, torch.device("cpu"))  # warm up
-    started = time.perf_counter()
-    generate_batch(model, prompts, SamplingConfig(temperature=0.7, max_new_tokens=steps + 1), set(), None,
-                   torch.device("cpu"))
-    with_prefill = time.perf_counter() - started
-    started = time.perf_counter()
-    generate_batch(model, prompts, config, set(), None, torch.device("cpu"))
-    prefill = time.perf_counter() - started
-    return (with_prefill - prefill) / steps
+def median_seconds(run, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def step_costs(model: Transformer, batch: int, prompt_tokens: int = 200) -> tuple[float, float]:
+    """(prompt tokens per second in a prefill, seconds per decoding step) of the model alone, without
+    sampling, for `batch` replies at once."""
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, batch, prompt_tokens + 1, dtype=dtype, device="cpu")
+    padding = torch.zeros(batch, dtype=torch.long)
+
+    def prefill():
+        cache.length = 0
+        model.hidden_states(torch.randint(0, 1000, (batch, prompt_tokens)), kv_cache=cache, padding=padding)
+
+    def step():
+        cache.length = prompt_tokens
+        model.lm_head(model.hidden_states(torch.randint(0, 1000, (batch, 1)), kv_cache=cache, padding=padding))
+
+    return batch * prompt_tokens / median_seconds(prefill, 3), median_seconds(step, 15)
 
 
 def main() -> None:
@@ -56,6 +71,7 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--split", default="time")
     parser.add_argument("--sample-batch", type=int, default=16)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
@@ -72,13 +88,16 @@ def main() -> None:
         save_adapter(model, directory / "adapter", LoRAConfig(r=8, alpha=16), base_model=str(directory / "model"))
         model.eval()
         for batch in (1, 8, args.sample_batch):
-            print(f"decoding step, {batch} replies at once: {decode_step_seconds(model, batch) * 1000:.0f} ms")
+            prefill, step = step_costs(model.to(DTYPES[args.dtype]), batch)
+            print(f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
+                  f"{step * 1000:.0f} ms")
         started = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(directory / "model"),
                         "--adapter", str(directory / "adapter"), "--data", str(ROOT / "examples" / "telegram_export"),
                         "--val-fraction", str(args.val_fraction), "--split", args.split, "--seq-len", "256",
                         "--max-new-tokens", str(args.max_new_tokens), "--sample-batch", str(args.sample_batch),
-                        "--out", str(directory / "report"), "--device", "cpu"], check=True, cwd=ROOT)
+                        "--out", str(directory / "report"), "--device", "cpu", "--dtype", args.dtype],
+                       check=True, cwd=ROOT)
         print(f"whole report (evaluate.py, replies of {args.max_new_tokens} tokens): "
               f"{time.perf_counter() - started:.1f} s")
 

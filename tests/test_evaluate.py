@@ -110,11 +110,12 @@ def test_the_split_is_the_run_s_or_given(tmp_path):
     assert sources.data_config.split == "time" and sources.metrics_file == tmp_path / "metrics.jsonl"
 
 
-def test_sampling_defaults_are_sample_py_s():
+def test_sampling_defaults_are_sample_py_s_but_for_the_length():
     ours = evaluate.build_parser().parse_args([])
     theirs = sample.build_parser().parse_args(["--speaker", TARGET])
-    for name in ("temperature", "top_p", "max_new_tokens", "context", "device", "dtype"):
+    for name in ("temperature", "top_p", "context", "device", "dtype"):
         assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.max_new_tokens == evaluate.REPLY_TOKENS < theirs.max_new_tokens
     assert EvalSettings().sampling == SamplingConfig(temperature=theirs.temperature, top_p=theirs.top_p,
-                                                     top_k=theirs.top_k, max_new_tokens=theirs.max_new_tokens,
+                                                     top_k=theirs.top_k, max_new_tokens=evaluate.REPLY_TOKENS,
                                                      repetition_penalty=theirs.repetition_penalty)
