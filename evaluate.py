@@ -15,11 +15,12 @@ The mechanics live in fidelity/; train.py runs the same report at the end of a L
 """
 import argparse
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.cli import program
-from core.device import DTYPES, resolve_device
+from core.device import DTYPES, add_threads_arg, resolve_device, set_threads
 from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
 from data.telegram import ExportOptions
 from fidelity import EvaluationError
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--micro-batch", type=int, default=EvalSettings.micro_batch, help="rows per forward pass for the loss (default: %(default)s)")
     run.add_argument("--sample-batch", type=int, default=EvalSettings.sample_batch, help="held-out moments whose turns are written together (default: %(default)s)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
+    add_threads_arg(run)
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda, fp32 on cpu")
     return parser
 
@@ -91,6 +93,7 @@ def settings_from_args(args) -> EvalSettings:
 @program
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    set_threads(args, sys.stdout)
     report, out_dir = evaluate_from_args(args)
     print(report.summary())
     print(f"report written to {out_dir / 'report.md'} (tables, plots and examples) and {out_dir / 'report.json'}")

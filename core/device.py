@@ -2,6 +2,7 @@
 import argparse
 import os
 import sys
+from typing import TextIO
 
 import torch
 
@@ -41,12 +42,13 @@ def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         f"{available_cores()} here)")
 
 
-def set_threads(args) -> int:
-    """Compute on --threads CPU threads, by default as many as the cores available, and say how many."""
+def set_threads(args, file: TextIO | None = None) -> int:
+    """Compute on --threads CPU threads, by default as many as the cores available, and say how many (on
+    stderr by default, which keeps a script's stdout to replies)."""
     threads = available_cores() if args.threads is None else args.threads
     if threads < 1:
         raise TwinError(f"--threads: must be 1 or more, got {threads}")
     torch.set_num_threads(threads)
     why = "--threads" if args.threads is not None else "the cores available; --threads to change"
-    print(f"computing on {threads} CPU thread{'s' if threads > 1 else ''} ({why})", file=sys.stderr, flush=True)
+    print(f"computing on {threads} CPU thread{'s' if threads > 1 else ''} ({why})", file=file or sys.stderr, flush=True)
     return threads

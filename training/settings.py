@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from core.device import DTYPES
+from core.device import DTYPES, add_threads_arg
 from data.telegram import add_export_args
 from model.checkpoint import CheckpointError
 from model.lora import PROJECTIONS, AdapterError
@@ -76,6 +76,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     run.add_argument("--stop-at", type=positive_int, help="save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)")
     run.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its newest checkpoint, with its settings (flags given here override them)")
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)")
+    add_threads_arg(run)
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="weight and compute dtype (default: %(default)s: bf16 on cuda, fp32 on cpu)")
     run.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                      help="recompute each layer's activations in the backward pass (default: on with cuda, off on cpu)")
