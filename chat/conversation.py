@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from data.chatml import chat_format, fit_prompt
+from data.chatml import fit_prompt, turn_stop_ids
 from data.sessions import Turn, clean_message, parse_body
 from model.generation import Generator, SamplingConfig
 from model.tokenizer import Tokenizer
@@ -37,8 +37,7 @@ class Chat:
         Ctrl-C (KeyboardInterrupt) stops the reply where it is and keeps what was written so far.
         """
         stream = self.tokenizer.stream()
-        layout = chat_format(self.tokenizer)  # a turn ends at its end token, or where another header starts
-        stop_ids = {layout.turn_end_id, layout.header_start_id, self.tokenizer.eos_id}
+        stop_ids = turn_stop_ids(self.tokenizer)
         text = ""
         try:
             for token in self.generator.generate(self.prompt(speaker), self.sampling, stop_ids, self.random):

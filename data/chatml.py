@@ -74,6 +74,12 @@ def chat_format(tokenizer: Tokenizer) -> ChatFormat:
     return found
 
 
+def turn_stop_ids(tokenizer: Tokenizer) -> set[int]:
+    """Where a written turn ends: at its format's turn end, where another header starts, or at EOS."""
+    layout = chat_format(tokenizer)
+    return {layout.turn_end_id, layout.header_start_id, tokenizer.eos_id}
+
+
 def find_chat_format(tokenizer: Tokenizer) -> ChatFormat | None:
     """ChatML where the tokenizer has its tokens, else Llama 3's headers where it has those, else None
     (a base model, which train.py gives ChatML's tokens)."""

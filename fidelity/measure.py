@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from data.chatml import chat_format, fit_prompt, split_to_fit
+from data.chatml import fit_prompt, split_to_fit, turn_stop_ids
 from data.sessions import parse_body
 from data.dataset import PreparedData
 from data.packing import pack
@@ -61,8 +61,7 @@ def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSetting
     if settings.sampling.max_new_tokens >= max_len:
         raise EvaluationError(f"max_new_tokens ({settings.sampling.max_new_tokens}) must be below the "
                               f"context ({max_len} tokens)")
-    layout = chat_format(tokenizer)  # a turn ends at its end token, or where another header starts
-    stop_ids = {layout.turn_end_id, layout.header_start_id, tokenizer.eos_id}
+    stop_ids = turn_stop_ids(tokenizer)
 
     def write(contexts: list[Context], seed: int) -> list[list[str]]:
         prompts = [fit_prompt(context.turns, tokenizer, context.speaker, max_len - settings.sampling.max_new_tokens)
