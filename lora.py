@@ -28,7 +28,9 @@ def train(args) -> None:
     runs.start(run)
     tokenizer, new_tokens, data = runs.prepare(run)
 
-    model = load_model(args.model, dtype=run.dtype, device=run.device)
+    if args.quantize:
+        run.say(f"loading {args.model}, its linear weights quantized to {args.quantize} one by one...")
+    model = load_model(args.model, dtype=run.dtype, device=run.device, quantize=args.quantize)
     lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                              targets=lora_targets(args.lora_targets),
                              trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {})
@@ -56,6 +58,7 @@ def train(args) -> None:
         run.say(f"merged model written to {run.out / 'merged'}")
     runs.write_record(run, "lora", data, progress)
     run.say(f"next: chat with your twin: python sample.py --checkpoint {run.out}"
+            + (f" --quantize {args.quantize}" if args.quantize else "")
             + (f"\n      read the report: {run.out / 'report' / 'report.md'}" if args.eval_report else ""))
 
 

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
     run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 BF16 or not")
     add_threads_arg(run)
+    run.add_argument("--quantize", choices=["nf4"], help="keep the base's linear weights in 4 bits (NF4), the adapter unmerged beside them: a 7B model in about 4 GiB (default: off)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
     return parser
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     device, dtype = resolve_device(args)
     set_threads(args)
 
-    model, tokenizer = load_twin(source, device, dtype)
+    model, tokenizer = load_twin(source, device, dtype, args.quantize)
     context = min(args.context, model.config.max_position_embeddings)
     if args.max_new_tokens >= context:
         raise DataError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")

@@ -41,17 +41,20 @@ def source_from_args(args) -> TwinSource:
     return TwinSource(args.model, Path(args.adapter) if args.adapter else None)
 
 
-def load_twin(source: TwinSource, device: torch.device, dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
-    """The model, any adapter merged in, in eval mode, and its tokenizer. Says on stderr (stdout is the
-    chat's) what it loads and how long that took: a 7B model is minutes of silence otherwise."""
-    print(f"loading {source.describe()} on {device.type} in {dtype_name(dtype)}...",
-          file=sys.stderr, flush=True)
+def load_twin(source: TwinSource, device: torch.device, dtype: torch.dtype,
+              quantize: str | None = None) -> tuple[Transformer, Tokenizer]:
+    """The model, any adapter merged in (kept beside a base quantized to 4 bits), in eval mode, and its
+    tokenizer. Says on stderr (stdout is the chat's) what it loads and how long that took: a 7B model is
+    minutes of silence otherwise."""
+    print(f"loading {source.describe()} on {device.type} in {dtype_name(dtype)}"
+          + (f", linear weights in {quantize}" if quantize else "") + "...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_source(source.model, source.adapter))
-    model = load_model(source.model, dtype=dtype, device=device)
+    model = load_model(source.model, dtype=dtype, device=device, quantize=quantize)
     check_finite(model, source.model)  # the adapter's weights are checked as it loads
     if source.adapter:
         load_adapter(model, source.adapter)
-        merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
+        if not quantize:  # 4 bits cannot hold a merged adapter: it stays beside the base
+            merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
     print(f"loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return model.eval(), tokenizer

@@ -28,6 +28,7 @@ from core import atomic
 
 from model.bpe import BPETokenizer, tokenizer_from_gguf
 from model.gguf import load_gguf_model
+from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
 from model.weights import CheckpointError, assign_parameter
@@ -390,11 +391,18 @@ def read_pickled_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
-               device: torch.device | str = "cpu") -> Transformer:
+               device: torch.device | str = "cpu", quantize: str | None = None) -> Transformer:
     """A Hugging Face checkpoint (Mistral, Llama, Qwen2, Qwen3) or a GGUF file as a `Transformer` in `dtype`
-    on `device`."""
+    on `device`. `quantize="nf4"` stores the decoder layers' linear weights in 4 bits (model.nf4), each
+    as soon as it is read, so the model is never whole in `dtype`; a GGUF file's are quantized once it is
+    loaded, from its own quantization."""
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"unknown quantization {quantize!r}; twin stores weights in nf4 or not at all")
     if str(path_or_repo).endswith(".gguf"):
-        return load_gguf_model(path_or_repo, dtype, device)
+        model = load_gguf_model(path_or_repo, dtype, device)
+        if quantize:
+            quantize_model(model, path_or_repo)
+        return model
     directory = resolve_checkpoint(path_or_repo)
     config = load_config(directory)
     with torch.device("meta"):
@@ -402,8 +410,11 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
     expected = {name: p.shape for name, p in model.named_parameters()}  # a tied head appears once
     reader = CheckpointReader(directory)
     reader.check(expected)
-    for name in expected:
-        assign_parameter(model, name, reader.read(name).to(device=device, dtype=dtype))
+    for name in expected:  # no local name holds a tensor: each full-precision weight goes once it is quantized
+        if quantize and QUANTIZED_WEIGHT.fullmatch(name):
+            quantize_weight(model, name, reader.read(name).to(device=device, dtype=dtype), reader.file_of(name))
+        else:
+            assign_parameter(model, name, reader.read(name).to(device=device, dtype=dtype))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model

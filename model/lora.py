@@ -2,7 +2,9 @@
 
 A `LoRALinear` is an `nn.Linear` that keeps its frozen `weight` under the same name and adds
 `lora_A`/`lora_B`, so a model with adapters still loads and saves base weights by their Hugging Face
-names, and PEFT's adapter keys are ours with a prefix and a `.weight` suffix.
+names, and PEFT's adapter keys are ours with a prefix and a `.weight` suffix. Over a 4-bit base (an
+`NF4Linear`, model.nf4) it computes dequant(W) x + B A x, the base kept under `base`, and is never merged:
+the adapter is the same PEFT adapter, for the full-precision base.
 
 Tokens a base model lacks (ChatML's, which train.py adds to a base that has no chat format) need rows
 of their own in the embedding and the LM head. `TrainableTokens` trains just those rows, the rest of
@@ -23,6 +25,7 @@ from torch import nn
 from core import atomic
 from model.checkpoint import (FLOAT_DTYPES, MAX_DIMENSION, first_line, is_positive_number, is_whole_number, read_json,
                               shown)
+from model.nf4 import NF4Linear, quantized_count
 from model.transformer import Transformer
 from core.errors import TwinError
 
@@ -75,18 +78,20 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class LoRALinear(nn.Linear):
-    """y = x W^T + scaling * dropout(x) A^T B^T, with W frozen and A, B trained."""
+    """y = x W^T + scaling * dropout(x) A^T B^T, with W frozen and A, B trained. W is a weight of the
+    compute dtype, or a 4-bit `NF4Linear` under `base` (then `weight` and `bias` are None: they are its)."""
 
-    def __init__(self, linear: nn.Linear, config: LoRAConfig):
+    def __init__(self, linear: nn.Linear | NF4Linear, config: LoRAConfig):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight
-        self.weight.requires_grad_(False)
-        self.bias = linear.bias  # (Qwen2's q, k and v have one; frozen like the weight)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        self.base = linear if isinstance(linear, NF4Linear) else None
+        self.weight = None if self.base is not None else linear.weight
+        self.bias = None if self.base is not None else linear.bias  # (Qwen2's q, k and v have one; frozen like the weight)
+        for frozen in (self.weight, self.bias):
+            if frozen is not None:
+                frozen.requires_grad_(False)
         # Adapter weights stay fp32 whatever the base dtype: they are the optimizer's master copy.
-        device = self.weight.device
+        device = self.base.codes.device if self.base is not None else self.weight.device
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, device=device))
         if device.type != "meta":
@@ -96,7 +101,7 @@ class LoRALinear(nn.Linear):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = self.base(x) if self.base is not None else F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
         # addmm adds the scaled low-rank product into y within the matrix multiply: no extra passes over y.
@@ -110,6 +115,9 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if self.base is not None:
+            raise AdapterError("an adapter over a 4-bit base is not merged into it: the merged weights would keep "
+                               "the 4-bit rounding; merge it into the full-precision base (load without --quantize)")
         if not self.merged:
             self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
             self.merged = True
@@ -193,11 +201,11 @@ def apply_lora(model: Transformer, config: LoRAConfig) -> str:
     for layer in model.model.layers:
         for block in (layer.self_attn, layer.mlp):
             for name in config.targets:
-                if isinstance(getattr(block, name, None), nn.Linear):
+                if isinstance(getattr(block, name, None), (nn.Linear, NF4Linear)):
                     setattr(block, name, LoRALinear(getattr(block, name), config))
     add_trainable_tokens(model, config.trainable_tokens)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters()) + quantized_count(model)
     tokens = len(set().union(*config.trainable_tokens.values()))
     return f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}" + \
            (f" and the rows of {tokens} new tokens" if tokens else "") + \
@@ -370,7 +378,7 @@ def adapter_shapes(model: Transformer, config: LoRAConfig) -> dict[str, list[int
         return shapes
     shapes = {}
     for name, module in model.named_modules():
-        if name.rpartition(".")[2] in config.targets and isinstance(module, nn.Linear):
+        if name.rpartition(".")[2] in config.targets and isinstance(module, (nn.Linear, NF4Linear)):
             shapes[f"{PEFT_PREFIX}{name}.lora_A.weight"] = [config.r, module.in_features]
             shapes[f"{PEFT_PREFIX}{name}.lora_B.weight"] = [module.out_features, config.r]
     for layer, indices in config.trainable_tokens.items():

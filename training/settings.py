@@ -60,6 +60,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     lora.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the adapter input (default: %(default)s)")
     lora.add_argument("--lora-targets", default="q,k,v,o,gate", help="projections to adapt, from q,k,v,o,gate,up,down (default: %(default)s)")
     lora.add_argument("--merge", action="store_true", help="also write the merged full model to OUT/merged (default: off)")
+    lora.add_argument("--quantize", choices=["nf4"], help="store the frozen base's linear weights in 4 bits (QLoRA's NF4), a quarter of their memory; the adapter stays a PEFT adapter of the full-precision base (default: off, the base in --dtype)")
 
     full = parser.add_argument_group("full fine-tuning (--fsdp)")
     full.add_argument("--param-dtype", choices=list(DTYPES), default="fp32", help="dtype of the sharded master weights and AdamW states; bf16 halves their memory (default: %(default)s)")
@@ -112,6 +113,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
                "with --lora")
     if Path(args.model).exists():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
         args.model = str(Path(args.model).resolve())
+    if args.quantize and (args.fsdp or args.merge):
+        refuse(f"--quantize {args.quantize} goes with --lora, without --merge: 4 bits hold no trained or merged "
+               "weight (sample.py merges the adapter into the full-precision base as it loads)")
     if args.lr is None:
         args.lr = 2e-5 if args.fsdp else 2e-4
     return args
