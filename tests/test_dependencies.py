@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
                         "tqdm", "matplotlib"}
-ORACLES = ["transformers", "peft", "accelerate"]
+ORACLES = ["transformers", "peft", "accelerate", "torchao"]
 
 
 PROGRAMS = {"train", "sample", "evaluate", "serve"}

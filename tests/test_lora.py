@@ -1,5 +1,6 @@
 """LoRA layers, and adapters that Hugging Face PEFT and twin exchange in both directions."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from model.lora import (AdapterError, LoRAConfig, LoRALinear, adapters_off, appl
                   lora_layers, merge_lora, save_adapter, token_layers)
 from model import load_model, save_model
 from model.loss import chunked_cross_entropy
-from tests.helpers import hf_reference, save_hf_checkpoint, tiny_config
+from tests.helpers import exit_status, hf_reference, save_hf_checkpoint, tiny_config
 
 CONFIG = tiny_config(sliding_window=6)
 
@@ -344,3 +345,92 @@ def test_impossible_trainable_tokens_are_named_and_leave_the_model_as_it_was(bas
     with pytest.raises(AdapterError, match=message):
         load_adapter(fresh, tmp_path / "adapter")
     assert not lora_layers(fresh) and not token_layers(fresh) and fresh.config.vocab_size == CONFIG.vocab_size
+
+
+# -- LoRA over a 4-bit base (--quantize nf4) -------------------------------------------------------------
+
+def lm_loss(model, ids):
+    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+    return chunked_cross_entropy(model.hidden_states(ids), model.lm_head, labels) / labels.numel()
+
+
+def test_lora_over_an_nf4_base_learns_with_checkpointing_and_saves_a_peft_adapter_of_the_full_base(base, tmp_path):
+    from peft import PeftModel
+
+    path, hf_model = base
+    config = LoRAConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj", "gate_proj", "down_proj"))
+    model = load_model(path, torch.float32, quantize="nf4")
+    apply_lora(model, config)
+    model.train()
+    # Activation checkpointing recomputes the 4-bit layers' forward pass: the gradients are the same.
+    gradients = []
+    for checkpointing in (False, True):
+        model.activation_checkpointing = checkpointing
+        model.zero_grad()
+        lm_loss(model, sample_ids()).backward()
+        gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for without, with_checkpointing in zip(*gradients):
+        torch.testing.assert_close(with_checkpointing, without, atol=1e-6, rtol=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = lm_loss(model, sample_ids())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+
+    model.eval()
+    save_adapter(model, tmp_path / "adapter", config, base_model=str(path))
+    peft_model = PeftModel.from_pretrained(hf_model, tmp_path / "adapter").eval()
+    full = load_model(path, torch.float32)
+    load_adapter(full, tmp_path / "adapter")
+    with torch.no_grad():
+        expected = peft_model(sample_ids()).logits
+        torch.testing.assert_close(full.eval()(sample_ids()), expected, atol=1e-4, rtol=0)
+        assert (model(sample_ids()) - expected).norm() / expected.norm() < 0.3  # test_nf4's tolerance
+
+
+def test_an_adapter_loads_unmerged_over_an_nf4_base_and_merging_it_is_refused(base, tmp_path):
+    path, _ = base
+    ours = load_model(path, torch.float32)
+    apply_lora(ours, LoRAConfig(r=4, alpha=8))
+    randomize_adapters(ours)
+    save_adapter(ours, tmp_path / "adapter", LoRAConfig(r=4, alpha=8), base_model=str(path))
+    quantized = load_model(path, torch.float32, quantize="nf4")
+    load_adapter(quantized, tmp_path / "adapter")
+    layer = quantized.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, LoRALinear) and layer.weight is None and layer.base is not None
+    with pytest.raises(AdapterError, match="4-bit base is not merged"):
+        merge_lora(quantized)
+
+
+def test_quantize_with_merge_or_fsdp_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    import train
+
+    monkeypatch.setenv("RANK", "0")  # as under torchrun, which --fsdp asks for first
+    for flags in (["--lora", "--merge"], ["--fsdp"]):
+        status = exit_status(train.main, [*flags, "--quantize", "nf4", "--data", tmp_path, "--out", tmp_path / "run"])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1 and "--quantize nf4 goes with --lora" in error, error
+
+
+@pytest.mark.slow
+def test_train_and_sample_on_an_nf4_base(tiny_checkpoint, tmp_path, capsys):
+    import sample
+    import train
+
+    out = tmp_path / "run"
+    export = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
+    train.main(["--lora", "--quantize", "nf4", "--model", str(tiny_checkpoint), "--data", str(export),
+                "--out", str(out), "--seq-len", "128", "--micro-batch", "2", "--batch", "2", "--max-steps", "2",
+                "--lora-r", "4", "--eval-every", "0", "--save-every", "0", "--no-eval-report"])
+    printed = capsys.readouterr().out
+    assert "quantized to nf4" in printed and f"python sample.py --checkpoint {out} --quantize nf4" in printed
+    assert json.loads((out / "run.json").read_text())["settings"]["quantize"] == "nf4"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    sample.main(["--checkpoint", str(out), "--quantize", "nf4", "--prompt", "привет", "--max-new-tokens", "6",
+                 "--seed", "0"])
+    captured = capsys.readouterr()
+    assert "linear weights in nf4" in captured.err and captured.out.strip()
