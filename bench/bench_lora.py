@@ -16,6 +16,7 @@ once the model is loaded, so the loader's transient peak does not count) minus t
 after imports, i.e. weights + adapters + gradients + optimizer state + activations.
 """
 import argparse
+import functools
 import json
 import multiprocessing
 import statistics
@@ -39,9 +40,9 @@ from model.transformer import ModelConfig, Transformer  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LEARNING_RATE, GRAD_CLIP = 2e-4, 1.0
 # What each side imports before its baseline is taken, so the memory figure is what training costs.
-SIDE_IMPORTS = {"twin": ["lora", "model", "training"],
+SIDE_IMPORTS = {"twin": ["lora", "model", "training"], "twin-nf4": ["lora", "model", "training"],
                 "peer": ["peft", "transformers", "transformers.models.mistral.modeling_mistral"]}
-SIDE_NAMES = {"twin": "twin", "peer": "transformers+PEFT"}
+SIDE_NAMES = {"twin": "twin", "twin-nf4": "twin, NF4 base", "peer": "transformers+PEFT"}
 
 
 # -- memory of this process, from /proc (Linux) ------------------------------------------------------
@@ -110,12 +111,12 @@ def packed_batch(vocab_size: int, seq_len: int, micro_batch: int, seed: int = 0)
 
 # -- the two trainers: each returns a function that runs one step and returns its mean loss ----------
 
-def twin_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict):
+def twin_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict, quantize: str | None = None):
     from model.lora import apply_lora
     from model import load_model
     from training.loop import make_optimizer, train_step
 
-    model = load_model(checkpoint, dtype=dtype)
+    model = load_model(checkpoint, dtype=dtype, quantize=quantize)
     apply_lora(model, lora)
     model.activation_checkpointing = True
     model.train()
@@ -155,7 +156,7 @@ def peer_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: 
     return step
 
 
-TRAINERS = {"twin": twin_trainer, "peer": peer_trainer}
+TRAINERS = {"twin": twin_trainer, "twin-nf4": functools.partial(twin_trainer, quantize="nf4"), "peer": peer_trainer}
 
 
 def worker(side: str, checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict,
@@ -168,13 +169,14 @@ def worker(side: str, checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, ba
         importlib.import_module(module)
     baseline = status_mib("VmRSS")
     step = TRAINERS[side](checkpoint, dtype, lora, batch)
+    loaded = status_mib("VmHWM")  # the loader's peak
     reset_peak_memory()
     connection.send("ready")
     while connection.recv() == "step":
         start = time.perf_counter()
         loss = step()
         connection.send((time.perf_counter() - start, loss))
-    connection.send({"baseline": baseline, "peak": status_mib("VmHWM")})
+    connection.send({"baseline": baseline, "peak": status_mib("VmHWM"), "loaded": loaded})
 
 
 def start_worker(side: str, *args):
@@ -234,7 +236,8 @@ def main():
         print(f"step: {args.micro_batch} x {args.seq_len} packed tokens ({trained} trained), LoRA r={lora.r} "
               f"alpha={lora.alpha:g} dropout={lora.dropout} on {','.join(lora.targets)}, activation checkpointing, "
               f"AdamW, {args.threads} threads")
-        workers = {side: start_worker(side, Path(directory), dtype, lora, batch, args.threads) for side in TRAINERS}
+        workers = {side: start_worker(side, Path(directory), dtype, lora, batch, args.threads)
+                   for side in ("twin", "peer")}
         for _, connection in workers.values():
             assert connection.recv() == "ready"
         seconds, losses = {side: [] for side in workers}, {side: [] for side in workers}

@@ -86,7 +86,8 @@ class LoRALinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.base = linear if isinstance(linear, NF4Linear) else None
         self.weight = None if self.base is not None else linear.weight
-        self.bias = None if self.base is not None else linear.bias  # (Qwen2's q, k and v have one; frozen like the weight)
+        # (Qwen2's q, k and v have a bias; frozen like the weight)
+        self.bias = None if self.base is not None else linear.bias
         for frozen in (self.weight, self.bias):
             if frozen is not None:
                 frozen.requires_grad_(False)
