@@ -34,7 +34,8 @@ import torch
 # bench_lora also puts the repository root on sys.path.
 from bench_lora import SIDE_NAMES, packed_batch, start_worker, write_random_checkpoint
 from model.lora import LoRAConfig  # noqa: E402
-from model.loss import IGNORE_INDEX, ModelConfig  # noqa: E402
+from model.loss import IGNORE_INDEX  # noqa: E402
+from model.transformer import ModelConfig  # noqa: E402
 
 DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
