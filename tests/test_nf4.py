@@ -150,3 +150,17 @@ def test_no_dequantized_weight_is_kept_for_the_backward_pass_and_the_input_gradi
     torch.testing.assert_close(y, x.detach() @ weight.T + layer.bias, atol=1e-5, rtol=0)
     torch.testing.assert_close(x.grad, torch.ones(4, 256) @ weight, atol=1e-5, rtol=0)
     assert layer.bias.grad is None  # frozen with the weight
+
+
+def test_a_gguf_base_is_quantized_once_loaded_from_its_own_quantization(tmp_path):
+    from tests.test_gguf import write_gguf
+
+    config = tiny_config(model_type="llama")
+    path = write_gguf(tmp_path / "tiny.gguf", random_model(config), config)  # our names are Hugging Face's
+    full, quantized = load_model(path, torch.float32), load_model(path, torch.float32, quantize="nf4")
+    assert sum(isinstance(m, NF4Linear) for m in quantized.modules()) == 7 * config.num_hidden_layers
+    with torch.no_grad():
+        for name, param in full.named_parameters():
+            if QUANTIZED_WEIGHT.fullmatch(name):
+                param.copy_(NF4Linear(param).dequantize())
+        torch.testing.assert_close(quantized(sample_ids()), full(sample_ids()), atol=1e-5, rtol=0)
