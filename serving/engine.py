@@ -139,9 +139,10 @@ class Engine:
             else:
                 self._note("finished", f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
                                        f"tokens {took} ({finished.finish_reason})")
+                job.send(finished)  # after the note: a client that has its reply finds it counted
 
     def _answer(self, job: _Job) -> Finished | None:
-        """Write the reply token by token; None if the client left before it was done."""
+        """Send the reply's text token by token; its Finished, or None if the client left before it was done."""
         request = job.request
         random = torch.Generator()
         random.manual_seed(request.seed) if request.seed is not None else random.seed()
@@ -161,9 +162,7 @@ class Engine:
             return None
         if piece := text.add(decoder.flush()) + text.finish():
             job.send(piece)
-        finished = Finished(text.messages, finish_reason, len(request.prompt), tokens)
-        job.send(finished)
-        return finished
+        return Finished(text.messages, finish_reason, len(request.prompt), tokens)
 
     def _note(self, outcome: str, detail: str) -> None:
         self.outcomes[outcome] += 1
