@@ -193,12 +193,13 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        where = [str(part) for part in first["loc"] if part != "body"]
-        param = ".".join(where) or None
-        message = "the body is not valid JSON" if first["type"] == "json_invalid" else \
-            f"{param or 'the body'}: {first['msg']}"
-        return APIError(400, message, param=param).response()
+        last = error.errors()[-1]  # of a union's errors, the last is the richer type's (a list of parts)
+        if last["type"] == "json_invalid":
+            return APIError(400, "the body is not valid JSON").response()
+        param = field_path(last["loc"])
+        if param is None:
+            return APIError(400, "the body is not a JSON object (send it as Content-Type: application/json)").response()
+        return APIError(400, f"{param}: {last['msg']}", param=param).response()
 
     @app.exception_handler(ReplyFailed)
     async def failed(request: Request, error: ReplyFailed) -> JSONResponse:
@@ -208,6 +209,18 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         return APIError(error.status_code, str(error.detail), "not_found_error" if error.status_code == 404
                         else "invalid_request_error").response()
+
+
+def field_path(location: tuple) -> str | None:
+    """A validation error's place as OpenAI writes it, messages[0].content, without pydantic's "body" and
+    names of union members (str, list[TextPart])."""
+    path = ""
+    for part in location[1:]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "str" and "[" not in part:
+            path += f".{part}" if path else part
+    return path or None
 
 
 class Completion:
