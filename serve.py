@@ -75,12 +75,12 @@ def is_loopback(host: str) -> bool:
 
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the model loads: a busy port fails in a second, not after minutes."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out old connections
         sock.bind((host, port))
     except (OSError, OverflowError) as error:
+        sock.close()
         raise TwinError(f"--host {host} --port {port}: cannot listen there ({error})") from None
     return sock
 
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_tokens < 1:
         raise TwinError(f"--max-tokens: must be 1 or more, got {args.max_tokens}")
     source = source_from_args(args)
+    sock = listen(args.host, args.port)
     device, dtype = resolve_device(args)
     set_threads(args)
-    sock = listen(args.host, args.port)
 
     model, tokenizer = load_twin(source, device, dtype)
     context = min(args.context, model.config.max_position_embeddings)
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops gently on Ctrl-C, then raises it again for its caller
+        pass
     finally:
         engine.close()
     print("server stopped")

@@ -1,5 +1,6 @@
-"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm and
-matplotlib alone; no module imports a program; and no two modules import each other, however indirectly."""
+"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm,
+matplotlib, fastapi and uvicorn alone (the test clients openai and httpx are no runtime dependency); no module
+imports a program; and no two modules import each other, however indirectly."""
 import ast
 import re
 import subprocess
@@ -8,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
-                        "tqdm", "matplotlib"}
-ORACLES = ["transformers", "peft", "accelerate"]
+                        "tqdm", "matplotlib", "fastapi", "uvicorn"}
+ORACLES = ["transformers", "peft", "accelerate", "openai", "httpx"]
 
 
 PROGRAMS = {"train", "sample", "evaluate", "serve"}
