@@ -10,17 +10,18 @@ training, rendered as someone's turn; clients that always send one still work.
 The reply is the speaker's turn: one assistant message whose content is the turn's messages joined by "\\n",
 and `twin_messages`, the list of them.
 """
+import asyncio
 import json
 import secrets
 import time
 import uuid
 from dataclasses import replace
-from typing import AsyncIterator, Literal
+from typing import AsyncIterator, Awaitable, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -30,6 +31,7 @@ from model.generation import SamplingConfig
 from serving.engine import ContextLengthError, Engine, Finished, ReplyFailed, ReplyRequest
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+DISCONNECT_CHECK_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 
 
 class APIError(Exception):
@@ -154,7 +156,7 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
         return listing
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest):
+    async def chat_completions(request: ChatCompletionRequest, http: Request):
         speaker = speaker_of(request, people)
         turns = conversation(request.messages, speaker, people)
         sampling = request.sampling(defaults)
@@ -167,9 +169,21 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
         if request.stream:
             usage = request.stream_options is not None and request.stream_options.include_usage
             return StreamingResponse(completion.stream(reply, usage), media_type="text/event-stream")
-        return await completion.whole(reply)
+        return await unless_gone(http, completion.whole(reply))
 
     return app
+
+
+async def unless_gone(http: Request, answer: Awaitable[dict]) -> dict | Response:
+    """`answer`, or nothing once the client has hung up (a bot that timed out, say): cancelled, its reply stops and
+    the model goes on to the next request. A streaming reply needs no watch: its client leaving ends the stream."""
+    task = asyncio.ensure_future(answer)
+    while not task.done():
+        await asyncio.wait([task], timeout=DISCONNECT_CHECK_S)
+        if not task.done() and await http.is_disconnected():
+            task.cancel()
+            return Response(status_code=499)  # nginx's "client closed request": no one reads it
+    return task.result()
 
 
 def key_check(api_key: str):

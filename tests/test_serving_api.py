@@ -120,15 +120,19 @@ class FirstReplyEndless:
             time.sleep(0.001)
 
 
-def test_a_client_leaving_mid_stream_frees_the_model_for_the_next(twin):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_leaving_mid_reply_frees_the_model_for_the_next(twin, stream):
     model, tokenizer, people = twin
     endless = FirstReplyEndless(Generator(model, 512, torch.device("cpu")), tokenizer.encode("a", special=False)[0])
     engine, running = serve(endless, tokenizer, people)
     try:
-        body = {"model": SPEAKER, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.stream("POST", f"{running.url}/chat/completions", json=body, timeout=30) as response:
-            lines = response.iter_lines()
-            assert next(line for line in lines if '"content": "a' in line)
+        body = {"model": SPEAKER, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        if stream:
+            with httpx.stream("POST", f"{running.url}/chat/completions", json=body, timeout=30) as response:
+                assert next(line for line in response.iter_lines() if '"content": "a' in line)
+        else:
+            with pytest.raises(httpx.ReadTimeout):  # a client that gives up waiting
+                httpx.post(f"{running.url}/chat/completions", json=body, timeout=1)
         # The next request waits for the model until the worker sees the first client gone.
         reply = httpx.post(f"{running.url}/chat/completions", json={**body, "stream": False}, timeout=30)
         assert reply.status_code == 200 and engine.outcomes == {"cancelled": 1, "finished": 1}
