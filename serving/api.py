@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import replace
-from typing import AsyncIterator, Awaitable, Literal
+from typing import Annotated, AsyncIterator, Awaitable, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -88,7 +88,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     seed: int | None = None
-    stop: str | list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -263,7 +263,7 @@ class Completion:
                 else:
                     yield self._chunk({"content": event})
         except ReplyFailed as error:  # the status line has gone: the error goes as an event, as OpenAI's does
-            yield event_line({"error": APIError(500, str(error), "server_error").body()})
+            yield event_line(APIError(500, str(error), "server_error").body())
         yield "data: [DONE]\n\n"
 
     def _head(self, kind: str) -> dict:

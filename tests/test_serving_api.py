@@ -16,7 +16,7 @@ from chat.people import People
 from data.sessions import Turn
 from model.generation import Generator, SamplingConfig
 from serve import listen
-from serving.api import APIError, Message, build_app, conversation, field_path
+from serving.api import APIError, ChatCompletionRequest, Message, build_app, conversation, field_path
 from serving.engine import Engine
 
 SPEAKER, PARTNER = "Alexander Smirnov", "Катя Морозова"
@@ -209,3 +209,37 @@ def test_a_hostile_name_stays_one_plain_name_or_is_refused():
 def test_field_path_writes_places_as_openai_does():
     assert field_path(("body", "messages", 0, "content", "list[TextPart]", 1, "type")) == "messages[0].content[1].type"
     assert field_path(("body", "stop", "str")) == "stop" and field_path(("body",)) is None
+
+
+class Failing:
+    """A generator whose model fails at once, as one whose scores overflow does."""
+    max_len = 512
+
+    def generate(self, prompt, config, stop_ids, random):
+        raise ValueError("the model's next-token scores are NaN or infinite")
+        yield
+
+
+def test_a_failing_model_is_a_server_error_and_the_server_goes_on(twin):
+    _, tokenizer, people = twin
+    engine, running = serve(Failing(), tokenizer, people)
+    try:
+        client = openai.OpenAI(base_url=running.url, api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
+        with pytest.raises(openai.InternalServerError, match="the model failed on this request: ValueError"):
+            client.chat.completions.create(model=SPEAKER, messages=messages)
+        with pytest.raises(openai.APIError, match="the model failed on this request"):
+            list(client.chat.completions.create(model=SPEAKER, messages=messages, stream=True))
+        assert engine.outcomes == {"failed": 2}
+    finally:
+        running.stop()
+        engine.close()
+
+
+def test_a_requests_sampling_fields_override_the_servers_defaults():
+    defaults = SamplingConfig(temperature=0.5, top_k=7, max_new_tokens=99)
+    request = ChatCompletionRequest(model=SPEAKER, messages=[], temperature=0, max_tokens=5, max_completion_tokens=6,
+                                    stop="bye", repetition_penalty=1.2)
+    assert request.sampling(defaults) == SamplingConfig(temperature=0, top_p=defaults.top_p, top_k=7,
+                                                        repetition_penalty=1.2, max_new_tokens=6)
+    assert request.stop_strings() == ["bye"] and ChatCompletionRequest(model=SPEAKER, messages=[]).stop_strings() == []

@@ -9,7 +9,7 @@ import torch
 from data.chatml import fit_prompt, render
 from data.sessions import Turn
 from model.generation import Generator, SamplingConfig
-from serving.engine import ContextLengthError, Engine, Finished, ReplyRequest
+from serving.engine import ContextLengthError, Engine, Finished, ReplyFailed, ReplyRequest
 from tests.helpers import random_model, tiny_config
 
 SPEAKER = "Alexander Smirnov"
@@ -91,3 +91,19 @@ def test_a_prompt_the_context_cannot_hold_is_refused_naming_the_field(engine, do
     assert error.value.param == "messages"
     older_turns_drop = engine.prompt(long + TURNS, SPEAKER, 16)  # as in a chat: the oldest turns go
     assert older_turns_drop == render(TURNS, dolphin_tokenizer, open_speaker=SPEAKER).ids
+
+
+def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkeypatch):
+    real = engine.generator.generate
+    calls = []
+
+    def fail_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ValueError("overflow")
+        return real(*args)
+    monkeypatch.setattr(engine.generator, "generate", fail_once)
+    with pytest.raises(ReplyFailed, match="the model failed on this request: ValueError"):
+        ask(engine, request(engine))
+    [(_, finished)] = ask(engine, request(engine))
+    assert engine.outcomes == {"failed": 1, "finished": 1} and "failed ValueError" in engine.log.getvalue()
