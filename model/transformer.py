@@ -272,11 +272,16 @@ class DocumentSpans:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Scaled dot-product attention of q to the keys it may see: `mask`, or causal where None.
 
-    Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads. SDPA shares
-    them without copies, except on CUDA with a mask: the memory-efficient kernel, the one that takes
-    a mask, wants the heads expanded.
+    Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads. A lone query
+    (a decoding step) lets those heads attend as that key/value head's queries, with no copies. Else
+    SDPA shares the heads, except on CUDA with a mask: the memory-efficient kernel, the one that takes
+    a mask, wants them expanded.
     """
     grouped = k.shape[1] != q.shape[1]
+    if grouped and q.shape[2] == 1:
+        batch, heads, _, head_dim = q.shape
+        grouped_q = q.view(batch, k.shape[1], heads // k.shape[1], head_dim)
+        return F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=mask).view(q.shape)
     if grouped and mask is not None and q.device.type == "cuda":
         repeats = q.shape[1] // k.shape[1]
         k, v, grouped = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1), False
