@@ -39,6 +39,23 @@ def test_compiled_decoding_gives_the_eager_tokens_greedy_and_seeded():
         assert len(eager) == config.max_new_tokens
 
 
+def test_the_static_shape_step_that_compile_uses_gives_the_eager_tokens():
+    # What --compile compiles, run uncompiled: the whole cache attended, the position a tensor.
+    model = random_model(tiny_config(sliding_window=8), seed=3)
+    prompt = list(range(5, 15))
+    sampled = SamplingConfig(temperature=0.8, top_p=0.9, top_k=50, repetition_penalty=1.2, max_new_tokens=30)
+    static = Generator(model, max_len=48, device=torch.device("cpu"))
+    static.compiled_step = model.decode_step
+    for config in (GREEDY, sampled):
+        eager = list(Generator(model, max_len=48, device=torch.device("cpu")).generate(
+            prompt, config, set(), torch.Generator().manual_seed(1)))
+        assert list(static.generate(prompt, config, set(), torch.Generator().manual_seed(1))) == eager
+    # The next prompt reuses the part of the cache that the static step filled.
+    again = prompt + eager[:4] + [3]
+    fresh = Generator(model, max_len=48, device=torch.device("cpu"))
+    assert list(static.generate(again, GREEDY, set())) == list(fresh.generate(again, GREEDY, set()))
+
+
 def test_tokens_checked_on_the_host_in_groups_end_where_they_end_one_by_one():
     # On an accelerator the device decodes ahead and the host checks a group of tokens at a time.
     model = random_model(tiny_config(sliding_window=8), seed=6)
