@@ -115,7 +115,11 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompt: list[int], config: SamplingConfig, stop_ids: set[int],
                  generator: torch.Generator | None = None) -> Iterator[int]:
-        """Yield new tokens until a stop token (yielded too), `max_new_tokens` or a full cache."""
+        """Yield new tokens until a stop token (yielded too), `max_new_tokens` or a full cache.
+
+        On an accelerator the tokens arrive `tokens_per_check` at a time, and the device decodes up
+        to that many past a stop token: they are dropped, and the next prompt reuses none of them.
+        """
         if len(prompt) >= self.max_len:
             raise ValueError(f"the prompt has {len(prompt)} tokens; the context holds {self.max_len}")
         # The cache may hold fewer tokens than `cached_ids` if a forward pass was interrupted, and
