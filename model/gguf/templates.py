@@ -15,15 +15,17 @@ from model.generation import SamplingConfig
 
 
 def jinja_chat_template(layout: ChatFormat, speaker: str, partner: str) -> str:
-    """A Jinja template (transformers', llama.cpp's and LM Studio's chat template language): messages by
-    role or by `name`, each turn's text prefixed as training wrote messages, and the speaker's header open
-    at the end with add_generation_prompt."""
+    """A Jinja template (the chat template language of transformers, vLLM, llama.cpp and LM Studio): messages
+    by role or by `name`, each turn's text prefixed as training wrote messages, and the speaker's header open
+    at the end with add_generation_prompt. `speaker` and `partner` are defaults that a server's template
+    arguments (vLLM's and llama.cpp's chat_template_kwargs) may override per request."""
     def literal(text: str) -> str:  # a Jinja string literal: JSON's escapes are Python's, and Jinja's
         return json.dumps(text, ensure_ascii=False)
 
     header = "{{- " + " + ".join([literal(layout.header_start), "name", literal(layout.name_end + layout.header_newlines)]) + " -}}"
     return (
-        f"{{%- set speaker = {literal(speaker)} -%}}{{%- set partner = {literal(partner)} -%}}"
+        f"{{%- set speaker = speaker | default({literal(speaker)}) -%}}"
+        f"{{%- set partner = partner | default({literal(partner)}) -%}}"
         "{%- for message in messages -%}"
         "{%- if message.name is defined and message.name -%}{%- set name = message.name -%}"
         "{%- elif message.role == 'assistant' -%}{%- set name = speaker -%}"
