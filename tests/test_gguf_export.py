@@ -227,6 +227,13 @@ def test_export_writes_the_twin_of_a_lora_run_and_says_what_next(tiny_run, tmp_p
         torch.testing.assert_close(exported(ids), twin(ids), atol=TOLERANCE["q8_0"], rtol=0)
     assert_encodes_alike(tokenizer_from_gguf(out), tokenizer)
 
+    template = tmp_path / "me.jinja"
+    assert exit_status(main, ["chat-template", tiny_run, template]) == 0
+    assert template.read_text(encoding="utf-8") == jinja_chat_template(chat_format(tokenizer), target,
+                                                                       source_of_run(tiny_run).people.user_for(target, None))
+    said = capsys.readouterr().out
+    assert f"--max-lora-rank 8 --lora-modules {tiny_run.name}={tiny_run / 'adapter'} --chat-template {template}" in said
+
 
 def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_path, qwen2_tokenizer, capsys):
     folder, first, again = tmp_path / "model", tmp_path / "first.gguf", tmp_path / "again.gguf"
@@ -235,13 +242,17 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
     assert exit_status(main, ["export", first, again, "--speaker", "Ann", "--as", "Ben", "--threads", "1"]) == 0
     assert gguf.GGUFReader(again).fields["tokenizer.chat_template"].contents() == \
         gguf.GGUFReader(first).fields["tokenizer.chat_template"].contents().replace('"User"', '"Ben"')
+    assert exit_status(main, ["chat-template", folder, tmp_path / "me.jinja", "--speaker", "Ann"]) == 0
+    assert (tmp_path / "me.jinja").read_text(encoding="utf-8") == \
+        gguf.GGUFReader(first).fields["tokenizer.chat_template"].contents()
+    (tmp_path / "me.jinja").unlink()
     original, exported = load_model(folder, torch.float32).eval(), load_model(again, torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(sample_ids(original.config)), original(sample_ids(original.config)),
                                    atol=TOLERANCE["f16"], rtol=0)
     capsys.readouterr()
     for argv, message in [
-        (["export", folder, tmp_path / "me.gguf"], "--speaker: needed here"),
+        (["export", folder, tmp_path / "me.gguf"], "--speaker: needed, as"),
         (["export", folder, tmp_path / "nowhere" / "me.gguf", "--speaker", "A"], "no folder"),
         (["export", folder, tmp_path / 'a"b.gguf', "--speaker", "A"], "cannot name a path with quotes"),
         (["export", folder, tmp_path / "me.gguf", "--speaker", "A", "--modelfile", tmp_path / "no" / "M"], "no folder"),

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from chat.loading import TwinSource, load_twin, source_of_run
+from chat.people import SpeakerError
 from core import atomic
 from core.cli import program
 from core.device import add_threads_arg, set_threads
@@ -78,6 +79,9 @@ def source_and_people(args) -> tuple[TwinSource, str, str]:
     """What to load, the speaker (the assistant) and their partner (the user), checked against the run."""
     source_path = Path(args.source)
     source = source_of_run(source_path) if (source_path / "run.json").is_file() else TwinSource(args.source)
+    if args.speaker is None and source.people.target is None:
+        raise SpeakerError(f"--speaker: needed, as {args.source} is no train.py run folder, whose record names "
+                           "the person to twin")
     speaker = source.people.speaker_or_target(args.speaker)
     return source, speaker, source.people.user_for(speaker, args.user)
 
