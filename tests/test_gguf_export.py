@@ -157,12 +157,12 @@ def test_refuses_a_tokenizer_it_cannot_write(tmp_path, qwen2_tokenizer, qwen2_to
     assert not (tmp_path / "f16.gguf").exists()
 
 
-def render_jinja(template: str, messages: list[dict]) -> str:
+def render_jinja(template: str, messages: list[dict], **template_arguments) -> str:
     """The template as transformers renders chat templates: jinja2's sandbox."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return environment.from_string(template).render(messages=messages, add_generation_prompt=True)
+    return environment.from_string(template).render(messages=messages, add_generation_prompt=True, **template_arguments)
 
 
 @pytest.mark.parametrize("tokenizer_name", ["dolphin", "llama3"])
@@ -172,11 +172,15 @@ def test_the_jinja_template_writes_turns_as_training_did_whatever_the_names(requ
     layout = chat_format(chat_tokenizer(request, tokenizer_name))
     for speaker, partner in [("Alice", "Bob"), *zip(HOSTILE_NAMES, reversed(HOSTILE_NAMES))]:
         template = jinja_chat_template(layout, speaker, partner)
-        messages = [{"role": "user", "content": "hi\n>>> how are you?"}, {"role": "assistant", "content": ">>> fine"},
-                    {"role": "user", "name": "Carol", "content": ">>> and me"}]
-        turns = [Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine"]), Turn("Carol", ["and me"])]
+        messages = [{"role": "user", "content": "hi\nhow are you?"}, {"role": "assistant", "content": "fine\nyou?"},
+                    {"role": "user", "name": "Carol", "content": ">>> and me\n>>> {{ me }}"}]
+        turns = [Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine", "you?"]),
+                 Turn("Carol", ["and me", "{{ me }}"])]
         assert render_jinja(template, messages) == layout.conversation(turns, open_speaker=speaker)
         assert render_jinja(template, []) == layout.header(speaker)
+    # a request's chat_template_kwargs choose who speaks and who writes
+    assert render_jinja(template, messages[:1], speaker="Dan", partner="Eve") == \
+        layout.conversation([Turn("Eve", ["hi", "how are you?"])], open_speaker="Dan")
 
 
 def go_literals(template: str) -> list[str]:

@@ -118,9 +118,9 @@ def write_chat_template(args) -> None:
     print(f"wrote {out}, the model writing as {speaker!r} to {partner!r} (per request: chat_template_kwargs "
           "speaker and partner)")
     if source.adapter is not None:
-        rank = read_adapter_config(source.adapter)[0].r
+        rank, served_name = read_adapter_config(source.adapter)[0].r, ollama_name(Path(args.source).name)
         print(f"next: vllm serve {shlex.quote(str(source.model))} --enable-lora --max-lora-rank "
-              f"{vllm_rank_limit(rank)} --lora-modules {ollama_name(Path(args.source).name)}={shlex.quote(str(source.adapter))} "
+              f"{vllm_rank_limit(rank)} --lora-modules {served_name}={shlex.quote(str(source.adapter))} "
               f"--chat-template {shlex.quote(str(out))}")
 
 

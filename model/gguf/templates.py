@@ -16,13 +16,15 @@ from model.generation import SamplingConfig
 
 def jinja_chat_template(layout: ChatFormat, speaker: str, partner: str) -> str:
     """A Jinja template (the chat template language of transformers, vLLM, llama.cpp and LM Studio): messages
-    by role or by `name`, each turn's text prefixed as training wrote messages, and the speaker's header open
-    at the end with add_generation_prompt. `speaker` and `partner` are defaults that a server's template
+    by role or by `name`, each line of a message's content one message of the turn (as sample.py reads a
+    prompt) unless the content is already written as the model writes, and the speaker's header open at
+    the end with add_generation_prompt. `speaker` and `partner` are defaults that a server's template
     arguments (vLLM's and llama.cpp's chat_template_kwargs) may override per request."""
     def literal(text: str) -> str:  # a Jinja string literal: JSON's escapes are Python's, and Jinja's
         return json.dumps(text, ensure_ascii=False)
 
-    header = "{{- " + " + ".join([literal(layout.header_start), "name", literal(layout.name_end + layout.header_newlines)]) + " -}}"
+    after_name = layout.name_end + layout.header_newlines
+    header = f"{{{{- {literal(layout.header_start)} + name + {literal(after_name)} -}}}}"
     return (
         f"{{%- set speaker = speaker | default({literal(speaker)}) -%}}"
         f"{{%- set partner = partner | default({literal(partner)}) -%}}"
@@ -33,8 +35,9 @@ def jinja_chat_template(layout: ChatFormat, speaker: str, partner: str) -> str:
         "{%- else -%}{%- set name = message.role -%}{%- endif -%}"
         f"{{%- if not loop.first -%}}{{{{- {literal(layout.separator)} -}}}}{{%- endif -%}}"
         f"{header}"
-        f"{{%- if not message.content.startswith({literal(MESSAGE_PREFIX)}) -%}}{{{{- {literal(MESSAGE_PREFIX)} -}}}}"
-        "{%- endif -%}{{- message.content -}}"
+        f"{{%- if message.content.startswith({literal(MESSAGE_PREFIX)}) -%}}{{{{- message.content -}}}}"
+        f"{{%- else -%}}{{{{- {literal(MESSAGE_PREFIX)} + (message.content.split({literal(chr(10))}) | "
+        f"join({literal(chr(10) + MESSAGE_PREFIX)})) -}}}}{{%- endif -%}}"
         f"{{{{- {literal(layout.turn_end)} -}}}}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}"
