@@ -20,6 +20,7 @@ from model.gguf.templates import go_literal, jinja_chat_template, ollama_modelfi
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
 from model.generation import SamplingConfig
+from tests.conftest import BPE_TRAINING_TEXT
 from tests.helpers import exit_status, random_model, tiny_config
 from tests.test_bpe import CORPUS
 from tests.test_gguf import sample_ids, transformers_gguf
@@ -35,6 +36,26 @@ HOSTILE_NAMES = ['Bob "The Builder"', 'x"""y', "}}{{ .System }}{{", "{% raw %}{{
 @pytest.fixture(scope="module")
 def qwen2_tokenizer(qwen2_tokenizer_dir):
     return BPETokenizer.from_dir(qwen2_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def small_sentencepiece_tokenizer():
+    """A SentencePiece BPE of 400 pieces with byte fallback and no normalization, as Mistral's, trained here,
+    with ChatML's tokens added after it as Dolphin has them: Dolphin's own costs seconds to read from GGUF."""
+    import io
+
+    import sentencepiece
+
+    from model.tokenizer import AddedToken, Tokenizer
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(BPE_TRAINING_TEXT * 3), model_writer=model, vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, minloglevel=2)
+    pieces = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).piece_size()
+    chatml = [AddedToken("<|im_end|>", pieces), AddedToken("<|im_start|>", pieces + 1, special=False)]
+    return Tokenizer(model.getvalue(), chatml, {"eos_token": "<|im_end|>", "pad_token": "</s>"})  # Dolphin's
 
 
 def bpe_config(tokenizer, **overrides):
@@ -108,7 +129,7 @@ def test_metadata_is_what_llama_cpp_reads(tmp_path, qwen2_tokenizer):
     assert types[tokens.index("<tool_call>")] == gguf.TokenType.USER_DEFINED  # a non-special added token
     assert fields["tokenizer.ggml.eos_token_id"] == tokens.index("<|im_end|>")
     assert "tokenizer.ggml.bos_token_id" not in fields and fields["tokenizer.ggml.add_bos_token"] is False
-    assert len(fields["tokenizer.ggml.merges"]) > 100 and 'set speaker = "Alice"' in fields["tokenizer.chat_template"]
+    assert len(fields["tokenizer.ggml.merges"]) > 100 and 'default("Alice")' in fields["tokenizer.chat_template"]
     kinds = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
     assert kinds["blk.0.attn_q.weight"] == kinds["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
     assert kinds["blk.0.attn_q.bias"] == kinds["output_norm.weight"] == gguf.GGMLQuantizationType.F32
@@ -121,11 +142,13 @@ def assert_encodes_alike(exported, original, texts=CORPUS):
         (original.bos_id, original.eos_id, original.im_start_id, original.im_end_id)
 
 
-@pytest.mark.parametrize("tokenizer_name", ["dolphin", "qwen2", "llama3"])
+@pytest.mark.parametrize("tokenizer_name", ["sentencepiece", "qwen2", "llama3",
+                                            pytest.param("dolphin", marks=pytest.mark.slow)])
 def test_tokenizer_encodes_alike_after_the_round_trip(tmp_path, request, tokenizer_name):
     from tests.helpers import chat_tokenizer
 
-    tokenizer = chat_tokenizer(request, tokenizer_name)
+    tokenizer = (request.getfixturevalue("small_sentencepiece_tokenizer") if tokenizer_name == "sentencepiece"
+                 else chat_tokenizer(request, tokenizer_name))
     config = tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
     exported = tokenizer_from_gguf(export(tmp_path, random_model(config), tokenizer, "f16"))
     assert type(exported) is type(tokenizer)
@@ -260,6 +283,8 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
         (["export", folder, tmp_path / "nowhere" / "me.gguf", "--speaker", "A"], "no folder"),
         (["export", folder, tmp_path / 'a"b.gguf', "--speaker", "A"], "cannot name a path with quotes"),
         (["export", folder, tmp_path / "me.gguf", "--speaker", "A", "--modelfile", tmp_path / "no" / "M"], "no folder"),
+        (["export", folder, folder, "--speaker", "A"], "a folder; give the name of a file"),
+        (["chat-template", folder, tmp_path / "me.jinja"], "--speaker: needed, as"),
         (["export", tmp_path / "missing", tmp_path / "me.gguf", "--speaker", "A"], "missing: no such folder"),
     ]:
         assert exit_status(main, argv) == 2

@@ -125,8 +125,11 @@ def write_chat_template(args) -> None:
 
 
 def check_folder(path: Path) -> None:
+    """A file can be written at `path`: its folder exists, and it is no folder itself."""
     if not path.parent.is_dir():
         raise ExportError(f"{path}: no folder {path.parent} to write it in")
+    if path.is_dir():
+        raise ExportError(f"{path}: a folder; give the name of a file to write")
 
 
 def vllm_rank_limit(rank: int) -> int:
