@@ -294,6 +294,24 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
                                                                 "first.gguf", "model"]
 
 
+def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_otherwise(tmp_path):
+    from chat.loading import TwinSource
+    from model.gguf.__main__ import vllm_next_step
+    from model.lora import LoRAConfig, apply_lora, save_adapter
+
+    template = tmp_path / "me.jinja"
+    for name, config in [("plain", LoRAConfig(r=32)), ("new-tokens", LoRAConfig(r=4, trainable_tokens={"embed_tokens": (256,)}))]:
+        model = random_model(tiny_config())
+        apply_lora(model, config)
+        save_adapter(model, tmp_path / name, config, base_model="org/base")
+    assert vllm_next_step(TwinSource("org/base", tmp_path / "plain"), "me", template) == (
+        f"next: vllm serve org/base --enable-lora --max-lora-rank 32 --lora-modules me={tmp_path / 'plain'} "
+        f"--chat-template {template}")
+    said = vllm_next_step(TwinSource("org/base", tmp_path / "new-tokens"), "me", template)
+    assert said.startswith(f"vLLM cannot load {tmp_path / 'new-tokens'}") and "vllm serve OUT/merged" in said
+    assert vllm_next_step(TwinSource(tmp_path / "model"), "me", template).startswith(f"next: vllm serve {tmp_path}")
+
+
 def test_help_names_every_flag_with_its_default(capsys):
     assert exit_status(main, ["export", "--help"]) == 0
     said = capsys.readouterr().out

@@ -117,11 +117,23 @@ def write_chat_template(args) -> None:
     atomic.write_text(out, jinja_chat_template(chat_format(tokenizer), speaker, partner))
     print(f"wrote {out}, the model writing as {speaker!r} to {partner!r} (per request: chat_template_kwargs "
           "speaker and partner)")
-    if source.adapter is not None:
-        rank, served_name = read_adapter_config(source.adapter)[0].r, ollama_name(Path(args.source).name)
-        print(f"next: vllm serve {shlex.quote(str(source.model))} --enable-lora --max-lora-rank "
-              f"{vllm_rank_limit(rank)} --lora-modules {served_name}={shlex.quote(str(source.adapter))} "
-              f"--chat-template {shlex.quote(str(out))}")
+    print(vllm_next_step(source, ollama_name(Path(args.source).name), out))
+
+
+def vllm_next_step(source: TwinSource, served_name: str, template: Path) -> str:
+    """The vLLM command that serves the twin with its template: the adapter on its base model, where vLLM
+    can load the adapter, else the model as it is."""
+    quoted = shlex.quote(str(template))
+    if source.adapter is None:
+        return f"next: vllm serve {shlex.quote(str(source.model))} --chat-template {quoted}"
+    config, _ = read_adapter_config(source.adapter)
+    if config.trainable_tokens:
+        return (f"vLLM cannot load {source.adapter}: it holds rows for tokens its base model lacks, which vLLM's "
+                f"LoRA does not read. Serve the merged model instead (train.py --merge writes OUT/merged):\n"
+                f"next: vllm serve OUT/merged --chat-template {quoted}")
+    return (f"next: vllm serve {shlex.quote(str(source.model))} --enable-lora --max-lora-rank "
+            f"{vllm_rank_limit(config.r)} --lora-modules {served_name}={shlex.quote(str(source.adapter))} "
+            f"--chat-template {quoted}")
 
 
 def check_folder(path: Path) -> None:
