@@ -194,13 +194,15 @@ def test_an_out_holding_a_run_is_refused_and_resume_needs_a_run(tmp_path, tiny_r
     assert f"--out {tiny_run} holds a finished run" in fresh
     assert "--resume" not in fresh  # a finished run cannot be continued
     assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
-    assert "run_args.json not found" in refused(["--resume", tmp_path], capsys)
+    assert f"{tmp_path / 'run.json'} not found" in refused(["--resume", tmp_path], capsys)
 
 
 def test_a_fresh_run_into_an_unfinished_one_points_to_resume(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "run"
     run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--stop-at", 1, *FAST)
     capsys.readouterr()
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "running" and record["settings"]["max_steps"] == 2 and "stop_at" not in record["settings"]
     assert refused(["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, *FAST], capsys) == (
         f"error: --out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out\n")
 
@@ -251,7 +253,7 @@ def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoi
     finally:
         os.umask(previous)
     written = [out, *out.rglob("*")]
-    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json", "run_args.json"} <= {
+    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json"} <= {
         p.name for p in written}
     assert (out / "checkpoints" / "step-00000002" / "training_state.pt").exists()
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
