@@ -46,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("held-out data (given by the run with --checkpoint)")
     data.add_argument("--data", metavar="PATH", help="the Telegram export or sessions file trained on (default with --checkpoint: the run's)")
     data.add_argument("--target", metavar="NAME", help="the person cloned, as given to train.py (default: the export's owner)")
-    data.add_argument("--val-fraction", type=float, help="as given to train.py, so the held-out split agrees (default: 0.02)")
-    data.add_argument("--split", choices=SPLITS, help="as given to train.py: hash, or time for the newest sessions (default: hash)")
-    data.add_argument("--seq-len", type=int, help="as given to train.py (default: 1024). An export read with other "
+    data.add_argument("--val-fraction", type=float, help="as given to train.py, so the held-out split agrees (default: "
+                      f"{DataConfig.val_fraction})")
+    data.add_argument("--split", choices=SPLITS, help="as given to train.py: hash, or time for the newest sessions "
+                      f"(default: {DataConfig.split})")
+    data.add_argument("--seq-len", type=int, help=f"as given to train.py (default: {DataConfig.seq_len}). An export read with other "
                       "train.py data options needs --checkpoint, which knows them")
     report = parser.add_argument_group("report")
     report.add_argument("--speakers", default="5", metavar="N|NAME,...", help="how many speakers (the target and the most frequent partners "

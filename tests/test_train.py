@@ -51,6 +51,7 @@ def test_lora_run_writes_adapter_metrics_and_record(tmp_path, tiny_checkpoint):
     assert not (out / "report").exists()  # --no-eval-report
 
 
+@pytest.mark.slow  # three runs
 def test_stop_and_resume_gives_the_same_adapter_as_a_straight_run(tmp_path, tiny_checkpoint):
     common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 6, "--lr", 5e-3, *FAST]
     run_train(*common, "--out", tmp_path / "straight")
@@ -226,9 +227,9 @@ def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path,
               "--save-every", 2)
     finished = json.loads((out / "run.json").read_text())
     adapter = adapter_weights(out)
-    for result in ("run.json", "adapter"):  # killed before they were written
-        path = out / result
-        path.unlink() if path.is_file() else shutil.rmtree(path)
+    # Killed before the results were written: the adapter missing, the record still "running".
+    shutil.rmtree(out / "adapter")
+    (out / "run.json").write_text(json.dumps({"status": "running", "settings": finished["settings"]}))
     previous = os.umask(0o022)
     try:
         train.main(["--resume", str(out), "--eval-report", "--eval-contexts", "1"])
@@ -244,6 +245,7 @@ def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path,
     assert {stat.S_IMODE(p.stat().st_mode) for p in report} == {0o700, 0o600}
 
 
+@pytest.mark.slow  # a run with every output: checkpoints, adapter, merged model
 def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
     previous = os.umask(0o022)  # an ordinary umask: train.py itself must make its files private
@@ -328,6 +330,7 @@ def train_then_chat(base: Path, out: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow  # a run, then a chat
 @pytest.mark.parametrize("name, config, turn_end", [
     ("llama3", dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=True), "<|eot_id|>"),
     ("qwen2", dict(model_type="qwen2", rope_theta=1000000.0), "<|im_end|>"),
@@ -345,6 +348,7 @@ def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_
     assert chat_format(load_tokenizer(tmp_path / "run" / "adapter")).turn_end == turn_end
 
 
+@pytest.mark.slow  # a run, a chat, then PEFT on its adapter
 def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_path, capsys, mistral_tokenizer_dir):
     from model import load_tokenizer
     from model.tokenizer import Tokenizer
@@ -378,6 +382,7 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
         torch.testing.assert_close(ours.eval()(ids), peft_model(ids).logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # three runs
 def test_new_token_rows_resume_as_if_never_stopped(tmp_path, mistral_tokenizer_dir):
     from model.tokenizer import Tokenizer
 
