@@ -15,8 +15,8 @@ from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
 from core.device import set_threads
-from model import load_model, save_model
 from core.flags import from_args
+from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
 from training import run as runs
 from training.checkpointer import AdapterCheckpoints, Checkpointer
