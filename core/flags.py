@@ -26,9 +26,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def setting(default: Any, help: str, *, choices: typing.Sequence | None = None, type: Callable[[str], Any] | None = None,
-            metavar: str | None = None, parse: Callable[[Any], Any] | None = None,
-            text: Callable[[Any], str] | None = None) -> Any:
+def setting(default: Any, help: str, *, choices: typing.Sequence | None = None,
+            type: Callable[[str], Any] | None = None, metavar: str | None = None,
+            parse: Callable[[Any], Any] | None = None, text: Callable[[Any], str] | None = None) -> Any:
     """A dataclass field that is also a flag.
 
     help: what the setting does; "(default: ...)" is added unless the text speaks of its default itself.
@@ -86,10 +86,11 @@ def flag_fields(settings: type) -> list[dataclasses.Field]:
     text nor marked not_a_flag()."""
     fields = []
     for field in dataclasses.fields(settings):
-        if "flag" not in field.metadata or field.metadata["flag"] is not None and not field.metadata["flag"].get("help"):
+        flag = field.metadata.get("flag", {})
+        if flag is not None and not flag.get("help"):
             raise TypeError(f"{settings.__name__}.{field.name}: a setting needs a help text: declare it with "
                             "core.flags.setting(default, help), or not_a_flag()")
-        if field.metadata["flag"] is not None:
+        if flag is not None:
             fields.append(field)
     return fields
 

@@ -37,7 +37,8 @@ def parser_of(settings: type, **options) -> argparse.ArgumentParser:
 def test_every_field_is_a_flag_with_its_default_in_help():
     text = parser_of(Example).format_help()
     for flag, default in (("--count", "(default: 3)"), ("--share", "(default: 0.5)"), ("--mode", "(default: fast)"),
-                          ("--verbose", "(default: off)"), ("--report", "(default: on)"), ("--words", "(default: a,b)")):
+                          ("--verbose", "(default: off)"), ("--report", "(default: on)"),
+                          ("--words", "(default: a,b)")):
         assert flag in text and default in text, flag
     assert "--cache" not in text
     args = parser_of(Example).parse_args([])
