@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from core.flags import setting
 from model.transformer import KVCache, Transformer
 
 
@@ -25,11 +26,12 @@ NON_FINITE = "the model's next-token scores are NaN or infinite; with --dtype fp
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.7  # 0: greedy
-    top_p: float = 0.9
-    top_k: int = 0  # 0: no top-k cut
-    repetition_penalty: float = 1.0  # 1: none; >1 makes tokens already in the context less likely
-    max_new_tokens: int = 256
+    """How a token is drawn from the model's scores; sample.py's and evaluate.py's sampling flags."""
+    temperature: float = setting(0.7, "0: greedy")
+    top_p: float = setting(0.9, "nucleus sampling mass")
+    top_k: int = setting(0, "sample from the k likeliest tokens; 0: all")
+    repetition_penalty: float = setting(1.0, ">1 discourages repeating the context")
+    max_new_tokens: int = setting(256, "longest reply in tokens")
 
 
 def next_token(logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None,
