@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.cli import program
 from core.device import DTYPES, add_threads_arg, resolve_device, set_threads
+from core.flags import add_arguments, from_args
 from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
 from data.telegram import ExportOptions
 from fidelity import EvaluationError
@@ -31,7 +32,8 @@ from model import load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import SamplingConfig
 from model.lora import load_adapter, tokenizer_source
-from training.settings import DEFAULT_MODEL, read_run_record, recorded_args
+from training.run_folder import read_finished_record
+from training.settings import DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("held-out data (given by the run with --checkpoint)")
     data.add_argument("--data", metavar="PATH", help="the Telegram export or sessions file trained on (default with --checkpoint: the run's)")
     data.add_argument("--target", metavar="NAME", help="the person cloned, as given to train.py (default: the export's owner)")
-    data.add_argument("--val-fraction", type=float, help="as given to train.py, so the held-out split agrees (default: 0.02)")
-    data.add_argument("--split", choices=SPLITS, help="as given to train.py: hash, or time for the newest sessions (default: hash)")
-    data.add_argument("--seq-len", type=int, help="as given to train.py (default: 1024). An export read with other "
+    data.add_argument("--val-fraction", type=float, help="as given to train.py, so the held-out split agrees (default: "
+                      f"{DataConfig.val_fraction})")
+    data.add_argument("--split", choices=SPLITS, help="as given to train.py: hash, or time for the newest sessions "
+                      f"(default: {DataConfig.split})")
+    data.add_argument("--seq-len", type=int, help=f"as given to train.py (default: {DataConfig.seq_len}). An export read with other "
                       "train.py data options needs --checkpoint, which knows them")
     report = parser.add_argument_group("report")
     report.add_argument("--speakers", default="5", metavar="N|NAME,...", help="how many speakers (the target and the most frequent partners "
@@ -54,11 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--contexts", type=int, metavar="K", default=EvalSettings.contexts, help="held-out moments each model writes a turn at, per speaker, where there are that many (default: %(default)s)")
     report.add_argument("--examples", type=int, default=EvalSettings.examples, help="examples shown per speaker; 0 keeps message text out of the report (default: %(default)s)")
     report.add_argument("--out", metavar="DIR", help="report directory (default: CHECKPOINT/report with --checkpoint, else ./report)")
-    sampling = parser.add_argument_group("sampling (sample.py's defaults)")
+    sampling = parser.add_argument_group("sampling (sample.py's, but for the length)")
     sampling.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of the contexts chosen and of sampling (default: %(default)s)")
-    sampling.add_argument("--temperature", type=float, default=SamplingConfig.temperature, help="0: greedy (default: %(default)s)")
-    sampling.add_argument("--top-p", type=float, default=SamplingConfig.top_p, help="nucleus sampling mass (default: %(default)s)")
-    sampling.add_argument("--max-new-tokens", type=int, default=REPLY_TOKENS, help="longest turn in tokens (default: %(default)s)")
+    add_arguments(sampling, SamplingConfig, defaults={"max_new_tokens": REPLY_TOKENS})
     run = parser.add_argument_group("run")
     run.add_argument("--context", type=int, default=EvalSettings.context_tokens, help="tokens of conversation the model sees when writing (default: %(default)s)")
     run.add_argument("--micro-batch", type=int, default=EvalSettings.micro_batch, help="rows per forward pass for the loss (default: %(default)s)")
@@ -84,10 +86,9 @@ def settings_from_args(args) -> EvalSettings:
             raise EvaluationError(f"{flag} must be 0 or more, got {value}")
     if args.sample_batch < 1:
         raise EvaluationError(f"--sample-batch must be 1 or more, got {args.sample_batch}")
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     return EvalSettings(speakers=speakers, contexts=args.contexts, examples=args.examples, seed=args.seed,
-                        sampling=sampling, context_tokens=args.context, micro_batch=args.micro_batch,
-                        sample_batch=args.sample_batch)
+                        sampling=from_args(SamplingConfig, args), context_tokens=args.context,
+                        micro_batch=args.micro_batch, sample_batch=args.sample_batch)
 
 
 @program
@@ -144,14 +145,14 @@ def sources_from_args(args) -> Sources:
     if given:
         raise EvaluationError(f"{', '.join(given)}: taken from the run in --checkpoint; leave out")
     out = Path(args.checkpoint)
-    settings = read_run_record(out)["settings"]
-    base, data = settings["model"], args.data or settings["data"]
+    record = read_finished_record(out)
+    base, data = record.args.model, args.data or record.args.data
     full_model = out / "model"
     adapter, full_model = (None, full_model) if full_model.exists() else (out / "adapter", None)
     try:
-        config = data_config_from_args(recorded_args(settings))
-    except ValueError as error:  # a record that read_run_record passed but DataConfig refuses (val_fraction 5)
-        raise EvaluationError(f"{out / 'run.json'}: {error}") from None
+        config = data_config_from_args(record.args)
+    except ValueError as error:  # a record whose flags parse but DataConfig refuses (val_fraction 5)
+        raise EvaluationError(f"{record.file}: {error}") from None
     return Sources(base, adapter, full_model, data, config, out / "cache", out / "metrics.jsonl",
                    Path(args.out or out / "report"))
 

@@ -15,11 +15,11 @@ from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
 from core.device import set_threads
+from core.flags import from_args
 from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
 from training import run as runs
 from training.checkpointer import AdapterCheckpoints, Checkpointer
-from training.settings import lora_targets
 
 
 def train(args) -> None:
@@ -31,9 +31,8 @@ def train(args) -> None:
     if args.quantize:
         run.say(f"loading {args.model}, its linear weights quantized to {args.quantize} one by one...")
     model = load_model(args.model, dtype=run.dtype, device=run.device, quantize=args.quantize)
-    lora_config = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                             targets=lora_targets(args.lora_targets),
-                             trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {})
+    lora_config = from_args(LoRAConfig, args, prefix="lora_",
+                            trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {})
     run.say(apply_lora(model, lora_config))
     model.activation_checkpointing = runs.activation_checkpointing(run)
     model.train()

@@ -13,11 +13,10 @@ from chat.loading import load_twin, source_from_args
 from chat.terminal import interactive, show_reply, show_turn_header
 from core.cli import program
 from core.device import DTYPES, add_threads_arg, resolve_device, set_threads
+from core.flags import add_arguments, from_args
 from data.sessions import DataError, Turn, read_sessions_file
 from model.generation import Generator, SamplingConfig
 from training.settings import DEFAULT_MODEL
-
-SAMPLING = SamplingConfig()  # the defaults of the sampling flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--auto", type=int, metavar="TURNS", help="let the model play both people for TURNS turns, print them and exit")
     once.add_argument("-n", type=int, default=1, help="how many replies to sample with --prompt/--history (default: %(default)s)")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--temperature", type=float, default=SAMPLING.temperature, help="0: greedy (default: %(default)s)")
-    sampling.add_argument("--top-p", type=float, default=SAMPLING.top_p, help="nucleus sampling mass (default: %(default)s)")
-    sampling.add_argument("--top-k", type=int, default=SAMPLING.top_k, help="sample from the k likeliest tokens; 0: all (default: %(default)s)")
-    sampling.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, help=">1 discourages repeating the context (default: %(default)s)")
-    sampling.add_argument("--max-new-tokens", type=int, default=SAMPLING.max_new_tokens, help="longest reply in tokens (default: %(default)s)")
+    add_arguments(sampling, SamplingConfig)
     sampling.add_argument("--seed", type=int, help="seed for reproducible samples (default: random)")
     run = parser.add_argument_group("run")
     run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
@@ -78,10 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     context = min(args.context, model.config.max_position_embeddings)
     if args.max_new_tokens >= context:
         raise DataError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
-    chat = Chat(Generator(model, max_len=context, device=device, compile=args.compile), tokenizer, sampling,
-                speaker, user, args.seed)
+    chat = Chat(Generator(model, max_len=context, device=device, compile=args.compile), tokenizer,
+                from_args(SamplingConfig, args), speaker, user, args.seed)
     for turn in history:
         chat.add(turn)
     if args.prompt is not None:

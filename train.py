@@ -14,7 +14,7 @@ import fsdp
 import lora
 from core.cli import program
 from training import distributed
-from training.settings import parse_args
+from training.run_folder import parse_args
 
 
 @program

@@ -8,7 +8,6 @@ run's figures from run.json. On 2 cores the ranks share the same compute, so the
 weights, gradients and AdamW states are split between the ranks.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -41,7 +40,9 @@ def run(ranks: int, model: Path, out: Path, steps: int) -> dict:
                "--dtype", "fp32", "--eval-every", "0", "--save-every", "0", "--val-fraction", "0.02"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // ranks))}
     subprocess.run(command, cwd=ROOT, check=True, env=env, capture_output=True)
-    return json.loads((out / "run.json").read_text())["figures"]
+    from training.run_folder import read_finished_record
+
+    return read_finished_record(out).figures
 
 
 def main():

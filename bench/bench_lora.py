@@ -31,6 +31,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from core.flags import add_arguments, from_args  # noqa: E402
 from data.chatml import RenderedSession  # noqa: E402
 from data.packing import RowLoader, pack  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
@@ -211,17 +212,12 @@ def main():
     parser.add_argument("--micro-batch", type=int, default=4, help="rows per step (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: %(default)s)")
     add_model_args(parser)
-    parser.add_argument("--lora-r", type=int, default=32, help="adapter rank (default: %(default)s)")
-    parser.add_argument("--lora-alpha", type=float, default=16, help="adapter alpha (default: %(default)s)")
-    parser.add_argument("--lora-dropout", type=float, default=0.05, help="adapter dropout (default: %(default)s)")
-    parser.add_argument("--lora-targets", default="q,k,v,o,gate",
-                        help="projections to adapt (default: %(default)s)")
+    add_arguments(parser, LoRAConfig, prefix="lora_")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each side (default: %(default)s)")
     args = parser.parse_args()
 
     config = model_config(args)
-    lora = LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                      targets=tuple(f"{name.strip()}_proj" for name in args.lora_targets.split(",")))
+    lora = from_args(LoRAConfig, args, prefix="lora_")
     dtype = DTYPES[args.dtype]
     batch = packed_batch(config.vocab_size, args.seq_len, args.micro_batch)
     tokens = batch["input_ids"].numel()

@@ -101,7 +101,7 @@ def main():
     torch.set_num_threads(args.threads)
     config = model_config(args)
     torch.manual_seed(args.seed)
-    peer = transformers.MistralForCausalLM(transformers.ModelConfig(**config.to_hf(torch.float32))).eval()
+    peer = transformers.MistralForCausalLM(transformers.MistralConfig(**config.to_hf(torch.float32))).eval()
     peer.generation_config.pad_token_id = config.eos_token_id
     twin = Transformer(config).eval()
     twin.load_state_dict(peer.state_dict())  # the same parameter names, so the same weights

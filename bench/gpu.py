@@ -1,7 +1,8 @@
 """twin on one GPU against transformers + PEFT: a LoRA step, decoding, and one FSDP2 step.
 
     python bench/gpu.py [--sections lora,decode,fsdp] [--out bench/results/gpu-<device>.json]
-    python bench/gpu.py --smoke          # the same code at a tiny size, on CPU too (tests use it)
+    python bench/gpu.py --smoke          # the same code at a tiny size, on CPU too: checks the script
+    bash bench/gpu_check.sh              # on a lent device: everything, one command (see there)
 
 Random bf16 weights at Dolphin-2.2.1-Mistral-7B's exact shapes, built on the GPU (no download, no
 checkpoint on disk), with the sessions of the bundled sample export rendered as ChatML by the
@@ -9,15 +10,18 @@ Mistral tokenizer (mistral-common's copy, or `--tokenizer DIR`); their lengths d
 and the padding. Each side runs alone on the GPU in turn, and its peak memory is its own.
 
 - **LoRA step** (r 32, alpha 16, dropout 0.05 on q,k,v,o,gate, activation checkpointing, AdamW):
-  twin on packed rows (micro-batch x seq tokens); transformers + PEFT the upstream way, one session
-  per row, padded to the longest of the micro-batch, sdpa; and transformers + PEFT on twin's packed
-  rows through `position_ids` (its masks then keep sessions apart). Throughput counts real tokens
+  twin on packed rows (micro-batch x seq tokens; FlexAttention on CUDA); transformers + PEFT the
+  upstream way, one session per row, padded to the longest of the micro-batch, sdpa; and
+  transformers + PEFT on twin's packed rows through `position_ids` (flash-attention where installed,
+  else sdpa with the mask transformers builds from them, which keeps sessions apart). Throughput counts real tokens
   only (no padding). MFU is the model FLOPs of forward and backward (3x forward, the usual
   convention, no recompute) over the GPU's peak dense bf16 rate; memory is PyTorch's peak allocated
   and reserved.
-- **Decoding**: batch 1, greedy, a `--prompt-tokens` prompt; twin eager and `--compile`d, against
-  transformers `generate` eager and with its static cache compiled; the ceiling is reading every
-  weight once per token at the bandwidth a large device-to-device copy reaches here.
+- **Decoding**: batch 1, greedy, a `--prompt-tokens` prompt; twin eager and `--compile`d (its decode
+  step as a CUDA graph), against transformers `generate` eager and with its static cache compiled
+  (reduce-overhead); tokens/s after the first token. The ceiling is reading every weight matrix once
+  per token at the device's rated memory bandwidth (H200 4.8 TB/s, H100 SXM 3.35, A100 80GB 2.0,
+  RTX 3090 0.94, RTX 4090 1.0; elsewhere what a large copy reaches).
 - **FSDP**: `torchrun --nproc-per-node 1 train.py --fsdp` for a few steps on a smaller random model
   and the sample export, with its tokens/s and peak memory from run.json: proof of the CUDA path.
 
@@ -25,6 +29,7 @@ Prints a markdown table per section and writes every figure to the JSON file.
 """
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -44,11 +49,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench_lora import write_random_checkpoint  # noqa: E402
 from data.chatml import RenderedSession, split_to_fit  # noqa: E402
-from data.packing import RowLoader, pack  # noqa: E402
+from data.packing import pack  # noqa: E402
 from data.telegram import load_sessions  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX, chunked_cross_entropy  # noqa: E402
-from model.transformer import ModelConfig, Transformer  # noqa: E402
+from model.transformer import FLEX_ATTENTION_DEVICES, ModelConfig, Transformer  # noqa: E402
+from training.run_folder import read_finished_record  # noqa: E402
 
 DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
@@ -58,6 +64,10 @@ SMOKE = ModelConfig(vocab_size=32002, hidden_size=64, intermediate_size=128, num
 # Dense bf16 tensor-core peak in TFLOP/s (no sparsity), by a part of the device name; --peak-tflops overrides.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0,
                     "RTX 4090": 165.2, "RTX 3090": 71.0, "L4": 121.0, "A10": 125.0}
+# Memory bandwidth in TB/s as the makers give it, by a part of the device name (the first that matches;
+# the H100 is the SXM part's), --bandwidth-tbs overrides; elsewhere a large copy's rate stands in.
+BANDWIDTH_TBS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35, "A100-SXM4-80GB": 2.0, "A100 80GB": 2.0,
+                 "A100": 1.56, "RTX 4090": 1.0, "RTX 3090": 0.94, "L40S": 0.86, "A6000": 0.77}
 LORA = LoRAConfig(r=32, alpha=16, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"))
 SAMPLE_EXPORT = REPO_ROOT / "examples" / "telegram_export"
 
@@ -198,12 +208,13 @@ def random_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device
             for name, shape in shapes.items()}
 
 
-def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype):
-    """transformers' Mistral with these weights, sdpa attention."""
+def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype,
+               attention: str = "sdpa"):
+    """transformers' Mistral with these weights and this `attn_implementation`."""
     import transformers
 
     transformers.logging.set_verbosity_error()
-    hf_config = transformers.ModelConfig(**config.to_hf(dtype), attn_implementation="sdpa")
+    hf_config = transformers.MistralConfig(**config.to_hf(dtype), attn_implementation=attention)
     with torch.device(device):
         model = transformers.MistralForCausalLM._from_config(hf_config, dtype=dtype)
     model.load_state_dict(weights, strict=False)  # the same parameter names as ours
@@ -222,10 +233,11 @@ def twin_lora_model(config: ModelConfig, weights: dict, device: torch.device):
     return model.train()
 
 
-def peer_lora_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype):
+def peer_lora_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype,
+                    attention: str = "sdpa"):
     import peft
 
-    model = peer_model(config, weights, device, dtype)
+    model = peer_model(config, weights, device, dtype, attention)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = peft.get_peft_model(model, peft.LoraConfig(r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
                                                        target_modules=list(LORA.targets), task_type="CAUSAL_LM"))
@@ -297,10 +309,15 @@ def bench_lora(args, config: ModelConfig, sessions: list[RenderedSession], devic
     peak = peak_tflops(device, args.peak_tflops)
     print(f"LoRA step: micro-batch {args.micro_batch} x {args.seq_len}, r {LORA.r}, alpha {LORA.alpha:g} on "
           f"{','.join(LORA.targets)}, checkpointing, {args.steps} timed steps after {args.warmup}", flush=True)
+    # Packed rows in transformers: flash-attention's varlen kernel where it is installed, else sdpa
+    # with a mask that transformers builds from where position_ids restart.
+    packed_attention = "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+    ours = "FlexAttention" if device.type in FLEX_ATTENTION_DEVICES else "SDPA per document"
     sides = [
-        ("twin, packed", lambda: twin_lora_model(config, weights, device), twin_step, packed),
-        ("transformers+PEFT, padded", lambda: peer_lora_model(config, weights, device, dtype), peer_step, padded),
-        ("transformers+PEFT, packed (sdpa, position_ids)", lambda: peer_lora_model(config, weights, device, dtype),
+        (f"twin, packed ({ours})", lambda: twin_lora_model(config, weights, device), twin_step, packed),
+        ("transformers+PEFT, padded (sdpa)", lambda: peer_lora_model(config, weights, device, dtype), peer_step, padded),
+        (f"transformers+PEFT, packed ({packed_attention}, position_ids)",
+         lambda: peer_lora_model(config, weights, device, dtype, packed_attention),
          peer_step, [packed_as_transformers(b) for b in packed]),
     ]
     results = [lora_side(name, build, step, batches, args, device, config, peak)
@@ -325,16 +342,32 @@ def copy_bandwidth(device: torch.device, gib: float) -> float:
     return 5 * 2 * source.numel() * source.element_size() / (time.perf_counter() - start)
 
 
+def device_bandwidth(device: torch.device, name: str, override: float | None) -> tuple[float, str]:
+    """Bytes per second that bound decoding, and where the figure comes from."""
+    if override:
+        return override * 1e12, "--bandwidth-tbs"
+    rated = next((value for part, value in BANDWIDTH_TBS.items() if part in name), None)
+    if device.type == "cuda" and rated:
+        return rated * 1e12, "the maker's figure"
+    return copy_bandwidth(device, 1.0 if device.type == "cuda" else 0.05), "a large copy, measured"
+
+
 def decode_rate(generate, new_tokens: int, rounds: int) -> tuple[float, list[int]]:
-    """Best tokens/s after the first token over `rounds` (the first is warmup), and the tokens."""
+    """Tokens/s after the first token, best of `rounds` after a warmup: the time of `new_tokens` less
+    the time of one (the prompt's prefill and the first token), so that no side's prefill counts and
+    tokens that reach the host in groups are timed alike. Also the tokens."""
     rates, tokens = [], []
     for _ in range(rounds + 1):
-        tokens, arrivals = generate()
-        rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+        start = time.perf_counter()
+        generate(1)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        tokens = generate(new_tokens)
+        rates.append((new_tokens - 1) / (time.perf_counter() - start - first))
     return max(rates[1:]), tokens
 
 
-def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict:
+def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.dtype, name: str) -> dict:
     import transformers
 
     from model.generation import Generator, SamplingConfig
@@ -348,48 +381,26 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
     peer = peer_model(config, weights, device, dtype).eval()
     peer.generation_config.pad_token_id = config.eos_token_id
     prompt = torch.randint(3, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
-    new = args.new_tokens
-    print(f"decoding: batch 1, greedy, {args.prompt_tokens}-token prompt, {new} new tokens", flush=True)
+    print(f"decoding: batch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens", flush=True)
 
     def twin_side(compile: bool):
-        generator = Generator(twin, max_len=len(prompt) + new, device=device, compile=compile)
+        generator = Generator(twin, max_len=len(prompt) + args.new_tokens, device=device, compile=compile)
 
-        def run():
-            generator.cache.truncate(0)
+        def run(new: int) -> list[int]:
+            generator.cache.truncate(0)  # prefill the whole prompt each time, as transformers does
             generator.cached_ids = []
-            tokens, arrivals, start = [], [], time.perf_counter()
-            for token in generator.generate(prompt, SamplingConfig(temperature=0, max_new_tokens=new), set()):
-                synchronize(device)
-                tokens.append(token)
-                arrivals.append(time.perf_counter() - start)
-            return tokens, arrivals
+            return list(generator.generate(prompt, SamplingConfig(temperature=0, max_new_tokens=new), set()))
         return run
 
     def peer_side(static: bool):
         if static:
             peer.forward = torch.compile(peer.forward, mode="reduce-overhead", fullgraph=True)
         options = {"cache_implementation": "static"} if static else {}
-        from transformers.generation.streamers import BaseStreamer
 
-        def run():
-            times = []
-
-            class Arrivals(BaseStreamer):
-                def __init__(self):
-                    self.prompt_seen = False
-
-                def put(self, value):
-                    if self.prompt_seen:
-                        times.append(time.perf_counter() - start)
-                    self.prompt_seen = True
-
-                def end(self):
-                    pass
-
-            start = time.perf_counter()
+        def run(new: int) -> list[int]:
             output = peer.generate(torch.tensor([prompt], device=device), do_sample=False, max_new_tokens=new,
-                                   min_new_tokens=new, streamer=Arrivals(), **options)
-            return output[0, len(prompt):].tolist(), times
+                                   min_new_tokens=new, **options)
+            return output[0, len(prompt):].tolist()
         return run
 
     sides = {"twin eager": twin_side(False), "transformers generate": peer_side(False)}
@@ -398,19 +409,22 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
         sides["transformers static cache, compiled"] = peer_side(True)
     rates, tokens = {}, {}
     with torch.inference_mode():
-        for name, run in sides.items():
-            rates[name], tokens[name] = decode_rate(run, new, args.decode_rounds)
-            print(f"  {name}: {rates[name]:.1f} tokens/s", flush=True)
+        for side, run in sides.items():
+            rates[side], tokens[side] = decode_rate(run, args.new_tokens, args.decode_rounds)
+            print(f"  {side}: {rates[side]:.1f} tokens/s", flush=True)
+    # Each token reads every weight matrix once (the embedding only a row of it).
     matrices = sum(w.numel() * w.element_size() for n, w in weights.items() if w.ndim == 2 and "embed" not in n)
-    bandwidth = copy_bandwidth(device, 1.0 if device.type == "cuda" else 0.05)
+    bandwidth, source = device_bandwidth(device, name, args.bandwidth_tbs)
     ceiling = bandwidth / matrices
-    same = {name: tokens[name] == tokens["twin eager"] for name in tokens}
+    same = {side: tokens[side] == tokens["twin eager"] for side in tokens}
     del twin, peer, weights
     reset_memory(device)
-    return {"prompt_tokens": args.prompt_tokens, "new_tokens": new, "tokens_per_s": rates,
-            "copy_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": matrices, "ceiling_tokens_per_s": ceiling,
-            "share_of_ceiling": {name: rate / ceiling for name, rate in rates.items()},
-            "same_tokens_as_twin_eager": same}
+    return {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "tokens_per_s": rates,
+            "bandwidth_gb_s": bandwidth / 1e9, "bandwidth_source": source, "weight_bytes": matrices,
+            "ceiling_tokens_per_s": ceiling, "share_of_ceiling": {side: rate / ceiling for side, rate in rates.items()},
+            "same_tokens_as_twin_eager": same,
+            # Compiled steps that fell back from CUDA graphs (a mutated input not marked static, say).
+            "cudagraph_skips": torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]}
 
 
 # -- one FSDP2 step through train.py ---------------------------------------------------------------------
@@ -439,7 +453,7 @@ def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
         if finished.returncode:
             return {"error": (finished.stderr or finished.stdout).strip().splitlines()[-5:]}
-        record = json.loads((out / "run.json").read_text())["figures"]
+        record = read_finished_record(out).figures
         return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "parameters": params,
                 "seconds": time.perf_counter() - start, "tokens_per_s": record["tokens_per_s"],
                 "peak_memory_mb_per_rank": record["peak_memory_mb_per_rank"], "final_loss": record["final_loss"]}
@@ -471,12 +485,12 @@ def markdown(results: dict) -> str:
         decode = results["decode"]
         lines += [f"## Decoding, batch 1, {decode['prompt_tokens']}-token prompt, {decode['new_tokens']} new tokens",
                   "", f"Ceiling: {decode['ceiling_tokens_per_s']:.1f} tokens/s ({decode['weight_bytes'] / 1e9:.2f} GB "
-                  f"of weights per token at {decode['copy_bandwidth_gb_s']:.0f} GB/s).", "",
+                  f"of weights per token at {decode['bandwidth_gb_s']:.0f} GB/s, {decode['bandwidth_source']}).", "",
                   "| side | tokens/s | share of ceiling | same tokens as twin eager |", "| --- | --- | --- | --- |"]
         for name, rate in decode["tokens_per_s"].items():
             lines.append(f"| {name} | {rate:.1f} | {100 * decode['share_of_ceiling'][name]:.0f}% | "
                          f"{decode['same_tokens_as_twin_eager'][name]} |")
-        lines.append("")
+        lines += ["", f"Compiled steps run without CUDA graphs: {decode['cudagraph_skips']}.", ""]
     if "fsdp" in results:
         fsdp = results["fsdp"]
         lines += ["## FSDP2, one rank", ""]
@@ -506,8 +520,13 @@ def main() -> None:
     parser.add_argument("--fsdp-steps", type=int, default=4, help="FSDP optimizer steps (default: %(default)s)")
     parser.add_argument("--fsdp-timeout", type=int, default=240, help="seconds for the FSDP run (default: %(default)s)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: by device name)")
+    parser.add_argument("--bandwidth-tbs", type=float,
+                        help="the device's memory bandwidth in TB/s (default: by device name, else a copy measured)")
     parser.add_argument("--out", help="JSON of the figures (default: bench/results/gpu-<device>.json)")
     args = parser.parse_args()
+    sections = args.sections.split(",")
+    if not set(sections) <= {"lora", "decode", "fsdp"}:
+        parser.error(f"--sections {args.sections!r}: choose among lora, decode and fsdp")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -521,21 +540,23 @@ def main() -> None:
           flush=True)
     tokenizer = load_tokenizer_for_bench(args.tokenizer)
     sessions = sample_sessions(tokenizer, args.seq_len)
-    results = {"device": name, "torch": torch.__version__, "smoke": args.smoke}
-    sections = set(args.sections.split(","))
-    if "lora" in sections:
-        results["lora"] = bench_lora(args, config, sessions, device, dtype)
-    if "decode" in sections:
-        results["decode"] = bench_decode(args, config, device, dtype)
-    if "fsdp" in sections:
-        with tempfile.TemporaryDirectory(prefix="twin-gpu-tokenizer-") as directory:
-            results["fsdp"] = bench_fsdp(args, device, write_tokenizer_dir(tokenizer, Path(directory)))
-    report = markdown(results)
-    print("\n" + report)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "cpu"
     out = Path(args.out or REPO_ROOT / "bench" / "results" / f"gpu-{slug}{'-smoke' if args.smoke else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    results = {"device": name, "torch": torch.__version__, "smoke": args.smoke}
+    for section in sections:
+        started = time.perf_counter()
+        if section == "lora":
+            results["lora"] = bench_lora(args, config, sessions, device, dtype)
+        elif section == "decode":
+            results["decode"] = bench_decode(args, config, device, dtype, name)
+        elif section == "fsdp":
+            with tempfile.TemporaryDirectory(prefix="twin-gpu-tokenizer-") as directory:
+                results["fsdp"] = bench_fsdp(args, device, write_tokenizer_dir(tokenizer, Path(directory)))
+        results.setdefault("section_seconds", {})[section] = time.perf_counter() - started
+        # After each section, so that a run stopped by its time limit keeps what it measured.
+        out.write_text(json.dumps(results, indent=2))
+    print("\n" + markdown(results))
     print(f"\nfigures written to {out}")
 
 

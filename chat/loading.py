@@ -11,7 +11,7 @@ from core.device import dtype_name
 from model import Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.lora import load_adapter, merge_lora, tokenizer_source
-from training.settings import read_run_record
+from training.run_folder import read_finished_record
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,11 @@ class TwinSource:
 
 def source_of_run(out: Path) -> TwinSource:
     """A finished train.py run: its full fine-tune's export, or its base model and LoRA adapter."""
-    record = read_run_record(out)
-    people = People.from_run_record(record)
+    record = read_finished_record(out)
+    people = People.from_run_record({"figures": record.figures})
     if (out / "model").exists():
         return TwinSource(out / "model", None, people)
-    return TwinSource(record["settings"]["model"], out / "adapter", people)
+    return TwinSource(record.args.model, out / "adapter", people)
 
 
 def source_from_args(args) -> TwinSource:

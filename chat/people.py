@@ -23,7 +23,7 @@ class People:
 
     @classmethod
     def from_run_record(cls, record: dict) -> "People":
-        """From a run.json that training.settings.read_run_record checked (its partners are names)."""
+        """From a run record that training.run_folder checked (its partners are names)."""
         figures = record.get("figures", {})
         target = figures.get("target")
         return cls(target if isinstance(target, str) else None, dict(figures.get("partners", {})))

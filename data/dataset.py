@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core import atomic
+from core.flags import from_args, not_a_flag, positive_int, setting
 from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, most_frequent_partners
@@ -33,11 +34,13 @@ ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 
 @dataclass
 class DataConfig:
-    seq_len: int = 1024
-    train_on: str = "all"  # "all": learn every speaker's turns; "target": only the target's
-    val_fraction: float = 0.02  # of sessions, held out for validation
-    split: str = "hash"  # which: "hash" spreads them over time (validation_mask), "time" the newest (newest_mask)
-    export: ExportOptions = field(default_factory=ExportOptions)
+    """How an export becomes rows: train.py's data flags (the export's own: ExportOptions)."""
+    train_on: str = setting("all", "whose turns the loss covers", choices=TRAIN_ON)
+    seq_len: int = setting(1024, "tokens per packed row", type=positive_int)
+    val_fraction: float = setting(0.02, "share of sessions held out for evaluation")
+    split: str = setting("hash", "which sessions are held out: hash spreads them over time, time holds out the "
+                         "newest", choices=SPLITS)
+    export: ExportOptions = not_a_flag(default_factory=ExportOptions)
 
     def __post_init__(self):
         if self.train_on not in TRAIN_ON:
@@ -52,8 +55,7 @@ class DataConfig:
 
 def data_config_from_args(args) -> DataConfig:
     """The DataConfig of train.py's flags (or of the settings a run recorded in run.json)."""
-    return DataConfig(seq_len=args.seq_len, train_on=args.train_on, val_fraction=args.val_fraction,
-                      split=args.split, export=export_options_from_args(args))
+    return from_args(DataConfig, args, export=export_options_from_args(args))
 
 
 @dataclass

@@ -2,68 +2,113 @@
 
 The cache remembers which tokens it holds, so a prompt that extends the previous one (the next turn
 of a chat, or the same prompt sampled again) only runs the model over the tokens that are new.
+
+Decoding follows gpt-fast: tokens are sampled on the device, so the host never waits for one to be
+chosen before asking for the next, and `compile=True` compiles the one-token step in shapes that
+never change, which CUDA replays as one graph.
 """
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
+from core.flags import setting
 from model.transformer import KVCache, Transformer
 
 
-NUCLEUS_CANDIDATES = 512  # tokens sorted first for top-p sampling
+NUCLEUS_CANDIDATES = 512  # tokens sorted first for top-p sampling on a CPU
+# On an accelerator the tokens come to the host this many at a time: the device runs ahead instead of
+# waiting for each to be checked against the stop tokens, and stops at most this many tokens late
+# (on a CPU there is no device to wait for: one at a time).
+TOKENS_PER_HOST_CHECK = 8
+NON_FINITE = "the model's next-token scores are NaN or infinite; with --dtype fp16, try bf16 or fp32"
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.7  # 0: greedy
-    top_p: float = 0.9
-    top_k: int = 0  # 0: no top-k cut
-    repetition_penalty: float = 1.0  # 1: none; >1 makes tokens already in the context less likely
-    max_new_tokens: int = 256
+    """How a token is drawn from the model's scores; sample.py's and evaluate.py's sampling flags."""
+    temperature: float = setting(0.7, "0: greedy")
+    top_p: float = setting(0.9, "nucleus sampling mass")
+    top_k: int = setting(0, "sample from the k likeliest tokens; 0: all")
+    repetition_penalty: float = setting(1.0, ">1 discourages repeating the context")
+    max_new_tokens: int = setting(256, "longest reply in tokens")
+
+
+def next_token(logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token, a tensor on the device of the last position's logits [vocab], chosen without
+    waiting for the device. `seen` [vocab] marks the context's tokens, for the repetition penalty."""
+    logits = logits.float()
+    if config.repetition_penalty != 1.0 and seen is not None:
+        # As in the CTRL paper and transformers: shrink positive logits, grow negative ones.
+        penalised = torch.where(logits > 0, logits / config.repetition_penalty, logits * config.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if config.temperature <= 0:
+        return logits.argmax()
+    logits = logits / config.temperature
+    if config.top_k > 0:
+        kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        logits = nucleus(logits, config.top_p)
+    # The exponential race: with E ~ Exp(1) drawn for each token, the largest p / E falls to each token
+    # with probability p. Unlike torch.multinomial, it needs nothing from the host.
+    race = torch.empty_like(logits).exponential_(generator=generator)
+    return (logits.softmax(-1) / race).argmax()
+
+
+def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`logits` with all but the top-p nucleus at -inf: the likeliest tokens up to probability `top_p`,
+    the one that crosses it included."""
+    sorted_logits, order = likeliest_first(logits, top_p)
+    sorted_probs = (sorted_logits - logits.logsumexp(-1)).exp()
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    kept = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(0, order, kept)
+
+
+def likeliest_first(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits sorted likeliest first, and their tokens: at least those of the top-p nucleus.
+
+    Sorting the whole vocabulary costs milliseconds a token on a CPU. The nucleus nearly always lies
+    among the likeliest few hundred tokens, and sorting those alone is exact when they hold top_p.
+    Checking that waits for the device, so an accelerator sorts everything (microseconds there).
+    """
+    if logits.device.type == "cpu":
+        candidates = torch.topk(logits, min(NUCLEUS_CANDIDATES, logits.numel()))
+        if (candidates.values - logits.logsumexp(-1)).exp().sum() >= top_p:
+            return candidates
+    return torch.sort(logits, descending=True)
 
 
 def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Tensor,
                  generator: torch.Generator | None = None) -> int:
-    """Choose the next token from the last position's logits [vocab]."""
-    logits = logits.float()
+    """Choose the next token from the last position's logits [vocab], after the tokens `context`."""
     if not torch.isfinite(logits).all():  # finite weights can still overflow, in fp16 above all
-        raise ValueError("the model's next-token scores are NaN or infinite; with --dtype fp16, try bf16 or fp32")
-    if config.repetition_penalty != 1.0 and context.numel():
-        # As in the CTRL paper and transformers: shrink positive logits, grow negative ones.
-        seen = logits[context]
-        logits[context] = torch.where(seen > 0, seen / config.repetition_penalty, seen * config.repetition_penalty)
-    if config.temperature <= 0:
-        return int(logits.argmax())
-    logits = logits / config.temperature
-    if config.top_k > 0:
-        kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
-        logits[logits < kth] = float("-inf")
-    if config.top_p < 1.0:
-        # Sorting the whole vocabulary costs milliseconds a token on a CPU. The nucleus nearly always lies
-        # among the likeliest few hundred tokens, and sorting those alone is exact when they hold top_p.
-        sorted_logits, order = torch.topk(logits, min(NUCLEUS_CANDIDATES, logits.numel()))
-        sorted_probs = (sorted_logits - logits.logsumexp(-1)).exp()
-        if sorted_probs.sum() < config.top_p:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            sorted_probs = sorted_logits.softmax(-1)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # keeps the token that crosses p
-        kept = order[mass_before < config.top_p]
-        logits = torch.full_like(logits, float("-inf")).index_put_((kept,), logits[kept])
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+        raise ValueError(NON_FINITE)
+    seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device).index_fill_(0, context, True)
+    return int(next_token(logits, config, seen, generator))
 
 
 class Generator:
     """Generates continuations of token prompts with one model and one preallocated KV cache."""
 
     def __init__(self, model: Transformer, max_len: int, device: torch.device, compile: bool = False):
-        self.model, self.device = model, device
+        self.model, self.device = model, torch.device(device)
         dtype = next(model.parameters()).dtype
         self.cache = KVCache(model.config, batch_size=1, max_len=max_len, dtype=dtype, device=device)
-        self.cached_ids: list[int] = []  # the tokens whose keys and values the cache holds
-        # Decoding runs the model on one token at a time; compiling it removes most of the Python overhead.
-        self.hidden_states = torch.compile(model.hidden_states, dynamic=True) if compile else model.hidden_states
+        self.cached_ids: list[int] = []  # the tokens of the last prompt and reply; the cache holds a prefix
+        # On an accelerator the device decodes ahead, and the host checks the stop tokens a group at a time.
+        self.tokens_per_check = 1 if self.device.type == "cpu" else TOKENS_PER_HOST_CHECK
+        self.compiled_step = None
+        if compile:
+            # One compiled graph for every token: the whole cache in, the position a tensor. On CUDA
+            # it replays as a CUDA graph (mode reduce-overhead), its hundreds of kernels launched at
+            # once; the cache is written in place, so it must stay where the graph recorded it.
+            for tensor in (self.cache.keys, self.cache.values):
+                torch._dynamo.mark_static_address(tensor)
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.compiled_step = torch.compile(model.decode_step, mode=mode, fullgraph=True)
 
     @property
     def max_len(self) -> int:
@@ -72,7 +117,11 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompt: list[int], config: SamplingConfig, stop_ids: set[int],
                  generator: torch.Generator | None = None) -> Iterator[int]:
-        """Yield new tokens until a stop token (yielded too), `max_new_tokens` or a full cache."""
+        """Yield new tokens until a stop token (yielded too), `max_new_tokens` or a full cache.
+
+        On an accelerator the tokens arrive `tokens_per_check` at a time, and the device decodes up
+        to that many past a stop token: they are dropped, and the next prompt reuses none of them.
+        """
         if len(prompt) >= self.max_len:
             raise ValueError(f"the prompt has {len(prompt)} tokens; the context holds {self.max_len}")
         # The cache may hold fewer tokens than `cached_ids` if a forward pass was interrupted, and
@@ -80,22 +129,55 @@ class Generator:
         reuse = min(common_prefix_length(self.cached_ids, prompt), self.cache.length, len(prompt) - 1)
         self.cache.truncate(reuse)
         self.cached_ids = list(prompt)
-        logits = self._run(prompt[reuse:])
-        context = torch.tensor(prompt, device=self.device)
-        for _ in range(config.max_new_tokens):
-            token = sample_token(logits, config, context, generator)
-            yield token
-            if token in stop_ids or len(self.cached_ids) >= self.max_len:
+        logits = self._run(torch.tensor([prompt[reuse:]], device=self.device))
+        seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+        seen.index_fill_(0, torch.tensor(prompt, device=self.device), True)
+        random = self._random_on_device(generator)
+        position = torch.tensor([self.cache.length], device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        pending = []
+        for step in range(config.max_new_tokens):
+            finite &= torch.isfinite(logits).all()
+            token = next_token(logits, config, seen, random)
+            pending.append(token)
+            last = step == config.max_new_tokens - 1 or self.cache.length >= self.max_len
+            if not last:
+                seen.index_fill_(0, token.view(1), True)
+                logits = self._decode(token, position)
+            if len(pending) == self.tokens_per_check or last:
+                if not finite:  # finite weights can still overflow, in fp16 above all
+                    raise ValueError(NON_FINITE)
+                for chosen in torch.stack(pending).tolist():
+                    yield chosen
+                    if chosen in stop_ids:
+                        return
+                    self.cached_ids.append(chosen)
+                pending = []
+            if last:
                 return
-            self.cached_ids.append(token)
-            context = torch.cat([context, torch.tensor([token], device=self.device)])
-            logits = self._run([token])
 
-    def _run(self, ids: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([ids], device=self.device)
+    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The logits after `input_ids` [1, n], which go into the cache after what it holds."""
         # Only the last position's logits are needed: a prompt of n tokens skips n - 1 LM-head rows.
-        hidden = self.hidden_states(input_ids, kv_cache=self.cache)
+        hidden = self.model.hidden_states(input_ids, kv_cache=self.cache)
         return self.model.lm_head(hidden[0, -1])
+
+    def _decode(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The logits after `token`, which goes into the cache at `position` (both on the device)."""
+        if self.compiled_step is None:
+            return self._run(token.view(1, 1))
+        logits = self.compiled_step(token.view(1, 1), position, self.cache)[0]
+        self.cache.length += 1
+        position += 1
+        return logits
+
+    def _random_on_device(self, generator: torch.Generator | None) -> torch.Generator | None:
+        """The caller's random stream, or on another device a stream seeded from it: drawing from a CPU
+        generator for a GPU's tensors would copy to the device on every token."""
+        if generator is None or generator.device.type == self.device.type:
+            return generator
+        seed = int(torch.randint(2**62, (), generator=generator))
+        return torch.Generator(self.device).manual_seed(seed)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:

@@ -1,5 +1,6 @@
-"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm and
-matplotlib alone; no module imports a program; and no two modules import each other, however indirectly."""
+"""Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm,
+matplotlib, fastapi and uvicorn alone (the test clients openai and httpx are no runtime dependency); no module
+imports a program; and no two modules import each other, however indirectly."""
 import ast
 import re
 import subprocess
@@ -8,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
-                        "tqdm", "matplotlib"}
-ORACLES = ["transformers", "peft", "accelerate", "torchao"]
+                        "tqdm", "matplotlib", "fastapi", "uvicorn"}
+ORACLES = ["transformers", "peft", "accelerate", "openai", "httpx", "torchao"]
 
 
 PROGRAMS = {"train", "sample", "evaluate", "serve"}
@@ -17,16 +18,20 @@ NOT_RUNTIME = {"tests", "bench", "examples"}
 
 
 def runtime_modules() -> list[str]:
-    """Every module of twin: the top-level files and those of its packages (the folders with an __init__.py)."""
+    """Every module of twin: the top-level files and those of its packages (the folders with an __init__.py),
+    a package inside a package (model.gguf) too, by its own name where its __init__.py imports anything."""
     top = [p.stem for p in ROOT.glob("*.py")]
-    packages = [f"{p.parent.name}.{p.stem}" for init in ROOT.glob("*/__init__.py") if init.parent.name not in NOT_RUNTIME
-                for p in init.parent.glob("*.py") if p.stem != "__init__"]
+    packages = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                for init in ROOT.glob("*/__init__.py") if init.parent.name not in NOT_RUNTIME
+                for p in init.parent.rglob("*.py") if p.parent != init.parent or p.stem != "__init__"]
     return sorted(top + packages)
 
 
 def imports_of(module: str, modules: set[str]) -> set[str]:
     """The modules of twin that `module` imports anywhere in its file (inside functions too)."""
     path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():  # a package's own name: its __init__.py
+        path = path.with_suffix("") / "__init__.py"
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):

@@ -1,7 +1,8 @@
 """Decoding from the KV cache equals recomputing everything; the sampling filters do what they say."""
+import pytest
 import torch
 
-from model.generation import Generator, SamplingConfig, sample_token
+from model.generation import Generator, SamplingConfig, nucleus, sample_token
 from tests.helpers import random_model, tiny_config
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=80)
@@ -24,13 +25,74 @@ def test_greedy_with_cache_equals_full_recomputation_across_the_window():
     assert cached == greedy_by_recomputation(model, prompt, 80)
 
 
-def test_compiled_decoding_gives_the_eager_tokens():
-    # sample.py --compile is meant for CUDA; the same torch.compile path runs on CPU (inductor's C++ backend).
+@pytest.mark.slow  # inductor compiles the step for the CPU: 10-30 s
+def test_compiled_decoding_gives_the_eager_tokens_greedy_and_seeded():
+    # sample.py --compile is meant for CUDA (CUDA graphs); the same compiled step runs on CPU (inductor's C++).
     model = random_model(tiny_config(sliding_window=16), seed=3)
-    prompt, greedy = list(range(5, 15)), SamplingConfig(temperature=0, max_new_tokens=24)
-    eager = list(Generator(model, max_len=64, device=torch.device("cpu")).generate(prompt, greedy, stop_ids=set()))
-    compiled = Generator(model, max_len=64, device=torch.device("cpu"), compile=True)
-    assert list(compiled.generate(prompt, greedy, stop_ids=set())) == eager
+    prompt = list(range(5, 15))
+    sampled = SamplingConfig(temperature=0.8, top_p=0.9, top_k=50, repetition_penalty=1.2, max_new_tokens=24)
+    for config in (SamplingConfig(temperature=0, max_new_tokens=40), sampled):
+        eager = list(Generator(model, max_len=64, device=torch.device("cpu")).generate(
+            prompt, config, stop_ids=set(), generator=torch.Generator().manual_seed(1)))
+        compiled = Generator(model, max_len=64, device=torch.device("cpu"), compile=True)
+        assert list(compiled.generate(prompt, config, set(), torch.Generator().manual_seed(1))) == eager
+        assert len(eager) == config.max_new_tokens
+
+
+def test_the_static_shape_step_that_compile_uses_gives_the_eager_tokens():
+    # What --compile compiles, run uncompiled: the whole cache attended, the position a tensor.
+    model = random_model(tiny_config(sliding_window=8), seed=3)
+    prompt = list(range(5, 15))
+    sampled = SamplingConfig(temperature=0.8, top_p=0.9, top_k=50, repetition_penalty=1.2, max_new_tokens=30)
+    static = Generator(model, max_len=48, device=torch.device("cpu"))
+    static.compiled_step = model.decode_step
+    for config in (GREEDY, sampled):
+        eager = list(Generator(model, max_len=48, device=torch.device("cpu")).generate(
+            prompt, config, set(), torch.Generator().manual_seed(1)))
+        assert list(static.generate(prompt, config, set(), torch.Generator().manual_seed(1))) == eager
+    # The next prompt reuses the part of the cache that the static step filled.
+    again = prompt + eager[:4] + [3]
+    fresh = Generator(model, max_len=48, device=torch.device("cpu"))
+    assert list(static.generate(again, GREEDY, set())) == list(fresh.generate(again, GREEDY, set()))
+
+
+def test_tokens_checked_on_the_host_in_groups_end_where_they_end_one_by_one():
+    # On an accelerator the device decodes ahead and the host checks a group of tokens at a time.
+    model = random_model(tiny_config(sliding_window=8), seed=6)
+    prompt = list(range(3, 13))
+    one_by_one = Generator(model, max_len=40, device=torch.device("cpu"))
+    free = list(one_by_one.generate(prompt, GREEDY, stop_ids=set()))
+    assert len(free) == 40 - len(prompt) + 1  # the cache filled up; its last token is still sampled
+    grouped = Generator(model, max_len=40, device=torch.device("cpu"))
+    grouped.tokens_per_check = 4
+    assert list(grouped.generate(prompt, GREEDY, stop_ids=set())) == free
+    stop = free[5]  # in the middle of the second group
+    assert list(grouped.generate(prompt, GREEDY, stop_ids={stop})) == free[:free.index(stop) + 1]
+    short = SamplingConfig(temperature=0, max_new_tokens=7)
+    assert list(grouped.generate(prompt, short, stop_ids=set())) == free[:7]
+    # The cache holds tokens decoded past the stop; the next prompt must reuse only what it shares.
+    extended = prompt + free[:3] + [1, 2]
+    assert list(grouped.generate(extended, short, set())) == list(one_by_one.generate(extended, short, set()))
+
+
+def test_scores_gone_non_finite_are_an_error_when_decoding_ahead():
+    model = random_model(tiny_config(), seed=2)
+    generator = Generator(model, max_len=32, device=torch.device("cpu"))
+    generator.tokens_per_check = 4
+    with torch.no_grad():
+        model.lm_head.weight[7] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        list(generator.generate([1, 2, 3], GREEDY, stop_ids=set()))
+
+
+def test_nucleus_reaches_past_the_candidates_when_they_hold_less_than_top_p():
+    logits = torch.linspace(0.0, 0.5, 2000)  # nearly flat: the likeliest 512 hold about a third
+    kept = torch.isfinite(nucleus(logits, 0.6)).nonzero().flatten()
+    probs = logits.softmax(-1)
+    order = probs.argsort(descending=True)
+    expected = order[:int((probs[order].cumsum(-1) < 0.6).sum()) + 1]  # up to the token that crosses 0.6
+    assert len(kept) > 512
+    assert set(kept.tolist()) == set(expected.tolist())
 
 
 def test_a_prompt_extending_the_last_one_reuses_the_cache_and_gives_the_same_tokens():
@@ -41,7 +103,7 @@ def test_a_prompt_extending_the_last_one_reuses_the_cache_and_gives_the_same_tok
     extended = list(range(5, 15)) + first[:10] + [7, 8, 9]
     calls = []
     original = generator._run
-    generator._run = lambda ids: calls.append(len(ids)) or original(ids)
+    generator._run = lambda ids: calls.append(ids.shape[1]) or original(ids)
     again = list(generator.generate(extended, SamplingConfig(temperature=0, max_new_tokens=30), stop_ids=set()))
     assert calls[0] == 3  # only the three new tokens were prefilled
     fresh = list(Generator(model, max_len=128, device=torch.device("cpu")).generate(

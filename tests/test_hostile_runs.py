@@ -51,8 +51,18 @@ def finished_run(tmp_path_factory, tiny_checkpoint) -> Path:
 
 def unfinished(run: Path, outside: Path) -> None:
     """Killed after the checkpoint of the final step, before the results were written."""
-    (run / "run.json").unlink()
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    (run / "run.json").write_text(json.dumps({"status": "running", "settings": settings}))
     shutil.rmtree(run / "adapter")
+
+
+def earlier_layout(run: Path, outside: Path) -> None:
+    """A finished run as twin wrote them before one record: the settings in run_args.json, and a run.json
+    without a status."""
+    record = json.loads((run / "run.json").read_text())
+    del record["status"]
+    (run / "run.json").write_text(json.dumps(record))
+    (run / "run_args.json").write_text(json.dumps(record["settings"]))
 
 
 def then(*damages: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
@@ -84,8 +94,9 @@ def crafted(name: str) -> Callable[[Path, Path], None]:
 
 def settings(**changes) -> Callable[[Path, Path], None]:
     def damage(run: Path, outside: Path) -> None:
-        path = run / "run_args.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+        path = run / "run.json"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "settings": {**record["settings"], **changes}}))
     return damage
 
 
@@ -149,27 +160,38 @@ CASES = {
     "finished, resumed": Case(lambda run, outside: None, "{run} is a finished run"),
     "finished, trained into": Case(lambda run, outside: None, "--out {run} holds a finished run", 2, "fresh"),
     "checkpoints only, trained into": Case(unfinished, "continue it with --resume {run}", 2, "fresh"),
-    # run_args.json
-    "run_args.json missing": Case(then(unfinished, remove("run_args.json")), "{run}/run_args.json not found", 2),
-    "run_args.json not JSON": Case(then(unfinished, write("run_args.json", "{\"seq_len\": 2")),
-                                   "{run}/run_args.json: not readable as JSON", 2),
-    "run_args.json not UTF-8": Case(then(unfinished, write("run_args.json", b"\xff\xfe{}")),
-                                    "{run}/run_args.json: not readable as JSON", 2),
-    "run_args.json nested too deep": Case(then(unfinished, write("run_args.json", "[" * 100_000)),
-                                          "{run}/run_args.json: not readable as JSON", 2),
-    "run_args.json a list": Case(then(unfinished, write("run_args.json", "[1, 2]")),
-                                 "{run}/run_args.json: holds a JSON list", 2),
-    "run_args.json text for a number": Case(then(unfinished, settings(seq_len="long")),
-                                            "{run}/run_args.json: --seq-len", 2),
-    "run_args.json zero rows a batch": Case(then(unfinished, settings(micro_batch=0)),
-                                            "{run}/run_args.json: --micro-batch", 2),
-    "run_args.json a number for a flag": Case(then(unfinished, settings(merge=1)), "{run}/run_args.json: --merge", 2),
-    "run_args.json no model": Case(then(unfinished, settings(model=None)), "{run}/run_args.json: --model", 2),
-    "run_args.json unknown choice": Case(then(unfinished, settings(train_on="nobody")),
-                                         "{run}/run_args.json: --train-on", 2),
-    "run_args.json asks for torchrun": Case(then(unfinished, settings(fsdp=True)), "--fsdp runs under torchrun", 2),
-    "run_args.json keys that are no flag": Case(then(unfinished, settings(__class__="x", __dict__={}, stop_at=1)),
-                                                "resumed from {run}/checkpoints/step-00000002"),
+    # run.json, as --resume reads it
+    "record missing": Case(then(unfinished, remove("run.json")), "{run}/run.json not found", 2),
+    "record not JSON": Case(then(unfinished, write("run.json", "{\"seq_len\": 2")),
+                            "{run}/run.json: not readable as JSON", 2),
+    "record not UTF-8": Case(then(unfinished, write("run.json", b"\xff\xfe{}")), "{run}/run.json: not readable as JSON",
+                             2),
+    "record nested too deep": Case(then(unfinished, write("run.json", "[" * 100_000)),
+                                   "{run}/run.json: not readable as JSON", 2),
+    "record a list": Case(then(unfinished, write("run.json", "[1, 2]")), "{run}/run.json: not a train.py run record",
+                          2),
+    "record of an unknown status": Case(then(unfinished, run_json({"status": "paused", "settings": {}})),
+                                        "{run}/run.json: not a train.py run record", 2),
+    "settings text for a number": Case(then(unfinished, settings(seq_len="long")), "{run}/run.json: --seq-len", 2),
+    "settings zero rows a batch": Case(then(unfinished, settings(micro_batch=0)), "{run}/run.json: --micro-batch", 2),
+    "settings a number for a flag": Case(then(unfinished, settings(merge=1)), "{run}/run.json: --merge", 2),
+    "settings no model": Case(then(unfinished, settings(model=None)), "{run}/run.json: --model", 2),
+    "settings unknown choice": Case(then(unfinished, settings(train_on="nobody")), "{run}/run.json: --train-on", 2),
+    "settings ask for torchrun": Case(then(unfinished, settings(fsdp=True)), "--fsdp runs under torchrun", 2),
+    "settings keys that are no flag": Case(then(unfinished, settings(__class__="x", __dict__={}, stop_at=1)),
+                                           "resumed from {run}/checkpoints/step-00000002"),
+    # Runs of the earlier layout: settings in run_args.json, and run.json (no status) once finished.
+    "earlier layout, unfinished": Case(then(earlier_layout, remove("run.json"), remove("adapter")),
+                                       "resumed from {run}/checkpoints/step-00000002"),
+    "earlier layout, finished, resumed": Case(earlier_layout, "{run} is a finished run"),
+    "earlier layout, finished, trained into": Case(earlier_layout, "--out {run} holds a finished run", 2, "fresh"),
+    "earlier layout, finished, sampled": Case(earlier_layout, "Misha", command="sample"),
+    "earlier layout, finished, evaluated": Case(earlier_layout, "report written to {run}/report/report.md",
+                                                command="evaluate"),
+    "earlier layout, settings not JSON": Case(then(earlier_layout, remove("run.json"), write("run_args.json", "{")),
+                                              "{run}/run_args.json: not readable as JSON", 2),
+    "earlier layout, settings a list": Case(then(earlier_layout, remove("run.json"), write("run_args.json", "[1]")),
+                                            "{run}/run_args.json: holds a JSON list", 2),
     # Checkpoints: damaged ones fall back to the one before, with a warning.
     "training state truncated": Case(then(unfinished, truncate(f"{STEP_2}/training_state.pt")), RESUMED_FROM_1),
     "training state empty": Case(then(unfinished, write(f"{STEP_2}/training_state.pt", b"")), RESUMED_FROM_1),
@@ -221,6 +243,9 @@ CASES = {
                                              "{run}/run.json: --seq-len", 2, "evaluate"),
     "run.json without data": Case(run_json({"settings": {"model": "m"}}), "{run}/run.json: records no --data", 2,
                                   "sample"),
+    "unfinished, sampled": Case(unfinished, "{run}/run.json: the run has not finished; continue it with: python "
+                                "train.py --resume {run}", 2, "sample"),
+    "unfinished, evaluated": Case(unfinished, "{run}/run.json: the run has not finished", 2, "evaluate"),
 }
 
 

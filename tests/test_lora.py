@@ -347,6 +347,72 @@ def test_impossible_trainable_tokens_are_named_and_leave_the_model_as_it_was(bas
     assert not lora_layers(fresh) and not token_layers(fresh) and fresh.config.vocab_size == CONFIG.vocab_size
 
 
+# What vLLM's LoRA loader requires of a PEFT adapter (vllm/lora/peft_helper.py, lora_model.py and utils.py, read
+# for vLLM 0.11-0.13), restated here: vLLM is no test dependency, as it needs a GPU build. Its Llama, Mistral
+# and Qwen2/3 models take LoRA on these projections (q/k/v and gate/up as parts of their packed qkv_proj and
+# gate_up_proj); --max-lora-rank (default 16) is one of VLLM_MAX_LORA_RANKS.
+VLLM_LORA_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_refusals(adapter_dir) -> list[str]:
+    """Each reason vLLM's loader would refuse the adapter; none for one it serves."""
+    from safetensors import safe_open
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    refusals = [f"missing {key}" for key in ("r", "lora_alpha", "target_modules") if key not in config]
+    refusals += [f"{key} is not supported" for key, supported in [("modules_to_save", None), ("use_dora", False),
+                                                                   ("bias", "none")]
+                 if config.get(key, supported) not in (supported, [])]
+    refusals += [f"target module {name}" for name in config.get("target_modules", []) if name not in VLLM_LORA_MODULES]
+    if config.get("r", 0) > VLLM_MAX_LORA_RANKS[-1]:
+        refusals.append(f"rank {config['r']} is above every --max-lora-rank")
+    with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as weights:
+        for key in weights.keys():  # vllm.lora.utils.parse_fine_tuned_lora_name, then the module check
+            parts = key.removeprefix("base_model.model.").split(".")
+            if parts[-1] == "weight" and parts[-2] in ("lora_A", "lora_B"):
+                module = parts[-3]
+            elif parts[-1] in ("lora_embedding_A", "lora_embedding_B"):
+                module = parts[-2]
+            else:
+                refusals.append(f"{key} is unsupported LoRA weight")
+                continue
+            if module not in VLLM_LORA_MODULES:
+                refusals.append(f"{key}: unexpected module {module}")
+    return refusals
+
+
+def test_the_adapter_of_a_run_is_one_vllm_serves(tiny_run):
+    from safetensors import safe_open
+
+    adapter = tiny_run / "adapter"
+    assert vllm_refusals(adapter) == []
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8  # served with --max-lora-rank 8
+    assert config["base_model_name_or_path"] and config["trainable_token_indices"] is None
+    layers = range(load_model(config["base_model_name_or_path"], torch.float32).config.num_hidden_layers)
+    expected = {f"base_model.model.model.layers.{layer}.{block}.{name}.lora_{part}.weight"
+                for layer in layers for name in config["target_modules"] for part in "AB"
+                for block in ["mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"]}
+    with safe_open(adapter / "adapter_model.safetensors", framework="pt") as weights:
+        assert set(weights.keys()) == expected and weights.metadata() == {"format": "pt"}
+        assert all(weights.get_tensor(key).shape[0 if key.endswith("lora_A.weight") else 1] == config["r"]
+                   for key in expected)
+
+
+def test_an_adapter_with_new_token_rows_is_one_vllm_refuses(base, tmp_path):
+    """train.py gives a base without ChatML's tokens their rows (PEFT's trainable tokens). vLLM dropped
+    LoRA's extra vocabulary (lora_extra_vocab_size) and reads no trainable_tokens_delta: such a run is served
+    from its merged model (train.py --merge) instead, which the check must say rather than pass."""
+    model = load_model(base[0], torch.float32)
+    config = with_new_tokens()
+    apply_lora(model, config)
+    save_adapter(model, tmp_path / "adapter", config, base_model=str(base[0]))
+    refusals = sorted(vllm_refusals(tmp_path / "adapter"))
+    assert refusals == [f"base_model.model.{layer}.token_adapter.trainable_tokens_delta is unsupported LoRA weight"
+                        for layer in ("lm_head", "model.embed_tokens")]
+
+
 # -- LoRA over a 4-bit base (--quantize nf4) -------------------------------------------------------------
 
 def lm_loss(model, ids):

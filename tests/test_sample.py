@@ -63,6 +63,7 @@ def test_history_file_continues_a_session(tiny_run, tmp_path):
     assert f"{SPEAKER}:" in out
 
 
+@pytest.mark.slow  # two sample.py processes
 def test_base_plus_adapter_gives_the_tokens_of_the_merged_model(tiny_run, tiny_checkpoint):
     common = ["--speaker", SPEAKER, "--prompt", "как дела?", "--temperature", 0, "--max-new-tokens", 24]
     with_adapter = sample_cli("--model", tiny_checkpoint, "--adapter", tiny_run / "adapter", *common).stdout

@@ -51,6 +51,7 @@ def test_lora_run_writes_adapter_metrics_and_record(tmp_path, tiny_checkpoint):
     assert not (out / "report").exists()  # --no-eval-report
 
 
+@pytest.mark.slow  # three runs
 def test_stop_and_resume_gives_the_same_adapter_as_a_straight_run(tmp_path, tiny_checkpoint):
     common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 6, "--lr", 5e-3, *FAST]
     run_train(*common, "--out", tmp_path / "straight")
@@ -194,13 +195,16 @@ def test_an_out_holding_a_run_is_refused_and_resume_needs_a_run(tmp_path, tiny_r
     assert f"--out {tiny_run} holds a finished run" in fresh
     assert "--resume" not in fresh  # a finished run cannot be continued
     assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
-    assert "run_args.json not found" in refused(["--resume", tmp_path], capsys)
+    assert f"{tmp_path / 'run.json'} not found" in refused(["--resume", tmp_path], capsys)
 
 
 def test_a_fresh_run_into_an_unfinished_one_points_to_resume(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "run"
     run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--stop-at", 1, *FAST)
     capsys.readouterr()
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "running" and record["settings"]["max_steps"] == 2
+    assert "stop_at" not in record["settings"]  # a stop belongs to the invocation that asked for it
     assert refused(["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, *FAST], capsys) == (
         f"error: --out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out\n")
 
@@ -224,9 +228,9 @@ def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path,
               "--save-every", 2)
     finished = json.loads((out / "run.json").read_text())
     adapter = adapter_weights(out)
-    for result in ("run.json", "adapter"):  # killed before they were written
-        path = out / result
-        path.unlink() if path.is_file() else shutil.rmtree(path)
+    # Killed before the results were written: the adapter missing, the record still "running".
+    shutil.rmtree(out / "adapter")
+    (out / "run.json").write_text(json.dumps({"status": "running", "settings": finished["settings"]}))
     previous = os.umask(0o022)
     try:
         train.main(["--resume", str(out), "--eval-report", "--eval-contexts", "1"])
@@ -242,6 +246,7 @@ def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path,
     assert {stat.S_IMODE(p.stat().st_mode) for p in report} == {0o700, 0o600}
 
 
+@pytest.mark.slow  # a run with every output: checkpoints, adapter, merged model
 def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
     previous = os.umask(0o022)  # an ordinary umask: train.py itself must make its files private
@@ -251,7 +256,7 @@ def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoi
     finally:
         os.umask(previous)
     written = [out, *out.rglob("*")]
-    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json", "run_args.json"} <= {
+    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json"} <= {
         p.name for p in written}
     assert (out / "checkpoints" / "step-00000002" / "training_state.pt").exists()
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
@@ -326,6 +331,7 @@ def train_then_chat(base: Path, out: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow  # a run, then a chat
 @pytest.mark.parametrize("name, config, turn_end", [
     ("llama3", dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=True), "<|eot_id|>"),
     ("qwen2", dict(model_type="qwen2", rope_theta=1000000.0), "<|im_end|>"),
@@ -343,6 +349,7 @@ def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_
     assert chat_format(load_tokenizer(tmp_path / "run" / "adapter")).turn_end == turn_end
 
 
+@pytest.mark.slow  # a run, a chat, then PEFT on its adapter
 def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_path, capsys, mistral_tokenizer_dir):
     from model import load_tokenizer
     from model.tokenizer import Tokenizer
@@ -376,6 +383,7 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
         torch.testing.assert_close(ours.eval()(ids), peft_model(ids).logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # three runs
 def test_new_token_rows_resume_as_if_never_stopped(tmp_path, mistral_tokenizer_dir):
     from model.tokenizer import Tokenizer
 

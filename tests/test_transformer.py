@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import model.transformer
 from model import KVCache, ModelConfig, load_model
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.transformer import DocumentSpans
@@ -67,6 +68,68 @@ def test_packed_rows_equal_sessions_run_alone():
         packed = model(input_ids, position_ids=position_ids, document_ids=document_ids)
         alone = torch.cat([torch.cat([model(s) for s in row], dim=1) for row in sessions])
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+
+
+def packed_batch(config: ModelConfig, rows: list[list[int]]):
+    """input_ids, position_ids and document_ids of rows packed from documents of these lengths."""
+    input_ids = torch.randint(0, config.vocab_size, (len(rows), sum(rows[0])), generator=torch.Generator().manual_seed(7))
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in rows])
+    document_ids = torch.stack([torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)]) for lengths in rows])
+    return input_ids, position_ids, document_ids
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # CPU runs the reference
+@pytest.mark.parametrize("config", [
+    tiny_config(sliding_window=40),  # GQA 4/2, a window shorter than most documents
+    tiny_config(num_key_value_heads=4),  # no GQA, no window
+    tiny_config(model_type="qwen2", sliding_window=24, max_window_layers=1),  # a full layer, then a windowed one
+], ids=["gqa-window", "mha", "qwen-mixed-windows"])
+def test_flex_attention_on_packed_rows_equals_document_by_document_with_gradients(monkeypatch, config):
+    # Rows longer than FlexAttention's 128-token blocks, documents across block edges, padding last.
+    rows = [[100, 40, 20], [20, 130, 10]]
+    input_ids, position_ids, document_ids = packed_batch(config, rows)
+    results = {}
+    for devices in (set(), {"cpu"}):
+        monkeypatch.setattr(model.transformer, "FLEX_ATTENTION_DEVICES", devices)
+        # torch refuses FlexAttention's backward on CPU; its uncompiled reference computes it all the same.
+        monkeypatch.setattr(torch.nn.attention.flex_attention, "_validate_device", lambda *tensors: None)
+        ours = random_model(config).train()
+        logits = ours(input_ids, position_ids=position_ids, document_ids=document_ids)
+        logits.square().mean().backward()
+        results[bool(devices)] = logits, {name: p.grad for name, p in ours.named_parameters()}
+    (by_document, document_grads), (flex, flex_grads) = results[False], results[True]
+    torch.testing.assert_close(flex, by_document, atol=1e-5, rtol=0)
+    for name, grad in document_grads.items():
+        torch.testing.assert_close(flex_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # CPU runs the reference
+def test_flex_attention_path_builds_no_document_spans_on_the_host(monkeypatch):
+    # Spans come from copying the ids to the host (a wait for the device on every step): where
+    # FlexAttention runs, its block mask is built from the ids on the device instead.
+    config = tiny_config(sliding_window=6)
+    ours = random_model(config)
+    input_ids, position_ids, document_ids = packed_batch(config, [[5, 9, 4], [12, 1, 5]])
+    with torch.no_grad():
+        expected = ours(input_ids, position_ids=position_ids, document_ids=document_ids)
+        monkeypatch.setattr(model.transformer, "FLEX_ATTENTION_DEVICES", {"cpu"})
+        monkeypatch.setattr(DocumentSpans, "of", None)
+        got = ours(input_ids, position_ids=position_ids, document_ids=document_ids)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_decode_step_of_static_shapes_equals_the_forward_pass():
+    config = tiny_config(model_type="qwen2", sliding_window=5, max_window_layers=1)
+    ours = random_model(config)
+    ids = torch.randint(0, config.vocab_size, (1, 12))
+    with torch.no_grad():
+        full = ours(ids)
+        cache = KVCache(config, batch_size=1, max_len=16, dtype=torch.float32, device="cpu")
+        ours(ids[:, :7], kv_cache=cache)  # prefill
+        position = torch.tensor([7])
+        for i in range(7, 12):
+            torch.testing.assert_close(ours.decode_step(ids[:, i:i + 1], position, cache), full[:, i], atol=1e-5, rtol=0)
+            position += 1
 
 
 def test_kv_cache_prefill_and_decode_equal_full_forward():

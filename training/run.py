@@ -6,7 +6,6 @@ writes the metrics and the record, and goes first where files are made that the 
 """
 import contextlib
 import io
-import json
 import math
 import sys
 import time
@@ -16,13 +15,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from core import atomic
 from core.device import resolve_device
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from model import load_tokenizer
-from training import distributed
+from training import distributed, run_folder
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
@@ -64,8 +62,8 @@ class Run:
 
 
 def start(run: Run) -> None:
-    """Seed, make the run folder, clear what killed writes left in it, and record the settings a
-    `--resume` continues with (a stop belongs to this invocation only)."""
+    """Seed, make the run folder, clear what killed writes left in it, and record the run as running,
+    with the settings a `--resume` continues with (a stop belongs to this invocation only)."""
     torch.manual_seed(run.args.seed)
     if not run.is_main:
         return
@@ -74,7 +72,7 @@ def start(run: Run) -> None:
         run.say(f"removed {path}, left by a write that was cut short")
     if not run.args.resume:
         settings = {k: v for k, v in vars(run.args).items() if k not in ("resume", "stop_at")}
-        atomic.write_text(run.out / "run_args.json", json.dumps(settings, indent=2))
+        run_folder.write_started(run.out, settings)
 
 
 def prepare(run: Run) -> tuple:
@@ -201,7 +199,7 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
 
 
 def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
-    """OUT/run.json, written last: it marks the run finished (until then --resume, even from a
+    """The run's record, rewritten last as finished, with its figures (until then --resume, even from a
     checkpoint of the final step, writes everything again)."""
     memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
     if not run.is_main:
@@ -211,8 +209,7 @@ def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) ->
                "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
                "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
                "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
-    atomic.write_text(run.out / "run.json", json.dumps({"mode": mode, "settings": vars(run.args), "figures": figures},
-                                                       indent=2))
+    run_folder.write_finished(run.out, mode, vars(run.args), figures)
 
 
 def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:

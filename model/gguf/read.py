@@ -15,11 +15,11 @@ import gguf
 import numpy as np
 import torch
 
+from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, permutes_rotary_rows, unpermute_rotary_rows
 from model.weights import CheckpointError, assign_parameter
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same
-LLAMA3_ROPE_FREQS = "rope_freqs.weight"
 # What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
 LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
@@ -54,7 +54,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
 
     for name, _ in model.named_parameters():
         weights = dequantize(tensors[gguf_names[name]], path)
-        if config.model_type == "llama" and name.split(".")[-2] in ("q_proj", "k_proj"):
+        if permutes_rotary_rows(config.model_type, name):
             heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
             weights = unpermute_rotary_rows(weights, heads)
         assign_parameter(model, name, weights.to(device=device, dtype=dtype))
@@ -130,13 +130,6 @@ def llama3_scaling(config: ModelConfig, rope_factors: torch.Tensor, path: Path) 
     return scaling
 
 
-def gguf_tensor_names(model: Transformer) -> dict[str, str]:
-    """Our parameter name -> its GGUF tensor name, from the gguf package's own table."""
-    arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == model.config.model_type)
-    table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
-    return {name: table.get_name(name, try_suffixes=(".weight", ".bias")) for name, _ in model.named_parameters()}
-
-
 def dequantize(tensor, path: Path) -> torch.Tensor:
     """One GGUF tensor as fp32, in PyTorch's dimension order."""
     try:
@@ -146,9 +139,3 @@ def dequantize(tensor, path: Path) -> torch.Tensor:
                               f"package cannot dequantize") from None
     # Plain F32 comes back as a read-only view of the file's memory map; the model needs its own copy.
     return torch.from_numpy(array if array.flags.writeable else np.array(array)).float()
-
-
-def unpermute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row order: within each head, llama.cpp puts the two rows that rotate
-    together side by side (0, d/2, 1, d/2 + 1, ...); Hugging Face keeps them d/2 apart."""
-    return weight.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(weight.shape)

@@ -1,0 +1,172 @@
+"""Export a twin as GGUF for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it; or
+write only its chat template, for a server that runs the model or adapter as it is (vLLM).
+
+    python -m model.gguf export runs/me me.gguf --type q8_0
+    python -m model.gguf chat-template runs/me me.jinja
+
+RUN_OR_MODEL is a train.py run folder (a LoRA run's base model with its adapter merged in, or a full
+fine-tune's OUT/model), a Hugging Face model folder or repo id, or a .gguf file. The model is loaded in
+fp32 on the CPU (4 bytes a parameter, plus the exported copy) and written with the tokenizer and a
+chat template in which the speaker is the assistant and their partner the user.
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from chat.loading import TwinSource, load_twin, source_of_run
+from chat.people import SpeakerError
+from core import atomic
+from core.cli import program
+from core.device import add_threads_arg, set_threads
+from data.chatml import chat_format
+from model.checkpoint import load_tokenizer
+from model.generation import SamplingConfig
+from model.gguf.templates import jinja_chat_template, ollama_modelfile
+from model.gguf.vocab import ExportError
+from model.gguf.write import TYPES, write_gguf
+from model.lora import read_adapter_config, tokenizer_source
+
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices (default 16)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model.gguf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="write a twin as a GGUF file and an Ollama Modelfile",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arg(export)
+    export.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write (replaced if it exists)")
+    export.add_argument("--type", choices=TYPES, default="f16", help="how weights are stored: f16 (2 bytes a "
+                        "weight) or q8_0 (about 1.06 bytes, 8-bit) (default: %(default)s)")
+    add_people_args(export)
+    export.add_argument("--modelfile", help="where to write the Ollama Modelfile (default: OUT with the "
+                        "suffix .Modelfile)")
+    add_threads_arg(export)
+    template = commands.add_parser("chat-template", help="write only the twin's Jinja chat template (for "
+                                   "vLLM's --chat-template); loads the tokenizer, not the model")
+    add_source_arg(template)
+    template.add_argument("out", metavar="OUT.jinja", help="the template file to write (replaced if it exists)")
+    add_people_args(template)
+    return parser
+
+
+def add_source_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="RUN_OR_MODEL", help="a train.py run folder, a Hugging Face model "
+                        "folder or repo id, or a .gguf file")
+
+
+def add_people_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--speaker", help="the person the model writes as in the templates, the assistant "
+                        "(default: the person the run twins)")
+    parser.add_argument("--as", dest="user", help="the person the user writes as in the templates (default: "
+                        "the speaker's most frequent partner, else 'User')")
+
+
+@program
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "export":
+        export(args)
+    else:
+        write_chat_template(args)
+
+
+def source_and_people(args) -> tuple[TwinSource, str, str]:
+    """What to load, the speaker (the assistant) and their partner (the user), checked against the run."""
+    source_path = Path(args.source)
+    source = source_of_run(source_path) if (source_path / "run.json").is_file() else TwinSource(args.source)
+    if args.speaker is None and source.people.target is None:
+        raise SpeakerError(f"--speaker: needed, as {args.source} is no train.py run folder, whose record names "
+                           "the person to twin")
+    speaker = source.people.speaker_or_target(args.speaker)
+    return source, speaker, source.people.user_for(speaker, args.user)
+
+
+def export(args) -> None:
+    out = Path(args.out)
+    modelfile = Path(args.modelfile) if args.modelfile else out.with_suffix(".Modelfile")
+    for path in (out, modelfile):
+        check_folder(path)
+    # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
+    source, speaker, partner = source_and_people(args)
+    reference = modelfile_reference(out, modelfile)
+    set_threads(args)
+
+    model, tokenizer = load_twin(source, torch.device("cpu"), torch.float32)
+    layout = chat_format(tokenizer)
+    print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
+    write_gguf(model, tokenizer, out, args.type, name=out.stem,
+               chat_template=jinja_chat_template(layout, speaker, partner))
+    atomic.write_text(modelfile, ollama_modelfile(reference, layout, speaker, partner, SamplingConfig()))
+    size = out.stat().st_size / 2**30
+    print(f"wrote {out} ({size:.2f} GiB) and {modelfile}, the model writing as {speaker!r} to {partner!r}")
+    print(f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
+          f"  or: llama-cli -m {shlex.quote(str(out))} --jinja\n"
+          f"  or: llama-server -m {shlex.quote(str(out))} --jinja")
+
+
+def write_chat_template(args) -> None:
+    out = Path(args.out)
+    check_folder(out)
+    source, speaker, partner = source_and_people(args)
+    tokenizer = load_tokenizer(tokenizer_source(source.model, source.adapter))
+    atomic.write_text(out, jinja_chat_template(chat_format(tokenizer), speaker, partner))
+    print(f"wrote {out}, the model writing as {speaker!r} to {partner!r} (per request: chat_template_kwargs "
+          "speaker and partner)")
+    print(vllm_next_step(source, ollama_name(Path(args.source).name), out))
+
+
+def vllm_next_step(source: TwinSource, served_name: str, template: Path) -> str:
+    """The vLLM command that serves the twin with its template: the adapter on its base model, where vLLM
+    can load the adapter, else the model as it is."""
+    quoted = shlex.quote(str(template))
+    if source.adapter is None:
+        return f"next: vllm serve {shlex.quote(str(source.model))} --chat-template {quoted}"
+    config, _ = read_adapter_config(source.adapter)
+    if config.trainable_tokens:
+        return (f"vLLM cannot load {source.adapter}: it holds rows for tokens its base model lacks, which vLLM's "
+                f"LoRA does not read. Serve the merged model instead (train.py --merge writes OUT/merged):\n"
+                f"next: vllm serve OUT/merged --chat-template {quoted}")
+    return (f"next: vllm serve {shlex.quote(str(source.model))} --enable-lora --max-lora-rank "
+            f"{vllm_rank_limit(config.r)} --lora-modules {served_name}={shlex.quote(str(source.adapter))} "
+            f"--chat-template {quoted}")
+
+
+def check_folder(path: Path) -> None:
+    """A file can be written at `path`: its folder exists, and it is no folder itself."""
+    if not path.parent.is_dir():
+        raise ExportError(f"{path}: no folder {path.parent} to write it in")
+    if path.is_dir():
+        raise ExportError(f"{path}: a folder; give the name of a file to write")
+
+
+def vllm_rank_limit(rank: int) -> int:
+    """The least of vLLM's --max-lora-rank choices that takes an adapter of this rank."""
+    return next((limit for limit in VLLM_MAX_LORA_RANKS if limit >= rank), rank)
+
+
+def modelfile_reference(gguf_path: Path, modelfile: Path) -> str:
+    """The GGUF file as the Modelfile's FROM line names it: ./NAME beside the Modelfile, else its absolute
+    path; quoted where it holds spaces (Ollama reads no escapes, so a path with a quote cannot be named)."""
+    if gguf_path.resolve().parent == modelfile.resolve().parent:
+        reference = f"./{gguf_path.name}"
+    else:
+        reference = str(gguf_path.resolve())
+    if '"' in reference or not reference.isprintable():
+        raise ExportError(f"{gguf_path}: a Modelfile cannot name a path with quotes or unprintable characters; "
+                          "choose another name")
+    return f'"{reference}"' if " " in reference else reference
+
+
+def ollama_name(text: str) -> str:
+    """A model name Ollama and vLLM take, from a file's or a person's name: letters, digits, '-', '_', '.'."""
+    name = "".join(char if char.isascii() and (char.isalnum() or char in "-_.") else "-" for char in text)
+    return name.strip("-.") or "twin"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""How twin's parameters sit in a GGUF file, for reading and writing alike: the tensor names, the
+architecture llama.cpp calls each model type, and the order of q and k rows in llama's rotary layout."""
+import gguf
+import torch
+
+from model.transformer import Transformer
+
+# Our model_type -> general.architecture. llama.cpp runs Mistral as llama (its converter writes Mistral so).
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+LLAMA3_ROPE_FREQS = "rope_freqs.weight"  # Llama 3's rope scaling, baked into one factor per frequency
+
+
+def gguf_tensor_names(model: Transformer) -> dict[str, str]:
+    """Our parameter name -> its GGUF tensor name, from the gguf package's own table."""
+    arch_name = GGUF_ARCHITECTURES[model.config.model_type]
+    arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == arch_name)
+    table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    return {name: table.get_name(name, try_suffixes=(".weight", ".bias")) for name, _ in model.named_parameters()}
+
+
+def permutes_rotary_rows(model_type: str, parameter: str) -> bool:
+    """Whether the rows of this parameter are in llama.cpp's interleaved rotary order in a GGUF file:
+    q and k (weights and biases) of the llama architecture; qwen's rotate the Hugging Face way."""
+    return GGUF_ARCHITECTURES[model_type] == "llama" and parameter.split(".")[-2] in ("q_proj", "k_proj")
+
+
+def permute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's q/k row order: within each head, the two rows that rotate together side by side
+    (0, d/2, 1, d/2 + 1, ...), where Hugging Face keeps them d/2 apart."""
+    return weight.unflatten(0, (heads, 2, -1)).transpose(1, 2).reshape(weight.shape)
+
+
+def unpermute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Undo permute_rotary_rows: back to Hugging Face's order."""
+    return weight.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(weight.shape)

@@ -1,0 +1,64 @@
+"""A reply's text as a client sees it while the model writes it.
+
+The model writes a turn as ">>> first message\\n>>> second message". A client gets the messages joined by
+newlines ("first message\\nsecond message"), cut before the first of the request's stop strings, and is never
+shown a character that a later token could take back: the start of a ">>> " marker or of a stop string is
+held until the next piece tells what it is.
+"""
+from data.sessions import MESSAGE_PREFIX, clean_message, parse_body
+
+SEPARATOR = "\n" + MESSAGE_PREFIX  # between two messages of a turn, as the model writes it
+
+
+def messages_of(body: str) -> list[str]:
+    """The messages of a turn's body, cleaned as chat.conversation cleans a turn (no control characters)."""
+    return [clean_message(message) for message in parse_body(body)]
+
+
+def held_back(text: str, markers: list[str]) -> int:
+    """How many characters at the end of `text` could be the start of one of `markers`."""
+    return max((length for marker in markers for length in range(1, len(marker)) if text.endswith(marker[:length])),
+               default=0)
+
+
+class ReplyText:
+    """The text of one reply, fed piece by piece as the tokens are decoded."""
+
+    def __init__(self, stop: list[str]):
+        self.stop = [text for text in stop if text]
+        self.body = ""  # what the model wrote
+        self.content = ""  # what the client may see of it so far
+        self.stopped = False  # a stop string was met: the reply ends here
+
+    def add(self, piece: str) -> str:
+        """Take the next decoded piece; return the text the client may be shown now (often "")."""
+        self.body += piece
+        # "\n" in front: a body that is so far only the start of the first ">>> " is held too.
+        return self._release(self.body[:max(0, len(self.body) - held_back("\n" + self.body, [SEPARATOR]))], final=False)
+
+    def finish(self) -> str:
+        """The model has stopped: the text that was held back, as far as it goes."""
+        return "" if self.stopped else self._release(self.body, final=True)
+
+    @property
+    def messages(self) -> list[str]:
+        """The reply's messages: all that the model wrote, or those before the stop string (the last one cut)."""
+        kept, room = [], len(self.content)
+        for message in messages_of(self.body):
+            if room <= 0:
+                break
+            kept.append(message[:room])
+            room -= len(message) + 1  # the newline that joins it to the next
+        return [message for message in kept if message.strip()]
+
+    def _release(self, body: str, final: bool) -> str:
+        content = "\n".join(messages_of(body))
+        stops = [index for index in (content.find(text) for text in self.stop) if index >= 0]
+        if stops:
+            content, self.stopped = content[:min(stops)], True
+        elif not final:
+            content = content[:len(content) - held_back(content, self.stop)]
+        new = content[len(self.content):] if content.startswith(self.content) else ""
+        if len(content) > len(self.content):
+            self.content = content
+        return new
