@@ -130,6 +130,8 @@ def main():
             continue
         measured = next((r["mib"] for r in results if r["side"] == side and r["micro_batch"] == rows), None)
         per_row, fixed = lines[side]
+        if measured is None and len(micro_batches) < 2:  # neither measured nor projected
+            continue
         figure = (f"{measured / 1024:.1f} GiB measured" if measured
                   else f"{(fixed + per_row * rows) / 1024:.1f} GiB projected")
         print(f"{SIDE_NAMES[side]} at micro-batch {rows}, seq {args.seq_len}: {figure} "
