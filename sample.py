@@ -9,14 +9,13 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 import argparse
 
 from chat.conversation import Chat
-from chat.loading import load_twin, source_from_args
+from chat.loading import add_twin_arguments, load_twin, source_from_args
 from chat.terminal import interactive, show_reply, show_turn_header
 from core.cli import program
-from core.device import DTYPES, add_threads_arg, resolve_device, set_threads
+from core.device import resolve_device, set_threads
 from core.flags import add_arguments, from_args
 from data.sessions import DataError, Turn, read_sessions_file
 from model.generation import Generator, SamplingConfig
-from training.settings import DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker", help="the person the model writes as (default: the person the run twins)")
     parser.add_argument("--as", dest="user", help="the person you write as (default: the speaker's most "
                         "frequent partner in the training data when known, else User)")
-    source = parser.add_argument_group("model")
-    source.add_argument("--checkpoint", help="a train.py output directory (it knows its base model); replaces --model/--adapter")
-    source.add_argument("--model", default=DEFAULT_MODEL, help="base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)")
-    source.add_argument("--adapter", help="a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)")
     once = parser.add_argument_group("non-interactive")
     once.add_argument("--prompt", help=r"one turn of yours, messages separated by newlines (a literal \n counts too); prints the reply and exits")
     once.add_argument("--history", help="a conversation to continue: a sessions JSONL file (its first session) or one session as JSON")
@@ -36,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = parser.add_argument_group("sampling")
     add_arguments(sampling, SamplingConfig)
     sampling.add_argument("--seed", type=int, help="seed for reproducible samples (default: random)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
-    run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
-    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 BF16 or not")
-    add_threads_arg(run)
-    run.add_argument("--quantize", choices=["nf4"], help="keep the base's linear weights in 4 bits (NF4), the adapter unmerged beside them: a 7B model in about 4 GiB (default: off)")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
+    add_twin_arguments(parser)
     return parser
 
 

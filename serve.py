@@ -16,42 +16,28 @@ import socket
 
 import uvicorn
 
-from chat.loading import TwinSource, load_twin, source_from_args
+from chat.loading import TwinSource, add_twin_arguments, load_twin, source_from_args
 from core.cli import program
-from core.device import DTYPES, add_threads_arg, resolve_device, set_threads
+from core.device import resolve_device, set_threads
+from core.flags import add_arguments, from_args
 from core.errors import TwinError
 from model.generation import Generator, SamplingConfig
 from serving.api import build_app
 from serving.engine import Engine
-from training.settings import DEFAULT_MODEL
 
-SAMPLING = SamplingConfig()  # the defaults of the sampling flags
 API_KEY_VARIABLE = "TWIN_API_KEY"  # read by default: a key on the command line shows in `ps`
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_argument_group("model")
-    source.add_argument("--checkpoint", help="a train.py output directory (it knows its base model and speakers); replaces --model/--adapter")
-    source.add_argument("--model", default=DEFAULT_MODEL, help="base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)")
-    source.add_argument("--adapter", help="a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on; any but a loopback one needs --api-key (default: %(default)s)")
     server.add_argument("--port", type=int, default=8000, help="port to listen on; 0: any free one (default: %(default)s)")
     server.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
                         help=f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)")
     sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
-    sampling.add_argument("--temperature", type=float, default=SAMPLING.temperature, help="0: greedy (default: %(default)s)")
-    sampling.add_argument("--top-p", type=float, default=SAMPLING.top_p, help="nucleus sampling mass (default: %(default)s)")
-    sampling.add_argument("--top-k", type=int, default=SAMPLING.top_k, help="sample from the k likeliest tokens; 0: all (default: %(default)s)")
-    sampling.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, help=">1 discourages repeating the context (default: %(default)s)")
-    sampling.add_argument("--max-tokens", type=int, default=SAMPLING.max_new_tokens, help="longest reply in tokens (default: %(default)s)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
-    run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
-    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 BF16 or not")
-    add_threads_arg(run)
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
+    add_arguments(sampling, SamplingConfig)
+    add_twin_arguments(parser)
     return parser
 
 
@@ -90,19 +76,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     check_exposure(args.host, args.api_key)
-    if args.max_tokens < 1:
-        raise TwinError(f"--max-tokens: must be 1 or more, got {args.max_tokens}")
     source = source_from_args(args)
     sock = listen(args.host, args.port)
     device, dtype = resolve_device(args)
     set_threads(args)
 
-    model, tokenizer = load_twin(source, device, dtype)
+    model, tokenizer = load_twin(source, device, dtype, args.quantize)
     context = min(args.context, model.config.max_position_embeddings)
-    if args.max_tokens >= context:
-        raise TwinError(f"--max-tokens ({args.max_tokens}) must be below --context ({context})")
-    defaults = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_tokens)
+    if args.max_new_tokens >= context:
+        raise TwinError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")
+    defaults = from_args(SamplingConfig, args)
     engine = Engine(Generator(model, max_len=context, device=device, compile=args.compile), tokenizer)
     app = build_app(engine, source.people, defaults, args.api_key)
 

@@ -1,4 +1,6 @@
-"""A twin from its training run folder, or from a model and an adapter: what to load, then loading it."""
+"""A twin from its training run folder, or from a model and an adapter: the flags that say which and how
+(sample.py's and serve.py's alike), what to load, then loading it."""
+import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -7,11 +9,27 @@ from pathlib import Path
 import torch
 
 from chat.people import People
-from core.device import dtype_name
+from core.device import DTYPES, add_threads_arg, dtype_name
 from model import Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.lora import load_adapter, merge_lora, tokenizer_source
 from training.run_folder import read_finished_record
+from training.settings import DEFAULT_MODEL
+
+
+def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a program that talks as a twin: which twin, and where and how it computes."""
+    source = parser.add_argument_group("model")
+    source.add_argument("--checkpoint", help="a train.py output directory (it knows its base model and speakers); replaces --model/--adapter")
+    source.add_argument("--model", default=DEFAULT_MODEL, help="base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)")
+    source.add_argument("--adapter", help="a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
+    run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
+    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 BF16 or not")
+    add_threads_arg(run)
+    run.add_argument("--quantize", choices=["nf4"], help="keep the base's linear weights in 4 bits (NF4), the adapter unmerged beside them: a 7B model in about 4 GiB (default: off)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
 
 
 @dataclass(frozen=True)

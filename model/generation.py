@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from core.flags import setting
+from core.flags import positive_int, setting
 from model.transformer import KVCache, Transformer
 
 
@@ -31,7 +31,7 @@ class SamplingConfig:
     top_p: float = setting(0.9, "nucleus sampling mass")
     top_k: int = setting(0, "sample from the k likeliest tokens; 0: all")
     repetition_penalty: float = setting(1.0, ">1 discourages repeating the context")
-    max_new_tokens: int = setting(256, "longest reply in tokens")
+    max_new_tokens: int = setting(256, "longest reply in tokens", type=positive_int)
 
 
 def next_token(logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None,

@@ -57,7 +57,8 @@ def test_a_busy_port_and_a_missing_run_are_one_line(capsys, tmp_path):
         error = one_error_line(capsys, ["--port", port, "--threads", 1])
     assert f"--port {port}: cannot listen there" in error
     assert "run.json: missing" in one_error_line(capsys, ["--checkpoint", tmp_path])
-    assert "--max-tokens: must be 1 or more" in one_error_line(capsys, ["--max-tokens", 0])
+    assert exit_status(serve.main, ["--max-new-tokens", 0]) == 2  # argparse's own usage and error lines
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-new-tokens: must be 1 or more, got 0")
 
 
 def test_the_examples_it_prints_quote_a_hostile_name(capsys):
@@ -74,7 +75,7 @@ def test_the_examples_it_prints_quote_a_hostile_name(capsys):
 @pytest.mark.slow
 def test_serve_answers_then_stops_on_ctrl_c(tiny_run):
     server = subprocess.Popen([sys.executable, "serve.py", "--checkpoint", tiny_run, "--port", "0", "--threads", "1",
-                               "--max-tokens", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--max-new-tokens", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = server.stdout.readline()
         assert first.startswith(f"serving {tiny_run}") or "serving " in first, server.stderr.read()
