@@ -13,7 +13,7 @@ Result = TypeVar("Result")
 
 def program(main: Callable[..., Result]) -> Callable[..., Result]:
     """Wrap a program's `main`: every file it creates is private to its owner; a TwinError ends it with
-    its one line and status 2; and `python program.py | head` ends quietly with status 1 when `head`
+    its one line and status 2; Ctrl-C ends it with one line and status 130, as a shell reports SIGINT; and `python program.py | head` ends quietly with status 1 when `head`
     stops reading, instead of with a BrokenPipeError traceback. Status 1, not 0: the program stopped
     before its end (a training run, say, leaves only the checkpoints it had written)."""
     @functools.wraps(main)
@@ -26,6 +26,9 @@ def program(main: Callable[..., Result]) -> Callable[..., Result]:
         except TwinError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print("\nstopped (Ctrl-C)", file=sys.stderr)
+            sys.exit(130)
         except BrokenPipeError:
             # Python flushes stdout once more on the way out; into devnull, that flush stays quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,4 +1,5 @@
-"""Programs piped into a reader that stops early (`| head`) end quietly, through a real closed pipe."""
+"""core.cli.program: programs piped into a reader that stops early (`| head`) end quietly, through a real closed
+pipe; Ctrl-C ends one with a line, not a traceback; every program is wrapped."""
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 import data.telegram
 import evaluate
 import sample
+import serve
+from core.cli import program
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +53,16 @@ def test_telegram_preview_into_a_closed_pipe(tmp_path):
     assert (tmp_path / "sessions.jsonl").exists()  # the work was done; only the printing stopped
 
 
-@pytest.mark.parametrize("program", [train, sample, evaluate, data.telegram], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("program", [train, sample, evaluate, serve, data.telegram], ids=lambda m: m.__name__)
 def test_every_program_main_is_wrapped(program):
     assert program.main.__wrapped__.__module__ == program.__name__
+
+
+def test_ctrl_c_ends_a_program_with_one_line_and_status_130(capsys):
+    def main():
+        raise KeyboardInterrupt  # as Ctrl-C does, wherever the program is (loading a model, say)
+
+    with pytest.raises(SystemExit) as stopped:
+        program(main)()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == "stopped (Ctrl-C)"
