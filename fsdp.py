@@ -7,13 +7,16 @@ The story of a run: the data (rank 0 first), the sharded model (grown by the Cha
 base has no chat format), the optimizer steps with held-out evaluations and sharded checkpoints,
 then the consolidated model in Hugging Face's format and the record of the run.
 """
-from core.device import DTYPES
+import sys
+
+from core.device import DTYPES, set_threads
 from training import distributed
 from training import run as runs
 from training.checkpointer import Checkpointer
 
 
 def train(args, world: distributed.World) -> None:
+    set_threads(args, sys.stdout, quiet=not world.is_main)  # the cores shared among this machine's ranks
     run = runs.Run(args, world)
     runs.start(run)
     tokenizer, _, data = runs.prepare(run)
@@ -36,7 +39,10 @@ def train(args, world: distributed.World) -> None:
     runs.final_evaluation(run, model, data, progress, metrics)
     distributed.export_model(model, run.out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
     run.say(f"model written to {run.out / 'model'}")
+    curves = runs.write_loss_curves(run)
     runs.write_record(run, "fsdp", data, progress)
     if args.eval_report:
         run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
     run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
+    if curves:
+        run.say(f"      see the loss curves: {curves}")

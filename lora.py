@@ -55,10 +55,12 @@ def train(args) -> None:
     if args.merge:
         save_model(merge_lora(model), run.out / "merged", tokenizer=tokenizer)
         run.say(f"merged model written to {run.out / 'merged'}")
+    curves = runs.write_loss_curves(run)
     runs.write_record(run, "lora", data, progress)
     run.say(f"next: chat with your twin: python sample.py --checkpoint {run.out}"
             + (f" --quantize {args.quantize}" if args.quantize else "")
-            + (f"\n      read the report: {run.out / 'report' / 'report.md'}" if args.eval_report else ""))
+            + (f"\n      read the report: {run.out / 'report' / 'report.md'}" if args.eval_report else "")
+            + (f"\n      see the loss curves: {curves}" if curves else ""))
 
 
 def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:

@@ -36,19 +36,40 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def local_ranks() -> int:
+    """The processes torchrun started on this machine (LOCAL_WORLD_SIZE); 1 outside torchrun."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def default_threads() -> int:
+    """The cores available, shared out among torchrun's ranks on this machine (at least one each): ranks
+    that each take every core fight over them. torchrun's own OMP_NUM_THREADS=1 is not followed (nor is
+    any OMP_NUM_THREADS: torchrun sets it whenever it is unset, so it cannot say what a user chose);
+    --threads is the one override."""
+    return max(1, available_cores() // local_ranks())
+
+
 def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--threads", type=int, help="CPU threads torch computes with; on a machine busy with "
-                        "other work, fewer can be faster (default: the cores this process may run on, "
-                        f"{available_cores()} here)")
+    parser.add_argument("--threads", type=int, help="CPU threads torch computes with (per rank under torchrun); "
+                        "on a machine busy with other work, fewer can be faster (default: the cores this process "
+                        f"may run on, {available_cores()} here, divided among torchrun's ranks on the machine)")
 
 
-def set_threads(args, file: TextIO | None = None) -> int:
-    """Compute on --threads CPU threads, by default as many as the cores available, and say how many (on
-    stderr by default, which keeps a script's stdout to replies)."""
-    threads = available_cores() if args.threads is None else args.threads
+def set_threads(args, file: TextIO | None = None, quiet: bool = False) -> int:
+    """Compute on --threads CPU threads, by default default_threads(), and say how many (on stderr by
+    default, which keeps a script's stdout to replies; `quiet` for all but one rank of a job)."""
+    threads = default_threads() if args.threads is None else args.threads
     if threads < 1:
         raise TwinError(f"--threads: must be 1 or more, got {threads}")
     torch.set_num_threads(threads)
-    why = "--threads" if args.threads is not None else "the cores available; --threads to change"
-    print(f"computing on {threads} CPU thread{'s' if threads > 1 else ''} ({why})", file=file or sys.stderr, flush=True)
+    ranks = local_ranks()
+    why = ("--threads" if args.threads is not None else "the cores available; --threads to change" if ranks == 1 else
+           f"{available_cores()} cores available shared by {ranks} ranks; --threads to change")
+    per_rank = " per rank" if ranks > 1 else ""
+    if not quiet:
+        print(f"computing on {threads} CPU thread{'s' if threads > 1 else ''}{per_rank} ({why})",
+              file=file or sys.stderr, flush=True)
     return threads

