@@ -14,7 +14,7 @@ import json
 import math
 from contextlib import contextmanager
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

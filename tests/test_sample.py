@@ -9,7 +9,6 @@ import torch
 import sample
 from data.sessions import read_sessions_file
 from model.generation import SamplingConfig, sample_token
-from sample import split_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKER = "Alexander Smirnov"

@@ -21,7 +21,6 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from core import atomic
 from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint, save_model
 from model.transformer import Transformer
 from model.tokenizer import Tokenizer

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core import atomic
 from core.device import resolve_device
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data

@@ -8,7 +8,6 @@ divide stays f16), norms and biases as f32. A tied LM head is left out: llama.cp
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import gguf
 import numpy as np
