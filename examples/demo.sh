@@ -41,7 +41,7 @@ PYTHON
 fi
 
 rm -rf "$out"  # a second demo starts afresh (train.py keeps a finished run)
-phase "LoRA on the sample export (24 steps), then the fidelity report: about 4 minutes on 2 cores"
+phase "LoRA on the sample export (24 steps), then the fidelity report: about 4.5 minutes on 2 cores"
 python train.py --lora --model "$model" --data examples/telegram_export --out "$out" $schedule
 
 phase "a reply as the export's owner, Alexander Smirnov: about 15 seconds"
