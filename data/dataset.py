@@ -22,7 +22,7 @@ from core.flags import from_args, not_a_flag, positive_int, setting
 from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, most_frequent_partners
-from data.telegram import ConversionReport, ExportOptions, export_options_from_args, load_sessions
+from data.telegram import ConversionReport, ExportOptions, load_sessions
 from model.loss import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
@@ -55,7 +55,7 @@ class DataConfig:
 
 def data_config_from_args(args) -> DataConfig:
     """The DataConfig of train.py's flags (or of the settings a run recorded in run.json)."""
-    return from_args(DataConfig, args, export=export_options_from_args(args))
+    return from_args(DataConfig, args, export=from_args(ExportOptions, args))
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
 from tqdm import tqdm
 
 from core.cli import program
+from core.flags import add_arguments, from_args, setting
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -67,28 +68,6 @@ READ_CHUNK_BYTES = 1 << 20
 SESSION_FIELDS = {field.name for field in dataclasses.fields(Session)}
 
 
-@dataclass
-class ExportOptions:
-    target: str | None = None      # display name or id ("user123") of the person to clone
-    gap_minutes: float = 10        # a longer silence starts a new session
-    months: int = 24               # keep this many months before the newest message; 0 keeps all
-    speakers: str = "target"       # "target": keep sessions where the target answers; "any": all
-    keep_forwarded: bool = False   # keep forwarded and via-bot messages (not the author's words)
-    public_groups: bool = False    # also read public supergroups
-    strict: bool = False           # stop at a malformed message or chat instead of skipping it
-    media: str = "keep"            # "keep": media without text become placeholders; "drop": skipped
-
-    def __post_init__(self):
-        if not self.gap_minutes > 0:
-            raise ValueError(f"gap_minutes must be positive, got {self.gap_minutes}")
-        if self.months < 0:
-            raise ValueError(f"months must be 0 (all) or more, got {self.months}")
-        if self.speakers not in ("target", "any"):
-            raise ValueError(f"speakers must be 'target' or 'any', got {self.speakers!r}")
-        if self.media not in MEDIA_CHOICES:
-            raise ValueError(f"media must be 'keep' or 'drop', got {self.media!r}")
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -103,48 +82,45 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def add_export_args(parser: argparse.ArgumentParser) -> None:
+@dataclass
+class ExportOptions:
+    """How an export is read: the flags of `python -m data.telegram`, which train.py and evaluate.py take too."""
+    target: str | None = setting(
+        None, "the person to clone, by Telegram id (user123) or name: the full name as the summary shows it, or "
+        "a part of it that only one person's name has, in any case; unset means the export's owner "
+        "(personal_information.user_id, else the author of Saved Messages)", metavar="NAME")
+    gap_minutes: float = setting(10, "a silence longer than this starts a new session", type=_positive_float,
+                                 metavar="N")
+    months: int = setting(24, "keep the messages of the last N months before the newest message in the export; "
+                          "0 keeps all", type=_non_negative_int, metavar="N")
+    speakers: str = setting("target", "target: keep only sessions where the target speaks after the first turn; "
+                            "any: keep every session", choices=("target", "any"))
+    keep_forwarded: bool = setting(False, "keep forwarded messages and messages sent via bots; they are skipped "
+                                   "otherwise as they are not their sender's own words")
+    public_groups: bool = setting(False, "also read public supergroups; otherwise only personal chats and private "
+                                  "groups")
+    strict: bool = setting(False, "stop with an error at the first malformed message or chat of an export; "
+                           "otherwise they are skipped and counted")
+    media: str = setting("keep", "keep: a photo, sticker, voice message, video, file, location, contact or poll "
+                         "without text becomes a placeholder such as [photo] or [voice message] (a caption, a "
+                         "sticker's emoji and a poll's question are kept as text); drop: such messages are left "
+                         "out", choices=MEDIA_CHOICES)
+
+    def __post_init__(self):
+        if not self.gap_minutes > 0:
+            raise ValueError(f"gap_minutes must be positive, got {self.gap_minutes}")
+        if self.months < 0:
+            raise ValueError(f"months must be 0 (all) or more, got {self.months}")
+        if self.speakers not in ("target", "any"):
+            raise ValueError(f"speakers must be 'target' or 'any', got {self.speakers!r}")
+        if self.media not in MEDIA_CHOICES:
+            raise ValueError(f"media must be 'keep' or 'drop', got {self.media!r}")
+
+
+def add_export_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The options of reading an export; train.py and evaluate.py add them too."""
-    defaults = ExportOptions()
-    parser.add_argument(
-        "--target", metavar="NAME", default=defaults.target,
-        help="the person to clone, by Telegram id (user123) or name: the full name as the summary "
-             "shows it, or a part of it that only one person's name has, in any case; unset means "
-             "the export's owner (personal_information.user_id, else the author of Saved Messages)")
-    parser.add_argument(
-        "--gap-minutes", type=_positive_float, default=defaults.gap_minutes, metavar="N",
-        help="a silence longer than this starts a new session (default: %(default)s)")
-    parser.add_argument(
-        "--months", type=_non_negative_int, default=defaults.months, metavar="N",
-        help="keep the messages of the last N months before the newest message in the export; "
-             "0 keeps all (default: %(default)s)")
-    parser.add_argument(
-        "--speakers", choices=("target", "any"), default=defaults.speakers,
-        help="target: keep only sessions where the target speaks after the first turn; "
-             "any: keep every session (default: %(default)s)")
-    parser.add_argument(
-        "--keep-forwarded", action="store_true",
-        help="keep forwarded messages and messages sent via bots; they are skipped otherwise "
-             "as they are not their sender's own words (default: off)")
-    parser.add_argument(
-        "--public-groups", action="store_true",
-        help="also read public supergroups; otherwise only personal chats and private groups (default: off)")
-    parser.add_argument(
-        "--strict", action="store_true",
-        help="stop with an error at the first malformed message or chat of an export; otherwise they "
-             "are skipped and counted (default: off)")
-    parser.add_argument(
-        "--media", choices=MEDIA_CHOICES, default=defaults.media,
-        help="keep: a photo, sticker, voice message, video, file, location, contact or poll without "
-             "text becomes a placeholder such as [photo] or [voice message] (a caption, a sticker's "
-             "emoji and a poll's question are kept as text); drop: such messages are left out "
-             "(default: %(default)s)")
+    add_arguments(parser, ExportOptions)
 
-
-def export_options_from_args(args: argparse.Namespace) -> ExportOptions:
-    return ExportOptions(target=args.target, gap_minutes=args.gap_minutes, months=args.months,
-                         speakers=args.speakers, keep_forwarded=args.keep_forwarded,
-                         public_groups=args.public_groups, strict=args.strict, media=args.media)
 
 
 @dataclass
@@ -929,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the first N sessions; they are private data, so only when asked "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
-    sessions, report = load_sessions(args.export, export_options_from_args(args))
+    sessions, report = load_sessions(args.export, from_args(ExportOptions, args))
     if args.output is not None:
         try:
             write_sessions(sessions, args.output)

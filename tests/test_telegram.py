@@ -16,7 +16,8 @@ from data import telegram
 from data.chatml import render
 from data.sessions import DataError, Session, Turn, write_sessions
 from tests.helpers import assert_chatml_structure, exit_status
-from data.telegram import (ExportOptions, add_export_args, export_options_from_args, load_sessions,
+from core.flags import from_args
+from data.telegram import (ExportOptions, add_export_args, load_sessions,
                            repair_hex_escapes)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -599,10 +600,10 @@ def test_load_sessions_reads_doppelganger_sessions(tmp_path):
 def test_export_args_round_trip():
     parser = argparse.ArgumentParser()
     add_export_args(parser)
-    assert export_options_from_args(parser.parse_args([])) == ExportOptions()
+    assert from_args(ExportOptions, parser.parse_args([])) == ExportOptions()
     args = parser.parse_args(["--target", "Bob", "--gap-minutes", "2.5", "--months", "0",
                               "--speakers", "any", "--keep-forwarded", "--public-groups", "--strict"])
-    assert export_options_from_args(args) == ExportOptions("Bob", 2.5, 0, "any", True, True, True)
+    assert from_args(ExportOptions, args) == ExportOptions("Bob", 2.5, 0, "any", True, True, True)
     for bad in (["--gap-minutes", "0"], ["--months", "-1"], ["--speakers", "all"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
