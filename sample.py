@@ -9,13 +9,12 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 import argparse
 
 from chat.conversation import Chat
-from chat.loading import add_twin_arguments, load_twin, source_from_args
+from chat.loading import add_twin_arguments, source_from_args, start_twin
 from chat.terminal import interactive, show_reply, show_turn_header
 from core.cli import program
-from core.device import resolve_device, set_threads
 from core.flags import add_arguments, from_args
 from data.sessions import DataError, Turn, read_sessions_file
-from model.generation import Generator, SamplingConfig
+from model.generation import SamplingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,15 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     speaker = source.people.speaker_or_target(args.speaker)
     user = source.people.user_for(speaker, args.user)
     history = read_history(args.history) if args.history else []
-    device, dtype = resolve_device(args)
-    set_threads(args)
 
-    model, tokenizer = load_twin(source, device, dtype, args.quantize)
-    context = min(args.context, model.config.max_position_embeddings)
-    if args.max_new_tokens >= context:
-        raise DataError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")
-    chat = Chat(Generator(model, max_len=context, device=device, compile=args.compile), tokenizer,
-                from_args(SamplingConfig, args), speaker, user, args.seed)
+    generator, tokenizer = start_twin(args, source)
+    chat = Chat(generator, tokenizer, from_args(SamplingConfig, args), speaker, user, args.seed)
     for turn in history:
         chat.add(turn)
     if args.prompt is not None:

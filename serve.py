@@ -16,12 +16,11 @@ import socket
 
 import uvicorn
 
-from chat.loading import TwinSource, add_twin_arguments, load_twin, source_from_args
+from chat.loading import TwinSource, add_twin_arguments, source_from_args, start_twin
 from core.cli import program
-from core.device import resolve_device, set_threads
 from core.flags import add_arguments, from_args
 from core.errors import TwinError
-from model.generation import Generator, SamplingConfig
+from model.generation import SamplingConfig
 from serving.api import build_app
 from serving.engine import Engine
 
@@ -78,16 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     check_exposure(args.host, args.api_key)
     source = source_from_args(args)
     sock = listen(args.host, args.port)
-    device, dtype = resolve_device(args)
-    set_threads(args)
 
-    model, tokenizer = load_twin(source, device, dtype, args.quantize)
-    context = min(args.context, model.config.max_position_embeddings)
-    if args.max_new_tokens >= context:
-        raise TwinError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")
-    defaults = from_args(SamplingConfig, args)
-    engine = Engine(Generator(model, max_len=context, device=device, compile=args.compile), tokenizer)
-    app = build_app(engine, source.people, defaults, args.api_key)
+    generator, tokenizer = start_twin(args, source)
+    engine = Engine(generator, tokenizer)
+    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key)
 
     show_usage(sock, source, args.api_key is not None)
     # No access log: a request line is little, but a log that says nothing of who talks when is safer still.

@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 
 from chat.people import People
-from core.device import DTYPES, add_threads_arg, dtype_name
+from core.device import DTYPES, add_threads_arg, dtype_name, resolve_device, set_threads
+from core.errors import TwinError
 from model import Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
+from model.generation import Generator
 from model.lora import load_adapter, merge_lora, tokenizer_source
 from training.run_folder import read_finished_record
 from training.settings import DEFAULT_MODEL
@@ -76,3 +78,15 @@ def load_twin(source: TwinSource, device: torch.device, dtype: torch.dtype,
             merge_lora(model)  # one matrix per projection again: decoding as fast as the base model
     print(f"loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return model.eval(), tokenizer
+
+
+def start_twin(args: argparse.Namespace, source: TwinSource) -> tuple[Generator, Tokenizer]:
+    """The flags of add_twin_arguments at work: torch on its device and threads, the twin loaded, and its
+    generator over a cache of --context tokens (or the model's own, where shorter)."""
+    device, dtype = resolve_device(args)
+    set_threads(args)
+    model, tokenizer = load_twin(source, device, dtype, args.quantize)
+    context = min(args.context, model.config.max_position_embeddings)
+    if args.max_new_tokens >= context:
+        raise TwinError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")
+    return Generator(model, max_len=context, device=device, compile=args.compile), tokenizer
