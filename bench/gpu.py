@@ -10,7 +10,8 @@ Mistral tokenizer (mistral-common's copy, or `--tokenizer DIR`); their lengths d
 and the padding. Each side runs alone on the GPU in turn, and its peak memory is its own.
 
 - **LoRA step** (r 32, alpha 16, dropout 0.05 on q,k,v,o,gate, activation checkpointing, AdamW):
-  twin on packed rows (micro-batch x seq tokens; FlexAttention on CUDA); transformers + PEFT the
+  twin on packed rows (micro-batch x seq tokens; FlexAttention on CUDA), over the bf16 base and over
+  its NF4 copy (QLoRA, `--quantize nf4`; its speed against bf16's); transformers + PEFT the
   upstream way, one session per row, padded to the longest of the micro-batch, sdpa; and
   transformers + PEFT on twin's packed rows through `position_ids` (flash-attention where installed,
   else sdpa with the mask transformers builds from them, which keeps sessions apart). Throughput counts real tokens
@@ -221,12 +222,16 @@ def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: 
     return model
 
 
-def twin_lora_model(config: ModelConfig, weights: dict, device: torch.device):
+def twin_lora_model(config: ModelConfig, weights: dict, device: torch.device, quantize: bool = False):
+    """twin with LoRA, over the shared weights or (quantize) over their NF4 copies, as --quantize nf4 trains."""
     from model.lora import apply_lora
+    from model.nf4 import quantize_model
 
     with torch.device("meta"):
         model = Transformer(config)
     model.load_state_dict(weights, assign=True)
+    if quantize:
+        quantize_model(model, "the random weights")
     apply_lora(model, LORA)
     model.to(device)
     model.activation_checkpointing = True
@@ -315,6 +320,10 @@ def bench_lora(args, config: ModelConfig, sessions: list[RenderedSession], devic
     ours = "FlexAttention" if device.type in FLEX_ATTENTION_DEVICES else "SDPA per document"
     sides = [
         (f"twin, packed ({ours})", lambda: twin_lora_model(config, weights, device), twin_step, packed),
+        # Its memory also counts the shared bf16 weights the others are built from; bench_lora_memory.py
+        # measures QLoRA's own. Its speed against the first line is the QLoRA issue's ratio (target 0.75x).
+        (f"twin QLoRA (NF4 base), packed ({ours})", lambda: twin_lora_model(config, weights, device, quantize=True),
+         twin_step, packed),
         ("transformers+PEFT, padded (sdpa)", lambda: peer_lora_model(config, weights, device, dtype), peer_step, padded),
         (f"transformers+PEFT, packed ({packed_attention}, position_ids)",
          lambda: peer_lora_model(config, weights, device, dtype, packed_attention),
