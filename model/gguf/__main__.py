@@ -28,6 +28,7 @@ from model.gguf.templates import jinja_chat_template, ollama_modelfile
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
 from model.lora import read_adapter_config, tokenizer_source
+from training import run_folder
 
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices (default 16)
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 def source_and_people(args) -> tuple[TwinSource, str, str]:
     """What to load, the speaker (the assistant) and their partner (the user), checked against the run."""
     source_path = Path(args.source)
-    source = source_of_run(source_path) if (source_path / "run.json").is_file() else TwinSource(args.source)
+    source = source_of_run(source_path) if (source_path / run_folder.RECORD).is_file() else TwinSource(args.source)
     if args.speaker is None and source.people.target is None:
         raise SpeakerError(f"--speaker: needed, as {args.source} is no train.py run folder, whose record names "
                            "the person to twin")

@@ -3,7 +3,7 @@ architecture llama.cpp calls each model type, and the order of q and k rows in l
 import gguf
 import torch
 
-from model.transformer import Transformer
+from model.transformer import ModelConfig, Transformer
 
 # Our model_type -> general.architecture. llama.cpp runs Mistral as llama (its converter writes Mistral so).
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -18,10 +18,14 @@ def gguf_tensor_names(model: Transformer) -> dict[str, str]:
     return {name: table.get_name(name, try_suffixes=(".weight", ".bias")) for name, _ in model.named_parameters()}
 
 
-def permutes_rotary_rows(model_type: str, parameter: str) -> bool:
-    """Whether the rows of this parameter are in llama.cpp's interleaved rotary order in a GGUF file:
-    q and k (weights and biases) of the llama architecture; qwen's rotate the Hugging Face way."""
-    return GGUF_ARCHITECTURES[model_type] == "llama" and parameter.split(".")[-2] in ("q_proj", "k_proj")
+def rotary_heads(config: ModelConfig, parameter: str) -> int | None:
+    """The heads whose rows this parameter holds in llama.cpp's interleaved rotary order in a GGUF file:
+    q and k (weights and biases) of the llama architecture; None for the rest (qwen's rotate the Hugging
+    Face way)."""
+    if GGUF_ARCHITECTURES[config.model_type] != "llama":
+        return None
+    projection = parameter.split(".")[-2]
+    return {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}.get(projection)
 
 
 def permute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 import torch
 
-from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, permutes_rotary_rows, unpermute_rotary_rows
+from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, rotary_heads, unpermute_rotary_rows
 from model.weights import CheckpointError, assign_parameter
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
@@ -54,8 +54,8 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
 
     for name, _ in model.named_parameters():
         weights = dequantize(tensors[gguf_names[name]], path)
-        if permutes_rotary_rows(config.model_type, name):
-            heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
+        heads = rotary_heads(config, name)
+        if heads:
             weights = unpermute_rotary_rows(weights, heads)
         assign_parameter(model, name, weights.to(device=device, dtype=dtype))
     if config.tie_word_embeddings:

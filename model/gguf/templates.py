@@ -69,15 +69,12 @@ def go_literal(text: str) -> str:
 def ollama_template(layout: ChatFormat, speaker: str, partner: str) -> str:
     """The Go template of an Ollama Modelfile: the user's messages as the partner's turns, the
     assistant's (which the model wrote with their prefix) as the speaker's, the speaker's header last."""
-    def header(name: str) -> str:
-        return f"{layout.header_start}{name}{layout.name_end}{layout.header_newlines}"
-
     role_name = (f'{{{{ if eq .Role "assistant" }}}}{{{{ {go_literal(speaker)} }}}}'
                  f'{{{{ else if eq .Role "user" }}}}{{{{ {go_literal(partner)} }}}}{{{{ else }}}}{{{{ .Role }}}}{{{{ end }}}}')
     content = f'{{{{ if ne .Role "assistant" }}}}{MESSAGE_PREFIX}{{{{ end }}}}{{{{ .Content }}}}'
     return (f"{{{{- range $index, $message := .Messages }}}}{{{{ if $index }}}}{layout.separator}{{{{ end }}}}"
-            f"{{{{ with $message }}}}{header(role_name)}{content}{layout.turn_end}{{{{ end }}}}{{{{ end }}}}"
-            f"{{{{ if .Messages }}}}{layout.separator}{{{{ end }}}}{header('{{ ' + go_literal(speaker) + ' }}')}")
+            f"{{{{ with $message }}}}{layout.header(role_name)}{content}{layout.turn_end}{{{{ end }}}}{{{{ end }}}}"
+            f"{{{{ if .Messages }}}}{layout.separator}{{{{ end }}}}{layout.header('{{ ' + go_literal(speaker) + ' }}')}")
 
 
 def ollama_modelfile(gguf_reference: str, layout: ChatFormat, speaker: str, partner: str,

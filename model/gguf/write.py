@@ -16,7 +16,7 @@ import torch
 from core import atomic
 from model.bpe import BPETokenizer
 from model.gguf.layout import (GGUF_ARCHITECTURES, LLAMA3_ROPE_FREQS, gguf_tensor_names, permute_rotary_rows,
-                               permutes_rotary_rows)
+                               rotary_heads)
 from model.gguf.vocab import add_tokenizer
 from model.tokenizer import Tokenizer
 from model.transformer import ModelConfig, Transformer, rotary_frequencies
@@ -74,8 +74,8 @@ def add_tensors(writer: gguf.GGUFWriter, model: Transformer, qtype: Q) -> None:
     names = gguf_tensor_names(model)
     for name, param in model.named_parameters():
         weights = param.detach().float().cpu()
-        if permutes_rotary_rows(config.model_type, name):
-            heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
+        heads = rotary_heads(config, name)
+        if heads:
             weights = permute_rotary_rows(weights, heads)
         array = weights.numpy()
         if array.ndim == 1:
