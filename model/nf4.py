@@ -55,6 +55,14 @@ def level_of_each_pattern(dtype: torch.dtype, device: torch.device) -> torch.Ten
     return nearest_level(patterns, levels(dtype, device))
 
 
+@functools.cache
+def level_pairs(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Byte -> the two levels its halves code, [256, 2]: built once, not in every forward and backward
+    pass (on a GPU, building it from the Python list is a copy that waits for the host)."""
+    table = levels(dtype, device)
+    return torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)
+
+
 def nearest_levels(values: torch.Tensor) -> torch.Tensor:
     """`nearest_level` of each value, looked up by bit pattern where the dtype has 16 bits."""
     if values.element_size() != 2:
@@ -91,9 +99,7 @@ class NF4Linear(nn.Module):
         blocks = (self.out_features * self.in_features + BLOCK - 1) // BLOCK
         scales = (self.scale_codes.view(-1, SCALE_BLOCK) / self.scale_factors[:, None]).flatten()[:blocks]
         scales = scales + self.scale_mean
-        table = levels(self.dtype, self.codes.device)
-        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)  # byte -> its two levels
-        values = pairs.index_select(0, self.codes.int()).view(blocks, BLOCK).mul_(scales[:, None])
+        values = level_pairs(self.dtype, self.codes.device).index_select(0, self.codes.int()).view(blocks, BLOCK).mul_(scales[:, None])
         return values.flatten()[:self.out_features * self.in_features].view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
