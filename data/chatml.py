@@ -258,8 +258,10 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
 def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> list[int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header;
     the oldest turns are dropped until it fits in `room` tokens (leaving the rest for a reply)."""
-    while True:
-        ids = render(turns, tokenizer, open_speaker=speaker).ids
-        if len(ids) <= room or not turns:
-            return ids[-room:]
-        turns = turns[1:]
+    encoder = _TurnEncoder(tokenizer, trained_speakers=None)
+    encoded = [encoder.encode(turn) for turn in turns]  # once each: a long chat is not tokenized per drop
+    for first in range(len(encoded) + 1):
+        ids = encoder.assemble(encoded[first:], open_speaker=speaker).ids
+        if len(ids) <= room:
+            break
+    return ids[-room:]
