@@ -7,16 +7,14 @@ The story of a run: the data (rank 0 first), the sharded model (grown by the Cha
 base has no chat format), the optimizer steps with held-out evaluations and sharded checkpoints,
 then the consolidated model in Hugging Face's format and the record of the run.
 """
-import sys
 
-from core.device import DTYPES, set_threads
+from core.device import DTYPES
 from training import distributed
 from training import run as runs
 from training.checkpointer import Checkpointer
 
 
 def train(args, world: distributed.World) -> None:
-    set_threads(args, sys.stdout, quiet=not world.is_main)  # the cores shared among this machine's ranks
     run = runs.Run(args, world)
     runs.start(run)
     tokenizer, _, data = runs.prepare(run)

@@ -6,7 +6,6 @@ The story of a run: the data, the base with its adapters (and, for a base withou
 ChatML token rows), the optimizer steps with held-out evaluations and checkpoints, then the adapter
 in PEFT's format, the fidelity report, the merged model if asked, and the record of the run.
 """
-import sys
 from pathlib import Path
 
 import torch
@@ -14,7 +13,6 @@ import torch
 from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
-from core.device import set_threads
 from core.flags import from_args
 from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
@@ -23,7 +21,6 @@ from training.checkpointer import AdapterCheckpoints, Checkpointer
 
 
 def train(args) -> None:
-    set_threads(args, sys.stdout)  # one process: all the cores it may use, or --threads
     run = runs.Run(args)
     runs.start(run)
     tokenizer, new_tokens, data = runs.prepare(run)

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from core import atomic
-from core.device import resolve_device
+from core.device import resolve_device, set_threads
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
@@ -64,8 +64,10 @@ class Run:
 
 
 def start(run: Run) -> None:
-    """Seed, make the run folder, clear what killed writes left in it, and record the run as running,
-    with the settings a `--resume` continues with (a stop belongs to this invocation only)."""
+    """Compute on --threads (by default this rank's share of the machine's cores), seed, make the run
+    folder, clear what killed writes left in it, and record the run as running, with the settings a
+    `--resume` continues with (a stop belongs to this invocation only)."""
+    set_threads(run.args, sys.stdout, quiet=not run.is_main)
     torch.manual_seed(run.args.seed)
     if not run.is_main:
         return
