@@ -48,7 +48,7 @@ class TwinSource:
 def source_of_run(out: Path) -> TwinSource:
     """A finished train.py run: its full fine-tune's export, or its base model and LoRA adapter."""
     record = read_finished_record(out)
-    people = People.from_run_record({"figures": record.figures})
+    people = People.from_figures(record.figures)
     if (out / "model").exists():
         return TwinSource(out / "model", None, people)
     return TwinSource(record.args.model, out / "adapter", people)

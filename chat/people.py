@@ -22,9 +22,8 @@ class People:
     partners: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_run_record(cls, record: dict) -> "People":
-        """From a run record that training.run_folder checked (its partners are names)."""
-        figures = record.get("figures", {})
+    def from_figures(cls, figures: dict) -> "People":
+        """From a finished run's figures, which training.run_folder checked (its partners are names)."""
         target = figures.get("target")
         return cls(target if isinstance(target, str) else None, dict(figures.get("partners", {})))
 

@@ -4,8 +4,8 @@ import pytest
 from chat.people import People, SpeakerError
 
 TARGET = "Alexander Smirnov"
-PEOPLE = People.from_run_record({"settings": {}, "figures": {"target": TARGET, "partners": {
-    TARGET: "Катя Морозова", "Катя Морозова": TARGET, "Eleanor Whitfield": TARGET, "Dmitry Volkov": TARGET}}})
+PEOPLE = People.from_figures({"target": TARGET, "partners": {
+    TARGET: "Катя Морозова", "Катя Морозова": TARGET, "Eleanor Whitfield": TARGET, "Dmitry Volkov": TARGET}})
 
 
 def test_the_speaker_defaults_to_the_run_s_target_and_you_to_their_partner():
@@ -42,5 +42,5 @@ def test_without_a_run_any_name_goes_but_the_speaker_must_be_given():
 
 
 def test_a_target_of_the_wrong_type_in_a_record_is_no_target():
-    record = {"figures": {"target": ["not", "a", "name"], "partners": {}}}
-    assert People.from_run_record(record).target is None
+    figures = {"target": ["not", "a", "name"], "partners": {}}
+    assert People.from_figures(figures).target is None
