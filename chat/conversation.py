@@ -1,11 +1,9 @@
 """A conversation between two people, one of them played by the model: its turns, its prompt, its replies."""
 import time
 
-import torch
-
 from data.chatml import fit_prompt, turn_stop_ids
 from data.sessions import Turn, clean_message, parse_body
-from model.generation import Generator, SamplingConfig
+from model.generation import Generator, SamplingConfig, random_stream
 from model.tokenizer import Tokenizer
 
 
@@ -19,8 +17,7 @@ class Chat:
         self.interruptible = interruptible  # Ctrl-C ends a reply (a person chatting), not the program
         self.turns: list[Turn] = []
         self.started = int(time.time())  # a saved conversation's start, as an export's session has one
-        self.random = torch.Generator()
-        self.random.manual_seed(seed) if seed is not None else self.random.seed()
+        self.random = random_stream(seed)
 
     def add(self, turn: Turn) -> None:
         """Add a turn to the conversation, its messages cleaned as in training (no control characters,

@@ -90,6 +90,13 @@ def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Te
     return int(next_token(logits, config, seen, generator))
 
 
+def random_stream(seed: int | None) -> torch.Generator:
+    """The random stream a reply samples from: seeded, to repeat it, or from the system's entropy."""
+    stream = torch.Generator()
+    stream.manual_seed(seed) if seed is not None else stream.seed()
+    return stream
+
+
 class Generator:
     """Generates continuations of token prompts with one model and one preallocated KV cache."""
 

@@ -16,12 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, TextIO
 
-import torch
-
 from core.errors import TwinError
 from data.chatml import fit_prompt, render, turn_stop_ids
 from data.sessions import Turn
-from model.generation import Generator, SamplingConfig
+from model.generation import Generator, SamplingConfig, random_stream
 from model.tokenizer import Tokenizer
 from serving.reply import ReplyText
 
@@ -144,8 +142,7 @@ class Engine:
     def _answer(self, job: _Job) -> Finished | None:
         """Send the reply's text token by token; its Finished, or None if the client left before it was done."""
         request = job.request
-        random = torch.Generator()
-        random.manual_seed(request.seed) if request.seed is not None else random.seed()
+        random = random_stream(request.seed)
         text, decoder = ReplyText(request.stop), self.tokenizer.stream()
         tokens, finish_reason = 0, "length"
         for token in self.generator.generate(request.prompt, request.sampling, self.stop_ids, random):
