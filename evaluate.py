@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.cli import program
-from core.device import DTYPES, add_threads_arg, resolve_device, set_threads
+from core.device import add_compute_args, resolve_device, set_threads
 from core.flags import add_arguments, from_args
 from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
 from data.telegram import ExportOptions
@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--context", type=int, default=EvalSettings.context_tokens, help="tokens of conversation the model sees when writing (default: %(default)s)")
     run.add_argument("--micro-batch", type=int, default=EvalSettings.micro_batch, help="rows per forward pass for the loss (default: %(default)s)")
     run.add_argument("--sample-batch", type=int, default=EvalSettings.sample_batch, help="held-out moments whose turns are written together (default: %(default)s)")
-    run.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s)")
-    add_threads_arg(run)
-    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="default: bf16 on cuda, fp32 on cpu")
+    add_compute_args(run)
     return parser
 
 

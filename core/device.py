@@ -52,6 +52,16 @@ def default_threads() -> int:
     return max(1, available_cores() // local_ranks())
 
 
+def add_compute_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--device, --dtype and --threads, as every program that computes with a model takes them."""
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda "
+                        "when available)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="weight and compute dtype "
+                        "(default: %(default)s: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 "
+                        "BF16 or not)")
+    add_threads_arg(parser)
+
+
 def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads torch computes with (per rank under torchrun); "
                         "on a machine busy with other work, fewer can be faster (default: the cores this process "

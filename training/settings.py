@@ -5,7 +5,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from core.device import DTYPES, add_threads_arg
+from core.device import DTYPES, add_compute_args
 from core.flags import add_arguments, positive_int, setting
 from data.dataset import DataConfig
 from data.telegram import add_export_args
@@ -85,10 +85,7 @@ class Cadence:
 
 
 @dataclass
-class Compute:
-    device: str = setting("auto", "cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)")
-    dtype: str = setting("auto", "weight and compute dtype (default: %(default)s: bf16 on cuda, fp32 on cpu)",
-                         choices=["auto", *DTYPES])
+class Recompute:
     activation_checkpointing: bool | None = setting(None, "recompute each layer's activations in the backward "
                                                     "pass (default: on with cuda, off on cpu)")
 
@@ -108,8 +105,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     add_arguments(parser.add_argument_group("full fine-tuning (--fsdp)"), FullFineTuning)
     run = parser.add_argument_group("run")
     add_arguments(run, Cadence)
-    add_arguments(run, Compute)
-    add_threads_arg(run)
+    add_compute_args(run)
+    add_arguments(run, Recompute)
     return parser
 
 
