@@ -86,8 +86,14 @@ def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Te
     """Choose the next token from the last position's logits [vocab], after the tokens `context`."""
     if not torch.isfinite(logits).all():  # finite weights can still overflow, in fp16 above all
         raise ValueError(NON_FINITE)
-    seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device).index_fill_(0, context, True)
-    return int(next_token(logits, config, seen, generator))
+    return int(next_token(logits, config, seen_tokens(context, logits.shape[-1], config), generator))
+
+
+def seen_tokens(context: torch.Tensor, vocab_size: int, config: SamplingConfig) -> torch.Tensor | None:
+    """The mask [vocab] of the tokens in `context` that the repetition penalty needs; None without one."""
+    if config.repetition_penalty == 1.0:
+        return None
+    return torch.zeros(vocab_size, dtype=torch.bool, device=context.device).index_fill_(0, context, True)
 
 
 def random_stream(seed: int | None) -> torch.Generator:
@@ -137,8 +143,7 @@ class Generator:
         self.cache.truncate(reuse)
         self.cached_ids = list(prompt)
         logits = self._run(torch.tensor([prompt[reuse:]], device=self.device))
-        seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
-        seen.index_fill_(0, torch.tensor(prompt, device=self.device), True)
+        seen = seen_tokens(torch.tensor(prompt, device=self.device), self.model.config.vocab_size, config)
         random = self._random_on_device(generator)
         position = torch.tensor([self.cache.length], device=self.device)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -149,7 +154,8 @@ class Generator:
             pending.append(token)
             last = step == config.max_new_tokens - 1 or self.cache.length >= self.max_len
             if not last:
-                seen.index_fill_(0, token.view(1), True)
+                if seen is not None:
+                    seen.index_fill_(0, token.view(1), True)
                 logits = self._decode(token, position)
             if len(pending) == self.tokens_per_check or last:
                 if not finite:  # finite weights can still overflow, in fp16 above all
