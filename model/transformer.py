@@ -73,6 +73,11 @@ class ModelConfig:
         """The sliding window of this decoder layer; None where it attends to the whole context."""
         return self.sliding_window if layer >= self.max_window_layers else None
 
+    @property
+    def windows(self) -> set[int | None]:
+        """The layers' distinct windows: one attention mask each, shared by the layers that have it."""
+        return {self.window_of(layer) for layer in range(self.num_hidden_layers)}
+
     @classmethod
     def from_hf(cls, hf: dict) -> "ModelConfig":
         """Read a Hugging Face `config.json` dict; refuse what this architecture does not compute."""
@@ -226,6 +231,13 @@ class KVCache:
         self.length = min(self.length, length)
 
 
+def visible_keys(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Whether a query at `query_pos` sees the key at `key_pos` (broadcast): itself and the keys before
+    it, the last `window` of them where there is a window."""
+    allowed = key_pos <= query_pos
+    return allowed if window is None else allowed & (query_pos - key_pos < window)
+
+
 def attention_mask(query_len: int, key_len: int, window: int | None, device: torch.device,
                    padding: torch.Tensor | None = None) -> torch.Tensor | None:
     """Boolean mask [1 or batch, 1, query, key] of what each query may attend to; None where SDPA needs none.
@@ -239,9 +251,7 @@ def attention_mask(query_len: int, key_len: int, window: int | None, device: tor
         return None
     query_pos = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     key_pos = torch.arange(key_len, device=device)[None, :]
-    allowed = key_pos <= query_pos
-    if window is not None:
-        allowed = allowed & (query_pos - key_pos < window)
+    allowed = visible_keys(query_pos, key_pos, window)
     if padding is None:
         return allowed[None, None]
     # A padding query sees itself: one that saw nothing would give NaN, which would reach the real
@@ -441,7 +451,7 @@ class Transformer(nn.Module):
         # One mask per distinct window (Qwen's first layers attend fully, the rest through a window),
         # shared by the layers. Packed rows attend through FlexAttention's block masks where it runs,
         # and elsewhere document by document, needing no mask.
-        windows = {layer.self_attn.window for layer in self.model.layers}
+        windows = self.config.windows
         documents = None
         if document_ids is None:
             masks = {window: attention_mask(seq, past + seq, window, x.device, padding) for window in windows}
@@ -471,9 +481,7 @@ class Transformer(nn.Module):
         cos, sin = rotary_cos_sin(position.expand(input_ids.shape[0], 1),
                                   rotary_frequencies(self.config, x.device), x.dtype)
         key_pos = torch.arange(kv_cache.max_len, device=x.device)
-        seen = key_pos <= position
-        masks = {window: (seen if window is None else seen & (position - key_pos < window))[None, None, None]
-                 for window in {layer.self_attn.window for layer in self.model.layers}}
+        masks = {window: visible_keys(position, key_pos, window)[None, None, None] for window in self.config.windows}
         for layer in self.model.layers:
             x = layer(x, cos, sin, masks[layer.self_attn.window], None, kv_cache, position)
         return self.lm_head(self.model.norm(x[:, -1]))
