@@ -28,14 +28,17 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer | BPETokenizer, 
     if tokenizer.vocab_size > rows:
         raise ExportError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {rows} embedding "
                           "rows; export the tokenizer the model was trained with")
+    # One token per embedding row: the rows the tokenizer leaves empty hold unused placeholders.
+    tokens = [f"[PAD{i}]" for i in range(rows)]
+    types = [gguf.TokenType.UNUSED] * rows
     if isinstance(tokenizer, BPETokenizer):
-        tokens, types = _add_bpe(writer, tokenizer)
+        _add_bpe(writer, tokenizer, tokens, types)
     else:
-        tokens, types, scores = _add_sentencepiece(writer, tokenizer)
-        writer.add_token_scores(scores + [UNUSED_SCORE] * (rows - len(scores)))
-    padding = range(len(tokens), rows)
-    writer.add_token_list(tokens + [f"[PAD{i}]" for i in padding])
-    writer.add_token_types(types + [int(gguf.TokenType.UNUSED)] * len(padding))
+        scores = [UNUSED_SCORE] * rows
+        _add_sentencepiece(writer, tokenizer, tokens, types, scores)
+        writer.add_token_scores(scores)
+    writer.add_token_list(tokens)
+    writer.add_token_types([int(token_type) for token_type in types])
     if tokenizer.bos_id is not None:
         writer.add_bos_token_id(tokenizer.bos_id)
     writer.add_eos_token_id(tokenizer.eos_id)
@@ -48,18 +51,17 @@ def _added_type(token) -> gguf.TokenType:
     return gguf.TokenType.CONTROL if token.special or token.content in CHAT_TOKENS else gguf.TokenType.USER_DEFINED
 
 
-def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Tokenizer) -> tuple[list[str], list[int], list[float]]:
+def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Tokenizer, tokens: list[str], types: list,
+                       scores: list[float]) -> None:
     sp = tokenizer._sp
-    tokens = [sp.id_to_piece(i) for i in range(sp.piece_size())]
-    scores = [sp.get_score(i) for i in range(sp.piece_size())]
-    types = [gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-             else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.UNUSED if sp.is_unused(i)
-             else gguf.TokenType.NORMAL for i in range(sp.piece_size())]
-    for token in sorted(tokenizer._added.values(), key=lambda token: token.id):  # ChatML's, after the pieces
-        if token.id >= len(tokens):
-            tokens += [f"[PAD{i}]" for i in range(len(tokens), token.id)] + [token.content]
-            scores += [UNUSED_SCORE] * (token.id + 1 - len(scores))
-            types += [gguf.TokenType.UNUSED] * (token.id - len(types)) + [gguf.TokenType.CONTROL]
+    for i in range(sp.piece_size()):
+        tokens[i], scores[i] = sp.id_to_piece(i), sp.get_score(i)
+        types[i] = (gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+                    else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.UNUSED if sp.is_unused(i)
+                    else gguf.TokenType.NORMAL)
+    for token in tokenizer._added.values():  # ChatML's, after the pieces
+        if token.id >= sp.piece_size():
+            tokens[token.id], types[token.id] = token.content, gguf.TokenType.CONTROL
         elif token.content in CHAT_TOKENS:
             types[token.id] = gguf.TokenType.CONTROL
     writer.add_tokenizer_model("llama")
@@ -67,27 +69,22 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Tokenizer) -> tuple[l
         writer.add_unk_token_id(sp.unk_id())
     writer.add_add_bos_token(bool(tokenizer._config.get("add_bos_token", True)))
     writer.add_add_space_prefix(tokenizer._dummy_prefix != "never")
-    return tokens, [int(token_type) for token_type in types], scores
 
 
-def _add_bpe(writer: gguf.GGUFWriter, tokenizer: BPETokenizer) -> tuple[list[str], list[int]]:
+def _add_bpe(writer: gguf.GGUFWriter, tokenizer: BPETokenizer, tokens: list[str], types: list) -> None:
     content = tokenizer._json
     if "ByteLevel" not in {part.get("type") for part in _component_types(content.get("decoder"))}:
         raise ExportError(f"{tokenizer._source}: not a byte-level BPE tokenizer.json (a SentencePiece-style one?); "
                           "GGUF export takes byte-level BPE (Llama 3, Qwen, SmolLM2) or a tokenizer.model")
-    vocab = content["model"]["vocab"]
-    tokens = [f"[PAD{i}]" for i in range(tokenizer.vocab_size)]
-    types = [int(gguf.TokenType.UNUSED)] * tokenizer.vocab_size
-    for token, token_id in vocab.items():
-        tokens[token_id], types[token_id] = token, int(gguf.TokenType.NORMAL)
+    for token, token_id in content["model"]["vocab"].items():
+        tokens[token_id], types[token_id] = token, gguf.TokenType.NORMAL
     for token in tokenizer._added.values():
-        tokens[token.id], types[token.id] = token.content, int(_added_type(token))
+        tokens[token.id], types[token.id] = token.content, _added_type(token)
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in content["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre_tokenizer_name(tokenizer))
     writer.add_token_merges(merges)
     writer.add_add_bos_token(tokenizer.bos_id is not None)
-    return tokens, types
 
 
 def pre_tokenizer_name(tokenizer: BPETokenizer) -> str:
