@@ -11,7 +11,10 @@ can learn and the fidelity report can measure (style.py):
   - Eleanor Whitfield writes one long, capitalised, punctuated English message a turn;
   - Dmitry Volkov writes capitalised Russian, asks questions and sends links.
 Each conversation is a topic of its chat (a film, a hike, a laptop to buy) played from templates: a
-session picks a topic, one of its lines of wordings, and slot values such as a time or a film.
+session picks a topic, one of its lines of wordings, and slot values such as a time or a film. Alexander
+opens 15-25% of each friend's conversations: there, what comes before a friend's turn is his casual
+Russian-English, and only the name in the turn's header says who answers: a twin must take a person's
+style from their name, not from the turn it answers.
 
 Around them sits what a real export holds and the converter must handle: media (photos, stickers,
 voice and video messages, files, a location, a contact, a poll), service messages, forwarded and
@@ -35,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import atomic  # noqa: E402
 
-SEED = 18  # of the first 40 seeds, one whose default 2% held-out split has sessions of every persona
+SEED = 25  # of the first 40, one whose held-out splits hold several sessions of every persona: at train.py's
+# default 2%, 6 of Катя's, 6 of Eleanor's, 3 of Dmitry's; at the demo's 5%, 12, 11 and 8
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 FIRST_DAY = datetime(2023, 1, 9, tzinfo=timezone.utc)
 LAST_DAY = datetime(2024, 11, 15, tzinfo=timezone.utc)
@@ -144,6 +148,16 @@ KATYA_TOPICS = [
      ("A", ["пойдём гулять, weather отличная", "можно зайду? нужна твоя help с презентацией",
             "го в кафе, i'm buying"]),
      ("K", ["давай | через час 🙌", "заходи | чайник ставлю", "ура | бегу"])],
+    [("A", ["купил билеты на концерт)) | пойдёшь {day}?", "hey, где тут good кофе рядом с работой?",
+            "катя, help | что подарить маме на др?"]),
+     ("K", ["ааа | конечно | а кто играет 🎶", "знаю | на углу у парка | там лучший раф ☕️",
+            "цветы | и торт | мамы любят торт 🎂"]),
+     ("A", ["сюрприз)) | you'll like it", "thanks, попробую tomorrow", "good idea, торт it is"]),
+     ("K", ["ну скажи | ну пожалуйста 🙏", "только не бери с сиропом | это ужас", "и открытку | обязательно 💌"])],
+    [("A", ["ты дома? | я рядом, зайду на 5 min", "как там барсик? | вылечили?", "такой день | hate mondays"]),
+     ("K", ["дома | заходи | чайник ставлю", "да | уже носится по квартире 😹", "понимаю | у меня тоже всё плохо"]),
+     ("A", ["ok, буду через 10", "good news))", "пошли вечером гулять, fresh air"]),
+     ("K", ["жду 🥰", "ага | он передаёт привет", "давай | {time}"])],
 ]
 
 ELEANOR_SLOTS = {
@@ -281,6 +295,58 @@ ELEANOR_TOPICS = [
             "flat is free in {month}.",
             "Your secret is safe with me. I am delighted that you liked it, and I shall find you another one "
             "for the winter."])],
+    [("A", ["hi)) | можешь посоветовать book на английском? | something not too long",
+            "Eleanor, help)) | как правильно: on the weekend или at the weekend?",
+            "привет)) | в {city} в {month} cold? | собираю чемодан"]),
+     ("E", ["Of course. Try {book}: it is beautifully written, not too long, and kind to a reader in a second "
+            "language. I shall lend you my copy if you cannot find one.",
+            "Both are correct, so you cannot go wrong. We say 'at the weekend' here, while Americans say 'on the "
+            "weekend', which I confess still sounds rather odd to my ear.",
+            "It can be quite chilly in {month}, especially in the evenings, so do pack a warm jumper and an "
+            "umbrella. The sun does come out, but never for long."]),
+     ("A", ["thanks)) | попробую", "понял, at the weekend then", "ok, jumper обязательно"]),
+     ("E", ["Do tell me what you think of it when you have finished. I am always curious to hear what others "
+            "make of the ending.",
+            "You are most welcome. Your English is already far better than my Russian, so I really ought to be "
+            "the one asking the questions.",
+            "And comfortable shoes, please. The streets are steep and cobbled, and I intend to walk you "
+            "everywhere."])],
+    [("A", ["у меня новости)) | got the job!", "hey | наконец-то сдал IELTS, 7.5))",
+            "смотри, испёк scones по твоему рецепту | <photo>"]),
+     ("E", ["Congratulations, Alexander! That is wonderful news, and richly deserved after all the work you "
+            "have put in. When do you start?",
+            "Seven and a half! That is a splendid result, and I am very proud of you. You must let me take you "
+            "out for dinner to celebrate.",
+            "They look absolutely marvellous, far better than mine ever do. Did you remember to warm the milk, "
+            "or did you live dangerously?"]),
+     ("A", ["в понедельник)) | немного nervous", "deal, но dinner за мной", "haha, warmed, как ты учила"]),
+     ("E", ["A little nervousness is a good sign: it means that you care. I am sure you will be brilliant, and "
+            "I shall want to hear everything on Monday evening.",
+            "Nonsense, this one is on me. I shall book somewhere with a proper pudding menu.",
+            "Then you are a better student than most. Next time I shall teach you a proper Victoria sponge."])],
+    [("A", ["ты свободна завтра? | нужно обсудить the budget", "quick one: можно перенести call на {weekday}?",
+            "slides готовы | отправил на почту, check please"]),
+     ("E", ["I am, yes. Shall we say ten o'clock? I have a meeting at eleven, but an hour should be more than "
+            "enough for the budget.",
+            "{weekday} suits me perfectly, thank you for asking. Shall we keep the same time, or would the "
+            "afternoon be easier for you?",
+            "Thank you, they arrived safely. I shall read them this evening and send you my comments first "
+            "thing tomorrow morning."]),
+     ("A", ["10 ok))", "same time, perfect", "спасибо, no rush"]),
+     ("E", ["Lovely. I shall send you the latest figures tonight, so that we can go through them together.",
+            "Wonderful. I shall move the invitation and add the notes from our last call.",
+            "I have had a first look, and they are excellent. There are only a couple of small points on the "
+            "third slide."])],
+    [("A", ["<photo> | first snow у нас))", "<photo> | смотри, какой закат сегодня", "hey, угадай где я))"]),
+     ("E", ["How beautiful! It looks like a Christmas card. I do hope you are wrapped up warm, and not out "
+            "there in that thin jacket of yours.",
+            "What a glorious sky. It makes me want to pack a bag and travel somewhere far away at once.",
+            "I cannot possibly guess, so you will have to tell me. Somewhere warm, I hope, and with a good view."]),
+     ("A", ["haha, в куртке, не волнуйся", "приезжай, покажу))", "в {city}! | surprise))"]),
+     ("E", ["I am relieved to hear it. Send me another photograph when the park is properly white.",
+            "I should like nothing better. Let me look at my diary this evening.",
+            "How wonderful! You must visit the cathedral and the little bookshop by the river, and then tell me "
+            "all about them."])],
 ]
 
 DMITRY_SLOTS = {
@@ -361,6 +427,18 @@ DMITRY_TOPICS = [
      ("D", ["Какие звуки? Стучит или скрипит?", "Давай {time}. Ты на машине или пешком?",
             "С удовольствием! Во сколько выезжаем?"]),
      ("A", ["скрипит, when turning", "на машине, буду on time", "в шесть утра, early bird"])],
+    [("A", ["дим, посоветуй бар для др | чтобы не too loud", "есть idea для подарка лене?",
+            "ты смотрел вчерашний матч? | what a game"]),
+     ("D", ["Есть хороший на Пятницкой, там тихо. Вот: https://maps.example.com/?q=bar-{n} Сколько вас будет?",
+            "Она давно хотела кофемашину. Посмотри эту: https://shop.example.com/item/{n} Что думаешь?",
+            "Конечно! Ты видел второй гол? Это же невероятно?"]),
+     ("A", ["человек десять)) | thanks", "дороговато, но ok", "yes, лучший гол сезона"]),
+     ("D", ["Тогда бронируй заранее. Хочешь, я им позвоню?", "Можем скинуться вдвоём. Напишешь остальным?",
+            "Согласен. Идём в {day} на следующий?"])],
+    [("A", ["привет)) | нужна help с ноутом | он не включается", "дим, можешь помочь с переездом в {day}?"]),
+     ("D", ["Привет! А индикатор горит? Может, батарея села?", "Конечно! Во сколько? Машина нужна?"]),
+     ("A", ["ничего не горит, totally dead", "в десять, машина есть"]),
+     ("D", ["Принеси его вечером, посмотрю. Зарядку не забудь, хорошо?", "Отлично, буду. Пиццу потом закажем?"])],
 ]
 
 GROUP_SLOTS = {

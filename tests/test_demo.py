@@ -4,12 +4,14 @@ In the suite (slow), a short run: every persona's held-out loss falls below the 
 leaves its loss curves beside it, and sample.py answers as the run's target from any folder.
 With -m demo (4-5 minutes by itself, so outside the suite's budget), the demo's own run: for the target
 and each partner, as its report shows, the held-out loss falls below the base's, and the turns the tuned
-model writes at their held-out moments are closer to their real turns than the base model's on more
-style statistics than they are farther. Skips where the SmolLM2 GGUF cannot be fetched.
+model writes at their held-out moments (10 or more each) are closer to their real turns than the base
+model's on most style statistics. Skips where the SmolLM2 GGUF cannot be fetched.
 """
 import contextlib
 import io
 import json
+import re
+import shlex
 import subprocess
 import sys
 
@@ -20,12 +22,9 @@ from tests.test_sample import ROOT
 
 SAMPLE = ROOT / "examples" / "telegram_export"
 PERSONAS = ["Alexander Smirnov", "Катя Морозова", "Eleanor Whitfield", "Dmitry Volkov"]
-# The demo's schedule (examples/demo.sh). Half of it (12 steps) lowers every loss too, but measured the
-# target's style barely closer than the base's (4 statistics closer, 3 farther) and Eleanor's farther (2, 3).
-DEMO = ["--seq-len", "256", "--micro-batch", "4", "--batch", "8", "--max-steps", "24", "--lr", "5e-3",
-        "--warmup-ratio", "0.1", "--eval-every", "0", "--save-every", "0", "--lora-r", "16", "--lora-alpha", "32",
-        "--lora-targets", "q,k,v,o,gate,up,down", "--eval-contexts", "32"]
-# A fifth of it: enough for every held-out loss to fall, too little to say anything of style.
+# The demo's schedule, as examples/demo.sh writes it.
+DEMO = shlex.split(re.search(r'^schedule="([^"]*)"', (ROOT / "examples" / "demo.sh").read_text(), re.M)[1])
+# A quarter of its steps at a lower rate: enough for every held-out loss to fall, too little for style.
 SHORT = ["--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "10", "--lr", "2e-3",
          "--warmup-ratio", "0.1", "--eval-every", "0", "--save-every", "0", "--lora-r", "16", "--lora-alpha", "32",
          "--lora-targets", "q,k,v,o,gate,up,down", "--eval-contexts", "0"]
@@ -67,16 +66,12 @@ def test_the_demo_lowers_every_persona_s_held_out_loss(demo_run):
 
 
 @pytest.mark.demo
-@pytest.mark.parametrize("persona", [
-    *PERSONAS[:2], PERSONAS[3],
-    # Measured 4 closer / 3 farther: a hair. The tuned model still answers her in the language of Alexander's
-    # last turn now and then, and over her 5 held-out moments one such turn tips a statistic.
-    pytest.param(PERSONAS[2], marks=pytest.mark.xfail(reason="Eleanor's style: closer than base by one statistic "
-                                                               "at most in the demo's budget", strict=False))])
-def test_each_persona_s_written_turns_come_closer_to_theirs_than_the_base_s(demo_run, persona):
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_each_persona_s_written_turns_come_closer_to_theirs_than_the_base_s_on_most_statistics(demo_run, persona):
     _, speakers, _ = demo_run
     style = speakers[persona]["closer_than_base"]
-    assert speakers[persona]["contexts"] >= 5 and style["closer"] > style["farther"], (persona, style)
+    assert speakers[persona]["contexts"] >= 10, (persona, speakers[persona]["contexts"])
+    assert style["closer"] > sum(style.values()) / 2, (persona, style)  # of closer, as close, farther
 
 
 @pytest.mark.slow
