@@ -1,10 +1,15 @@
 """A conversation between two people, one of them played by the model: its turns, its prompt, its replies."""
 import time
 
+from core.errors import TwinError
 from data.chatml import fit_prompt, turn_stop_ids
 from data.sessions import Turn, clean_message, parse_body
 from model.generation import Generator, SamplingConfig, random_stream
 from model.tokenizer import Tokenizer
+
+
+class TurnTooLong(TwinError):
+    """The conversation's newest turn alone takes more of the context than a prompt may."""
 
 
 class Chat:
@@ -26,10 +31,18 @@ class Chat:
         self.turns.append(turn)
 
     def prompt(self, speaker: str) -> list[int]:
-        return fit_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len - self.sampling.max_new_tokens)
+        """The conversation up to `speaker`'s open header, its oldest turns dropped to leave room for the
+        reply; TurnTooLong where even the newest turn cannot stay (it would be answered unseen)."""
+        ids, kept = fit_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len - self.sampling.max_new_tokens)
+        if self.turns and not kept:
+            raise TurnTooLong(f"the last turn is too long for the context of {self.generator.max_len} tokens, "
+                              f"{self.sampling.max_new_tokens} of them kept for the reply: shorten it, or raise "
+                              "--context or lower --max-new-tokens")
+        return ids
 
-    def reply(self, speaker: str, echo=lambda text: None) -> Turn:
-        """Sample `speaker`'s next turn, streaming its text to `echo`, and add it to the conversation.
+    def reply(self, speaker: str, prompt: list[int], echo=lambda text: None) -> Turn:
+        """Sample `speaker`'s next turn after `prompt` (self.prompt(speaker)), streaming its text to `echo`,
+        and add it to the conversation.
 
         Ctrl-C (KeyboardInterrupt) stops the reply where it is and keeps what was written so far.
         """
@@ -37,7 +50,7 @@ class Chat:
         stop_ids = turn_stop_ids(self.tokenizer)
         text = ""
         try:
-            for token in self.generator.generate(self.prompt(speaker), self.sampling, stop_ids, self.random):
+            for token in self.generator.generate(prompt, self.sampling, stop_ids, self.random):
                 if token in stop_ids:
                     break
                 piece = stream.add(token)

@@ -1,7 +1,7 @@
 """A chat in a terminal: turns typed line by line, /commands, replies streamed as they are sampled."""
 from pathlib import Path
 
-from chat.conversation import Chat
+from chat.conversation import Chat, TurnTooLong
 from chat.people import People, SpeakerError
 from data.sessions import DataError, Session, Turn, read_sessions_file, write_sessions
 
@@ -25,8 +25,9 @@ def echo(text: str) -> None:
 
 
 def show_reply(chat: Chat, speaker: str) -> None:
+    prompt = chat.prompt(speaker)  # a turn too long for the context is refused before the header shows
     show_turn_header(speaker)
-    chat.reply(speaker, echo)
+    chat.reply(speaker, prompt, echo)
     print()
 
 
@@ -55,7 +56,12 @@ def interactive(chat: Chat, people: People) -> None:
         if messages:
             chat.add(Turn(chat.user, messages))
             messages = []
-        show_reply(chat, chat.speaker)
+        try:
+            show_reply(chat, chat.speaker)
+        except TurnTooLong as error:
+            if chat.turns and chat.turns[-1].speaker == chat.user:
+                chat.turns.pop()
+            print(f"({error}; it was not sent)")
 
 
 def command(chat: Chat, people: People, line: str) -> bool:

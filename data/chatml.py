@@ -255,13 +255,14 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
     return best if best is not None else ids[:budget]
 
 
-def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> list[int]:
-    """The conversation rendered exactly as in training, ending in `speaker`'s open header;
-    the oldest turns are dropped until it fits in `room` tokens (leaving the rest for a reply)."""
+def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> tuple[list[int], int]:
+    """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many
+    of its turns that holds: the oldest are dropped until it fits in `room` tokens (leaving the rest for a
+    reply). None are left where even the newest turn does not fit, which a caller may refuse."""
     encoder = _TurnEncoder(tokenizer, trained_speakers=None)
     encoded = [encoder.encode(turn) for turn in turns]  # once each: a long chat is not tokenized per drop
     for first in range(len(encoded) + 1):
         ids = encoder.assemble(encoded[first:], open_speaker=speaker).ids
         if len(ids) <= room:
             break
-    return ids[-room:]
+    return ids[-room:], len(encoded) - first

@@ -64,7 +64,9 @@ def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSetting
     stop_ids = turn_stop_ids(tokenizer)
 
     def write(contexts: list[Context], seed: int) -> list[list[str]]:
-        prompts = [fit_prompt(context.turns, tokenizer, context.speaker, max_len - settings.sampling.max_new_tokens)
+        # A held-out turn longer than the whole context leaves the prompt with none: the moment is then
+        # answered without a conversation, by both models alike.
+        prompts = [fit_prompt(context.turns, tokenizer, context.speaker, max_len - settings.sampling.max_new_tokens)[0]
                    for context in contexts]
         try:
             written = generate_batch(model, prompts, settings.sampling, stop_ids,

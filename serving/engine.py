@@ -97,11 +97,12 @@ class Engine:
         if room < 1:
             raise ContextLengthError(f"max_tokens ({max_tokens}) must be below the context ({self.context} tokens)",
                                      "max_tokens")
-        newest = len(render(turns[-1:], self.tokenizer, open_speaker=speaker).ids)
-        if newest > room:
+        ids, kept = fit_prompt(turns, self.tokenizer, speaker, room)
+        if turns and not kept:
+            newest = len(render(turns[-1:], self.tokenizer, open_speaker=speaker).ids)
             raise ContextLengthError(f"the last message takes {newest} tokens; the context holds {self.context}, "
                                      f"{max_tokens} of them for the reply (max_tokens)", "messages")
-        return fit_prompt(turns, self.tokenizer, speaker, room)
+        return ids
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator["str | Finished"]:
         """The reply's text as it is written, in pieces, then Finished. Leaving the loop early (a client gone)

@@ -1,7 +1,8 @@
 """chat.conversation: the prompt is the training rendering, and a reply ends where the tokenizer's format ends a turn."""
+import pytest
 import torch
 
-from chat.conversation import Chat
+from chat.conversation import Chat, TurnTooLong
 from data.chatml import chat_format, render
 from data.sessions import Turn
 from model.generation import Generator, SamplingConfig
@@ -36,6 +37,17 @@ def test_prompt_drops_the_oldest_turns_when_the_context_fills(dolphin_tokenizer)
     assert prompt[0] == dolphin_tokenizer.bos_id
 
 
+def test_a_newest_turn_the_context_cannot_hold_is_refused_not_answered_unseen(dolphin_tokenizer):
+    model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
+    chat = Chat(Generator(model, 80, torch.device("cpu")), dolphin_tokenizer, SamplingConfig(max_new_tokens=30),
+                SPEAKER, "User", seed=0)
+    chat.turns = [Turn(SPEAKER, ["hi"]), Turn("User", ["word " * 60])]
+    with pytest.raises(TurnTooLong, match="the last turn is too long for the context of 80 tokens, 30 of them kept"):
+        chat.prompt(SPEAKER)
+    chat.turns[-1] = Turn("User", ["word " * 25])  # fits once the older turn is dropped
+    assert dolphin_tokenizer.decode(chat.prompt(SPEAKER)).startswith("<s><|im_start|>User\n>>> word word")
+
+
 def test_a_quoted_chatml_marker_stays_text_as_in_training(dolphin_tokenizer):
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
     chat = Chat(Generator(model, 512, torch.device("cpu")), dolphin_tokenizer, SamplingConfig(max_new_tokens=16),
@@ -63,4 +75,4 @@ def test_a_reply_ends_at_the_turn_end_token_of_the_tokenizers_format(request):
 
     chat = Chat(ScriptedGenerator(), tokenizer, SamplingConfig(max_new_tokens=16), SPEAKER, "User", seed=0)
     chat.add(Turn("User", ["hi"]))
-    assert chat.reply(SPEAKER).messages == ["hey", "how are you?"]
+    assert chat.reply(SPEAKER, chat.prompt(SPEAKER)).messages == ["hey", "how are you?"]

@@ -37,7 +37,7 @@ def test_auto_plays_both_people(tiny_run):
 def test_interactive_session_with_commands(tiny_run, tmp_path):
     transcript, notes = tmp_path / "chat.jsonl", tmp_path / "notes.txt"
     notes.write_text("not a sessions file")
-    script = "\n".join([f"/save {transcript}", "hi", "how are you?", "", "/temp 0", "/regen", "/as Bob",
+    script = "\n".join([f"/save {transcript}", "word " * 3000, "", "hi", "how are you?", "", "/temp 0", "/regen", "/as Bob",
                         "/as Dmitry Volkov", "yo", "", "/speaker Eleanor Whitfield", "/as Катя Морозова", "",
                         f"/save {tmp_path}/missing/chat.jsonl", f"/save {notes}", f"/save {transcript}",
                         "/quit"]) + "\n"
@@ -46,6 +46,7 @@ def test_interactive_session_with_commands(tiny_run, tmp_path):
     assert "(temperature 0.0)" in out and "(you are Dmitry Volkov, the model is Alexander Smirnov)" in out
     assert "(/as 'Bob': no one of that name" in out  # and the chat went on as Катя
     assert "(nothing to save yet)" in out and out.count("(not saved: ") == 2  # and the chat went on
+    assert "(the last turn is too long for the context of " in out and "; it was not sent)" in out  # nor kept
     assert notes.read_text() == "not a sessions file"
     session = read_sessions_file(transcript)[-1]
     speakers = [turn.speaker for turn in session.turns]
@@ -77,6 +78,13 @@ def test_missing_checkpoint_is_one_error_line(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "run.json" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_prompt_too_long_for_the_context_is_one_error_line(tiny_run):
+    result = subprocess.run([sys.executable, "sample.py", "--checkpoint", tiny_run, "--prompt", "word " * 200,
+                             "--context", "64", "--max-new-tokens", "8"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].startswith("error: the last turn is too long for the context of 64 tokens")
 
 
 def test_the_model_is_the_run_s_target_and_you_their_most_frequent_partner_by_default(tiny_run):

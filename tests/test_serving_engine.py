@@ -42,7 +42,7 @@ def request(engine: Engine, **sampling) -> ReplyRequest:
 
 def test_the_prompt_is_the_chats_and_a_reply_counts_its_tokens(engine, dolphin_tokenizer):
     prompt = engine.prompt(TURNS, SPEAKER, 6)
-    assert prompt == fit_prompt(TURNS, dolphin_tokenizer, SPEAKER, 256 - 6)
+    assert (prompt, len(TURNS)) == fit_prompt(TURNS, dolphin_tokenizer, SPEAKER, 256 - 6)
     [(text, finished)] = ask(engine, ReplyRequest(prompt, SamplingConfig(max_new_tokens=6), seed=0))
     assert finished.prompt_tokens == len(prompt) and 1 <= finished.completion_tokens <= 6
     assert finished.finish_reason == ("length" if finished.completion_tokens == 6 else "stop")
