@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.cli import program
-from core.device import add_compute_args, resolve_device, set_threads
+from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
 from core.flags import add_arguments, from_args
 from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
 from data.telegram import ExportOptions
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--micro-batch", type=int, default=EvalSettings.micro_batch, help="rows per forward pass for the loss (default: %(default)s)")
     run.add_argument("--sample-batch", type=int, default=EvalSettings.sample_batch, help="held-out moments whose turns are written together (default: %(default)s)")
     add_compute_args(run)
+    add_quantize_arg(run)
     return parser
 
 
@@ -160,12 +161,17 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
     sources = sources_from_args(args)
     device, dtype = resolve_device(args)
     adapter = sources.adapter
+    if args.quantize and not adapter:
+        raise EvaluationError(f"--quantize: {sources.full_model} is a full fine-tune, evaluated in {dtype_name(dtype)} "
+                              "as it was trained; --quantize is for a LoRA run's base")
     tokenizer = load_tokenizer(tokenizer_source(sources.base, adapter))
     data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=sources.cache_dir)
     about = {"base": str(sources.base), "data": str(sources.data), "split": sources.data_config.split,
              "tuned": f"adapter {adapter}" if adapter else f"full model {sources.full_model}"}
     if adapter:  # one model in memory, its adapters switched off for the base figures
-        model = load_model(sources.base, dtype=dtype, device=device)
+        if args.quantize:
+            print(f"loading {sources.base}, its linear weights quantized to {args.quantize} one by one...")
+        model = load_model(sources.base, dtype=dtype, device=device, quantize=args.quantize)
         check_finite(model, sources.base)
         load_adapter(model, adapter)
         report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, sources.metrics_file)

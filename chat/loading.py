@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from chat.people import People
-from core.device import add_compute_args, dtype_name, resolve_device, set_threads
+from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
 from core.errors import TwinError
 from model import Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
@@ -28,7 +28,7 @@ def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
     add_compute_args(run)
-    run.add_argument("--quantize", choices=["nf4"], help="keep the base's linear weights in 4 bits (NF4), the adapter unmerged beside them: a 7B model in about 4 GiB (default: off)")
+    add_quantize_arg(run)
     run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
 
 

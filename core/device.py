@@ -62,6 +62,12 @@ def add_compute_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     add_threads_arg(parser)
 
 
+def add_quantize_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--quantize, for the programs that compute with a LoRA run's base (sample.py, serve.py, evaluate.py)."""
+    parser.add_argument("--quantize", choices=["nf4"], help="keep the base's linear weights in 4 bits (NF4), the "
+                        "adapter unmerged beside them: a 7B model in about 4 GiB (default: off)")
+
+
 def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads torch computes with (per rank under torchrun); "
                         "on a machine busy with other work, fewer can be faster (default: the cores this process "

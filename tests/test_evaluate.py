@@ -80,6 +80,22 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
     assert all(speaker["examples"] == [] for speaker in figures["speakers"])
     first = figures["speakers"][0]["speaker"]
     assert capsys.readouterr().out.endswith(f"python sample.py --checkpoint {run} --speaker '{first}'\n")
+    with pytest.raises(SystemExit) as exit_info:  # 4 bits are for a LoRA run's frozen base
+        evaluate.main(["--checkpoint", str(run), "--quantize", "nf4"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "is a full fine-tune" in error
+
+
+def test_a_lora_run_is_evaluated_over_its_base_in_4_bits(tiny_run, tmp_path, capsys):
+    evaluate.main(["--checkpoint", str(tiny_run), "--quantize", "nf4", "--out", str(tmp_path), "--contexts", "1",
+                   "--max-new-tokens", "4", "--speakers", "2"])
+    assert "linear weights quantized to nf4" in capsys.readouterr().out
+    full = {speaker["speaker"]: speaker["loss"] for speaker in
+            json.loads((tiny_run / "report" / "report.json").read_text())["speakers"]}
+    for speaker in json.loads((tmp_path / "report.json").read_text())["speakers"]:
+        for which in ("base", "tuned"):  # the same held-out turns, close to the full-precision figures
+            assert speaker["loss"][which] == pytest.approx(full[speaker["speaker"]][which], rel=0.05)
+            assert speaker["loss"][which] != full[speaker["speaker"]][which]
 
 
 @pytest.mark.parametrize("arguments, message", [
