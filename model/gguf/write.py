@@ -5,13 +5,16 @@ Weights are renamed to GGUF's names (model.gguf.layout) and llama's q/k rows per
 rotary order; 2-D weights are stored as f16 or q8_0 (a row length that q8_0's 32-value blocks do not
 divide stays f16), norms and biases as f32. A tied LM head is left out: llama.cpp reuses token_embd.
 """
+import math
 import os
-import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 
 import gguf
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core import atomic
 from model.bpe import BPETokenizer
@@ -29,7 +32,10 @@ TYPES = {"f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16), "q8_0": (Q.Q8_0, gguf.Ll
 def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: str | os.PathLike, type_name: str,
                name: str, chat_template: str) -> None:
     """Write the model as a GGUF file at `path` (atomically), its 2-D weights in `type_name` (f16, q8_0),
-    with the tokenizer and the Jinja `chat_template`, and a progress bar on stderr."""
+    with the tokenizer and the Jinja `chat_template`, and a progress bar on stderr.
+
+    Tensors are converted and written one at a time, after a header that announces each one's shape and
+    size: the file's weights are never all in memory beside the model's."""
     config = model.config
     writer = gguf.GGUFWriter(None, GGUF_ARCHITECTURES[config.model_type])
     qtype, file_type = TYPES[type_name]
@@ -40,13 +46,31 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: st
     add_hyperparameters(writer, config)
     add_tokenizer(writer, tokenizer, config.vocab_size)
     writer.add_chat_template(chat_template)
-    add_tensors(writer, model, qtype)
+    tensors = tensor_plan(model, qtype)
+    for tensor in tensors:
+        writer.add_tensor_info(tensor.name, tensor.shape, tensor.dtype, tensor.nbytes, tensor.raw_dtype)
     with atomic.file(path, make_parents=False) as file:
         # GGUFWriter opens the file it is given by name; the atomic one, not yet in place, goes in its stead
         writer.fout, writer.state = [file], gguf.WriterState.EMPTY
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=sys.stderr.isatty())
+        writer.write_ti_data_to_file()
+        for tensor in tqdm(tensors, desc="writing tensors", unit="tensor", leave=False):
+            writer.write_tensor_data(tensor.convert())
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor of the file: its GGUF name, how it is stored, and how to make its data when its turn comes."""
+    name: str
+    shape: tuple[int, ...]  # as stored: a quantized tensor's in bytes
+    dtype: np.dtype
+    raw_dtype: Q | None
+    convert: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def add_hyperparameters(writer: gguf.GGUFWriter, config: ModelConfig) -> None:
@@ -67,24 +91,35 @@ def add_hyperparameters(writer: gguf.GGUFWriter, config: ModelConfig) -> None:
         writer.add_sliding_window(config.sliding_window)  # (llama.cpp's llama and qwen2 attend fully all the same)
 
 
-def add_tensors(writer: gguf.GGUFWriter, model: Transformer, qtype: Q) -> None:
-    """Every parameter under its GGUF name (a tied head once, as the embedding), converted one at a time,
-    and Llama 3's rope scaling as llama.cpp bakes it: one divisor per rotary frequency."""
+def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
+    """Every parameter under its GGUF name (a tied head once, as the embedding): 1-D ones in f32, 2-D ones
+    in `qtype` (f16 where a row does not split into q8_0's blocks); and Llama 3's rope scaling as llama.cpp
+    bakes it, one divisor per rotary frequency."""
     config = model.config
     names = gguf_tensor_names(model)
+    block = gguf.GGML_QUANT_SIZES[Q.Q8_0][0]
+    plan = []
     for name, param in model.named_parameters():
-        weights = param.detach().float().cpu()
-        heads = rotary_heads(config, name)
-        if heads:
-            weights = permute_rotary_rows(weights, heads)
-        array = weights.numpy()
-        if array.ndim == 1:
-            writer.add_tensor(names[name], array)
-        elif qtype == Q.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
-            writer.add_tensor(names[name], gguf.quants.quantize(array, Q.Q8_0), raw_dtype=Q.Q8_0)
+        convert = partial(gguf_weights, param, rotary_heads(config, name))
+        if param.ndim == 1:
+            plan.append(PlannedTensor(names[name], tuple(param.shape), np.dtype(np.float32), None, convert))
+        elif qtype == Q.Q8_0 and param.shape[-1] % block == 0:
+            byte_shape = gguf.quant_shape_to_byte_shape(tuple(param.shape), Q.Q8_0)
+            plan.append(PlannedTensor(names[name], byte_shape, np.dtype(np.uint8), Q.Q8_0,
+                                      lambda convert=convert: gguf.quants.quantize(convert(), Q.Q8_0)))
         else:
-            writer.add_tensor(names[name], array.astype(np.float16))
+            plan.append(PlannedTensor(names[name], tuple(param.shape), np.dtype(np.float16), None,
+                                      lambda convert=convert: convert().astype(np.float16)))
     if config.rope_scaling is not None:
         plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
-        writer.add_tensor(LLAMA3_ROPE_FREQS, (plain / rotary_frequencies(config, torch.device("cpu"))).numpy())
+        divisors = (plain / rotary_frequencies(config, torch.device("cpu"))).numpy()
+        plan.append(PlannedTensor(LLAMA3_ROPE_FREQS, divisors.shape, np.dtype(np.float32), None, lambda: divisors))
+    return plan
 
+
+def gguf_weights(param: torch.Tensor, heads: int | None) -> np.ndarray:
+    """A parameter as f32 numpy, q/k rows in llama.cpp's rotary order."""
+    weights = param.detach().float().cpu()
+    if heads:
+        weights = permute_rotary_rows(weights, heads)
+    return weights.numpy()
