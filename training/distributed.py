@@ -200,8 +200,18 @@ def load_checkpoint(directory: Path, world: World, model, optimizer) -> dict:
         raise TrainingError(f"{directory}: cannot be loaded ({problems})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    restore_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
-    return read_training_state(directory)
+    training_state = read_training_state(directory)
+    if saved_ranks(training_state, world.size) == world.size:
+        restore_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
+    return training_state
+
+
+def saved_ranks(training_state: dict, world_size: int) -> int:
+    """How many ranks saved a checkpoint; checkpoints from before it was recorded count as this job's."""
+    saved = training_state["loader"].get("world_size", world_size)
+    if type(saved) is not int or saved < 1:
+        raise DamagedCheckpoint(f"the data loader's world size {saved!r} is not a number of ranks")
+    return saved
 
 
 class ShardedCheckpoints:
@@ -219,8 +229,16 @@ class ShardedCheckpoints:
         chosen, _ = main_first(self.world, lambda: resume_from(
             out, lambda directory: check_checkpoint(directory, self.world.size), warn))
         state = load_checkpoint(chosen, self.world, self.model, self.optimizer)
+        ranks = saved_ranks(state, self.world.size)
+        if ranks != self.world.size:  # the weights and optimizer are resharded, the data position follows
+            warn(f"warning: {chosen.name} was saved by {ranks} ranks and resumes on {self.world.size}: the data "
+                 "continues where it stopped, each rank's random stream starts afresh")
         self.scheduler.load_state_dict(state["scheduler"])
-        self.loader.load_state_dict(state["loader"])
+        try:
+            self.loader.load_state_dict(state["loader"])
+        except ValueError as error:
+            raise TrainingError(f"{chosen}: cannot resume on {self.world.size} ranks: {error}; resume it on "
+                                f"{ranks}") from None
         return chosen, state
 
 
@@ -280,11 +298,10 @@ def read_checkpoint_metadata(path: Path) -> Metadata:
 
 
 def check_checkpoint(directory: Path, world_size: int) -> None:
-    """Whether a sharded checkpoint can be resumed from by `world_size` ranks, without loading it:
-    DamagedCheckpoint if it cannot, TrainingError if it was crafted to run code."""
+    """Whether a sharded checkpoint can be resumed from by `world_size` ranks (as many as saved it or
+    not), without loading it: DamagedCheckpoint if it cannot, TrainingError if it was crafted to run code."""
     read_checkpoint_metadata(directory / ".metadata")
-    read_training_state(directory)
-    for rank in range(world_size):
+    for rank in range(saved_ranks(read_training_state(directory), world_size)):
         path = directory / f"rng-rank{rank}.pt"
         try:
             rng = torch.load(path, weights_only=True)
