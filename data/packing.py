@@ -131,14 +131,13 @@ class RowLoader:
         return order
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step": self.step, "world_size": self.world_size}
+        return {"epoch": self.epoch, "step": self.step, "world_size": self.world_size, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue where `state` left off, also in a job of another size: a step there is `world_size`
-        batches, one per rank, so the rows it has handed out this epoch say where the step is here.
-        (States without a world size are from a job of this size.)"""
-        saved_world = state.get("world_size", self.world_size)
-        rows = state["step"] * self.batch_size * saved_world
+        """Continue where `state` left off, also in a job of another size or micro-batch: a step there
+        handed out `world_size` x `batch_size` rows, so the rows of the epoch gone say where the step is
+        here. (A state without them is from a loader like this one.)"""
+        rows = state["step"] * state.get("batch_size", self.batch_size) * state.get("world_size", self.world_size)
         if rows % (self.batch_size * self.world_size):
             raise ValueError(f"the data stopped {rows} rows into an epoch, which is not a whole step of "
                              f"{self.world_size} ranks x {self.batch_size} rows")

@@ -15,7 +15,7 @@ from data.chatml import chat_format
 from data.sessions import Turn
 from model import load_model, save_model
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from model.gguf.__main__ import main
+from model.gguf.__main__ import export_dtype, main
 from model.gguf.templates import go_literal, jinja_chat_template, ollama_modelfile, ollama_template
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
@@ -317,3 +317,11 @@ def test_help_names_every_flag_with_its_default(capsys):
     said = capsys.readouterr().out
     assert all(flag in said for flag in ["--type", "--speaker", "--as", "--modelfile", "--threads", "RUN_OR_MODEL"])
     assert "(default: f16)" in said
+
+
+def test_a_model_stored_in_16_bits_is_exported_from_f16_and_any_other_from_fp32(tmp_path):
+    model = random_model(tiny_config())
+    save_model(model, tmp_path / "bf16", dtype=torch.bfloat16)  # f16 holds every bf16 weight the file keeps
+    save_model(model, tmp_path / "fp32", dtype=torch.float32)  # its norms go into the file as f32, whole
+    assert export_dtype(tmp_path / "bf16") == torch.float16
+    assert export_dtype(tmp_path / "fp32") == export_dtype(tmp_path / "model.gguf") == torch.float32

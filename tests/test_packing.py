@@ -139,7 +139,7 @@ def test_resuming_from_state_gives_the_same_remaining_batches():
     resumed = RowLoader(rows, batch_size=2, seed=3)
     resumed.load_state_dict(state)
     replay = list(resumed) + list(resumed)
-    assert len(consumed) == 3 and state == {"epoch": 0, "step": 3, "world_size": 1}
+    assert len(consumed) == 3 and state == {"epoch": 0, "step": 3, "world_size": 1, "batch_size": 2}
     assert [row_numbers(b) for b in replay] == [row_numbers(b) for b in remaining]
 
 
@@ -147,10 +147,10 @@ def test_state_after_an_epochs_last_batch_points_at_the_next_epoch():
     loader = RowLoader(numbered_rows(4), batch_size=2)
     for _ in loader:
         pass
-    assert loader.state_dict() == {"epoch": 1, "step": 0, "world_size": 1}
+    assert loader.state_dict() == {"epoch": 1, "step": 0, "world_size": 1, "batch_size": 2}
 
 
-def test_a_job_of_another_size_resumes_at_the_same_rows():
+def test_a_job_of_another_size_or_micro_batch_resumes_at_the_same_rows():
     rows = numbered_rows(16)
     two = [RowLoader(rows, batch_size=2, rank=rank, world_size=2, seed=7) for rank in range(2)]
     streams = [iter(loader) for loader in two]
@@ -161,9 +161,12 @@ def test_a_job_of_another_size_resumes_at_the_same_rows():
 
     one = RowLoader(rows, batch_size=2, seed=7)
     one.load_state_dict(state)
-    assert one.state_dict() == {"epoch": 0, "step": 4, "world_size": 1}
+    assert one.state_dict() == {"epoch": 0, "step": 4, "world_size": 1, "batch_size": 2}
     assert sorted(n for batch in one for n in row_numbers(batch)) == rest_of_epoch
-    one.load_state_dict({"epoch": 0, "step": 2})  # a state from before world sizes were kept: this job's
+    smaller = RowLoader(rows, batch_size=1, seed=7)  # --micro-batch lowered on resume, say after running out of memory
+    smaller.load_state_dict(state)
+    assert sorted(n for batch in smaller for n in row_numbers(batch)) == rest_of_epoch
+    one.load_state_dict({"epoch": 0, "step": 2})  # a state from before sizes were kept: a loader like this one
     assert one.state_dict()["step"] == 2
     four = RowLoader(rows, batch_size=2, rank=0, world_size=4, seed=7)
     with pytest.raises(ValueError, match="not a whole step of 4 ranks x 2 rows"):

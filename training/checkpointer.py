@@ -102,7 +102,8 @@ def read_training_state(directory: Path) -> dict:
     loader = state.get("loader") if isinstance(state, dict) else None
     if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] == step
             and isinstance(state.get("loss", 0.0), (float, type(None))) and isinstance(state.get("scheduler"), dict)
-            and isinstance(loader, dict) and all(type(loader.get(key)) is int for key in ("epoch", "step"))):
+            and isinstance(loader, dict) and all(type(loader.get(key)) is int for key in ("epoch", "step"))
+            and all(type(loader.get(key, 1)) is int and loader.get(key, 1) >= 1 for key in ("world_size", "batch_size"))):
         raise DamagedCheckpoint(f"{path}: not the training state of step {step}")
     return state
 

@@ -190,8 +190,9 @@ def save_checkpoint(final: Path, world: World, model, optimizer, training_state:
     dist.barrier()
 
 
-def load_checkpoint(directory: Path, world: World, model, optimizer) -> dict:
-    """Load a checkpoint that `check_checkpoint` passed; returns its training state."""
+def load_checkpoint(directory: Path, model, optimizer) -> None:
+    """Load the weights and optimizer state of a checkpoint that `check_checkpoint` passed, resharded
+    for this job whatever the number of ranks that saved it."""
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     try:
         dcp.load(state, storage_reader=_CheckedReader(directory), planner=_CheckedLoadPlanner())
@@ -200,18 +201,12 @@ def load_checkpoint(directory: Path, world: World, model, optimizer) -> dict:
         raise TrainingError(f"{directory}: cannot be loaded ({problems})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    training_state = read_training_state(directory)
-    if saved_ranks(training_state, world.size) == world.size:
-        restore_rng_state(torch.load(directory / f"rng-rank{world.rank}.pt", weights_only=True))
-    return training_state
 
 
 def saved_ranks(training_state: dict, world_size: int) -> int:
-    """How many ranks saved a checkpoint; checkpoints from before it was recorded count as this job's."""
-    saved = training_state["loader"].get("world_size", world_size)
-    if type(saved) is not int or saved < 1:
-        raise DamagedCheckpoint(f"the data loader's world size {saved!r} is not a number of ranks")
-    return saved
+    """How many ranks saved a checkpoint (read_training_state checked the number); checkpoints from
+    before it was recorded count as this job's."""
+    return training_state["loader"].get("world_size", world_size)
 
 
 class ShardedCheckpoints:
@@ -228,17 +223,20 @@ class ShardedCheckpoints:
         # Rank 0 checks the checkpoints first and says what is wrong with them; all then load the one it chose.
         chosen, _ = main_first(self.world, lambda: resume_from(
             out, lambda directory: check_checkpoint(directory, self.world.size), warn))
-        state = load_checkpoint(chosen, self.world, self.model, self.optimizer)
+        state = read_training_state(chosen)
         ranks = saved_ranks(state, self.world.size)
-        if ranks != self.world.size:  # the weights and optimizer are resharded, the data position follows
-            warn(f"warning: {chosen.name} was saved by {ranks} ranks and resumes on {self.world.size}: the data "
-                 "continues where it stopped, each rank's random stream starts afresh")
-        self.scheduler.load_state_dict(state["scheduler"])
-        try:
+        try:  # first, as it can refuse, and the weights take minutes to load
             self.loader.load_state_dict(state["loader"])
         except ValueError as error:
             raise TrainingError(f"{chosen}: cannot resume on {self.world.size} ranks: {error}; resume it on "
                                 f"{ranks}") from None
+        load_checkpoint(chosen, self.model, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if ranks == self.world.size:
+            restore_rng_state(torch.load(chosen / f"rng-rank{self.world.rank}.pt", weights_only=True))
+        else:  # the weights and optimizer were resharded, and the data position follows in rows
+            warn(f"warning: {chosen.name} was saved by {ranks} ranks and resumes on {self.world.size}: the data "
+                 "continues where it stopped, each rank's random stream starts afresh")
         return chosen, state
 
 

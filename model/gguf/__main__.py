@@ -6,8 +6,9 @@ write only its chat template, for a server that runs the model or adapter as it 
 
 RUN_OR_MODEL is a train.py run folder (a LoRA run's base model with its adapter merged in, or a full
 fine-tune's OUT/model), a Hugging Face model folder or repo id, or a .gguf file. The model is loaded in
-f16 on the CPU (2 bytes a parameter: f16 is the most precision either --type keeps, and an adapter is
-merged in fp32 a weight at a time) and written a tensor at a time, with the tokenizer and a chat
+16 bits on the CPU where all its weights are stored in 16 bits (as f16, the most precision either
+--type keeps of a 2-D weight; an adapter is merged in fp32 a weight at a time), else in fp32 (a GGUF
+file's f32 norms, an fp32 model), and written a tensor at a time, with the tokenizer and a chat
 template in which the speaker is the assistant and their partner the user.
 """
 import argparse
@@ -23,7 +24,7 @@ from core import atomic
 from core.cli import program
 from core.device import add_threads_arg, set_threads
 from data.chatml import chat_format
-from model.checkpoint import load_tokenizer
+from model.checkpoint import CheckpointReader, load_tokenizer, resolve_checkpoint
 from model.generation import SamplingConfig
 from model.gguf.templates import jinja_chat_template, ollama_modelfile
 from model.gguf.vocab import ExportError
@@ -98,7 +99,7 @@ def export(args) -> None:
     reference = modelfile_reference(out, modelfile)
     set_threads(args)
 
-    model, tokenizer = load_twin(source, torch.device("cpu"), torch.float16)
+    model, tokenizer = load_twin(source, torch.device("cpu"), export_dtype(source.model))
     layout = chat_format(tokenizer)
     print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
     write_gguf(model, tokenizer, out, args.type, name=out.stem,
@@ -109,6 +110,15 @@ def export(args) -> None:
     print(f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
           f"  or: llama-cli -m {shlex.quote(str(out))} --jinja\n"
           f"  or: llama-server -m {shlex.quote(str(out))} --jinja")
+
+
+def export_dtype(model: str | Path) -> torch.dtype:
+    """f16 for a model whose weights are all stored in 16 bits: the file keeps no more of them, at half
+    the memory of fp32; fp32 for any other, whose f32 tensors (norms, at least) the file keeps whole."""
+    if str(model).endswith(".gguf"):
+        return torch.float32
+    reader = CheckpointReader(resolve_checkpoint(model))
+    return torch.float16 if all(reader.dtype_name(name) in ("BF16", "F16") for name in reader.shapes()) else torch.float32
 
 
 def write_chat_template(args) -> None:

@@ -55,7 +55,7 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: st
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for tensor in tqdm(tensors, desc="writing tensors", unit="tensor", leave=False):
+        for tensor in tqdm(tensors, desc="writing tensors", unit="tensor", leave=False, disable=None):
             writer.write_tensor_data(tensor.convert())
 
 
