@@ -19,12 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 def build_model(directory: Path, hidden: int, layers: int) -> int:
     from model import ModelConfig, Transformer, Tokenizer, save_model
-    from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,
-                                write_tokenizer_dir)
+    from tests.conftest import write_dolphin_tokenizer_dir
 
-    tokenizer = Tokenizer.from_dir(write_tokenizer_dir(directory / "tokenizer", {
-        "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG, "added_tokens.json": DOLPHIN_ADDED_TOKENS,
-        "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP}))
+    tokenizer = Tokenizer.from_dir(write_dolphin_tokenizer_dir(directory / "tokenizer"))
     config = ModelConfig(vocab_size=32002, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
                            num_attention_heads=8, num_key_value_heads=2, sliding_window=4096)
     model = Transformer(config)

@@ -22,13 +22,10 @@ def main():
 
     from data.dataset import DataConfig, prepare_data
     from model import Tokenizer
-    from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,
-                                write_tokenizer_dir)
+    from tests.conftest import write_dolphin_tokenizer_dir
 
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = Tokenizer.from_dir(write_tokenizer_dir(Path(scratch), {
-            "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG, "added_tokens.json": DOLPHIN_ADDED_TOKENS,
-            "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP}))
+        tokenizer = Tokenizer.from_dir(write_dolphin_tokenizer_dir(Path(scratch)))
     for seq_len in map(int, args.seq_lens.split(",")):
         data = prepare_data(ROOT / "examples" / "telegram_export", tokenizer, DataConfig(seq_len=seq_len))
         rows = data.train_rows

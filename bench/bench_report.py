@@ -27,8 +27,7 @@ from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
 from model import save_model  # noqa: E402
 from model.transformer import KVCache, ModelConfig, Transformer  # noqa: E402
 from tests.helpers import random_model  # noqa: E402
-from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,  # noqa: E402
-                            write_tokenizer_dir)
+from tests.conftest import write_dolphin_tokenizer_dir  # noqa: E402
 
 # SmolLM2-135M's shape, with the vocabulary of the tokenizer at hand (Dolphin's 32,002 ids, not 49,152):
 # 125M parameters.
@@ -76,9 +75,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
-        tokenizer_dir = write_tokenizer_dir(directory / "tokenizer", {
-            "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG, "added_tokens.json": DOLPHIN_ADDED_TOKENS,
-            "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP})
+        tokenizer_dir = write_dolphin_tokenizer_dir(directory / "tokenizer")
         from model.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
         model = random_model(SMOLLM2_135M)

@@ -28,14 +28,11 @@ def main():
     from data.chatml import chat_format
     from data.telegram import ExportOptions, load_sessions
     from model import Tokenizer
-    from tests.conftest import (DOLPHIN_ADDED_TOKENS, DOLPHIN_SPECIAL_TOKENS_MAP, DOLPHIN_TOKENIZER_CONFIG,
-                                write_tokenizer_dir)
+    from tests.conftest import write_dolphin_tokenizer_dir
 
     sessions, _ = load_sessions(ROOT / "examples" / "telegram_export", ExportOptions(speakers="any", months=0))
     with tempfile.TemporaryDirectory() as scratch:
-        directory = write_tokenizer_dir(Path(scratch), {
-            "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG, "added_tokens.json": DOLPHIN_ADDED_TOKENS,
-            "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP})
+        directory = write_dolphin_tokenizer_dir(Path(scratch))
         ours = Tokenizer.from_dir(directory)
         theirs = transformers.AutoTokenizer.from_pretrained(directory)
     texts = [chat_format(ours).conversation(session.turns) for session in sessions] * args.repeat

@@ -90,16 +90,16 @@ def mistral_tokenizer_dir(tmp_path_factory):
                                {"tokenizer_config.json": MISTRAL_TOKENIZER_CONFIG})
 
 
+def write_dolphin_tokenizer_dir(path):
+    """Dolphin-2.2.1-Mistral-7B's tokenizer files (Mistral's SentencePiece model and ChatML tokens) in path."""
+    return write_tokenizer_dir(path, {"tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG,
+                                      "added_tokens.json": DOLPHIN_ADDED_TOKENS,
+                                      "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP})
+
+
 @pytest.fixture(scope="session")
 def dolphin_tokenizer_dir(tmp_path_factory):
-    return write_tokenizer_dir(
-        tmp_path_factory.mktemp("dolphin-tokenizer"),
-        {
-            "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG,
-            "added_tokens.json": DOLPHIN_ADDED_TOKENS,
-            "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP,
-        },
-    )
+    return write_dolphin_tokenizer_dir(tmp_path_factory.mktemp("dolphin-tokenizer"))
 
 
 @pytest.fixture(scope="session")
