@@ -258,7 +258,8 @@ class BatchDecoder:
         while True:
             step = [self._choose(row, logits[place]) for place, row in enumerate(self.batch)]
             yield step
-            going_on = [place for place, chosen in enumerate(step) if not chosen.last and chosen.row not in self.dropped]
+            going_on = [place for place, chosen in enumerate(step)
+                        if not chosen.last and chosen.row not in self.dropped]
             if not going_on:
                 return
             if len(going_on) < len(self.batch):
