@@ -230,7 +230,7 @@ class Engine:
             self._note("cancelled", f"mid-reply, {took}")
         else:
             self._note("finished", f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
-                                   f"tokens {took} ({finished.finish_reason})")
+                                   f"tokens ({finished.finish_reason}) {took}")
             job.send(finished)  # after the note: a client that has its reply finds it counted
 
     def _fail(self, job: _Job, error: Exception, batch: int) -> None:
