@@ -114,6 +114,7 @@ class Engine:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="twin-model", daemon=True)
         self._worker.start()
+
     @property
     def context(self) -> int:
         return self.generator.max_len
@@ -195,18 +196,18 @@ class Engine:
 
     def _answer_together(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
-        device = self.generator.device
+        device, requests = self.generator.device, [job.request for job in jobs]
         rows = [BatchRow(request.prompt, request.sampling, random_on_device(random_stream(request.seed), device))
-                for request in (job.request for job in jobs)]
+                for request in requests]
         writing = {row: _Writing(job, self.tokenizer, self.stop_ids) for row, job in enumerate(jobs)}
-        decoder = BatchDecoder(self.generator.model, rows, self.stop_ids, device)
         try:
+            decoder = BatchDecoder(self.generator.model, rows, self.stop_ids, device)
             for step in decoder:
                 for chosen in step:
                     if not self._advance(writing[chosen.row], chosen, started, len(jobs)):
                         decoder.drop(chosen.row)
                         del writing[chosen.row]
-        except Exception as error:  # a forward pass of the whole batch failed: every reply still open fails
+        except Exception as error:  # the batch itself failed (its cache, a forward pass): every open reply fails
             for reply in writing.values():
                 self._fail(reply.job, error, len(jobs))
 
