@@ -191,7 +191,6 @@ class Generator:
         return logits
 
 
-
 def random_on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
     """The caller's random stream, or on another device a stream seeded from it: drawing from a CPU
     generator for a GPU's tensors would copy to the device on every token."""
