@@ -4,8 +4,8 @@
     python serve.py --checkpoint runs/me --host 0.0.0.0 --api-key "$TWIN_API_KEY"
 
 POST /v1/chat/completions answers as the speaker named by `model` (streaming too); GET /v1/models lists the
-speakers the run knows. Requests wait in a queue for the one model; none is dropped. The log holds counts and
-times, never a message.
+speakers the run knows. Requests wait in a queue for the one model, which answers up to --max-batch of them
+together; none is dropped. The log holds counts and times, never a message.
 """
 import argparse
 import ipaddress
@@ -18,7 +18,7 @@ import uvicorn
 
 from chat.loading import TwinSource, add_twin_arguments, source_from_args, start_twin
 from core.cli import program
-from core.flags import add_arguments, from_args
+from core.flags import add_arguments, from_args, positive_int
 from core.errors import TwinError
 from model.generation import SamplingConfig
 from serving.api import build_app
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=8000, help="port to listen on; 0: any free one (default: %(default)s)")
     server.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
                         help=f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)")
+    server.add_argument("--max-batch", type=positive_int, default=8,
+                        help="replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)")
     sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
     add_arguments(sampling, SamplingConfig)
     add_twin_arguments(parser)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = listen(args.host, args.port)
 
     generator, tokenizer = start_twin(args, source)
-    engine = Engine(generator, tokenizer)
+    engine = Engine(generator, tokenizer, max_batch=args.max_batch)
     app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key)
 
     show_usage(sock, source, args.api_key is not None)

@@ -1,11 +1,17 @@
 """Token generation: prefill the prompt once, then decode token by token from a KV cache.
 
-The cache remembers which tokens it holds, so a prompt that extends the previous one (the next turn
-of a chat, or the same prompt sampled again) only runs the model over the tokens that are new.
+Generator writes one reply at a time. Its cache remembers which tokens it holds, so a prompt that
+extends the previous one (the next turn of a chat, or the same prompt sampled again) only runs the
+model over the tokens that are new. Decoding follows gpt-fast: tokens are sampled on the device, so
+the host never waits for one to be chosen before asking for the next, and `compile=True` compiles the
+one-token step in shapes that never change, which CUDA replays as one graph.
 
-Decoding follows gpt-fast: tokens are sampled on the device, so the host never waits for one to be
-chosen before asking for the next, and `compile=True` compiles the one-token step in shapes that
-never change, which CUDA replays as one graph.
+BatchDecoder writes several replies together. Decoding reads every weight of the model for each new
+token; a batch reads them once per step for all its rows, so on a CPU eight replies take about the
+time of two (measured on a 135M model). Prompts of different lengths are padded on the left, so that
+every row's next token sits at the same place in the KV cache; the model's `padding` argument keeps
+each token from seeing padding and starts positions at each prompt's first real token, so a padded
+prompt computes what it would alone. A row that ends leaves the batch, and the batch shrinks around it.
 """
 from dataclasses import dataclass
 from typing import Iterator
@@ -144,7 +150,7 @@ class Generator:
         self.cached_ids = list(prompt)
         logits = self._run(torch.tensor([prompt[reuse:]], device=self.device))
         seen = seen_tokens(torch.tensor(prompt, device=self.device), self.model.config.vocab_size, config)
-        random = self._random_on_device(generator)
+        random = random_on_device(generator, self.device)
         position = torch.tensor([self.cache.length], device=self.device)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         pending = []
@@ -184,13 +190,14 @@ class Generator:
         position += 1
         return logits
 
-    def _random_on_device(self, generator: torch.Generator | None) -> torch.Generator | None:
-        """The caller's random stream, or on another device a stream seeded from it: drawing from a CPU
-        generator for a GPU's tensors would copy to the device on every token."""
-        if generator is None or generator.device.type == self.device.type:
-            return generator
-        seed = int(torch.randint(2**62, (), generator=generator))
-        return torch.Generator(self.device).manual_seed(seed)
+
+def random_on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """The caller's random stream, or on another device a stream seeded from it: drawing from a CPU
+    generator for a GPU's tensors would copy to the device on every token."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator(device).manual_seed(seed)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -200,3 +207,83 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+PADDING = 0  # any id: padding is never attended to
+
+
+@dataclass
+class BatchRow:
+    """One prompt of a batch, with its own sampling and random stream (a stream may serve several rows)."""
+    prompt: list[int]
+    config: SamplingConfig
+    random: torch.Generator | None = None
+
+
+@dataclass
+class Chosen:
+    """What one row of a batch did in one step. A row whose scores were not finite has `error` (its
+    ValueError from sample_token) and no token; it leaves the batch, and the others go on."""
+    row: int
+    token: int | None
+    last: bool  # the row leaves the batch: a stop token, its max_new_tokens, or an error
+    error: ValueError | None = None
+
+
+class BatchDecoder:
+    """Decodes the rows' prompts together. Iterating yields, after each forward pass, what every row
+    still in the batch chose, in row order; each row draws from its own stream, so a stream shared by
+    several rows is drawn row by row. `drop(row)` takes a row out before the next forward pass."""
+
+    def __init__(self, model: Transformer, rows: list[BatchRow], stop_ids: set[int], device: torch.device):
+        self.model, self.rows, self.stop_ids, self.device = model, rows, stop_ids, torch.device(device)
+        self.context = [torch.tensor(row.prompt, device=device) for row in rows]  # for the repetition penalty
+        self.written = [0] * len(rows)
+        self.batch = list(range(len(rows)))  # the rows still in the batch, in its order
+        self.dropped: set[int] = set()
+        self.width = max(len(row.prompt) for row in rows)
+        self.padding = torch.tensor([self.width - len(row.prompt) for row in rows], device=device)
+        longest_reply = max(row.config.max_new_tokens for row in rows)
+        dtype = next(model.parameters()).dtype
+        self.cache = KVCache(model.config, len(rows), self.width + longest_reply, dtype=dtype, device=device)
+
+    def drop(self, row: int) -> None:
+        self.dropped.add(row)
+
+    @torch.inference_mode()
+    def __iter__(self) -> Iterator[list[Chosen]]:
+        ids = [[PADDING] * (self.width - len(row.prompt)) + row.prompt for row in self.rows]
+        logits = self._last_logits(torch.tensor(ids, device=self.device))
+        while True:
+            step = [self._choose(row, logits[place]) for place, row in enumerate(self.batch)]
+            yield step
+            going_on = [place for place, chosen in enumerate(step)
+                        if not chosen.last and chosen.row not in self.dropped]
+            if not going_on:
+                return
+            if len(going_on) < len(self.batch):
+                self._keep(going_on)
+            tokens = torch.tensor([[step[place].token] for place in going_on], device=self.device)
+            logits = self._last_logits(tokens)
+
+    def _choose(self, row: int, logits: torch.Tensor) -> Chosen:
+        config = self.rows[row].config
+        try:
+            token = sample_token(logits, config, self.context[row], self.rows[row].random)
+        except ValueError as error:
+            return Chosen(row, None, last=True, error=error)
+        self.written[row] += 1
+        self.context[row] = torch.cat([self.context[row], torch.tensor([token], device=self.device)])
+        return Chosen(row, token, last=token in self.stop_ids or self.written[row] == config.max_new_tokens)
+
+    def _keep(self, places: list[int]) -> None:
+        """Shrink the batch to the rows at `places`: the cache and the padding too."""
+        kept = torch.tensor(places, device=self.device)
+        self.cache.keys, self.cache.values = self.cache.keys[:, kept], self.cache.values[:, kept]
+        self.padding = self.padding[kept]
+        self.batch = [self.batch[place] for place in places]
+
+    def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Run `ids` [batch, new] after what the cache holds; the logits of each row's last token [batch, vocab]."""
+        hidden = self.model.hidden_states(ids, kv_cache=self.cache, padding=self.padding)
+        return self.model.lm_head(hidden[:, -1])

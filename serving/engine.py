@@ -1,9 +1,14 @@
-"""The model worker: one thread answers the requests one at a time, token by token, while they wait in a queue.
+"""The model worker: one thread answers the queued requests, a batch at a time, token by token.
 
-The model decodes with one KV cache, so a second reply at the same time would only halve the speed of both;
-a queue serves every client in turn and drops none. The worker runs off the event loop, which stays free to
-take new requests, stream tokens and notice clients that leave: a client gone mid-reply (or still waiting)
-is cancelled, and the worker moves on at its next token.
+Decoding reads every weight of the model for each new token, so a batch of replies costs little more than
+one. The worker takes the first request in the queue and, without waiting, up to max_batch - 1 more already
+there, and writes their replies together (model.generation.BatchDecoder); a request alone goes the
+Generator's way, which reuses the cached prefix of the last prompt and can run a compiled step. The batching
+is static: requests that come while a batch decodes wait for the next one, and none is dropped. Each row
+leaves the batch as its reply ends; one the model fails on fails alone.
+
+The worker runs off the event loop, which stays free to take new requests, stream tokens and notice clients
+that leave: a client gone mid-reply (or still waiting) is cancelled, and its reply ends at its next token.
 
 What the worker logs are counts and times, never a name or a word of the conversation.
 """
@@ -19,7 +24,7 @@ from typing import AsyncIterator, TextIO
 from core.errors import TwinError
 from data.chatml import fit_prompt, render, turn_stop_ids
 from data.sessions import Turn
-from model.generation import Generator, SamplingConfig, random_stream
+from model.generation import BatchDecoder, BatchRow, Chosen, Generator, SamplingConfig, random_on_device, random_stream
 from model.tokenizer import Tokenizer
 from serving.reply import ReplyText
 
@@ -68,11 +73,41 @@ class _Job:
             self.cancelled.set()
 
 
-class Engine:
-    """Answers ReplyRequests with one Generator, in the order they came."""
+class _Writing:
+    """One reply being written: its tokens become text pieces for its client, up to its end."""
 
-    def __init__(self, generator: Generator, tokenizer: Tokenizer, log: TextIO | None = None):
-        self.generator, self.tokenizer = generator, tokenizer
+    def __init__(self, job: _Job, tokenizer: Tokenizer, stop_ids: set[int]):
+        self.job, self.stop_ids = job, stop_ids
+        self.text, self.decoder = ReplyText(job.request.stop), tokenizer.stream()
+        self.tokens, self.finish_reason = 0, "length"
+
+    def add(self, token: int) -> bool:
+        """Send the token's text; False once the reply is over (a stop token or string, or its client gone)."""
+        self.tokens += 1
+        if token in self.stop_ids or self.job.cancelled.is_set():
+            self.finish_reason = "stop"
+            return False
+        if piece := self.text.add(self.decoder.add(token)):
+            self.job.send(piece)
+        if self.text.stopped:
+            self.finish_reason = "stop"
+            return False
+        return True
+
+    def finish(self) -> Finished | None:
+        """Send the text held back; the reply's Finished, or None if its client left before the end."""
+        if self.job.cancelled.is_set():
+            return None
+        if piece := self.text.add(self.decoder.flush()) + self.text.finish():
+            self.job.send(piece)
+        return Finished(self.text.messages, self.finish_reason, len(self.job.request.prompt), self.tokens)
+
+
+class Engine:
+    """Answers ReplyRequests with one model, up to `max_batch` at a time, in the order they came."""
+
+    def __init__(self, generator: Generator, tokenizer: Tokenizer, log: TextIO | None = None, max_batch: int = 8):
+        self.generator, self.tokenizer, self.max_batch = generator, tokenizer, max_batch
         self.stop_ids = turn_stop_ids(tokenizer)
         self.log = log or sys.stderr
         self.outcomes: Counter = Counter()  # replies "finished", "cancelled" and "failed", for the log and tests
@@ -121,46 +156,87 @@ class Engine:
             job.cancelled.set()
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
+        while group := self._next_group():
+            waiting = [job for job in group if not job.cancelled.is_set()]
+            for _ in range(len(group) - len(waiting)):
                 self._note("cancelled", "before it started")
-                continue
-            started = time.perf_counter()
-            try:
-                finished = self._answer(job)
-            except Exception as error:  # the worker serves every other client: one failed reply must not stop it
-                job.send(ReplyFailed(f"the model failed on this request: {type(error).__name__}"))
-                self._note("failed", f"{type(error).__name__}")
-                continue
-            took = f"in {time.perf_counter() - started:.2f} s"
-            if finished is None:
-                self._note("cancelled", f"mid-reply, {took}")
-            else:
-                self._note("finished", f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
-                                       f"tokens {took} ({finished.finish_reason})")
-                job.send(finished)  # after the note: a client that has its reply finds it counted
+            if len(waiting) == 1:
+                self._answer_alone(waiting[0])
+            elif waiting:
+                self._answer_together(waiting)
 
-    def _answer(self, job: _Job) -> Finished | None:
-        """Send the reply's text token by token; its Finished, or None if the client left before it was done."""
-        request = job.request
-        random = random_stream(request.seed)
-        text, decoder = ReplyText(request.stop), self.tokenizer.stream()
-        tokens, finish_reason = 0, "length"
-        for token in self.generator.generate(request.prompt, request.sampling, self.stop_ids, random):
-            tokens += 1
-            if token in self.stop_ids or job.cancelled.is_set():
-                finish_reason = "stop"
+    def _next_group(self) -> list[_Job]:
+        """The first job in the queue (waiting for one), then up to max_batch - 1 more already there;
+        [] once the engine closes."""
+        group = [self._jobs.get()]
+        while group[-1] is not None and len(group) < self.max_batch:
+            try:
+                group.append(self._jobs.get_nowait())
+            except queue.Empty:
                 break
-            if piece := text.add(decoder.add(token)):
-                job.send(piece)
-            if text.stopped:
-                finish_reason = "stop"
-                break
-        if job.cancelled.is_set():
-            return None
-        if piece := text.add(decoder.flush()) + text.finish():
-            job.send(piece)
-        return Finished(text.messages, finish_reason, len(request.prompt), tokens)
+        if group[-1] is None:
+            group.pop()
+            if group:
+                self._jobs.put(None)  # answer these first, then stop
+        return group
+
+    def _answer_alone(self, job: _Job) -> None:
+        started = time.perf_counter()
+        request, reply = job.request, _Writing(job, self.tokenizer, self.stop_ids)
+        try:
+            for token in self.generator.generate(request.prompt, request.sampling, self.stop_ids,
+                                                 random_stream(request.seed)):
+                if not reply.add(token):
+                    break
+            finished = reply.finish()
+        except Exception as error:  # the worker serves every other client: one failed reply must not stop it
+            self._fail(job, error, batch=1)
+            return
+        self._conclude(job, finished, started, batch=1)
+
+    def _answer_together(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        device, requests = self.generator.device, [job.request for job in jobs]
+        rows = [BatchRow(request.prompt, request.sampling, random_on_device(random_stream(request.seed), device))
+                for request in requests]
+        writing = {row: _Writing(job, self.tokenizer, self.stop_ids) for row, job in enumerate(jobs)}
+        try:
+            decoder = BatchDecoder(self.generator.model, rows, self.stop_ids, device)
+            for step in decoder:
+                for chosen in step:
+                    if not self._advance(writing[chosen.row], chosen, started, len(jobs)):
+                        decoder.drop(chosen.row)
+                        del writing[chosen.row]
+        except Exception as error:  # the batch itself failed (its cache, a forward pass): every open reply fails
+            for reply in writing.values():
+                self._fail(reply.job, error, len(jobs))
+
+    def _advance(self, reply: _Writing, chosen: Chosen, started: float, batch: int) -> bool:
+        """Give the reply its row's token; False once the reply is over (finished, cancelled or failed)."""
+        try:
+            if chosen.error is not None:
+                raise chosen.error
+            if reply.add(chosen.token) and not chosen.last:
+                return True
+            finished = reply.finish()
+        except Exception as error:  # this reply fails alone; the rest of the batch goes on
+            self._fail(reply.job, error, batch)
+            return False
+        self._conclude(reply.job, finished, started, batch)
+        return False
+
+    def _conclude(self, job: _Job, finished: Finished | None, started: float, batch: int) -> None:
+        took = f"in {time.perf_counter() - started:.2f} s, batch of {batch}"
+        if finished is None:
+            self._note("cancelled", f"mid-reply, {took}")
+        else:
+            self._note("finished", f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
+                                   f"tokens ({finished.finish_reason}) {took}")
+            job.send(finished)  # after the note: a client that has its reply finds it counted
+
+    def _fail(self, job: _Job, error: Exception, batch: int) -> None:
+        job.send(ReplyFailed(f"the model failed on this request: {type(error).__name__}"))
+        self._note("failed", f"{type(error).__name__}, batch of {batch}")
 
     def _note(self, outcome: str, detail: str) -> None:
         self.outcomes[outcome] += 1

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.generation import Generator, SamplingConfig, nucleus, sample_token
+from model.generation import NON_FINITE, BatchDecoder, BatchRow, Generator, SamplingConfig, nucleus, sample_token
 from tests.helpers import random_model, tiny_config
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=80)
@@ -149,3 +149,53 @@ def test_repetition_penalty_matches_transformers():
                           context, generator) for _ in range(2000)]
     frequencies = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
     torch.testing.assert_close(frequencies, expected.softmax(-1), atol=0.04, rtol=0)
+
+
+BATCH_PROMPTS = [[5, 17, 99, 3], list(range(40, 60)), [7], list(range(100, 131))]
+BATCH_CONFIGS = [SamplingConfig(temperature=0.9, top_p=0.8, max_new_tokens=9),
+                 SamplingConfig(temperature=0, repetition_penalty=1.3, max_new_tokens=4),
+                 SamplingConfig(temperature=1.2, top_p=1.0, top_k=20, max_new_tokens=12),
+                 SamplingConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.2, max_new_tokens=7)]
+
+
+def written_alone(model, prompt, config, stop_ids, seed) -> list[int]:
+    generator = Generator(model, max_len=128, device=torch.device("cpu"))
+    return list(generator.generate(prompt, config, stop_ids, torch.Generator().manual_seed(seed)))
+
+
+def decode_batch(model, stop_ids, drop=None, after_steps=0) -> tuple[list[list[int]], list]:
+    """Each row's tokens (stop tokens included) and errors, each row seeded with its number; `drop` leaves
+    after `after_steps` steps."""
+    rows = [BatchRow(prompt, config, torch.Generator().manual_seed(seed))
+            for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))]
+    decoder = BatchDecoder(model, rows, stop_ids, torch.device("cpu"))
+    tokens, errors = [[] for _ in rows], []
+    for number, step in enumerate(decoder):
+        for chosen in step:
+            tokens[chosen.row].append(chosen.token) if chosen.error is None else errors.append(chosen)
+        if number + 1 == after_steps:
+            decoder.drop(drop)
+    return tokens, errors
+
+
+def test_a_batch_row_writes_what_its_prompt_writes_alone_with_its_own_sampling_and_stream():
+    model = random_model(tiny_config(), seed=4)
+    free = [written_alone(model, prompt, config, set(), seed)
+            for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))]
+    stop_ids = {free[0][4], free[2][6]}  # rows end at different steps, by a stop token or their max_new_tokens
+    expected = [written_alone(model, prompt, config, stop_ids, seed)
+                for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))]
+    assert len({len(tokens) for tokens in expected}) > 2
+    assert decode_batch(model, stop_ids) == (expected, [])
+
+
+def test_a_dropped_row_and_a_failed_row_leave_and_the_others_write_what_they_would():
+    model = random_model(tiny_config(), seed=4)
+    expected, _ = decode_batch(model, set())
+    tokens, _ = decode_batch(model, set(), drop=0, after_steps=2)
+    assert tokens == [expected[0][:2]] + expected[1:]
+    with torch.no_grad():
+        model.model.embed_tokens.weight[BATCH_PROMPTS[1][5]] = float("nan")  # only the second prompt holds it
+    tokens, [failed] = decode_batch(model, set())
+    assert (failed.row, failed.last, str(failed.error)) == (1, True, NON_FINITE)
+    assert tokens == [expected[0], [], *expected[2:]]

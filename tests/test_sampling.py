@@ -33,3 +33,21 @@ def test_sampling_is_seeded_and_stops_at_max_new_tokens():
     first, second = (generate_batch(model, PROMPTS, config, set(), torch.Generator().manual_seed(3), CPU)
                      for _ in range(2))
     assert first == second and [len(tokens) for tokens in first] == [5] * len(PROMPTS)
+
+
+# What generate_batch wrote before it moved onto model.generation.BatchDecoder (one random stream drawn
+# row by row, in row order, each step): the report's sampled turns, and the README's figures, depend on it.
+PINNED = [
+    (SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10), set(),
+     [[78, 105, 221, 0, 252, 4, 37, 123, 141, 122], [4, 171, 231, 101, 228, 212, 84, 143, 53, 141],
+      [181, 185, 186, 49, 109, 241, 202, 74, 240, 201], [130, 79, 210, 134, 121, 140, 12, 164, 227, 133]]),
+    (SamplingConfig(temperature=1.0, top_p=0.95, top_k=40, repetition_penalty=1.3, max_new_tokens=10), {2, 87, 238},
+     [[78, 33, 221, 138, 252, 4, 223], [67, 83, 109, 64, 136, 32, 34, 160, 213, 227],
+      [181, 185, 200, 58, 165, 199, 141, 240, 74, 141], [130, 212, 210, 96]]),
+]
+
+
+@pytest.mark.parametrize("config, stop_ids, expected", PINNED)
+def test_seeded_tokens_are_those_written_before_the_decoder_moved(config, stop_ids, expected):
+    model = random_model(tiny_config(), seed=2)
+    assert generate_batch(model, PROMPTS, config, stop_ids, torch.Generator().manual_seed(5), CPU) == expected

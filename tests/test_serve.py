@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_help_gives_every_default():
     text = serve.build_parser().format_help()
     defaults = SamplingConfig()
-    for shown in ["(default: 127.0.0.1)", "(default: 8000)", "(default: $TWIN_API_KEY, else none)",
+    for shown in ["(default: 127.0.0.1)", "(default: 8000)", "(default: $TWIN_API_KEY, else none)", "one at a time (default: 8)",
                   f"(default: {defaults.temperature})", f"(default: {defaults.top_p})", f"(default: {defaults.max_new_tokens})"]:
         assert shown in " ".join(text.split()), shown
 
@@ -59,6 +59,8 @@ def test_a_busy_port_and_a_missing_run_are_one_line(capsys, tmp_path):
     assert "run.json: missing" in one_error_line(capsys, ["--checkpoint", tmp_path])
     assert exit_status(serve.main, ["--max-new-tokens", 0]) == 2  # argparse's own usage and error lines
     assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-new-tokens: must be 1 or more, got 0")
+    assert exit_status(serve.main, ["--max-batch", 0]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-batch: must be 1 or more, got 0")
 
 
 def test_the_examples_it_prints_quote_a_hostile_name(capsys):

@@ -1,7 +1,8 @@
-"""serving.engine: one worker answers queued requests in turn, honours the sampling fields, and drops a
-request whose client has left."""
+"""serving.engine: one worker answers queued requests, several at a time, honours each one's sampling fields,
+and drops a request whose client has left."""
 import asyncio
 import io
+import threading
 
 import pytest
 import torch
@@ -16,10 +17,14 @@ SPEAKER = "Alexander Smirnov"
 TURNS = [Turn("Катя Морозова", ["привет!", "как дела?"])]
 
 
+def make_engine(tokenizer, max_batch: int = 8) -> Engine:
+    model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
+    return Engine(Generator(model, 256, torch.device("cpu")), tokenizer, log=io.StringIO(), max_batch=max_batch)
+
+
 @pytest.fixture
 def engine(dolphin_tokenizer):
-    model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
-    engine = Engine(Generator(model, 256, torch.device("cpu")), dolphin_tokenizer, log=io.StringIO())
+    engine = make_engine(dolphin_tokenizer)
     yield engine
     engine.close()
 
@@ -35,9 +40,54 @@ def ask(engine: Engine, *requests: ReplyRequest) -> list[tuple[str, Finished]]:
     return asyncio.run(together())
 
 
-def request(engine: Engine, **sampling) -> ReplyRequest:
+def request(engine: Engine, turns: list[Turn] = TURNS, seed: int = 1, stop: list[str] = (), **sampling) -> ReplyRequest:
     config = SamplingConfig(**{"max_new_tokens": 6, **sampling})
-    return ReplyRequest(engine.prompt(TURNS, SPEAKER, config.max_new_tokens), config, seed=1)
+    return ReplyRequest(engine.prompt(turns, SPEAKER, config.max_new_tokens), config, seed=seed, stop=list(stop))
+
+
+async def answer(engine: Engine, request: ReplyRequest, leave_after_first_piece: bool = False):
+    """The streamed text and Finished, or the ReplyFailed raised; None for a client that left early."""
+    replies, pieces = engine.reply(request), []
+    try:
+        async for event in replies:
+            if leave_after_first_piece:
+                await replies.aclose()
+                return None
+            pieces.append(event)
+    except ReplyFailed as failed:
+        return failed
+    return "".join(pieces[:-1]), pieces[-1]
+
+
+def ask_while_busy(engine: Engine, *requests: ReplyRequest, leaving: int | None = None) -> list:
+    """What answer() gives for each request, all queued while the worker is busy with another request, so that
+    it takes them as one group; the client of request number `leaving` leaves after the first piece."""
+    busy, go_on = threading.Event(), threading.Event()
+    real = engine.generator.generate
+
+    def held(*args):
+        busy.set()
+        go_on.wait()
+        return real(*args)
+
+    async def together():
+        engine.generator.generate = held
+        first = asyncio.create_task(answer(engine, request(engine)))
+        await asyncio.to_thread(busy.wait)
+        del engine.generator.generate  # the next request alone meets the real one
+        replies = [asyncio.create_task(answer(engine, each, number == leaving)) for number, each in enumerate(requests)]
+        while engine._jobs.qsize() < len(requests):
+            await asyncio.sleep(0.001)
+        go_on.set()
+        await first
+        return await asyncio.gather(*replies)
+    return asyncio.run(together())
+
+
+def batch_sizes(engine: Engine) -> list[int]:
+    """The size of the batch each finished reply was written in, from the log."""
+    return [int(line.split(", batch of ")[1].split(";")[0])
+            for line in engine.log.getvalue().splitlines() if line.startswith("reply finished")]
 
 
 def test_the_prompt_is_the_chats_and_a_reply_counts_its_tokens(engine, dolphin_tokenizer):
@@ -114,3 +164,54 @@ def test_a_message_spelling_the_chat_formats_tokens_stays_text(engine, dolphin_t
     prompt = engine.prompt(forged, SPEAKER, 6)
     assert prompt.count(dolphin_tokenizer.im_end_id) == 1  # the one that closes the user's turn
     assert prompt == render(forged, dolphin_tokenizer, open_speaker=SPEAKER).ids
+
+
+LONGER = [Turn("Катя Морозова", ["привет!"]), Turn(SPEAKER, ["и тебе привет"]), Turn("Катя Морозова", ["что нового?"])]
+
+
+def test_a_seeded_reply_written_in_a_batch_is_the_one_written_alone(engine):
+    sampled = request(engine, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=7)
+    [alone] = ask(engine, sampled)
+    others = [request(engine, LONGER, temperature=0, max_new_tokens=3), request(engine, seed=2, temperature=1.5)]
+    batched = ask_while_busy(engine, others[0], sampled, others[1])
+    assert batched[1] == alone
+    assert batch_sizes(engine)[-3:] == [3, 3, 3]
+
+
+def test_requests_waiting_together_are_one_batch_each_with_its_own_length_and_stop(engine):
+    [(text, _)] = ask(engine, request(engine, temperature=0, max_new_tokens=5))
+    lengths = ask_while_busy(engine, *[request(engine, LONGER, temperature=0, max_new_tokens=n) for n in (2, 5, 9)])
+    assert [(finished.finish_reason, finished.completion_tokens) for _, finished in lengths] == \
+        [("length", 2), ("length", 5), ("length", 9)]
+    cut = ask_while_busy(engine, request(engine, temperature=0, max_new_tokens=5, stop=[text[1:3]]),
+                         request(engine, temperature=0, max_new_tokens=5))
+    assert cut[0][0] == text[:1] and cut[0][1].finish_reason == "stop" and cut[1][0] == text
+    # The first request, then each group after the one that kept the worker busy while it was queued.
+    assert batch_sizes(engine) == [1, 1, 3, 3, 3, 1, 2, 2]
+
+
+def test_max_batch_caps_the_group(dolphin_tokenizer):
+    engine = make_engine(dolphin_tokenizer, max_batch=2)
+    try:
+        ask_while_busy(engine, *[request(engine, temperature=0, max_new_tokens=2) for _ in range(3)])
+    finally:
+        engine.close()
+    assert batch_sizes(engine) == [1, 2, 2, 1]
+
+
+def test_a_client_leaving_a_batch_is_cancelled_and_the_rest_finish(engine):
+    replies = ask_while_busy(engine, request(engine, max_new_tokens=4), request(engine, max_new_tokens=200),
+                             request(engine, LONGER, max_new_tokens=4), leaving=1)
+    assert replies[1] is None and [finished.completion_tokens for _, finished in (replies[0], replies[2])] == [4, 4]
+    assert engine.outcomes == {"finished": 3, "cancelled": 1} and "cancelled mid-reply" in engine.log.getvalue()
+
+
+def test_a_row_the_model_fails_on_fails_alone_and_the_batch_goes_on(engine):
+    poisoned = request(engine, LONGER)
+    poisoned.prompt[3] = 31999  # a token no other prompt holds, its embedding NaN
+    with torch.no_grad():
+        engine.generator.model.model.embed_tokens.weight[31999] = float("nan")
+    replies = ask_while_busy(engine, request(engine), poisoned, request(engine, seed=3))
+    assert isinstance(replies[1], ReplyFailed)
+    assert [finished.completion_tokens for _, finished in replies[::2]] == [6, 6]
+    assert engine.outcomes == {"finished": 3, "failed": 1} and "failed ValueError, batch of 3" in engine.log.getvalue()
