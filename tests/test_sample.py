@@ -80,11 +80,13 @@ def test_missing_checkpoint_is_one_error_line(tmp_path):
     assert result.stderr.count("\n") == 1
 
 
-def test_a_prompt_too_long_for_the_context_is_one_error_line(tiny_run):
-    result = subprocess.run([sys.executable, "sample.py", "--checkpoint", tiny_run, "--prompt", "word " * 200,
-                             "--context", "64", "--max-new-tokens", "8"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.splitlines()[-1].startswith("error: the last turn is too long for the context of 64 tokens")
+def test_a_prompt_too_long_for_the_context_is_one_error_line(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--checkpoint", str(tiny_run), "--prompt", "word " * 200, "--context", "64",
+                     "--max-new-tokens", "8"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[-1].startswith("error: the last turn is too long for the context of 64 tokens")
 
 
 def test_the_model_is_the_run_s_target_and_you_their_most_frequent_partner_by_default(tiny_run):
