@@ -21,15 +21,21 @@ def sample_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
     return result
 
 
-def test_prompt_and_n_replies(tiny_run):
-    out = sample_cli("--checkpoint", tiny_run, "--speaker", SPEAKER, "--prompt", r"привет\nкак дела?",
-                     "-n", 2, "--seed", 1, "--max-new-tokens", 12).stdout
+def sample_in_process(capsys, *args) -> str:
+    """What sample.py prints, run in this process: no new process to start (sample_cli tests the command itself)."""
+    sample.main(list(map(str, args)))
+    return capsys.readouterr().out
+
+
+def test_prompt_and_n_replies(tiny_run, capsys):
+    out = sample_in_process(capsys, "--checkpoint", tiny_run, "--speaker", SPEAKER, "--prompt", r"привет\nкак дела?",
+                            "-n", 2, "--seed", 1, "--max-new-tokens", 12)
     assert out.count("--- reply") == 2 and out.count(f"{SPEAKER}:") == 2
 
 
-def test_auto_plays_both_people(tiny_run):
-    out = sample_cli("--checkpoint", tiny_run, "--speaker", SPEAKER, "--as", "Катя Морозова", "--auto", 3,
-                     "--seed", 0, "--max-new-tokens", 8).stdout
+def test_auto_plays_both_people(tiny_run, capsys):
+    out = sample_in_process(capsys, "--checkpoint", tiny_run, "--speaker", SPEAKER, "--as", "Катя Морозова",
+                            "--auto", 3, "--seed", 0, "--max-new-tokens", 8)
     headers = [line for line in out.splitlines() if line.endswith(":")]
     assert headers == [f"{SPEAKER}:", "Катя Морозова:", f"{SPEAKER}:"]
 
@@ -54,12 +60,12 @@ def test_interactive_session_with_commands(tiny_run, tmp_path):
     assert session.turns[0].messages == ["hi", "how are you?"] and session.turns[2].messages == ["yo"]
 
 
-def test_history_file_continues_a_session(tiny_run, tmp_path):
+def test_history_file_continues_a_session(tiny_run, tmp_path, capsys):
     history = tmp_path / "history.jsonl"
     history.write_text('{"chat": "c", "chat_type": "personal_chat", "start": 0, '
                        '"turns": [{"speaker": "Катя Морозова", "messages": ["ты где?"]}]}\n')
-    out = sample_cli("--checkpoint", tiny_run, "--speaker", SPEAKER, "--history", history,
-                     "--temperature", 0, "--max-new-tokens", 8).stdout
+    out = sample_in_process(capsys, "--checkpoint", tiny_run, "--speaker", SPEAKER, "--history", history,
+                            "--temperature", 0, "--max-new-tokens", 8)
     assert f"{SPEAKER}:" in out
 
 
