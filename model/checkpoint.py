@@ -28,6 +28,7 @@ from core import atomic
 
 from model.bpe import BPETokenizer, tokenizer_from_gguf
 from model.gguf import load_gguf_model
+from model import shelf
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
@@ -398,6 +399,7 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
     loaded, from its own quantization."""
     if quantize not in (None, "nf4"):
         raise ValueError(f"unknown quantization {quantize!r}; twin stores weights in nf4 or not at all")
+    path_or_repo = shelf.resolve(path_or_repo)
     if str(path_or_repo).endswith(".gguf"):
         model = load_gguf_model(path_or_repo, dtype, device)
         if quantize:
@@ -436,6 +438,7 @@ def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
 
     A folder with a tokenizer.json is read from it, as transformers' fast tokenizers do (for Mistral v0.1
     it holds the same rules as tokenizer.model), otherwise from tokenizer.model."""
+    path_or_repo = shelf.resolve(path_or_repo)
     if str(path_or_repo).endswith(".gguf"):
         return tokenizer_from_gguf(path_or_repo)
     directory = resolve_checkpoint(path_or_repo)
