@@ -118,7 +118,7 @@ def show_usage(sock: socket.socket, source: TwinSource, with_key: bool, judging:
     key = f'os.environ["{API_KEY_VARIABLE}"]' if with_key else '"none"'
     page = url.removesuffix("/v1")
     print(f"in a browser: {page}/ to chat" + (f", {page}/judge for the blind test" if judging else "")
-          + ("; the pages ask for the key, or a link carries it: ...#key=KEY" if with_key else ""))
+          + (f"; the pages ask for the key, or a link carries it: {page}/judge#key=KEY" if with_key else ""))
     print(f"""try it from a shell:
   curl {url}/chat/completions -H "Content-Type: application/json"{header} -d {shlex.quote(body)}
 or from Python (pip install openai):

@@ -85,7 +85,7 @@ def held_out_moments(run: Path, people: list[str], tokenizer: Tokenizer) -> list
     missing = [name for name in people if name not in present]
     if missing:
         raise BlindTestError(f"--judge: no held-out turn of {', '.join(map(repr, missing))} to judge; people with "
-                              f"held-out turns: {', '.join(map(repr, sorted(present)[:10]))}")
+                             f"held-out turns: {', '.join(map(repr, sorted(present)[:10]))}")
     return [Moment(moment_key(context), context) for name in people
             for context in choose_contexts(data.val_sessions, name, sys.maxsize, EvalSettings.seed)]
 

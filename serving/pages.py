@@ -10,6 +10,7 @@ is the second wall: only the server's own scripts and styles run, none inline, n
 elsewhere, so a name like <img src=x onerror=...> could run nothing even if it were taken for markup.
 """
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
@@ -52,7 +53,8 @@ def build_site(api: FastAPI, engine: Engine, people: People, api_key: str | None
     return site
 
 
-def page(file: Path):
+def page(file: Path) -> Callable[[], Awaitable[Response]]:
+    """The route that answers with `file`, with the headers above."""
     body = file.read_bytes()  # read once: the package's files, not the user's
     media_type = TYPES[file.suffix] + "; charset=utf-8"
 

@@ -10,7 +10,7 @@ import torch
 
 from data.dataset import DataConfig, prepare_data
 from data.sessions import Session, Turn
-from fidelity.markdown import write_report
+from fidelity.markdown import verdict_markdown, write_report
 from fidelity.measure import Measurement, measure
 from fidelity.plan import EvalSettings, plan_evaluation
 from fidelity.report import compare
@@ -127,11 +127,9 @@ def test_personal_values_of_the_training_text_are_counted_never_shown(measured, 
 
 
 def test_the_peoples_verdict_is_a_section_only_where_judges_answered(measured, sample_data, tmp_path):
-    _, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path / "none")
-    assert "People's verdict" not in markdown and figures["peoples_verdict"] == []
+    assert verdict_markdown([]) == []
     verdict = [PersonVerdict("Misha | <b>\n# admin", twin_taken=3, real_taken=5, cant_tell=2, judges=2)]
-    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path / "judged",
-                                            verdict=verdict)
+    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path, verdict=verdict)
     section = markdown.split("## People's verdict")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| Misha"))
     assert row == "| Misha / <b> # admin | 38% (14% to 69%) | 8 | 2 | 2 |"

@@ -21,8 +21,8 @@ function side(speaker) {
 
 function showEmpty() {
   view.empty.hidden = state.turns.length > 0;
-  view.empty.textContent = `Say hi to ${view.twin.value || "the twin"}: it writes as they do in the run's chats. ` +
-    "One message a line; Enter sends, Shift+Enter starts a new line.";
+  view.empty.textContent = `Say hi to ${view.twin.value || "the twin"}, or rather to their twin: it writes as ` +
+    "they did in the run's chats. One message a line; Enter sends, Shift+Enter starts a new line.";
 }
 
 function render() {

@@ -27,8 +27,10 @@ function askForKey(wrong) {
   return new Promise((resolve) => {
     const overlay = element("div", "overlay");
     const form = element("form", "card");
-    form.append(element("h2", "", "This twin needs its API key"),
-      element("p", "", "The key its server was started with (--api-key or $TWIN_API_KEY). It is kept in this tab only."));
+    const about = element("p", "", "The key its server was started with (");
+    about.append(element("code", "", "--api-key"), " or ", element("code", "", "$TWIN_API_KEY"),
+      "). It is kept in this tab only.");
+    form.append(element("h2", "", "This twin needs its API key"), about);
     const input = element("input");
     Object.assign(input, { type: "password", autocomplete: "off", required: true, placeholder: "API key" });
     input.setAttribute("aria-label", "API key");
