@@ -10,8 +10,9 @@ and tuned): loss on the speaker's held-out turns, and at held-out moments right 
 turns, the turn the model writes as them (sampled as sample.py samples), set against the real turn:
 style between the floor of other people and the ceiling of the person themselves, who a classifier says
 wrote it, failures (assistant talk, refusals, repetition), and copies of the training text; and
-side-by-side examples. Writes DIR/report.md, DIR/report.json and plots beside them, and prints a summary.
-The mechanics live in fidelity/; train.py runs the same report at the end of a LoRA run.
+side-by-side examples; and, where judges answered serve.py's blind test (--judge), the people's verdict:
+how often they took the twin's turn for the real one. Writes DIR/report.md, DIR/report.json and plots
+beside them, and prints a summary. The mechanics live in fidelity/; train.py runs the same report at the end of a LoRA run.
 """
 import argparse
 import shlex
@@ -28,6 +29,7 @@ from fidelity import EvaluationError
 from fidelity.evaluation import evaluate_full_fine_tune, run_evaluation
 from fidelity.plan import REPLY_TOKENS, EvalSettings
 from fidelity.report import Report
+from fidelity.verdict import read_verdict
 from model import load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import SamplingConfig
@@ -159,6 +161,7 @@ def sources_from_args(args) -> Sources:
 def evaluate_from_args(args) -> tuple[Report, Path]:
     settings = settings_from_args(args)
     sources = sources_from_args(args)
+    verdict = read_verdict(Path(args.checkpoint)) if args.checkpoint else None  # the blind test's, if judged
     device, dtype = resolve_device(args)
     adapter = sources.adapter
     if args.quantize and not adapter:
@@ -174,10 +177,11 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
         model = load_model(sources.base, dtype=dtype, device=device, quantize=args.quantize)
         check_finite(model, sources.base)
         load_adapter(model, adapter)
-        report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, sources.metrics_file)
+        report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, sources.metrics_file,
+                                verdict)
     else:
         report = evaluate_full_fine_tune(sources.base, sources.full_model, tokenizer, data, sources.out_dir, settings,
-                                         device, dtype, about, sources.metrics_file)
+                                         device, dtype, about, sources.metrics_file, verdict)
     return report, sources.out_dir
 
 

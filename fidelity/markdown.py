@@ -12,6 +12,7 @@ from fidelity.privacy import COPY_WORDS
 from fidelity.report import (CONTEXT_TURNS_READ, MODELS, WRITERS, Attribution, Example, Report, SpeakerReport,
                              number, percent)
 from fidelity.style import STATISTICS
+from fidelity.verdict import PersonVerdict
 
 PLOTS = {"loss_curves.png": "Loss curves", "style_positions.png": "Style between the floor and the ceiling"}
 
@@ -89,7 +90,9 @@ def report_json(report: Report) -> dict:
             "failures": {writer: asdict(rates) for writer, rates in report.failures.items()},
             "memorization": {writer: asdict(figures) for writer, figures in report.memorization.items()},
             "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
-                              for writer, kinds in report.personal_data.items()}}
+                              for writer, kinds in report.personal_data.items()},
+            "peoples_verdict": [{**asdict(person), "answers": person.answers, "share": person.share,
+                                 "interval": person.interval} for person in report.verdict]}
 
 
 def cell(text: str) -> str:
@@ -120,7 +123,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
     lines += ["", "## How to read this", "", HOW_TO_READ]
     for name in plots:
         lines += ["", f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})"]
-    lines += attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
+    lines += verdict_markdown(report.verdict) + attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
     for speaker in report.speakers:
         lines += ["", f"## {cell(speaker.title)}", "", speaker_verdict(speaker, report.attribution)]
         if speaker.style:
@@ -148,6 +151,25 @@ def position_text(placement: Placement) -> str:
     if placement.position is None:
         return "–"
     return f"{placement.position:.2f} ({placement.low:.2f} to {placement.high:.2f})"
+
+
+def verdict_markdown(verdict: list[PersonVerdict]) -> list[str]:
+    """The blind test's section, where judges answered (fidelity.verdict)."""
+    if not verdict:
+        return []
+    lines = ["", "## People's verdict", "",
+             "In the blind test (serve.py --judge), a judge saw a held-out conversation and two next turns, the "
+             "person's real one and the one the tuned twin wrote there, in random order, and picked the one they "
+             "took for real, or said they can't tell. **Twin taken for real** is the share of the pairs a judge "
+             "decided where they picked the twin's turn: 50% means judges cannot tell the twin from the person, "
+             "0% that they always can. The 95% interval is Wilson's.", "",
+             "| person | twin taken for real (95%) | pairs decided | can't tell | judges |", "|---|---|---:|---:|---:|"]
+    for person in verdict:
+        interval = person.interval
+        shown = f"{percent(person.share)} ({interval[0]:.0%} to {interval[1]:.0%})" if interval else "–"
+        lines.append(f"| {cell(person.speaker)} | {shown} | {person.twin_taken + person.real_taken} | "
+                     f"{person.cant_tell} | {person.judges} |")
+    return lines
 
 
 def attribution_markdown(report: Report) -> list[str]:
