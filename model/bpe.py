@@ -47,7 +47,7 @@ from model.tokenizer import (
     read_config,
     sentencepiece_model,
 )
-from model.weights import MAX_DIMENSION, is_whole_number, shown
+from model.weights import MAX_DIMENSION, first_line, is_whole_number, shown
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -86,10 +86,6 @@ def _piece_bytes(tokenizer_json: dict) -> list[bytes | None]:
     return table
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def _is_rust_panic(error: BaseException) -> bool:
     """A panic inside the tokenizers library, which pyo3 raises as a BaseException (not an Exception),
     so that only a handler that looks for it catches it; its class is not importable."""
@@ -103,7 +99,7 @@ def _load_backend(text: str, source: str) -> tokenizers.Tokenizer:
         if not (isinstance(error, Exception) or _is_rust_panic(error)):
             raise
         raise TokenizerError(f"{source}: not a tokenizer.json the tokenizers library can read "
-                             f"({_first_line(error)})") from None
+                             f"({first_line(error)})") from None
 
 
 def _check_ids(content: dict, source: str) -> None:
@@ -128,7 +124,7 @@ class BPETokenizer(TokenizerBase):
         try:
             content = json.loads(tokenizer_json)
         except (ValueError, RecursionError) as error:  # bad JSON; nesting too deep
-            raise TokenizerError(f"{source}: not valid JSON ({_first_line(error)})") from None
+            raise TokenizerError(f"{source}: not valid JSON ({first_line(error)})") from None
         model = content.get("model") if isinstance(content, dict) else None
         if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise TokenizerError(f"{source}: not a BPE tokenizer.json; only BPE models (Llama, Qwen, Mistral, "
@@ -190,7 +186,7 @@ class BPETokenizer(TokenizerBase):
             if not _is_rust_panic(error):
                 raise
             raise TokenizerError(f"{self._source}: the tokenizers library failed on a text of {len(text):,} "
-                                 f"characters ({_first_line(error)})") from None
+                                 f"characters ({first_line(error)})") from None
 
     def _text_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self._piece_bytes[i] or b"" for i in ids if i < len(self._piece_bytes))

@@ -30,7 +30,7 @@ from model.gguf import load_gguf_model
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
-from model.weights import CheckpointError, assign_parameter, check_config_fields, shown
+from model.weights import CheckpointError, assign_parameter, check_config_fields, first_line, shown
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.json"]
@@ -48,12 +48,6 @@ PATH_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".json
 # Seconds the Hub may stay silent before it counts as unreachable (it answers a lookup in well under
 # one); with huggingface_hub's own start-up requests a lookup then fails within 10 s.
 HUB_TIMEOUT_S = 5
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line, for one-line errors built around others' messages."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def read_json(file: Path, error: type[ValueError] = CheckpointError) -> object:

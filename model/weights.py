@@ -23,6 +23,12 @@ class CheckpointError(TwinError):
     """A checkpoint that cannot be loaded; the message names the file or tensor and what is wrong."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line, for one-line errors built around others' messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 100
 

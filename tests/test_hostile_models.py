@@ -390,6 +390,8 @@ REFUSED_TOKENIZERS = [
                  id="model-garbage"),
     pytest.param(write("tokenizer_config.json", b"\xff\xfe{"), TokenizerError, r"tokenizer_config.json: not valid JSON",
                  id="config-garbage"),
+    pytest.param(write("tokenizer_config.json", "{\"a\": " * 100_000 + "1" + "}" * 100_000), TokenizerError,
+                 r"tokenizer_config.json: not valid JSON \(maximum recursion", id="config-nested-too-deep"),
     pytest.param(write("tokenizer_config.json", "[]"), TokenizerError, r"tokenizer_config.json: expected a JSON object",
                  id="config-list"),
     pytest.param(write("tokenizer_config.json", '{"added_tokens_decoder": {"5": 7}}'), TokenizerError,
