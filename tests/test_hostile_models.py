@@ -688,6 +688,8 @@ def test_hostile_gguf_is_refused_in_one_line_before_any_model_is_built(tmp_path,
     pytest.param(set_metadata(tokenizer__ggml__pre=(U32, 7)), r"tokenizer.ggml.pre must be a string, got 7",
                  id="pre-a-number"),
     pytest.param(set_tensor(FFN_UP, type=T_F32), r"overlap", id="f16-labelled-f32"),
+    pytest.param(set_metadata(tokenizer__ggml__eos_token_id=(U32, 5)), r"eos_token 'ab' is an ordinary token",
+                 id="eos-an-ordinary-token"),
 ])
 def test_hostile_gguf_tokenizer_is_refused_in_one_line(tmp_path, damage, message):
     path = hostile_gguf(tmp_path / "bad.gguf", damage)
