@@ -41,9 +41,9 @@ from model.tokenizer import (
     SPACE,
     AddedToken,
     Tokenizer,
-    check_eos_is_special,
     TokenizerBase,
     TokenizerError,
+    check_eos_is_special,
     read_config,
     sentencepiece_model,
 )
@@ -177,7 +177,8 @@ class BPETokenizer(TokenizerBase):
                  if not (t.lstrip or t.rstrip or t.normalized)]
         self._later_prefix = self._probe_prefix(plain[0]) if plain else None
 
-    def _encode(self, text: str, backend: tokenizers.Tokenizer | None = None, add_special_tokens: bool = False) -> list[int]:
+    def _encode(self, text: str, backend: tokenizers.Tokenizer | None = None,
+                add_special_tokens: bool = False) -> list[int]:
         """The backend's ids for text; a panic of the tokenizers library (a pre-tokenizer regex that
         backtracks without end hits its limit so) becomes a TokenizerError naming the file."""
         try:
