@@ -175,7 +175,7 @@ CASES = {
     "settings text for a number": Case(then(unfinished, settings(seq_len="long")), "{run}/run.json: --seq-len", 2),
     "settings zero rows a batch": Case(then(unfinished, settings(micro_batch=0)), "{run}/run.json: --micro-batch", 2),
     "settings a number for a flag": Case(then(unfinished, settings(merge=1)), "{run}/run.json: --merge", 2),
-    "settings no model": Case(then(unfinished, settings(model=None)), "{run}/run.json: --model", 2),
+    "settings no model": Case(then(unfinished, settings(model=None)), "{run}/run.json: records no --model", 2),
     "settings unknown choice": Case(then(unfinished, settings(train_on="nobody")), "{run}/run.json: --train-on", 2),
     "settings ask for torchrun": Case(then(unfinished, settings(fsdp=True)), "--fsdp runs under torchrun", 2),
     "settings keys that are no flag": Case(then(unfinished, settings(__class__="x", __dict__={}, stop_at=1)),
