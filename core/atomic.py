@@ -53,7 +53,7 @@ def file(path: str | os.PathLike, *, text: bool = False, make_parents: bool = Tr
         full = is_full_disk(error, path.parent)
         Path(temporary).unlink(missing_ok=True)
         if full:
-            raise full_disk(path, written) from None
+            raise full_disk(path, f"more than the {size_text(written)} written when it filled up") from None
         raise
 
 
@@ -82,7 +82,7 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
         full = is_full_disk(error, path.parent)
         shutil.rmtree(building, ignore_errors=True)
         if full:
-            raise full_disk(path, written) from None
+            raise full_disk(path, f"more than the {size_text(written)} written when it filled up") from None
         raise
     if path.is_symlink():
         path.unlink()
@@ -151,13 +151,14 @@ def is_full_disk(error: BaseException, folder: Path) -> bool:
     return False
 
 
-def full_disk(path: Path, written: int) -> WriteError:
+def full_disk(path: Path, needed: str) -> WriteError:
+    """The one line for a write of `path` that the disk had no room for; `needed` says how much it needed."""
     try:
         free = f", {size_text(shutil.disk_usage(path.parent).free)} free now"
     except OSError:
         free = ""
-    return WriteError(f"{path}: the disk is full; writing it needed more than the {size_text(written)} written "
-                      f"when it filled up{free}. Free some space, or write elsewhere")
+    return WriteError(f"{path}: the disk is full; writing it needed {needed}{free}. Free some space, or write "
+                      "elsewhere")
 
 
 def tree_size(folder: Path) -> int:

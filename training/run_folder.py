@@ -115,16 +115,18 @@ def claimed(args: argparse.Namespace) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            if not args.resume and not (folder.metrics.exists() or checkpoints(folder.path)):
+            if not args.resume and not (folder.metrics.is_file() and folder.metrics.stat().st_size
+                                        or checkpoints(folder.path)):
                 remove_start(folder, made)
             raise
 
 
 def remove_start(folder: RunFolder, made: bool) -> None:
-    """What a fresh run makes before its first step: its record, its lock and the token cache."""
+    """What a fresh run makes before its first step: its record, its lock, the token cache and an empty
+    metrics.jsonl."""
     if made:
         shutil.rmtree(folder.path, ignore_errors=True)
         return
-    for path in (folder.record_file, folder.path / LOCK):
+    for path in (folder.record_file, folder.path / LOCK, folder.metrics):
         path.unlink(missing_ok=True)
     shutil.rmtree(folder.cache, ignore_errors=True)
