@@ -67,7 +67,7 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
     tuned = tiny_model(seed=1)
     save_model(tuned, run / "model", tokenizer=dolphin_tokenizer)
     settings = {"model": str(tiny_checkpoint), "data": str(SAMPLE), "seq_len": 256, "val_fraction": 0.1}
-    (run / "run.json").write_text(json.dumps({"mode": "full", "settings": settings}))
+    (run / "run.json").write_text(json.dumps({"mode": "fsdp", "settings": settings}))
     evaluate.main(["--checkpoint", str(run), "--speakers", "2", "--contexts", "1", "--max-new-tokens", "4",
                    "--examples", "0"])
     figures = json.loads((run / "report" / "report.json").read_text())
@@ -130,7 +130,7 @@ def test_the_split_is_the_run_s_or_given(tmp_path):
     assert config().split == "hash" and config("--split", "time").split == "time"
     (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
     sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(["--checkpoint", str(tmp_path)]))
-    assert sources.data_config.split == "time" and sources.metrics_file == tmp_path / "metrics.jsonl"
+    assert sources.data_config.split == "time" and sources.twin.run.metrics == tmp_path / "metrics.jsonl"
 
 
 def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():
