@@ -27,13 +27,7 @@ LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "origin
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Transformer:
     """The model in a llama, mistral, qwen2 or qwen3 GGUF file, dequantized to `dtype` on `device`."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds
-        raise CheckpointError(f"{path}: not a readable GGUF file, or a damaged or truncated one "
-                              f"({type(error).__name__}: {error})") from None
+    reader = open_gguf(path)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     config = read_config(reader, tensors, path)
     with torch.device("meta"):
@@ -61,6 +55,17 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    """A GGUF file's reader (its tensors mapped, not read); CheckpointError, naming the file, where it is none."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds
+        raise CheckpointError(f"{path}: not a readable GGUF file, or a damaged or truncated one "
+                              f"({type(error).__name__}: {error})") from None
 
 
 def read_config(reader: gguf.GGUFReader, tensors: dict, path: Path) -> ModelConfig:
