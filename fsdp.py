@@ -28,13 +28,15 @@ def train(args, world: distributed.World) -> None:
 
     schedule = runs.make_schedule(run, model, data)
     backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader)
-    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main)
+    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main,
+                                keep_best=args.keep_best)
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
         return
 
     runs.final_evaluation(run, model, data, progress, metrics)
+    runs.keep_best(run, checkpointer, progress)
     distributed.export_model(model, run.out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
     run.say(f"model written to {run.out / 'model'}")
     curves = runs.write_loss_curves(run)

@@ -37,13 +37,14 @@ def train(args) -> None:
     schedule = runs.make_schedule(run, model, data)
     backend = AdapterCheckpoints(model, lora_config, args.model, schedule.optimizer, schedule.scheduler,
                                  schedule.loader)
-    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints)
+    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, keep_best=args.keep_best)
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
         return
 
     runs.final_evaluation(run, model, data, progress, metrics)
+    runs.keep_best(run, checkpointer, progress)
     save_adapter(model, run.out / "adapter", lora_config, base_model=args.model)
     tokenizer.save(run.out / "adapter")
     run.say(f"adapter written to {run.out / 'adapter'}")

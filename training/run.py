@@ -125,6 +125,7 @@ class Progress:
     rates: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     last_eval: dict = field(default_factory=dict)
+    best_step: int | None = None  # --keep-best: the step whose checkpoint the run ends with
 
 
 def resume(run: Run, checkpointer: Checkpointer, total_steps: int) -> Progress:
@@ -159,18 +160,18 @@ def train_loop(run: Run, model, data: PreparedData, schedule: Schedule, checkpoi
             progress.rates.append(throughput.tick(args.batch * args.seq_len))
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.rates[-1]:,.0f}")
             bar.update()
-            step = progress.step
+            step, evaluation = progress.step, None
             if metrics and (step % args.log_every == 0 or step == schedule.total_steps):
                 metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": progress.rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
             if args.eval_every and step % args.eval_every == 0 and step < schedule.total_steps and data.val_rows:
-                progress.last_eval = held_out_loss(run, model, data, step, metrics)
+                progress.last_eval = evaluation = held_out_loss(run, model, data, step, metrics)
                 if run.is_main:
                     bar.write(f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
                               f"perplexity {progress.last_eval['eval_perplexity']:.2f}")
-            if checkpointer.due(step) or step == args.stop_at:
+            if checkpointer.due(step, evaluation) or step == args.stop_at:
                 checkpointer.save(step, {"step": step, "loss": loss, "scheduler": schedule.scheduler.state_dict(),
-                                         "loader": loader.state_dict()})
+                                         "loader": loader.state_dict()}, evaluation)
             if step == args.stop_at and step < schedule.total_steps:
                 bar.close()
                 run.say(f"stopped after step {step} as asked; continue with: python train.py --resume {run.out}")
@@ -202,6 +203,20 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
             if progress.last_eval else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
 
 
+def keep_best(run: Run, checkpointer: Checkpointer, progress: Progress) -> None:
+    """--keep-best: end with the checkpoint of the lowest held-out loss, where the last step's is not lower."""
+    if not run.args.keep_best:
+        return
+    final_step = progress.step
+    if not progress.last_eval:
+        run.warn("--keep-best: no held-out sessions to choose a checkpoint by; the run ends with its last step")
+    progress.last_eval = checkpointer.load_best(progress.last_eval)
+    progress.best_step = progress.last_eval.get("step", final_step)
+    if progress.best_step != final_step:
+        run.say(f"--keep-best: the run ends with the checkpoint of step {progress.best_step}, whose held-out loss "
+                f"{progress.last_eval['eval_loss']:.4f} is the lowest")
+
+
 def write_loss_curves(run: Run) -> Path | None:
     """OUT/loss_curves.png from the run's metrics.jsonl, as the report draws it; None on other ranks or
     with nothing to draw."""
@@ -223,7 +238,8 @@ def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) ->
                "seconds": round(time.time() - progress.started, 1),
                "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
                "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
-               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
+               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners,
+               **({"best_step": progress.best_step} if progress.best_step is not None else {})}
     run_folder.write_finished(run.out, mode, vars(run.args), figures)
 
 
