@@ -12,6 +12,7 @@ from core.device import DTYPES
 from training import distributed
 from training import run as runs
 from training.checkpointer import Checkpointer
+from training.tracking import dashboard_commands
 
 
 def train(args, world: distributed.World) -> None:
@@ -40,9 +41,11 @@ def train(args, world: distributed.World) -> None:
     distributed.export_model(model, run.out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
     run.say(f"model written to {run.out / 'model'}")
     curves = runs.write_loss_curves(run)
-    runs.write_record(run, "fsdp", data, progress)
+    runs.write_record(run, "fsdp", data, progress, metrics)
     if args.eval_report:
         run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
     run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
     if curves:
         run.say(f"      see the loss curves: {curves}")
+    for command in dashboard_commands(args.log_to, run.out):
+        run.say(f"      see the metrics: {command}")

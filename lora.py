@@ -18,6 +18,8 @@ from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
 from training import run as runs
 from training.checkpointer import AdapterCheckpoints, Checkpointer
+from training.loop import MetricsLog
+from training.tracking import dashboard_commands, report_numbers
 
 
 def train(args) -> None:
@@ -49,20 +51,23 @@ def train(args) -> None:
     tokenizer.save(run.out / "adapter")
     run.say(f"adapter written to {run.out / 'adapter'}")
     if args.eval_report:
-        write_fidelity_report(args, model, tokenizer, data, run.out, run.device)
+        write_fidelity_report(args, model, tokenizer, data, run.out, run.device, metrics, progress.step)
     if args.merge:
         save_model(merge_lora(model), run.out / "merged", tokenizer=tokenizer)
         run.say(f"merged model written to {run.out / 'merged'}")
     curves = runs.write_loss_curves(run)
-    runs.write_record(run, "lora", data, progress)
+    runs.write_record(run, "lora", data, progress, metrics)
     run.say(f"next: chat with your twin: python sample.py --checkpoint {run.out}"
             + (f" --quantize {args.quantize}" if args.quantize else "")
             + (f"\n      read the report: {run.out / 'report' / 'report.md'}" if args.eval_report else "")
-            + (f"\n      see the loss curves: {curves}" if curves else ""))
+            + (f"\n      see the loss curves: {curves}" if curves else "")
+            + "".join(f"\n      see the metrics: {command}" for command in dashboard_commands(args.log_to, run.out)))
 
 
-def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device) -> None:
-    """Held-out loss and style, tuned against base, per speaker: `OUT/report/`."""
+def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device, metrics: MetricsLog,
+                          step: int) -> None:
+    """Held-out loss and style, tuned against base, per speaker: `OUT/report/`, its figures also sent to the
+    experiment trackers."""
     about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
     try:
         report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),
@@ -70,6 +75,7 @@ def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch
     except EvaluationError as error:  # e.g. nothing held out
         print(f"fidelity report skipped: {error}")
         return
+    metrics.track(report_numbers(report), step)
     print(report.summary())
     print(f"fidelity report: {out / 'report' / 'report.md'}")
 

@@ -84,3 +84,34 @@ def test_a_base_gguf_of_another_model_is_refused_naming_the_tensor(tmp_path, qwe
         check_base_gguf(tmp_path / "wider.gguf", tmp_path / "adapter", tmp_path / "base")
     with pytest.raises(ExportError, match="qwen.gguf: not a llama model"):
         check_base_gguf(tmp_path / "qwen.gguf", tmp_path / "adapter", tmp_path / "base")
+
+
+@pytest.mark.slow  # llama.cpp loads three files
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_llama_cpp_gives_base_plus_adapter_the_logits_of_the_merged_model(tmp_path, qwen2_tokenizer_dir, model_type):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
+                                    "llama-cpp-python builds llama.cpp from source, about 20 minutes)")
+    from model.bpe import BPETokenizer
+
+    tokenizer = BPETokenizer.from_dir(qwen2_tokenizer_dir)
+    config = tiny_config(model_type=model_type, vocab_size=tokenizer.vocab_size, rope_theta=10000.0)
+    lora = LoRAConfig(r=8, alpha=16, targets=ALL_TARGETS)
+    twin = merge_lora(base_and_adapter(tmp_path, config, lora))
+    write_gguf(random_model(config), tokenizer, tmp_path / "base.gguf", "f16", "base", "")
+    write_gguf(twin, tokenizer, tmp_path / "merged.gguf", "f16", "merged", "")
+    write_gguf_adapter(tmp_path / "adapter", tmp_path / "base", tmp_path / "me.gguf", "f16", "me")
+
+    ids = [int(i) for i in torch.randint(0, tokenizer.vocab_size, (24,), generator=torch.Generator().manual_seed(1))]
+
+    def llama_cpp_logits(model: str, **options) -> torch.Tensor:
+        llm = llama_cpp.Llama(model_path=str(tmp_path / model), n_ctx=64, n_threads=1, n_gpu_layers=0, logits_all=True,
+                              verbose=False, **options)
+        llm.eval(ids)
+        return torch.tensor(np.array(llm.scores[:len(ids)]), dtype=torch.float32)
+
+    with torch.no_grad():
+        expected = twin(torch.tensor([ids]))[0].float()
+    with_adapter = llama_cpp_logits("base.gguf", lora_path=str(tmp_path / "me.gguf"))
+    torch.testing.assert_close(with_adapter, llama_cpp_logits("merged.gguf"), atol=2e-2, rtol=0)
+    torch.testing.assert_close(with_adapter, expected, atol=2e-2, rtol=0)  # f16 rounds weights: ~0.01 (merged export)
+    assert (llama_cpp_logits("base.gguf") - expected).abs().max() > 0.2  # the adapter is no rounding error's size

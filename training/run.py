@@ -26,6 +26,7 @@ from training import distributed, run_folder
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
+from training.tracking import check_installed, open_trackers
 
 
 @dataclass
@@ -68,6 +69,7 @@ def start(run: Run) -> None:
     folder, clear what killed writes left in it, and record the run as running, with the settings a
     `--resume` continues with (a stop belongs to this invocation only)."""
     set_threads(run.args, sys.stdout, quiet=not run.is_main)
+    check_installed(run.args.log_to)
     torch.manual_seed(run.args.seed)
     if not run.is_main:
         return
@@ -228,9 +230,9 @@ def write_loss_curves(run: Run) -> Path | None:
     return run.out / "loss_curves.png"
 
 
-def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
+def write_record(run: Run, mode: str, data: PreparedData, progress: Progress, metrics: MetricsLog | None) -> None:
     """The run's record, rewritten last as finished, with its figures (until then --resume, even from a
-    checkpoint of the final step, writes everything again)."""
+    checkpoint of the final step, writes everything again), which go to the experiment trackers too."""
     memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
     if not run.is_main:
         return
@@ -241,10 +243,16 @@ def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) ->
                "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners,
                **({"best_step": progress.best_step} if progress.best_step is not None else {})}
     run_folder.write_finished(run.out, mode, vars(run.args), figures)
+    metrics.track({"run": figures}, progress.step)
+    metrics.close()
 
 
 def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:
-    return MetricsLog(run.out / "metrics.jsonl", after_step=progress.step) if run.is_main else None
+    """Rank 0's metrics.jsonl and the experiment trackers of --log-to; None on the other ranks."""
+    if not run.is_main:
+        return None
+    trackers = open_trackers(run.args.log_to, run.out, vars(run.args), progress.step)
+    return MetricsLog(run.out / "metrics.jsonl", after_step=progress.step, trackers=trackers)
 
 
 def activation_checkpointing(run: Run) -> bool:

@@ -10,6 +10,7 @@ from core.flags import add_arguments, positive_int, setting
 from data.dataset import DataConfig
 from data.telegram import add_export_args
 from model.lora import LoRAConfig
+from training.tracking import tracker_list
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
 
@@ -78,6 +79,10 @@ class Cadence:
                               "--eval-every evaluation), and end the run with it: the adapter or model written "
                               "is that one, and run.json's best_step says which")
     log_every: int = setting(1, "append to OUT/metrics.jsonl every N steps", type=positive_int)
+    log_to: str | None = setting(None, "also log the metrics and the final figures to these trackers, "
+                                 "comma-separated: tensorboard (OUT/tensorboard), trackio (its local database: "
+                                 "`trackio show`); optional packages, pip install the one you use (default: none, "
+                                 "OUT/metrics.jsonl alone)", type=tracker_list, metavar="TRACKERS")
     eval_report: bool = setting(True, "after training, write the fidelity report (held-out loss and style, tuned "
                                 "vs base, per speaker) to OUT/report (default: on)")
     eval_contexts: int = setting(32, "held-out contexts per speaker the report samples replies at")
