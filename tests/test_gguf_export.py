@@ -325,3 +325,35 @@ def test_a_model_stored_in_16_bits_is_exported_from_f16_and_any_other_from_fp32(
     save_model(model, tmp_path / "fp32", dtype=torch.float32)  # its norms go into the file as f32, whole
     assert export_dtype(tmp_path / "bf16") == torch.float16
     assert export_dtype(tmp_path / "fp32") == export_dtype(tmp_path / "model.gguf") == torch.float32
+
+
+@pytest.mark.slow  # two exports
+def test_export_adapter_writes_the_gguf_adapter_its_template_and_a_modelfile_from_the_base(tiny_run, tiny_checkpoint,
+                                                                                          tmp_path, capsys):
+    from chat.loading import source_of_run
+
+    base, out = tmp_path / "base.gguf", tmp_path / "me.gguf"
+    assert exit_status(main, ["export", tiny_checkpoint, base, "--speaker", "A", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert exit_status(main, ["export", tiny_run, out, "--adapter", "--base", base]) == 0
+    said = capsys.readouterr().out
+    assert f"next: ollama create me -f {tmp_path / 'me.Modelfile'}" in said
+    assert f"llama-server -m {base} --lora {out} --jinja --chat-template-file {tmp_path / 'me.jinja'}" in said
+    assert (tmp_path / "me.Modelfile").read_text(encoding="utf-8").splitlines()[1:3] == ["FROM ./base.gguf",
+                                                                                         "ADAPTER ./me.gguf"]
+    people = source_of_run(tiny_run).people
+    assert (tmp_path / "me.jinja").read_text(encoding="utf-8") == jinja_chat_template(
+        chat_format(tokenizer_from_gguf(base)), people.target, people.user_for(people.target, None))
+    assert gguf.GGUFReader(out).fields["general.type"].contents() == "adapter"
+    assert exit_status(main, ["export", tiny_run, tmp_path / "o.gguf", "--adapter", "--base", "qwen2.5:7b"]) == 0
+    assert (tmp_path / "o.Modelfile").read_text(encoding="utf-8").splitlines()[1] == "FROM qwen2.5:7b"
+    assert "llama-server -m BASE.gguf --lora" in capsys.readouterr().out
+    for argv, message in [
+        (["export", tiny_run, out, "--adapter"], "--base: needed with --adapter, as the run's base model"),
+        (["export", tiny_run, out, "--base", base], "--base: only with --adapter"),
+        (["export", tiny_run, out, "--adapter", "--base", "my base"], "neither a .gguf file nor a name Ollama takes"),
+        (["export", tiny_checkpoint, out, "--adapter", "--speaker", "A"], "has no LoRA adapter"),
+    ]:
+        assert exit_status(main, argv) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], (argv, errors)

@@ -241,6 +241,9 @@ class ShardedCheckpoints:
                  "continues where it stopped, each rank's random stream starts afresh")
         return chosen, state
 
+    def load_weights(self, directory: Path) -> None:
+        load_checkpoint(directory, self.model, self.optimizer)
+
 
 # torch.distributed.checkpoint keeps its index, `.metadata`, as a plain pickle, which can run any code
 # when read. A checkpoint's is read only by an unpickler that knows the few classes the index is made

@@ -13,6 +13,7 @@ from torch.distributed.tensor import DTensor
 from core import atomic
 from data.packing import PackedRows, RowLoader
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
+from training.tracking import numbers_of
 from core.errors import TwinError
 
 
@@ -109,10 +110,11 @@ def evaluate(model: nn.Module, rows: PackedRows, micro_batch: int, device: torch
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per logged step or evaluation, appended as they happen."""
+    """`metrics.jsonl`: one JSON object per logged step or evaluation, appended as they happen, and sent
+    to the run's experiment trackers too (training.tracking)."""
 
-    def __init__(self, path: Path, after_step: int = 0):
-        self.path = path
+    def __init__(self, path: Path, after_step: int = 0, trackers: list | None = None):
+        self.path, self.trackers = path, trackers or []
         # The run goes on from `after_step` (0: a fresh start); records past it are from an attempt
         # that died before its next checkpoint, and never happened as far as this run is concerned.
         kept = [line for line in path.read_text(errors="replace").splitlines()
@@ -128,6 +130,16 @@ class MetricsLog:
             if atomic.is_full_disk(error, self.path.parent):
                 raise atomic.full_disk(self.path, f"{len(line)} bytes more") from None
             raise
+        self.track(record, record["step"])
+
+    def track(self, figures: dict, step: int) -> None:
+        """Send a record's numbers to the trackers alone (the run's and the report's final figures)."""
+        for tracker in self.trackers:
+            tracker.log(numbers_of(figures), step)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _step_of(record: str) -> float:

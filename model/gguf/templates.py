@@ -78,13 +78,15 @@ def ollama_template(layout: ChatFormat, speaker: str, partner: str) -> str:
 
 
 def ollama_modelfile(gguf_reference: str, layout: ChatFormat, speaker: str, partner: str,
-                     sampling: SamplingConfig) -> str:
-    """An Ollama Modelfile for the GGUF file at `gguf_reference` (a path as FROM takes it), sampling as
-    sample.py does by default and stopping where a turn ends or another begins."""
+                     sampling: SamplingConfig, adapter_reference: str | None = None) -> str:
+    """An Ollama Modelfile for the GGUF file at `gguf_reference` (a path or model name as FROM takes it),
+    with the GGUF LoRA adapter at `adapter_reference` on it where one is given, sampling as sample.py does
+    by default and stopping where a turn ends or another begins."""
     stops = [layout.turn_end, layout.header_start]
     return "\n".join([
         "# A twin, by twin's GGUF export: the assistant writes as the speaker, the user as the partner (TEMPLATE)",
         f"FROM {gguf_reference}",
+        *([f"ADAPTER {adapter_reference}"] if adapter_reference else []),
         f'TEMPLATE """{ollama_template(layout, speaker, partner)}"""',
         *(f'PARAMETER stop "{stop}"' for stop in stops),
         f"PARAMETER temperature {sampling.temperature:g}",
