@@ -161,10 +161,10 @@ def conversation(messages: list[Message], speaker: str, people: People) -> tuple
 
 
 def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None,
-              limits: Limits = Limits()) -> FastAPI:
+              limits: Limits | None = None) -> FastAPI:
     """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`."""
     app = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Gate, api_key=api_key, limits=limits)
+    app.add_middleware(Gate, api_key=api_key, limits=limits or Limits())
     add_error_handlers(app)
 
     @app.get("/v1/models")
@@ -185,33 +185,41 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest, http: Request):
         speaker = speaker_named(request.model, people)
-        turns, new_contacts = conversation(request.messages, speaker, people)
         sampling = request.sampling(defaults)
-        completion = Completion(speaker, new_contacts)
 
-        async def reply() -> AsyncIterator[str | Finished] | None:
-            """The reply to come, once the prompt is made; None if the client has left by then."""
-            try:  # tokenizing a long conversation takes a while: off the event loop too
-                prompt = await run_in_threadpool(engine.prompt, turns, speaker, sampling.max_new_tokens)
-            except ContextLengthError as error:
-                raise APIError(400, str(error), param=error.param, code="context_length_exceeded") from None
+        async def prepared() -> tuple[Completion, AsyncIterator[str | Finished]] | None:
+            """The reply to come, once its prompt is made; None if the client has left by then."""
+            # Reading and tokenizing a long conversation takes a while: off the event loop, which serves the others.
+            prompt, new_contacts = await run_in_threadpool(prompt_for, request.messages, speaker, people, engine,
+                                                           sampling.max_new_tokens)
             if await http.is_disconnected():
                 return None
-            return engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
+            reply = engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
+            return Completion(speaker, new_contacts), reply
 
         if request.stream:
-            writing = await reply()
-            if writing is None:
+            ready = await prepared()
+            if ready is None:
                 return Response(status_code=CLIENT_GONE)
             usage = request.stream_options is not None and request.stream_options.include_usage
-            return StreamingResponse(completion.stream(writing, usage), media_type="text/event-stream")
+            return StreamingResponse(ready[0].stream(ready[1], usage), media_type="text/event-stream")
 
         async def written() -> dict | Response:
-            writing = await reply()
-            return Response(status_code=CLIENT_GONE) if writing is None else await completion.whole(writing)
+            ready = await prepared()
+            return Response(status_code=CLIENT_GONE) if ready is None else await ready[0].whole(ready[1])
         return await unless_gone(http, written())
 
     return app
+
+
+def prompt_for(messages: list[Message], speaker: str, people: People, engine: Engine,
+               max_tokens: int) -> tuple[list[int], list[str]]:
+    """The prompt for `speaker`'s reply to `messages`, and the new contacts among their names."""
+    turns, new_contacts = conversation(messages, speaker, people)
+    try:
+        return engine.prompt(turns, speaker, max_tokens), new_contacts
+    except ContextLengthError as error:
+        raise APIError(400, str(error), param=error.param, code="context_length_exceeded") from None
 
 
 CLIENT_GONE = 499  # nginx's "client closed request": no one reads it

@@ -38,7 +38,7 @@ def post(running, body=None, headers=None, timeout=60, **options) -> httpx.Respo
 
 
 def test_the_key_is_checked_before_the_body_is_read(guarded):
-    engine, running = guarded
+    _, running = guarded
     bad_json = post(running, content=b"{bad", headers={"Content-Type": "application/json"})
     assert bad_json.status_code == 401 and bad_json.json()["error"]["code"] == "invalid_api_key"
     huge = post(running, content=b"x" * 100_000)  # over the limit, but unread: the key comes first
@@ -68,7 +68,7 @@ def test_fields_out_of_bounds_are_a_400_before_any_work(guarded, fields, param):
 
 
 def test_the_widest_seed_and_stop_strings_are_served(guarded):
-    engine, running = guarded
+    _, running = guarded
     for seed in (2**64 - 1, -2**63):
         reply = post(running, {"model": SPEAKER, "messages": HI, "max_tokens": 1, "seed": seed,
                                "stop": ["Ж" * MAX_STOP_LENGTH] * 4}, headers=running.headers)
@@ -76,7 +76,7 @@ def test_the_widest_seed_and_stop_strings_are_served(guarded):
 
 
 def test_every_listed_speaker_is_a_model_and_a_new_contact_is_answered(guarded):
-    engine, running = guarded
+    _, running = guarded
     client = openai.OpenAI(base_url=running.url, api_key=KEY, max_retries=0)
     ids = [model.id for model in client.models.list().data]
     assert len(ids) == 7 and [client.models.retrieve(name).id for name in ids] == ids

@@ -27,11 +27,11 @@ KEY = "sk-test-key"
 class RunningServer:
     """uvicorn serving `app` from a thread, on a free loopback port, as serve.py sets it up."""
 
-    def __init__(self, app, limits: Limits = Limits()):
+    def __init__(self, app, limits: Limits | None = None):
         sock = listen("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.server = uvicorn.Server(server_config(app, limits))
+        self.server = uvicorn.Server(server_config(app, limits or Limits()))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -50,7 +50,7 @@ def twin(tiny_run):
     return model, tokenizer, source.people
 
 
-def serve(generator, tokenizer, people, api_key=None, limits: Limits = Limits()):
+def serve(generator, tokenizer, people, api_key=None, limits: Limits | None = None):
     engine = Engine(generator, tokenizer)
     return engine, RunningServer(build_app(engine, people, SamplingConfig(max_new_tokens=4), api_key, limits), limits)
 
