@@ -5,6 +5,8 @@ newlines ("first message\\nsecond message"), cut before the first of the request
 shown a character that a later token could take back: the start of a ">>> " marker or of a stop string is
 held until the next piece tells what it is.
 """
+import functools
+
 from data.sessions import MESSAGE_PREFIX, clean_message, parse_body
 
 SEPARATOR = "\n" + MESSAGE_PREFIX  # between two messages of a turn, as the model writes it
@@ -24,18 +26,12 @@ def _start_at_end(text: str, marker: str) -> int:
     """The length of the longest proper start of `marker` that `text` ends with, in time linear in the marker's
     length (Knuth-Morris-Pratt: comparing every start with the text's end costs its square, which a long stop
     string made a stall of minutes for every client)."""
-    if len(marker) < 2:
+    tail = text[-(len(marker) - 1):] if len(marker) > 1 else ""  # a proper start is shorter than the marker
+    first = tail.find(marker[:1])
+    if first < 0:  # the common case, found at C's speed
         return 0
-    fallback = [0] * len(marker)  # fallback[i]: the longest proper start of marker[:i + 1] that it ends with
-    matched = 0
-    for index in range(1, len(marker)):
-        while matched and marker[index] != marker[matched]:
-            matched = fallback[matched - 1]
-        if marker[index] == marker[matched]:
-            matched += 1
-        fallback[index] = matched
-    matched = 0  # how much of the marker's start the text read so far ends with
-    for character in text[-(len(marker) - 1):]:  # a proper start is shorter than the marker
+    fallback, matched = _fallbacks(marker), 0  # matched: how much of the marker's start the text read ends with
+    for character in tail[first:]:
         while matched and character != marker[matched]:
             matched = fallback[matched - 1]
         if character == marker[matched]:
@@ -43,6 +39,19 @@ def _start_at_end(text: str, marker: str) -> int:
         if matched == len(marker):  # a whole marker is no start: go on with the longest start it ends with
             matched = fallback[matched - 1]
     return matched
+
+
+@functools.lru_cache(maxsize=64)  # a reply asks for its stop strings' at every token
+def _fallbacks(marker: str) -> tuple[int, ...]:
+    """For each i, the length of the longest proper start of marker[:i + 1] that it ends with."""
+    fallback, matched = [0] * len(marker), 0
+    for index in range(1, len(marker)):
+        while matched and marker[index] != marker[matched]:
+            matched = fallback[matched - 1]
+        if marker[index] == marker[matched]:
+            matched += 1
+        fallback[index] = matched
+    return tuple(fallback)
 
 
 class ReplyText:
