@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
@@ -183,7 +183,9 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
                 "owned_by": "twin"}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest, http: Request):
+    async def chat_completions(http: Request):
+        # Parsing thousands of messages takes a while: off the event loop, which serves the others meanwhile.
+        request = await run_in_threadpool(parse_request, await http.body())
         speaker = speaker_named(request.model, people)
         sampling = request.sampling(defaults)
 
@@ -210,6 +212,14 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
         return await unless_gone(http, written())
 
     return app
+
+
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    """The request in `body`; RequestValidationError (a 400) where it is not valid JSON or its fields are wrong."""
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as error:  # placed as FastAPI places them: in the body
+        raise RequestValidationError([{**each, "loc": ("body", *each["loc"])} for each in error.errors()]) from None
 
 
 def prompt_for(messages: list[Message], speaker: str, people: People, engine: Engine,
