@@ -127,9 +127,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds between an attack's start and the normal request (default: %(default)s)")
     parser.add_argument("--files", type=int, help="serve.py's limit of open files (ulimit -n) (default: the shell's)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds the normal request waits at most (default: %(default)s)")
+    parser.add_argument("--only", default="", help="run only the attacks whose name holds this text (default: all)")
     parser.add_argument("serve_args", nargs="*", help="flags for serve.py, after --")
     args = parser.parse_args()
     for name, attack in attacks(args.speaker).items():
+        if args.only not in name:
+            continue
         now = measure(ROOT, args, attack)
         line = f"{name}: a normal request answered in {shown(now, args.timeout)}"
         if args.before is not None:
