@@ -63,6 +63,8 @@ def attacks(speaker: str) -> dict:
                         sock.close()
                 except BlockingIOError:
                     pass
+                except OSError:  # reset by the server
+                    sock.close()
             time.sleep(0.2)
 
     def slow_bodies():
