@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from core.cli import program
 from core.flags import add_arguments, from_args, setting
+from core.names import matching_names
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -664,12 +665,12 @@ def _choose_target(export: _ExportReader, options: ExportOptions,
 
 
 def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> tuple[str, str]:
-    """The id that --target means, and how it was chosen: an id, or a name (see _matching_names)."""
+    """The id that --target means, and how it was chosen: an id, or a name (see core.names)."""
     wanted = wanted.strip()
     person = _person_id(wanted)
     if person not in names:
         people_by_name = {name: someone for someone, name in names.items()}
-        matches = _matching_names(wanted, people_by_name)
+        matches = matching_names(wanted, people_by_name)
         if len(matches) > 1:
             choices = ", ".join(f"{name!r} ({people_by_name[name]})" for name in matches)
             raise DataError(f"{export.path}: --target {wanted!r} matches {len(matches)} people: "
@@ -686,24 +687,6 @@ def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> t
     others = ", ".join(f"{names[other]!r} ({other})" for other in namesakes)
     return person, (f"chosen with --target; also called {export.display_names[person]}: {others}, "
                     "whom an id or that name picks")
-
-
-def _matching_names(wanted: str, names: Iterable[str]) -> list[str]:
-    """The names `wanted` picks: the one equal to it; else those equal to it in another case; else
-    those holding its words in a row, in any case ("alexander", "Smirnov" for "Alexander Smirnov")."""
-    names = list(names)
-    if wanted in names:
-        return [wanted]
-    folded = wanted.casefold()
-    same = [name for name in names if name.casefold() == folded]
-    if same:
-        return same
-    words = folded.split()
-    return [name for name in names if words and _holds_run(name.casefold().split(), words)]
-
-
-def _holds_run(words: list[str], run: list[str]) -> bool:
-    return any(words[start:start + len(run)] == run for start in range(len(words) - len(run) + 1))
 
 
 def _most_active(export: _ExportReader, names: dict[str, str]) -> str:
@@ -829,7 +812,7 @@ def _load_sessions_file(path: Path,
         messages = Counter(turn.speaker for session in sessions for turn in session.turns
                            for _ in turn.messages)
         wanted = options.target.strip()
-        matches = _matching_names(wanted, [name for name, _ in messages.most_common()])
+        matches = matching_names(wanted, [name for name, _ in messages.most_common()])
         if not matches:
             raise DataError(f"{path}: --target {wanted!r} never speaks in this file; top speakers: "
                             f"{', '.join(name for name, _ in messages.most_common(10))}")

@@ -127,7 +127,7 @@ def conversation(messages: list[Message], speaker: str, people: People) -> list[
         if message.name is not None:
             author = clean_name(message.name)
             try:
-                people.check(author, f"messages[{index}].name")
+                author = people.check(author, f"messages[{index}].name")
             except SpeakerError as error:
                 raise APIError(400, str(error), param=f"messages[{index}].name") from None
             if not author:

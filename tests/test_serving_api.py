@@ -16,7 +16,7 @@ from chat.people import People
 from data.sessions import Turn
 from model.generation import Generator, SamplingConfig
 from serve import listen
-from serving.api import APIError, ChatCompletionRequest, Message, build_app, conversation, field_path
+from serving.api import APIError, ChatCompletionRequest, Message, build_app, conversation, field_path, speaker_of
 from serving.engine import Engine
 
 SPEAKER, PARTNER = "Alexander Smirnov", "Катя Морозова"
@@ -194,6 +194,20 @@ def test_roles_and_names_make_the_turns_of_a_chat():
         Turn(PARTNER, ["hi", "how are you?", "and?"]), Turn(SPEAKER, ["fine\nreally", "you?"]), Turn("Misha", ["me\ntoo"])]
     assert conversation(messages[1:2], "Misha", PEOPLE) == [Turn(PARTNER, ["hi", "how are you?"])]  # Misha's partner
     assert conversation(messages[1:2], "Someone", People()) == [Turn("User", ["hi", "how are you?"])]  # no run
+    # a name in another case, or a part of one, is that person's (core.names), as everywhere
+    assert conversation([Message(role="user", name="MISHA", content="hi"), Message(role="assistant", name="smirn",
+                                                                               content="hey")], SPEAKER, PEOPLE) == [
+        Turn("Misha", ["hi"]), Turn(SPEAKER, ["hey"])]
+
+
+def test_model_names_the_speaker_as_every_name_does_and_a_part_of_two_is_refused_with_both():
+    def request(model: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest(model=model, messages=[Message(role="user", content="hi")])
+
+    assert speaker_of(request("SMIRNOV"), PEOPLE) == SPEAKER and speaker_of(request("misha"), PEOPLE) == "Misha"
+    with pytest.raises(APIError, match="^model 'mi': means 2 people .*'Alexander Smirnov', 'Misha'") as refused:
+        speaker_of(request("mi"), PEOPLE)
+    assert refused.value.status == 404 and refused.value.code == "model_not_found"
 
 
 def test_a_hostile_name_stays_one_plain_name_or_is_refused():
