@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
+from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
