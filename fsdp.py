@@ -10,11 +10,12 @@ then the consolidated model in Hugging Face's format and the record of the run.
 
 from core.device import DTYPES
 from training import distributed
+from training.ranks import World
 from training import run as runs
 from training.checkpointer import Checkpointer
 
 
-def train(args, world: distributed.World) -> None:
+def train(args, world: World) -> None:
     run = runs.Run(args, world)
     runs.start(run)
     tokenizer, _, data = runs.prepare(run)

@@ -22,7 +22,7 @@ from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
 from model import load_tokenizer
-from training import distributed, run_folder
+from training import ranks, run_folder
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
@@ -32,7 +32,7 @@ from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedul
 class Run:
     """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
     args: object
-    world: "distributed.World | None" = None
+    world: "ranks.World | None" = None
     out: Path = field(init=False)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
@@ -89,7 +89,7 @@ def prepare(run: Run) -> tuple:
             data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.out / "cache")
         return tokenizer, new_tokens, data
 
-    tokenizer, new_tokens, data = distributed.main_first(run.world, work) if run.world else work()
+    tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
     return tokenizer, new_tokens, data
 
@@ -182,11 +182,11 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
     """One optimizer step over an accumulation window: (mean loss, gradient norm, learning rate)."""
     tokens = trained_token_count(window)
     if run.world:  # every token of the global batch weighs the same, whichever rank holds it
-        tokens = int(distributed.all_reduce_sum([tokens], run.device)[0])
+        tokens = int(ranks.all_reduce_sum([tokens], run.device)[0])
     loss, grad_norm = train_step(model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens,
                                  loss_scale=run.world_size)
     if run.world:
-        loss = distributed.all_reduce_sum([loss], run.device)[0]
+        loss = ranks.all_reduce_sum([loss], run.device)[0]
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         saved = checkpoints(run.out)
         raise TrainingError(f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
@@ -216,7 +216,7 @@ def write_loss_curves(run: Run) -> Path | None:
 def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
     """The run's record, rewritten last as finished, with its figures (until then --resume, even from a
     checkpoint of the final step, writes everything again)."""
-    memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
+    memory = ranks.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
     if not run.is_main:
         return
     figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
