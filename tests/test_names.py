@@ -27,7 +27,7 @@ def test_nothing_and_blanks_match_no_one():
     assert matching_names("", ["", "Bob"]) == [""]  # only a name that is itself empty
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.text(max_size=8), st.lists(st.text(max_size=8), max_size=6))
 def test_the_names_matched_are_names_given_and_hold_what_was_typed(wanted, names):
     matches = matching_names(wanted, names)

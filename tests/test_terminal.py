@@ -75,7 +75,7 @@ def test_save_writes_readable_utf8_and_into_a_missing_folder_says_so_in_one_line
     assert not (tmp_path / "missing").exists()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["/as", "/speaker", "/temp", "/nonsense"]), st.text(max_size=12))
 def test_any_command_line_changes_the_chat_to_a_valid_state_or_says_why_not_in_one_line(name, value):
     chat = SimpleNamespace(user="Катя Морозова", speaker=SPEAKER, sampling=SimpleNamespace(temperature=0.7))
