@@ -10,12 +10,13 @@ then the consolidated model in Hugging Face's format and the record of the run.
 
 from core.device import DTYPES
 from training import distributed
+from training.ranks import World
 from training import run as runs
 from training.checkpointer import Checkpointer
 from training.tracking import dashboard_commands
 
 
-def train(args, world: distributed.World) -> None:
+def train(args, world: World) -> None:
     run = runs.Run(args, world)
     runs.start(run)
     figures = runs.trained_figures(run)  # of a run stopped after its model was final: only the rest is written

@@ -34,13 +34,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
+from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
 from core.cli import program
 from core.flags import add_arguments, from_args, setting
 from data.personal import PLACEHOLDERS as SCRUBBED_PLACEHOLDERS, scrub
+from core.names import matching_names
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -729,7 +730,7 @@ def _choose_target(export: _ExportReader, options: ExportOptions,
 
 
 def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> tuple[str, str]:
-    """The id that --target means, and how it was chosen: an id, or a name (see matching_names)."""
+    """The id that --target means, and how it was chosen: an id, or a name (see core.names)."""
     wanted = wanted.strip()
     person = _person_id(wanted)
     if person not in names:
@@ -751,24 +752,6 @@ def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> t
     others = ", ".join(f"{names[other]!r} ({other})" for other in namesakes)
     return person, (f"chosen with --target; also called {export.display_names[person]}: {others}, "
                     "whom an id or that name picks")
-
-
-def matching_names(wanted: str, names: Iterable[str]) -> list[str]:
-    """The names `wanted` picks: the one equal to it; else those equal to it in another case; else
-    those holding its words in a row, in any case ("alexander", "Smirnov" for "Alexander Smirnov")."""
-    names = list(names)
-    if wanted in names:
-        return [wanted]
-    folded = wanted.casefold()
-    same = [name for name in names if name.casefold() == folded]
-    if same:
-        return same
-    words = folded.split()
-    return [name for name in names if words and _holds_run(name.casefold().split(), words)]
-
-
-def _holds_run(words: list[str], run: list[str]) -> bool:
-    return any(words[start:start + len(run)] == run for start in range(len(words) - len(run) + 1))
 
 
 def _most_active(export: _ExportReader, names: dict[str, str]) -> str:

@@ -146,7 +146,9 @@ def conversation(messages: list[Message], speaker: str, people: People) -> tuple
             if not author:
                 raise APIError(400, f"messages[{index}].name: empty", param=f"messages[{index}].name")
             try:
-                author = people.check(author, f"messages[{index}].name")
+                # Whole names only: a new contact "Ann" is not the run's "Anna Petrova", whose chats (and
+                # memory) are hers alone.
+                author = people.check(author, f"messages[{index}].name", parts=False)
             except SpeakerError:
                 new_contacts += [author] if author not in new_contacts else []
                 author = GENERIC_PARTNER

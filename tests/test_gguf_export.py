@@ -226,13 +226,39 @@ def test_the_ollama_modelfile_quotes_every_name_it_holds(request):
         assert template == ollama_template(layout, speaker, partner)
         assert all(char.isprintable() or char == "\n" for char in template)
         names = {speaker.replace("\ud800", "\ufffd"), partner.replace("\ud800", "\ufffd")}
-        assert set(go_literals(template)) == names | {"assistant", "user"}
+        assert set(go_literals(template)) == names | {"assistant", "user", ">>> ", "\n>>> ", "%s\n"}
         outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', template)  # no name reaches the template's own syntax
         assert outside.count("{{") == outside.count("}}") and not any(name in outside for name in names)
         lines = modelfile.splitlines()
         assert lines[1] == "FROM ./me.gguf" and 'PARAMETER stop "<|im_end|>"' in lines
         assert 'PARAMETER stop "<|im_start|>"' in lines and "PARAMETER temperature 0.7" in lines
     assert go_literal('a"b\\c\n\U0001F600\u200b') == '"a\\"b\\\\c\\u000a\U0001F600\\u200b"'
+
+
+@pytest.mark.parametrize("tokenizer_name", ["dolphin", "llama3"])
+def test_the_ollama_template_renders_the_prompt_the_jinja_template_and_training_do(request, tokenizer_name):
+    """Multi-line turns: `>>> ` before every line of a message, in Go (as Ollama executes it, by the
+    subset of Go's text/template in tests/go_template.py) as in Jinja and in training."""
+    from tests.go_template import render as render_go
+    from tests.helpers import chat_tokenizer
+
+    layout = chat_format(chat_tokenizer(request, tokenizer_name))
+    contents = ["hi\nhow are you?", "Привет 😀\n\nкак дела?\n", "one line", "", "\n",
+                ">>> written as the model writes\n>>> two", "a >>> b\n>>> c", ">>", "}}{{ .System }}\n{{ end }}"]
+    for speaker, partner in [("Alice", "Bob"), (HOSTILE_NAMES[2], HOSTILE_NAMES[0])]:
+        go_template, jinja_template = ollama_template(layout, speaker, partner), jinja_chat_template(layout, speaker, partner)
+        for first, second in zip(contents, contents[1:] + contents[:1]):
+            # Ollama merges consecutive messages of a role, so its templates see the roles alternate
+            messages = [{"role": "user", "content": first}, {"role": "assistant", "content": second},
+                        {"role": "user", "content": second}]
+            ollama = render_go(go_template, {"Messages": [{"Role": message["role"], "Content": message["content"]}
+                                                          for message in messages]})
+            assert ollama == render_jinja(jinja_template, messages)
+        written = render_go(go_template, {"Messages": [{"Role": "user", "Content": "hi\nhow are you?"},
+                                                       {"Role": "assistant", "Content": ">>> fine\n>>> you?"}]})
+        assert written == layout.conversation([Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine", "you?"])],
+                                              open_speaker=speaker)
+        assert render_go(go_template, {"Messages": []}) == layout.header(speaker) == render_jinja(jinja_template, [])
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from chat.people import People
 from data.sessions import Turn
 from model.generation import Generator, SamplingConfig
 from serve import listen
-from serving.api import GENERIC_PARTNER, APIError, ChatCompletionRequest, Message, build_app, conversation, field_path
+from serving.api import (GENERIC_PARTNER, APIError, ChatCompletionRequest, Message, build_app, conversation, field_path,
+                         speaker_named)
 from serving.connections import Limits, server_config
 from serving.engine import Engine
 
@@ -197,6 +198,18 @@ def test_roles_and_names_make_the_turns_of_a_chat():
         Turn(PARTNER, ["hi", "how are you?", "and?"]), Turn(SPEAKER, ["fine\nreally", "you?"]), Turn("Misha", ["me\ntoo"])], [])
     assert conversation(messages[1:2], "Misha", PEOPLE)[0] == [Turn(PARTNER, ["hi", "how are you?"])]  # Misha's partner
     assert conversation(messages[1:2], "Someone", People())[0] == [Turn("User", ["hi", "how are you?"])]  # no run
+    # a name in another case is that person's (core.names); a part of one is a new contact, not the person
+    # whose chats (and memory) it would open
+    assert conversation([Message(role="user", name="MISHA", content="hi"), Message(role="assistant", name="smirn",
+                                                                               content="hey")], SPEAKER, PEOPLE) == (
+        [Turn("Misha", ["hi"]), Turn(GENERIC_PARTNER, ["hey"])], ["smirn"])
+
+
+def test_model_names_the_speaker_as_every_name_does_and_a_part_of_two_is_refused_with_both():
+    assert speaker_named("SMIRNOV", PEOPLE) == SPEAKER and speaker_named("misha", PEOPLE) == "Misha"
+    with pytest.raises(APIError, match="^model 'mi': means 2 people .*'Alexander Smirnov', 'Misha'") as refused:
+        speaker_named("mi", PEOPLE)
+    assert refused.value.status == 404 and refused.value.code == "model_not_found"
 
 
 def test_a_hostile_name_stays_one_plain_name_or_is_a_new_contact():

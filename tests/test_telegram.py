@@ -347,6 +347,17 @@ def test_target_flag_takes_a_part_of_a_name_in_any_case_and_a_full_name_when_a_p
         convert(tmp_path, data, target="Sam")
 
 
+def test_target_flag_matching_two_people_lists_both(tmp_path):
+    group = talk((6, "a"), (7, "b"), (ME, "c"))
+    for msg, name in zip(group, ["Ivan Ivanov", "Petr Petrov"]):
+        msg["from"] = name
+    data = export(chat(group, type="private_group", name="Two", id=20))
+    with pytest.raises(DataError, match="--target 'ov' matches 2 people: 'Ivan Ivanov' \\(user6\\), "
+                                        "'Petr Petrov' \\(user7\\); pass a full name or an id$"):
+        convert(tmp_path, data, target="ov")
+    assert convert(tmp_path, data, target="petrov")[1].target == "Petr Petrov"
+
+
 def test_target_flag_with_a_name_two_people_share_picks_the_one_called_so_and_says_who_else_is(tmp_path):
     group = talk((6, "a"), (7, "b"), (6, "c"), (ME, "d"))
     for msg in group[:3]:
@@ -626,8 +637,9 @@ def test_load_sessions_reads_our_sessions_file(tmp_path):
     ours[0].turns.append(Turn("Alex Brown", ["me too"]))
     write_sessions(ours, tmp_path / "s.jsonl")
     assert load_sessions(tmp_path / "s.jsonl", ExportOptions(target="Alex"))[1].target == "Alex"
-    with pytest.raises(DataError, match="'brow' never speaks"):  # only whole words match
-        load_sessions(tmp_path / "s.jsonl", ExportOptions(target="brow"))
+    assert load_sessions(tmp_path / "s.jsonl", ExportOptions(target="brow"))[1].target == "Alex Brown"
+    with pytest.raises(DataError, match="--target 'lex' matches 2 speakers: Alex, Alex Brown; pass a full name$"):
+        load_sessions(tmp_path / "s.jsonl", ExportOptions(target="lex"))
 
 
 def test_load_sessions_reads_doppelganger_sessions(tmp_path):

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from core import atomic
 from data.packing import PackedRows, RowLoader
@@ -80,7 +79,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[
     mean_loss = loss_sum / max(token_total, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)  # sharded: global norm
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor: global norm
     if math.isfinite(mean_loss) and math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
 from model import load_tokenizer
-from training import distributed
+from training import ranks
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
@@ -34,7 +34,7 @@ from training.tracking import check_installed, open_trackers
 class Run:
     """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
     args: object
-    world: "distributed.World | None" = None
+    world: "ranks.World | None" = None
     out: Path = field(init=False)
     folder: RunFolder = field(init=False)
     device: torch.device = field(init=False)
@@ -106,7 +106,7 @@ def prepare(run: Run) -> tuple:
             data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache)
         return tokenizer, new_tokens, data
 
-    tokenizer, new_tokens, data = distributed.main_first(run.world, work) if run.world else work()
+    tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
     return tokenizer, new_tokens, data
 
@@ -200,11 +200,11 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
     """One optimizer step over an accumulation window: (mean loss, gradient norm, learning rate)."""
     tokens = trained_token_count(window)
     if run.world:  # every token of the global batch weighs the same, whichever rank holds it
-        tokens = int(distributed.all_reduce_sum([tokens], run.device)[0])
+        tokens = int(ranks.all_reduce_sum([tokens], run.device)[0])
     loss, grad_norm = train_step(model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens,
                                  loss_scale=run.world_size)
     if run.world:
-        loss = distributed.all_reduce_sum([loss], run.device)[0]
+        loss = ranks.all_reduce_sum([loss], run.device)[0]
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         saved = checkpoints(run.out)
         raise TrainingError(f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
@@ -250,7 +250,7 @@ def record_trained(run: Run, data: PreparedData, progress: Progress, metrics: Me
     from here on --resume writes only what follows (report, merged model, loss curves), and a fresh run
     into the folder is refused. Until then --resume, even from a checkpoint of the final step, trains
     again from it. The figures go to the experiment trackers too; returns them."""
-    memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
+    memory = ranks.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
     figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
                "seconds": round(time.time() - progress.started, 1),
                "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,

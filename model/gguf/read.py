@@ -19,7 +19,7 @@ import torch
 
 from model.gguf.file import GGUFFile, GGUFTensor
 from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, rotary_heads, unpermute_rotary_rows
-from model.weights import CheckpointError, assign_parameter, check_config_fields
+from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same
@@ -53,8 +53,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     file = GGUFFile(path)
     tensors = file.tensors
     config = read_config(file)
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = empty_model(config)
     gguf_names = gguf_tensor_names(model)
 
     found = set(tensors) - {LLAMA3_ROPE_FREQS}
