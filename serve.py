@@ -77,12 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     check_exposure(args.host, args.api_key)
+    if args.remember:
+        raise TwinError("--remember: serve.py keeps no conversation (each request carries its whole conversation); "
+                        "sample.py --remember does")
     source = source_from_args(args)
     sock = listen(args.host, args.port)
 
     generator, tokenizer = start_twin(args, source)
     engine = Engine(generator, tokenizer, max_batch=args.max_batch)
-    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key)
+    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key, source.memory)
 
     show_usage(sock, source, args.api_key is not None)
     # No access log: a request line is little, but a log that says nothing of who talks when is safer still.
@@ -104,6 +107,8 @@ def show_usage(sock: socket.socket, source: TwinSource, with_key: bool) -> None:
     known = len(source.people.names)
     print(f"serving {source.describe()} at {url}, as " + (f"any of the {known} speakers of the run" if known else
                                                            "any speaker name") + "; Ctrl-C stops", flush=True)
+    print(source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
+          flush=True)
     # The name is the user's data: quoted, it stays one argument of the shell and one literal of Python.
     body = json.dumps({"model": speaker, "messages": [{"role": "user", "content": "hi! how are you?"}]},
                       ensure_ascii=False)

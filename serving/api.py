@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chat.people import People, SpeakerError
+from chat.recall import TwinMemory
 from data.sessions import Turn, clean_message, clean_name
 from model.generation import SamplingConfig
 from serving.engine import ContextLengthError, Engine, Finished, ReplyFailed, ReplyRequest
@@ -139,8 +140,16 @@ def conversation(messages: list[Message], speaker: str, people: People) -> list[
     return turns
 
 
-def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None) -> FastAPI:
-    """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`."""
+def partner_of(turns: list[Turn], speaker: str, people: People) -> str:
+    """Who the speaker talks with: the author of the newest turn not theirs (a message's `name`, or the default
+    partner), else the default partner. The memory recalls only the chat of the two."""
+    return next((turn.speaker for turn in reversed(turns) if turn.speaker != speaker), people.user_for(speaker, None))
+
+
+def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None,
+              memory: TwinMemory | None = None) -> FastAPI:
+    """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`. With
+    `memory`, each reply is written after the memory of the chat of the speaker and their partner."""
     app = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(key_check(api_key))] if api_key else [])
     add_error_handlers(app)
@@ -160,8 +169,12 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
         speaker = speaker_of(request, people)
         turns = conversation(request.messages, speaker, people)
         sampling = request.sampling(defaults)
+        remembered = []
+        if memory:  # retrieval and tokenizing take a while: off the event loop
+            remembered = await run_in_threadpool(memory.context, speaker, partner_of(turns, speaker, people),
+                                                 int(time.time()), turns, engine.tokenizer)
         try:  # tokenizing a long conversation takes a while: off the event loop too
-            prompt = await run_in_threadpool(engine.prompt, turns, speaker, sampling.max_new_tokens)
+            prompt = await run_in_threadpool(engine.prompt, turns, speaker, sampling.max_new_tokens, remembered)
         except ContextLengthError as error:
             raise APIError(400, str(error), param=error.param, code="context_length_exceeded") from None
         reply = engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
