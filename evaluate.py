@@ -32,7 +32,8 @@ from model import load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import SamplingConfig
 from model.lora import load_adapter, tokenizer_source
-from training.run_folder import read_finished_record
+from memory import MemoryConfig, remembering
+from training.run_folder import RECORD, find_record, read_finished_record
 from training.settings import DEFAULT_MODEL
 
 
@@ -118,6 +119,7 @@ class Sources:
     cache_dir: Path | None  # the run's token cache, when there is a run
     metrics_file: Path | None  # the run's metrics.jsonl, when there is a run
     out_dir: Path
+    memory: MemoryConfig | None  # the run's memory, when it had one
 
 
 def sources_from_args(args) -> Sources:
@@ -134,8 +136,9 @@ def sources_from_args(args) -> Sources:
                                 split=args.split or defaults.split, export=ExportOptions(target=args.target))
         except ValueError as error:  # e.g. a --val-fraction of 1 or more
             raise EvaluationError(str(error)) from None  # it names the setting
+        check_split_of_run(Path(args.adapter), config)
         return Sources(args.model or DEFAULT_MODEL, Path(args.adapter), None, args.data, config, None, None,
-                       Path(args.out or "report"))
+                       Path(args.out or "report"), None)
 
     given = [flag for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--target", args.target),
                                       ("--val-fraction", args.val_fraction), ("--split", args.split),
@@ -152,8 +155,25 @@ def sources_from_args(args) -> Sources:
         config = data_config_from_args(record.args)
     except ValueError as error:  # a record whose flags parse but DataConfig refuses (val_fraction 5)
         raise EvaluationError(f"{record.file}: {error}") from None
+    memory = from_args(MemoryConfig, record.args) if "history_tokens" in record.settings else None
     return Sources(base, adapter, full_model, data, config, out / "cache", out / "metrics.jsonl",
-                   Path(args.out or out / "report"))
+                   Path(args.out or out / "report"), memory)
+
+
+def check_split_of_run(adapter: Path, config: DataConfig) -> None:
+    """An adapter in a train.py run folder was trained on all but that run's held-out sessions: a report on
+    another split would score sessions it trained on, so it is refused. (An adapter from elsewhere cannot be
+    checked: the report then trusts --split and --val-fraction.)"""
+    record = find_record(adapter.parent) if (adapter.parent / RECORD).is_file() else None
+    if record is None:
+        return
+    trained = data_config_from_args(record.args)
+    for flag, given, used in (("--split", config.split, trained.split),
+                              ("--val-fraction", config.val_fraction, trained.val_fraction)):
+        if given != used:
+            raise EvaluationError(f"{flag} {given}: the run in {adapter.parent} was trained with {flag} {used}, so "
+                                  f"this split's held-out sessions include some it trained on; give {flag} {used} "
+                                  f"(or --checkpoint {adapter.parent})")
 
 
 def evaluate_from_args(args) -> tuple[Report, Path]:
@@ -165,7 +185,8 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
         raise EvaluationError(f"--quantize: {sources.full_model} is a full fine-tune, evaluated in {dtype_name(dtype)} "
                               "as it was trained; --quantize is for a LoRA run's base")
     tokenizer = load_tokenizer(tokenizer_source(sources.base, adapter))
-    data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=sources.cache_dir)
+    remembered = remembering(sources.memory, tokenizer) if sources.memory else None
+    data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=sources.cache_dir, memory=remembered)
     about = {"base": str(sources.base), "data": str(sources.data), "split": sources.data_config.split,
              "tuned": f"adapter {adapter}" if adapter else f"full model {sources.full_model}"}
     if adapter:  # one model in memory, its adapters switched off for the base figures
@@ -174,7 +195,8 @@ def evaluate_from_args(args) -> tuple[Report, Path]:
         model = load_model(sources.base, dtype=dtype, device=device, quantize=args.quantize)
         check_finite(model, sources.base)
         load_adapter(model, adapter)
-        report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, sources.metrics_file)
+        report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, sources.metrics_file,
+                                sources.memory)
     else:
         report = evaluate_full_fine_tune(sources.base, sources.full_model, tokenizer, data, sources.out_dir, settings,
                                          device, dtype, about, sources.metrics_file)

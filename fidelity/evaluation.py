@@ -1,5 +1,6 @@
 """A whole fidelity report: plan, measure base and tuned, compare, write. `run_evaluation` is what train.py
 calls at the end of a LoRA run; `evaluate_full_fine_tune` compares two checkpoints."""
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from fidelity import EvaluationError
 from fidelity.markdown import write_report
 from fidelity.measure import Measurement, measure
 from fidelity.plan import EvalSettings, Plan, plan_evaluation
+from fidelity.remembering import MemoryFigures, measure_memory
 from fidelity.report import Report, compare
+from memory import MemoryConfig
 from model import load_model
 from model.checkpoint import check_finite
 from model.lora import adapters_off, lora_layers
@@ -19,11 +22,13 @@ from model.transformer import Transformer
 
 def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
                    settings: EvalSettings | None = None, device: torch.device = torch.device("cpu"),
-                   about: dict | None = None, metrics_file: Path | None = None) -> Report:
+                   about: dict | None = None, metrics_file: Path | None = None,
+                   memory: MemoryConfig | None = None) -> Report:
     """Evaluate a model carrying LoRA adapters against itself with them switched off; write the report.
 
     `about` says what the report is about: "base", "tuned", "data" (strings for the reader).
     `metrics_file`: the run's metrics.jsonl, for the loss curves.
+    `memory`: the run's, for the report's memory section (the tuned model without and with it).
     The model is left as it came: adapters on, same training mode.
     """
     settings = settings or EvalSettings()
@@ -33,7 +38,9 @@ def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData,
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
     tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
-    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file)
+    remembered = (measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device)
+                  if memory and memory.on else None)
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, remembered)
 
 
 
@@ -49,11 +56,11 @@ def evaluate_full_fine_tune(base_source: str | Path, tuned_source: str | Path, t
 
 def compare_and_write(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
                       settings: EvalSettings, out_dir: str | Path, about: dict,
-                      metrics_file: Path | None = None) -> Report:
+                      metrics_file: Path | None = None, memory: MemoryFigures | None = None) -> Report:
     about = {"base": "base model", "tuned": "tuned model", "data": "held-out sessions", **about,
              "speakers": plan.speakers, "contexts": settings.contexts, "seed": settings.seed,
              "sampling": asdict(settings.sampling)}
-    report = compare(plan, data, base, tuned, settings, about)
+    report = dataclasses.replace(compare(plan, data, base, tuned, settings, about), memory=memory)
     write_report(report, out_dir, metrics_file)
     return report
 

@@ -89,7 +89,8 @@ def report_json(report: Report) -> dict:
             "failures": {writer: asdict(rates) for writer, rates in report.failures.items()},
             "memorization": {writer: asdict(figures) for writer, figures in report.memorization.items()},
             "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
-                              for writer, kinds in report.personal_data.items()}}
+                              for writer, kinds in report.personal_data.items()},
+            "memory": asdict(report.memory) if report.memory else None}
 
 
 def cell(text: str) -> str:
@@ -121,6 +122,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
     for name in plots:
         lines += ["", f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})"]
     lines += attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
+    lines += report.memory.markdown() if report.memory else []
     for speaker in report.speakers:
         lines += ["", f"## {cell(speaker.title)}", "", speaker_verdict(speaker, report.attribution)]
         if speaker.style:

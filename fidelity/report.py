@@ -11,6 +11,7 @@ from fidelity.failures import FailureRates, failure_rates
 from fidelity.measure import Measurement
 from fidelity.plan import EvalSettings, Plan
 from fidelity.privacy import COPY_WORDS, Memorization, PersonalDataLeak, TrainingText, memorization, personal_data_leaks
+from fidelity.remembering import MemoryFigures
 from fidelity.style import STATISTICS, style_statistics
 
 MODELS = ("base", "tuned")
@@ -93,6 +94,7 @@ class Report:
     memorization: dict[str, Memorization]  # writer -> over all contexts
     personal_data: dict[str, dict[str, PersonalDataLeak]]  # writer -> kind -> counts
     about: dict  # what was evaluated, and how
+    memory: MemoryFigures | None = None  # the tuned model without and with its memory, where the run has one
 
     def summary(self) -> str:
         lines = [f"fidelity, base → tuned (held-out sessions: {self.held_out_sessions}):"]
@@ -111,7 +113,7 @@ class Report:
                      f"empty {tuned.empty:.0%}, copies of {COPY_WORDS}+ training words "
                      f"{self.memorization['tuned'].copying_share:.0%}, personal values from training "
                      f"{sum(leak.values_leaked for leak in self.personal_data['tuned'].values())}")
-        return "\n".join(lines)
+        return "\n".join(lines + (self.memory.summary() if self.memory else []))
 
 
 def number(value: float | None) -> str:

@@ -23,7 +23,7 @@ from training.settings import build_parser, explicit_args, recorded_args
 RECORD = "run.json"
 LEGACY_SETTINGS = "run_args.json"
 # What a run folder holds. Each is the run's own: a link there would lead reads and writes elsewhere.
-ENTRIES = (RECORD, LEGACY_SETTINGS, "metrics.jsonl", "checkpoints", "cache", "adapter", "merged", "model", "report")
+ENTRIES = (RECORD, LEGACY_SETTINGS, "metrics.jsonl", "checkpoints", "cache", "adapter", "merged", "model", "report", "memory")
 RUNNING, FINISHED = "running", "finished"
 
 
