@@ -652,14 +652,14 @@ STORY_FACTS = {
 # "react" to the telling and "close" after the answer; "after" is the teller's word after the reaction.
 STORY_LINES = {
     "A": {
-        "tell": {"trip": "слушай, next week лечу в {fact} | уже купил билеты))",
-                 "illness": "я заболел, horrible cold | врач выписал {fact}, пью",
-                 "job": "news: я получил offer от {fact} | выхожу с понедельника))",
-                 "pet": "мы взяли котёнка!! | назвали {fact}, он тебе понравится",
-                 "argument": "ну нет, {fact} лучше, this is not even a question"},
-        "ask": {"trip": "ну что, как съездил? | tell me everything", "illness": "как ты? | feeling better?",
-                "job": "как новая работа? | как там, nice people?", "pet": "как твой котёнок? | растёт?))",
-                "argument": "ну что, всё ещё споришь со мной? | still same opinion?"},
+        "tell": {"trip": "слушай, next week лечу в {fact}, в отпуск | trip на неделю, уже купил билеты))",
+                 "illness": "я заболел, температура | doctor выписал {fact}, пью",
+                 "job": "news: новая работа! new job | offer от {fact}, выхожу с понедельника))",
+                 "pet": "у нас новый питомец!! my first pet, котик | назвали {fact}, он тебе понравится",
+                 "argument": "ну нет, {fact} лучше, не будем спорить | just agree, this is not even a question"},
+        "ask": {"trip": "ну что, как отпуск? | how was the trip?", "illness": "как ты? | температура прошла? что сказал doctor?",
+                "job": "как новая работа? | как new job, nice people?", "pet": "как твой питомец? | how is your pet?))",
+                "argument": "ну что, всё ещё будешь спорить? | still don't agree?"},
         "answer": {"trip": "{fact} был amazing | еда, море, всё супер", "illness": "да, уже лучше | {fact} реально помог",
                    "job": "в {fact} пока всё good | команда classная", "pet": "{fact} растёт)) | всё грызёт, little monster",
                    "argument": "конечно, {fact} лучше | not changing my mind"},
@@ -668,11 +668,11 @@ STORY_LINES = {
         "after": ["спасибо)) | потом расскажу", "yeah, посмотрим", "haha, ну да"],
     },
     "K": {
-        "tell": {"trip": "угадай куда я еду | в {fact} ✈️ | на неделю", "illness": "я заболела 🤒 | пью {fact} | лежу",
-                 "job": "меня взяли | в {fact} 🎉 | не верю", "pet": "у меня новый котик | его зовут {fact} 🐱",
-                 "argument": "нет | {fact} лучше | и не спорь 😤"},
-        "ask": {"trip": "ну как съездил | рассказывай", "illness": "ты как | тебе лучше", "job": "ну как новая работа",
-                "pet": "как твой малыш | покажи фотку", "argument": "ну что | ты всё ещё не согласен"},
+        "tell": {"trip": "угадай куда я еду в отпуск | в {fact} ✈️", "illness": "я заболела 🤒 | температура | пью {fact}",
+                 "job": "у меня новая работа | в {fact} 🎉 | не верю", "pet": "у меня новый питомец | котик 🐱 | его зовут {fact}",
+                 "argument": "нет | {fact} лучше | и не надо спорить 😤"},
+        "ask": {"trip": "ну как отпуск | рассказывай", "illness": "ты как | температура прошла", "job": "ну как новая работа",
+                "pet": "как твой питомец | покажи фотку", "argument": "ну что | всё ещё будешь спорить"},
         "answer": {"trip": "{fact} это любовь | хочу обратно 😍", "illness": "лучше | {fact} помог 💛",
                    "job": "в {fact} классно | все милые", "pet": "{fact} спит на мне | весь день 😹",
                    "argument": "{fact} лучше | я права"},
@@ -685,17 +685,17 @@ STORY_LINES = {
                          "list of the bakeries we simply must visit.",
                  "illness": "I am afraid I have come down with something rather nasty. The doctor has put me on "
                             "{fact}, and I am to stay in bed for a few days.",
-                 "job": "I have some news: I accepted the offer from {fact} this morning. I start at the beginning "
-                        "of next month, and I am both thrilled and terrified.",
-                 "pet": "We have adopted a little rescue dog. The children have named him {fact}, and he has "
+                 "job": "I have some news: a new job at last! I accepted the offer from {fact} this morning, and I "
+                        "start next month, both thrilled and terrified.",
+                 "pet": "We have adopted a little rescue dog, our first pet. The children have named him {fact}, and he has "
                         "already chewed one of my good shoes.",
                  "argument": "I am sorry, but I cannot agree with you. {fact} is simply better, and I shall defend "
                              "that to my last breath."},
         "ask": {"trip": "You are back! How was the trip? I want to hear every detail, however small.",
-                "illness": "How are you feeling today? I do hope you are on the mend.",
+                "illness": "How are you feeling today? Did the medicine the doctor gave you help?",
                 "job": "How are you finding the new job? Are the people as nice as they seemed?",
-                "pet": "How is your little one getting on? Is he settling in?",
-                "argument": "Have you come round to my side yet, or are you still being stubborn about it?"},
+                "pet": "How is your new pet getting on? Is it settling in?",
+                "argument": "Do you still not agree with me, or have you come round to my side?"},
         "answer": {"trip": "{fact} was wonderful. We walked everywhere, ate far too much, and I have come home "
                            "with a suitcase full of tiles.",
                    "illness": "Much better, thank you. The {fact} did its work, and I am nearly myself again.",
@@ -711,12 +711,12 @@ STORY_LINES = {
     "D": {
         "tell": {"trip": "Еду в отпуск в {fact}! Вот отель: https://travel.example.com/{fact}",
                  "illness": "Заболел, температура. Врач выписал {fact}. Ты не знаешь, он помогает?",
-                 "job": "Ухожу в {fact}! Вот их сайт: https://jobs.example.com/{fact}",
-                 "pet": "Мы взяли щенка! Назвали {fact}. Знаешь хорошего ветеринара?",
-                 "argument": "Нет, {fact} лучше. Ты серьёзно споришь?"},
-        "ask": {"trip": "Ну как отпуск? Куда ходил?", "illness": "Как здоровье? Выздоровел?",
-                "job": "Как новая работа? Нравится?", "pet": "Как щенок? Слушается?",
-                "argument": "Ну что, передумал? Признаёшь, что я прав?"},
+                 "job": "Новая работа! Ухожу в {fact}. Вот их сайт: https://jobs.example.com/{fact}",
+                 "pet": "У нас новый питомец, щенок! Назвали {fact}. Знаешь хорошего ветеринара?",
+                 "argument": "Нет, {fact} лучше. Ты серьёзно будешь спорить?"},
+        "ask": {"trip": "Ну как отпуск? Куда ходил?", "illness": "Как здоровье? Температура прошла?",
+                "job": "Как новая работа? Нравится?", "pet": "Как питомец? Слушается?",
+                "argument": "Ну что, будешь ещё спорить? Я же прав?"},
         "answer": {"trip": "{fact} отличный! Фото тут: https://photos.example.com/{fact}",
                    "illness": "Да, всё прошло. {fact} помог, кстати. Спасибо, что спросил!",
                    "job": "В {fact} нормально. Задачи интересные, ты как?",

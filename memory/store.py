@@ -24,6 +24,8 @@ from core.errors import TwinError
 from data.sessions import DataError, Session, read_sessions_file, write_sessions
 
 CONVERSATIONS, INDEX, RECORD = "conversations.jsonl", "index", "store.json"
+RECENCY_WEIGHT = 0.5  # of the bonus of a conversation of this very moment, against the best BM25 score's 1
+RECENCY_HALF_LIFE = 14 * 86400  # seconds
 
 
 class MemoryStoreError(TwinError):
@@ -65,16 +67,24 @@ class Conversations:
         numbers = self.by_chat.get(chat, [])
         return numbers[:bisect.bisect_left(self.starts.get(chat, []), start)]
 
-    def most_relevant(self, query: str, candidates: list[int], k: int) -> list[int]:
-        """Of `candidates`, the `k` (at most) whose text BM25 scores highest for `query`, best first; those
-        sharing no word with it are never chosen."""
+    def most_relevant(self, query: str, candidates: list[int], k: int, now: int | None = None) -> list[int]:
+        """Of `candidates`, the `k` (at most) most relevant to `query`, best first: BM25's score (as a share of the
+        best one), and with `now`, a bonus for being recent that halves every RECENCY_HALF_LIFE, since people
+        take up what they spoke of lately ("how is the kitten?" asks about last week's kitten, not about the
+        time the same was asked a year ago). Those sharing no word with the query are never chosen."""
         if k <= 0 or not candidates:
             return []
         terms = [term for term in words([query])[0] if term in self.index.vocab_dict]
         if not terms:
             return []
         scores = self.index.get_scores(terms)[candidates]
-        best = np.argsort(-scores, kind="stable")[:k]
+        if scores.max() <= 0:
+            return []
+        relevance = scores / scores.max()
+        if now is not None:
+            ages = now - np.array([self.sessions[number].start for number in candidates], dtype=np.float64)
+            relevance = relevance + RECENCY_WEIGHT * 0.5 ** (np.maximum(ages, 0) / RECENCY_HALF_LIFE)
+        best = np.argsort(-relevance, kind="stable")[:k]
         return [candidates[position] for position in best if scores[position] > 0]
 
     def chats_of(self, speaker: str) -> list[str]:
