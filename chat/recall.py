@@ -2,7 +2,7 @@
 people share (the scope of what is recalled), the one line that says what it uses, and, only where the user
 asks for it (--remember), a conversation with the twin added to it."""
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.flags import from_args
@@ -32,6 +32,7 @@ class TwinMemory:
     config: MemoryConfig
     folder: Path
     remember: bool
+    _memory: Memory | None = field(default=None, init=False, repr=False)  # made on the first reply, with the tokenizer
 
     def chat_between(self, speaker: str, partner: str) -> str | None:
         """The chat the two speak in: the personal one where there is one, else the one with most conversations
@@ -44,8 +45,9 @@ class TwinMemory:
 
     def context(self, speaker: str, partner: str, started: int, turns: list[Turn], tokenizer: Tokenizer) -> list[Turn]:
         """What comes before the conversation of `speaker` and `partner` started at `started`, `turns` so far."""
-        return Memory(self.conversations, self.config, tokenizer).context(self.chat_between(speaker, partner),
-                                                                           started, turns)
+        if self._memory is None:
+            self._memory = Memory(self.conversations, self.config, tokenizer)
+        return self._memory.context(self.chat_between(speaker, partner), started, turns)
 
     def describe(self) -> str:
         """What the twin remembers, in one line."""
@@ -60,7 +62,7 @@ class TwinMemory:
         chat = self.chat_between(speaker, partner) or partner
         new = Session(chat, "personal_chat", started, list(turns), target=self.conversations.sessions[0].target
                       if self.conversations.sessions else speaker)
-        self.conversations = save_store(self.folder, [*self.conversations.sessions, new])
+        self.conversations, self._memory = save_store(self.folder, [*self.conversations.sessions, new]), None
 
 
 def memory_of_run(out: Path, args) -> TwinMemory | None:

@@ -209,11 +209,15 @@ def render(turns: list[Turn], tokenizer: Tokenizer, *, trained_speakers: set[str
     return encoder.assemble([encoder.encode(turn) for turn in turns], open_speaker)
 
 
-def token_counts(turns: list[Turn], tokenizer: Tokenizer) -> list[int]:
-    """The tokens each turn takes in a conversation: its header, body and turn end, and the separator
-    before the next turn."""
-    encoder = _TurnEncoder(tokenizer, trained_speakers=None)
-    return [len(encoder.turn_ids(turn)) + len(encoder.separator) for turn in turns]
+class TokenCounter:
+    """The tokens each turn takes in a conversation: its header, body and turn end, and the separator before the
+    next turn. One counter serves many calls: the format's tokens are looked up once."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.encoder = _TurnEncoder(tokenizer, trained_speakers=None)
+
+    def __call__(self, turns: list[Turn]) -> list[int]:
+        return [len(self.encoder.turn_ids(turn)) + len(self.encoder.separator) for turn in turns]
 
 
 def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from core.flags import non_negative_int, setting
-from data.chatml import token_counts
+from data.chatml import TokenCounter
 from data.dataset import Remembering
 from data.sessions import Session, Turn
 from memory.store import Conversations
@@ -68,7 +68,8 @@ class Memory:
     """The context before a conversation, from `conversations`, as `config` says."""
 
     def __init__(self, conversations: Conversations, config: MemoryConfig, tokenizer: Tokenizer):
-        self.conversations, self.config, self.tokenizer = conversations, config, tokenizer
+        self.conversations, self.config = conversations, config
+        self.token_counts = TokenCounter(tokenizer)
 
     def for_session(self, session: Session) -> list[Turn]:
         """A session's context in training and evaluation, found by its first turn: what a twin has of it
@@ -95,7 +96,7 @@ class Memory:
             block = self._tail(Turn(MARK_SPEAKER, [time_mark(start - session.start)]), session.turns, room)
             if not block:
                 break
-            turns, used, room = block + turns, used | {number}, room - sum(token_counts(block, self.tokenizer))
+            turns, used, room = block + turns, used | {number}, room - sum(self.token_counts(block))
             if len(block) <= len(session.turns):  # cut: nothing older fits
                 break
         return turns, used
@@ -120,11 +121,13 @@ class Memory:
         """`mark` and the newest of `turns` (the oldest, `from_start`) that fit in `room` tokens with it; [] when
         none do."""
         ordered = turns if from_start else turns[::-1]
-        counts = token_counts([mark, *ordered], self.tokenizer)
-        room -= counts[0]
+        room -= self.token_counts([mark])[0]
         kept = 0
-        while kept < len(ordered) and counts[kept + 1] <= room:
-            room -= counts[kept + 1]
+        while kept < len(ordered):  # one turn at a time: those that cannot fit are never tokenized
+            count = self.token_counts([ordered[kept]])[0]
+            if count > room:
+                break
+            room -= count
             kept += 1
         if not kept:
             return []
