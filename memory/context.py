@@ -31,9 +31,10 @@ UNITS = [("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400), ("da
 class MemoryConfig:
     """How much of the past comes before a conversation: train.py's memory flags, kept by the run for
     sample.py, serve.py and evaluate.py."""
-    # Defaults measured on the sample export with SmolLM2's tokenizer (docs/memory.md): of its 61 fact turns, the
-    # fact stands in the memory of 16 with 128 tokens of history alone, 38 with 2 recalled conversations alone,
-    # and 44 with both, at 441 tokens a session on average, memory included.
+    # Defaults measured on the sample export with SmolLM2's tokenizer: of its 61 fact turns (memory.facts), the
+    # fact stands in the memory of 16 with 128 tokens of history alone, 28 with 256; of 38 with 2 recalled
+    # conversations alone; of 44 with both, at 441 tokens a session on average, memory included (256 tokens of
+    # history on top: 42, at 561 tokens).
     history_tokens: int = setting(128, "tokens of the same chat's conversations just before a session, placed "
                                   "before it as context (0: none)", type=non_negative_int)
     recall: int = setting(2, "earlier conversations of the same chat most like the current one (BM25), placed "
@@ -50,7 +51,8 @@ class MemoryConfig:
     def describe(self) -> str:
         if not self.on:
             return "memory off"
-        scope = "every chat (--recall-all-chats)" if self.recall_all_chats else "the same chat only"
+        scope = ("every chat (--recall-all-chats; warning: the twin may tell one person what the owner told "
+                 "another)" if self.recall_all_chats else "the same chat only")
         return (f"the last {self.history_tokens} tokens of the chat's history, and {self.recall} recalled "
                 f"conversations ({self.recall_tokens} tokens) from {scope}")
 
