@@ -29,15 +29,17 @@ class MemoryFigures:
     fact_turns: int  # in the held-out sessions
     fact_speakers: dict[str, int]  # speaker -> their fact turns
     fact_loss: dict[str, float]  # "without"/"with" -> loss on the fact turns
-    fact_recall: dict[str, float]  # "without"/"with" -> share of written fact turns that state the fact
+    fact_recall: dict[str, float]  # "without"/"with" -> share of written fact turns that state the fact (none
+    # where the report writes no turn)
 
     def summary(self) -> list[str]:
         lines = [f"memory, without → with ({self.fact_turns} fact turns held out):"]
         for speaker, loss in self.loss.items():
             lines.append(f"  {speaker}: loss {loss['without']:.3f} → {loss['with']:.3f}")
         if self.fact_turns:
-            lines.append(f"  fact turns: loss {self.fact_loss['without']:.3f} → {self.fact_loss['with']:.3f}, "
-                         f"state the fact {self.fact_recall['without']:.0%} → {self.fact_recall['with']:.0%}")
+            lines.append(f"  fact turns: loss {self.fact_loss['without']:.3f} → {self.fact_loss['with']:.3f}"
+                         + (f", state the fact {self.fact_recall['without']:.0%} → {self.fact_recall['with']:.0%}"
+                            if self.fact_recall else ""))
         return lines
 
     def markdown(self) -> list[str]:
@@ -51,9 +53,10 @@ class MemoryFigures:
                   for speaker, loss in self.loss.items()]
         if self.fact_turns:
             lines += ["", f"| {self.fact_turns} fact turns | without memory | with memory |", "|---|---:|---:|",
-                      f"| loss | {self.fact_loss['without']:.3f} | {self.fact_loss['with']:.3f} |",
-                      f"| written turns that state the fact | {self.fact_recall['without']:.0%} | "
-                      f"{self.fact_recall['with']:.0%} |"]
+                      f"| loss | {self.fact_loss['without']:.3f} | {self.fact_loss['with']:.3f} |"]
+            if self.fact_recall:
+                lines.append(f"| written turns that state the fact | {self.fact_recall['without']:.0%} | "
+                             f"{self.fact_recall['with']:.0%} |")
         else:
             lines += ["", "No held-out turn takes up a fact of an earlier conversation."]
         return lines
@@ -82,7 +85,8 @@ def measure_memory(model: Transformer, tokenizer: Tokenizer, data: PreparedData,
                                    context=context + fact.session.turns[:fact.turn])[0][0]
                       for fact, context in zip(facts, remembered)]
             fact_loss[setting] = _loss(model, pieces, seq_len, settings.micro_batch, device) if facts else 0.0
-            fact_recall[setting] = _recall(model, tokenizer, facts, remembered, settings, device) if facts else 0.0
+            if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
+                fact_recall[setting] = _recall(model, tokenizer, facts, remembered, settings, device)
         speakers_of_facts = {}
         for fact in facts:
             speaker = fact.session.turns[fact.turn].speaker
