@@ -45,7 +45,7 @@ PYTHON
 fi
 
 rm -rf "$out"  # a second demo starts afresh (train.py keeps a finished run)
-phase "LoRA on the sample export (44 steps), then the fidelity report: about 4.5 minutes on 2 cores"
+phase "LoRA on the sample export (44 steps), then the fidelity report with its memory section: minutes on 2 cores (rows of 512 tokens: not yet timed on an idle machine)"
 python train.py --lora --model "$model" --data examples/telegram_export --out "$out" $schedule
 
 phase "a reply as the export's owner, Alexander Smirnov: about 15 seconds"
