@@ -40,6 +40,7 @@ from model import DEFAULT_MODEL, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import SamplingConfig
 from model.lora import load_adapter, tokenizer_source
+from memory import MemoryConfig, remembering
 from training.run_folder import recorded_settings
 
 
@@ -122,6 +123,7 @@ class Sources:
     data: str
     data_config: DataConfig
     out_dir: Path
+    memory: MemoryConfig | None  # the run's memory, when it had one
 
 
 def sources_from_args(args) -> Sources:
@@ -138,8 +140,9 @@ def sources_from_args(args) -> Sources:
                                 split=args.split or defaults.split, export=ExportOptions(target=args.target))
         except ValueError as error:  # e.g. a --val-fraction of 1 or more
             raise EvaluationError(str(error)) from None  # it names the setting
+        check_split_of_run(Path(args.adapter), config)
         base = args.model or DEFAULT_MODEL
-        return Sources(TwinSource(base, Path(args.adapter)), base, args.data, config, Path(args.out or "report"))
+        return Sources(TwinSource(base, Path(args.adapter)), base, args.data, config, Path(args.out or "report"), None)
 
     given = [flag for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--target", args.target),
                                       ("--val-fraction", args.val_fraction), ("--split", args.split),
@@ -153,8 +156,26 @@ def sources_from_args(args) -> Sources:
         config = data_config_from_args(settings)
     except ValueError as error:  # a record whose flags parse but DataConfig refuses (val_fraction 5)
         raise EvaluationError(f"{twin.record.file}: {error}") from None
+    memory = from_args(MemoryConfig, settings) if "history_tokens" in twin.record.settings else None
     return Sources(twin, twin.record.model, args.data or twin.record.settings["data"], config,
-                   Path(args.out) if args.out else twin.run.report)
+                   Path(args.out) if args.out else twin.run.report, memory)
+
+
+def check_split_of_run(adapter: Path, config: DataConfig) -> None:
+    """An adapter in a train.py run folder was trained on all but that run's held-out sessions: a report on
+    another split would score sessions it trained on, so it is refused. (An adapter from elsewhere cannot be
+    checked: the report then trusts --split and --val-fraction.)"""
+    run = RunFolder(adapter.parent)
+    record = run.find_record() if run.record_file.is_file() else None
+    if record is None:
+        return
+    trained = data_config_from_args(recorded_settings(record))
+    for flag, given, used in (("--split", config.split, trained.split),
+                              ("--val-fraction", config.val_fraction, trained.val_fraction)):
+        if given != used:
+            raise EvaluationError(f"{flag} {given}: the run in {adapter.parent} was trained with {flag} {used}, so "
+                                  f"this split's held-out sessions include some it trained on; give {flag} {used} "
+                                  f"(or --checkpoint {adapter.parent})")
 
 
 def evaluate_from_args(args) -> tuple[Report, Path]:
@@ -186,7 +207,9 @@ def evaluate(args, settings: EvalSettings, sources: Sources) -> Report:
         raise EvaluationError(f"--quantize: {twin.model} is a full fine-tune, evaluated in {dtype_name(dtype)} "
                               "as it was trained; --quantize is for a LoRA run's base")
     tokenizer = load_tokenizer(tokenizer_source(sources.base, adapter))
-    data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=run.cache if run else None)
+    remembered = remembering(sources.memory, tokenizer) if sources.memory else None
+    data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=run.cache if run else None,
+                        memory=remembered)
     metrics_file = run.metrics if run else None
     about = {"base": str(sources.base), "data": str(sources.data), "split": sources.data_config.split,
              "tuned": f"adapter {adapter}" if adapter else f"full model {twin.model}"}
@@ -196,7 +219,8 @@ def evaluate(args, settings: EvalSettings, sources: Sources) -> Report:
         model = load_model(sources.base, dtype=dtype, device=device, quantize=args.quantize)
         check_finite(model, sources.base)
         load_adapter(model, adapter)
-        return run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, metrics_file, verdict)
+        return run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, metrics_file, verdict,
+                              sources.memory)
     return evaluate_full_fine_tune(sources.base, twin.model, tokenizer, data, sources.out_dir, settings, device, dtype,
                                    about, metrics_file, verdict)
 

@@ -13,6 +13,7 @@ import torch
 from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
+from memory import MemoryConfig
 from core.flags import from_args
 from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, load_adapter, merge_lora, save_adapter
@@ -89,7 +90,7 @@ def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch
     about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
     try:
         report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),
-                                device, about, metrics_file=out / "metrics.jsonl")
+                                device, about, metrics_file=out / "metrics.jsonl", memory=from_args(MemoryConfig, args))
     except EvaluationError as error:  # e.g. nothing held out
         print(f"fidelity report skipped: {error}")
         return

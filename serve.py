@@ -121,13 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     check_exposure(args.host, args.api_key)
     allow_files(args.max_connections)
     limits = Limits(args.max_body_mb * 2**20, args.max_connections, args.request_timeout)
+    if args.remember:
+        raise TwinError("--remember: serve.py keeps no conversation (each request carries its whole conversation); "
+                        "sample.py --remember does")
     source = source_from_args(args)
     blind_test = open_blind_test(args.checkpoint, args.judge, source) if args.judge is not None else None
     sock = listen(args.host, args.port)
 
     generator, tokenizer = start_twin(args, source)
     engine = Engine(generator, tokenizer, max_batch=args.max_batch)
-    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key, limits)
+    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key, limits, source.memory)
     app = build_site(app, engine, source.people, args.api_key, blind_test, limits)
 
     show_usage(sock, source, args.api_key is not None, blind_test is not None)
@@ -150,6 +153,8 @@ def show_usage(sock: socket.socket, source: TwinSource, with_key: bool, judging:
     known = len(source.people.names)
     print(f"serving {source.describe()} at {url}, as " + (f"any of the {known} speakers of the run" if known else
                                                            "any speaker name") + "; Ctrl-C stops", flush=True)
+    print(source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
+          flush=True)
     # The name is the user's data: quoted, it stays one argument of the shell and one literal of Python.
     body = json.dumps({"model": speaker, "messages": [{"role": "user", "content": "hi! how are you?"}]},
                       ensure_ascii=False)

@@ -2,6 +2,7 @@
 (sample.py's and serve.py's alike), what to load (the one way sample.py, serve.py, evaluate.py and the
 GGUF export find it), then loading it."""
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from chat.people import People
+from chat.recall import TwinMemory, add_memory_arguments, memory_of_run
 from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
 from core.errors import TwinError
 from core.run_folder import RunFolder, RunRecord
@@ -29,6 +31,7 @@ def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
     add_compute_args(run)
     add_quantize_arg(run)
+    add_memory_arguments(parser)
     run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
 
 
@@ -40,6 +43,7 @@ class TwinSource:
     people: People = People()
     run: RunFolder | None = None  # the run it was read from, and its record
     record: RunRecord | None = None
+    memory: TwinMemory | None = None  # the run's, as it trained (chat.recall)
 
     def describe(self) -> str:
         return f"{self.model}" + (f" with the adapter {self.adapter}" if self.adapter else "")
@@ -57,9 +61,10 @@ def source_of_run(out: str | Path) -> TwinSource:
 
 
 def source_from_args(args) -> TwinSource:
-    """--checkpoint, or else --model and --adapter."""
+    """--checkpoint (with the run's memory, unless --no-memory), or else --model and --adapter."""
     if args.checkpoint:
-        return source_of_run(Path(args.checkpoint))
+        source = source_of_run(Path(args.checkpoint))
+        return dataclasses.replace(source, memory=memory_of_run(source.run, source.record, args))
     return TwinSource(args.model, Path(args.adapter) if args.adapter else None)
 
 

@@ -100,12 +100,16 @@ class RunFolder:
         return self.path / "cache"  # the tokenized data
 
     @property
+    def memory(self) -> Path:
+        return self.path / "memory"  # every conversation of the export, and its index (memory.store)
+
+    @property
     def blind_test(self) -> Path:
         return self.path / "blind_test.json"  # the judges' answers to serve.py's blind test
 
     def entries(self) -> tuple[Path, ...]:
         return (self.record_file, self.path / LEGACY_SETTINGS, self.path / LOCK, self.metrics, self.loss_curves,
-                self.checkpoints, self.cache, self.adapter, self.merged, self.model, self.report, self.blind_test)
+                self.checkpoints, self.cache, self.adapter, self.merged, self.model, self.report, self.memory, self.blind_test)
 
     def check_links(self, flag: str = "") -> None:
         """Refuse a run folder that is a file, or that links to files elsewhere: every writer of a run (and

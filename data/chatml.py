@@ -26,6 +26,7 @@ and the mask is exact. For text that spells no added token those ids are exactly
 format). The header's text ends in newlines, which no merge crosses into the ">>> " after them, so
 the header's ids are a prefix of the turn's ids.
 """
+import dataclasses
 from dataclasses import dataclass
 
 from data.sessions import Turn, format_body
@@ -208,14 +209,29 @@ def render(turns: list[Turn], tokenizer: Tokenizer, *, trained_speakers: set[str
     return encoder.assemble([encoder.encode(turn) for turn in turns], open_speaker)
 
 
+class TokenCounter:
+    """The tokens each turn takes in a conversation: its header, body and turn end, and the separator before the
+    next turn. One counter serves many calls: the format's tokens are looked up once."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.encoder = _TurnEncoder(tokenizer, trained_speakers=None)
+
+    def __call__(self, turns: list[Turn]) -> list[int]:
+        return [len(self.encoder.turn_ids(turn)) + len(self.encoder.separator) for turn in turns]
+
+
 def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
-                 trained_speakers: set[str] | None = None) -> tuple[list[RenderedSession], int]:
+                 trained_speakers: set[str] | None = None,
+                 context: list[Turn] = ()) -> tuple[list[RenderedSession], int]:
     """Render a session as pieces of at most `seq_len` tokens; returns (pieces, tokens cut).
 
     Pieces break at turn boundaries and each renders like a session of its own (BOS if any, full headers),
     holding as many consecutive turns as fit. A turn too long for a piece by itself keeps the whole
     messages that fit (or, when even its first message does not, its first tokens); the rest of it
     is dropped and counted as cut.
+
+    `context` (a memory of earlier conversations) goes before the first piece, never trained: as many of
+    its newest turns as the room that piece leaves.
     """
     encoder = _TurnEncoder(tokenizer, trained_speakers)
     budget = seq_len - len(encoder.bos)
@@ -232,13 +248,19 @@ def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
     for turn in encoded:
         added = len(turn.ids) + (len(encoder.separator) if piece else 0)
         if piece and piece_len + added > budget:
-            pieces.append(encoder.assemble(piece))
+            pieces.append(piece)
             piece, piece_len, added = [], 0, len(turn.ids)
         piece.append(turn)
         piece_len += added
     if piece:
-        pieces.append(encoder.assemble(piece))
-    return pieces, cut
+        pieces.append(piece)
+    if context and pieces:
+        room = budget - sum(len(turn.ids) for turn in pieces[0]) - len(encoder.separator) * (len(pieces[0]) - 1)
+        remembered = [dataclasses.replace(encoder.encode(turn), trained=False) for turn in context]
+        while remembered and sum(len(turn.ids) + len(encoder.separator) for turn in remembered) > room:
+            remembered.pop(0)  # cut from the left, at a turn boundary
+        pieces[0] = remembered + pieces[0]
+    return [encoder.assemble(piece) for piece in pieces], cut
 
 
 def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> list[int]:
@@ -255,21 +277,23 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
     return best if best is not None else ids[:budget]
 
 
-def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> tuple[list[int], int]:
+def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int,
+               context: list[Turn] = ()) -> tuple[list[int], int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many
     of its turns that holds: the oldest are dropped until it fits in `room` tokens (leaving the rest for a
-    reply). None are left where even the newest turn does not fit, which a caller may refuse.
+    reply), the turns of `context` (a memory, before them) first. None are left where even the newest turn
+    does not fit, which a caller may refuse.
 
     The turns are read newest first, each encoded once, up to the first that no longer fits: a chat of
     20,000 turns costs the few that fit, not all of them (nor a rendering per turn dropped)."""
     encoder = _TurnEncoder(tokenizer, trained_speakers=None)
     used = len(encoder.bos) + len(encoder.header(speaker))
     kept: list[_EncodedTurn] = []
-    for turn in reversed(turns):
+    for turn in reversed([*context, *turns]):
         encoded = encoder.encode(turn)
         used += len(encoded.ids) + len(encoder.separator)  # each turn is followed by a separator
         if used > room:
             break
         kept.append(encoded)
     ids = encoder.assemble(kept[::-1], open_speaker=speaker).ids
-    return ids[-room:], len(kept)
+    return ids[-room:], min(len(kept), len(turns))

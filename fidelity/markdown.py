@@ -104,7 +104,8 @@ def report_json(report: Report) -> dict:
             "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
                               for writer, kinds in report.personal_data.items()},
             "peoples_verdict": [{**asdict(person), "answers": person.answers, "share": person.share,
-                                 "interval": person.interval} for person in report.verdict]}
+                                 "interval": person.interval} for person in report.verdict],
+            "memory": asdict(report.memory) if report.memory else None}
 
 
 def cell(text: str) -> str:
@@ -136,6 +137,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
     for name in plots:
         lines += ["", f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})"]
     lines += verdict_markdown(report.verdict) + attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
+    lines += report.memory.markdown() if report.memory else []
     for speaker in report.speakers:
         lines += ["", f"## {cell(speaker.title)}", "", speaker_verdict(speaker, report.attribution)]
         if speaker.style:

@@ -34,6 +34,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from chat.people import People, SpeakerError
+from chat.recall import TwinMemory
 from data.sessions import Turn, clean_message, clean_name
 from model.generation import SamplingConfig
 from serving.connections import Limits
@@ -162,9 +163,16 @@ def conversation(messages: list[Message], speaker: str, people: People) -> tuple
     return turns, new_contacts
 
 
+def partner_of(turns: list[Turn], speaker: str, people: People) -> str:
+    """Who the speaker talks with: the author of the newest turn not theirs (a message's `name`, or the default
+    partner), else the default partner. The memory recalls only the chat of the two."""
+    return next((turn.speaker for turn in reversed(turns) if turn.speaker != speaker), people.user_for(speaker, None))
+
+
 def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None,
-              limits: Limits | None = None) -> FastAPI:
-    """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`."""
+              limits: Limits | None = None, memory: TwinMemory | None = None) -> FastAPI:
+    """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`. With
+    `memory`, each reply is written after the memory of the chat of the speaker and their partner."""
     app = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Gate, api_key=api_key, limits=limits or Limits())
     add_error_handlers(app)
@@ -195,7 +203,7 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
             """The reply to come, once its prompt is made; None if the client has left by then."""
             # Reading and tokenizing a long conversation takes a while: off the event loop, which serves the others.
             prompt, new_contacts = await run_in_threadpool(prompt_for, request.messages, speaker, people, engine,
-                                                           sampling.max_new_tokens)
+                                                           sampling.max_new_tokens, memory)
             if await http.is_disconnected():
                 return None
             reply = engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
@@ -224,12 +232,15 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
         raise RequestValidationError([{**each, "loc": ("body", *each["loc"])} for each in error.errors()]) from None
 
 
-def prompt_for(messages: list[Message], speaker: str, people: People, engine: Engine,
-               max_tokens: int) -> tuple[list[int], list[str]]:
-    """The prompt for `speaker`'s reply to `messages`, and the new contacts among their names."""
+def prompt_for(messages: list[Message], speaker: str, people: People, engine: Engine, max_tokens: int,
+               memory: TwinMemory | None = None) -> tuple[list[int], list[str]]:
+    """The prompt for `speaker`'s reply to `messages`, after the memory of the chat of the speaker and their
+    partner where there is one; and the new contacts among the messages' names."""
     turns, new_contacts = conversation(messages, speaker, people)
+    remembered = (memory.context(speaker, partner_of(turns, speaker, people), int(time.time()), turns,
+                                 engine.tokenizer) if memory else [])
     try:
-        return engine.prompt(turns, speaker, max_tokens), new_contacts
+        return engine.prompt(turns, speaker, max_tokens, remembered), new_contacts
     except ContextLengthError as error:
         raise APIError(400, str(error), param=error.param, code="context_length_exceeded") from None
 

@@ -240,8 +240,10 @@ def test_prepare_data_with_the_time_split(dolphin_tokenizer, tmp_path):
     by_time = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1, split="time"),
                            cache_dir=tmp_path)
     total = len(by_time.val_sessions) + len(by_time.train_sessions)
-    assert total > 100 and len(by_time.val_sessions) == round(0.1 * total)
-    assert min(s.start for s in by_time.val_sessions) >= max(s.start for s in by_time.train_sessions)
+    assert total > 100 and abs(len(by_time.val_sessions) - 0.1 * total) <= 3  # each chat's share, rounded
+    for chat in {s.chat for s in by_time.val_sessions}:  # each chat's newest
+        assert (min(s.start for s in by_time.val_sessions if s.chat == chat)
+                >= max(s.start for s in by_time.train_sessions if s.chat == chat))
     by_hash = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1), cache_dir=tmp_path)
     assert by_hash.val_sessions != by_time.val_sessions
     assert len(list(tmp_path.iterdir())) == 2  # the cache tells the splits apart
@@ -278,3 +280,16 @@ def test_excluded_speakers_stay_as_context_and_scrubbed_values_never_reach_the_t
     for wrong, message in [("Dave", "'Dave' speaks in no session"), ("Alice", "'Alice' is the target")]:
         with pytest.raises(DataError, match=message):
             prepare_data(tmp_path / "s.jsonl", dolphin_tokenizer, DataConfig(val_fraction=0, exclude_speakers=wrong))
+
+
+def test_the_time_split_holds_out_each_chat_s_newest():
+    """A chat that ended long ago still has its newest sessions held out, not only the chat busiest lately."""
+    old = [Session("old", "personal_chat", 1000 + day, [Turn("Alice", [f"a {day}"]), Turn("Bob", ["b"])], "Alice")
+           for day in range(10)]
+    new = [Session("new", "personal_chat", 10**6 + day, [Turn("Alice", [f"c {day}"]), Turn("Eve", ["e"])], "Alice")
+           for day in range(10)]
+    sessions = old + new
+    mask = newest_mask([s.start for s in sessions], [session_fingerprint(s) for s in sessions], 0.2,
+                       [s.chat for s in sessions])
+    assert {(s.chat, s.start) for s, out in zip(sessions, mask) if out} == {
+        ("old", 1008), ("old", 1009), ("new", 10**6 + 8), ("new", 10**6 + 9)}

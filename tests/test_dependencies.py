@@ -1,5 +1,5 @@
 """Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm,
-matplotlib, fastapi and uvicorn alone (the test clients openai and httpx are no runtime dependency); no module
+matplotlib, fastapi, uvicorn and bm25s alone (the test clients openai and httpx are no runtime dependency); no module
 imports a program; and no two modules import each other, however indirectly."""
 import ast
 import re
@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
-                        "tqdm", "matplotlib", "fastapi", "uvicorn"}
+                        "tqdm", "matplotlib", "fastapi", "uvicorn", "bm25s"}
 ORACLES = ["transformers", "peft", "accelerate", "openai", "httpx", "torchao"]
 
 

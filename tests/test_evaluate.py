@@ -138,3 +138,16 @@ def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():
     # are the report's own settings.
     assert evaluate.settings_from_args(evaluate.build_parser().parse_args([])) == EvalSettings()
     assert EvalSettings().context_tokens == sample.build_parser().parse_args([]).context
+
+def test_an_adapter_is_evaluated_only_on_the_split_its_run_held_out(tmp_path, capsys):
+    """A report on another split would score sessions the run trained on: refused, in one line."""
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "hash"}}))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "time"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1
+    assert "--split time: the run in" in error and "was trained with --split hash" in error
+    sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(
+        ["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "hash"]))
+    assert sources.data_config.split == "hash"

@@ -258,3 +258,42 @@ def test_a_requests_sampling_fields_override_the_servers_defaults():
     assert request.sampling(defaults) == SamplingConfig(temperature=0, top_p=defaults.top_p, top_k=7,
                                                         repetition_penalty=1.2, max_new_tokens=6)
     assert request.stop_strings() == ["bye"] and ChatCompletionRequest(model=SPEAKER, messages=[]).stop_strings() == []
+
+
+def test_a_partner_cannot_bring_out_what_the_owner_told_another(twin, tmp_path):
+    """Served with memory, a reply to Катя is written after her own chat's past only: text of the owner's chat with
+    Eleanor is not in the prompt, however Катя asks; with --recall-all-chats (the warned-of wide scope) it is."""
+    from chat.recall import TwinMemory
+    from data.sessions import Session
+    from memory import MemoryConfig, save_store
+
+    model, tokenizer, people = twin
+    eleanor, day = "Eleanor Whitfield", 86400
+
+    def talk(chat, start, *turns):
+        return Session(chat, "personal_chat", start, [Turn(who, [text]) for who, text in turns], SPEAKER)
+    now = int(time.time())
+    sessions = [talk(PARTNER, now - 3 * day, (PARTNER, "our door code changed"), (SPEAKER, "the new door code is 4417")),
+                talk(eleanor, now - 2 * day, (eleanor, "the safe code is 7731, keep it to yourself"), (SPEAKER, "ok"))]
+    conversations = save_store(tmp_path / "memory", sessions)
+    prompts = []
+
+    class Spy(Engine):
+        def prompt(self, *args):
+            ids = super().prompt(*args)
+            prompts.append(tokenizer.decode(ids))
+            return ids
+
+    for wide in (False, True):
+        memory = TwinMemory(conversations, MemoryConfig(history_tokens=0, recall=2, recall_all_chats=wide),
+                            tmp_path / "memory", remember=False)
+        engine = Spy(Generator(model, 512, torch.device("cpu")), tokenizer)
+        running = RunningServer(build_app(engine, people, SamplingConfig(max_new_tokens=2), memory=memory))
+        try:
+            reply = httpx.post(f"{running.url}/chat/completions", timeout=60, json={"model": SPEAKER, "messages": [
+                {"role": "user", "name": PARTNER, "content": "what was the door code? and the safe code?"}]})
+        finally:
+            running.stop()
+            engine.close()
+        assert reply.status_code == 200, reply.text
+        assert "4417" in prompts[-1] and ("7731" in prompts[-1]) == wide

@@ -18,10 +18,12 @@ from tqdm import tqdm
 from core import atomic
 from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
 from core.device import resolve_device, set_threads
+from core.flags import from_args
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
+from memory import MemoryConfig, remembering, save_store
 from model import load_tokenizer
 from training import ranks
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
@@ -103,11 +105,17 @@ def prepare(run: Run) -> tuple:
         tokenizer = load_tokenizer(run.args.model)
         new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.args.add_chatml_tokens))
         with contextlib.redirect_stderr(io.StringIO()) if not run.is_main else contextlib.nullcontext():
-            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache)
+            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache,
+                                memory=remembering(memory_config, tokenizer))
+        if run.is_main:  # what sample.py, serve.py and evaluate.py remember: every conversation of the export
+            save_store(run.folder.memory, data.train_sessions + data.val_sessions)
         return tokenizer, new_tokens, data
 
+    memory_config = from_args(MemoryConfig, run.args)
     tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
+    run.say(f"memory: {memory_config.describe()}; {len(data.train_sessions) + len(data.val_sessions):,} "
+            f"conversations kept in {run.out / 'memory'}")
     return tokenizer, new_tokens, data
 
 

@@ -10,6 +10,7 @@ from core.flags import add_arguments, positive_int, setting
 from data.dataset import DataConfig
 from data.telegram import add_export_args
 from model import DEFAULT_MODEL
+from memory import MemoryConfig
 from model.lora import LoRAConfig
 from training.tracking import tracker_list
 
@@ -104,6 +105,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     add_export_args(data)
     add_arguments(data, DataConfig)
+    add_arguments(parser.add_argument_group("memory (earlier conversations before each one, as context)"), MemoryConfig)
     add_arguments(parser.add_argument_group("optimization"), Optimization)
     lora = parser.add_argument_group("LoRA")
     add_arguments(lora, LoRAConfig, prefix="lora_")
