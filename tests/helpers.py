@@ -16,6 +16,14 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**settings)
 
 
+# Gemma 3 in small: 5 sliding layers per full one, each kind with its own RoPE base, a window of 5 (shorter
+# than the tests' sequences), an attention scale other than the head's and a tied head.
+GEMMA3 = tiny_config(model_type="gemma3_text", num_hidden_layers=6, head_dim=32, sliding_window=5,
+                     layer_types=("sliding_attention",) * 5 + ("full_attention",), rope_theta=1_000_000.0,
+                     rope_local_theta=10_000.0, query_pre_attn_scalar=24, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                     bos_token_id=2, eos_token_id=1)
+
+
 def hf_reference(config: ModelConfig, seed: int = 0):
     """A randomly initialised transformers model of this config (its own class for each model_type:
     Mistral, Llama, Qwen2, Qwen3), the oracle the tests compare to."""

@@ -10,7 +10,7 @@ import torch
 import train
 from model.lora import LoRAConfig, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from model import KVCache, ModelConfig, load_model, save_model
-from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
+from tests.helpers import GEMMA3, hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 # Llama 3.1's scaling, shrunk so that a 16-wide head has frequencies in all three bands: kept
 # (wavelength < 16), blended and stretched (wavelength > 64).
@@ -29,6 +29,7 @@ ARCHITECTURES = {
     # attention_bias puts biases on all four projections, as in Llama
     "qwen3-bias-tied": tiny_config(model_type="qwen3", head_dim=24, attention_bias=True,
                                    tie_word_embeddings=True),
+    "gemma3": GEMMA3,
 }
 
 
