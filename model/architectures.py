@@ -64,6 +64,9 @@ class Architecture:
     # How llama.cpp lays out the layers a GGUF file does not list: every `pattern`th layer is full, the
     # rest slide (Gemma 3); 0 where the file's sliding_window, if any, holds for every layer.
     gguf_full_layer_every: int = 0
+    # The block counts of the models whose attention llama.cpp scales by 1 / sqrt(hidden / heads) rather than
+    # 1 / sqrt(head_dim) where the file says no attention.scale (Gemma 3 27B, 62 layers)
+    gguf_wide_attention_scale_layers: tuple[int, ...] = ()
 
 
 ARCHITECTURES = {architecture.model_type: architecture for architecture in [
@@ -91,7 +94,7 @@ ARCHITECTURES = {architecture.model_type: architecture for architecture in [
                             ("language_model.lm_head.", "lm_head."), ("vision_tower.", None),
                             ("multi_modal_projector.", None), ("model.vision_tower.", None),
                             ("model.multi_modal_projector.", None)),
-        gguf_norm_shift=1.0, gguf_full_layer_every=6),
+        gguf_norm_shift=1.0, gguf_full_layer_every=6, gguf_wide_attention_scale_layers=(62,)),
 ]}
 GGUF_NAMES = {architecture.gguf_name for architecture in ARCHITECTURES.values()}
 

@@ -254,10 +254,10 @@ IGNORE_MERGES = {"llama-bpe", "llama3"}
 
 def _gguf_fields(path: Path) -> dict:
     """The tokenizer.* metadata of a GGUF file, read with llama.cpp's own reader."""
-    import gguf  # only GGUF input needs it
+    from model.gguf.reader import GGUFReader  # only GGUF input needs it
 
     try:
-        reader = gguf.GGUFReader(path)
+        reader = GGUFReader(path)
     except Exception as error:  # a damaged file fails anywhere inside numpy, with any exception
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TokenizerError(f"{path}: not a readable GGUF file ({reason})") from None

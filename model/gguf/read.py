@@ -15,22 +15,23 @@ import gguf
 import numpy as np
 import torch
 
-from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, rotary_heads, unpermute_rotary_rows
+from model.architectures import gguf_architecture
+from model.gguf.reader import GGUFReader
+from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, rotary_heads, unpermute_rotary_rows
 from model.weights import CheckpointError, assign_parameter
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same
 # What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
 LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Transformer:
-    """The model in a llama, mistral, qwen2 or qwen3 GGUF file, dequantized to `dtype` on `device`."""
+    """The model in a GGUF file of an architecture model.architectures lists, dequantized to `dtype` on `device`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        reader = gguf.GGUFReader(path)
+        reader = GGUFReader(path)
     except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds
         raise CheckpointError(f"{path}: not a readable GGUF file, or a damaged or truncated one "
                               f"({type(error).__name__}: {error})") from None
@@ -57,6 +58,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
         heads = rotary_heads(config, name)
         if heads:
             weights = unpermute_rotary_rows(weights, heads)
+        weights -= norm_shift(config, name)
         assign_parameter(model, name, weights.to(device=device, dtype=dtype))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -84,9 +86,7 @@ def hf_config(reader: gguf.GGUFReader, tensors: dict) -> dict:
         return reader.fields[key].contents() if key in reader.fields else default
 
     arch = metadata("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"GGUF architecture {arch!r} is not supported (only "
-                         f"{', '.join(map(repr, ARCHITECTURES))}; Mistral's GGUFs are 'llama')")
+    family = gguf_architecture(arch)
     if "token_embd.weight" not in tensors:
         raise ValueError("tensor token_embd.weight is missing")
     hidden_size, heads = metadata(f"{arch}.embedding_length"), metadata(f"{arch}.attention.head_count")
@@ -96,10 +96,23 @@ def hf_config(reader: gguf.GGUFReader, tensors: dict) -> dict:
             raise ValueError(f"{arch}.{key} = {metadata(f'{arch}.{key}')} is not supported "
                              f"(expected the head size, {head_dim})")
     rope_scaling = metadata(f"{arch}.rope.scaling.type", "none")
-    if rope_scaling != "none":
+    if rope_scaling != "none" and rope_scaling not in family.rope_scalings:
         raise ValueError(f"{arch}.rope.scaling.type = {rope_scaling!r} is not supported")
-    return {
-        "model_type": arch,
+    hf = {}
+    if rope_scaling != "none":
+        hf["rope_scaling"] = {"rope_type": rope_scaling, "factor": metadata(f"{arch}.rope.scaling.factor")}
+    if family.windows == "layer_types":  # llama.cpp's fixed layout: every gguf_full_layer_every-th layer full
+        hf.update(sliding_window=metadata(f"{arch}.attention.sliding_window"),
+                  sliding_window_pattern=family.gguf_full_layer_every)
+    if family.local_rope:
+        hf["rope_local_base_freq"] = metadata(f"{arch}.rope.freq_base_swa", 10000.0)
+    scale = metadata(f"{arch}.attention.scale", 0.0)  # absent: llama.cpp's default for the family
+    if scale:
+        hf["query_pre_attn_scalar"] = scale ** -2
+    elif metadata(f"{arch}.block_count") in family.gguf_wide_attention_scale_layers:
+        hf["query_pre_attn_scalar"] = hidden_size // heads
+    return hf | {
+        "model_type": family.model_type,
         "vocab_size": int(tensors["token_embd.weight"].shape[-1]),
         "hidden_size": hidden_size,
         "intermediate_size": metadata(f"{arch}.feed_forward_length"),
