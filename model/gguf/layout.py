@@ -4,6 +4,7 @@ and the shift llama.cpp adds to Gemma's norm weights."""
 import gguf
 import torch
 
+from model.architectures import architecture
 from model.transformer import ModelConfig, Transformer
 
 LLAMA3_ROPE_FREQS = "rope_freqs.weight"  # Llama 3's rope scaling, baked into one factor per frequency
@@ -11,7 +12,7 @@ LLAMA3_ROPE_FREQS = "rope_freqs.weight"  # Llama 3's rope scaling, baked into on
 
 def gguf_tensor_names(model: Transformer) -> dict[str, str]:
     """Our parameter name -> its GGUF tensor name, from the gguf package's own table."""
-    arch_name = model.config.architecture.gguf_name
+    arch_name = architecture(model.config.model_type).gguf_name  # (a transformers model's config too)
     arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == arch_name)
     table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
     return {name: table.get_name(name, try_suffixes=(".weight", ".bias")) for name, _ in model.named_parameters()}
