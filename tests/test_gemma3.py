@@ -187,3 +187,20 @@ def test_gemma3_270m_lora_run_then_sample(gemma3_gguf, tmp_path, capsys):
     replies = sample_in_process(capsys, "--checkpoint", out, "--speaker", "Alexander Smirnov", "--prompt",
                                 "привет! как дела?", "--seed", 1, "--max-new-tokens", 8)
     assert "Alexander Smirnov:" in replies
+
+
+def test_the_loss_takes_64_tokens_a_chunk_of_a_262k_vocabulary(monkeypatch):
+    """Gemma's 262,144-token head: each chunk's logits stay 64 MiB in fp32, not 512 tokens' 512 MiB."""
+    import model.loss
+    from model.loss import chunked_cross_entropy
+
+    rows, linear = [], torch.nn.functional.linear
+    monkeypatch.setattr(model.loss.F, "linear", lambda h, weight: rows.append(len(h)) or linear(h, weight))
+    head = torch.nn.Linear(4, 262_144, bias=False)
+    hidden = torch.randn(70, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 262_144, (70,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = chunked_cross_entropy(hidden, head, labels)
+    assert rows == [64, 6]
+    expected = torch.nn.functional.cross_entropy(linear(hidden, head.weight), labels, reduction="sum")
+    torch.testing.assert_close(loss, expected)
