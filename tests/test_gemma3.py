@@ -204,3 +204,26 @@ def test_the_loss_takes_64_tokens_a_chunk_of_a_262k_vocabulary(monkeypatch):
     assert rows == [64, 6]
     expected = torch.nn.functional.cross_entropy(linear(hidden, head.weight), labels, reduction="sum")
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_ranks_follows_one_and_exports_a_gemma3_folder(tmp_path, gemma_tokenizer):
+    import transformers
+
+    from tests.test_distributed import FAST, SAMPLE, exported, losses, torchrun
+
+    config = replace(GEMMA3, vocab_size=gemma_tokenizer.vocab_size, hidden_size=32, intermediate_size=64)
+    save_model(random_model(config), tmp_path / "base", tokenizer=gemma_tokenizer, dtype=torch.float32)
+    for ranks in (2, 1):
+        torchrun(ranks, "--model", tmp_path / "base", "--data", SAMPLE, "--out", tmp_path / f"ranks-{ranks}",
+                 "--max-steps", 2, *FAST)
+    two, one = losses(tmp_path / "ranks-2"), losses(tmp_path / "ranks-1")
+    assert len(two) == 2 and two == pytest.approx(one, rel=1e-5)
+    for name, tensor in exported(tmp_path / "ranks-1").items():
+        torch.testing.assert_close(exported(tmp_path / "ranks-2")[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+    tuned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ranks-2" / "model", dtype=torch.float32)
+    assert type(tuned).__name__ == "Gemma3ForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.eval()(sample_ids(config)).logits,
+                                   load_model(tmp_path / "ranks-2" / "model", torch.float32).eval()(sample_ids(config)),
+                                   atol=1e-4, rtol=0)
