@@ -1,8 +1,9 @@
 """Gemma 3's 262,144-token vocabulary: the memory of the loss and the LM head's gradient, and of a LoRA step.
 
-    python bench/bench_gemma_vocab.py [--tokens 512,1024] [--threads 2] [--skip-step]
+    python bench/bench_gemma_vocab.py [--tokens 1024] [--dtype fp32] [--threads 2] [--skip-step]
 
-1. The loss alone, at Gemma 3 270M's width (640) and 4B's (2560), bf16, in a fresh process each:
+1. The loss alone, at Gemma 3 270M's width (640) and 4B's (2560), in --dtype (fp32 by default: CPUs
+   without AVX-512 BF16 multiply bf16 many times slower), in a fresh process each:
    twin's chunked loss (model/loss.py: 64 tokens' logits at a time, the hidden states' gradient worked
    out chunk by chunk) against the full logits and F.cross_entropy, which is what transformers computes.
    The LM head is frozen, as under LoRA; the figure is the peak resident set of forward + backward
@@ -36,14 +37,14 @@ GEMMA3_270M = ModelConfig(
     tie_word_embeddings=True, bos_token_id=2, eos_token_id=1)
 
 
-def loss_worker(side: str, width: int, tokens: int, threads: int, connection) -> None:
+def loss_worker(side: str, width: int, tokens: int, dtype: torch.dtype, threads: int, connection) -> None:
     from model.loss import chunked_cross_entropy
 
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(width, VOCAB, bias=False, dtype=torch.bfloat16).requires_grad_(False)
+    head = torch.nn.Linear(width, VOCAB, bias=False, dtype=dtype).requires_grad_(False)
     head.weight.normal_(0, 0.02, generator=generator)
-    hidden = torch.randn(tokens, width, generator=generator, dtype=torch.bfloat16).requires_grad_()
+    hidden = torch.randn(tokens, width, generator=generator, dtype=dtype).requires_grad_()
     labels = torch.randint(0, VOCAB, (tokens,), generator=generator)
     baseline = status_mib("VmRSS")
     reset_peak_memory()
@@ -56,10 +57,10 @@ def loss_worker(side: str, width: int, tokens: int, threads: int, connection) ->
     connection.send((status_mib("VmHWM") - baseline, time.perf_counter() - start, loss.item()))
 
 
-def measure_loss(side: str, width: int, tokens: int, threads: int) -> tuple[float, float, float]:
+def measure_loss(side: str, width: int, tokens: int, dtype: torch.dtype, threads: int) -> tuple[float, float, float]:
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(target=loss_worker,
-                                                           args=(side, width, tokens, threads, child))
+                                                           args=(side, width, tokens, dtype, threads, child))
     process.start()
     result = parent.recv()
     process.join()
@@ -81,17 +82,20 @@ def measure_step(checkpoint: Path, micro_batch: int, threads: int) -> tuple[floa
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", default="512,1024", help="comma-separated labelled tokens a step "
+    parser.add_argument("--tokens", default="1024", help="comma-separated labelled tokens a step "
                         "(default: %(default)s)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="the loss's dtype (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--skip-step", action="store_true", help="measure the loss only, not the 270M LoRA step")
     args = parser.parse_args()
 
-    print(f"the loss over a {VOCAB:,}-token head, bf16, forward + backward, frozen head (as under LoRA):")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    print(f"the loss over a {VOCAB:,}-token head, {args.dtype}, forward + backward, frozen head (as under LoRA):")
     for model_name, width in WIDTHS.items():
         for tokens in [int(n) for n in args.tokens.split(",")]:
-            twin_mib, twin_s, twin_loss = measure_loss("twin", width, tokens, args.threads)
-            peer_mib, peer_s, peer_loss = measure_loss("peer", width, tokens, args.threads)
+            twin_mib, twin_s, twin_loss = measure_loss("twin", width, tokens, dtype, args.threads)
+            peer_mib, peer_s, peer_loss = measure_loss("peer", width, tokens, dtype, args.threads)
             print(f"  {model_name:>4} (hidden {width}), {tokens:>5} tokens: twin {twin_mib:7,.0f} MiB {twin_s:5.2f} s, "
                   f"full logits {peer_mib:7,.0f} MiB {peer_s:5.2f} s: {peer_mib / max(twin_mib, 1):.1f}x the memory "
                   f"(losses {twin_loss:.1f} / {peer_loss:.1f})", flush=True)
