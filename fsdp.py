@@ -17,6 +17,24 @@ from training.checkpointer import Checkpointer
 def train(args, world: distributed.World) -> None:
     run = runs.Run(args, world)
     runs.start(run)
+    figures = runs.trained_figures(run)  # of a run stopped after its model was final: only the rest is written
+    if figures is None:
+        figures = train_model(run, world)
+        if figures is None:  # stopped at --stop-at
+            return
+    curves = runs.write_loss_curves(run)
+    runs.record_finished(run, figures)
+    if args.eval_report:
+        run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
+    run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
+    if curves:
+        run.say(f"      see the loss curves: {curves}")
+
+
+def train_model(run: runs.Run, world: distributed.World) -> dict | None:
+    """The optimizer steps, then the model exported and the run recorded as trained: its figures. None
+    where --stop-at stopped it first."""
+    args = run.args
     tokenizer, _, data = runs.prepare(run)
 
     model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype],
@@ -32,15 +50,9 @@ def train(args, world: distributed.World) -> None:
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
-        return
+        return None
 
     runs.final_evaluation(run, model, data, progress, metrics)
-    distributed.export_model(model, run.out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
-    run.say(f"model written to {run.out / 'model'}")
-    curves = runs.write_loss_curves(run)
-    runs.write_record(run, "fsdp", data, progress)
-    if args.eval_report:
-        run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
-    run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
-    if curves:
-        run.say(f"      see the loss curves: {curves}")
+    distributed.export_model(model, run.folder.model, world, tokenizer, dtype=DTYPES[args.export_dtype])
+    run.say(f"model written to {run.folder.model}")
+    return runs.record_trained(run, data, progress)

@@ -5,7 +5,8 @@
 
 POST /v1/chat/completions answers as the speaker named by `model` (streaming too); GET /v1/models lists the
 speakers the run knows. Requests wait in a queue for the one model, which answers up to --max-batch of them
-together; none is dropped. The log holds counts and times, never a message.
+together; none is dropped. The log holds counts and times, never a message. In a browser, / is a chat page
+and /judge a blind test on the held-out conversations of the people --judge names (serving.pages).
 """
 import argparse
 import ipaddress
@@ -23,6 +24,8 @@ from core.errors import TwinError
 from model.generation import SamplingConfig
 from serving.api import build_app
 from serving.engine import Engine
+from serving.judging import open_blind_test
+from serving.pages import build_site
 
 API_KEY_VARIABLE = "TWIN_API_KEY"  # read by default: a key on the command line shows in `ps`
 
@@ -36,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)")
     server.add_argument("--max-batch", type=positive_int, default=8,
                         help="replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)")
+    server.add_argument("--judge", metavar="NAME,...", help="open a blind test at /judge on the held-out conversations "
+                        "of these people of --checkpoint's run: judges guess which reply is real (default: none)")
     sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
     add_arguments(sampling, SamplingConfig)
     add_twin_arguments(parser)
@@ -78,13 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     check_exposure(args.host, args.api_key)
     source = source_from_args(args)
+    blind_test = open_blind_test(args.checkpoint, args.judge, source) if args.judge is not None else None
     sock = listen(args.host, args.port)
 
     generator, tokenizer = start_twin(args, source)
     engine = Engine(generator, tokenizer, max_batch=args.max_batch)
     app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key)
+    app = build_site(app, engine, source.people, args.api_key, blind_test)
 
-    show_usage(sock, source, args.api_key is not None)
+    show_usage(sock, source, args.api_key is not None, blind_test is not None)
     # No access log: a request line is little, but a log that says nothing of who talks when is safer still.
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
@@ -96,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     print("server stopped")
 
 
-def show_usage(sock: socket.socket, source: TwinSource, with_key: bool) -> None:
-    """Where the server listens, and a first request to send it from a shell and from Python."""
+def show_usage(sock: socket.socket, source: TwinSource, with_key: bool, judging: bool = False) -> None:
+    """Where the server listens, its pages, and a first request to send it from a shell and from Python."""
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
     speaker = source.people.target or "NAME"  # without a run, any name is a speaker
@@ -109,6 +116,9 @@ def show_usage(sock: socket.socket, source: TwinSource, with_key: bool) -> None:
                       ensure_ascii=False)
     header = f' -H "Authorization: Bearer ${API_KEY_VARIABLE}"' if with_key else ""
     key = f'os.environ["{API_KEY_VARIABLE}"]' if with_key else '"none"'
+    page = url.removesuffix("/v1")
+    print(f"in a browser: {page}/ to chat" + (f", {page}/judge for the blind test" if judging else "")
+          + (f"; the pages ask for the key, or a link carries it: {page}/judge#key=KEY" if with_key else ""))
     print(f"""try it from a shell:
   curl {url}/chat/completions -H "Content-Type: application/json"{header} -d {shlex.quote(body)}
 or from Python (pip install openai):

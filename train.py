@@ -14,7 +14,7 @@ import fsdp
 import lora
 from core.cli import program
 from training import distributed
-from training.run_folder import parse_args
+from training.run_folder import claimed, parse_args
 
 
 @program
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     world = distributed.start() if args.fsdp else None
     exit_code = 0
     try:
-        fsdp.train(args, world) if world else lora.train(args)
+        with claimed(args):  # locked while it runs; a run that fails before its first step leaves nothing
+            fsdp.train(args, world) if world else lora.train(args)
     except ValueError as error:
         # A TwinError (a file or flag the user can fix), or torch refusing a setting, such as a negative --lr.
         # Caught here rather than by `program`: a sharded job must end on every rank with the same status.

@@ -55,7 +55,7 @@ from data.telegram import load_sessions  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX, chunked_cross_entropy  # noqa: E402
 from model.transformer import FLEX_ATTENTION_DEVICES, ModelConfig, Transformer  # noqa: E402
-from training.run_folder import read_finished_record  # noqa: E402
+from core.run_folder import RunFolder  # noqa: E402
 
 DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
@@ -462,7 +462,7 @@ def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
         if finished.returncode:
             return {"error": (finished.stderr or finished.stdout).strip().splitlines()[-5:]}
-        record = read_finished_record(out).figures
+        record = RunFolder(out).read_trained_record().figures
         return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "parameters": params,
                 "seconds": time.perf_counter() - start, "tokens_per_s": record["tokens_per_s"],
                 "peak_memory_mb_per_rank": record["peak_memory_mb_per_rank"], "final_loss": record["final_loss"]}

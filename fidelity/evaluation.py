@@ -11,6 +11,7 @@ from fidelity.markdown import write_report
 from fidelity.measure import Measurement, measure
 from fidelity.plan import EvalSettings, Plan, plan_evaluation
 from fidelity.report import Report, compare
+from fidelity.verdict import PersonVerdict
 from model import load_model
 from model.checkpoint import check_finite
 from model.lora import adapters_off, lora_layers
@@ -19,11 +20,12 @@ from model.transformer import Transformer
 
 def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
                    settings: EvalSettings | None = None, device: torch.device = torch.device("cpu"),
-                   about: dict | None = None, metrics_file: Path | None = None) -> Report:
+                   about: dict | None = None, metrics_file: Path | None = None,
+                   verdict: list[PersonVerdict] | None = None) -> Report:
     """Evaluate a model carrying LoRA adapters against itself with them switched off; write the report.
 
     `about` says what the report is about: "base", "tuned", "data" (strings for the reader).
-    `metrics_file`: the run's metrics.jsonl, for the loss curves.
+    `metrics_file`: the run's metrics.jsonl, for the loss curves. `verdict`: the blind test's, if judged.
     The model is left as it came: adapters on, same training mode.
     """
     settings = settings or EvalSettings()
@@ -33,27 +35,28 @@ def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData,
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
     tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
-    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file)
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict)
 
 
 
 def evaluate_full_fine_tune(base_source: str | Path, tuned_source: str | Path, tokenizer: Tokenizer,
                             data: PreparedData, out_dir: str | Path, settings: EvalSettings, device: torch.device,
-                            dtype: torch.dtype, about: dict, metrics_file: Path | None = None) -> Report:
+                            dtype: torch.dtype, about: dict, metrics_file: Path | None = None,
+                            verdict: list[PersonVerdict] | None = None) -> Report:
     """Evaluate a fully fine-tuned checkpoint against its base; write the report. The two models are
     loaded one after the other, as two 7B models rarely fit in memory at once."""
     plan = plan_evaluation(data, settings)
     base = measure_checkpoint(base_source, tokenizer, data, plan, settings, device, dtype, "base")
     tuned = measure_checkpoint(tuned_source, tokenizer, data, plan, settings, device, dtype, "tuned")
-    return compare_and_write(plan, data, base, tuned, settings, out_dir, about, metrics_file)
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about, metrics_file, verdict)
 
 def compare_and_write(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
                       settings: EvalSettings, out_dir: str | Path, about: dict,
-                      metrics_file: Path | None = None) -> Report:
+                      metrics_file: Path | None = None, verdict: list[PersonVerdict] | None = None) -> Report:
     about = {"base": "base model", "tuned": "tuned model", "data": "held-out sessions", **about,
              "speakers": plan.speakers, "contexts": settings.contexts, "seed": settings.seed,
              "sampling": asdict(settings.sampling)}
-    report = compare(plan, data, base, tuned, settings, about)
+    report = compare(plan, data, base, tuned, settings, about, verdict)
     write_report(report, out_dir, metrics_file)
     return report
 

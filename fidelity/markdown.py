@@ -1,19 +1,22 @@
 """A fidelity report on disk: report.json (every figure), report.md (for a reader: tables, a guide to
-reading them, plots and examples) and the plots, each written whole or not at all."""
+reading them, plots and examples) and the plots, written whole or not at all, as one folder."""
 import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 
 from core import atomic
+from fidelity import EvaluationError
 from fidelity.calibration import Placement
 from fidelity.plots import loss_curves_png, read_metrics, style_positions_png
 from fidelity.privacy import COPY_WORDS
 from fidelity.report import (CONTEXT_TURNS_READ, MODELS, WRITERS, Attribution, Example, Report, SpeakerReport,
                              number, percent)
 from fidelity.style import STATISTICS
+from fidelity.verdict import PersonVerdict
 
 PLOTS = {"loss_curves.png": "Loss curves", "style_positions.png": "Style between the floor and the ceiling"}
+REPORT_FILES = {"report.json", "report.md", *PLOTS}
 
 
 HOW_TO_READ = f"""\
@@ -49,20 +52,30 @@ HOW_TO_READ = f"""\
 
 
 def write_report(report: Report, out_dir: str | Path, metrics_file: Path | None = None) -> None:
-    """report.json, report.md and the plots, each written whole or not at all."""
+    """report.json, report.md and the plots, written together into a folder that then replaces `out_dir`
+    whole: a report cut short leaves the one before as it was, never a new plot beside an old report."""
     out_dir = Path(out_dir)
+    check_report_folder(out_dir)
     pictures = {"loss_curves.png": loss_curves_png(read_metrics(metrics_file))
                 if metrics_file and metrics_file.is_file() else None,
                 "style_positions.png": style_positions_png(
                     {speaker.title: {statistic.label: speaker.style[statistic.name].placements for statistic in STATISTICS}
                      for speaker in report.speakers if speaker.style})}
-    for name, png in pictures.items():
-        if png:
-            atomic.write_bytes(out_dir / name, png)
     plots = [name for name, png in pictures.items() if png]
-    atomic.write_text(out_dir / "report.json", json.dumps({**report_json(report), "plots": plots}, indent=2,
-                                                          ensure_ascii=False))
-    atomic.write_text(out_dir / "report.md", report_markdown(report, plots))
+    with atomic.directory(out_dir) as building:
+        for name in plots:
+            atomic.write_bytes(building / name, pictures[name])
+        atomic.write_text(building / "report.json", json.dumps({**report_json(report), "plots": plots}, indent=2,
+                                                               ensure_ascii=False))
+        atomic.write_text(building / "report.md", report_markdown(report, plots))
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """A report replaces its folder as one: a folder that holds anything else is refused."""
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_FILES) if out_dir.is_dir() else []
+    if foreign:
+        raise EvaluationError(f"{out_dir}: holds {foreign[0]}, which is no part of a report; give the report a "
+                              "folder of its own (a new one)")
 
 
 def perplexity(loss: float) -> float:
@@ -89,7 +102,9 @@ def report_json(report: Report) -> dict:
             "failures": {writer: asdict(rates) for writer, rates in report.failures.items()},
             "memorization": {writer: asdict(figures) for writer, figures in report.memorization.items()},
             "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
-                              for writer, kinds in report.personal_data.items()}}
+                              for writer, kinds in report.personal_data.items()},
+            "peoples_verdict": [{**asdict(person), "answers": person.answers, "share": person.share,
+                                 "interval": person.interval} for person in report.verdict]}
 
 
 def cell(text: str) -> str:
@@ -120,7 +135,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
     lines += ["", "## How to read this", "", HOW_TO_READ]
     for name in plots:
         lines += ["", f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})"]
-    lines += attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
+    lines += verdict_markdown(report.verdict) + attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
     for speaker in report.speakers:
         lines += ["", f"## {cell(speaker.title)}", "", speaker_verdict(speaker, report.attribution)]
         if speaker.style:
@@ -148,6 +163,25 @@ def position_text(placement: Placement) -> str:
     if placement.position is None:
         return "–"
     return f"{placement.position:.2f} ({placement.low:.2f} to {placement.high:.2f})"
+
+
+def verdict_markdown(verdict: list[PersonVerdict]) -> list[str]:
+    """The blind test's section, where judges answered (fidelity.verdict)."""
+    if not verdict:
+        return []
+    lines = ["", "## People's verdict", "",
+             "In the blind test (serve.py --judge), a judge saw a held-out conversation and two next turns, the "
+             "person's real one and the one the tuned twin wrote there, in random order, and picked the one they "
+             "took for real, or said they can't tell. **Twin taken for real** is the share of the pairs a judge "
+             "decided where they picked the twin's turn: 50% means judges cannot tell the twin from the person, "
+             "0% that they always can. The 95% interval is Wilson's.", "",
+             "| person | twin taken for real (95%) | pairs decided | can't tell | judges |", "|---|---|---:|---:|---:|"]
+    for person in verdict:
+        interval = person.interval
+        shown = f"{percent(person.share)} ({interval[0]:.0%} to {interval[1]:.0%})" if interval else "–"
+        lines.append(f"| {cell(person.speaker)} | {shown} | {person.twin_taken + person.real_taken} | "
+                     f"{person.cant_tell} | {person.judges} |")
+    return lines
 
 
 def attribution_markdown(report: Report) -> list[str]:

@@ -1,7 +1,7 @@
 """The figures of a fidelity report: base and tuned measured against the person's real turns and the
 training split, per speaker (loss, calibrated style, real vs written) and over every context (attribution,
 failures, privacy)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from data.dataset import PreparedData
 from data.sessions import Turn
@@ -12,6 +12,7 @@ from fidelity.measure import Measurement
 from fidelity.plan import EvalSettings, Plan
 from fidelity.privacy import COPY_WORDS, Memorization, PersonalDataLeak, TrainingText, memorization, personal_data_leaks
 from fidelity.style import STATISTICS, style_statistics
+from fidelity.verdict import PersonVerdict
 
 MODELS = ("base", "tuned")
 WRITERS = ("real", *MODELS)  # the person at the same contexts, as the reference for every figure
@@ -93,6 +94,7 @@ class Report:
     memorization: dict[str, Memorization]  # writer -> over all contexts
     personal_data: dict[str, dict[str, PersonalDataLeak]]  # writer -> kind -> counts
     about: dict  # what was evaluated, and how
+    verdict: list[PersonVerdict] = field(default_factory=list)  # the blind test's judges, where any answered
 
     def summary(self) -> str:
         lines = [f"fidelity, base → tuned (held-out sessions: {self.held_out_sessions}):"]
@@ -111,6 +113,10 @@ class Report:
                      f"empty {tuned.empty:.0%}, copies of {COPY_WORDS}+ training words "
                      f"{self.memorization['tuned'].copying_share:.0%}, personal values from training "
                      f"{sum(leak.values_leaked for leak in self.personal_data['tuned'].values())}")
+        for person in self.verdict:
+            lines.append(f"  people's verdict on {person.speaker}: the twin's turn taken for the real one in "
+                         f"{percent(person.share)} of {person.twin_taken + person.real_taken} pairs decided "
+                         f"({person.judges} judges)")
         return "\n".join(lines)
 
 
@@ -123,7 +129,7 @@ def percent(value: float | None) -> str:
 
 
 def compare(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
-            settings: EvalSettings, about: dict) -> Report:
+            settings: EvalSettings, about: dict, verdict: list[PersonVerdict] | None = None) -> Report:
     written = {"real": {speaker: [context.real for context in plan.contexts[speaker]] for speaker in plan.speakers},
                "base": base.replies, "tuned": tuned.replies}
     speakers = [speaker_report(speaker, plan, data, base, tuned, written, settings) for speaker in plan.speakers]
@@ -138,7 +144,7 @@ def compare(plan: Plan, data: PreparedData, base: Measurement, tuned: Measuremen
         failures={writer: failure_rates(turns, everywhere["real"], conversations) for writer, turns in everywhere.items()},
         memorization={writer: memorization(training, turns) for writer, turns in everywhere.items()},
         personal_data={writer: personal_data_leaks(training, turns) for writer, turns in everywhere.items()},
-        about=about)
+        about=about, verdict=verdict or [])
 
 
 def speaker_report(speaker: str, plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,

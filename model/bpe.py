@@ -33,6 +33,7 @@ from pathlib import Path
 import tokenizers
 
 from core import atomic
+from model.gguf.file import GGUFFile
 from model.tokenizer import (
     NAMED_TOKENS,
     PREFIX_ADDED,
@@ -42,9 +43,11 @@ from model.tokenizer import (
     Tokenizer,
     TokenizerBase,
     TokenizerError,
+    check_eos_is_special,
     read_config,
     sentencepiece_model,
 )
+from model.weights import MAX_DIMENSION, first_line, is_whole_number, shown
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -83,12 +86,32 @@ def _piece_bytes(tokenizer_json: dict) -> list[bytes | None]:
     return table
 
 
+def _is_rust_panic(error: BaseException) -> bool:
+    """A panic inside the tokenizers library, which pyo3 raises as a BaseException (not an Exception),
+    so that only a handler that looks for it catches it; its class is not importable."""
+    return type(error).__name__ == "PanicException"
+
+
 def _load_backend(text: str, source: str) -> tokenizers.Tokenizer:
     try:
         return tokenizers.Tokenizer.from_str(text)
-    except Exception as error:  # the Rust side reports any malformed file as a plain Exception
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TokenizerError(f"{source}: not a tokenizer.json the tokenizers library can read ({reason})") from None
+    except BaseException as error:  # the Rust side reports any malformed file as a plain Exception, or panics
+        if not (isinstance(error, Exception) or _is_rust_panic(error)):
+            raise
+        raise TokenizerError(f"{source}: not a tokenizer.json the tokenizers library can read "
+                             f"({first_line(error)})") from None
+
+
+def _check_ids(content: dict, source: str) -> None:
+    """Refuse a token id no vocabulary has before a table of that many entries is made (an id of 2^31
+    would need 17 GB)."""
+    added = content.get("added_tokens")
+    ids = [*content["model"]["vocab"].values(),
+           *(token.get("id") for token in (added if isinstance(added, list) else []) if isinstance(token, dict))]
+    wrong = [token_id for token_id in ids if not (is_whole_number(token_id) and 0 <= token_id < MAX_DIMENSION)]
+    if wrong:
+        raise TokenizerError(f"{source}: token id {shown(wrong[0])} is none a vocabulary can have (whole numbers "
+                             f"from 0 to {MAX_DIMENSION - 1:,})")
 
 
 class BPETokenizer(TokenizerBase):
@@ -100,25 +123,28 @@ class BPETokenizer(TokenizerBase):
         back by save)."""
         try:
             content = json.loads(tokenizer_json)
-        except json.JSONDecodeError as error:
-            raise TokenizerError(f"{source}: not valid JSON ({error})") from None
+        except (ValueError, RecursionError) as error:  # bad JSON; nesting too deep
+            raise TokenizerError(f"{source}: not valid JSON ({first_line(error)})") from None
         model = content.get("model") if isinstance(content, dict) else None
         if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise TokenizerError(f"{source}: not a BPE tokenizer.json; only BPE models (Llama, Qwen, Mistral, "
                                  "SmolLM2) are supported")
+        _check_ids(content, source)
         self._json = content
         self._backend = _load_backend(tokenizer_json, source)
         self._source = source
         self._config = dict(config)
         self._piece_bytes = _piece_bytes(content)
+        if self._config.get("eos_token") is None:
+            raise TokenizerError(f"{source}: no eos_token in tokenizer_config.json")
+        file_special = {token.content for token in self._backend.get_added_tokens_decoder().values() if token.special}
+        check_eos_is_special(self._config["eos_token"], file_special, source)
         # transformers makes the named special tokens added tokens even when the file does not list them
         named = [self._config.get(key) for key in NAMED_TOKENS] + self._config.get("additional_special_tokens", [])
         present = {token.content for token in self._backend.get_added_tokens_decoder().values()}
         missing = [content for content in dict.fromkeys(named) if content and content not in present]
         self._backend.add_special_tokens([tokenizers.AddedToken(c, special=True, normalized=False) for c in missing])
         self._index_added()
-        if self._config.get("eos_token") is None:
-            raise TokenizerError(f"{source}: no eos_token in tokenizer_config.json")
         self.eos_id: int = self._backend.token_to_id(self._config["eos_token"])
         self.bos_id: int | None = self._leading_special_id()
         # how encode starts a chunk of text: at the text's start, and after an added token
@@ -151,6 +177,18 @@ class BPETokenizer(TokenizerBase):
                  if not (t.lstrip or t.rstrip or t.normalized)]
         self._later_prefix = self._probe_prefix(plain[0]) if plain else None
 
+    def _encode(self, text: str, backend: tokenizers.Tokenizer | None = None,
+                add_special_tokens: bool = False) -> list[int]:
+        """The backend's ids for text; a panic of the tokenizers library (a pre-tokenizer regex that
+        backtracks without end hits its limit so) becomes a TokenizerError naming the file."""
+        try:
+            return (backend or self._backend).encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as error:
+            if not _is_rust_panic(error):
+                raise
+            raise TokenizerError(f"{self._source}: the tokenizers library failed on a text of {len(text):,} "
+                                 f"characters ({first_line(error)})") from None
+
     def _text_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self._piece_bytes[i] or b"" for i in ids if i < len(self._piece_bytes))
 
@@ -158,10 +196,10 @@ class BPETokenizer(TokenizerBase):
         """Whether encode puts a dummy ' ' in front of the text that follows `before` (an added token, or
         nothing for the text's start), always (PREFIX_ADDED) or only if it lacks one (PREFIX_IF_MISSING).
         Asked of the file itself: a Prepend normalizer, Metaspace and ByteLevel's add_prefix_space differ."""
-        skip = len(self._backend.encode(before, add_special_tokens=False).ids)
+        skip = len(self._encode(before))
 
         def text_bytes(text: str) -> bytes:
-            return self._text_bytes(self._backend.encode(before + text, add_special_tokens=False).ids[skip:])
+            return self._text_bytes(self._encode(before + text)[skip:])
 
         if text_bytes("a") != b" a":
             return None
@@ -174,8 +212,8 @@ class BPETokenizer(TokenizerBase):
         """The token transformers puts in front of every text (its add_special_tokens=True), if any: the file's
         post-processor decides, the config's add_bos_token does not (transformers 5 ignores it for a
         tokenizer.json)."""
-        plain = self._backend.encode("a", add_special_tokens=False).ids
-        full = self._backend.encode("a", add_special_tokens=True).ids
+        plain = self._encode("a")
+        full = self._encode("a", add_special_tokens=True)
         start = next((i for i in range(len(full)) if full[i:i + len(plain)] == plain), 0)
         if start > 1:
             raise TokenizerError(f"{self._source}: the post-processor puts {start} tokens before the text; "
@@ -194,7 +232,7 @@ class BPETokenizer(TokenizerBase):
         """Token ids of text; BOS/EOS only when asked for (bos=True adds nothing where bos_id is None).
         special=False encodes text that spells an added token as plain text."""
         backend = self._backend if special else self._plain_backend
-        ids = backend.encode(text, add_special_tokens=False).ids
+        ids = self._encode(text, backend)
         if bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if eos:
@@ -252,16 +290,40 @@ PRE_TOKENIZERS = {
 IGNORE_MERGES = {"llama-bpe", "llama3"}
 
 
-def _gguf_fields(path: Path) -> dict:
-    """The tokenizer.* metadata of a GGUF file, read with llama.cpp's own reader."""
-    from model.gguf.reader import GGUFReader  # only GGUF input needs it
+# The tokenizer metadata twin reads, by the type of its value.
+GGUF_STRINGS = ("tokenizer.ggml.model", "tokenizer.ggml.pre")
+GGUF_FLAGS = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix")
+GGUF_IDS = tuple(f"tokenizer.ggml.{name}_token_id" for name in ("bos", "eos", "unknown", "padding"))
+GGUF_LISTS = {"tokenizer.ggml.tokens": (str,), "tokenizer.ggml.merges": (str,), "tokenizer.ggml.scores": (int, float),
+              "tokenizer.ggml.token_type": (int,)}
 
-    try:
-        reader = GGUFReader(path)
-    except Exception as error:  # a damaged file fails anywhere inside numpy, with any exception
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TokenizerError(f"{path}: not a readable GGUF file ({reason})") from None
-    return {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.ggml.")}
+
+def _gguf_fields(path: Path) -> dict:
+    """The tokenizer metadata of a GGUF file, each value checked to be of its type. The arrays are first
+    bounded by the model's embedding: a vocabulary is read only once it is known to fit (a file may
+    claim millions of tokens)."""
+    file = GGUFFile(path, TokenizerError)
+    embedding = file.tensors.get("token_embd.weight")
+    # (a file of a vocabulary alone, as llama.cpp keeps for its tests, has no embedding to bound it by)
+    most, bound = ((embedding.shape[0], "the model's embedding (token_embd.weight) has only {:,} rows") if embedding
+                   else (MAX_DIMENSION, "no vocabulary has more than {:,} tokens"))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        if (file.length(key) or 0) > most:
+            raise TokenizerError(f"{path}: {key} has {file.length(key):,} entries, but {bound.format(most)}")
+    fields = {key: file.value(key) for key in (*GGUF_STRINGS, *GGUF_FLAGS, *GGUF_IDS, *GGUF_LISTS)
+              if key in file.metadata}
+
+    def check(keys, wanted: str, fits) -> None:
+        for key in keys:
+            if key in fields and not fits(fields[key], key):
+                raise TokenizerError(f"{path}: {key} must be {wanted}, got {shown(fields[key])}")
+
+    check(GGUF_STRINGS, "a string", lambda value, _: isinstance(value, str))
+    check(GGUF_FLAGS, "true or false", lambda value, _: isinstance(value, bool))
+    check(GGUF_IDS, "a token id", lambda value, _: is_whole_number(value))
+    check(GGUF_LISTS, "a list of the type llama.cpp writes",
+          lambda value, key: isinstance(value, list) and all(isinstance(item, GGUF_LISTS[key]) for item in value))
+    return fields
 
 
 def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer | BPETokenizer:

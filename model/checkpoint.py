@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import sys
 from pathlib import Path
 from typing import Callable
@@ -29,10 +28,11 @@ from core import atomic
 from model.architectures import text_config, twin_weight_name
 from model.bpe import BPETokenizer, tokenizer_from_gguf
 from model.gguf import load_gguf_model
+from model import shelf
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
-from model.weights import CheckpointError, assign_parameter
+from model.weights import CheckpointError, assign_parameter, check_config_fields, first_line, shown
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.json"]
@@ -43,13 +43,6 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a file's header
 IGNORED_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
 LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")
 
-# config.json's sizes: whole numbers of at least 1, the optional ones also null.
-REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
-# Far above any real model's width or vocabulary, and low enough that laying out a model of such
-# sizes on the meta device cannot overflow (a tensor is at most MAX_DIMENSION squared elements).
-MAX_DIMENSION = 2**24
-
 # A Hub repo id is "owner/name", each part letters, digits, "-", "_" and "." (as the Hub allows).
 REPO_ID_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?")
 # Endings that make a name a path: files twin might be pointed at, and ".git", which the Hub refuses.
@@ -57,29 +50,6 @@ PATH_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".json
 # Seconds the Hub may stay silent before it counts as unreachable (it answers a lookup in well under
 # one); with huggingface_hub's own start-up requests a lookup then fails within 10 s.
 HUB_TIMEOUT_S = 5
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line, for one-line errors built around others' messages."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 100
-
-
-def shown(value: object) -> str:
-    """A value read from a file, for an error message: quoted and escaped, so one line, and cut when long."""
-    return _SHORT.repr(value)
-
-
-def is_whole_number(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is an int to Python
-
-
-def is_positive_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def read_json(file: Path, error: type[ValueError] = CheckpointError) -> object:
@@ -167,61 +137,12 @@ def load_config(directory: Path) -> ModelConfig:
     against the weight files, so that an absurd config is refused before any model is built."""
     config_file = directory / "config.json"
     hf = text_config(read_json(config_file))  # (a multimodal model's text part)
-    check_config_fields(hf, config_file)
+    layers = {match.group(1) for name in CheckpointReader(directory).shapes() if (match := LAYER_KEY.match(name))}
+    check_config_fields(hf, config_file, len(layers))
     try:
-        config = ModelConfig.from_hf(hf)
+        return ModelConfig.from_hf(hf)
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{config_file}: {first_line(error)}") from None
-    layers = {match.group(1) for name in CheckpointReader(directory).shapes() if (match := LAYER_KEY.match(name))}
-    if len(layers) != config.num_hidden_layers:
-        raise CheckpointError(f"{config_file}: num_hidden_layers is {config.num_hidden_layers}, but the weight "
-                              f"files hold {len(layers)} layers")
-    return config
-
-
-def check_config_fields(hf: object, config_file: Path) -> None:
-    """Refuse config.json values that would crash, hang or silently misshape the model, naming the field."""
-    def refuse(reason: str):
-        raise CheckpointError(f"{config_file}: {reason}")
-
-    if not isinstance(hf, dict):
-        refuse(f"expected a JSON object, got {type(hf).__name__}")
-    for key in REQUIRED_SIZES:
-        if key not in hf:
-            refuse(f"required field {key!r} is missing")
-    for key in REQUIRED_SIZES + OPTIONAL_SIZES:
-        value = hf.get(key)
-        if (value is not None or key in REQUIRED_SIZES) and not (is_whole_number(value) and value >= 1):
-            refuse(f"{key} must be a whole number of at least 1, got {shown(value)}")
-    rope = hf.get("rope_parameters")
-    if rope is not None and not isinstance(rope, dict):
-        refuse(f"rope_parameters must be an object, got {shown(rope)}")
-    for key, value in [("rms_norm_eps", hf.get("rms_norm_eps")), ("rope_theta", hf.get("rope_theta")),
-                       ("rope_parameters.rope_theta", (rope or {}).get("rope_theta"))]:
-        if value is not None and not is_positive_number(value):
-            refuse(f"{key} must be a positive number, got {shown(value)}")
-    if not isinstance(hf.get("tie_word_embeddings", False), bool):
-        refuse(f"tie_word_embeddings must be true or false, got {shown(hf['tie_word_embeddings'])}")
-    for key in ("bos_token_id", "eos_token_id"):
-        value = hf.get(key)
-        ids = value if isinstance(value, list) and key == "eos_token_id" else [value]
-        if value is not None and not (ids and all(is_whole_number(i) and i >= 0 for i in ids)):
-            refuse(f"{key} must be a token id, got {shown(value)}")
-
-    heads = hf["num_attention_heads"]
-    kv_heads = hf.get("num_key_value_heads") or heads
-    if heads % kv_heads:
-        refuse(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
-    head_dim = hf.get("head_dim")
-    if head_dim is None and hf["hidden_size"] % heads:
-        refuse(f"hidden_size ({hf['hidden_size']}) must be divisible by num_attention_heads ({heads}) "
-               "when head_dim is not given")
-    head_dim = head_dim or hf["hidden_size"] // heads
-    widths = {"vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
-              "intermediate_size": hf["intermediate_size"], "num_attention_heads x head_dim": heads * head_dim}
-    for key, value in widths.items():
-        if value > MAX_DIMENSION:
-            refuse(f"{key} is {value:,}, beyond any real model (at most {MAX_DIMENSION:,})")
 
 
 def read_safetensors_header(file: Path) -> tuple[dict, int]:
@@ -402,6 +323,7 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
     loaded, from its own quantization."""
     if quantize not in (None, "nf4"):
         raise ValueError(f"unknown quantization {quantize!r}; twin stores weights in nf4 or not at all")
+    path_or_repo = shelf.resolve(path_or_repo)
     if str(path_or_repo).endswith(".gguf"):
         model = load_gguf_model(path_or_repo, dtype, device)
         if quantize:
@@ -440,6 +362,7 @@ def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
 
     A folder with a tokenizer.json is read from it, as transformers' fast tokenizers do (for Mistral v0.1
     it holds the same rules as tokenizer.model), otherwise from tokenizer.model."""
+    path_or_repo = shelf.resolve(path_or_repo)
     if str(path_or_repo).endswith(".gguf"):
         return tokenizer_from_gguf(path_or_repo)
     directory = resolve_checkpoint(path_or_repo)

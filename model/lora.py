@@ -24,8 +24,8 @@ from torch import nn
 
 from core import atomic
 from core.flags import not_a_flag, setting
-from model.checkpoint import (FLOAT_DTYPES, MAX_DIMENSION, first_line, is_positive_number, is_whole_number, read_json,
-                              shown)
+from model.checkpoint import FLOAT_DTYPES, read_json
+from model.weights import MAX_DIMENSION, first_line, is_positive_number, is_whole_number, shown
 from model.nf4 import NF4Linear, quantized_count
 from model.transformer import Transformer
 from core.errors import TwinError

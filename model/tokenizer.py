@@ -170,7 +170,7 @@ def _read_json(path: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nesting too deep)
         raise TokenizerError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -204,6 +204,15 @@ def read_config(root: Path) -> dict:
     if config.get("split_special_tokens"):
         raise TokenizerError(f"{config_path}: split_special_tokens=true is not supported")
     return config
+
+
+def check_eos_is_special(eos_token: str, special: set[str], source: str) -> None:
+    """Refuse an eos_token that is not one of the tokenizer files' own special tokens (`special`: their
+    special added tokens and control pieces). An ordinary token ('▁the', '>>>', a newline) would stop
+    every reply wherever a text spells it, and make the text before it look finished."""
+    if eos_token not in special:
+        raise TokenizerError(f"{source}: eos_token {eos_token!r} is an ordinary token, not one of the tokenizer's "
+                             "special tokens; replies would end wherever a text spells it")
 
 
 def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> AddedToken:
@@ -291,6 +300,8 @@ class Tokenizer(TokenizerBase):
             raise TokenizerError(f"{source}: no bos_token/eos_token in the config, and none in tokenizer.model")
 
         self._added = {token.id: token for token in added}
+        file_special = {piece for i, piece in enumerate(pieces) if self._sp.is_control(i)}
+        file_special |= {token.content for token in self._added.values() if token.special}
         # transformers makes the named special tokens added tokens even when no file lists them,
         # so "<s>" written in a text becomes id 1
         named = [(key, self._config.get(key)) for key in NAMED_TOKENS]
@@ -304,6 +315,7 @@ class Tokenizer(TokenizerBase):
                     f"{source}: {key} {content!r} is neither a piece of tokenizer.model nor an added token"
                 )
             self._added[piece_id] = AddedToken(content, piece_id)
+        check_eos_is_special(self._config["eos_token"], file_special, source)
         self._index_added()
         self.bos_id: int = self._by_content[self._config["bos_token"]].id
         self.eos_id: int = self._by_content[self._config["eos_token"]].id

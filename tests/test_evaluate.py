@@ -13,6 +13,7 @@ import train
 from data.dataset import DataConfig, prepare_data
 from fidelity.measure import measure
 from fidelity.plan import EvalSettings, plan_evaluation
+from fidelity.verdict import ANSWERS_FILE
 from model import load_model, save_model
 from tests.helpers import random_model, tiny_config
 
@@ -66,7 +67,7 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
     tuned = tiny_model(seed=1)
     save_model(tuned, run / "model", tokenizer=dolphin_tokenizer)
     settings = {"model": str(tiny_checkpoint), "data": str(SAMPLE), "seq_len": 256, "val_fraction": 0.1}
-    (run / "run.json").write_text(json.dumps({"mode": "full", "settings": settings}))
+    (run / "run.json").write_text(json.dumps({"mode": "fsdp", "settings": settings}))
     evaluate.main(["--checkpoint", str(run), "--speakers", "2", "--contexts", "1", "--max-new-tokens", "4",
                    "--examples", "0"])
     figures = json.loads((run / "report" / "report.json").read_text())
@@ -87,9 +88,16 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
 
 
 def test_a_lora_run_is_evaluated_over_its_base_in_4_bits(tiny_run, tmp_path, capsys):
-    evaluate.main(["--checkpoint", str(tiny_run), "--quantize", "nf4", "--out", str(tmp_path), "--contexts", "1",
-                   "--max-new-tokens", "4", "--speakers", "2"])
+    answers = tiny_run / ANSWERS_FILE  # a judge has answered serve.py's blind test: the report says what they said
+    answers.write_text(json.dumps({"answers": [{"judge": "j" * 16, "speaker": "Misha", "moment": "m", "picked": "twin",
+                                                "time": 0}]}))
+    try:
+        evaluate.main(["--checkpoint", str(tiny_run), "--quantize", "nf4", "--out", str(tmp_path), "--contexts", "1",
+                       "--max-new-tokens", "4", "--speakers", "2"])
+    finally:
+        answers.unlink()
     assert "linear weights quantized to nf4" in capsys.readouterr().out
+    assert "| Misha | 100% (21% to 100%) | 1 | 0 | 1 |" in (tmp_path / "report.md").read_text()
     full = {speaker["speaker"]: speaker["loss"] for speaker in
             json.loads((tiny_run / "report" / "report.json").read_text())["speakers"]}
     for speaker in json.loads((tmp_path / "report.json").read_text())["speakers"]:
@@ -122,7 +130,7 @@ def test_the_split_is_the_run_s_or_given(tmp_path):
     assert config().split == "hash" and config("--split", "time").split == "time"
     (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
     sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(["--checkpoint", str(tmp_path)]))
-    assert sources.data_config.split == "time" and sources.metrics_file == tmp_path / "metrics.jsonl"
+    assert sources.data_config.split == "time" and sources.twin.run.metrics == tmp_path / "metrics.jsonl"
 
 
 def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():

@@ -10,16 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import sample
 import train
 from data.chatml import chat_format, render
 from data.sessions import Turn
 from model import ModelConfig, load_model, save_model
-from model.gguf.reader import GGUFReader
 from model.gguf.templates import jinja_chat_template
 from model.gguf.write import write_gguf
 from model.nf4 import QUANTIZED_WEIGHT
-from tests.helpers import GEMMA3, hf_reference, random_model, save_hf_checkpoint
+from tests.helpers import GEMMA3, fast_gguf_reader, hf_reference, random_model, save_hf_checkpoint
 from tests.test_nf4 import torchao_nf4
 from tests.test_sample import ROOT, sample_in_process
 
@@ -125,12 +123,12 @@ CHATS = {  # chat strings in Gemma's format, in Russian, English and emoji
 @pytest.fixture(scope="module")
 def gemma3_270m(gemma3_gguf):
     """Ours, and transformers' own GGUF loading of the same file (its metadata parsed by our reader: the
-    gguf package's takes minutes on 262,144 tokens; test_reader_gives_what_the_gguf_package_gives checks
-    that both give the same)."""
+    gguf package's takes minutes on 262,144 tokens; test_fast_gguf_reader_gives_what_the_gguf_package_gives checks
+    that both give the same; twin reads it with model.gguf.file)."""
     import transformers
 
     original = gguf.GGUFReader
-    gguf.GGUFReader = GGUFReader
+    gguf.GGUFReader = fast_gguf_reader()
     try:
         reference = transformers.AutoModelForCausalLM.from_pretrained(
             gemma3_gguf.parent, gguf_file=gemma3_gguf.name, dtype=torch.float32).eval()
@@ -143,8 +141,8 @@ def gemma3_270m(gemma3_gguf):
 
 
 @pytest.mark.slow
-def test_reader_gives_what_the_gguf_package_gives(smollm2_gguf):
-    ours, theirs = GGUFReader(smollm2_gguf), gguf.GGUFReader(smollm2_gguf)
+def test_fast_gguf_reader_gives_what_the_gguf_package_gives(smollm2_gguf):
+    ours, theirs = fast_gguf_reader()(smollm2_gguf), gguf.GGUFReader(smollm2_gguf)
     assert {name: field.contents() for name, field in ours.fields.items()} == \
         {name: field.contents() for name, field in theirs.fields.items()}
     for mine, reference in zip(ours.tensors, theirs.tensors, strict=True):

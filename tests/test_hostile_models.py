@@ -7,7 +7,9 @@ model as it was.
 """
 import json
 import os
+import re
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,9 @@ import sample
 import train
 from model.lora import AdapterError, LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
 from model import CheckpointError, load_model, load_tokenizer, save_model
+from model.bpe import BPETokenizer
 from model.checkpoint import check_finite, download_from_hub
+from model.gguf import gguf_tensor_names
 from model.tokenizer import TokenizerError
 from tests.helpers import random_model, tiny_config
 
@@ -205,7 +209,7 @@ REFUSED_MODEL_FOLDERS = [
     pytest.param(set_config(vocab_size=True), r"vocab_size must be .* got True", id="config-bool-size"),
     pytest.param(set_config(hidden_size=64.0), r"hidden_size must be .* got 64.0", id="config-float-size"),
     pytest.param(set_config(num_hidden_layers=100_000),
-                 r"config.json: num_hidden_layers is 100000, but the weight files hold 2 layers", id="config-absurd-layers"),
+                 r"config.json: num_hidden_layers is 100000, but the weights hold 2 layers", id="config-absurd-layers"),
     pytest.param(set_config(vocab_size=10**12), r"vocab_size is 1,000,000,000,000, beyond any real model",
                  id="config-absurd-vocab"),
     pytest.param(set_config(head_dim=2**40), r"num_attention_heads x head_dim is .*, beyond any real model",
@@ -259,7 +263,7 @@ REFUSED_MODEL_FOLDERS = [
     pytest.param(edit_weights(set_to("model.layers.0.self_attn.q_proj.bias", torch.zeros(64))),
                  r"unexpected tensors \['model.layers.0.self_attn.q_proj.bias'\]", id="weights-extra-tensor"),
     pytest.param(edit_weights(set_to("model.layers.2.mlp.up_proj.weight", torch.zeros(128, 64))),
-                 r"num_hidden_layers is 2, but the weight files hold 3 layers", id="weights-extra-layer"),
+                 r"num_hidden_layers is 2, but the weights hold 3 layers", id="weights-extra-layer"),
     pytest.param(lambda folder: (folder / "model.safetensors").unlink() or (folder / "model.safetensors").mkdir(),
                  r"model.safetensors: not a regular file", id="weights-is-a-folder"),
     # sharded: the index
@@ -386,6 +390,8 @@ REFUSED_TOKENIZERS = [
                  id="model-garbage"),
     pytest.param(write("tokenizer_config.json", b"\xff\xfe{"), TokenizerError, r"tokenizer_config.json: not valid JSON",
                  id="config-garbage"),
+    pytest.param(write("tokenizer_config.json", "{\"a\": " * 100_000 + "1" + "}" * 100_000), TokenizerError,
+                 r"tokenizer_config.json: not valid JSON \(maximum recursion", id="config-nested-too-deep"),
     pytest.param(write("tokenizer_config.json", "[]"), TokenizerError, r"tokenizer_config.json: expected a JSON object",
                  id="config-list"),
     pytest.param(write("tokenizer_config.json", '{"added_tokens_decoder": {"5": 7}}'), TokenizerError,
@@ -413,6 +419,283 @@ def test_damaged_tokenizer_is_refused_in_one_line(chat_model, tmp_path, damage, 
     with pytest.raises(error, match=message) as raised:
         load_tokenizer(folder)
     one_line(raised)
+
+
+def edit_tokenizer_json(change):
+    """`change` edits the parsed tokenizer.json (a dict) in place."""
+    def damage(folder: Path):
+        content = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        change(content)
+        (folder / "tokenizer.json").write_text(json.dumps(content), encoding="utf-8")
+    return damage
+
+
+def set_tokenizer_config(**changes):
+    def damage(folder: Path):
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config.update(changes)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return damage
+
+
+REFUSED_TOKENIZER_JSONS = [
+    pytest.param(write("tokenizer.json", "[" * 100_000 + "]" * 100_000), r"tokenizer.json: not valid JSON \(maximum "
+                 r"recursion", id="nested-too-deep"),
+    pytest.param(edit_tokenizer_json(lambda t: t["model"]["vocab"].update(far=500_000_000)),
+                 r"tokenizer.json: token id 500000000 is none a vocabulary can have", id="id-500-million"),
+    pytest.param(edit_tokenizer_json(lambda t: t["model"]["vocab"].update(far=2**31)),
+                 r"tokenizer.json: token id 2147483648 is none a vocabulary can have", id="id-2-to-the-31"),
+    pytest.param(edit_tokenizer_json(lambda t: t["added_tokens"][0].update(id=2**31)),
+                 r"tokenizer.json: token id 2147483648 is none", id="added-id-2-to-the-31"),
+    pytest.param(edit_tokenizer_json(lambda t: t["model"]["vocab"].update(far="7")), r"token id '7' is none",
+                 id="id-a-string"),
+    # An eos_token that text spells would end every reply there: refused (see check_eos_is_special).
+    pytest.param(set_tokenizer_config(eos_token="▁the"), r"eos_token '▁the' is an ordinary token", id="eos-the"),
+    pytest.param(set_tokenizer_config(eos_token=">>>"), r"eos_token '>>>' is an ordinary token", id="eos-marker"),
+    pytest.param(set_tokenizer_config(eos_token="\n"), r"eos_token '\\n' is an ordinary token", id="eos-newline"),
+    pytest.param(set_tokenizer_config(eos_token="<tool_call>"), r"eos_token '<tool_call>' is an ordinary token",
+                 id="eos-non-special-added-token"),
+]
+
+
+@pytest.mark.parametrize("damage, message", REFUSED_TOKENIZER_JSONS)
+def test_hostile_tokenizer_json_is_refused_in_one_line(qwen2_tokenizer_dir, tmp_path, damage, message):
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(qwen2_tokenizer_dir, folder)
+    damage(folder)
+    with pytest.raises(TokenizerError, match=message) as raised:
+        BPETokenizer.from_dir(folder)
+    one_line(raised)
+
+
+@pytest.mark.parametrize("eos", ["▁the", "▁", "<0x0A>"])
+def test_an_ordinary_piece_as_eos_token_is_refused(chat_model, tmp_path, eos):
+    folder = tmp_path / "model"
+    shutil.copytree(chat_model, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    set_tokenizer_config(eos_token=eos)(folder)
+    with pytest.raises(TokenizerError, match=rf"tokenizer.model: eos_token {re.escape(repr(eos))} is an ordinary "
+                                             r"token, not one of the tokenizer's special tokens") as raised:
+        load_tokenizer(folder)
+    one_line(raised)
+
+
+def test_a_catastrophic_split_regex_is_one_line_not_a_panic(qwen2_tokenizer_dir, tmp_path):
+    """The tokenizers library panics (pyo3's PanicException, a BaseException) when a pre-tokenizer regex
+    backtracks past Oniguruma's limit; it must come out as a TokenizerError, not escape every handler."""
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(qwen2_tokenizer_dir, folder)
+    edit_tokenizer_json(lambda t: t.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(?:a|aa)+$"},
+                                                         "behavior": "Isolated", "invert": False}))(folder)
+    tokenizer = BPETokenizer.from_dir(folder)
+    with pytest.raises(TokenizerError, match=r"tokenizer.json: the tokenizers library failed on a text of 41 "
+                                             r"characters \(.*retry-limit-in-match") as raised:
+        tokenizer.encode("a" * 40 + "b")
+    one_line(raised)
+
+
+# --- GGUF files ---
+# Built byte by byte here, so that a case can write what no writer would: any type, count, offset or shape.
+
+U32, I32, F32, BOOL, STRING, ARRAY, U64 = 4, 5, 6, 7, 8, 9, 10
+GGUF_SCALARS = {4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+T_F32, T_F16 = 0, 1
+GGUF_CONFIG = tiny_config(model_type="llama", tie_word_embeddings=True)
+TOKENS = ["<unk>", "<s>", "</s>", "a", "b", "ab"] + [f"t{i}" for i in range(250)]  # one per embedding row
+
+
+def gguf_string(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(data)) + data
+
+
+def gguf_value(value_type: int, value) -> bytes:
+    if value_type == STRING:
+        return gguf_string(value)
+    if value_type == ARRAY:  # (item type, items, the count written: len(items) unless a case lies)
+        item_type, items, count = value
+        return struct.pack("<IQ", item_type, count) + b"".join(gguf_value(item_type, item) for item in items)
+    return struct.pack(GGUF_SCALARS[value_type], value) if value_type in GGUF_SCALARS else b""  # (a type none knows)
+
+
+def gguf_file(metadata: dict, tensors: list[dict], version: int = 3, alignment: int = 32) -> bytes:
+    """metadata: key -> (type, value); tensors: dicts of name, shape (PyTorch's order), type, data and, where
+    a case lies about it, offset. Data are laid out one after another, each aligned."""
+    offsets, data = [], b""
+    for tensor in tensors:
+        data += b"\0" * (-len(data) % alignment)
+        offsets.append(tensor.get("offset", len(data)))
+        data += tensor["data"]
+    header = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
+    header += b"".join(gguf_string(key) + struct.pack("<I", value_type) + gguf_value(value_type, value)
+                       for key, (value_type, value) in metadata.items())
+    for tensor, offset in zip(tensors, offsets):
+        header += gguf_string(tensor["name"]) + struct.pack("<I", len(tensor["shape"]))
+        header += b"".join(struct.pack("<Q", size) for size in reversed(tensor["shape"]))
+        header += struct.pack("<IQ", tensor["type"], offset)
+    return header + b"\0" * (-len(header) % alignment) + data
+
+
+def good_gguf_parts() -> tuple[dict, list[dict]]:
+    """A tiny llama (GGUF_CONFIG) with a 256-token vocabulary; blk.0.ffn_up.weight is stored as F16."""
+    config = GGUF_CONFIG
+    metadata = {
+        "general.architecture": (STRING, "llama"), "llama.block_count": (U32, config.num_hidden_layers),
+        "llama.context_length": (U32, 512), "llama.embedding_length": (U32, config.hidden_size),
+        "llama.feed_forward_length": (U32, config.intermediate_size),
+        "llama.attention.head_count": (U32, config.num_attention_heads),
+        "llama.attention.head_count_kv": (U32, config.num_key_value_heads),
+        "llama.attention.layer_norm_rms_epsilon": (F32, 1e-5), "llama.rope.freq_base": (F32, 10000.0),
+        "tokenizer.ggml.model": (STRING, "gpt2"), "tokenizer.ggml.pre": (STRING, "gpt-2"),
+        "tokenizer.ggml.tokens": (ARRAY, (STRING, TOKENS, len(TOKENS))),
+        "tokenizer.ggml.token_type": (ARRAY, (I32, [3, 3, 3] + [1] * (len(TOKENS) - 3), len(TOKENS))),  # 3: control
+        "tokenizer.ggml.merges": (ARRAY, (STRING, ["a b"], 1)),
+        "tokenizer.ggml.bos_token_id": (U32, 1), "tokenizer.ggml.eos_token_id": (U32, 2),
+    }
+    model = random_model(config)
+    names = gguf_tensor_names(model)
+    tensors = []
+    for name, param in model.named_parameters():
+        f16 = names[name] == "blk.0.ffn_up.weight"
+        data = param.detach().to(torch.float16 if f16 else torch.float32).numpy().tobytes()
+        tensors.append({"name": names[name], "shape": list(param.shape), "type": T_F16 if f16 else T_F32, "data": data})
+    return metadata, tensors
+
+
+def set_metadata(**changes):
+    """Keys with "__" for "." (llama__block_count), each to (type, value), or to DELETE."""
+    def damage(metadata: dict, tensors: list[dict]):
+        for key, value in changes.items():
+            key = key.replace("__", ".")
+            if value is DELETE:
+                del metadata[key]
+            else:
+                metadata[key] = value
+    return damage
+
+
+def set_tensor(tensor_name: str, **changes):
+    def damage(metadata: dict, tensors: list[dict]):
+        next(tensor for tensor in tensors if tensor["name"] == tensor_name).update(changes)
+    return damage
+
+
+def claim_tokens(count: int, written: int):
+    """A token array that says it holds `count` tokens and holds `written`."""
+    return set_metadata(tokenizer__ggml__tokens=(ARRAY, (STRING, [f"t{i}" for i in range(written)], count)))
+
+
+FFN_UP = "blk.0.ffn_up.weight"  # F16, between blk.0.ffn_gate.weight and blk.0.ffn_down.weight
+NAN = float("nan")
+
+HOSTILE_GGUF_METADATA = [
+    pytest.param(set_metadata(llama__block_count=(U32, 100_000_000)),
+                 r"llama.block_count is 100000000, but the weights hold 2 layers", id="block-count-huge"),
+    pytest.param(set_metadata(llama__rope__freq_base=(F32, 0.0)), r"llama.rope.freq_base must be a positive number, "
+                 r"got 0.0", id="freq-base-zero"),
+    pytest.param(set_metadata(llama__rope__freq_base=(F32, NAN)), r"llama.rope.freq_base must be a positive "
+                 r"number, got nan", id="freq-base-nan"),
+    pytest.param(set_metadata(llama__rope__freq_base=(F32, -10000.0)), r"llama.rope.freq_base must be a positive "
+                 r"number, got -10000.0", id="freq-base-negative"),
+    pytest.param(set_metadata(llama__attention__layer_norm_rms_epsilon=(F32, NAN)),
+                 r"llama.attention.layer_norm_rms_epsilon must be a positive number, got nan", id="rms-epsilon-nan"),
+    pytest.param(set_metadata(llama__attention__head_count=(STRING, "4")), r"llama.attention.head_count must be a "
+                 r"whole number of at least 1, got '4'", id="head-count-string"),
+    pytest.param(set_metadata(llama__embedding_length=(F32, 64.0)), r"llama.embedding_length must be a whole number "
+                 r"of at least 1, got 64.0", id="embedding-length-float"),
+    pytest.param(set_metadata(llama__block_count=(STRING, "2")), r"llama.block_count must be a whole number of at "
+                 r"least 1, got '2'", id="block-count-string"),
+    pytest.param(set_metadata(llama__attention__head_count_kv=(U32, 3)), r"llama.attention.head_count \(4\) must be "
+                 r"a multiple of llama.attention.head_count_kv \(3\)", id="kv-heads"),
+    pytest.param(set_metadata(llama__embedding_length=(U32, 2**30)), r"llama.embedding_length is 1,073,741,824, "
+                 r"beyond any real model", id="embedding-length-huge"),
+    pytest.param(set_metadata(tokenizer__ggml__bos_token_id=(STRING, "1")), r"tokenizer.ggml.bos_token_id must be a "
+                 r"token id, got '1'", id="bos-id-string"),
+    pytest.param(set_metadata(llama__context_length=DELETE), r"metadata llama.context_length is missing",
+                 id="context-length-missing"),
+    pytest.param(set_metadata(llama__feed_forward_length=(U32, 96)), r"tensor blk.0.ffn_gate.weight has shape "
+                 r"\[128, 64\], the metadata needs \[96, 64\]", id="shape-unlike-metadata"),
+]
+
+HOSTILE_GGUF_LAYOUTS = [
+    pytest.param(set_tensor(FFN_UP, offset=2**64 - 32), r"tensor 'blk.0.ffn_up.weight' \(F16, shape \[128, 64\]\) "
+                 r"needs bytes .* past the end of the file", id="offset-wrapping-around"),
+    pytest.param(set_tensor(FFN_UP, type=T_F32), r"tensors 'blk.0.ffn_up.weight' and 'blk.0.ffn_down.weight' overlap",
+                 id="f16-labelled-f32"),
+    pytest.param(set_tensor("blk.0.ffn_down.weight", offset=0), r"tensors 'blk.0.ffn_down.weight' and "
+                 r"'token_embd.weight' overlap", id="two-tensors-one-range"),
+    pytest.param(set_tensor(FFN_UP, offset=100), r"starts at offset 100, not a multiple of the alignment \(32\)",
+                 id="offset-unaligned"),
+    pytest.param(set_tensor(FFN_UP, shape=[128, 2**40]), r"tensor 'blk.0.ffn_up.weight' \(F16, shape "
+                 r"\[128, 1099511627776\]\) needs bytes", id="shape-huge"),
+    pytest.param(set_tensor(FFN_UP, shape=[2, 2, 2, 2, 2]), r"tensor 'blk.0.ffn_up.weight' has 5 dimensions",
+                 id="five-dimensions"),
+    pytest.param(set_tensor(FFN_UP, type=99), r"tensor 'blk.0.ffn_up.weight' has the unknown type 99",
+                 id="unknown-type"),
+    pytest.param(set_tensor(FFN_UP, type=8, shape=[128, 63]), r"rows of 63 values, not a whole number of Q8_0 "
+                 r"blocks of 32", id="partial-block"),
+    pytest.param(set_tensor(FFN_UP, name="blk.0.ffn_down.weight"), r"tensor 'blk.0.ffn_down.weight' appears twice",
+                 id="tensor-twice"),
+    pytest.param(set_metadata(general__alignment=(U32, 0)), r"general.alignment must be a power of two, got 0",
+                 id="alignment-zero"),
+    pytest.param(set_metadata(general__alignment=(STRING, "32")), r"general.alignment must be a power of two, "
+                 r"got '32'", id="alignment-string"),
+    pytest.param(set_metadata(general__name=(ARRAY, (U32, [1, 2], 2**62))), r"an array of 4,611,686,018,427,387,904 "
+                 r"items at byte .* does not fit in the file", id="array-count-huge"),
+    pytest.param(set_metadata(general__name=(ARRAY, (ARRAY, [], 1))), r"arrays of type 9 are not supported",
+                 id="array-of-arrays"),
+    pytest.param(set_metadata(general__name=(99, None)), r"unknown metadata type 99", id="unknown-value-type"),
+    pytest.param(set_metadata(general__name=(STRING, b"\xff\xfe")), r"a string at byte .* is not UTF-8",
+                 id="name-not-utf8"),
+    # 3M tokens claimed in a file of a few kilobytes: refused from the count, before a token is read
+    pytest.param(claim_tokens(3_000_000, 256), r"an array of 3,000,000 items at byte .* does not fit in the file",
+                 id="3M-tokens-claimed"),
+]
+
+
+def hostile_gguf(path: Path, damage) -> Path:
+    metadata, tensors = good_gguf_parts()
+    damage(metadata, tensors)
+    path.write_bytes(gguf_file(metadata, tensors))
+    return path
+
+
+def test_the_good_gguf_loads(tmp_path):
+    path = hostile_gguf(tmp_path / "good.gguf", lambda metadata, tensors: None)
+    model = load_model(path, dtype=torch.float32)
+    assert model.config.num_hidden_layers == 2 and model.config.tie_word_embeddings
+    up = model.model.layers[0].mlp.up_proj.weight
+    torch.testing.assert_close(up, random_model(GGUF_CONFIG).model.layers[0].mlp.up_proj.weight.half().float())
+    assert load_tokenizer(path).vocab_size == 256
+
+
+@pytest.mark.parametrize("damage, message", HOSTILE_GGUF_METADATA + HOSTILE_GGUF_LAYOUTS)
+def test_hostile_gguf_is_refused_in_one_line_before_any_model_is_built(tmp_path, damage, message):
+    path = hostile_gguf(tmp_path / "bad.gguf", damage)
+    with pytest.raises(CheckpointError, match=message) as raised:
+        load_model(path, dtype=torch.float32)
+    assert one_line(raised).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("damage, message", [
+    pytest.param(claim_tokens(3_000_000, 256), r"an array of 3,000,000 items at byte .* does not fit in the file",
+                 id="3M-tokens-claimed"),
+    pytest.param(claim_tokens(300, 300), r"tokenizer.ggml.tokens has 300 entries, but the model's embedding "
+                 r"\(token_embd.weight\) has only 256 rows", id="more-tokens-than-rows"),
+    pytest.param(set_metadata(tokenizer__ggml__bos_token_id=(STRING, "1")), r"tokenizer.ggml.bos_token_id must be a "
+                 r"token id, got '1'", id="bos-id-string"),
+    pytest.param(set_metadata(tokenizer__ggml__tokens=(ARRAY, (U32, [1, 2], 2))), r"tokenizer.ggml.tokens must be "
+                 r"a list of the type llama.cpp writes, got \[1, 2\]", id="tokens-numbers"),
+    pytest.param(set_metadata(tokenizer__ggml__pre=(U32, 7)), r"tokenizer.ggml.pre must be a string, got 7",
+                 id="pre-a-number"),
+    pytest.param(set_tensor(FFN_UP, type=T_F32), r"overlap", id="f16-labelled-f32"),
+    pytest.param(set_metadata(tokenizer__ggml__eos_token_id=(U32, 5)), r"eos_token 'ab' is an ordinary token",
+                 id="eos-an-ordinary-token"),
+])
+def test_hostile_gguf_tokenizer_is_refused_in_one_line(tmp_path, damage, message):
+    path = hostile_gguf(tmp_path / "bad.gguf", damage)
+    with pytest.raises(TokenizerError, match=message) as raised:
+        load_tokenizer(path)
+    assert one_line(raised).startswith(f"{path}: ")
 
 
 # --- adapters ---
@@ -585,4 +868,4 @@ def test_train_refuses_an_absurd_layer_count_at_once(chat_model, tmp_path, capsy
     set_config(num_hidden_layers=100_000)(folder)
     err = run_main(train.main, ["--lora", "--model", folder, "--data", EXPORT, "--out", tmp_path / "run",
                                 "--device", "cpu"], capsys)
-    assert err.endswith("config.json: num_hidden_layers is 100000, but the weight files hold 2 layers")
+    assert err.endswith("config.json: num_hidden_layers is 100000, but the weights hold 2 layers")

@@ -10,11 +10,12 @@ import torch
 
 from data.dataset import DataConfig, prepare_data
 from data.sessions import Session, Turn
-from fidelity.markdown import write_report
+from fidelity.markdown import verdict_markdown, write_report
 from fidelity.measure import Measurement, measure
 from fidelity.plan import EvalSettings, plan_evaluation
 from fidelity.report import compare
 from fidelity.style import STATISTICS
+from fidelity.verdict import PersonVerdict
 from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
@@ -36,13 +37,13 @@ def measured(sample_data, dolphin_tokenizer):
                          write=copy_the_person)
 
 
-def report_with(write, measured, data, out_dir, examples: int = 3):
+def report_with(write, measured, data, out_dir, examples: int = 3, verdict=None):
     """The report when the tuned model's turns come from `write`."""
     plan, base = measured
     settings = EvalSettings(contexts=6, examples=examples)
     tuned = Measurement(base.loss, base.tokens, {speaker: write(plan.contexts[speaker], 0) for speaker in plan.speakers})
     report = compare(plan, data, base, tuned, settings, about={"base": "b", "tuned": "t", "data": "d", "seed": 0,
-                                                              "sampling": {}})
+                                                              "sampling": {}}, verdict=verdict)
     write_report(report, out_dir)
     return report, (out_dir / "report.md").read_text(), json.loads((out_dir / "report.json").read_text())
 
@@ -123,3 +124,14 @@ def test_personal_values_of_the_training_text_are_counted_never_shown(measured, 
     assert figures["personal_data"]["real"]["phone"]["values_leaked"] == 0
     for text in (markdown, (tmp_path / "report.json").read_text()):
         assert "555-01" not in text and "9165550123" not in text
+
+
+def test_the_peoples_verdict_is_a_section_only_where_judges_answered(measured, sample_data, tmp_path):
+    assert verdict_markdown([]) == []
+    verdict = [PersonVerdict("Misha | <b>\n# admin", twin_taken=3, real_taken=5, cant_tell=2, judges=2)]
+    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path, verdict=verdict)
+    section = markdown.split("## People's verdict")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| Misha"))
+    assert row == "| Misha / <b> # admin | 38% (14% to 69%) | 8 | 2 | 2 |"
+    assert figures["peoples_verdict"][0]["answers"] == 10 and figures["peoples_verdict"][0]["share"] == 3 / 8
+    assert "people's verdict on Misha | <b>\n# admin: the twin's turn taken for the real one in 38% of 8" in report.summary()

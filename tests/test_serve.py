@@ -63,6 +63,19 @@ def test_a_busy_port_and_a_missing_run_are_one_line(capsys, tmp_path):
     assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-batch: must be 1 or more, got 0")
 
 
+def test_a_blind_test_needs_a_run_before_anything_loads(capsys):
+    assert "--judge: needs --checkpoint" in one_error_line(capsys, ["--judge", "Misha", "--model", "no-such-model"])
+
+
+def test_it_prints_where_the_pages_are(capsys):
+    with serve.listen("127.0.0.1", 0) as sock:
+        port = sock.getsockname()[1]
+        serve.show_usage(sock, TwinSource("model", None, People("Misha", {})), with_key=True, judging=True)
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith(f"in a browser: http://127.0.0.1:{port}/ to chat, http://127.0.0.1:{port}/judge for the "
+                           "blind test; the pages ask for the key")
+
+
 def test_the_examples_it_prints_quote_a_hostile_name(capsys):
     name = "O'Brien \"$(rm -rf ~)\" `x`"
     with serve.listen("127.0.0.1", 0) as sock:

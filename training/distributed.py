@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from core import atomic
 from model.architectures import VOCABULARY_WEIGHTS
 from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint, save_model
 from model.transformer import Transformer
@@ -186,6 +187,7 @@ def save_checkpoint(final: Path, world: World, model, optimizer, training_state:
         torch.save(training_state, building / "training_state.pt")
     dist.barrier()
     if world.is_main:
+        atomic.sync_tree(building)  # on the disk before the rename makes it the checkpoint to resume from
         shutil.rmtree(final, ignore_errors=True)
         os.replace(building, final)
     dist.barrier()

@@ -120,8 +120,14 @@ class MetricsLog:
         atomic.write_text(path, "".join(line + "\n" for line in kept))  # private, like all of a run
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as error:
+            if atomic.is_full_disk(error, self.path.parent):
+                raise atomic.full_disk(self.path, f"{len(line)} bytes more") from None
+            raise
 
 
 def _step_of(record: str) -> float:

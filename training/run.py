@@ -1,5 +1,5 @@
 """What the two recipes (lora.py, fsdp.py) share: the run folder, the data, the schedule, the loop of
-optimizer steps with its evaluations and checkpoints, and the record that marks a run finished.
+optimizer steps with its evaluations and checkpoints, and the record that marks a run trained, then finished.
 
 A run is one process (LoRA) or one rank of a torchrun job (full fine-tuning); rank 0 alone prints,
 writes the metrics and the record, and goes first where files are made that the others then read.
@@ -16,13 +16,14 @@ import torch
 from tqdm import tqdm
 
 from core import atomic
+from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
 from core.device import resolve_device, set_threads
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
 from model import load_tokenizer
-from training import distributed, run_folder
+from training import distributed
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
@@ -34,11 +35,13 @@ class Run:
     args: object
     world: "distributed.World | None" = None
     out: Path = field(init=False)
+    folder: RunFolder = field(init=False)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
 
     def __post_init__(self):
         self.out = Path(self.args.out)
+        self.folder = RunFolder(self.out)
         device, self.dtype = resolve_device(self.args)
         self.device = self.world.device if self.world else device
 
@@ -64,19 +67,31 @@ class Run:
 
 
 def start(run: Run) -> None:
-    """Compute on --threads (by default this rank's share of the machine's cores), seed, make the run
-    folder, clear what killed writes left in it, and record the run as running, with the settings a
-    `--resume` continues with (a stop belongs to this invocation only)."""
+    """Compute on --threads (by default this rank's share of the machine's cores), seed, clear what
+    killed writes left in the run folder (training.run_folder.claimed made it), and record the run as
+    running, with the settings a `--resume` continues with (a stop belongs to this invocation only)."""
     set_threads(run.args, sys.stdout, quiet=not run.is_main)
     torch.manual_seed(run.args.seed)
     if not run.is_main:
         return
-    run.out.mkdir(parents=True, exist_ok=True)
     for path in remove_unfinished_writes(run.out):
         run.say(f"removed {path}, left by a write that was cut short")
     if not run.args.resume:
         settings = {k: v for k, v in vars(run.args).items() if k not in ("resume", "stop_at")}
-        run_folder.write_started(run.out, settings)
+        run.folder.write_record(RUNNING, mode(run), settings)
+
+
+def mode(run: Run) -> str:
+    return "fsdp" if run.args.fsdp else "lora"
+
+
+def trained_figures(run: Run) -> dict | None:
+    """The figures of a resumed run whose adapter or model was final before it stopped (in its report or
+    merge, say): it has only the rest to write. None for a run still to train."""
+    if not run.args.resume:
+        return None
+    record = run.folder.read_record()
+    return record.figures if record.status == TRAINED else None
 
 
 def prepare(run: Run) -> tuple:
@@ -86,7 +101,7 @@ def prepare(run: Run) -> tuple:
         tokenizer = load_tokenizer(run.args.model)
         new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.args.add_chatml_tokens))
         with contextlib.redirect_stderr(io.StringIO()) if not run.is_main else contextlib.nullcontext():
-            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.out / "cache")
+            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache)
         return tokenizer, new_tokens, data
 
     tokenizer, new_tokens, data = distributed.main_first(run.world, work) if run.world else work()
@@ -205,30 +220,38 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
 def write_loss_curves(run: Run) -> Path | None:
     """OUT/loss_curves.png from the run's metrics.jsonl, as the report draws it; None on other ranks or
     with nothing to draw."""
-    metrics = run.out / "metrics.jsonl"
+    metrics = run.folder.metrics
     png = loss_curves_png(read_metrics(metrics)) if run.is_main and metrics.is_file() else None
     if png is None:
         return None
-    atomic.write_bytes(run.out / "loss_curves.png", png)
-    return run.out / "loss_curves.png"
+    atomic.write_bytes(run.folder.loss_curves, png)
+    return run.folder.loss_curves
 
 
-def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
-    """The run's record, rewritten last as finished, with its figures (until then --resume, even from a
-    checkpoint of the final step, writes everything again)."""
+def record_trained(run: Run, data: PreparedData, progress: Progress) -> dict:
+    """Record the run as trained, with its figures, once its adapter or model is written and final:
+    from here on --resume writes only what follows (report, merged model, loss curves), and a fresh run
+    into the folder is refused. Until then --resume, even from a checkpoint of the final step, trains
+    again from it. Returns the figures."""
     memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
-    if not run.is_main:
-        return
     figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
                "seconds": round(time.time() - progress.started, 1),
                "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
                "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
                "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
-    run_folder.write_finished(run.out, mode, vars(run.args), figures)
+    if run.is_main:
+        run.folder.write_record(TRAINED, mode(run), vars(run.args), figures)
+    return figures
+
+
+def record_finished(run: Run, figures: dict) -> None:
+    """The record rewritten last, as finished: everything of the run is written."""
+    if run.is_main:
+        run.folder.write_record(FINISHED, mode(run), vars(run.args), figures)
 
 
 def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:
-    return MetricsLog(run.out / "metrics.jsonl", after_step=progress.step) if run.is_main else None
+    return MetricsLog(run.folder.metrics, after_step=progress.step) if run.is_main else None
 
 
 def activation_checkpointing(run: Run) -> bool:

@@ -9,9 +9,8 @@ from core.device import DTYPES, add_compute_args
 from core.flags import add_arguments, positive_int, setting
 from data.dataset import DataConfig
 from data.telegram import add_export_args
+from model import DEFAULT_MODEL
 from model.lora import LoRAConfig
-
-DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
 
 
 @dataclass

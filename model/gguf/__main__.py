@@ -22,6 +22,7 @@ from chat.loading import TwinSource, load_twin, source_of_run
 from chat.people import SpeakerError
 from core import atomic
 from core.cli import program
+from core.run_folder import RunFolder
 from core.device import add_threads_arg, set_threads
 from data.chatml import chat_format
 from model.checkpoint import CheckpointReader, load_tokenizer, resolve_checkpoint
@@ -30,7 +31,6 @@ from model.gguf.templates import jinja_chat_template, ollama_modelfile
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
 from model.lora import read_adapter_config, tokenizer_source
-from training import run_folder
 
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices (default 16)
 
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def source_and_people(args) -> tuple[TwinSource, str, str]:
     """What to load, the speaker (the assistant) and their partner (the user), checked against the run."""
-    source_path = Path(args.source)
-    source = source_of_run(source_path) if (source_path / run_folder.RECORD).is_file() else TwinSource(args.source)
+    run = RunFolder(Path(args.source))
+    source = source_of_run(run.path) if run.record_file.is_file() else TwinSource(args.source)
     if args.speaker is None and source.people.target is None:
         raise SpeakerError(f"--speaker: needed, as {args.source} is no train.py run folder, whose record names "
                            "the person to twin")
@@ -94,6 +94,8 @@ def export(args) -> None:
     modelfile = Path(args.modelfile) if args.modelfile else out.with_suffix(".Modelfile")
     for path in (out, modelfile):
         check_folder(path)
+        for leftover in atomic.remove_leftovers(path):
+            print(f"removed {leftover}, left by an export that was cut short", file=sys.stderr)
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     source, speaker, partner = source_and_people(args)
     reference = modelfile_reference(out, modelfile)

@@ -1,13 +1,15 @@
 """GGUF files (llama.cpp's format) in: the config from the file's metadata, the weights dequantized by
-the `gguf` package, llama.cpp's own reader.
+the `gguf` package. model.gguf.file reads the file itself, every range checked.
 
-Converting a model to GGUF renames its tensors (`blk.0.attn_q.weight`), and for the llama
-architecture (which Mistral's GGUFs use too) it permutes the rows of q and k into llama.cpp's
-interleaved rotary layout; loading undoes both, so the result is the model that was converted.
-Tensors are dequantized one at a time straight into the target dtype: no float copy of the whole model
-ever sits beside it.
+The metadata is read under config.json's names and passes config.json's checks (model.weights), and
+the layer count is checked against the tensors, before any model is built. Converting a model to GGUF
+renames its tensors (`blk.0.attn_q.weight`), and for the llama architecture (which Mistral's GGUFs use
+too) it permutes the rows of q and k into llama.cpp's interleaved rotary layout; loading undoes both, so
+the result is the model that was converted. Tensors are dequantized one at a time straight into the
+target dtype: no float copy of the whole model ever sits beside it.
 """
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,14 +17,32 @@ import gguf
 import numpy as np
 import torch
 
-from model.architectures import gguf_architecture
-from model.gguf.reader import GGUFReader
+from model.architectures import UnsupportedArchitecture, gguf_architecture
+from model.gguf.file import GGUFFile, GGUFTensor
 from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, rotary_heads, unpermute_rotary_rows
-from model.weights import CheckpointError, assign_parameter
+from model.weights import CheckpointError, assign_parameter, check_config_fields
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 # What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
 LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+EMBEDDING = "token_embd.weight"
+BLOCK = re.compile(r"blk\.(\d+)\.")
+# config.json's field -> the metadata key llama.cpp's converter writes it to ({arch}: the architecture).
+METADATA_KEYS = {
+    "hidden_size": "{arch}.embedding_length",
+    "intermediate_size": "{arch}.feed_forward_length",
+    "num_hidden_layers": "{arch}.block_count",
+    "num_attention_heads": "{arch}.attention.head_count",
+    "num_key_value_heads": "{arch}.attention.head_count_kv",
+    "head_dim": "{arch}.attention.key_length",
+    "rms_norm_eps": "{arch}.attention.layer_norm_rms_epsilon",
+    "rope_theta": "{arch}.rope.freq_base",
+    "max_position_embeddings": "{arch}.context_length",
+    "bos_token_id": "tokenizer.ggml.bos_token_id",
+    "eos_token_id": "tokenizer.ggml.eos_token_id",
+}
+OPTIONAL_KEYS = {"num_key_value_heads", "head_dim", "rope_theta", "bos_token_id", "eos_token_id"}
+DEFAULTS = {"rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2}
 
 
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Transformer:
@@ -30,13 +50,9 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    try:
-        reader = GGUFReader(path)
-    except Exception as error:  # missing, empty, truncated or not GGUF at all: numpy and gguf raise many kinds
-        raise CheckpointError(f"{path}: not a readable GGUF file, or a damaged or truncated one "
-                              f"({type(error).__name__}: {error})") from None
-    tensors = {tensor.name: tensor for tensor in reader.tensors}
-    config = read_config(reader, tensors, path)
+    file = GGUFFile(path)
+    tensors = file.tensors
+    config = read_config(file)
     with torch.device("meta"):
         model = Transformer(config)
     gguf_names = gguf_tensor_names(model)
@@ -48,13 +64,13 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
         raise CheckpointError(f"{path}: does not fit a {config.model_type} model of its own metadata "
                               f"(missing tensors {missing[:3]}, unexpected {unexpected[:3]})")
     for name, param in model.named_parameters():
-        shape = list(reversed(tensors[gguf_names[name]].shape.tolist()))  # GGUF lists dimensions innermost first
+        shape = tensors[gguf_names[name]].shape
         if shape != list(param.shape):
             raise CheckpointError(f"{path}: tensor {gguf_names[name]} has shape {shape}, the metadata needs "
                                   f"{list(param.shape)}")
 
     for name, _ in model.named_parameters():
-        weights = dequantize(tensors[gguf_names[name]], path)
+        weights = dequantize(file, tensors[gguf_names[name]])
         heads = rotary_heads(config, name)
         if heads:
             weights = unpermute_rotary_rows(weights, heads)
@@ -65,69 +81,75 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     return model
 
 
-def read_config(reader: gguf.GGUFReader, tensors: dict, path: Path) -> ModelConfig:
+def read_config(file: GGUFFile) -> ModelConfig:
     """The model's config from the GGUF metadata, refused in one line where we cannot compute it."""
+    hf, spelled = hf_config(file)
+    layers = {match.group(1) for name in file.tensors if (match := BLOCK.match(name))}
+    check_config_fields(hf, file.path, len(layers), spelled)
+    arch = file.value("general.architecture")
+    head_dim = hf.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+    for key in ("rope.dimension_count", "attention.value_length"):
+        if file.value(f"{arch}.{key}", head_dim) != head_dim:
+            raise CheckpointError(f"{file.path}: {arch}.{key} = {file.value(f'{arch}.{key}')!r} is not supported "
+                                  f"(expected the head size, {head_dim})")
     try:
-        config = ModelConfig.from_hf(hf_config(reader, tensors))
-    except KeyError as error:
-        raise CheckpointError(f"{path}: metadata {error.args[0]} is missing") from None
-    except (ValueError, TypeError, ArithmeticError) as error:  # (values of the wrong type, too)
-        raise CheckpointError(f"{path}: {error}") from None
-    if LLAMA3_ROPE_FREQS in tensors:
-        config.rope_scaling = llama3_scaling(config, dequantize(tensors[LLAMA3_ROPE_FREQS], path), path)
+        config = ModelConfig.from_hf(hf)
+    except (ValueError, TypeError, ArithmeticError) as error:
+        raise CheckpointError(f"{file.path}: {error}") from None
+    if LLAMA3_ROPE_FREQS in file.tensors:
+        config.rope_scaling = llama3_scaling(config, dequantize(file, file.tensors[LLAMA3_ROPE_FREQS]), file.path)
     return config
 
 
-def hf_config(reader: gguf.GGUFReader, tensors: dict) -> dict:
-    """The GGUF metadata as the Hugging Face `config.json` it was converted from."""
-    def metadata(key: str, default=None):
-        if key not in reader.fields and default is None:
-            raise KeyError(key)
-        return reader.fields[key].contents() if key in reader.fields else default
+def hf_config(file: GGUFFile) -> tuple[dict, dict[str, str]]:
+    """The GGUF metadata as the Hugging Face `config.json` it was converted from, unchecked, and each
+    field's metadata key (for messages)."""
+    def refuse(reason: str):
+        raise CheckpointError(f"{file.path}: {reason}")
 
-    arch = metadata("general.architecture")
-    family = gguf_architecture(arch)
-    if "token_embd.weight" not in tensors:
-        raise ValueError("tensor token_embd.weight is missing")
-    hidden_size, heads = metadata(f"{arch}.embedding_length"), metadata(f"{arch}.attention.head_count")
-    head_dim = metadata(f"{arch}.attention.key_length", hidden_size // heads)
-    for key in ("rope.dimension_count", "attention.value_length"):
-        if metadata(f"{arch}.{key}", head_dim) != head_dim:
-            raise ValueError(f"{arch}.{key} = {metadata(f'{arch}.{key}')} is not supported "
-                             f"(expected the head size, {head_dim})")
-    rope_scaling = metadata(f"{arch}.rope.scaling.type", "none")
+    arch = file.value("general.architecture")
+    if arch is None:
+        refuse("metadata general.architecture is missing")
+    try:
+        family = gguf_architecture(arch)
+    except UnsupportedArchitecture as error:
+        refuse(str(error))
+    if EMBEDDING not in file.tensors:
+        refuse(f"tensor {EMBEDDING} is missing")
+    spelled = {field: key.format(arch=arch) for field, key in METADATA_KEYS.items()}
+    spelled["vocab_size"] = f"the rows of {EMBEDDING}"
+    hf = {"model_type": family.model_type, "vocab_size": file.tensors[EMBEDDING].shape[0]}
+    for field, key in spelled.items():
+        if field in hf:
+            continue
+        if key not in file.metadata and field not in OPTIONAL_KEYS:
+            refuse(f"metadata {key} is missing")
+        if key in file.metadata or field in DEFAULTS:
+            hf[field] = file.value(key, DEFAULTS.get(field))
+    def required(key: str):
+        if key not in file.metadata:
+            refuse(f"metadata {key} is missing")
+        return file.value(key)
+
+    rope_scaling = file.value(f"{arch}.rope.scaling.type", "none")
     if rope_scaling != "none" and rope_scaling not in family.rope_scalings:
-        raise ValueError(f"{arch}.rope.scaling.type = {rope_scaling!r} is not supported")
-    hf = {}
+        refuse(f"{arch}.rope.scaling.type = {rope_scaling!r} is not supported")
     if rope_scaling != "none":
-        hf["rope_scaling"] = {"rope_type": rope_scaling, "factor": metadata(f"{arch}.rope.scaling.factor")}
+        hf["rope_scaling"] = {"rope_type": rope_scaling, "factor": required(f"{arch}.rope.scaling.factor")}
     if family.windows == "layer_types":  # llama.cpp's fixed layout: every gguf_full_layer_every-th layer full
-        hf.update(sliding_window=metadata(f"{arch}.attention.sliding_window"),
+        hf.update(sliding_window=required(f"{arch}.attention.sliding_window"),
                   sliding_window_pattern=family.gguf_full_layer_every)
+        spelled["sliding_window"] = f"{arch}.attention.sliding_window"
     if family.local_rope:
-        hf["rope_local_base_freq"] = metadata(f"{arch}.rope.freq_base_swa", 10000.0)
-    scale = metadata(f"{arch}.attention.scale", 0.0)  # absent: llama.cpp's default for the family
+        hf["rope_local_base_freq"] = file.value(f"{arch}.rope.freq_base_swa", 10000.0)
+    scale = file.value(f"{arch}.attention.scale", 0.0)  # absent: llama.cpp's default for the family
     if scale:
         hf["query_pre_attn_scalar"] = scale ** -2
-    elif metadata(f"{arch}.block_count") in family.gguf_wide_attention_scale_layers:
-        hf["query_pre_attn_scalar"] = hidden_size // heads
-    return hf | {
-        "model_type": family.model_type,
-        "vocab_size": int(tensors["token_embd.weight"].shape[-1]),
-        "hidden_size": hidden_size,
-        "intermediate_size": metadata(f"{arch}.feed_forward_length"),
-        "num_hidden_layers": metadata(f"{arch}.block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": metadata(f"{arch}.attention.head_count_kv", heads),
-        "head_dim": head_dim,
-        "rms_norm_eps": metadata(f"{arch}.attention.layer_norm_rms_epsilon"),
-        "rope_theta": metadata(f"{arch}.rope.freq_base", 10000.0),
-        "max_position_embeddings": metadata(f"{arch}.context_length"),
-        "attention_bias": "blk.0.attn_output.bias" in tensors,
-        "tie_word_embeddings": "output.weight" not in tensors,  # llama.cpp reuses token_embd
-        "bos_token_id": metadata("tokenizer.ggml.bos_token_id", 1),
-        "eos_token_id": metadata("tokenizer.ggml.eos_token_id", 2),
-    }
+    elif hf["num_hidden_layers"] in family.gguf_wide_attention_scale_layers:
+        hf["query_pre_attn_scalar"] = hf["hidden_size"] // hf["num_attention_heads"]
+    hf["attention_bias"] = "blk.0.attn_output.bias" in file.tensors
+    hf["tie_word_embeddings"] = "output.weight" not in file.tensors  # llama.cpp reuses token_embd
+    return hf, spelled
 
 
 def llama3_scaling(config: ModelConfig, rope_factors: torch.Tensor, path: Path) -> dict | None:
@@ -143,12 +165,12 @@ def llama3_scaling(config: ModelConfig, rope_factors: torch.Tensor, path: Path) 
     return scaling
 
 
-def dequantize(tensor, path: Path) -> torch.Tensor:
+def dequantize(file: GGUFFile, tensor: GGUFTensor) -> torch.Tensor:
     """One GGUF tensor as fp32, in PyTorch's dimension order."""
     try:
-        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        array = gguf.quants.dequantize(file.data(tensor), tensor.tensor_type)
     except NotImplementedError:
-        raise CheckpointError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, which the gguf "
+        raise CheckpointError(f"{file.path}: tensor {tensor.name} is {tensor.tensor_type.name}, which the gguf "
                               f"package cannot dequantize") from None
     # Plain F32 comes back as a read-only view of the file's memory map; the model needs its own copy.
     return torch.from_numpy(array if array.flags.writeable else np.array(array)).float()
