@@ -76,6 +76,7 @@ def test_what_twin_does_not_compute_is_refused_in_one_line(change, message):
         ModelConfig.from_hf({**GEMMA3.to_hf(torch.float32), **change})
 
 
+@pytest.mark.slow
 def test_gguf_export_loads_in_transformers_and_back_into_twin_with_the_same_logits(tmp_path, gemma_tokenizer):
     """What llama.cpp reads: Gemma's norms stored as 1 + w, llama.cpp's layout of 5 sliding layers per full
     one, the sliding layers' RoPE base. (transformers' GGUF loading scales attention by 256 ** -0.5, as
@@ -99,6 +100,7 @@ def test_gguf_export_loads_in_transformers_and_back_into_twin_with_the_same_logi
         torch.testing.assert_close(logits, original(ids), atol=2e-2, rtol=0)  # (2-D weights in f16)
 
 
+@pytest.mark.slow
 def test_nf4_quantized_model_computes_the_full_one_with_torchao_s_nf4_weights(tmp_path):
     config = replace(GEMMA3, hidden_size=128, intermediate_size=256, num_key_value_heads=4)  # torchao's blocks
     save_model(random_model(config), tmp_path, dtype=torch.float32)
