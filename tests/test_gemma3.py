@@ -181,11 +181,11 @@ def test_gemma3_270m_logits_and_greedy_tokens_equal_transformers(gemma3_270m):
 def test_gemma3_270m_lora_run_then_sample(gemma3_gguf, tmp_path, capsys):
     out = tmp_path / "run"
     train.main(["--lora", "--model", str(gemma3_gguf), "--data", str(ROOT / "examples" / "telegram_export"),
-                "--out", str(out), "--seq-len", "128", "--micro-batch", "2", "--batch", "2", "--max-steps", "2",
-                "--lr", "1e-3", "--eval-every", "0", "--save-every", "0", "--eval-contexts", "0"])
+                "--out", str(out), "--seq-len", "64", "--micro-batch", "1", "--batch", "1", "--max-steps", "2",
+                "--lr", "1e-3", "--val-fraction", "0", "--save-every", "0", "--eval-contexts", "0"])
     assert (out / "adapter").is_dir()
     replies = sample_in_process(capsys, "--checkpoint", out, "--speaker", "Alexander Smirnov", "--prompt",
-                                "привет! как дела?", "--seed", 1, "--max-new-tokens", 8)
+                                "привет! как дела?", "--seed", 1, "--max-new-tokens", 4)
     assert "Alexander Smirnov:" in replies
 
 
