@@ -10,11 +10,13 @@ then the consolidated model in Hugging Face's format and the record of the run.
 
 from core.device import DTYPES
 from training import distributed
+from training.ranks import World
 from training import run as runs
 from training.checkpointer import Checkpointer
+from training.tracking import dashboard_commands
 
 
-def train(args, world: distributed.World) -> None:
+def train(args, world: World) -> None:
     run = runs.Run(args, world)
     runs.start(run)
     figures = runs.trained_figures(run)  # of a run stopped after its model was final: only the rest is written
@@ -29,6 +31,8 @@ def train(args, world: distributed.World) -> None:
     run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
     if curves:
         run.say(f"      see the loss curves: {curves}")
+    for command in dashboard_commands(args.log_to, run.out):
+        run.say(f"      see the metrics: {command}")
 
 
 def train_model(run: runs.Run, world: distributed.World) -> dict | None:
@@ -46,13 +50,20 @@ def train_model(run: runs.Run, world: distributed.World) -> dict | None:
 
     schedule = runs.make_schedule(run, model, data)
     backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader)
-    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main)
+    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main,
+                                keep_best=args.keep_best)
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
+        if metrics:
+            metrics.close()
         return None
 
     runs.final_evaluation(run, model, data, progress, metrics)
+    runs.keep_best(run, checkpointer, progress)
     distributed.export_model(model, run.folder.model, world, tokenizer, dtype=DTYPES[args.export_dtype])
     run.say(f"model written to {run.folder.model}")
-    return runs.record_trained(run, data, progress)
+    figures = runs.record_trained(run, data, progress, metrics)
+    if metrics:
+        metrics.close()
+    return figures

@@ -10,21 +10,25 @@ import sys
 
 import torch
 
-import fsdp
 import lora
 from core.cli import program
-from training import distributed
+from training import ranks
 from training.run_folder import claimed, parse_args
 
 
 @program
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, __doc__)
-    world = distributed.start() if args.fsdp else None
+    world = ranks.start() if args.fsdp else None
     exit_code = 0
     try:
         with claimed(args):  # locked while it runs; a run that fails before its first step leaves nothing
-            fsdp.train(args, world) if world else lora.train(args)
+            if world:
+                import fsdp  # FSDP2 and distributed checkpoints take a second to import: only --fsdp needs them
+
+                fsdp.train(args, world)
+            else:
+                lora.train(args)
     except ValueError as error:
         # A TwinError (a file or flag the user can fix), or torch refusing a setting, such as a negative --lr.
         # Caught here rather than by `program`: a sharded job must end on every rank with the same status.
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:  # a run folder that cannot be written, a full disk
         print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error}", file=sys.stderr)
         exit_code = 2
-    except distributed.MainRankFailed:  # rank 0 has printed the error
+    except ranks.MainRankFailed:  # rank 0 has printed the error
         exit_code = 2
     except torch.cuda.OutOfMemoryError:
         print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
               "--activation-checkpointing.", file=sys.stderr)
         exit_code = 2
     if world is not None:
-        distributed.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
+        ranks.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
     if exit_code:
         sys.exit(exit_code)
 

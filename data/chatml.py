@@ -268,11 +268,18 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
 def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> tuple[list[int], int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many
     of its turns that holds: the oldest are dropped until it fits in `room` tokens (leaving the rest for a
-    reply). None are left where even the newest turn does not fit, which a caller may refuse."""
+    reply). None are left where even the newest turn does not fit, which a caller may refuse.
+
+    The turns are read newest first, each encoded once, up to the first that no longer fits: a chat of
+    20,000 turns costs the few that fit, not all of them (nor a rendering per turn dropped)."""
     encoder = _TurnEncoder(tokenizer, trained_speakers=None)
-    encoded = [encoder.encode(turn) for turn in turns]  # once each: a long chat is not tokenized per drop
-    for first in range(len(encoded) + 1):
-        ids = encoder.assemble(encoded[first:], open_speaker=speaker).ids
-        if len(ids) <= room:
+    used = len(encoder.bos) + len(encoder.header(speaker))
+    kept: list[_EncodedTurn] = []
+    for turn in reversed(turns):
+        encoded = encoder.encode(turn)
+        used += len(encoded.ids) + len(encoder.separator)  # each turn is followed by a separator
+        if used > room:
             break
-    return ids[-room:], len(encoded) - first
+        kept.append(encoded)
+    ids = encoder.assemble(kept[::-1], open_speaker=speaker).ids
+    return ids[-room:], len(kept)

@@ -33,7 +33,6 @@ from pathlib import Path
 import tokenizers
 
 from core import atomic
-from model.gguf.file import GGUFFile
 from model.tokenizer import (
     NAMED_TOKENS,
     PREFIX_ADDED,
@@ -302,6 +301,8 @@ def _gguf_fields(path: Path) -> dict:
     """The tokenizer metadata of a GGUF file, each value checked to be of its type. The arrays are first
     bounded by the model's embedding: a vocabulary is read only once it is known to fit (a file may
     claim millions of tokens)."""
+    from model.gguf.file import GGUFFile  # the gguf package takes a second to import: only GGUF input needs it
+
     file = GGUFFile(path, TokenizerError)
     embedding = file.tensors.get("token_embd.weight")
     # (a file of a vocabulary alone, as llama.cpp keeps for its tests, has no embedding to bound it by)

@@ -27,12 +27,11 @@ from core import atomic
 
 from model.architectures import text_config, twin_weight_name
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from model.gguf import load_gguf_model
 from model import shelf
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
-from model.weights import CheckpointError, assign_parameter, check_config_fields, first_line, shown
+from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model, first_line, shown
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.json"]
@@ -325,14 +324,15 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
         raise ValueError(f"unknown quantization {quantize!r}; twin stores weights in nf4 or not at all")
     path_or_repo = shelf.resolve(path_or_repo)
     if str(path_or_repo).endswith(".gguf"):
+        from model.gguf import load_gguf_model  # the gguf package takes a second to import: only GGUF needs it
+
         model = load_gguf_model(path_or_repo, dtype, device)
         if quantize:
             quantize_model(model, path_or_repo)
         return model
     directory = resolve_checkpoint(path_or_repo)
     config = load_config(directory)
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = empty_model(config)
     expected = {name: p.shape for name, p in model.named_parameters()}  # a tied head appears once
     reader = CheckpointReader(directory)
     reader.check(expected)

@@ -425,6 +425,22 @@ def load_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> LoRAConf
 
     Every weight is checked (names, shapes, a float dtype, finite values) before any layer is made or
     changed, so a damaged or hostile adapter leaves the model as it was."""
+    config, state = read_checked_adapter(model, adapter_dir)
+    if not lora_layers(model):
+        apply_lora(model, config)
+    with torch.no_grad():
+        for name, module in lora_layers(model).items():
+            for part in ("lora_A", "lora_B"):
+                getattr(module, part).copy_(state[f"{PEFT_PREFIX}{name}.{part}.weight"])
+        for name, module in token_layers(model).items():
+            if not module.shares_rows:
+                module.rows.copy_(state[f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}"])
+    return config
+
+
+def read_checked_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """An adapter's settings and its weights under PEFT's names, every weight checked to fit `model` (which
+    may be on the meta device: only its shapes are read). AdapterError names the file and what is wrong."""
     config, _ = read_adapter_config(adapter_dir)
     try:
         check_trainable_tokens(model, config.trainable_tokens)
@@ -446,13 +462,4 @@ def load_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> LoRAConf
                                "only float adapter weights load")
         if not torch.isfinite(tensor).all():
             raise AdapterError(f"{weights_file}: {name} holds NaN or infinite values")
-    if not lora_layers(model):
-        apply_lora(model, config)
-    with torch.no_grad():
-        for name, module in lora_layers(model).items():
-            for part in ("lora_A", "lora_B"):
-                getattr(module, part).copy_(state[f"{PEFT_PREFIX}{name}.{part}.weight"])
-        for name, module in token_layers(model).items():
-            if not module.shares_rows:
-                module.rows.copy_(state[f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}"])
-    return config
+    return config, state

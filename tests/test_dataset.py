@@ -255,3 +255,26 @@ def test_the_split_flag_and_its_default():
     assert data_config_from_args(args).split == "time"
     with pytest.raises(ValueError, match="split must be one of hash, time"):
         DataConfig(split="random")
+
+
+def test_excluded_speakers_stay_as_context_and_scrubbed_values_never_reach_the_tokens(tmp_path, dolphin_tokenizer):
+    from model.loss import IGNORE_INDEX
+
+    secret = "mail olga.p@example.org or call +7 912 345-67-89"
+    sessions = [Session("chat", "personal_chat", 1_600_000_000 + 60 * i,
+                        [Turn("Alice", [f"morning {i}"]), Turn("Carol Jones", [f"{secret}, day {i}"]),
+                         Turn("Bob", [f"noted {i}"])], "Alice") for i in range(4)]
+    write_sessions(sessions, tmp_path / "s.jsonl")
+    config = DataConfig(val_fraction=0, exclude_speakers="carol", export=ExportOptions(scrub=True))
+    data = prepare_data(tmp_path / "s.jsonl", dolphin_tokenizer, config)
+    rows = data.train_rows
+    seen = dolphin_tokenizer.decode(rows.input_ids[rows.input_ids != 0].tolist())
+    trained = dolphin_tokenizer.decode(rows.labels[rows.labels != IGNORE_INDEX].tolist())
+    assert "mail [email] or call [phone], day 3" in seen and "noted 3" in trained and "morning 3" in trained
+    assert "day" not in trained and "example" not in seen and "912" not in seen
+    said = data.summary()
+    assert "scrubbed (--scrub): phone 4, email 4, card 0" in said
+    assert "trained on: every speaker's turns, never Carol Jones's: context only (--exclude-speakers)" in said
+    for wrong, message in [("Dave", "'Dave' speaks in no session"), ("Alice", "'Alice' is the target")]:
+        with pytest.raises(DataError, match=message):
+            prepare_data(tmp_path / "s.jsonl", dolphin_tokenizer, DataConfig(val_fraction=0, exclude_speakers=wrong))

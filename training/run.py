@@ -23,17 +23,18 @@ from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
 from model import load_tokenizer
-from training import distributed
+from training import ranks
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
+from training.tracking import check_installed, open_trackers
 
 
 @dataclass
 class Run:
     """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
     args: object
-    world: "distributed.World | None" = None
+    world: "ranks.World | None" = None
     out: Path = field(init=False)
     folder: RunFolder = field(init=False)
     device: torch.device = field(init=False)
@@ -71,6 +72,7 @@ def start(run: Run) -> None:
     killed writes left in the run folder (training.run_folder.claimed made it), and record the run as
     running, with the settings a `--resume` continues with (a stop belongs to this invocation only)."""
     set_threads(run.args, sys.stdout, quiet=not run.is_main)
+    check_installed(run.args.log_to)
     torch.manual_seed(run.args.seed)
     if not run.is_main:
         return
@@ -104,7 +106,7 @@ def prepare(run: Run) -> tuple:
             data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache)
         return tokenizer, new_tokens, data
 
-    tokenizer, new_tokens, data = distributed.main_first(run.world, work) if run.world else work()
+    tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
     return tokenizer, new_tokens, data
 
@@ -140,6 +142,7 @@ class Progress:
     rates: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     last_eval: dict = field(default_factory=dict)
+    best_step: int | None = None  # --keep-best: the step whose checkpoint the run ends with
 
 
 def resume(run: Run, checkpointer: Checkpointer, total_steps: int) -> Progress:
@@ -174,18 +177,18 @@ def train_loop(run: Run, model, data: PreparedData, schedule: Schedule, checkpoi
             progress.rates.append(throughput.tick(args.batch * args.seq_len))
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.rates[-1]:,.0f}")
             bar.update()
-            step = progress.step
+            step, evaluation = progress.step, None
             if metrics and (step % args.log_every == 0 or step == schedule.total_steps):
                 metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": progress.rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
             if args.eval_every and step % args.eval_every == 0 and step < schedule.total_steps and data.val_rows:
-                progress.last_eval = held_out_loss(run, model, data, step, metrics)
+                progress.last_eval = evaluation = held_out_loss(run, model, data, step, metrics)
                 if run.is_main:
                     bar.write(f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
                               f"perplexity {progress.last_eval['eval_perplexity']:.2f}")
-            if checkpointer.due(step) or step == args.stop_at:
+            if checkpointer.due(step, evaluation) or step == args.stop_at:
                 checkpointer.save(step, {"step": step, "loss": loss, "scheduler": schedule.scheduler.state_dict(),
-                                         "loader": loader.state_dict()})
+                                         "loader": loader.state_dict()}, evaluation)
             if step == args.stop_at and step < schedule.total_steps:
                 bar.close()
                 run.say(f"stopped after step {step} as asked; continue with: python train.py --resume {run.out}")
@@ -197,11 +200,11 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
     """One optimizer step over an accumulation window: (mean loss, gradient norm, learning rate)."""
     tokens = trained_token_count(window)
     if run.world:  # every token of the global batch weighs the same, whichever rank holds it
-        tokens = int(distributed.all_reduce_sum([tokens], run.device)[0])
+        tokens = int(ranks.all_reduce_sum([tokens], run.device)[0])
     loss, grad_norm = train_step(model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens,
                                  loss_scale=run.world_size)
     if run.world:
-        loss = distributed.all_reduce_sum([loss], run.device)[0]
+        loss = ranks.all_reduce_sum([loss], run.device)[0]
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         saved = checkpoints(run.out)
         raise TrainingError(f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
@@ -217,6 +220,20 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
             if progress.last_eval else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
 
 
+def keep_best(run: Run, checkpointer: Checkpointer, progress: Progress) -> None:
+    """--keep-best: end with the checkpoint of the lowest held-out loss, where the last step's is not lower."""
+    if not run.args.keep_best:
+        return
+    final_step = progress.step
+    if not progress.last_eval:
+        run.warn("--keep-best: no held-out sessions to choose a checkpoint by; the run ends with its last step")
+    progress.last_eval = checkpointer.load_best(progress.last_eval)
+    progress.best_step = progress.last_eval.get("step", final_step)
+    if progress.best_step != final_step:
+        run.say(f"--keep-best: the run ends with the checkpoint of step {progress.best_step}, whose held-out loss "
+                f"{progress.last_eval['eval_loss']:.4f} is the lowest")
+
+
 def write_loss_curves(run: Run) -> Path | None:
     """OUT/loss_curves.png from the run's metrics.jsonl, as the report draws it; None on other ranks or
     with nothing to draw."""
@@ -228,30 +245,39 @@ def write_loss_curves(run: Run) -> Path | None:
     return run.folder.loss_curves
 
 
-def record_trained(run: Run, data: PreparedData, progress: Progress) -> dict:
+def record_trained(run: Run, data: PreparedData, progress: Progress, metrics: MetricsLog | None) -> dict:
     """Record the run as trained, with its figures, once its adapter or model is written and final:
     from here on --resume writes only what follows (report, merged model, loss curves), and a fresh run
     into the folder is refused. Until then --resume, even from a checkpoint of the final step, trains
-    again from it. Returns the figures."""
-    memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
+    again from it. The figures go to the experiment trackers too; returns them."""
+    memory = ranks.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
     figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
                "seconds": round(time.time() - progress.started, 1),
                "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
                "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
-               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
+               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners,
+               **({"best_step": progress.best_step} if progress.best_step is not None else {})}
     if run.is_main:
         run.folder.write_record(TRAINED, mode(run), vars(run.args), figures)
+    if metrics:
+        metrics.track({"run": figures}, progress.step)
     return figures
 
 
-def record_finished(run: Run, figures: dict) -> None:
+def record_finished(run: Run, figures: dict, metrics: MetricsLog | None = None) -> None:
     """The record rewritten last, as finished: everything of the run is written."""
     if run.is_main:
         run.folder.write_record(FINISHED, mode(run), vars(run.args), figures)
+    if metrics:
+        metrics.close()
 
 
 def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:
-    return MetricsLog(run.folder.metrics, after_step=progress.step) if run.is_main else None
+    """Rank 0's metrics.jsonl and the experiment trackers of --log-to; None on the other ranks."""
+    if not run.is_main:
+        return None
+    trackers = open_trackers(run.args.log_to, run.out, vars(run.args), progress.step)
+    return MetricsLog(run.folder.metrics, after_step=progress.step, trackers=trackers)
 
 
 def activation_checkpointing(run: Run) -> bool:

@@ -20,7 +20,7 @@ import torch
 from model.architectures import UnsupportedArchitecture, gguf_architecture
 from model.gguf.file import GGUFFile, GGUFTensor
 from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, rotary_heads, unpermute_rotary_rows
-from model.weights import CheckpointError, assign_parameter, check_config_fields
+from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 # What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
@@ -53,8 +53,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     file = GGUFFile(path)
     tensors = file.tensors
     config = read_config(file)
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = empty_model(config)
     gguf_names = gguf_tensor_names(model)
 
     found = set(tensors) - {LLAMA3_ROPE_FREQS}

@@ -45,7 +45,12 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: st
     add_hyperparameters(writer, config)
     add_tokenizer(writer, tokenizer, config.vocab_size)
     writer.add_chat_template(chat_template)
-    tensors = tensor_plan(model, qtype)
+    write_tensors(writer, tensor_plan(model, qtype), path)
+
+
+def write_tensors(writer: gguf.GGUFWriter, tensors: list["PlannedTensor"], path: str | os.PathLike) -> None:
+    """Write the file at `path` (atomically): the writer's metadata, then the tensors one at a time, after
+    a header that announces each one's shape and size, with a progress bar on stderr."""
     for tensor in tensors:
         writer.add_tensor_info(tensor.name, tensor.shape, tensor.dtype, tensor.nbytes, tensor.raw_dtype)
     with atomic.file(path, make_parents=False) as file:
@@ -103,24 +108,25 @@ def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
     bakes it, one divisor per rotary frequency."""
     config = model.config
     names = gguf_tensor_names(model)
-    block = gguf.GGML_QUANT_SIZES[Q.Q8_0][0]
-    plan = []
-    for name, param in model.named_parameters():
-        convert = partial(gguf_weights, param, rotary_heads(config, name), norm_shift(config, name))
-        if param.ndim == 1:
-            plan.append(PlannedTensor(names[name], tuple(param.shape), np.dtype(np.float32), None, convert))
-        elif qtype == Q.Q8_0 and param.shape[-1] % block == 0:
-            byte_shape = gguf.quant_shape_to_byte_shape(tuple(param.shape), Q.Q8_0)
-            plan.append(PlannedTensor(names[name], byte_shape, np.dtype(np.uint8), Q.Q8_0,
-                                      lambda convert=convert: gguf.quants.quantize(convert(), Q.Q8_0)))
-        else:
-            plan.append(PlannedTensor(names[name], tuple(param.shape), np.dtype(np.float16), None,
-                                      lambda convert=convert: convert().astype(np.float16)))
+    plan = [planned_tensor(names[name], tuple(param.shape), qtype,
+                           partial(gguf_weights, param, rotary_heads(config, name), norm_shift(config, name)))
+            for name, param in model.named_parameters()]
     if config.rope_scaling is not None:
         plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
         divisors = (plain / rotary_frequencies(config, torch.device("cpu"))).numpy()
         plan.append(PlannedTensor(LLAMA3_ROPE_FREQS, divisors.shape, np.dtype(np.float32), None, lambda: divisors))
     return plan
+
+
+def planned_tensor(name: str, shape: tuple[int, ...], qtype: Q, convert: Callable[[], np.ndarray]) -> PlannedTensor:
+    """A tensor whose f32 data `convert` makes: 1-D in f32, 2-D in `qtype` (f16 where a row does not split
+    into q8_0's blocks of 32)."""
+    if len(shape) == 1:
+        return PlannedTensor(name, shape, np.dtype(np.float32), None, convert)
+    if qtype == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
+        return PlannedTensor(name, gguf.quant_shape_to_byte_shape(shape, Q.Q8_0), np.dtype(np.uint8), Q.Q8_0,
+                             lambda: gguf.quants.quantize(convert(), Q.Q8_0))
+    return PlannedTensor(name, shape, np.dtype(np.float16), None, lambda: convert().astype(np.float16))
 
 
 def gguf_weights(param: torch.Tensor, heads: int | None, shift: float) -> np.ndarray:
