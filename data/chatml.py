@@ -1,7 +1,7 @@
 """Chat formats: a conversation rendered into token ids and the loss mask.
 
 A session renders as the tokenizer's BOS (none for SmolLM2 and Qwen, which have none), then its turns in
-one of two layouts, the first whose tokens the tokenizer has:
+one of the layouts of CHAT_FORMATS, the first whose tokens the tokenizer has:
 
 ChatML (Dolphin, SmolLM2, Qwen; train.py adds its tokens to a base model that has neither), turns joined
 by a newline:
@@ -12,6 +12,11 @@ Llama 3's header tokens, which take any name as the role, turns back to back:
 
     <|begin_of_text|><|start_header_id|>Alice<|end_header_id|>\\n\\n>>> hi<|eot_id|><|start_header_id|>Bob...
 
+Gemma's turn tokens, which take any name where Gemma's template writes "user" or "model", turns joined
+by a newline:
+
+    <bos><start_of_turn>Alice\\n>>> hi<end_of_turn>\\n<start_of_turn>Bob\\n>>> fine<end_of_turn>
+
 Training learns each turn's body and the token that ends it; the BOS, the headers and the separator
 between turns are context only. sample.py renders its prompt with the same `render`, ending in the
 open header of the speaker the model should write as, and stops at the format's turn end, so
@@ -20,7 +25,7 @@ training and sampling can never disagree about the format.
 Names and messages are people's text, so they are encoded with `special=False`: a message saying
 "<s>" or "<|im_end|>" (or a contact named so) gets the ids of those characters, never a special token,
 and cannot end a turn or open another. Each turn is therefore built as the format's tokens around the
-ids of its text ("Name\\n>>> message..." in ChatML; "Name" and "\\n\\n>>> message..." in Llama 3's),
+ids of its text ("Name\\n>>> message..." in ChatML and Gemma's; "Name" and "\\n\\n>>> message..." in Llama 3's),
 and the mask is exact. For text that spells no added token those ids are exactly
 `tokenizer.encode(joined, bos=True)` of the joined string (tests/test_chatml.py checks this for each
 format). The header's text ends in newlines, which no merge crosses into the ">>> " after them, so
@@ -64,14 +69,19 @@ CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", tu
               separator="\n")
 LLAMA3 = dict(header_start="<|start_header_id|>", name_end="<|end_header_id|>", header_newlines="\n\n",
               turn_end="<|eot_id|>", separator="")
+GEMMA = dict(header_start="<start_of_turn>", name_end="", header_newlines="\n", turn_end="<end_of_turn>",
+             separator="\n")
+# Every layout, in the order they are looked for: a tokenizer with ChatML's tokens (train.py may add them
+# to any) writes ChatML.
+CHAT_FORMATS = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA}
 
 
 def chat_format(tokenizer: Tokenizer) -> ChatFormat:
     """The tokenizer's chat format; TokenizerError if it has none."""
     found = find_chat_format(tokenizer)
     if found is None:
-        raise TokenizerError("the tokenizer has neither ChatML's <|im_start|>/<|im_end|> nor Llama 3's "
-                             "header tokens; train.py adds ChatML's to a base model's tokenizer")
+        raise TokenizerError("the tokenizer has none of ChatML's <|im_start|>/<|im_end|>, Llama 3's header "
+                             "tokens or Gemma's turn tokens; train.py adds ChatML's to a base model's tokenizer")
     return found
 
 
@@ -82,9 +92,9 @@ def turn_stop_ids(tokenizer: Tokenizer) -> set[int]:
 
 
 def find_chat_format(tokenizer: Tokenizer) -> ChatFormat | None:
-    """ChatML where the tokenizer has its tokens, else Llama 3's headers where it has those, else None
-    (a base model, which train.py gives ChatML's tokens)."""
-    for layout in (CHATML, LLAMA3):
+    """The first of CHAT_FORMATS whose tokens the tokenizer has, else None (a base model, which train.py
+    gives ChatML's tokens)."""
+    for layout in CHAT_FORMATS.values():
         tokens = [token for token in (layout["header_start"], layout["name_end"], layout["turn_end"]) if token]
         ids = {token: _added_token_id(tokenizer, token) for token in tokens}
         if None not in ids.values():

@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from core import atomic
+from model.architectures import VOCABULARY_WEIGHTS
 from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint, save_model
 from model.transformer import Transformer
 from model.tokenizer import Tokenizer
@@ -44,7 +45,7 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
         model = Transformer(config).to(param_dtype)
     reader = CheckpointReader(directory)
     expected = {name: list(p.shape) for name, p in model.named_parameters()}
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+    for name in VOCABULARY_WEIGHTS:
         if name in expected:
             expected[name][0] = old_vocab
     reader.check(expected)
@@ -67,7 +68,7 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
             start = world.rank * -(-param.shape[0] // world.size)
             stop = start + local.shape[0]
             rows = reader.read(name, start, min(stop, old_vocab) if start < old_vocab else start)
-            if stop > old_vocab and name in ("model.embed_tokens.weight", "lm_head.weight"):
+            if stop > old_vocab and name in VOCABULARY_WEIGHTS:
                 mean = mean_row(reader, name, old_vocab)
                 rows = torch.cat([rows, mean.expand(stop - max(start, old_vocab), -1).to(rows.dtype)])
             local.copy_(rows)

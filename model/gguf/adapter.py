@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_config, resolve_checkpoint
-from model.gguf.layout import GGUF_ARCHITECTURES, gguf_tensor_names, permute_rotary_rows, rotary_heads
+from model.gguf.layout import gguf_tensor_names, permute_rotary_rows, rotary_heads
 from model.gguf.file import GGUFFile
 from model.gguf.read import read_config
 from model.gguf.vocab import ExportError
@@ -37,7 +37,7 @@ def write_gguf_adapter(adapter_dir: str | os.PathLike, base_model: str | os.Path
     if config.trainable_tokens:
         raise ExportError(f"{adapter_dir}: the adapter trains rows for tokens its base model lacks (ChatML's), "
                           "which a GGUF adapter cannot hold; export the merged model instead (without --adapter)")
-    writer = gguf.GGUFWriter(None, GGUF_ARCHITECTURES[model.config.model_type])
+    writer = gguf.GGUFWriter(None, model.config.architecture.gguf_name)
     qtype, file_type = TYPES[type_name]
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -83,7 +83,7 @@ def check_base_gguf(base: Path, adapter_dir: str | os.PathLike, base_model: str 
     with torch.device("meta"):
         model = Transformer(base_config(base_model))
     config, _ = read_checked_adapter(model, adapter_dir)
-    expected = GGUF_ARCHITECTURES[model.config.model_type]
+    expected = model.config.architecture.gguf_name
     if file.value(gguf.Keys.General.ARCHITECTURE) != expected:
         raise ExportError(f"{base}: not a {expected} model, the architecture of the adapter's base model "
                           f"{base_model}")

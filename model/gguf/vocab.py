@@ -10,12 +10,13 @@ import gguf
 
 from core.errors import TwinError
 from model.bpe import PRE_TOKENIZERS, BPETokenizer, _component_types
-from model.tokenizer import CHATML_TOKENS, Tokenizer
+from data.chatml import CHAT_FORMATS
+from model.tokenizer import Tokenizer
 
-LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 # The tokens that frame a chat turn stay control tokens whatever their flags: llama.cpp then never makes
 # them of people's text, as twin's chat format never does.
-CHAT_TOKENS = {*CHATML_TOKENS, *LLAMA3_CHAT_TOKENS}
+CHAT_TOKENS = {layout[part] for layout in CHAT_FORMATS.values() for part in ("header_start", "name_end", "turn_end")
+               if layout[part]}
 UNUSED_SCORE = -1000.0  # llama.cpp's score for a token no merge makes
 
 

@@ -1,8 +1,8 @@
 """GGUF files out: a model, its tokenizer and a chat template in one file that llama.cpp, Ollama and
 LM Studio run, written as llama.cpp's own converter (convert_hf_to_gguf.py) writes it.
 
-Weights are renamed to GGUF's names (model.gguf.layout) and llama's q/k rows permuted into llama.cpp's
-rotary order; 2-D weights are stored as f16 or q8_0 (a row length that q8_0's 32-value blocks do not
+Weights are renamed to GGUF's names (model.gguf.layout), llama's q/k rows permuted into llama.cpp's
+rotary order and Gemma's norm weights shifted by one; 2-D weights are stored as f16 or q8_0 (a row length that q8_0's 32-value blocks do not
 divide stays f16), norms and biases as f32. A tied LM head is left out: llama.cpp reuses token_embd.
 """
 import math
@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from core import atomic
 from model.bpe import BPETokenizer
-from model.gguf.layout import (GGUF_ARCHITECTURES, LLAMA3_ROPE_FREQS, gguf_tensor_names, permute_rotary_rows,
-                               rotary_heads)
+from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, permute_rotary_rows, rotary_heads
 from model.gguf.vocab import add_tokenizer
 from model.tokenizer import Tokenizer
 from model.transformer import ModelConfig, Transformer, rotary_frequencies
@@ -37,7 +36,7 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: st
     Tensors are converted and written one at a time, after a header that announces each one's shape and
     size: the file's weights are never all in memory beside the model's."""
     config = model.config
-    writer = gguf.GGUFWriter(None, GGUF_ARCHITECTURES[config.model_type])
+    writer = gguf.GGUFWriter(None, config.architecture.gguf_name)
     qtype, file_type = TYPES[type_name]
     writer.add_name(name)
     writer.add_file_type(file_type)
@@ -94,6 +93,13 @@ def add_hyperparameters(writer: gguf.GGUFWriter, config: ModelConfig) -> None:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     if config.sliding_window is not None and config.max_window_layers == 0:
         writer.add_sliding_window(config.sliding_window)  # (llama.cpp's llama and qwen2 attend fully all the same)
+    if config.rope_local_theta is not None:
+        writer.add_rope_freq_base_swa(config.rope_local_theta)
+    if config.rope_scaling is not None and config.rope_scaling["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(config.rope_scaling["factor"])
+    if config.query_pre_attn_scalar is not None:  # (llama.cpp derives Gemma's; twin's reader takes this)
+        writer.add_attention_scale(config.attention_scale)
 
 
 def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
@@ -103,7 +109,7 @@ def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
     config = model.config
     names = gguf_tensor_names(model)
     plan = [planned_tensor(names[name], tuple(param.shape), qtype,
-                           partial(gguf_weights, param, rotary_heads(config, name)))
+                           partial(gguf_weights, param, rotary_heads(config, name), norm_shift(config, name)))
             for name, param in model.named_parameters()]
     if config.rope_scaling is not None:
         plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
@@ -123,9 +129,11 @@ def planned_tensor(name: str, shape: tuple[int, ...], qtype: Q, convert: Callabl
     return PlannedTensor(name, shape, np.dtype(np.float16), None, lambda: convert().astype(np.float16))
 
 
-def gguf_weights(param: torch.Tensor, heads: int | None) -> np.ndarray:
-    """A parameter as f32 numpy, q/k rows in llama.cpp's rotary order."""
+def gguf_weights(param: torch.Tensor, heads: int | None, shift: float) -> np.ndarray:
+    """A parameter as f32 numpy, q/k rows in llama.cpp's rotary order, plus `shift` (norm_shift's)."""
     weights = param.detach().float().cpu()
+    if shift:
+        weights = weights + shift
     if heads:
         weights = permute_rotary_rows(weights, heads)
     return weights.numpy()
