@@ -3,8 +3,8 @@
     python train.py --lora --data ~/Downloads/Telegram\\ Desktop/DataExport/ --out runs/me
     torchrun --nproc-per-node 8 train.py --fsdp --data EXPORT --out runs/me-full
 
-LoRA adapters on one device (`--lora`, the lora.py recipe), or every weight sharded over a node
-(`--fsdp` under torchrun, the fsdp.py recipe).
+LoRA adapters (`--lora`, the lora.py recipe) on one device, or sharded over the ranks of a torchrun
+job; or every weight sharded over the ranks (`--fsdp` under torchrun, the fsdp.py recipe).
 """
 import sys
 
@@ -20,10 +20,10 @@ from training.run_folder import parse_args
 @program
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, __doc__)
-    world = distributed.start() if args.fsdp else None
+    world = distributed.start() if args.fsdp or distributed.launched() else None
     exit_code = 0
     try:
-        fsdp.train(args, world) if world else lora.train(args)
+        fsdp.train(args, world) if args.fsdp else lora.train(args, world)
     except ValueError as error:
         # A TwinError (a file or flag the user can fix), or torch refusing a setting, such as a negative --lr.
         # Caught here rather than by `program`: a sharded job must end on every rank with the same status.

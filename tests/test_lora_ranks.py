@@ -1,0 +1,45 @@
+"""train.py --lora (and --quantize nf4) under torchrun with 2 CPU ranks (gloo) on a tiny model: the
+frozen base and the adapters sharded with FSDP2, held to the one-device run number for number."""
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from tests.test_distributed import SAMPLE, losses, torchrun
+
+pytestmark = pytest.mark.slow  # every test here starts torchrun
+
+# No dropout: its masks come from each process's own random stream, which 2 ranks draw differently.
+FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-2", "--dtype", "fp32",
+        "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lora-targets", "q,v,up,down",
+        "--eval-every", "0", "--save-every", "0", "--no-eval-report", "--max-steps", "3"]
+
+
+def adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+    theirs = adapter(reference)
+    ours = adapter(run)
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_two_ranks_train_the_one_device_adapter(tmp_path, tiny_checkpoint):
+    common = ["--model", tiny_checkpoint, "--data", SAMPLE, *FAST]
+    torchrun(2, *common, "--out", tmp_path / "two", mode="--lora")
+    train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
+    assert_same_run(tmp_path / "two", tmp_path / "one")
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["mode"] == "lora" and record["figures"]["ranks"] == 2
+    assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {"adapter_model.safetensors",
+                                                                         "adapter_config.json"}
