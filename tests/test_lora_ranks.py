@@ -43,3 +43,36 @@ def test_two_ranks_train_the_one_device_adapter(tmp_path, tiny_checkpoint):
     assert record["mode"] == "lora" and record["figures"]["ranks"] == 2
     assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {"adapter_model.safetensors",
                                                                          "adapter_config.json"}
+
+
+KILLED_RANK = """
+import os
+import signal
+import sys
+import torch.distributed as dist
+import train
+from training import run
+
+real_step, steps = run.train_step, []
+def train_step(*args, **kwargs):
+    steps.append(1)
+    if dist.get_rank() == 1 and len(steps) == 3:  # in step 3, after the checkpoint of step 2
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_step(*args, **kwargs)
+run.train_step = train_step
+train.main(sys.argv[1:])
+"""
+
+
+def test_qlora_on_two_ranks_survives_a_killed_rank_and_resumes_on_one(tmp_path, tiny_checkpoint):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_RANK)
+    common = ["--model", tiny_checkpoint, "--data", SAMPLE, *FAST, "--quantize", "nf4", "--dtype", "fp32"]
+    killed = torchrun(2, *common, "--out", tmp_path / "two", "--save-every", 1, script=script, check=False,
+                      mode="--lora")
+    assert killed.returncode != 0
+    Path('/tmp/killed_stderr.txt').write_text(killed.stderr)
+    resumed = torchrun(1, "--resume", tmp_path / "two", mode="--lora")
+    assert "step-00000002 was saved by 2 ranks and resumes on 1" in resumed.stderr
+    train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
+    assert_same_run(tmp_path / "two", tmp_path / "one")

@@ -153,7 +153,7 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
 
 
 def load_sharded_lora_model(path_or_repo: str, world: World, dtype: torch.dtype, lora_config: LoRAConfig,
-                            quantize: str | None) -> tuple[Transformer, str]:
+                            quantization: str | None) -> tuple[Transformer, str]:
     """The frozen base sharded over the world, in `dtype` or in NF4, with adapters that train in fp32,
     sharded too (and with them their optimizer states); and apply_lora's summary.
 
@@ -170,7 +170,7 @@ def load_sharded_lora_model(path_or_repo: str, world: World, dtype: torch.dtype,
         model = Transformer(config).to(dtype)
     reader = CheckpointReader(directory)
     reader.check({name: list(p.shape) for name, p in model.named_parameters()})
-    if quantize:
+    if quantization:  # "nf4", the one that run_folder lets through
         for name in [name for name, _ in model.named_parameters() if QUANTIZED_WEIGHT.fullmatch(name)]:
             quantize_weight(model, name, model.get_parameter(name), directory)  # on meta: the shapes alone
     summary = apply_lora(model, lora_config)  # grows the vocabulary for new tokens, on meta too
@@ -306,7 +306,8 @@ class ShardedCheckpoints:
 
     def __init__(self, world: World, model, optimizer, scheduler, loader, adapters_only: bool = False):
         self.world, self.model, self.optimizer, self.scheduler, self.loader = world, model, optimizer, scheduler, loader
-        self.options = StateDictOptions(ignore_frozen_params=True) if adapters_only else None
+        # Not strict: loading leaves the frozen weights alone; dcp.load refuses a checkpoint lacking a trained one.
+        self.options = StateDictOptions(ignore_frozen_params=True, strict=False) if adapters_only else None
 
     def save(self, directory: Path, state: dict) -> None:
         save_checkpoint(directory, self.world, self.model, self.optimizer, state, self.options)
