@@ -88,6 +88,12 @@ def stop(exit_code: int = 0) -> None:
     os._exit(exit_code)
 
 
+def lost_a_rank(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank went away: gloo finds its connection reset,
+    NCCL reports a distributed error."""
+    return isinstance(error, dist.DistError) or "gloo/transport" in str(error)
+
+
 class MainRankFailed(Exception):
     """Rank 0 failed in work that the other ranks wait for; it reports the error, they just stop."""
 
