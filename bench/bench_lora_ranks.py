@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def write_model(directory: Path, config: ModelConfig) -> None:
 
     write_random_checkpoint(directory, config, __import__("torch").bfloat16)
     Tokenizer.from_dir(write_dolphin_tokenizer_dir(directory.parent / "tokenizer")).save(directory)
+
+
+def wait_for_memory(needed_mib: float, patience_s: int = 1200) -> None:
+    """On a shared machine: start a run only while the memory it needs is available, waiting a while
+    for it, so that the measurement never pushes the machine out of memory."""
+    for _ in range(patience_s // 10):
+        available = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                             if line.startswith("MemAvailable")).split()[1]) / 1024
+        if available >= needed_mib:
+            return
+        time.sleep(10)
+    sys.exit(f"error: {needed_mib:,.0f} MiB needed, {available:,.0f} MiB available for {patience_s} s; try later")
 
 
 def peak_per_rank(model: Path, out: Path, ranks: int, quantize: bool, seq_len: int) -> float:
@@ -98,6 +111,9 @@ def main():
             for setting in ("bf16", "nf4"):
                 for ranks in (1, 2):
                     out = scratch / f"run-{layers}-{setting}-{ranks}"
+                    # The weights, read by the ranks together, and for each rank its own 1.5 GiB of the rest.
+                    weights_mib = sum(f.stat().st_size for f in model.glob("*.safetensors")) / MIB
+                    wait_for_memory(weights_mib + ranks * 1536)
                     figures[setting, ranks, layers] = peak_per_rank(model, out, ranks, setting == "nf4", args.seq_len)
                     print(f"{layers} layers, {setting}, {ranks} rank(s): peak {figures[setting, ranks, layers]:,.0f} "
                           f"MiB per rank", flush=True)

@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from model import Tokenizer, save_model
+from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
 
 pytestmark = pytest.mark.slow  # every test here starts torchrun
@@ -31,11 +33,17 @@ def assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_two_ranks_train_the_one_device_adapter(tmp_path, tiny_checkpoint):
-    common = ["--model", tiny_checkpoint, "--data", SAMPLE, *FAST]
+def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistral_tokenizer_dir):
+    # A base without a chat format: the rows of the ChatML tokens added to it train too, sharded with the
+    # embedding and the LM head, and start as the mean row there as on one device.
+    base = tmp_path / "base"
+    save_model(random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
+               base, tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir))
+    common = ["--model", base, "--data", SAMPLE, *FAST]
     torchrun(2, *common, "--out", tmp_path / "two", mode="--lora")
     train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
     assert_same_run(tmp_path / "two", tmp_path / "one")
+    assert "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta" in adapter(tmp_path / "two")
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["mode"] == "lora" and record["figures"]["ranks"] == 2
     assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {"adapter_model.safetensors",
@@ -48,6 +56,8 @@ import signal
 import sys
 import torch.distributed as dist
 import train
+from model import Tokenizer, save_model
+from tests.helpers import random_model, tiny_config
 from training import run
 
 real_step, steps = run.train_step, []
@@ -64,7 +74,7 @@ train.main(sys.argv[1:])
 def test_qlora_on_two_ranks_survives_a_killed_rank_and_resumes_on_one(tmp_path, tiny_checkpoint):
     script = tmp_path / "killed.py"
     script.write_text(KILLED_RANK)
-    common = ["--model", tiny_checkpoint, "--data", SAMPLE, *FAST, "--quantize", "nf4", "--dtype", "fp32"]
+    common = ["--model", tiny_checkpoint, "--data", SAMPLE, *FAST, "--quantize", "nf4"]
     killed = torchrun(2, *common, "--out", tmp_path / "two", "--save-every", 1, script=script, check=False,
                       mode="--lora")
     # Rank 0 finds rank 1 gone at once and says so in one line, without a traceback; torchrun's report follows.

@@ -245,10 +245,10 @@ def fill_shard(param: torch.Tensor, world: World, rows: Callable[[int, int], tor
 def checkpoint_rows(reader: CheckpointReader, name: str, start: int, stop: int, old_vocab: int) -> torch.Tensor:
     """Rows `start:stop` of a checkpoint tensor; rows of the embedding or LM head past the checkpoint's
     `old_vocab` (a grown vocabulary) are the mean of its rows."""
-    rows = reader.read(name, start, min(stop, old_vocab) if start < old_vocab else start)
+    rows = reader.read(name, start, min(stop, old_vocab)) if start < old_vocab else None
     if stop > old_vocab and name in ("model.embed_tokens.weight", "lm_head.weight"):
-        mean = mean_row(reader, name, old_vocab)
-        rows = torch.cat([rows, mean.expand(stop - max(start, old_vocab), -1).to(rows.dtype)])
+        new_rows = mean_row(reader, name, old_vocab).expand(stop - max(start, old_vocab), -1)
+        rows = new_rows if rows is None else torch.cat([rows, new_rows.to(rows.dtype)])
     return rows
 
 
