@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> None:
         exit_code = 2
     except distributed.MainRankFailed:  # rank 0 has printed the error
         exit_code = 2
-    except RuntimeError as error:
+    except torch.cuda.OutOfMemoryError:
+        print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
+              "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
+              "--activation-checkpointing.", file=sys.stderr)
+        exit_code = 2
+    except RuntimeError as error:  # after its subclass, the GPU's out of memory
         if not (world and distributed.lost_a_rank(error)):
             raise
         # Another rank died (killed, out of memory): torchrun stops this one too in a moment, and its
@@ -42,11 +47,6 @@ def main(argv: list[str] | None = None) -> None:
         if world.is_main:
             print(f"error: another rank of the job stopped, so every rank stops; continue from the newest "
                   f"checkpoint with: torchrun ... train.py --resume {args.out}", file=sys.stderr)
-        exit_code = 2
-    except torch.cuda.OutOfMemoryError:
-        print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
-              "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
-              "--activation-checkpointing.", file=sys.stderr)
         exit_code = 2
     if world is not None:
         distributed.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails

@@ -12,8 +12,6 @@ from model import Tokenizer, save_model
 from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
 
-pytestmark = pytest.mark.slow  # every test here starts torchrun
-
 # No dropout: its masks come from each process's own random stream, which 2 ranks draw differently.
 FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-2", "--dtype", "fp32",
         "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lora-targets", "q,v,up,down",
@@ -33,6 +31,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistral_tokenizer_dir):
     # A base without a chat format: the rows of the ChatML tokens added to it train too, sharded with the
     # embedding and the LM head, and start as the mean row there as on one device.
@@ -71,6 +70,7 @@ train.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_qlora_on_two_ranks_survives_a_killed_rank_and_resumes_on_one(tmp_path, tiny_checkpoint):
     script = tmp_path / "killed.py"
     script.write_text(KILLED_RANK)
@@ -87,3 +87,13 @@ def test_qlora_on_two_ranks_survives_a_killed_rank_and_resumes_on_one(tmp_path, 
     assert "step-00000002 was saved by 2 ranks and resumes on 1" in resumed.stderr
     train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
     assert_same_run(tmp_path / "two", tmp_path / "one")
+
+
+def test_merge_and_gguf_under_torchrun_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")  # as under torchrun
+    for flags, refusal in ((["--merge"], "--merge runs on one device, not under torchrun"),
+                           (["--model", tmp_path / "base.gguf"], "LoRA under torchrun reads Hugging Face model folders")):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--lora", *map(str, flags), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.count("\n") == 1 and refusal in error, error

@@ -1,5 +1,6 @@
-"""Full fine-tuning sharded over processes with FSDP2: every rank holds 1/world of each weight, its
-gradient and its AdamW state, and gathers a layer's weights only while that layer computes.
+"""Training sharded over processes with FSDP2: every rank holds 1/world of each weight, its
+gradient and its AdamW state, and gathers a layer's weights only while that layer computes. Full
+fine-tuning shards every weight; LoRA the frozen base (16-bit or NF4's packed bytes) and the adapters.
 
 Runs under torchrun, on one node or several: NCCL on CUDA, gloo on CPU (how the tests run it).
 """
