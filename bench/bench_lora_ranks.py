@@ -1,10 +1,10 @@
 """LoRA and QLoRA sharded over 2 CPU ranks against 1: peak memory per rank at a 7B's layer shapes,
 measured on a few layers and projected per layer to whole models.
 
-    python bench/bench_lora_ranks.py [--layers 2,4] [--seq-len 128] [--small]
+    python bench/bench_lora_ranks.py [--layers 1,2] [--seq-len 32] [--small]
 
 Writes a checkpoint of random bf16 weights with Dolphin-2.2.1-Mistral-7B's shapes (vocabulary 32002,
-hidden 4096, MLP 14336, GQA 32/8) but only a few decoder layers (--layers: 2 and 4, ~2.3 GB), then
+hidden 4096, MLP 14336, GQA 32/8) but only a few decoder layers (--layers: 1 and 2, ~1.6 GB), then
 runs `train.py --lora` (r 32 on q,k,v,o,gate, activation checkpointing, bf16, one optimizer step of
 one row of --seq-len tokens per rank) under torchrun with 1 and with 2 ranks, over the bf16 base and
 with `--quantize nf4`, and reads each rank's peak resident memory from run.json. Every run is its own
@@ -93,8 +93,8 @@ def peak_per_rank(model: Path, out: Path, ranks: int, quantize: bool, seq_len: i
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default="2,4", help="the two decoder layer counts measured (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens of the row each rank trains on "
+    parser.add_argument("--layers", default="1,2", help="the two decoder layer counts measured (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=32, help="tokens of the row each rank trains on "
                         "(default: %(default)s)")
     parser.add_argument("--small", action="store_true", help="hidden 256 instead of the 7B's shapes: a check that "
                         "the script runs, in a minute")
