@@ -35,6 +35,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from data.sessions import Turn, format_body
+from model.architectures import CHAT_FORMATS, CHATML
 from model.tokenizer import Tokenizer, TokenizerError
 
 @dataclass(frozen=True)
@@ -65,15 +66,6 @@ class ChatFormat:
         return self.separator.join(parts)
 
 
-CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", turn_end="<|im_end|>",
-              separator="\n")
-LLAMA3 = dict(header_start="<|start_header_id|>", name_end="<|end_header_id|>", header_newlines="\n\n",
-              turn_end="<|eot_id|>", separator="")
-GEMMA = dict(header_start="<start_of_turn>", name_end="", header_newlines="\n", turn_end="<end_of_turn>",
-             separator="\n")
-# Every layout, in the order they are looked for: a tokenizer with ChatML's tokens (train.py may add them
-# to any) writes ChatML.
-CHAT_FORMATS = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA}
 
 
 def chat_format(tokenizer: Tokenizer) -> ChatFormat:

@@ -318,7 +318,7 @@ class _JsonReader:
                         and self._read_more(at_least=len(self.buffer) - self.pos)):
                     continue
                 if unterminated or error.pos >= len(self.buffer.rstrip()):
-                    raise self.error(where, "the file ends inside this value: is it truncated?")
+                    raise self.error(where, "the file ends inside this value: is it truncated?") from None
                 raise self.error(where, f"not valid JSON: {error.msg} at character "
                                         f"{self.consumed + error.pos}") from None
             except (ValueError, RecursionError) as error:  # e.g. a 5000-digit number, deep nesting

@@ -135,7 +135,7 @@ def load_store(folder: str | os.PathLike) -> Conversations:
             if index.scores["num_docs"] == len(sessions):
                 return Conversations(sessions, index)
             problem = f"its index holds {index.scores['num_docs']} conversations"
-        except Exception as error:  # noqa: BLE001: whatever a damaged file raises, the index is built again
+        except Exception as error:  # noqa: BLE001 (whatever a damaged file raises, the index is built again)
             problem = f"its index cannot be read ({type(error).__name__})"
     print(f"warning: {folder}: {problem}; building the index again from its {len(sessions):,} conversations",
           file=sys.stderr)

@@ -145,3 +145,16 @@ def twin_weight_name(name: str) -> str | None:
         if name.startswith(prefix):
             return None if ours is None else ours + name[len(prefix):]
     return name
+
+
+# The chat formats twin renders turns in (data.chatml), by their tokens; a base's is the first whose tokens its
+# tokenizer has.
+CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", turn_end="<|im_end|>",
+              separator="\n")
+LLAMA3 = dict(header_start="<|start_header_id|>", name_end="<|end_header_id|>", header_newlines="\n\n",
+              turn_end="<|eot_id|>", separator="")
+GEMMA = dict(header_start="<start_of_turn>", name_end="", header_newlines="\n", turn_end="<end_of_turn>",
+             separator="\n")
+# Every layout, in the order they are looked for: a tokenizer with ChatML's tokens (train.py may add them
+# to any) writes ChatML.
+CHAT_FORMATS = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA}

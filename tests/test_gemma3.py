@@ -14,7 +14,7 @@ import train
 from data.chatml import chat_format, render
 from data.sessions import Turn
 from model import ModelConfig, load_model, save_model
-from model.gguf.templates import jinja_chat_template
+from data.templates import jinja_chat_template
 from model.gguf.write import write_gguf
 from model.nf4 import QUANTIZED_WEIGHT
 from tests.helpers import GEMMA3, fast_gguf_reader, hf_reference, random_model, save_hf_checkpoint

@@ -21,7 +21,7 @@ import lora
 import sample
 import train
 from core.run_folder import RunFolder
-from model.gguf import __main__ as gguf_program
+import export as gguf_program
 from tests.helpers import exit_status
 from training import distributed
 from training.checkpointer import DamagedCheckpoint, resume_from
@@ -395,7 +395,7 @@ def test_a_run_stopped_in_its_merge_resumes_only_the_merge(tiny_checkpoint, tmp_
 def test_an_export_removes_what_a_killed_export_left(finished_run, tmp_path, capsys):
     leftover = tmp_path / ".me.gguf.k2_x9.tmp"
     leftover.write_bytes(b"half a model")
-    assert exit_status(gguf_program.main, ["export", finished_run, tmp_path / "me.gguf", "--speaker", "Nobody"]) == 2
+    assert exit_status(gguf_program.main, ["gguf", finished_run, tmp_path / "me.gguf", "--speaker", "Nobody"]) == 2
     assert not leftover.exists() and f"removed {leftover}" in capsys.readouterr().err
 
 

@@ -3,8 +3,9 @@ leaves a temporary folder, removed at the next start), the newest few kept, and 
 newest intact one, exactly: weights or adapters, optimizer, schedule, data position and random state.
 
 One Checkpointer serves both recipes; what a checkpoint holds is its backend's: `AdapterCheckpoints`
-(LoRA: the adapter in PEFT's format and the training state) here, `ShardedCheckpoints` (every weight
-and its optimizer state, sharded with torch.distributed.checkpoint) in training.distributed.
+(LoRA: the adapter in PEFT's format and the training state) here, `ShardedCheckpoints` (every weight,
+or under LoRA the adapters alone, and its optimizer state, sharded with torch.distributed.checkpoint)
+in training.distributed.
 """
 import json
 import math

@@ -24,9 +24,14 @@ class World:
         return self.rank == 0
 
 
+def launched() -> bool:
+    """Whether this process is a rank of a torchrun job (which describes it in the environment)."""
+    return "RANK" in os.environ
+
+
 def start(timeout_minutes: float = 30) -> World:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
-    if "RANK" not in os.environ:
+    if not launched():
         raise RuntimeError("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
@@ -58,6 +63,12 @@ def stop(exit_code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
+
+
+def lost_a_rank(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank went away: gloo finds its connection reset,
+    NCCL reports a distributed error."""
+    return isinstance(error, dist.DistError) or "gloo/transport" in str(error)
 
 
 class MainRankFailed(Exception):

@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
     if args.quantize and (args.fsdp or args.merge):
         refuse(f"--quantize {args.quantize} goes with --lora, without --merge: 4 bits hold no trained or merged "
                "weight (sample.py merges the adapter into the full-precision base as it loads)")
+    if not args.fsdp and "RANK" in os.environ and args.model.endswith(".gguf"):
+        refuse(f"--model {args.model}: LoRA under torchrun reads Hugging Face model folders, not GGUF files; train "
+               "on a GGUF file with python train.py --lora")
+    if not args.fsdp and "RANK" in os.environ and args.merge:
+        refuse("--merge runs on one device, not under torchrun: train sharded, then sample.py merges the adapter "
+               "into the base as it loads")
     if Path(args.model).exists():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
         args.model = str(Path(args.model).resolve())
     if args.lr is None:

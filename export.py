@@ -1,9 +1,9 @@
 """Export a twin as GGUF for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it; or
 write only its chat template, for a server that runs the model or adapter as it is (vLLM).
 
-    python -m model.gguf export runs/me me.gguf --type q8_0
-    python -m model.gguf export runs/me me.gguf --adapter --base base.gguf
-    python -m model.gguf chat-template runs/me me.jinja
+    python export.py gguf runs/me me.gguf --type q8_0
+    python export.py gguf runs/me me.gguf --adapter --base base.gguf
+    python export.py chat-template runs/me me.jinja
 
 RUN_OR_MODEL is a train.py run folder (a LoRA run's base model with its adapter merged in, or a full
 fine-tune's OUT/model), a Hugging Face model folder or repo id, or a .gguf file. The model is loaded in
@@ -32,7 +32,7 @@ from data.chatml import chat_format
 from model.checkpoint import CheckpointReader, load_tokenizer, resolve_checkpoint
 from model.generation import SamplingConfig
 from model.gguf.adapter import check_base_gguf, write_gguf_adapter
-from model.gguf.templates import jinja_chat_template, ollama_modelfile
+from data.templates import jinja_chat_template, ollama_modelfile
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
 from model.lora import read_adapter_config, tokenizer_source
@@ -42,10 +42,10 @@ VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model.gguf", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python export.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="write a twin as a GGUF file and an Ollama Modelfile",
+    export = commands.add_parser("gguf", help="write a twin as a GGUF file and an Ollama Modelfile",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arg(export)
     export.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write (replaced if it exists)")
@@ -84,7 +84,7 @@ def add_people_args(parser: argparse.ArgumentParser) -> None:
 @program
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "export":
+    if args.command == "gguf":
         export(args)
     else:
         write_chat_template(args)
@@ -142,7 +142,7 @@ def export_adapter(args, out: Path, modelfile: Path) -> None:
     base = args.base or (str(source.model) if str(source.model).endswith(".gguf") else None)
     if base is None:
         raise ExportError(f"--base: needed with --adapter, as the run's base model {source.model} is no GGUF file: "
-                          "give the base model's GGUF file (`python -m model.gguf export` writes one) or the name "
+                          "give the base model's GGUF file (`python export.py gguf` writes one) or the name "
                           "Ollama knows it by")
     if base.endswith(".gguf"):
         check_base_gguf(Path(base), source.adapter, source.model)
