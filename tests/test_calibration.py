@@ -31,7 +31,7 @@ def bounds():
 
 def test_the_person_is_nearer_to_themselves_than_others_are(bounds):
     _, by_statistic = bounds
-    for name in ("messages_per_turn", "chars_per_message", "cyrillic_share", "latin_share", "lowercase_share"):
+    for name in ("messages_per_turn", "chars_per_message", "cyrillic_share", "lowercase_share"):
         assert by_statistic[name].separates, name
         assert by_statistic[name].ceiling < by_statistic[name].floor - MIN_GAP, name
     # Neither writes links: the statistic cannot tell them apart, and says so.

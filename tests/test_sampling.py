@@ -3,11 +3,17 @@ import pytest
 import torch
 
 from fidelity.sampling import generate_batch
-from model.generation import Generator, SamplingConfig
+from model.generation import BatchRow, Generator, SamplingConfig
 from tests.helpers import random_model, tiny_config
 
 CPU = torch.device("cpu")
 PROMPTS = [[5, 17, 99, 3], list(range(40, 60)), [7], list(range(100, 131))]
+
+
+def written(model, config, stop_ids, generator=None) -> list[list[int]]:
+    """What generate_batch writes after each of PROMPTS, without whether it was cut."""
+    rows = [BatchRow(prompt, config, generator) for prompt in PROMPTS]
+    return [tokens for tokens, _ in generate_batch(model, rows, stop_ids, CPU)]
 
 
 def alone(model, prompt, config, stop_ids):
@@ -24,15 +30,24 @@ def test_a_batch_writes_what_each_prompt_writes_alone(window):
     stop_ids = {free[0][3], free[2][6]}
     expected = [alone(model, prompt, greedy, stop_ids) for prompt in PROMPTS]
     assert len({len(tokens) for tokens in expected}) > 1
-    assert generate_batch(model, PROMPTS, greedy, stop_ids, None, CPU) == expected
+    assert written(model, greedy, stop_ids) == expected
 
 
 def test_sampling_is_seeded_and_stops_at_max_new_tokens():
     model = random_model(tiny_config())
     config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=5)
-    first, second = (generate_batch(model, PROMPTS, config, set(), torch.Generator().manual_seed(3), CPU)
-                     for _ in range(2))
-    assert first == second and [len(tokens) for tokens in first] == [5] * len(PROMPTS)
+    first, second = (generate_batch(model, [BatchRow(prompt, config, torch.Generator().manual_seed(3))
+                                            for prompt in PROMPTS], set(), CPU) for _ in range(2))
+    assert first == second and [(len(tokens), cut) for tokens, cut in first] == [(5, True)] * len(PROMPTS)
+
+
+def test_a_turn_that_reaches_its_own_length_is_cut_and_one_that_ends_is_not():
+    model = random_model(tiny_config())
+    greedy, three = SamplingConfig(temperature=0, max_new_tokens=12), SamplingConfig(temperature=0, max_new_tokens=3)
+    free, short_free = alone(model, PROMPTS[0], greedy, set()), alone(model, PROMPTS[1], three, set())
+    end = next(index for index in range(1, len(free)) if free[index] not in {*free[:index], *short_free})
+    rows = [BatchRow(PROMPTS[0], greedy), BatchRow(PROMPTS[1], three)]
+    assert generate_batch(model, rows, {free[end]}, CPU) == [(free[:end], False), (short_free, True)]
 
 
 # What generate_batch wrote before it moved onto model.generation.BatchDecoder (one random stream drawn
@@ -50,4 +65,4 @@ PINNED = [
 @pytest.mark.parametrize("config, stop_ids, expected", PINNED)
 def test_seeded_tokens_are_those_written_before_the_decoder_moved(config, stop_ids, expected):
     model = random_model(tiny_config(), seed=2)
-    assert generate_batch(model, PROMPTS, config, stop_ids, torch.Generator().manual_seed(5), CPU) == expected
+    assert written(model, config, stop_ids, torch.Generator().manual_seed(5)) == expected
