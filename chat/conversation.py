@@ -2,8 +2,8 @@
 import time
 
 from core.errors import TwinError
-from data.chatml import fit_prompt, turn_stop_ids
-from data.sessions import Turn, clean_message, parse_body
+from data.chatml import reply_prompt, turn_stop_ids
+from data.sessions import Turn, clean_message, messages_of
 from model.generation import Generator, SamplingConfig, random_stream
 from model.tokenizer import Tokenizer
 
@@ -33,7 +33,8 @@ class Chat:
     def prompt(self, speaker: str) -> list[int]:
         """The conversation up to `speaker`'s open header, its oldest turns dropped to leave room for the
         reply; TurnTooLong where even the newest turn cannot stay (it would be answered unseen)."""
-        ids, kept = fit_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len - self.sampling.max_new_tokens)
+        ids, kept = reply_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len,
+                                 self.sampling.max_new_tokens)
         if self.turns and not kept:
             raise TurnTooLong(f"the last turn is too long for the context of {self.generator.max_len} tokens, "
                               f"{self.sampling.max_new_tokens} of them kept for the reply: shorten it, or raise "
@@ -61,6 +62,6 @@ class Chat:
                 raise
             echo(" [stopped]")
         text += stream.flush()
-        turn = Turn(speaker, parse_body(text))
+        turn = Turn(speaker, messages_of(text))
         self.add(turn)
         return turn

@@ -255,6 +255,13 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
     return best if best is not None else ids[:budget]
 
 
+def reply_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, context: int,
+                 reply_tokens: int) -> tuple[list[int], int]:
+    """The prompt `speaker`'s next turn is written after, in chat (sample.py, serve.py) and in the fidelity
+    report alike: fit_prompt leaving `reply_tokens` of the `context` for the turn."""
+    return fit_prompt(turns, tokenizer, speaker, context - reply_tokens)
+
+
 def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> tuple[list[int], int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many
     of its turns that holds: the oldest are dropped until it fits in `room` tokens (leaving the rest for a

@@ -5,14 +5,9 @@ newlines ("first message\\nsecond message"), cut before the first of the request
 shown a character that a later token could take back: the start of a ">>> " marker or of a stop string is
 held until the next piece tells what it is.
 """
-from data.sessions import MESSAGE_PREFIX, clean_message, parse_body
+from data.sessions import MESSAGE_PREFIX, messages_of
 
 SEPARATOR = "\n" + MESSAGE_PREFIX  # between two messages of a turn, as the model writes it
-
-
-def messages_of(body: str) -> list[str]:
-    """The messages of a turn's body, cleaned as chat.conversation cleans a turn (no control characters)."""
-    return [clean_message(message) for message in parse_body(body)]
 
 
 def held_back(text: str, markers: list[str]) -> int:

@@ -10,7 +10,7 @@ from data.dataset import DataConfig, prepare_data
 from data.packing import pack
 from data.sessions import Session, Turn
 from fidelity import EvaluationError
-from fidelity.measure import measure, model_writer, speaker_losses
+from fidelity.measure import WrittenTurn, measure, model_writer, speaker_losses
 from fidelity.plan import EvalSettings, plan_evaluation
 from model.generation import SamplingConfig
 from tests.helpers import random_model, tiny_config
@@ -44,9 +44,9 @@ def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it
     plan = plan_evaluation(data, settings)
     seeds = []
 
-    def echo(contexts, seed):
+    def echo(contexts, seed, on_step):
         seeds.append(seed)
-        return [[f"{context.real[0]}?"] for context in contexts]
+        return [WrittenTurn([f"{context.real[0]}?"], cut=False) for context in contexts]
 
     model.train()
     measurement = measure(model, dolphin_tokenizer, data, plan, settings, CPU, "tuned", write=echo)
@@ -54,10 +54,11 @@ def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it
     for speaker in plan.speakers:
         assert measurement.replies[speaker] == [[f"{context.real[0]}?"] for context in plan.contexts[speaker]]
     assert seeds == [7, 8, 9]  # six contexts, two at a time: batch n is sampled with seed + n
+    assert measurement.cut == {speaker: [False] * len(plan.contexts[speaker]) for speaker in plan.speakers}
     assert set(measurement.loss) == set(plan.speakers) and all(measurement.tokens[name] > 0 for name in plan.speakers)
 
 
 def test_a_turn_as_long_as_the_context_is_refused(model, dolphin_tokenizer):
     settings = EvalSettings(context_tokens=16, sampling=SamplingConfig(max_new_tokens=16))
     with pytest.raises(EvaluationError, match=r"max_new_tokens \(16\) must be below the context \(16 tokens\)"):
-        model_writer(model, dolphin_tokenizer, settings, CPU)
+        model_writer(model, dolphin_tokenizer, settings, CPU, caps={})
