@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fidelity.calibration import Placement
+from fidelity.report import LIKE_THEM
 
 SHOWN_POSITIONS = (-2.0, 3.0)  # positions beyond are drawn at these edges: a scale that fits 0 to 1 well
 MODEL_MARKS = {"base": ("o", "tab:gray"), "tuned": ("D", "tab:blue")}
@@ -100,11 +101,14 @@ def style_positions_png(people: list[PersonShown]) -> bytes | None:
     pyplot = _pyplot()
     heights = [len(people) + 0.6] + [len(person.rows) + 0.6 for person in placed]
     figure, panels = pyplot.subplots(len(heights), 1, figsize=(8.5, 0.5 * sum(heights) + 1.2), squeeze=False,
+                                     layout="constrained",
                                      gridspec_kw={"height_ratios": heights})
     summary = [(person.title, person.mean, person.no_position) for person in people]
     _position_panel(panels[0, 0], [title for title, _, _ in summary], [mean for _, mean, _ in summary],
                     [reason for _, _, reason in summary])
-    panels[0, 0].set_title("each person: mean position over the statistics (95% interval)", loc="left", fontsize=10)
+    panels[0, 0].axvline(LIKE_THEM, color="tab:green", linestyle="--", linewidth=0.8)
+    panels[0, 0].set_title(f"each person: mean position over the statistics (95% interval); dashed: {LIKE_THEM}, "
+                           "the verdict's line", loc="left", fontsize=10)
     panels[0, 0].legend(loc="lower right", fontsize=8)
     for axes, person in zip(panels[1:, 0], placed):
         _position_panel(axes, [f"{row.label}\n{row.values}" for row in person.rows],
@@ -116,6 +120,14 @@ def style_positions_png(people: list[PersonShown]) -> bytes | None:
     panels[-1, 0].set_xlabel(f"position: 0 = other people (floor), 1 = the person's own other turns (ceiling); "
                              f"▶ ◀ beyond {low:g}..{high:g}, value beside")
     return _png(figure)
+
+
+def _clipped_mark(axes, edge: float, values: list[float], y: float, color: str, size: float) -> None:
+    """Values beyond the drawn scale: a triangle at its edge, pointing out, the values written above."""
+    low = edge == SHOWN_POSITIONS[0]
+    axes.plot(edge, y, "<" if low else ">", color=color, markersize=size)
+    axes.annotate(" / ".join(f"{value:.1f}" for value in values), (edge, y), xytext=(4 if low else -4, 4),
+                  textcoords="offset points", fontsize=7, color=color, ha="left" if low else "right")
 
 
 def _position_panel(axes, labels: list[str], rows: list[dict[str, Placement] | None], reasons: list[str]) -> None:
@@ -133,23 +145,18 @@ def _position_panel(axes, labels: list[str], rows: list[dict[str, Placement] | N
             y = row + offset
             low, high = (max(low_edge, min(high_edge, value)) for value in (placement.low, placement.high))
             axes.plot([low, high], [y, y], color=color, linewidth=1.2)
-            for end, edge in ((placement.low, low_edge), (placement.high, high_edge)):
-                if (end < edge) if edge == low_edge else (end > edge):
-                    axes.plot(edge, y, marker="<" if edge == low_edge else ">", color=color, markersize=4)
+            for beyond, edge in ((lambda value: value < low_edge, low_edge), (lambda value: value > high_edge, high_edge)):
+                values = [value for value in (placement.position, placement.low, placement.high) if beyond(value)]
+                if values:
+                    _clipped_mark(axes, edge, values, y, color, size=8 if beyond(placement.position) else 4)
             if low_edge <= placement.position <= high_edge:
                 axes.plot(placement.position, y, marker, color=color, markersize=5,
                           label=None if name in labelled else name)
                 labelled.add(name)
-            else:
-                edge = low_edge if placement.position < low_edge else high_edge
-                axes.plot(edge, y, "<" if edge == low_edge else ">", color=color, markersize=8)
-                axes.annotate(f"{placement.position:.1f}", (edge, y), xytext=(6 if edge == low_edge else -6, 0),
-                              textcoords="offset points", fontsize=7, color=color, va="center",
-                              ha="left" if edge == low_edge else "right")
     for row, reason in enumerate(reasons):
         if reason:
             axes.text(0.5, row, reason, ha="center", va="center", fontsize=8, color="tab:gray", style="italic")
-    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    axes.set_yticks(range(len(labels)), labels, fontsize=8, parse_math=False)  # names are text, even with $
     axes.set_ylim(len(labels) - 0.5, -0.5)
     axes.set_xlim(low_edge - 0.1, high_edge + 0.1)
     axes.grid(axis="x", alpha=0.3)

@@ -39,10 +39,10 @@ def measured(sample_data, dolphin_tokenizer):
                                                                 for turn in copy_the_person(contexts, seed)])
 
 
-def report_with(write, measured, data, out_dir, examples: int = 3, verdict=None, contexts: int = 8, cut=False):
+def report_with(write, measured, data, out_dir, examples: int = 3, verdict=None, cut=False):
     """The report when the tuned model's turns come from `write`."""
     plan, base = measured
-    settings = EvalSettings(contexts=contexts, examples=examples)
+    settings = EvalSettings(contexts=8, examples=examples)
     tuned = Measurement(base.loss, base.tokens, {speaker: write(plan.contexts[speaker], 0) for speaker in plan.speakers},
                         {speaker: [cut] * len(plan.contexts[speaker]) for speaker in plan.speakers})
     report = compare(plan, data, base, tuned, settings, about={"base": "b", "tuned": "t", "data": "d", "seed": 0,
@@ -150,16 +150,18 @@ def test_the_top_of_the_report_gives_each_person_a_verdict_with_its_figures(meas
     position = figures["speakers"][0]["position_interval"]["tuned"]
     assert target.startswith(f"- {TARGET} (target): writes like them: no: style position ")  # the loss did not fall
     assert f"(95% {position[0]:.2f} to {position[1]:.2f}" in target and "turns cut for running on 100%" in target
-    assert f"less than {LIKE_THEM}" not in glance and f"**yes** where the tuned model's style position is {LIKE_THEM}" in glance
-    assert "| cut for running on past the person's own turns | – | 100% | 100% |" in markdown
+    assert f"**yes** where the tuned model's style position is {LIKE_THEM}" in glance
+    assert "| cut for running on past the person's own turns | – | 0% | 100% |" in markdown
 
 
 def test_a_speaker_with_too_few_contexts_gets_a_reason_and_no_position(measured, sample_data, tmp_path):
-    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path, contexts=MIN_CONTEXTS - 1)
-    speaker = figures["speakers"][0]
-    assert speaker["position"] == {"base": None, "tuned": None} and speaker["verdict"] == ""
-    reason = f"only {MIN_CONTEXTS - 1} held-out contexts, and a position needs {MIN_CONTEXTS}"
-    assert f"- {TARGET} (target): no verdict, {reason}" in markdown and f"No style position: {reason}." in markdown
+    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path)
+    few = [speaker for speaker in figures["speakers"] if speaker["contexts"] < MIN_CONTEXTS]
+    assert few  # Misha, at 7 of the 8 asked for
+    for speaker in few:
+        assert speaker["position"] == {"base": None, "tuned": None} and speaker["verdict"] == ""
+        reason = f"only {speaker['contexts']} held-out contexts, and a position needs {MIN_CONTEXTS}"
+        assert f"- {speaker['speaker']}: no verdict, {reason}" in markdown and f"No style position: {reason}." in markdown
 
 
 @pytest.mark.parametrize("low, position, high, tuned_loss, verdict", [
