@@ -58,7 +58,7 @@ def speaker_losses(model: Transformer, tokenizer: Tokenizer, sessions: list[Sess
             for speaker in speakers}
     layout = rows[speakers[0]]
     sums, tokens = dict.fromkeys(speakers, 0.0), dict.fromkeys(speakers, 0)
-    for start in range(0, len(layout), micro_batch):
+    for start in tqdm(range(0, len(layout), micro_batch), desc="held-out loss", unit="batch", leave=False):
         window = slice(start, start + micro_batch)
         batch = [torch.from_numpy(array[window]).long().to(device)
                  for array in (layout.input_ids, layout.position_ids, layout.document_ids)]
