@@ -4,7 +4,6 @@ from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
-
 import torch
 from tqdm import tqdm
 
