@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=32, help="per speaker (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
     parser.add_argument("--batches", default="1,4,8,16,32", help="batch sizes the model alone is timed at")
-    parser.add_argument("--before", metavar="COMMIT", help="also time evaluate.py of this commit (a git worktree), "
+    parser.add_argument("--before", metavar="COMMIT", help="also time evaluate.py of this commit (its files, from git archive), "
                         "same flags, and print the ratio")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -105,20 +105,17 @@ def main() -> None:
         trees = {"this tree": ROOT}
         if args.before:
             trees[args.before] = directory / "before"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees[args.before]), args.before],
-                           check=True, capture_output=True)
+            trees[args.before].mkdir()  # the commit's files, without touching the repository's worktrees
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(trees[args.before])], input=archive.stdout, check=True)
         seconds = {}
-        try:
-            for name, tree in trees.items():
-                started = time.perf_counter()
-                subprocess.run([sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
-                               check=True, cwd=tree)
-                seconds[name] = time.perf_counter() - started
-                print(f"whole report, {name} (evaluate.py, --max-new-tokens {args.max_new_tokens}, "
-                      f"--contexts {args.contexts}): {seconds[name]:.1f} s")
-        finally:
-            if args.before:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[args.before])])
+        for name, tree in trees.items():
+            started = time.perf_counter()
+            subprocess.run([sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
+                           check=True, cwd=tree)
+            seconds[name] = time.perf_counter() - started
+            print(f"whole report, {name} (evaluate.py, --max-new-tokens {args.max_new_tokens}, "
+                  f"--contexts {args.contexts}): {seconds[name]:.1f} s")
         if args.before:
             print(f"ratio {args.before} / this tree: {seconds[args.before] / seconds['this tree']:.2f}x")
 
