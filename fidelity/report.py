@@ -94,7 +94,12 @@ class SpeakerReport:
         if self.no_position:
             return f"{self.title}: no verdict, {self.no_position}"
         tuned, base = self.position["tuned"], self.position["base"]
-        return (f"{self.title}: writes like them: {self.verdict()}: style position {tuned.position:.2f} "
+        reasons = [reason for reason, holds in (
+            ("the held-out loss did not fall", self.tuned_loss >= self.base_loss),
+            (f"the position is under {LIKE_THEM}", tuned.position < LIKE_THEM),
+            ("its interval reaches 0", tuned.low <= 0)) if holds]
+        verdict = self.verdict() + (f" ({'; '.join(reasons)})" if reasons else "")
+        return (f"{self.title}: writes like them: {verdict}: style position {tuned.position:.2f} "
                 f"(95% {tuned.low:.2f} to {tuned.high:.2f}; base {base.position:.2f}), held-out loss "
                 f"{self.base_loss:.3f} → {self.tuned_loss:.3f}, turns cut for running on {self.cut['tuned']:.0%}")
 

@@ -148,7 +148,7 @@ def test_the_top_of_the_report_gives_each_person_a_verdict_with_its_figures(meas
     glance = markdown.split("## At a glance")[1].split("\n| speaker |")[0]
     target = next(line for line in glance.splitlines() if line.startswith(f"- {TARGET}"))
     position = figures["speakers"][0]["position_interval"]["tuned"]
-    assert target.startswith(f"- {TARGET} (target): writes like them: no: style position ")  # the loss did not fall
+    assert target.startswith(f"- {TARGET} (target): writes like them: no (the held-out loss did not fall): style position ")
     assert f"(95% {position[0]:.2f} to {position[1]:.2f}" in target and "turns cut for running on 100%" in target
     assert f"**yes** where the tuned model's style position is {LIKE_THEM}" in glance
     assert "| cut for running on past the person's own turns | – | 0% | 100% |" in markdown
