@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from data.dataset import PreparedData
 from data.sessions import Turn
+from data.telegram import plural
 from fidelity.attribution import NgramClassifier, confusion_matrix, real_vs_generated_auc
 from fidelity.calibration import MEAN, Placement, place, style_bounds
 from fidelity.failures import FailureRates, failure_rates
@@ -72,7 +73,7 @@ class SpeakerReport:
         if not self.contexts:
             return "no held-out moment to write their turn at (--contexts 0, or each of their turns opens a session)"
         if self.contexts < MIN_CONTEXTS:
-            return f"only {self.contexts} held-out contexts, and a position needs {MIN_CONTEXTS}"
+            return f"only {plural(self.contexts, 'held-out context')}, and a position needs {MIN_CONTEXTS}"
         if self.position["tuned"].position is None:
             return ("no style statistic tells them from other people (or there is no training turn of theirs or "
                     "of others to compare with)")

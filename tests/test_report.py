@@ -160,7 +160,7 @@ def test_a_speaker_with_too_few_contexts_gets_a_reason_and_no_position(measured,
     assert few  # Misha, at 7 of the 8 asked for
     for speaker in few:
         assert speaker["position"] == {"base": None, "tuned": None} and speaker["verdict"] == ""
-        reason = f"only {speaker['contexts']} held-out contexts, and a position needs {MIN_CONTEXTS}"
+        reason = f"only {speaker['contexts']} held-out context{'s' * (speaker['contexts'] != 1)}, and a position needs {MIN_CONTEXTS}"
         assert f"- {speaker['speaker']}: no verdict, {reason}" in markdown and f"No style position: {reason}." in markdown
 
 
