@@ -15,27 +15,33 @@ how often they took the twin's turn for the real one. Writes DIR/report.md, DIR/
 beside them, and prints a summary. The mechanics live in fidelity/; train.py runs the same report at the end of a LoRA run.
 """
 import argparse
+import contextlib
+import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from chat.loading import TwinSource, source_of_run
+from core import atomic
 from core.cli import program
 from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
 from core.flags import add_arguments, from_args
+from core.run_folder import RunFolder
 from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
 from data.telegram import ExportOptions
 from fidelity import EvaluationError
 from fidelity.evaluation import evaluate_full_fine_tune, run_evaluation
+from fidelity.markdown import check_report_folder
 from fidelity.plan import REPLY_TOKENS, EvalSettings
 from fidelity.report import Report
 from fidelity.verdict import read_verdict
-from model import load_model, load_tokenizer
+from model import DEFAULT_MODEL, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import SamplingConfig
 from model.lora import load_adapter, tokenizer_source
-from training.run_folder import read_finished_record
-from training.settings import DEFAULT_MODEL
+from memory import MemoryConfig, remembering
+from training.run_folder import recorded_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,14 +118,12 @@ def next_command(args, report: Report) -> str:
 @dataclass
 class Sources:
     """Where an evaluation's models and held-out data come from."""
-    base: str
-    adapter: Path | None  # None: a full fine-tune, in `full_model`
-    full_model: Path | None
+    twin: TwinSource  # the tuned model: a base with its adapter, or a full fine-tune (of a run)
+    base: str | Path  # the model it was tuned from
     data: str
     data_config: DataConfig
-    cache_dir: Path | None  # the run's token cache, when there is a run
-    metrics_file: Path | None  # the run's metrics.jsonl, when there is a run
     out_dir: Path
+    memory: MemoryConfig | None  # the run's memory, when it had one
 
 
 def sources_from_args(args) -> Sources:
@@ -136,8 +140,9 @@ def sources_from_args(args) -> Sources:
                                 split=args.split or defaults.split, export=ExportOptions(target=args.target))
         except ValueError as error:  # e.g. a --val-fraction of 1 or more
             raise EvaluationError(str(error)) from None  # it names the setting
-        return Sources(args.model or DEFAULT_MODEL, Path(args.adapter), None, args.data, config, None, None,
-                       Path(args.out or "report"))
+        check_split_of_run(Path(args.adapter), config)
+        base = args.model or DEFAULT_MODEL
+        return Sources(TwinSource(base, Path(args.adapter)), base, args.data, config, Path(args.out or "report"), None)
 
     given = [flag for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--target", args.target),
                                       ("--val-fraction", args.val_fraction), ("--split", args.split),
@@ -145,44 +150,79 @@ def sources_from_args(args) -> Sources:
              if value is not None]
     if given:
         raise EvaluationError(f"{', '.join(given)}: taken from the run in --checkpoint; leave out")
-    out = Path(args.checkpoint)
-    record = read_finished_record(out)
-    base, data = record.args.model, args.data or record.args.data
-    full_model = out / "model"
-    adapter, full_model = (None, full_model) if full_model.exists() else (out / "adapter", None)
+    twin = source_of_run(args.checkpoint)
+    settings = recorded_settings(twin.record)
     try:
-        config = data_config_from_args(record.args)
+        config = data_config_from_args(settings)
     except ValueError as error:  # a record whose flags parse but DataConfig refuses (val_fraction 5)
-        raise EvaluationError(f"{record.file}: {error}") from None
-    return Sources(base, adapter, full_model, data, config, out / "cache", out / "metrics.jsonl",
-                   Path(args.out or out / "report"))
+        raise EvaluationError(f"{twin.record.file}: {error}") from None
+    memory = from_args(MemoryConfig, settings) if "history_tokens" in twin.record.settings else None
+    return Sources(twin, twin.record.model, args.data or twin.record.settings["data"], config,
+                   Path(args.out) if args.out else twin.run.report, memory)
+
+
+def check_split_of_run(adapter: Path, config: DataConfig) -> None:
+    """An adapter in a train.py run folder was trained on all but that run's held-out sessions: a report on
+    another split would score sessions it trained on, so it is refused. (An adapter from elsewhere cannot be
+    checked: the report then trusts --split and --val-fraction.)"""
+    run = RunFolder(adapter.parent)
+    record = run.find_record() if run.record_file.is_file() else None
+    if record is None:
+        return
+    trained = data_config_from_args(recorded_settings(record))
+    for flag, given, used in (("--split", config.split, trained.split),
+                              ("--val-fraction", config.val_fraction, trained.val_fraction)):
+        if given != used:
+            raise EvaluationError(f"{flag} {given}: the run in {adapter.parent} was trained with {flag} {used}, so "
+                                  f"this split's held-out sessions include some it trained on; give {flag} {used} "
+                                  f"(or --checkpoint {adapter.parent})")
 
 
 def evaluate_from_args(args) -> tuple[Report, Path]:
     settings = settings_from_args(args)
     sources = sources_from_args(args)
-    verdict = read_verdict(Path(args.checkpoint)) if args.checkpoint else None  # the blind test's, if judged
+    run = sources.twin.run
+    with writer_of(run, sources.out_dir):
+        check_report_folder(sources.out_dir)
+        for leftover in atomic.remove_leftovers(sources.out_dir):
+            print(f"removed {leftover}, left by a report that was cut short")
+        return evaluate(args, settings, sources), sources.out_dir
+
+
+def writer_of(run: RunFolder | None, out_dir: Path) -> contextlib.AbstractContextManager:
+    """A report written into a run folder is written as its other writers write: held as the run's one
+    writer, and refused where an entry of the run links out of it."""
+    if run is None or not Path(os.path.abspath(out_dir)).is_relative_to(os.path.abspath(run.path)):
+        return contextlib.nullcontext()
+    run.check_links()
+    return run.locked()
+
+
+def evaluate(args, settings: EvalSettings, sources: Sources) -> Report:
     device, dtype = resolve_device(args)
-    adapter = sources.adapter
+    twin, run = sources.twin, sources.twin.run
+    verdict = read_verdict(run.path) if run else None  # the blind test's, if judges answered
+    adapter = twin.adapter
     if args.quantize and not adapter:
-        raise EvaluationError(f"--quantize: {sources.full_model} is a full fine-tune, evaluated in {dtype_name(dtype)} "
+        raise EvaluationError(f"--quantize: {twin.model} is a full fine-tune, evaluated in {dtype_name(dtype)} "
                               "as it was trained; --quantize is for a LoRA run's base")
     tokenizer = load_tokenizer(tokenizer_source(sources.base, adapter))
-    data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=sources.cache_dir)
+    remembered = remembering(sources.memory, tokenizer) if sources.memory else None
+    data = prepare_data(sources.data, tokenizer, sources.data_config, cache_dir=run.cache if run else None,
+                        memory=remembered)
+    metrics_file = run.metrics if run else None
     about = {"base": str(sources.base), "data": str(sources.data), "split": sources.data_config.split,
-             "tuned": f"adapter {adapter}" if adapter else f"full model {sources.full_model}"}
+             "tuned": f"adapter {adapter}" if adapter else f"full model {twin.model}"}
     if adapter:  # one model in memory, its adapters switched off for the base figures
         if args.quantize:
             print(f"loading {sources.base}, its linear weights quantized to {args.quantize} one by one...")
         model = load_model(sources.base, dtype=dtype, device=device, quantize=args.quantize)
         check_finite(model, sources.base)
         load_adapter(model, adapter)
-        report = run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, sources.metrics_file,
-                                verdict)
-    else:
-        report = evaluate_full_fine_tune(sources.base, sources.full_model, tokenizer, data, sources.out_dir, settings,
-                                         device, dtype, about, sources.metrics_file, verdict)
-    return report, sources.out_dir
+        return run_evaluation(model, tokenizer, data, sources.out_dir, settings, device, about, metrics_file, verdict,
+                              sources.memory)
+    return evaluate_full_fine_tune(sources.base, twin.model, tokenizer, data, sources.out_dir, settings, device, dtype,
+                                   about, metrics_file, verdict)
 
 
 if __name__ == "__main__":

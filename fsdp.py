@@ -10,13 +10,35 @@ then the consolidated model in Hugging Face's format and the record of the run.
 
 from core.device import DTYPES
 from training import distributed
+from training.ranks import World
 from training import run as runs
 from training.checkpointer import Checkpointer
+from training.tracking import dashboard_commands
 
 
-def train(args, world: distributed.World) -> None:
+def train(args, world: World) -> None:
     run = runs.Run(args, world)
     runs.start(run)
+    figures = runs.trained_figures(run)  # of a run stopped after its model was final: only the rest is written
+    if figures is None:
+        figures = train_model(run, world)
+        if figures is None:  # stopped at --stop-at
+            return
+    curves = runs.write_loss_curves(run)
+    runs.record_finished(run, figures)
+    if args.eval_report:
+        run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
+    run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
+    if curves:
+        run.say(f"      see the loss curves: {curves}")
+    for command in dashboard_commands(args.log_to, run.out):
+        run.say(f"      see the metrics: {command}")
+
+
+def train_model(run: runs.Run, world: distributed.World) -> dict | None:
+    """The optimizer steps, then the model exported and the run recorded as trained: its figures. None
+    where --stop-at stopped it first."""
+    args = run.args
     tokenizer, _, data = runs.prepare(run)
 
     model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype],
@@ -28,19 +50,20 @@ def train(args, world: distributed.World) -> None:
 
     schedule = runs.make_schedule(run, model, data)
     backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader)
-    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main)
+    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main,
+                                keep_best=args.keep_best)
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
-        return
+        if metrics:
+            metrics.close()
+        return None
 
     runs.final_evaluation(run, model, data, progress, metrics)
-    distributed.export_model(model, run.out / "model", world, tokenizer, dtype=DTYPES[args.export_dtype])
-    run.say(f"model written to {run.out / 'model'}")
-    curves = runs.write_loss_curves(run)
-    runs.write_record(run, "fsdp", data, progress)
-    if args.eval_report:
-        run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
-    run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
-    if curves:
-        run.say(f"      see the loss curves: {curves}")
+    runs.keep_best(run, checkpointer, progress)
+    distributed.export_model(model, run.folder.model, world, tokenizer, dtype=DTYPES[args.export_dtype])
+    run.say(f"model written to {run.folder.model}")
+    figures = runs.record_trained(run, data, progress, metrics)
+    if metrics:
+        metrics.close()
+    return figures

@@ -7,6 +7,7 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 `--prompt`, `--history` and `--auto` answer once and exit, for scripts.
 """
 import argparse
+import sys
 
 from chat.conversation import Chat
 from chat.loading import add_twin_arguments, source_from_args, start_twin
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     user = source.people.user_for(speaker, args.user)
     history = read_history(args.history) if args.history else []
 
+    print(source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
+          file=sys.stderr)
+
     generator, tokenizer = start_twin(args, source)
-    chat = Chat(generator, tokenizer, from_args(SamplingConfig, args), speaker, user, args.seed)
+    chat = Chat(generator, tokenizer, from_args(SamplingConfig, args), speaker, user, args.seed, memory=source.memory)
     for turn in history:
         chat.add(turn)
     if args.prompt is not None:
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         answer(chat, args.n)
     else:
         interactive(chat, source.people)
+    if source.memory:
+        source.memory.add(speaker, user, chat.started, chat.turns)  # only with --remember
 
 
 def play_both(chat: Chat, turns: int) -> None:

@@ -7,6 +7,9 @@ POST /v1/chat/completions answers as the speaker named by `model` (streaming too
 speakers the run knows. Requests wait in a queue for the one model, which answers up to --max-batch of them
 together; none is dropped. The log holds counts and times, never a message. In a browser, / is a chat page
 and /judge a blind test on the held-out conversations of the people --judge names (serving.pages).
+
+One client cannot hold the server: a request must come whole within --request-timeout, its body within
+--max-body-mb, and past --max-connections the connection that has waited longest for a request is closed.
 """
 import argparse
 import ipaddress
@@ -23,11 +26,13 @@ from core.flags import add_arguments, from_args, positive_int
 from core.errors import TwinError
 from model.generation import SamplingConfig
 from serving.api import build_app
+from serving.connections import Limits, server_config
 from serving.engine import Engine
 from serving.judging import open_blind_test
 from serving.pages import build_site
 
 API_KEY_VARIABLE = "TWIN_API_KEY"  # read by default: a key on the command line shows in `ps`
+OTHER_FILES = 64  # files the server keeps open besides its connections: the model's, the listening socket, ...
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)")
     server.add_argument("--judge", metavar="NAME,...", help="open a blind test at /judge on the held-out conversations "
                         "of these people of --checkpoint's run: judges guess which reply is real (default: none)")
+    defaults = Limits()
+    server.add_argument("--max-body-mb", type=positive_int, default=defaults.max_body_bytes // 2**20,
+                        help="the largest request body taken, in MiB; a larger one gets 413 (default: %(default)s)")
+    server.add_argument("--max-connections", type=positive_int, default=defaults.max_connections,
+                        help="connections open at once; past it the one that has waited longest for a request is "
+                             "closed (default: %(default)s)")
+    server.add_argument("--request-timeout", type=positive_int, default=int(defaults.request_timeout_s),
+                        help="seconds a connection has to send a request's head, and again its body, before it is "
+                             "closed (default: %(default)s)")
     sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
     add_arguments(sampling, SamplingConfig)
     add_twin_arguments(parser)
@@ -54,6 +68,29 @@ def check_exposure(host: str, api_key: str | None) -> None:
                         "needed; or keep the default --host 127.0.0.1")
     if api_key is not None and not api_key.strip():
         raise TwinError("--api-key: empty")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
+        # An HTTP header is ASCII: a client could never send such a key.
+        raise TwinError(f"--api-key (or ${API_KEY_VARIABLE}): only printable ASCII without spaces can be sent in a "
+                        "header; choose another key (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+
+
+def allow_files(max_connections: int) -> None:
+    """Let the process open a file per connection and some more, raising its soft limit up to the hard one: past
+    it, accepting a connection fails, and real clients with it."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return
+    needed = max_connections + OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError):  # above the hard limit, or the system's
+        raise TwinError(f"--max-connections {max_connections}: this process may open only {soft} files (ulimit -n) "
+                        f"and cannot raise that to {needed}, {OTHER_FILES} of them for other uses; lower "
+                        "--max-connections or raise the limit") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -82,18 +119,23 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     check_exposure(args.host, args.api_key)
+    allow_files(args.max_connections)
+    limits = Limits(args.max_body_mb * 2**20, args.max_connections, args.request_timeout)
+    if args.remember:
+        raise TwinError("--remember: serve.py keeps no conversation (each request carries its whole conversation); "
+                        "sample.py --remember does")
     source = source_from_args(args)
     blind_test = open_blind_test(args.checkpoint, args.judge, source) if args.judge is not None else None
     sock = listen(args.host, args.port)
 
     generator, tokenizer = start_twin(args, source)
     engine = Engine(generator, tokenizer, max_batch=args.max_batch)
-    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key)
-    app = build_site(app, engine, source.people, args.api_key, blind_test)
+    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key, limits, source.memory)
+    app = build_site(app, engine, source.people, args.api_key, blind_test, limits)
 
     show_usage(sock, source, args.api_key is not None, blind_test is not None)
     # No access log: a request line is little, but a log that says nothing of who talks when is safer still.
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(app, limits))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn stops gently on Ctrl-C, then raises it again for its caller
@@ -111,6 +153,8 @@ def show_usage(sock: socket.socket, source: TwinSource, with_key: bool, judging:
     known = len(source.people.names)
     print(f"serving {source.describe()} at {url}, as " + (f"any of the {known} speakers of the run" if known else
                                                            "any speaker name") + "; Ctrl-C stops", flush=True)
+    print(source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
+          flush=True)
     # The name is the user's data: quoted, it stays one argument of the shell and one literal of Python.
     body = json.dumps({"model": speaker, "messages": [{"role": "user", "content": "hi! how are you?"}]},
                       ensure_ascii=False)

@@ -3,27 +3,33 @@
     python train.py --lora --data ~/Downloads/Telegram\\ Desktop/DataExport/ --out runs/me
     torchrun --nproc-per-node 8 train.py --fsdp --data EXPORT --out runs/me-full
 
-LoRA adapters on one device (`--lora`, the lora.py recipe), or every weight sharded over a node
-(`--fsdp` under torchrun, the fsdp.py recipe).
+LoRA adapters (`--lora`, the lora.py recipe) on one device, or sharded over the ranks of a torchrun
+job; or every weight sharded over the ranks (`--fsdp` under torchrun, the fsdp.py recipe).
 """
 import sys
 
 import torch
 
-import fsdp
-import lora
 from core.cli import program
-from training import distributed
-from training.run_folder import parse_args
+from training import ranks
+from training.run_folder import claimed, parse_args
 
 
 @program
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, __doc__)
-    world = distributed.start() if args.fsdp else None
+    world = ranks.start() if args.fsdp or ranks.launched() else None
     exit_code = 0
     try:
-        fsdp.train(args, world) if world else lora.train(args)
+        with claimed(args):  # locked while it runs; a run that fails before its first step leaves nothing
+            if args.fsdp:
+                import fsdp  # FSDP2 and distributed checkpoints take a second to import: only a run needs them
+
+                fsdp.train(args, world)
+            else:
+                import lora
+
+                lora.train(args, world)
     except ValueError as error:
         # A TwinError (a file or flag the user can fix), or torch refusing a setting, such as a negative --lr.
         # Caught here rather than by `program`: a sharded job must end on every rank with the same status.
@@ -32,15 +38,24 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:  # a run folder that cannot be written, a full disk
         print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error}", file=sys.stderr)
         exit_code = 2
-    except distributed.MainRankFailed:  # rank 0 has printed the error
+    except ranks.MainRankFailed:  # rank 0 has printed the error
         exit_code = 2
     except torch.cuda.OutOfMemoryError:
         print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
               "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
               "--activation-checkpointing.", file=sys.stderr)
         exit_code = 2
+    except RuntimeError as error:  # after its subclass, the GPU's out of memory
+        if not (world and ranks.lost_a_rank(error)):
+            raise
+        # Another rank died (killed, out of memory): torchrun stops this one too in a moment, and its
+        # report names the rank; the run goes on from its newest intact checkpoint.
+        if world.is_main:
+            print(f"error: another rank of the job stopped, so every rank stops; continue from the newest "
+                  f"checkpoint with: torchrun ... train.py --resume {args.out}", file=sys.stderr)
+        exit_code = 2
     if world is not None:
-        distributed.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
+        ranks.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails
     if exit_code:
         sys.exit(exit_code)
 

@@ -36,9 +36,9 @@ def run(ranks: int, model: Path, out: Path, steps: int) -> dict:
                "--dtype", "fp32", "--eval-every", "0", "--save-every", "0", "--val-fraction", "0.02",
                "--threads", str(max(1, 2 // ranks))]  # 2 cores shared by the ranks, whatever the machine has
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    from training.run_folder import read_finished_record
+    from core.run_folder import RunFolder
 
-    return read_finished_record(out).figures
+    return RunFolder(out).read_trained_record().figures
 
 
 def main():

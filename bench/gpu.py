@@ -1,6 +1,7 @@
-"""twin on one GPU against transformers + PEFT: a LoRA step, decoding, and one FSDP2 step.
+"""twin on one GPU against transformers + PEFT: a LoRA step, decoding, one FSDP2 step; and LoRA over
+all the node's GPUs.
 
-    python bench/gpu.py [--sections lora,decode,fsdp] [--out bench/results/gpu-<device>.json]
+    python bench/gpu.py [--sections lora,decode,fsdp,lora-ranks] [--out bench/results/gpu-<device>.json]
     python bench/gpu.py --smoke          # the same code at a tiny size, on CPU too: checks the script
     bash bench/gpu_check.sh              # on a lent device: everything, one command (see there)
 
@@ -25,6 +26,9 @@ and the padding. Each side runs alone on the GPU in turn, and its peak memory is
   RTX 3090 0.94, RTX 4090 1.0; elsewhere what a large copy reaches).
 - **FSDP**: `torchrun --nproc-per-node 1 train.py --fsdp` for a few steps on a smaller random model
   and the sample export, with its tokens/s and peak memory from run.json: proof of the CUDA path.
+- **LoRA over ranks**: `torchrun train.py --lora`, then with `--quantize nf4`, on every GPU of the node
+  (`--lora-ranks`) and on one, same model, same global batch: tokens/s and peak memory per rank, the
+  frozen base and the adapters sharded with FSDP2.
 
 Prints a markdown table per section and writes every figure to the JSON file.
 """
@@ -55,7 +59,7 @@ from data.telegram import load_sessions  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX, chunked_cross_entropy  # noqa: E402
 from model.transformer import FLEX_ATTENTION_DEVICES, ModelConfig, Transformer  # noqa: E402
-from training.run_folder import read_finished_record  # noqa: E402
+from core.run_folder import RunFolder  # noqa: E402
 
 DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
@@ -436,36 +440,68 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
             "cudagraph_skips": torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]}
 
 
-# -- one FSDP2 step through train.py ---------------------------------------------------------------------
+# -- train.py under torchrun: one FSDP2 run, and LoRA / QLoRA sharded over the GPUs ---------------------------
+
+def torchrun_config(args) -> ModelConfig:
+    return ModelConfig(vocab_size=32002, hidden_size=args.fsdp_hidden, intermediate_size=args.fsdp_hidden * 7 // 2,
+                       num_hidden_layers=args.fsdp_layers, num_attention_heads=max(1, args.fsdp_hidden // 128),
+                       num_key_value_heads=max(1, args.fsdp_hidden // 512), sliding_window=4096)
+
+
+def torchrun_train(args, device: torch.device, checkpoint: Path, out: Path, ranks: int, flags: list[str]) -> dict:
+    """`train.py` under torchrun on `ranks` processes for a few steps; its figures from run.json."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+               str(REPO_ROOT / "train.py"), *flags, "--model", str(checkpoint), "--data", str(SAMPLE_EXPORT),
+               "--out", str(out), "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch),
+               "--batch", str(args.micro_batch * ranks), "--max-steps", str(args.fsdp_steps), "--save-every", "0",
+               "--eval-every", "0", "--no-eval-report", "--device", device.type,
+               "--dtype", "bf16" if device.type == "cuda" else "fp32"]
+    start = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
+    if finished.returncode:
+        return {"error": (finished.stderr or finished.stdout).strip().splitlines()[-5:]}
+    record = RunFolder(out).read_trained_record().figures
+    return {"ranks": ranks, "seconds": time.perf_counter() - start, "tokens_per_s": record["tokens_per_s"],
+            "peak_memory_mb_per_rank": record["peak_memory_mb_per_rank"], "final_loss": record["final_loss"]}
+
+
+def random_checkpoint(config: ModelConfig, directory: Path, tokenizer_dir: Path) -> Path:
+    checkpoint = directory / "model"
+    checkpoint.mkdir()
+    write_random_checkpoint(checkpoint, config, torch.bfloat16)
+    for name in os.listdir(tokenizer_dir):
+        (checkpoint / name).write_bytes((tokenizer_dir / name).read_bytes())
+    return checkpoint
+
 
 def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
-    config = ModelConfig(vocab_size=32002, hidden_size=args.fsdp_hidden, intermediate_size=args.fsdp_hidden * 7 // 2,
-                           num_hidden_layers=args.fsdp_layers, num_attention_heads=max(1, args.fsdp_hidden // 128),
-                           num_key_value_heads=max(1, args.fsdp_hidden // 512), sliding_window=4096)
+    config = torchrun_config(args)
     with tempfile.TemporaryDirectory(prefix="twin-gpu-fsdp-") as directory:
-        checkpoint, out = Path(directory) / "model", Path(directory) / "run"
-        checkpoint.mkdir()
-        write_random_checkpoint(checkpoint, config, torch.bfloat16)
-        for name in os.listdir(tokenizer_dir):
-            (checkpoint / name).write_bytes((tokenizer_dir / name).read_bytes())
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", str(REPO_ROOT / "train.py"),
-                   "--fsdp", "--model", str(checkpoint), "--data", str(SAMPLE_EXPORT), "--out", str(out),
-                   "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch),
-                   "--batch", str(args.micro_batch), "--max-steps", str(args.fsdp_steps), "--save-every", "0",
-                   "--eval-every", "0", "--no-eval-report", "--device", device.type,
-                   "--dtype", "bf16" if device.type == "cuda" else "fp32"]
-        with torch.device("meta"):
-            params = sum(p.numel() for p in Transformer(config).parameters())
+        checkpoint = random_checkpoint(config, Path(directory), tokenizer_dir)
         print(f"FSDP: train.py --fsdp, 1 rank, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
               f"{args.fsdp_steps} steps", flush=True)
-        start = time.perf_counter()
-        finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
-        if finished.returncode:
-            return {"error": (finished.stderr or finished.stdout).strip().splitlines()[-5:]}
-        record = read_finished_record(out).figures
-        return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "parameters": params,
-                "seconds": time.perf_counter() - start, "tokens_per_s": record["tokens_per_s"],
-                "peak_memory_mb_per_rank": record["peak_memory_mb_per_rank"], "final_loss": record["final_loss"]}
+        result = torchrun_train(args, device, checkpoint, Path(directory) / "run", 1, ["--fsdp"])
+    with torch.device("meta"):
+        params = sum(p.numel() for p in Transformer(config).parameters())
+    return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "parameters": params, **result}
+
+
+def bench_lora_ranks(args, device: torch.device, tokenizer_dir: Path) -> dict:
+    """LoRA and QLoRA with the base and adapters sharded over every GPU (2 CPU ranks in a smoke run),
+    against the same global batch on one rank: tokens/s and peak memory per rank."""
+    config = torchrun_config(args)
+    most = args.lora_ranks or (torch.cuda.device_count() if device.type == "cuda" else 2)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="twin-gpu-lora-ranks-") as directory:
+        checkpoint = random_checkpoint(config, Path(directory), tokenizer_dir)
+        for quantize in (False, True):
+            for ranks in sorted({1, most}):
+                print(f"LoRA under torchrun: {ranks} rank(s){', NF4 base' if quantize else ''}, hidden "
+                      f"{config.hidden_size}, {config.num_hidden_layers} layers, {args.fsdp_steps} steps", flush=True)
+                flags = ["--lora", "--activation-checkpointing", *(["--quantize", "nf4"] if quantize else [])]
+                out = Path(directory) / f"run-{ranks}-{'nf4' if quantize else 'bf16'}"
+                runs.append({"quantize": quantize, **torchrun_train(args, device, checkpoint, out, ranks, flags)})
+    return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "runs": runs}
 
 
 def write_tokenizer_dir(tokenizer, directory: Path) -> Path:
@@ -506,12 +542,21 @@ def markdown(results: dict) -> str:
         lines.append(f"error: {fsdp['error']}" if "error" in fsdp else
                      f"hidden {fsdp['hidden']}, {fsdp['layers']} layers: {fsdp['tokens_per_s']:,.0f} tokens/s, peak "
                      f"{fsdp['peak_memory_mb_per_rank'][0]:,} MiB, final loss {fsdp['final_loss']:.4f}")
+    if "lora-ranks" in results:
+        lines += ["", f"## LoRA sharded over ranks, hidden {results['lora-ranks']['hidden']}, "
+                  f"{results['lora-ranks']['layers']} layers", "",
+                  "| base | ranks | tokens/s | peak memory per rank, MiB | final loss |", "| --- | --- | --- | --- | --- |"]
+        for run in results["lora-ranks"]["runs"]:
+            base = "nf4" if run["quantize"] else "bf16"
+            lines.append(f"| {base} | error: {run['error']} |" if "error" in run else
+                         f"| {base} | {run['ranks']} | {run['tokens_per_s']:,.0f} | "
+                         f"{max(run['peak_memory_mb_per_rank']):,} | {run['final_loss']:.4f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="lora,decode,fsdp", help="what to run (default: %(default)s)")
+    parser.add_argument("--sections", default="lora,decode,fsdp,lora-ranks", help="what to run (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny model and batch, on whatever device there is: checks the script (default: off)")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
@@ -528,14 +573,16 @@ def main() -> None:
     parser.add_argument("--fsdp-layers", type=int, default=8, help="FSDP model's layers (default: %(default)s)")
     parser.add_argument("--fsdp-steps", type=int, default=4, help="FSDP optimizer steps (default: %(default)s)")
     parser.add_argument("--fsdp-timeout", type=int, default=240, help="seconds for the FSDP run (default: %(default)s)")
+    parser.add_argument("--lora-ranks", type=int, help="ranks of the sharded LoRA runs (default: every GPU; 2 on "
+                        "CPU), against 1")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: by device name)")
     parser.add_argument("--bandwidth-tbs", type=float,
                         help="the device's memory bandwidth in TB/s (default: by device name, else a copy measured)")
     parser.add_argument("--out", help="JSON of the figures (default: bench/results/gpu-<device>.json)")
     args = parser.parse_args()
     sections = args.sections.split(",")
-    if not set(sections) <= {"lora", "decode", "fsdp"}:
-        parser.error(f"--sections {args.sections!r}: choose among lora, decode and fsdp")
+    if not set(sections) <= {"lora", "decode", "fsdp", "lora-ranks"}:
+        parser.error(f"--sections {args.sections!r}: choose among lora, decode, fsdp and lora-ranks")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -559,9 +606,10 @@ def main() -> None:
             results["lora"] = bench_lora(args, config, sessions, device, dtype)
         elif section == "decode":
             results["decode"] = bench_decode(args, config, device, dtype, name)
-        elif section == "fsdp":
+        elif section in ("fsdp", "lora-ranks"):
+            bench = bench_fsdp if section == "fsdp" else bench_lora_ranks
             with tempfile.TemporaryDirectory(prefix="twin-gpu-tokenizer-") as directory:
-                results["fsdp"] = bench_fsdp(args, device, write_tokenizer_dir(tokenizer, Path(directory)))
+                results[section] = bench(args, device, write_tokenizer_dir(tokenizer, Path(directory)))
         results.setdefault("section_seconds", {})[section] = time.perf_counter() - started
         # After each section, so that a run stopped by its time limit keeps what it measured.
         out.write_text(json.dumps(results, indent=2))

@@ -1,6 +1,7 @@
 """A conversation between two people, one of them played by the model: its turns, its prompt, its replies."""
 import time
 
+from chat.recall import TwinMemory
 from core.errors import TwinError
 from data.chatml import reply_prompt, turn_stop_ids
 from data.sessions import Turn, clean_message, messages_of
@@ -16,9 +17,11 @@ class Chat:
     """A conversation between two people, one of them played by the model."""
 
     def __init__(self, generator: Generator, tokenizer: Tokenizer, sampling: SamplingConfig,
-                 speaker: str, user: str, seed: int | None, interruptible: bool = True):
+                 speaker: str, user: str, seed: int | None, interruptible: bool = True,
+                 memory: TwinMemory | None = None):
         self.generator, self.tokenizer, self.sampling = generator, tokenizer, sampling
         self.speaker, self.user = speaker, user
+        self.memory = memory  # earlier conversations of the two, before the prompt
         self.interruptible = interruptible  # Ctrl-C ends a reply (a person chatting), not the program
         self.turns: list[Turn] = []
         self.started = int(time.time())  # a saved conversation's start, as an export's session has one
@@ -33,8 +36,10 @@ class Chat:
     def prompt(self, speaker: str) -> list[int]:
         """The conversation up to `speaker`'s open header, its oldest turns dropped to leave room for the
         reply; TurnTooLong where even the newest turn cannot stay (it would be answered unseen)."""
+        partner = self.user if speaker == self.speaker else self.speaker
+        context = self.memory.context(speaker, partner, self.started, self.turns, self.tokenizer) if self.memory else []
         ids, kept = reply_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len,
-                                 self.sampling.max_new_tokens)
+                                 self.sampling.max_new_tokens, context)
         if self.turns and not kept:
             raise TurnTooLong(f"the last turn is too long for the context of {self.generator.max_len} tokens, "
                               f"{self.sampling.max_new_tokens} of them kept for the reply: shorten it, or raise "

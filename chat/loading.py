@@ -1,6 +1,8 @@
 """A twin from its training run folder, or from a model and an adapter: the flags that say which and how
-(sample.py's and serve.py's alike), what to load, then loading it."""
+(sample.py's and serve.py's alike), what to load (the one way sample.py, serve.py, evaluate.py and the
+GGUF export find it), then loading it."""
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -9,14 +11,14 @@ from pathlib import Path
 import torch
 
 from chat.people import People
+from chat.recall import TwinMemory, add_memory_arguments, memory_of_run
 from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
 from core.errors import TwinError
-from model import Tokenizer, Transformer, load_model, load_tokenizer
+from core.run_folder import RunFolder, RunRecord
+from model import DEFAULT_MODEL, Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import Generator
 from model.lora import load_adapter, merge_lora, tokenizer_source
-from training.run_folder import read_finished_record
-from training.settings import DEFAULT_MODEL
 
 
 def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +31,7 @@ def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
     add_compute_args(run)
     add_quantize_arg(run)
+    add_memory_arguments(parser)
     run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
 
 
@@ -38,24 +41,30 @@ class TwinSource:
     model: str | Path
     adapter: Path | None = None
     people: People = People()
+    run: RunFolder | None = None  # the run it was read from, and its record
+    record: RunRecord | None = None
+    memory: TwinMemory | None = None  # the run's, as it trained (chat.recall)
 
     def describe(self) -> str:
         return f"{self.model}" + (f" with the adapter {self.adapter}" if self.adapter else "")
 
 
-def source_of_run(out: Path) -> TwinSource:
-    """A finished train.py run: its full fine-tune's export, or its base model and LoRA adapter."""
-    record = read_finished_record(out)
+def source_of_run(out: str | Path) -> TwinSource:
+    """A trained train.py run: its full fine-tune's export, or its base model and LoRA adapter, as its
+    record's mode says."""
+    run = RunFolder(Path(out))
+    record = run.read_trained_record()
     people = People.from_figures(record.figures)
-    if (out / "model").exists():
-        return TwinSource(out / "model", None, people)
-    return TwinSource(record.args.model, out / "adapter", people)
+    if record.mode == "fsdp":
+        return TwinSource(run.model, None, people, run, record)
+    return TwinSource(record.model, run.adapter, people, run, record)
 
 
 def source_from_args(args) -> TwinSource:
-    """--checkpoint, or else --model and --adapter."""
+    """--checkpoint (with the run's memory, unless --no-memory), or else --model and --adapter."""
     if args.checkpoint:
-        return source_of_run(Path(args.checkpoint))
+        source = source_of_run(Path(args.checkpoint))
+        return dataclasses.replace(source, memory=memory_of_run(source.run, source.record, args))
     return TwinSource(args.model, Path(args.adapter) if args.adapter else None)
 
 

@@ -3,6 +3,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from core.errors import TwinError
+from core.names import matching_names
 
 CLOSEST = 3  # names offered for one that the run never saw
 LISTED = 10  # names listed where none is close (a run of group chats knows hundreds)
@@ -31,23 +32,29 @@ class People:
     def names(self) -> set[str]:
         return {*self.partners, *self.partners.values(), *([self.target] if self.target else [])}
 
-    def check(self, name: str, where: str) -> str:
-        """`name` itself if the run saw it (or the run is unknown); raise SpeakerError offering the closest."""
+    def check(self, name: str, where: str, parts: bool = True) -> str:
+        """The run's name that `name` means (core.names: exact, else in any case, else a part of one unless
+        `parts` is off), or `name` itself where the run is unknown; SpeakerError naming the candidates where
+        it means several people or none."""
         names = self.names
-        if not names or name in names:
+        if not names:
             return name
+        matches = matching_names(name, sorted(names), parts)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise SpeakerError(f"{where} {name!r}: means {len(matches)} people in this run's conversations, "
+                               f"{quoted(matches)}: type more of the name")
         raise SpeakerError(f"{where} {name!r}: no one of that name in this run's conversations; "
                            f"{self.suggestion(name)}")
 
     def suggestion(self, name: str) -> str:
-        # Compared in lower case, so that a wrong case alone is always close.
+        # Compared in lower case, as names match in any case.
         by_lower = {known.lower(): known for known in self.names}
         close = difflib.get_close_matches(name.lower(), by_lower, n=CLOSEST, cutoff=0.5)
         if close:
             return "did you mean " + " or ".join(repr(by_lower[lower]) for lower in close) + "?"
-        listed = sorted(self.names)
-        more = f" and {len(listed) - LISTED} more" if len(listed) > LISTED else ""
-        return "the speakers are " + ", ".join(repr(known) for known in listed[:LISTED]) + more
+        return "the speakers are " + quoted(sorted(self.names))
 
     def speaker_or_target(self, speaker: str | None) -> str:
         """--speaker, checked; by default the person the run twins."""
@@ -62,3 +69,9 @@ class People:
         if user is not None:
             return self.check(user, "--as")
         return self.partners.get(speaker, "User")
+
+
+def quoted(names: list[str]) -> str:
+    """The first LISTED names, quoted, and how many more there are."""
+    more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return ", ".join(repr(name) for name in names[:LISTED]) + more

@@ -1,4 +1,5 @@
 """A chat in a terminal: turns typed line by line, /commands, replies streamed as they are sampled."""
+import math
 from pathlib import Path
 
 from chat.conversation import Chat, TurnTooLong
@@ -7,8 +8,8 @@ from data.sessions import DataError, Session, Turn, read_sessions_file, write_se
 
 HELP = """commands:
   /reset          forget the conversation
-  /as NAME        write as NAME from now on
-  /speaker NAME   the model answers as NAME from now on
+  /as NAME        write as NAME from now on (a part of the name will do)
+  /speaker NAME   the model answers as NAME from now on; /speaker alone says who is who
   /regen          sample the last reply again
   /save FILE      append the conversation to FILE as a sessions JSONL line
   /temp X         sampling temperature (0: greedy)
@@ -77,6 +78,8 @@ def command(chat: Chat, people: People, line: str) -> bool:
         print("(conversation forgotten)")
     elif name in ("/as", "/speaker") and value:
         change_person(chat, people, name, value)
+    elif name in ("/as", "/speaker"):
+        print(f"(you are {chat.user}, the model is {chat.speaker})")
     elif name == "/regen":
         if chat.turns and chat.turns[-1].speaker != chat.user:
             show_reply(chat, chat.turns.pop().speaker)
@@ -85,25 +88,34 @@ def command(chat: Chat, people: People, line: str) -> bool:
     elif name == "/save" and value:
         save_transcript(chat, Path(value))
     elif name == "/temp" and value:
-        try:
-            chat.sampling.temperature = float(value)
-            print(f"(temperature {chat.sampling.temperature})")
-        except ValueError:
-            print(f"(/temp needs a number, not {value!r})")
+        set_temperature(chat, value)
     else:
-        print(f"(unknown command or missing argument: {line}; /help lists them)")
+        print(f"(unknown command or missing argument: {line!r}; /help lists them)")
     return True
 
 
 def change_person(chat: Chat, people: People, command_name: str, name: str) -> None:
     """/as or /speaker: a name the run never saw is refused, and the chat goes on as it was."""
     try:
-        people.check(name, command_name)
+        name = people.check(name, command_name)
     except SpeakerError as error:
         print(f"({error})")
         return
     setattr(chat, "user" if command_name == "/as" else "speaker", name)
     print(f"(you are {chat.user}, the model is {chat.speaker})")
+
+
+def set_temperature(chat: Chat, value: str) -> None:
+    """/temp: a number of 0 (greedy) or more; anything else is refused, and the temperature stays."""
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = math.nan
+    if not 0 <= temperature < math.inf:  # NaN fails too
+        print(f"(/temp needs a number of 0 or more (0: greedy), not {value!r})")
+        return
+    chat.sampling.temperature = temperature
+    print(f"(temperature {temperature:g})")
 
 
 def save_transcript(chat: Chat, path: Path) -> None:
@@ -115,7 +127,13 @@ def save_transcript(chat: Chat, path: Path) -> None:
         sessions = read_sessions_file(path) if path.exists() and path.stat().st_size else []
         write_sessions(sessions + [Session(chat="sample.py", chat_type="personal_chat", start=chat.started,
                                            turns=list(chat.turns), target=chat.speaker)], path)
-    except (OSError, DataError) as error:
+    except FileNotFoundError:  # its message names the atomic write's temporary file, not the user's
+        print(f"(not saved: there is no folder {path.parent})")
+        return
+    except OSError as error:
+        print(f"(not saved: {path}: {error.strerror or error})")
+        return
+    except DataError as error:
         print(f"(not saved: {error})")
         return
     print(f"(saved {len(chat.turns)} turns to {path})")

@@ -26,6 +26,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A flag's value of 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def setting(default: Any, help: str, *, choices: typing.Sequence | None = None,
             type: Callable[[str], Any] | None = None, metavar: str | None = None,
             parse: Callable[[Any], Any] | None = None, text: Callable[[Any], str] | None = None) -> Any:

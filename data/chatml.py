@@ -1,7 +1,7 @@
 """Chat formats: a conversation rendered into token ids and the loss mask.
 
 A session renders as the tokenizer's BOS (none for SmolLM2 and Qwen, which have none), then its turns in
-one of two layouts, the first whose tokens the tokenizer has:
+one of the layouts of CHAT_FORMATS, the first whose tokens the tokenizer has:
 
 ChatML (Dolphin, SmolLM2, Qwen; train.py adds its tokens to a base model that has neither), turns joined
 by a newline:
@@ -12,6 +12,11 @@ Llama 3's header tokens, which take any name as the role, turns back to back:
 
     <|begin_of_text|><|start_header_id|>Alice<|end_header_id|>\\n\\n>>> hi<|eot_id|><|start_header_id|>Bob...
 
+Gemma's turn tokens, which take any name where Gemma's template writes "user" or "model", turns joined
+by a newline:
+
+    <bos><start_of_turn>Alice\\n>>> hi<end_of_turn>\\n<start_of_turn>Bob\\n>>> fine<end_of_turn>
+
 Training learns each turn's body and the token that ends it; the BOS, the headers and the separator
 between turns are context only. sample.py renders its prompt with the same `render`, ending in the
 open header of the speaker the model should write as, and stops at the format's turn end, so
@@ -20,15 +25,17 @@ training and sampling can never disagree about the format.
 Names and messages are people's text, so they are encoded with `special=False`: a message saying
 "<s>" or "<|im_end|>" (or a contact named so) gets the ids of those characters, never a special token,
 and cannot end a turn or open another. Each turn is therefore built as the format's tokens around the
-ids of its text ("Name\\n>>> message..." in ChatML; "Name" and "\\n\\n>>> message..." in Llama 3's),
+ids of its text ("Name\\n>>> message..." in ChatML and Gemma's; "Name" and "\\n\\n>>> message..." in Llama 3's),
 and the mask is exact. For text that spells no added token those ids are exactly
 `tokenizer.encode(joined, bos=True)` of the joined string (tests/test_chatml.py checks this for each
 format). The header's text ends in newlines, which no merge crosses into the ">>> " after them, so
 the header's ids are a prefix of the turn's ids.
 """
+import dataclasses
 from dataclasses import dataclass
 
 from data.sessions import Turn, format_body
+from model.architectures import CHAT_FORMATS, CHATML
 from model.tokenizer import Tokenizer, TokenizerError
 
 @dataclass(frozen=True)
@@ -59,18 +66,14 @@ class ChatFormat:
         return self.separator.join(parts)
 
 
-CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", turn_end="<|im_end|>",
-              separator="\n")
-LLAMA3 = dict(header_start="<|start_header_id|>", name_end="<|end_header_id|>", header_newlines="\n\n",
-              turn_end="<|eot_id|>", separator="")
 
 
 def chat_format(tokenizer: Tokenizer) -> ChatFormat:
     """The tokenizer's chat format; TokenizerError if it has none."""
     found = find_chat_format(tokenizer)
     if found is None:
-        raise TokenizerError("the tokenizer has neither ChatML's <|im_start|>/<|im_end|> nor Llama 3's "
-                             "header tokens; train.py adds ChatML's to a base model's tokenizer")
+        raise TokenizerError("the tokenizer has none of ChatML's <|im_start|>/<|im_end|>, Llama 3's header "
+                             "tokens or Gemma's turn tokens; train.py adds ChatML's to a base model's tokenizer")
     return found
 
 
@@ -81,9 +84,9 @@ def turn_stop_ids(tokenizer: Tokenizer) -> set[int]:
 
 
 def find_chat_format(tokenizer: Tokenizer) -> ChatFormat | None:
-    """ChatML where the tokenizer has its tokens, else Llama 3's headers where it has those, else None
-    (a base model, which train.py gives ChatML's tokens)."""
-    for layout in (CHATML, LLAMA3):
+    """The first of CHAT_FORMATS whose tokens the tokenizer has, else None (a base model, which train.py
+    gives ChatML's tokens)."""
+    for layout in CHAT_FORMATS.values():
         tokens = [token for token in (layout["header_start"], layout["name_end"], layout["turn_end"]) if token]
         ids = {token: _added_token_id(tokenizer, token) for token in tokens}
         if None not in ids.values():
@@ -208,14 +211,29 @@ def render(turns: list[Turn], tokenizer: Tokenizer, *, trained_speakers: set[str
     return encoder.assemble([encoder.encode(turn) for turn in turns], open_speaker)
 
 
+class TokenCounter:
+    """The tokens each turn takes in a conversation: its header, body and turn end, and the separator before the
+    next turn. One counter serves many calls: the format's tokens are looked up once."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.encoder = _TurnEncoder(tokenizer, trained_speakers=None)
+
+    def __call__(self, turns: list[Turn]) -> list[int]:
+        return [len(self.encoder.turn_ids(turn)) + len(self.encoder.separator) for turn in turns]
+
+
 def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
-                 trained_speakers: set[str] | None = None) -> tuple[list[RenderedSession], int]:
+                 trained_speakers: set[str] | None = None,
+                 context: list[Turn] = ()) -> tuple[list[RenderedSession], int]:
     """Render a session as pieces of at most `seq_len` tokens; returns (pieces, tokens cut).
 
     Pieces break at turn boundaries and each renders like a session of its own (BOS if any, full headers),
     holding as many consecutive turns as fit. A turn too long for a piece by itself keeps the whole
     messages that fit (or, when even its first message does not, its first tokens); the rest of it
     is dropped and counted as cut.
+
+    `context` (a memory of earlier conversations) goes before the first piece, never trained: as many of
+    its newest turns as the room that piece leaves.
     """
     encoder = _TurnEncoder(tokenizer, trained_speakers)
     budget = seq_len - len(encoder.bos)
@@ -232,13 +250,19 @@ def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
     for turn in encoded:
         added = len(turn.ids) + (len(encoder.separator) if piece else 0)
         if piece and piece_len + added > budget:
-            pieces.append(encoder.assemble(piece))
+            pieces.append(piece)
             piece, piece_len, added = [], 0, len(turn.ids)
         piece.append(turn)
         piece_len += added
     if piece:
-        pieces.append(encoder.assemble(piece))
-    return pieces, cut
+        pieces.append(piece)
+    if context and pieces:
+        room = budget - sum(len(turn.ids) for turn in pieces[0]) - len(encoder.separator) * (len(pieces[0]) - 1)
+        remembered = [dataclasses.replace(encoder.encode(turn), trained=False) for turn in context]
+        while remembered and sum(len(turn.ids) + len(encoder.separator) for turn in remembered) > room:
+            remembered.pop(0)  # cut from the left, at a turn boundary
+        pieces[0] = remembered + pieces[0]
+    return [encoder.assemble(piece) for piece in pieces], cut
 
 
 def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> list[int]:
@@ -255,21 +279,30 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
     return best if best is not None else ids[:budget]
 
 
-def reply_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, context: int,
-                 reply_tokens: int) -> tuple[list[int], int]:
+def reply_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, context: int, reply_tokens: int,
+                 memory: list[Turn] = ()) -> tuple[list[int], int]:
     """The prompt `speaker`'s next turn is written after, in chat (sample.py, serve.py) and in the fidelity
-    report alike: fit_prompt leaving `reply_tokens` of the `context` for the turn."""
-    return fit_prompt(turns, tokenizer, speaker, context - reply_tokens)
+    report alike: fit_prompt leaving `reply_tokens` of the `context` for the turn, `memory` before the turns."""
+    return fit_prompt(turns, tokenizer, speaker, context - reply_tokens, memory)
 
 
-def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int) -> tuple[list[int], int]:
+def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int,
+               context: list[Turn] = ()) -> tuple[list[int], int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many
     of its turns that holds: the oldest are dropped until it fits in `room` tokens (leaving the rest for a
-    reply). None are left where even the newest turn does not fit, which a caller may refuse."""
+    reply), the turns of `context` (a memory, before them) first. None are left where even the newest turn
+    does not fit, which a caller may refuse.
+
+    The turns are read newest first, each encoded once, up to the first that no longer fits: a chat of
+    20,000 turns costs the few that fit, not all of them (nor a rendering per turn dropped)."""
     encoder = _TurnEncoder(tokenizer, trained_speakers=None)
-    encoded = [encoder.encode(turn) for turn in turns]  # once each: a long chat is not tokenized per drop
-    for first in range(len(encoded) + 1):
-        ids = encoder.assemble(encoded[first:], open_speaker=speaker).ids
-        if len(ids) <= room:
+    used = len(encoder.bos) + len(encoder.header(speaker))
+    kept: list[_EncodedTurn] = []
+    for turn in reversed([*context, *turns]):
+        encoded = encoder.encode(turn)
+        used += len(encoded.ids) + len(encoder.separator)  # each turn is followed by a separator
+        if used > room:
             break
-    return ids[-room:], len(encoded) - first
+        kept.append(encoded)
+    ids = encoder.assemble(kept[::-1], open_speaker=speaker).ids
+    return ids[-room:], min(len(kept), len(turns))

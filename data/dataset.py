@@ -13,6 +13,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -21,14 +22,14 @@ from core import atomic
 from core.flags import from_args, not_a_flag, positive_int, setting
 from data.chatml import RenderedSession, split_to_fit
 from data.packing import PackedRows, pack
-from data.sessions import DataError, Session, most_frequent_partners
-from data.telegram import ConversionReport, ExportOptions, load_sessions
+from data.sessions import DataError, Session, Turn, most_frequent_partners
+from data.telegram import ConversionReport, ExportOptions, chat_list, load_sessions, matching_names
 from model.loss import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
 TRAIN_ON = ("all", "target")
 SPLITS = ("hash", "time")
-CACHE_FORMAT = 2  # bump when rendering or packing changes what the same inputs produce
+CACHE_FORMAT = 3  # bump when rendering or packing changes what the same inputs produce
 ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 
 
@@ -36,6 +37,10 @@ ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 class DataConfig:
     """How an export becomes rows: train.py's data flags (the export's own: ExportOptions)."""
     train_on: str = setting("all", "whose turns the loss covers", choices=TRAIN_ON)
+    exclude_speakers: str | None = setting(None, "never train on these people's turns, which stay in the "
+                                           "conversations as context: a comma-separated list of names (a full "
+                                           "name, or a part that only one name has, in any case) (default: none)",
+                                           metavar="NAMES")
     seq_len: int = setting(1024, "tokens per packed row", type=positive_int)
     val_fraction: float = setting(0.02, "share of sessions held out for evaluation")
     split: str = setting("hash", "which sessions are held out: hash spreads them over time, time holds out the "
@@ -66,6 +71,7 @@ class DataReport:
     tokens: int  # in all pieces, trained or context, padding not counted
     trained_tokens: int
     tokens_cut: int  # dropped from turns too long for a row
+    trained_on: str  # whose turns the loss covers, in words
     train_rows: int
     val_rows: int
     seq_len: int
@@ -74,6 +80,7 @@ class DataReport:
     def summary(self) -> str:
         return "\n".join([
             self.conversion.summary(),
+            f"trained on: {self.trained_on}",
             f"sessions: {self.train_sessions:,} for training, "
             f"{self.val_sessions:,} held out for validation",
             f"tokens: {self.tokens:,}, {self.trained_tokens:,} of them trained, "
@@ -81,6 +88,14 @@ class DataReport:
             f"rows of {self.seq_len} tokens: {self.train_rows:,} training, "
             f"{self.val_rows:,} validation, training rows {self.utilization:.1%} filled",
         ])
+
+
+@dataclass
+class Remembering:
+    """How each session gets a memory of earlier ones, as context before it (memory.Memory makes this: the
+    memory package stands above data)."""
+    settings: dict  # what decides the contexts, for the token cache
+    of: Callable[[list[Session]], Callable[[Session], list[Turn]]]  # sessions remembered -> a session's memory
 
 
 @dataclass
@@ -98,16 +113,19 @@ class PreparedData:
 
 
 def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
-                 cache_dir: str | Path | None = None) -> PreparedData:
+                 cache_dir: str | Path | None = None, memory: Remembering | None = None) -> PreparedData:
     """Convert the export at `path`, hold out validation sessions, tokenize and pack them.
 
     With `cache_dir`, the rows are read from there when the same sessions were tokenized before with
-    the same tokenizer and settings, and written there otherwise.
+    the same tokenizer and settings, and written there otherwise. With `memory`, each session is preceded
+    by its memory: of the training sessions for a training session, of all sessions for a held-out one.
     """
     sessions, conversion = load_sessions(path, config.export)
+    trained, trained_on = trained_speakers(sessions, conversion.target, config)
     fingerprints = [session_fingerprint(session) for session in sessions]
     held_out = (validation_mask(fingerprints, config.val_fraction) if config.split == "hash" else
-                newest_mask([session.start for session in sessions], fingerprints, config.val_fraction))
+                newest_mask([session.start for session in sessions], fingerprints, config.val_fraction,
+                            [session.chat for session in sessions]))
     train = [session for session, out in zip(sessions, held_out) if not out]
     val = [session for session, out in zip(sessions, held_out) if out]
     if not train:
@@ -120,15 +138,15 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
 
     cache_file = None
     if cache_dir is not None:
-        key = _cache_key(fingerprints, tokenizer, config)
+        key = _cache_key(fingerprints, tokenizer, config, trained, memory.settings if memory else None)
         cache_file = Path(cache_dir) / f"tokens-{key}.npz"
     cached = _load_rows(cache_file, config.seq_len, tokenizer.vocab_size) if cache_file is not None else None
     if cached is not None:
         train_rows, val_rows, tokens_cut = cached
     else:
-        trained_speakers = {conversion.target} if config.train_on == "target" else None
-        train_pieces, train_cut = _tokenize(train, tokenizer, config.seq_len, trained_speakers)
-        val_pieces, val_cut = _tokenize(val, tokenizer, config.seq_len, trained_speakers)
+        train_memory, val_memory = (memory.of(train), memory.of(sessions)) if memory else (None, None)
+        train_pieces, train_cut = _tokenize(train, tokenizer, config.seq_len, trained, train_memory)
+        val_pieces, val_cut = _tokenize(val, tokenizer, config.seq_len, trained, val_memory)
         train_rows, val_rows = pack(train_pieces, config.seq_len), pack(val_pieces, config.seq_len)
         tokens_cut = train_cut + val_cut
         if cache_file is not None:
@@ -137,11 +155,33 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
     report = DataReport(
         conversion=conversion, train_sessions=len(train), val_sessions=len(val),
         tokens=int(train_rows.lengths.sum() + val_rows.lengths.sum()),
-        trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens, tokens_cut=tokens_cut,
+        trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens, tokens_cut=tokens_cut, trained_on=trained_on,
         train_rows=len(train_rows), val_rows=len(val_rows), seq_len=config.seq_len,
         utilization=train_rows.utilization)
     return PreparedData(train_rows, val_rows, train, val, conversion.target,
                         most_frequent_partners(sessions), report)
+
+
+def trained_speakers(sessions: list[Session], target: str, config: DataConfig) -> tuple[set[str] | None, str]:
+    """Whose turns the loss covers (None: everyone's) and that in words: the target's with --train-on target,
+    else everyone's, less the people --exclude-speakers names, whose turns stay as context."""
+    speakers = sorted({turn.speaker for session in sessions for turn in session.turns})
+    excluded = []
+    for wanted in chat_list(config.exclude_speakers):
+        matches = matching_names(wanted, speakers)
+        if len(matches) != 1:
+            raise DataError(f"--exclude-speakers: {wanted!r} " + (f"matches {len(matches)} speakers: "
+                            f"{', '.join(matches[:10])}; give a full name" if matches else "speaks in no session"))
+        excluded.append(matches[0])
+    if target in excluded:
+        raise DataError(f"--exclude-speakers: {target!r} is the target, the person the run twins; choose another "
+                        "with --target")
+    chosen = {target} if config.train_on == "target" else None
+    said = f"{target}'s turns (--train-on target)" if chosen else "every speaker's turns"
+    if not excluded:
+        return chosen, said
+    return (chosen or set(speakers)) - set(excluded), (said + f", never {', '.join(excluded)}'s: context only "
+                                                       "(--exclude-speakers)")
 
 
 def session_fingerprint(session: Session) -> str:
@@ -167,41 +207,50 @@ def validation_mask(fingerprints: list[str], fraction: float) -> list[bool]:
     return held_out
 
 
-def newest_mask(starts: list[int], fingerprints: list[str], fraction: float) -> list[bool]:
-    """Which sessions to hold out: the newest `fraction` of them (rounded, at least one of two or more,
-    none of a single one), so that a twin is judged on what came after everything it learnt from.
+def newest_mask(starts: list[int], fingerprints: list[str], fraction: float,
+                chats: list[str] | None = None) -> list[bool]:
+    """Which sessions to hold out: the newest `fraction` of each chat's (rounded; at least one of two or
+    more in all, none of a single one), so that a twin is judged on what came after everything it learnt
+    from in the same chat, and in every chat.
 
     Sessions that start at the same second are ordered by their fingerprints, so the split does not
     depend on the order of the input.
     """
     if len(starts) < 2 or fraction <= 0:
         return [False] * len(starts)
-    count = min(max(1, round(fraction * len(starts))), len(starts) - 1)
-    newest = sorted(range(len(starts)), key=lambda index: (starts[index], fingerprints[index]))[-count:]
+    chats = chats or [""] * len(starts)
+    by_chat: dict[str, list[int]] = {}
+    for index, chat in enumerate(chats):
+        by_chat.setdefault(chat, []).append(index)
     held_out = [False] * len(starts)
-    for index in newest:
-        held_out[index] = True
+    for indices in by_chat.values():
+        count = min(round(fraction * len(indices)), len(indices) - 1)
+        for index in sorted(indices, key=lambda index: (starts[index], fingerprints[index]))[len(indices) - count:]:
+            held_out[index] = True
+    if not any(held_out):
+        held_out[max(range(len(starts)), key=lambda index: (starts[index], fingerprints[index]))] = True
     return held_out
 
 
-def _tokenize(sessions: list[Session], tokenizer: Tokenizer, seq_len: int,
-              trained_speakers: set[str] | None) -> tuple[list[RenderedSession], int]:
+def _tokenize(sessions: list[Session], tokenizer: Tokenizer, seq_len: int, trained_speakers: set[str] | None,
+              memory: Callable[[Session], list[Turn]] | None = None) -> tuple[list[RenderedSession], int]:
     pieces, cut = [], 0
     for session in tqdm(sessions, desc="tokenizing", unit="session", leave=False):
-        session_pieces, session_cut = split_to_fit(session.turns, tokenizer, seq_len,
-                                                   trained_speakers=trained_speakers)
+        session_pieces, session_cut = split_to_fit(session.turns, tokenizer, seq_len, trained_speakers=trained_speakers,
+                                                   context=memory(session) if memory else [])
         pieces += session_pieces
         cut += session_cut
     return pieces, cut
 
 
-def _cache_key(fingerprints: list[str], tokenizer: Tokenizer, config: DataConfig) -> str:
+def _cache_key(fingerprints: list[str], tokenizer: Tokenizer, config: DataConfig, trained: set[str] | None,
+               memory: dict | None) -> str:
     # Keyed on the converted sessions rather than on the export file: that covers the file's content
     # and every export option at once, and the conversion runs anyway (the validation sessions and
     # the report come from it; it takes about as long as tokenizing).
     settings = {"format": CACHE_FORMAT, "tokenizer": _tokenizer_fingerprint(tokenizer),
-                "seq_len": config.seq_len, "train_on": config.train_on,
-                "val_fraction": config.val_fraction, "split": config.split, "sessions": fingerprints}
+                "seq_len": config.seq_len, "trained_speakers": sorted(trained) if trained is not None else None,
+                "val_fraction": config.val_fraction, "split": config.split, "sessions": fingerprints, "memory": memory}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
 

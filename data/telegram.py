@@ -34,12 +34,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, NamedTuple, NoReturn
+from typing import BinaryIO, Iterator, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
 from core.cli import program
 from core.flags import add_arguments, from_args, setting
+from data.personal import PLACEHOLDERS as SCRUBBED_PLACEHOLDERS, scrub
+from core.names import matching_names
 from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
                            write_sessions)
 
@@ -105,6 +107,15 @@ class ExportOptions:
                          "without text becomes a placeholder such as [photo] or [voice message] (a caption, a "
                          "sticker's emoji and a poll's question are kept as text); drop: such messages are left "
                          "out", choices=MEDIA_CHOICES)
+    # Choosing what to learn from
+    chats: str | None = setting(None, "read only these chats: a comma-separated list of chat names (in any case), "
+                                "ids or types (personal_chat, private_group, private_supergroup, public_supergroup) "
+                                "(default: every chat of the types read)", metavar="CHATS")
+    exclude_chats: str | None = setting(None, "leave out these chats: names, ids or types, as --chats takes them "
+                                        "(default: none)", metavar="CHATS")
+    scrub: bool = setting(False, "replace phone numbers, e-mail addresses and card numbers in the messages by "
+                          "[phone], [email] and [card], so that the model never learns them; the summary counts "
+                          "them")
 
     def __post_init__(self):
         if not self.gap_minutes > 0:
@@ -115,6 +126,20 @@ class ExportOptions:
             raise ValueError(f"speakers must be 'target' or 'any', got {self.speakers!r}")
         if self.media not in MEDIA_CHOICES:
             raise ValueError(f"media must be 'keep' or 'drop', got {self.media!r}")
+
+
+def chat_list(text: str | None) -> list[str]:
+    """--chats "Mom, Work group,personal_chat" as its entries."""
+    return [entry.strip() for entry in (text or "").split(",") if entry.strip()]
+
+
+def named_by(entries: list[str], name: object, chat_type: object, chat_id: object = None) -> list[str]:
+    """The entries of a --chats list that name this chat: by its name (in any case), its type or its id
+    (as the export writes it, or as user123 / chat123)."""
+    keys = {str(key).casefold() for key in (name, chat_type) if isinstance(key, str)}
+    if isinstance(chat_id, (int, str)) and not isinstance(chat_id, bool):
+        keys |= {str(chat_id).casefold(), (_person_id(chat_id) or "").casefold()}
+    return [entry for entry in entries if entry.casefold() in keys]
 
 
 def add_export_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -139,6 +164,8 @@ class ConversionReport:
     speaker_chars: Counter = field(default_factory=Counter)    # speaker -> characters written
     placeholders: Counter = field(default_factory=Counter)     # "[photo]" -> kept messages saying it
     repairs: Counter = field(default_factory=Counter)  # what cleaning changed -> messages or names
+    scrubbed: Counter | None = None  # with --scrub: "phone", "email", "card" -> values replaced
+    chat_choices: list[str] = field(default_factory=list)  # --chats and --exclude-chats as given
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -159,6 +186,12 @@ class ConversionReport:
             lines.append(f"  skipped: {_counts(self.messages_skipped)}")
         if self.repairs:
             lines.append(f"  repaired: {_counts(self.repairs)}")
+        lines += [f"  {choice}" for choice in self.chat_choices]
+        if self.scrubbed is None:
+            lines.append("  phone numbers, e-mail addresses and card numbers: kept as written (--scrub replaces them)")
+        else:
+            counts = ", ".join(f"{kind} {self.scrubbed[kind]:,}" for kind in SCRUBBED_PLACEHOLDERS)
+            lines.append(f"  scrubbed (--scrub): {counts}, replaced by {', '.join(SCRUBBED_PLACEHOLDERS.values())}")
         if self.placeholders:
             lines.append(f"  media without text: {_counts(self.placeholders)} "
                          "(kept as placeholders; --media drop leaves them out)")
@@ -285,7 +318,7 @@ class _JsonReader:
                         and self._read_more(at_least=len(self.buffer) - self.pos)):
                     continue
                 if unterminated or error.pos >= len(self.buffer.rstrip()):
-                    raise self.error(where, "the file ends inside this value: is it truncated?")
+                    raise self.error(where, "the file ends inside this value: is it truncated?") from None
                 raise self.error(where, f"not valid JSON: {error.msg} at character "
                                         f"{self.consumed + error.pos}") from None
             except (ValueError, RecursionError) as error:  # e.g. a 5000-digit number, deep nesting
@@ -383,6 +416,8 @@ class _ExportReader:
         self.latest_time = int(datetime.now(timezone.utc).timestamp()) + SECONDS_PER_DAY
         self.report = ConversionReport(str(path), "Telegram export")
         self.warned: set[str] = set()  # kinds of malformed input already warned about
+        self.chats, self.exclude_chats = chat_list(options.chats), chat_list(options.exclude_chats)
+        self.chat_entries_used: set[str] = set()  # entries of --chats and --exclude-chats that named a chat
 
     def read(self) -> None:
         size = self.path.stat().st_size
@@ -407,6 +442,7 @@ class _ExportReader:
         elif not found_chat_list:
             raise DataError(f"{self.path}: not a Telegram export: no chats list and no messages "
                             "at the top level")
+        _note_chat_choices(self.report, self.options, self.chat_entries_used)
         # Cleaned once per person rather than once per message.
         self.display_names = {person: _display_name(name, person, self.report.repairs)
                               for person, (_, name) in self.latest_names.items()}
@@ -543,11 +579,41 @@ class _ExportReader:
         if (chat.type == "verification_codes" or _person_id(chat.id) == f"user{SERVICE_NOTIFICATIONS_ID}"
                 or (chat.type == "personal_chat" and chat.name == "Telegram")):
             return "Telegram service notifications"
+        excluded, included = (named_by(entries, chat.name, chat.type, chat.id)
+                              for entries in (self.exclude_chats, self.chats))
+        self.chat_entries_used.update(excluded + included)
+        if excluded:
+            return "named by --exclude-chats"
+        if self.chats and not included:
+            return "not named by --chats"
         if chat.type in DEFAULT_CHAT_TYPES:
             return None
         if chat.type == PUBLIC_GROUP_TYPE:
             return None if self.options.public_groups else f"{chat.type} (see --public-groups)"
         return chat.type
+
+
+def _note_chat_choices(report: ConversionReport, options: ExportOptions, used: set[str]) -> None:
+    """Say in the summary which chats were asked for and left out; warn of a --chats entry that named none,
+    and refuse an --exclude-chats entry that named none."""
+    for flag, text, choice in (("--chats", options.chats, "read only the chats named by"),
+                               ("--exclude-chats", options.exclude_chats, "left out the chats named by")):
+        entries = chat_list(text)
+        if entries:
+            report.chat_choices.append(f"{choice} {flag}: {', '.join(entries)}")
+        unused = [entry for entry in entries if entry not in used]
+        if unused and flag == "--exclude-chats":  # a chat meant to stay out must not slip in by a typo
+            raise DataError(f"{report.source}: --exclude-chats: {unused[0]!r} names no chat here (a chat's name, "
+                            "id or type)")
+        report.warnings += [f"{flag}: {entry!r} names no chat (a chat's name, id or type)" for entry in unused]
+
+
+def _scrub_sessions(sessions: list[Session], report: ConversionReport) -> None:
+    """--scrub: every message with its phone numbers, e-mail addresses and card numbers replaced, counted."""
+    report.scrubbed = Counter()
+    for session in sessions:
+        for turn in session.turns:
+            turn.messages = [scrub(message, report.scrubbed) for message in turn.messages]
 
 
 def _person_id(value) -> str | None:
@@ -664,12 +730,12 @@ def _choose_target(export: _ExportReader, options: ExportOptions,
 
 
 def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> tuple[str, str]:
-    """The id that --target means, and how it was chosen: an id, or a name (see _matching_names)."""
+    """The id that --target means, and how it was chosen: an id, or a name (see core.names)."""
     wanted = wanted.strip()
     person = _person_id(wanted)
     if person not in names:
         people_by_name = {name: someone for someone, name in names.items()}
-        matches = _matching_names(wanted, people_by_name)
+        matches = matching_names(wanted, people_by_name)
         if len(matches) > 1:
             choices = ", ".join(f"{name!r} ({people_by_name[name]})" for name in matches)
             raise DataError(f"{export.path}: --target {wanted!r} matches {len(matches)} people: "
@@ -686,24 +752,6 @@ def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> t
     others = ", ".join(f"{names[other]!r} ({other})" for other in namesakes)
     return person, (f"chosen with --target; also called {export.display_names[person]}: {others}, "
                     "whom an id or that name picks")
-
-
-def _matching_names(wanted: str, names: Iterable[str]) -> list[str]:
-    """The names `wanted` picks: the one equal to it; else those equal to it in another case; else
-    those holding its words in a row, in any case ("alexander", "Smirnov" for "Alexander Smirnov")."""
-    names = list(names)
-    if wanted in names:
-        return [wanted]
-    folded = wanted.casefold()
-    same = [name for name in names if name.casefold() == folded]
-    if same:
-        return same
-    words = folded.split()
-    return [name for name in names if words and _holds_run(name.casefold().split(), words)]
-
-
-def _holds_run(words: list[str], run: list[str]) -> bool:
-    return any(words[start:start + len(run)] == run for start in range(len(words) - len(run) + 1))
 
 
 def _most_active(export: _ExportReader, names: dict[str, str]) -> str:
@@ -793,6 +841,8 @@ def _sessions_from_export(export: _ExportReader,
                 f"only {target} speaks in the group {chat_name!r}: was it exported with "
                 "'Only my messages'? Export it again with everyone's messages to learn from it")
     sessions.sort(key=lambda session: session.start)
+    if options.scrub:
+        _scrub_sessions(sessions, report)
     _count_sessions(report, sessions)
     if not sessions:
         report.warnings.append("no sessions: nothing to train on (see what was skipped above)")
@@ -829,7 +879,7 @@ def _load_sessions_file(path: Path,
         messages = Counter(turn.speaker for session in sessions for turn in session.turns
                            for _ in turn.messages)
         wanted = options.target.strip()
-        matches = _matching_names(wanted, [name for name, _ in messages.most_common()])
+        matches = matching_names(wanted, [name for name, _ in messages.most_common()])
         if not matches:
             raise DataError(f"{path}: --target {wanted!r} never speaks in this file; top speakers: "
                             f"{', '.join(name for name, _ in messages.most_common(10))}")
@@ -848,11 +898,31 @@ def _load_sessions_file(path: Path,
     report.target = target
     for session in sessions:
         session.target = target
-    if dataclasses.replace(options, target=None) != ExportOptions():
+    sessions = _chosen_chats(sessions, options, report)
+    if dataclasses.replace(options, target=None, chats=None, exclude_chats=None, scrub=False) != ExportOptions():
         report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups, "
                                "--strict and --media apply to Telegram exports, not to a sessions file")
+    if options.scrub:
+        _scrub_sessions(sessions, report)
     _count_sessions(report, sessions)
     return sessions, report
+
+
+def _chosen_chats(sessions: list[Session], options: ExportOptions, report: ConversionReport) -> list[Session]:
+    """The sessions of a sessions file in the chats --chats and --exclude-chats choose (by name or type)."""
+    chats, excluded, used = chat_list(options.chats), chat_list(options.exclude_chats), set()
+    kept = []
+    for session in sessions:
+        named, left_out = named_by(chats, session.chat, session.chat_type), named_by(excluded, session.chat,
+                                                                                       session.chat_type)
+        used.update(named + left_out)
+        if left_out or chats and not named:
+            reason = "named by --exclude-chats" if left_out else "not named by --chats"
+            report.messages_skipped[f"in chats {reason}"] += sum(len(turn.messages) for turn in session.turns)
+        else:
+            kept.append(session)
+    _note_chat_choices(report, options, used)
+    return kept
 
 
 def load_sessions(path, options: ExportOptions | None = None) -> tuple[list[Session], ConversionReport]:

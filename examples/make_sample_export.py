@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import atomic  # noqa: E402
 
-SEED = 25  # of the first 40, one whose held-out splits hold several sessions of every persona: at train.py's
-# default 2%, 6 of Катя's, 6 of Eleanor's, 3 of Dmitry's; at the demo's 5%, 12, 11 and 8
+SEED = 25  # its held-out splits hold sessions of every persona: with --split time at the demo's 5%, 13 of
+# Катя's, 9 of Eleanor's, 9 of Dmitry's; at train.py's default (hash, 2%), 3, 2 and 3
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 FIRST_DAY = datetime(2023, 1, 9, tzinfo=timezone.utc)
 LAST_DAY = datetime(2024, 11, 15, tzinfo=timezone.utc)
@@ -625,6 +625,151 @@ FLAT_NEIGHBOURS = [  # left: Telegram exports only the owner's own messages of i
 ]
 
 
+# --- Storylines: what people say about their lives, picked up days later -----------------------------
+# A storyline is two conversations some days apart in one chat: in the first, its teller says what
+# happens (a trip planned, an illness, a new job, a new pet, a side taken in a recurring argument); in
+# the second, the friend asks about it without naming it, and the teller's answer names it again: a
+# twin can only get that answer right by remembering the first conversation. The fact is a name drawn
+# once for the whole export (a city, a medicine, a company, a pet, a side), so it stands in no other
+# conversation of the chat, and fidelity's rule for "fact turns" (a turn repeating a rare word of an
+# earlier conversation of the chat) finds exactly these answers.
+
+STORY_KINDS = ("trip", "illness", "job", "pet", "argument")
+STORY_FACTS = {
+    "trip": ["Lisbon", "Tbilisi", "Tallinn", "Kyoto", "Seville", "Bergen", "Krakow", "Naples", "Batumi", "Porto",
+             "Valencia", "Ljubljana"],
+    "illness": ["Amoxiclav", "Theraflu", "Strepsils", "Coldrex", "Nurofen", "Arbidol", "Sinupret", "Tantum",
+                "Ingavirin", "Fervex", "Bromhexine", "Lazolvan"],
+    "job": ["Northwind", "Brightlane", "Fernhill", "Quantix", "Lumora", "Altavia", "Corvell", "Tessaro",
+            "Kestrel", "Mirabyte", "Oakridge", "Silvaro"],
+    "pet": ["Miso", "Pixel", "Bagel", "Tofu", "Pretzel", "Nori", "Waffle", "Pickle", "Mochi", "Biscuit", "Pumpkin",
+            "Noodle"],
+    "argument": ["Messi", "Ronaldo", "Vim", "Emacs", "Beatles", "Stones", "Tolstoy", "Dostoevsky", "Linux",
+                 "Windows", "Python", "Kotlin"],
+}
+# Per persona: "tell" (the teller's first telling, which names the fact), "ask" (the friend's question
+# days later, which does not), "answer" (the teller's reply, naming it again), and the friend's
+# "react" to the telling and "close" after the answer; "after" is the teller's word after the reaction.
+STORY_LINES = {
+    "A": {
+        "tell": {"trip": "слушай, next week лечу в {fact}, в отпуск | trip на неделю, уже купил билеты))",
+                 "illness": "я заболел, температура | doctor выписал {fact}, пью",
+                 "job": "news: новая работа! new job | offer от {fact}, выхожу с понедельника))",
+                 "pet": "у нас новый питомец!! my first pet, котик | назвали {fact}, он тебе понравится",
+                 "argument": "ну нет, {fact} лучше, не будем спорить | just agree, this is not even a question"},
+        "ask": {"trip": "ну что, как отпуск? | how was the trip?", "illness": "как ты? | температура прошла? что сказал doctor?",
+                "job": "как новая работа? | как new job, nice people?", "pet": "как твой питомец? | how is your pet?))",
+                "argument": "ну что, всё ещё будешь спорить? | still don't agree?"},
+        "answer": {"trip": "{fact} был amazing | еда, море, всё супер", "illness": "да, уже лучше | {fact} реально помог",
+                   "job": "в {fact} пока всё good | команда classная", "pet": "{fact} растёт)) | всё грызёт, little monster",
+                   "argument": "конечно, {fact} лучше | not changing my mind"},
+        "react": ["wow, cool)) | расскажи потом", "ого | good luck", "haha ok | noted"],
+        "close": ["круто)) | рад за тебя", "nice, так держать", "haha ok, I knew it"],
+        "after": ["спасибо)) | потом расскажу", "yeah, посмотрим", "haha, ну да"],
+    },
+    "K": {
+        "tell": {"trip": "угадай куда я еду в отпуск | в {fact} ✈️", "illness": "я заболела 🤒 | температура | пью {fact}",
+                 "job": "у меня новая работа | в {fact} 🎉 | не верю", "pet": "у меня новый питомец | котик 🐱 | его зовут {fact}",
+                 "argument": "нет | {fact} лучше | и не надо спорить 😤"},
+        "ask": {"trip": "ну как отпуск | рассказывай", "illness": "ты как | температура прошла", "job": "ну как новая работа",
+                "pet": "как твой питомец | покажи фотку", "argument": "ну что | всё ещё будешь спорить"},
+        "answer": {"trip": "{fact} это любовь | хочу обратно 😍", "illness": "лучше | {fact} помог 💛",
+                   "job": "в {fact} классно | все милые", "pet": "{fact} спит на мне | весь день 😹",
+                   "argument": "{fact} лучше | я права"},
+        "react": ["ого | круто", "ааа | рассказывай потом", "ну ладно"],
+        "close": ["ура 🥰", "я рада", "ну конечно"],
+        "after": ["ага | потом расскажу", "спасибо 💛", "вот так"],
+    },
+    "E": {
+        "tell": {"trip": "I have finally booked the trip: we fly to {fact} next Thursday, and I am already making a "
+                         "list of the bakeries we simply must visit.",
+                 "illness": "I am afraid I have come down with something rather nasty. The doctor has put me on "
+                            "{fact}, and I am to stay in bed for a few days.",
+                 "job": "I have some news: a new job at last! I accepted the offer from {fact} this morning, and I "
+                        "start next month, both thrilled and terrified.",
+                 "pet": "We have adopted a little rescue dog, our first pet. The children have named him {fact}, and he has "
+                        "already chewed one of my good shoes.",
+                 "argument": "I am sorry, but I cannot agree with you. {fact} is simply better, and I shall defend "
+                             "that to my last breath."},
+        "ask": {"trip": "You are back! How was the trip? I want to hear every detail, however small.",
+                "illness": "How are you feeling today? Did the medicine the doctor gave you help?",
+                "job": "How are you finding the new job? Are the people as nice as they seemed?",
+                "pet": "How is your new pet getting on? Is it settling in?",
+                "argument": "Do you still not agree with me, or have you come round to my side?"},
+        "answer": {"trip": "{fact} was wonderful. We walked everywhere, ate far too much, and I have come home "
+                           "with a suitcase full of tiles.",
+                   "illness": "Much better, thank you. The {fact} did its work, and I am nearly myself again.",
+                   "job": "{fact} has been a pleasant surprise. My team is kind, and the coffee is very good.",
+                   "pet": "{fact} has settled in beautifully. He sleeps on my feet and follows me everywhere.",
+                   "argument": "Not in the slightest. {fact} is better, and nothing you say will change my mind."},
+        "react": ["How exciting! You must tell me all about it.", "Oh dear, do take care of yourself.",
+                  "Well, I suppose we shall see."],
+        "close": ["I am so glad to hear it.", "That is lovely news.", "Very well, we shall agree to disagree."],
+        "after": ["Thank you, I shall tell you everything once it is over.", "You are very kind, as always.",
+                  "We shall see who is right in the end."],
+    },
+    "D": {
+        "tell": {"trip": "Еду в отпуск в {fact}! Вот отель: https://travel.example.com/{fact}",
+                 "illness": "Заболел, температура. Врач выписал {fact}. Ты не знаешь, он помогает?",
+                 "job": "Новая работа! Ухожу в {fact}. Вот их сайт: https://jobs.example.com/{fact}",
+                 "pet": "У нас новый питомец, щенок! Назвали {fact}. Знаешь хорошего ветеринара?",
+                 "argument": "Нет, {fact} лучше. Ты серьёзно будешь спорить?"},
+        "ask": {"trip": "Ну как отпуск? Куда ходил?", "illness": "Как здоровье? Температура прошла?",
+                "job": "Как новая работа? Нравится?", "pet": "Как питомец? Слушается?",
+                "argument": "Ну что, будешь ещё спорить? Я же прав?"},
+        "answer": {"trip": "{fact} отличный! Фото тут: https://photos.example.com/{fact}",
+                   "illness": "Да, всё прошло. {fact} помог, кстати. Спасибо, что спросил!",
+                   "job": "В {fact} нормально. Задачи интересные, ты как?",
+                   "pet": "{fact} растёт! Уже знает команду сидеть. Хочешь видео?",
+                   "argument": "Нет, {fact} лучше. Почему ты опять об этом?"},
+        "react": ["Круто! Надолго?", "Ого. Держись!", "Ну-ну. Посмотрим?"],
+        "close": ["Рад за тебя!", "Отлично!", "Ладно, останемся при своих?"],
+        "after": ["Спасибо! Потом расскажу, ладно?", "Посмотрим. А ты как?", "Ну да. Спорим?"],
+    },
+}
+# Which of a persona's reactions, closing words and afterwords fits each kind: glad, sorry, unconvinced.
+STORY_MOODS = {"trip": {"react": 0, "close": 0, "after": 0}, "illness": {"react": 1, "close": 1, "after": 1},
+               "job": {"react": 0, "close": 0, "after": 0}, "pet": {"react": 0, "close": 1, "after": 1},
+               "argument": {"react": 2, "close": 2, "after": 2}}
+STORIES_PER_CHAT = 16  # three or four of each kind, their tellers taking turns
+STORIES_AT_THE_END = 8  # of them, packed into the last weeks, where --split time holds conversations out
+
+
+def storylines(friend: str, facts: dict[str, list[str]], hours: range, rng: random.Random
+               ) -> list[tuple[int, list[dict]]]:
+    """The storylines of Alexander's chat with `friend`: pairs of conversations days apart, spread over
+    the export and a few more in its last weeks (so that held-out conversations pick some up)."""
+    span = int((LAST_DAY - FIRST_DAY).total_seconds()) // DAY - 12
+    early = STORIES_PER_CHAT - STORIES_AT_THE_END
+    days = sorted({round(span * (index + 0.5) / early) for index in range(early)} |
+                  {span - 36 + index * 4 for index in range(STORIES_AT_THE_END)})
+    played = []
+    for index, day in enumerate(days):
+        kind = STORY_KINDS[index % len(STORY_KINDS)]
+        fact = facts[kind].pop(rng.randrange(len(facts[kind])))
+        teller, asker = ("A", friend) if index % 2 == 0 else (friend, "A")
+        first = (int(FIRST_DAY.timestamp()) + (day + rng.randrange(-2, 3)) * DAY + rng.choice(hours[:-3]) * 3600
+                 + rng.randrange(3600))
+        later = first + rng.randrange(2, 7) * DAY + rng.randrange(-2, 3) * 3600 + rng.randrange(-1800, 1800)
+        lines = {role: STORY_LINES[who] for role, who in (("teller", teller), ("asker", asker))}
+        mood = STORY_MOODS[kind]
+        for start, beats in ((first, [("teller", lines["teller"]["tell"][kind]),
+                                      ("asker", lines["asker"]["react"][mood["react"]]),
+                                      ("teller", lines["teller"]["after"][mood["after"]])]),
+                             (later, [("asker", lines["asker"]["ask"][kind]),
+                                      ("teller", lines["teller"]["answer"][kind]),
+                                      ("asker", lines["asker"]["close"][mood["close"]])])):
+            messages = []
+            for role, wording in beats:
+                who = teller if role == "teller" else asker
+                parts = wording.format(fact=fact).split(" | ")
+                if who == "K":
+                    parts = with_katya_habits(parts, rng)
+                messages += [message_of(PEOPLE[who], part) for part in parts]
+            played.append((start, messages))
+    return played
+
+
 # --- Playing the topics --------------------------------------------------------------------------
 
 def session_from_topic(topic: list[tuple], slots: dict[str, list[str]], rng: random.Random) -> list[dict]:
@@ -756,9 +901,13 @@ def write_chat(name: str | None, chat_type: str, chat_id: int,
 
 def build_export(seed: int = SEED) -> dict:
     rng = random.Random(seed)
-    katya = conversations(KATYA_TOPICS, KATYA_SLOTS, 160, KATYA_SPECIAL, range(8, 23), rng)
-    eleanor = conversations(ELEANOR_TOPICS, ELEANOR_SLOTS, 140, ELEANOR_SPECIAL, range(8, 21), rng)
-    dmitry = conversations(DMITRY_TOPICS, DMITRY_SLOTS, 140, DMITRY_SPECIAL, range(9, 23), rng)
+    facts = {kind: list(names) for kind, names in STORY_FACTS.items()}  # each fact told in one chat only
+    katya_stories = storylines("K", facts, range(8, 23), rng)
+    eleanor_stories = storylines("E", facts, range(8, 21), rng)
+    dmitry_stories = storylines("D", facts, range(9, 23), rng)
+    katya = conversations(KATYA_TOPICS, KATYA_SLOTS, 160, KATYA_SPECIAL + katya_stories, range(8, 23), rng)
+    eleanor = conversations(ELEANOR_TOPICS, ELEANOR_SLOTS, 140, ELEANOR_SPECIAL + eleanor_stories, range(8, 21), rng)
+    dmitry = conversations(DMITRY_TOPICS, DMITRY_SLOTS, 140, DMITRY_SPECIAL + dmitry_stories, range(9, 23), rng)
     group = conversations(GROUP_TOPICS, GROUP_SLOTS, 60, GROUP_SPECIAL, range(10, 22), rng)
     chats = [
         write_chat(ELEANOR.name, "personal_chat", ELEANOR.id, eleanor, rng),

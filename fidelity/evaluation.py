@@ -1,5 +1,6 @@
 """A whole fidelity report: plan, measure base and tuned, compare, write. `run_evaluation` is what train.py
 calls at the end of a LoRA run; `evaluate_full_fine_tune` compares two checkpoints."""
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,8 +11,10 @@ from fidelity import EvaluationError
 from fidelity.markdown import write_report
 from fidelity.measure import Measurement, measure
 from fidelity.plan import EvalSettings, Plan, plan_evaluation
+from fidelity.remembering import MemoryFigures, measure_memory
 from fidelity.report import Report, compare
 from fidelity.verdict import PersonVerdict
+from memory import MemoryConfig
 from model import load_model
 from model.checkpoint import check_finite
 from model.lora import adapters_off, lora_layers
@@ -21,11 +24,12 @@ from model.transformer import Transformer
 def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
                    settings: EvalSettings | None = None, device: torch.device = torch.device("cpu"),
                    about: dict | None = None, metrics_file: Path | None = None,
-                   verdict: list[PersonVerdict] | None = None) -> Report:
+                   verdict: list[PersonVerdict] | None = None, memory: MemoryConfig | None = None) -> Report:
     """Evaluate a model carrying LoRA adapters against itself with them switched off; write the report.
 
     `about` says what the report is about: "base", "tuned", "data" (strings for the reader).
     `metrics_file`: the run's metrics.jsonl, for the loss curves. `verdict`: the blind test's, if judged.
+    `memory`: the run's, for the report's memory section (the tuned model without and with it).
     The model is left as it came: adapters on, same training mode.
     """
     settings = settings or EvalSettings()
@@ -35,7 +39,10 @@ def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData,
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
     tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
-    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict)
+    remembered = (measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device)
+                  if memory and memory.on else None)
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict,
+                             remembered)
 
 
 
@@ -52,11 +59,12 @@ def evaluate_full_fine_tune(base_source: str | Path, tuned_source: str | Path, t
 
 def compare_and_write(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
                       settings: EvalSettings, out_dir: str | Path, about: dict,
-                      metrics_file: Path | None = None, verdict: list[PersonVerdict] | None = None) -> Report:
+                      metrics_file: Path | None = None, verdict: list[PersonVerdict] | None = None,
+                      memory: MemoryFigures | None = None) -> Report:
     about = {"base": "base model", "tuned": "tuned model", "data": "held-out sessions", **about,
              "speakers": plan.speakers, "contexts": settings.contexts, "seed": settings.seed,
              "sampling": asdict(settings.sampling)}
-    report = compare(plan, data, base, tuned, settings, about, verdict)
+    report = dataclasses.replace(compare(plan, data, base, tuned, settings, about, verdict), memory=memory)
     write_report(report, out_dir, metrics_file)
     return report
 

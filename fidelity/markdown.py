@@ -1,11 +1,12 @@
 """A fidelity report on disk: report.json (every figure), report.md (for a reader: tables, a guide to
-reading them, plots and examples) and the plots, each written whole or not at all."""
+reading them, plots and examples) and the plots, written whole or not at all, as one folder."""
 import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 
 from core import atomic
+from fidelity import EvaluationError
 from fidelity.calibration import Placement
 from fidelity.plots import PersonShown, StyleRowShown, loss_curves_png, read_metrics, style_positions_png
 from fidelity.privacy import COPY_WORDS
@@ -16,6 +17,7 @@ from fidelity.style import STATISTICS
 from fidelity.verdict import PersonVerdict
 
 PLOTS = {"loss_curves.png": "Loss curves", "style_positions.png": "Style between the floor and the ceiling"}
+REPORT_FILES = {"report.json", "report.md", *PLOTS}
 
 
 HOW_TO_READ = f"""\
@@ -54,18 +56,28 @@ HOW_TO_READ = f"""\
 
 
 def write_report(report: Report, out_dir: str | Path, metrics_file: Path | None = None) -> None:
-    """report.json, report.md and the plots, each written whole or not at all."""
+    """report.json, report.md and the plots, written together into a folder that then replaces `out_dir`
+    whole: a report cut short leaves the one before as it was, never a new plot beside an old report."""
     out_dir = Path(out_dir)
+    check_report_folder(out_dir)
     pictures = {"loss_curves.png": loss_curves_png(read_metrics(metrics_file), base_held_out_loss(report))
                 if metrics_file and metrics_file.is_file() else None,
                 "style_positions.png": style_positions_png([person_shown(speaker) for speaker in report.speakers])}
-    for name, png in pictures.items():
-        if png:
-            atomic.write_bytes(out_dir / name, png)
     plots = [name for name, png in pictures.items() if png]
-    atomic.write_text(out_dir / "report.json", json.dumps({**report_json(report), "plots": plots}, indent=2,
-                                                          ensure_ascii=False))
-    atomic.write_text(out_dir / "report.md", report_markdown(report, plots))
+    with atomic.directory(out_dir) as building:
+        for name in plots:
+            atomic.write_bytes(building / name, pictures[name])
+        atomic.write_text(building / "report.json", json.dumps({**report_json(report), "plots": plots}, indent=2,
+                                                               ensure_ascii=False))
+        atomic.write_text(building / "report.md", report_markdown(report, plots))
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """A report replaces its folder as one: a folder that holds anything else is refused."""
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_FILES) if out_dir.is_dir() else []
+    if foreign:
+        raise EvaluationError(f"{out_dir}: holds {foreign[0]}, which is no part of a report; give the report a "
+                              "folder of its own (a new one)")
 
 
 def base_held_out_loss(report: Report) -> float | None:
@@ -117,7 +129,8 @@ def report_json(report: Report) -> dict:
             "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
                               for writer, kinds in report.personal_data.items()},
             "peoples_verdict": [{**asdict(person), "answers": person.answers, "share": person.share,
-                                 "interval": person.interval} for person in report.verdict]}
+                                 "interval": person.interval} for person in report.verdict],
+            "memory": asdict(report.memory) if report.memory else None}
 
 
 def cell(text: str) -> str:
@@ -151,6 +164,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
     for name in plots:
         lines += ["", f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})"]
     lines += verdict_markdown(report.verdict) + attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
+    lines += report.memory.markdown() if report.memory else []
     for speaker in report.speakers:
         lines += ["", f"## {cell(speaker.title)}", "", speaker_verdict(speaker, report.attribution)]
         if speaker.style:

@@ -4,44 +4,17 @@ addresses and card numbers from it, in the replies a model wrote.
 Only counts leave this module, never a copied passage or a value: the report may be shared where the
 chats may not.
 """
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from data.personal import KINDS, personal_values
 from fidelity.text import words
 
 COPY_WORDS = 8  # a reply holding this many words in a row of the training text copies it
 HASH_BASE = 0x9E3779B97F4A7C15  # odd, so the polynomial hash of word ids spreads over all 64 bits
 CANDIDATES = 64  # places in the training text a copied 8-gram is followed from, at most
 TURN_BREAK = 0  # word id between turns: no copy runs across it, as no reply holds it
-
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-NUMBER = re.compile(r"\+?\d[\d ().-]{7,}\d")  # digits, perhaps grouped by spaces, dashes or brackets
-KINDS = ("phone", "email", "card")
-
-
-def luhn_valid(digits: str) -> bool:
-    """The check digit of payment card numbers."""
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        value = int(digit) * (2 if position % 2 else 1)
-        total += value - 9 if value > 9 else value
-    return total % 10 == 0
-
-
-def personal_values(text: str) -> dict[str, set[str]]:
-    """The phone numbers, e-mail addresses and card-like numbers in `text`, normalised: a phone number as
-    its last 10 digits (+7 900 and 8 900 are one number), a card as its digits, an address lower-cased."""
-    found = {kind: set() for kind in KINDS}
-    found["email"] = {address.lower() for address in EMAIL.findall(text)}
-    for number in NUMBER.findall(EMAIL.sub(" ", text)):
-        digits = re.sub(r"\D", "", number)
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            found["card"].add(digits)
-        elif 10 <= len(digits) <= 15:
-            found["phone"].add(digits[-10:])
-    return found
 
 
 def _window_hashes(ids: np.ndarray, size: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from fidelity.failures import FailureRates, failure_rates
 from fidelity.measure import Measurement
 from fidelity.plan import EvalSettings, Plan
 from fidelity.privacy import COPY_WORDS, Memorization, PersonalDataLeak, TrainingText, memorization, personal_data_leaks
+from fidelity.remembering import MemoryFigures
 from fidelity.style import STATISTICS, style_statistics
 from fidelity.verdict import PersonVerdict
 
@@ -148,6 +149,7 @@ class Report:
     cut: dict[str, float]  # model -> share of its turns cut for running on past the person's own (measure.py)
     about: dict  # what was evaluated, and how
     verdict: list[PersonVerdict] = field(default_factory=list)  # the blind test's judges, where any answered
+    memory: MemoryFigures | None = None  # the tuned model without and with its memory, where the run has one
 
     def summary(self) -> str:
         lines = [f"fidelity, base → tuned (held-out sessions: {self.held_out_sessions}):"]
@@ -170,7 +172,7 @@ class Report:
             lines.append(f"  people's verdict on {person.speaker}: the twin's turn taken for the real one in "
                          f"{percent(person.share)} of {person.twin_taken + person.real_taken} pairs decided "
                          f"({person.judges} judges)")
-        return "\n".join(lines)
+        return "\n".join(lines + (self.memory.summary() if self.memory else []))
 
 
 def number(value: float | None) -> str:

@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.run_folder import RunFolder
 from fidelity import EvaluationError
 
-ANSWERS_FILE = "blind_test.json"  # in the run folder, beside run.json
+ANSWERS_FILE = RunFolder(".").blind_test.name  # in the run folder, beside run.json
 PICKS = ("twin", "real", "cant_tell")
 Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -52,7 +53,7 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
 
 
 def answers_file(run: Path) -> Path:
-    return Path(run) / ANSWERS_FILE
+    return RunFolder(run).blind_test
 
 
 def read_answers(file: Path) -> list[dict]:

@@ -3,5 +3,7 @@ from model.checkpoint import CheckpointError, load_model, load_tokenizer, save_m
 from model.transformer import KVCache, Transformer, ModelConfig
 from model.tokenizer import Tokenizer
 
-__all__ = ["CheckpointError", "KVCache", "ModelConfig", "Transformer", "Tokenizer",
+DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"  # the base of every program without a --model
+
+__all__ = ["CheckpointError", "DEFAULT_MODEL", "KVCache", "ModelConfig", "Transformer", "Tokenizer",
            "load_model", "load_tokenizer", "save_model"]

@@ -33,7 +33,6 @@ from pathlib import Path
 import tokenizers
 
 from core import atomic
-from model.gguf.file import GGUFFile
 from model.tokenizer import (
     NAMED_TOKENS,
     PREFIX_ADDED,
@@ -61,17 +60,17 @@ def _byte_decoder() -> dict[str, int]:
 BYTE_DECODER = _byte_decoder()
 
 
-def _component_types(component: dict | None) -> list[dict]:
+def component_types(component: dict | None) -> list[dict]:
     """A normalizer, pre-tokenizer or decoder of tokenizer.json as a flat list, a Sequence unpacked."""
     if not component:
         return []
     parts = component.get("normalizers") or component.get("pretokenizers") or component.get("decoders")
-    return [leaf for part in parts for leaf in _component_types(part)] if parts else [component]
+    return [leaf for part in parts for leaf in component_types(part)] if parts else [component]
 
 
 def _piece_bytes(tokenizer_json: dict) -> list[bytes | None]:
     """Each model token's bytes by id (None where no token has the id), as the file's decoder reads them."""
-    decoders = {part.get("type") for part in _component_types(tokenizer_json.get("decoder"))}
+    decoders = {part.get("type") for part in component_types(tokenizer_json.get("decoder"))}
     vocab = tokenizer_json["model"]["vocab"]
     table: list[bytes | None] = [None] * (max(vocab.values(), default=-1) + 1)
     for token, token_id in vocab.items():
@@ -302,6 +301,8 @@ def _gguf_fields(path: Path) -> dict:
     """The tokenizer metadata of a GGUF file, each value checked to be of its type. The arrays are first
     bounded by the model's embedding: a vocabulary is read only once it is known to fit (a file may
     claim millions of tokens)."""
+    from model.gguf.file import GGUFFile  # the gguf package takes a second to import: only GGUF input needs it
+
     file = GGUFFile(path, TokenizerError)
     embedding = file.tensors.get("token_embd.weight")
     # (a file of a vocabulary alone, as llama.cpp keeps for its tests, has no embedding to bound it by)

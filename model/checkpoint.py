@@ -25,13 +25,13 @@ from torch import nn
 
 from core import atomic
 
+from model.architectures import text_config, twin_weight_name
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from model.gguf import load_gguf_model
 from model import shelf
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
 from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
-from model.weights import CheckpointError, assign_parameter, check_config_fields, first_line, shown
+from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model, first_line, shown
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.json"]
@@ -135,7 +135,7 @@ def load_config(directory: Path) -> ModelConfig:
     """config.json, its fields checked before the model class reads them and its layer count checked
     against the weight files, so that an absurd config is refused before any model is built."""
     config_file = directory / "config.json"
-    hf = read_json(config_file)
+    hf = text_config(read_json(config_file))  # (a multimodal model's text part)
     layers = {match.group(1) for name in CheckpointReader(directory).shapes() if (match := LAYER_KEY.match(name))}
     check_config_fields(hf, config_file, len(layers))
     try:
@@ -228,7 +228,8 @@ def shard_file(directory: Path, name: str, index_file: Path) -> Path:
 class CheckpointReader:
     """The tensors of a checkpoint's weight files, each read on demand, whole or a range of rows.
 
-    Reading rows is what lets each rank of a sharded run read only its own part of every tensor.
+    Reading rows is what lets each rank of a sharded run read only its own part of every tensor. Tensors
+    go by twin's names: a multimodal checkpoint's text model without its prefix, its other parts left out.
     """
 
     def __init__(self, directory: Path):
@@ -240,9 +241,11 @@ class CheckpointReader:
                 raise CheckpointError(f"{file}: not a regular file")
             if file.suffix == ".safetensors":
                 header, data_start = read_safetensors_header(file)
-                self.locations.update({name: (file, info, data_start) for name, info in header.items()})
+                self.locations.update({ours: (file, info, data_start) for name, info in header.items()
+                                       if (ours := twin_weight_name(name)) is not None})
             else:
-                self.pickled.update(read_pickled_tensors(file))
+                self.pickled.update({ours: tensor for name, tensor in read_pickled_tensors(file).items()
+                                     if (ours := twin_weight_name(name)) is not None})
 
     def file_of(self, name: str) -> Path:
         return self.locations[name][0] if name in self.locations else self.files[0]
@@ -321,14 +324,15 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloa
         raise ValueError(f"unknown quantization {quantize!r}; twin stores weights in nf4 or not at all")
     path_or_repo = shelf.resolve(path_or_repo)
     if str(path_or_repo).endswith(".gguf"):
+        from model.gguf import load_gguf_model  # the gguf package takes a second to import: only GGUF needs it
+
         model = load_gguf_model(path_or_repo, dtype, device)
         if quantize:
             quantize_model(model, path_or_repo)
         return model
     directory = resolve_checkpoint(path_or_repo)
     config = load_config(directory)
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = empty_model(config)
     expected = {name: p.shape for name, p in model.named_parameters()}  # a tied head appears once
     reader = CheckpointReader(directory)
     reader.check(expected)

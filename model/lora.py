@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -295,19 +296,26 @@ def merge_lora(model: Transformer) -> Transformer:
     return model
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights under PEFT's key names (a tied LM head's rows are the embedding's, saved once)."""
-    state = {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(module, part).detach().float().cpu().contiguous()
+def adapter_state_dict(model: nn.Module,
+                       gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach) -> dict[str, torch.Tensor]:
+    """The adapter weights under PEFT's key names (a tied LM head's rows are the embedding's, saved once);
+    `gather` gives a parameter's full tensor (of a sharded model: on every rank, in the same order)."""
+    state = {f"{PEFT_PREFIX}{name}.{part}.weight": gather(getattr(module, part)).float().cpu().contiguous()
              for name, module in lora_layers(model).items() for part in ("lora_A", "lora_B")}
-    state.update({f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": module.rows.detach().float().cpu().contiguous()
+    state.update({f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": gather(module.rows).float().cpu().contiguous()
                   for name, module in token_layers(model).items() if not module.shares_rows})
     return state
 
 
-def save_adapter(model: Transformer, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str) -> None:
-    """Write `adapter_model.safetensors` and `adapter_config.json` as PEFT does, atomically."""
+def save_adapter(model: Transformer, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str,
+                 gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach, writes: bool = True) -> None:
+    """Write `adapter_model.safetensors` and `adapter_config.json` as PEFT does, atomically. A sharded
+    model's adapter is written once: every rank calls this, and only the rank that `writes` does."""
+    state = adapter_state_dict(model, gather)
+    if not writes:
+        return
     with atomic.directory(out_dir) as building:
-        save_file(adapter_state_dict(model), building / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        save_file(state, building / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         peft_config = {
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
             "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
@@ -425,6 +433,22 @@ def load_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> LoRAConf
 
     Every weight is checked (names, shapes, a float dtype, finite values) before any layer is made or
     changed, so a damaged or hostile adapter leaves the model as it was."""
+    config, state = read_checked_adapter(model, adapter_dir)
+    if not lora_layers(model):
+        apply_lora(model, config)
+    with torch.no_grad():
+        for name, module in lora_layers(model).items():
+            for part in ("lora_A", "lora_B"):
+                getattr(module, part).copy_(state[f"{PEFT_PREFIX}{name}.{part}.weight"])
+        for name, module in token_layers(model).items():
+            if not module.shares_rows:
+                module.rows.copy_(state[f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}"])
+    return config
+
+
+def read_checked_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """An adapter's settings and its weights under PEFT's names, every weight checked to fit `model` (which
+    may be on the meta device: only its shapes are read). AdapterError names the file and what is wrong."""
     config, _ = read_adapter_config(adapter_dir)
     try:
         check_trainable_tokens(model, config.trainable_tokens)
@@ -446,13 +470,4 @@ def load_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> LoRAConf
                                "only float adapter weights load")
         if not torch.isfinite(tensor).all():
             raise AdapterError(f"{weights_file}: {name} holds NaN or infinite values")
-    if not lora_layers(model):
-        apply_lora(model, config)
-    with torch.no_grad():
-        for name, module in lora_layers(model).items():
-            for part in ("lora_A", "lora_B"):
-                getattr(module, part).copy_(state[f"{PEFT_PREFIX}{name}.{part}.weight"])
-        for name, module in token_layers(model).items():
-            if not module.shares_rows:
-                module.rows.copy_(state[f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}"])
-    return config
+    return config, state

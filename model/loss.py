@@ -5,14 +5,23 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entropy default)
+# Logits computed at once: 512 tokens of a 32k vocabulary, 64 of Gemma's 262k (64 MiB in fp32 either way).
+LOGITS_PER_CHUNK = 2**24
+# Tokens a chunk at most, whatever the vocabulary: a chunk's LM-head gradient is summed in the model's
+# dtype, and 512 tokens' keep within fp16's range (tests/test_transformer.py).
+MAX_CHUNK_TOKENS = 512
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, labels: torch.Tensor,
-                          chunk_tokens: int = 512) -> torch.Tensor:
+                          chunk_tokens: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of the labelled positions, never holding their full-vocabulary logits.
 
-    Only labelled positions get logits at all, one chunk of [chunk_tokens, vocab] at a time.
+    Only labelled positions get logits at all, one chunk of [chunk_tokens, vocab] at a time; by default
+    as many tokens as make LOGITS_PER_CHUNK logits (at most MAX_CHUNK_TOKENS), so a large vocabulary
+    takes fewer tokens a chunk.
     """
+    if chunk_tokens is None:
+        chunk_tokens = min(MAX_CHUNK_TOKENS, max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0]))
     labels = labels.reshape(-1)
     keep = labels != IGNORE_INDEX
     return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1])[keep], lm_head.weight, labels[keep],

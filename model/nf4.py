@@ -90,6 +90,14 @@ class NF4Linear(nn.Module):
         if bias is not None:
             bias.requires_grad_(False)
 
+    def hold_as_parameters(self) -> None:
+        """Hold the packed weight and its scales as frozen parameters rather than buffers, for FSDP2: it
+        shards parameters over the ranks (buffers it leaves whole on every rank) and gathers a layer's
+        before that layer computes, so each rank keeps 1/world of the bytes and dequantizes the gathered
+        weight for each use, as on one device. The scale mean, one number, stays a buffer."""
+        for name in ("codes", "scale_codes", "scale_factors"):
+            self.register_parameter(name, nn.Parameter(self._buffers.pop(name), requires_grad=False))
+
     @property
     def dtype(self) -> torch.dtype:
         return self.scale_mean.dtype
@@ -134,7 +142,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     flat = weight.flatten()
     blocks = F.pad(flat, (0, -flat.numel() % BLOCK)).view(-1, BLOCK)
     absmax = blocks.abs().amax(dim=1)
-    if not torch.isfinite(absmax).all():
+    if weight.device.type != "meta" and not torch.isfinite(absmax).all():  # meta: the shapes alone
         raise ValueError("holds NaN or infinite values")
     scale_mean = absmax.mean()
     centred = F.pad(absmax - scale_mean, (0, -absmax.numel() % SCALE_BLOCK)).view(-1, SCALE_BLOCK)

@@ -1,15 +1,17 @@
 """What every way of loading weights shares (Hugging Face folders in model.checkpoint, GGUF files in
 model.gguf): the error for a checkpoint that cannot be loaded, the checks a model's config passes
-before any model is built (config.json's fields and a GGUF file's metadata alike), and placing a
-tensor as a parameter."""
+before any model is built (config.json's fields and a GGUF file's metadata alike), the empty model, and
+placing a tensor as a parameter."""
 import math
 import os
 import reprlib
+from unittest import mock
 
 import torch
 from torch import nn
 
 from core.errors import TwinError
+from model.transformer import ModelConfig, Transformer
 
 # config.json's sizes: whole numbers of at least 1, the optional ones also null.
 REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -101,6 +103,14 @@ def check_config_fields(hf: object, source: str | os.PathLike, layers_found: int
     # Checked here, before any model is built: building a billion layers, even on the meta device, hangs.
     if hf["num_hidden_layers"] != layers_found:
         refuse(f"{name('num_hidden_layers')} is {hf['num_hidden_layers']}, but the weights hold {layers_found} layers")
+
+
+def empty_model(config: ModelConfig) -> Transformer:
+    """The model with every weight on the meta device, for loading to fill in. Its embedding is not drawn
+    at random, as it would be replaced anyway: on the meta device `normal_` imports torch._dynamo, which
+    takes as long again as importing torch (a second of sample.py's start)."""
+    with torch.device("meta"), mock.patch.object(nn.Embedding, "reset_parameters", lambda embedding: None):
+        return Transformer(config)
 
 
 def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -1,14 +1,21 @@
 """The HTTP side: OpenAI's chat completions and models routes, their JSON, and OpenAI-style errors.
 
-Who speaks: `model` is the speaker the twin answers as. A message's `name` says who wrote it; without one,
-a user message is the speaker's partner's (the one they wrote to most in the run, else "User") and an
-assistant message the speaker's own. A message's lines are its messages in the chat (the reply's are joined
-so too), unless `twin_messages` lists them. System and developer messages are left out: the twin learnt
-people's conversations, where no instructions stand, so a system prompt would be text it never saw in
-training, rendered as someone's turn; clients that always send one still work.
+Who speaks: `model` is the speaker the twin answers as (GET /v1/models lists them, GET /v1/models/{id} gives
+one). A message's `name` says who wrote it; without one, a user message is the speaker's partner's (the one they
+wrote to most in the run, else "User") and an assistant message the speaker's own. A `name` the run never saw is
+a new contact: their messages are written as the generic partner's, "User", so that nothing the twin learnt of
+one person's chats is taken for another's, and the response lists such names in `twin_new_contacts`. A message's
+lines are its messages in the chat (the reply's are joined so too), unless `twin_messages` lists them. System and
+developer messages are left out: the twin learnt people's conversations, where no instructions stand, so a system
+prompt would be text it never saw in training, rendered as someone's turn; clients that always send one still
+work. A request with no other message (`"messages": []`) is refused with 400: the twin answers a conversation.
 
 The reply is the speaker's turn: one assistant message whose content is the turn's messages joined by "\\n",
 and `twin_messages`, the list of them.
+
+Before any route reads a request, Gate checks its key and reads its body, up to Limits.max_body_bytes (413 past
+it) and within Limits.request_timeout_s (408): a client without the key, or with a huge or endless body, costs
+the server nothing more. A client that leaves before its reply is written stops the work on it.
 """
 import asyncio
 import json
@@ -18,19 +25,25 @@ import uuid
 from dataclasses import replace
 from typing import Annotated, AsyncIterator, Awaitable, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from chat.people import People, SpeakerError
+from chat.recall import TwinMemory
 from data.sessions import Turn, clean_message, clean_name
 from model.generation import SamplingConfig
+from serving.connections import Limits
 from serving.engine import ContextLengthError, Engine, Finished, ReplyFailed, ReplyRequest
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_STOP_LENGTH = 1000  # characters: a stop string is a word or a line; the check costs its length per token
+SEEDS = (-2**63, 2**64 - 1)  # what torch's generators take
+GENERIC_PARTNER = "User"  # whom a new contact's messages are written as
 DISCONNECT_CHECK_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 
 
@@ -45,8 +58,8 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 class TextPart(BaseModel):
@@ -75,6 +88,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's request; fields it has that a twin has no use for (tools, logprobs, penalties) are ignored.
     top_k and repetition_penalty are extensions, as in vLLM."""
@@ -87,8 +103,8 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
-    seed: int | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    seed: int | None = Field(None, ge=SEEDS[0], le=SEEDS[1])
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -104,9 +120,9 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
-def speaker_of(request: ChatCompletionRequest, people: People) -> str:
+def speaker_named(model: str, people: People) -> str:
     """`model`, a speaker the run knows; 404 model_not_found, offering the closest names, if not."""
-    name = clean_name(request.model)
+    name = clean_name(model)
     if not name:
         raise APIError(400, "model: empty; it names the speaker to answer as", param="model")
     try:
@@ -115,10 +131,12 @@ def speaker_of(request: ChatCompletionRequest, people: People) -> str:
         raise APIError(404, str(error), param="model", code="model_not_found") from None
 
 
-def conversation(messages: list[Message], speaker: str, people: People) -> list[Turn]:
-    """The messages as the turns of a chat: consecutive messages of one person make one turn, as in training."""
+def conversation(messages: list[Message], speaker: str, people: People) -> tuple[list[Turn], list[str]]:
+    """The messages as the turns of a chat: consecutive messages of one person make one turn, as in training;
+    and the names the run never saw, whose messages are the generic partner's. 400 where no message has text."""
     partner = people.user_for(speaker, None)
     turns: list[Turn] = []
+    new_contacts: list[str] = []
     for index, message in enumerate(messages):
         texts = message.texts()
         if message.role in ("system", "developer") or not texts:
@@ -126,23 +144,37 @@ def conversation(messages: list[Message], speaker: str, people: People) -> list[
         author = speaker if message.role == "assistant" else partner
         if message.name is not None:
             author = clean_name(message.name)
-            try:
-                people.check(author, f"messages[{index}].name")
-            except SpeakerError as error:
-                raise APIError(400, str(error), param=f"messages[{index}].name") from None
             if not author:
                 raise APIError(400, f"messages[{index}].name: empty", param=f"messages[{index}].name")
+            try:
+                # Whole names only: a new contact "Ann" is not the run's "Anna Petrova", whose chats (and
+                # memory) are hers alone.
+                author = people.check(author, f"messages[{index}].name", parts=False)
+            except SpeakerError:
+                new_contacts += [author] if author not in new_contacts else []
+                author = GENERIC_PARTNER
         if turns and turns[-1].speaker == author:
             turns[-1].messages += texts
         else:
             turns.append(Turn(author, texts))
-    return turns
+    if not turns:
+        raise APIError(400, "messages: no user or assistant message with text; the twin answers a conversation, so "
+                       "send at least the message it replies to", param="messages")
+    return turns, new_contacts
 
 
-def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None) -> FastAPI:
-    """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`."""
-    app = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(key_check(api_key))] if api_key else [])
+def partner_of(turns: list[Turn], speaker: str, people: People) -> str:
+    """Who the speaker talks with: the author of the newest turn not theirs (a message's `name`, or the default
+    partner), else the default partner. The memory recalls only the chat of the two."""
+    return next((turn.speaker for turn in reversed(turns) if turn.speaker != speaker), people.user_for(speaker, None))
+
+
+def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None,
+              limits: Limits | None = None, memory: TwinMemory | None = None) -> FastAPI:
+    """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`. With
+    `memory`, each reply is written after the memory of the chat of the speaker and their partner."""
+    app = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Gate, api_key=api_key, limits=limits or Limits())
     add_error_handlers(app)
 
     @app.get("/v1/models")
@@ -155,26 +187,68 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
             listing["twin_note"] = "no run folder names the speakers: any speaker name is a model id"
         return listing
 
+    @app.get("/v1/models/{model_id:path}")  # a path: a name may hold a slash
+    async def model(model_id: str) -> dict:
+        return {"id": speaker_named(model_id, people), "object": "model", "created": int(time.time()),
+                "owned_by": "twin"}
+
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest, http: Request):
-        speaker = speaker_of(request, people)
-        turns = conversation(request.messages, speaker, people)
+    async def chat_completions(http: Request):
+        # Parsing thousands of messages takes a while: off the event loop, which serves the others meanwhile.
+        request = await run_in_threadpool(parse_request, await http.body())
+        speaker = speaker_named(request.model, people)
         sampling = request.sampling(defaults)
-        try:  # tokenizing a long conversation takes a while: off the event loop too
-            prompt = await run_in_threadpool(engine.prompt, turns, speaker, sampling.max_new_tokens)
-        except ContextLengthError as error:
-            raise APIError(400, str(error), param=error.param, code="context_length_exceeded") from None
-        reply = engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
-        completion = Completion(speaker)
+
+        async def prepared() -> tuple[Completion, AsyncIterator[str | Finished]] | None:
+            """The reply to come, once its prompt is made; None if the client has left by then."""
+            # Reading and tokenizing a long conversation takes a while: off the event loop, which serves the others.
+            prompt, new_contacts = await run_in_threadpool(prompt_for, request.messages, speaker, people, engine,
+                                                           sampling.max_new_tokens, memory)
+            if await http.is_disconnected():
+                return None
+            reply = engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
+            return Completion(speaker, new_contacts), reply
+
         if request.stream:
+            ready = await prepared()
+            if ready is None:
+                return Response(status_code=CLIENT_GONE)
             usage = request.stream_options is not None and request.stream_options.include_usage
-            return StreamingResponse(completion.stream(reply, usage), media_type="text/event-stream")
-        return await unless_gone(http, completion.whole(reply))
+            return StreamingResponse(ready[0].stream(ready[1], usage), media_type="text/event-stream")
+
+        async def written() -> dict | Response:
+            ready = await prepared()
+            return Response(status_code=CLIENT_GONE) if ready is None else await ready[0].whole(ready[1])
+        return await unless_gone(http, written())
 
     return app
 
 
-async def unless_gone(http: Request, answer: Awaitable[dict]) -> dict | Response:
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    """The request in `body`; RequestValidationError (a 400) where it is not valid JSON or its fields are wrong."""
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as error:  # placed as FastAPI places them: in the body
+        raise RequestValidationError([{**each, "loc": ("body", *each["loc"])} for each in error.errors()]) from None
+
+
+def prompt_for(messages: list[Message], speaker: str, people: People, engine: Engine, max_tokens: int,
+               memory: TwinMemory | None = None) -> tuple[list[int], list[str]]:
+    """The prompt for `speaker`'s reply to `messages`, after the memory of the chat of the speaker and their
+    partner where there is one; and the new contacts among the messages' names."""
+    turns, new_contacts = conversation(messages, speaker, people)
+    remembered = (memory.context(speaker, partner_of(turns, speaker, people), int(time.time()), turns,
+                                 engine.tokenizer) if memory else [])
+    try:
+        return engine.prompt(turns, speaker, max_tokens, remembered), new_contacts
+    except ContextLengthError as error:
+        raise APIError(400, str(error), param=error.param, code="context_length_exceeded") from None
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": no one reads it
+
+
+async def unless_gone(http: Request, answer: Awaitable[dict | Response]) -> dict | Response:
     """`answer`, or nothing once the client has hung up (a bot that timed out, say): cancelled, its reply stops and
     the model goes on to the next request. A streaming reply needs no watch: its client leaving ends the stream."""
     task = asyncio.ensure_future(answer)
@@ -182,20 +256,83 @@ async def unless_gone(http: Request, answer: Awaitable[dict]) -> dict | Response
         await asyncio.wait([task], timeout=DISCONNECT_CHECK_S)
         if not task.done() and await http.is_disconnected():
             task.cancel()
-            return Response(status_code=499)  # nginx's "client closed request": no one reads it
+            return Response(status_code=CLIENT_GONE)
     return task.result()
 
 
-def key_check(api_key: str):
-    """A dependency that refuses, with 401, a request without `Authorization: Bearer API_KEY`."""
-    expected = f"Bearer {api_key}".encode()
+class RequestRefused(Exception):
+    """A request Gate answers itself: wrong key, body too large or too slow."""
 
-    async def check(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not secrets.compare_digest(given, expected):  # in constant time: no guessing the key by timing
-            raise APIError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY` with the "
-                           "key the server was started with (--api-key)", code="invalid_api_key")
-    return check
+    def __init__(self, error: APIError):
+        self.error = error
+
+
+class Gate:
+    """ASGI middleware, in front of every route: refuses a request without the key (401) before reading a byte of
+    its body, then reads the body, up to limits.max_body_bytes (413) and within limits.request_timeout_s (408),
+    and hands it on. Its refusals close the connection: the rest of a refused body is never read. A GET of one
+    of `open_paths` (the pages, which hold nothing of the run) needs no key."""
+
+    def __init__(self, app, api_key: str | None, limits: Limits, open_paths: frozenset[str] = frozenset()):
+        self.app, self.limits, self.open_paths = app, limits, open_paths
+        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        try:
+            if not (scope["method"] == "GET" and scope["path"] in self.open_paths):
+                self.check_key(headers)
+            body = await self.read_body(headers, receive)
+        except RequestRefused as refused:
+            return await refused.error.response(headers={"Connection": "close"})(scope, receive, send)
+        if body is None:  # the client left while sending it
+            return
+        delivered = False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if delivered:  # the body has gone: what comes now is the client leaving
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, replay, send)
+
+    def check_key(self, headers: Headers) -> None:
+        given = headers.get("authorization", "").encode()
+        # In constant time: no guessing the key by timing.
+        if self.expected is not None and not secrets.compare_digest(given, self.expected):
+            raise RequestRefused(APIError(401, "missing or wrong API key: send the header `Authorization: Bearer "
+                                          "KEY` with the key the server was started with (--api-key)",
+                                          code="invalid_api_key"))
+
+    async def read_body(self, headers: Headers, receive) -> bytes | None:
+        """The whole body; None if the client leaves first."""
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise RequestRefused(self.too_large())
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > self.limits.max_body_bytes:
+                        raise RequestRefused(self.too_large())
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestRefused(APIError(408, f"the body did not come within {self.limits.request_timeout_s:g} s "
+                                          "(--request-timeout)", code="request_timeout")) from None
+        return b"".join(chunks)
+
+    def too_large(self) -> APIError:
+        return APIError(413, f"the body is larger than {self.limits.max_body_bytes} bytes (the server's "
+                        "--max-body-mb)", code="request_too_large")
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -240,8 +377,8 @@ def field_path(location: tuple) -> str | None:
 class Completion:
     """The JSON of one reply, whole or as server-sent events in OpenAI's chunk format."""
 
-    def __init__(self, speaker: str):
-        self.speaker = speaker
+    def __init__(self, speaker: str, new_contacts: list[str]):
+        self.speaker, self.new_contacts = speaker, new_contacts
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     async def whole(self, reply: AsyncIterator[str | Finished]) -> dict:
@@ -267,7 +404,10 @@ class Completion:
         yield "data: [DONE]\n\n"
 
     def _head(self, kind: str) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.speaker}
+        head = {"id": self.id, "object": kind, "created": self.created, "model": self.speaker}
+        if self.new_contacts:  # an extension: the names answered as the generic partner
+            head["twin_new_contacts"] = self.new_contacts
+        return head
 
     def _chunk(self, delta: dict, finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}

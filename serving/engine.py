@@ -124,14 +124,14 @@ class Engine:
         self._jobs.put(None)
         self._worker.join()
 
-    def prompt(self, turns: list[Turn], speaker: str, max_tokens: int) -> list[int]:
-        """The prompt for `speaker`'s next turn, as sample.py makes it: the conversation rendered as in training,
-        its oldest turns dropped until it fits with room for the reply. ContextLengthError where even the
-        newest turn leaves no room."""
+    def prompt(self, turns: list[Turn], speaker: str, max_tokens: int, memory: list[Turn] = ()) -> list[int]:
+        """The prompt for `speaker`'s next turn, as sample.py makes it: the conversation rendered as in training
+        after its `memory`, the oldest turns (the memory's first) dropped until it fits with room for the reply.
+        ContextLengthError where even the newest turn leaves no room."""
         if max_tokens >= self.context:
             raise ContextLengthError(f"max_tokens ({max_tokens}) must be below the context ({self.context} tokens)",
                                      "max_tokens")
-        ids, kept = reply_prompt(turns, self.tokenizer, speaker, self.context, max_tokens)
+        ids, kept = reply_prompt(turns, self.tokenizer, speaker, self.context, max_tokens, memory)
         if turns and not kept:
             newest = len(render(turns[-1:], self.tokenizer, open_speaker=speaker).ids)
             raise ContextLengthError(f"the last message takes {newest} tokens; the context holds {self.context}, "

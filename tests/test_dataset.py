@@ -240,8 +240,10 @@ def test_prepare_data_with_the_time_split(dolphin_tokenizer, tmp_path):
     by_time = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1, split="time"),
                            cache_dir=tmp_path)
     total = len(by_time.val_sessions) + len(by_time.train_sessions)
-    assert total > 100 and len(by_time.val_sessions) == round(0.1 * total)
-    assert min(s.start for s in by_time.val_sessions) >= max(s.start for s in by_time.train_sessions)
+    assert total > 100 and abs(len(by_time.val_sessions) - 0.1 * total) <= 3  # each chat's share, rounded
+    for chat in {s.chat for s in by_time.val_sessions}:  # each chat's newest
+        assert (min(s.start for s in by_time.val_sessions if s.chat == chat)
+                >= max(s.start for s in by_time.train_sessions if s.chat == chat))
     by_hash = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1), cache_dir=tmp_path)
     assert by_hash.val_sessions != by_time.val_sessions
     assert len(list(tmp_path.iterdir())) == 2  # the cache tells the splits apart
@@ -255,3 +257,39 @@ def test_the_split_flag_and_its_default():
     assert data_config_from_args(args).split == "time"
     with pytest.raises(ValueError, match="split must be one of hash, time"):
         DataConfig(split="random")
+
+
+def test_excluded_speakers_stay_as_context_and_scrubbed_values_never_reach_the_tokens(tmp_path, dolphin_tokenizer):
+    from model.loss import IGNORE_INDEX
+
+    secret = "mail olga.p@example.org or call +7 912 345-67-89"
+    sessions = [Session("chat", "personal_chat", 1_600_000_000 + 60 * i,
+                        [Turn("Alice", [f"morning {i}"]), Turn("Carol Jones", [f"{secret}, day {i}"]),
+                         Turn("Bob", [f"noted {i}"])], "Alice") for i in range(4)]
+    write_sessions(sessions, tmp_path / "s.jsonl")
+    config = DataConfig(val_fraction=0, exclude_speakers="carol", export=ExportOptions(scrub=True))
+    data = prepare_data(tmp_path / "s.jsonl", dolphin_tokenizer, config)
+    rows = data.train_rows
+    seen = dolphin_tokenizer.decode(rows.input_ids[rows.input_ids != 0].tolist())
+    trained = dolphin_tokenizer.decode(rows.labels[rows.labels != IGNORE_INDEX].tolist())
+    assert "mail [email] or call [phone], day 3" in seen and "noted 3" in trained and "morning 3" in trained
+    assert "day" not in trained and "example" not in seen and "912" not in seen
+    said = data.summary()
+    assert "scrubbed (--scrub): phone 4, email 4, card 0" in said
+    assert "trained on: every speaker's turns, never Carol Jones's: context only (--exclude-speakers)" in said
+    for wrong, message in [("Dave", "'Dave' speaks in no session"), ("Alice", "'Alice' is the target")]:
+        with pytest.raises(DataError, match=message):
+            prepare_data(tmp_path / "s.jsonl", dolphin_tokenizer, DataConfig(val_fraction=0, exclude_speakers=wrong))
+
+
+def test_the_time_split_holds_out_each_chat_s_newest():
+    """A chat that ended long ago still has its newest sessions held out, not only the chat busiest lately."""
+    old = [Session("old", "personal_chat", 1000 + day, [Turn("Alice", [f"a {day}"]), Turn("Bob", ["b"])], "Alice")
+           for day in range(10)]
+    new = [Session("new", "personal_chat", 10**6 + day, [Turn("Alice", [f"c {day}"]), Turn("Eve", ["e"])], "Alice")
+           for day in range(10)]
+    sessions = old + new
+    mask = newest_mask([s.start for s in sessions], [session_fingerprint(s) for s in sessions], 0.2,
+                       [s.chat for s in sessions])
+    assert {(s.chat, s.start) for s, out in zip(sessions, mask) if out} == {
+        ("old", 1008), ("old", 1009), ("new", 10**6 + 8), ("new", 10**6 + 9)}

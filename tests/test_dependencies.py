@@ -1,5 +1,5 @@
 """Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm,
-matplotlib, fastapi and uvicorn alone (the test clients openai and httpx are no runtime dependency); no module
+matplotlib, fastapi, uvicorn and bm25s alone (the test clients openai and httpx are no runtime dependency); no module
 imports a program; and no two modules import each other, however indirectly."""
 import ast
 import re
@@ -9,11 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
-                        "tqdm", "matplotlib", "fastapi", "uvicorn"}
+                        "tqdm", "matplotlib", "fastapi", "uvicorn", "bm25s"}
 ORACLES = ["transformers", "peft", "accelerate", "openai", "httpx", "torchao"]
 
 
-PROGRAMS = {"train", "sample", "evaluate", "serve"}
+PROGRAMS = {"train", "sample", "evaluate", "serve", "export"}
 NOT_RUNTIME = {"tests", "bench", "examples"}
 
 
@@ -83,3 +83,52 @@ def test_no_import_circle():
 
     for module in sorted(graph):
         visit(module)
+
+
+# The rooms of twin from the bottom up. A module imports from its own package and from rooms below its own,
+# never from a room beside or above it: a newcomer reads each room knowing only the rooms under it.
+LAYERS = [
+    {"core"},
+    {"model"},
+    {"data"},
+    {"memory"},
+    {"fidelity", "chat"},  # the report's mechanics, and a conversation with a twin
+    {"training"},  # which ends a run with the report's pictures
+    {"serving"},
+    {"lora", "fsdp"},  # the training recipes, which train.py runs
+    {"train", "sample", "evaluate", "serve", "export"},  # the programs
+]
+
+
+def room_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def layer_of(module: str) -> int:
+    room = room_of(module)
+    return next(index for index, rooms in enumerate(LAYERS) if room in rooms)
+
+
+def test_every_runtime_module_has_a_room():
+    assert {room_of(module) for module in runtime_modules()} <= set().union(*LAYERS)
+
+
+def test_imports_flow_down_the_rooms():
+    modules = set(runtime_modules())
+    wrong = {f"{module} -> {imported}" for module in modules for imported in imports_of(module, modules)
+             if room_of(imported) != room_of(module) and layer_of(imported) >= layer_of(module)}
+    assert sorted(wrong) == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    modules = set(runtime_modules())
+    private = []
+    for module in sorted(modules):
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = path.with_suffix("") / "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in modules:
+                private += [f"{module}: {node.module}.{alias.name}" for alias in node.names
+                            if alias.name.startswith("_")]
+    assert private == []

@@ -23,9 +23,10 @@ FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-3"
         "--export-dtype", "fp32", "--eval-every", "0", "--save-every", "0", "--no-eval-report"]
 
 
-def torchrun(ranks: int, *args, script: str = "train.py", check: bool = True) -> subprocess.CompletedProcess:
+def torchrun(ranks: int, *args, script: str = "train.py", check: bool = True,
+             mode: str = "--fsdp") -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               script, "--fsdp", *map(str, args)]
+               script, mode, *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     if check:

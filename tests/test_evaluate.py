@@ -67,7 +67,7 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
     tuned = tiny_model(seed=1)
     save_model(tuned, run / "model", tokenizer=dolphin_tokenizer)
     settings = {"model": str(tiny_checkpoint), "data": str(SAMPLE), "seq_len": 256, "val_fraction": 0.1}
-    (run / "run.json").write_text(json.dumps({"mode": "full", "settings": settings}))
+    (run / "run.json").write_text(json.dumps({"mode": "fsdp", "settings": settings}))
     evaluate.main(["--checkpoint", str(run), "--speakers", "2", "--contexts", "1", "--max-new-tokens", "4",
                    "--examples", "0"])
     figures = json.loads((run / "report" / "report.json").read_text())
@@ -130,7 +130,7 @@ def test_the_split_is_the_run_s_or_given(tmp_path):
     assert config().split == "hash" and config("--split", "time").split == "time"
     (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
     sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(["--checkpoint", str(tmp_path)]))
-    assert sources.data_config.split == "time" and sources.metrics_file == tmp_path / "metrics.jsonl"
+    assert sources.data_config.split == "time" and sources.twin.run.metrics == tmp_path / "metrics.jsonl"
 
 
 def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():
@@ -138,3 +138,16 @@ def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():
     # are the report's own settings.
     assert evaluate.settings_from_args(evaluate.build_parser().parse_args([])) == EvalSettings()
     assert EvalSettings().context_tokens == sample.build_parser().parse_args([]).context
+
+def test_an_adapter_is_evaluated_only_on_the_split_its_run_held_out(tmp_path, capsys):
+    """A report on another split would score sessions the run trained on: refused, in one line."""
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "hash"}}))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "time"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1
+    assert "--split time: the run in" in error and "was trained with --split hash" in error
+    sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(
+        ["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "hash"]))
+    assert sources.data_config.split == "hash"

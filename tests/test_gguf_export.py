@@ -1,4 +1,4 @@
-"""GGUF files out (model/gguf/write.py, vocab.py, templates.py and `python -m model.gguf export`): tiny
+"""GGUF files out (model/gguf/write.py, vocab.py, templates.py and `python export.py gguf`): tiny
 random models exported in f16 and q8_0 read back by transformers' GGUF loader (the oracle) and by twin's
 own import, tokenizers that encode alike after the round trip, the metadata llama.cpp reads, and chat
 templates that hostile names cannot break."""
@@ -15,8 +15,8 @@ from data.chatml import chat_format
 from data.sessions import Turn
 from model import load_model, save_model
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from model.gguf.__main__ import export_dtype, main
-from model.gguf.templates import go_literal, jinja_chat_template, ollama_modelfile, ollama_template
+from export import export_dtype, main
+from data.templates import go_literal, jinja_chat_template, ollama_modelfile, ollama_template
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
 from model.generation import SamplingConfig
@@ -226,7 +226,7 @@ def test_the_ollama_modelfile_quotes_every_name_it_holds(request):
         assert template == ollama_template(layout, speaker, partner)
         assert all(char.isprintable() or char == "\n" for char in template)
         names = {speaker.replace("\ud800", "\ufffd"), partner.replace("\ud800", "\ufffd")}
-        assert set(go_literals(template)) == names | {"assistant", "user"}
+        assert set(go_literals(template)) == names | {"assistant", "user", ">>> ", "\n>>> ", "%s\n"}
         outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', template)  # no name reaches the template's own syntax
         assert outside.count("{{") == outside.count("}}") and not any(name in outside for name in names)
         lines = modelfile.splitlines()
@@ -235,12 +235,38 @@ def test_the_ollama_modelfile_quotes_every_name_it_holds(request):
     assert go_literal('a"b\\c\n\U0001F600\u200b') == '"a\\"b\\\\c\\u000a\U0001F600\\u200b"'
 
 
+@pytest.mark.parametrize("tokenizer_name", ["dolphin", "llama3"])
+def test_the_ollama_template_renders_the_prompt_the_jinja_template_and_training_do(request, tokenizer_name):
+    """Multi-line turns: `>>> ` before every line of a message, in Go (as Ollama executes it, by the
+    subset of Go's text/template in tests/go_template.py) as in Jinja and in training."""
+    from tests.go_template import render as render_go
+    from tests.helpers import chat_tokenizer
+
+    layout = chat_format(chat_tokenizer(request, tokenizer_name))
+    contents = ["hi\nhow are you?", "Привет 😀\n\nкак дела?\n", "one line", "", "\n",
+                ">>> written as the model writes\n>>> two", "a >>> b\n>>> c", ">>", "}}{{ .System }}\n{{ end }}"]
+    for speaker, partner in [("Alice", "Bob"), (HOSTILE_NAMES[2], HOSTILE_NAMES[0])]:
+        go_template, jinja_template = ollama_template(layout, speaker, partner), jinja_chat_template(layout, speaker, partner)
+        for first, second in zip(contents, contents[1:] + contents[:1]):
+            # Ollama merges consecutive messages of a role, so its templates see the roles alternate
+            messages = [{"role": "user", "content": first}, {"role": "assistant", "content": second},
+                        {"role": "user", "content": second}]
+            ollama = render_go(go_template, {"Messages": [{"Role": message["role"], "Content": message["content"]}
+                                                          for message in messages]})
+            assert ollama == render_jinja(jinja_template, messages)
+        written = render_go(go_template, {"Messages": [{"Role": "user", "Content": "hi\nhow are you?"},
+                                                       {"Role": "assistant", "Content": ">>> fine\n>>> you?"}]})
+        assert written == layout.conversation([Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine", "you?"])],
+                                              open_speaker=speaker)
+        assert render_go(go_template, {"Messages": []}) == layout.header(speaker) == render_jinja(jinja_template, [])
+
+
 @pytest.mark.slow
 def test_export_writes_the_twin_of_a_lora_run_and_says_what_next(tiny_run, tmp_path, capsys):
     from chat.loading import load_twin, source_of_run
 
     out = tmp_path / "me.gguf"
-    assert exit_status(main, ["export", tiny_run, out, "--type", "q8_0", "--threads", "1"]) == 0
+    assert exit_status(main, ["gguf", tiny_run, out, "--type", "q8_0", "--threads", "1"]) == 0
     said = capsys.readouterr().out
     twin, tokenizer = load_twin(source_of_run(tiny_run), torch.device("cpu"), torch.float32)
     target = source_of_run(tiny_run).people.target
@@ -265,8 +291,8 @@ def test_export_writes_the_twin_of_a_lora_run_and_says_what_next(tiny_run, tmp_p
 def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_path, qwen2_tokenizer, capsys):
     folder, first, again = tmp_path / "model", tmp_path / "first.gguf", tmp_path / "again.gguf"
     save_model(random_model(bpe_config(qwen2_tokenizer, model_type="qwen2")), folder, tokenizer=qwen2_tokenizer)
-    assert exit_status(main, ["export", folder, first, "--speaker", "Ann", "--threads", "1"]) == 0
-    assert exit_status(main, ["export", first, again, "--speaker", "Ann", "--as", "Ben", "--threads", "1"]) == 0
+    assert exit_status(main, ["gguf", folder, first, "--speaker", "Ann", "--threads", "1"]) == 0
+    assert exit_status(main, ["gguf", first, again, "--speaker", "Ann", "--as", "Ben", "--threads", "1"]) == 0
     assert gguf.GGUFReader(again).fields["tokenizer.chat_template"].contents() == \
         gguf.GGUFReader(first).fields["tokenizer.chat_template"].contents().replace('"User"', '"Ben"')
     assert exit_status(main, ["chat-template", folder, tmp_path / "me.jinja", "--speaker", "Ann"]) == 0
@@ -279,13 +305,13 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
                                    atol=TOLERANCE["f16"], rtol=0)
     capsys.readouterr()
     for argv, message in [
-        (["export", folder, tmp_path / "me.gguf"], "--speaker: needed, as"),
-        (["export", folder, tmp_path / "nowhere" / "me.gguf", "--speaker", "A"], "no folder"),
-        (["export", folder, tmp_path / 'a"b.gguf', "--speaker", "A"], "cannot name a path with quotes"),
-        (["export", folder, tmp_path / "me.gguf", "--speaker", "A", "--modelfile", tmp_path / "no" / "M"], "no folder"),
-        (["export", folder, folder, "--speaker", "A"], "a folder; give the name of a file"),
+        (["gguf", folder, tmp_path / "me.gguf"], "--speaker: needed, as"),
+        (["gguf", folder, tmp_path / "nowhere" / "me.gguf", "--speaker", "A"], "no folder"),
+        (["gguf", folder, tmp_path / 'a"b.gguf', "--speaker", "A"], "cannot name a path with quotes"),
+        (["gguf", folder, tmp_path / "me.gguf", "--speaker", "A", "--modelfile", tmp_path / "no" / "M"], "no folder"),
+        (["gguf", folder, folder, "--speaker", "A"], "a folder; give the name of a file"),
         (["chat-template", folder, tmp_path / "me.jinja"], "--speaker: needed, as"),
-        (["export", tmp_path / "missing", tmp_path / "me.gguf", "--speaker", "A"], "missing: no such folder"),
+        (["gguf", tmp_path / "missing", tmp_path / "me.gguf", "--speaker", "A"], "missing: no such folder"),
     ]:
         assert exit_status(main, argv) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
@@ -296,7 +322,7 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
 
 def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_otherwise(tmp_path):
     from chat.loading import TwinSource
-    from model.gguf.__main__ import vllm_next_step
+    from export import vllm_next_step
     from model.lora import LoRAConfig, apply_lora, save_adapter
 
     template = tmp_path / "me.jinja"
@@ -313,7 +339,7 @@ def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_othe
 
 
 def test_help_names_every_flag_with_its_default(capsys):
-    assert exit_status(main, ["export", "--help"]) == 0
+    assert exit_status(main, ["gguf", "--help"]) == 0
     said = capsys.readouterr().out
     assert all(flag in said for flag in ["--type", "--speaker", "--as", "--modelfile", "--threads", "RUN_OR_MODEL"])
     assert "(default: f16)" in said
@@ -325,3 +351,35 @@ def test_a_model_stored_in_16_bits_is_exported_from_f16_and_any_other_from_fp32(
     save_model(model, tmp_path / "fp32", dtype=torch.float32)  # its norms go into the file as f32, whole
     assert export_dtype(tmp_path / "bf16") == torch.float16
     assert export_dtype(tmp_path / "fp32") == export_dtype(tmp_path / "model.gguf") == torch.float32
+
+
+@pytest.mark.slow  # two exports
+def test_export_adapter_writes_the_gguf_adapter_its_template_and_a_modelfile_from_the_base(tiny_run, tiny_checkpoint,
+                                                                                          tmp_path, capsys):
+    from chat.loading import source_of_run
+
+    base, out = tmp_path / "base.gguf", tmp_path / "me.gguf"
+    assert exit_status(main, ["gguf", tiny_checkpoint, base, "--speaker", "A", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert exit_status(main, ["gguf", tiny_run, out, "--adapter", "--base", base]) == 0
+    said = capsys.readouterr().out
+    assert f"next: ollama create me -f {tmp_path / 'me.Modelfile'}" in said
+    assert f"llama-server -m {base} --lora {out} --jinja --chat-template-file {tmp_path / 'me.jinja'}" in said
+    assert (tmp_path / "me.Modelfile").read_text(encoding="utf-8").splitlines()[1:3] == ["FROM ./base.gguf",
+                                                                                         "ADAPTER ./me.gguf"]
+    people = source_of_run(tiny_run).people
+    assert (tmp_path / "me.jinja").read_text(encoding="utf-8") == jinja_chat_template(
+        chat_format(tokenizer_from_gguf(base)), people.target, people.user_for(people.target, None))
+    assert gguf.GGUFReader(out).fields["general.type"].contents() == "adapter"
+    assert exit_status(main, ["gguf", tiny_run, tmp_path / "o.gguf", "--adapter", "--base", "qwen2.5:7b"]) == 0
+    assert (tmp_path / "o.Modelfile").read_text(encoding="utf-8").splitlines()[1] == "FROM qwen2.5:7b"
+    assert "llama-server -m BASE.gguf --lora" in capsys.readouterr().out
+    for argv, message in [
+        (["gguf", tiny_run, out, "--adapter"], "--base: needed with --adapter, as the run's base model"),
+        (["gguf", tiny_run, out, "--base", base], "--base: only with --adapter"),
+        (["gguf", tiny_run, out, "--adapter", "--base", "my base"], "neither a .gguf file nor a name Ollama takes"),
+        (["gguf", tiny_checkpoint, out, "--adapter", "--speaker", "A"], "has no LoRA adapter"),
+    ]:
+        assert exit_status(main, argv) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], (argv, errors)

@@ -17,9 +17,13 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import evaluate
-from training import distributed
+import lora
 import sample
 import train
+from core.run_folder import RunFolder
+import export as gguf_program
+from tests.helpers import exit_status
+from training import distributed
 from training.checkpointer import DamagedCheckpoint, resume_from
 from training.loop import TrainingError
 
@@ -54,6 +58,20 @@ def unfinished(run: Path, outside: Path) -> None:
     settings = json.loads((run / "run.json").read_text())["settings"]
     (run / "run.json").write_text(json.dumps({"status": "running", "settings": settings}))
     shutil.rmtree(run / "adapter")
+
+
+def trained(run: Path, outside: Path) -> None:
+    """Killed in its report or merge: the adapter final and recorded so, the loss curves not yet drawn."""
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "status": "trained"}))
+    (run / "loss_curves.png").unlink(missing_ok=True)
+
+
+def an_adapter_of_a_running_run(run: Path, outside: Path) -> None:
+    """An adapter a fresh run would replace, in a folder whose record says running (a twin of before)."""
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    (run / "run.json").write_text(json.dumps({"status": "running", "settings": settings}))
+    shutil.rmtree(run / "checkpoints")
 
 
 def earlier_layout(run: Path, outside: Path) -> None:
@@ -160,6 +178,13 @@ CASES = {
     "finished, resumed": Case(lambda run, outside: None, "{run} is a finished run"),
     "finished, trained into": Case(lambda run, outside: None, "--out {run} holds a finished run", 2, "fresh"),
     "checkpoints only, trained into": Case(unfinished, "continue it with --resume {run}", 2, "fresh"),
+    # Stopped after the adapter was final (in the report, in --merge): only what follows is written again.
+    "trained, resumed": Case(trained, "{run}/adapter is final; writing what the run had not written yet"),
+    "trained, sampled": Case(trained, "Misha", command="sample"),
+    "trained, trained into": Case(trained, "--out {run} holds an unfinished run; continue it with --resume {run}", 2,
+                                  "fresh"),
+    "an adapter, trained into": Case(an_adapter_of_a_running_run, "--out {run} holds {run}/adapter, which a fresh "
+                                     "run would replace", 2, "fresh"),
     # run.json, as --resume reads it
     "record missing": Case(then(unfinished, remove("run.json")), "{run}/run.json not found", 2),
     "record not JSON": Case(then(unfinished, write("run.json", "{\"seq_len\": 2")),
@@ -175,7 +200,7 @@ CASES = {
     "settings text for a number": Case(then(unfinished, settings(seq_len="long")), "{run}/run.json: --seq-len", 2),
     "settings zero rows a batch": Case(then(unfinished, settings(micro_batch=0)), "{run}/run.json: --micro-batch", 2),
     "settings a number for a flag": Case(then(unfinished, settings(merge=1)), "{run}/run.json: --merge", 2),
-    "settings no model": Case(then(unfinished, settings(model=None)), "{run}/run.json: --model", 2),
+    "settings no model": Case(then(unfinished, settings(model=None)), "{run}/run.json: records no --model", 2),
     "settings unknown choice": Case(then(unfinished, settings(train_on="nobody")), "{run}/run.json: --train-on", 2),
     "settings ask for torchrun": Case(then(unfinished, settings(fsdp=True)), "--fsdp runs under torchrun", 2),
     "settings keys that are no flag": Case(then(unfinished, settings(__class__="x", __dict__={}, stop_at=1)),
@@ -217,7 +242,8 @@ CASES = {
                                            command="evaluate"),
     # Writes cut short: removed at start, or put back when they were complete.
     "unfinished writes": Case(then(unfinished, copy(STEP_1, "checkpoints/.step-00000003.k2_x.tmp"),
-                                   copy(STEP_1, "checkpoints/.step-00000002.tmp"), copy("cache", ".adapter.x9.tmp")),
+                                   copy(STEP_1, "checkpoints/.step-00000002.tmp"), copy("cache", ".adapter.x9.tmp"),
+                                   write(".run.json.k2_x.tmp", "{"), copy("cache", ".report.x1.tmp")),
                               "removed {run}/.adapter.x9.tmp"),
     "a checkpoint swapped out and not back": Case(then(unfinished, move(STEP_2, "checkpoints/.step-00000002.old")),
                                                   "resumed from {run}/checkpoints/step-00000002"),
@@ -230,6 +256,10 @@ CASES = {
     "metrics a link": Case(then(unfinished, link("metrics.jsonl", "metrics.jsonl")), "{run}/metrics.jsonl: a symbolic link",
                            2),
     "cache a link, trained into": Case(link("cache", "cache"), "{run}/cache: a symbolic link", 2, "fresh"),
+    "the lock a link": Case(then(unfinished, link(".lock", "lock.jsonl")), "{run}/.lock: a symbolic link", 2),
+    "report a link, evaluated": Case(link("report", "report"), "{run}/report: a symbolic link", 2, "evaluate"),
+    "report cut short, evaluated": Case(copy("cache", ".report.x1.tmp"), "removed {run}/.report.x1.tmp",
+                                        command="evaluate"),
     "a checkpoint a link": Case(then(unfinished, link(STEP_2, "step")), RESUMED_FROM_1),
     "the run a file": Case(lambda run, _: (shutil.rmtree(run), run.write_text("x")), "--resume {run}: not a folder", 2),
     # run.json, as sample.py and evaluate.py read it.
@@ -289,8 +319,10 @@ def test_a_hostile_run_folder(name, finished_run, tiny_checkpoint, tmp_path, mon
     else:
         assert not errors and says in printed.out + printed.err, printed.out[-2000:] + printed.err[-2000:]
     if status == 0 and case.command == "resume":
-        assert json.loads((run / "run.json").read_text())["figures"]["steps"] == 2
-        assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+        record = json.loads((run / "run.json").read_text())
+        assert record["figures"]["steps"] == 2 and record.get("status", "finished") == "finished"  # none: before
+        assert not [p for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".")
+                    and p.name != ".lock"]
     assert files_under(outside) == before and not (outside / "pwned").exists()
 
 
@@ -304,6 +336,67 @@ def test_falling_back_warns_about_the_damaged_checkpoint(finished_run, tmp_path,
     assert len(warnings) == 1 and warnings[0].startswith(
         f"warning: cannot resume from step-00000002: {run / STEP_2}/adapter/adapter_model.safetensors: "
         "not a safetensors file")
+
+
+def test_a_second_writer_is_refused_naming_the_first(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    unfinished(run, tmp_path)
+    before = files_under(run)
+    with RunFolder(run).locked():  # as another train.py, resuming, holds it
+        assert exit_status(train.main, ["--resume", run]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {run}: in use by process {os.getpid()}, which writes there; wait for it to end, or "
+                      "choose another folder"]
+    assert files_under(run) == before
+
+
+def test_a_report_into_a_run_in_use_is_refused(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with RunFolder(run).locked():
+        assert exit_status(evaluate.main, ["--checkpoint", run, "--contexts", "0"]) == 2
+    assert f"error: {run}: in use by process {os.getpid()}" in capsys.readouterr().err
+    assert not (run / "report").exists()
+
+
+@pytest.mark.parametrize("folder", ["new", "empty"])
+def test_a_failed_start_leaves_nothing(tmp_path, folder, capsys):
+    out = tmp_path / "runs" / "me"
+    if folder == "empty":
+        out.mkdir(parents=True)
+    status = exit_status(train.main, ["--lora", "--model", tmp_path / "no-such-model", "--data", SAMPLE, "--out", out,
+                                      *FAST])
+    assert status == 2 and "no-such-model" in capsys.readouterr().err
+    assert (list(out.iterdir()) == [] if folder == "empty" else not out.exists())
+
+
+def test_a_run_stopped_in_its_merge_resumes_only_the_merge(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """The demo's case: no checkpoint (--save-every above the steps), stopped once the adapter was written."""
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lora, "save_model", killed)
+    argv = ["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", "1", "--merge", *FAST]
+    assert exit_status(train.main, argv) == 130
+    assert json.loads((out / "run.json").read_text())["status"] == "trained"
+    assert exit_status(sample.main, ["--checkpoint", out, "--speaker", "Misha", "--prompt", "hi",
+                                     "--max-new-tokens", "2"]) == 0
+    adapter = files_under(out / "adapter")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert exit_status(train.main, ["--resume", out]) == 0
+    assert f"{out / 'adapter'} is final" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert (out / "merged" / "config.json").is_file() and files_under(out / "adapter") == adapter
+
+
+def test_an_export_removes_what_a_killed_export_left(finished_run, tmp_path, capsys):
+    leftover = tmp_path / ".me.gguf.k2_x9.tmp"
+    leftover.write_bytes(b"half a model")
+    assert exit_status(gguf_program.main, ["gguf", finished_run, tmp_path / "me.gguf", "--speaker", "Nobody"]) == 2
+    assert not leftover.exists() and f"removed {leftover}" in capsys.readouterr().err
 
 
 # The checkpoints of sharded runs (torch.distributed.checkpoint), checked without torchrun: their

@@ -35,7 +35,9 @@ def test_the_pages_load_without_the_key_and_what_they_fetch_needs_it():
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", route
     people = client.get("/chat/people", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert people == {"names": ["Misha", "Olga"], "partners": {"Misha": "Olga", "Olga": "Misha"}}
-    assert client.get("/nowhere").json()["error"]["type"] == "not_found_error"  # the API's errors, as before
+    assert client.get("/nowhere").status_code == 401  # without the key nothing says which routes exist
+    nowhere = client.get("/nowhere", headers={"Authorization": f"Bearer {KEY}"})
+    assert nowhere.json()["error"]["type"] == "not_found_error"  # the API's errors, as before
 
 
 def test_the_pages_are_plain_local_files_that_show_text_as_text():

@@ -5,8 +5,7 @@ from dataclasses import asdict
 
 import pytest
 
-from fidelity.privacy import (COPY_WORDS, TrainingText, luhn_valid, memorization, personal_data_leaks,
-                              personal_values)
+from fidelity.privacy import COPY_WORDS, TrainingText, memorization, personal_data_leaks
 
 TRAINING = [
     ["привет! завтра в семь у памятника, не опаздывай пожалуйста, я буду с собакой"],
@@ -40,13 +39,6 @@ def test_a_copy_never_runs_across_turns(training):
 
 def test_a_reply_of_seven_copied_words_is_not_flagged(training):
     assert memorization(training, [["завтра в семь у памятника не опаздывай"]]).copying_share == 0
-
-
-def test_personal_values_are_found_and_normalised():
-    found = personal_values("8 912 345 67 89, +79123456789, Olga.P@Example.org, 4111-1111-1111-1111, "
-                            "4111 1111 1111 1112, 2024")
-    assert found == {"phone": {"9123456789"}, "email": {"olga.p@example.org"}, "card": {"4111111111111111"}}
-    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
 
 
 def test_a_phone_number_from_training_in_a_reply_is_counted_but_never_shown(training):

@@ -49,7 +49,7 @@ def test_interactive_session_with_commands(tiny_run, tmp_path):
                         "/quit"]) + "\n"
     out = sample_cli("--checkpoint", tiny_run, "--as", "Катя Морозова", "--seed", 0,
                      "--max-new-tokens", 8, stdin=script).stdout
-    assert "(temperature 0.0)" in out and "(you are Dmitry Volkov, the model is Alexander Smirnov)" in out
+    assert "(temperature 0)" in out and "(you are Dmitry Volkov, the model is Alexander Smirnov)" in out
     assert "(/as 'Bob': no one of that name" in out  # and the chat went on as Катя
     assert "(nothing to save yet)" in out and out.count("(not saved: ") == 2  # and the chat went on
     assert "(the last turn is too long for the context of " in out and "; it was not sent)" in out  # nor kept

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data.dataset import session_fingerprint, validation_mask
+from data.dataset import newest_mask, session_fingerprint, validation_mask
 from data.telegram import load_sessions
 from fidelity.style import style_statistics
 
@@ -76,12 +76,15 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
     assert dmitry["question_share"] > 0.5 and dmitry["link_share"] > 0.15 and dmitry["lowercase_share"] < 0.1
 
 
-# The counts depend on the luck of the hashes: examples/make_sample_export.py chose a SEED that holds out
-# several sessions of each persona at train.py's default 2% and at the demo's 5%, which a change of the
-# sample may undo.
-@pytest.mark.parametrize("fraction, at_least", [(0.02, 3), (0.05, 8), (0.2, 20)])
-def test_the_held_out_split_has_sessions_of_every_persona(sessions, fraction, at_least):
-    held_out = validation_mask([session_fingerprint(session) for session in sessions], fraction)
+# The hash split's counts depend on the luck of the hashes, which a change of the sample may undo; the
+# time split holds out each chat's newest sessions, the demo's 5% of them several of each persona's.
+@pytest.mark.parametrize("split, fraction, at_least", [("hash", 0.02, 2), ("hash", 0.2, 20), ("time", 0.02, 3),
+                                                       ("time", 0.05, 8), ("time", 0.2, 20)])
+def test_the_held_out_split_has_sessions_of_every_persona(sessions, split, fraction, at_least):
+    fingerprints = [session_fingerprint(session) for session in sessions]
+    held_out = (validation_mask(fingerprints, fraction) if split == "hash" else
+                newest_mask([session.start for session in sessions], fingerprints, fraction,
+                            [session.chat for session in sessions]))
     for persona in PERSONAS:
         assert sum(out and any(turn.speaker == persona for turn in session.turns)
                    for session, out in zip(sessions, held_out)) >= at_least, persona

@@ -23,6 +23,7 @@ def test_help_gives_every_default():
     text = serve.build_parser().format_help()
     defaults = SamplingConfig()
     for shown in ["(default: 127.0.0.1)", "(default: 8000)", "(default: $TWIN_API_KEY, else none)", "one at a time (default: 8)",
+                  "gets 413 (default: 4)", "is closed (default: 256)", "before it is closed (default: 10)",
                   f"(default: {defaults.temperature})", f"(default: {defaults.top_p})", f"(default: {defaults.max_new_tokens})"]:
         assert shown in " ".join(text.split()), shown
 
@@ -46,6 +47,19 @@ def test_another_host_needs_an_api_key_before_anything_loads(capsys, monkeypatch
     error = one_error_line(capsys, ["--checkpoint", tmp_path / "no-run", "--host", "0.0.0.0"])
     assert "--host 0.0.0.0: other machines can reach it, so --api-key" in error
     assert "empty" in one_error_line(capsys, ["--host", "0.0.0.0", "--api-key", " "])
+
+
+@pytest.mark.parametrize("key", ["ключ-123", "sk-abc\u00a0def", "sk abc", "sk-\tx"])
+def test_a_key_no_header_can_carry_is_refused_before_anything_loads(capsys, monkeypatch, tmp_path, key):
+    error = one_error_line(capsys, ["--checkpoint", tmp_path / "no-run", "--api-key", key])
+    assert "--api-key (or $TWIN_API_KEY): only printable ASCII without spaces" in error
+    monkeypatch.setenv(serve.API_KEY_VARIABLE, key)
+    assert "only printable ASCII" in one_error_line(capsys, ["--checkpoint", tmp_path / "no-run"])
+
+
+def test_more_connections_than_the_process_may_open_is_one_line(capsys, tmp_path):
+    error = one_error_line(capsys, ["--checkpoint", tmp_path / "no-run", "--max-connections", 10**9])
+    assert "--max-connections 1000000000: this process may open only" in error
 
 
 def test_a_busy_port_and_a_missing_run_are_one_line(capsys, tmp_path):

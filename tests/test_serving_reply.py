@@ -44,3 +44,23 @@ def test_a_held_start_of_a_stop_string_is_shown_when_it_turns_out_not_to_be_one(
 def test_held_back_counts_the_longest_start_of_a_marker():
     assert held_back("abc\n>>", ["\n>>> "]) == 3
     assert held_back("abc", ["\n>>> "]) == 0 and held_back("abc\n>>> ", ["\n>>> "]) == 0  # a whole marker is no start
+
+
+@pytest.mark.parametrize("pieces", [[">>> читал, едет, проверила\n>>>"], [">>> читал, едет, проверила\n>", ">>"],
+                                    [">>> читал, едет, проверила\n"]])
+def test_a_reply_cut_short_never_ends_in_a_part_of_the_marker(pieces):
+    text, shown = feed(pieces)
+    assert text.messages == ["читал, едет, проверила"] and "".join(shown) == "читал, едет, проверила"
+
+
+def test_a_reply_cut_inside_its_first_marker_is_empty():
+    text, shown = feed([">>"])
+    assert text.messages == [] and "".join(shown) == ""
+
+
+def test_held_back_takes_time_linear_in_a_long_marker():
+    # Comparing every start of a 200,000-character marker with the text's end took minutes; this takes a blink.
+    marker = "Ж" * 200_000
+    assert held_back("a" + "Ж" * 199_999, [marker]) == 199_999
+    assert held_back("Ж" * 300_000, [marker]) == 199_999 and held_back("Ж" * 1000 + "a", [marker]) == 0
+    assert held_back("abab", ["ababc", "bx"]) == 4 and held_back("aab", ["aabaab"]) == 3

@@ -51,6 +51,19 @@ def test_lora_run_writes_adapter_metrics_and_record(tmp_path, tiny_checkpoint):
     assert not (out / "report").exists()  # --no-eval-report
 
 
+def test_keep_best_ends_with_the_checkpoint_of_the_lowest_held_out_loss(tmp_path, tiny_checkpoint, monkeypatch):
+    losses = iter([3.0, 1.0, 2.0])  # the held-out losses of steps 1 to 3 (the last: the final evaluation)
+    monkeypatch.setattr(runs, "evaluate", lambda *args: (next(losses), 100))
+    out = tmp_path / "run"
+    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 3, "--lr", 1e-2, *FAST[:-4],
+              "--eval-every", 1, "--save-every", 0, "--keep-checkpoints", 1, "--keep-best")
+    figures = json.loads((out / "run.json").read_text())["figures"]
+    assert figures["best_step"] == 2 and figures["eval_loss"] == 1.0 and figures["steps"] == 3
+    assert [path.name for path in (out / "checkpoints").iterdir() if path.is_dir()] == ["step-00000002"]
+    best = load_file(out / "checkpoints" / "step-00000002" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(best[name], weights) for name, weights in adapter_weights(out).items())
+
+
 @pytest.mark.slow  # three runs
 def test_stop_and_resume_gives_the_same_adapter_as_a_straight_run(tmp_path, tiny_checkpoint):
     common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 6, "--lr", 5e-3, *FAST]

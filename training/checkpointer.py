@@ -3,9 +3,12 @@ leaves a temporary folder, removed at the next start), the newest few kept, and 
 newest intact one, exactly: weights or adapters, optimizer, schedule, data position and random state.
 
 One Checkpointer serves both recipes; what a checkpoint holds is its backend's: `AdapterCheckpoints`
-(LoRA: the adapter in PEFT's format and the training state) here, `ShardedCheckpoints` (every weight
-and its optimizer state, sharded with torch.distributed.checkpoint) in training.distributed.
+(LoRA: the adapter in PEFT's format and the training state) here, `ShardedCheckpoints` (every weight,
+or under LoRA the adapters alone, and its optimizer state, sharded with torch.distributed.checkpoint)
+in training.distributed.
 """
+import json
+import math
 import os
 import re
 import shutil
@@ -27,9 +30,11 @@ class DamagedCheckpoint(TrainingError):
 # Checkpoints are directories `OUT/checkpoints/step-00000100`, written with `atomic.directory`, so
 # the newest complete one is always safe to resume from.
 CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
-# What a write cut short leaves: atomic.directory's `.step-00000100.k3j_x2.tmp` (or `.adapter.…`) and
-# the `.step-00000100.old` it swaps out, fsdp.save_checkpoint's `.step-00000100.tmp`.
-UNFINISHED_WRITE = re.compile(r"\.(step-\d{8}|adapter|merged|model)(\.\w+)?\.(tmp|old)")
+# What a write cut short leaves: atomic.directory's `.step-00000100.k3j_x2.tmp` (or `.adapter.…`,
+# `.report.…`) and the `.step-00000100.old` it swaps out, fsdp.save_checkpoint's `.step-00000100.tmp`,
+# atomic.file's `.run.json.k3j_x2.tmp`.
+UNFINISHED_WRITE = re.compile(r"\.(step-\d{8}|adapter|merged|model|report|run\.json|loss_curves\.png|best\.json)(\.\w+)?\.(tmp|old)")
+BEST = "best.json"  # in OUT/checkpoints with --keep-best: the held-out evaluation of the best checkpoint
 
 
 def rng_state() -> dict:
@@ -58,10 +63,11 @@ def checkpoint_path(out: Path, step: int) -> Path:
     return out / "checkpoints" / f"step-{step:08d}"
 
 
-def prune_checkpoints(out: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints."""
+def prune_checkpoints(out: Path, keep: int, spared: Path | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints, and `spared` (the best one)."""
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
+        if old != spared:
+            shutil.rmtree(old)
 
 
 def remove_unfinished_writes(out: Path) -> list[Path]:
@@ -154,25 +160,71 @@ def reason(error: BaseException, limit: int = 200) -> str:
 class Backend(Protocol):
     def save(self, directory: Path, state: dict) -> None: ...
     def resume(self, out: Path, warn: Callable[[str], None]) -> tuple[Path, dict]: ...
+    def load_weights(self, directory: Path) -> None: ...
 
 
 class Checkpointer:
-    """Saves a checkpoint every `every` steps (and when asked), keeps the newest `keep`, resumes."""
+    """Saves a checkpoint every `every` steps (and when asked), keeps the newest `keep`, resumes.
 
-    def __init__(self, out: Path, backend: Backend, every: int, keep: int, is_main: bool = True):
+    With `keep_best`, every held-out evaluation better than all before it is saved as a checkpoint too,
+    and that checkpoint is kept until a better one comes: `best` is its evaluation record, which
+    OUT/checkpoints/best.json keeps for a resumed run."""
+
+    def __init__(self, out: Path, backend: Backend, every: int, keep: int, is_main: bool = True,
+                 keep_best: bool = False):
         self.out, self.backend, self.every, self.keep, self.is_main = out, backend, every, keep, is_main
+        self.keep_best, self.best = keep_best, None
 
-    def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0
+    def due(self, step: int, evaluation: dict | None = None) -> bool:
+        """Whether step `step`, whose held-out evaluation (if any) is `evaluation`, is saved."""
+        return bool(self.every) and step % self.every == 0 or self.is_better(evaluation)
 
-    def save(self, step: int, state: dict) -> None:
-        """`state`: the step, its loss, and the schedule's and loader's states; the backend adds the rest."""
+    def is_better(self, evaluation: dict | None) -> bool:
+        """With keep_best: whether this evaluation's held-out loss is the lowest so far."""
+        return bool(self.keep_best and evaluation and math.isfinite(evaluation["eval_loss"])
+                    and (self.best is None or evaluation["eval_loss"] < self.best["eval_loss"]))
+
+    def save(self, step: int, state: dict, evaluation: dict | None = None) -> None:
+        """`state`: the step, its loss, and the schedule's and loader's states; the backend adds the rest.
+        `evaluation`: the step's held-out evaluation, which makes it the best checkpoint if it is better."""
+        better = self.is_better(evaluation)
         self.backend.save(checkpoint_path(self.out, step), state)
+        if better:
+            self.best = evaluation
+            if self.is_main:
+                atomic.write_text(self.out / "checkpoints" / BEST, json.dumps(evaluation))
         if self.is_main:
-            prune_checkpoints(self.out, self.keep)
+            prune_checkpoints(self.out, self.keep, checkpoint_path(self.out, self.best["step"]) if self.best else None)
 
     def resume(self, warn: Callable[[str], None]) -> tuple[Path, dict]:
-        return self.backend.resume(self.out, warn)
+        resumed = self.backend.resume(self.out, warn)
+        if self.keep_best:
+            self.best = read_best(self.out, resumed[1]["step"])
+        return resumed
+
+    def load_best(self, final: dict) -> dict:
+        """The evaluation of the model the run ends with: the best checkpoint's, loaded, where its held-out
+        loss is lower than `final`'s (the last step's), else `final`."""
+        if not (self.keep_best and self.best and final and self.best["eval_loss"] < final["eval_loss"]):
+            return final
+        self.backend.load_weights(checkpoint_path(self.out, self.best["step"]))
+        return self.best
+
+
+def read_best(out: Path, resumed_step: int) -> dict | None:
+    """The best checkpoint's evaluation, as best.json keeps it: None where there is none, or it is not one
+    of the checkpoints up to the one resumed from (a damaged file is none: the next evaluation sets it)."""
+    try:
+        best = json.loads((out / "checkpoints" / BEST).read_text())
+        step, loss = best["step"], best["eval_loss"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not (type(step) is int and step <= resumed_step and checkpoint_path(out, step) in checkpoints(out)
+            and isinstance(loss, float) and math.isfinite(loss)):
+        return None
+    tokens = best.get("eval_tokens")
+    return {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)),
+            "eval_tokens": tokens if type(tokens) is int else 0}
 
 
 class AdapterCheckpoints:
@@ -190,6 +242,9 @@ class AdapterCheckpoints:
 
     def resume(self, out: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
         return resume_from(out, self._load, warn)
+
+    def load_weights(self, directory: Path) -> None:
+        load_adapter(self.model, directory / "adapter")
 
     def _load(self, directory: Path) -> dict:
         try:

@@ -1,117 +1,39 @@
-"""Full fine-tuning sharded over processes with FSDP2: every rank holds 1/world of each weight, its
-gradient and its AdamW state, and gathers a layer's weights only while that layer computes.
+"""Training sharded over processes with FSDP2: every rank holds 1/world of each weight, its
+gradient and its AdamW state, and gathers a layer's weights only while that layer computes. Full
+fine-tuning shards every weight; LoRA the frozen base (16-bit or NF4's packed bytes) and the adapters.
 
 Runs under torchrun, on one node or several: NCCL on CUDA, gloo on CPU (how the tests run it).
 """
 import io
+import math
 import os
 import pickle
 import shutil
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from model.checkpoint import CheckpointReader, load_config, resolve_checkpoint, save_model
+from core import atomic
+from model.architectures import VOCABULARY_WEIGHTS
+from model.checkpoint import CheckpointError, CheckpointReader, load_config, resolve_checkpoint, save_model
+from model.lora import LoRAConfig, apply_lora, lora_layers, token_layers
+from model.nf4 import QUANTIZED_WEIGHT, NF4Linear, quantize, quantize_weight
 from model.transformer import Transformer
 from model.tokenizer import Tokenizer
 from training.checkpointer import (DamagedCheckpoint, read_training_state, reason, restore_rng_state, resume_from,
                                    rng_state)
 from training.loop import TrainingError
-
-
-@dataclass
-class World:
-    rank: int
-    size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def start(timeout_minutes: float = 30) -> World:
-    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
-    if "RANK" not in os.environ:
-        raise RuntimeError("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timedelta(minutes=timeout_minutes), device_id=device)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo", timeout=timedelta(minutes=timeout_minutes))
-    world = World(dist.get_rank(), dist.get_world_size(), device)
-    if not world.is_main:
-        os.environ["TQDM_DISABLE"] = "1"  # one progress bar per job, not one per rank
-    return world
-
-
-def stop(exit_code: int = 0) -> None:
-    """Leave the process group and exit.
-
-    Tearing down gloo while its background threads still run aborted about one run in six with
-    "terminate called without an active exception". After a barrier no collective is in flight, and
-    `os._exit` ends the process without running the C++ destructors that raced; everything of ours
-    is flushed and closed by then.
-    """
-    if dist.is_initialized():
-        if exit_code == 0:
-            dist.barrier()
-        if dist.get_backend() == "nccl":
-            dist.destroy_process_group()
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
-
-
-class MainRankFailed(Exception):
-    """Rank 0 failed in work that the other ranks wait for; it reports the error, they just stop."""
-
-
-def main_first(world: World, work):
-    """Run `work` on rank 0, then on the other ranks (which may use what it cached); when it fails on
-    rank 0 the others stop too instead of waiting for it."""
-    failed = [False]
-    if world.is_main:
-        try:
-            result = work()
-        except BaseException:
-            failed = [True]
-            dist.broadcast_object_list(failed, src=0)
-            raise
-    dist.broadcast_object_list(failed, src=0)
-    if world.is_main:
-        return result
-    if failed[0]:
-        raise MainRankFailed()
-    return work()
-
-
-def gather(value: float) -> list[float]:
-    """This value from every rank, in rank order."""
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+from training.ranks import World, main_first
 
 
 def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_dtype: torch.dtype,
@@ -129,13 +51,85 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
         model = Transformer(config).to(param_dtype)
     reader = CheckpointReader(directory)
     expected = {name: list(p.shape) for name, p in model.named_parameters()}
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+    for name in VOCABULARY_WEIGHTS:
         if name in expected:
             expected[name][0] = old_vocab
     reader.check(expected)
 
     # Shard first, on the meta device: no rank ever builds the full model.
-    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    shard(model, world, MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            fill_shard(param, world, lambda start, stop: checkpoint_rows(reader, name, start, stop, old_vocab))
+    return model
+
+
+def load_sharded_lora_model(path_or_repo: str, world: World, dtype: torch.dtype, lora_config: LoRAConfig,
+                            quantization: str | None) -> tuple[Transformer, str]:
+    """The frozen base sharded over the world, in `dtype` or in NF4, with adapters that train in fp32,
+    sharded too (and with them their optimizer states); and apply_lora's summary.
+
+    An NF4 weight is sharded in its packed form: each rank reads the full weight of one projection at a
+    time, quantizes it as one device would (its scales depend on all of it) and keeps its share of the
+    bytes and scales; FSDP2 gathers a layer's before it computes and the layer dequantizes them.
+    The adapters start as on one device, drawn whole on every rank from the same seed: so a run on
+    any number of ranks starts from the same numbers.
+    """
+    directory = resolve_checkpoint(path_or_repo)
+    config = load_config(directory)
+    old_vocab = config.vocab_size
+    with torch.device("meta"):
+        model = Transformer(config).to(dtype)
+    reader = CheckpointReader(directory)
+    reader.check({name: list(p.shape) for name, p in model.named_parameters()})
+    if quantization:  # "nf4", the one that run_folder lets through
+        for name in [name for name, _ in model.named_parameters() if QUANTIZED_WEIGHT.fullmatch(name)]:
+            quantize_weight(model, name, model.get_parameter(name), directory)  # on meta: the shapes alone
+    summary = apply_lora(model, lora_config)  # grows the vocabulary for new tokens, on meta too
+    packed = {name: module for name, module in model.named_modules() if isinstance(module, NF4Linear)}
+    for module in packed.values():
+        module.hold_as_parameters()
+    # No casts: the base computes in the dtype it is kept in, and the adapters cast themselves to it.
+    shard(model, world, MixedPrecisionPolicy(reduce_dtype=torch.float32))
+
+    def source(name: str) -> str:  # a LoRA or token layer keeps the weight it wraps under `base`
+        return name.replace(".base.", ".")
+
+    filled = set()
+    with torch.no_grad():
+        for name, module in packed.items():
+            weight = reader.read(source(f"{name}.weight")).to(dtype)
+            try:
+                codes, scale_codes, scale_factors, scale_mean = quantize(weight)
+            except ValueError as error:
+                raise CheckpointError(f"{reader.file_of(source(name + '.weight'))}: weight {name} {error}") from None
+            for part, value in (("codes", codes), ("scale_codes", scale_codes), ("scale_factors", scale_factors)):
+                fill_shard(getattr(module, part), world, lambda start, stop: value[start:stop])
+                filled.add(f"{name}.{part}")
+            module.scale_mean.copy_(scale_mean)
+        for name, module in lora_layers(model).items():
+            initial_a = nn.init.kaiming_uniform_(torch.empty(module.lora_A.shape), a=math.sqrt(5))  # as LoRALinear's
+            fill_shard(module.lora_A, world, lambda start, stop: initial_a[start:stop])
+            module.lora_B.to_local().zero_()
+            filled |= {f"{name}.lora_A", f"{name}.lora_B"}
+        for name, module in token_layers(model).items():
+            indices = lora_config.trainable_tokens["embed_tokens" if name.endswith("embed_tokens") else "lm_head"]
+            module.indices.copy_(torch.tensor(indices))  # a buffer, left empty by `to_empty`
+            if not module.shares_rows:
+                rows = torch.cat([checkpoint_rows(reader, source(f"{name}.base.weight"), i, i + 1, old_vocab)
+                                  for i in indices]).to(dtype).float()
+                fill_shard(module.rows, world, lambda start, stop: rows[start:stop])
+                filled.add(f"{name}.rows")
+        for name, param in model.named_parameters():
+            if name not in filled:
+                fill_shard(param, world, lambda start, stop: checkpoint_rows(reader, source(name), start, stop,
+                                                                             old_vocab))
+    return model, summary
+
+
+def shard(model: Transformer, world: World, policy: MixedPrecisionPolicy) -> None:
+    """Shard every decoder layer and the rest (embedding, norm, LM head) over the world with FSDP2, and
+    give each rank uninitialized memory for its shares."""
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -143,20 +137,25 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
     register_fsdp_forward_method(model, "hidden_states")
     model.to_empty(device=world.device)
 
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            local = param.to_local()
-            if local.shape[0] == 0:
-                continue
-            # FSDP2 splits dim 0 as torch.chunk does: ceil(rows / world) rows per rank.
-            start = world.rank * -(-param.shape[0] // world.size)
-            stop = start + local.shape[0]
-            rows = reader.read(name, start, min(stop, old_vocab) if start < old_vocab else start)
-            if stop > old_vocab and name in ("model.embed_tokens.weight", "lm_head.weight"):
-                mean = mean_row(reader, name, old_vocab)
-                rows = torch.cat([rows, mean.expand(stop - max(start, old_vocab), -1).to(rows.dtype)])
-            local.copy_(rows)
-    return model
+
+def fill_shard(param: torch.Tensor, world: World, rows: Callable[[int, int], torch.Tensor]) -> None:
+    """Set this rank's share of a sharded parameter from `rows(start, stop)`, those rows of the full tensor."""
+    local = param.to_local()
+    if local.shape[0] == 0:
+        return
+    # FSDP2 splits dim 0 as torch.chunk does: ceil(rows / world) rows per rank.
+    start = world.rank * -(-param.shape[0] // world.size)
+    local.copy_(rows(start, start + local.shape[0]))
+
+
+def checkpoint_rows(reader: CheckpointReader, name: str, start: int, stop: int, old_vocab: int) -> torch.Tensor:
+    """Rows `start:stop` of a checkpoint tensor; rows of the embedding or LM head past the checkpoint's
+    `old_vocab` (a grown vocabulary) are the mean of its rows."""
+    rows = reader.read(name, start, min(stop, old_vocab)) if start < old_vocab else None
+    if stop > old_vocab and name in VOCABULARY_WEIGHTS:
+        new_rows = mean_row(reader, name, old_vocab).expand(stop - max(start, old_vocab), -1)
+        rows = new_rows if rows is None else torch.cat([rows, new_rows.to(rows.dtype)])
+    return rows
 
 
 def mean_row(reader: CheckpointReader, name: str, rows: int, chunk: int = 4096) -> torch.Tensor:
@@ -171,36 +170,40 @@ def mean_row(reader: CheckpointReader, name: str, rows: int, chunk: int = 4096) 
 # Checkpoints: every rank writes its shards with torch.distributed.checkpoint into a temporary
 # directory of the same name on all ranks; rank 0 renames it into place once all have finished.
 
-def save_checkpoint(final: Path, world: World, model, optimizer, training_state: dict) -> None:
+def save_checkpoint(final: Path, world: World, model, optimizer, training_state: dict,
+                    options: StateDictOptions | None = None) -> None:
     building = final.with_name(f".{final.name}.tmp")
     if world.is_main:
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
     dist.barrier()
     model.reshard()
-    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    state = {"model": get_model_state_dict(model, options=options),
+             "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}
     dcp.save(state, checkpoint_id=building)
     torch.save(rng_state(), building / f"rng-rank{world.rank}.pt")
     if world.is_main:
         torch.save(training_state, building / "training_state.pt")
     dist.barrier()
     if world.is_main:
+        atomic.sync_tree(building)  # on the disk before the rename makes it the checkpoint to resume from
         shutil.rmtree(final, ignore_errors=True)
         os.replace(building, final)
     dist.barrier()
 
 
-def load_checkpoint(directory: Path, model, optimizer) -> None:
+def load_checkpoint(directory: Path, model, optimizer, options: StateDictOptions | None = None) -> None:
     """Load the weights and optimizer state of a checkpoint that `check_checkpoint` passed, resharded
     for this job whatever the number of ranks that saved it."""
-    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    state = {"model": get_model_state_dict(model, options=options),
+             "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}
     try:
         dcp.load(state, storage_reader=_CheckedReader(directory), planner=_CheckedLoadPlanner())
     except dcp.CheckpointException as error:  # the ranks' failures, gathered (with their tracebacks)
         problems = "; ".join(f"rank {rank}: {reason(failure)}" for rank, (failure, _) in sorted(error.failures.items()))
         raise TrainingError(f"{directory}: cannot be loaded ({problems})") from None
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    set_model_state_dict(model, state["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
 
 
 def saved_ranks(training_state: dict, world_size: int) -> int:
@@ -210,14 +213,17 @@ def saved_ranks(training_state: dict, world_size: int) -> int:
 
 
 class ShardedCheckpoints:
-    """A full fine-tune's checkpoint: every rank's shards of the weights and optimizer state
-    (torch.distributed.checkpoint), each rank's random state, and rank 0's training state."""
+    """A sharded run's checkpoint: every rank's shards of the weights and optimizer state
+    (torch.distributed.checkpoint), each rank's random state, and rank 0's training state. With
+    `adapters_only` (LoRA), the weights are the trained ones alone: the frozen base is the model's."""
 
-    def __init__(self, world: World, model, optimizer, scheduler, loader):
+    def __init__(self, world: World, model, optimizer, scheduler, loader, adapters_only: bool = False):
         self.world, self.model, self.optimizer, self.scheduler, self.loader = world, model, optimizer, scheduler, loader
+        # Not strict: loading leaves the frozen weights alone; dcp.load refuses a checkpoint lacking a trained one.
+        self.options = StateDictOptions(ignore_frozen_params=True, strict=False) if adapters_only else None
 
     def save(self, directory: Path, state: dict) -> None:
-        save_checkpoint(directory, self.world, self.model, self.optimizer, state)
+        save_checkpoint(directory, self.world, self.model, self.optimizer, state, self.options)
 
     def resume(self, out: Path, warn) -> tuple[Path, dict]:
         # Rank 0 checks the checkpoints first and says what is wrong with them; all then load the one it chose.
@@ -230,7 +236,7 @@ class ShardedCheckpoints:
         except ValueError as error:
             raise TrainingError(f"{chosen}: cannot resume on {self.world.size} ranks: {error}; resume it on "
                                 f"{ranks}") from None
-        load_checkpoint(chosen, self.model, self.optimizer)
+        load_checkpoint(chosen, self.model, self.optimizer, self.options)
         self.scheduler.load_state_dict(state["scheduler"])
         if ranks == self.world.size:
             restore_rng_state(torch.load(chosen / f"rng-rank{self.world.rank}.pt", weights_only=True))
@@ -238,6 +244,9 @@ class ShardedCheckpoints:
             warn(f"warning: {chosen.name} was saved by {ranks} ranks and resumes on {self.world.size}: the data "
                  "continues where it stopped, each rank's random stream starts afresh")
         return chosen, state
+
+    def load_weights(self, directory: Path) -> None:
+        load_checkpoint(directory, self.model, self.optimizer)
 
 
 # torch.distributed.checkpoint keeps its index, `.metadata`, as a plain pickle, which can run any code

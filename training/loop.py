@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from core import atomic
 from data.packing import PackedRows, RowLoader
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
+from training.tracking import numbers_of
 from core.errors import TwinError
 
 
@@ -79,7 +79,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[
     mean_loss = loss_sum / max(token_total, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)  # sharded: global norm
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor: global norm
     if math.isfinite(mean_loss) and math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -109,10 +109,11 @@ def evaluate(model: nn.Module, rows: PackedRows, micro_batch: int, device: torch
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per logged step or evaluation, appended as they happen."""
+    """`metrics.jsonl`: one JSON object per logged step or evaluation, appended as they happen, and sent
+    to the run's experiment trackers too (training.tracking)."""
 
-    def __init__(self, path: Path, after_step: int = 0):
-        self.path = path
+    def __init__(self, path: Path, after_step: int = 0, trackers: list | None = None):
+        self.path, self.trackers = path, trackers or []
         # The run goes on from `after_step` (0: a fresh start); records past it are from an attempt
         # that died before its next checkpoint, and never happened as far as this run is concerned.
         kept = [line for line in path.read_text(errors="replace").splitlines()
@@ -120,8 +121,24 @@ class MetricsLog:
         atomic.write_text(path, "".join(line + "\n" for line in kept))  # private, like all of a run
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as error:
+            if atomic.is_full_disk(error, self.path.parent):
+                raise atomic.full_disk(self.path, f"{len(line)} bytes more") from None
+            raise
+        self.track(record, record["step"])
+
+    def track(self, figures: dict, step: int) -> None:
+        """Send a record's numbers to the trackers alone (the run's and the report's final figures)."""
+        for tracker in self.trackers:
+            tracker.log(numbers_of(figures), step)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _step_of(record: str) -> float:

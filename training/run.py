@@ -1,5 +1,5 @@
 """What the two recipes (lora.py, fsdp.py) share: the run folder, the data, the schedule, the loop of
-optimizer steps with its evaluations and checkpoints, and the record that marks a run finished.
+optimizer steps with its evaluations and checkpoints, and the record that marks a run trained, then finished.
 
 A run is one process (LoRA) or one rank of a torchrun job (full fine-tuning); rank 0 alone prints,
 writes the metrics and the record, and goes first where files are made that the others then read.
@@ -16,29 +16,35 @@ import torch
 from tqdm import tqdm
 
 from core import atomic
+from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
 from core.device import resolve_device, set_threads
+from core.flags import from_args
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
+from memory import MemoryConfig, remembering, save_store
 from model import load_tokenizer
-from training import distributed, run_folder
+from training import ranks
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
 from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
                            peak_memory_mb, train_step, trained_token_count)
+from training.tracking import check_installed, open_trackers
 
 
 @dataclass
 class Run:
     """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
     args: object
-    world: "distributed.World | None" = None
+    world: "ranks.World | None" = None
     out: Path = field(init=False)
+    folder: RunFolder = field(init=False)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
 
     def __post_init__(self):
         self.out = Path(self.args.out)
+        self.folder = RunFolder(self.out)
         device, self.dtype = resolve_device(self.args)
         self.device = self.world.device if self.world else device
 
@@ -64,19 +70,32 @@ class Run:
 
 
 def start(run: Run) -> None:
-    """Compute on --threads (by default this rank's share of the machine's cores), seed, make the run
-    folder, clear what killed writes left in it, and record the run as running, with the settings a
-    `--resume` continues with (a stop belongs to this invocation only)."""
+    """Compute on --threads (by default this rank's share of the machine's cores), seed, clear what
+    killed writes left in the run folder (training.run_folder.claimed made it), and record the run as
+    running, with the settings a `--resume` continues with (a stop belongs to this invocation only)."""
     set_threads(run.args, sys.stdout, quiet=not run.is_main)
+    check_installed(run.args.log_to)
     torch.manual_seed(run.args.seed)
     if not run.is_main:
         return
-    run.out.mkdir(parents=True, exist_ok=True)
     for path in remove_unfinished_writes(run.out):
         run.say(f"removed {path}, left by a write that was cut short")
     if not run.args.resume:
         settings = {k: v for k, v in vars(run.args).items() if k not in ("resume", "stop_at")}
-        run_folder.write_started(run.out, settings)
+        run.folder.write_record(RUNNING, mode(run), settings)
+
+
+def mode(run: Run) -> str:
+    return "fsdp" if run.args.fsdp else "lora"
+
+
+def trained_figures(run: Run) -> dict | None:
+    """The figures of a resumed run whose adapter or model was final before it stopped (in its report or
+    merge, say): it has only the rest to write. None for a run still to train."""
+    if not run.args.resume:
+        return None
+    record = run.folder.read_record()
+    return record.figures if record.status == TRAINED else None
 
 
 def prepare(run: Run) -> tuple:
@@ -86,11 +105,17 @@ def prepare(run: Run) -> tuple:
         tokenizer = load_tokenizer(run.args.model)
         new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.args.add_chatml_tokens))
         with contextlib.redirect_stderr(io.StringIO()) if not run.is_main else contextlib.nullcontext():
-            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.out / "cache")
+            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache,
+                                memory=remembering(memory_config, tokenizer))
+        if run.is_main:  # what sample.py, serve.py and evaluate.py remember: every conversation of the export
+            save_store(run.folder.memory, data.train_sessions + data.val_sessions)
         return tokenizer, new_tokens, data
 
-    tokenizer, new_tokens, data = distributed.main_first(run.world, work) if run.world else work()
+    memory_config = from_args(MemoryConfig, run.args)
+    tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
+    run.say(f"memory: {memory_config.describe()}; {len(data.train_sessions) + len(data.val_sessions):,} "
+            f"conversations kept in {run.out / 'memory'}")
     return tokenizer, new_tokens, data
 
 
@@ -125,6 +150,7 @@ class Progress:
     rates: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     last_eval: dict = field(default_factory=dict)
+    best_step: int | None = None  # --keep-best: the step whose checkpoint the run ends with
 
 
 def resume(run: Run, checkpointer: Checkpointer, total_steps: int) -> Progress:
@@ -159,18 +185,18 @@ def train_loop(run: Run, model, data: PreparedData, schedule: Schedule, checkpoi
             progress.rates.append(throughput.tick(args.batch * args.seq_len))
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.rates[-1]:,.0f}")
             bar.update()
-            step = progress.step
+            step, evaluation = progress.step, None
             if metrics and (step % args.log_every == 0 or step == schedule.total_steps):
                 metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": progress.rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
             if args.eval_every and step % args.eval_every == 0 and step < schedule.total_steps and data.val_rows:
-                progress.last_eval = held_out_loss(run, model, data, step, metrics)
+                progress.last_eval = evaluation = held_out_loss(run, model, data, step, metrics)
                 if run.is_main:
                     bar.write(f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
                               f"perplexity {progress.last_eval['eval_perplexity']:.2f}")
-            if checkpointer.due(step) or step == args.stop_at:
+            if checkpointer.due(step, evaluation) or step == args.stop_at:
                 checkpointer.save(step, {"step": step, "loss": loss, "scheduler": schedule.scheduler.state_dict(),
-                                         "loader": loader.state_dict()})
+                                         "loader": loader.state_dict()}, evaluation)
             if step == args.stop_at and step < schedule.total_steps:
                 bar.close()
                 run.say(f"stopped after step {step} as asked; continue with: python train.py --resume {run.out}")
@@ -182,11 +208,11 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
     """One optimizer step over an accumulation window: (mean loss, gradient norm, learning rate)."""
     tokens = trained_token_count(window)
     if run.world:  # every token of the global batch weighs the same, whichever rank holds it
-        tokens = int(distributed.all_reduce_sum([tokens], run.device)[0])
+        tokens = int(ranks.all_reduce_sum([tokens], run.device)[0])
     loss, grad_norm = train_step(model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens,
                                  loss_scale=run.world_size)
     if run.world:
-        loss = distributed.all_reduce_sum([loss], run.device)[0]
+        loss = ranks.all_reduce_sum([loss], run.device)[0]
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         saved = checkpoints(run.out)
         raise TrainingError(f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
@@ -202,33 +228,64 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
             if progress.last_eval else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
 
 
+def keep_best(run: Run, checkpointer: Checkpointer, progress: Progress) -> None:
+    """--keep-best: end with the checkpoint of the lowest held-out loss, where the last step's is not lower."""
+    if not run.args.keep_best:
+        return
+    final_step = progress.step
+    if not progress.last_eval:
+        run.warn("--keep-best: no held-out sessions to choose a checkpoint by; the run ends with its last step")
+    progress.last_eval = checkpointer.load_best(progress.last_eval)
+    progress.best_step = progress.last_eval.get("step", final_step)
+    if progress.best_step != final_step:
+        run.say(f"--keep-best: the run ends with the checkpoint of step {progress.best_step}, whose held-out loss "
+                f"{progress.last_eval['eval_loss']:.4f} is the lowest")
+
+
 def write_loss_curves(run: Run) -> Path | None:
     """OUT/loss_curves.png from the run's metrics.jsonl, as the report draws it; None on other ranks or
     with nothing to draw."""
-    metrics = run.out / "metrics.jsonl"
+    metrics = run.folder.metrics
     png = loss_curves_png(read_metrics(metrics)) if run.is_main and metrics.is_file() else None
     if png is None:
         return None
-    atomic.write_bytes(run.out / "loss_curves.png", png)
-    return run.out / "loss_curves.png"
+    atomic.write_bytes(run.folder.loss_curves, png)
+    return run.folder.loss_curves
 
 
-def write_record(run: Run, mode: str, data: PreparedData, progress: Progress) -> None:
-    """The run's record, rewritten last as finished, with its figures (until then --resume, even from a
-    checkpoint of the final step, writes everything again)."""
-    memory = distributed.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
-    if not run.is_main:
-        return
+def record_trained(run: Run, data: PreparedData, progress: Progress, metrics: MetricsLog | None) -> dict:
+    """Record the run as trained, with its figures, once its adapter or model is written and final:
+    from here on --resume writes only what follows (report, merged model, loss curves), and a fresh run
+    into the folder is refused. Until then --resume, even from a checkpoint of the final step, trains
+    again from it. The figures go to the experiment trackers too; returns them."""
+    memory = ranks.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
     figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
                "seconds": round(time.time() - progress.started, 1),
                "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
                "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
-               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners}
-    run_folder.write_finished(run.out, mode, vars(run.args), figures)
+               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners,
+               **({"best_step": progress.best_step} if progress.best_step is not None else {})}
+    if run.is_main:
+        run.folder.write_record(TRAINED, mode(run), vars(run.args), figures)
+    if metrics:
+        metrics.track({"run": figures}, progress.step)
+    return figures
+
+
+def record_finished(run: Run, figures: dict, metrics: MetricsLog | None = None) -> None:
+    """The record rewritten last, as finished: everything of the run is written."""
+    if run.is_main:
+        run.folder.write_record(FINISHED, mode(run), vars(run.args), figures)
+    if metrics:
+        metrics.close()
 
 
 def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:
-    return MetricsLog(run.out / "metrics.jsonl", after_step=progress.step) if run.is_main else None
+    """Rank 0's metrics.jsonl and the experiment trackers of --log-to; None on the other ranks."""
+    if not run.is_main:
+        return None
+    trackers = open_trackers(run.args.log_to, run.out, vars(run.args), progress.step)
+    return MetricsLog(run.folder.metrics, after_step=progress.step, trackers=trackers)
 
 
 def activation_checkpointing(run: Run) -> bool:

@@ -9,9 +9,10 @@ from core.device import DTYPES, add_compute_args
 from core.flags import add_arguments, positive_int, setting
 from data.dataset import DataConfig
 from data.telegram import add_export_args
+from model import DEFAULT_MODEL
+from memory import MemoryConfig
 from model.lora import LoRAConfig
-
-DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"
+from training.tracking import tracker_list
 
 
 @dataclass
@@ -74,7 +75,14 @@ class Cadence:
     eval_every: int = setting(100, "evaluate on the held-out split every N steps, and at the end; 0: only at the end")
     save_every: int = setting(100, "write a checkpoint every N steps; 0: never")
     keep_checkpoints: int = setting(2, "how many of the newest checkpoints to keep")
+    keep_best: bool = setting(False, "also save and keep the checkpoint of the lowest held-out loss (at each "
+                              "--eval-every evaluation), and end the run with it: the adapter or model written "
+                              "is that one, and run.json's best_step says which")
     log_every: int = setting(1, "append to OUT/metrics.jsonl every N steps", type=positive_int)
+    log_to: str | None = setting(None, "also log the metrics and the final figures to these trackers, "
+                                 "comma-separated: tensorboard (OUT/tensorboard), trackio (its local database: "
+                                 "`trackio show`); optional packages, pip install the one you use (default: none, "
+                                 "OUT/metrics.jsonl alone)", type=tracker_list, metavar="TRACKERS")
     eval_report: bool = setting(True, "after training, write the fidelity report (held-out loss and style, tuned "
                                 "vs base, per speaker) to OUT/report (default: on)")
     eval_contexts: int = setting(32, "held-out contexts per speaker the report samples replies at")
@@ -97,6 +105,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     add_export_args(data)
     add_arguments(data, DataConfig)
+    add_arguments(parser.add_argument_group("memory (earlier conversations before each one, as context)"), MemoryConfig)
     add_arguments(parser.add_argument_group("optimization"), Optimization)
     lora = parser.add_argument_group("LoRA")
     add_arguments(lora, LoRAConfig, prefix="lora_")

@@ -17,12 +17,12 @@ import gguf
 import numpy as np
 import torch
 
+from model.architectures import UnsupportedArchitecture, gguf_architecture
 from model.gguf.file import GGUFFile, GGUFTensor
-from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, rotary_heads, unpermute_rotary_rows
-from model.weights import CheckpointError, assign_parameter, check_config_fields
+from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, rotary_heads, unpermute_rotary_rows
+from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model
 from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")  # general.architecture values we load; model_type is the same
 # What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
 LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 EMBEDDING = "token_embd.weight"
@@ -46,15 +46,14 @@ DEFAULTS = {"rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2}
 
 
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.device | str) -> Transformer:
-    """The model in a llama, mistral, qwen2 or qwen3 GGUF file, dequantized to `dtype` on `device`."""
+    """The model in a GGUF file of an architecture model.architectures lists, dequantized to `dtype` on `device`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     file = GGUFFile(path)
     tensors = file.tensors
     config = read_config(file)
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = empty_model(config)
     gguf_names = gguf_tensor_names(model)
 
     found = set(tensors) - {LLAMA3_ROPE_FREQS}
@@ -74,6 +73,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
         heads = rotary_heads(config, name)
         if heads:
             weights = unpermute_rotary_rows(weights, heads)
+        weights -= norm_shift(config, name)
         assign_parameter(model, name, weights.to(device=device, dtype=dtype))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -85,7 +85,7 @@ def read_config(file: GGUFFile) -> ModelConfig:
     hf, spelled = hf_config(file)
     layers = {match.group(1) for name in file.tensors if (match := BLOCK.match(name))}
     check_config_fields(hf, file.path, len(layers), spelled)
-    arch = hf["model_type"]
+    arch = file.value("general.architecture")
     head_dim = hf.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
     for key in ("rope.dimension_count", "attention.value_length"):
         if file.value(f"{arch}.{key}", head_dim) != head_dim:
@@ -109,14 +109,15 @@ def hf_config(file: GGUFFile) -> tuple[dict, dict[str, str]]:
     arch = file.value("general.architecture")
     if arch is None:
         refuse("metadata general.architecture is missing")
-    if arch not in ARCHITECTURES:
-        refuse(f"GGUF architecture {arch!r} is not supported (only {', '.join(map(repr, ARCHITECTURES))}; "
-               "Mistral's GGUFs are 'llama')")
+    try:
+        family = gguf_architecture(arch)
+    except UnsupportedArchitecture as error:
+        refuse(str(error))
     if EMBEDDING not in file.tensors:
         refuse(f"tensor {EMBEDDING} is missing")
     spelled = {field: key.format(arch=arch) for field, key in METADATA_KEYS.items()}
     spelled["vocab_size"] = f"the rows of {EMBEDDING}"
-    hf = {"model_type": arch, "vocab_size": file.tensors[EMBEDDING].shape[0]}
+    hf = {"model_type": family.model_type, "vocab_size": file.tensors[EMBEDDING].shape[0]}
     for field, key in spelled.items():
         if field in hf:
             continue
@@ -124,9 +125,27 @@ def hf_config(file: GGUFFile) -> tuple[dict, dict[str, str]]:
             refuse(f"metadata {key} is missing")
         if key in file.metadata or field in DEFAULTS:
             hf[field] = file.value(key, DEFAULTS.get(field))
+    def required(key: str):
+        if key not in file.metadata:
+            refuse(f"metadata {key} is missing")
+        return file.value(key)
+
     rope_scaling = file.value(f"{arch}.rope.scaling.type", "none")
-    if rope_scaling != "none":
+    if rope_scaling != "none" and rope_scaling not in family.rope_scalings:
         refuse(f"{arch}.rope.scaling.type = {rope_scaling!r} is not supported")
+    if rope_scaling != "none":
+        hf["rope_scaling"] = {"rope_type": rope_scaling, "factor": required(f"{arch}.rope.scaling.factor")}
+    if family.windows == "layer_types":  # llama.cpp's fixed layout: every gguf_full_layer_every-th layer full
+        hf.update(sliding_window=required(f"{arch}.attention.sliding_window"),
+                  sliding_window_pattern=family.gguf_full_layer_every)
+        spelled["sliding_window"] = f"{arch}.attention.sliding_window"
+    if family.local_rope:
+        hf["rope_local_base_freq"] = file.value(f"{arch}.rope.freq_base_swa", 10000.0)
+    scale = file.value(f"{arch}.attention.scale", 0.0)  # absent: llama.cpp's default for the family
+    if scale:
+        hf["query_pre_attn_scalar"] = scale ** -2
+    elif hf["num_hidden_layers"] in family.gguf_wide_attention_scale_layers:
+        hf["query_pre_attn_scalar"] = hf["hidden_size"] // hf["num_attention_heads"]
     hf["attention_bias"] = "blk.0.attn_output.bias" in file.tensors
     hf["tie_word_embeddings"] = "output.weight" not in file.tensors  # llama.cpp reuses token_embd
     return hf, spelled

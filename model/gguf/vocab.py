@@ -9,13 +9,14 @@ own tables, model-package internals, rather than widening their API for one writ
 import gguf
 
 from core.errors import TwinError
-from model.bpe import PRE_TOKENIZERS, BPETokenizer, _component_types
-from model.tokenizer import CHATML_TOKENS, Tokenizer
+from model.bpe import PRE_TOKENIZERS, BPETokenizer, component_types
+from model.architectures import CHAT_FORMATS
+from model.tokenizer import Tokenizer
 
-LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 # The tokens that frame a chat turn stay control tokens whatever their flags: llama.cpp then never makes
 # them of people's text, as twin's chat format never does.
-CHAT_TOKENS = {*CHATML_TOKENS, *LLAMA3_CHAT_TOKENS}
+CHAT_TOKENS = {layout[part] for layout in CHAT_FORMATS.values() for part in ("header_start", "name_end", "turn_end")
+               if layout[part]}
 UNUSED_SCORE = -1000.0  # llama.cpp's score for a token no merge makes
 
 
@@ -73,7 +74,7 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Tokenizer, tokens: li
 
 def _add_bpe(writer: gguf.GGUFWriter, tokenizer: BPETokenizer, tokens: list[str], types: list) -> None:
     content = tokenizer._json
-    if "ByteLevel" not in {part.get("type") for part in _component_types(content.get("decoder"))}:
+    if "ByteLevel" not in {part.get("type") for part in component_types(content.get("decoder"))}:
         raise ExportError(f"{tokenizer._source}: not a byte-level BPE tokenizer.json (a SentencePiece-style one?); "
                           "GGUF export takes byte-level BPE (Llama 3, Qwen, SmolLM2) or a tokenizer.model")
     for token, token_id in content["model"]["vocab"].items():
@@ -90,7 +91,7 @@ def _add_bpe(writer: gguf.GGUFWriter, tokenizer: BPETokenizer, tokens: list[str]
 def pre_tokenizer_name(tokenizer: BPETokenizer) -> str:
     """llama.cpp's name (tokenizer.ggml.pre) for how the tokenizer.json splits text, one of those
     model.bpe reads back; ExportError for a split llama.cpp has no name for here."""
-    parts = _component_types(tokenizer._json.get("pre_tokenizer"))
+    parts = component_types(tokenizer._json.get("pre_tokenizer"))
     for name, known in PRE_TOKENIZERS.items():
         if len(parts) == len(known) and all(all(part.get(key) == value for key, value in table.items())
                                             for part, table in zip(parts, known)):

@@ -1,8 +1,8 @@
 """GGUF files out: a model, its tokenizer and a chat template in one file that llama.cpp, Ollama and
 LM Studio run, written as llama.cpp's own converter (convert_hf_to_gguf.py) writes it.
 
-Weights are renamed to GGUF's names (model.gguf.layout) and llama's q/k rows permuted into llama.cpp's
-rotary order; 2-D weights are stored as f16 or q8_0 (a row length that q8_0's 32-value blocks do not
+Weights are renamed to GGUF's names (model.gguf.layout), llama's q/k rows permuted into llama.cpp's
+rotary order and Gemma's norm weights shifted by one; 2-D weights are stored as f16 or q8_0 (a row length that q8_0's 32-value blocks do not
 divide stays f16), norms and biases as f32. A tied LM head is left out: llama.cpp reuses token_embd.
 """
 import math
@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from core import atomic
 from model.bpe import BPETokenizer
-from model.gguf.layout import (GGUF_ARCHITECTURES, LLAMA3_ROPE_FREQS, gguf_tensor_names, permute_rotary_rows,
-                               rotary_heads)
+from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, permute_rotary_rows, rotary_heads
 from model.gguf.vocab import add_tokenizer
 from model.tokenizer import Tokenizer
 from model.transformer import ModelConfig, Transformer, rotary_frequencies
@@ -37,7 +36,7 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: st
     Tensors are converted and written one at a time, after a header that announces each one's shape and
     size: the file's weights are never all in memory beside the model's."""
     config = model.config
-    writer = gguf.GGUFWriter(None, GGUF_ARCHITECTURES[config.model_type])
+    writer = gguf.GGUFWriter(None, config.architecture.gguf_name)
     qtype, file_type = TYPES[type_name]
     writer.add_name(name)
     writer.add_file_type(file_type)
@@ -46,7 +45,12 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: st
     add_hyperparameters(writer, config)
     add_tokenizer(writer, tokenizer, config.vocab_size)
     writer.add_chat_template(chat_template)
-    tensors = tensor_plan(model, qtype)
+    write_tensors(writer, tensor_plan(model, qtype), path)
+
+
+def write_tensors(writer: gguf.GGUFWriter, tensors: list["PlannedTensor"], path: str | os.PathLike) -> None:
+    """Write the file at `path` (atomically): the writer's metadata, then the tensors one at a time, after
+    a header that announces each one's shape and size, with a progress bar on stderr."""
     for tensor in tensors:
         writer.add_tensor_info(tensor.name, tensor.shape, tensor.dtype, tensor.nbytes, tensor.raw_dtype)
     with atomic.file(path, make_parents=False) as file:
@@ -89,6 +93,13 @@ def add_hyperparameters(writer: gguf.GGUFWriter, config: ModelConfig) -> None:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     if config.sliding_window is not None and config.max_window_layers == 0:
         writer.add_sliding_window(config.sliding_window)  # (llama.cpp's llama and qwen2 attend fully all the same)
+    if config.rope_local_theta is not None:
+        writer.add_rope_freq_base_swa(config.rope_local_theta)
+    if config.rope_scaling is not None and config.rope_scaling["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(config.rope_scaling["factor"])
+    if config.query_pre_attn_scalar is not None:  # (llama.cpp derives Gemma's; twin's reader takes this)
+        writer.add_attention_scale(config.attention_scale)
 
 
 def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
@@ -97,19 +108,9 @@ def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
     bakes it, one divisor per rotary frequency."""
     config = model.config
     names = gguf_tensor_names(model)
-    block = gguf.GGML_QUANT_SIZES[Q.Q8_0][0]
-    plan = []
-    for name, param in model.named_parameters():
-        convert = partial(gguf_weights, param, rotary_heads(config, name))
-        if param.ndim == 1:
-            plan.append(PlannedTensor(names[name], tuple(param.shape), np.dtype(np.float32), None, convert))
-        elif qtype == Q.Q8_0 and param.shape[-1] % block == 0:
-            byte_shape = gguf.quant_shape_to_byte_shape(tuple(param.shape), Q.Q8_0)
-            plan.append(PlannedTensor(names[name], byte_shape, np.dtype(np.uint8), Q.Q8_0,
-                                      lambda convert=convert: gguf.quants.quantize(convert(), Q.Q8_0)))
-        else:
-            plan.append(PlannedTensor(names[name], tuple(param.shape), np.dtype(np.float16), None,
-                                      lambda convert=convert: convert().astype(np.float16)))
+    plan = [planned_tensor(names[name], tuple(param.shape), qtype,
+                           partial(gguf_weights, param, rotary_heads(config, name), norm_shift(config, name)))
+            for name, param in model.named_parameters()]
     if config.rope_scaling is not None:
         plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
         divisors = (plain / rotary_frequencies(config, torch.device("cpu"))).numpy()
@@ -117,9 +118,22 @@ def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
     return plan
 
 
-def gguf_weights(param: torch.Tensor, heads: int | None) -> np.ndarray:
-    """A parameter as f32 numpy, q/k rows in llama.cpp's rotary order."""
+def planned_tensor(name: str, shape: tuple[int, ...], qtype: Q, convert: Callable[[], np.ndarray]) -> PlannedTensor:
+    """A tensor whose f32 data `convert` makes: 1-D in f32, 2-D in `qtype` (f16 where a row does not split
+    into q8_0's blocks of 32)."""
+    if len(shape) == 1:
+        return PlannedTensor(name, shape, np.dtype(np.float32), None, convert)
+    if qtype == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
+        return PlannedTensor(name, gguf.quant_shape_to_byte_shape(shape, Q.Q8_0), np.dtype(np.uint8), Q.Q8_0,
+                             lambda: gguf.quants.quantize(convert(), Q.Q8_0))
+    return PlannedTensor(name, shape, np.dtype(np.float16), None, lambda: convert().astype(np.float16))
+
+
+def gguf_weights(param: torch.Tensor, heads: int | None, shift: float) -> np.ndarray:
+    """A parameter as f32 numpy, q/k rows in llama.cpp's rotary order, plus `shift` (norm_shift's)."""
     weights = param.detach().float().cpu()
+    if shift:
+        weights = weights + shift
     if heads:
         weights = permute_rotary_rows(weights, heads)
     return weights.numpy()

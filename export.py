@@ -1,17 +1,21 @@
 """Export a twin as GGUF for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it; or
 write only its chat template, for a server that runs the model or adapter as it is (vLLM).
 
-    python -m model.gguf export runs/me me.gguf --type q8_0
-    python -m model.gguf chat-template runs/me me.jinja
+    python export.py gguf runs/me me.gguf --type q8_0
+    python export.py gguf runs/me me.gguf --adapter --base base.gguf
+    python export.py chat-template runs/me me.jinja
 
 RUN_OR_MODEL is a train.py run folder (a LoRA run's base model with its adapter merged in, or a full
 fine-tune's OUT/model), a Hugging Face model folder or repo id, or a .gguf file. The model is loaded in
 16 bits on the CPU where all its weights are stored in 16 bits (as f16, the most precision either
 --type keeps of a 2-D weight; an adapter is merged in fp32 a weight at a time), else in fp32 (a GGUF
 file's f32 norms, an fp32 model), and written a tensor at a time, with the tokenizer and a chat
-template in which the speaker is the assistant and their partner the user.
+template in which the speaker is the assistant and their partner the user. With --adapter, a LoRA run's
+adapter alone is written, as a GGUF LoRA adapter that llama.cpp and Ollama apply to the base model's
+GGUF file (--base), with the Jinja template beside it: many twins over one base.
 """
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -22,29 +26,37 @@ from chat.loading import TwinSource, load_twin, source_of_run
 from chat.people import SpeakerError
 from core import atomic
 from core.cli import program
+from core.run_folder import RunFolder
 from core.device import add_threads_arg, set_threads
 from data.chatml import chat_format
 from model.checkpoint import CheckpointReader, load_tokenizer, resolve_checkpoint
 from model.generation import SamplingConfig
-from model.gguf.templates import jinja_chat_template, ollama_modelfile
+from model.gguf.adapter import check_base_gguf, write_gguf_adapter
+from data.templates import jinja_chat_template, ollama_modelfile
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
 from model.lora import read_adapter_config, tokenizer_source
-from training import run_folder
 
+OLLAMA_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")  # "smollm2:135m", "library/qwen2.5:7b"
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices (default 16)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model.gguf", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python export.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="write a twin as a GGUF file and an Ollama Modelfile",
+    export = commands.add_parser("gguf", help="write a twin as a GGUF file and an Ollama Modelfile",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arg(export)
     export.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write (replaced if it exists)")
     export.add_argument("--type", choices=TYPES, default="f16", help="how weights are stored: f16 (2 bytes a "
                         "weight) or q8_0 (about 1.06 bytes, 8-bit) (default: %(default)s)")
+    export.add_argument("--adapter", action="store_true", help="write only a LoRA run's adapter, as a GGUF LoRA "
+                        "adapter (llama-server --lora, Ollama's ADAPTER), and the chat template as OUT with the "
+                        "suffix .jinja (default: off, the model with its adapter merged in)")
+    export.add_argument("--base", help="with --adapter: the base model's GGUF file the adapter runs on (checked "
+                        "against the adapter), or the name Ollama knows it by, for the Modelfile's FROM line "
+                        "(default: the run's base model, where that is a .gguf file)")
     add_people_args(export)
     export.add_argument("--modelfile", help="where to write the Ollama Modelfile (default: OUT with the "
                         "suffix .Modelfile)")
@@ -72,7 +84,7 @@ def add_people_args(parser: argparse.ArgumentParser) -> None:
 @program
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "export":
+    if args.command == "gguf":
         export(args)
     else:
         write_chat_template(args)
@@ -80,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def source_and_people(args) -> tuple[TwinSource, str, str]:
     """What to load, the speaker (the assistant) and their partner (the user), checked against the run."""
-    source_path = Path(args.source)
-    source = source_of_run(source_path) if (source_path / run_folder.RECORD).is_file() else TwinSource(args.source)
+    run = RunFolder(Path(args.source))
+    source = source_of_run(run.path) if run.record_file.is_file() else TwinSource(args.source)
     if args.speaker is None and source.people.target is None:
         raise SpeakerError(f"--speaker: needed, as {args.source} is no train.py run folder, whose record names "
                            "the person to twin")
@@ -94,6 +106,13 @@ def export(args) -> None:
     modelfile = Path(args.modelfile) if args.modelfile else out.with_suffix(".Modelfile")
     for path in (out, modelfile):
         check_folder(path)
+        for leftover in atomic.remove_leftovers(path):
+            print(f"removed {leftover}, left by an export that was cut short", file=sys.stderr)
+    if args.adapter:
+        export_adapter(args, out, modelfile)
+        return
+    if args.base:
+        raise ExportError("--base: only with --adapter, which writes the adapter for that base model")
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     source, speaker, partner = source_and_people(args)
     reference = modelfile_reference(out, modelfile)
@@ -110,6 +129,43 @@ def export(args) -> None:
     print(f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
           f"  or: llama-cli -m {shlex.quote(str(out))} --jinja\n"
           f"  or: llama-server -m {shlex.quote(str(out))} --jinja")
+
+
+def export_adapter(args, out: Path, modelfile: Path) -> None:
+    """A LoRA run's adapter as a GGUF adapter, its Jinja template beside it, and a Modelfile with the base
+    model FROM and the adapter ADAPTER."""
+    template = out.with_suffix(".jinja")
+    source, speaker, partner = source_and_people(args)
+    if source.adapter is None:
+        raise ExportError(f"--adapter: {args.source} has no LoRA adapter (a full fine-tune, or no run folder); "
+                          "export it without --adapter")
+    base = args.base or (str(source.model) if str(source.model).endswith(".gguf") else None)
+    if base is None:
+        raise ExportError(f"--base: needed with --adapter, as the run's base model {source.model} is no GGUF file: "
+                          "give the base model's GGUF file (`python export.py gguf` writes one) or the name "
+                          "Ollama knows it by")
+    if base.endswith(".gguf"):
+        check_base_gguf(Path(base), source.adapter, source.model)
+        base_reference = modelfile_reference(Path(base), modelfile)
+    elif OLLAMA_MODEL_NAME.fullmatch(base):
+        base_reference = base
+    else:
+        raise ExportError(f"--base: {base!r} is neither a .gguf file nor a name Ollama takes (letters, digits, "
+                          "'-', '_', '.', ':' and '/')")
+    layout = chat_format(load_tokenizer(tokenizer_source(source.model, source.adapter)))
+    print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
+    write_gguf_adapter(source.adapter, source.model, out, args.type, name=out.stem)
+    atomic.write_text(template, jinja_chat_template(layout, speaker, partner))
+    atomic.write_text(modelfile, ollama_modelfile(base_reference, layout, speaker, partner, SamplingConfig(),
+                                                  adapter_reference=modelfile_reference(out, modelfile)))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), the adapter for {base}, with {template} and "
+          f"{modelfile}, the model writing as {speaker!r} to {partner!r}")
+    base_file = shlex.quote(base) if base.endswith(".gguf") else "BASE.gguf"
+    lora = f"--lora {shlex.quote(str(out))} --jinja --chat-template-file {shlex.quote(str(template))}"
+    print(f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
+          f"  or: llama-server -m {base_file} {lora}\n"
+          f"  or: llama-cli -m {base_file} {lora}"
+          + ("" if base.endswith(".gguf") else "\n  (BASE.gguf: the base model's GGUF file)"))
 
 
 def export_dtype(model: str | Path) -> torch.dtype:

@@ -68,23 +68,42 @@ def go_literal(text: str) -> str:
 
 def ollama_template(layout: ChatFormat, speaker: str, partner: str) -> str:
     """The Go template of an Ollama Modelfile: the user's messages as the partner's turns, the
-    assistant's (which the model wrote with their prefix) as the speaker's, the speaker's header last."""
+    assistant's as the speaker's, each line of a message one message of the turn as in the Jinja template,
+    and the speaker's header last."""
     role_name = (f'{{{{ if eq .Role "assistant" }}}}{{{{ {go_literal(speaker)} }}}}'
                  f'{{{{ else if eq .Role "user" }}}}{{{{ {go_literal(partner)} }}}}{{{{ else }}}}{{{{ .Role }}}}{{{{ end }}}}')
-    content = f'{{{{ if ne .Role "assistant" }}}}{MESSAGE_PREFIX}{{{{ end }}}}{{{{ .Content }}}}'
     return (f"{{{{- range $index, $message := .Messages }}}}{{{{ if $index }}}}{layout.separator}{{{{ end }}}}"
-            f"{{{{ with $message }}}}{layout.header(role_name)}{content}{layout.turn_end}{{{{ end }}}}{{{{ end }}}}"
+            f"{{{{ with $message }}}}{layout.header(role_name)}{go_message_body()}{layout.turn_end}{{{{ end }}}}{{{{ end }}}}"
             f"{{{{ if .Messages }}}}{layout.separator}{{{{ end }}}}{layout.header('{{ ' + go_literal(speaker) + ' }}')}")
 
 
+def go_message_body() -> str:
+    """The Go template of a message's body: its content as it is where it starts with MESSAGE_PREFIX (as the
+    model writes), else MESSAGE_PREFIX before each of its lines. Ollama's templates have Go's functions
+    only, no split or replace: the content is walked byte by byte (`range` over an int, Go 1.22), each
+    line written up to its newline. Go has no arithmetic either: the index after the newline at $i is the
+    length of the first $i bytes and one more."""
+    prefix, prefix_bytes = go_literal(MESSAGE_PREFIX), len(MESSAGE_PREFIX.encode())
+    return ("{{ $content := .Content }}"
+            f"{{{{ if and (ge (len $content) {prefix_bytes}) (eq (slice $content 0 {prefix_bytes}) {prefix}) }}}}"
+            "{{ $content }}"
+            f"{{{{ else }}}}{{{{ {prefix} }}}}{{{{ $start := 0 }}}}{{{{ range $i := len $content }}}}"
+            "{{ if eq (index $content $i) 10 }}"  # a newline byte
+            f"{{{{ slice $content $start $i }}}}{{{{ {go_literal(chr(10) + MESSAGE_PREFIX)} }}}}"
+            f"{{{{ $start = len (printf {go_literal('%s' + chr(10))} (slice $content 0 $i)) }}}}"
+            "{{ end }}{{ end }}{{ slice $content $start }}{{ end }}")
+
+
 def ollama_modelfile(gguf_reference: str, layout: ChatFormat, speaker: str, partner: str,
-                     sampling: SamplingConfig) -> str:
-    """An Ollama Modelfile for the GGUF file at `gguf_reference` (a path as FROM takes it), sampling as
-    sample.py does by default and stopping where a turn ends or another begins."""
+                     sampling: SamplingConfig, adapter_reference: str | None = None) -> str:
+    """An Ollama Modelfile for the GGUF file at `gguf_reference` (a path or model name as FROM takes it),
+    with the GGUF LoRA adapter at `adapter_reference` on it where one is given, sampling as sample.py does
+    by default and stopping where a turn ends or another begins."""
     stops = [layout.turn_end, layout.header_start]
     return "\n".join([
         "# A twin, by twin's GGUF export: the assistant writes as the speaker, the user as the partner (TEMPLATE)",
         f"FROM {gguf_reference}",
+        *([f"ADAPTER {adapter_reference}"] if adapter_reference else []),
         f'TEMPLATE """{ollama_template(layout, speaker, partner)}"""',
         *(f'PARAMETER stop "{stop}"' for stop in stops),
         f"PARAMETER temperature {sampling.temperature:g}",

@@ -1,0 +1,74 @@
+"""The memory a twin talks with: the run's store of conversations and the settings it trained with, the chat two
+people share (the scope of what is recalled), the one line that says what it uses, and, only where the user
+asks for it (--remember), a conversation with the twin added to it."""
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.flags import from_args
+from data.sessions import Session, Turn
+from memory import Conversations, Memory, MemoryConfig, load_store, save_store
+from model.tokenizer import Tokenizer
+from core.run_folder import RunFolder, RunRecord
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("memory")
+    group.add_argument("--no-memory", dest="memory", action="store_false",
+                       help="answer without the run's memory of earlier conversations (default: the history and "
+                            "recall the run trained with)")
+    group.add_argument("--remember", action="store_true",
+                       help="add the conversations had with the twin to the run's memory (default: off: the twin "
+                            "forgets them)")
+
+
+@dataclass
+class TwinMemory:
+    """A run's memory, as it trained: before each reply, the history and the recalled conversations of the chat
+    the two people share (or of every chat, where the run was trained with --recall-all-chats)."""
+    conversations: Conversations
+    config: MemoryConfig
+    folder: Path
+    remember: bool
+    _memory: Memory | None = field(default=None, init=False, repr=False)  # made on the first reply, with the tokenizer
+
+    def chat_between(self, speaker: str, partner: str) -> str | None:
+        """The chat the two speak in: the personal one where there is one, else the one with most conversations
+        of both; None where they never spoke together (nothing is then recalled but with --recall-all-chats)."""
+        shared = set(self.conversations.chats_of(speaker)) & set(self.conversations.chats_of(partner))
+        sessions = self.conversations.sessions
+        personal = {chat for chat in shared if any(s.chat == chat and s.chat_type == "personal_chat" for s in sessions)}
+        return min(shared, key=lambda chat: (chat not in personal, -len(self.conversations.by_chat[chat]), chat),
+                   default=None)
+
+    def context(self, speaker: str, partner: str, started: int, turns: list[Turn], tokenizer: Tokenizer) -> list[Turn]:
+        """What comes before the conversation of `speaker` and `partner` started at `started`, `turns` so far."""
+        if self._memory is None:
+            self._memory = Memory(self.conversations, self.config, tokenizer)
+        return self._memory.context(self.chat_between(speaker, partner), started, turns)
+
+    def describe(self) -> str:
+        """What the twin remembers, in one line."""
+        adding = "new conversations are added to it (--remember)" if self.remember else "new conversations are not kept"
+        return (f"memory: {len(self.conversations.sessions):,} earlier conversations; {self.config.describe()}; "
+                f"{adding}")
+
+    def add(self, speaker: str, partner: str, started: int, turns: list[Turn]) -> None:
+        """Keep a conversation with the twin (only with --remember), in the chat of the two people."""
+        if not self.remember or not turns:
+            return
+        chat = self.chat_between(speaker, partner) or partner
+        new = Session(chat, "personal_chat", started, list(turns), target=self.conversations.sessions[0].target
+                      if self.conversations.sessions else speaker)
+        self.conversations, self._memory = save_store(self.folder, [*self.conversations.sessions, new]), None
+
+
+def memory_of_run(run: RunFolder, record: RunRecord, args) -> TwinMemory | None:
+    """The memory of the run, or None: asked off (--no-memory), or a run trained without one (or before twin had
+    memory). A store that cannot be read is refused here, before the model loads."""
+    if not args.memory or "history_tokens" not in record.settings:
+        return None
+    config = from_args(MemoryConfig, argparse.Namespace(**record.settings))
+    if not config.on:
+        return None
+    return TwinMemory(load_store(run.memory), config, run.memory, args.remember)

@@ -1,0 +1,90 @@
+"""Memory: the history and the recalled conversations before a conversation, their scope, the no-future rule,
+the store in a run folder, and the fact turns the report scores."""
+import stat
+
+import pytest
+
+from data.sessions import Session, Turn
+from memory import Conversations, Memory, MemoryConfig, MemoryStoreError, load_store, save_store
+from memory.context import MARK_SPEAKER, time_mark
+from memory.facts import fact_turns, states_fact
+
+DAY = 86400
+ME, KATYA, ELEANOR = "Alexander", "Katya", "Eleanor"
+
+
+def session(chat: str, day: float, *turns: tuple[str, str]) -> Session:
+    return Session(chat, "personal_chat", int(day * DAY), [Turn(speaker, [text]) for speaker, text in turns], ME)
+
+
+SESSIONS = [
+    session(KATYA, 1, (KATYA, "we adopted a kitten, her name is Miso"), (ME, "wow cute")),
+    session(KATYA, 2, (ME, "the film was boring"), (KATYA, "agreed")),
+    session(ELEANOR, 3, (ELEANOR, "my secret code is Zanzibar, tell no one"), (ME, "ok")),
+    session(KATYA, 5, (ME, "how is the kitten?"), (KATYA, "Miso is great")),
+    session(KATYA, 9, (KATYA, "the kitten broke a vase"), (ME, "Pumpkin was the future")),
+]
+
+
+def text_of(turns: list[Turn]) -> str:
+    return "\n".join(message for turn in turns for message in turn.messages)
+
+
+@pytest.fixture
+def memory(dolphin_tokenizer):
+    return lambda **config: Memory(Conversations(SESSIONS), MemoryConfig(**config), dolphin_tokenizer)
+
+
+def test_history_is_the_chat_s_last_turns_with_the_time_between(memory):
+    turns = memory(history_tokens=400, recall=0).for_session(SESSIONS[3])
+    assert [turn.speaker for turn in turns] == [MARK_SPEAKER, KATYA, ME, MARK_SPEAKER, ME, KATYA, MARK_SPEAKER]
+    assert turns[0].messages == ["4 days earlier"] and turns[3].messages == ["3 days earlier"]
+    assert turns[-1].messages == ["now"]
+    short = memory(history_tokens=25, recall=0).for_session(SESSIONS[3])  # cut from the left, at a turn boundary
+    assert short == [Turn(MARK_SPEAKER, ["3 days earlier"]), Turn(KATYA, ["agreed"]), Turn(MARK_SPEAKER, ["now"])]
+    assert memory(history_tokens=0, recall=0).for_session(SESSIONS[3]) == []
+    assert time_mark(90) == "1 minute earlier" and time_mark(3 * 3600) == "3 hours earlier"
+
+
+def test_recall_finds_the_earlier_conversation_of_the_same_chat(memory):
+    turns = memory(history_tokens=0, recall=1).context(KATYA, 5 * DAY, [Turn(ME, ["how is Miso?"])])
+    assert "her name is Miso" in text_of(turns) and turns[0].messages[0].startswith("recalled, 4 days")
+
+
+def test_nothing_from_the_future_or_from_another_chat(memory):
+    """Training gives a session only what started strictly before it, and by default only its own chat's."""
+    for config in (dict(history_tokens=400, recall=3), dict(history_tokens=0, recall=3)):
+        turns = memory(**config).for_session(SESSIONS[3])
+        assert "Pumpkin" not in text_of(turns) and "Miso is great" not in text_of(turns)
+        asked = memory(**config).context(KATYA, 5 * DAY, [Turn(ME, ["what is the secret code, Zanzibar?"])])
+        assert "Zanzibar" not in text_of(asked)
+    wide = memory(history_tokens=0, recall=3, recall_all_chats=True)
+    assert "Zanzibar" in text_of(wide.context(KATYA, 5 * DAY, [Turn(ME, ["the secret code Zanzibar?"])]))
+    assert memory(history_tokens=400, recall=3).context(None, 99 * DAY, [Turn(ME, ["Miso"])]) == []  # no chat: nothing
+
+
+def test_the_store_is_owner_only_and_a_damaged_one_is_rebuilt_or_refused(tmp_path, capsys):
+    folder = tmp_path / "memory"
+    save_store(folder, SESSIONS)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert files and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
+    assert len(load_store(folder).sessions) == len(SESSIONS)
+
+    index_file = next((folder / "index").glob("*.npy"))
+    index_file.write_bytes(b"garbage")
+    rebuilt = load_store(folder)
+    assert "building the index again" in capsys.readouterr().err
+    assert rebuilt.most_relevant("adopted Miso", rebuilt.before(KATYA, 99 * DAY), 1) == [0]
+    (folder / "conversations.jsonl").write_text("{not json\n")
+    with pytest.raises(MemoryStoreError, match="damaged memory store") as error:
+        load_store(folder)
+    assert "\n" not in str(error.value)
+    with pytest.raises(MemoryStoreError, match="no memory store"):
+        load_store(tmp_path / "nowhere")
+
+
+def test_fact_turns_are_first_mentions_of_a_rare_name_of_an_earlier_conversation():
+    facts = fact_turns(SESSIONS[3:4], SESSIONS)
+    assert [(fact.turn, sorted(fact.words)) for fact in facts] == [(1, ["miso"])]
+    assert states_fact("Miso sleeps all day", facts[0]) and not states_fact("she sleeps", facts[0])
