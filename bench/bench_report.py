@@ -2,6 +2,10 @@
 
     python bench/bench_report.py                # SmolLM2-135M's shape, random weights, a LoRA adapter
     python bench/bench_report.py --max-new-tokens 256
+    python bench/bench_report.py --before 85f79e9    # and the report of that commit, same model and data
+
+Random weights never write the end of a turn, so every reply runs to its cut: --max-new-tokens before the
+report cut turns at the person's own length (fidelity.measure.CUT_QUANTILE), that length after.
 
 Random weights never write the end of a turn, so every reply runs to --max-new-tokens: the time is that
 of replies of exactly that length. The script first times the model alone (a prefill, a decoding step)
@@ -71,6 +75,11 @@ def main() -> None:
     parser.add_argument("--split", default="time")
     parser.add_argument("--sample-batch", type=int, default=16)
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--contexts", type=int, default=32, help="per speaker (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
+    parser.add_argument("--batches", default="1,4,8,16,32", help="batch sizes the model alone is timed at")
+    parser.add_argument("--before", metavar="COMMIT", help="also time evaluate.py of this commit (its files, from git archive), "
+                        "same flags, and print the ratio")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
@@ -84,20 +93,31 @@ def main() -> None:
         apply_lora(model, LoRAConfig(r=8, alpha=16))
         save_adapter(model, directory / "adapter", LoRAConfig(r=8, alpha=16), base_model=str(directory / "model"))
         model.eval()
-        for batch in (1, 8, args.sample_batch):
+        for batch in map(int, args.batches.split(",")):
             prefill, step = step_costs(model.to(DTYPES[args.dtype]), batch)
             print(f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
                   f"{step * 1000:.0f} ms")
-        started = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(directory / "model"),
-                        "--adapter", str(directory / "adapter"), "--data", str(ROOT / "examples" / "telegram_export"),
-                        "--val-fraction", str(args.val_fraction), "--split", args.split, "--seq-len", "256",
-                        "--max-new-tokens", str(args.max_new_tokens), "--sample-batch", str(args.sample_batch),
-                        "--out", str(directory / "report"), "--device", "cpu", "--dtype", args.dtype],
-                       check=True, cwd=ROOT)
-        print(f"whole report (evaluate.py, replies of {args.max_new_tokens} tokens): "
-              f"{time.perf_counter() - started:.1f} s")
-
+        flags = ["--model", str(directory / "model"), "--adapter", str(directory / "adapter"),
+                 "--data", str(ROOT / "examples" / "telegram_export"), "--val-fraction", str(args.val_fraction),
+                 "--split", args.split, "--seq-len", "256", "--max-new-tokens", str(args.max_new_tokens),
+                 "--sample-batch", str(args.sample_batch), "--contexts", str(args.contexts), "--device", "cpu",
+                 "--dtype", args.dtype, "--threads", str(args.threads)]
+        trees = {"this tree": ROOT}
+        if args.before:
+            trees[args.before] = directory / "before"
+            trees[args.before].mkdir()  # the commit's files, without touching the repository's worktrees
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(trees[args.before])], input=archive.stdout, check=True)
+        seconds = {}
+        for name, tree in trees.items():
+            started = time.perf_counter()
+            subprocess.run([sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
+                           check=True, cwd=tree)
+            seconds[name] = time.perf_counter() - started
+            print(f"whole report, {name} (evaluate.py, --max-new-tokens {args.max_new_tokens}, "
+                  f"--contexts {args.contexts}): {seconds[name]:.1f} s")
+        if args.before:
+            print(f"ratio {args.before} / this tree: {seconds[args.before] / seconds['this tree']:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -3,8 +3,8 @@ import time
 
 from chat.recall import TwinMemory
 from core.errors import TwinError
-from data.chatml import fit_prompt, turn_stop_ids
-from data.sessions import Turn, clean_message, parse_body
+from data.chatml import reply_prompt, turn_stop_ids
+from data.sessions import Turn, clean_message, messages_of
 from model.generation import Generator, SamplingConfig, random_stream
 from model.tokenizer import Tokenizer
 
@@ -38,8 +38,8 @@ class Chat:
         reply; TurnTooLong where even the newest turn cannot stay (it would be answered unseen)."""
         partner = self.user if speaker == self.speaker else self.speaker
         context = self.memory.context(speaker, partner, self.started, self.turns, self.tokenizer) if self.memory else []
-        ids, kept = fit_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len - self.sampling.max_new_tokens,
-                               context)
+        ids, kept = reply_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len,
+                                 self.sampling.max_new_tokens, context)
         if self.turns and not kept:
             raise TurnTooLong(f"the last turn is too long for the context of {self.generator.max_len} tokens, "
                               f"{self.sampling.max_new_tokens} of them kept for the reply: shorten it, or raise "
@@ -67,6 +67,6 @@ class Chat:
                 raise
             echo(" [stopped]")
         text += stream.flush()
-        turn = Turn(speaker, parse_body(text))
+        turn = Turn(speaker, messages_of(text))
         self.add(turn)
         return turn

@@ -279,6 +279,13 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
     return best if best is not None else ids[:budget]
 
 
+def reply_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, context: int, reply_tokens: int,
+                 memory: list[Turn] = ()) -> tuple[list[int], int]:
+    """The prompt `speaker`'s next turn is written after, in chat (sample.py, serve.py) and in the fidelity
+    report alike: fit_prompt leaving `reply_tokens` of the `context` for the turn, `memory` before the turns."""
+    return fit_prompt(turns, tokenizer, speaker, context - reply_tokens, memory)
+
+
 def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int,
                context: list[Turn] = ()) -> tuple[list[int], int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many

@@ -98,6 +98,12 @@ def parse_body(body: str) -> list[str]:
     return [message for message in messages if message.strip()]
 
 
+def messages_of(body: str) -> list[str]:
+    """The messages of a turn the model wrote, as chat shows them and the report reads them: parsed, and
+    cleaned as training cleans messages (no control characters)."""
+    return [clean_message(message) for message in parse_body(body)]
+
+
 @dataclass
 class Session:
     """One conversation: turns with no long gap between them, from one chat."""

@@ -23,6 +23,7 @@ MIN_GAP = 0.05
 REFERENCE_DRAWS = 200
 RESAMPLES = 1000
 INTERVAL = (2.5, 97.5)  # percentiles: a 95% interval
+MEAN = "mean"  # place()'s key for the mean over the statistics that separate the person from others
 
 
 @dataclass
@@ -69,7 +70,9 @@ def style_bounds(real: list[list[str]], own: list[list[str]], others: list[list[
 
 def place(replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bounds],
           seed: int) -> dict[str, Placement]:
-    """Every statistic's distance and position of `replies`, written at the contexts of `real`."""
+    """Every statistic's distance and position of `replies`, written at the contexts of `real`, and under
+    MEAN the mean position over the statistics that separate the person from others (None without one),
+    its interval from the same resamples of the contexts."""
     if len(replies) != len(real) or not real:
         raise ValueError(f"need one reply per held-out turn, and some: {len(replies)} replies, {len(real)} turns")
     reply_counts, real_counts = counts_table(replies), counts_table(real)
@@ -77,7 +80,7 @@ def place(replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bou
     reply_values, real_values = (statistics_of_counts(counts.sum(axis=0)) for counts in (reply_counts, real_counts))
     reply_resampled, real_resampled = (statistics_of_counts(counts[resampled].sum(axis=1))
                                        for counts in (reply_counts, real_counts))
-    placements = {}
+    placements, resampled_positions = {}, []
     for column, statistic in enumerate(STATISTICS):
         distance = style_distance(statistic, reply_values[column], real_values[column])
         bound = bounds[statistic.name]
@@ -85,12 +88,17 @@ def place(replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bou
             placements[statistic.name] = Placement(distance, None, None, None)
             continue
         positions = bound.position(style_distance(statistic, reply_resampled[:, column], real_resampled[:, column]))
-        low, high = np.percentile(positions, INTERVAL)
-        placements[statistic.name] = Placement(distance, float(bound.position(distance)), float(low), float(high))
-    return placements
+        resampled_positions.append(positions)
+        placements[statistic.name] = Placement(distance, float(bound.position(distance)),
+                                               *map(float, np.percentile(positions, INTERVAL)))
+    separating = [placement for placement in placements.values() if placement.position is not None]
+    mean = (Placement(float(np.mean([placement.distance for placement in separating])),
+                      float(np.mean([placement.position for placement in separating])),
+                      *map(float, np.percentile(np.mean(resampled_positions, axis=0), INTERVAL)))
+            if separating else Placement(0.0, None, None, None))
+    return {**placements, MEAN: mean}
 
 
 def mean_position(placements: dict[str, Placement]) -> float | None:
     """The mean position over the statistics that separate the person from others; None if none does."""
-    positions = [placement.position for placement in placements.values() if placement.position is not None]
-    return float(np.mean(positions)) if positions else None
+    return placements[MEAN].position

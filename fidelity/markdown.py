@@ -8,10 +8,11 @@ from pathlib import Path
 from core import atomic
 from fidelity import EvaluationError
 from fidelity.calibration import Placement
-from fidelity.plots import loss_curves_png, read_metrics, style_positions_png
+from fidelity.plots import PersonShown, StyleRowShown, loss_curves_png, read_metrics, style_positions_png
 from fidelity.privacy import COPY_WORDS
-from fidelity.report import (CONTEXT_TURNS_READ, MODELS, WRITERS, Attribution, Example, Report, SpeakerReport,
-                             number, percent)
+from fidelity.measure import CUT_QUANTILE
+from fidelity.report import (CONTEXT_TURNS_READ, MODELS, VERDICT_RULE, WRITERS, Attribution, Example, Report,
+                             SpeakerReport, number, percent)
 from fidelity.style import STATISTICS
 from fidelity.verdict import PersonVerdict
 
@@ -36,6 +37,9 @@ HOW_TO_READ = f"""\
   position (–); a speaker's position is the mean over the others. **Closer / farther than base** counts
   the statistics on which the tuned model's distance is smaller / larger than the base model's (on the
   rest the two are as close, often both exactly right).
+- **Writes like them** (at a glance): {VERDICT_RULE}
+- **Turns cut for running on**: a written turn longer than {CUT_QUANTILE:.0%} of the person's own turns in
+  the training split (in tokens) is cut there and counted as a failure: people end their turns.
 - **Attribution**: a naive Bayes classifier on character 1- to 3-grams, fitted on the evaluated speakers'
   turns in the training split, says who wrote each turn. The real turns' row shows how well it knows the
   people at all. **Real vs written AUC**: how well the same kind of classifier, cross-validated, tells the
@@ -56,11 +60,9 @@ def write_report(report: Report, out_dir: str | Path, metrics_file: Path | None 
     whole: a report cut short leaves the one before as it was, never a new plot beside an old report."""
     out_dir = Path(out_dir)
     check_report_folder(out_dir)
-    pictures = {"loss_curves.png": loss_curves_png(read_metrics(metrics_file))
+    pictures = {"loss_curves.png": loss_curves_png(read_metrics(metrics_file), base_held_out_loss(report))
                 if metrics_file and metrics_file.is_file() else None,
-                "style_positions.png": style_positions_png(
-                    {speaker.title: {statistic.label: speaker.style[statistic.name].placements for statistic in STATISTICS}
-                     for speaker in report.speakers if speaker.style})}
+                "style_positions.png": style_positions_png([person_shown(speaker) for speaker in report.speakers])}
     plots = [name for name, png in pictures.items() if png]
     with atomic.directory(out_dir) as building:
         for name in plots:
@@ -78,6 +80,23 @@ def check_report_folder(out_dir: Path) -> None:
                               "folder of its own (a new one)")
 
 
+def base_held_out_loss(report: Report) -> float | None:
+    """The base model's loss over the evaluated speakers' held-out tokens, for the loss curves."""
+    tokens = sum(speaker.loss_tokens for speaker in report.speakers)
+    return sum(speaker.base_loss * speaker.loss_tokens for speaker in report.speakers) / tokens if tokens else None
+
+
+def person_shown(speaker: SpeakerReport) -> PersonShown:
+    """A speaker as the style picture draws them."""
+    rows = []
+    for statistic in STATISTICS if speaker.style else ():
+        row = speaker.style[statistic.name]
+        values = [f"{value:.0%}" if statistic.is_share else f"{value:.2f}" for value in (row.real, row.base, row.tuned)]
+        rows.append(StyleRowShown(statistic.label, " · ".join(f"{writer} {value}" for writer, value in zip(WRITERS, values)),
+                                  row.placements))
+    return PersonShown(speaker.title, None if speaker.no_position else speaker.position, speaker.no_position, rows)
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50))  # as train.py: a diverged loss should not overflow
 
@@ -91,7 +110,12 @@ def report_json(report: Report) -> dict:
             "loss": {"base": speaker.base_loss, "tuned": speaker.tuned_loss, "tokens": speaker.loss_tokens},
             "perplexity": {"base": perplexity(speaker.base_loss), "tuned": perplexity(speaker.tuned_loss)},
             "style": {name: asdict(row) for name, row in speaker.style.items()},
-            "position": speaker.position, "closer_than_base": speaker.closer_than_base() if speaker.style else None,
+            "verdict": speaker.verdict(), "no_position": speaker.no_position,
+            "position": {model: speaker.position[model] and speaker.position[model].position for model in MODELS},
+            "position_interval": {model: [speaker.position[model].low, speaker.position[model].high]
+                                  if speaker.position[model] and speaker.position[model].low is not None else None
+                                  for model in MODELS},
+            "cut": speaker.cut, "closer_than_base": speaker.closer_than_base() if speaker.style else None,
             "real_vs_written_auc": speaker.real_vs_written_auc,
             "attributed_to_them": {writer: report.attribution.share(writer, speaker.speaker) for writer in WRITERS}
             if report.attribution else None,
@@ -101,6 +125,7 @@ def report_json(report: Report) -> dict:
             "attribution": asdict(report.attribution) if report.attribution else None,
             "failures": {writer: asdict(rates) for writer, rates in report.failures.items()},
             "memorization": {writer: asdict(figures) for writer, figures in report.memorization.items()},
+            "cut": report.cut,
             "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
                               for writer, kinds in report.personal_data.items()},
             "peoples_verdict": [{**asdict(person), "answers": person.answers, "share": person.share,
@@ -119,7 +144,9 @@ def report_markdown(report: Report, plots: list[str]) -> str:
              f"- base: {about['base']}", f"- tuned: {about['tuned']}",
              f"- data: {about['data']}; held-out sessions: {report.held_out_sessions} ({about.get('split', 'hash')} split)",
              f"- sampling: {', '.join(f'{key} {value}' for key, value in about['sampling'].items())}; "
-             f"seed {about['seed']}", "",
+             f"seed {about['seed']}", "", "## At a glance", "",
+             *(f"- {cell(speaker.glance())}" for speaker in report.speakers), "",
+             f"Writes like them: {VERDICT_RULE}", "",
              "| speaker | held-out turns | contexts | loss base → tuned | perplexity base → tuned | "
              "style position base → tuned | style statistics tuned closer / farther than base | "
              "attributed to them base → tuned | real vs tuned AUC |",
@@ -130,7 +157,7 @@ def report_markdown(report: Report, plots: list[str]) -> str:
         lines.append(f"| {cell(speaker.title)} | {speaker.held_out_turns} | {speaker.contexts} | "
                      f"{speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} | {perplexity(speaker.base_loss):.1f} → "
                      f"{perplexity(speaker.tuned_loss):.1f} | "
-                     f"{' → '.join(number(speaker.position[model]) for model in MODELS) if speaker.style else '–'} | "
+                     f"{' → '.join(number(speaker.position[model].position) for model in MODELS) if speaker.style else '–'} | "
                      f"{closer_or_farther(speaker)} | "
                      f"{attributed} | {number(speaker.real_vs_written_auc['tuned'])} |")
     lines += ["", "## How to read this", "", HOW_TO_READ]
@@ -216,6 +243,8 @@ def failures_markdown(report: Report) -> list[str]:
               for label, key in rows]
     lines.append(f"| ignores the conversation (of {failures['real'].context_bound} contexts whose real turn picks "
                  f"up a word) | {' | '.join(percent(failures[writer].ignores_context) for writer in WRITERS)} |")
+    lines.append(f"| cut for running on past the person's own turns | – | "
+                 f"{' | '.join(percent(report.cut[model]) for model in MODELS)} |")
     lines.append(f"| turns | {' | '.join(str(failures[writer].replies) for writer in WRITERS)} |")
     return lines
 
@@ -238,16 +267,15 @@ def speaker_verdict(speaker: SpeakerReport, attribution: Attribution | None) -> 
     change = "fell" if speaker.tuned_loss < speaker.base_loss else "did not fall"
     loss = (f"Held-out loss {change}: {speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} over "
             f"{speaker.loss_tokens} tokens of {speaker.held_out_turns} turns.")
-    if not speaker.style:
-        return (f"{loss} No style comparison: no held-out moment to write their turn at (--contexts 0, "
-                "or each of their turns opens a session).")
+    if speaker.no_position and not speaker.style:
+        return f"{loss} No style position: {speaker.no_position}."
     base, tuned = (speaker.position[model] for model in MODELS)
-    if tuned is None:
-        style = (f"Over {speaker.contexts} held-out contexts no statistic tells them from other people "
-                 "(or there is no training turn of theirs or of others to compare with), so style has no position.")
+    if speaker.no_position:
+        style = f"No style position: {speaker.no_position}."
     else:
-        style = (f"Over {speaker.contexts} held-out contexts the tuned model's style sits at {tuned:.2f} between "
-                 f"other people (0) and {cell(speaker.speaker)} themselves (1), the base model's at {number(base)}.")
+        style = (f"Over {speaker.contexts} held-out contexts the tuned model's style sits at {tuned.position:.2f} "
+                 f"(95% {tuned.low:.2f} to {tuned.high:.2f}) between other people (0) and "
+                 f"{cell(speaker.speaker)} themselves (1), the base model's at {base.position:.2f}.")
     counts = speaker.closer_than_base()
     style += (f" Its turns are closer to the real ones than the base model's on {counts['closer']} of the "
               f"{len(speaker.style)} style statistics, as close on {counts['as_close']} and farther on "

@@ -1,24 +1,37 @@
 """What one model (base or tuned) does on a plan: its loss on each speaker's held-out turns, computed as
 training computes it, and the turn it writes as the speaker at each of their held-out moments."""
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.chatml import fit_prompt, split_to_fit, turn_stop_ids
-from data.sessions import parse_body
+from data.chatml import reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
 from data.packing import pack
-from data.sessions import Session
+from data.sessions import Session, format_body, messages_of
 from fidelity import EvaluationError
 from fidelity.plan import Context, EvalSettings, Plan
 from fidelity.sampling import generate_batch
+from model.generation import BatchRow
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
-Writer = Callable[[list[Context], int], list[list[str]]]  # (contexts, seed) -> the turn written at each
+# A written turn longer than this share of the person's own turns is cut there, as a failure: people end
+# their turns, and a model that does not would otherwise run on to --max-new-tokens (SmolLM2's base model
+# did at 49 of the sample's 60 held-out contexts), which costs most of a report's time.
+CUT_QUANTILE = 0.99
+
+
+class WrittenTurn(NamedTuple):
+    messages: list[str]
+    cut: bool  # it ran on past the person's usual longest turns (CUT_QUANTILE) and was cut there
+
+
+# (contexts, seed, on_step) -> the turn written at each; on_step() after each decoding step, for the progress bar
+Writer = Callable[[list[Context], int, Callable[[], None]], list[WrittenTurn]]
 
 
 @dataclass
@@ -27,6 +40,7 @@ class Measurement:
     loss: dict[str, float]  # speaker -> mean cross-entropy per trained token of their held-out turns
     tokens: dict[str, int]  # speaker -> those tokens
     replies: dict[str, list[list[str]]]  # speaker -> the turn written at each of their contexts
+    cut: dict[str, list[bool]]  # speaker -> whether that turn was cut for running on
 
 
 @torch.no_grad()
@@ -43,7 +57,7 @@ def speaker_losses(model: Transformer, tokenizer: Tokenizer, sessions: list[Sess
             for speaker in speakers}
     layout = rows[speakers[0]]
     sums, tokens = dict.fromkeys(speakers, 0.0), dict.fromkeys(speakers, 0)
-    for start in range(0, len(layout), micro_batch):
+    for start in tqdm(range(0, len(layout), micro_batch), desc="held-out loss", unit="batch", leave=False):
         window = slice(start, start + micro_batch)
         batch = [torch.from_numpy(array[window]).long().to(device)
                  for array in (layout.input_ids, layout.position_ids, layout.document_ids)]
@@ -55,25 +69,38 @@ def speaker_losses(model: Transformer, tokenizer: Tokenizer, sessions: list[Sess
     return {speaker: sums[speaker] / max(tokens[speaker], 1) for speaker in speakers}, tokens
 
 
-def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device) -> Writer:
-    """The model writing each speaker's next turn: the prompt, stop tokens and sampling of sample.py."""
+def turn_length_cap(turns: list[list[str]], tokenizer: Tokenizer, most: int) -> int:
+    """Where a turn written as the person is cut: the CUT_QUANTILE of their own turns' lengths in tokens
+    (the messages as the model writes them), at most `most`; `most` without turns to go by."""
+    if not turns:
+        return most
+    lengths = [len(tokenizer.encode(format_body(messages), special=False)) for messages in turns]
+    return max(1, min(most, int(np.ceil(np.quantile(lengths, CUT_QUANTILE)))))
+
+
+def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device,
+                 caps: dict[str, int]) -> Writer:
+    """The model writing each speaker's next turn with sample.py's prompt, stop tokens and sampling
+    (data.chatml.reply_prompt and turn_stop_ids, data.sessions.messages_of), cut at the speaker's length in `caps`."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
     if settings.sampling.max_new_tokens >= max_len:
         raise EvaluationError(f"max_new_tokens ({settings.sampling.max_new_tokens}) must be below the "
                               f"context ({max_len} tokens)")
     stop_ids = turn_stop_ids(tokenizer)
 
-    def write(contexts: list[Context], seed: int) -> list[list[str]]:
+    def write(contexts: list[Context], seed: int, on_step: Callable[[], None]) -> list[WrittenTurn]:
         # A held-out turn longer than the whole context leaves the prompt with none: the moment is then
         # answered without a conversation, by both models alike.
-        prompts = [fit_prompt(context.turns, tokenizer, context.speaker, max_len - settings.sampling.max_new_tokens)[0]
-                   for context in contexts]
+        stream = torch.Generator().manual_seed(seed)
+        rows = [BatchRow(reply_prompt(context.turns, tokenizer, context.speaker, max_len,
+                                      settings.sampling.max_new_tokens)[0],
+                         replace(settings.sampling, max_new_tokens=caps[context.speaker]), stream)
+                for context in contexts]
         try:
-            written = generate_batch(model, prompts, settings.sampling, stop_ids,
-                                     torch.Generator().manual_seed(seed), device)
+            written = generate_batch(model, rows, stop_ids, device, on_step)
         except ValueError as error:  # next-token scores NaN or infinite: sample_token says what to try
             raise EvaluationError(str(error)) from None
-        return [parse_body(tokenizer.decode(tokens)) for tokens in written]
+        return [WrittenTurn(messages_of(tokenizer.decode(tokens)), cut) for tokens, cut in written]
 
     return write
 
@@ -86,22 +113,31 @@ def measure(model: Transformer, tokenizer: Tokenizer, data: PreparedData, plan: 
     try:
         loss, tokens = speaker_losses(model, tokenizer, data.val_sessions, plan.speakers, data.report.seq_len,
                                       settings.micro_batch, device)
-        write = write or model_writer(model, tokenizer, settings, device)
+        caps = {speaker: turn_length_cap(plan.own_turns[speaker], tokenizer, settings.sampling.max_new_tokens)
+                for speaker in plan.speakers}
+        write = write or model_writer(model, tokenizer, settings, device, caps)
         everywhere = [context for speaker in plan.speakers for context in plan.contexts[speaker]]
         # Batches of conversations of about one length waste little on padding. Batch n is sampled with
         # seed + n under both models, so their replies differ by the model only.
         order = sorted(range(len(everywhere)), key=lambda index: everywhere[index].characters)
-        written: list[list[str]] = [[] for _ in everywhere]
-        with tqdm(total=len(everywhere), desc=f"writing as each speaker ({name} model)", unit="turn",
-                  leave=False) as bar:
-            for number, start in enumerate(range(0, len(order), settings.sample_batch)):
-                batch = order[start:start + settings.sample_batch]
-                for index, reply in zip(batch, write([everywhere[index] for index in batch], settings.seed + number)):
-                    written[index] = reply
-                bar.update(len(batch))
+        batches = [order[start:start + settings.sample_batch] for start in range(0, len(order), settings.sample_batch)]
+        written: list[WrittenTurn] = [WrittenTurn([], False)] * len(everywhere)
+        # Counted in decoding steps, at most a batch's longest cap each, so that the time left shows from
+        # the first step on; a batch whose turns all end early skips the rest of its steps.
+        steps = [max(caps[everywhere[index].speaker] for index in batch) for batch in batches]
+        with tqdm(total=sum(steps), desc=f"writing {len(everywhere)} turns as the speakers ({name} model)",
+                  unit="step", leave=False) as bar:
+            for number, (batch, most) in enumerate(zip(batches, steps)):
+                done = bar.n
+                for index, turn in zip(batch, write([everywhere[index] for index in batch], settings.seed + number,
+                                                    lambda: bar.update(1))):
+                    written[index] = turn
+                bar.update(done + most - bar.n)
         replies = {speaker: [] for speaker in plan.speakers}
-        for context, reply in zip(everywhere, written):
-            replies[context.speaker].append(reply)
-        return Measurement(loss, tokens, replies)
+        cut = {speaker: [] for speaker in plan.speakers}
+        for context, turn in zip(everywhere, written):
+            replies[context.speaker].append(turn.messages)
+            cut[context.speaker].append(turn.cut)
+        return Measurement(loss, tokens, replies, cut)
     finally:
         model.train(was_training)

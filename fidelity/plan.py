@@ -12,9 +12,9 @@ from model.generation import SamplingConfig
 REFERENCE_TURNS = 2000  # training turns drawn per speaker, and of everyone else, as style references
 
 
-# Turns are cut at this many tokens (sample.py's 256 is for chat). People's turns rarely pass a few dozen
-# tokens, while a base model often never ends its turn (SmolLM2-135M-Instruct in 49 of the sample's 60
-# held-out contexts): this halves the time that costs.
+# The longest turn the report writes, in tokens (sample.py's 256 is for chat); each speaker's turns are cut
+# sooner, at their own length (fidelity.measure.turn_length_cap). The prompt leaves this much room, as
+# sample.py leaves its --max-new-tokens.
 REPLY_TOKENS = 128
 
 

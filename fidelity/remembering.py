@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from data.chatml import fit_prompt, split_to_fit, turn_stop_ids
+from data.chatml import reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
 from data.packing import pack
-from data.sessions import Turn, parse_body
+from data.sessions import Turn, messages_of
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
 from memory import Conversations, Memory, MemoryConfig
 from memory.facts import FactTurn, fact_turns, states_fact
+from model.generation import BatchRow
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
@@ -113,14 +114,15 @@ def _loss(model: Transformer, pieces: list, seq_len: int, micro_batch: int, devi
 def _recall(model: Transformer, tokenizer: Tokenizer, facts: list[FactTurn], remembered: list[list[Turn]],
             settings: EvalSettings, device: torch.device) -> float:
     """The share of fact moments where the turn the model writes (sampled as the report samples) states the fact."""
-    room = min(settings.context_tokens, model.config.max_position_embeddings) - settings.sampling.max_new_tokens
-    prompts = [fit_prompt(fact.session.turns[:fact.turn], tokenizer, fact.session.turns[fact.turn].speaker, room,
-                          context)[0] for fact, context in zip(facts, remembered)]
+    max_len = min(settings.context_tokens, model.config.max_position_embeddings)
+    prompts = [reply_prompt(fact.session.turns[:fact.turn], tokenizer, fact.session.turns[fact.turn].speaker, max_len,
+                            settings.sampling.max_new_tokens, context)[0] for fact, context in zip(facts, remembered)]
     stated = 0
     for start in range(0, len(prompts), settings.sample_batch):
-        written = generate_batch(model, prompts[start:start + settings.sample_batch], settings.sampling,
-                                 turn_stop_ids(tokenizer), torch.Generator().manual_seed(settings.seed + start), device)
+        stream = torch.Generator().manual_seed(settings.seed + start)
+        rows = [BatchRow(prompt, settings.sampling, stream) for prompt in prompts[start:start + settings.sample_batch]]
+        written = generate_batch(model, rows, turn_stop_ids(tokenizer), device)
         batch = facts[start:start + settings.sample_batch]
-        stated += sum(states_fact("\n".join(parse_body(tokenizer.decode(tokens))), fact)
-                      for tokens, fact in zip(written, batch))
+        stated += sum(states_fact("\n".join(messages_of(tokenizer.decode(tokens))), fact)
+                      for (tokens, _), fact in zip(written, batch))
     return stated / len(facts)

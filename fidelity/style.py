@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # What each turn contributes to the sums the statistics divide; columns of `turn_counts`.
-COUNTS = ("turns", "messages", "characters", "letters", "cyrillic_letters", "latin_letters", "emoji",
+COUNTS = ("turns", "messages", "characters", "letters", "cyrillic_letters", "emoji",
           "questions", "messages_with_a_letter", "lowercase_starts", "turns_with_a_link")
 
 
@@ -31,11 +31,12 @@ class Statistic:
     whole: str  # and below it
 
 
+# One statistic per habit: a Latin share would be the Cyrillic share's other side (for the scripts chats
+# are written in), counting the script twice in a mean position.
 STATISTICS = (
     Statistic("messages_per_turn", "messages per turn", False, "messages", "turns"),
     Statistic("chars_per_message", "characters per message", False, "characters", "messages"),
     Statistic("cyrillic_share", "Cyrillic share of letters", True, "cyrillic_letters", "letters"),
-    Statistic("latin_share", "Latin share of letters", True, "latin_letters", "letters"),
     Statistic("emoji_per_message", "emoji per message", False, "emoji", "messages"),
     Statistic("question_share", 'messages ending in "?"', True, "questions", "messages"),
     Statistic("lowercase_share", "messages starting in lower case", True, "lowercase_starts",
@@ -79,7 +80,7 @@ def turn_counts(turn: list[str]) -> list[int]:
     letters = [character for message in turn for character in message if character.isalpha()]
     scripts = [script_of(letter) for letter in letters]
     cases = [case for case in map(starts_in_lower_case, turn) if case is not None]
-    return [1, len(turn), sum(map(len, turn)), len(letters), scripts.count("CYRILLIC"), scripts.count("LATIN"),
+    return [1, len(turn), sum(map(len, turn)), len(letters), scripts.count("CYRILLIC"),
             sum(map(count_emoji, turn)), sum(message.rstrip().endswith("?") for message in turn),
             len(cases), sum(cases), int(any(LINK.search(message) for message in turn))]
 

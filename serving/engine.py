@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, TextIO
 
 from core.errors import TwinError
-from data.chatml import fit_prompt, render, turn_stop_ids
+from data.chatml import render, reply_prompt, turn_stop_ids
 from data.sessions import Turn
 from model.generation import BatchDecoder, BatchRow, Chosen, Generator, SamplingConfig, random_on_device, random_stream
 from model.tokenizer import Tokenizer
@@ -128,11 +128,10 @@ class Engine:
         """The prompt for `speaker`'s next turn, as sample.py makes it: the conversation rendered as in training
         after its `memory`, the oldest turns (the memory's first) dropped until it fits with room for the reply.
         ContextLengthError where even the newest turn leaves no room."""
-        room = self.context - max_tokens
-        if room < 1:
+        if max_tokens >= self.context:
             raise ContextLengthError(f"max_tokens ({max_tokens}) must be below the context ({self.context} tokens)",
                                      "max_tokens")
-        ids, kept = fit_prompt(turns, self.tokenizer, speaker, room, memory)
+        ids, kept = reply_prompt(turns, self.tokenizer, speaker, self.context, max_tokens, memory)
         if turns and not kept:
             newest = len(render(turns[-1:], self.tokenizer, open_speaker=speaker).ids)
             raise ContextLengthError(f"the last message takes {newest} tokens; the context holds {self.context}, "

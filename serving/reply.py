@@ -7,14 +7,9 @@ held until the next piece tells what it is.
 """
 import functools
 
-from data.sessions import MESSAGE_PREFIX, clean_message, parse_body
+from data.sessions import MESSAGE_PREFIX, clean_message, messages_of, parse_body
 
 SEPARATOR = "\n" + MESSAGE_PREFIX  # between two messages of a turn, as the model writes it
-
-
-def messages_of(body: str) -> list[str]:
-    """The messages of a turn's body, cleaned as chat.conversation cleans a turn (no control characters)."""
-    return [clean_message(message) for message in parse_body(body)]
 
 
 def held_back(text: str, markers: list[str]) -> int:

@@ -2,10 +2,11 @@
 
 In the suite (slow), a short run: every persona's held-out loss falls below the base model's, the run
 leaves its loss curves beside it, and sample.py answers as the run's target from any folder.
-With -m demo (4-5 minutes by itself, so outside the suite's budget), the demo's own run: for the target
-and each partner, as its report shows, the held-out loss falls below the base's, and the turns the tuned
-model writes at their held-out moments (10 or more each) are closer to their real turns than the base
-model's on most style statistics. Skips where the SmolLM2 GGUF cannot be fetched.
+With -m demo (4-5 minutes by itself, so outside the suite's budget), the demo's own run, checking the claims
+as the README writes them: for the target and each partner, the report's top line says the twin writes like
+them ("yes": a style position of 0.5 or more, the low end of its 95% interval above 0, the held-out loss
+below the base's), on 10 or more held-out moments each, and the tuned model's turns are closer to their
+real turns than the base model's on most style statistics. Skips where the SmolLM2 GGUF cannot be fetched.
 """
 import contextlib
 import io
@@ -18,6 +19,7 @@ import sys
 import pytest
 
 import train
+from fidelity.report import LIKE_THEM
 from tests.test_sample import ROOT
 
 SAMPLE = ROOT / "examples" / "telegram_export"
@@ -64,6 +66,17 @@ def test_a_short_run_lowers_every_persona_s_held_out_loss(short_run):
 @pytest.mark.demo
 def test_the_demo_lowers_every_persona_s_held_out_loss(demo_run):
     assert_every_loss_falls(demo_run[1])
+
+
+@pytest.mark.demo
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_the_report_s_top_line_says_the_twin_writes_like_each_persona(demo_run, persona):
+    out, speakers, printed = demo_run
+    speaker = speakers[persona]
+    assert speaker["verdict"] == "yes", (persona, speaker["position"], speaker["position_interval"], speaker["loss"])
+    assert speaker["position"]["tuned"] >= LIKE_THEM and speaker["position_interval"]["tuned"][0] > 0
+    assert f"- {persona}" in (out / "report" / "report.md").read_text().split("## At a glance")[1].split("| speaker |")[0]
+    assert f"{persona}{' (target)' if persona == PERSONAS[0] else ''}: writes like them: yes:" in printed
 
 
 @pytest.mark.demo

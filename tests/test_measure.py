@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from chat.conversation import Chat
 from data.chatml import split_to_fit
 from data.dataset import DataConfig, prepare_data
 from data.packing import pack
 from data.sessions import Session, Turn
 from fidelity import EvaluationError
-from fidelity.measure import measure, model_writer, speaker_losses
+from fidelity.measure import WrittenTurn, measure, model_writer, speaker_losses
 from fidelity.plan import EvalSettings, plan_evaluation
-from model.generation import SamplingConfig
+from model.generation import Generator, SamplingConfig
 from tests.helpers import random_model, tiny_config
 from training.loop import evaluate
 
@@ -44,9 +45,9 @@ def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it
     plan = plan_evaluation(data, settings)
     seeds = []
 
-    def echo(contexts, seed):
+    def echo(contexts, seed, on_step):
         seeds.append(seed)
-        return [[f"{context.real[0]}?"] for context in contexts]
+        return [WrittenTurn([f"{context.real[0]}?"], cut=False) for context in contexts]
 
     model.train()
     measurement = measure(model, dolphin_tokenizer, data, plan, settings, CPU, "tuned", write=echo)
@@ -54,10 +55,30 @@ def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it
     for speaker in plan.speakers:
         assert measurement.replies[speaker] == [[f"{context.real[0]}?"] for context in plan.contexts[speaker]]
     assert seeds == [7, 8, 9]  # six contexts, two at a time: batch n is sampled with seed + n
+    assert measurement.cut == {speaker: [False] * len(plan.contexts[speaker]) for speaker in plan.speakers}
     assert set(measurement.loss) == set(plan.speakers) and all(measurement.tokens[name] > 0 for name in plan.speakers)
 
 
 def test_a_turn_as_long_as_the_context_is_refused(model, dolphin_tokenizer):
     settings = EvalSettings(context_tokens=16, sampling=SamplingConfig(max_new_tokens=16))
     with pytest.raises(EvaluationError, match=r"max_new_tokens \(16\) must be below the context \(16 tokens\)"):
-        model_writer(model, dolphin_tokenizer, settings, CPU)
+        model_writer(model, dolphin_tokenizer, settings, CPU, caps={})
+
+
+def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(model, dolphin_tokenizer):
+    """Prompt, stop tokens, sampling and the turn's messages are chat's (chat.conversation.Chat, sample.py's):
+    a context written alone with seed s is the reply sample.py --seed s gives to the same conversation."""
+    data = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.2))
+    settings = EvalSettings(speakers=1, contexts=1, seed=11, context_tokens=96,
+                            sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=12))
+    context = plan_evaluation(data, settings).contexts["Alexander Smirnov"][0]
+    write = model_writer(model, dolphin_tokenizer, settings, CPU, caps={context.speaker: 12})
+    [report_turn] = write([context], settings.seed, lambda: None)
+
+    chat = Chat(Generator(model, max_len=96, device=CPU), dolphin_tokenizer, settings.sampling, context.speaker,
+                "someone", seed=settings.seed)
+    for turn in context.turns:
+        chat.add(Turn(turn.speaker, list(turn.messages)))
+    chat_turn = chat.reply(context.speaker, chat.prompt(context.speaker))
+    assert report_turn.messages and report_turn.messages == chat_turn.messages
+    assert report_turn.cut  # a random model never ends its turn

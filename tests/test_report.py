@@ -11,9 +11,10 @@ import torch
 from data.dataset import DataConfig, prepare_data
 from data.sessions import Session, Turn
 from fidelity.markdown import verdict_markdown, write_report
-from fidelity.measure import Measurement, measure
+from fidelity.measure import Measurement, WrittenTurn, measure
 from fidelity.plan import EvalSettings, plan_evaluation
-from fidelity.report import compare
+from fidelity.report import LIKE_THEM, MIN_CONTEXTS, SpeakerReport, compare
+from fidelity.calibration import Placement
 from fidelity.style import STATISTICS
 from fidelity.verdict import PersonVerdict
 from tests.helpers import random_model, tiny_config
@@ -30,18 +31,20 @@ def sample_data(dolphin_tokenizer):
 @pytest.fixture(scope="module")
 def measured(sample_data, dolphin_tokenizer):
     """The plan, and a model's loss with turns that copy the person's: the base model of every report below."""
-    settings = EvalSettings(contexts=6)
+    settings = EvalSettings(contexts=8)
     plan = plan_evaluation(sample_data, settings)
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
     return plan, measure(model, dolphin_tokenizer, sample_data, plan, settings, torch.device("cpu"), "base",
-                         write=copy_the_person)
+                         write=lambda contexts, seed, on_step: [WrittenTurn(turn, False)
+                                                                for turn in copy_the_person(contexts, seed)])
 
 
-def report_with(write, measured, data, out_dir, examples: int = 3, verdict=None):
+def report_with(write, measured, data, out_dir, examples: int = 3, verdict=None, cut=False):
     """The report when the tuned model's turns come from `write`."""
     plan, base = measured
-    settings = EvalSettings(contexts=6, examples=examples)
-    tuned = Measurement(base.loss, base.tokens, {speaker: write(plan.contexts[speaker], 0) for speaker in plan.speakers})
+    settings = EvalSettings(contexts=8, examples=examples)
+    tuned = Measurement(base.loss, base.tokens, {speaker: write(plan.contexts[speaker], 0) for speaker in plan.speakers},
+                        {speaker: [cut] * len(plan.contexts[speaker]) for speaker in plan.speakers})
     report = compare(plan, data, base, tuned, settings, about={"base": "b", "tuned": "t", "data": "d", "seed": 0,
                                                               "sampling": {}}, verdict=verdict)
     write_report(report, out_dir)
@@ -58,6 +61,9 @@ def test_a_model_that_copies_the_person_is_at_or_above_the_ceiling(measured, sam
     assert all(speaker.contexts > 0 for speaker in report.speakers)
     positioned = 0
     for speaker in figures["speakers"]:
+        if speaker["contexts"] < MIN_CONTEXTS:
+            assert speaker["style"] == {} and speaker["no_position"].startswith(f"only {speaker['contexts']} ")
+            continue
         assert len(speaker["style"]) == len(STATISTICS)
         for row in speaker["style"].values():
             for model in ("base", "tuned"):
@@ -135,3 +141,34 @@ def test_the_peoples_verdict_is_a_section_only_where_judges_answered(measured, s
     assert row == "| Misha / <b> # admin | 38% (14% to 69%) | 8 | 2 | 2 |"
     assert figures["peoples_verdict"][0]["answers"] == 10 and figures["peoples_verdict"][0]["share"] == 3 / 8
     assert "people's verdict on Misha | <b>\n# admin: the twin's turn taken for the real one in 38% of 8" in report.summary()
+
+
+def test_the_top_of_the_report_gives_each_person_a_verdict_with_its_figures(measured, sample_data, tmp_path):
+    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path, cut=True)
+    glance = markdown.split("## At a glance")[1].split("\n| speaker |")[0]
+    target = next(line for line in glance.splitlines() if line.startswith(f"- {TARGET}"))
+    position = figures["speakers"][0]["position_interval"]["tuned"]
+    assert target.startswith(f"- {TARGET} (target): writes like them: no (the held-out loss did not fall): style position ")
+    assert f"(95% {position[0]:.2f} to {position[1]:.2f}" in target and "turns cut for running on 100%" in target
+    assert f"**yes** where the tuned model's style position is {LIKE_THEM}" in glance
+    assert "| cut for running on past the person's own turns | – | 0% | 100% |" in markdown
+
+
+def test_a_speaker_with_too_few_contexts_gets_a_reason_and_no_position(measured, sample_data, tmp_path):
+    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path)
+    few = [speaker for speaker in figures["speakers"] if speaker["contexts"] < MIN_CONTEXTS]
+    assert few  # Misha, at 7 of the 8 asked for
+    for speaker in few:
+        assert speaker["position"] == {"base": None, "tuned": None} and speaker["verdict"] == ""
+        reason = f"only {speaker['contexts']} held-out context{'s' * (speaker['contexts'] != 1)}, and a position needs {MIN_CONTEXTS}"
+        assert f"- {speaker['speaker']}: no verdict, {reason}" in markdown and f"No style position: {reason}." in markdown
+
+
+@pytest.mark.parametrize("low, position, high, tuned_loss, verdict", [
+    (0.1, 0.6, 1.1, 2.0, "yes"), (-0.1, 0.6, 1.3, 2.0, "partly"), (0.1, 0.4, 0.7, 2.0, "partly"),
+    (-0.4, 0.1, 0.45, 2.0, "no"), (0.3, 0.8, 1.2, 3.5, "no")])
+def test_the_verdict_rule(low, position, high, tuned_loss, verdict):
+    speaker = SpeakerReport("Anna", False, 20, 100, 3.0, tuned_loss, MIN_CONTEXTS, {},
+                            {"base": Placement(0.5, 0.0, -0.5, 0.5), "tuned": Placement(0.1, position, low, high)},
+                            {"base": 0.0, "tuned": 0.0}, {}, [])
+    assert speaker.verdict() == verdict

@@ -56,7 +56,7 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
     # Alexander mixes Russian and English, in lower case; everyone else keeps mostly to one script
     # (Dmitry's Latin letters are mostly his links).
     def minor_script(persona: dict) -> float:
-        return min(persona["cyrillic_share"], persona["latin_share"])
+        return min(persona["cyrillic_share"], 1 - persona["cyrillic_share"])  # the rest is Latin
 
     assert minor_script(alexander) > 0.35
     assert all(minor_script(other) < 0.3 for other in (katya, eleanor, dmitry))
@@ -70,7 +70,7 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
     # Eleanor: one long, capitalised English message a turn.
     assert lowest(stats, "messages_per_turn") == highest(stats, "chars_per_message") == ELEANOR
     assert eleanor["messages_per_turn"] < 1.05 and eleanor["chars_per_message"] > 100
-    assert eleanor["lowercase_share"] < 0.05 and eleanor["latin_share"] > 0.95 and eleanor["emoji_per_message"] == 0
+    assert eleanor["lowercase_share"] < 0.05 and eleanor["cyrillic_share"] < 0.05 and eleanor["emoji_per_message"] == 0
     # Dmitry: capitalised Russian, questions and links.
     assert highest(stats, "question_share") == highest(stats, "link_share") == DMITRY
     assert dmitry["question_share"] > 0.5 and dmitry["link_share"] > 0.15 and dmitry["lowercase_share"] < 0.1

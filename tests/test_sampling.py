@@ -3,11 +3,17 @@ import pytest
 import torch
 
 from fidelity.sampling import generate_batch
-from model.generation import Generator, SamplingConfig
+from model.generation import BatchRow, Generator, SamplingConfig
 from tests.helpers import random_model, tiny_config
 
 CPU = torch.device("cpu")
 PROMPTS = [[5, 17, 99, 3], list(range(40, 60)), [7], list(range(100, 131))]
+
+
+def written(model, config, stop_ids, generator=None) -> list[list[int]]:
+    """What generate_batch writes after each of PROMPTS, without whether it was cut."""
+    rows = [BatchRow(prompt, config, generator) for prompt in PROMPTS]
+    return [tokens for tokens, _ in generate_batch(model, rows, stop_ids, CPU)]
 
 
 def alone(model, prompt, config, stop_ids):
@@ -24,30 +30,41 @@ def test_a_batch_writes_what_each_prompt_writes_alone(window):
     stop_ids = {free[0][3], free[2][6]}
     expected = [alone(model, prompt, greedy, stop_ids) for prompt in PROMPTS]
     assert len({len(tokens) for tokens in expected}) > 1
-    assert generate_batch(model, PROMPTS, greedy, stop_ids, None, CPU) == expected
+    assert written(model, greedy, stop_ids) == expected
 
 
 def test_sampling_is_seeded_and_stops_at_max_new_tokens():
     model = random_model(tiny_config())
     config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=5)
-    first, second = (generate_batch(model, PROMPTS, config, set(), torch.Generator().manual_seed(3), CPU)
-                     for _ in range(2))
-    assert first == second and [len(tokens) for tokens in first] == [5] * len(PROMPTS)
+    first, second = (generate_batch(model, [BatchRow(prompt, config, torch.Generator().manual_seed(3))
+                                            for prompt in PROMPTS], set(), CPU) for _ in range(2))
+    assert first == second and [(len(tokens), cut) for tokens, cut in first] == [(5, True)] * len(PROMPTS)
+
+
+def test_a_turn_that_reaches_its_own_length_is_cut_and_one_that_ends_is_not():
+    model = random_model(tiny_config())
+    greedy, three = SamplingConfig(temperature=0, max_new_tokens=12), SamplingConfig(temperature=0, max_new_tokens=3)
+    free, short_free = alone(model, PROMPTS[0], greedy, set()), alone(model, PROMPTS[1], three, set())
+    end = next(index for index in range(1, len(free)) if free[index] not in {*free[:index], *short_free})
+    rows = [BatchRow(PROMPTS[0], greedy), BatchRow(PROMPTS[1], three)]
+    assert generate_batch(model, rows, {free[end]}, CPU) == [(free[:end], False), (short_free, True)]
 
 
 # What generate_batch wrote before it moved onto model.generation.BatchDecoder (one random stream drawn
 # row by row, in row order, each step): the report's sampled turns, and the README's figures, depend on it.
+# Taken anew when the architecture table changed the order random_model draws its weights in: with the
+# weights drawn before, the decoder of that change wrote the tokens pinned before, every one.
 PINNED = [
     (SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10), set(),
-     [[78, 105, 221, 0, 252, 4, 37, 123, 141, 122], [4, 171, 231, 101, 228, 212, 84, 143, 53, 141],
-      [181, 185, 186, 49, 109, 241, 202, 74, 240, 201], [130, 79, 210, 134, 121, 140, 12, 164, 227, 133]]),
+     [[78, 1, 150, 216, 252, 58, 228, 137, 116, 86], [4, 171, 153, 101, 228, 212, 84, 143, 238, 3],
+      [253, 185, 211, 139, 109, 199, 202, 74, 240, 201], [130, 212, 210, 115, 121, 251, 212, 185, 233, 133]]),
     (SamplingConfig(temperature=1.0, top_p=0.95, top_k=40, repetition_penalty=1.3, max_new_tokens=10), {2, 87, 238},
-     [[78, 33, 221, 138, 252, 4, 223], [67, 83, 109, 64, 136, 32, 34, 160, 213, 227],
-      [181, 185, 200, 58, 165, 199, 141, 240, 74, 141], [130, 212, 210, 96]]),
+     [[109, 168, 213, 62, 61, 58, 190, 202, 34, 116], [4, 171, 153, 0, 83, 212, 95, 155, 0, 154],
+      [253, 145, 211, 58, 165, 246, 141, 250, 92, 235], [130, 212, 255, 115]]),
 ]
 
 
 @pytest.mark.parametrize("config, stop_ids, expected", PINNED)
 def test_seeded_tokens_are_those_written_before_the_decoder_moved(config, stop_ids, expected):
     model = random_model(tiny_config(), seed=2)
-    assert generate_batch(model, PROMPTS, config, stop_ids, torch.Generator().manual_seed(5), CPU) == expected
+    assert written(model, config, stop_ids, torch.Generator().manual_seed(5)) == expected
