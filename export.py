@@ -14,6 +14,7 @@ template in which the speaker is the assistant and their partner the user. With 
 adapter alone is written, as a GGUF LoRA adapter that llama.cpp and Ollama apply to the base model's
 GGUF file (--base), with the Jinja template beside it: many twins over one base.
 """
+
 import argparse
 import re
 import shlex
@@ -26,13 +27,13 @@ from chat.loading import TwinSource, load_twin, source_of_run
 from chat.people import SpeakerError
 from core import atomic
 from core.cli import program
-from core.run_folder import RunFolder
 from core.device import add_threads_arg, set_threads
+from core.run_folder import RunFolder
 from data.chatml import chat_format
+from data.templates import jinja_chat_template, ollama_modelfile
 from model.checkpoint import CheckpointReader, load_tokenizer, resolve_checkpoint
 from model.generation import SamplingConfig
 from model.gguf.adapter import check_base_gguf, write_gguf_adapter
-from data.templates import jinja_chat_template, ollama_modelfile
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
 from model.lora import read_adapter_config, tokenizer_source
@@ -42,27 +43,47 @@ VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python export.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("gguf", help="write a twin as a GGUF file and an Ollama Modelfile",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    export = commands.add_parser(
+        "gguf",
+        help="write a twin as a GGUF file and an Ollama Modelfile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_source_arg(export)
     export.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write (replaced if it exists)")
-    export.add_argument("--type", choices=TYPES, default="f16", help="how weights are stored: f16 (2 bytes a "
-                        "weight) or q8_0 (about 1.06 bytes, 8-bit) (default: %(default)s)")
-    export.add_argument("--adapter", action="store_true", help="write only a LoRA run's adapter, as a GGUF LoRA "
-                        "adapter (llama-server --lora, Ollama's ADAPTER), and the chat template as OUT with the "
-                        "suffix .jinja (default: off, the model with its adapter merged in)")
-    export.add_argument("--base", help="with --adapter: the base model's GGUF file the adapter runs on (checked "
-                        "against the adapter), or the name Ollama knows it by, for the Modelfile's FROM line "
-                        "(default: the run's base model, where that is a .gguf file)")
+    export.add_argument(
+        "--type",
+        choices=TYPES,
+        default="f16",
+        help="how weights are stored: f16 (2 bytes a weight) or q8_0 (about 1.06 bytes, 8-bit) (default: %(default)s)",
+    )
+    export.add_argument(
+        "--adapter",
+        action="store_true",
+        help="write only a LoRA run's adapter, as a GGUF LoRA "
+        "adapter (llama-server --lora, Ollama's ADAPTER), and the chat template as OUT with the "
+        "suffix .jinja (default: off, the model with its adapter merged in)",
+    )
+    export.add_argument(
+        "--base",
+        help="with --adapter: the base model's GGUF file the adapter runs on (checked "
+        "against the adapter), or the name Ollama knows it by, for the Modelfile's FROM line "
+        "(default: the run's base model, where that is a .gguf file)",
+    )
     add_people_args(export)
-    export.add_argument("--modelfile", help="where to write the Ollama Modelfile (default: OUT with the "
-                        "suffix .Modelfile)")
+    export.add_argument(
+        "--modelfile", help="where to write the Ollama Modelfile (default: OUT with the suffix .Modelfile)"
+    )
     add_threads_arg(export)
-    template = commands.add_parser("chat-template", help="write only the twin's Jinja chat template (for "
-                                   "vLLM's --chat-template); loads the tokenizer, not the model")
+    template = commands.add_parser(
+        "chat-template",
+        help="write only the twin's Jinja chat template (for "
+        "vLLM's --chat-template); loads the tokenizer, not the model",
+    )
     add_source_arg(template)
     template.add_argument("out", metavar="OUT.jinja", help="the template file to write (replaced if it exists)")
     add_people_args(template)
@@ -70,15 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_source_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="RUN_OR_MODEL", help="a train.py run folder, a Hugging Face model "
-                        "folder or repo id, or a .gguf file")
+    parser.add_argument(
+        "source",
+        metavar="RUN_OR_MODEL",
+        help="a train.py run folder, a Hugging Face model folder or repo id, or a .gguf file",
+    )
 
 
 def add_people_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--speaker", help="the person the model writes as in the templates, the assistant "
-                        "(default: the person the run twins)")
-    parser.add_argument("--as", dest="user", help="the person the user writes as in the templates (default: "
-                        "the speaker's most frequent partner, else 'User')")
+    parser.add_argument(
+        "--speaker",
+        help="the person the model writes as in the templates, the assistant (default: the person the run twins)",
+    )
+    parser.add_argument(
+        "--as",
+        dest="user",
+        help="the person the user writes as in the templates (default: "
+        "the speaker's most frequent partner, else 'User')",
+    )
 
 
 @program
@@ -95,8 +125,9 @@ def source_and_people(args) -> tuple[TwinSource, str, str]:
     run = RunFolder(Path(args.source))
     source = source_of_run(run.path) if run.record_file.is_file() else TwinSource(args.source)
     if args.speaker is None and source.people.target is None:
-        raise SpeakerError(f"--speaker: needed, as {args.source} is no train.py run folder, whose record names "
-                           "the person to twin")
+        raise SpeakerError(
+            f"--speaker: needed, as {args.source} is no train.py run folder, whose record names the person to twin"
+        )
     speaker = source.people.speaker_or_target(args.speaker)
     return source, speaker, source.people.user_for(speaker, args.user)
 
@@ -121,14 +152,17 @@ def export(args) -> None:
     model, tokenizer = load_twin(source, torch.device("cpu"), export_dtype(source.model))
     layout = chat_format(tokenizer)
     print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
-    write_gguf(model, tokenizer, out, args.type, name=out.stem,
-               chat_template=jinja_chat_template(layout, speaker, partner))
+    write_gguf(
+        model, tokenizer, out, args.type, name=out.stem, chat_template=jinja_chat_template(layout, speaker, partner)
+    )
     atomic.write_text(modelfile, ollama_modelfile(reference, layout, speaker, partner, SamplingConfig()))
     size = out.stat().st_size / 2**30
     print(f"wrote {out} ({size:.2f} GiB) and {modelfile}, the model writing as {speaker!r} to {partner!r}")
-    print(f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
-          f"  or: llama-cli -m {shlex.quote(str(out))} --jinja\n"
-          f"  or: llama-server -m {shlex.quote(str(out))} --jinja")
+    print(
+        f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
+        f"  or: llama-cli -m {shlex.quote(str(out))} --jinja\n"
+        f"  or: llama-server -m {shlex.quote(str(out))} --jinja"
+    )
 
 
 def export_adapter(args, out: Path, modelfile: Path) -> None:
@@ -137,35 +171,54 @@ def export_adapter(args, out: Path, modelfile: Path) -> None:
     template = out.with_suffix(".jinja")
     source, speaker, partner = source_and_people(args)
     if source.adapter is None:
-        raise ExportError(f"--adapter: {args.source} has no LoRA adapter (a full fine-tune, or no run folder); "
-                          "export it without --adapter")
+        raise ExportError(
+            f"--adapter: {args.source} has no LoRA adapter (a full fine-tune, or no run folder); "
+            "export it without --adapter"
+        )
     base = args.base or (str(source.model) if str(source.model).endswith(".gguf") else None)
     if base is None:
-        raise ExportError(f"--base: needed with --adapter, as the run's base model {source.model} is no GGUF file: "
-                          "give the base model's GGUF file (`python export.py gguf` writes one) or the name "
-                          "Ollama knows it by")
+        raise ExportError(
+            f"--base: needed with --adapter, as the run's base model {source.model} is no GGUF file: "
+            "give the base model's GGUF file (`python export.py gguf` writes one) or the name "
+            "Ollama knows it by"
+        )
     if base.endswith(".gguf"):
         check_base_gguf(Path(base), source.adapter, source.model)
         base_reference = modelfile_reference(Path(base), modelfile)
     elif OLLAMA_MODEL_NAME.fullmatch(base):
         base_reference = base
     else:
-        raise ExportError(f"--base: {base!r} is neither a .gguf file nor a name Ollama takes (letters, digits, "
-                          "'-', '_', '.', ':' and '/')")
+        raise ExportError(
+            f"--base: {base!r} is neither a .gguf file nor a name Ollama takes (letters, digits, "
+            "'-', '_', '.', ':' and '/')"
+        )
     layout = chat_format(load_tokenizer(tokenizer_source(source.model, source.adapter)))
     print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
     write_gguf_adapter(source.adapter, source.model, out, args.type, name=out.stem)
     atomic.write_text(template, jinja_chat_template(layout, speaker, partner))
-    atomic.write_text(modelfile, ollama_modelfile(base_reference, layout, speaker, partner, SamplingConfig(),
-                                                  adapter_reference=modelfile_reference(out, modelfile)))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), the adapter for {base}, with {template} and "
-          f"{modelfile}, the model writing as {speaker!r} to {partner!r}")
+    atomic.write_text(
+        modelfile,
+        ollama_modelfile(
+            base_reference,
+            layout,
+            speaker,
+            partner,
+            SamplingConfig(),
+            adapter_reference=modelfile_reference(out, modelfile),
+        ),
+    )
+    print(
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), the adapter for {base}, with {template} and "
+        f"{modelfile}, the model writing as {speaker!r} to {partner!r}"
+    )
     base_file = shlex.quote(base) if base.endswith(".gguf") else "BASE.gguf"
     lora = f"--lora {shlex.quote(str(out))} --jinja --chat-template-file {shlex.quote(str(template))}"
-    print(f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
-          f"  or: llama-server -m {base_file} {lora}\n"
-          f"  or: llama-cli -m {base_file} {lora}"
-          + ("" if base.endswith(".gguf") else "\n  (BASE.gguf: the base model's GGUF file)"))
+    print(
+        f"next: ollama create {ollama_name(out.stem)} -f {shlex.quote(str(modelfile))}\n"
+        f"  or: llama-server -m {base_file} {lora}\n"
+        f"  or: llama-cli -m {base_file} {lora}"
+        + ("" if base.endswith(".gguf") else "\n  (BASE.gguf: the base model's GGUF file)")
+    )
 
 
 def export_dtype(model: str | Path) -> torch.dtype:
@@ -174,7 +227,9 @@ def export_dtype(model: str | Path) -> torch.dtype:
     if str(model).endswith(".gguf"):
         return torch.float32
     reader = CheckpointReader(resolve_checkpoint(model))
-    return torch.float16 if all(reader.dtype_name(name) in ("BF16", "F16") for name in reader.shapes()) else torch.float32
+    return (
+        torch.float16 if all(reader.dtype_name(name) in ("BF16", "F16") for name in reader.shapes()) else torch.float32
+    )
 
 
 def write_chat_template(args) -> None:
@@ -183,8 +238,10 @@ def write_chat_template(args) -> None:
     source, speaker, partner = source_and_people(args)
     tokenizer = load_tokenizer(tokenizer_source(source.model, source.adapter))
     atomic.write_text(out, jinja_chat_template(chat_format(tokenizer), speaker, partner))
-    print(f"wrote {out}, the model writing as {speaker!r} to {partner!r} (per request: chat_template_kwargs "
-          "speaker and partner)")
+    print(
+        f"wrote {out}, the model writing as {speaker!r} to {partner!r} (per request: chat_template_kwargs "
+        "speaker and partner)"
+    )
     print(vllm_next_step(source, ollama_name(Path(args.source).name), out))
 
 
@@ -196,12 +253,16 @@ def vllm_next_step(source: TwinSource, served_name: str, template: Path) -> str:
         return f"next: vllm serve {shlex.quote(str(source.model))} --chat-template {quoted}"
     config, _ = read_adapter_config(source.adapter)
     if config.trainable_tokens:
-        return (f"vLLM cannot load {source.adapter}: it holds rows for tokens its base model lacks, which vLLM's "
-                f"LoRA does not read. Serve the merged model instead (train.py --merge writes OUT/merged):\n"
-                f"next: vllm serve OUT/merged --chat-template {quoted}")
-    return (f"next: vllm serve {shlex.quote(str(source.model))} --enable-lora --max-lora-rank "
-            f"{vllm_rank_limit(config.r)} --lora-modules {served_name}={shlex.quote(str(source.adapter))} "
-            f"--chat-template {quoted}")
+        return (
+            f"vLLM cannot load {source.adapter}: it holds rows for tokens its base model lacks, which vLLM's "
+            f"LoRA does not read. Serve the merged model instead (train.py --merge writes OUT/merged):\n"
+            f"next: vllm serve OUT/merged --chat-template {quoted}"
+        )
+    return (
+        f"next: vllm serve {shlex.quote(str(source.model))} --enable-lora --max-lora-rank "
+        f"{vllm_rank_limit(config.r)} --lora-modules {served_name}={shlex.quote(str(source.adapter))} "
+        f"--chat-template {quoted}"
+    )
 
 
 def check_folder(path: Path) -> None:
@@ -225,8 +286,9 @@ def modelfile_reference(gguf_path: Path, modelfile: Path) -> str:
     else:
         reference = str(gguf_path.resolve())
     if '"' in reference or not reference.isprintable():
-        raise ExportError(f"{gguf_path}: a Modelfile cannot name a path with quotes or unprintable characters; "
-                          "choose another name")
+        raise ExportError(
+            f"{gguf_path}: a Modelfile cannot name a path with quotes or unprintable characters; choose another name"
+        )
     return f'"{reference}"' if " " in reference else reference
 
 

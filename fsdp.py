@@ -10,9 +10,9 @@ then the consolidated model in Hugging Face's format and the record of the run.
 
 from core.device import DTYPES
 from training import distributed
-from training.ranks import World
 from training import run as runs
 from training.checkpointer import Checkpointer
+from training.ranks import World
 from training.tracking import dashboard_commands
 
 
@@ -41,17 +41,18 @@ def train_model(run: runs.Run, world: distributed.World) -> dict | None:
     args = run.args
     tokenizer, _, data = runs.prepare(run)
 
-    model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype],
-                                           run.dtype)
-    run.say(f"full fine-tuning of {sum(p.numel() for p in model.parameters()):,} parameters "
-            f"sharded over {world.size} ranks")
+    model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype], run.dtype)
+    run.say(
+        f"full fine-tuning of {sum(p.numel() for p in model.parameters()):,} parameters sharded over {world.size} ranks"
+    )
     model.activation_checkpointing = runs.activation_checkpointing(run)
     model.train()
 
     schedule = runs.make_schedule(run, model, data)
     backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader)
-    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main,
-                                keep_best=args.keep_best)
+    checkpointer = Checkpointer(
+        run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main, keep_best=args.keep_best
+    )
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):

@@ -8,15 +8,16 @@ The story of a run: the data, the base with its adapters (and, for a base withou
 ChatML token rows), the optimizer steps with held-out evaluations and checkpoints, then the adapter
 in PEFT's format, the fidelity report, the merged model if asked, and the record of the run.
 """
+
 from pathlib import Path
 
 import torch
 
+from core.flags import from_args
 from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
 from memory import MemoryConfig
-from core.flags import from_args
 from model import load_model, save_model
 from model.lora import LoRAConfig, apply_lora, load_adapter, merge_lora, save_adapter
 from training import distributed
@@ -33,8 +34,12 @@ def train(args, world: distributed.World | None = None) -> None:
 
     if args.quantize:
         run.say(f"loading {args.model}, its linear weights quantized to {args.quantize} one by one...")
-    lora_config = from_args(LoRAConfig, args, prefix="lora_",
-                            trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {})
+    lora_config = from_args(
+        LoRAConfig,
+        args,
+        prefix="lora_",
+        trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {},
+    )
     if world:
         model, summary = distributed.load_sharded_lora_model(args.model, world, run.dtype, lora_config, args.quantize)
         run.say(f"{summary}, sharded over {world.size} ranks")
@@ -61,15 +66,18 @@ def train(args, world: distributed.World | None = None) -> None:
         run.say(f"merged model written to {run.folder.merged}")
     curves = runs.write_loss_curves(run)
     runs.record_finished(run, figures, metrics)
-    run.say(f"next: chat with your twin: python sample.py --checkpoint {run.out}"
-            + (f" --quantize {args.quantize}" if args.quantize else "")
-            + (f"\n      read the report: {run.folder.report / 'report.md'}" if report else "")
-            + (f"\n      see the loss curves: {curves}" if curves else "")
-            + "".join(f"\n      see the metrics: {command}" for command in dashboard_commands(args.log_to, run.out)))
+    run.say(
+        f"next: chat with your twin: python sample.py --checkpoint {run.out}"
+        + (f" --quantize {args.quantize}" if args.quantize else "")
+        + (f"\n      read the report: {run.folder.report / 'report.md'}" if report else "")
+        + (f"\n      see the loss curves: {curves}" if curves else "")
+        + "".join(f"\n      see the metrics: {command}" for command in dashboard_commands(args.log_to, run.out))
+    )
 
 
-def train_adapter(run: runs.Run, model, lora_config: LoRAConfig, tokenizer, data,
-                  world: distributed.World | None) -> tuple[dict, MetricsLog | None] | None:
+def train_adapter(
+    run: runs.Run, model, lora_config: LoRAConfig, tokenizer, data, world: distributed.World | None
+) -> tuple[dict, MetricsLog | None] | None:
     """The optimizer steps, then the adapter written and the run recorded as trained: its figures, and the
     metrics log still open for the report's figures. None where --stop-at stopped it first."""
     args = run.args
@@ -77,13 +85,16 @@ def train_adapter(run: runs.Run, model, lora_config: LoRAConfig, tokenizer, data
     model.train()
     schedule = runs.make_schedule(run, model, data)
     if world:
-        backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader,
-                                                 adapters_only=True)
+        backend = distributed.ShardedCheckpoints(
+            world, model, schedule.optimizer, schedule.scheduler, schedule.loader, adapters_only=True
+        )
     else:
-        backend = AdapterCheckpoints(model, lora_config, args.model, schedule.optimizer, schedule.scheduler,
-                                     schedule.loader)
-    checkpointer = Checkpointer(run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main,
-                                keep_best=args.keep_best)
+        backend = AdapterCheckpoints(
+            model, lora_config, args.model, schedule.optimizer, schedule.scheduler, schedule.loader
+        )
+    checkpointer = Checkpointer(
+        run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main, keep_best=args.keep_best
+    )
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
     if not runs.train_loop(run, model, data, schedule, checkpointer, progress, metrics):
@@ -96,22 +107,38 @@ def train_adapter(run: runs.Run, model, lora_config: LoRAConfig, tokenizer, data
     if world:
         model.reshard()  # after a forward pass without backward (evaluation) the root stays gathered
     # Sharded, every rank gathers each adapter weight and rank 0 alone writes: one ordinary PEFT adapter.
-    save_adapter(model, run.folder.adapter, lora_config, base_model=args.model, writes=run.is_main,
-                 gather=(lambda param: param.full_tensor()) if world else torch.Tensor.detach)
+    save_adapter(
+        model,
+        run.folder.adapter,
+        lora_config,
+        base_model=args.model,
+        writes=run.is_main,
+        gather=(lambda param: param.full_tensor()) if world else torch.Tensor.detach,
+    )
     if run.is_main:
         tokenizer.save(run.folder.adapter)
     run.say(f"adapter written to {run.folder.adapter}")
     return runs.record_trained(run, data, progress, metrics), metrics
 
 
-def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch.device,
-                          metrics: MetricsLog | None, step: int) -> None:
+def write_fidelity_report(
+    args, model, tokenizer, data, out: Path, device: torch.device, metrics: MetricsLog | None, step: int
+) -> None:
     """Held-out loss and style, tuned against base, per speaker: `OUT/report/`, its figures also sent to the
     experiment trackers."""
     about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
     try:
-        report = run_evaluation(model, tokenizer, data, out / "report", EvalSettings(contexts=args.eval_contexts),
-                                device, about, metrics_file=out / "metrics.jsonl", memory=from_args(MemoryConfig, args))
+        report = run_evaluation(
+            model,
+            tokenizer,
+            data,
+            out / "report",
+            EvalSettings(contexts=args.eval_contexts),
+            device,
+            about,
+            metrics_file=out / "metrics.jsonl",
+            memory=from_args(MemoryConfig, args),
+        )
     except EvaluationError as error:  # e.g. nothing held out
         print(f"fidelity report skipped: {error}")
         return
@@ -119,4 +146,3 @@ def write_fidelity_report(args, model, tokenizer, data, out: Path, device: torch
         metrics.track(report_numbers(report), step)
     print(report.summary())
     print(f"fidelity report: {out / 'report' / 'report.md'}")
-

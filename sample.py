@@ -6,6 +6,7 @@
 Each line you type is one message; an empty line sends your turn. /help lists the commands.
 `--prompt`, `--history` and `--auto` answer once and exit, for scripts.
 """
+
 import argparse
 import sys
 
@@ -21,13 +22,26 @@ from model.generation import SamplingConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speaker", help="the person the model writes as (default: the person the run twins)")
-    parser.add_argument("--as", dest="user", help="the person you write as (default: the speaker's most "
-                        "frequent partner in the training data when known, else User)")
+    parser.add_argument(
+        "--as",
+        dest="user",
+        help="the person you write as (default: the speaker's most "
+        "frequent partner in the training data when known, else User)",
+    )
     once = parser.add_argument_group("non-interactive")
-    once.add_argument("--prompt", help=r"one turn of yours, messages separated by newlines (a literal \n counts too); prints the reply and exits")
-    once.add_argument("--history", help="a conversation to continue: a sessions JSONL file (its first session) or one session as JSON")
-    once.add_argument("--auto", type=int, metavar="TURNS", help="let the model play both people for TURNS turns, print them and exit")
-    once.add_argument("-n", type=int, default=1, help="how many replies to sample with --prompt/--history (default: %(default)s)")
+    once.add_argument(
+        "--prompt",
+        help=r"one turn of yours, messages separated by newlines (a literal \n counts too); prints the reply and exits",
+    )
+    once.add_argument(
+        "--history", help="a conversation to continue: a sessions JSONL file (its first session) or one session as JSON"
+    )
+    once.add_argument(
+        "--auto", type=int, metavar="TURNS", help="let the model play both people for TURNS turns, print them and exit"
+    )
+    once.add_argument(
+        "-n", type=int, default=1, help="how many replies to sample with --prompt/--history (default: %(default)s)"
+    )
     sampling = parser.add_argument_group("sampling")
     add_arguments(sampling, SamplingConfig)
     sampling.add_argument("--seed", type=int, help="seed for reproducible samples (default: random)")
@@ -56,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     user = source.people.user_for(speaker, args.user)
     history = read_history(args.history) if args.history else []
 
-    print(source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
-          file=sys.stderr)
+    print(
+        source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
+        file=sys.stderr,
+    )
 
     generator, tokenizer = start_twin(args, source)
     chat = Chat(generator, tokenizer, from_args(SamplingConfig, args), speaker, user, args.seed, memory=source.memory)

@@ -11,6 +11,7 @@ and /judge a blind test on the held-out conversations of the people --judge name
 One client cannot hold the server: a request must come whole within --request-timeout, its body within
 --max-body-mb, and past --max-connections the connection that has waited longest for a request is closed.
 """
+
 import argparse
 import ipaddress
 import json
@@ -22,8 +23,8 @@ import uvicorn
 
 from chat.loading import TwinSource, add_twin_arguments, source_from_args, start_twin
 from core.cli import program
-from core.flags import add_arguments, from_args, positive_int
 from core.errors import TwinError
+from core.flags import add_arguments, from_args, positive_int
 from model.generation import SamplingConfig
 from serving.api import build_app
 from serving.connections import Limits, server_config
@@ -38,23 +39,52 @@ OTHER_FILES = 64  # files the server keeps open besides its connections: the mod
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on; any but a loopback one needs --api-key (default: %(default)s)")
-    server.add_argument("--port", type=int, default=8000, help="port to listen on; 0: any free one (default: %(default)s)")
-    server.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
-                        help=f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)")
-    server.add_argument("--max-batch", type=positive_int, default=8,
-                        help="replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)")
-    server.add_argument("--judge", metavar="NAME,...", help="open a blind test at /judge on the held-out conversations "
-                        "of these people of --checkpoint's run: judges guess which reply is real (default: none)")
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; any but a loopback one needs --api-key (default: %(default)s)",
+    )
+    server.add_argument(
+        "--port", type=int, default=8000, help="port to listen on; 0: any free one (default: %(default)s)"
+    )
+    server.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)",
+    )
+    server.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=8,
+        help="replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)",
+    )
+    server.add_argument(
+        "--judge",
+        metavar="NAME,...",
+        help="open a blind test at /judge on the held-out conversations "
+        "of these people of --checkpoint's run: judges guess which reply is real (default: none)",
+    )
     defaults = Limits()
-    server.add_argument("--max-body-mb", type=positive_int, default=defaults.max_body_bytes // 2**20,
-                        help="the largest request body taken, in MiB; a larger one gets 413 (default: %(default)s)")
-    server.add_argument("--max-connections", type=positive_int, default=defaults.max_connections,
-                        help="connections open at once; past it the one that has waited longest for a request is "
-                             "closed (default: %(default)s)")
-    server.add_argument("--request-timeout", type=positive_int, default=int(defaults.request_timeout_s),
-                        help="seconds a connection has to send a request's head, and again its body, before it is "
-                             "closed (default: %(default)s)")
+    server.add_argument(
+        "--max-body-mb",
+        type=positive_int,
+        default=defaults.max_body_bytes // 2**20,
+        help="the largest request body taken, in MiB; a larger one gets 413 (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=defaults.max_connections,
+        help="connections open at once; past it the one that has waited longest for a request is "
+        "closed (default: %(default)s)",
+    )
+    server.add_argument(
+        "--request-timeout",
+        type=positive_int,
+        default=int(defaults.request_timeout_s),
+        help="seconds a connection has to send a request's head, and again its body, before it is "
+        "closed (default: %(default)s)",
+    )
     sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
     add_arguments(sampling, SamplingConfig)
     add_twin_arguments(parser)
@@ -64,14 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
 def check_exposure(host: str, api_key: str | None) -> None:
     """Anyone who can reach the port can read what the twin writes: off this machine, only with the key."""
     if api_key is None and not is_loopback(host):
-        raise TwinError(f"--host {host}: other machines can reach it, so --api-key (or ${API_KEY_VARIABLE}) is "
-                        "needed; or keep the default --host 127.0.0.1")
+        raise TwinError(
+            f"--host {host}: other machines can reach it, so --api-key (or ${API_KEY_VARIABLE}) is "
+            "needed; or keep the default --host 127.0.0.1"
+        )
     if api_key is not None and not api_key.strip():
         raise TwinError("--api-key: empty")
     if api_key is not None and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
         # An HTTP header is ASCII: a client could never send such a key.
-        raise TwinError(f"--api-key (or ${API_KEY_VARIABLE}): only printable ASCII without spaces can be sent in a "
-                        "header; choose another key (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        raise TwinError(
+            f"--api-key (or ${API_KEY_VARIABLE}): only printable ASCII without spaces can be sent in a "
+            "header; choose another key (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
 
 
 def allow_files(max_connections: int) -> None:
@@ -88,9 +122,11 @@ def allow_files(max_connections: int) -> None:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     except (ValueError, OSError):  # above the hard limit, or the system's
-        raise TwinError(f"--max-connections {max_connections}: this process may open only {soft} files (ulimit -n) "
-                        f"and cannot raise that to {needed}, {OTHER_FILES} of them for other uses; lower "
-                        "--max-connections or raise the limit") from None
+        raise TwinError(
+            f"--max-connections {max_connections}: this process may open only {soft} files (ulimit -n) "
+            f"and cannot raise that to {needed}, {OTHER_FILES} of them for other uses; lower "
+            "--max-connections or raise the limit"
+        ) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -122,8 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     allow_files(args.max_connections)
     limits = Limits(args.max_body_mb * 2**20, args.max_connections, args.request_timeout)
     if args.remember:
-        raise TwinError("--remember: serve.py keeps no conversation (each request carries its whole conversation); "
-                        "sample.py --remember does")
+        raise TwinError(
+            "--remember: serve.py keeps no conversation (each request carries its whole conversation); "
+            "sample.py --remember does"
+        )
     source = source_from_args(args)
     blind_test = open_blind_test(args.checkpoint, args.judge, source) if args.judge is not None else None
     sock = listen(args.host, args.port)
@@ -151,25 +189,38 @@ def show_usage(sock: socket.socket, source: TwinSource, with_key: bool, judging:
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
     speaker = source.people.target or "NAME"  # without a run, any name is a speaker
     known = len(source.people.names)
-    print(f"serving {source.describe()} at {url}, as " + (f"any of the {known} speakers of the run" if known else
-                                                           "any speaker name") + "; Ctrl-C stops", flush=True)
-    print(source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
-          flush=True)
+    print(
+        f"serving {source.describe()} at {url}, as "
+        + (f"any of the {known} speakers of the run" if known else "any speaker name")
+        + "; Ctrl-C stops",
+        flush=True,
+    )
+    print(
+        source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
+        flush=True,
+    )
     # The name is the user's data: quoted, it stays one argument of the shell and one literal of Python.
-    body = json.dumps({"model": speaker, "messages": [{"role": "user", "content": "hi! how are you?"}]},
-                      ensure_ascii=False)
+    body = json.dumps(
+        {"model": speaker, "messages": [{"role": "user", "content": "hi! how are you?"}]}, ensure_ascii=False
+    )
     header = f' -H "Authorization: Bearer ${API_KEY_VARIABLE}"' if with_key else ""
     key = f'os.environ["{API_KEY_VARIABLE}"]' if with_key else '"none"'
     page = url.removesuffix("/v1")
-    print(f"in a browser: {page}/ to chat" + (f", {page}/judge for the blind test" if judging else "")
-          + (f"; the pages ask for the key, or a link carries it: {page}/judge#key=KEY" if with_key else ""))
-    print(f"""try it from a shell:
+    print(
+        f"in a browser: {page}/ to chat"
+        + (f", {page}/judge for the blind test" if judging else "")
+        + (f"; the pages ask for the key, or a link carries it: {page}/judge#key=KEY" if with_key else "")
+    )
+    print(
+        f"""try it from a shell:
   curl {url}/chat/completions -H "Content-Type: application/json"{header} -d {shlex.quote(body)}
 or from Python (pip install openai):
   import os; from openai import OpenAI
   client = OpenAI(base_url="{url}", api_key={key})
   reply = client.chat.completions.create(model={speaker!r}, messages=[{{"role": "user", "content": "hi!"}}])
-  print(reply.choices[0].message.content)""", flush=True)
+  print(reply.choices[0].message.content)""",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

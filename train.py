@@ -6,6 +6,7 @@
 LoRA adapters (`--lora`, the lora.py recipe) on one device, or sharded over the ranks of a torchrun
 job; or every weight sharded over the ranks (`--fsdp` under torchrun, the fsdp.py recipe).
 """
+
 import sys
 
 import torch
@@ -41,9 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     except ranks.MainRankFailed:  # rank 0 has printed the error
         exit_code = 2
     except torch.cuda.OutOfMemoryError:
-        print(f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
-              "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
-              "--activation-checkpointing.", file=sys.stderr)
+        print(
+            f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
+            "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
+            "--activation-checkpointing.",
+            file=sys.stderr,
+        )
         exit_code = 2
     except RuntimeError as error:  # after its subclass, the GPU's out of memory
         if not (world and ranks.lost_a_rank(error)):
@@ -51,8 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         # Another rank died (killed, out of memory): torchrun stops this one too in a moment, and its
         # report names the rank; the run goes on from its newest intact checkpoint.
         if world.is_main:
-            print(f"error: another rank of the job stopped, so every rank stops; continue from the newest "
-                  f"checkpoint with: torchrun ... train.py --resume {args.out}", file=sys.stderr)
+            print(
+                f"error: another rank of the job stopped, so every rank stops; continue from the newest "
+                f"checkpoint with: torchrun ... train.py --resume {args.out}",
+                file=sys.stderr,
+            )
         exit_code = 2
     if world is not None:
         ranks.stop(exit_code)  # the whole job ends: torchrun stops the other ranks when one fails

@@ -7,6 +7,7 @@ Builds a random Mistral (vocabulary 32002) with the bundled sample's tokenizer n
 run's figures from run.json. On 2 cores the ranks share the same compute, so the point is memory:
 weights, gradients and AdamW states are split between the ranks.
 """
+
 import argparse
 import subprocess
 import sys
@@ -18,23 +19,58 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_model(directory: Path, hidden: int, layers: int) -> int:
-    from model import ModelConfig, Transformer, Tokenizer, save_model
+    from model import ModelConfig, Tokenizer, Transformer, save_model
     from tests.conftest import write_dolphin_tokenizer_dir
 
     tokenizer = Tokenizer.from_dir(write_dolphin_tokenizer_dir(directory / "tokenizer"))
-    config = ModelConfig(vocab_size=32002, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-                           num_attention_heads=8, num_key_value_heads=2, sliding_window=4096)
+    config = ModelConfig(
+        vocab_size=32002,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        sliding_window=4096,
+    )
     model = Transformer(config)
     save_model(model, directory / "model", tokenizer=tokenizer)
     return sum(p.numel() for p in model.parameters())
 
 
 def run(ranks: int, model: Path, out: Path, steps: int) -> dict:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               "train.py", "--fsdp", "--model", str(model), "--data", "examples/telegram_export", "--out", str(out),
-               "--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--max-steps", str(steps),
-               "--dtype", "fp32", "--eval-every", "0", "--save-every", "0", "--val-fraction", "0.02",
-               "--threads", str(max(1, 2 // ranks))]  # 2 cores shared by the ranks, whatever the machine has
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "train.py",
+        "--fsdp",
+        "--model",
+        str(model),
+        "--data",
+        "examples/telegram_export",
+        "--out",
+        str(out),
+        "--seq-len",
+        "256",
+        "--micro-batch",
+        "2",
+        "--batch",
+        "8",
+        "--max-steps",
+        str(steps),
+        "--dtype",
+        "fp32",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--val-fraction",
+        "0.02",
+        "--threads",
+        str(max(1, 2 // ranks)),
+    ]  # 2 cores shared by the ranks, whatever the machine has
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     from core.run_folder import RunFolder
 
@@ -54,11 +90,15 @@ def main():
         results = {ranks: run(ranks, scratch / "model", scratch / f"run{ranks}", args.steps) for ranks in (1, 2)}
     for ranks, figures in results.items():
         step_seconds = 8 * 256 / figures["tokens_per_s"]
-        print(f"{ranks} rank(s): {step_seconds:.2f} s per step, peak memory per rank "
-              f"{', '.join(f'{m:,} MiB' for m in figures['peak_memory_mb_per_rank'])}")
+        print(
+            f"{ranks} rank(s): {step_seconds:.2f} s per step, peak memory per rank "
+            f"{', '.join(f'{m:,} MiB' for m in figures['peak_memory_mb_per_rank'])}"
+        )
     one, two = results[1], results[2]
-    print(f"ratio 2 ranks / 1 rank: step time {one['tokens_per_s'] / two['tokens_per_s']:.2f}x, "
-          f"peak memory per rank {max(two['peak_memory_mb_per_rank']) / one['peak_memory_mb_per_rank'][0]:.2f}x")
+    print(
+        f"ratio 2 ranks / 1 rank: step time {one['tokens_per_s'] / two['tokens_per_s']:.2f}x, "
+        f"peak memory per rank {max(two['peak_memory_mb_per_rank']) / one['peak_memory_mb_per_rank'][0]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

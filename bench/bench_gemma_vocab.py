@@ -14,6 +14,7 @@
 The loss's figures do not depend on the depth, so at 4B's width they are that model's loss exactly;
 the decoder layers' share of a 4B step is bench_lora_memory.py's business at 7B.
 """
+
 import argparse
 import multiprocessing
 import tempfile
@@ -22,19 +23,33 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from bench_lora import packed_batch, reset_peak_memory, start_worker, status_mib, write_random_checkpoint
+
 from model.lora import LoRAConfig  # noqa: E402
 from model.transformer import ModelConfig  # noqa: E402
 
 VOCAB = 262_144
 WIDTHS = {"270M": 640, "4B": 2560}
 GEMMA3_270M = ModelConfig(
-    model_type="gemma3_text", vocab_size=VOCAB, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-    num_attention_heads=4, num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-    rope_local_theta=10_000.0, sliding_window=512, max_position_embeddings=32768, query_pre_attn_scalar=256,
+    model_type="gemma3_text",
+    vocab_size=VOCAB,
+    hidden_size=640,
+    intermediate_size=2048,
+    num_hidden_layers=18,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    rope_local_theta=10_000.0,
+    sliding_window=512,
+    max_position_embeddings=32768,
+    query_pre_attn_scalar=256,
     layer_types=tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)),
-    tie_word_embeddings=True, bos_token_id=2, eos_token_id=1)
+    tie_word_embeddings=True,
+    bos_token_id=2,
+    eos_token_id=1,
+)
 
 
 def loss_worker(side: str, width: int, tokens: int, dtype: torch.dtype, threads: int, connection) -> None:
@@ -59,8 +74,9 @@ def loss_worker(side: str, width: int, tokens: int, dtype: torch.dtype, threads:
 
 def measure_loss(side: str, width: int, tokens: int, dtype: torch.dtype, threads: int) -> tuple[float, float, float]:
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=loss_worker,
-                                                           args=(side, width, tokens, dtype, threads, child))
+    process = multiprocessing.get_context("spawn").Process(
+        target=loss_worker, args=(side, width, tokens, dtype, threads, child)
+    )
     process.start()
     result = parent.recv()
     process.join()
@@ -82,10 +98,12 @@ def measure_step(checkpoint: Path, micro_batch: int, threads: int) -> tuple[floa
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", default="1024", help="comma-separated labelled tokens a step "
-                        "(default: %(default)s)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                        help="the loss's dtype (default: %(default)s)")
+    parser.add_argument(
+        "--tokens", default="1024", help="comma-separated labelled tokens a step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="fp32", help="the loss's dtype (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--skip-step", action="store_true", help="measure the loss only, not the 270M LoRA step")
     args = parser.parse_args()
@@ -96,15 +114,20 @@ def main():
         for tokens in [int(n) for n in args.tokens.split(",")]:
             twin_mib, twin_s, twin_loss = measure_loss("twin", width, tokens, dtype, args.threads)
             peer_mib, peer_s, peer_loss = measure_loss("peer", width, tokens, dtype, args.threads)
-            print(f"  {model_name:>4} (hidden {width}), {tokens:>5} tokens: twin {twin_mib:7,.0f} MiB {twin_s:5.2f} s, "
-                  f"full logits {peer_mib:7,.0f} MiB {peer_s:5.2f} s: {peer_mib / max(twin_mib, 1):.1f}x the memory "
-                  f"(losses {twin_loss:.1f} / {peer_loss:.1f})", flush=True)
+            print(
+                f"  {model_name:>4} (hidden {width}), {tokens:>5} tokens: twin {twin_mib:7,.0f} MiB {twin_s:5.2f} s, "
+                f"full logits {peer_mib:7,.0f} MiB {peer_s:5.2f} s: {peer_mib / max(twin_mib, 1):.1f}x the memory "
+                f"(losses {twin_loss:.1f} / {peer_loss:.1f})",
+                flush=True,
+            )
     if args.skip_step:
         return
     with tempfile.TemporaryDirectory(prefix="twin-bench-gemma-") as directory:
         size = write_random_checkpoint(Path(directory), GEMMA3_270M, torch.bfloat16)
-        print(f"\na LoRA step of twin on Gemma 3 270M's shapes ({size / 2**20:,.0f} MiB of bf16 weights), "
-              "r 32 on q,k,v,o,gate, activation checkpointing, rows of 512 tokens:")
+        print(
+            f"\na LoRA step of twin on Gemma 3 270M's shapes ({size / 2**20:,.0f} MiB of bf16 weights), "
+            "r 32 on q,k,v,o,gate, activation checkpointing, rows of 512 tokens:"
+        )
         for micro_batch in (1, 2):
             mib, seconds = measure_step(Path(directory), micro_batch, args.threads)
             print(f"  micro-batch {micro_batch}: peak {mib:,.0f} MiB, step {seconds:.1f} s", flush=True)

@@ -8,6 +8,7 @@ Without FILE it writes the hostile case of issue 25: a tiny model whose GGUF cla
 (real models: twin must read them as GGUFReader does, only faster). A side that runs past --timeout
 seconds is stopped and shown as such.
 """
+
 import argparse
 import subprocess
 import sys
@@ -21,14 +22,16 @@ sys.path.insert(0, str(ROOT))
 # Each side imports first, then reports the seconds of the read alone and its peak memory above the
 # imports' (the parent adds the whole process's wall time and peak, which a side stopped early leaves).
 IMPORTS = "import time, gguf\nfrom model.bpe import tokenizer_from_gguf\nfrom model.gguf.file import GGUFFile\n"
-BASELINE = "rss = lambda: int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) // 1024\n" \
-           "before, start = rss(), time.perf_counter()\n"
+BASELINE = (
+    "rss = lambda: int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) // 1024\n"
+    "before, start = rss(), time.perf_counter()\n"
+)
 REPORT = "print(f'read in {time.perf_counter() - start:.2f} s, +{rss() - before} MB over the imports', outcome)"
 READERS = {
     "GGUFReader": "reader = gguf.GGUFReader(path); [field.contents() for field in reader.fields.values()]\n"
-                  "outcome = 'read'\n",
+    "outcome = 'read'\n",
     "twin": "try:\n    tokenizer_from_gguf(path); outcome = 'read'\nexcept Exception as error:\n"
-            "    outcome = f'refused: {error}'\n",
+    "    outcome = f'refused: {error}'\n",
 }
 
 
@@ -41,8 +44,16 @@ def many_tokens_gguf(folder: Path, tokens: int) -> Path:
     from model.gguf import gguf_tensor_names
     from model.transformer import ModelConfig, Transformer
 
-    config = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, model_type="llama", tie_word_embeddings=True)
+    config = ModelConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        model_type="llama",
+        tie_word_embeddings=True,
+    )
     path = folder / f"{tokens}-tokens.gguf"
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_block_count(2), writer.add_context_length(512), writer.add_embedding_length(64)
@@ -64,13 +75,15 @@ def measure(code: str, path: Path, timeout: float) -> str:
     """Seconds and peak resident memory (VmHWM, read while it runs) of a fresh process that runs `code`."""
     script = f"import sys; sys.path.insert(0, {str(ROOT)!r}); path = {str(path)!r}\n{IMPORTS}{BASELINE}{code}{REPORT}"
     start, peak_kb = time.perf_counter(), 0
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     while process.poll() is None and time.perf_counter() - start < timeout:
         try:
             status = Path(f"/proc/{process.pid}/status").read_text()
-            peak_kb = max([peak_kb, *(int(line.split()[1]) for line in status.splitlines()
-                                      if line.startswith("VmHWM"))])
+            peak_kb = max(
+                [peak_kb, *(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))]
+            )
         except (OSError, ValueError):  # it ended between the poll and the read
             pass
         time.sleep(0.05)

@@ -7,6 +7,7 @@ then loads it in a fresh process per loader, touches every weight page (a loader
 memory-mapped and unread), and reports each process's peak resident memory above its baseline
 (Python with the loader imported), against the size of the weights.
 """
+
 import argparse
 import json
 import subprocess
@@ -20,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LOADERS = {
     "twin": "from model import load_model; model = load_model(path, dtype=torch.bfloat16)",
-    "transformers": ("import transformers; model = transformers.AutoModelForCausalLM.from_pretrained("
-                     "path, dtype=torch.bfloat16)"),
+    "transformers": (
+        "import transformers; model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)"
+    ),
 }
 
 MEASURE = """
@@ -45,10 +47,17 @@ print(baseline, peak, sum(p.numel() for p in model.parameters()))
 
 
 def write_checkpoint(directory: Path, layers: int) -> int:
-    from model.transformer import Transformer, ModelConfig
+    from model.transformer import ModelConfig, Transformer
 
-    config = ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
-                           num_attention_heads=32, num_key_value_heads=4, sliding_window=4096)
+    config = ModelConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        sliding_window=4096,
+    )
     with torch.device("meta"):
         shapes = {n: p.shape for n, p in Transformer(config).named_parameters()}
     state = {n: torch.randn(s, dtype=torch.bfloat16) * 0.02 for n, s in shapes.items()}
@@ -62,8 +71,9 @@ def write_checkpoint(directory: Path, layers: int) -> int:
 def measure(name: str, path: Path) -> tuple[float, float, int]:
     # Import the loader's library before the baseline, so the figure is what loading itself costs.
     imports = "import model" if name == "twin" else "import transformers, transformers.models.mistral.modeling_mistral"
-    script = MEASURE.format(root=str(Path(__file__).resolve().parents[1]), path=str(path),
-                            imports=imports, load=LOADERS[name])
+    script = MEASURE.format(
+        root=str(Path(__file__).resolve().parents[1]), path=str(path), imports=imports, load=LOADERS[name]
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     baseline, peak, params = out.stdout.split()
     return float(baseline), float(peak), int(params)
@@ -82,11 +92,14 @@ def main():
     for name in LOADERS:
         baseline, peak, params = measure(name, directory)
         results[name] = peak - baseline
-        print(f"{name:>12}: {params / 1e9:.2f}B parameters, peak RSS {peak:.0f} MiB, baseline {baseline:.0f} MiB, "
-              f"loading cost {peak - baseline:.0f} MiB = {(peak - baseline) / weights_mb:.3f}x the weights")
+        print(
+            f"{name:>12}: {params / 1e9:.2f}B parameters, peak RSS {peak:.0f} MiB, baseline {baseline:.0f} MiB, "
+            f"loading cost {peak - baseline:.0f} MiB = {(peak - baseline) / weights_mb:.3f}x the weights"
+        )
     print(f"ratio twin/transformers loading cost: {results['twin'] / results['transformers']:.2f}")
     if not args.keep:
         import shutil
+
         shutil.rmtree(directory)
 
 

@@ -15,6 +15,7 @@ Memory is each worker's own: the peak resident set while stepping (the high-wate
 once the model is loaded, so the loader's transient peak does not count) minus the resident set
 after imports, i.e. weights + adapters + gradients + optimizer state + activations.
 """
+
 import argparse
 import functools
 import json
@@ -41,12 +42,16 @@ from model.transformer import ModelConfig, Transformer  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LEARNING_RATE, GRAD_CLIP = 2e-4, 1.0
 # What each side imports before its baseline is taken, so the memory figure is what training costs.
-SIDE_IMPORTS = {"twin": ["lora", "model", "training"], "twin-nf4": ["lora", "model", "training"],
-                "peer": ["peft", "transformers", "transformers.models.mistral.modeling_mistral"]}
+SIDE_IMPORTS = {
+    "twin": ["lora", "model", "training"],
+    "twin-nf4": ["lora", "model", "training"],
+    "peer": ["peft", "transformers", "transformers.models.mistral.modeling_mistral"],
+}
 SIDE_NAMES = {"twin": "twin", "twin-nf4": "twin, NF4 base", "peer": "transformers+PEFT"}
 
 
 # -- memory of this process, from /proc (Linux) ------------------------------------------------------
+
 
 def status_mib(field: str) -> float:
     for line in open("/proc/self/status"):
@@ -62,6 +67,7 @@ def reset_peak_memory() -> None:
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
+
 
 def write_random_checkpoint(directory: Path, config: ModelConfig, dtype: torch.dtype, seed: int = 0) -> int:
     """A Hugging Face style checkpoint of random weights, one safetensors shard per decoder layer, so
@@ -112,9 +118,10 @@ def packed_batch(vocab_size: int, seq_len: int, micro_batch: int, seed: int = 0)
 
 # -- the two trainers: each returns a function that runs one step and returns its mean loss ----------
 
+
 def twin_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict, quantize: str | None = None):
-    from model.lora import apply_lora
     from model import load_model
+    from model.lora import apply_lora
     from training.loop import make_optimizer, train_step
 
     model = load_model(checkpoint, dtype=dtype, quantize=quantize)
@@ -137,8 +144,16 @@ def peer_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: 
     transformers.logging.disable_progress_bar()
     model = transformers.MistralForCausalLM.from_pretrained(checkpoint, dtype=dtype, attn_implementation="sdpa")
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model = peft.get_peft_model(model, peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                       target_modules=list(lora.targets), task_type="CAUSAL_LM"))
+    model = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.targets),
+            task_type="CAUSAL_LM",
+        ),
+    )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
@@ -147,21 +162,24 @@ def peer_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: 
 
     def step() -> float:
         # Packed rows: transformers finds the sessions from the position ids restarting at 0.
-        loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=labels,
-                     use_cache=False).loss
+        loss = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=labels, use_cache=False
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
+
     return step
 
 
 TRAINERS = {"twin": twin_trainer, "twin-nf4": functools.partial(twin_trainer, quantize="nf4"), "peer": peer_trainer}
 
 
-def worker(side: str, checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict,
-           threads: int, connection) -> None:
+def worker(
+    side: str, checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict, threads: int, connection
+) -> None:
     """Load, then run a step each time the parent sends "step"; on "done", send the memory figures."""
     import importlib
 
@@ -198,15 +216,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, sliding_window=4096)
+    return ModelConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        sliding_window=4096,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16",
-                        help="weights and compute (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="weights and compute (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: %(default)s)")
     parser.add_argument("--micro-batch", type=int, default=4, help="rows per step (default: %(default)s)")
@@ -226,14 +249,19 @@ def main():
     with tempfile.TemporaryDirectory(prefix="twin-bench-lora-") as directory:
         weights_mib = write_random_checkpoint(Path(directory), config, dtype) / 2**20
         params = weights_mib * 2**20 / dtype.itemsize / 1e6
-        print(f"model: {params:.0f}M parameters ({weights_mib:.0f} MiB, {args.dtype}), hidden {config.hidden_size}, "
-              f"{config.num_hidden_layers} layers, GQA {config.num_attention_heads}/{config.num_key_value_heads}, "
-              f"vocab {config.vocab_size}")
-        print(f"step: {args.micro_batch} x {args.seq_len} packed tokens ({trained} trained), LoRA r={lora.r} "
-              f"alpha={lora.alpha:g} dropout={lora.dropout} on {','.join(lora.targets)}, activation checkpointing, "
-              f"AdamW, {args.threads} threads")
-        workers = {side: start_worker(side, Path(directory), dtype, lora, batch, args.threads)
-                   for side in ("twin", "peer")}
+        print(
+            f"model: {params:.0f}M parameters ({weights_mib:.0f} MiB, {args.dtype}), hidden {config.hidden_size}, "
+            f"{config.num_hidden_layers} layers, GQA {config.num_attention_heads}/{config.num_key_value_heads}, "
+            f"vocab {config.vocab_size}"
+        )
+        print(
+            f"step: {args.micro_batch} x {args.seq_len} packed tokens ({trained} trained), LoRA r={lora.r} "
+            f"alpha={lora.alpha:g} dropout={lora.dropout} on {','.join(lora.targets)}, activation checkpointing, "
+            f"AdamW, {args.threads} threads"
+        )
+        workers = {
+            side: start_worker(side, Path(directory), dtype, lora, batch, args.threads) for side in ("twin", "peer")
+        }
         for _, connection in workers.values():
             assert connection.recv() == "ready"
         seconds, losses = {side: [] for side in workers}, {side: [] for side in workers}
@@ -245,10 +273,15 @@ def main():
                 losses[side].append(loss)
                 if round_number >= args.warmup:
                     seconds[side].append(step_seconds)
-            print(f"  round {round_number + 1}/{args.warmup + args.steps}: " + ", ".join(
-                f"{SIDE_NAMES[side]} {losses[side][-1]:.4f} loss" + (
-                    f" {seconds[side][-1]:.2f} s" if round_number >= args.warmup else " (warmup)")
-                for side in workers), flush=True)
+            print(
+                f"  round {round_number + 1}/{args.warmup + args.steps}: "
+                + ", ".join(
+                    f"{SIDE_NAMES[side]} {losses[side][-1]:.4f} loss"
+                    + (f" {seconds[side][-1]:.2f} s" if round_number >= args.warmup else " (warmup)")
+                    for side in workers
+                ),
+                flush=True,
+            )
         memory = {}
         for side, (process, connection) in workers.items():
             connection.send("done")
@@ -257,15 +290,19 @@ def main():
 
     total = {side: memory[side]["peak"] - memory[side]["baseline"] for side in workers}
     above_weights = {side: total[side] - weights_mib for side in workers}
-    rows = [("tokens/s (median step)", {side: tokens / statistics.median(s) for side, s in seconds.items()}, "{:,.0f}"),
-            ("tokens/s (fastest step)", {side: tokens / min(s) for side, s in seconds.items()}, "{:,.0f}"),
-            ("peak memory (MiB)", total, "{:,.0f}"),
-            (f"  of it beyond the {weights_mib:,.0f} MiB of weights", above_weights, "{:,.0f}"),
-            ("first-step loss", {side: losses[side][0] for side in workers}, "{:.4f}")]
+    rows = [
+        ("tokens/s (median step)", {side: tokens / statistics.median(s) for side, s in seconds.items()}, "{:,.0f}"),
+        ("tokens/s (fastest step)", {side: tokens / min(s) for side, s in seconds.items()}, "{:,.0f}"),
+        ("peak memory (MiB)", total, "{:,.0f}"),
+        (f"  of it beyond the {weights_mib:,.0f} MiB of weights", above_weights, "{:,.0f}"),
+        ("first-step loss", {side: losses[side][0] for side in workers}, "{:.4f}"),
+    ]
     print(f"\n{'':40}{'twin':>12}{SIDE_NAMES['peer']:>20}{'twin/peer':>12}")
     for label, figures, form in rows:
-        print(f"{label:40}{form.format(figures['twin']):>12}{form.format(figures['peer']):>20}"
-              f"{figures['twin'] / figures['peer']:>11.2f}x")
+        print(
+            f"{label:40}{form.format(figures['twin']):>12}{form.format(figures['peer']):>20}"
+            f"{figures['twin'] / figures['peer']:>11.2f}x"
+        )
 
 
 if __name__ == "__main__":

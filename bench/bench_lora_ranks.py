@@ -18,6 +18,7 @@ multiplies the per-layer figure by its number of layers and by the ratio of its 
 the 7B's, adds its embedding and LM head (bf16) divided by the ranks, and grows the kept part by two
 gathered layers (the one computing and the one prefetched) at the larger layer's size.
 """
+
 import argparse
 import os
 import shutil
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_lora import write_random_checkpoint  # noqa: E402
 from bench_lora_memory import DOLPHIN_7B  # noqa: E402
+
 from model.transformer import ModelConfig  # noqa: E402
 
 MIB = 2**20
@@ -40,10 +42,22 @@ BYTES_PER_WEIGHT = {"bf16": 2, "nf4": 4.125 / 8}
 SMALL = replace(DOLPHIN_7B, hidden_size=256, intermediate_size=896, num_attention_heads=8, num_key_value_heads=2)
 # What the figures are projected to: (name, layer shapes, layers, vocabulary, ranks, memory per rank in GiB).
 TARGETS = (
-    ("Llama-3-70B", ModelConfig(hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
-                                num_key_value_heads=8), 80, 128256, 2, 24),
-    ("Llama-3-8B", ModelConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                               num_key_value_heads=8), 32, 128256, 8, 24),
+    (
+        "Llama-3-70B",
+        ModelConfig(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8),
+        80,
+        128256,
+        2,
+        24,
+    ),
+    (
+        "Llama-3-8B",
+        ModelConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8),
+        32,
+        128256,
+        8,
+        24,
+    ),
 )
 
 
@@ -66,8 +80,14 @@ def wait_for_memory(needed_mib: float, patience_s: int = 1200) -> None:
     """On a shared machine: start a run only while the memory it needs is available, waiting a while
     for it, so that the measurement never pushes the machine out of memory."""
     for _ in range(patience_s // 10):
-        available = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                             if line.startswith("MemAvailable")).split()[1]) / 1024
+        available = (
+            int(
+                next(
+                    line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable")
+                ).split()[1]
+            )
+            / 1024
+        )
         if available >= needed_mib:
             return
         time.sleep(10)
@@ -76,12 +96,44 @@ def wait_for_memory(needed_mib: float, patience_s: int = 1200) -> None:
 
 def peak_per_rank(model: Path, out: Path, ranks: int, quantize: bool, seq_len: int) -> float:
     """The highest of the ranks' peak resident memory in MiB over one `train.py --lora` step."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               "train.py", "--lora", "--model", str(model), "--data", "examples/telegram_export", "--out", str(out),
-               "--seq-len", str(seq_len), "--micro-batch", "1", "--batch", str(ranks), "--max-steps", "1",
-               "--dtype", "bf16", "--activation-checkpointing", "--eval-every", "0", "--save-every", "0",
-               "--val-fraction", "0", "--no-eval-report", "--lora-r", "32", "--threads", "1",
-               *(["--quantize", "nf4"] if quantize else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "train.py",
+        "--lora",
+        "--model",
+        str(model),
+        "--data",
+        "examples/telegram_export",
+        "--out",
+        str(out),
+        "--seq-len",
+        str(seq_len),
+        "--micro-batch",
+        "1",
+        "--batch",
+        str(ranks),
+        "--max-steps",
+        "1",
+        "--dtype",
+        "bf16",
+        "--activation-checkpointing",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--val-fraction",
+        "0",
+        "--no-eval-report",
+        "--lora-r",
+        "32",
+        "--threads",
+        "1",
+        *(["--quantize", "nf4"] if quantize else []),
+    ]
     # Blocks of 128 KiB or more go back to the system when freed, so the resident set follows the live
     # tensors as a GPU's memory does (bench_lora_memory.py explains why).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
@@ -94,10 +146,14 @@ def peak_per_rank(model: Path, out: Path, ranks: int, quantize: bool, seq_len: i
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", default="1,2", help="the two decoder layer counts measured (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=32, help="tokens of the row each rank trains on "
-                        "(default: %(default)s)")
-    parser.add_argument("--small", action="store_true", help="hidden 256 instead of the 7B's shapes: a check that "
-                        "the script runs, in a minute")
+    parser.add_argument(
+        "--seq-len", type=int, default=32, help="tokens of the row each rank trains on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="hidden 256 instead of the 7B's shapes: a check that the script runs, in a minute",
+    )
     args = parser.parse_args()
     layer_counts = [int(n) for n in args.layers.split(",")]
     shapes = SMALL if args.small else DOLPHIN_7B
@@ -115,14 +171,19 @@ def main():
                     weights_mib = sum(f.stat().st_size for f in model.glob("*.safetensors")) / MIB
                     wait_for_memory(weights_mib + ranks * 1536)
                     figures[setting, ranks, layers] = peak_per_rank(model, out, ranks, setting == "nf4", args.seq_len)
-                    print(f"{layers} layers, {setting}, {ranks} rank(s): peak {figures[setting, ranks, layers]:,.0f} "
-                          f"MiB per rank", flush=True)
+                    print(
+                        f"{layers} layers, {setting}, {ranks} rank(s): peak {figures[setting, ranks, layers]:,.0f} "
+                        f"MiB per rank",
+                        flush=True,
+                    )
                     shutil.rmtree(out)
             shutil.rmtree(model)
 
     few, more = layer_counts
-    print(f"\n{'hidden ' + str(shapes.hidden_size)} layer shapes, seq {args.seq_len}, LoRA r 32 on q,k,v,o,gate, "
-          f"bf16 compute, activation checkpointing; peak resident memory per rank, MiB")
+    print(
+        f"\n{'hidden ' + str(shapes.hidden_size)} layer shapes, seq {args.seq_len}, LoRA r 32 on q,k,v,o,gate, "
+        f"bf16 compute, activation checkpointing; peak resident memory per rank, MiB"
+    )
     print(f"{'setting':8}{'ranks':>6}{f'{few} layers':>10}{f'{more} layers':>10}{'per layer':>11}{'fixed':>9}")
     per_layer, fixed = {}, {}
     for setting in ("bf16", "nf4"):
@@ -130,10 +191,14 @@ def main():
             low, high = figures[setting, ranks, few], figures[setting, ranks, more]
             per_layer[setting, ranks] = (high - low) / (more - few)
             fixed[setting, ranks] = low - few * per_layer[setting, ranks]
-            print(f"{setting:8}{ranks:>6}{low:>10,.0f}{high:>10,.0f}{per_layer[setting, ranks]:>11,.1f}"
-                  f"{fixed[setting, ranks]:>9,.0f}")
-        print(f"{'':8}2 ranks / 1: per layer {per_layer[setting, 2] / per_layer[setting, 1]:.2f}x, "
-              f"at {more} layers {figures[setting, 2, more] / figures[setting, 1, more]:.2f}x")
+            print(
+                f"{setting:8}{ranks:>6}{low:>10,.0f}{high:>10,.0f}{per_layer[setting, ranks]:>11,.1f}"
+                f"{fixed[setting, ranks]:>9,.0f}"
+            )
+        print(
+            f"{'':8}2 ranks / 1: per layer {per_layer[setting, 2] / per_layer[setting, 1]:.2f}x, "
+            f"at {more} layers {figures[setting, 2, more] / figures[setting, 1, more]:.2f}x"
+        )
 
     print("\nprojected (per rank = kept + divided / ranks, from the 1- and 2-rank figures):")
     base_layer = layer_parameters(shapes)
@@ -150,9 +215,11 @@ def main():
             # Kept whole on every rank: the gathered layer and the one FSDP2 prefetches, at the larger shapes.
             rest += (scale - 1) * 2 * base_layer * BYTES_PER_WEIGHT[setting] / MIB
             total = layers * layer_mib + edges + max(rest, 0.0)
-            print(f"  {name} on {ranks} ranks, {setting}: {layers} layers x {layer_mib:,.0f} MiB + embedding and head "
-                  f"{edges:,.0f} MiB + the rest {max(rest, 0.0):,.0f} MiB = {total / 1024:,.1f} GiB per rank "
-                  f"({'fits' if total / 1024 <= budget else 'does not fit'} {budget} GiB)")
+            print(
+                f"  {name} on {ranks} ranks, {setting}: {layers} layers x {layer_mib:,.0f} MiB + embedding and head "
+                f"{edges:,.0f} MiB + the rest {max(rest, 0.0):,.0f} MiB = {total / 1024:,.1f} GiB per rank "
+                f"({'fits' if total / 1024 <= budget else 'does not fit'} {budget} GiB)"
+            )
 
 
 if __name__ == "__main__":

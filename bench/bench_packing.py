@@ -6,6 +6,7 @@ Uses Mistral-7B-v0.1's SentencePiece model (from the mistral-common wheel) with 
 tokens, the default model's tokenizer. A row's fill is its real tokens over its length; the peer puts
 each training session (or piece of one) in a row of its own, padded to the row length, as a padded batch does.
 """
+
 import argparse
 import sys
 import tempfile
@@ -33,9 +34,11 @@ def main():
         # A session longer than a row is cut into pieces, each a document of its own in its row.
         pieces = int(sum(rows.document_ids[row, length - 1] + 1 for row, length in enumerate(rows.lengths)))
         padded = tokens / (pieces * seq_len)
-        print(f"seq {seq_len:>4}: {len(data.train_sessions)} training sessions in {pieces} pieces, {tokens:,} tokens;"
-              f" packed {len(rows)} rows {rows.utilization:.1%} full, one piece a row {pieces} rows "
-              f"{padded:.1%} full ({rows.utilization / padded:.1f}x)")
+        print(
+            f"seq {seq_len:>4}: {len(data.train_sessions)} training sessions in {pieces} pieces, {tokens:,} tokens;"
+            f" packed {len(rows)} rows {rows.utilization:.1%} full, one piece a row {pieces} rows "
+            f"{padded:.1%} full ({rows.utilization / padded:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

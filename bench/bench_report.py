@@ -13,6 +13,7 @@ at a few batch sizes, from which the time at other reply lengths follows. Random
 the next token's probability flat, so top-p sampling sorts the whole vocabulary at every token (a
 trained model's nucleus lies among its 512 likeliest tokens): the whole report's time is an upper bound.
 """
+
 import argparse
 import statistics
 import subprocess
@@ -27,17 +28,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.device import DTYPES  # noqa: E402
-from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
 from model import save_model  # noqa: E402
+from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
 from model.transformer import KVCache, ModelConfig, Transformer  # noqa: E402
-from tests.helpers import random_model  # noqa: E402
 from tests.conftest import write_dolphin_tokenizer_dir  # noqa: E402
+from tests.helpers import random_model  # noqa: E402
 
 # SmolLM2-135M's shape, with the vocabulary of the tokenizer at hand (Dolphin's 32,002 ids, not 49,152):
 # 125M parameters.
-SMOLLM2_135M = ModelConfig(vocab_size=32002, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                             sliding_window=None, tie_word_embeddings=True, model_type="llama", rope_theta=100000.0)
+SMOLLM2_135M = ModelConfig(
+    vocab_size=32002,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    sliding_window=None,
+    tie_word_embeddings=True,
+    model_type="llama",
+    rope_theta=100000.0,
+)
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -78,14 +89,18 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=32, help="per speaker (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
     parser.add_argument("--batches", default="1,4,8,16,32", help="batch sizes the model alone is timed at")
-    parser.add_argument("--before", metavar="COMMIT", help="also time evaluate.py of this commit (its files, from git archive), "
-                        "same flags, and print the ratio")
+    parser.add_argument(
+        "--before",
+        metavar="COMMIT",
+        help="also time evaluate.py of this commit (its files, from git archive), same flags, and print the ratio",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         tokenizer_dir = write_dolphin_tokenizer_dir(directory / "tokenizer")
         from model.tokenizer import Tokenizer
+
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
         model = random_model(SMOLLM2_135M)
         print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, SmolLM2-135M's shape")
@@ -95,13 +110,36 @@ def main() -> None:
         model.eval()
         for batch in map(int, args.batches.split(",")):
             prefill, step = step_costs(model.to(DTYPES[args.dtype]), batch)
-            print(f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
-                  f"{step * 1000:.0f} ms")
-        flags = ["--model", str(directory / "model"), "--adapter", str(directory / "adapter"),
-                 "--data", str(ROOT / "examples" / "telegram_export"), "--val-fraction", str(args.val_fraction),
-                 "--split", args.split, "--seq-len", "256", "--max-new-tokens", str(args.max_new_tokens),
-                 "--sample-batch", str(args.sample_batch), "--contexts", str(args.contexts), "--device", "cpu",
-                 "--dtype", args.dtype, "--threads", str(args.threads)]
+            print(
+                f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
+                f"{step * 1000:.0f} ms"
+            )
+        flags = [
+            "--model",
+            str(directory / "model"),
+            "--adapter",
+            str(directory / "adapter"),
+            "--data",
+            str(ROOT / "examples" / "telegram_export"),
+            "--val-fraction",
+            str(args.val_fraction),
+            "--split",
+            args.split,
+            "--seq-len",
+            "256",
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--sample-batch",
+            str(args.sample_batch),
+            "--contexts",
+            str(args.contexts),
+            "--device",
+            "cpu",
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+        ]
         trees = {"this tree": ROOT}
         if args.before:
             trees[args.before] = directory / "before"
@@ -111,13 +149,19 @@ def main() -> None:
         seconds = {}
         for name, tree in trees.items():
             started = time.perf_counter()
-            subprocess.run([sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
-                           check=True, cwd=tree)
+            subprocess.run(
+                [sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
+                check=True,
+                cwd=tree,
+            )
             seconds[name] = time.perf_counter() - started
-            print(f"whole report, {name} (evaluate.py, --max-new-tokens {args.max_new_tokens}, "
-                  f"--contexts {args.contexts}): {seconds[name]:.1f} s")
+            print(
+                f"whole report, {name} (evaluate.py, --max-new-tokens {args.max_new_tokens}, "
+                f"--contexts {args.contexts}): {seconds[name]:.1f} s"
+            )
         if args.before:
             print(f"ratio {args.before} / this tree: {seconds[args.before] / seconds['this tree']:.2f}x")
+
 
 if __name__ == "__main__":
     main()

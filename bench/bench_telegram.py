@@ -7,6 +7,7 @@ Writes a synthetic export of about --size-mb MB to a temporary folder, then conv
 generator's own memory does not count). The budget is 90 s and 5 GB for 700 MB on 2 cores.
 --baseline also measures plain json.loads of the same file, the approach the streaming reader avoids.
 """
+
 import argparse
 import json
 import multiprocessing
@@ -20,9 +21,38 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-WORDS = ("ok", "sure", "tomorrow", "lunch", "meeting", "ахах", "давай", "завтра", "норм", "го",
-         "the", "train", "is", "late", "again", "😂", "👍", "🔥", "link", "photo", "where", "are",
-         "you", "привет", "как", "дела", "weekend", "plans", "coffee", "))")
+WORDS = (
+    "ok",
+    "sure",
+    "tomorrow",
+    "lunch",
+    "meeting",
+    "ахах",
+    "давай",
+    "завтра",
+    "норм",
+    "го",
+    "the",
+    "train",
+    "is",
+    "late",
+    "again",
+    "😂",
+    "👍",
+    "🔥",
+    "link",
+    "photo",
+    "where",
+    "are",
+    "you",
+    "привет",
+    "как",
+    "дела",
+    "weekend",
+    "plans",
+    "coffee",
+    "))",
+)
 
 
 def _message_texts(rng: random.Random, count: int) -> list[str]:
@@ -39,27 +69,37 @@ def _message_texts(rng: random.Random, count: int) -> list[str]:
 
 def _message(rng: random.Random, texts: list[str], number: int, unixtime: int, person: int) -> str:
     date = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unixtime))
-    head = (f'    {{\n     "id": {number},\n     "type": "message",\n     "date": "{date}",\n'
-            f'     "date_unixtime": "{unixtime}",\n     "from": "Person {person}",\n'
-            f'     "from_id": "user{person}",\n')
+    head = (
+        f'    {{\n     "id": {number},\n     "type": "message",\n     "date": "{date}",\n'
+        f'     "date_unixtime": "{unixtime}",\n     "from": "Person {person}",\n'
+        f'     "from_id": "user{person}",\n'
+    )
     roll = rng.random()
     if roll < 0.05:
-        return head + ('     "file": "(File not included. Change data exporting settings to '
-                       'download.)",\n     "media_type": "sticker",\n     "sticker_emoji": "😂",\n'
-                       '     "text": "",\n     "text_entities": []\n    }')
+        return head + (
+            '     "file": "(File not included. Change data exporting settings to '
+            'download.)",\n     "media_type": "sticker",\n     "sticker_emoji": "😂",\n'
+            '     "text": "",\n     "text_entities": []\n    }'
+        )
     if roll < 0.08:
-        return head + ('     "photo": "(File not included. Change data exporting settings to '
-                       'download.)",\n     "width": 1280,\n     "height": 960,\n     "text": "",\n'
-                       '     "text_entities": []\n    }')
+        return head + (
+            '     "photo": "(File not included. Change data exporting settings to '
+            'download.)",\n     "width": 1280,\n     "height": 960,\n     "text": "",\n'
+            '     "text_entities": []\n    }'
+        )
     text = rng.choice(texts)
     if roll < 0.12:
-        return head + (f'     "text": [\n      {text},\n      {{\n       "type": "link",\n'
-                       f'       "text": "https://example.com/{number}"\n      }}\n     ],\n'
-                       f'     "text_entities": [\n      {{\n       "type": "plain",\n'
-                       f'       "text": {text}\n      }},\n      {{\n       "type": "link",\n'
-                       f'       "text": "https://example.com/{number}"\n      }}\n     ]\n    }}')
-    return head + (f'     "text": {text},\n     "text_entities": [\n      {{\n'
-                   f'       "type": "plain",\n       "text": {text}\n      }}\n     ]\n    }}')
+        return head + (
+            f'     "text": [\n      {text},\n      {{\n       "type": "link",\n'
+            f'       "text": "https://example.com/{number}"\n      }}\n     ],\n'
+            f'     "text_entities": [\n      {{\n       "type": "plain",\n'
+            f'       "text": {text}\n      }},\n      {{\n       "type": "link",\n'
+            f'       "text": "https://example.com/{number}"\n      }}\n     ]\n    }}'
+        )
+    return head + (
+        f'     "text": {text},\n     "text_entities": [\n      {{\n'
+        f'       "type": "plain",\n       "text": {text}\n      }}\n     ]\n    }}'
+    )
 
 
 def generate_export(path: Path, size_mb: int, seed: int = 0) -> int:
@@ -70,14 +110,19 @@ def generate_export(path: Path, size_mb: int, seed: int = 0) -> int:
     written = messages = 0
     chat_types = ["personal_chat"] * 6 + ["private_group", "private_supergroup", "public_channel"]
     with open(path, "w", encoding="utf-8") as file:
-        file.write('{\n "about": "Synthetic export for bench_telegram.py",\n'
-                   ' "personal_information": {\n  "user_id": 1,\n  "first_name": "Person",\n'
-                   '  "last_name": "1"\n },\n "chats": {\n  "about": "",\n  "list": [\n')
+        file.write(
+            '{\n "about": "Synthetic export for bench_telegram.py",\n'
+            ' "personal_information": {\n  "user_id": 1,\n  "first_name": "Person",\n'
+            '  "last_name": "1"\n },\n "chats": {\n  "about": "",\n  "list": [\n'
+        )
         chat = 0
         while written < target_bytes:
             chat_type = rng.choice(chat_types)
-            people = [1, rng.randint(2, 10_000)] if chat_type == "personal_chat" else \
-                [1] + [rng.randint(2, 10_000) for _ in range(rng.randint(3, 30))]
+            people = (
+                [1, rng.randint(2, 10_000)]
+                if chat_type == "personal_chat"
+                else [1] + [rng.randint(2, 10_000) for _ in range(rng.randint(3, 30))]
+            )
             # Chat sizes vary a lot; the first chat is a huge one, like a busy family group.
             count = int(0.3 * target_bytes / 500) if chat == 0 else rng.randint(100, 20_000)
             unixtime = 1_600_000_000 + rng.randint(0, 10_000_000)
@@ -85,14 +130,17 @@ def generate_export(path: Path, size_mb: int, seed: int = 0) -> int:
             for number in range(count):
                 unixtime += rng.choice((5, 15, 30, 60, 90, 120, 240, 1200, 7200, 86_400))
                 parts.append(_message(rng, texts, number, unixtime, rng.choice(people)))
-            block = (("" if chat == 0 else ",\n") + f'   {{\n    "name": "Chat {chat}",\n'
-                     f'    "type": "{chat_type}",\n    "id": {chat + 100},\n    "messages": [\n'
-                     + ",\n".join(parts) + "\n    ]\n   }")
+            block = (
+                ("" if chat == 0 else ",\n") + f'   {{\n    "name": "Chat {chat}",\n'
+                f'    "type": "{chat_type}",\n    "id": {chat + 100},\n    "messages": [\n'
+                + ",\n".join(parts)
+                + "\n    ]\n   }"
+            )
             file.write(block)
             written += len(block.encode())
             messages += count
             chat += 1
-        file.write('\n  ]\n }\n}\n')
+        file.write("\n  ]\n }\n}\n")
     return messages
 
 
@@ -107,11 +155,13 @@ def measure(command: list[str], log: Path) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=700, help="size of the synthetic export")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also measure json.loads of the whole file, for comparison")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also measure json.loads of the whole file, for comparison"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -121,25 +171,28 @@ def main() -> None:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             messages = pool.apply(generate_export, (folder / "result.json", args.size_mb))
         size = (folder / "result.json").stat().st_size
-        print(f"generated {size / 1e6:.0f} MB, {messages:,} messages "
-              f"in {time.perf_counter() - start:.0f} s")
+        print(f"generated {size / 1e6:.0f} MB, {messages:,} messages in {time.perf_counter() - start:.0f} s")
 
         seconds, peak_gb, status = measure(
             # --months 0 keeps every message: the worst case, as nothing is dropped early.
-            [sys.executable, "-m", "data.telegram", str(folder), "-o", str(folder / "s.jsonl"),
-             "--months", "0"],
-            folder / "convert.log")
+            [sys.executable, "-m", "data.telegram", str(folder), "-o", str(folder / "s.jsonl"), "--months", "0"],
+            folder / "convert.log",
+        )
         print((folder / "convert.log").read_text().rstrip())
-        print(f"conversion: {seconds:.1f} s, peak RSS {peak_gb:.2f} GB, exit status {status} "
-              f"(budget for 700 MB: 90 s, 5 GB)")
+        print(
+            f"conversion: {seconds:.1f} s, peak RSS {peak_gb:.2f} GB, exit status {status} "
+            f"(budget for 700 MB: 90 s, 5 GB)"
+        )
 
         if args.baseline:
-            load = ("import sys; from data.telegram import repair_hex_escapes as r; import json; "
-                    "json.loads(r(open(sys.argv[1], encoding='utf-8').read()))")
+            load = (
+                "import sys; from data.telegram import repair_hex_escapes as r; import json; "
+                "json.loads(r(open(sys.argv[1], encoding='utf-8').read()))"
+            )
             seconds, peak_gb, status = measure(
-                [sys.executable, "-c", load, str(folder / "result.json")], folder / "load.log")
-            print(f"baseline json.loads: {seconds:.1f} s, peak RSS {peak_gb:.2f} GB, "
-                  f"exit status {status}")
+                [sys.executable, "-c", load, str(folder / "result.json")], folder / "load.log"
+            )
+            print(f"baseline json.loads: {seconds:.1f} s, peak RSS {peak_gb:.2f} GB, exit status {status}")
 
 
 if __name__ == "__main__":

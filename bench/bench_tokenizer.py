@@ -6,6 +6,7 @@ Uses Mistral-7B-v0.1's SentencePiece model (from the mistral-common wheel) with 
 tokens, and the bundled sample export rendered as ChatML text, repeated. Both sides must give the
 same ids; the script checks that before timing.
 """
+
 import argparse
 import statistics
 import sys
@@ -19,8 +20,12 @@ sys.path.insert(0, str(ROOT))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=40, help="copies of the sample's sessions to encode (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side; the median is reported (default: %(default)s)")
+    parser.add_argument(
+        "--repeat", type=int, default=40, help="copies of the sample's sessions to encode (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds per side; the median is reported (default: %(default)s)"
+    )
     args = parser.parse_args()
 
     import transformers
@@ -38,7 +43,7 @@ def main():
     texts = [chat_format(ours).conversation(session.turns) for session in sessions] * args.repeat
     megabytes = sum(len(text.encode()) for text in texts) / 1e6
     encoders = {"twin": ours.encode, "transformers": lambda text: theirs.encode(text, add_special_tokens=False)}
-    assert all(encoders["twin"](t) == encoders["transformers"](t) for t in texts[:len(sessions)]), "ids differ"
+    assert all(encoders["twin"](t) == encoders["transformers"](t) for t in texts[: len(sessions)]), "ids differ"
 
     rates = {}
     for name, encode in encoders.items():

@@ -32,6 +32,7 @@ and the padding. Each side runs alone on the GPU in turn, and its peak memory is
 
 Prints a markdown table per section and writes every figure to the JSON file.
 """
+
 import argparse
 import gc
 import importlib.util
@@ -53,31 +54,68 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench_lora import write_random_checkpoint  # noqa: E402
+
+from core.run_folder import RunFolder  # noqa: E402
 from data.chatml import RenderedSession, split_to_fit  # noqa: E402
 from data.packing import pack  # noqa: E402
 from data.telegram import load_sessions  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX, chunked_cross_entropy  # noqa: E402
 from model.transformer import FLEX_ATTENTION_DEVICES, ModelConfig, Transformer  # noqa: E402
-from core.run_folder import RunFolder  # noqa: E402
 
-DOLPHIN_7B = ModelConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
-                           rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=32768)
-SMOKE = ModelConfig(vocab_size=32002, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, sliding_window=4096)
+DOLPHIN_7B = ModelConfig(
+    vocab_size=32002,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    sliding_window=4096,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_position_embeddings=32768,
+)
+SMOKE = ModelConfig(
+    vocab_size=32002,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    sliding_window=4096,
+)
 # Dense bf16 tensor-core peak in TFLOP/s (no sparsity), by a part of the device name; --peak-tflops overrides.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0,
-                    "RTX 4090": 165.2, "RTX 3090": 71.0, "L4": 121.0, "A10": 125.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A6000": 155.0,
+    "RTX 4090": 165.2,
+    "RTX 3090": 71.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
 # Memory bandwidth in TB/s as the makers give it, by a part of the device name (the first that matches;
 # the H100 is the SXM part's), --bandwidth-tbs overrides; elsewhere a large copy's rate stands in.
-BANDWIDTH_TBS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35, "A100-SXM4-80GB": 2.0, "A100 80GB": 2.0,
-                 "A100": 1.56, "RTX 4090": 1.0, "RTX 3090": 0.94, "L40S": 0.86, "A6000": 0.77}
+BANDWIDTH_TBS = {
+    "H200": 4.8,
+    "H100 PCIe": 2.0,
+    "H100": 3.35,
+    "A100-SXM4-80GB": 2.0,
+    "A100 80GB": 2.0,
+    "A100": 1.56,
+    "RTX 4090": 1.0,
+    "RTX 3090": 0.94,
+    "L40S": 0.86,
+    "A6000": 0.77,
+}
 LORA = LoRAConfig(r=32, alpha=16, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"))
 SAMPLE_EXPORT = REPO_ROOT / "examples" / "telegram_export"
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
+
 
 def load_tokenizer_for_bench(path: str | None):
     """Mistral's SentencePiece tokenizer with the ChatML tokens (Dolphin's ids 32000/32001)."""
@@ -118,8 +156,10 @@ def packed_batches(sessions: list[RenderedSession], seq_len: int, micro_batch: i
     batches = []
     for step in range(steps):
         chosen = slice(step * micro_batch, (step + 1) * micro_batch)
-        tensors = {name: torch.from_numpy(getattr(rows, name)[chosen]).long()
-                   for name in ("input_ids", "labels", "position_ids", "document_ids")}
+        tensors = {
+            name: torch.from_numpy(getattr(rows, name)[chosen]).long()
+            for name in ("input_ids", "labels", "position_ids", "document_ids")
+        }
         documents = []
         for positions, length in zip(rows.position_ids[chosen], rows.lengths[chosen]):
             starts = [i for i in range(length) if positions[i] == 0] + [int(length)]
@@ -131,10 +171,10 @@ def packed_batches(sessions: list[RenderedSession], seq_len: int, micro_batch: i
 def padded_batches(sessions: list[RenderedSession], micro_batch: int, steps: int, pad_id: int) -> list[Batch]:
     """transformers' usual input: a session per row, right-padded to the longest in its micro-batch,
     labels unshifted (transformers shifts them) and -100 on padding and untrained tokens."""
-    sessions = (sessions * math.ceil(steps * micro_batch / len(sessions)))[:steps * micro_batch]
+    sessions = (sessions * math.ceil(steps * micro_batch / len(sessions)))[: steps * micro_batch]
     batches = []
     for step in range(steps):
-        group = sessions[step * micro_batch:(step + 1) * micro_batch]
+        group = sessions[step * micro_batch : (step + 1) * micro_batch]
         width = max(len(s) for s in group)
         ids = torch.full((len(group), width), pad_id, dtype=torch.long)
         labels = torch.full((len(group), width), -100, dtype=torch.long)
@@ -158,6 +198,7 @@ def packed_as_transformers(batch: Batch) -> Batch:
 
 
 # -- FLOPs and figures ----------------------------------------------------------------------------------
+
 
 def forward_flops(config: ModelConfig, document_lengths: list[int]) -> float:
     """Matrix FLOPs of one forward pass over documents of these lengths: the weight products
@@ -197,24 +238,31 @@ def reset_memory(device: torch.device) -> None:
 def memory_figures(device: torch.device) -> dict:
     if device.type != "cuda":
         return {}
-    return {"peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+    return {
+        "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+    }
 
 
 # -- the LoRA step ---------------------------------------------------------------------------------------
+
 
 def random_weights(config: ModelConfig, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
     """One set of random weights, shared by both sides so that their first losses agree."""
     with torch.device("meta"):
         shapes = {name: p.shape for name, p in Transformer(config).named_parameters()}
     generator = torch.Generator(device=device).manual_seed(seed)
-    return {name: (torch.ones(shape, dtype=dtype, device=device) if name.endswith("norm.weight")
-                   else torch.randn(shape, dtype=dtype, device=device, generator=generator).mul_(0.02))
-            for name, shape in shapes.items()}
+    return {
+        name: (
+            torch.ones(shape, dtype=dtype, device=device)
+            if name.endswith("norm.weight")
+            else torch.randn(shape, dtype=dtype, device=device, generator=generator).mul_(0.02)
+        )
+        for name, shape in shapes.items()
+    }
 
 
-def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype,
-               attention: str = "sdpa"):
+def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
     """transformers' Mistral with these weights and this `attn_implementation`."""
     import transformers
 
@@ -242,14 +290,23 @@ def twin_lora_model(config: ModelConfig, weights: dict, device: torch.device, qu
     return model.train()
 
 
-def peer_lora_model(config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype,
-                    attention: str = "sdpa"):
+def peer_lora_model(
+    config: ModelConfig, weights: dict, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"
+):
     import peft
 
     model = peer_model(config, weights, device, dtype, attention)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = peft.get_peft_model(model, peft.LoraConfig(r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
-                                                       target_modules=list(LORA.targets), task_type="CAUSAL_LM"))
+    model = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=LORA.r,
+            lora_alpha=LORA.alpha,
+            lora_dropout=LORA.dropout,
+            target_modules=list(LORA.targets),
+            task_type="CAUSAL_LM",
+        ),
+    )
     return model.train()
 
 
@@ -267,8 +324,9 @@ def time_steps(step, batches: list[Batch], warmup: int, device: torch.device) ->
     return seconds, losses
 
 
-def lora_side(name: str, build, step_of, batches: list[Batch], args, device: torch.device, config,
-              peak: float | None) -> dict:
+def lora_side(
+    name: str, build, step_of, batches: list[Batch], args, device: torch.device, config, peak: float | None
+) -> dict:
     reset_memory(device)
     model = build()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -283,12 +341,16 @@ def lora_side(name: str, build, step_of, batches: list[Batch], args, device: tor
         return loss.item()
 
     seconds, losses = time_steps(step, batches, args.warmup, device)
-    timed = batches[args.warmup:]
+    timed = batches[args.warmup :]
     tokens = sum(b.real_tokens for b in timed)
     flops = 3 * sum(forward_flops(config, b.documents) for b in timed)
-    figures = {"side": name, "real_tokens_per_s": tokens / sum(seconds),
-               "step_seconds_median": statistics.median(seconds), "first_loss": losses[0],
-               **memory_figures(device)}
+    figures = {
+        "side": name,
+        "real_tokens_per_s": tokens / sum(seconds),
+        "step_seconds_median": statistics.median(seconds),
+        "first_loss": losses[0],
+        **memory_figures(device),
+    }
     if peak:
         figures["mfu"] = flops / sum(seconds) / (peak * 1e12)
     print(f"  {name}: {figures['real_tokens_per_s']:,.0f} real tokens/s", flush=True)
@@ -299,8 +361,9 @@ def lora_side(name: str, build, step_of, batches: list[Batch], args, device: tor
 
 def twin_step(model, batch: dict) -> torch.Tensor:
     labels = batch["labels"].long()
-    hidden = model.hidden_states(batch["input_ids"], position_ids=batch["position_ids"],
-                                 document_ids=batch["document_ids"])
+    hidden = model.hidden_states(
+        batch["input_ids"], position_ids=batch["position_ids"], document_ids=batch["document_ids"]
+    )
     loss_sum = chunked_cross_entropy(hidden, model.lm_head, labels)
     return loss_sum / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
@@ -309,38 +372,58 @@ def peer_step(model, batch: dict) -> torch.Tensor:
     return model(**batch, use_cache=False).loss
 
 
-def bench_lora(args, config: ModelConfig, sessions: list[RenderedSession], device: torch.device,
-               dtype: torch.dtype) -> dict:
+def bench_lora(
+    args, config: ModelConfig, sessions: list[RenderedSession], device: torch.device, dtype: torch.dtype
+) -> dict:
     steps = args.warmup + args.steps
     packed = packed_batches(sessions, args.seq_len, args.micro_batch, steps)
     padded = padded_batches(sessions, args.micro_batch, steps, pad_id=0)
     weights = random_weights(config, dtype, device)
     peak = peak_tflops(device, args.peak_tflops)
-    print(f"LoRA step: micro-batch {args.micro_batch} x {args.seq_len}, r {LORA.r}, alpha {LORA.alpha:g} on "
-          f"{','.join(LORA.targets)}, checkpointing, {args.steps} timed steps after {args.warmup}", flush=True)
+    print(
+        f"LoRA step: micro-batch {args.micro_batch} x {args.seq_len}, r {LORA.r}, alpha {LORA.alpha:g} on "
+        f"{','.join(LORA.targets)}, checkpointing, {args.steps} timed steps after {args.warmup}",
+        flush=True,
+    )
     # Packed rows in transformers: flash-attention's varlen kernel where it is installed, else sdpa
     # with a mask that transformers builds from where position_ids restart.
-    packed_attention = "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+    packed_attention = (
+        "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+    )
     ours = "FlexAttention" if device.type in FLEX_ATTENTION_DEVICES else "SDPA per document"
     sides = [
         (f"twin, packed ({ours})", lambda: twin_lora_model(config, weights, device), twin_step, packed),
         # Its memory also counts the shared bf16 weights the others are built from; bench_lora_memory.py
         # measures QLoRA's own. Its speed against the first line is the QLoRA issue's ratio (target 0.75x).
-        (f"twin QLoRA (NF4 base), packed ({ours})", lambda: twin_lora_model(config, weights, device, quantize=True),
-         twin_step, packed),
-        ("transformers+PEFT, padded (sdpa)", lambda: peer_lora_model(config, weights, device, dtype), peer_step, padded),
-        (f"transformers+PEFT, packed ({packed_attention}, position_ids)",
-         lambda: peer_lora_model(config, weights, device, dtype, packed_attention),
-         peer_step, [packed_as_transformers(b) for b in packed]),
+        (
+            f"twin QLoRA (NF4 base), packed ({ours})",
+            lambda: twin_lora_model(config, weights, device, quantize=True),
+            twin_step,
+            packed,
+        ),
+        (
+            "transformers+PEFT, padded (sdpa)",
+            lambda: peer_lora_model(config, weights, device, dtype),
+            peer_step,
+            padded,
+        ),
+        (
+            f"transformers+PEFT, packed ({packed_attention}, position_ids)",
+            lambda: peer_lora_model(config, weights, device, dtype, packed_attention),
+            peer_step,
+            [packed_as_transformers(b) for b in packed],
+        ),
     ]
-    results = [lora_side(name, build, step, batches, args, device, config, peak)
-               for name, build, step, batches in sides]
+    results = [
+        lora_side(name, build, step, batches, args, device, config, peak) for name, build, step, batches in sides
+    ]
     del weights
     reset_memory(device)
     return {"micro_batch": args.micro_batch, "seq_len": args.seq_len, "peak_tflops": peak, "sides": results}
 
 
 # -- decoding --------------------------------------------------------------------------------------------
+
 
 def copy_bandwidth(device: torch.device, gib: float) -> float:
     """Bytes per second a large device-to-device copy moves (read plus written)."""
@@ -393,7 +476,9 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
     twin.eval()
     peer = peer_model(config, weights, device, dtype).eval()
     peer.generation_config.pad_token_id = config.eos_token_id
-    prompt = torch.randint(3, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = torch.randint(
+        3, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
     print(f"decoding: batch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens", flush=True)
 
     def twin_side(compile: bool):
@@ -403,6 +488,7 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
             generator.cache.truncate(0)  # prefill the whole prompt each time, as transformers does
             generator.cached_ids = []
             return list(generator.generate(prompt, SamplingConfig(temperature=0, max_new_tokens=new), set()))
+
         return run
 
     def peer_side(static: bool):
@@ -411,9 +497,15 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
         options = {"cache_implementation": "static"} if static else {}
 
         def run(new: int) -> list[int]:
-            output = peer.generate(torch.tensor([prompt], device=device), do_sample=False, max_new_tokens=new,
-                                   min_new_tokens=new, **options)
-            return output[0, len(prompt):].tolist()
+            output = peer.generate(
+                torch.tensor([prompt], device=device),
+                do_sample=False,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                **options,
+            )
+            return output[0, len(prompt) :].tolist()
+
         return run
 
     sides = {"twin eager": twin_side(False), "transformers generate": peer_side(False)}
@@ -432,37 +524,83 @@ def bench_decode(args, config: ModelConfig, device: torch.device, dtype: torch.d
     same = {side: tokens[side] == tokens["twin eager"] for side in tokens}
     del twin, peer, weights
     reset_memory(device)
-    return {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "tokens_per_s": rates,
-            "bandwidth_gb_s": bandwidth / 1e9, "bandwidth_source": source, "weight_bytes": matrices,
-            "ceiling_tokens_per_s": ceiling, "share_of_ceiling": {side: rate / ceiling for side, rate in rates.items()},
-            "same_tokens_as_twin_eager": same,
-            # Compiled steps that fell back from CUDA graphs (a mutated input not marked static, say).
-            "cudagraph_skips": torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]}
+    return {
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "tokens_per_s": rates,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "bandwidth_source": source,
+        "weight_bytes": matrices,
+        "ceiling_tokens_per_s": ceiling,
+        "share_of_ceiling": {side: rate / ceiling for side, rate in rates.items()},
+        "same_tokens_as_twin_eager": same,
+        # Compiled steps that fell back from CUDA graphs (a mutated input not marked static, say).
+        "cudagraph_skips": torch._dynamo.utils.counters["inductor"]["cudagraph_skips"],
+    }
 
 
 # -- train.py under torchrun: one FSDP2 run, and LoRA / QLoRA sharded over the GPUs ---------------------------
 
+
 def torchrun_config(args) -> ModelConfig:
-    return ModelConfig(vocab_size=32002, hidden_size=args.fsdp_hidden, intermediate_size=args.fsdp_hidden * 7 // 2,
-                       num_hidden_layers=args.fsdp_layers, num_attention_heads=max(1, args.fsdp_hidden // 128),
-                       num_key_value_heads=max(1, args.fsdp_hidden // 512), sliding_window=4096)
+    return ModelConfig(
+        vocab_size=32002,
+        hidden_size=args.fsdp_hidden,
+        intermediate_size=args.fsdp_hidden * 7 // 2,
+        num_hidden_layers=args.fsdp_layers,
+        num_attention_heads=max(1, args.fsdp_hidden // 128),
+        num_key_value_heads=max(1, args.fsdp_hidden // 512),
+        sliding_window=4096,
+    )
 
 
 def torchrun_train(args, device: torch.device, checkpoint: Path, out: Path, ranks: int, flags: list[str]) -> dict:
     """`train.py` under torchrun on `ranks` processes for a few steps; its figures from run.json."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-               str(REPO_ROOT / "train.py"), *flags, "--model", str(checkpoint), "--data", str(SAMPLE_EXPORT),
-               "--out", str(out), "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch),
-               "--batch", str(args.micro_batch * ranks), "--max-steps", str(args.fsdp_steps), "--save-every", "0",
-               "--eval-every", "0", "--no-eval-report", "--device", device.type,
-               "--dtype", "bf16" if device.type == "cuda" else "fp32"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(ranks),
+        str(REPO_ROOT / "train.py"),
+        *flags,
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(SAMPLE_EXPORT),
+        "--out",
+        str(out),
+        "--seq-len",
+        str(args.seq_len),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--batch",
+        str(args.micro_batch * ranks),
+        "--max-steps",
+        str(args.fsdp_steps),
+        "--save-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--no-eval-report",
+        "--device",
+        device.type,
+        "--dtype",
+        "bf16" if device.type == "cuda" else "fp32",
+    ]
     start = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
     if finished.returncode:
         return {"error": (finished.stderr or finished.stdout).strip().splitlines()[-5:]}
     record = RunFolder(out).read_trained_record().figures
-    return {"ranks": ranks, "seconds": time.perf_counter() - start, "tokens_per_s": record["tokens_per_s"],
-            "peak_memory_mb_per_rank": record["peak_memory_mb_per_rank"], "final_loss": record["final_loss"]}
+    return {
+        "ranks": ranks,
+        "seconds": time.perf_counter() - start,
+        "tokens_per_s": record["tokens_per_s"],
+        "peak_memory_mb_per_rank": record["peak_memory_mb_per_rank"],
+        "final_loss": record["final_loss"],
+    }
 
 
 def random_checkpoint(config: ModelConfig, directory: Path, tokenizer_dir: Path) -> Path:
@@ -478,8 +616,11 @@ def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
     config = torchrun_config(args)
     with tempfile.TemporaryDirectory(prefix="twin-gpu-fsdp-") as directory:
         checkpoint = random_checkpoint(config, Path(directory), tokenizer_dir)
-        print(f"FSDP: train.py --fsdp, 1 rank, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
-              f"{args.fsdp_steps} steps", flush=True)
+        print(
+            f"FSDP: train.py --fsdp, 1 rank, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
+            f"{args.fsdp_steps} steps",
+            flush=True,
+        )
         result = torchrun_train(args, device, checkpoint, Path(directory) / "run", 1, ["--fsdp"])
     with torch.device("meta"):
         params = sum(p.numel() for p in Transformer(config).parameters())
@@ -496,8 +637,11 @@ def bench_lora_ranks(args, device: torch.device, tokenizer_dir: Path) -> dict:
         checkpoint = random_checkpoint(config, Path(directory), tokenizer_dir)
         for quantize in (False, True):
             for ranks in sorted({1, most}):
-                print(f"LoRA under torchrun: {ranks} rank(s){', NF4 base' if quantize else ''}, hidden "
-                      f"{config.hidden_size}, {config.num_hidden_layers} layers, {args.fsdp_steps} steps", flush=True)
+                print(
+                    f"LoRA under torchrun: {ranks} rank(s){', NF4 base' if quantize else ''}, hidden "
+                    f"{config.hidden_size}, {config.num_hidden_layers} layers, {args.fsdp_steps} steps",
+                    flush=True,
+                )
                 flags = ["--lora", "--activation-checkpointing", *(["--quantize", "nf4"] if quantize else [])]
                 out = Path(directory) / f"run-{ranks}-{'nf4' if quantize else 'bf16'}"
                 runs.append({"quantize": quantize, **torchrun_train(args, device, checkpoint, out, ranks, flags)})
@@ -511,54 +655,81 @@ def write_tokenizer_dir(tokenizer, directory: Path) -> Path:
 
 # -- report ------------------------------------------------------------------------------------------------
 
+
 def markdown(results: dict) -> str:
     lines = [f"# twin on {results['device']} ({results['torch']})", ""]
     if "lora" in results:
         lora = results["lora"]
         twin = lora["sides"][0]
-        lines += [f"## LoRA step, micro-batch {lora['micro_batch']} x {lora['seq_len']}", "",
-                  "| side | real tokens/s | twin / side | MFU | peak allocated GiB | peak reserved GiB | first loss |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## LoRA step, micro-batch {lora['micro_batch']} x {lora['seq_len']}",
+            "",
+            "| side | real tokens/s | twin / side | MFU | peak allocated GiB | peak reserved GiB | first loss |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for side in lora["sides"]:
             ratio = twin["real_tokens_per_s"] / side["real_tokens_per_s"]
             mfu = f"{100 * side['mfu']:.1f}%" if "mfu" in side else "n/a"
-            lines.append(f"| {side['side']} | {side['real_tokens_per_s']:,.0f} | {ratio:.2f}x | {mfu} | "
-                         f"{side.get('peak_allocated_gib', float('nan')):.2f} | "
-                         f"{side.get('peak_reserved_gib', float('nan')):.2f} | {side['first_loss']:.4f} |")
+            lines.append(
+                f"| {side['side']} | {side['real_tokens_per_s']:,.0f} | {ratio:.2f}x | {mfu} | "
+                f"{side.get('peak_allocated_gib', float('nan')):.2f} | "
+                f"{side.get('peak_reserved_gib', float('nan')):.2f} | {side['first_loss']:.4f} |"
+            )
         lines.append("")
     if "decode" in results:
         decode = results["decode"]
-        lines += [f"## Decoding, batch 1, {decode['prompt_tokens']}-token prompt, {decode['new_tokens']} new tokens",
-                  "", f"Ceiling: {decode['ceiling_tokens_per_s']:.1f} tokens/s ({decode['weight_bytes'] / 1e9:.2f} GB "
-                  f"of weights per token at {decode['bandwidth_gb_s']:.0f} GB/s, {decode['bandwidth_source']}).", "",
-                  "| side | tokens/s | share of ceiling | same tokens as twin eager |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"## Decoding, batch 1, {decode['prompt_tokens']}-token prompt, {decode['new_tokens']} new tokens",
+            "",
+            f"Ceiling: {decode['ceiling_tokens_per_s']:.1f} tokens/s ({decode['weight_bytes'] / 1e9:.2f} GB "
+            f"of weights per token at {decode['bandwidth_gb_s']:.0f} GB/s, {decode['bandwidth_source']}).",
+            "",
+            "| side | tokens/s | share of ceiling | same tokens as twin eager |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, rate in decode["tokens_per_s"].items():
-            lines.append(f"| {name} | {rate:.1f} | {100 * decode['share_of_ceiling'][name]:.0f}% | "
-                         f"{decode['same_tokens_as_twin_eager'][name]} |")
+            lines.append(
+                f"| {name} | {rate:.1f} | {100 * decode['share_of_ceiling'][name]:.0f}% | "
+                f"{decode['same_tokens_as_twin_eager'][name]} |"
+            )
         lines += ["", f"Compiled steps run without CUDA graphs: {decode['cudagraph_skips']}.", ""]
     if "fsdp" in results:
         fsdp = results["fsdp"]
         lines += ["## FSDP2, one rank", ""]
-        lines.append(f"error: {fsdp['error']}" if "error" in fsdp else
-                     f"hidden {fsdp['hidden']}, {fsdp['layers']} layers: {fsdp['tokens_per_s']:,.0f} tokens/s, peak "
-                     f"{fsdp['peak_memory_mb_per_rank'][0]:,} MiB, final loss {fsdp['final_loss']:.4f}")
+        lines.append(
+            f"error: {fsdp['error']}"
+            if "error" in fsdp
+            else f"hidden {fsdp['hidden']}, {fsdp['layers']} layers: {fsdp['tokens_per_s']:,.0f} tokens/s, peak "
+            f"{fsdp['peak_memory_mb_per_rank'][0]:,} MiB, final loss {fsdp['final_loss']:.4f}"
+        )
     if "lora-ranks" in results:
-        lines += ["", f"## LoRA sharded over ranks, hidden {results['lora-ranks']['hidden']}, "
-                  f"{results['lora-ranks']['layers']} layers", "",
-                  "| base | ranks | tokens/s | peak memory per rank, MiB | final loss |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## LoRA sharded over ranks, hidden {results['lora-ranks']['hidden']}, "
+            f"{results['lora-ranks']['layers']} layers",
+            "",
+            "| base | ranks | tokens/s | peak memory per rank, MiB | final loss |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for run in results["lora-ranks"]["runs"]:
             base = "nf4" if run["quantize"] else "bf16"
-            lines.append(f"| {base} | error: {run['error']} |" if "error" in run else
-                         f"| {base} | {run['ranks']} | {run['tokens_per_s']:,.0f} | "
-                         f"{max(run['peak_memory_mb_per_rank']):,} | {run['final_loss']:.4f} |")
+            lines.append(
+                f"| {base} | error: {run['error']} |"
+                if "error" in run
+                else f"| {base} | {run['ranks']} | {run['tokens_per_s']:,.0f} | "
+                f"{max(run['peak_memory_mb_per_rank']):,} | {run['final_loss']:.4f} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="lora,decode,fsdp,lora-ranks", help="what to run (default: %(default)s)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny model and batch, on whatever device there is: checks the script (default: off)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny model and batch, on whatever device there is: checks the script (default: off)",
+    )
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
     parser.add_argument("--tokenizer", help="a Mistral tokenizer folder (default: mistral-common's tokenizer.model)")
     parser.add_argument("--micro-batch", type=int, default=8, help="rows per LoRA step (default: %(default)s)")
@@ -573,27 +744,38 @@ def main() -> None:
     parser.add_argument("--fsdp-layers", type=int, default=8, help="FSDP model's layers (default: %(default)s)")
     parser.add_argument("--fsdp-steps", type=int, default=4, help="FSDP optimizer steps (default: %(default)s)")
     parser.add_argument("--fsdp-timeout", type=int, default=240, help="seconds for the FSDP run (default: %(default)s)")
-    parser.add_argument("--lora-ranks", type=int, help="ranks of the sharded LoRA runs (default: every GPU; 2 on "
-                        "CPU), against 1")
+    parser.add_argument(
+        "--lora-ranks", type=int, help="ranks of the sharded LoRA runs (default: every GPU; 2 on CPU), against 1"
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: by device name)")
-    parser.add_argument("--bandwidth-tbs", type=float,
-                        help="the device's memory bandwidth in TB/s (default: by device name, else a copy measured)")
+    parser.add_argument(
+        "--bandwidth-tbs",
+        type=float,
+        help="the device's memory bandwidth in TB/s (default: by device name, else a copy measured)",
+    )
     parser.add_argument("--out", help="JSON of the figures (default: bench/results/gpu-<device>.json)")
     args = parser.parse_args()
     sections = args.sections.split(",")
     if not set(sections) <= {"lora", "decode", "fsdp", "lora-ranks"}:
         parser.error(f"--sections {args.sections!r}: choose among lora, decode, fsdp and lora-ranks")
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     config, dtype = (SMOKE, torch.float32) if args.smoke else (DOLPHIN_7B, torch.bfloat16)
     if args.smoke:
         args.micro_batch, args.seq_len, args.steps, args.warmup = 2, 256, 1, 1
         args.prompt_tokens, args.new_tokens, args.decode_rounds = 16, 8, 1
         args.fsdp_hidden, args.fsdp_layers, args.fsdp_steps = 64, 2, 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {name}; torch {torch.__version__}; {'smoke size' if args.smoke else 'Dolphin-7B shapes, bf16'}",
-          flush=True)
+    print(
+        f"device: {name}; torch {torch.__version__}; {'smoke size' if args.smoke else 'Dolphin-7B shapes, bf16'}",
+        flush=True,
+    )
     tokenizer = load_tokenizer_for_bench(args.tokenizer)
     sessions = sample_sessions(tokenizer, args.seq_len)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "cpu"

@@ -1,4 +1,5 @@
 """A conversation between two people, one of them played by the model: its turns, its prompt, its replies."""
+
 import time
 
 from chat.recall import TwinMemory
@@ -16,9 +17,17 @@ class TurnTooLong(TwinError):
 class Chat:
     """A conversation between two people, one of them played by the model."""
 
-    def __init__(self, generator: Generator, tokenizer: Tokenizer, sampling: SamplingConfig,
-                 speaker: str, user: str, seed: int | None, interruptible: bool = True,
-                 memory: TwinMemory | None = None):
+    def __init__(
+        self,
+        generator: Generator,
+        tokenizer: Tokenizer,
+        sampling: SamplingConfig,
+        speaker: str,
+        user: str,
+        seed: int | None,
+        interruptible: bool = True,
+        memory: TwinMemory | None = None,
+    ):
         self.generator, self.tokenizer, self.sampling = generator, tokenizer, sampling
         self.speaker, self.user = speaker, user
         self.memory = memory  # earlier conversations of the two, before the prompt
@@ -38,12 +47,15 @@ class Chat:
         reply; TurnTooLong where even the newest turn cannot stay (it would be answered unseen)."""
         partner = self.user if speaker == self.speaker else self.speaker
         context = self.memory.context(speaker, partner, self.started, self.turns, self.tokenizer) if self.memory else []
-        ids, kept = reply_prompt(self.turns, self.tokenizer, speaker, self.generator.max_len,
-                                 self.sampling.max_new_tokens, context)
+        ids, kept = reply_prompt(
+            self.turns, self.tokenizer, speaker, self.generator.max_len, self.sampling.max_new_tokens, context
+        )
         if self.turns and not kept:
-            raise TurnTooLong(f"the last turn is too long for the context of {self.generator.max_len} tokens, "
-                              f"{self.sampling.max_new_tokens} of them kept for the reply: shorten it, or raise "
-                              "--context or lower --max-new-tokens")
+            raise TurnTooLong(
+                f"the last turn is too long for the context of {self.generator.max_len} tokens, "
+                f"{self.sampling.max_new_tokens} of them kept for the reply: shorten it, or raise "
+                "--context or lower --max-new-tokens"
+            )
         return ids
 
     def reply(self, speaker: str, prompt: list[int], echo=lambda text: None) -> Turn:

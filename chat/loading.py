@@ -1,6 +1,7 @@
 """A twin from its training run folder, or from a model and an adapter: the flags that say which and how
 (sample.py's and serve.py's alike), what to load (the one way sample.py, serve.py, evaluate.py and the
 GGUF export find it), then loading it."""
+
 import argparse
 import dataclasses
 import sys
@@ -24,20 +25,39 @@ from model.lora import load_adapter, merge_lora, tokenizer_source
 def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a program that talks as a twin: which twin, and where and how it computes."""
     source = parser.add_argument_group("model")
-    source.add_argument("--checkpoint", help="a train.py output directory (it knows its base model and speakers); replaces --model/--adapter")
-    source.add_argument("--model", default=DEFAULT_MODEL, help="base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)")
-    source.add_argument("--adapter", help="a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)")
+    source.add_argument(
+        "--checkpoint",
+        help="a train.py output directory (it knows its base model and speakers); replaces --model/--adapter",
+    )
+    source.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)",
+    )
+    source.add_argument(
+        "--adapter", help="a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)"
+    )
     run = parser.add_argument_group("run")
-    run.add_argument("--context", type=int, default=4096, help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)")
+    run.add_argument(
+        "--context",
+        type=int,
+        default=4096,
+        help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)",
+    )
     add_compute_args(run)
     add_quantize_arg(run)
     add_memory_arguments(parser)
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)",
+    )
 
 
 @dataclass(frozen=True)
 class TwinSource:
     """Where a twin's weights are, and the people its run saw (none known without a run folder)."""
+
     model: str | Path
     adapter: Path | None = None
     people: People = People()
@@ -68,13 +88,19 @@ def source_from_args(args) -> TwinSource:
     return TwinSource(args.model, Path(args.adapter) if args.adapter else None)
 
 
-def load_twin(source: TwinSource, device: torch.device, dtype: torch.dtype,
-              quantize: str | None = None) -> tuple[Transformer, Tokenizer]:
+def load_twin(
+    source: TwinSource, device: torch.device, dtype: torch.dtype, quantize: str | None = None
+) -> tuple[Transformer, Tokenizer]:
     """The model, any adapter merged in (kept beside a base quantized to 4 bits), in eval mode, and its
     tokenizer. Says on stderr (stdout is the chat's) what it loads and how long that took: a 7B model is
     minutes of silence otherwise."""
-    print(f"loading {source.describe()} on {device.type} in {dtype_name(dtype)}"
-          + (f", linear weights in {quantize}" if quantize else "") + "...", file=sys.stderr, flush=True)
+    print(
+        f"loading {source.describe()} on {device.type} in {dtype_name(dtype)}"
+        + (f", linear weights in {quantize}" if quantize else "")
+        + "...",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_source(source.model, source.adapter))
     model = load_model(source.model, dtype=dtype, device=device, quantize=quantize)

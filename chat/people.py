@@ -1,4 +1,5 @@
 """The people a training run saw, and the names a chat may use for them."""
+
 import difflib
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ class People:
 
     Empty for a model given without its run folder: then any name goes, as there is nothing to check it by.
     """
+
     target: str | None = None
     partners: dict[str, str] = field(default_factory=dict)
 
@@ -43,10 +45,13 @@ class People:
         if len(matches) == 1:
             return matches[0]
         if matches:
-            raise SpeakerError(f"{where} {name!r}: means {len(matches)} people in this run's conversations, "
-                               f"{quoted(matches)}: type more of the name")
-        raise SpeakerError(f"{where} {name!r}: no one of that name in this run's conversations; "
-                           f"{self.suggestion(name)}")
+            raise SpeakerError(
+                f"{where} {name!r}: means {len(matches)} people in this run's conversations, "
+                f"{quoted(matches)}: type more of the name"
+            )
+        raise SpeakerError(
+            f"{where} {name!r}: no one of that name in this run's conversations; {self.suggestion(name)}"
+        )
 
     def suggestion(self, name: str) -> str:
         # Compared in lower case, as names match in any case.

@@ -1,31 +1,39 @@
 """The memory a twin talks with: the run's store of conversations and the settings it trained with, the chat two
 people share (the scope of what is recalled), the one line that says what it uses, and, only where the user
 asks for it (--remember), a conversation with the twin added to it."""
+
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.flags import from_args
+from core.run_folder import RunFolder, RunRecord
 from data.sessions import Session, Turn
 from memory import Conversations, Memory, MemoryConfig, load_store, save_store
 from model.tokenizer import Tokenizer
-from core.run_folder import RunFolder, RunRecord
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("memory")
-    group.add_argument("--no-memory", dest="memory", action="store_false",
-                       help="answer without the run's memory of earlier conversations (default: the history and "
-                            "recall the run trained with)")
-    group.add_argument("--remember", action="store_true",
-                       help="add the conversations had with the twin to the run's memory (default: off: the twin "
-                            "forgets them)")
+    group.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="answer without the run's memory of earlier conversations (default: the history and "
+        "recall the run trained with)",
+    )
+    group.add_argument(
+        "--remember",
+        action="store_true",
+        help="add the conversations had with the twin to the run's memory (default: off: the twin forgets them)",
+    )
 
 
 @dataclass
 class TwinMemory:
     """A run's memory, as it trained: before each reply, the history and the recalled conversations of the chat
     the two people share (or of every chat, where the run was trained with --recall-all-chats)."""
+
     conversations: Conversations
     config: MemoryConfig
     folder: Path
@@ -38,8 +46,9 @@ class TwinMemory:
         shared = set(self.conversations.chats_of(speaker)) & set(self.conversations.chats_of(partner))
         sessions = self.conversations.sessions
         personal = {chat for chat in shared if any(s.chat == chat and s.chat_type == "personal_chat" for s in sessions)}
-        return min(shared, key=lambda chat: (chat not in personal, -len(self.conversations.by_chat[chat]), chat),
-                   default=None)
+        return min(
+            shared, key=lambda chat: (chat not in personal, -len(self.conversations.by_chat[chat]), chat), default=None
+        )
 
     def context(self, speaker: str, partner: str, started: int, turns: list[Turn], tokenizer: Tokenizer) -> list[Turn]:
         """What comes before the conversation of `speaker` and `partner` started at `started`, `turns` so far."""
@@ -50,16 +59,20 @@ class TwinMemory:
     def describe(self) -> str:
         """What the twin remembers, in one line."""
         adding = "new conversations are added to it (--remember)" if self.remember else "new conversations are not kept"
-        return (f"memory: {len(self.conversations.sessions):,} earlier conversations; {self.config.describe()}; "
-                f"{adding}")
+        return f"memory: {len(self.conversations.sessions):,} earlier conversations; {self.config.describe()}; {adding}"
 
     def add(self, speaker: str, partner: str, started: int, turns: list[Turn]) -> None:
         """Keep a conversation with the twin (only with --remember), in the chat of the two people."""
         if not self.remember or not turns:
             return
         chat = self.chat_between(speaker, partner) or partner
-        new = Session(chat, "personal_chat", started, list(turns), target=self.conversations.sessions[0].target
-                      if self.conversations.sessions else speaker)
+        new = Session(
+            chat,
+            "personal_chat",
+            started,
+            list(turns),
+            target=self.conversations.sessions[0].target if self.conversations.sessions else speaker,
+        )
         self.conversations, self._memory = save_store(self.folder, [*self.conversations.sessions, new]), None
 
 

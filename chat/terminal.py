@@ -1,4 +1,5 @@
 """A chat in a terminal: turns typed line by line, /commands, replies streamed as they are sampled."""
+
 import math
 from pathlib import Path
 
@@ -34,8 +35,10 @@ def show_reply(chat: Chat, speaker: str) -> None:
 
 def interactive(chat: Chat, people: People) -> None:
     """Read turns and commands until /quit or the end of input."""
-    print(f"You are {chat.user}, the model is {chat.speaker}. One message a line; an empty line sends "
-          "(on its own, it lets the model write again). /help for commands.")
+    print(
+        f"You are {chat.user}, the model is {chat.speaker}. One message a line; an empty line sends "
+        "(on its own, it lets the model write again). /help for commands."
+    )
     messages: list[str] = []
     while True:
         try:
@@ -125,8 +128,19 @@ def save_transcript(chat: Chat, path: Path) -> None:
         return
     try:
         sessions = read_sessions_file(path) if path.exists() and path.stat().st_size else []
-        write_sessions(sessions + [Session(chat="sample.py", chat_type="personal_chat", start=chat.started,
-                                           turns=list(chat.turns), target=chat.speaker)], path)
+        write_sessions(
+            sessions
+            + [
+                Session(
+                    chat="sample.py",
+                    chat_type="personal_chat",
+                    start=chat.started,
+                    turns=list(chat.turns),
+                    target=chat.speaker,
+                )
+            ],
+            path,
+        )
     except FileNotFoundError:  # its message names the atomic write's temporary file, not the user's
         print(f"(not saved: there is no folder {path.parent})")
         return

@@ -6,15 +6,17 @@ a full disk ends the write in one line naming the path and the space it needed.
 What twin writes holds people's messages, their names, or weights learned from them, so it is
 private to the owner: files 0600, folders 0700.
 """
+
 import errno
 import glob
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from core.errors import TwinError
 
@@ -157,20 +159,25 @@ def full_disk(path: Path, needed: str) -> WriteError:
         free = f", {size_text(shutil.disk_usage(path.parent).free)} free now"
     except OSError:
         free = ""
-    return WriteError(f"{path}: the disk is full; writing it needed {needed}{free}. Free some space, or write "
-                      "elsewhere")
+    return WriteError(
+        f"{path}: the disk is full; writing it needed {needed}{free}. Free some space, or write elsewhere"
+    )
 
 
 def tree_size(folder: Path) -> int:
-    return sum(Path(root, name).stat().st_size for root, _, names in os.walk(folder) for name in names
-               if not Path(root, name).is_symlink())
+    return sum(
+        Path(root, name).stat().st_size
+        for root, _, names in os.walk(folder)
+        for name in names
+        if not Path(root, name).is_symlink()
+    )
 
 
 def size_text(size: int) -> str:
     power = 0
     while size >= 1024 ** (power + 1) and power < 4:
         power += 1
-    return f"{size} bytes" if power == 0 else f"{size / 1024 ** power:.1f} {'KMGT'[power - 1]}iB"
+    return f"{size} bytes" if power == 0 else f"{size / 1024**power:.1f} {'KMGT'[power - 1]}iB"
 
 
 def _make_parent(path: Path) -> None:

@@ -1,9 +1,11 @@
 """What every program's `main` shares: owner-only files, one line for a user's error, and quiet
 output into a reader that stops early."""
+
 import functools
 import os
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from core import atomic
 from core.errors import TwinError
@@ -16,6 +18,7 @@ def program(main: Callable[..., Result]) -> Callable[..., Result]:
     its one line and status 2; Ctrl-C ends it with one line and status 130, as a shell reports SIGINT; and `python program.py | head` ends quietly with status 1 when `head`
     stops reading, instead of with a BrokenPipeError traceback. Status 1, not 0: the program stopped
     before its end (a training run, say, leaves only the checkpoints it had written)."""
+
     @functools.wraps(main)
     def run(*args, **kwargs) -> Result:
         atomic.private_files()
@@ -33,4 +36,5 @@ def program(main: Callable[..., Result]) -> Callable[..., Result]:
             # Python flushes stdout once more on the way out; into devnull, that flush stays quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+
     return run

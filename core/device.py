@@ -1,4 +1,5 @@
 """Where a program computes, in which dtype and on how many CPU threads: --device, --dtype, --threads."""
+
 import argparse
 import os
 import sys
@@ -13,8 +14,13 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def resolve_device(args) -> tuple[torch.device, torch.dtype]:
     try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
+        device = torch.device(
+            "cuda"
+            if args.device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if args.device == "auto"
+            else args.device
+        )
     except RuntimeError as error:
         raise TwinError(f"--device {args.device}: {error}") from None
     # --dtype auto keeps fp32 on a CPU even where it has AVX-512 BF16: there a SmolLM2 LoRA step measured
@@ -54,24 +60,38 @@ def default_threads() -> int:
 
 def add_compute_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--device, --dtype and --threads, as every program that computes with a model takes them."""
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda "
-                        "when available)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="weight and compute dtype "
-                        "(default: %(default)s: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 "
-                        "BF16 or not)")
+    parser.add_argument(
+        "--device", default="auto", help="cuda, cuda:N, cpu or auto (default: %(default)s: cuda when available)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="weight and compute dtype "
+        "(default: %(default)s: bf16 on cuda; fp32 on cpu, where bf16 measured slower, AVX-512 "
+        "BF16 or not)",
+    )
     add_threads_arg(parser)
 
 
 def add_quantize_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--quantize, for the programs that compute with a LoRA run's base (sample.py, serve.py, evaluate.py)."""
-    parser.add_argument("--quantize", choices=["nf4"], help="keep the base's linear weights in 4 bits (NF4), the "
-                        "adapter unmerged beside them: a 7B model in about 4 GiB (default: off)")
+    parser.add_argument(
+        "--quantize",
+        choices=["nf4"],
+        help="keep the base's linear weights in 4 bits (NF4), the "
+        "adapter unmerged beside them: a 7B model in about 4 GiB (default: off)",
+    )
 
 
 def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--threads", type=int, help="CPU threads torch computes with (per rank under torchrun); "
-                        "on a machine busy with other work, fewer can be faster (default: the cores this process "
-                        f"may run on, {available_cores()} here, divided among torchrun's ranks on the machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads torch computes with (per rank under torchrun); "
+        "on a machine busy with other work, fewer can be faster (default: the cores this process "
+        f"may run on, {available_cores()} here, divided among torchrun's ranks on the machine)",
+    )
 
 
 def set_threads(args, file: TextIO | None = None, quiet: bool = False) -> int:
@@ -82,10 +102,18 @@ def set_threads(args, file: TextIO | None = None, quiet: bool = False) -> int:
         raise TwinError(f"--threads: must be 1 or more, got {threads}")
     torch.set_num_threads(threads)
     ranks = local_ranks()
-    why = ("--threads" if args.threads is not None else "the cores available; --threads to change" if ranks == 1 else
-           f"{available_cores()} cores available shared by {ranks} ranks; --threads to change")
+    why = (
+        "--threads"
+        if args.threads is not None
+        else "the cores available; --threads to change"
+        if ranks == 1
+        else f"{available_cores()} cores available shared by {ranks} ranks; --threads to change"
+    )
     per_rank = " per rank" if ranks > 1 else ""
     if not quiet:
-        print(f"computing on {threads} CPU thread{'s' if threads > 1 else ''}{per_rank} ({why})",
-              file=file or sys.stderr, flush=True)
+        print(
+            f"computing on {threads} CPU thread{'s' if threads > 1 else ''}{per_rank} ({why})",
+            file=file or sys.stderr,
+            flush=True,
+        )
     return threads

@@ -11,11 +11,13 @@ on its dataclass field, and the flag follows from them.
 A field is a flag named after it (`top_p` is --top-p, after an optional prefix) unless it is marked
 `not_a_flag()`. The help text is required: a field with neither fails at once, when a parser is built.
 """
+
 import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -34,9 +36,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def setting(default: Any, help: str, *, choices: typing.Sequence | None = None,
-            type: Callable[[str], Any] | None = None, metavar: str | None = None,
-            parse: Callable[[Any], Any] | None = None, text: Callable[[Any], str] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: typing.Sequence | None = None,
+    type: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+    parse: Callable[[Any], Any] | None = None,
+    text: Callable[[Any], str] | None = None,
+) -> Any:
     """A dataclass field that is also a flag.
 
     help: what the setting does; "(default: ...)" is added unless the text speaks of its default itself.
@@ -52,8 +61,12 @@ def not_a_flag(**field_options) -> Any:
     return dataclasses.field(**field_options, metadata={"flag": None})
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: type, prefix: str = "",
-                  defaults: dict[str, Any] | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    settings: type,
+    prefix: str = "",
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """One flag per field of the dataclass `settings`, named --PREFIX-FIELD-NAME; `defaults` overrides some
     fields' defaults, for a program whose defaults differ. Raises TypeError for a field without a help text."""
     hints = typing.get_type_hints(settings)
@@ -96,8 +109,10 @@ def flag_fields(settings: type) -> list[dataclasses.Field]:
     for field in dataclasses.fields(settings):
         flag = field.metadata.get("flag", {})
         if flag is not None and not flag.get("help"):
-            raise TypeError(f"{settings.__name__}.{field.name}: a setting needs a help text: declare it with "
-                            "core.flags.setting(default, help), or not_a_flag()")
+            raise TypeError(
+                f"{settings.__name__}.{field.name}: a setting needs a help text: declare it with "
+                "core.flags.setting(default, help), or not_a_flag()"
+            )
         if flag is not None:
             fields.append(field)
     return fields

@@ -1,6 +1,7 @@
 """Which person a name that someone typed means: one rule for every flag, command and request that names
 one (--target, --speaker, --as, /speaker, /as, the server's `model` and `name`)."""
-from typing import Iterable
+
+from collections.abc import Iterable
 
 
 def matching_names(wanted: str, names: Iterable[str], parts: bool = True) -> list[str]:

@@ -14,13 +14,14 @@ a running or trained one. Folders of the earlier layout are read too: their sett
 Below training, chat and fidelity, so that each reads a run the same way; the checks of the settings
 as train.py's flags are training.run_folder's.
 """
+
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from core import atomic
 from core.errors import TwinError
@@ -108,8 +109,21 @@ class RunFolder:
         return self.path / "blind_test.json"  # the judges' answers to serve.py's blind test
 
     def entries(self) -> tuple[Path, ...]:
-        return (self.record_file, self.path / LEGACY_SETTINGS, self.path / LOCK, self.metrics, self.loss_curves,
-                self.checkpoints, self.cache, self.adapter, self.merged, self.model, self.report, self.memory, self.blind_test)
+        return (
+            self.record_file,
+            self.path / LEGACY_SETTINGS,
+            self.path / LOCK,
+            self.metrics,
+            self.loss_curves,
+            self.checkpoints,
+            self.cache,
+            self.adapter,
+            self.merged,
+            self.model,
+            self.report,
+            self.memory,
+            self.blind_test,
+        )
 
     def check_links(self, flag: str = "") -> None:
         """Refuse a run folder that is a file, or that links to files elsewhere: every writer of a run (and
@@ -118,8 +132,9 @@ class RunFolder:
             raise RunFolderError(f"{flag + ' ' if flag else ''}{self.path}: not a folder")
         for entry in self.entries():
             if entry.is_symlink():
-                raise RunFolderError(f"{entry}: a symbolic link; a run folder holds its own files, and twin follows "
-                                     "no link out of it")
+                raise RunFolderError(
+                    f"{entry}: a symbolic link; a run folder holds its own files, and twin follows no link out of it"
+                )
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -135,8 +150,10 @@ class RunFolder:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(fd, 20).decode("ascii", "replace").strip()
-                raise RunFolderError(f"{self.path}: in use by process {holder or '(unknown)'}, which writes there; wait "
-                                     "for it to end, or choose another folder") from None
+                raise RunFolderError(
+                    f"{self.path}: in use by process {holder or '(unknown)'}, which writes there; wait "
+                    "for it to end, or choose another folder"
+                ) from None
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
             yield
@@ -152,11 +169,17 @@ class RunFolder:
             settings, figures = record.get("settings"), record.get("figures", {})
             status, mode = record.get("status", FINISHED), record.get("mode", mode_of(settings))
             partners = figures.get("partners", {}) if isinstance(figures, dict) else None
-            if not (isinstance(settings, dict) and status in (RUNNING, TRAINED, FINISHED) and mode in MODES
-                    and isinstance(partners, dict)
-                    and all(isinstance(name, str) for pair in partners.items() for name in pair)):
-                raise RunFolderError(f"{self.record_file}: not a train.py run record (its settings, status, mode, "
-                                     "figures or partners are missing or of the wrong type)")
+            if not (
+                isinstance(settings, dict)
+                and status in (RUNNING, TRAINED, FINISHED)
+                and mode in MODES
+                and isinstance(partners, dict)
+                and all(isinstance(name, str) for pair in partners.items() for name in pair)
+            ):
+                raise RunFolderError(
+                    f"{self.record_file}: not a train.py run record (its settings, status, mode, "
+                    "figures or partners are missing or of the wrong type)"
+                )
             return checked(RunRecord(self.record_file, settings, status, mode, figures))
         legacy = self.path / LEGACY_SETTINGS
         if legacy.exists():  # an unfinished run of the earlier layout
@@ -176,8 +199,9 @@ class RunFolder:
         """The record of a run whose adapter or model is final, for the programs that open the twin."""
         record = self.read_record()
         if not record.trained:
-            raise RunFolderError(f"{record.file}: the run has not finished; continue it with: python train.py "
-                                 f"--resume {self.path}")
+            raise RunFolderError(
+                f"{record.file}: the run has not finished; continue it with: python train.py --resume {self.path}"
+            )
         return record
 
     def write_record(self, status: str, mode: str, settings: dict, figures: dict | None = None) -> None:

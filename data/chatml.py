@@ -31,6 +31,7 @@ and the mask is exact. For text that spells no added token those ids are exactly
 format). The header's text ends in newlines, which no merge crosses into the ">>> " after them, so
 the header's ids are a prefix of the turn's ids.
 """
+
 import dataclasses
 from dataclasses import dataclass
 
@@ -38,10 +39,12 @@ from data.sessions import Turn, format_body
 from model.architectures import CHAT_FORMATS, CHATML
 from model.tokenizer import Tokenizer, TokenizerError
 
+
 @dataclass(frozen=True)
 class ChatFormat:
     """A layout of turns and the ids of its tokens in one tokenizer. A turn reads
     `header_start` NAME `name_end` `header_newlines` BODY `turn_end`; turns are joined by `separator`."""
+
     header_start: str
     name_end: str  # a token closing the name (Llama 3's), or "" where the newline after it does (ChatML)
     header_newlines: str
@@ -66,14 +69,14 @@ class ChatFormat:
         return self.separator.join(parts)
 
 
-
-
 def chat_format(tokenizer: Tokenizer) -> ChatFormat:
     """The tokenizer's chat format; TokenizerError if it has none."""
     found = find_chat_format(tokenizer)
     if found is None:
-        raise TokenizerError("the tokenizer has none of ChatML's <|im_start|>/<|im_end|>, Llama 3's header "
-                             "tokens or Gemma's turn tokens; train.py adds ChatML's to a base model's tokenizer")
+        raise TokenizerError(
+            "the tokenizer has none of ChatML's <|im_start|>/<|im_end|>, Llama 3's header "
+            "tokens or Gemma's turn tokens; train.py adds ChatML's to a base model's tokenizer"
+        )
     return found
 
 
@@ -90,9 +93,13 @@ def find_chat_format(tokenizer: Tokenizer) -> ChatFormat | None:
         tokens = [token for token in (layout["header_start"], layout["name_end"], layout["turn_end"]) if token]
         ids = {token: _added_token_id(tokenizer, token) for token in tokens}
         if None not in ids.values():
-            return ChatFormat(**layout, header_start_id=ids[layout["header_start"]],
-                              name_end_id=ids.get(layout["name_end"]), turn_end_id=ids[layout["turn_end"]],
-                              bos_id=tokenizer.bos_id)
+            return ChatFormat(
+                **layout,
+                header_start_id=ids[layout["header_start"]],
+                name_end_id=ids.get(layout["name_end"]),
+                turn_end_id=ids[layout["turn_end"]],
+                bos_id=tokenizer.bos_id,
+            )
     return None
 
 
@@ -101,8 +108,9 @@ def add_chatml_tokens(tokenizer: Tokenizer, always: bool = False) -> list[int]:
     `always`; returns the ids of the tokens it did not have. <|im_end|> comes first, as in Dolphin."""
     if find_chat_format(tokenizer) is not None and not always:
         return []
-    missing = [token for token in (CHATML["turn_end"], CHATML["header_start"])
-               if _added_token_id(tokenizer, token) is None]
+    missing = [
+        token for token in (CHATML["turn_end"], CHATML["header_start"]) if _added_token_id(tokenizer, token) is None
+    ]
     return tokenizer.add_special_tokens(missing)
 
 
@@ -115,6 +123,7 @@ def _added_token_id(tokenizer: Tokenizer, token: str) -> int | None:
 @dataclass
 class RenderedSession:
     """Token ids and, for each, whether the loss learns it."""
+
     ids: list[int]
     trained: list[bool]
 
@@ -151,10 +160,12 @@ class _TurnEncoder:
     def _after_token(self, text: str) -> list[int]:
         """The ids of people's text right after an added token, as plain text."""
         ids = self.tokenizer.encode(self.stand_in + text, special=False)
-        if ids[:len(self.stand_in_ids)] != self.stand_in_ids:
-            raise TokenizerError("the tokenizer merges a newline into the text after it, so names and "
-                                 "messages cannot be encoded as they stand after an added token")
-        return ids[len(self.stand_in_ids):]
+        if ids[: len(self.stand_in_ids)] != self.stand_in_ids:
+            raise TokenizerError(
+                "the tokenizer merges a newline into the text after it, so names and "
+                "messages cannot be encoded as they stand after an added token"
+            )
+        return ids[len(self.stand_in_ids) :]
 
     def _header_then(self, speaker: str, text: str) -> list[int]:
         """The ids of the header start token, the speaker's name, the name end token (where the format has
@@ -178,9 +189,11 @@ class _TurnEncoder:
 
     def encode_ids(self, turn: Turn, ids: list[int]) -> _EncodedTurn:
         header = self.header(turn.speaker)
-        if ids[:len(header)] != header:
-            raise TokenizerError(f"the tokenizer merges the header of {turn.speaker!r} into the "
-                                 "message text, so the loss mask cannot be exact")
+        if ids[: len(header)] != header:
+            raise TokenizerError(
+                f"the tokenizer merges the header of {turn.speaker!r} into the "
+                "message text, so the loss mask cannot be exact"
+            )
         trained = self.trained_speakers is None or turn.speaker in self.trained_speakers
         return _EncodedTurn(ids, len(header), trained)
 
@@ -198,8 +211,13 @@ class _TurnEncoder:
         return RenderedSession(ids, trained)
 
 
-def render(turns: list[Turn], tokenizer: Tokenizer, *, trained_speakers: set[str] | None = None,
-           open_speaker: str | None = None) -> RenderedSession:
+def render(
+    turns: list[Turn],
+    tokenizer: Tokenizer,
+    *,
+    trained_speakers: set[str] | None = None,
+    open_speaker: str | None = None,
+) -> RenderedSession:
     """BOS + the turns in the tokenizer's chat format: the ids of
     `tokenizer.encode(chat_format(tokenizer).conversation(...), bos=True)`, except that names and messages
     are always plain text.
@@ -222,9 +240,14 @@ class TokenCounter:
         return [len(self.encoder.turn_ids(turn)) + len(self.encoder.separator) for turn in turns]
 
 
-def split_to_fit(turns: list[Turn], tokenizer: Tokenizer, seq_len: int, *,
-                 trained_speakers: set[str] | None = None,
-                 context: list[Turn] = ()) -> tuple[list[RenderedSession], int]:
+def split_to_fit(
+    turns: list[Turn],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    *,
+    trained_speakers: set[str] | None = None,
+    context: list[Turn] = (),
+) -> tuple[list[RenderedSession], int]:
     """Render a session as pieces of at most `seq_len` tokens; returns (pieces, tokens cut).
 
     Pieces break at turn boundaries and each renders like a session of its own (BOS if any, full headers),
@@ -279,15 +302,17 @@ def _shorten(turn: Turn, ids: list[int], encoder: _TurnEncoder, budget: int) -> 
     return best if best is not None else ids[:budget]
 
 
-def reply_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, context: int, reply_tokens: int,
-                 memory: list[Turn] = ()) -> tuple[list[int], int]:
+def reply_prompt(
+    turns: list[Turn], tokenizer: Tokenizer, speaker: str, context: int, reply_tokens: int, memory: list[Turn] = ()
+) -> tuple[list[int], int]:
     """The prompt `speaker`'s next turn is written after, in chat (sample.py, serve.py) and in the fidelity
     report alike: fit_prompt leaving `reply_tokens` of the `context` for the turn, `memory` before the turns."""
     return fit_prompt(turns, tokenizer, speaker, context - reply_tokens, memory)
 
 
-def fit_prompt(turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int,
-               context: list[Turn] = ()) -> tuple[list[int], int]:
+def fit_prompt(
+    turns: list[Turn], tokenizer: Tokenizer, speaker: str, room: int, context: list[Turn] = ()
+) -> tuple[list[int], int]:
     """The conversation rendered exactly as in training, ending in `speaker`'s open header, and how many
     of its turns that holds: the oldest are dropped until it fits in `room` tokens (leaving the rest for a
     reply), the turns of `context` (a memory, before them) first. None are left where even the newest turn

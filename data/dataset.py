@@ -5,15 +5,16 @@
 Tokenized rows are cached on disk, so a second run, or the other ranks of a distributed run once the
 first rank has written the cache, skip tokenizing.
 """
+
 import dataclasses
 import hashlib
 import json
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -36,15 +37,20 @@ ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 @dataclass
 class DataConfig:
     """How an export becomes rows: train.py's data flags (the export's own: ExportOptions)."""
+
     train_on: str = setting("all", "whose turns the loss covers", choices=TRAIN_ON)
-    exclude_speakers: str | None = setting(None, "never train on these people's turns, which stay in the "
-                                           "conversations as context: a comma-separated list of names (a full "
-                                           "name, or a part that only one name has, in any case) (default: none)",
-                                           metavar="NAMES")
+    exclude_speakers: str | None = setting(
+        None,
+        "never train on these people's turns, which stay in the "
+        "conversations as context: a comma-separated list of names (a full "
+        "name, or a part that only one name has, in any case) (default: none)",
+        metavar="NAMES",
+    )
     seq_len: int = setting(1024, "tokens per packed row", type=positive_int)
     val_fraction: float = setting(0.02, "share of sessions held out for evaluation")
-    split: str = setting("hash", "which sessions are held out: hash spreads them over time, time holds out the "
-                         "newest", choices=SPLITS)
+    split: str = setting(
+        "hash", "which sessions are held out: hash spreads them over time, time holds out the newest", choices=SPLITS
+    )
     export: ExportOptions = not_a_flag(default_factory=ExportOptions)
 
     def __post_init__(self):
@@ -78,22 +84,24 @@ class DataReport:
     utilization: float  # of the training rows
 
     def summary(self) -> str:
-        return "\n".join([
-            self.conversion.summary(),
-            f"trained on: {self.trained_on}",
-            f"sessions: {self.train_sessions:,} for training, "
-            f"{self.val_sessions:,} held out for validation",
-            f"tokens: {self.tokens:,}, {self.trained_tokens:,} of them trained, "
-            f"{self.tokens_cut:,} cut from turns longer than a row",
-            f"rows of {self.seq_len} tokens: {self.train_rows:,} training, "
-            f"{self.val_rows:,} validation, training rows {self.utilization:.1%} filled",
-        ])
+        return "\n".join(
+            [
+                self.conversion.summary(),
+                f"trained on: {self.trained_on}",
+                f"sessions: {self.train_sessions:,} for training, {self.val_sessions:,} held out for validation",
+                f"tokens: {self.tokens:,}, {self.trained_tokens:,} of them trained, "
+                f"{self.tokens_cut:,} cut from turns longer than a row",
+                f"rows of {self.seq_len} tokens: {self.train_rows:,} training, "
+                f"{self.val_rows:,} validation, training rows {self.utilization:.1%} filled",
+            ]
+        )
 
 
 @dataclass
 class Remembering:
     """How each session gets a memory of earlier ones, as context before it (memory.Memory makes this: the
     memory package stands above data)."""
+
     settings: dict  # what decides the contexts, for the token cache
     of: Callable[[list[Session]], Callable[[Session], list[Turn]]]  # sessions remembered -> a session's memory
 
@@ -112,8 +120,13 @@ class PreparedData:
         return self.report.summary()
 
 
-def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
-                 cache_dir: str | Path | None = None, memory: Remembering | None = None) -> PreparedData:
+def prepare_data(
+    path: str | Path,
+    tokenizer: Tokenizer,
+    config: DataConfig,
+    cache_dir: str | Path | None = None,
+    memory: Remembering | None = None,
+) -> PreparedData:
     """Convert the export at `path`, hold out validation sessions, tokenize and pack them.
 
     With `cache_dir`, the rows are read from there when the same sessions were tokenized before with
@@ -123,18 +136,34 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
     sessions, conversion = load_sessions(path, config.export)
     trained, trained_on = trained_speakers(sessions, conversion.target, config)
     fingerprints = [session_fingerprint(session) for session in sessions]
-    held_out = (validation_mask(fingerprints, config.val_fraction) if config.split == "hash" else
-                newest_mask([session.start for session in sessions], fingerprints, config.val_fraction,
-                            [session.chat for session in sessions]))
+    held_out = (
+        validation_mask(fingerprints, config.val_fraction)
+        if config.split == "hash"
+        else newest_mask(
+            [session.start for session in sessions],
+            fingerprints,
+            config.val_fraction,
+            [session.chat for session in sessions],
+        )
+    )
     train = [session for session, out in zip(sessions, held_out) if not out]
     val = [session for session, out in zip(sessions, held_out) if out]
     if not train:
         skipped = conversion.chats_skipped + conversion.messages_skipped
-        why = (f"{len(sessions)} sessions, all held out for validation" if sessions else
-               "the conversion kept no conversation with the target in it" +
-               (f" (most skipped: {', '.join(f'{reason} {n}' for reason, n in skipped.most_common(4))})" if skipped else ""))
-        raise DataError(f"{path}: no sessions to train on: {why}; `python -m data.telegram {path} "
-                        "-o sessions.jsonl` prints the whole conversion report")
+        why = (
+            f"{len(sessions)} sessions, all held out for validation"
+            if sessions
+            else "the conversion kept no conversation with the target in it"
+            + (
+                f" (most skipped: {', '.join(f'{reason} {n}' for reason, n in skipped.most_common(4))})"
+                if skipped
+                else ""
+            )
+        )
+        raise DataError(
+            f"{path}: no sessions to train on: {why}; `python -m data.telegram {path} "
+            "-o sessions.jsonl` prints the whole conversion report"
+        )
 
     cache_file = None
     if cache_dir is not None:
@@ -153,13 +182,19 @@ def prepare_data(path: str | Path, tokenizer: Tokenizer, config: DataConfig,
             _save_rows(cache_file, train_rows, val_rows, tokens_cut)
 
     report = DataReport(
-        conversion=conversion, train_sessions=len(train), val_sessions=len(val),
+        conversion=conversion,
+        train_sessions=len(train),
+        val_sessions=len(val),
         tokens=int(train_rows.lengths.sum() + val_rows.lengths.sum()),
-        trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens, tokens_cut=tokens_cut, trained_on=trained_on,
-        train_rows=len(train_rows), val_rows=len(val_rows), seq_len=config.seq_len,
-        utilization=train_rows.utilization)
-    return PreparedData(train_rows, val_rows, train, val, conversion.target,
-                        most_frequent_partners(sessions), report)
+        trained_tokens=train_rows.trained_tokens + val_rows.trained_tokens,
+        tokens_cut=tokens_cut,
+        trained_on=trained_on,
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        seq_len=config.seq_len,
+        utilization=train_rows.utilization,
+    )
+    return PreparedData(train_rows, val_rows, train, val, conversion.target, most_frequent_partners(sessions), report)
 
 
 def trained_speakers(sessions: list[Session], target: str, config: DataConfig) -> tuple[set[str] | None, str]:
@@ -170,18 +205,26 @@ def trained_speakers(sessions: list[Session], target: str, config: DataConfig) -
     for wanted in chat_list(config.exclude_speakers):
         matches = matching_names(wanted, speakers)
         if len(matches) != 1:
-            raise DataError(f"--exclude-speakers: {wanted!r} " + (f"matches {len(matches)} speakers: "
-                            f"{', '.join(matches[:10])}; give a full name" if matches else "speaks in no session"))
+            raise DataError(
+                f"--exclude-speakers: {wanted!r} "
+                + (
+                    f"matches {len(matches)} speakers: {', '.join(matches[:10])}; give a full name"
+                    if matches
+                    else "speaks in no session"
+                )
+            )
         excluded.append(matches[0])
     if target in excluded:
-        raise DataError(f"--exclude-speakers: {target!r} is the target, the person the run twins; choose another "
-                        "with --target")
+        raise DataError(
+            f"--exclude-speakers: {target!r} is the target, the person the run twins; choose another with --target"
+        )
     chosen = {target} if config.train_on == "target" else None
     said = f"{target}'s turns (--train-on target)" if chosen else "every speaker's turns"
     if not excluded:
         return chosen, said
-    return (chosen or set(speakers)) - set(excluded), (said + f", never {', '.join(excluded)}'s: context only "
-                                                       "(--exclude-speakers)")
+    return (chosen or set(speakers)) - set(excluded), (
+        said + f", never {', '.join(excluded)}'s: context only (--exclude-speakers)"
+    )
 
 
 def session_fingerprint(session: Session) -> str:
@@ -200,15 +243,16 @@ def validation_mask(fingerprints: list[str], fraction: float) -> list[bool]:
     """
     if len(fingerprints) < 2:
         return [False] * len(fingerprints)
-    positions = [int(fingerprint[:16], 16) / 16 ** 16 for fingerprint in fingerprints]
+    positions = [int(fingerprint[:16], 16) / 16**16 for fingerprint in fingerprints]
     held_out = [position < fraction for position in positions]
     if fraction > 0 and not any(held_out):
         held_out[positions.index(min(positions))] = True
     return held_out
 
 
-def newest_mask(starts: list[int], fingerprints: list[str], fraction: float,
-                chats: list[str] | None = None) -> list[bool]:
+def newest_mask(
+    starts: list[int], fingerprints: list[str], fraction: float, chats: list[str] | None = None
+) -> list[bool]:
     """Which sessions to hold out: the newest `fraction` of each chat's (rounded; at least one of two or
     more in all, none of a single one), so that a twin is judged on what came after everything it learnt
     from in the same chat, and in every chat.
@@ -225,32 +269,50 @@ def newest_mask(starts: list[int], fingerprints: list[str], fraction: float,
     held_out = [False] * len(starts)
     for indices in by_chat.values():
         count = min(round(fraction * len(indices)), len(indices) - 1)
-        for index in sorted(indices, key=lambda index: (starts[index], fingerprints[index]))[len(indices) - count:]:
+        for index in sorted(indices, key=lambda index: (starts[index], fingerprints[index]))[len(indices) - count :]:
             held_out[index] = True
     if not any(held_out):
         held_out[max(range(len(starts)), key=lambda index: (starts[index], fingerprints[index]))] = True
     return held_out
 
 
-def _tokenize(sessions: list[Session], tokenizer: Tokenizer, seq_len: int, trained_speakers: set[str] | None,
-              memory: Callable[[Session], list[Turn]] | None = None) -> tuple[list[RenderedSession], int]:
+def _tokenize(
+    sessions: list[Session],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    trained_speakers: set[str] | None,
+    memory: Callable[[Session], list[Turn]] | None = None,
+) -> tuple[list[RenderedSession], int]:
     pieces, cut = [], 0
     for session in tqdm(sessions, desc="tokenizing", unit="session", leave=False):
-        session_pieces, session_cut = split_to_fit(session.turns, tokenizer, seq_len, trained_speakers=trained_speakers,
-                                                   context=memory(session) if memory else [])
+        session_pieces, session_cut = split_to_fit(
+            session.turns,
+            tokenizer,
+            seq_len,
+            trained_speakers=trained_speakers,
+            context=memory(session) if memory else [],
+        )
         pieces += session_pieces
         cut += session_cut
     return pieces, cut
 
 
-def _cache_key(fingerprints: list[str], tokenizer: Tokenizer, config: DataConfig, trained: set[str] | None,
-               memory: dict | None) -> str:
+def _cache_key(
+    fingerprints: list[str], tokenizer: Tokenizer, config: DataConfig, trained: set[str] | None, memory: dict | None
+) -> str:
     # Keyed on the converted sessions rather than on the export file: that covers the file's content
     # and every export option at once, and the conversion runs anyway (the validation sessions and
     # the report come from it; it takes about as long as tokenizing).
-    settings = {"format": CACHE_FORMAT, "tokenizer": _tokenizer_fingerprint(tokenizer),
-                "seq_len": config.seq_len, "trained_speakers": sorted(trained) if trained is not None else None,
-                "val_fraction": config.val_fraction, "split": config.split, "sessions": fingerprints, "memory": memory}
+    settings = {
+        "format": CACHE_FORMAT,
+        "tokenizer": _tokenizer_fingerprint(tokenizer),
+        "seq_len": config.seq_len,
+        "trained_speakers": sorted(trained) if trained is not None else None,
+        "val_fraction": config.val_fraction,
+        "split": config.split,
+        "sessions": fingerprints,
+        "memory": memory,
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -298,10 +360,13 @@ def _rows_problem(rows: PackedRows, seq_len: int, vocab_size: int) -> str | None
         array = getattr(rows, name)
         if array.shape != ((count,) if name == "lengths" else (count, seq_len)) or array.dtype.kind not in "iu":
             return f"{name} is {array.dtype} of shape {array.shape}"
-    limits = {"input_ids": (rows.input_ids, vocab_size),
-              "labels": (rows.labels[rows.labels != IGNORE_INDEX], vocab_size),
-              "position_ids": (rows.position_ids, seq_len), "document_ids": (rows.document_ids, seq_len),
-              "lengths": (rows.lengths, seq_len + 1)}
+    limits = {
+        "input_ids": (rows.input_ids, vocab_size),
+        "labels": (rows.labels[rows.labels != IGNORE_INDEX], vocab_size),
+        "position_ids": (rows.position_ids, seq_len),
+        "document_ids": (rows.document_ids, seq_len),
+        "lengths": (rows.lengths, seq_len + 1),
+    }
     for name, (values, limit) in limits.items():
         if values.size and (values.min() < 0 or values.max() >= limit):
             return f"{name} out of range"

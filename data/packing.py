@@ -5,9 +5,10 @@ session and `document_ids` number the sessions within the row (padding gets the 
 the model's packed attention never lets one session see another. Labels are shifted inside each
 session: labels[t] is input_ids[t + 1] when that token is trained, else IGNORE_INDEX.
 """
+
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from model.loss import IGNORE_INDEX
 @dataclass
 class PackedRows:
     """[n_rows, seq_len] int32 arrays, and how many tokens of each row are sessions (not padding)."""
+
     input_ids: np.ndarray
     labels: np.ndarray
     position_ids: np.ndarray
@@ -53,7 +55,7 @@ def pack(sessions: list[RenderedSession], seq_len: int, pad_id: int = 0) -> Pack
             session = sessions[index]
             end = start + len(session)
             input_ids[row, start:end] = session.ids
-            labels[row, start:end - 1] = np.where(session.trained[1:], session.ids[1:], IGNORE_INDEX)
+            labels[row, start : end - 1] = np.where(session.trained[1:], session.ids[1:], IGNORE_INDEX)
             position_ids[row, start:end] = np.arange(len(session))
             document_ids[row, start:end] = document
             start = end
@@ -66,8 +68,10 @@ def pack(sessions: list[RenderedSession], seq_len: int, pad_id: int = 0) -> Pack
 def _best_fit_decreasing(sizes: list[int], capacity: int) -> list[list[int]]:
     """Bins (lists of item indices): longest item first, each into the fullest bin it fits in."""
     if sizes and max(sizes) > capacity:
-        raise ValueError(f"a session of {max(sizes)} tokens does not fit a row of {capacity}; "
-                         "split it with data.chatml.split_to_fit first")
+        raise ValueError(
+            f"a session of {max(sizes)} tokens does not fit a row of {capacity}; "
+            "split it with data.chatml.split_to_fit first"
+        )
     bins: list[list[int]] = []
     free = []  # sorted (free space, bin index) of every bin
     for index in sorted(range(len(sizes)), key=lambda i: sizes[i], reverse=True):
@@ -93,8 +97,17 @@ class RowLoader:
     the position (epoch, step within it), enough to resume exactly mid-epoch.
     """
 
-    def __init__(self, rows: PackedRows, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, wrap: bool = True):
+    def __init__(
+        self,
+        rows: PackedRows,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        wrap: bool = True,
+    ):
         if len(rows) == 0:
             raise ValueError("no rows to load")
         if not 0 <= rank < world_size:
@@ -113,14 +126,16 @@ class RowLoader:
         order = self._epoch_order()
         for step in range(self.step, len(self)):
             first = (step * self.world_size + self.rank) * self.batch_size
-            chosen = order[first:first + self.batch_size]
+            chosen = order[first : first + self.batch_size]
             # The position moves before the batch is handed out: a state saved after training on
             # it resumes with the next one (after an epoch's last batch, at the next epoch's start).
             self.step = step + 1
             if self.step == len(self):
                 self.epoch, self.step = self.epoch + 1, 0
-            yield {name: torch.from_numpy(getattr(self.rows, name)[chosen]).long()
-                   for name in ("input_ids", "labels", "position_ids", "document_ids")}
+            yield {
+                name: torch.from_numpy(getattr(self.rows, name)[chosen]).long()
+                for name in ("input_ids", "labels", "position_ids", "document_ids")
+            }
 
     def _epoch_order(self) -> np.ndarray:
         order = np.arange(len(self.rows))
@@ -139,6 +154,8 @@ class RowLoader:
         here. (A state without them is from a loader like this one.)"""
         rows = state["step"] * state.get("batch_size", self.batch_size) * state.get("world_size", self.world_size)
         if rows % (self.batch_size * self.world_size):
-            raise ValueError(f"the data stopped {rows} rows into an epoch, which is not a whole step of "
-                             f"{self.world_size} ranks x {self.batch_size} rows")
+            raise ValueError(
+                f"the data stopped {rows} rows into an epoch, which is not a whole step of "
+                f"{self.world_size} ranks x {self.batch_size} rows"
+            )
         self.epoch, self.step = state["epoch"], rows // (self.batch_size * self.world_size)

@@ -1,5 +1,6 @@
 """Phone numbers, e-mail addresses and payment card numbers in message text: found (the fidelity report
 counts those a twin repeats) and replaced by placeholders (--scrub, before anything is trained on them)."""
+
 import re
 from collections import Counter
 
@@ -19,7 +20,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 def number_kind(digits: str) -> str | None:
-    """"card" for 13 to 19 digits that pass the Luhn check, "phone" for 10 to 15 others, else None."""
+    """ "card" for 13 to 19 digits that pass the Luhn check, "phone" for 10 to 15 others, else None."""
     if 13 <= len(digits) <= 19 and luhn_valid(digits):
         return "card"
     return "phone" if 10 <= len(digits) <= 15 else None
@@ -41,6 +42,7 @@ def personal_values(text: str) -> dict[str, set[str]]:
 def scrub(text: str, scrubbed: Counter) -> str:
     """`text` with every value personal_values finds replaced by its placeholder ([phone], [email],
     [card]); `scrubbed` counts the replacements by kind."""
+
     def replace(match: re.Match, kind: str | None) -> str:
         kind = kind or number_kind(re.sub(r"\D", "", match[0]))
         if kind is None:  # a date, an amount: kept

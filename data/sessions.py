@@ -11,6 +11,7 @@ a name becomes one plain line, a message loses its control characters, and neith
 surrogate (which a JSON escape can hold and UTF-8 cannot). Text that spells a special token such as <|im_end|> needs no
 cleaning: data.chatml encodes names and messages as plain text.
 """
+
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 from core import atomic
 from core.errors import TwinError
 
@@ -39,8 +41,11 @@ class DataError(TwinError):
 
     def __init__(self, message: str):
         # Parts of the message come from the file (keys, names, paths): they must not break the line.
-        super().__init__(_UNPRINTABLE_IN_ERRORS.sub(
-            lambda match: match[0].encode("unicode_escape", "backslashreplace").decode("ascii"), message))
+        super().__init__(
+            _UNPRINTABLE_IN_ERRORS.sub(
+                lambda match: match[0].encode("unicode_escape", "backslashreplace").decode("ascii"), message
+            )
+        )
 
 
 def clean_message(text: str, repairs: Counter | None = None) -> str:
@@ -79,6 +84,7 @@ def clean_name(name: str, repairs: Counter | None = None) -> str:
 @dataclass
 class Turn:
     """Consecutive messages of one speaker."""
+
     speaker: str
     messages: list[str]
 
@@ -107,6 +113,7 @@ def messages_of(body: str) -> list[str]:
 @dataclass
 class Session:
     """One conversation: turns with no long gap between them, from one chat."""
+
     chat: str
     chat_type: str
     start: int  # unix time of the first message
@@ -145,8 +152,10 @@ def read_sessions_file(path: str | os.PathLike, repairs: Counter | None = None) 
         return [_session_from_json(_parse_json(text, path, "the file"), f"{path}", repairs)]
     except (ValueError, RecursionError):
         pass  # JSON that cannot be decoded: reported below, naming the line
-    return [_session_from_json(_parse_json(line, path, f"line {number}"), f"{path}: line {number}", repairs)
-            for number, line in lines]
+    return [
+        _session_from_json(_parse_json(line, path, f"line {number}"), f"{path}: line {number}", repairs)
+        for number, line in lines
+    ]
 
 
 def _parse_json(text: str, path: Path, where: str):
@@ -167,14 +176,18 @@ def _session_from_json(value, where: str, repairs: Counter) -> Session:
     turns = value.get("turns")
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: a session needs a non-empty list of turns")
-    session = Session(chat=value.get("chat", ""), chat_type=value.get("chat_type", ""),
-                      start=value.get("start", 0), target=value.get("target", ""), turns=[])
+    session = Session(
+        chat=value.get("chat", ""),
+        chat_type=value.get("chat_type", ""),
+        start=value.get("start", 0),
+        target=value.get("target", ""),
+        turns=[],
+    )
     for key in ("chat", "chat_type", "target"):
         if not isinstance(getattr(session, key), str):
             raise DataError(f"{where}: {key} must be a string")
         setattr(session, key, clean_name(getattr(session, key), repairs))
-    if (not isinstance(session.start, int) or isinstance(session.start, bool)
-            or not 0 <= session.start <= LATEST_START):
+    if not isinstance(session.start, int) or isinstance(session.start, bool) or not 0 <= session.start <= LATEST_START:
         raise DataError(f"{where}: start must be a unix time (an integer from 0 to {LATEST_START})")
     for number, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -183,8 +196,7 @@ def _session_from_json(value, where: str, repairs: Counter) -> Session:
         speaker = clean_name(speaker, repairs) if isinstance(speaker, str) else ""
         if not speaker:
             raise DataError(f"{where}: turn {number} needs a speaker name (of visible characters)")
-        if (not isinstance(messages, list) or not messages
-                or not all(isinstance(message, str) for message in messages)):
+        if not isinstance(messages, list) or not messages or not all(isinstance(message, str) for message in messages):
             raise DataError(f"{where}: turn {number} needs a non-empty list of message strings")
         session.turns.append(Turn(speaker, [clean_message(message, repairs) for message in messages]))
     return session
@@ -201,8 +213,11 @@ def _sessions_from_doppelganger(value, path: Path, repairs: Counter) -> list[Ses
             raise DataError(f"{where}: a doppelganger session must be a non-empty list of messages")
         session = Session(chat="", chat_type="", start=0)
         for entry in entries:
-            if (not isinstance(entry, dict) or not isinstance(entry.get("author"), str)
-                    or not isinstance(entry.get("text"), str)):
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("author"), str)
+                or not isinstance(entry.get("text"), str)
+            ):
                 raise DataError(f"{where}: each message must be an object with author and text strings")
             author = clean_name(entry["author"], repairs)
             if not author:
@@ -241,6 +256,10 @@ def most_frequent_partners(sessions: list[Session]) -> dict[str, str]:
     others = defaultdict(list)
     for speaker, other in adjacent_turns:
         others[speaker].append(other)
-    return {speaker: min(others[speaker], key=lambda other: (-adjacent_turns[speaker, other],
-                                                            -adjacent_sessions[speaker, other], other))
-            for speaker in sorted(others)}
+    return {
+        speaker: min(
+            others[speaker],
+            key=lambda other: (-adjacent_turns[speaker, other], -adjacent_sessions[speaker, other], other),
+        )
+        for speaker in sorted(others)
+    }

@@ -22,6 +22,7 @@ line and messages lose control characters (data.sessions.clean_name, clean_messa
 or chat that cannot be read is skipped and counted by reason, so one bad message never sinks an
 export; --strict stops at the first one instead.
 """
+
 import argparse
 import codecs
 import dataclasses
@@ -31,19 +32,20 @@ import statistics
 import sys
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterator, NamedTuple, NoReturn
+from typing import BinaryIO, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
 from core.cli import program
 from core.flags import add_arguments, from_args, setting
-from data.personal import PLACEHOLDERS as SCRUBBED_PLACEHOLDERS, scrub
 from core.names import matching_names
-from data.sessions import (DataError, Session, Turn, clean_message, clean_name, read_sessions_file,
-                           write_sessions)
+from data.personal import PLACEHOLDERS as SCRUBBED_PLACEHOLDERS
+from data.personal import scrub
+from data.sessions import DataError, Session, Turn, clean_message, clean_name, read_sessions_file, write_sessions
 
 # Chats that hold the target's own conversations; everything else is skipped.
 DEFAULT_CHAT_TYPES = {"personal_chat", "private_group", "private_supergroup"}
@@ -52,14 +54,23 @@ GROUP_TYPES = {"private_group", "private_supergroup", PUBLIC_GROUP_TYPE}
 SERVICE_NOTIFICATIONS_ID = 777000  # the "Telegram" account that sends login codes
 
 MEDIA_PLACEHOLDERS = {
-    "sticker": "[sticker]", "voice_message": "[voice message]", "video_message": "[video message]",
-    "video_file": "[video]", "audio_file": "[audio]", "animation": "[animation]",
+    "sticker": "[sticker]",
+    "voice_message": "[voice message]",
+    "video_message": "[video message]",
+    "video_file": "[video]",
+    "audio_file": "[audio]",
+    "animation": "[animation]",
 }
 # Looked up in this order when media_type says nothing. "file" is last: most media also have one.
 ATTACHMENT_PLACEHOLDERS = {
-    "photo": "[photo]", "location_information": "[location]", "place_name": "[location]",
-    "contact_information": "[contact]", "poll": "[poll]", "game_title": "[game]",
-    "invoice_information": "[invoice]", "file": "[file]",
+    "photo": "[photo]",
+    "location_information": "[location]",
+    "place_name": "[location]",
+    "contact_information": "[contact]",
+    "poll": "[poll]",
+    "game_title": "[game]",
+    "invoice_information": "[invoice]",
+    "file": "[file]",
 }
 PLACEHOLDERS = {*MEDIA_PLACEHOLDERS.values(), *ATTACHMENT_PLACEHOLDERS.values()}
 MEDIA_CHOICES = ("keep", "drop")
@@ -87,35 +98,66 @@ def _non_negative_int(text: str) -> int:
 @dataclass
 class ExportOptions:
     """How an export is read: the flags of `python -m data.telegram`, which train.py and evaluate.py take too."""
+
     target: str | None = setting(
-        None, "the person to clone, by Telegram id (user123) or name: the full name as the summary shows it, or "
+        None,
+        "the person to clone, by Telegram id (user123) or name: the full name as the summary shows it, or "
         "a part of it that only one person's name has, in any case; unset means the export's owner "
-        "(personal_information.user_id, else the author of Saved Messages)", metavar="NAME")
-    gap_minutes: float = setting(10, "a silence longer than this starts a new session", type=_positive_float,
-                                 metavar="N")
-    months: int = setting(24, "keep the messages of the last N months before the newest message in the export; "
-                          "0 keeps all", type=_non_negative_int, metavar="N")
-    speakers: str = setting("target", "target: keep only sessions where the target speaks after the first turn; "
-                            "any: keep every session", choices=("target", "any"))
-    keep_forwarded: bool = setting(False, "keep forwarded messages and messages sent via bots; they are skipped "
-                                   "otherwise as they are not their sender's own words")
-    public_groups: bool = setting(False, "also read public supergroups; otherwise only personal chats and private "
-                                  "groups")
-    strict: bool = setting(False, "stop with an error at the first malformed message or chat of an export; "
-                           "otherwise they are skipped and counted")
-    media: str = setting("keep", "keep: a photo, sticker, voice message, video, file, location, contact or poll "
-                         "without text becomes a placeholder such as [photo] or [voice message] (a caption, a "
-                         "sticker's emoji and a poll's question are kept as text); drop: such messages are left "
-                         "out", choices=MEDIA_CHOICES)
+        "(personal_information.user_id, else the author of Saved Messages)",
+        metavar="NAME",
+    )
+    gap_minutes: float = setting(
+        10, "a silence longer than this starts a new session", type=_positive_float, metavar="N"
+    )
+    months: int = setting(
+        24,
+        "keep the messages of the last N months before the newest message in the export; 0 keeps all",
+        type=_non_negative_int,
+        metavar="N",
+    )
+    speakers: str = setting(
+        "target",
+        "target: keep only sessions where the target speaks after the first turn; any: keep every session",
+        choices=("target", "any"),
+    )
+    keep_forwarded: bool = setting(
+        False,
+        "keep forwarded messages and messages sent via bots; they are skipped "
+        "otherwise as they are not their sender's own words",
+    )
+    public_groups: bool = setting(
+        False, "also read public supergroups; otherwise only personal chats and private groups"
+    )
+    strict: bool = setting(
+        False,
+        "stop with an error at the first malformed message or chat of an export; "
+        "otherwise they are skipped and counted",
+    )
+    media: str = setting(
+        "keep",
+        "keep: a photo, sticker, voice message, video, file, location, contact or poll "
+        "without text becomes a placeholder such as [photo] or [voice message] (a caption, a "
+        "sticker's emoji and a poll's question are kept as text); drop: such messages are left "
+        "out",
+        choices=MEDIA_CHOICES,
+    )
     # Choosing what to learn from
-    chats: str | None = setting(None, "read only these chats: a comma-separated list of chat names (in any case), "
-                                "ids or types (personal_chat, private_group, private_supergroup, public_supergroup) "
-                                "(default: every chat of the types read)", metavar="CHATS")
-    exclude_chats: str | None = setting(None, "leave out these chats: names, ids or types, as --chats takes them "
-                                        "(default: none)", metavar="CHATS")
-    scrub: bool = setting(False, "replace phone numbers, e-mail addresses and card numbers in the messages by "
-                          "[phone], [email] and [card], so that the model never learns them; the summary counts "
-                          "them")
+    chats: str | None = setting(
+        None,
+        "read only these chats: a comma-separated list of chat names (in any case), "
+        "ids or types (personal_chat, private_group, private_supergroup, public_supergroup) "
+        "(default: every chat of the types read)",
+        metavar="CHATS",
+    )
+    exclude_chats: str | None = setting(
+        None, "leave out these chats: names, ids or types, as --chats takes them (default: none)", metavar="CHATS"
+    )
+    scrub: bool = setting(
+        False,
+        "replace phone numbers, e-mail addresses and card numbers in the messages by "
+        "[phone], [email] and [card], so that the model never learns them; the summary counts "
+        "them",
+    )
 
     def __post_init__(self):
         if not self.gap_minutes > 0:
@@ -147,22 +189,22 @@ def add_export_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
     add_arguments(parser, ExportOptions)
 
 
-
 @dataclass
 class ConversionReport:
     """What load_sessions did, for a person to check before training on it."""
+
     source: str
     source_kind: str  # "Telegram export" or "sessions file"
     target: str = ""
     target_how: str = ""
-    chats_read: Counter = field(default_factory=Counter)       # chat type -> chats
-    chats_kept: Counter = field(default_factory=Counter)       # chat type -> chats
-    chats_skipped: Counter = field(default_factory=Counter)    # reason -> chats
+    chats_read: Counter = field(default_factory=Counter)  # chat type -> chats
+    chats_kept: Counter = field(default_factory=Counter)  # chat type -> chats
+    chats_skipped: Counter = field(default_factory=Counter)  # reason -> chats
     messages_kept: int = 0
     messages_skipped: Counter = field(default_factory=Counter)  # reason -> messages
     turns_per_session: list[int] = field(default_factory=list)
-    speaker_chars: Counter = field(default_factory=Counter)    # speaker -> characters written
-    placeholders: Counter = field(default_factory=Counter)     # "[photo]" -> kept messages saying it
+    speaker_chars: Counter = field(default_factory=Counter)  # speaker -> characters written
+    placeholders: Counter = field(default_factory=Counter)  # "[photo]" -> kept messages saying it
     repairs: Counter = field(default_factory=Counter)  # what cleaning changed -> messages or names
     scrubbed: Counter | None = None  # with --scrub: "phone", "email", "card" -> values replaced
     chat_choices: list[str] = field(default_factory=list)  # --chats and --exclude-chats as given
@@ -173,11 +215,12 @@ class ConversionReport:
         return len(self.turns_per_session)
 
     def summary(self) -> str:
-        lines = [f"read {self.source_kind} {self.source}",
-                 f"target: {self.target} ({self.target_how})"]
+        lines = [f"read {self.source_kind} {self.source}", f"target: {self.target} ({self.target_how})"]
         if self.chats_read:
-            lines.append(f"chats: {sum(self.chats_read.values())} read, "
-                         f"{sum(self.chats_kept.values())} kept ({_counts(self.chats_kept)})")
+            lines.append(
+                f"chats: {sum(self.chats_read.values())} read, "
+                f"{sum(self.chats_kept.values())} kept ({_counts(self.chats_kept)})"
+            )
             if self.chats_skipped:
                 lines.append(f"  skipped: {_counts(self.chats_skipped)}")
         skipped = sum(self.messages_skipped.values())
@@ -193,12 +236,19 @@ class ConversionReport:
             counts = ", ".join(f"{kind} {self.scrubbed[kind]:,}" for kind in SCRUBBED_PLACEHOLDERS)
             lines.append(f"  scrubbed (--scrub): {counts}, replaced by {', '.join(SCRUBBED_PLACEHOLDERS.values())}")
         if self.placeholders:
-            lines.append(f"  media without text: {_counts(self.placeholders)} "
-                         "(kept as placeholders; --media drop leaves them out)")
+            lines.append(
+                f"  media without text: {_counts(self.placeholders)} "
+                "(kept as placeholders; --media drop leaves them out)"
+            )
         turns = self.turns_per_session
-        lines.append(f"sessions: {len(turns):,}" + (
-            f", turns per session: min {min(turns)}, median {statistics.median(turns):g}, "
-            f"max {max(turns)}" if turns else ""))
+        lines.append(
+            f"sessions: {len(turns):,}"
+            + (
+                f", turns per session: min {min(turns)}, median {statistics.median(turns):g}, max {max(turns)}"
+                if turns
+                else ""
+            )
+        )
         total_chars = sum(self.speaker_chars.values())
         if total_chars:
             lines.append("top speakers by message characters (tokens need a tokenizer):")
@@ -213,7 +263,7 @@ def _counts(counter: Counter) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    """"1 session", "2 sessions": the count and the noun, which takes an s unless there is one."""
+    """ "1 session", "2 sessions": the count and the noun, which takes an s unless there is one."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
@@ -269,14 +319,15 @@ class _JsonReader:
         try:
             text = self.escape_carry + self.utf8.decode(data, final=not data)
         except UnicodeDecodeError as error:
-            raise DataError(f"{self.path}: not UTF-8 text ({error.reason} near byte "
-                            f"{self.file.tell() - len(data) + error.start})") from None
+            raise DataError(
+                f"{self.path}: not UTF-8 text ({error.reason} near byte {self.file.tell() - len(data) + error.start})"
+            ) from None
         if data:
             text, self.escape_carry = _split_unfinished_escape(text)
         else:
             self.at_end = True
         self.consumed += self.pos
-        self.buffer = self.buffer[self.pos:] + repair_hex_escapes(text)
+        self.buffer = self.buffer[self.pos :] + repair_hex_escapes(text)
         self.pos = 0
         return True
 
@@ -301,8 +352,7 @@ class _JsonReader:
     def _fail_at(self, found: str, where: str, what: str) -> NoReturn:
         if not found:
             raise self.error(where, "the file ends here: is it truncated?")
-        raise self.error(where, f"expected {what}, found {found!r} at character "
-                                f"{self.consumed + self.pos}")
+        raise self.error(where, f"expected {what}, found {found!r} at character {self.consumed + self.pos}")
 
     def value(self, where: str):
         """Decode the next whole JSON value."""
@@ -314,13 +364,15 @@ class _JsonReader:
                 # An error near the end of the text read so far may only mean that the chunk
                 # cut the value in two: read more (at least as much again, to stay linear).
                 unterminated = error.msg.startswith("Unterminated string")
-                if ((unterminated or error.pos >= len(self.buffer) - 8)
-                        and self._read_more(at_least=len(self.buffer) - self.pos)):
+                if (unterminated or error.pos >= len(self.buffer) - 8) and self._read_more(
+                    at_least=len(self.buffer) - self.pos
+                ):
                     continue
                 if unterminated or error.pos >= len(self.buffer.rstrip()):
                     raise self.error(where, "the file ends inside this value: is it truncated?") from None
-                raise self.error(where, f"not valid JSON: {error.msg} at character "
-                                        f"{self.consumed + error.pos}") from None
+                raise self.error(
+                    where, f"not valid JSON: {error.msg} at character {self.consumed + error.pos}"
+                ) from None
             except (ValueError, RecursionError) as error:  # e.g. a 5000-digit number, deep nesting
                 raise self.error(where, f"cannot decode: {error}") from None
             if end == len(self.buffer) and self._read_more():
@@ -371,8 +423,9 @@ class _JsonReader:
 
 # --- Reading an export -----------------------------------------------------------------------
 
+
 class ChatMessage(NamedTuple):
-    time: int    # unix time
+    time: int  # unix time
     author: str  # the author's id, e.g. "user123": names collide and change, ids do not
     text: str
 
@@ -421,10 +474,18 @@ class _ExportReader:
 
     def read(self) -> None:
         size = self.path.stat().st_size
-        with (open(self.path, "rb") as file,
-              # Only for big exports, and only on a terminal (None): logs stay readable.
-              tqdm(total=size, unit="B", unit_scale=True, desc="reading export", leave=False,
-                   disable=True if size < 64 << 20 else None) as progress):
+        with (
+            open(self.path, "rb") as file,
+            # Only for big exports, and only on a terminal (None): logs stay readable.
+            tqdm(
+                total=size,
+                unit="B",
+                unit_scale=True,
+                desc="reading export",
+                leave=False,
+                disable=True if size < 64 << 20 else None,
+            ) as progress,
+        ):
             reader = _JsonReader(self.path, file, progress)
             top_level = _Chat()  # a single-chat export has its chat at the top level
             found_chat_list = False
@@ -440,12 +501,12 @@ class _ExportReader:
         if top_level.messages is not None:
             self._finish_chat(top_level, "the top level")
         elif not found_chat_list:
-            raise DataError(f"{self.path}: not a Telegram export: no chats list and no messages "
-                            "at the top level")
+            raise DataError(f"{self.path}: not a Telegram export: no chats list and no messages at the top level")
         _note_chat_choices(self.report, self.options, self.chat_entries_used)
         # Cleaned once per person rather than once per message.
-        self.display_names = {person: _display_name(name, person, self.report.repairs)
-                              for person, (_, name) in self.latest_names.items()}
+        self.display_names = {
+            person: _display_name(name, person, self.report.repairs) for person, (_, name) in self.latest_names.items()
+        }
 
     def _skip(self, where: str, malformed: _Malformed, skipped: Counter) -> None:
         """Count the malformed message or chat in `skipped` and warn about the first of its kind;
@@ -456,19 +517,18 @@ class _ExportReader:
         skipped[kind] += 1
         if kind not in self.warned:
             self.warned.add(kind)
-            self.report.warnings.append(f"{where}: {malformed}; this and any other {kind} skipped "
-                                        "(--strict stops at the first instead)")
+            self.report.warnings.append(
+                f"{where}: {malformed}; this and any other {kind} skipped (--strict stops at the first instead)"
+            )
 
     def _read_personal_information(self, info) -> None:
         if not isinstance(info, dict):
             raise DataError(f"{self.path}: personal_information must be an object")
         self.owner_id = _person_id(info.get("user_id"))
         if self.owner_id is None and info.get("user_id") is not None:
-            raise DataError(f"{self.path}: personal_information.user_id "
-                            f"{info.get('user_id')!r} is not a Telegram id")
+            raise DataError(f"{self.path}: personal_information.user_id {info.get('user_id')!r} is not a Telegram id")
         names = [info.get("first_name"), info.get("last_name")]
-        self.owner_name = clean_name(" ".join(name for name in names if isinstance(name, str)),
-                                     self.report.repairs)
+        self.owner_name = clean_name(" ".join(name for name in names if isinstance(name, str)), self.report.repairs)
 
     def _read_chat_list(self, reader: _JsonReader, key: str) -> None:
         for list_key in reader.object_keys(key):
@@ -480,8 +540,9 @@ class _ExportReader:
                 chat = _Chat(left=key == "left_chats")
                 if reader.peek() != "{":
                     reader.value(where)
-                    self._skip(where, _Malformed("chat not an object", "a chat must be an object"),
-                               self.report.chats_skipped)
+                    self._skip(
+                        where, _Malformed("chat not an object", "a chat must be an object"), self.report.chats_skipped
+                    )
                     continue
                 for chat_key in reader.object_keys(where):
                     self._read_chat_field(reader, chat, chat_key, f"{where}.")
@@ -576,11 +637,15 @@ class _ExportReader:
             self.report.messages_skipped["in skipped chats"] += messages
 
     def _why_skip(self, chat: _Chat) -> str | None:
-        if (chat.type == "verification_codes" or _person_id(chat.id) == f"user{SERVICE_NOTIFICATIONS_ID}"
-                or (chat.type == "personal_chat" and chat.name == "Telegram")):
+        if (
+            chat.type == "verification_codes"
+            or _person_id(chat.id) == f"user{SERVICE_NOTIFICATIONS_ID}"
+            or (chat.type == "personal_chat" and chat.name == "Telegram")
+        ):
             return "Telegram service notifications"
-        excluded, included = (named_by(entries, chat.name, chat.type, chat.id)
-                              for entries in (self.exclude_chats, self.chats))
+        excluded, included = (
+            named_by(entries, chat.name, chat.type, chat.id) for entries in (self.exclude_chats, self.chats)
+        )
         self.chat_entries_used.update(excluded + included)
         if excluded:
             return "named by --exclude-chats"
@@ -596,15 +661,18 @@ class _ExportReader:
 def _note_chat_choices(report: ConversionReport, options: ExportOptions, used: set[str]) -> None:
     """Say in the summary which chats were asked for and left out; warn of a --chats entry that named none,
     and refuse an --exclude-chats entry that named none."""
-    for flag, text, choice in (("--chats", options.chats, "read only the chats named by"),
-                               ("--exclude-chats", options.exclude_chats, "left out the chats named by")):
+    for flag, text, choice in (
+        ("--chats", options.chats, "read only the chats named by"),
+        ("--exclude-chats", options.exclude_chats, "left out the chats named by"),
+    ):
         entries = chat_list(text)
         if entries:
             report.chat_choices.append(f"{choice} {flag}: {', '.join(entries)}")
         unused = [entry for entry in entries if entry not in used]
         if unused and flag == "--exclude-chats":  # a chat meant to stay out must not slip in by a typo
-            raise DataError(f"{report.source}: --exclude-chats: {unused[0]!r} names no chat here (a chat's name, "
-                            "id or type)")
+            raise DataError(
+                f"{report.source}: --exclude-chats: {unused[0]!r} names no chat here (a chat's name, id or type)"
+            )
         report.warnings += [f"{flag}: {entry!r} names no chat (a chat's name, id or type)" for entry in unused]
 
 
@@ -715,8 +783,8 @@ def _plain_text(text) -> str:
 
 # --- From messages to sessions -----------------------------------------------------------------
 
-def _choose_target(export: _ExportReader, options: ExportOptions,
-                   names: dict[str, str]) -> tuple[str, str]:
+
+def _choose_target(export: _ExportReader, options: ExportOptions, names: dict[str, str]) -> tuple[str, str]:
     """The id of the person to clone, and how it was chosen."""
     if options.target is not None:
         return _find_person(export, options.target, names)
@@ -724,9 +792,11 @@ def _choose_target(export: _ExportReader, options: ExportOptions,
         return export.owner_id, "the export's owner, from personal_information.user_id"
     if export.saved_messages_authors:
         return export.saved_messages_authors.most_common(1)[0][0], "the author of Saved Messages"
-    raise DataError(f"{export.path}: cannot tell whose export this is (no personal_information "
-                    f"and no Saved Messages): choose with --target NAME; most active: "
-                    f"{_most_active(export, names)}")
+    raise DataError(
+        f"{export.path}: cannot tell whose export this is (no personal_information "
+        f"and no Saved Messages): choose with --target NAME; most active: "
+        f"{_most_active(export, names)}"
+    )
 
 
 def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> tuple[str, str]:
@@ -738,20 +808,28 @@ def _find_person(export: _ExportReader, wanted: str, names: dict[str, str]) -> t
         matches = matching_names(wanted, people_by_name)
         if len(matches) > 1:
             choices = ", ".join(f"{name!r} ({people_by_name[name]})" for name in matches)
-            raise DataError(f"{export.path}: --target {wanted!r} matches {len(matches)} people: "
-                            f"{choices}; pass a full name or an id")
+            raise DataError(
+                f"{export.path}: --target {wanted!r} matches {len(matches)} people: "
+                f"{choices}; pass a full name or an id"
+            )
         if not matches:
-            raise DataError(f"{export.path}: --target {wanted!r} wrote no message in this export; "
-                            f"most active: {_most_active(export, names)}")
+            raise DataError(
+                f"{export.path}: --target {wanted!r} wrote no message in this export; "
+                f"most active: {_most_active(export, names)}"
+            )
         person = people_by_name[matches[0]]
-    namesakes = [other for other, name in export.display_names.items()
-                 if name == export.display_names[person] and other != person]
+    namesakes = [
+        other
+        for other, name in export.display_names.items()
+        if name == export.display_names[person] and other != person
+    ]
     if not namesakes:
         return person, "chosen with --target"
     # Two people called "Misha" are "Misha" (the more active) and "Misha (2)": say which one this is.
     others = ", ".join(f"{names[other]!r} ({other})" for other in namesakes)
-    return person, (f"chosen with --target; also called {export.display_names[person]}: {others}, "
-                    "whom an id or that name picks")
+    return person, (
+        f"chosen with --target; also called {export.display_names[person]}: {others}, whom an id or that name picks"
+    )
 
 
 def _most_active(export: _ExportReader, names: dict[str, str]) -> str:
@@ -799,15 +877,17 @@ def _turns(messages: list[ChatMessage], names: dict[str, str]) -> list[Turn]:
     return turns
 
 
-def _sessions_from_export(export: _ExportReader,
-                          options: ExportOptions) -> tuple[list[Session], ConversionReport]:
+def _sessions_from_export(export: _ExportReader, options: ExportOptions) -> tuple[list[Session], ConversionReport]:
     report = export.report
     names = _unique_names(export)
     target_id, report.target_how = _choose_target(export, options, names)
     if target_id not in names:  # the owner may never have written in this export
         own_name = export.owner_name if target_id == export.owner_id else ""
-        names[target_id] = (own_name if own_name and own_name not in names.values()
-                            else _display_name(target_id, target_id, report.repairs))
+        names[target_id] = (
+            own_name
+            if own_name and own_name not in names.values()
+            else _display_name(target_id, target_id, report.repairs)
+        )
     report.target = target = names[target_id]
 
     # Relative to the newest message, not today: the same export always gives the same sessions.
@@ -817,14 +897,12 @@ def _sessions_from_export(export: _ExportReader,
     for chat in export.kept_chats:
         recent = [message for message in chat.messages if message.time >= cutoff]
         if len(recent) < len(chat.messages):
-            report.messages_skipped[f"older than {options.months} months"] += (
-                len(chat.messages) - len(recent))
+            report.messages_skipped[f"older than {options.months} months"] += len(chat.messages) - len(recent)
         recent.sort(key=lambda message: message.time)  # stable: same-second messages keep order
         chat_name = _display_name(chat.name, _person_id(chat.id) or "", report.repairs)
         for messages in _split_at_gaps(recent, options.gap_minutes * 60):
             session = Session(chat_name, chat.type, messages[0].time, _turns(messages, names), target)
-            if options.speakers == "target" and all(turn.speaker != target
-                                                    for turn in session.turns[1:]):
+            if options.speakers == "target" and all(turn.speaker != target for turn in session.turns[1:]):
                 report.messages_skipped["in sessions where the target does not answer"] += len(messages)
                 continue
             # The same conversation can appear twice, e.g. a group and the supergroup it became.
@@ -835,11 +913,16 @@ def _sessions_from_export(export: _ExportReader,
             seen.add(key)
             sessions.append(session)
         # A left chat holds only the owner's messages anyway: Telegram exports no one else's there.
-        if (chat.type in GROUP_TYPES and chat.messages and not chat.left
-                and all(message.author == target_id for message in chat.messages)):
+        if (
+            chat.type in GROUP_TYPES
+            and chat.messages
+            and not chat.left
+            and all(message.author == target_id for message in chat.messages)
+        ):
             report.warnings.append(
                 f"only {target} speaks in the group {chat_name!r}: was it exported with "
-                "'Only my messages'? Export it again with everyone's messages to learn from it")
+                "'Only my messages'? Export it again with everyone's messages to learn from it"
+            )
     sessions.sort(key=lambda session: session.start)
     if options.scrub:
         _scrub_sessions(sessions, report)
@@ -860,6 +943,7 @@ def _count_sessions(report: ConversionReport, sessions: list[Session]) -> None:
 
 # --- Sessions files ----------------------------------------------------------------------------
 
+
 def _is_sessions_file(path: Path) -> bool:
     """A sessions file (ours, or a doppelganger list) rather than a Telegram export?"""
     with open(path, "rb") as file:
@@ -870,38 +954,40 @@ def _is_sessions_file(path: Path) -> bool:
     return head.startswith("[") or bool(first_key and first_key[1] in SESSION_FIELDS)
 
 
-def _load_sessions_file(path: Path,
-                        options: ExportOptions) -> tuple[list[Session], ConversionReport]:
+def _load_sessions_file(path: Path, options: ExportOptions) -> tuple[list[Session], ConversionReport]:
     report = ConversionReport(str(path), "sessions file")
     sessions = read_sessions_file(path, report.repairs)
     named_targets = Counter(session.target for session in sessions if session.target)
     if options.target is not None:
-        messages = Counter(turn.speaker for session in sessions for turn in session.turns
-                           for _ in turn.messages)
+        messages = Counter(turn.speaker for session in sessions for turn in session.turns for _ in turn.messages)
         wanted = options.target.strip()
         matches = matching_names(wanted, [name for name, _ in messages.most_common()])
         if not matches:
-            raise DataError(f"{path}: --target {wanted!r} never speaks in this file; top speakers: "
-                            f"{', '.join(name for name, _ in messages.most_common(10))}")
+            raise DataError(
+                f"{path}: --target {wanted!r} never speaks in this file; top speakers: "
+                f"{', '.join(name for name, _ in messages.most_common(10))}"
+            )
         if len(matches) > 1:
-            raise DataError(f"{path}: --target {wanted!r} matches {len(matches)} speakers: "
-                            f"{', '.join(matches[:10])}; pass a full name")
+            raise DataError(
+                f"{path}: --target {wanted!r} matches {len(matches)} speakers: "
+                f"{', '.join(matches[:10])}; pass a full name"
+            )
         target, report.target_how = matches[0], "chosen with --target"
     elif named_targets:
         target, report.target_how = named_targets.most_common(1)[0][0], "named in the sessions file"
     else:  # doppelganger files name no target; the owner of the chats is in (nearly) all of them
-        appearances = Counter(speaker for session in sessions
-                              for speaker in {turn.speaker for turn in session.turns})
+        appearances = Counter(speaker for session in sessions for speaker in {turn.speaker for turn in session.turns})
         target = appearances.most_common(1)[0][0]
-        report.target_how = ("the speaker in the most sessions, as the file names no target; "
-                             "choose with --target")
+        report.target_how = "the speaker in the most sessions, as the file names no target; choose with --target"
     report.target = target
     for session in sessions:
         session.target = target
     sessions = _chosen_chats(sessions, options, report)
     if dataclasses.replace(options, target=None, chats=None, exclude_chats=None, scrub=False) != ExportOptions():
-        report.warnings.append("--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups, "
-                               "--strict and --media apply to Telegram exports, not to a sessions file")
+        report.warnings.append(
+            "--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups, "
+            "--strict and --media apply to Telegram exports, not to a sessions file"
+        )
     if options.scrub:
         _scrub_sessions(sessions, report)
     _count_sessions(report, sessions)
@@ -913,8 +999,10 @@ def _chosen_chats(sessions: list[Session], options: ExportOptions, report: Conve
     chats, excluded, used = chat_list(options.chats), chat_list(options.exclude_chats), set()
     kept = []
     for session in sessions:
-        named, left_out = named_by(chats, session.chat, session.chat_type), named_by(excluded, session.chat,
-                                                                                       session.chat_type)
+        named, left_out = (
+            named_by(chats, session.chat, session.chat_type),
+            named_by(excluded, session.chat, session.chat_type),
+        )
         used.update(named + left_out)
         if left_out or chats and not named:
             reason = "named by --exclude-chats" if left_out else "not named by --chats"
@@ -931,8 +1019,10 @@ def load_sessions(path, options: ExportOptions | None = None) -> tuple[list[Sess
     path = Path(path)
     if path.is_dir():
         if not (path / "result.json").is_file():
-            raise DataError(f"{path}: no result.json in this folder; pass the folder Telegram "
-                            "Desktop exported to, its result.json, or a sessions file")
+            raise DataError(
+                f"{path}: no result.json in this folder; pass the folder Telegram "
+                "Desktop exported to, its result.json, or a sessions file"
+            )
         path = path / "result.json"
     try:
         if _is_sessions_file(path):
@@ -947,6 +1037,7 @@ def load_sessions(path, options: ExportOptions | None = None) -> tuple[list[Sess
 
 
 # --- Command line ------------------------------------------------------------------------------
+
 
 def _format_session(session: Session) -> str:
     when = datetime.fromtimestamp(session.start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -965,15 +1056,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data.telegram",
         description="Turn a Telegram Desktop export (Settings > Advanced > Export Telegram data, "
-                    "machine-readable JSON) into conversation sessions, one JSON object a line.")
-    parser.add_argument("export", help="result.json, the folder holding it, or a sessions file "
-                                       "(ours or doppelganger's)")
-    parser.add_argument("-o", "--output", help="where to write the sessions (JSONL); without it nothing "
-                                               "is written, and the summary (and --preview) show what would be")
+        "machine-readable JSON) into conversation sessions, one JSON object a line.",
+    )
+    parser.add_argument(
+        "export", help="result.json, the folder holding it, or a sessions file (ours or doppelganger's)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        help="where to write the sessions (JSONL); without it nothing "
+        "is written, and the summary (and --preview) show what would be",
+    )
     add_export_args(parser)
-    parser.add_argument("--preview", type=_non_negative_int, default=0, metavar="N",
-                        help="print the first N sessions; they are private data, so only when asked "
-                             "(default: %(default)s)")
+    parser.add_argument(
+        "--preview",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="print the first N sessions; they are private data, so only when asked (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     sessions, report = load_sessions(args.export, from_args(ExportOptions, args))
     if args.output is not None:
@@ -986,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote nothing (no -o): {plural(len(sessions), 'session')}")
     else:
         print(f"wrote {plural(len(sessions), 'session')} to {args.output}")
-    for session in sessions[:args.preview]:
+    for session in sessions[: args.preview]:
         print(_format_session(session))
     return 0
 

@@ -7,6 +7,7 @@ goes; a message with a `name` says who wrote it in Jinja. Names are people's tex
 template only as a quoted string literal, so no name can end a string, open a tag or close the
 Modelfile's triple quotes.
 """
+
 import json
 
 from data.chatml import ChatFormat
@@ -20,6 +21,7 @@ def jinja_chat_template(layout: ChatFormat, speaker: str, partner: str) -> str:
     prompt) unless the content is already written as the model writes, and the speaker's header open at
     the end with add_generation_prompt. `speaker` and `partner` are defaults that a server's template
     arguments (vLLM's and llama.cpp's chat_template_kwargs) may override per request."""
+
     def literal(text: str) -> str:  # a Jinja string literal: JSON's escapes are Python's, and Jinja's
         return json.dumps(text, ensure_ascii=False)
 
@@ -70,11 +72,15 @@ def ollama_template(layout: ChatFormat, speaker: str, partner: str) -> str:
     """The Go template of an Ollama Modelfile: the user's messages as the partner's turns, the
     assistant's as the speaker's, each line of a message one message of the turn as in the Jinja template,
     and the speaker's header last."""
-    role_name = (f'{{{{ if eq .Role "assistant" }}}}{{{{ {go_literal(speaker)} }}}}'
-                 f'{{{{ else if eq .Role "user" }}}}{{{{ {go_literal(partner)} }}}}{{{{ else }}}}{{{{ .Role }}}}{{{{ end }}}}')
-    return (f"{{{{- range $index, $message := .Messages }}}}{{{{ if $index }}}}{layout.separator}{{{{ end }}}}"
-            f"{{{{ with $message }}}}{layout.header(role_name)}{go_message_body()}{layout.turn_end}{{{{ end }}}}{{{{ end }}}}"
-            f"{{{{ if .Messages }}}}{layout.separator}{{{{ end }}}}{layout.header('{{ ' + go_literal(speaker) + ' }}')}")
+    role_name = (
+        f'{{{{ if eq .Role "assistant" }}}}{{{{ {go_literal(speaker)} }}}}'
+        f'{{{{ else if eq .Role "user" }}}}{{{{ {go_literal(partner)} }}}}{{{{ else }}}}{{{{ .Role }}}}{{{{ end }}}}'
+    )
+    return (
+        f"{{{{- range $index, $message := .Messages }}}}{{{{ if $index }}}}{layout.separator}{{{{ end }}}}"
+        f"{{{{ with $message }}}}{layout.header(role_name)}{go_message_body()}{layout.turn_end}{{{{ end }}}}{{{{ end }}}}"
+        f"{{{{ if .Messages }}}}{layout.separator}{{{{ end }}}}{layout.header('{{ ' + go_literal(speaker) + ' }}')}"
+    )
 
 
 def go_message_body() -> str:
@@ -84,32 +90,42 @@ def go_message_body() -> str:
     line written up to its newline. Go has no arithmetic either: the index after the newline at $i is the
     length of the first $i bytes and one more."""
     prefix, prefix_bytes = go_literal(MESSAGE_PREFIX), len(MESSAGE_PREFIX.encode())
-    return ("{{ $content := .Content }}"
-            f"{{{{ if and (ge (len $content) {prefix_bytes}) (eq (slice $content 0 {prefix_bytes}) {prefix}) }}}}"
-            "{{ $content }}"
-            f"{{{{ else }}}}{{{{ {prefix} }}}}{{{{ $start := 0 }}}}{{{{ range $i := len $content }}}}"
-            "{{ if eq (index $content $i) 10 }}"  # a newline byte
-            f"{{{{ slice $content $start $i }}}}{{{{ {go_literal(chr(10) + MESSAGE_PREFIX)} }}}}"
-            f"{{{{ $start = len (printf {go_literal('%s' + chr(10))} (slice $content 0 $i)) }}}}"
-            "{{ end }}{{ end }}{{ slice $content $start }}{{ end }}")
+    return (
+        "{{ $content := .Content }}"
+        f"{{{{ if and (ge (len $content) {prefix_bytes}) (eq (slice $content 0 {prefix_bytes}) {prefix}) }}}}"
+        "{{ $content }}"
+        f"{{{{ else }}}}{{{{ {prefix} }}}}{{{{ $start := 0 }}}}{{{{ range $i := len $content }}}}"
+        "{{ if eq (index $content $i) 10 }}"  # a newline byte
+        f"{{{{ slice $content $start $i }}}}{{{{ {go_literal(chr(10) + MESSAGE_PREFIX)} }}}}"
+        f"{{{{ $start = len (printf {go_literal('%s' + chr(10))} (slice $content 0 $i)) }}}}"
+        "{{ end }}{{ end }}{{ slice $content $start }}{{ end }}"
+    )
 
 
-def ollama_modelfile(gguf_reference: str, layout: ChatFormat, speaker: str, partner: str,
-                     sampling: SamplingConfig, adapter_reference: str | None = None) -> str:
+def ollama_modelfile(
+    gguf_reference: str,
+    layout: ChatFormat,
+    speaker: str,
+    partner: str,
+    sampling: SamplingConfig,
+    adapter_reference: str | None = None,
+) -> str:
     """An Ollama Modelfile for the GGUF file at `gguf_reference` (a path or model name as FROM takes it),
     with the GGUF LoRA adapter at `adapter_reference` on it where one is given, sampling as sample.py does
     by default and stopping where a turn ends or another begins."""
     stops = [layout.turn_end, layout.header_start]
-    return "\n".join([
-        "# A twin, by twin's GGUF export: the assistant writes as the speaker, the user as the partner (TEMPLATE)",
-        f"FROM {gguf_reference}",
-        *([f"ADAPTER {adapter_reference}"] if adapter_reference else []),
-        f'TEMPLATE """{ollama_template(layout, speaker, partner)}"""',
-        *(f'PARAMETER stop "{stop}"' for stop in stops),
-        f"PARAMETER temperature {sampling.temperature:g}",
-        f"PARAMETER top_p {sampling.top_p:g}",
-        f"PARAMETER top_k {sampling.top_k}",
-        f"PARAMETER repeat_penalty {sampling.repetition_penalty:g}",
-        f"PARAMETER num_predict {sampling.max_new_tokens}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# A twin, by twin's GGUF export: the assistant writes as the speaker, the user as the partner (TEMPLATE)",
+            f"FROM {gguf_reference}",
+            *([f"ADAPTER {adapter_reference}"] if adapter_reference else []),
+            f'TEMPLATE """{ollama_template(layout, speaker, partner)}"""',
+            *(f'PARAMETER stop "{stop}"' for stop in stops),
+            f"PARAMETER temperature {sampling.temperature:g}",
+            f"PARAMETER top_p {sampling.top_p:g}",
+            f"PARAMETER top_k {sampling.top_k}",
+            f"PARAMETER repeat_penalty {sampling.repetition_penalty:g}",
+            f"PARAMETER num_predict {sampling.max_new_tokens}",
+            "",
+        ]
+    )

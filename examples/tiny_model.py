@@ -6,6 +6,7 @@ The tokenizer is a SentencePiece BPE model (byte fallback, like Mistral's) train
 sample export's messages, plus Dolphin's ChatML tokens; the weights are random. The directory has the
 layout of a Hugging Face checkpoint, so train.py and sample.py take it as `--model` like a real one.
 """
+
 import argparse
 import io
 import sys
@@ -18,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.telegram import ExportOptions, load_sessions  # noqa: E402
-from model import Transformer, ModelConfig, Tokenizer, save_model  # noqa: E402
+from model import ModelConfig, Tokenizer, Transformer, save_model  # noqa: E402
 
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 
@@ -26,10 +27,22 @@ SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> Tokenizer:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        split_digits=True, hard_vocab_limit=False, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-        character_coverage=0.9995, minloglevel=2)
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        hard_vocab_limit=False,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        character_coverage=0.9995,
+        minloglevel=2,
+    )
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
     tokenizer = Tokenizer.from_dir(out_dir)
     tokenizer.add_special_tokens(["<|im_end|>", "<|im_start|>"])
@@ -38,9 +51,21 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> Tokeniz
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/tiny-base"), help="where to write the model (default: %(default)s)")
-    parser.add_argument("--data", type=Path, default=SAMPLE_EXPORT, help="export whose messages train the tokenizer (default: the bundled sample)")
-    parser.add_argument("--vocab-size", type=int, default=1024, help="SentencePiece pieces before the ChatML tokens (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/tiny-base"), help="where to write the model (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=SAMPLE_EXPORT,
+        help="export whose messages train the tokenizer (default: the bundled sample)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=1024,
+        help="SentencePiece pieces before the ChatML tokens (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     args = parser.parse_args()
 
@@ -49,10 +74,18 @@ def main() -> None:
     texts += [turn.speaker for session in sessions for turn in session.turns]
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = train_tokenizer(texts, args.vocab_size, Path(scratch))
-        config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=256, intermediate_size=768,
-                               num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-                               max_position_embeddings=4096, sliding_window=1024, rms_norm_eps=1e-5,
-                               eos_token_id=tokenizer.eos_id)
+        config = ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            sliding_window=1024,
+            rms_norm_eps=1e-5,
+            eos_token_id=tokenizer.eos_id,
+        )
         torch.manual_seed(args.seed)
         model = Transformer(config)
         with torch.no_grad():

@@ -9,6 +9,7 @@ to each person, against its base model.
   - evaluation: all of it in order, for a model with adapters or for two checkpoints.
 Nothing here imports a program.
 """
+
 from core.errors import TwinError
 
 

@@ -7,6 +7,7 @@ punctuation, script, emoji and casing habits by which people in a chat recognise
 speaker is equally likely before the text is read, so a speaker who talks a lot does not win the
 doubtful turns.
 """
+
 from collections import Counter
 
 import numpy as np
@@ -20,7 +21,7 @@ def turn_text(turn: list[str]) -> str:
 
 
 def char_ngrams(text: str) -> Counter:
-    return Counter(text[start:start + size] for size in NGRAM_SIZES for start in range(len(text) - size + 1))
+    return Counter(text[start : start + size] for size in NGRAM_SIZES for start in range(len(text) - size + 1))
 
 
 class NgramClassifier:
@@ -42,8 +43,11 @@ class NgramClassifier:
 
     def scores(self, turn: list[str]) -> np.ndarray:
         """The log-likelihood of the turn under each class (n-grams no class used are left out)."""
-        ngrams = [(self.vocabulary[ngram], count) for ngram, count in char_ngrams(turn_text(turn)).items()
-                  if ngram in self.vocabulary]
+        ngrams = [
+            (self.vocabulary[ngram], count)
+            for ngram, count in char_ngrams(turn_text(turn)).items()
+            if ngram in self.vocabulary
+        ]
         if not ngrams:
             return np.zeros(len(self.classes))
         columns, counts = zip(*ngrams)
@@ -53,12 +57,15 @@ class NgramClassifier:
         return self.classes[int(np.argmax(self.scores(turn)))]
 
 
-def confusion_matrix(classifier: NgramClassifier,
-                     turns_by_speaker: dict[str, list[list[str]]]) -> dict[str, dict[str, int]]:
+def confusion_matrix(
+    classifier: NgramClassifier, turns_by_speaker: dict[str, list[list[str]]]
+) -> dict[str, dict[str, int]]:
     """For each speaker, how many of the turns written as them the classifier gives to each class."""
-    return {speaker: {name: attributed.get(name, 0) for name in classifier.classes}
-            for speaker, turns in turns_by_speaker.items()
-            for attributed in [Counter(classifier.attribute(turn) for turn in turns)]}
+    return {
+        speaker: {name: attributed.get(name, 0) for name in classifier.classes}
+        for speaker, turns in turns_by_speaker.items()
+        for attributed in [Counter(classifier.attribute(turn) for turn in turns)]
+    }
 
 
 def auc(positive: list[float], negative: list[float]) -> float:
@@ -68,8 +75,9 @@ def auc(positive: list[float], negative: list[float]) -> float:
     return float(above / (len(positive) * len(negative)))
 
 
-def real_vs_generated_auc(real: list[list[str]], generated: list[list[str]], seed: int = 0,
-                          folds: int = 5) -> float | None:
+def real_vs_generated_auc(
+    real: list[list[str]], generated: list[list[str]], seed: int = 0, folds: int = 5
+) -> float | None:
     """How well the classifier tells generated turns from real ones, cross-validated: each turn is
     scored by a classifier fitted on the other folds. 0.5: indistinguishable; 1: always told apart.
     None with fewer than two turns on a side."""
@@ -80,8 +88,10 @@ def real_vs_generated_auc(real: list[list[str]], generated: list[list[str]], see
     fold_of = {side: rng.permutation(len(turns)) % folds for side, turns in (("real", real), ("generated", generated))}
     scores: dict[str, list[float]] = {"real": [], "generated": []}
     for fold in range(folds):
-        training = {side: [turn for turn, which in zip(turns, fold_of[side]) if which != fold]
-                    for side, turns in (("real", real), ("generated", generated))}
+        training = {
+            side: [turn for turn, which in zip(turns, fold_of[side]) if which != fold]
+            for side, turns in (("real", real), ("generated", generated))
+        }
         classifier = NgramClassifier(training)
         for side, turns in (("real", real), ("generated", generated)):
             for turn, which in zip(turns, fold_of[side]):

@@ -11,6 +11,7 @@ A model's position is (floor - distance) / (floor - ceiling): 0 at the floor, 1 
 farther than other people. Its confidence interval resamples the contexts: the held-out turns and the
 model's turns at the same contexts, in pairs.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ MEAN = "mean"  # place()'s key for the mean over the statistics that separate th
 @dataclass
 class Bounds:
     """One statistic's reference distances for one person; None where there was nothing to draw from."""
+
     ceiling: float | None
     floor: float | None
 
@@ -43,14 +45,14 @@ class Bounds:
 @dataclass
 class Placement:
     """Where one model's turns fall on one statistic."""
+
     distance: float  # from the held-out turns, as fidelity.style.style_distance
     position: float | None  # None where the statistic does not separate the person from others
     low: float | None  # the 95% bootstrap interval of the position
     high: float | None
 
 
-def style_bounds(real: list[list[str]], own: list[list[str]], others: list[list[str]],
-                 seed: int) -> dict[str, Bounds]:
+def style_bounds(real: list[list[str]], own: list[list[str]], others: list[list[str]], seed: int) -> dict[str, Bounds]:
     """Ceiling and floor of every statistic for the person whose held-out turns are `real`, from
     their other turns `own` and other people's turns `others`."""
     rng = np.random.default_rng(seed)
@@ -61,15 +63,18 @@ def style_bounds(real: list[list[str]], own: list[list[str]], others: list[list[
             return [None] * len(STATISTICS)
         draws = counts_table(pool)[rng.integers(0, len(pool), size=(REFERENCE_DRAWS, len(real)))]
         values = statistics_of_counts(draws.sum(axis=1))
-        return [float(np.mean(style_distance(statistic, values[:, column], real_values[column])))
-                for column, statistic in enumerate(STATISTICS)]
+        return [
+            float(np.mean(style_distance(statistic, values[:, column], real_values[column])))
+            for column, statistic in enumerate(STATISTICS)
+        ]
 
     ceilings, floors = mean_distances(own), mean_distances(others)
     return {statistic.name: Bounds(ceiling, floor) for statistic, ceiling, floor in zip(STATISTICS, ceilings, floors)}
 
 
-def place(replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bounds],
-          seed: int) -> dict[str, Placement]:
+def place(
+    replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bounds], seed: int
+) -> dict[str, Placement]:
     """Every statistic's distance and position of `replies`, written at the contexts of `real`, and under
     MEAN the mean position over the statistics that separate the person from others (None without one),
     its interval from the same resamples of the contexts."""
@@ -78,8 +83,9 @@ def place(replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bou
     reply_counts, real_counts = counts_table(replies), counts_table(real)
     resampled = np.random.default_rng(seed).integers(0, len(real), size=(RESAMPLES, len(real)))
     reply_values, real_values = (statistics_of_counts(counts.sum(axis=0)) for counts in (reply_counts, real_counts))
-    reply_resampled, real_resampled = (statistics_of_counts(counts[resampled].sum(axis=1))
-                                       for counts in (reply_counts, real_counts))
+    reply_resampled, real_resampled = (
+        statistics_of_counts(counts[resampled].sum(axis=1)) for counts in (reply_counts, real_counts)
+    )
     placements, resampled_positions = {}, []
     for column, statistic in enumerate(STATISTICS):
         distance = style_distance(statistic, reply_values[column], real_values[column])
@@ -89,13 +95,19 @@ def place(replies: list[list[str]], real: list[list[str]], bounds: dict[str, Bou
             continue
         positions = bound.position(style_distance(statistic, reply_resampled[:, column], real_resampled[:, column]))
         resampled_positions.append(positions)
-        placements[statistic.name] = Placement(distance, float(bound.position(distance)),
-                                               *map(float, np.percentile(positions, INTERVAL)))
+        placements[statistic.name] = Placement(
+            distance, float(bound.position(distance)), *map(float, np.percentile(positions, INTERVAL))
+        )
     separating = [placement for placement in placements.values() if placement.position is not None]
-    mean = (Placement(float(np.mean([placement.distance for placement in separating])),
-                      float(np.mean([placement.position for placement in separating])),
-                      *map(float, np.percentile(np.mean(resampled_positions, axis=0), INTERVAL)))
-            if separating else Placement(0.0, None, None, None))
+    mean = (
+        Placement(
+            float(np.mean([placement.distance for placement in separating])),
+            float(np.mean([placement.position for placement in separating])),
+            *map(float, np.percentile(np.mean(resampled_positions, axis=0), INTERVAL)),
+        )
+        if separating
+        else Placement(0.0, None, None, None)
+    )
     return {**placements, MEAN: mean}
 
 

@@ -1,5 +1,6 @@
 """A whole fidelity report: plan, measure base and tuned, compare, write. `run_evaluation` is what train.py
 calls at the end of a LoRA run; `evaluate_full_fine_tune` compares two checkpoints."""
+
 import dataclasses
 from dataclasses import asdict
 from pathlib import Path
@@ -21,10 +22,19 @@ from model.lora import adapters_off, lora_layers
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
-def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData, out_dir: str | Path,
-                   settings: EvalSettings | None = None, device: torch.device = torch.device("cpu"),
-                   about: dict | None = None, metrics_file: Path | None = None,
-                   verdict: list[PersonVerdict] | None = None, memory: MemoryConfig | None = None) -> Report:
+
+def run_evaluation(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    data: PreparedData,
+    out_dir: str | Path,
+    settings: EvalSettings | None = None,
+    device: torch.device = torch.device("cpu"),
+    about: dict | None = None,
+    metrics_file: Path | None = None,
+    verdict: list[PersonVerdict] | None = None,
+    memory: MemoryConfig | None = None,
+) -> Report:
     """Evaluate a model carrying LoRA adapters against itself with them switched off; write the report.
 
     `about` says what the report is about: "base", "tuned", "data" (strings for the reader).
@@ -39,17 +49,27 @@ def run_evaluation(model: Transformer, tokenizer: Tokenizer, data: PreparedData,
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
     tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
-    remembered = (measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device)
-                  if memory and memory.on else None)
-    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict,
-                             remembered)
+    remembered = (
+        measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device)
+        if memory and memory.on
+        else None
+    )
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict, remembered)
 
 
-
-def evaluate_full_fine_tune(base_source: str | Path, tuned_source: str | Path, tokenizer: Tokenizer,
-                            data: PreparedData, out_dir: str | Path, settings: EvalSettings, device: torch.device,
-                            dtype: torch.dtype, about: dict, metrics_file: Path | None = None,
-                            verdict: list[PersonVerdict] | None = None) -> Report:
+def evaluate_full_fine_tune(
+    base_source: str | Path,
+    tuned_source: str | Path,
+    tokenizer: Tokenizer,
+    data: PreparedData,
+    out_dir: str | Path,
+    settings: EvalSettings,
+    device: torch.device,
+    dtype: torch.dtype,
+    about: dict,
+    metrics_file: Path | None = None,
+    verdict: list[PersonVerdict] | None = None,
+) -> Report:
     """Evaluate a fully fine-tuned checkpoint against its base; write the report. The two models are
     loaded one after the other, as two 7B models rarely fit in memory at once."""
     plan = plan_evaluation(data, settings)
@@ -57,20 +77,44 @@ def evaluate_full_fine_tune(base_source: str | Path, tuned_source: str | Path, t
     tuned = measure_checkpoint(tuned_source, tokenizer, data, plan, settings, device, dtype, "tuned")
     return compare_and_write(plan, data, base, tuned, settings, out_dir, about, metrics_file, verdict)
 
-def compare_and_write(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
-                      settings: EvalSettings, out_dir: str | Path, about: dict,
-                      metrics_file: Path | None = None, verdict: list[PersonVerdict] | None = None,
-                      memory: MemoryFigures | None = None) -> Report:
-    about = {"base": "base model", "tuned": "tuned model", "data": "held-out sessions", **about,
-             "speakers": plan.speakers, "contexts": settings.contexts, "seed": settings.seed,
-             "sampling": asdict(settings.sampling)}
+
+def compare_and_write(
+    plan: Plan,
+    data: PreparedData,
+    base: Measurement,
+    tuned: Measurement,
+    settings: EvalSettings,
+    out_dir: str | Path,
+    about: dict,
+    metrics_file: Path | None = None,
+    verdict: list[PersonVerdict] | None = None,
+    memory: MemoryFigures | None = None,
+) -> Report:
+    about = {
+        "base": "base model",
+        "tuned": "tuned model",
+        "data": "held-out sessions",
+        **about,
+        "speakers": plan.speakers,
+        "contexts": settings.contexts,
+        "seed": settings.seed,
+        "sampling": asdict(settings.sampling),
+    }
     report = dataclasses.replace(compare(plan, data, base, tuned, settings, about, verdict), memory=memory)
     write_report(report, out_dir, metrics_file)
     return report
 
 
-def measure_checkpoint(source: str | Path, tokenizer: Tokenizer, data: PreparedData, plan: Plan, settings: EvalSettings,
-                       device: torch.device, dtype: torch.dtype, name: str) -> Measurement:
+def measure_checkpoint(
+    source: str | Path,
+    tokenizer: Tokenizer,
+    data: PreparedData,
+    plan: Plan,
+    settings: EvalSettings,
+    device: torch.device,
+    dtype: torch.dtype,
+    name: str,
+) -> Measurement:
     """Load a model, measure it, and let it go (it is freed when this returns)."""
     model = load_model(source, dtype=dtype, device=device)
     check_finite(model, source)

@@ -2,6 +2,7 @@
 itself, or answers something other than what was said. Each is a share of the replies a model wrote,
 in [0, 1]; the same figures of the person's real turns at the same contexts show how often people do it.
 """
+
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -9,22 +10,40 @@ from dataclasses import dataclass
 from fidelity.text import ngrams, words
 
 _APOSTROPHE = "['’]"
-ASSISTANT_LEAK = re.compile("|".join([
-    r"\bas an ai\b", rf"\bi{_APOSTROPHE}m an ai\b", r"\bi am an ai\b", r"\bas a (?:large )?language model\b",
-    r"\b(?:ai|large) language model\b", r"\bhow (?:can|may) i (?:assist|help) you\b",
-    rf"\bi{_APOSTROPHE}m here to (?:help|assist)\b", r"\bi am here to (?:help|assist)\b", r"\bopenai\b",
-    r"\bкак (?:ии|искусственный интеллект|языковая модель)\b",
-    r"\bя\s*(?:[—–-]\s*)?(?:ии|искусственный интеллект|языковая модель|ai-ассистент|виртуальный ассистент)\b",
-    r"\bязыков(?:ая|ой|ую) модел", r"\bчем (?:я )?могу (?:вам |тебе )?помочь\b", r"\bкак я могу (?:вам )?помочь\b",
-]), re.IGNORECASE)
-REFUSAL = re.compile("|".join([
-    rf"\bi{_APOSTROPHE}m sorry,? but i (?:can{_APOSTROPHE}t|cannot|won{_APOSTROPHE}t)\b",
-    rf"\bi (?:can{_APOSTROPHE}t|cannot|can not) (?:help with|assist with|provide|comply|fulfil)",
-    rf"\bi{_APOSTROPHE}m (?:not able|unable) to (?:help|assist|provide|comply)\b",
-    r"\bi am (?:not able|unable) to (?:help|assist|provide|comply)\b",
-    r"\b(?:извините|простите|к сожалению),? (?:но )?я не могу\b",
-    r"\bя не могу (?:помочь с|помочь вам|ответить на (?:этот|такой|ваш)|предоставить|выполнить (?:этот|вашу|такой))",
-]), re.IGNORECASE)
+ASSISTANT_LEAK = re.compile(
+    "|".join(
+        [
+            r"\bas an ai\b",
+            rf"\bi{_APOSTROPHE}m an ai\b",
+            r"\bi am an ai\b",
+            r"\bas a (?:large )?language model\b",
+            r"\b(?:ai|large) language model\b",
+            r"\bhow (?:can|may) i (?:assist|help) you\b",
+            rf"\bi{_APOSTROPHE}m here to (?:help|assist)\b",
+            r"\bi am here to (?:help|assist)\b",
+            r"\bopenai\b",
+            r"\bкак (?:ии|искусственный интеллект|языковая модель)\b",
+            r"\bя\s*(?:[—–-]\s*)?(?:ии|искусственный интеллект|языковая модель|ai-ассистент|виртуальный ассистент)\b",
+            r"\bязыков(?:ая|ой|ую) модел",
+            r"\bчем (?:я )?могу (?:вам |тебе )?помочь\b",
+            r"\bкак я могу (?:вам )?помочь\b",
+        ]
+    ),
+    re.IGNORECASE,
+)
+REFUSAL = re.compile(
+    "|".join(
+        [
+            rf"\bi{_APOSTROPHE}m sorry,? but i (?:can{_APOSTROPHE}t|cannot|won{_APOSTROPHE}t)\b",
+            rf"\bi (?:can{_APOSTROPHE}t|cannot|can not) (?:help with|assist with|provide|comply|fulfil)",
+            rf"\bi{_APOSTROPHE}m (?:not able|unable) to (?:help|assist|provide|comply)\b",
+            r"\bi am (?:not able|unable) to (?:help|assist|provide|comply)\b",
+            r"\b(?:извините|простите|к сожалению),? (?:но )?я не могу\b",
+            r"\bя не могу (?:помочь с|помочь вам|ответить на (?:этот|такой|ваш)|предоставить|выполнить (?:этот|вашу|такой))",
+        ]
+    ),
+    re.IGNORECASE,
+)
 REPEATED_NGRAM = 3  # words: the same three words twice in one reply is a loop ("ok ok ok ok" has one)
 SHARED_NGRAM = 4  # words: a reply sharing four words in a row with a reply at another context repeats a template
 STEM = 5  # leading characters that make two words one for the overlap test: "работа" and "работу" share "работ"
@@ -57,8 +76,10 @@ def repeated_across(turns: list[list[str]]) -> list[bool]:
     shared = [set(ngrams(list(turn_words), SHARED_NGRAM)) for turn_words in whole]
     turns_with = Counter(ngram for ngram_set in shared for ngram in ngram_set)
     duplicates = Counter(turn_words for turn_words in whole if turn_words)
-    return [(bool(turn_words) and duplicates[turn_words] > 1) or any(turns_with[ngram] > 1 for ngram in ngram_set)
-            for turn_words, ngram_set in zip(whole, shared)]
+    return [
+        (bool(turn_words) and duplicates[turn_words] > 1) or any(turns_with[ngram] > 1 for ngram in ngram_set)
+        for turn_words, ngram_set in zip(whole, shared)
+    ]
 
 
 def stems(turn: list[str]) -> set[str]:
@@ -75,7 +96,9 @@ def failure_rates(replies: list[list[str]], real: list[list[str]], contexts: lis
         return sum(flags) / len(flags) if flags else 0.0
 
     texts = ["\n".join(reply) for reply in replies]
-    bound = [(reply, context) for reply, truth, context in zip(replies, real, contexts) if stems(truth) & stems(context)]
+    bound = [
+        (reply, context) for reply, truth, context in zip(replies, real, contexts) if stems(truth) & stems(context)
+    ]
     return FailureRates(
         replies=len(replies),
         assistant_leaks=share([bool(ASSISTANT_LEAK.search(text)) for text in texts]),
@@ -84,4 +107,5 @@ def failure_rates(replies: list[list[str]], real: list[list[str]], contexts: lis
         repeats_itself=share([repeats_itself(reply) for reply in replies]),
         repeats_across=share(repeated_across(replies)),
         ignores_context=share([not stems(reply) & stems(context) for reply, context in bound]) if bound else None,
-        context_bound=len(bound))
+        context_bound=len(bound),
+    )

@@ -1,5 +1,6 @@
 """A fidelity report on disk: report.json (every figure), report.md (for a reader: tables, a guide to
 reading them, plots and examples) and the plots, written whole or not at all, as one folder."""
+
 import json
 import math
 from dataclasses import asdict
@@ -8,11 +9,21 @@ from pathlib import Path
 from core import atomic
 from fidelity import EvaluationError
 from fidelity.calibration import Placement
+from fidelity.measure import CUT_QUANTILE
 from fidelity.plots import PersonShown, StyleRowShown, loss_curves_png, read_metrics, style_positions_png
 from fidelity.privacy import COPY_WORDS
-from fidelity.measure import CUT_QUANTILE
-from fidelity.report import (CONTEXT_TURNS_READ, MODELS, VERDICT_RULE, WRITERS, Attribution, Example, Report,
-                             SpeakerReport, number, percent)
+from fidelity.report import (
+    CONTEXT_TURNS_READ,
+    MODELS,
+    VERDICT_RULE,
+    WRITERS,
+    Attribution,
+    Example,
+    Report,
+    SpeakerReport,
+    number,
+    percent,
+)
 from fidelity.style import STATISTICS
 from fidelity.verdict import PersonVerdict
 
@@ -60,15 +71,19 @@ def write_report(report: Report, out_dir: str | Path, metrics_file: Path | None 
     whole: a report cut short leaves the one before as it was, never a new plot beside an old report."""
     out_dir = Path(out_dir)
     check_report_folder(out_dir)
-    pictures = {"loss_curves.png": loss_curves_png(read_metrics(metrics_file), base_held_out_loss(report))
-                if metrics_file and metrics_file.is_file() else None,
-                "style_positions.png": style_positions_png([person_shown(speaker) for speaker in report.speakers])}
+    pictures = {
+        "loss_curves.png": loss_curves_png(read_metrics(metrics_file), base_held_out_loss(report))
+        if metrics_file and metrics_file.is_file()
+        else None,
+        "style_positions.png": style_positions_png([person_shown(speaker) for speaker in report.speakers]),
+    }
     plots = [name for name, png in pictures.items() if png]
     with atomic.directory(out_dir) as building:
         for name in plots:
             atomic.write_bytes(building / name, pictures[name])
-        atomic.write_text(building / "report.json", json.dumps({**report_json(report), "plots": plots}, indent=2,
-                                                               ensure_ascii=False))
+        atomic.write_text(
+            building / "report.json", json.dumps({**report_json(report), "plots": plots}, indent=2, ensure_ascii=False)
+        )
         atomic.write_text(building / "report.md", report_markdown(report, plots))
 
 
@@ -76,8 +91,10 @@ def check_report_folder(out_dir: Path) -> None:
     """A report replaces its folder as one: a folder that holds anything else is refused."""
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_FILES) if out_dir.is_dir() else []
     if foreign:
-        raise EvaluationError(f"{out_dir}: holds {foreign[0]}, which is no part of a report; give the report a "
-                              "folder of its own (a new one)")
+        raise EvaluationError(
+            f"{out_dir}: holds {foreign[0]}, which is no part of a report; give the report a "
+            "folder of its own (a new one)"
+        )
 
 
 def base_held_out_loss(report: Report) -> float | None:
@@ -92,8 +109,13 @@ def person_shown(speaker: SpeakerReport) -> PersonShown:
     for statistic in STATISTICS if speaker.style else ():
         row = speaker.style[statistic.name]
         values = [f"{value:.0%}" if statistic.is_share else f"{value:.2f}" for value in (row.real, row.base, row.tuned)]
-        rows.append(StyleRowShown(statistic.label, " · ".join(f"{writer} {value}" for writer, value in zip(WRITERS, values)),
-                                  row.placements))
+        rows.append(
+            StyleRowShown(
+                statistic.label,
+                " · ".join(f"{writer} {value}" for writer, value in zip(WRITERS, values)),
+                row.placements,
+            )
+        )
     return PersonShown(speaker.title, None if speaker.no_position else speaker.position, speaker.no_position, rows)
 
 
@@ -104,33 +126,51 @@ def perplexity(loss: float) -> float:
 def report_json(report: Report) -> dict:
     speakers = []
     for speaker in report.speakers:
-        speakers.append({
-            "speaker": speaker.speaker, "is_target": speaker.is_target,
-            "held_out_turns": speaker.held_out_turns, "contexts": speaker.contexts,
-            "loss": {"base": speaker.base_loss, "tuned": speaker.tuned_loss, "tokens": speaker.loss_tokens},
-            "perplexity": {"base": perplexity(speaker.base_loss), "tuned": perplexity(speaker.tuned_loss)},
-            "style": {name: asdict(row) for name, row in speaker.style.items()},
-            "verdict": speaker.verdict(), "no_position": speaker.no_position,
-            "position": {model: speaker.position[model] and speaker.position[model].position for model in MODELS},
-            "position_interval": {model: [speaker.position[model].low, speaker.position[model].high]
-                                  if speaker.position[model] and speaker.position[model].low is not None else None
-                                  for model in MODELS},
-            "cut": speaker.cut, "closer_than_base": speaker.closer_than_base() if speaker.style else None,
-            "real_vs_written_auc": speaker.real_vs_written_auc,
-            "attributed_to_them": {writer: report.attribution.share(writer, speaker.speaker) for writer in WRITERS}
-            if report.attribution else None,
-            "examples": [asdict(example) for example in speaker.examples],
-        })
-    return {"about": report.about, "held_out_sessions": report.held_out_sessions, "speakers": speakers,
-            "attribution": asdict(report.attribution) if report.attribution else None,
-            "failures": {writer: asdict(rates) for writer, rates in report.failures.items()},
-            "memorization": {writer: asdict(figures) for writer, figures in report.memorization.items()},
-            "cut": report.cut,
-            "personal_data": {writer: {kind: asdict(leak) for kind, leak in kinds.items()}
-                              for writer, kinds in report.personal_data.items()},
-            "peoples_verdict": [{**asdict(person), "answers": person.answers, "share": person.share,
-                                 "interval": person.interval} for person in report.verdict],
-            "memory": asdict(report.memory) if report.memory else None}
+        speakers.append(
+            {
+                "speaker": speaker.speaker,
+                "is_target": speaker.is_target,
+                "held_out_turns": speaker.held_out_turns,
+                "contexts": speaker.contexts,
+                "loss": {"base": speaker.base_loss, "tuned": speaker.tuned_loss, "tokens": speaker.loss_tokens},
+                "perplexity": {"base": perplexity(speaker.base_loss), "tuned": perplexity(speaker.tuned_loss)},
+                "style": {name: asdict(row) for name, row in speaker.style.items()},
+                "verdict": speaker.verdict(),
+                "no_position": speaker.no_position,
+                "position": {model: speaker.position[model] and speaker.position[model].position for model in MODELS},
+                "position_interval": {
+                    model: [speaker.position[model].low, speaker.position[model].high]
+                    if speaker.position[model] and speaker.position[model].low is not None
+                    else None
+                    for model in MODELS
+                },
+                "cut": speaker.cut,
+                "closer_than_base": speaker.closer_than_base() if speaker.style else None,
+                "real_vs_written_auc": speaker.real_vs_written_auc,
+                "attributed_to_them": {writer: report.attribution.share(writer, speaker.speaker) for writer in WRITERS}
+                if report.attribution
+                else None,
+                "examples": [asdict(example) for example in speaker.examples],
+            }
+        )
+    return {
+        "about": report.about,
+        "held_out_sessions": report.held_out_sessions,
+        "speakers": speakers,
+        "attribution": asdict(report.attribution) if report.attribution else None,
+        "failures": {writer: asdict(rates) for writer, rates in report.failures.items()},
+        "memorization": {writer: asdict(figures) for writer, figures in report.memorization.items()},
+        "cut": report.cut,
+        "personal_data": {
+            writer: {kind: asdict(leak) for kind, leak in kinds.items()}
+            for writer, kinds in report.personal_data.items()
+        },
+        "peoples_verdict": [
+            {**asdict(person), "answers": person.answers, "share": person.share, "interval": person.interval}
+            for person in report.verdict
+        ],
+        "memory": asdict(report.memory) if report.memory else None,
+    }
 
 
 def cell(text: str) -> str:
@@ -140,42 +180,67 @@ def cell(text: str) -> str:
 
 def report_markdown(report: Report, plots: list[str]) -> str:
     about = report.about
-    lines = ["# Twin fidelity report", "",
-             f"- base: {about['base']}", f"- tuned: {about['tuned']}",
-             f"- data: {about['data']}; held-out sessions: {report.held_out_sessions} ({about.get('split', 'hash')} split)",
-             f"- sampling: {', '.join(f'{key} {value}' for key, value in about['sampling'].items())}; "
-             f"seed {about['seed']}", "", "## At a glance", "",
-             *(f"- {cell(speaker.glance())}" for speaker in report.speakers), "",
-             f"Writes like them: {VERDICT_RULE}", "",
-             "| speaker | held-out turns | contexts | loss base → tuned | perplexity base → tuned | "
-             "style position base → tuned | style statistics tuned closer / farther than base | "
-             "attributed to them base → tuned | real vs tuned AUC |",
-             "|---|---:|---:|---|---|---|---|---|---:|"]
+    lines = [
+        "# Twin fidelity report",
+        "",
+        f"- base: {about['base']}",
+        f"- tuned: {about['tuned']}",
+        f"- data: {about['data']}; held-out sessions: {report.held_out_sessions} ({about.get('split', 'hash')} split)",
+        f"- sampling: {', '.join(f'{key} {value}' for key, value in about['sampling'].items())}; seed {about['seed']}",
+        "",
+        "## At a glance",
+        "",
+        *(f"- {cell(speaker.glance())}" for speaker in report.speakers),
+        "",
+        f"Writes like them: {VERDICT_RULE}",
+        "",
+        "| speaker | held-out turns | contexts | loss base → tuned | perplexity base → tuned | "
+        "style position base → tuned | style statistics tuned closer / farther than base | "
+        "attributed to them base → tuned | real vs tuned AUC |",
+        "|---|---:|---:|---|---|---|---|---|---:|",
+    ]
     for speaker in report.speakers:
-        attributed = (" → ".join(percent(report.attribution.share(model, speaker.speaker)) for model in MODELS)
-                      if report.attribution and speaker.style else "–")
-        lines.append(f"| {cell(speaker.title)} | {speaker.held_out_turns} | {speaker.contexts} | "
-                     f"{speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} | {perplexity(speaker.base_loss):.1f} → "
-                     f"{perplexity(speaker.tuned_loss):.1f} | "
-                     f"{' → '.join(number(speaker.position[model].position) for model in MODELS) if speaker.style else '–'} | "
-                     f"{closer_or_farther(speaker)} | "
-                     f"{attributed} | {number(speaker.real_vs_written_auc['tuned'])} |")
+        attributed = (
+            " → ".join(percent(report.attribution.share(model, speaker.speaker)) for model in MODELS)
+            if report.attribution and speaker.style
+            else "–"
+        )
+        lines.append(
+            f"| {cell(speaker.title)} | {speaker.held_out_turns} | {speaker.contexts} | "
+            f"{speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} | {perplexity(speaker.base_loss):.1f} → "
+            f"{perplexity(speaker.tuned_loss):.1f} | "
+            f"{' → '.join(number(speaker.position[model].position) for model in MODELS) if speaker.style else '–'} | "
+            f"{closer_or_farther(speaker)} | "
+            f"{attributed} | {number(speaker.real_vs_written_auc['tuned'])} |"
+        )
     lines += ["", "## How to read this", "", HOW_TO_READ]
     for name in plots:
         lines += ["", f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})"]
-    lines += verdict_markdown(report.verdict) + attribution_markdown(report) + failures_markdown(report) + privacy_markdown(report)
+    lines += (
+        verdict_markdown(report.verdict)
+        + attribution_markdown(report)
+        + failures_markdown(report)
+        + privacy_markdown(report)
+    )
     lines += report.memory.markdown() if report.memory else []
     for speaker in report.speakers:
         lines += ["", f"## {cell(speaker.title)}", "", speaker_verdict(speaker, report.attribution)]
         if speaker.style:
-            lines += ["", "| statistic | real | base | tuned | ceiling | floor | base position (95%) | "
-                      "tuned position (95%) |", "|---|---:|---:|---:|---:|---:|---|---|"]
+            lines += [
+                "",
+                "| statistic | real | base | tuned | ceiling | floor | base position (95%) | tuned position (95%) |",
+                "|---|---:|---:|---:|---:|---:|---|---|",
+            ]
             for statistic in STATISTICS:
                 row = speaker.style[statistic.name]
-                shown = [f"{value:.0%}" if statistic.is_share else f"{value:.2f}"
-                         for value in (row.real, row.base, row.tuned)]
-                lines.append(f"| {statistic.label} | {' | '.join(shown)} | {number(row.ceiling)} | {number(row.floor)} | "
-                             f"{' | '.join(position_text(row.placements[model]) for model in MODELS)} |")
+                shown = [
+                    f"{value:.0%}" if statistic.is_share else f"{value:.2f}"
+                    for value in (row.real, row.base, row.tuned)
+                ]
+                lines.append(
+                    f"| {statistic.label} | {' | '.join(shown)} | {number(row.ceiling)} | {number(row.floor)} | "
+                    f"{' | '.join(position_text(row.placements[model]) for model in MODELS)} |"
+                )
         for count, example in enumerate(speaker.examples, 1):
             lines += ["", f"Example {count}:", "", *example_block(example, speaker.speaker)]
     return "\n".join(lines) + "\n"
@@ -198,18 +263,26 @@ def verdict_markdown(verdict: list[PersonVerdict]) -> list[str]:
     """The blind test's section, where judges answered (fidelity.verdict)."""
     if not verdict:
         return []
-    lines = ["", "## People's verdict", "",
-             "In the blind test (serve.py --judge), a judge saw a held-out conversation and two next turns, the "
-             "person's real one and the one the tuned twin wrote there, in random order, and picked the one they "
-             "took for real, or said they can't tell. **Twin taken for real** is the share of the pairs a judge "
-             "decided where they picked the twin's turn: 50% means judges cannot tell the twin from the person, "
-             "0% that they always can. The 95% interval is Wilson's.", "",
-             "| person | twin taken for real (95%) | pairs decided | can't tell | judges |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "",
+        "## People's verdict",
+        "",
+        "In the blind test (serve.py --judge), a judge saw a held-out conversation and two next turns, the "
+        "person's real one and the one the tuned twin wrote there, in random order, and picked the one they "
+        "took for real, or said they can't tell. **Twin taken for real** is the share of the pairs a judge "
+        "decided where they picked the twin's turn: 50% means judges cannot tell the twin from the person, "
+        "0% that they always can. The 95% interval is Wilson's.",
+        "",
+        "| person | twin taken for real (95%) | pairs decided | can't tell | judges |",
+        "|---|---|---:|---:|---:|",
+    ]
     for person in verdict:
         interval = person.interval
         shown = f"{percent(person.share)} ({interval[0]:.0%} to {interval[1]:.0%})" if interval else "–"
-        lines.append(f"| {cell(person.speaker)} | {shown} | {person.twin_taken + person.real_taken} | "
-                     f"{person.cant_tell} | {person.judges} |")
+        lines.append(
+            f"| {cell(person.speaker)} | {shown} | {person.twin_taken + person.real_taken} | "
+            f"{person.cant_tell} | {person.judges} |"
+        )
     return lines
 
 
@@ -220,75 +293,124 @@ def attribution_markdown(report: Report) -> list[str]:
     classes = report.attribution.classes
     lines += ["Rows: the speaker a turn was written as; columns: who the classifier says wrote it."]
     for writer in WRITERS:
-        lines += ["", f"{writer.capitalize()} turns:", "",
-                  f"| written as | {' | '.join(cell(name) for name in classes)} | to them |",
-                  f"|---|{'---:|' * (len(classes) + 1)}"]
+        lines += [
+            "",
+            f"{writer.capitalize()} turns:",
+            "",
+            f"| written as | {' | '.join(cell(name) for name in classes)} | to them |",
+            f"|---|{'---:|' * (len(classes) + 1)}",
+        ]
         for speaker, row in report.attribution.confusion[writer].items():
-            lines.append(f"| {cell(speaker)} | {' | '.join(str(row[name]) for name in classes)} | "
-                         f"{percent(report.attribution.share(writer, speaker))} |")
-    lines += ["", "Real held-out turns against written ones, cross-validated AUC (0.5: indistinguishable):", "",
-              "| speaker | base | tuned |", "|---|---:|---:|"]
-    lines += [f"| {cell(speaker.title)} | {' | '.join(number(speaker.real_vs_written_auc[model]) for model in MODELS)} |"
-              for speaker in report.speakers]
+            lines.append(
+                f"| {cell(speaker)} | {' | '.join(str(row[name]) for name in classes)} | "
+                f"{percent(report.attribution.share(writer, speaker))} |"
+            )
+    lines += [
+        "",
+        "Real held-out turns against written ones, cross-validated AUC (0.5: indistinguishable):",
+        "",
+        "| speaker | base | tuned |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {cell(speaker.title)} | {' | '.join(number(speaker.real_vs_written_auc[model]) for model in MODELS)} |"
+        for speaker in report.speakers
+    ]
     return lines
 
 
 def failures_markdown(report: Report) -> list[str]:
-    rows = [("assistant talk", "assistant_leaks"), ("refusals", "refusals"), ("empty turns", "empty"),
-            ("repeats itself within a turn", "repeats_itself"), ("repeats a turn at another context", "repeats_across")]
+    rows = [
+        ("assistant talk", "assistant_leaks"),
+        ("refusals", "refusals"),
+        ("empty turns", "empty"),
+        ("repeats itself within a turn", "repeats_itself"),
+        ("repeats a turn at another context", "repeats_across"),
+    ]
     failures = report.failures
-    lines = ["", "## Failures", "", "Share of turns, over every context of every speaker evaluated.", "",
-             f"| | {' | '.join(WRITERS)} |", "|---|---:|---:|---:|"]
-    lines += [f"| {label} | {' | '.join(percent(getattr(failures[writer], key)) for writer in WRITERS)} |"
-              for label, key in rows]
-    lines.append(f"| ignores the conversation (of {failures['real'].context_bound} contexts whose real turn picks "
-                 f"up a word) | {' | '.join(percent(failures[writer].ignores_context) for writer in WRITERS)} |")
-    lines.append(f"| cut for running on past the person's own turns | – | "
-                 f"{' | '.join(percent(report.cut[model]) for model in MODELS)} |")
+    lines = [
+        "",
+        "## Failures",
+        "",
+        "Share of turns, over every context of every speaker evaluated.",
+        "",
+        f"| | {' | '.join(WRITERS)} |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {label} | {' | '.join(percent(getattr(failures[writer], key)) for writer in WRITERS)} |"
+        for label, key in rows
+    ]
+    lines.append(
+        f"| ignores the conversation (of {failures['real'].context_bound} contexts whose real turn picks "
+        f"up a word) | {' | '.join(percent(failures[writer].ignores_context) for writer in WRITERS)} |"
+    )
+    lines.append(
+        f"| cut for running on past the person's own turns | – | "
+        f"{' | '.join(percent(report.cut[model]) for model in MODELS)} |"
+    )
     lines.append(f"| turns | {' | '.join(str(failures[writer].replies) for writer in WRITERS)} |")
     return lines
 
 
 def privacy_markdown(report: Report) -> list[str]:
     copies, personal = report.memorization, report.personal_data
-    lines = ["", "## Privacy", "", "Copies of the training text in turns, and personal values of the training text "
-             "found in them (counts only).", "", f"| | {' | '.join(WRITERS)} |", "|---|---:|---:|---:|",
-             f"| longest run of words copied | {' | '.join(str(copies[writer].longest_copy) for writer in WRITERS)} |",
-             f"| turns copying {COPY_WORDS}+ words | "
-             f"{' | '.join(percent(copies[writer].copying_share) for writer in WRITERS)} |"]
+    lines = [
+        "",
+        "## Privacy",
+        "",
+        "Copies of the training text in turns, and personal values of the training text found in them (counts only).",
+        "",
+        f"| | {' | '.join(WRITERS)} |",
+        "|---|---:|---:|---:|",
+        f"| longest run of words copied | {' | '.join(str(copies[writer].longest_copy) for writer in WRITERS)} |",
+        f"| turns copying {COPY_WORDS}+ words | "
+        f"{' | '.join(percent(copies[writer].copying_share) for writer in WRITERS)} |",
+    ]
     for kind, label in (("phone", "phone numbers"), ("email", "e-mail addresses"), ("card", "card-like numbers")):
         in_training = personal["real"][kind].in_training
-        lines.append(f"| {label} of the training text ({in_training}): turns with one / distinct values | "
-                     f"{' | '.join(f'{personal[writer][kind].replies_with_one} / {personal[writer][kind].values_leaked}' for writer in WRITERS)} |")
+        lines.append(
+            f"| {label} of the training text ({in_training}): turns with one / distinct values | "
+            f"{' | '.join(f'{personal[writer][kind].replies_with_one} / {personal[writer][kind].values_leaked}' for writer in WRITERS)} |"
+        )
     return lines
 
 
 def speaker_verdict(speaker: SpeakerReport, attribution: Attribution | None) -> str:
     change = "fell" if speaker.tuned_loss < speaker.base_loss else "did not fall"
-    loss = (f"Held-out loss {change}: {speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} over "
-            f"{speaker.loss_tokens} tokens of {speaker.held_out_turns} turns.")
+    loss = (
+        f"Held-out loss {change}: {speaker.base_loss:.3f} → {speaker.tuned_loss:.3f} over "
+        f"{speaker.loss_tokens} tokens of {speaker.held_out_turns} turns."
+    )
     if speaker.no_position and not speaker.style:
         return f"{loss} No style position: {speaker.no_position}."
     base, tuned = (speaker.position[model] for model in MODELS)
     if speaker.no_position:
         style = f"No style position: {speaker.no_position}."
     else:
-        style = (f"Over {speaker.contexts} held-out contexts the tuned model's style sits at {tuned.position:.2f} "
-                 f"(95% {tuned.low:.2f} to {tuned.high:.2f}) between other people (0) and "
-                 f"{cell(speaker.speaker)} themselves (1), the base model's at {base.position:.2f}.")
+        style = (
+            f"Over {speaker.contexts} held-out contexts the tuned model's style sits at {tuned.position:.2f} "
+            f"(95% {tuned.low:.2f} to {tuned.high:.2f}) between other people (0) and "
+            f"{cell(speaker.speaker)} themselves (1), the base model's at {base.position:.2f}."
+        )
     counts = speaker.closer_than_base()
-    style += (f" Its turns are closer to the real ones than the base model's on {counts['closer']} of the "
-              f"{len(speaker.style)} style statistics, as close on {counts['as_close']} and farther on "
-              f"{counts['farther']}.")
+    style += (
+        f" Its turns are closer to the real ones than the base model's on {counts['closer']} of the "
+        f"{len(speaker.style)} style statistics, as close on {counts['as_close']} and farther on "
+        f"{counts['farther']}."
+    )
     if attribution and speaker.speaker in attribution.classes:
-        style += (f" The classifier attributes {percent(attribution.share('tuned', speaker.speaker))} of the tuned "
-                  f"model's turns to them ({percent(attribution.share('base', speaker.speaker))} of the base "
-                  f"model's, {percent(attribution.share('real', speaker.speaker))} of their real ones).")
+        style += (
+            f" The classifier attributes {percent(attribution.share('tuned', speaker.speaker))} of the tuned "
+            f"model's turns to them ({percent(attribution.share('base', speaker.speaker))} of the base "
+            f"model's, {percent(attribution.share('real', speaker.speaker))} of their real ones)."
+        )
     return f"{loss} {style}"
 
 
 def example_block(example: Example, speaker: str) -> list[str]:
     """The example as plain text in a fence no message can close."""
+
     def turn_lines(who: str, messages: list[str]) -> list[str]:
         return [f"{who}:", *(f"  {message}" for message in messages or ["(nothing)"])]
 

@@ -1,7 +1,9 @@
 """What one model (base or tuned) does on a plan: its loss on each speaker's held-out turns, computed as
 training computes it, and the turn it writes as the speaker at each of their held-out moments."""
+
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ Writer = Callable[[list[Context], int, Callable[[], None]], list[WrittenTurn]]
 @dataclass
 class Measurement:
     """What one model (base or tuned) did on a plan."""
+
     loss: dict[str, float]  # speaker -> mean cross-entropy per trained token of their held-out turns
     tokens: dict[str, int]  # speaker -> those tokens
     replies: dict[str, list[list[str]]]  # speaker -> the turn written at each of their contexts
@@ -44,23 +47,40 @@ class Measurement:
 
 
 @torch.no_grad()
-def speaker_losses(model: Transformer, tokenizer: Tokenizer, sessions: list[Session], speakers: list[str],
-                   seq_len: int, micro_batch: int, device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
+def speaker_losses(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    sessions: list[Session],
+    speakers: list[str],
+    seq_len: int,
+    micro_batch: int,
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, int]]:
     """Each speaker's loss on their held-out turns, and its tokens: the held-out sessions cut and packed as
     training cut and packed them, with only the speaker's message bodies (and end of turn) counted.
 
     The model runs over the rows once for all speakers: their rows differ only in which tokens count,
     as cutting and packing depend on the tokens alone.
     """
-    rows = {speaker: pack([piece for session in sessions for piece in
-                           split_to_fit(session.turns, tokenizer, seq_len, trained_speakers={speaker})[0]], seq_len)
-            for speaker in speakers}
+    rows = {
+        speaker: pack(
+            [
+                piece
+                for session in sessions
+                for piece in split_to_fit(session.turns, tokenizer, seq_len, trained_speakers={speaker})[0]
+            ],
+            seq_len,
+        )
+        for speaker in speakers
+    }
     layout = rows[speakers[0]]
     sums, tokens = dict.fromkeys(speakers, 0.0), dict.fromkeys(speakers, 0)
     for start in tqdm(range(0, len(layout), micro_batch), desc="held-out loss", unit="batch", leave=False):
         window = slice(start, start + micro_batch)
-        batch = [torch.from_numpy(array[window]).long().to(device)
-                 for array in (layout.input_ids, layout.position_ids, layout.document_ids)]
+        batch = [
+            torch.from_numpy(array[window]).long().to(device)
+            for array in (layout.input_ids, layout.position_ids, layout.document_ids)
+        ]
         hidden = model.hidden_states(batch[0], position_ids=batch[1], document_ids=batch[2])
         for speaker in speakers:
             labels = torch.from_numpy(rows[speaker].labels[window]).long().to(device)
@@ -78,24 +98,30 @@ def turn_length_cap(turns: list[list[str]], tokenizer: Tokenizer, most: int) -> 
     return max(1, min(most, int(np.ceil(np.quantile(lengths, CUT_QUANTILE)))))
 
 
-def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device,
-                 caps: dict[str, int]) -> Writer:
+def model_writer(
+    model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device, caps: dict[str, int]
+) -> Writer:
     """The model writing each speaker's next turn with sample.py's prompt, stop tokens and sampling
     (data.chatml.reply_prompt and turn_stop_ids, data.sessions.messages_of), cut at the speaker's length in `caps`."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
     if settings.sampling.max_new_tokens >= max_len:
-        raise EvaluationError(f"max_new_tokens ({settings.sampling.max_new_tokens}) must be below the "
-                              f"context ({max_len} tokens)")
+        raise EvaluationError(
+            f"max_new_tokens ({settings.sampling.max_new_tokens}) must be below the context ({max_len} tokens)"
+        )
     stop_ids = turn_stop_ids(tokenizer)
 
     def write(contexts: list[Context], seed: int, on_step: Callable[[], None]) -> list[WrittenTurn]:
         # A held-out turn longer than the whole context leaves the prompt with none: the moment is then
         # answered without a conversation, by both models alike.
         stream = torch.Generator().manual_seed(seed)
-        rows = [BatchRow(reply_prompt(context.turns, tokenizer, context.speaker, max_len,
-                                      settings.sampling.max_new_tokens)[0],
-                         replace(settings.sampling, max_new_tokens=caps[context.speaker]), stream)
-                for context in contexts]
+        rows = [
+            BatchRow(
+                reply_prompt(context.turns, tokenizer, context.speaker, max_len, settings.sampling.max_new_tokens)[0],
+                replace(settings.sampling, max_new_tokens=caps[context.speaker]),
+                stream,
+            )
+            for context in contexts
+        ]
         try:
             written = generate_batch(model, rows, stop_ids, device, on_step)
         except ValueError as error:  # next-token scores NaN or infinite: sample_token says what to try
@@ -105,32 +131,50 @@ def model_writer(model: Transformer, tokenizer: Tokenizer, settings: EvalSetting
     return write
 
 
-def measure(model: Transformer, tokenizer: Tokenizer, data: PreparedData, plan: Plan, settings: EvalSettings,
-            device: torch.device, name: str, write: Writer | None = None) -> Measurement:
+def measure(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    data: PreparedData,
+    plan: Plan,
+    settings: EvalSettings,
+    device: torch.device,
+    name: str,
+    write: Writer | None = None,
+) -> Measurement:
     """Loss per speaker, and a turn written at every context (by `write`, default the model itself)."""
     was_training = model.training
     model.eval()  # no adapter dropout while sampling
     try:
-        loss, tokens = speaker_losses(model, tokenizer, data.val_sessions, plan.speakers, data.report.seq_len,
-                                      settings.micro_batch, device)
-        caps = {speaker: turn_length_cap(plan.own_turns[speaker], tokenizer, settings.sampling.max_new_tokens)
-                for speaker in plan.speakers}
+        loss, tokens = speaker_losses(
+            model, tokenizer, data.val_sessions, plan.speakers, data.report.seq_len, settings.micro_batch, device
+        )
+        caps = {
+            speaker: turn_length_cap(plan.own_turns[speaker], tokenizer, settings.sampling.max_new_tokens)
+            for speaker in plan.speakers
+        }
         write = write or model_writer(model, tokenizer, settings, device, caps)
         everywhere = [context for speaker in plan.speakers for context in plan.contexts[speaker]]
         # Batches of conversations of about one length waste little on padding. Batch n is sampled with
         # seed + n under both models, so their replies differ by the model only.
         order = sorted(range(len(everywhere)), key=lambda index: everywhere[index].characters)
-        batches = [order[start:start + settings.sample_batch] for start in range(0, len(order), settings.sample_batch)]
+        batches = [
+            order[start : start + settings.sample_batch] for start in range(0, len(order), settings.sample_batch)
+        ]
         written: list[WrittenTurn] = [WrittenTurn([], False)] * len(everywhere)
         # Counted in decoding steps, at most a batch's longest cap each, so that the time left shows from
         # the first step on; a batch whose turns all end early skips the rest of its steps.
         steps = [max(caps[everywhere[index].speaker] for index in batch) for batch in batches]
-        with tqdm(total=sum(steps), desc=f"writing {len(everywhere)} turns as the speakers ({name} model)",
-                  unit="step", leave=False) as bar:
+        with tqdm(
+            total=sum(steps),
+            desc=f"writing {len(everywhere)} turns as the speakers ({name} model)",
+            unit="step",
+            leave=False,
+        ) as bar:
             for number, (batch, most) in enumerate(zip(batches, steps)):
                 done = bar.n
-                for index, turn in zip(batch, write([everywhere[index] for index in batch], settings.seed + number,
-                                                    lambda: bar.update(1))):
+                for index, turn in zip(
+                    batch, write([everywhere[index] for index in batch], settings.seed + number, lambda: bar.update(1))
+                ):
                     written[index] = turn
                 bar.update(done + most - bar.n)
         replies = {speaker: [] for speaker in plan.speakers}

@@ -1,5 +1,6 @@
 """What a fidelity report evaluates: its settings, the speakers, the held-out moments right before one of
 each speaker's real turns, and the training turns of the speaker and of everyone else to compare with."""
+
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class EvalSettings:
 @dataclass
 class Context:
     """A held-out conversation up to one of `speaker`'s real turns."""
+
     speaker: str
     turns: list[Turn]
     real: list[str]  # the messages the speaker really wrote next
@@ -54,17 +56,23 @@ class Plan:
 
 def plan_evaluation(data: PreparedData, settings: EvalSettings) -> Plan:
     if not data.val_sessions:
-        raise EvaluationError("no held-out sessions to evaluate on: the run held none out "
-                              "(--val-fraction 0, or a single session)")
+        raise EvaluationError(
+            "no held-out sessions to evaluate on: the run held none out (--val-fraction 0, or a single session)"
+        )
     turns = Counter(turn.speaker for session in data.val_sessions for turn in session.turns)
     speakers = choose_speakers(turns, data.target, settings.speakers, len(data.val_sessions))
-    contexts = {speaker: choose_contexts(data.val_sessions, speaker, settings.contexts, settings.seed)
-                for speaker in speakers}
+    contexts = {
+        speaker: choose_contexts(data.val_sessions, speaker, settings.contexts, settings.seed) for speaker in speakers
+    }
     replies = [turn for session in data.train_sessions for turn in session.turns[1:]]
-    own = {speaker: draw([turn.messages for turn in replies if turn.speaker == speaker], settings.seed)
-           for speaker in speakers}
-    others = {speaker: draw([turn.messages for turn in replies if turn.speaker != speaker], settings.seed)
-              for speaker in speakers}
+    own = {
+        speaker: draw([turn.messages for turn in replies if turn.speaker == speaker], settings.seed)
+        for speaker in speakers
+    }
+    others = {
+        speaker: draw([turn.messages for turn in replies if turn.speaker != speaker], settings.seed)
+        for speaker in speakers
+    }
     return Plan(speakers, turns, contexts, own, others)
 
 
@@ -74,8 +82,10 @@ def choose_speakers(turns: Counter, target: str, wanted: int | list[str], sessio
         missing = [name for name in wanted if name not in turns]
         if missing:
             present = ", ".join(name for name, _ in turns.most_common(10))
-            raise EvaluationError(f"--speakers: no turns of {', '.join(missing)} in the held-out sessions "
-                                  f"({sessions}); speakers there: {present}")
+            raise EvaluationError(
+                f"--speakers: no turns of {', '.join(missing)} in the held-out sessions "
+                f"({sessions}); speakers there: {present}"
+            )
         return wanted
     by_turns = sorted(turns, key=lambda name: (-turns[name], name))
     first = [target] if target in turns else []
@@ -87,9 +97,12 @@ def choose_contexts(sessions: list[Session], speaker: str, count: int, seed: int
 
     A session's first turn is never one: with nothing before it there is nothing to answer.
     """
-    candidates = [Context(speaker, session.turns[:index], turn.messages)
-                  for session in sessions for index, turn in enumerate(session.turns)
-                  if index > 0 and turn.speaker == speaker]
+    candidates = [
+        Context(speaker, session.turns[:index], turn.messages)
+        for session in sessions
+        for index, turn in enumerate(session.turns)
+        if index > 0 and turn.speaker == speaker
+    ]
     if len(candidates) <= count:
         return candidates
     chosen = sorted(random.Random(seed).sample(range(len(candidates)), count))

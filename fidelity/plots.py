@@ -3,6 +3,7 @@ between the floor of other people and the ceiling of the person themselves.
 
 matplotlib is imported only here, when a picture is drawn, with its file-only Agg backend (no display).
 """
+
 import io
 import json
 import math
@@ -36,8 +37,10 @@ def _is_number(value) -> bool:
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as pyplot
+
     return pyplot
 
 
@@ -53,8 +56,10 @@ def _png(figure) -> bytes:
 def loss_curves_png(records: list[dict], base_loss: float | None = None) -> bytes | None:
     """Training loss per step and held-out loss at each evaluation, with the base model's held-out loss
     as a line where it is known; None when the records hold neither curve."""
-    curves = {label: [(record["step"], record[key]) for record in records if _is_number(record.get(key))]
-              for label, key in (("training", "loss"), ("held-out", "eval_loss"))}
+    curves = {
+        label: [(record["step"], record[key]) for record in records if _is_number(record.get(key))]
+        for label, key in (("training", "loss"), ("held-out", "eval_loss"))
+    }
     if not any(curves.values()):
         return None
     pyplot = _pyplot()
@@ -64,8 +69,12 @@ def loss_curves_png(records: list[dict], base_loss: float | None = None) -> byte
             steps, losses = zip(*points)
             axes.plot(steps, losses, style, label=f"{label} loss", markersize=4)
     if base_loss is not None:
-        axes.axhline(base_loss, color="tab:gray", linestyle="--",
-                     label=f"base model's held-out loss ({base_loss:.2f}, the report's speakers)")
+        axes.axhline(
+            base_loss,
+            color="tab:gray",
+            linestyle="--",
+            label=f"base model's held-out loss ({base_loss:.2f}, the report's speakers)",
+        )
     axes.set_xlabel("step")
     axes.set_ylabel("cross-entropy per token")
     axes.grid(alpha=0.3)
@@ -76,6 +85,7 @@ def loss_curves_png(records: list[dict], base_loss: float | None = None) -> byte
 @dataclass
 class StyleRowShown:
     """One row of the style picture: a label, the raw values beside it, and each model's placement."""
+
     label: str
     values: str  # "real 58% · base 99% · tuned 97%"
     placements: dict[str, Placement]  # model -> placement; positions None where the row has none
@@ -100,25 +110,44 @@ def style_positions_png(people: list[PersonShown]) -> bytes | None:
         return None
     pyplot = _pyplot()
     heights = [len(people) + 0.6] + [len(person.rows) + 0.6 for person in placed]
-    figure, panels = pyplot.subplots(len(heights), 1, figsize=(8.5, 0.5 * sum(heights) + 1.2), squeeze=False,
-                                     layout="constrained",
-                                     gridspec_kw={"height_ratios": heights})
+    figure, panels = pyplot.subplots(
+        len(heights),
+        1,
+        figsize=(8.5, 0.5 * sum(heights) + 1.2),
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": heights},
+    )
     summary = [(person.title, person.mean, person.no_position) for person in people]
-    _position_panel(panels[0, 0], [title for title, _, _ in summary], [mean for _, mean, _ in summary],
-                    [reason for _, _, reason in summary])
+    _position_panel(
+        panels[0, 0],
+        [title for title, _, _ in summary],
+        [mean for _, mean, _ in summary],
+        [reason for _, _, reason in summary],
+    )
     panels[0, 0].axvline(LIKE_THEM, color="tab:green", linestyle="--", linewidth=0.8)
-    panels[0, 0].set_title(f"each person: mean position over the statistics (95% interval); dashed: {LIKE_THEM}, "
-                           "the verdict's line", loc="left", fontsize=10)
+    panels[0, 0].set_title(
+        f"each person: mean position over the statistics (95% interval); dashed: {LIKE_THEM}, the verdict's line",
+        loc="left",
+        fontsize=10,
+    )
     panels[0, 0].legend(loc="lower right", fontsize=8)
     for axes, person in zip(panels[1:, 0], placed):
-        _position_panel(axes, [f"{row.label}\n{row.values}" for row in person.rows],
-                        [row.placements for row in person.rows],
-                        ["" if row.placements["tuned"].position is not None else "does not tell them from others"
-                         for row in person.rows])
+        _position_panel(
+            axes,
+            [f"{row.label}\n{row.values}" for row in person.rows],
+            [row.placements for row in person.rows],
+            [
+                "" if row.placements["tuned"].position is not None else "does not tell them from others"
+                for row in person.rows
+            ],
+        )
         axes.set_title(person.title, loc="left", fontsize=10, parse_math=False)  # a name is text, even with $ in it
     low, high = SHOWN_POSITIONS
-    panels[-1, 0].set_xlabel(f"position: 0 = other people (floor), 1 = the person's own other turns (ceiling); "
-                             f"▶ ◀ beyond {low:g}..{high:g}, value beside")
+    panels[-1, 0].set_xlabel(
+        f"position: 0 = other people (floor), 1 = the person's own other turns (ceiling); "
+        f"▶ ◀ beyond {low:g}..{high:g}, value beside"
+    )
     return _png(figure)
 
 
@@ -126,8 +155,15 @@ def _clipped_mark(axes, edge: float, values: list[float], y: float, color: str, 
     """Values beyond the drawn scale: a triangle at its edge, pointing out, the values written above."""
     low = edge == SHOWN_POSITIONS[0]
     axes.plot(edge, y, "<" if low else ">", color=color, markersize=size)
-    axes.annotate(" / ".join(f"{value:.1f}" for value in values), (edge, y), xytext=(4 if low else -4, 4),
-                  textcoords="offset points", fontsize=7, color=color, ha="left" if low else "right")
+    axes.annotate(
+        " / ".join(f"{value:.1f}" for value in values),
+        (edge, y),
+        xytext=(4 if low else -4, 4),
+        textcoords="offset points",
+        fontsize=7,
+        color=color,
+        ha="left" if low else "right",
+    )
 
 
 def _position_panel(axes, labels: list[str], rows: list[dict[str, Placement] | None], reasons: list[str]) -> None:
@@ -145,13 +181,17 @@ def _position_panel(axes, labels: list[str], rows: list[dict[str, Placement] | N
             y = row + offset
             low, high = (max(low_edge, min(high_edge, value)) for value in (placement.low, placement.high))
             axes.plot([low, high], [y, y], color=color, linewidth=1.2)
-            for beyond, edge in ((lambda value: value < low_edge, low_edge), (lambda value: value > high_edge, high_edge)):
+            for beyond, edge in (
+                (lambda value: value < low_edge, low_edge),
+                (lambda value: value > high_edge, high_edge),
+            ):
                 values = [value for value in (placement.position, placement.low, placement.high) if beyond(value)]
                 if values:
                     _clipped_mark(axes, edge, values, y, color, size=8 if beyond(placement.position) else 4)
             if low_edge <= placement.position <= high_edge:
-                axes.plot(placement.position, y, marker, color=color, markersize=5,
-                          label=None if name in labelled else name)
+                axes.plot(
+                    placement.position, y, marker, color=color, markersize=5, label=None if name in labelled else name
+                )
                 labelled.add(name)
     for row, reason in enumerate(reasons):
         if reason:

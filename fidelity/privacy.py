@@ -4,6 +4,7 @@ addresses and card numbers from it, in the replies a model wrote.
 Only counts leave this module, never a copied passage or a value: the report may be shared where the
 chats may not.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ def _window_hashes(ids: np.ndarray, size: int) -> np.ndarray:
     """A 64-bit hash of every run of `size` ids (uint64 arithmetic wraps around, as a hash should)."""
     hashes = np.zeros(max(len(ids) - size + 1, 0), dtype=np.uint64)
     for offset in range(size):
-        hashes = hashes * np.uint64(HASH_BASE) + ids[offset:offset + len(hashes)]
+        hashes = hashes * np.uint64(HASH_BASE) + ids[offset : offset + len(hashes)]
     return hashes
 
 
@@ -81,10 +82,13 @@ class TrainingText:
         longest = COPY_WORDS - 1
         starts, ends = np.searchsorted(sorted_hashes, wanted, "left"), np.searchsorted(sorted_hashes, wanted, "right")
         for reply_start, first, last in zip(range(len(wanted)), starts.tolist(), ends.tolist()):
-            for place in order[first:min(last, first + CANDIDATES)].tolist():
+            for place in order[first : min(last, first + CANDIDATES)].tolist():
                 length = 0
-                while (reply_start + length < len(ids) and place + length < len(self.ids)
-                       and ids[reply_start + length] == self.ids[place + length]):
+                while (
+                    reply_start + length < len(ids)
+                    and place + length < len(self.ids)
+                    and ids[reply_start + length] == self.ids[place + length]
+                ):
                     length += 1
                 longest = max(longest, length)
         return longest
@@ -106,14 +110,20 @@ class PersonalDataLeak:
 
 def memorization(training: TrainingText, replies: list[list[str]]) -> Memorization:
     lengths = training.longest_copies(replies)
-    return Memorization(len(replies), max(lengths, default=0),
-                        sum(length >= COPY_WORDS for length in lengths) / len(lengths) if lengths else 0.0)
+    return Memorization(
+        len(replies),
+        max(lengths, default=0),
+        sum(length >= COPY_WORDS for length in lengths) / len(lengths) if lengths else 0.0,
+    )
 
 
 def personal_data_leaks(training: TrainingText, replies: list[list[str]]) -> dict[str, PersonalDataLeak]:
     found = [personal_values("\n".join(reply)) for reply in replies]
-    return {kind: PersonalDataLeak(
-        in_training=len(training.values[kind]),
-        replies_with_one=sum(bool(values[kind] & training.values[kind]) for values in found),
-        values_leaked=len(set().union(*(values[kind] for values in found)) & training.values[kind]))
-        for kind in KINDS}
+    return {
+        kind: PersonalDataLeak(
+            in_training=len(training.values[kind]),
+            replies_with_one=sum(bool(values[kind] & training.values[kind]) for values in found),
+            values_leaked=len(set().union(*(values[kind] for values in found)) & training.values[kind]),
+        )
+        for kind in KINDS
+    }

@@ -1,6 +1,7 @@
 """The figures of a fidelity report: base and tuned measured against the person's real turns and the
 training split, per speaker (loss, calibrated style, real vs written) and over every context (attribution,
 failures, privacy)."""
+
 from dataclasses import dataclass, field
 
 from data.dataset import PreparedData
@@ -28,11 +29,13 @@ MIN_CONTEXTS = 8
 # and its held-out loss is below the base model's; not where the whole interval is short of this, or
 # the loss did not fall; partly in between.
 LIKE_THEM = 0.5
-VERDICT_RULE = (f"**yes** where the tuned model's style position is {LIKE_THEM} or more with the low end of its "
-                f"95% interval above 0, and its held-out loss is below the base model's; **no** where the whole "
-                f"interval is below {LIKE_THEM} or the loss did not fall; **partly** in between. A speaker with "
-                f"fewer than {MIN_CONTEXTS} contexts gets no position, so no verdict: on so few turns one odd "
-                "turn moves a position by more than its whole scale.")
+VERDICT_RULE = (
+    f"**yes** where the tuned model's style position is {LIKE_THEM} or more with the low end of its "
+    f"95% interval above 0, and its held-out loss is below the base model's; **no** where the whole "
+    f"interval is below {LIKE_THEM} or the loss did not fall; **partly** in between. A speaker with "
+    f"fewer than {MIN_CONTEXTS} contexts gets no position, so no verdict: on so few turns one odd "
+    "turn moves a position by more than its whole scale."
+)
 
 
 @dataclass
@@ -76,8 +79,10 @@ class SpeakerReport:
         if self.contexts < MIN_CONTEXTS:
             return f"only {plural(self.contexts, 'held-out context')}, and a position needs {MIN_CONTEXTS}"
         if self.position["tuned"].position is None:
-            return ("no style statistic tells them from other people (or there is no training turn of theirs or "
-                    "of others to compare with)")
+            return (
+                "no style statistic tells them from other people (or there is no training turn of theirs or "
+                "of others to compare with)"
+            )
         return ""
 
     def verdict(self) -> str:
@@ -96,14 +101,21 @@ class SpeakerReport:
         if self.no_position:
             return f"{self.title}: no verdict, {self.no_position}"
         tuned, base = self.position["tuned"], self.position["base"]
-        reasons = [reason for reason, holds in (
-            ("the held-out loss did not fall", self.tuned_loss >= self.base_loss),
-            (f"the position is under {LIKE_THEM}", tuned.position < LIKE_THEM),
-            ("its interval reaches 0", tuned.low <= 0)) if holds]
+        reasons = [
+            reason
+            for reason, holds in (
+                ("the held-out loss did not fall", self.tuned_loss >= self.base_loss),
+                (f"the position is under {LIKE_THEM}", tuned.position < LIKE_THEM),
+                ("its interval reaches 0", tuned.low <= 0),
+            )
+            if holds
+        ]
         verdict = self.verdict() + (f" ({'; '.join(reasons)})" if reasons else "")
-        return (f"{self.title}: writes like them: {verdict}: style position {tuned.position:.2f} "
-                f"(95% {tuned.low:.2f} to {tuned.high:.2f}; base {base.position:.2f}), held-out loss "
-                f"{self.base_loss:.3f} → {self.tuned_loss:.3f}, turns cut for running on {self.cut['tuned']:.0%}")
+        return (
+            f"{self.title}: writes like them: {verdict}: style position {tuned.position:.2f} "
+            f"(95% {tuned.low:.2f} to {tuned.high:.2f}; base {base.position:.2f}), held-out loss "
+            f"{self.base_loss:.3f} → {self.tuned_loss:.3f}, turns cut for running on {self.cut['tuned']:.0%}"
+        )
 
     @property
     def title(self) -> str:
@@ -113,17 +125,21 @@ class SpeakerReport:
         """On how many style statistics the tuned model's turns are closer to the real ones than the base
         model's, as close (the same distance: often both exactly right), and farther."""
         distances = [(row.placements["tuned"].distance, row.placements["base"].distance) for row in self.style.values()]
-        return {"closer": sum(tuned < base for tuned, base in distances),
-                "as_close": sum(tuned == base for tuned, base in distances),
-                "farther": sum(tuned > base for tuned, base in distances)}
+        return {
+            "closer": sum(tuned < base for tuned, base in distances),
+            "as_close": sum(tuned == base for tuned, base in distances),
+            "farther": sum(tuned > base for tuned, base in distances),
+        }
 
     def style_verdict(self) -> str:
         """E.g. "closer than base on 5 of 8 style statistics, farther on 1"; "" without contexts."""
         if not self.style:
             return ""
         counts = self.closer_than_base()
-        return (f"closer than base on {counts['closer']} of {len(self.style)} style statistics, "
-                f"farther on {counts['farther']}")
+        return (
+            f"closer than base on {counts['closer']} of {len(self.style)} style statistics, "
+            f"farther on {counts['farther']}"
+        )
 
 
 @dataclass
@@ -159,19 +175,25 @@ class Report:
             if speaker.style:
                 figures.append(speaker.style_verdict())
             if self.attribution and speaker.style:
-                figures.append("attributed to them " + " → ".join(
-                    percent(self.attribution.share(model, speaker.speaker)) for model in MODELS))
+                figures.append(
+                    "attributed to them "
+                    + " → ".join(percent(self.attribution.share(model, speaker.speaker)) for model in MODELS)
+                )
             figures.append(f"contexts: {speaker.contexts}")
             lines.append(f"  {speaker.title}: {', '.join(figures)}")
         tuned = self.failures["tuned"]
-        lines.append(f"  tuned model: assistant talk {tuned.assistant_leaks:.0%}, refusals {tuned.refusals:.0%}, "
-                     f"empty {tuned.empty:.0%}, copies of {COPY_WORDS}+ training words "
-                     f"{self.memorization['tuned'].copying_share:.0%}, personal values from training "
-                     f"{sum(leak.values_leaked for leak in self.personal_data['tuned'].values())}")
+        lines.append(
+            f"  tuned model: assistant talk {tuned.assistant_leaks:.0%}, refusals {tuned.refusals:.0%}, "
+            f"empty {tuned.empty:.0%}, copies of {COPY_WORDS}+ training words "
+            f"{self.memorization['tuned'].copying_share:.0%}, personal values from training "
+            f"{sum(leak.values_leaked for leak in self.personal_data['tuned'].values())}"
+        )
         for person in self.verdict:
-            lines.append(f"  people's verdict on {person.speaker}: the twin's turn taken for the real one in "
-                         f"{percent(person.share)} of {person.twin_taken + person.real_taken} pairs decided "
-                         f"({person.judges} judges)")
+            lines.append(
+                f"  people's verdict on {person.speaker}: the twin's turn taken for the real one in "
+                f"{percent(person.share)} of {person.twin_taken + person.real_taken} pairs decided "
+                f"({person.judges} judges)"
+            )
         return "\n".join(lines + (self.memory.summary() if self.memory else []))
 
 
@@ -183,48 +205,96 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
-def compare(plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
-            settings: EvalSettings, about: dict, verdict: list[PersonVerdict] | None = None) -> Report:
-    written = {"real": {speaker: [context.real for context in plan.contexts[speaker]] for speaker in plan.speakers},
-               "base": base.replies, "tuned": tuned.replies}
+def compare(
+    plan: Plan,
+    data: PreparedData,
+    base: Measurement,
+    tuned: Measurement,
+    settings: EvalSettings,
+    about: dict,
+    verdict: list[PersonVerdict] | None = None,
+) -> Report:
+    written = {
+        "real": {speaker: [context.real for context in plan.contexts[speaker]] for speaker in plan.speakers},
+        "base": base.replies,
+        "tuned": tuned.replies,
+    }
     speakers = [speaker_report(speaker, plan, data, base, tuned, written, settings) for speaker in plan.speakers]
 
     # Failures and privacy, over every context of every speaker.
-    everywhere = {writer: [turn for speaker in plan.speakers for turn in written[writer][speaker]] for writer in WRITERS}
-    conversations = [[message for turn in context.turns[-CONTEXT_TURNS_READ:] for message in turn.messages]
-                     for speaker in plan.speakers for context in plan.contexts[speaker]]
+    everywhere = {
+        writer: [turn for speaker in plan.speakers for turn in written[writer][speaker]] for writer in WRITERS
+    }
+    conversations = [
+        [message for turn in context.turns[-CONTEXT_TURNS_READ:] for message in turn.messages]
+        for speaker in plan.speakers
+        for context in plan.contexts[speaker]
+    ]
     training = TrainingText([turn.messages for session in data.train_sessions for turn in session.turns])
     return Report(
-        speakers, len(data.val_sessions), attribute(plan, written),
-        failures={writer: failure_rates(turns, everywhere["real"], conversations) for writer, turns in everywhere.items()},
+        speakers,
+        len(data.val_sessions),
+        attribute(plan, written),
+        failures={
+            writer: failure_rates(turns, everywhere["real"], conversations) for writer, turns in everywhere.items()
+        },
         memorization={writer: memorization(training, turns) for writer, turns in everywhere.items()},
         personal_data={writer: personal_data_leaks(training, turns) for writer, turns in everywhere.items()},
-        cut={model: cut_share([cut for speaker in plan.speakers for cut in measured.cut[speaker]])
-             for model, measured in zip(MODELS, (base, tuned))},
-        about=about, verdict=verdict or [])
+        cut={
+            model: cut_share([cut for speaker in plan.speakers for cut in measured.cut[speaker]])
+            for model, measured in zip(MODELS, (base, tuned))
+        },
+        about=about,
+        verdict=verdict or [],
+    )
 
 
-def speaker_report(speaker: str, plan: Plan, data: PreparedData, base: Measurement, tuned: Measurement,
-                   written: dict[str, dict[str, list[list[str]]]], settings: EvalSettings) -> SpeakerReport:
+def speaker_report(
+    speaker: str,
+    plan: Plan,
+    data: PreparedData,
+    base: Measurement,
+    tuned: Measurement,
+    written: dict[str, dict[str, list[list[str]]]],
+    settings: EvalSettings,
+) -> SpeakerReport:
     contexts, real = plan.contexts[speaker], written["real"][speaker]
     style, position, auc = {}, dict.fromkeys(MODELS), dict.fromkeys(MODELS)
     if len(contexts) >= MIN_CONTEXTS:
         bounds = style_bounds(real, plan.own_turns[speaker], plan.others_turns[speaker], settings.seed)
         placements = {model: place(written[model][speaker], real, bounds, settings.seed) for model in MODELS}
         values = {writer: style_statistics(written[writer][speaker]) for writer in WRITERS}
-        style = {statistic.name: StyleRow(*(values[writer][statistic.name] for writer in WRITERS),
-                                          bounds[statistic.name].ceiling, bounds[statistic.name].floor,
-                                          {model: placements[model][statistic.name] for model in MODELS})
-                 for statistic in STATISTICS}
+        style = {
+            statistic.name: StyleRow(
+                *(values[writer][statistic.name] for writer in WRITERS),
+                bounds[statistic.name].ceiling,
+                bounds[statistic.name].floor,
+                {model: placements[model][statistic.name] for model in MODELS},
+            )
+            for statistic in STATISTICS
+        }
         position = {model: placements[model][MEAN] for model in MODELS}
         auc = {model: real_vs_generated_auc(real, written[model][speaker], settings.seed) for model in MODELS}
-    examples = [Example(max(0, len(context.turns) - CONTEXT_TURNS_SHOWN), context.turns[-CONTEXT_TURNS_SHOWN:],
-                        context.real, reply)
-                for context, reply in zip(contexts[:settings.examples], tuned.replies[speaker])]
-    return SpeakerReport(speaker, speaker == data.target, plan.held_out_turns[speaker], tuned.tokens[speaker],
-                         base.loss[speaker], tuned.loss[speaker], len(contexts), style, position,
-                         {model: cut_share(measured.cut[speaker]) for model, measured in zip(MODELS, (base, tuned))},
-                         auc, examples)
+    examples = [
+        Example(
+            max(0, len(context.turns) - CONTEXT_TURNS_SHOWN), context.turns[-CONTEXT_TURNS_SHOWN:], context.real, reply
+        )
+        for context, reply in zip(contexts[: settings.examples], tuned.replies[speaker])
+    ]
+    return SpeakerReport(
+        speaker,
+        speaker == data.target,
+        plan.held_out_turns[speaker],
+        tuned.tokens[speaker],
+        base.loss[speaker],
+        tuned.loss[speaker],
+        len(contexts),
+        style,
+        position,
+        {model: cut_share(measured.cut[speaker]) for model, measured in zip(MODELS, (base, tuned))},
+        auc,
+        examples,
+    )
 
 
 def cut_share(cut: list[bool]) -> float:
@@ -237,4 +307,6 @@ def attribute(plan: Plan, written: dict[str, dict[str, list[list[str]]]]) -> Att
     if len(known) < 2:
         return None
     classifier = NgramClassifier(known)
-    return Attribution(classifier.classes, {writer: confusion_matrix(classifier, written[writer]) for writer in WRITERS})
+    return Attribution(
+        classifier.classes, {writer: confusion_matrix(classifier, written[writer]) for writer in WRITERS}
+    )

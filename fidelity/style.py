@@ -11,6 +11,7 @@ messages weighs ten times a turn of one. So each statistic is one sum of per-tur
 (`turn_counts`), and a set's statistics come from its summed counts: resampling turns for a
 confidence interval only adds up rows of counts again.
 """
+
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -18,8 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 
 # What each turn contributes to the sums the statistics divide; columns of `turn_counts`.
-COUNTS = ("turns", "messages", "characters", "letters", "cyrillic_letters", "emoji",
-          "questions", "messages_with_a_letter", "lowercase_starts", "turns_with_a_link")
+COUNTS = (
+    "turns",
+    "messages",
+    "characters",
+    "letters",
+    "cyrillic_letters",
+    "emoji",
+    "questions",
+    "messages_with_a_letter",
+    "lowercase_starts",
+    "turns_with_a_link",
+)
 
 
 @dataclass(frozen=True)
@@ -39,21 +50,23 @@ STATISTICS = (
     Statistic("cyrillic_share", "Cyrillic share of letters", True, "cyrillic_letters", "letters"),
     Statistic("emoji_per_message", "emoji per message", False, "emoji", "messages"),
     Statistic("question_share", 'messages ending in "?"', True, "questions", "messages"),
-    Statistic("lowercase_share", "messages starting in lower case", True, "lowercase_starts",
-              "messages_with_a_letter"),
+    Statistic("lowercase_share", "messages starting in lower case", True, "lowercase_starts", "messages_with_a_letter"),
     Statistic("link_share", "turns with a link", True, "turns_with_a_link", "turns"),
 )
 
 # One emoji as a person sees it: a flag (two regional indicators), a keycap, or a pictograph with
 # its skin tone and variation selector, joined by zero-width joiners into one picture (👨‍👩‍👧).
-_PICTOGRAPH = ("[\u231a\u231b\u23e9-\u23f3\u23f8-\u23fa\u2600-\u27bf\u2b50\u2b55"
-               "\U0001f000-\U0001f1e5\U0001f200-\U0001f3fa\U0001f400-\U0001faff]")
+_PICTOGRAPH = (
+    "[\u231a\u231b\u23e9-\u23f3\u23f8-\u23fa\u2600-\u27bf\u2b50\u2b55"
+    "\U0001f000-\U0001f1e5\U0001f200-\U0001f3fa\U0001f400-\U0001faff]"
+)
 _MODIFIERS = "[\U0001f3fb-\U0001f3ff\ufe0f]*"  # skin tones, emoji presentation selector
 EMOJI = re.compile(
     "[\U0001f1e6-\U0001f1ff]{1,2}"
     "|[0-9#*]\ufe0f?\u20e3"
     f"|{_PICTOGRAPH}{_MODIFIERS}(?:\u200d{_PICTOGRAPH}{_MODIFIERS})*"
-    "|[\U0001f3fb-\U0001f3ff]")
+    "|[\U0001f3fb-\U0001f3ff]"
+)
 LINK = re.compile(r"https?://\S|www\.\S|\bt\.me/\S", re.IGNORECASE)
 
 
@@ -80,9 +93,18 @@ def turn_counts(turn: list[str]) -> list[int]:
     letters = [character for message in turn for character in message if character.isalpha()]
     scripts = [script_of(letter) for letter in letters]
     cases = [case for case in map(starts_in_lower_case, turn) if case is not None]
-    return [1, len(turn), sum(map(len, turn)), len(letters), scripts.count("CYRILLIC"),
-            sum(map(count_emoji, turn)), sum(message.rstrip().endswith("?") for message in turn),
-            len(cases), sum(cases), int(any(LINK.search(message) for message in turn))]
+    return [
+        1,
+        len(turn),
+        sum(map(len, turn)),
+        len(letters),
+        scripts.count("CYRILLIC"),
+        sum(map(count_emoji, turn)),
+        sum(message.rstrip().endswith("?") for message in turn),
+        len(cases),
+        sum(cases),
+        int(any(LINK.search(message) for message in turn)),
+    ]
 
 
 def counts_table(turns: list[list[str]]) -> np.ndarray:

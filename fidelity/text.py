@@ -1,5 +1,6 @@
 """Words of a turn, as the failure and privacy checks compare them: runs of letters, digits and
 underscores, lower-cased, so that "Ok," and "ok" are one word and punctuation never is."""
+
 import re
 
 WORD = re.compile(r"\w+")
@@ -10,4 +11,4 @@ def words(turn: list[str]) -> list[str]:
 
 
 def ngrams(sequence: list[str], size: int) -> list[tuple[str, ...]]:
-    return [tuple(sequence[start:start + size]) for start in range(len(sequence) - size + 1)]
+    return [tuple(sequence[start : start + size]) for start in range(len(sequence) - size + 1)]

@@ -5,6 +5,7 @@ order, and picked the one they took for real, or said they can't tell. The answe
 holds one entry per pair judged: who judged (a random id the judge's browser keeps), whose turn it was,
 which held-out moment, and what was picked ("twin", "real" or "cant_tell"). No message text.
 """
+
 import json
 import math
 from dataclasses import dataclass
@@ -69,23 +70,37 @@ def read_answers(file: Path) -> list[dict]:
         raise EvaluationError(f"{file}: not the blind test's answers ({type(error).__name__}: {error})") from None
     fields = {"judge": str, "speaker": str, "moment": str, "picked": str, "time": int}
     if not isinstance(answers, list) or not all(
-            isinstance(answer, dict) and all(isinstance(answer.get(key), kind) for key, kind in fields.items())
-            and answer["picked"] in PICKS for answer in answers):
-        raise EvaluationError(f"{file}: not the blind test's answers (each needs judge, speaker, moment, time and "
-                              f"picked, one of {', '.join(PICKS)})")
+        isinstance(answer, dict)
+        and all(isinstance(answer.get(key), kind) for key, kind in fields.items())
+        and answer["picked"] in PICKS
+        for answer in answers
+    ):
+        raise EvaluationError(
+            f"{file}: not the blind test's answers (each needs judge, speaker, moment, time and "
+            f"picked, one of {', '.join(PICKS)})"
+        )
     return answers
 
 
 def people_verdict(answers: list[dict]) -> list[PersonVerdict]:
     """Per person judged, in order of the most answers."""
-    speakers = sorted({answer["speaker"] for answer in answers},
-                      key=lambda name: (-sum(answer["speaker"] == name for answer in answers), name))
+    speakers = sorted(
+        {answer["speaker"] for answer in answers},
+        key=lambda name: (-sum(answer["speaker"] == name for answer in answers), name),
+    )
     verdicts = []
     for speaker in speakers:
         theirs = [answer for answer in answers if answer["speaker"] == speaker]
         picked = [answer["picked"] for answer in theirs]
-        verdicts.append(PersonVerdict(speaker, picked.count("twin"), picked.count("real"), picked.count("cant_tell"),
-                                      len({answer["judge"] for answer in theirs})))
+        verdicts.append(
+            PersonVerdict(
+                speaker,
+                picked.count("twin"),
+                picked.count("real"),
+                picked.count("cant_tell"),
+                len({answer["judge"] for answer in theirs}),
+            )
+        )
     return verdicts
 
 

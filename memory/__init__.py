@@ -9,6 +9,7 @@ person never comes up with another.
 
 Imports: core, data and model below it; training, fidelity, chat and serving above it.
 """
+
 from memory.context import Memory, MemoryConfig, remembering
 from memory.store import Conversations, MemoryStoreError, load_store, save_store
 

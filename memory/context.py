@@ -11,6 +11,7 @@ The marks are plain text in a turn's header and body: no special token, and like
 are context only, never trained. At training time a session's memory holds only conversations that
 started strictly before it, so it never sees the future.
 """
+
 import dataclasses
 from dataclasses import dataclass
 
@@ -23,26 +24,43 @@ from model.tokenizer import Tokenizer
 
 MARK_SPEAKER = "memory"
 NOW = "now"
-UNITS = [("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400), ("day", 86400), ("hour", 3600),
-         ("minute", 60)]
+UNITS = [
+    ("year", 365 * 86400),
+    ("month", 30 * 86400),
+    ("week", 7 * 86400),
+    ("day", 86400),
+    ("hour", 3600),
+    ("minute", 60),
+]
 
 
 @dataclass
 class MemoryConfig:
     """How much of the past comes before a conversation: train.py's memory flags, kept by the run for
     sample.py, serve.py and evaluate.py."""
+
     # Defaults measured on the sample export with SmolLM2's tokenizer: of its 61 fact turns (memory.facts), the
     # fact stands in the memory of 16 with 128 tokens of history alone, 28 with 256; of 38 with 2 recalled
     # conversations alone; of 44 with both, at 441 tokens a session on average, memory included (256 tokens of
     # history on top: 42, at 561 tokens).
-    history_tokens: int = setting(128, "tokens of the same chat's conversations just before a session, placed "
-                                  "before it as context (0: none)", type=non_negative_int)
-    recall: int = setting(2, "earlier conversations of the same chat most like the current one (BM25), placed "
-                          "before the history (0: none)", type=non_negative_int)
-    recall_tokens: int = setting(256, "tokens the recalled conversations take at most, all together",
-                                 type=non_negative_int)
-    recall_all_chats: bool = setting(False, "recall from every chat, not only the one talked in: the twin may "
-                                     "then tell one person what the owner told another")
+    history_tokens: int = setting(
+        128,
+        "tokens of the same chat's conversations just before a session, placed before it as context (0: none)",
+        type=non_negative_int,
+    )
+    recall: int = setting(
+        2,
+        "earlier conversations of the same chat most like the current one (BM25), placed before the history (0: none)",
+        type=non_negative_int,
+    )
+    recall_tokens: int = setting(
+        256, "tokens the recalled conversations take at most, all together", type=non_negative_int
+    )
+    recall_all_chats: bool = setting(
+        False,
+        "recall from every chat, not only the one talked in: the twin may "
+        "then tell one person what the owner told another",
+    )
 
     @property
     def on(self) -> bool:
@@ -51,10 +69,15 @@ class MemoryConfig:
     def describe(self) -> str:
         if not self.on:
             return "memory off"
-        scope = ("every chat (--recall-all-chats; warning: the twin may tell one person what the owner told "
-                 "another)" if self.recall_all_chats else "the same chat only")
-        return (f"the last {self.history_tokens} tokens of the chat's history, and {self.recall} recalled "
-                f"conversations ({self.recall_tokens} tokens) from {scope}")
+        scope = (
+            "every chat (--recall-all-chats; warning: the twin may tell one person what the owner told another)"
+            if self.recall_all_chats
+            else "the same chat only"
+        )
+        return (
+            f"the last {self.history_tokens} tokens of the chat's history, and {self.recall} recalled "
+            f"conversations ({self.recall_tokens} tokens) from {scope}"
+        )
 
 
 def time_mark(seconds: int) -> str:
@@ -107,8 +130,11 @@ class Memory:
         config = self.config
         if not config.recall or not config.recall_tokens or (chat is None and not config.recall_all_chats):
             return []
-        candidates = [number for number in self.conversations.before(None if config.recall_all_chats else chat, start)
-                      if number not in exclude]
+        candidates = [
+            number
+            for number in self.conversations.before(None if config.recall_all_chats else chat, start)
+            if number not in exclude
+        ]
         query = "\n".join(message for turn in said for message in turn.messages)
         chosen = sorted(self.conversations.most_relevant(query, candidates, config.recall, start))  # oldest first
         turns = []
@@ -133,12 +159,13 @@ class Memory:
             kept += 1
         if not kept:
             return []
-        return [mark, *(turns[:kept] if from_start else turns[len(turns) - kept:])]
+        return [mark, *(turns[:kept] if from_start else turns[len(turns) - kept :])]
 
 
 def remembering(config: MemoryConfig, tokenizer: Tokenizer) -> Remembering | None:
     """What data.dataset.prepare_data needs to put each session's memory before it; None with memory off."""
     if not config.on:
         return None
-    return Remembering(dataclasses.asdict(config),
-                       lambda sessions: Memory(Conversations(sessions), config, tokenizer).for_session)
+    return Remembering(
+        dataclasses.asdict(config), lambda sessions: Memory(Conversations(sessions), config, tokenizer).for_session
+    )

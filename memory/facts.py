@@ -6,6 +6,7 @@ the whole chat (a pet's name, a city visited, a new employer), never in the conv
 Such a turn can only be written right by remembering; a generated turn at that moment "states the fact"
 when it uses the word. The rule reads only the sessions, so it holds for any export, not only the sample.
 """
+
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -44,8 +45,9 @@ def fact_turns(sessions: list[Session], among: list[Session]) -> list[FactTurn]:
         rare_words[chat] = {word for word, count in counts.items() if count <= RARE_IN}
     for session in sessions:
         rare = rare_words.get(session.chat, set())
-        earlier = set().union(*(_session_words(other, names_of) & rare for other in by_chat[session.chat]
-                                if other.start < session.start))
+        earlier = set().union(
+            *(_session_words(other, names_of) & rare for other in by_chat[session.chat] if other.start < session.start)
+        )
         said = set()
         for index, turn in enumerate(session.turns):
             text = "\n".join(turn.messages)

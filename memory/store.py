@@ -8,6 +8,7 @@ The whole folder is owner-only (0700, files 0600): it holds every conversation o
 conversations are the store's truth: damaged, the store is refused in one line; a damaged or stale index
 is built again from them, with a warning.
 """
+
 import bisect
 import hashlib
 import json
@@ -51,7 +52,9 @@ class Conversations:
         self.by_chat: dict[str, list[int]] = defaultdict(list)
         for number, session in enumerate(self.sessions):
             self.by_chat[session.chat].append(number)
-        self.starts = {chat: [self.sessions[number].start for number in numbers] for chat, numbers in self.by_chat.items()}
+        self.starts = {
+            chat: [self.sessions[number].start for number in numbers] for chat, numbers in self.by_chat.items()
+        }
         self.all_starts = [session.start for session in self.sessions]
         self.index = index or self._build_index()
 
@@ -65,7 +68,7 @@ class Conversations:
         if chat is None:
             return list(range(bisect.bisect_left(self.all_starts, start)))
         numbers = self.by_chat.get(chat, [])
-        return numbers[:bisect.bisect_left(self.starts.get(chat, []), start)]
+        return numbers[: bisect.bisect_left(self.starts.get(chat, []), start)]
 
     def most_relevant(self, query: str, candidates: list[int], k: int, now: int | None = None) -> list[int]:
         """Of `candidates`, the `k` (at most) most relevant to `query`, best first: BM25's score (as a share of the
@@ -122,8 +125,10 @@ def load_store(folder: str | os.PathLike) -> Conversations:
     folder = Path(folder)
     conversations_file = folder / CONVERSATIONS
     if not conversations_file.is_file():
-        raise MemoryStoreError(f"{folder}: no memory store here ({CONVERSATIONS} is missing); train the run again "
-                               "to make one, or leave memory off (--recall 0 --history-tokens 0)")
+        raise MemoryStoreError(
+            f"{folder}: no memory store here ({CONVERSATIONS} is missing); train the run again "
+            "to make one, or leave memory off (--recall 0 --history-tokens 0)"
+        )
     try:
         sessions = read_sessions_file(conversations_file)
     except DataError as error:
@@ -137,8 +142,10 @@ def load_store(folder: str | os.PathLike) -> Conversations:
             problem = f"its index holds {index.scores['num_docs']} conversations"
         except Exception as error:  # noqa: BLE001 (whatever a damaged file raises, the index is built again)
             problem = f"its index cannot be read ({type(error).__name__})"
-    print(f"warning: {folder}: {problem}; building the index again from its {len(sessions):,} conversations",
-          file=sys.stderr)
+    print(
+        f"warning: {folder}: {problem}; building the index again from its {len(sessions):,} conversations",
+        file=sys.stderr,
+    )
     conversations = Conversations(sessions)
     _write_index(folder, conversations)
     return conversations
@@ -150,7 +157,7 @@ def _index_problem(folder: Path, count: int) -> str | None:
         if not isinstance(record, dict) or record.get("conversations") != count:
             return f"{RECORD} does not count its {count} conversations"
         if record.get("sha256") != fingerprint(folder / CONVERSATIONS):
-            return f"its conversations changed since the index was built"
+            return "its conversations changed since the index was built"
     except (OSError, ValueError) as error:
         return f"{RECORD} cannot be read ({type(error).__name__})"
     return None

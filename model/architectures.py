@@ -8,6 +8,7 @@ layer's window, RoPE bases and scaling, the attention scale) are `ModelConfig`'s
 model's own config; an entry only says where to find them. Adding a family is one entry here, plus a
 new behaviour field where the family brings a behaviour no other has (docs/adding-an-architecture.md).
 """
+
 from dataclasses import dataclass, field
 
 # twin's names of the two weights with one row per token (the same in every family): sharded loading
@@ -22,6 +23,7 @@ class LayerNorms:
     """The names of a decoder layer's RMS norms (Hugging Face's, which twin keeps) by where they sit;
     None where the family has no norm there. Llama's second norm is named `post_attention_layernorm`
     but normalises the MLP's input; Gemma's of that name normalises the attention's output."""
+
     before_attention: str = "input_layernorm"
     after_attention: str | None = None
     before_mlp: str = "post_attention_layernorm"
@@ -69,33 +71,70 @@ class Architecture:
     gguf_wide_attention_scale_layers: tuple[int, ...] = ()
 
 
-ARCHITECTURES = {architecture.model_type: architecture for architecture in [
-    Architecture("mistral", "MistralForCausalLM", "llama", gguf_rotary_interleaved=True,
-                 attention_bias=False),
-    Architecture("llama", "LlamaForCausalLM", "llama", gguf_rotary_interleaved=True, windows="none"),
-    Architecture("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, attention_bias=False, windows="qwen"),
-    Architecture("qwen3", "Qwen3ForCausalLM", "qwen3", qk_norm=True, windows="qwen", hf_defaults={"head_dim": 128}),
-    Architecture(
-        "gemma3_text", "Gemma3ForCausalLM", "gemma3", activation="gelu_pytorch_tanh",
-        hf_activation_key="hidden_activation", norm_unit_offset=True,
-        norms=LayerNorms(after_attention="post_attention_layernorm", before_mlp="pre_feedforward_layernorm",
-                         after_mlp="post_feedforward_layernorm"),
-        embedding_scale=True, qk_norm=True, windows="layer_types", local_rope=True, rope_scalings=("linear",),
-        hf_defaults={"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-                     "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "rms_norm_eps": 1e-6,
-                     "max_position_embeddings": 131_072, "query_pre_attn_scalar": 256, "sliding_window": 4096,
-                     "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "tie_word_embeddings": True,
-                     "bos_token_id": 2, "eos_token_id": 1},
-        refused_values={"final_logit_softcapping": None, "attn_logit_softcapping": None,
-                        "use_bidirectional_attention": False},
-        hf_multimodal_type="gemma3",
-        # transformers 4's Gemma3ForConditionalGeneration saved "language_model.model.", 5's "model.language_model."
-        hf_weight_prefixes=(("language_model.model.", "model."), ("model.language_model.", "model."),
-                            ("language_model.lm_head.", "lm_head."), ("vision_tower.", None),
-                            ("multi_modal_projector.", None), ("model.vision_tower.", None),
-                            ("model.multi_modal_projector.", None)),
-        gguf_norm_shift=1.0, gguf_full_layer_every=6, gguf_wide_attention_scale_layers=(62,)),
-]}
+ARCHITECTURES = {
+    architecture.model_type: architecture
+    for architecture in [
+        Architecture("mistral", "MistralForCausalLM", "llama", gguf_rotary_interleaved=True, attention_bias=False),
+        Architecture("llama", "LlamaForCausalLM", "llama", gguf_rotary_interleaved=True, windows="none"),
+        Architecture("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, attention_bias=False, windows="qwen"),
+        Architecture("qwen3", "Qwen3ForCausalLM", "qwen3", qk_norm=True, windows="qwen", hf_defaults={"head_dim": 128}),
+        Architecture(
+            "gemma3_text",
+            "Gemma3ForCausalLM",
+            "gemma3",
+            activation="gelu_pytorch_tanh",
+            hf_activation_key="hidden_activation",
+            norm_unit_offset=True,
+            norms=LayerNorms(
+                after_attention="post_attention_layernorm",
+                before_mlp="pre_feedforward_layernorm",
+                after_mlp="post_feedforward_layernorm",
+            ),
+            embedding_scale=True,
+            qk_norm=True,
+            windows="layer_types",
+            local_rope=True,
+            rope_scalings=("linear",),
+            hf_defaults={
+                "vocab_size": 262_208,
+                "hidden_size": 2304,
+                "intermediate_size": 9216,
+                "num_hidden_layers": 26,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 4,
+                "head_dim": 256,
+                "rms_norm_eps": 1e-6,
+                "max_position_embeddings": 131_072,
+                "query_pre_attn_scalar": 256,
+                "sliding_window": 4096,
+                "rope_theta": 1_000_000.0,
+                "rope_local_base_freq": 10_000.0,
+                "tie_word_embeddings": True,
+                "bos_token_id": 2,
+                "eos_token_id": 1,
+            },
+            refused_values={
+                "final_logit_softcapping": None,
+                "attn_logit_softcapping": None,
+                "use_bidirectional_attention": False,
+            },
+            hf_multimodal_type="gemma3",
+            # transformers 4's Gemma3ForConditionalGeneration saved "language_model.model.", 5's "model.language_model."
+            hf_weight_prefixes=(
+                ("language_model.model.", "model."),
+                ("model.language_model.", "model."),
+                ("language_model.lm_head.", "lm_head."),
+                ("vision_tower.", None),
+                ("multi_modal_projector.", None),
+                ("model.vision_tower.", None),
+                ("model.multi_modal_projector.", None),
+            ),
+            gguf_norm_shift=1.0,
+            gguf_full_layer_every=6,
+            gguf_wide_attention_scale_layers=(62,),
+        ),
+    ]
+}
 GGUF_NAMES = {architecture.gguf_name for architecture in ARCHITECTURES.values()}
 
 
@@ -108,8 +147,12 @@ def architecture(model_type: str) -> Architecture:
     for entry in ARCHITECTURES.values():
         if model_type in (entry.model_type, entry.hf_multimodal_type):
             return entry
-    supported = sorted({*ARCHITECTURES, *(a.hf_multimodal_type for a in ARCHITECTURES.values() if a.hf_multimodal_type)})
-    raise UnsupportedArchitecture(f"model_type {model_type!r} is not supported (only {', '.join(map(repr, supported))})")
+    supported = sorted(
+        {*ARCHITECTURES, *(a.hf_multimodal_type for a in ARCHITECTURES.values() if a.hf_multimodal_type)}
+    )
+    raise UnsupportedArchitecture(
+        f"model_type {model_type!r} is not supported (only {', '.join(map(repr, supported))})"
+    )
 
 
 def gguf_architecture(gguf_name: str) -> Architecture:
@@ -118,8 +161,10 @@ def gguf_architecture(gguf_name: str) -> Architecture:
     for entry in ARCHITECTURES.values():
         if entry.gguf_name == gguf_name and (entry.model_type == gguf_name or gguf_name != "llama"):
             return entry
-    raise UnsupportedArchitecture(f"GGUF architecture {gguf_name!r} is not supported (only "
-                                  f"{', '.join(map(repr, sorted(GGUF_NAMES)))}; Mistral's GGUFs are 'llama')")
+    raise UnsupportedArchitecture(
+        f"GGUF architecture {gguf_name!r} is not supported (only "
+        f"{', '.join(map(repr, sorted(GGUF_NAMES)))}; Mistral's GGUFs are 'llama')"
+    )
 
 
 def text_config(hf: object) -> object:
@@ -143,18 +188,23 @@ def twin_weight_name(name: str) -> str | None:
     names are renamed by another's entry."""
     for prefix, ours in WEIGHT_PREFIXES:
         if name.startswith(prefix):
-            return None if ours is None else ours + name[len(prefix):]
+            return None if ours is None else ours + name[len(prefix) :]
     return name
 
 
 # The chat formats twin renders turns in (data.chatml), by their tokens; a base's is the first whose tokens its
 # tokenizer has.
-CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", turn_end="<|im_end|>",
-              separator="\n")
-LLAMA3 = dict(header_start="<|start_header_id|>", name_end="<|end_header_id|>", header_newlines="\n\n",
-              turn_end="<|eot_id|>", separator="")
-GEMMA = dict(header_start="<start_of_turn>", name_end="", header_newlines="\n", turn_end="<end_of_turn>",
-             separator="\n")
+CHATML = dict(header_start="<|im_start|>", name_end="", header_newlines="\n", turn_end="<|im_end|>", separator="\n")
+LLAMA3 = dict(
+    header_start="<|start_header_id|>",
+    name_end="<|end_header_id|>",
+    header_newlines="\n\n",
+    turn_end="<|eot_id|>",
+    separator="",
+)
+GEMMA = dict(
+    header_start="<start_of_turn>", name_end="", header_newlines="\n", turn_end="<end_of_turn>", separator="\n"
+)
 # Every layout, in the order they are looked for: a tokenizer with ChatML's tokens (train.py may add them
 # to any) writes ChatML.
 CHAT_FORMATS = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA}

@@ -97,20 +97,25 @@ def _load_backend(text: str, source: str) -> tokenizers.Tokenizer:
     except BaseException as error:  # the Rust side reports any malformed file as a plain Exception, or panics
         if not (isinstance(error, Exception) or _is_rust_panic(error)):
             raise
-        raise TokenizerError(f"{source}: not a tokenizer.json the tokenizers library can read "
-                             f"({first_line(error)})") from None
+        raise TokenizerError(
+            f"{source}: not a tokenizer.json the tokenizers library can read ({first_line(error)})"
+        ) from None
 
 
 def _check_ids(content: dict, source: str) -> None:
     """Refuse a token id no vocabulary has before a table of that many entries is made (an id of 2^31
     would need 17 GB)."""
     added = content.get("added_tokens")
-    ids = [*content["model"]["vocab"].values(),
-           *(token.get("id") for token in (added if isinstance(added, list) else []) if isinstance(token, dict))]
+    ids = [
+        *content["model"]["vocab"].values(),
+        *(token.get("id") for token in (added if isinstance(added, list) else []) if isinstance(token, dict)),
+    ]
     wrong = [token_id for token_id in ids if not (is_whole_number(token_id) and 0 <= token_id < MAX_DIMENSION)]
     if wrong:
-        raise TokenizerError(f"{source}: token id {shown(wrong[0])} is none a vocabulary can have (whole numbers "
-                             f"from 0 to {MAX_DIMENSION - 1:,})")
+        raise TokenizerError(
+            f"{source}: token id {shown(wrong[0])} is none a vocabulary can have (whole numbers "
+            f"from 0 to {MAX_DIMENSION - 1:,})"
+        )
 
 
 class BPETokenizer(TokenizerBase):
@@ -126,8 +131,9 @@ class BPETokenizer(TokenizerBase):
             raise TokenizerError(f"{source}: not valid JSON ({first_line(error)})") from None
         model = content.get("model") if isinstance(content, dict) else None
         if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-            raise TokenizerError(f"{source}: not a BPE tokenizer.json; only BPE models (Llama, Qwen, Mistral, "
-                                 "SmolLM2) are supported")
+            raise TokenizerError(
+                f"{source}: not a BPE tokenizer.json; only BPE models (Llama, Qwen, Mistral, SmolLM2) are supported"
+            )
         _check_ids(content, source)
         self._json = content
         self._backend = _load_backend(tokenizer_json, source)
@@ -165,19 +171,24 @@ class BPETokenizer(TokenizerBase):
 
     def _index_added(self) -> None:
         self._added = {
-            token_id: AddedToken(token.content, token_id, special=token.special, lstrip=token.lstrip,
-                                 rstrip=token.rstrip)
+            token_id: AddedToken(
+                token.content, token_id, special=token.special, lstrip=token.lstrip, rstrip=token.rstrip
+            )
             for token_id, token in self._backend.get_added_tokens_decoder().items()
         }
         self._by_content = {token.content: token for token in self._added.values()}
         self.vocab_size: int = max([len(self._piece_bytes), *(token_id + 1 for token_id in self._added)])
         # an added token matched in the raw text that takes no whitespace along shows how the chunk after it starts
-        plain = [t.content for t in self._backend.get_added_tokens_decoder().values()
-                 if not (t.lstrip or t.rstrip or t.normalized)]
+        plain = [
+            t.content
+            for t in self._backend.get_added_tokens_decoder().values()
+            if not (t.lstrip or t.rstrip or t.normalized)
+        ]
         self._later_prefix = self._probe_prefix(plain[0]) if plain else None
 
-    def _encode(self, text: str, backend: tokenizers.Tokenizer | None = None,
-                add_special_tokens: bool = False) -> list[int]:
+    def _encode(
+        self, text: str, backend: tokenizers.Tokenizer | None = None, add_special_tokens: bool = False
+    ) -> list[int]:
         """The backend's ids for text; a panic of the tokenizers library (a pre-tokenizer regex that
         backtracks without end hits its limit so) becomes a TokenizerError naming the file."""
         try:
@@ -185,8 +196,10 @@ class BPETokenizer(TokenizerBase):
         except BaseException as error:
             if not _is_rust_panic(error):
                 raise
-            raise TokenizerError(f"{self._source}: the tokenizers library failed on a text of {len(text):,} "
-                                 f"characters ({first_line(error)})") from None
+            raise TokenizerError(
+                f"{self._source}: the tokenizers library failed on a text of {len(text):,} "
+                f"characters ({first_line(error)})"
+            ) from None
 
     def _text_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self._piece_bytes[i] or b"" for i in ids if i < len(self._piece_bytes))
@@ -213,10 +226,11 @@ class BPETokenizer(TokenizerBase):
         tokenizer.json)."""
         plain = self._encode("a")
         full = self._encode("a", add_special_tokens=True)
-        start = next((i for i in range(len(full)) if full[i:i + len(plain)] == plain), 0)
+        start = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
         if start > 1:
-            raise TokenizerError(f"{self._source}: the post-processor puts {start} tokens before the text; "
-                                 "twin supports one BOS at most")
+            raise TokenizerError(
+                f"{self._source}: the post-processor puts {start} tokens before the text; twin supports one BOS at most"
+            )
         return full[0] if start else None
 
     @cached_property
@@ -266,15 +280,21 @@ GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4
 # The text splits of llama.cpp's pre-tokenizers (tokenizer.ggml.pre), each as tokenizer.json spells it.
 # The model's own tokenizer.json has the same ones; a name not here is refused rather than guessed.
 GPT2_SPLIT = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _regex_split(regex: str) -> list[dict]:
-    return [{"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
-            {**GPT2_SPLIT, "use_regex": False}]
+    return [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {**GPT2_SPLIT, "use_regex": False},
+    ]
 
 
 PRE_TOKENIZERS = {
@@ -293,8 +313,12 @@ IGNORE_MERGES = {"llama-bpe", "llama3"}
 GGUF_STRINGS = ("tokenizer.ggml.model", "tokenizer.ggml.pre")
 GGUF_FLAGS = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix")
 GGUF_IDS = tuple(f"tokenizer.ggml.{name}_token_id" for name in ("bos", "eos", "unknown", "padding"))
-GGUF_LISTS = {"tokenizer.ggml.tokens": (str,), "tokenizer.ggml.merges": (str,), "tokenizer.ggml.scores": (int, float),
-              "tokenizer.ggml.token_type": (int,)}
+GGUF_LISTS = {
+    "tokenizer.ggml.tokens": (str,),
+    "tokenizer.ggml.merges": (str,),
+    "tokenizer.ggml.scores": (int, float),
+    "tokenizer.ggml.token_type": (int,),
+}
 
 
 def _gguf_fields(path: Path) -> dict:
@@ -306,13 +330,17 @@ def _gguf_fields(path: Path) -> dict:
     file = GGUFFile(path, TokenizerError)
     embedding = file.tensors.get("token_embd.weight")
     # (a file of a vocabulary alone, as llama.cpp keeps for its tests, has no embedding to bound it by)
-    most, bound = ((embedding.shape[0], "the model's embedding (token_embd.weight) has only {:,} rows") if embedding
-                   else (MAX_DIMENSION, "no vocabulary has more than {:,} tokens"))
+    most, bound = (
+        (embedding.shape[0], "the model's embedding (token_embd.weight) has only {:,} rows")
+        if embedding
+        else (MAX_DIMENSION, "no vocabulary has more than {:,} tokens")
+    )
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
         if (file.length(key) or 0) > most:
             raise TokenizerError(f"{path}: {key} has {file.length(key):,} entries, but {bound.format(most)}")
-    fields = {key: file.value(key) for key in (*GGUF_STRINGS, *GGUF_FLAGS, *GGUF_IDS, *GGUF_LISTS)
-              if key in file.metadata}
+    fields = {
+        key: file.value(key) for key in (*GGUF_STRINGS, *GGUF_FLAGS, *GGUF_IDS, *GGUF_LISTS) if key in file.metadata
+    }
 
     def check(keys, wanted: str, fits) -> None:
         for key in keys:
@@ -322,8 +350,11 @@ def _gguf_fields(path: Path) -> dict:
     check(GGUF_STRINGS, "a string", lambda value, _: isinstance(value, str))
     check(GGUF_FLAGS, "true or false", lambda value, _: isinstance(value, bool))
     check(GGUF_IDS, "a token id", lambda value, _: is_whole_number(value))
-    check(GGUF_LISTS, "a list of the type llama.cpp writes",
-          lambda value, key: isinstance(value, list) and all(isinstance(item, GGUF_LISTS[key]) for item in value))
+    check(
+        GGUF_LISTS,
+        "a list of the type llama.cpp writes",
+        lambda value, key: isinstance(value, list) and all(isinstance(item, GGUF_LISTS[key]) for item in value),
+    )
     return fields
 
 
@@ -337,13 +368,21 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer | BPETokenizer:
     kind = fields.get("tokenizer.ggml.model")
     tokens = fields.get("tokenizer.ggml.tokens")
     if kind not in ("gpt2", "llama") or not tokens:
-        raise TokenizerError(f"{path}: tokenizer.ggml.model is {kind!r}; twin reads 'gpt2' (BPE) and 'llama' "
-                             "(SentencePiece) tokenizers with their tokens")
+        raise TokenizerError(
+            f"{path}: tokenizer.ggml.model is {kind!r}; twin reads 'gpt2' (BPE) and 'llama' "
+            "(SentencePiece) tokenizers with their tokens"
+        )
     token_types = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    config = {key: tokens[fields[f"tokenizer.ggml.{name}_token_id"]]
-              for key, name in [("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
-                                ("pad_token", "padding")]
-              if 0 <= fields.get(f"tokenizer.ggml.{name}_token_id", -1) < len(tokens)}
+    config = {
+        key: tokens[fields[f"tokenizer.ggml.{name}_token_id"]]
+        for key, name in [
+            ("bos_token", "bos"),
+            ("eos_token", "eos"),
+            ("unk_token", "unknown"),
+            ("pad_token", "padding"),
+        ]
+        if 0 <= fields.get(f"tokenizer.ggml.{name}_token_id", -1) < len(tokens)
+    }
     if "tokenizer.chat_template" in fields:
         config["chat_template"] = fields["tokenizer.chat_template"]
     if kind == "llama":
@@ -355,40 +394,68 @@ def _bos_template(bos: str, bos_id: int) -> dict:
     """tokenizer.json's post-processor that puts BOS in front of every text."""
     token, text = {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}
     pair = [token, text, {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}]
-    return {"type": "TemplateProcessing", "single": [token, text], "pair": pair,
-            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+    return {
+        "type": "TemplateProcessing",
+        "single": [token, text],
+        "pair": pair,
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }
 
 
 def _bpe_from_gguf(path: Path, fields: dict, tokens: list[str], token_types: list[int], config: dict) -> BPETokenizer:
     pre = fields.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
-        raise TokenizerError(f"{path}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; twin knows "
-                             f"{', '.join(sorted(PRE_TOKENIZERS))}")
+        raise TokenizerError(
+            f"{path}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; twin knows "
+            f"{', '.join(sorted(PRE_TOKENIZERS))}"
+        )
     merges = fields.get("tokenizer.ggml.merges")
     if not merges:
         raise TokenizerError(f"{path}: a gpt2 tokenizer without tokenizer.ggml.merges")
     # control tokens are special added tokens, user-defined ones plain added tokens, as in llama.cpp
-    added = [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": token_type == GGUF_CONTROL}
-             for i, (token, token_type) in enumerate(zip(tokens, token_types))
-             if token_type in (GGUF_CONTROL, GGUF_USER_DEFINED)]
+    added = [
+        {
+            "id": i,
+            "content": token,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": token_type == GGUF_CONTROL,
+        }
+        for i, (token, token_type) in enumerate(zip(tokens, token_types))
+        if token_type in (GGUF_CONTROL, GGUF_USER_DEFINED)
+    ]
     bos_id = fields.get("tokenizer.ggml.bos_token_id", -1)
     adds_bos = fields.get("tokenizer.ggml.add_bos_token", False) and 0 <= bos_id < len(tokens)
     tokenizer_json = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": PRE_TOKENIZERS[pre]},
         "post_processor": _bos_template(tokens[bos_id], bos_id) if adds_bos else None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": pre in IGNORE_MERGES, "vocab": {token: i for i, token in enumerate(tokens)},
-                  "merges": [merge.split(" ", 1) for merge in merges]},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": pre in IGNORE_MERGES,
+            "vocab": {token: i for i, token in enumerate(tokens)},
+            "merges": [merge.split(" ", 1) for merge in merges],
+        },
     }
     return BPETokenizer(json.dumps(tokenizer_json, ensure_ascii=False), config, source=str(path))
 
 
-def _sentencepiece_from_gguf(path: Path, fields: dict, tokens: list[str], token_types: list[int],
-                             config: dict) -> Tokenizer:
+def _sentencepiece_from_gguf(
+    path: Path, fields: dict, tokens: list[str], token_types: list[int], config: dict
+) -> Tokenizer:
     scores = fields.get("tokenizer.ggml.scores")
     if not scores or len(scores) != len(tokens):
         raise TokenizerError(f"{path}: a llama tokenizer needs one tokenizer.ggml.scores entry per token")
@@ -396,12 +463,23 @@ def _sentencepiece_from_gguf(path: Path, fields: dict, tokens: list[str], token_
     def token_id(name: str) -> int:
         return fields.get(f"tokenizer.ggml.{name}_token_id", -1)
 
-    model = sentencepiece_model(list(zip(tokens, scores, token_types)), unk_id=token_id("unknown"),
-                                bos_id=token_id("bos"), eos_id=token_id("eos"), pad_id=token_id("padding"),
-                                add_dummy_prefix=fields.get("tokenizer.ggml.add_space_prefix", True))
+    model = sentencepiece_model(
+        list(zip(tokens, scores, token_types)),
+        unk_id=token_id("unknown"),
+        bos_id=token_id("bos"),
+        eos_id=token_id("eos"),
+        pad_id=token_id("padding"),
+        add_dummy_prefix=fields.get("tokenizer.ggml.add_space_prefix", True),
+    )
     # llama.cpp puts the dummy prefix before the text after every special token, as legacy=true does
-    config.update(legacy=True, add_bos_token=fields.get("tokenizer.ggml.add_bos_token", True),
-                  add_eos_token=fields.get("tokenizer.ggml.add_eos_token", False))
-    control = [AddedToken(token, i) for i, (token, token_type) in enumerate(zip(tokens, token_types))
-               if token_type == GGUF_CONTROL]
+    config.update(
+        legacy=True,
+        add_bos_token=fields.get("tokenizer.ggml.add_bos_token", True),
+        add_eos_token=fields.get("tokenizer.ggml.add_eos_token", False),
+    )
+    control = [
+        AddedToken(token, i)
+        for i, (token, token_type) in enumerate(zip(tokens, token_types))
+        if token_type == GGUF_CONTROL
+    ]
     return Tokenizer(model, control, config, source=str(path))

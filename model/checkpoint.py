@@ -10,6 +10,7 @@ field by field and against the weight files' headers (an absurd size is refused 
 built), every tensor entry against its file's length, every shard name against the folder, every
 dtype against the float types, and pickled weights are read without running any code.
 """
+
 import contextlib
 import functools
 import json
@@ -17,24 +18,28 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from core import atomic
-
+from model import shelf
 from model.architectures import text_config, twin_weight_name
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from model import shelf
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
-from model.transformer import Transformer, ModelConfig
 from model.tokenizer import Tokenizer
+from model.transformer import ModelConfig, Transformer
 from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model, first_line, shown
 
-TOKENIZER_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "tokenizer.json"]
+TOKENIZER_FILES = [
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.json",
+]
 # Float weights only: an integer or quantized tensor cast to a float dtype would be silent garbage.
 FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a file's header
@@ -87,10 +92,15 @@ def looks_like_repo_id(name: str) -> bool:
     """Whether a name that is no local folder means a Hub repo rather than a path: not when it starts
     like a path (/, ./, ../, ~), has more than one "/", ends in a file suffix, or begins with a folder here."""
     owner, slash, repo = name.partition("/")
-    return bool(slash and REPO_ID_PART.fullmatch(owner) and REPO_ID_PART.fullmatch(repo)
-                and "--" not in name and ".." not in name
-                and Path(repo).suffix.lower() not in PATH_SUFFIXES
-                and not Path(owner).exists())
+    return bool(
+        slash
+        and REPO_ID_PART.fullmatch(owner)
+        and REPO_ID_PART.fullmatch(repo)
+        and "--" not in name
+        and ".." not in name
+        and Path(repo).suffix.lower() not in PATH_SUFFIXES
+        and not Path(owner).exists()
+    )
 
 
 @functools.cache  # the tokenizer and the model come from one download, announced once
@@ -99,36 +109,45 @@ def download_from_hub(repo_id: str) -> Path:
     of an earlier download when the Hub cannot be reached. No request waits longer than HUB_TIMEOUT_S."""
     print(f"{repo_id}: not a local folder; downloading it from the Hugging Face Hub", file=sys.stderr)
     import huggingface_hub  # the only network access twin makes, and only here
-    from huggingface_hub.utils import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                       RepositoryNotFoundError)
+    from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     wanted = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
     try:
         info = huggingface_hub.model_info(repo_id, timeout=HUB_TIMEOUT_S)
     except GatedRepoError:
-        raise CheckpointError(f"{repo_id}: a gated repo on the Hugging Face Hub; accept its terms on "
-                              "huggingface.co, then log in with `hf auth login`") from None
+        raise CheckpointError(
+            f"{repo_id}: a gated repo on the Hugging Face Hub; accept its terms on "
+            "huggingface.co, then log in with `hf auth login`"
+        ) from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id}: no such folder here, and no such repo on the Hugging Face Hub "
-                              "(or a private one: log in with `hf auth login`)") from None
+        raise CheckpointError(
+            f"{repo_id}: no such folder here, and no such repo on the Hugging Face Hub "
+            "(or a private one: log in with `hf auth login`)"
+        ) from None
     except HfHubHTTPError as error:
         raise CheckpointError(f"{repo_id}: the Hugging Face Hub answered {first_line(error)}") from None
     except Exception as unreachable:  # offline, refused, timed out (the HTTP library's own error types)
         try:
             return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=wanted, local_files_only=True))
         except LocalEntryNotFoundError:
-            raise CheckpointError(f"{repo_id}: no such folder here; the Hugging Face Hub cannot be reached "
-                                  f"({type(unreachable).__name__}: {first_line(unreachable)}) and no earlier "
-                                  "download is in the cache") from None
+            raise CheckpointError(
+                f"{repo_id}: no such folder here; the Hugging Face Hub cannot be reached "
+                f"({type(unreachable).__name__}: {first_line(unreachable)}) and no earlier "
+                "download is in the cache"
+            ) from None
     files = [sibling.rfilename for sibling in info.siblings or []]
     if not any(file.endswith(".safetensors") for file in files):  # an old repo with pickled weights only
         wanted += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
     try:
-        return Path(huggingface_hub.snapshot_download(repo_id, revision=info.sha, allow_patterns=wanted,
-                                                      etag_timeout=HUB_TIMEOUT_S))
+        return Path(
+            huggingface_hub.snapshot_download(
+                repo_id, revision=info.sha, allow_patterns=wanted, etag_timeout=HUB_TIMEOUT_S
+            )
+        )
     except Exception as error:  # the connection dropped, the disk filled: say which and stop
-        raise CheckpointError(f"{repo_id}: the download from the Hugging Face Hub failed "
-                              f"({type(error).__name__}: {first_line(error)})") from None
+        raise CheckpointError(
+            f"{repo_id}: the download from the Hugging Face Hub failed ({type(error).__name__}: {first_line(error)})"
+        ) from None
 
 
 def load_config(directory: Path) -> ModelConfig:
@@ -152,8 +171,9 @@ def read_safetensors_header(file: Path) -> tuple[dict, int]:
         with open(file, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
             if not 0 < header_len <= min(size - 8, MAX_HEADER_BYTES):
-                raise CheckpointError(f"{file}: not a safetensors file (its header length, {header_len}, "
-                                      f"does not fit its {size} bytes)")
+                raise CheckpointError(
+                    f"{file}: not a safetensors file (its header length, {header_len}, does not fit its {size} bytes)"
+                )
             header = json.loads(f.read(header_len))
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
@@ -172,36 +192,47 @@ def read_safetensors_header(file: Path) -> tuple[dict, int]:
 
 def check_tensor_entry(file: Path, name: str, entry: object, data_bytes: int) -> None:
     """Refuse a safetensors header entry that is malformed or points past the end of the file."""
-    def whole_numbers(value) -> bool:
-        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                               for v in value)
 
-    if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and whole_numbers(entry.get("shape"))
-            and whole_numbers(entry.get("data_offsets")) and len(entry["data_offsets"]) == 2
-            and entry["data_offsets"][0] <= entry["data_offsets"][1]):
+    def whole_numbers(value) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and whole_numbers(entry.get("shape"))
+        and whole_numbers(entry.get("data_offsets"))
+        and len(entry["data_offsets"]) == 2
+        and entry["data_offsets"][0] <= entry["data_offsets"][1]
+    ):
         raise CheckpointError(f"{file}: the header entry of tensor {shown(name)} is malformed")
     begin, end = entry["data_offsets"]
     if end > data_bytes:
-        raise CheckpointError(f"{file}: truncated (tensor {shown(name)} ends at byte {end:,} of its "
-                              f"data, which has {data_bytes:,})")
+        raise CheckpointError(
+            f"{file}: truncated (tensor {shown(name)} ends at byte {end:,} of its data, which has {data_bytes:,})"
+        )
     dtype = FLOAT_DTYPES.get(entry["dtype"])
     if dtype is not None and math.prod(entry["shape"]) * dtype.itemsize != end - begin:
-        raise CheckpointError(f"{file}: tensor {shown(name)} has {end - begin} bytes for shape "
-                              f"{shown(entry['shape'])}")
+        raise CheckpointError(f"{file}: tensor {shown(name)} has {end - begin} bytes for shape {shown(entry['shape'])}")
 
 
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's weight files, from its index when sharded."""
-    for index_name, single_name in [("model.safetensors.index.json", "model.safetensors"),
-                                    ("pytorch_model.bin.index.json", "pytorch_model.bin")]:
+    for index_name, single_name in [
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ]:
         index_file = directory / index_name
         if index_file.exists():
             index = read_json(index_file)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not (isinstance(weight_map, dict) and weight_map
-                    and all(isinstance(name, str) for name in weight_map.values())):
-                raise CheckpointError(f"{index_file}: not a valid index (it needs a weight_map from tensor "
-                                      "names to file names)")
+            if not (
+                isinstance(weight_map, dict)
+                and weight_map
+                and all(isinstance(name, str) for name in weight_map.values())
+            ):
+                raise CheckpointError(
+                    f"{index_file}: not a valid index (it needs a weight_map from tensor names to file names)"
+                )
             return [shard_file(directory, name, index_file) for name in dict.fromkeys(weight_map.values())]
         if (directory / single_name).exists():
             return [directory / single_name]
@@ -241,11 +272,21 @@ class CheckpointReader:
                 raise CheckpointError(f"{file}: not a regular file")
             if file.suffix == ".safetensors":
                 header, data_start = read_safetensors_header(file)
-                self.locations.update({ours: (file, info, data_start) for name, info in header.items()
-                                       if (ours := twin_weight_name(name)) is not None})
+                self.locations.update(
+                    {
+                        ours: (file, info, data_start)
+                        for name, info in header.items()
+                        if (ours := twin_weight_name(name)) is not None
+                    }
+                )
             else:
-                self.pickled.update({ours: tensor for name, tensor in read_pickled_tensors(file).items()
-                                     if (ours := twin_weight_name(name)) is not None})
+                self.pickled.update(
+                    {
+                        ours: tensor
+                        for name, tensor in read_pickled_tensors(file).items()
+                        if (ours := twin_weight_name(name)) is not None
+                    }
+                )
 
     def file_of(self, name: str) -> Path:
         return self.locations[name][0] if name in self.locations else self.files[0]
@@ -257,8 +298,9 @@ class CheckpointReader:
     def dtype_name(self, name: str) -> str:
         if name in self.pickled:
             dtype = self.pickled[name].dtype
-            return next((key for key, value in FLOAT_DTYPES.items() if value == dtype),
-                        str(dtype).removeprefix("torch."))
+            return next(
+                (key for key, value in FLOAT_DTYPES.items() if value == dtype), str(dtype).removeprefix("torch.")
+            )
         return self.locations[name][1]["dtype"]
 
     def check(self, expected: dict[str, torch.Size]) -> None:
@@ -266,20 +308,28 @@ class CheckpointReader:
         shapes = self.shapes()
         unexpected = [name for name in shapes if name not in expected and not IGNORED_KEYS.match(name)]
         if unexpected:
-            raise CheckpointError(f"{self.file_of(unexpected[0])}: unexpected tensors {shown(unexpected[:5])}"
-                                  + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+            raise CheckpointError(
+                f"{self.file_of(unexpected[0])}: unexpected tensors {shown(unexpected[:5])}"
+                + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+            )
         missing = [name for name in expected if name not in shapes]
         if missing:
-            raise CheckpointError(f"{self.files[0].parent}: the weight files are missing tensors {missing[:5]}"
-                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+            raise CheckpointError(
+                f"{self.files[0].parent}: the weight files are missing tensors {missing[:5]}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
         for name, shape in expected.items():
             if list(shapes[name]) != list(shape):
-                raise CheckpointError(f"{self.file_of(name)}: tensor {name} has shape {list(shapes[name])}, "
-                                      f"the config needs {list(shape)}")
+                raise CheckpointError(
+                    f"{self.file_of(name)}: tensor {name} has shape {list(shapes[name])}, "
+                    f"the config needs {list(shape)}"
+                )
             if self.dtype_name(name) not in FLOAT_DTYPES:
-                raise CheckpointError(f"{self.file_of(name)}: tensor {name} is stored as {self.dtype_name(name)}; "
-                                      f"only float weights ({', '.join(FLOAT_DTYPES)}) load, not integer or "
-                                      "quantized ones")
+                raise CheckpointError(
+                    f"{self.file_of(name)}: tensor {name} is stored as {self.dtype_name(name)}; "
+                    f"only float weights ({', '.join(FLOAT_DTYPES)}) load, not integer or "
+                    "quantized ones"
+                )
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows `start:stop` (along the first dimension) of tensor `name`, in the file's dtype; `check` first."""
@@ -305,17 +355,26 @@ def read_pickled_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises several types for damaged files and refused pickles
-        reason = ("it holds Python objects other than tensors, which are never unpickled"
-                  if "Weights only load failed" in str(error) else first_line(error))
+        reason = (
+            "it holds Python objects other than tensors, which are never unpickled"
+            if "Weights only load failed" in str(error)
+            else first_line(error)
+        )
         raise CheckpointError(f"{file}: cannot be read as plain tensors ({reason})") from None
-    if not (isinstance(state, dict) and all(isinstance(name, str) and isinstance(tensor, torch.Tensor)
-                                            for name, tensor in state.items())):
+    if not (
+        isinstance(state, dict)
+        and all(isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in state.items())
+    ):
         raise CheckpointError(f"{file}: cannot be read as plain tensors (it is not a table of named tensors)")
     return state
 
 
-def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
-               device: torch.device | str = "cpu", quantize: str | None = None) -> Transformer:
+def load_model(
+    path_or_repo: str | os.PathLike,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    quantize: str | None = None,
+) -> Transformer:
     """A Hugging Face checkpoint (Mistral, Llama, Qwen2, Qwen3) or a GGUF file as a `Transformer` in `dtype`
     on `device`. `quantize="nf4"` stores the decoder layers' linear weights in 4 bits (model.nf4), each
     as soon as it is read, so the model is never whole in `dtype`; a GGUF file's are quantized once it is
@@ -374,14 +433,22 @@ def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
     if config_file.exists():
         vocab_size = load_config(directory).vocab_size
         if tokenizer.vocab_size > vocab_size:
-            raise CheckpointError(f"{directory}: the tokenizer has ids up to {tokenizer.vocab_size - 1}, "
-                                  f"but the model's embedding has only {vocab_size} rows")
+            raise CheckpointError(
+                f"{directory}: the tokenizer has ids up to {tokenizer.vocab_size - 1}, "
+                f"but the model's embedding has only {vocab_size} rows"
+            )
     return tokenizer
 
 
-def save_model(model: Transformer, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None,
-               dtype: torch.dtype | None = None, max_shard_size: str = "5GB",
-               gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach, writes: bool = True) -> None:
+def save_model(
+    model: Transformer,
+    out_dir: str | os.PathLike,
+    tokenizer: Tokenizer | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str = "5GB",
+    gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
+    writes: bool = True,
+) -> None:
     """Write a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads: safetensors shards
     of at most `max_shard_size` (one in memory at a time), their index, config.json and the tokenizer.
 
@@ -405,8 +472,10 @@ def save_model(model: Transformer, out_dir: str | os.PathLike, tokenizer: Tokeni
         if not writes:
             return
         if split.is_sharded:
-            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sizes.values())},
-                     "weight_map": split.tensor_to_filename}
+            index = {
+                "metadata": {"total_size": sum(t.numel() * t.element_size() for t in sizes.values())},
+                "weight_map": split.tensor_to_filename,
+            }
             atomic.write_text(building / "model.safetensors.index.json", json.dumps(index, indent=2))
         atomic.write_text(building / "config.json", json.dumps(model.config.to_hf(dtype), indent=2))
         if tokenizer is not None:

@@ -13,14 +13,14 @@ every row's next token sits at the same place in the KV cache; the model's `padd
 each token from seeing padding and starts positions at each prompt's first real token, so a padded
 prompt computes what it would alone. A row that ends leaves the batch, and the batch shrinks around it.
 """
+
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
 from core.flags import positive_int, setting
 from model.transformer import KVCache, Transformer
-
 
 NUCLEUS_CANDIDATES = 512  # tokens sorted first for top-p sampling on a CPU
 # On an accelerator the tokens come to the host this many at a time: the device runs ahead instead of
@@ -33,6 +33,7 @@ NON_FINITE = "the model's next-token scores are NaN or infinite; with --dtype fp
 @dataclass
 class SamplingConfig:
     """How a token is drawn from the model's scores; sample.py's and evaluate.py's sampling flags."""
+
     temperature: float = setting(0.7, "0: greedy")
     top_p: float = setting(0.9, "nucleus sampling mass")
     top_k: int = setting(0, "sample from the k likeliest tokens; 0: all")
@@ -40,8 +41,9 @@ class SamplingConfig:
     max_new_tokens: int = setting(256, "longest reply in tokens", type=positive_int)
 
 
-def next_token(logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The next token, a tensor on the device of the last position's logits [vocab], chosen without
     waiting for the device. `seen` [vocab] marks the context's tokens, for the repetition penalty."""
     logits = logits.float()
@@ -87,8 +89,9 @@ def likeliest_first(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, t
     return torch.sort(logits, descending=True)
 
 
-def sample_token(logits: torch.Tensor, config: SamplingConfig, context: torch.Tensor,
-                 generator: torch.Generator | None = None) -> int:
+def sample_token(
+    logits: torch.Tensor, config: SamplingConfig, context: torch.Tensor, generator: torch.Generator | None = None
+) -> int:
     """Choose the next token from the last position's logits [vocab], after the tokens `context`."""
     if not torch.isfinite(logits).all():  # finite weights can still overflow, in fp16 above all
         raise ValueError(NON_FINITE)
@@ -134,8 +137,9 @@ class Generator:
         return self.cache.max_len
 
     @torch.inference_mode()
-    def generate(self, prompt: list[int], config: SamplingConfig, stop_ids: set[int],
-                 generator: torch.Generator | None = None) -> Iterator[int]:
+    def generate(
+        self, prompt: list[int], config: SamplingConfig, stop_ids: set[int], generator: torch.Generator | None = None
+    ) -> Iterator[int]:
         """Yield new tokens until a stop token (yielded too), `max_new_tokens` or a full cache.
 
         On an accelerator the tokens arrive `tokens_per_check` at a time, and the device decodes up
@@ -215,6 +219,7 @@ PADDING = 0  # any id: padding is never attended to
 @dataclass
 class BatchRow:
     """One prompt of a batch, with its own sampling and random stream (a stream may serve several rows)."""
+
     prompt: list[int]
     config: SamplingConfig
     random: torch.Generator | None = None
@@ -224,6 +229,7 @@ class BatchRow:
 class Chosen:
     """What one row of a batch did in one step. A row whose scores were not finite has `error` (its
     ValueError from sample_token) and no token; it leaves the batch, and the others go on."""
+
     row: int
     token: int | None
     last: bool  # the row leaves the batch: a stop token, its max_new_tokens, or an error
@@ -257,8 +263,9 @@ class BatchDecoder:
         while True:
             step = [self._choose(row, logits[place]) for place, row in enumerate(self.batch)]
             yield step
-            going_on = [place for place, chosen in enumerate(step)
-                        if not chosen.last and chosen.row not in self.dropped]
+            going_on = [
+                place for place, chosen in enumerate(step) if not chosen.last and chosen.row not in self.dropped
+            ]
             if not going_on:
                 return
             if len(going_on) < len(self.batch):

@@ -10,13 +10,14 @@ Tokens a base model lacks (ChatML's, which train.py adds to a base that has no c
 of their own in the embedding and the LM head. `TrainableTokens` trains just those rows, the rest of
 the matrix frozen, saved as PEFT's `trainable_token_indices` saves them.
 """
+
 import json
 import math
-from contextlib import contextmanager
 import os
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +25,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import atomic
+from core.errors import TwinError
 from core.flags import not_a_flag, setting
 from model.checkpoint import FLOAT_DTYPES, read_json
-from model.weights import MAX_DIMENSION, first_line, is_positive_number, is_whole_number, shown
 from model.nf4 import NF4Linear, quantized_count
 from model.transformer import Transformer
-from core.errors import TwinError
+from model.weights import MAX_DIMENSION, first_line, is_positive_number, is_whole_number, shown
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."
@@ -59,12 +60,16 @@ def targets_text(targets: tuple[str, ...]) -> str:
 @dataclass
 class LoRAConfig:
     """The adapters' shape; train.py's --lora-* flags (the fields set in code are no flag)."""
+
     r: int = setting(32, "adapter rank")
     alpha: float = setting(16, "adapter scaling numerator, scaling = alpha / r")
     dropout: float = setting(0.05, "dropout on the adapter input")
-    targets: tuple[str, ...] = setting(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"),
-                                       "projections to adapt, from q,k,v,o,gate,up,down",
-                                       parse=targets_from_text, text=targets_text)
+    targets: tuple[str, ...] = setting(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"),
+        "projections to adapt, from q,k,v,o,gate,up,down",
+        parse=targets_from_text,
+        text=targets_text,
+    )
     # scale by alpha / sqrt(r) instead of alpha / r (PEFT's rsLoRA)
     use_rslora: bool = not_a_flag(default=False)
     # "embed_tokens" and/or "lm_head" -> the token ids whose rows train there (PEFT's trainable_token_indices)
@@ -92,7 +97,7 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """
     drop = round(p * 32768)
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
-    bits = words.view(torch.int16)[:x.numel()].view(x.shape) & 0x7FFF
+    bits = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF
     return x * (bits >= drop).to(x.dtype).mul_(32768 / (32768 - drop))
 
 
@@ -127,8 +132,9 @@ class LoRALinear(nn.Linear):
         # addmm adds the scaled low-rank product into y within the matrix multiply: no extra passes over y.
         dropped = dropout(x, self.dropout) if self.training and self.dropout > 0 else x
         down = F.linear(dropped, self.lora_A.to(x.dtype))
-        return torch.addmm(y.flatten(0, -2), down.flatten(0, -2), self.lora_B.to(x.dtype).t(),
-                           alpha=self.scaling).view_as(y)
+        return torch.addmm(
+            y.flatten(0, -2), down.flatten(0, -2), self.lora_B.to(x.dtype).t(), alpha=self.scaling
+        ).view_as(y)
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
@@ -136,8 +142,10 @@ class LoRALinear(nn.Linear):
     @torch.no_grad()
     def merge(self) -> None:
         if self.base is not None:
-            raise AdapterError("an adapter over a 4-bit base is not merged into it: the merged weights would keep "
-                               "the 4-bit rounding; merge it into the full-precision base (load without --quantize)")
+            raise AdapterError(
+                "an adapter over a 4-bit base is not merged into it: the merged weights would keep "
+                "the 4-bit rounding; merge it into the full-precision base (load without --quantize)"
+            )
         if not self.merged:
             self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
             self.merged = True
@@ -227,9 +235,11 @@ def apply_lora(model: Transformer, config: LoRAConfig) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters()) + quantized_count(model)
     tokens = len(set().union(*config.trainable_tokens.values()))
-    return f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}" + \
-           (f" and the rows of {tokens} new tokens" if tokens else "") + \
-           f": {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+    return (
+        f"LoRA r={config.r} alpha={config.alpha:g} on {', '.join(config.targets)}"
+        + (f" and the rows of {tokens} new tokens" if tokens else "")
+        + f": {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+    )
 
 
 def check_trainable_tokens(model: Transformer, trainable_tokens: dict[str, tuple[int, ...]]) -> None:
@@ -239,8 +249,10 @@ def check_trainable_tokens(model: Transformer, trainable_tokens: dict[str, tuple
     rows = model.config.vocab_size
     for layer, indices in trainable_tokens.items():
         if max(indices) >= rows + len(indices):
-            raise AdapterError(f"trainable token {max(indices)} of {layer} is beyond the model's vocabulary of "
-                               f"{rows} tokens; load the tokenizer saved with the adapter")
+            raise AdapterError(
+                f"trainable token {max(indices)} of {layer} is beyond the model's vocabulary of "
+                f"{rows} tokens; load the tokenizer saved with the adapter"
+            )
     tied = model.config.tie_word_embeddings
     if tied and "lm_head" in trainable_tokens and trainable_tokens["lm_head"] != trainable_tokens.get("embed_tokens"):
         raise AdapterError("the LM head is tied to the embedding: its trainable tokens must be the embedding's")
@@ -296,19 +308,34 @@ def merge_lora(model: Transformer) -> Transformer:
     return model
 
 
-def adapter_state_dict(model: nn.Module,
-                       gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach) -> dict[str, torch.Tensor]:
+def adapter_state_dict(
+    model: nn.Module, gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach
+) -> dict[str, torch.Tensor]:
     """The adapter weights under PEFT's key names (a tied LM head's rows are the embedding's, saved once);
     `gather` gives a parameter's full tensor (of a sharded model: on every rank, in the same order)."""
-    state = {f"{PEFT_PREFIX}{name}.{part}.weight": gather(getattr(module, part)).float().cpu().contiguous()
-             for name, module in lora_layers(model).items() for part in ("lora_A", "lora_B")}
-    state.update({f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": gather(module.rows).float().cpu().contiguous()
-                  for name, module in token_layers(model).items() if not module.shares_rows})
+    state = {
+        f"{PEFT_PREFIX}{name}.{part}.weight": gather(getattr(module, part)).float().cpu().contiguous()
+        for name, module in lora_layers(model).items()
+        for part in ("lora_A", "lora_B")
+    }
+    state.update(
+        {
+            f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": gather(module.rows).float().cpu().contiguous()
+            for name, module in token_layers(model).items()
+            if not module.shares_rows
+        }
+    )
     return state
 
 
-def save_adapter(model: Transformer, out_dir: str | os.PathLike, config: LoRAConfig, base_model: str,
-                 gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach, writes: bool = True) -> None:
+def save_adapter(
+    model: Transformer,
+    out_dir: str | os.PathLike,
+    config: LoRAConfig,
+    base_model: str,
+    gather: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
+    writes: bool = True,
+) -> None:
     """Write `adapter_model.safetensors` and `adapter_config.json` as PEFT does, atomically. A sharded
     model's adapter is written once: every rank calls this, and only the rank that `writes` does."""
     state = adapter_state_dict(model, gather)
@@ -317,11 +344,22 @@ def save_adapter(model: Transformer, out_dir: str | os.PathLike, config: LoRACon
     with atomic.directory(out_dir) as building:
         save_file(state, building / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         peft_config = {
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-            "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-            "target_modules": sorted(config.targets), "bias": "none", "use_rslora": config.use_rslora,
-            "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
-            "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": config.r,
+            "lora_alpha": config.alpha,
+            "lora_dropout": config.dropout,
+            "target_modules": sorted(config.targets),
+            "bias": "none",
+            "use_rslora": config.use_rslora,
+            "fan_in_fan_out": False,
+            "inference_mode": True,
+            "init_lora_weights": True,
+            "modules_to_save": None,
+            "layers_to_transform": None,
+            "rank_pattern": {},
+            "alpha_pattern": {},
             "trainable_token_indices": {layer: list(indices) for layer, indices in config.trainable_tokens.items()}
             or None,
         }
@@ -341,8 +379,9 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str
     """The LoRA settings of a twin- or PEFT-made adapter, and the base model it was trained on."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
-        raise AdapterError(f"{adapter_dir}: " + ("a file, not an adapter folder" if adapter_dir.exists()
-                                                 else "no such folder"))
+        raise AdapterError(
+            f"{adapter_dir}: " + ("a file, not an adapter folder" if adapter_dir.exists() else "no such folder")
+        )
     config_file = adapter_dir / ADAPTER_CONFIG
     if not config_file.exists():
         raise AdapterError(f"{config_file}: missing (is {adapter_dir} a LoRA adapter directory?)")
@@ -353,9 +392,16 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str
 
     if not isinstance(peft, dict):
         refuse(f"expected a JSON object, got {type(peft).__name__}")
-    refused = {"peft_type": ("LORA",), "bias": ("none",), "use_dora": (False,), "fan_in_fan_out": (False,),
-               "layers_to_transform": (None,), "rank_pattern": ({},), "alpha_pattern": ({},),
-               "modules_to_save": (None, [])}
+    refused = {
+        "peft_type": ("LORA",),
+        "bias": ("none",),
+        "use_dora": (False,),
+        "fan_in_fan_out": (False,),
+        "layers_to_transform": (None,),
+        "rank_pattern": ({},),
+        "alpha_pattern": ({},),
+        "modules_to_save": (None, []),
+    }
     for key, allowed in refused.items():
         value = peft.get(key, allowed[0])
         if value not in allowed:
@@ -382,14 +428,30 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, str
     trainable_tokens = peft.get("trainable_token_indices")
     if isinstance(trainable_tokens, list):  # PEFT's short form: the embedding's
         trainable_tokens = {"embed_tokens": trainable_tokens}
-    if not (trainable_tokens is None or isinstance(trainable_tokens, dict) and set(trainable_tokens) <= set(TOKEN_LAYERS)
-            and all(isinstance(indices, list) and indices and len(set(indices)) == len(indices)
-                    and all(is_whole_number(i) and 0 <= i < MAX_DIMENSION for i in indices)
-                    for indices in trainable_tokens.values())):
-        refuse("trainable_token_indices must be a list of distinct token ids, or an object of such lists for "
-               f"{' and '.join(TOKEN_LAYERS)}, got {shown(trainable_tokens)}")
-    config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(sorted(set(targets))), use_rslora=use_rslora,
-                        trainable_tokens={layer: tuple(indices) for layer, indices in (trainable_tokens or {}).items()})
+    if not (
+        trainable_tokens is None
+        or isinstance(trainable_tokens, dict)
+        and set(trainable_tokens) <= set(TOKEN_LAYERS)
+        and all(
+            isinstance(indices, list)
+            and indices
+            and len(set(indices)) == len(indices)
+            and all(is_whole_number(i) and 0 <= i < MAX_DIMENSION for i in indices)
+            for indices in trainable_tokens.values()
+        )
+    ):
+        refuse(
+            "trainable_token_indices must be a list of distinct token ids, or an object of such lists for "
+            f"{' and '.join(TOKEN_LAYERS)}, got {shown(trainable_tokens)}"
+        )
+    config = LoRAConfig(
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        targets=tuple(sorted(set(targets))),
+        use_rslora=use_rslora,
+        trainable_tokens={layer: tuple(indices) for layer, indices in (trainable_tokens or {}).items()},
+    )
     return config, base_model
 
 
@@ -398,10 +460,18 @@ def adapter_shapes(model: Transformer, config: LoRAConfig) -> dict[str, list[int
     else of those `apply_lora(model, config)` would make, so that an adapter is checked before any is made."""
     layers = lora_layers(model)
     if layers:
-        shapes = {f"{PEFT_PREFIX}{name}.{part}.weight": list(getattr(module, part).shape)
-                  for name, module in layers.items() for part in ("lora_A", "lora_B")}
-        shapes.update({f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": list(module.rows.shape)
-                       for name, module in token_layers(model).items() if not module.shares_rows})
+        shapes = {
+            f"{PEFT_PREFIX}{name}.{part}.weight": list(getattr(module, part).shape)
+            for name, module in layers.items()
+            for part in ("lora_A", "lora_B")
+        }
+        shapes.update(
+            {
+                f"{PEFT_PREFIX}{name}.{TOKEN_ROWS}": list(module.rows.shape)
+                for name, module in token_layers(model).items()
+                if not module.shares_rows
+            }
+        )
         return shapes
     shapes = {}
     for name, module in model.named_modules():
@@ -446,7 +516,9 @@ def load_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> LoRAConf
     return config
 
 
-def read_checked_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+def read_checked_adapter(
+    model: Transformer, adapter_dir: str | os.PathLike
+) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
     """An adapter's settings and its weights under PEFT's names, every weight checked to fit `model` (which
     may be on the meta device: only its shapes are read). AdapterError names the file and what is wrong."""
     config, _ = read_adapter_config(adapter_dir)
@@ -459,15 +531,19 @@ def read_checked_adapter(model: Transformer, adapter_dir: str | os.PathLike) -> 
     expected = adapter_shapes(model, config)
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or unexpected:
-        raise AdapterError(f"{weights_file}: does not fit the model (missing {sorted(missing)[:3]}, "
-                           f"unexpected {shown(sorted(unexpected)[:3])})")
+        raise AdapterError(
+            f"{weights_file}: does not fit the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {shown(sorted(unexpected)[:3])})"
+        )
     for key, shape in expected.items():
         tensor, name = state[key], key.removeprefix(PEFT_PREFIX).removesuffix(".weight")
         if list(tensor.shape) != shape:
             raise AdapterError(f"{weights_file}: {name} has shape {list(tensor.shape)}, the model needs {shape}")
         if tensor.dtype not in FLOAT_DTYPES.values():
-            raise AdapterError(f"{weights_file}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')}; "
-                               "only float adapter weights load")
+            raise AdapterError(
+                f"{weights_file}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')}; "
+                "only float adapter weights load"
+            )
         if not torch.isfinite(tensor).all():
             raise AdapterError(f"{weights_file}: {name} holds NaN or infinite values")
     return config, state

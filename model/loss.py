@@ -1,5 +1,6 @@
 """The training loss: cross-entropy of the labelled positions, computed from the final hidden states
 and the LM head chunk by chunk, so the full-vocabulary logits of a batch never exist at once."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,8 +13,9 @@ LOGITS_PER_CHUNK = 2**24
 MAX_CHUNK_TOKENS = 512
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, labels: torch.Tensor,
-                          chunk_tokens: int | None = None) -> torch.Tensor:
+def chunked_cross_entropy(
+    hidden: torch.Tensor, lm_head: nn.Linear, labels: torch.Tensor, chunk_tokens: int | None = None
+) -> torch.Tensor:
     """Summed cross-entropy of the labelled positions, never holding their full-vocabulary logits.
 
     Only labelled positions get logits at all, one chunk of [chunk_tokens, vocab] at a time; by default
@@ -24,8 +26,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, labels: torc
         chunk_tokens = min(MAX_CHUNK_TOKENS, max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0]))
     labels = labels.reshape(-1)
     keep = labels != IGNORE_INDEX
-    return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1])[keep], lm_head.weight, labels[keep],
-                                    chunk_tokens, torch.is_grad_enabled())
+    return LinearCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1])[keep], lm_head.weight, labels[keep], chunk_tokens, torch.is_grad_enabled()
+    )
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -38,8 +41,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int,
-                grad_enabled: bool):
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int, grad_enabled: bool
+    ):
         # (needs_input_grad says what requires grad even under no_grad, which evaluation runs in)
         needs_grad = [needs and grad_enabled for needs in ctx.needs_input_grad[:2]]
         total = hidden.new_zeros((), dtype=torch.float32)
@@ -48,7 +52,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         # sum in range and precise whatever the model's dtype.
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad[1] else None
         for start in range(0, labels.numel(), chunk_tokens):
-            h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
+            h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
             # log_softmax upcasts as it reads: no separate fp32 copy of the chunk's logits.
             log_probs = F.log_softmax(F.linear(h, weight), dim=-1, dtype=torch.float32)
             total += F.nll_loss(log_probs, y, reduction="sum")
@@ -58,7 +62,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1
             grad_logits = grad_logits.to(h.dtype)
             if grad_hidden is not None:
-                torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk_tokens])
+                torch.mm(grad_logits, weight, out=grad_hidden[start : start + chunk_tokens])
             if grad_weight is not None:
                 grad_weight += grad_logits.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -68,6 +72,10 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_total if grad_hidden is not None else None,
-                (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None,
-                None, None, None)
+        return (
+            grad_hidden * grad_total if grad_hidden is not None else None,
+            (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None,
+            None,
+            None,
+            None,
+        )

@@ -13,6 +13,7 @@ Unlike torchao, a block of zeros is kept as zeros (torchao divides it by its zer
 come back as its smallest level), and any shape is taken: the flat weight and its scales are padded
 with zeros to whole blocks.
 """
+
 import functools
 import os
 import re
@@ -26,8 +27,24 @@ from model.weights import CheckpointError
 BLOCK = 64  # values per absmax scale
 SCALE_BLOCK = 256  # absmax scales per 8-bit scale factor
 # The 16 NormalFloat levels: quantiles of a standard normal scaled to [-1, 1], as torchao rounds them.
-LEVELS = (-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
-          0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1.0)
+LEVELS = (
+    -1.0,
+    -0.6962,
+    -0.5251,
+    -0.3949,
+    -0.2844,
+    -0.1848,
+    -0.0911,
+    0.0,
+    0.0796,
+    0.1609,
+    0.2461,
+    0.3379,
+    0.4407,
+    0.5626,
+    0.7230,
+    1.0,
+)
 CHUNK_BLOCKS = 2**14  # blocks given their levels at once: bounds the temporaries to a few MiB per weight
 # The linear weights of the decoder layers; embeddings, norms and the LM head keep the model's dtype.
 QUANTIZED_WEIGHT = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj\.weight")
@@ -107,8 +124,13 @@ class NF4Linear(nn.Module):
         blocks = (self.out_features * self.in_features + BLOCK - 1) // BLOCK
         scales = (self.scale_codes.view(-1, SCALE_BLOCK) / self.scale_factors[:, None]).flatten()[:blocks]
         scales = scales + self.scale_mean
-        values = level_pairs(self.dtype, self.codes.device).index_select(0, self.codes.int()).view(blocks, BLOCK).mul_(scales[:, None])
-        return values.flatten()[:self.out_features * self.in_features].view(self.out_features, self.in_features)
+        values = (
+            level_pairs(self.dtype, self.codes.device)
+            .index_select(0, self.codes.int())
+            .view(blocks, BLOCK)
+            .mul_(scales[:, None])
+        )
+        return values.flatten()[: self.out_features * self.in_features].view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = DequantizedLinear.apply(x, self)

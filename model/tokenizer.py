@@ -145,8 +145,9 @@ def _without_dummy_prefix(model: bytes) -> bytes:
     return model + _bytes_field(NORMALIZER_SPEC, _varint_field(ADD_DUMMY_PREFIX, 0))
 
 
-def sentencepiece_model(pieces: list[tuple[str, float, int]], unk_id: int, bos_id: int, eos_id: int,
-                        pad_id: int, add_dummy_prefix: bool) -> bytes:
+def sentencepiece_model(
+    pieces: list[tuple[str, float, int]], unk_id: int, bos_id: int, eos_id: int, pad_id: int, add_dummy_prefix: bool
+) -> bytes:
     """A SentencePiece BPE ModelProto (a tokenizer.model's bytes) from (piece, score, type) triples; an id of -1
     means none. No normalization besides ' ' -> '▁' and the dummy prefix, as llama.cpp does."""
     body = bytearray()
@@ -154,8 +155,14 @@ def sentencepiece_model(pieces: list[tuple[str, float, int]], unk_id: int, bos_i
         entry = _bytes_field(PIECE, piece.encode()) + _encode_varint(SCORE << 3 | 5) + struct.pack("<f", score)
         body += _bytes_field(PIECES, entry + _varint_field(TYPE, piece_type))
     byte_fallback = any(piece_type == PIECE_BYTE for _, _, piece_type in pieces)
-    trainer = [(MODEL_TYPE, BPE_MODEL), (BYTE_FALLBACK, byte_fallback), (UNK_ID, unk_id), (BOS_ID, bos_id),
-               (EOS_ID, eos_id), (PAD_ID, pad_id)]
+    trainer = [
+        (MODEL_TYPE, BPE_MODEL),
+        (BYTE_FALLBACK, byte_fallback),
+        (UNK_ID, unk_id),
+        (BOS_ID, bos_id),
+        (EOS_ID, eos_id),
+        (PAD_ID, pad_id),
+    ]
     body += _bytes_field(TRAINER_SPEC, b"".join(_varint_field(field, value) for field, value in trainer))
     normalizer = _bytes_field(NAME, b"identity") + _varint_field(ADD_DUMMY_PREFIX, add_dummy_prefix)
     body += _bytes_field(NORMALIZER_SPEC, normalizer + _varint_field(REMOVE_EXTRA_WHITESPACES, 0))
@@ -211,8 +218,10 @@ def check_eos_is_special(eos_token: str, special: set[str], source: str) -> None
     special added tokens and control pieces). An ordinary token ('▁the', '>>>', a newline) would stop
     every reply wherever a text spells it, and make the text before it look finished."""
     if eos_token not in special:
-        raise TokenizerError(f"{source}: eos_token {eos_token!r} is an ordinary token, not one of the tokenizer's "
-                             "special tokens; replies would end wherever a text spells it")
+        raise TokenizerError(
+            f"{source}: eos_token {eos_token!r} is an ordinary token, not one of the tokenizer's "
+            "special tokens; replies would end wherever a text spells it"
+        )
 
 
 def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> AddedToken:
@@ -236,6 +245,7 @@ def _added_token(entry: dict, token_id, path: Path, special_default: bool) -> Ad
 class TokenizerBase:
     """What both kinds of tokenizer (this SentencePiece one, and model.bpe's for tokenizer.json) do
     alike once their added tokens are indexed by content in `_by_content`."""
+
     _by_content: dict[str, AddedToken]
 
     @property
@@ -422,8 +432,14 @@ class Tokenizer(TokenizerBase):
         out.mkdir(parents=True, exist_ok=True)
         added = sorted(self._added.values(), key=lambda t: t.id)
         decoder = {
-            str(t.id): {"content": t.content, "lstrip": t.lstrip, "normalized": False, "rstrip": t.rstrip,
-                        "single_word": False, "special": t.special}
+            str(t.id): {
+                "content": t.content,
+                "lstrip": t.lstrip,
+                "normalized": False,
+                "rstrip": t.rstrip,
+                "single_word": False,
+                "special": t.special,
+            }
             for t in added
         }
         config = dict(self._config)

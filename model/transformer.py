@@ -9,6 +9,7 @@ Parameter names equal Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, 
 checkpoint is a plain copy of tensors, and rotary embeddings use Hugging Face's rotate-half layout,
 so neither checkpoints nor LoRA adapters need their q/k rows permuted.
 """
+
 import functools
 import math
 from dataclasses import asdict, dataclass
@@ -63,8 +64,10 @@ class ModelConfig:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                             f"num_key_value_heads ({self.num_key_value_heads})")
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
 
     @property
     def architecture(self) -> Architecture:
@@ -114,11 +117,17 @@ class ModelConfig:
         rope, local_theta = read_rope(hf, family)
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", *family.rope_scalings):
-            raise ValueError(f"rope_scaling of type {rope_type!r} is not supported in {family.model_type} "
-                             f"(only {', '.join(map(repr, family.rope_scalings))})")
-        rope_scaling = ({"rope_type": "llama3", **{name: rope[name] for name in LLAMA3_ROPE_FIELDS}}
-                        if rope_type == "llama3" else
-                        {"rope_type": "linear", "factor": rope["factor"]} if rope_type == "linear" else None)
+            raise ValueError(
+                f"rope_scaling of type {rope_type!r} is not supported in {family.model_type} "
+                f"(only {', '.join(map(repr, family.rope_scalings))})"
+            )
+        rope_scaling = (
+            {"rope_type": "llama3", **{name: rope[name] for name in LLAMA3_ROPE_FIELDS}}
+            if rope_type == "llama3"
+            else {"rope_type": "linear", "factor": rope["factor"]}
+            if rope_type == "linear"
+            else None
+        )
 
         sliding_window, max_window_layers, layer_types = hf.get("sliding_window"), 0, None
         if family.windows == "none":
@@ -126,11 +135,15 @@ class ModelConfig:
         elif family.windows == "qwen":  # a window only with use_sliding_window, from layer max_window_layers on
             sliding_window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
             max_window_layers = hf.get("max_window_layers", 28) if sliding_window else 0
-            expected = ["sliding_attention" if sliding_window and i >= max_window_layers else "full_attention"
-                        for i in range(hf["num_hidden_layers"])]
+            expected = [
+                "sliding_attention" if sliding_window and i >= max_window_layers else "full_attention"
+                for i in range(hf["num_hidden_layers"])
+            ]
             if hf.get("layer_types") not in (None, expected):
-                raise ValueError(f"layer_types = {hf['layer_types']!r} is not supported (expected "
-                                 f"{expected!r}, what use_sliding_window and max_window_layers say)")
+                raise ValueError(
+                    f"layer_types = {hf['layer_types']!r} is not supported (expected "
+                    f"{expected!r}, what use_sliding_window and max_window_layers say)"
+                )
         elif family.windows == "layer_types":
             layer_types = read_layer_types(hf)
         eos = hf.get("eos_token_id", 2)
@@ -174,7 +187,8 @@ class ModelConfig:
             del hf["rope_theta"], hf["rope_scaling"], hf["rope_local_theta"]
             hf["rope_parameters"] = {
                 "full_attention": {"rope_type": "default", "rope_theta": self.rope_theta, **(self.rope_scaling or {})},
-                "sliding_attention": {"rope_type": "default", "rope_theta": self.rope_local_theta}}
+                "sliding_attention": {"rope_type": "default", "rope_theta": self.rope_local_theta},
+            }
         if family.windows == "qwen":
             hf["use_sliding_window"] = self.sliding_window is not None
         else:
@@ -213,10 +227,14 @@ def read_layer_types(hf: dict) -> tuple[str, ...]:
     pattern = hf.get("sliding_window_pattern", 6)
     if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
         raise ValueError(f"sliding_window_pattern must be a whole number of at least 1, got {pattern!r}")
-    layer_types = hf.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                                            for i in range(layers)]
-    if (not isinstance(layer_types, (list, tuple)) or len(layer_types) != layers
-            or any(kind not in LAYER_TYPES for kind in layer_types)):
+    layer_types = hf.get("layer_types") or [
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)
+    ]
+    if (
+        not isinstance(layer_types, (list, tuple))
+        or len(layer_types) != layers
+        or any(kind not in LAYER_TYPES for kind in layer_types)
+    ):
         raise ValueError(f"layer_types must list {layers} of {LAYER_TYPES}, got {str(layer_types)[:100]}")
     return tuple(layer_types)
 
@@ -277,16 +295,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` tokens."""
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device | str
+    ):
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0  # tokens stored; advanced by the model after all layers have written
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
-               position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys/values and return all of them so far.
 
         With `position` [1] (a decoding step of static shapes) the one new token goes there, and the
@@ -295,8 +315,8 @@ class KVCache:
         if position is not None:
             return self.keys[layer].index_copy_(2, position, k), self.values[layer].index_copy_(2, position, v)
         end = self.length + k.shape[2]
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def truncate(self, length: int) -> None:
@@ -311,8 +331,9 @@ def visible_keys(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | N
     return allowed if window is None else allowed & (query_pos - key_pos < window)
 
 
-def attention_mask(query_len: int, key_len: int, window: int | None, device: torch.device,
-                   padding: torch.Tensor | None = None) -> torch.Tensor | None:
+def attention_mask(
+    query_len: int, key_len: int, window: int | None, device: torch.device, padding: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """Boolean mask [1 or batch, 1, query, key] of what each query may attend to; None where SDPA needs none.
 
     Queries are the last `query_len` of `key_len` tokens. A token sees itself and up to `window - 1`
@@ -340,6 +361,7 @@ class DocumentSpans:
     An object, not a bare list: FSDP's forward hooks rebuild the lists and tuples among a layer's
     arguments on the way in, and would scramble these.
     """
+
     rows: list[list[tuple[int, int]]]
 
     @classmethod
@@ -352,8 +374,9 @@ class DocumentSpans:
         return cls([list(zip(row, row[1:] + [seq])) for row in starts])
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           scale: float | None = None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None = None
+) -> torch.Tensor:
     """Scaled dot-product attention of q to the keys it may see: `mask`, or causal where None; scores
     scaled by `scale` (None: 1 / sqrt(head_dim)).
 
@@ -370,8 +393,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if grouped and mask is not None and q.device.type == "cuda":
         repeats = q.shape[1] // k.shape[1]
         k, v, grouped = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1), False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
-                                          enable_gqa=grouped, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1, enable_gqa=grouped, scale=scale
+    )
 
 
 def document_block_mask(document_ids: torch.Tensor, window: int | None) -> BlockMask:
@@ -380,6 +404,7 @@ def document_block_mask(document_ids: torch.Tensor, window: int | None) -> Block
 
     Built on the device from the ids alone, with no copy to the host, so that a step never waits on it.
     """
+
     def same_document_causal(batch, head, query, key):
         return (document_ids[batch, query] == document_ids[batch, key]) & (key <= query)
 
@@ -387,8 +412,9 @@ def document_block_mask(document_ids: torch.Tensor, window: int | None) -> Block
         return same_document_causal(batch, head, query, key) & (query - key < window)
 
     batch, seq = document_ids.shape
-    return create_block_mask(same_document_causal if window is None else within_window, batch, None, seq, seq,
-                             device=document_ids.device)
+    return create_block_mask(
+        same_document_causal if window is None else within_window, batch, None, seq, seq, device=document_ids.device
+    )
 
 
 @functools.cache
@@ -397,8 +423,9 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
-                  scale: float | None = None) -> torch.Tensor:
+def attend_packed(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None
+) -> torch.Tensor:
     """Packed rows' attention in one call, key/value heads shared by their query heads without copies."""
     kernel = compiled_flex_attention() if q.device.type == "cuda" else flex_attention
     return kernel(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
@@ -408,7 +435,10 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, index: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = (
-            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         self.window = config.window_of(index)
         self.scale = config.attention_scale
         self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=config.qkv_bias)
@@ -421,8 +451,17 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, family.norm_unit_offset)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, family.norm_unit_offset)
 
-    def forward(self, x, cos, sin, mask, documents: DocumentSpans | None, kv_cache: KVCache | None,
-                layer_index: int, cache_position: torch.Tensor | None = None):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        mask,
+        documents: DocumentSpans | None,
+        kv_cache: KVCache | None,
+        layer_index: int,
+        cache_position: torch.Tensor | None = None,
+    ):
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
@@ -439,12 +478,24 @@ class Attention(nn.Module):
         else:
             # Packed rows elsewhere: each document attends to itself alone, document by document,
             # never computing the blocks between documents that a mask would only discard.
-            y = torch.cat([
-                torch.cat([attend(q[row:row + 1, :, start:end], k[row:row + 1, :, start:end],
-                                  v[row:row + 1, :, start:end],
-                                  attention_mask(end - start, end - start, self.window, x.device), self.scale)
-                           for start, end in spans], dim=2)
-                for row, spans in enumerate(documents.rows)])
+            y = torch.cat(
+                [
+                    torch.cat(
+                        [
+                            attend(
+                                q[row : row + 1, :, start:end],
+                                k[row : row + 1, :, start:end],
+                                v[row : row + 1, :, start:end],
+                                attention_mask(end - start, end - start, self.window, x.device),
+                                self.scale,
+                            )
+                            for start, end in spans
+                        ],
+                        dim=2,
+                    )
+                    for row, spans in enumerate(documents.rows)
+                ]
+            )
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
 
@@ -471,19 +522,29 @@ class DecoderLayer(nn.Module):
         self.norms = norms = config.architecture.norms
         for name in (norms.before_attention, norms.after_attention, norms.before_mlp, norms.after_mlp):
             if name is not None:
-                self.add_module(name, RMSNorm(config.hidden_size, config.rms_norm_eps,
-                                              config.architecture.norm_unit_offset))
+                self.add_module(
+                    name, RMSNorm(config.hidden_size, config.rms_norm_eps, config.architecture.norm_unit_offset)
+                )
         self.self_attn = Attention(config, index)
         self.mlp = MLP(config)
 
     def normed(self, name: str | None, x: torch.Tensor) -> torch.Tensor:
         return x if name is None else self.get_submodule(name)(x)
 
-    def forward(self, x, cos, sin, mask, documents=None, kv_cache: KVCache | None = None,
-                cache_position: torch.Tensor | None = None):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        mask,
+        documents=None,
+        kv_cache: KVCache | None = None,
+        cache_position: torch.Tensor | None = None,
+    ):
         norms = self.norms
-        attended = self.self_attn(self.normed(norms.before_attention, x), cos, sin, mask, documents, kv_cache,
-                                  self.index, cache_position)
+        attended = self.self_attn(
+            self.normed(norms.before_attention, x), cos, sin, mask, documents, kv_cache, self.index, cache_position
+        )
         x = x + self.normed(norms.after_attention, attended)
         return x + self.normed(norms.after_mlp, self.mlp(self.normed(norms.before_mlp, x)))
 
@@ -515,24 +576,35 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)
         if not self.config.architecture.embedding_scale:
             return x
-        return x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
+        return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
 
     def rotations(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[bool, tuple]:
         """`rotary_cos_sin` of the full layers (key False) and, where the family gives the sliding layers
         their own RoPE base, of those (key True)."""
-        return {local: rotary_cos_sin(position_ids, rotary_frequencies(self.config, position_ids.device, local),
-                                      dtype)
-                for local in {self.config.local_rope(layer) for layer in range(self.config.num_hidden_layers)}}
+        return {
+            local: rotary_cos_sin(position_ids, rotary_frequencies(self.config, position_ids.device, local), dtype)
+            for local in {self.config.local_rope(layer) for layer in range(self.config.num_hidden_layers)}
+        }
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                document_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits [batch, seq, vocab] of `hidden_states` (which says what the arguments mean)."""
         return self.lm_head(self.hidden_states(input_ids, position_ids, document_ids, kv_cache, padding))
 
-    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                      document_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                      padding: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final normalised hidden states [batch, seq, hidden], what the LM head and the loss read.
 
         `position_ids`/`document_ids` [batch, seq] describe packed rows: positions restart at 0 for

@@ -2,6 +2,7 @@
 model.gguf): the error for a checkpoint that cannot be loaded, the checks a model's config passes
 before any model is built (config.json's fields and a GGUF file's metadata alike), the empty model, and
 placing a tensor as a parameter."""
+
 import math
 import os
 import reprlib
@@ -48,12 +49,14 @@ def is_positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
-def check_config_fields(hf: object, source: str | os.PathLike, layers_found: int,
-                        spelled: dict[str, str] | None = None) -> None:
+def check_config_fields(
+    hf: object, source: str | os.PathLike, layers_found: int, spelled: dict[str, str] | None = None
+) -> None:
     """Refuse config values that would crash, hang or silently misshape the model, naming the field.
 
     `hf` is config.json's content, or a GGUF file's metadata under config.json's names (`spelled` gives
     each field's name in the file, for the message); `layers_found` is how many layers the weights hold."""
+
     def refuse(reason: str):
         raise CheckpointError(f"{source}: {reason}")
 
@@ -72,8 +75,11 @@ def check_config_fields(hf: object, source: str | os.PathLike, layers_found: int
     rope = hf.get("rope_parameters")
     if rope is not None and not isinstance(rope, dict):
         refuse(f"rope_parameters must be an object, got {shown(rope)}")
-    for key, value in [("rms_norm_eps", hf.get("rms_norm_eps")), ("rope_theta", hf.get("rope_theta")),
-                       ("rope_parameters.rope_theta", (rope or {}).get("rope_theta"))]:
+    for key, value in [
+        ("rms_norm_eps", hf.get("rms_norm_eps")),
+        ("rope_theta", hf.get("rope_theta")),
+        ("rope_parameters.rope_theta", (rope or {}).get("rope_theta")),
+    ]:
         if value is not None and not is_positive_number(value):
             refuse(f"{name(key)} must be a positive number, got {shown(value)}")
     if not isinstance(hf.get("tie_word_embeddings", False), bool):
@@ -87,16 +93,22 @@ def check_config_fields(hf: object, source: str | os.PathLike, layers_found: int
     heads = hf["num_attention_heads"]
     kv_heads = hf.get("num_key_value_heads") or heads
     if heads % kv_heads:
-        refuse(f"{name('num_attention_heads')} ({heads}) must be a multiple of {name('num_key_value_heads')} "
-               f"({kv_heads})")
+        refuse(
+            f"{name('num_attention_heads')} ({heads}) must be a multiple of {name('num_key_value_heads')} ({kv_heads})"
+        )
     head_dim = hf.get("head_dim")
     if head_dim is None and hf["hidden_size"] % heads:
-        refuse(f"{name('hidden_size')} ({hf['hidden_size']}) must be divisible by {name('num_attention_heads')} "
-               f"({heads}) when {name('head_dim')} is not given")
+        refuse(
+            f"{name('hidden_size')} ({hf['hidden_size']}) must be divisible by {name('num_attention_heads')} "
+            f"({heads}) when {name('head_dim')} is not given"
+        )
     head_dim = head_dim or hf["hidden_size"] // heads
-    widths = {name("vocab_size"): hf["vocab_size"], name("hidden_size"): hf["hidden_size"],
-              name("intermediate_size"): hf["intermediate_size"],
-              f"{name('num_attention_heads')} x {name('head_dim')}": heads * head_dim}
+    widths = {
+        name("vocab_size"): hf["vocab_size"],
+        name("hidden_size"): hf["hidden_size"],
+        name("intermediate_size"): hf["intermediate_size"],
+        f"{name('num_attention_heads')} x {name('head_dim')}": heads * head_dim,
+    }
     for key, value in widths.items():
         if value > MAX_DIMENSION:
             refuse(f"{key} is {value:,}, beyond any real model (at most {MAX_DIMENSION:,})")

@@ -17,13 +17,15 @@ Before any route reads a request, Gate checks its key and reads its body, up to 
 it) and within Limits.request_timeout_s (408): a client without the key, or with a huge or endless body, costs
 the server nothing more. A client that leaves before its reply is written stops the work on it.
 """
+
 import asyncio
 import json
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
-from typing import Annotated, AsyncIterator, Awaitable, Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -42,7 +44,7 @@ from serving.engine import ContextLengthError, Engine, Finished, ReplyFailed, Re
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_LENGTH = 1000  # characters: a stop string is a word or a line; the check costs its length per token
-SEEDS = (-2**63, 2**64 - 1)  # what torch's generators take
+SEEDS = (-(2**63), 2**64 - 1)  # what torch's generators take
 GENERIC_PARTNER = "User"  # whom a new contact's messages are written as
 DISCONNECT_CHECK_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 
@@ -50,8 +52,14 @@ DISCONNECT_CHECK_S = 0.5  # how often a waiting non-streaming request checks tha
 class APIError(Exception):
     """An error a client gets as OpenAI's JSON body: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -94,6 +102,7 @@ StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
 class ChatCompletionRequest(BaseModel):
     """OpenAI's request; fields it has that a twin has no use for (tools, logprobs, penalties) are ignored.
     top_k and repetition_penalty are extensions, as in vLLM."""
+
     model_config = ConfigDict(extra="ignore")
     model: str
     messages: list[Message]
@@ -111,9 +120,13 @@ class ChatCompletionRequest(BaseModel):
 
     def sampling(self, defaults: SamplingConfig) -> SamplingConfig:
         """The server's defaults, with what the request sets."""
-        given = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                     repetition_penalty=self.repetition_penalty,
-                     max_new_tokens=self.max_completion_tokens or self.max_tokens)
+        given = dict(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=self.max_completion_tokens or self.max_tokens,
+        )
         return replace(defaults, **{key: value for key, value in given.items() if value is not None})
 
     def stop_strings(self) -> list[str]:
@@ -158,8 +171,12 @@ def conversation(messages: list[Message], speaker: str, people: People) -> tuple
         else:
             turns.append(Turn(author, texts))
     if not turns:
-        raise APIError(400, "messages: no user or assistant message with text; the twin answers a conversation, so "
-                       "send at least the message it replies to", param="messages")
+        raise APIError(
+            400,
+            "messages: no user or assistant message with text; the twin answers a conversation, so "
+            "send at least the message it replies to",
+            param="messages",
+        )
     return turns, new_contacts
 
 
@@ -169,8 +186,14 @@ def partner_of(turns: list[Turn], speaker: str, people: People) -> str:
     return next((turn.speaker for turn in reversed(turns) if turn.speaker != speaker), people.user_for(speaker, None))
 
 
-def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key: str | None = None,
-              limits: Limits | None = None, memory: TwinMemory | None = None) -> FastAPI:
+def build_app(
+    engine: Engine,
+    people: People,
+    defaults: SamplingConfig,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    memory: TwinMemory | None = None,
+) -> FastAPI:
     """The server's routes over one engine. With `api_key`, every request needs `Authorization: Bearer KEY`. With
     `memory`, each reply is written after the memory of the chat of the speaker and their partner."""
     app = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None)
@@ -181,16 +204,22 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
     async def models() -> dict:
         created = int(time.time())
         names = sorted(people.names, key=lambda name: (name != people.target, name))
-        listing = {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "twin"}
-                                              for name in names]}
+        listing = {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "twin"} for name in names],
+        }
         if not names:
             listing["twin_note"] = "no run folder names the speakers: any speaker name is a model id"
         return listing
 
     @app.get("/v1/models/{model_id:path}")  # a path: a name may hold a slash
     async def model(model_id: str) -> dict:
-        return {"id": speaker_named(model_id, people), "object": "model", "created": int(time.time()),
-                "owned_by": "twin"}
+        return {
+            "id": speaker_named(model_id, people),
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "twin",
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: Request):
@@ -202,8 +231,9 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
         async def prepared() -> tuple[Completion, AsyncIterator[str | Finished]] | None:
             """The reply to come, once its prompt is made; None if the client has left by then."""
             # Reading and tokenizing a long conversation takes a while: off the event loop, which serves the others.
-            prompt, new_contacts = await run_in_threadpool(prompt_for, request.messages, speaker, people, engine,
-                                                           sampling.max_new_tokens, memory)
+            prompt, new_contacts = await run_in_threadpool(
+                prompt_for, request.messages, speaker, people, engine, sampling.max_new_tokens, memory
+            )
             if await http.is_disconnected():
                 return None
             reply = engine.reply(ReplyRequest(prompt, sampling, request.seed, request.stop_strings()))
@@ -219,6 +249,7 @@ def build_app(engine: Engine, people: People, defaults: SamplingConfig, api_key:
         async def written() -> dict | Response:
             ready = await prepared()
             return Response(status_code=CLIENT_GONE) if ready is None else await ready[0].whole(ready[1])
+
         return await unless_gone(http, written())
 
     return app
@@ -232,13 +263,22 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
         raise RequestValidationError([{**each, "loc": ("body", *each["loc"])} for each in error.errors()]) from None
 
 
-def prompt_for(messages: list[Message], speaker: str, people: People, engine: Engine, max_tokens: int,
-               memory: TwinMemory | None = None) -> tuple[list[int], list[str]]:
+def prompt_for(
+    messages: list[Message],
+    speaker: str,
+    people: People,
+    engine: Engine,
+    max_tokens: int,
+    memory: TwinMemory | None = None,
+) -> tuple[list[int], list[str]]:
     """The prompt for `speaker`'s reply to `messages`, after the memory of the chat of the speaker and their
     partner where there is one; and the new contacts among the messages' names."""
     turns, new_contacts = conversation(messages, speaker, people)
-    remembered = (memory.context(speaker, partner_of(turns, speaker, people), int(time.time()), turns,
-                                 engine.tokenizer) if memory else [])
+    remembered = (
+        memory.context(speaker, partner_of(turns, speaker, people), int(time.time()), turns, engine.tokenizer)
+        if memory
+        else []
+    )
     try:
         return engine.prompt(turns, speaker, max_tokens, remembered), new_contacts
     except ContextLengthError as error:
@@ -297,15 +337,21 @@ class Gate:
                 return await receive()
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
+
         await self.app(scope, replay, send)
 
     def check_key(self, headers: Headers) -> None:
         given = headers.get("authorization", "").encode()
         # In constant time: no guessing the key by timing.
         if self.expected is not None and not secrets.compare_digest(given, self.expected):
-            raise RequestRefused(APIError(401, "missing or wrong API key: send the header `Authorization: Bearer "
-                                          "KEY` with the key the server was started with (--api-key)",
-                                          code="invalid_api_key"))
+            raise RequestRefused(
+                APIError(
+                    401,
+                    "missing or wrong API key: send the header `Authorization: Bearer "
+                    "KEY` with the key the server was started with (--api-key)",
+                    code="invalid_api_key",
+                )
+            )
 
     async def read_body(self, headers: Headers, receive) -> bytes | None:
         """The whole body; None if the client leaves first."""
@@ -326,13 +372,21 @@ class Gate:
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise RequestRefused(APIError(408, f"the body did not come within {self.limits.request_timeout_s:g} s "
-                                          "(--request-timeout)", code="request_timeout")) from None
+            raise RequestRefused(
+                APIError(
+                    408,
+                    f"the body did not come within {self.limits.request_timeout_s:g} s (--request-timeout)",
+                    code="request_timeout",
+                )
+            ) from None
         return b"".join(chunks)
 
     def too_large(self) -> APIError:
-        return APIError(413, f"the body is larger than {self.limits.max_body_bytes} bytes (the server's "
-                        "--max-body-mb)", code="request_too_large")
+        return APIError(
+            413,
+            f"the body is larger than {self.limits.max_body_bytes} bytes (the server's --max-body-mb)",
+            code="request_too_large",
+        )
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -358,8 +412,11 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return APIError(error.status_code, str(error.detail), "not_found_error" if error.status_code == 404
-                        else "invalid_request_error").response()
+        return APIError(
+            error.status_code,
+            str(error.detail),
+            "not_found_error" if error.status_code == 404 else "invalid_request_error",
+        ).response()
 
 
 def field_path(location: tuple) -> str | None:
@@ -384,10 +441,17 @@ class Completion:
     async def whole(self, reply: AsyncIterator[str | Finished]) -> dict:
         async for event in reply:
             finished = event
-        message = {"role": "assistant", "name": self.speaker, "content": "\n".join(finished.messages),
-                   "twin_messages": finished.messages}
-        return {**self._head("chat.completion"), "usage": usage(finished), "choices": [
-            {"index": 0, "message": message, "finish_reason": finished.finish_reason, "logprobs": None}]}
+        message = {
+            "role": "assistant",
+            "name": self.speaker,
+            "content": "\n".join(finished.messages),
+            "twin_messages": finished.messages,
+        }
+        return {
+            **self._head("chat.completion"),
+            "usage": usage(finished),
+            "choices": [{"index": 0, "message": message, "finish_reason": finished.finish_reason, "logprobs": None}],
+        }
 
     async def stream(self, reply: AsyncIterator[str | Finished], with_usage: bool) -> AsyncIterator[str]:
         yield self._chunk({"role": "assistant", "name": self.speaker, "content": ""})
@@ -415,8 +479,11 @@ class Completion:
 
 
 def usage(finished: Finished) -> dict:
-    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
-            "total_tokens": finished.prompt_tokens + finished.completion_tokens}
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
 
 
 def event_line(body: dict) -> str:

@@ -8,6 +8,7 @@ request's head within `request_timeout_s` of opening or of its last response, an
 oldest connection still waiting for a request is closed to make room for the new one. A connection in the middle
 of a request is never closed for another; only when all are, the newcomer gets a 503.
 """
+
 import asyncio
 import functools
 import json
@@ -23,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 @dataclass(frozen=True)
 class Limits:
     """What one client may ask of the server: serve.py's --max-body-mb, --max-connections, --request-timeout."""
+
     max_body_bytes: int = 4 * 2**20
     max_connections: int = 256
     request_timeout_s: float = 10.0  # to send a request's head, and then its body
@@ -78,16 +80,29 @@ class GuardedProtocol(H11Protocol):
         open_ = [other for other in self.connections if not other.transport.is_closing()]
         if len(open_) <= self.limits.max_connections:
             return  # the ones closed before have not yet been told
-        waiting = [other for other in open_ if isinstance(other, GuardedProtocol) and other.deadline is not None
-                   and other is not self]
+        waiting = [
+            other
+            for other in open_
+            if isinstance(other, GuardedProtocol) and other.deadline is not None and other is not self
+        ]
         if waiting:
             min(waiting, key=lambda other: other.waiting_since)._close()
             return
-        body = json.dumps({"error": {"message": f"the server is busy: all {self.limits.max_connections} connections "
-                                                "it takes (--max-connections) are in the middle of a request",
-                                     "type": "server_error", "param": None, "code": None}}).encode()
-        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        body = json.dumps(
+            {
+                "error": {
+                    "message": f"the server is busy: all {self.limits.max_connections} connections "
+                    "it takes (--max-connections) are in the middle of a request",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         self._close()
 
 
@@ -124,7 +139,11 @@ def server_config(app, limits: Limits) -> uvicorn.Config:
         if not any(isinstance(existing, OncePerInterval) for existing in logger.filters):
             logger.addFilter(OncePerInterval())
     # No access log: a request line is little, but a log that says nothing of who talks when is safer still.
-    return uvicorn.Config(app, log_level="warning", access_log=False,
-                          http=functools.partial(GuardedProtocol, limits=limits),  # type: ignore[arg-type]
-                          # asyncio tries up to `backlog` accepts in a row, logging each when files run out
-                          backlog=min(2048, limits.max_connections))
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        http=functools.partial(GuardedProtocol, limits=limits),  # type: ignore[arg-type]
+        # asyncio tries up to `backlog` accepts in a row, logging each when files run out
+        backlog=min(2048, limits.max_connections),
+    )

@@ -12,14 +12,16 @@ that leave: a client gone mid-reply (or still waiting) is cancelled, and its rep
 
 What the worker logs are counts and times, never a name or a word of the conversation.
 """
+
 import asyncio
 import queue
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, TextIO
+from typing import TextIO
 
 from core.errors import TwinError
 from data.chatml import render, reply_prompt, turn_stop_ids
@@ -52,6 +54,7 @@ class ReplyRequest:
 @dataclass
 class Finished:
     """The last event of a reply."""
+
     messages: list[str]
     finish_reason: str  # "stop": the turn ended or a stop string came; "length": max_tokens ran out
     prompt_tokens: int
@@ -129,13 +132,17 @@ class Engine:
         after its `memory`, the oldest turns (the memory's first) dropped until it fits with room for the reply.
         ContextLengthError where even the newest turn leaves no room."""
         if max_tokens >= self.context:
-            raise ContextLengthError(f"max_tokens ({max_tokens}) must be below the context ({self.context} tokens)",
-                                     "max_tokens")
+            raise ContextLengthError(
+                f"max_tokens ({max_tokens}) must be below the context ({self.context} tokens)", "max_tokens"
+            )
         ids, kept = reply_prompt(turns, self.tokenizer, speaker, self.context, max_tokens, memory)
         if turns and not kept:
             newest = len(render(turns[-1:], self.tokenizer, open_speaker=speaker).ids)
-            raise ContextLengthError(f"the last message takes {newest} tokens; the context holds {self.context}, "
-                                     f"{max_tokens} of them for the reply (max_tokens)", "messages")
+            raise ContextLengthError(
+                f"the last message takes {newest} tokens; the context holds {self.context}, "
+                f"{max_tokens} of them for the reply (max_tokens)",
+                "messages",
+            )
         return ids
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator["str | Finished"]:
@@ -183,8 +190,9 @@ class Engine:
         started = time.perf_counter()
         request, reply = job.request, _Writing(job, self.tokenizer, self.stop_ids)
         try:
-            for token in self.generator.generate(request.prompt, request.sampling, self.stop_ids,
-                                                 random_stream(request.seed)):
+            for token in self.generator.generate(
+                request.prompt, request.sampling, self.stop_ids, random_stream(request.seed)
+            ):
                 if not reply.add(token):
                     break
             finished = reply.finish()
@@ -196,8 +204,10 @@ class Engine:
     def _answer_together(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         device, requests = self.generator.device, [job.request for job in jobs]
-        rows = [BatchRow(request.prompt, request.sampling, random_on_device(random_stream(request.seed), device))
-                for request in requests]
+        rows = [
+            BatchRow(request.prompt, request.sampling, random_on_device(random_stream(request.seed), device))
+            for request in requests
+        ]
         writing = {row: _Writing(job, self.tokenizer, self.stop_ids) for row, job in enumerate(jobs)}
         try:
             decoder = BatchDecoder(self.generator.model, rows, self.stop_ids, device)
@@ -229,8 +239,11 @@ class Engine:
         if finished is None:
             self._note("cancelled", f"mid-reply, {took}")
         else:
-            self._note("finished", f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
-                                   f"tokens ({finished.finish_reason}) {took}")
+            self._note(
+                "finished",
+                f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
+                f"tokens ({finished.finish_reason}) {took}",
+            )
             job.send(finished)  # after the note: a client that has its reply finds it counted
 
     def _fail(self, job: _Job, error: Exception, batch: int) -> None:

@@ -10,6 +10,7 @@ whole after each answer: a restart loses none. A judge is a random id their brow
 and come back to the moments they have not judged. Nothing of a conversation is logged or stored with an
 answer.
 """
+
 import hashlib
 import json
 import random
@@ -26,8 +27,8 @@ from pydantic import BaseModel
 
 from chat.loading import TwinSource
 from core import atomic
-from core.run_folder import RunFolder
 from core.errors import TwinError
+from core.run_folder import RunFolder
 from data.dataset import data_config_from_args, prepare_data
 from fidelity.plan import Context, EvalSettings, choose_contexts
 from fidelity.verdict import answers_file, read_answers
@@ -86,10 +87,15 @@ def held_out_moments(run: Path, people: list[str], tokenizer: Tokenizer) -> list
     present = {turn.speaker for session in data.val_sessions for turn in session.turns[1:]}
     missing = [name for name in people if name not in present]
     if missing:
-        raise BlindTestError(f"--judge: no held-out turn of {', '.join(map(repr, missing))} to judge; people with "
-                             f"held-out turns: {', '.join(map(repr, sorted(present)[:10]))}")
-    return [Moment(moment_key(context), context) for name in people
-            for context in choose_contexts(data.val_sessions, name, sys.maxsize, EvalSettings.seed)]
+        raise BlindTestError(
+            f"--judge: no held-out turn of {', '.join(map(repr, missing))} to judge; people with "
+            f"held-out turns: {', '.join(map(repr, sorted(present)[:10]))}"
+        )
+    return [
+        Moment(moment_key(context), context)
+        for name in people
+        for context in choose_contexts(data.val_sessions, name, sys.maxsize, EvalSettings.seed)
+    ]
 
 
 def moment_key(context: Context) -> str:
@@ -120,8 +126,12 @@ class BlindTest:
         moment = random.choice(left)
         twin = await self.twin_turn(moment.context, engine)
         twin_first = random.random() < 0.5
-        pair = Pair(random.randbytes(12).hex(), moment, twin_first,
-                    [twin, moment.context.real] if twin_first else [moment.context.real, twin])
+        pair = Pair(
+            random.randbytes(12).hex(),
+            moment,
+            twin_first,
+            [twin, moment.context.real] if twin_first else [moment.context.real, twin],
+        )
         if len(self.waiting) >= MAX_WAITING_PAIRS:
             del self.waiting[next(iter(self.waiting))]
         self.waiting[judge] = pair
@@ -131,8 +141,9 @@ class BlindTest:
         """The twin's turn at the moment, as fidelity.measure writes it (a conversation too long for the
         context is dropped there too, and the turn written without it)."""
         try:
-            prompt = await run_in_threadpool(engine.prompt, context.turns, context.speaker,
-                                             self.sampling.max_new_tokens)
+            prompt = await run_in_threadpool(
+                engine.prompt, context.turns, context.speaker, self.sampling.max_new_tokens
+            )
         except ContextLengthError:
             prompt = engine.prompt([], context.speaker, self.sampling.max_new_tokens)
         async for event in engine.reply(ReplyRequest(prompt, self.sampling)):
@@ -146,8 +157,15 @@ class BlindTest:
         if pair is None or pair.id != pair_id:
             raise PairClosed("this pair is no longer open (answered already, or replaced): load the next one")
         picked = "cant_tell" if choice is None else "twin" if (choice == 0) == pair.twin_first else "real"
-        answers = self.answers + [{"judge": judge, "speaker": pair.moment.context.speaker, "moment": pair.moment.key,
-                                   "picked": picked, "time": int(time.time())}]
+        answers = self.answers + [
+            {
+                "judge": judge,
+                "speaker": pair.moment.context.speaker,
+                "moment": pair.moment.key,
+                "picked": picked,
+                "time": int(time.time()),
+            }
+        ]
         atomic.write_text(self.file, json.dumps({"answers": answers}, indent=1, ensure_ascii=False))
         self.answers = answers  # only once it is on disk
         del self.waiting[judge]
@@ -168,8 +186,11 @@ def judge_routes(test: BlindTest | None, engine: Engine) -> APIRouter:
 
     def open_test() -> BlindTest:
         if test is None:
-            raise APIError(404, "no blind test here: the owner starts one with serve.py --checkpoint RUN --judge "
-                           "NAME,...", code="no_blind_test")
+            raise APIError(
+                404,
+                "no blind test here: the owner starts one with serve.py --checkpoint RUN --judge NAME,...",
+                code="no_blind_test",
+            )
         return test
 
     def checked_judge(judge: str) -> str:
@@ -185,9 +206,14 @@ def judge_routes(test: BlindTest | None, engine: Engine) -> APIRouter:
             return {"pair": None, **test.progress(judge)}
         context = pair.moment.context
         shown = context.turns[-SHOWN_TURNS:]
-        return {"pair": pair.id, "speaker": context.speaker, "earlier_turns": len(context.turns) - len(shown),
-                "turns": [{"speaker": turn.speaker, "messages": turn.messages} for turn in shown],
-                "candidates": pair.candidates, **test.progress(judge)}
+        return {
+            "pair": pair.id,
+            "speaker": context.speaker,
+            "earlier_turns": len(context.turns) - len(shown),
+            "turns": [{"speaker": turn.speaker, "messages": turn.messages} for turn in shown],
+            "candidates": pair.candidates,
+            **test.progress(judge),
+        }
 
     @router.post("/answer")
     async def answer(request: AnswerRequest) -> dict:

@@ -9,8 +9,9 @@ Names and messages reach the page only as JSON and are shown as text, never mark
 is the second wall: only the server's own scripts and styles run, none inline, nothing is loaded from
 elsewhere, so a name like <img src=x onerror=...> could run nothing even if it were taken for markup.
 """
+
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -22,20 +23,32 @@ from serving.engine import Engine
 from serving.judging import BlindTest, judge_routes
 
 WEB = Path(__file__).with_name("web")
-PAGES = {"/": "chat.html", "/judge": "judge.html", "/page.js": "page.js", "/chat.js": "chat.js",
-         "/judge.js": "judge.js", "/style.css": "style.css"}
+PAGES = {
+    "/": "chat.html",
+    "/judge": "judge.html",
+    "/page.js": "page.js",
+    "/chat.js": "chat.js",
+    "/judge.js": "judge.js",
+    "/style.css": "style.css",
+}
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",  # a restarted server's new page, never a stale one
 }
 
 
-def build_site(api: FastAPI, engine: Engine, people: People, api_key: str | None,
-               blind_test: BlindTest | None, limits: Limits | None = None) -> FastAPI:
+def build_site(
+    api: FastAPI,
+    engine: Engine,
+    people: People,
+    api_key: str | None,
+    blind_test: BlindTest | None,
+    limits: Limits | None = None,
+) -> FastAPI:
     """The pages, the routes only they use, and under them the API app (serving.api.build_app) as it is. The
     API's gate stands in front of the site too: the key before any body, and the body's limits."""
     site = FastAPI(title="twin", docs_url=None, redoc_url=None, openapi_url=None)
@@ -63,4 +76,5 @@ def page(file: Path) -> Callable[[], Awaitable[Response]]:
 
     async def serve_page() -> Response:
         return Response(body, media_type=media_type, headers=HEADERS)
+
     return serve_page

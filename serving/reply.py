@@ -5,9 +5,10 @@ newlines ("first message\\nsecond message"), cut before the first of the request
 shown a character that a later token could take back: the start of a ">>> " marker or of a stop string is
 held until the next piece tells what it is.
 """
+
 import functools
 
-from data.sessions import MESSAGE_PREFIX, clean_message, messages_of, parse_body
+from data.sessions import MESSAGE_PREFIX, messages_of
 
 SEPARATOR = "\n" + MESSAGE_PREFIX  # between two messages of a turn, as the model writes it
 
@@ -21,7 +22,7 @@ def _start_at_end(text: str, marker: str) -> int:
     """The length of the longest proper start of `marker` that `text` ends with, in time linear in the marker's
     length (Knuth-Morris-Pratt: comparing every start with the text's end costs its square, which a long stop
     string made a stall of minutes for every client)."""
-    tail = text[-(len(marker) - 1):] if len(marker) > 1 else ""  # a proper start is shorter than the marker
+    tail = text[-(len(marker) - 1) :] if len(marker) > 1 else ""  # a proper start is shorter than the marker
     first = tail.find(marker[:1])
     if first < 0:  # the common case, found at C's speed
         return 0
@@ -62,14 +63,16 @@ class ReplyText:
         """Take the next decoded piece; return the text the client may be shown now (often "")."""
         self.body += piece
         # "\n" in front: a body that is so far only the start of the first ">>> " is held too.
-        return self._release(self.body[:max(0, len(self.body) - held_back("\n" + self.body, [SEPARATOR]))], final=False)
+        return self._release(
+            self.body[: max(0, len(self.body) - held_back("\n" + self.body, [SEPARATOR]))], final=False
+        )
 
     def finish(self) -> str:
         """The model has stopped: the text that was held back, as far as it goes, without the start of a marker
         that max_tokens cut short (a reply ending "...\\n>>>" ends before it)."""
         if self.stopped:
             return ""
-        self.body = self.body[:max(0, len(self.body) - held_back("\n" + self.body, [SEPARATOR]))]
+        self.body = self.body[: max(0, len(self.body) - held_back("\n" + self.body, [SEPARATOR]))]
         return self._release(self.body, final=True)
 
     @property
@@ -87,10 +90,10 @@ class ReplyText:
         content = "\n".join(messages_of(body))
         stops = [index for index in (content.find(text) for text in self.stop) if index >= 0]
         if stops:
-            content, self.stopped = content[:min(stops)], True
+            content, self.stopped = content[: min(stops)], True
         elif not final:
-            content = content[:len(content) - held_back(content, self.stop)]
-        new = content[len(self.content):] if content.startswith(self.content) else ""
+            content = content[: len(content) - held_back(content, self.stop)]
+        new = content[len(self.content) :] if content.startswith(self.content) else ""
         if len(content) > len(self.content):
             self.content = content
         return new

@@ -28,8 +28,14 @@ def no_fsync():
 
 
 def _added_token(content: str, special: bool = True) -> dict:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-            "special": special}
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": special,
+    }
 
 
 def _special_token(content: str) -> dict:
@@ -96,15 +102,21 @@ def write_tokenizer_dir(path, files: dict[str, dict]):
 @pytest.fixture(scope="session")
 def mistral_tokenizer_dir(tmp_path_factory):
     """Base Mistral-7B-v0.1 tokenizer: no ChatML tokens."""
-    return write_tokenizer_dir(tmp_path_factory.mktemp("mistral-tokenizer"),
-                               {"tokenizer_config.json": MISTRAL_TOKENIZER_CONFIG})
+    return write_tokenizer_dir(
+        tmp_path_factory.mktemp("mistral-tokenizer"), {"tokenizer_config.json": MISTRAL_TOKENIZER_CONFIG}
+    )
 
 
 def write_dolphin_tokenizer_dir(path):
     """Dolphin-2.2.1-Mistral-7B's tokenizer files (Mistral's SentencePiece model and ChatML tokens) in path."""
-    return write_tokenizer_dir(path, {"tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG,
-                                      "added_tokens.json": DOLPHIN_ADDED_TOKENS,
-                                      "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP})
+    return write_tokenizer_dir(
+        path,
+        {
+            "tokenizer_config.json": DOLPHIN_TOKENIZER_CONFIG,
+            "added_tokens.json": DOLPHIN_ADDED_TOKENS,
+            "special_tokens_map.json": DOLPHIN_SPECIAL_TOKENS_MAP,
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -132,8 +144,11 @@ def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
 
 GEMMA_TOKENIZER_CONFIG = {  # Gemma's turn tokens on Mistral's SentencePiece model, BOS <s> as Gemma's <bos>
     **MISTRAL_TOKENIZER_CONFIG,
-    "added_tokens_decoder": {**MISTRAL_TOKENIZER_CONFIG["added_tokens_decoder"],
-                             "32000": _added_token("<start_of_turn>"), "32001": _added_token("<end_of_turn>")},
+    "added_tokens_decoder": {
+        **MISTRAL_TOKENIZER_CONFIG["added_tokens_decoder"],
+        "32000": _added_token("<start_of_turn>"),
+        "32001": _added_token("<end_of_turn>"),
+    },
     "eos_token": "<end_of_turn>",
 }
 
@@ -143,9 +158,15 @@ def gemma_tokenizer(tmp_path_factory):
     """Gemma's chat format offline: its turn tokens added to Mistral's tokenizer."""
     from model.tokenizer import Tokenizer
 
-    return Tokenizer.from_dir(write_tokenizer_dir(tmp_path_factory.mktemp("gemma-tokenizer"), {
-        "tokenizer_config.json": GEMMA_TOKENIZER_CONFIG,
-        "added_tokens.json": {"<start_of_turn>": 32000, "<end_of_turn>": 32001}}))
+    return Tokenizer.from_dir(
+        write_tokenizer_dir(
+            tmp_path_factory.mktemp("gemma-tokenizer"),
+            {
+                "tokenizer_config.json": GEMMA_TOKENIZER_CONFIG,
+                "added_tokens.json": {"<start_of_turn>": 32000, "<end_of_turn>": 32001},
+            },
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -163,22 +184,52 @@ def tiny_checkpoint(tmp_path_factory, dolphin_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_checkpoint):
     """A finished train.py --lora --merge run of a few steps on the tiny model and the sample export."""
-    import train
     from pathlib import Path
+
+    import train
 
     out = tmp_path_factory.mktemp("tiny-run")
     sample = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
-    train.main(["--lora", "--model", str(tiny_checkpoint), "--data", str(sample), "--out", str(out),
-                "--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "3", "--lr", "1e-2",
-                "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge",
-                "--eval-contexts", "1"])
+    train.main(
+        [
+            "--lora",
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(sample),
+            "--out",
+            str(out),
+            "--seq-len",
+            "256",
+            "--micro-batch",
+            "4",
+            "--batch",
+            "4",
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--merge",
+            "--eval-contexts",
+            "1",
+        ]
+    )
     return out
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs and torchrun; deselect with -m 'not slow'")
-    config.addinivalue_line("markers", "demo: examples/demo.sh's whole run (4-5 minutes by itself); runs only "
-                            "when asked for, with -m demo")
+    config.addinivalue_line(
+        "markers", "demo: examples/demo.sh's whole run (4-5 minutes by itself); runs only when asked for, with -m demo"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -221,14 +272,29 @@ def gemma3_gguf():
 BPE_TRAINING_TEXT = [
     "Hello, how are you doing today? I'm fine, thanks! We'll see what they've done.",
     "Привет, как дела? Всё хорошо, спасибо. Увидимся завтра в 12:30, ладно?",
-    "ну да, ок)) давай созвонимся вечером, я напишу", "Ёлки-палки, «ёжик» — это…",
-    "def f(x):\n    return x ** 2\n\nprint(f(3))", "https://t.me/joinchat/AbCdEf?start=1 and www.example.com",
-    "ok 👍 😂😂 семья 👨‍👩‍👧‍👦 🇷🇺 ❤️", "你好，世界。我们明天见。", "2024-01-31 1 000 000 ₽ +7 (999) 123-45-67",
-    "  leading spaces, trailing spaces   and   runs    of spaces", "line one\nline two\n\n\tindented",
+    "ну да, ок)) давай созвонимся вечером, я напишу",
+    "Ёлки-палки, «ёжик» — это…",
+    "def f(x):\n    return x ** 2\n\nprint(f(3))",
+    "https://t.me/joinchat/AbCdEf?start=1 and www.example.com",
+    "ok 👍 😂😂 семья 👨‍👩‍👧‍👦 🇷🇺 ❤️",
+    "你好，世界。我们明天见。",
+    "2024-01-31 1 000 000 ₽ +7 (999) 123-45-67",
+    "  leading spaces, trailing spaces   and   runs    of spaces",
+    "line one\nline two\n\n\tindented",
 ]
-LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                         "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
-                         "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+]
 
 
 def train_byte_level_bpe(split_regex: str, vocab_size: int = 700, **model_options):
@@ -237,12 +303,16 @@ def train_byte_level_bpe(split_regex: str, vocab_size: int = 700, **model_option
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(**model_options))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(split_regex), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split_regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(BPE_TRAINING_TEXT * 3, trainer)
     return tokenizer
 
@@ -259,12 +329,22 @@ def llama3_tokenizer_dir(tmp_path_factory):
     tokenizer = train_byte_level_bpe(LLAMA3_REGEX, ignore_merges=True)
     tokenizer.add_special_tokens(LLAMA3_SPECIAL_TOKENS)
     bos = ("<|begin_of_text|>", tokenizer.token_to_id("<|begin_of_text|>"))
-    tokenizer.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B:1", special_tokens=[bos])])
+    tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B:1", special_tokens=[bos]
+            ),
+        ]
+    )
     tokenizer.save(str(path / "tokenizer.json"))
-    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "clean_up_tokenization_spaces": True,
-              "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}
+    config = {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "clean_up_tokenization_spaces": True,
+        "model_max_length": 131072,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
 
@@ -285,9 +365,18 @@ def qwen2_tokenizer_dir(tmp_path_factory):
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ["<tool_call>", "</tool_call>"]])
     tokenizer.save(str(path / "tokenizer.json"))
-    config = {"add_prefix_space": False, "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "unk_token": None, "errors": "replace", "split_special_tokens": False, "model_max_length": 131072,
-              "additional_special_tokens": special[1:], "tokenizer_class": "Qwen2Tokenizer"}
+    config = {
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "split_special_tokens": False,
+        "model_max_length": 131072,
+        "additional_special_tokens": special[1:],
+        "tokenizer_class": "Qwen2Tokenizer",
+    }
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
 

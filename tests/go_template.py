@@ -9,10 +9,13 @@ block that declared it and `=` assigns the nearest one. Anything else is refused
 template that used more of Go than this would fail its test here rather than render something Ollama
 would not.
 """
+
 import re
 
-TOKEN = re.compile(r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<number>-?\d+)|(?P<declare>:=)|(?P<punct>[()|,=])'
-                   r'|(?P<variable>\$\w*(?:\.\w+)*)|(?P<field>(?:\.\w+)+|\.)|(?P<word>[A-Za-z]\w*))')
+TOKEN = re.compile(
+    r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<number>-?\d+)|(?P<declare>:=)|(?P<punct>[()|,=])'
+    r"|(?P<variable>\$\w*(?:\.\w+)*)|(?P<field>(?:\.\w+)+|\.)|(?P<word>[A-Za-z]\w*))"
+)
 GO_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", '"': b'"', "\\": b"\\"}
 
 
@@ -39,6 +42,7 @@ def _to_go(value):
 
 
 # --- Lexing: text and actions, the trim markers applied ------------------------------------------
+
 
 def _lex(template: str) -> list[tuple[str, object]]:
     items, position = [], 0
@@ -85,6 +89,7 @@ def _trimmed(items: list) -> list:
 
 
 # --- Parsing: the tree of if, else, range, with and end ---------------------------------------------
+
 
 def _parse(items: list, index: int, stop: tuple[str, ...]) -> tuple[list, int]:
     """Nodes from items[index] up to an action whose first word is in `stop` (left for the caller)."""
@@ -138,7 +143,7 @@ def _pipeline(tokens: list) -> dict:
             names = [token for token in tokens[:end] if token != ("punct", ",")]
             if not names or any(kind != "variable" for kind, _ in names):
                 raise GoTemplateError(f"bad declaration {tokens[:end]}")
-            names, assign, tokens = [name for _, name in names], value == "=", tokens[end + 1:]
+            names, assign, tokens = [name for _, name in names], value == "=", tokens[end + 1 :]
             break
     commands, position = [[]], 0
     while position < len(tokens):
@@ -163,13 +168,14 @@ def _argument(tokens: list, position: int):
                 raise GoTemplateError("unclosed (")
             depth += {("punct", "("): 1, ("punct", ")"): -1}.get(tokens[end], 0)
             end += 1
-        return ("pipeline", _pipeline(tokens[position + 1:end - 1])), end
+        return ("pipeline", _pipeline(tokens[position + 1 : end - 1])), end
     if kind == "punct":
         raise GoTemplateError(f"unexpected {value!r}")
     return (kind, value), position + 1
 
 
 # --- Execution ------------------------------------------------------------------------------------
+
 
 class _Variables:
     def __init__(self, root):
@@ -204,7 +210,7 @@ def _run(nodes: list, dot, variables: _Variables, out: bytearray) -> None:
         elif kind == "if":
             _run_if(node, dot, variables, out)
         elif kind == "with":
-            (pipeline, body), = node[1]
+            ((pipeline, body),) = node[1]
             mark = len(variables.stack)
             value = _evaluate(pipeline, dot, variables)
             _run(body if _truth(value) else node[2], value if _truth(value) else dot, variables, out)
@@ -225,7 +231,7 @@ def _run_if(node: tuple, dot, variables: _Variables, out: bytearray) -> None:
 
 
 def _run_range(node: tuple, dot, variables: _Variables, out: bytearray) -> None:
-    (pipeline, body), = node[1]
+    ((pipeline, body),) = node[1]
     names = pipeline["declare"]
     value = _evaluate({**pipeline, "declare": []}, dot, variables)
     if isinstance(value, bool) or not isinstance(value, (int, list)):
@@ -314,7 +320,7 @@ def _go_string(literal: str) -> bytes:
             position += 1
         elif body[position + 1] in "uU":
             digits = 4 if body[position + 1] == "u" else 8
-            out += chr(int(body[position + 2:position + 2 + digits], 16)).encode("utf-8")
+            out += chr(int(body[position + 2 : position + 2 + digits], 16)).encode("utf-8")
             position += 2 + digits
         elif body[position + 1] in GO_ESCAPES:
             out += GO_ESCAPES[body[position + 1]]
@@ -396,5 +402,13 @@ def _printf(form: bytes, *values) -> bytes:
     return bytes(out)
 
 
-FUNCTIONS = {"eq": _eq, "ne": lambda first, second: not _eq(first, second), "ge": _ge, "len": _len,
-             "index": _index, "slice": _slice, "printf": _printf, "not": lambda value: not _truth(value)}
+FUNCTIONS = {
+    "eq": _eq,
+    "ne": lambda first, second: not _eq(first, second),
+    "ge": _ge,
+    "len": _len,
+    "index": _index,
+    "slice": _slice,
+    "printf": _printf,
+    "not": lambda value: not _truth(value),
+}

@@ -1,27 +1,47 @@
 """Tiny models shared by the tests: configs, Hugging Face reference models and checkpoints."""
+
 import functools
 from pathlib import Path
 
 import torch
 
-from model.transformer import Transformer, ModelConfig
+from model.transformer import ModelConfig, Transformer
 
 
 def tiny_config(**overrides) -> ModelConfig:
     """A Mistral of a few hundred thousand parameters: GQA 4/2, a window shorter than most tests."""
-    settings = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                    sliding_window=None, rms_norm_eps=1e-5, rope_theta=10000.0)
+    settings = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=None,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    )
     settings.update(overrides)
     return ModelConfig(**settings)
 
 
 # Gemma 3 in small: 5 sliding layers per full one, each kind with its own RoPE base, a window of 5 (shorter
 # than the tests' sequences), an attention scale other than the head's and a tied head.
-GEMMA3 = tiny_config(model_type="gemma3_text", num_hidden_layers=6, head_dim=32, sliding_window=5,
-                     layer_types=("sliding_attention",) * 5 + ("full_attention",), rope_theta=1_000_000.0,
-                     rope_local_theta=10_000.0, query_pre_attn_scalar=24, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                     bos_token_id=2, eos_token_id=1)
+GEMMA3 = tiny_config(
+    model_type="gemma3_text",
+    num_hidden_layers=6,
+    head_dim=32,
+    sliding_window=5,
+    layer_types=("sliding_attention",) * 5 + ("full_attention",),
+    rope_theta=1_000_000.0,
+    rope_local_theta=10_000.0,
+    query_pre_attn_scalar=24,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+    bos_token_id=2,
+    eos_token_id=1,
+)
 
 
 def hf_reference(config: ModelConfig, seed: int = 0):
@@ -74,31 +94,38 @@ def assert_chatml_structure(rendered, tokenizer, turns, open_speaker: str | None
     added_ids = {token_id for token_id in set(ids) if _is_added_token(tokenizer, token_id)}
     added = [token_id for token_id in ids if token_id in added_ids]
     header_tokens = [layout.header_start_id] + ([layout.name_end_id] if layout.name_end_id is not None else [])
-    expected = ([layout.bos_id] if layout.bos_id is not None else []) + \
-        [*header_tokens, layout.turn_end_id] * len(turns) + header_tokens * (open_speaker is not None)
+    expected = (
+        ([layout.bos_id] if layout.bos_id is not None else [])
+        + [*header_tokens, layout.turn_end_id] * len(turns)
+        + header_tokens * (open_speaker is not None)
+    )
     assert added == expected, f"added tokens {added}, expected {expected}"
     assert ids[:1] == expected[:1]
     # SentencePiece writes a space as "▁": there a "▁" in the text comes back as a space.
-    as_decoded = (lambda text: text.replace("▁", " ")) if tokenizer.decode(tokenizer.encode(
-        "a▁", special=False)) == "a " else (lambda text: text)
+    as_decoded = (
+        (lambda text: text.replace("▁", " "))
+        if tokenizer.decode(tokenizer.encode("a▁", special=False)) == "a "
+        else (lambda text: text)
+    )
     header_end = layout.name_end + layout.header_newlines
     starts = [index for index, token_id in enumerate(ids) if token_id == layout.header_start_id]
     ends = [index for index, token_id in enumerate(ids) if token_id == layout.turn_end_id]
     trained_in_turns = 0
     for turn, start, end in zip(turns, starts, ends):
-        text = tokenizer.decode(ids[start + 1:end])
+        text = tokenizer.decode(ids[start + 1 : end])
         assert text == as_decoded(layout.turn(turn).removeprefix(layout.header_start).removesuffix(layout.turn_end))
         header = as_decoded(turn.speaker) + header_end
         body = text.removeprefix(header)
         assert text.startswith(header) and "\n" not in turn.speaker and body.startswith(">>> ")
-        trained = [token_id for token_id, learned in zip(ids[start:end + 1], rendered.trained[start:end + 1])
-                   if learned]
+        trained = [
+            token_id for token_id, learned in zip(ids[start : end + 1], rendered.trained[start : end + 1]) if learned
+        ]
         if trained:
             assert tokenizer.decode(trained) == body + layout.turn_end
         trained_in_turns += len(trained)
     assert sum(rendered.trained) == trained_in_turns  # nothing between turns, and no open header, is trained
     if open_speaker is not None:
-        assert tokenizer.decode(ids[starts[-1] + 1:]) == as_decoded(open_speaker) + header_end
+        assert tokenizer.decode(ids[starts[-1] + 1 :]) == as_decoded(open_speaker) + header_end
 
 
 def _is_added_token(tokenizer, token_id: int) -> bool:
@@ -151,7 +178,7 @@ def fast_gguf_reader():
                 self._plain = self.data.view(np.ndarray)
             count = int(count)
             itemsize = np.dtype(dtype).itemsize
-            array = self._plain[offset:offset + itemsize * count].view(dtype=dtype)[:count]
+            array = self._plain[offset : offset + itemsize * count].view(dtype=dtype)[:count]
             return array.view(array.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
         def _get_field_parts(self, orig_offs, raw_type):
@@ -161,8 +188,12 @@ def fast_gguf_reader():
                 if scalar is not None:  # numbers: one part holding them all, which contents() reads as a list
                     length = self._get(orig_offs + 4, np.uint64)
                     values = self._get(orig_offs + 12, scalar, length[0])
-                    return 12 + int(values.nbytes), [item_type, length, values], [2], [
-                        gguf.GGUFValueType.ARRAY, gguf.GGUFValueType(item_type[0])]
+                    return (
+                        12 + int(values.nbytes),
+                        [item_type, length, values],
+                        [2],
+                        [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType(item_type[0])],
+                    )
             return super()._get_field_parts(orig_offs, raw_type)
 
     return FastGGUFReader

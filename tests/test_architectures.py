@@ -1,5 +1,6 @@
 """Llama 3 RoPE scaling, Qwen2/2.5, Qwen3 and tied heads hold to transformers on tiny random configs:
 logits, packed rows, the KV cache, a save round trip and LoRA adapters both ways through PEFT."""
+
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,27 +9,33 @@ import pytest
 import torch
 
 import train
-from model.lora import LoRAConfig, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from model import KVCache, ModelConfig, load_model, save_model
+from model.lora import LoRAConfig, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from tests.helpers import GEMMA3, hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 # Llama 3.1's scaling, shrunk so that a 16-wide head has frequencies in all three bands: kept
 # (wavelength < 16), blended and stretched (wavelength > 64).
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
 ARCHITECTURES = {
     # Llama 3.2 1B/3B: scaled RoPE and a tied head
-    "llama3-rope-scaling-tied": tiny_config(model_type="llama", rope_theta=500000.0, rope_scaling=LLAMA3_ROPE,
-                                            tie_word_embeddings=True),
+    "llama3-rope-scaling-tied": tiny_config(
+        model_type="llama", rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, tie_word_embeddings=True
+    ),
     "qwen2": tiny_config(model_type="qwen2", rope_theta=1000000.0, rms_norm_eps=1e-6),
     # Layer 0 attends fully, layer 1 through a window shorter than the sequences; tied like Qwen2.5 0.5B-3B.
-    "qwen2-sliding-window-tied": tiny_config(model_type="qwen2", sliding_window=5, max_window_layers=1,
-                                             tie_word_embeddings=True),
+    "qwen2-sliding-window-tied": tiny_config(
+        model_type="qwen2", sliding_window=5, max_window_layers=1, tie_word_embeddings=True
+    ),
     "qwen3": tiny_config(model_type="qwen3", head_dim=24),
     # attention_bias puts biases on all four projections, as in Llama
-    "qwen3-bias-tied": tiny_config(model_type="qwen3", head_dim=24, attention_bias=True,
-                                   tie_word_embeddings=True),
+    "qwen3-bias-tied": tiny_config(model_type="qwen3", head_dim=24, attention_bias=True, tie_word_embeddings=True),
     "gemma3": GEMMA3,
 }
 
@@ -80,8 +87,12 @@ def test_packed_rows_equal_transformers_on_each_session_alone(pair):
     document_ids = torch.stack([torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)]) for lengths in rows])
     with torch.no_grad():
         packed = ours(ids, position_ids=position_ids, document_ids=document_ids)
-        alone = torch.cat([torch.cat([hf_model(session[None]).logits for session in row.split(lengths)], dim=1)
-                           for row, lengths in zip(ids, rows)])
+        alone = torch.cat(
+            [
+                torch.cat([hf_model(session[None]).logits for session in row.split(lengths)], dim=1)
+                for row, lengths in zip(ids, rows)
+            ]
+        )
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=0)
 
 
@@ -92,7 +103,7 @@ def test_kv_cache_prefill_and_decode_equal_transformers_full_forward(pair):
         full = hf_model(ids).logits
         cache = KVCache(config, batch_size=1, max_len=16, dtype=torch.float32, device="cpu")
         steps = [ours(ids[:, :7], kv_cache=cache)]
-        steps += [ours(ids[:, i:i + 1], kv_cache=cache) for i in range(7, 11)]
+        steps += [ours(ids[:, i : i + 1], kv_cache=cache) for i in range(7, 11)]
         steps.append(ours(ids[:, 11:], kv_cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
 
@@ -139,8 +150,13 @@ def test_peft_made_adapter_loads_in_ours_with_peft_logits(pair, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     config, path, _, _ = pair
-    peft_config = LoraConfig(r=6, lora_alpha=3, init_lora_weights=False, task_type="CAUSAL_LM",
-                             target_modules=["q_proj", "k_proj", "o_proj", "up_proj"])
+    peft_config = LoraConfig(
+        r=6,
+        lora_alpha=3,
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "o_proj", "up_proj"],
+    )
     torch.manual_seed(0)
     peft_model = get_peft_model(hf_reference(config), peft_config).eval()
     peft_model.save_pretrained(tmp_path / "peft-adapter")
@@ -148,17 +164,19 @@ def test_peft_made_adapter_loads_in_ours_with_peft_logits(pair, tmp_path):
     load_adapter(ours, tmp_path / "peft-adapter")
     ours.eval()
     with torch.no_grad():
-        torch.testing.assert_close(ours(sample_ids(config)), peft_model(sample_ids(config)).logits,
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours(sample_ids(config)), peft_model(sample_ids(config)).logits, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "gemma2"}, "model_type 'gemma2' is not supported"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling of type 'yarn' is not supported"),
-    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}}, "type 'dynamic'"),
-    ({"mlp_bias": True}, "mlp_bias = True is not supported"),
-    ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types = .* is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "gemma2"}, "model_type 'gemma2' is not supported"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling of type 'yarn' is not supported"),
+        ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}}, "type 'dynamic'"),
+        ({"mlp_bias": True}, "mlp_bias = True is not supported"),
+        ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types = .* is not supported"),
+    ],
+)
 def test_unsupported_variants_are_refused_in_one_line(change, message):
     hf = {**tiny_config(model_type="qwen2").to_hf(torch.float32), **change}
     with pytest.raises(ValueError, match=message):
@@ -186,14 +204,43 @@ def test_qwen_defaults_window_off_and_head_dim_128():
 def test_train_lora_merge_on_a_qwen2_base_exports_what_the_adapter_computes(tmp_path, dolphin_tokenizer):
     import transformers
 
-    config = tiny_config(model_type="qwen2", vocab_size=32002, hidden_size=32, intermediate_size=64,
-                         tie_word_embeddings=True)
+    config = tiny_config(
+        model_type="qwen2", vocab_size=32002, hidden_size=32, intermediate_size=64, tie_word_embeddings=True
+    )
     save_model(random_model(config), tmp_path / "base", tokenizer=dolphin_tokenizer)
     sample = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
-    train.main(["--lora", "--model", str(tmp_path / "base"), "--data", str(sample), "--out", str(tmp_path / "run"),
-                "--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "2", "--lr", "1e-2",
-                "--lora-r", "4", "--lora-alpha", "8", "--eval-every", "0", "--save-every", "0", "--merge",
-                "--eval-contexts", "1"])
+    train.main(
+        [
+            "--lora",
+            "--model",
+            str(tmp_path / "base"),
+            "--data",
+            str(sample),
+            "--out",
+            str(tmp_path / "run"),
+            "--seq-len",
+            "256",
+            "--micro-batch",
+            "4",
+            "--batch",
+            "4",
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--merge",
+            "--eval-contexts",
+            "1",
+        ]
+    )
     tuned = load_model(tmp_path / "base", torch.float32)
     load_adapter(tuned, tmp_path / "run" / "adapter")
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged", dtype=torch.float32)

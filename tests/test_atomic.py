@@ -1,4 +1,5 @@
 """Atomic writes are private to their owner, whatever the umask; programs make every file private."""
+
 import errno
 import os
 import shutil
@@ -101,8 +102,11 @@ def test_every_file_is_on_the_disk_before_its_rename(tmp_path, monkeypatch):
 
 
 def test_a_full_disk_names_the_path(tmp_path):
-    with pytest.raises(atomic.WriteError, match=f"^{tmp_path / 'model.gguf'}: the disk is full; writing it needed "
-                                                "more than the 5 bytes written when it filled up, .* free now"):
+    with pytest.raises(
+        atomic.WriteError,
+        match=f"^{tmp_path / 'model.gguf'}: the disk is full; writing it needed "
+        "more than the 5 bytes written when it filled up, .* free now",
+    ):
         with atomic.file(tmp_path / "model.gguf") as f:
             f.write(b"x" * 5)
             f.flush()
@@ -115,12 +119,17 @@ def test_a_checkpoint_that_fills_the_disk_names_its_folder(tmp_path, monkeypatch
     is a full disk."""
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 0))
     target = tmp_path / "checkpoints" / "step-00000002"
-    with pytest.raises(atomic.WriteError, match=f"^{target}: the disk is full; writing it needed more than the "
-                                                "3 bytes written when it filled up, 0 bytes free now"):
+    with pytest.raises(
+        atomic.WriteError,
+        match=f"^{target}: the disk is full; writing it needed more than the "
+        "3 bytes written when it filled up, 0 bytes free now",
+    ):
         with atomic.directory(target) as building:
             (building / "adapter").write_bytes(b"abc")
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
-                               "file data/0: file write failed")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                "file data/0: file write failed"
+            )
     assert list(target.parent.iterdir()) == []
 
 
@@ -129,8 +138,10 @@ def small_disk(tmp_path):
     """A 1 MiB tmpfs, mounted where the test runs as root and may mount; skipped elsewhere."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     yield disk
     subprocess.run(["umount", str(disk)], check=True)

@@ -1,5 +1,6 @@
 """fidelity/attribution.py: distinct styles are attributed to their authors; the AUC of real against
 generated is about 0.5 for one distribution and about 1 for disjoint ones."""
+
 import random
 
 import pytest
@@ -9,12 +10,16 @@ from fidelity.attribution import NgramClassifier, auc, confusion_matrix, real_vs
 
 def turns_in_style(style: str, count: int, seed: int) -> list[list[str]]:
     rng = random.Random(seed)
-    words = {"katya": ["привет", "ага", "ну", "щас", "давай", "ок", "пойдем", "хз"],
-             "eleanor": ["Hello", "Indeed", "Certainly", "Regards", "Splendid", "Tomorrow", "Meeting"],
-             "dmitry": ["ЗДАРОВА", "ДА", "НЕТ", "СРОЧНО", "ЗВОНИ", "ЖДУ"]}[style]
+    words = {
+        "katya": ["привет", "ага", "ну", "щас", "давай", "ок", "пойдем", "хз"],
+        "eleanor": ["Hello", "Indeed", "Certainly", "Regards", "Splendid", "Tomorrow", "Meeting"],
+        "dmitry": ["ЗДАРОВА", "ДА", "НЕТ", "СРОЧНО", "ЗВОНИ", "ЖДУ"],
+    }[style]
     ending = {"katya": "))", "eleanor": ".", "dmitry": "!!!"}[style]
-    return [[" ".join(rng.choices(words, k=rng.randint(1, 4))) + ending for _ in range(rng.randint(1, 3))]
-            for _ in range(count)]
+    return [
+        [" ".join(rng.choices(words, k=rng.randint(1, 4))) + ending for _ in range(rng.randint(1, 3))]
+        for _ in range(count)
+    ]
 
 
 def test_clearly_distinct_styles_are_attributed_to_their_authors():
@@ -26,8 +31,9 @@ def test_clearly_distinct_styles_are_attributed_to_their_authors():
 
 
 def test_a_speaker_without_training_turns_is_no_class_and_two_are_needed():
-    classifier = NgramClassifier({"katya": turns_in_style("katya", 5, 0), "nobody": [],
-                                  "eleanor": turns_in_style("eleanor", 5, 1)})
+    classifier = NgramClassifier(
+        {"katya": turns_in_style("katya", 5, 0), "nobody": [], "eleanor": turns_in_style("eleanor", 5, 1)}
+    )
     assert classifier.classes == ["katya", "eleanor"]
     assert confusion_matrix(classifier, {"nobody": [["Hello."]]}) == {"nobody": {"katya": 0, "eleanor": 1}}
     with pytest.raises(ValueError, match="two or more authors"):
@@ -40,8 +46,9 @@ def test_auc_counts_pairs_and_ties():
 
 
 def test_real_and_generated_from_one_distribution_are_indistinguishable():
-    assert real_vs_generated_auc(turns_in_style("katya", 60, seed=1), turns_in_style("katya", 60, seed=2)) \
-        == pytest.approx(0.5, abs=0.15)
+    assert real_vs_generated_auc(
+        turns_in_style("katya", 60, seed=1), turns_in_style("katya", 60, seed=2)
+    ) == pytest.approx(0.5, abs=0.15)
 
 
 def test_disjoint_real_and_generated_are_told_apart():

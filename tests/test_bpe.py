@@ -18,15 +18,60 @@ from tests.conftest import MISTRAL_TOKENIZER_CONFIG, mistral_tokenizer_model, wr
 from tests.test_tokenizer import MESSAGES, NAMES
 
 HARD_CASES = [
-    " hello", "  hello", "hello ", "a  b", "a   b    c", "  ", " ", "\n", "\n\n\n", " \n ", "\t\tx", "x\r\ny",
-    "12345678901", "3.14 2,5 1e-9", "don't won't I'M they'LL", "ALL CAPS ВСЕ ЗАГЛАВНЫЕ", "Ё ё й Й",
-    "e\u0301 vs é", "ﬁ ligature", "😀", "👨‍👩‍👧‍👦", "🇷🇺🇺🇦", "❤️‍🔥", "日本語のテキスト", "中文，标点。", "한국어",
-    "```python\nfor i in range(10):\n    print(i)\n```", "<div class=\"x\">&amp;</div>", "C:\\path\\to",
-    "https://example.com/a?b=c&d=e#f", "mail@example.org", "@username #hashtag", "$100 €5 ¥3", "—–-", "…",
-    "<|im_start|>", "<|im_end|>", "<|im_start|>user\nhi<|im_end|>", "<|endoftext|>", "<|begin_of_text|>x",
-    "<|start_header_id|>Анна Петрова<|end_header_id|>\n\nпривет<|eot_id|>", "<tool_call>{}</tool_call>",
-    "<s>", "</s>", "<unk>", "<s>hi</s>", " <s> hi </s> ", "<|im_start", "im_end|>", "<|im_end|><|im_start|>",
-    "▁ is SentencePiece's space", "Ġ is GPT-2's space", "\u200b\u00a0\u2009", "tab\tand\u3000ideographic space",
+    " hello",
+    "  hello",
+    "hello ",
+    "a  b",
+    "a   b    c",
+    "  ",
+    " ",
+    "\n",
+    "\n\n\n",
+    " \n ",
+    "\t\tx",
+    "x\r\ny",
+    "12345678901",
+    "3.14 2,5 1e-9",
+    "don't won't I'M they'LL",
+    "ALL CAPS ВСЕ ЗАГЛАВНЫЕ",
+    "Ё ё й Й",
+    "e\u0301 vs é",
+    "ﬁ ligature",
+    "😀",
+    "👨‍👩‍👧‍👦",
+    "🇷🇺🇺🇦",
+    "❤️‍🔥",
+    "日本語のテキスト",
+    "中文，标点。",
+    "한국어",
+    "```python\nfor i in range(10):\n    print(i)\n```",
+    '<div class="x">&amp;</div>',
+    "C:\\path\\to",
+    "https://example.com/a?b=c&d=e#f",
+    "mail@example.org",
+    "@username #hashtag",
+    "$100 €5 ¥3",
+    "—–-",
+    "…",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|im_start|>user\nhi<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>x",
+    "<|start_header_id|>Анна Петрова<|end_header_id|>\n\nпривет<|eot_id|>",
+    "<tool_call>{}</tool_call>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<s>hi</s>",
+    " <s> hi </s> ",
+    "<|im_start",
+    "im_end|>",
+    "<|im_end|><|im_start|>",
+    "▁ is SentencePiece's space",
+    "Ġ is GPT-2's space",
+    "\u200b\u00a0\u2009",
+    "tab\tand\u3000ideographic space",
 ]
 
 
@@ -44,8 +89,10 @@ def chat_strings() -> list[str]:
     strings += [rng.choice(["", " ", "  ", "\n"]).join(rng.sample(MESSAGES, 2)) for _ in range(60)]
     turns = [chat_turn(rng, rng.choice(names)) for _ in range(60)]
     strings += turns + ["\n".join(rng.sample(turns, rng.randint(2, 4))) for _ in range(30)]
-    strings += [f"<|start_header_id|>{rng.choice(names)}<|end_header_id|>\n\n{rng.choice(MESSAGES)}<|eot_id|>"
-                for _ in range(30)]
+    strings += [
+        f"<|start_header_id|>{rng.choice(names)}<|end_header_id|>\n\n{rng.choice(MESSAGES)}<|eot_id|>"
+        for _ in range(30)
+    ]
     return list(dict.fromkeys(strings))
 
 
@@ -54,8 +101,20 @@ CORPUS = chat_strings()
 
 def test_corpus_covers_the_chat_cases():
     assert len(CORPUS) >= 300
-    for pattern in [r"[а-я]", r"[a-z]", "😀|👍", r"[\u4e00-\u9fff]", "def |return", "https://", "  ", r"^ ",
-                    r" $", "\n", r"<\|im_start\|>\w+ \w+", "<|start_header_id|>"]:
+    for pattern in [
+        r"[а-я]",
+        r"[a-z]",
+        "😀|👍",
+        r"[\u4e00-\u9fff]",
+        "def |return",
+        "https://",
+        "  ",
+        r"^ ",
+        r" $",
+        "\n",
+        r"<\|im_start\|>\w+ \w+",
+        "<|start_header_id|>",
+    ]:
         assert any(re.search(pattern, text) for text in CORPUS), pattern
 
 
@@ -123,8 +182,9 @@ def test_qwen_style_ids_equal_transformers(qwen2_tokenizer_dir):
     ours, hf = load_tokenizer(qwen2_tokenizer_dir), hf_auto(qwen2_tokenizer_dir)
     assert type(hf).__name__ == "Qwen2Tokenizer"  # transformers' own class for the files, not the generic one
     assert ours.bos_id is None and ours.encode("hi", bos=True) == ours.encode("hi")
-    assert (ours.im_start_id, ours.im_end_id, ours.eos_id) == tuple(hf.convert_tokens_to_ids(
-        ["<|im_start|>", "<|im_end|>", "<|im_end|>"]))
+    assert (ours.im_start_id, ours.im_end_id, ours.eos_id) == tuple(
+        hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|im_end|>"])
+    )
     assert_same_ids(ours, hf)
     assert_decodes_back(ours)
     # NFC: a decomposed "é" comes back composed, with the same ids
@@ -146,8 +206,9 @@ def test_smollm2_gguf_ids_equal_transformers(smollm2_gguf, smollm2_tokenizer):
     assert len(unaffected) > 250
     assert_same_ids(ours, hf, unaffected)
     assert ours.encode("\n\n1") != hf.encode("\n\n1")  # 'ĊĊ', '1' against 'Ċ', 'Ċ', '1'
-    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     assert_same_ids(ours, hf)
     assert_decodes_back(ours)
 
@@ -175,8 +236,9 @@ def test_mistral_tokenizer_json_follows_its_own_rules(mistral_dir, mistral_json_
     SentencePiece's rules do not; either way decode undoes exactly what encode added. The Hub's tokenizer.json
     holds SentencePiece's rules, so the Hub folder encodes as tokenizer.model alone does (transformers 5.24's
     LlamaTokenizer, which the config names, rebuilds Metaspace instead: see tests/test_tokenizer.py)."""
-    metaspace, sentencepiece, hub = (load_tokenizer(mistral_json_dirs[name])
-                                     for name in ("metaspace", "sentencepiece", "hub"))
+    metaspace, sentencepiece, hub = (
+        load_tokenizer(mistral_json_dirs[name]) for name in ("metaspace", "sentencepiece", "hub")
+    )
     assert metaspace.encode(" hello") == metaspace.encode("hello")
     assert sentencepiece.encode(" hello") == [28705, 6312, 28709]  # '▁', '▁hell', 'o', as SentencePiece
     for text in [" hello", "  hello", "<s> x", "<s>  x", " "]:
@@ -197,8 +259,12 @@ def assert_special_false_is_plain_text(tok):
 
 
 def test_special_false_never_yields_an_added_token(llama3_tokenizer_dir, qwen2_tokenizer_dir, mistral_json_dirs):
-    for path in [llama3_tokenizer_dir, qwen2_tokenizer_dir, mistral_json_dirs["sentencepiece"],
-                 mistral_json_dirs["metaspace"]]:
+    for path in [
+        llama3_tokenizer_dir,
+        qwen2_tokenizer_dir,
+        mistral_json_dirs["sentencepiece"],
+        mistral_json_dirs["metaspace"],
+    ]:
         assert_special_false_is_plain_text(load_tokenizer(path))
 
 
@@ -214,16 +280,20 @@ def test_stream_holds_split_characters(qwen2_tokenizer_dir):
 def test_added_tokens_and_save_round_trip(llama3_tokenizer_dir, tmp_path):
     tok = load_tokenizer(llama3_tokenizer_dir)
     size = tok.vocab_size
-    assert tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|eot_id|>"]) == [size, size + 1,
-                                                                                     tok.token_to_id("<|eot_id|>")]
+    assert tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|eot_id|>"]) == [
+        size,
+        size + 1,
+        tok.token_to_id("<|eot_id|>"),
+    ]
     assert (tok.vocab_size, tok.im_start_id, tok.im_end_id) == (size + 2, size, size + 1)
     tok.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     reloaded, hf = load_tokenizer(tmp_path), hf_auto(tmp_path)
     assert (reloaded.vocab_size, reloaded.bos_id, reloaded.im_start_id) == (size + 2, tok.bos_id, size)
     assert hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [size, size + 1]
-    assert [t for t in CORPUS if not reloaded.encode(t) == tok.encode(t) == hf.encode(t, add_special_tokens=False)
-            ] == []
+    assert [
+        t for t in CORPUS if not reloaded.encode(t) == tok.encode(t) == hf.encode(t, add_special_tokens=False)
+    ] == []
     assert [t for t in CORPUS if tok.encode(t, bos=True) != hf.encode(t)] == []
 
 
@@ -243,8 +313,16 @@ def gguf_from_sentencepiece(path, model: bytes, add_space_prefix: bool = True):
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_proto=model)
-    types = [gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-             else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.NORMAL for i in range(sp.piece_size())]
+    types = [
+        gguf.TokenType.UNKNOWN
+        if sp.is_unknown(i)
+        else gguf.TokenType.CONTROL
+        if sp.is_control(i)
+        else gguf.TokenType.BYTE
+        if sp.is_byte(i)
+        else gguf.TokenType.NORMAL
+        for i in range(sp.piece_size())
+    ]
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_tokenizer_model("llama")
     writer.add_token_list([sp.id_to_piece(i) for i in range(sp.piece_size())])
@@ -298,8 +376,10 @@ def tiny_sentencepiece_gguf(path, add_space_prefix: bool):
     writer.add_tokenizer_model("llama")
     writer.add_token_list(pieces)
     writer.add_token_scores([0.0, 0.0, 0.0] + [float(i) for i in range(len(pieces) - 3)])  # longer pieces first
-    writer.add_token_types([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-                           + [gguf.TokenType.NORMAL] * (len(pieces) - 3))
+    writer.add_token_types(
+        [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+        + [gguf.TokenType.NORMAL] * (len(pieces) - 3)
+    )
     writer.add_unk_token_id(0)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)

@@ -4,6 +4,7 @@ real one (serving.pages over serving.api) on the tiny run's twin, with an API ke
 link. A hostile name and hostile messages must stay text. Skipped, saying why, where there is no browser.
 
 TWIN_SCREENSHOTS=DIR saves each page at a desktop's and a phone's width there, for a person to look at."""
+
 import json
 import os
 import shutil
@@ -29,9 +30,13 @@ from tests.test_serving_api import RunningServer
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium and chromedriver on PATH "
-                                 "(apt-get install chromium chromium-driver)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="no chromium and chromedriver on PATH (apt-get install chromium chromium-driver)",
+    ),
+]
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402  (after the skip: selenium may be missing)
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -55,7 +60,9 @@ def server(tiny_run, tmp_path_factory):
     context = Context(HOSTILE, [Turn(PARTNER, ["<b>bold?</b>", "<script>window.pwned=2</script>"])], ["<i>real</i>"])
     run = tmp_path_factory.mktemp("judged-run")
     test = BlindTest(run, [Moment(moment_key(context), context)])
-    test.sampling = replace(test.sampling, max_new_tokens=8)  # the report's 128 tokens, shorter: a random model never stops
+    test.sampling = replace(
+        test.sampling, max_new_tokens=8
+    )  # the report's 128 tokens, shorter: a random model never stops
     app = build_site(build_app(engine, people, SamplingConfig(max_new_tokens=4), KEY), engine, people, KEY, test)
     running = RunningServer(app)
     yield running.url.removesuffix("/v1"), run
@@ -67,8 +74,13 @@ def server(tiny_run, tmp_path_factory):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # a driver path: Selenium Manager never runs
     yield driver
@@ -76,8 +88,10 @@ def browser():
 
 
 def at_width(driver, size: tuple[int, int]) -> None:
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": size[0], "height": size[1],
-                                                                  "deviceScaleFactor": 1, "mobile": size[0] < 600})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": size[0] < 600},
+    )
 
 
 def wait_until(driver, condition) -> None:
@@ -119,8 +133,13 @@ def test_a_message_sent_on_the_chat_page_gets_a_streamed_reply_bubble(server, br
     assert browser.execute_script("return document.getElementById('me').value") == PARTNER  # their partner
     browser.find_element(By.ID, "text").send_keys("<b>hi</b>")
     browser.find_element(By.ID, "send").click()
-    wait_until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".turn.theirs")
-               and browser.find_element(By.ID, "send").is_displayed())  # the reply has ended
+    wait_until(
+        browser,
+        lambda: (
+            browser.find_elements(By.CSS_SELECTOR, ".turn.theirs")
+            and browser.find_element(By.ID, "send").is_displayed()
+        ),
+    )  # the reply has ended
     assert texts(browser, ".turn.mine .name") == [PARTNER] and texts(browser, ".turn.mine .bubble") == ["<b>hi</b>"]
     assert texts(browser, ".turn.theirs .name") == [HOSTILE]
     replies = texts(browser, ".turn.theirs .bubble")
@@ -135,8 +154,9 @@ def test_a_message_sent_on_the_chat_page_gets_a_streamed_reply_bubble(server, br
     talk_turns.clear()
     talk_turns.send_keys("2")
     browser.find_element(By.ID, "talk").click()  # two twins: the partner's turn, then the twin's
-    wait_until(browser, lambda: len(texts(browser, ".turn .name")) == 4 and
-               browser.find_element(By.ID, "send").is_displayed())
+    wait_until(
+        browser, lambda: len(texts(browser, ".turn .name")) == 4 and browser.find_element(By.ID, "send").is_displayed()
+    )
     assert texts(browser, ".turn .name") == [PARTNER, HOSTILE, PARTNER, HOSTILE]
     browser.find_element(By.ID, "start-over").click()
     assert texts(browser, ".turn") == [] and browser.find_element(By.ID, "empty").is_displayed()

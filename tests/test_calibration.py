@@ -1,5 +1,6 @@
 """fidelity/calibration.py: a copy of the person is at or above the ceiling, someone else at the floor,
 and a statistic that does not tell the person from others gets no position."""
+
 import random
 
 import pytest
@@ -11,16 +12,19 @@ def person_turns(count: int, seed: int) -> list[list[str]]:
     """Short lower-case Cyrillic messages, two or three a turn, some asking."""
     rng = random.Random(seed)
     words = ["привет", "ага", "ну да", "щас", "го", "ок", "давай", "хз", "норм"]
-    return [[rng.choice(words) + rng.choice(["", ")", "))", "?"]) for _ in range(rng.randint(2, 3))]
-            for _ in range(count)]
+    return [
+        [rng.choice(words) + rng.choice(["", ")", "))", "?"]) for _ in range(rng.randint(2, 3))] for _ in range(count)
+    ]
 
 
 def stranger_turns(count: int, seed: int) -> list[list[str]]:
     """One long, capitalised English message a turn."""
     rng = random.Random(seed)
     openings = ["Good morning", "Thank you so much", "I completely agree", "Let me check"]
-    return [[f"{rng.choice(openings)}, I will send the report by {rng.randint(1, 12)} o'clock tomorrow."]
-            for _ in range(count)]
+    return [
+        [f"{rng.choice(openings)}, I will send the report by {rng.randint(1, 12)} o'clock tomorrow."]
+        for _ in range(count)
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Checkpoint I/O: Hugging Face directories in and out, and a clear error for each way one is broken."""
+
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +27,11 @@ def logits(model, config, seed=3):
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-@pytest.mark.parametrize("config", [tiny_config(sliding_window=5), tiny_config(tie_word_embeddings=True),
-                                    tiny_config(model_type="llama")], ids=["window", "tied", "llama"])
+@pytest.mark.parametrize(
+    "config",
+    [tiny_config(sliding_window=5), tiny_config(tie_word_embeddings=True), tiny_config(model_type="llama")],
+    ids=["window", "tied", "llama"],
+)
 def test_saved_model_loads_in_transformers_with_identical_logits(tmp_path, config):
     import transformers
 
@@ -37,8 +41,9 @@ def test_saved_model_loads_in_transformers_with_identical_logits(tmp_path, confi
     assert "config.json" in files and "model.safetensors.index.json" in files
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(logits(theirs, config), logits(ours, config), atol=1e-5, rtol=0)
-    torch.testing.assert_close(logits(load_model(tmp_path / "out", torch.float32), config),
-                               logits(ours, config), atol=0, rtol=0)
+    torch.testing.assert_close(
+        logits(load_model(tmp_path / "out", torch.float32), config), logits(ours, config), atol=0, rtol=0
+    )
 
 
 def test_save_replaces_an_existing_export_and_leaves_no_temporary_files(tmp_path):
@@ -46,8 +51,9 @@ def test_save_replaces_an_existing_export_and_leaves_no_temporary_files(tmp_path
     save_model(random_model(config, seed=1), tmp_path / "out")
     save_model(random_model(config, seed=2), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    torch.testing.assert_close(logits(load_model(tmp_path / "out", torch.float32), config),
-                               logits(random_model(config, seed=2), config))
+    torch.testing.assert_close(
+        logits(load_model(tmp_path / "out", torch.float32), config), logits(random_model(config, seed=2), config)
+    )
 
 
 def test_loads_into_the_requested_dtype(checkpoint):
@@ -59,17 +65,20 @@ def test_loads_into_the_requested_dtype(checkpoint):
 def test_pytorch_bin_checkpoint_loads(tmp_path):
     config = tiny_config()
     hf_model = hf_reference(config)
-    hf_model.save_pretrained(tmp_path, safe_serialization=False) if _supports_bin() else \
-        torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+    hf_model.save_pretrained(tmp_path, safe_serialization=False) if _supports_bin() else torch.save(
+        hf_model.state_dict(), tmp_path / "pytorch_model.bin"
+    )
     hf_model.config.save_pretrained(tmp_path)
     for file in tmp_path.glob("*.safetensors"):
         file.unlink()
-    torch.testing.assert_close(logits(load_model(tmp_path, torch.float32), config),
-                               logits(hf_model, config), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        logits(load_model(tmp_path, torch.float32), config), logits(hf_model, config), atol=1e-4, rtol=0
+    )
 
 
 def _supports_bin() -> bool:
     import inspect
+
     import transformers
 
     return "safe_serialization" in inspect.signature(transformers.PreTrainedModel.save_pretrained).parameters
@@ -106,7 +115,9 @@ def test_unexpected_tensor_is_named(tmp_path):
     state["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     save_file(state, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(config.to_hf(torch.float32)))
-    with pytest.raises(CheckpointError, match=r"model.safetensors: unexpected tensors \['model.layers.0.self_attn.q_proj.bias'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors: unexpected tensors \['model.layers.0.self_attn.q_proj.bias'\]"
+    ):
         load_model(tmp_path)
 
 
@@ -115,7 +126,10 @@ def test_shape_mismatch_names_tensor_and_both_shapes(checkpoint):
     hf = json.loads(config_file.read_text())
     hf["intermediate_size"] = 96
     config_file.write_text(json.dumps(hf))
-    with pytest.raises(CheckpointError, match=r"tensor model.layers.0.mlp.gate_proj.weight has shape \[128, 64\], the config needs \[96, 64\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor model.layers.0.mlp.gate_proj.weight has shape \[128, 64\], the config needs \[96, 64\]",
+    ):
         load_model(checkpoint)
 
 
@@ -153,6 +167,7 @@ def hub(monkeypatch):
             if isinstance(result, BaseException):
                 raise result
             return result
+
         return call
 
     monkeypatch.setattr(huggingface_hub, "model_info", fake("model_info"))
@@ -169,8 +184,22 @@ def hub_error(error_class, message: str) -> Exception:
     return error
 
 
-@pytest.mark.parametrize("name", ["/no/such/model", "./model", "../model", "~/no-such-model", "org/team/model",
-                                  "org/model.gguf", "org/model.safetensors", "my model", "base", "org/", "org--x/y"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/no/such/model",
+        "./model",
+        "../model",
+        "~/no-such-model",
+        "org/team/model",
+        "org/model.gguf",
+        "org/model.safetensors",
+        "my model",
+        "base",
+        "org/",
+        "org--x/y",
+    ],
+)
 def test_what_is_clearly_a_path_is_refused_without_the_hub(hub, name, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="no such (folder|file)$"):
@@ -178,8 +207,15 @@ def test_what_is_clearly_a_path_is_refused_without_the_hub(hub, name, capsys, tm
     assert hub.calls == [] and capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("name", ["cognitivecomputations/dolphin-2.2.1-mistral-7b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
-                                  "Qwen/Qwen2.5-0.5B-Instruct", "mistralai/Mistral-7B-v0.1"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cognitivecomputations/dolphin-2.2.1-mistral-7b",
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "mistralai/Mistral-7B-v0.1",
+    ],
+)
 def test_real_repo_ids_are_repo_ids(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert looks_like_repo_id(name)
@@ -225,11 +261,14 @@ def test_a_repo_with_pickled_weights_only_downloads_them(hub, tiny_checkpoint):
     assert "pytorch_model*.bin" in hub.calls[-1][2]["allow_patterns"]
 
 
-@pytest.mark.parametrize("error_class, message", [
-    ("RepositoryNotFoundError", "org/model: no such folder here, and no such repo on the Hugging Face Hub"),
-    ("GatedRepoError", "org/model: a gated repo on the Hugging Face Hub; accept its terms"),
-    ("HfHubHTTPError", "org/model: the Hugging Face Hub answered 503 Server Error"),
-])
+@pytest.mark.parametrize(
+    "error_class, message",
+    [
+        ("RepositoryNotFoundError", "org/model: no such folder here, and no such repo on the Hugging Face Hub"),
+        ("GatedRepoError", "org/model: a gated repo on the Hugging Face Hub; accept its terms"),
+        ("HfHubHTTPError", "org/model: the Hugging Face Hub answered 503 Server Error"),
+    ],
+)
 def test_hub_answers_become_one_line(hub, error_class, message):
     import huggingface_hub.utils
 
@@ -245,8 +284,11 @@ def test_an_unreachable_hub_falls_back_to_the_cache_and_then_says_so(hub, unreac
     from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     hub.info, hub.snapshot = unreachable, hub_error(LocalEntryNotFoundError, "not cached\nsecond line")
-    with pytest.raises(CheckpointError, match="org/model: no such folder here; the Hugging Face Hub cannot be "
-                                              r"reached \((OSError|TimeoutError): .*\) and no earlier download"):
+    with pytest.raises(
+        CheckpointError,
+        match="org/model: no such folder here; the Hugging Face Hub cannot be "
+        r"reached \((OSError|TimeoutError): .*\) and no earlier download",
+    ):
         load_model("org/model")
     assert hub.calls[-1][2]["local_files_only"] is True
 
@@ -258,6 +300,9 @@ def test_an_unreachable_hub_falls_back_to_the_cache_and_then_says_so(hub, unreac
 def test_a_failed_download_is_one_line(hub):
     hub.info.siblings = [SimpleNamespace(rfilename="model.safetensors")]
     hub.snapshot = OSError("[Errno 28] No space left on device\nmore")
-    with pytest.raises(CheckpointError, match=r"^org/model: the download from the Hugging Face Hub failed "
-                                              r"\(OSError: \[Errno 28\] No space left on device\)$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^org/model: the download from the Hugging Face Hub failed "
+        r"\(OSError: \[Errno 28\] No space left on device\)$",
+    ):
         load_model("org/model")

@@ -1,4 +1,5 @@
 """training/checkpointer.py: --keep-best keeps the checkpoint of the lowest held-out loss, across a resume."""
+
 import json
 import math
 

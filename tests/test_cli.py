@@ -1,5 +1,6 @@
 """core.cli.program: programs piped into a reader that stops early (`| head`) end quietly, through a real closed
 pipe; Ctrl-C ends one with a line, not a traceback; every program is wrapped."""
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,8 @@ import data.telegram
 import evaluate
 import sample
 import serve
-from core.cli import program
 import train
+from core.cli import program
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,18 @@ def test_a_closed_pipe_ends_the_program_quietly_with_status_1():
 
 
 def test_telegram_preview_into_a_closed_pipe(tmp_path):
-    result = run_into_closed_pipe([sys.executable, "-m", "data.telegram", str(ROOT / "examples" / "telegram_export"),
-                                   "-o", str(tmp_path / "sessions.jsonl"), "--preview", "5"])
+    result = run_into_closed_pipe(
+        [
+            sys.executable,
+            "-m",
+            "data.telegram",
+            str(ROOT / "examples" / "telegram_export"),
+            "-o",
+            str(tmp_path / "sessions.jsonl"),
+            "--preview",
+            "5",
+        ]
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr and "Broken" not in result.stderr
     assert (tmp_path / "sessions.jsonl").exists()  # the work was done; only the printing stopped
 

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from data.chatml import render
-from data.dataset import (DataConfig, data_config_from_args, newest_mask, prepare_data, session_fingerprint,
-                          validation_mask)
+from data.dataset import (
+    DataConfig,
+    data_config_from_args,
+    newest_mask,
+    prepare_data,
+    session_fingerprint,
+    validation_mask,
+)
 from data.packing import PackedRows
 from data.sessions import DataError, Session, Turn, most_frequent_partners, write_sessions
 from data.telegram import ExportOptions, load_sessions
@@ -16,9 +22,16 @@ SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "telegram_export"
 
 
 def synthetic_sessions(count: int) -> list[Session]:
-    return [Session("chat", "personal_chat", 1_600_000_000 + 60 * i,
-                    [Turn("Alice", [f"hi {i}"]), Turn("Bob", [f"hello {i}"])], "Alice")
-            for i in range(count)]
+    return [
+        Session(
+            "chat",
+            "personal_chat",
+            1_600_000_000 + 60 * i,
+            [Turn("Alice", [f"hi {i}"]), Turn("Bob", [f"hello {i}"])],
+            "Alice",
+        )
+        for i in range(count)
+    ]
 
 
 def held_out_starts(sessions: list[Session], fraction: float) -> set[int]:
@@ -45,8 +58,9 @@ def test_validation_split_holds_out_at_least_one_of_two_or_more():
 
 def test_fingerprint_sees_every_field():
     session = synthetic_sessions(1)[0]
-    changed = Session(session.chat, session.chat_type, session.start,
-                      [Turn("Alice", ["hi 0!"]), session.turns[1]], session.target)
+    changed = Session(
+        session.chat, session.chat_type, session.start, [Turn("Alice", ["hi 0!"]), session.turns[1]], session.target
+    )
     assert session_fingerprint(session) == session_fingerprint(synthetic_sessions(1)[0])
     assert session_fingerprint(session) != session_fingerprint(changed)
 
@@ -92,15 +106,16 @@ def test_train_on_target_trains_only_the_targets_turns(sample, dolphin_tokenizer
     target_only = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(train_on="target"))
     sessions, _ = load_sessions(SAMPLE, DataConfig().export)
     train = [s for s in sessions if s not in target_only.val_sessions]
-    expected = sum(sum(render(s.turns, dolphin_tokenizer, trained_speakers={s.target}).trained)
-                   for s in train)
+    expected = sum(sum(render(s.turns, dolphin_tokenizer, trained_speakers={s.target}).trained) for s in train)
     assert target_only.train_rows.trained_tokens == expected < sample.train_rows.trained_tokens
     np.testing.assert_array_equal(target_only.train_rows.input_ids, sample.train_rows.input_ids)
 
 
 def same_rows(a: PackedRows, b: PackedRows) -> bool:
-    return all(np.array_equal(getattr(a, name), getattr(b, name))
-               for name in ("input_ids", "labels", "position_ids", "document_ids", "lengths"))
+    return all(
+        np.array_equal(getattr(a, name), getattr(b, name))
+        for name in ("input_ids", "labels", "position_ids", "document_ids", "lengths")
+    )
 
 
 def test_second_call_loads_the_cache_without_tokenizing(tmp_path, dolphin_tokenizer, monkeypatch):
@@ -130,8 +145,9 @@ CACHE_DAMAGE = {
     "empty": lambda f: f.write_bytes(b""),
     "pickled objects": lambda f: np.savez(f, **rows_with(f, tokens_cut=np.array([{"x": 1}], dtype=object))),
     "an array missing": lambda f: np.savez(f, **{k: v for k, v in rows_with(f).items() if k != "val_labels"}),
-    "ids past the vocabulary": lambda f: np.savez(f, **rows_with(f, train_input_ids=rows_with(f)["train_input_ids"]
-                                                                    + 40000)),
+    "ids past the vocabulary": lambda f: np.savez(
+        f, **rows_with(f, train_input_ids=rows_with(f)["train_input_ids"] + 40000)
+    ),
     "rows of another length": lambda f: np.savez(f, **rows_with(f, train_labels=rows_with(f)["train_labels"][:, :9])),
     "floats": lambda f: np.savez(f, **rows_with(f, val_lengths=rows_with(f)["val_lengths"].astype(np.float32))),
 }
@@ -162,9 +178,10 @@ def test_cache_key_covers_the_tokenizer(tmp_path, dolphin_tokenizer, dolphin_tok
     assert len(list(tmp_path.iterdir())) == 3
 
 
-@pytest.mark.parametrize("setting, message", [({"train_on": "everyone"}, "train_on"),
-                                              ({"seq_len": 0}, "seq_len"),
-                                              ({"val_fraction": 1.0}, "val_fraction")])
+@pytest.mark.parametrize(
+    "setting, message",
+    [({"train_on": "everyone"}, "train_on"), ({"seq_len": 0}, "seq_len"), ({"val_fraction": 1.0}, "val_fraction")],
+)
 def test_bad_settings_are_refused(setting, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**setting)
@@ -177,8 +194,10 @@ def test_partners_come_from_every_session_held_out_or_not(sample, tmp_path, dolp
     assert sample.partners["Eleanor Whitfield"] == "Alexander Smirnov"
     assert sample.partners["Misha"] == "Катя Морозова"  # in the group, she answers him first
 
-    two = [Session("chat", "personal_chat", 1_600_000_000, [Turn("Ann", ["hi"]), Turn("Bob", ["yo"])]),
-           Session("chat", "personal_chat", 1_700_000_000, [Turn("Cid", ["hi"]), Turn("Dan", ["yo"])])]
+    two = [
+        Session("chat", "personal_chat", 1_600_000_000, [Turn("Ann", ["hi"]), Turn("Bob", ["yo"])]),
+        Session("chat", "personal_chat", 1_700_000_000, [Turn("Cid", ["hi"]), Turn("Dan", ["yo"])]),
+    ]
     write_sessions(two, tmp_path / "two.jsonl")
     prepared = prepare_data(tmp_path / "two.jsonl", dolphin_tokenizer, DataConfig())
     assert len(prepared.val_sessions) == 1  # one of the two pairs talks only in validation
@@ -188,8 +207,11 @@ def test_partners_come_from_every_session_held_out_or_not(sample, tmp_path, dolp
 def test_an_export_with_nothing_to_train_on_is_refused(dolphin_tokenizer):
     # He speaks only in a public supergroup, which is not read without --public-groups.
     no_sessions = DataConfig(export=ExportOptions(target="Tom Baker (synthetic)"))
-    with pytest.raises(DataError, match="no sessions to train on: the conversion kept no conversation with the "
-                                        "target in it \\(most skipped: in sessions where the target does not answer"):
+    with pytest.raises(
+        DataError,
+        match="no sessions to train on: the conversion kept no conversation with the "
+        "target in it \\(most skipped: in sessions where the target does not answer",
+    ):
         prepare_data(SAMPLE, dolphin_tokenizer, no_sessions)
 
 
@@ -202,9 +224,12 @@ def test_a_single_session_is_all_for_training(tmp_path, dolphin_tokenizer):
 
 # --split time: the newest sessions are held out, exactly; the hash split stays the default.
 
+
 def sessions_at(starts: list[int]) -> list[Session]:
-    return [Session("chat", "personal_chat", start, [Turn("Alice", [f"hi {n}"]), Turn("Bob", ["hello"])], "Alice")
-            for n, start in enumerate(starts)]
+    return [
+        Session("chat", "personal_chat", start, [Turn("Alice", [f"hi {n}"]), Turn("Bob", ["hello"])], "Alice")
+        for n, start in enumerate(starts)
+    ]
 
 
 def held_out_by_time(sessions: list[Session], fraction: float) -> set[int]:
@@ -237,13 +262,15 @@ def test_sessions_starting_at_the_same_second_split_the_same_in_any_order():
 
 
 def test_prepare_data_with_the_time_split(dolphin_tokenizer, tmp_path):
-    by_time = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1, split="time"),
-                           cache_dir=tmp_path)
+    by_time = prepare_data(
+        SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1, split="time"), cache_dir=tmp_path
+    )
     total = len(by_time.val_sessions) + len(by_time.train_sessions)
     assert total > 100 and abs(len(by_time.val_sessions) - 0.1 * total) <= 3  # each chat's share, rounded
     for chat in {s.chat for s in by_time.val_sessions}:  # each chat's newest
-        assert (min(s.start for s in by_time.val_sessions if s.chat == chat)
-                >= max(s.start for s in by_time.train_sessions if s.chat == chat))
+        assert min(s.start for s in by_time.val_sessions if s.chat == chat) >= max(
+            s.start for s in by_time.train_sessions if s.chat == chat
+        )
     by_hash = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1), cache_dir=tmp_path)
     assert by_hash.val_sessions != by_time.val_sessions
     assert len(list(tmp_path.iterdir())) == 2  # the cache tells the splits apart
@@ -263,9 +290,16 @@ def test_excluded_speakers_stay_as_context_and_scrubbed_values_never_reach_the_t
     from model.loss import IGNORE_INDEX
 
     secret = "mail olga.p@example.org or call +7 912 345-67-89"
-    sessions = [Session("chat", "personal_chat", 1_600_000_000 + 60 * i,
-                        [Turn("Alice", [f"morning {i}"]), Turn("Carol Jones", [f"{secret}, day {i}"]),
-                         Turn("Bob", [f"noted {i}"])], "Alice") for i in range(4)]
+    sessions = [
+        Session(
+            "chat",
+            "personal_chat",
+            1_600_000_000 + 60 * i,
+            [Turn("Alice", [f"morning {i}"]), Turn("Carol Jones", [f"{secret}, day {i}"]), Turn("Bob", [f"noted {i}"])],
+            "Alice",
+        )
+        for i in range(4)
+    ]
     write_sessions(sessions, tmp_path / "s.jsonl")
     config = DataConfig(val_fraction=0, exclude_speakers="carol", export=ExportOptions(scrub=True))
     data = prepare_data(tmp_path / "s.jsonl", dolphin_tokenizer, config)
@@ -284,12 +318,21 @@ def test_excluded_speakers_stay_as_context_and_scrubbed_values_never_reach_the_t
 
 def test_the_time_split_holds_out_each_chat_s_newest():
     """A chat that ended long ago still has its newest sessions held out, not only the chat busiest lately."""
-    old = [Session("old", "personal_chat", 1000 + day, [Turn("Alice", [f"a {day}"]), Turn("Bob", ["b"])], "Alice")
-           for day in range(10)]
-    new = [Session("new", "personal_chat", 10**6 + day, [Turn("Alice", [f"c {day}"]), Turn("Eve", ["e"])], "Alice")
-           for day in range(10)]
+    old = [
+        Session("old", "personal_chat", 1000 + day, [Turn("Alice", [f"a {day}"]), Turn("Bob", ["b"])], "Alice")
+        for day in range(10)
+    ]
+    new = [
+        Session("new", "personal_chat", 10**6 + day, [Turn("Alice", [f"c {day}"]), Turn("Eve", ["e"])], "Alice")
+        for day in range(10)
+    ]
     sessions = old + new
-    mask = newest_mask([s.start for s in sessions], [session_fingerprint(s) for s in sessions], 0.2,
-                       [s.chat for s in sessions])
+    mask = newest_mask(
+        [s.start for s in sessions], [session_fingerprint(s) for s in sessions], 0.2, [s.chat for s in sessions]
+    )
     assert {(s.chat, s.start) for s, out in zip(sessions, mask) if out} == {
-        ("old", 1008), ("old", 1009), ("new", 10**6 + 8), ("new", 10**6 + 9)}
+        ("old", 1008),
+        ("old", 1009),
+        ("new", 10**6 + 8),
+        ("new", 10**6 + 9),
+    }

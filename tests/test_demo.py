@@ -8,6 +8,7 @@ them ("yes": a style position of 0.5 or more, the low end of its 95% interval ab
 below the base's), on 10 or more held-out moments each, and the tuned model's turns are closer to their
 real turns than the base model's on most style statistics. Skips where the SmolLM2 GGUF cannot be fetched.
 """
+
 import contextlib
 import io
 import json
@@ -28,9 +29,32 @@ PERSONAS = ["Alexander Smirnov", "Катя Морозова", "Eleanor Whitfield
 DEMO = shlex.split(re.search(r'^schedule="([^"]*)"', (ROOT / "examples" / "demo.sh").read_text(), re.M)[1])
 # A seventh of its steps at a lower rate: enough for every held-out loss to fall (Eleanor's, the least,
 # measured 3.77 -> 3.29), too little for style.
-SHORT = ["--seq-len", "256", "--micro-batch", "4", "--batch", "4", "--max-steps", "6", "--lr", "3e-3",
-         "--warmup-ratio", "0.1", "--eval-every", "0", "--save-every", "0", "--lora-r", "16", "--lora-alpha", "32",
-         "--lora-targets", "q,k,v,o,gate,up,down", "--eval-contexts", "0"]
+SHORT = [
+    "--seq-len",
+    "256",
+    "--micro-batch",
+    "4",
+    "--batch",
+    "4",
+    "--max-steps",
+    "6",
+    "--lr",
+    "3e-3",
+    "--warmup-ratio",
+    "0.1",
+    "--eval-every",
+    "0",
+    "--save-every",
+    "0",
+    "--lora-r",
+    "16",
+    "--lora-alpha",
+    "32",
+    "--lora-targets",
+    "q,k,v,o,gate,up,down",
+    "--eval-contexts",
+    "0",
+]
 
 
 def run_demo(smollm2_gguf, out, schedule: list[str]) -> tuple:
@@ -75,7 +99,9 @@ def test_the_report_s_top_line_says_the_twin_writes_like_each_persona(demo_run, 
     speaker = speakers[persona]
     assert speaker["verdict"] == "yes", (persona, speaker["position"], speaker["position_interval"], speaker["loss"])
     assert speaker["position"]["tuned"] >= LIKE_THEM and speaker["position_interval"]["tuned"][0] > 0
-    assert f"- {persona}" in (out / "report" / "report.md").read_text().split("## At a glance")[1].split("| speaker |")[0]
+    assert (
+        f"- {persona}" in (out / "report" / "report.md").read_text().split("## At a glance")[1].split("| speaker |")[0]
+    )
     assert f"{persona}{' (target)' if persona == PERSONAS[0] else ''}: writes like them: yes:" in printed
 
 
@@ -97,9 +123,24 @@ def test_a_run_leaves_its_loss_curves_and_chats_from_anywhere(short_run, smollm2
     # The run records where its base is, so sample.py finds it from any folder, with the adapter's tokenizer.
     assert json.loads((out / "run.json").read_text())["settings"]["model"] == str(smollm2_gguf.resolve())
     assert {"tokenizer.json", "tokenizer_config.json"} <= {path.name for path in (out / "adapter").iterdir()}
-    result = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--checkpoint", str(out), "--prompt",
-                             "привет! как дела?", "--seed", "0", "--max-new-tokens", "16"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sample.py"),
+            "--checkpoint",
+            str(out),
+            "--prompt",
+            "привет! как дела?",
+            "--seed",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     header, _, reply = result.stdout.partition("Alexander Smirnov:\n")
     assert header.strip() == "" and reply.strip()

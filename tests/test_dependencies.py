@@ -1,6 +1,7 @@
 """Runtime code stands on torch, safetensors, sentencepiece, tokenizers, gguf, huggingface-hub, numpy, tqdm,
 matplotlib, fastapi, uvicorn and bm25s alone (the test clients openai and httpx are no runtime dependency); no module
 imports a program; and no two modules import each other, however indirectly."""
+
 import ast
 import re
 import subprocess
@@ -8,8 +9,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_DEPENDENCIES = {"torch", "safetensors", "sentencepiece", "tokenizers", "gguf", "huggingface-hub", "numpy",
-                        "tqdm", "matplotlib", "fastapi", "uvicorn", "bm25s"}
+RUNTIME_DEPENDENCIES = {
+    "torch",
+    "safetensors",
+    "sentencepiece",
+    "tokenizers",
+    "gguf",
+    "huggingface-hub",
+    "numpy",
+    "tqdm",
+    "matplotlib",
+    "fastapi",
+    "uvicorn",
+    "bm25s",
+}
 ORACLES = ["transformers", "peft", "accelerate", "openai", "httpx", "torchao"]
 
 
@@ -21,9 +34,13 @@ def runtime_modules() -> list[str]:
     """Every module of twin: the top-level files and those of its packages (the folders with an __init__.py),
     a package inside a package (model.gguf) too, by its own name where its __init__.py imports anything."""
     top = [p.stem for p in ROOT.glob("*.py")]
-    packages = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-                for init in ROOT.glob("*/__init__.py") if init.parent.name not in NOT_RUNTIME
-                for p in init.parent.rglob("*.py") if p.parent != init.parent or p.stem != "__init__"]
+    packages = [
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for init in ROOT.glob("*/__init__.py")
+        if init.parent.name not in NOT_RUNTIME
+        for p in init.parent.rglob("*.py")
+        if p.parent != init.parent or p.stem != "__init__"
+    ]
     return sorted(top + packages)
 
 
@@ -46,7 +63,9 @@ def imports_of(module: str, modules: set[str]) -> set[str]:
 
 def test_requirements_are_exactly_the_runtime_dependencies():
     lines = (ROOT / "requirements.txt").read_text().splitlines()
-    names = {re.split(r"[<>=!~\[; ]", line.strip())[0].lower() for line in lines if line.strip() and not line.startswith("#")}
+    names = {
+        re.split(r"[<>=!~\[; ]", line.strip())[0].lower() for line in lines if line.strip() and not line.startswith("#")
+    }
     assert names == RUNTIME_DEPENDENCIES
 
 
@@ -54,8 +73,10 @@ def test_no_runtime_module_imports_the_test_oracles():
     modules = runtime_modules()
     assert {"train", "sample", "model.lora", "model.transformer", "data.telegram"} <= set(modules)
     # A None entry in sys.modules makes any import of that name fail, however deep it happens.
-    code = (f"import sys\nfor name in {ORACLES!r}:\n    sys.modules[name] = None\n"
-            f"import importlib\nfor module in {modules!r}:\n    importlib.import_module(module)\nprint('ok')")
+    code = (
+        f"import sys\nfor name in {ORACLES!r}:\n    sys.modules[name] = None\n"
+        f"import importlib\nfor module in {modules!r}:\n    importlib.import_module(module)\nprint('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -72,7 +93,7 @@ def test_no_import_circle():
     done, path = set(), []
 
     def visit(module: str) -> None:  # depth first; a module met again on the current path closes a circle
-        assert module not in path, "import circle: " + " -> ".join(path[path.index(module):] + [module])
+        assert module not in path, "import circle: " + " -> ".join(path[path.index(module) :] + [module])
         if module in done:
             return
         path.append(module)
@@ -115,8 +136,12 @@ def test_every_runtime_module_has_a_room():
 
 def test_imports_flow_down_the_rooms():
     modules = set(runtime_modules())
-    wrong = {f"{module} -> {imported}" for module in modules for imported in imports_of(module, modules)
-             if room_of(imported) != room_of(module) and layer_of(imported) >= layer_of(module)}
+    wrong = {
+        f"{module} -> {imported}"
+        for module in modules
+        for imported in imports_of(module, modules)
+        if room_of(imported) != room_of(module) and layer_of(imported) >= layer_of(module)
+    }
     assert sorted(wrong) == []
 
 
@@ -129,6 +154,7 @@ def test_no_private_name_is_imported_from_another_module():
             path = path.with_suffix("") / "__init__.py"
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module in modules:
-                private += [f"{module}: {node.module}.{alias.name}" for alias in node.names
-                            if alias.name.startswith("_")]
+                private += [
+                    f"{module}: {node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")
+                ]
     assert private == []

@@ -1,4 +1,5 @@
 """core.device: torch computes on as many threads as the cores this process may use, or --threads."""
+
 import argparse
 import os
 

@@ -1,4 +1,5 @@
 """train.py --fsdp under torchrun with 2 CPU ranks (gloo) on a tiny model."""
+
 import json
 import os
 import pickle
@@ -19,14 +20,40 @@ pytestmark = pytest.mark.slow  # every test here starts torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "telegram_export"
-FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-3", "--dtype", "fp32",
-        "--export-dtype", "fp32", "--eval-every", "0", "--save-every", "0", "--no-eval-report"]
+FAST = [
+    "--seq-len",
+    "256",
+    "--micro-batch",
+    "2",
+    "--batch",
+    "8",
+    "--lr",
+    "1e-3",
+    "--dtype",
+    "fp32",
+    "--export-dtype",
+    "fp32",
+    "--eval-every",
+    "0",
+    "--save-every",
+    "0",
+    "--no-eval-report",
+]
 
 
-def torchrun(ranks: int, *args, script: str = "train.py", check: bool = True,
-             mode: str = "--fsdp") -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               script, mode, *map(str, args)]
+def torchrun(
+    ranks: int, *args, script: str = "train.py", check: bool = True, mode: str = "--fsdp"
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        script,
+        mode,
+        *map(str, args),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     if check:
@@ -47,8 +74,21 @@ def test_two_ranks_follow_the_single_process_loss_trajectory_and_resume_on_one(t
     # 3 steps of 8 rows stay inside the first epoch, where both runs see the same rows per step.
     # Activation checkpointing on the sharded layers must not change a single number either. Two ranks
     # stop after step 2, and one rank takes their checkpoint on from there: resharded, at the same rows.
-    torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "two", "--max-steps", 3, *FAST,
-             "--activation-checkpointing", "--stop-at", 2)
+    torchrun(
+        2,
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        SAMPLE,
+        "--out",
+        tmp_path / "two",
+        "--max-steps",
+        3,
+        *FAST,
+        "--activation-checkpointing",
+        "--stop-at",
+        2,
+    )
     resumed = torchrun(1, "--resume", tmp_path / "two")
     assert "step-00000002 was saved by 2 ranks and resumes on 1: the data continues where it stopped" in resumed.stderr
     torchrun(1, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "one", "--max-steps", 3, *FAST)
@@ -73,10 +113,15 @@ def test_stop_and_resume_equals_a_straight_run(tmp_path, tiny_checkpoint):
     finally:
         os.umask(previous)
     written = [tmp_path / "split", *(tmp_path / "split").rglob("*")]
-    assert {".metadata", "__0_0.distcp", "training_state.pt", "rng-rank1.pt", "config.json"} <= {p.name for p in written}
+    assert {".metadata", "__0_0.distcp", "training_state.pt", "rng-rank1.pt", "config.json"} <= {
+        p.name for p in written
+    }
     assert not (tmp_path / "split" / "checkpoints" / ".step-00000003.tmp").exists()
-    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
-            if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)} == {}
+    assert {
+        str(p): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in written
+        if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)
+    } == {}
     assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
     assert len(json.loads((tmp_path / "split" / "run.json").read_text())["figures"]["peak_memory_mb_per_rank"]) == 2
     straight, resumed = exported(tmp_path / "straight"), exported(tmp_path / "split")
@@ -92,15 +137,31 @@ def test_export_loads_in_transformers_and_chatml_rows_start_at_the_mean(tmp_path
     base = tmp_path / "base"
     original = random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48))
     save_model(original, base, tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir))
-    torchrun(2, "--model", base, "--data", SAMPLE, "--out", tmp_path / "run", "--max-steps", 1,
-             *FAST[:FAST.index("--lr")], "--lr", 0.0, *FAST[FAST.index("--lr") + 2:])
+    torchrun(
+        2,
+        "--model",
+        base,
+        "--data",
+        SAMPLE,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        1,
+        *FAST[: FAST.index("--lr")],
+        "--lr",
+        0.0,
+        *FAST[FAST.index("--lr") + 2 :],
+    )
     out = tmp_path / "run" / "model"
     tokenizer = Tokenizer.from_dir(out)
     assert (tokenizer.im_end_id, tokenizer.im_start_id) == (32000, 32001)
     ours = load_model(out, dtype=torch.float32)
     assert ours.config.vocab_size == 32002
     old_rows = original.model.embed_tokens.weight.detach()
-    for weight, old in [(ours.model.embed_tokens.weight, old_rows), (ours.lm_head.weight, original.lm_head.weight.detach())]:
+    for weight, old in [
+        (ours.model.embed_tokens.weight, old_rows),
+        (ours.lm_head.weight, original.lm_head.weight.detach()),
+    ]:
         torch.testing.assert_close(weight[:32000], old)  # lr 0: nothing moved
         torch.testing.assert_close(weight[32000:], old.mean(0).expand(2, -1))
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -135,15 +196,36 @@ train.main(sys.argv[1:])
 def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, tiny_checkpoint):
     script = tmp_path / "failing.py"
     script.write_text(FAILING_RANK)
-    result = torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "run", "--max-steps", 3,
-                      *FAST, script=script, check=False)
+    result = torchrun(
+        2,
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        SAMPLE,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        3,
+        *FAST,
+        script=script,
+        check=False,
+    )
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
 
 
 def test_a_bad_data_path_ends_every_rank_with_one_error_line(tmp_path, tiny_checkpoint):
-    result = torchrun(2, "--model", tiny_checkpoint, "--data", tmp_path / "nowhere.json", "--out", tmp_path / "run",
-                      *FAST, check=False)
+    result = torchrun(
+        2,
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        tmp_path / "nowhere.json",
+        "--out",
+        tmp_path / "run",
+        *FAST,
+        check=False,
+    )
     assert result.returncode != 0
     # One line from rank 0, none from rank 1; the launcher's own failure report follows it.
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -159,7 +241,9 @@ def test_resuming_past_a_crafted_index_runs_nothing_and_says_so_once(tmp_path, t
     result = torchrun(2, "--resume", out, check=False)
     assert result.returncode != 0 and not (tmp_path / "pwned").exists()
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {index}: refused: it names io.open, which no checkpoint index holds (a file made to "
-                      "run code when read)"]
+    assert errors == [
+        f"error: {index}: refused: it names io.open, which no checkpoint index holds (a file made to "
+        "run code when read)"
+    ]
     # The ranks end without a traceback; the launcher's own failure report follows the error line.
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """evaluate.py, the program: a run folder or --model/--adapter in, a report and the next command out; a tuned
 model that beats its base; one line and status 2 for bad arguments. The mechanics are tested beside their
 modules in fidelity/ (tests/test_plan.py, test_measure.py, test_report.py, test_markdown.py)."""
+
 import json
 from pathlib import Path
 
@@ -29,10 +30,38 @@ def tiny_model(seed: int = 0):
 @pytest.mark.slow
 def test_report_after_training_shows_the_tuned_model_beating_its_base(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "run"
-    train.main(["--lora", "--model", str(tiny_checkpoint), "--data", str(SAMPLE), "--out", str(out),
-                "--val-fraction", "0.1", "--seq-len", "256", "--micro-batch", "2", "--batch", "4",
-                "--max-steps", "6", "--lr", "2e-2", "--lora-r", "4", "--lora-alpha", "8",
-                "--eval-every", "3", "--save-every", "0", "--no-eval-report"])
+    train.main(
+        [
+            "--lora",
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(SAMPLE),
+            "--out",
+            str(out),
+            "--val-fraction",
+            "0.1",
+            "--seq-len",
+            "256",
+            "--micro-batch",
+            "2",
+            "--batch",
+            "4",
+            "--max-steps",
+            "6",
+            "--lr",
+            "2e-2",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--eval-every",
+            "3",
+            "--save-every",
+            "0",
+            "--no-eval-report",
+        ]
+    )
     evaluate.main(["--checkpoint", str(out), "--speakers", "100", "--contexts", "1", "--max-new-tokens", "4"])
     figures = json.loads((out / "report" / "report.json").read_text())
     speakers = figures["speakers"]
@@ -58,18 +87,21 @@ def test_a_lora_run_ends_with_the_report_and_its_plots(tiny_run):
     assert "loss_curves.png" in figures["plots"]
     assert (tiny_run / "report" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
     assert figures["about"]["split"] == "hash" and figures["failures"]["tuned"]["replies"] == sum(
-        speaker["contexts"] for speaker in figures["speakers"])
+        speaker["contexts"] for speaker in figures["speakers"]
+    )
 
 
-def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, tiny_checkpoint, dolphin_tokenizer,
-                                                                    capsys):
+def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(
+    tmp_path, tiny_checkpoint, dolphin_tokenizer, capsys
+):
     run = tmp_path / "run"
     tuned = tiny_model(seed=1)
     save_model(tuned, run / "model", tokenizer=dolphin_tokenizer)
     settings = {"model": str(tiny_checkpoint), "data": str(SAMPLE), "seq_len": 256, "val_fraction": 0.1}
     (run / "run.json").write_text(json.dumps({"mode": "fsdp", "settings": settings}))
-    evaluate.main(["--checkpoint", str(run), "--speakers", "2", "--contexts", "1", "--max-new-tokens", "4",
-                   "--examples", "0"])
+    evaluate.main(
+        ["--checkpoint", str(run), "--speakers", "2", "--contexts", "1", "--max-new-tokens", "4", "--examples", "0"]
+    )
     figures = json.loads((run / "report" / "report.json").read_text())
     assert figures["about"]["tuned"] == f"full model {run / 'model'}"
     data = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.1))
@@ -77,7 +109,8 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
     for model, which in ((load_model(tiny_checkpoint, dtype=torch.float32), "base"), (tuned, "tuned")):
         expected = measure(model, dolphin_tokenizer, data, plan, EvalSettings(contexts=0), CPU, which)
         assert [speaker["loss"][which] for speaker in figures["speakers"]] == pytest.approx(
-            [expected.loss[name] for name in plan.speakers])
+            [expected.loss[name] for name in plan.speakers]
+        )
     assert all(speaker["examples"] == [] for speaker in figures["speakers"])
     first = figures["speakers"][0]["speaker"]
     assert capsys.readouterr().out.endswith(f"python sample.py --checkpoint {run} --speaker '{first}'\n")
@@ -89,31 +122,51 @@ def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(tmp_path, ti
 
 def test_a_lora_run_is_evaluated_over_its_base_in_4_bits(tiny_run, tmp_path, capsys):
     answers = tiny_run / ANSWERS_FILE  # a judge has answered serve.py's blind test: the report says what they said
-    answers.write_text(json.dumps({"answers": [{"judge": "j" * 16, "speaker": "Misha", "moment": "m", "picked": "twin",
-                                                "time": 0}]}))
+    answers.write_text(
+        json.dumps({"answers": [{"judge": "j" * 16, "speaker": "Misha", "moment": "m", "picked": "twin", "time": 0}]})
+    )
     try:
-        evaluate.main(["--checkpoint", str(tiny_run), "--quantize", "nf4", "--out", str(tmp_path), "--contexts", "1",
-                       "--max-new-tokens", "4", "--speakers", "2"])
+        evaluate.main(
+            [
+                "--checkpoint",
+                str(tiny_run),
+                "--quantize",
+                "nf4",
+                "--out",
+                str(tmp_path),
+                "--contexts",
+                "1",
+                "--max-new-tokens",
+                "4",
+                "--speakers",
+                "2",
+            ]
+        )
     finally:
         answers.unlink()
     assert "linear weights quantized to nf4" in capsys.readouterr().out
     assert "| Misha | 100% (21% to 100%) | 1 | 0 | 1 |" in (tmp_path / "report.md").read_text()
-    full = {speaker["speaker"]: speaker["loss"] for speaker in
-            json.loads((tiny_run / "report" / "report.json").read_text())["speakers"]}
+    full = {
+        speaker["speaker"]: speaker["loss"]
+        for speaker in json.loads((tiny_run / "report" / "report.json").read_text())["speakers"]
+    }
     for speaker in json.loads((tmp_path / "report.json").read_text())["speakers"]:
         for which in ("base", "tuned"):  # the same held-out turns, close to the full-precision figures
             assert speaker["loss"][which] == pytest.approx(full[speaker["speaker"]][which], rel=0.05)
             assert speaker["loss"][which] != full[speaker["speaker"]][which]
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--checkpoint", "{tmp}"], "run.json: missing"),
-    (["--adapter", "{tmp}", "--data", str(SAMPLE), "--speakers", "0"], "--speakers: give at least 1"),
-    (["--data", str(SAMPLE)], "give --checkpoint (a train.py run) or --adapter"),
-    (["--checkpoint", "{tmp}", "--val-fraction", "0.5"], "--val-fraction: taken from the run in --checkpoint"),
-    (["--checkpoint", "{tmp}", "--split", "time"], "--split: taken from the run in --checkpoint"),
-    (["--checkpoint", "{tmp}", "--sample-batch", "0"], "--sample-batch must be 1 or more"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--checkpoint", "{tmp}"], "run.json: missing"),
+        (["--adapter", "{tmp}", "--data", str(SAMPLE), "--speakers", "0"], "--speakers: give at least 1"),
+        (["--data", str(SAMPLE)], "give --checkpoint (a train.py run) or --adapter"),
+        (["--checkpoint", "{tmp}", "--val-fraction", "0.5"], "--val-fraction: taken from the run in --checkpoint"),
+        (["--checkpoint", "{tmp}", "--split", "time"], "--split: taken from the run in --checkpoint"),
+        (["--checkpoint", "{tmp}", "--sample-batch", "0"], "--sample-batch must be 1 or more"),
+    ],
+)
 def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main([argument.format(tmp=tmp_path) for argument in arguments])
@@ -124,8 +177,9 @@ def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path
 
 def test_the_split_is_the_run_s_or_given(tmp_path):
     def config(*arguments):
-        return evaluate.sources_from_args(evaluate.build_parser().parse_args(
-            ["--adapter", str(tmp_path), "--data", str(SAMPLE), *arguments])).data_config
+        return evaluate.sources_from_args(
+            evaluate.build_parser().parse_args(["--adapter", str(tmp_path), "--data", str(SAMPLE), *arguments])
+        ).data_config
 
     assert config().split == "hash" and config("--split", "time").split == "time"
     (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
@@ -139,6 +193,7 @@ def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():
     assert evaluate.settings_from_args(evaluate.build_parser().parse_args([])) == EvalSettings()
     assert EvalSettings().context_tokens == sample.build_parser().parse_args([]).context
 
+
 def test_an_adapter_is_evaluated_only_on_the_split_its_run_held_out(tmp_path, capsys):
     """A report on another split would score sessions the run trained on: refused, in one line."""
     (tmp_path / "adapter").mkdir()
@@ -148,6 +203,9 @@ def test_an_adapter_is_evaluated_only_on_the_split_its_run_held_out(tmp_path, ca
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1
     assert "--split time: the run in" in error and "was trained with --split hash" in error
-    sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(
-        ["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "hash"]))
+    sources = evaluate.sources_from_args(
+        evaluate.build_parser().parse_args(
+            ["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "hash"]
+        )
+    )
     assert sources.data_config.split == "hash"

@@ -1,4 +1,5 @@
 """fidelity/failures.py: each failure rate on hand-made replies, in English and Russian."""
+
 import pytest
 
 from fidelity.failures import failure_rates, repeated_across, repeats_itself
@@ -11,10 +12,19 @@ def rates(replies):
     return failure_rates(replies, REAL, CONTEXTS)
 
 
-@pytest.mark.parametrize("leak", [
-    "As an AI, I don't go to the cinema.", "I'm an AI language model.", "How can I assist you today?",
-    "I’m here to help!", "Как ИИ, я не хожу в кино.", "Я — искусственный интеллект", "Чем могу помочь?",
-    "я языковая модель и не могу"])
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "As an AI, I don't go to the cinema.",
+        "I'm an AI language model.",
+        "How can I assist you today?",
+        "I’m here to help!",
+        "Как ИИ, я не хожу в кино.",
+        "Я — искусственный интеллект",
+        "Чем могу помочь?",
+        "я языковая модель и не могу",
+    ],
+)
 def test_a_model_that_answers_as_an_assistant_has_a_leak_rate_of_one(leak):
     assert rates([[leak]] * 3).assistant_leaks == 1
 
@@ -24,8 +34,15 @@ def test_a_person_talking_about_ai_is_not_a_leak():
     assert figures.assistant_leaks == 0 and figures.refusals == 0
 
 
-@pytest.mark.parametrize("refusal", ["I'm sorry, but I can't help with that.", "I cannot provide that information",
-                                     "Извините, но я не могу это обсуждать", "Я не могу помочь с этим запросом"])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "I'm sorry, but I can't help with that.",
+        "I cannot provide that information",
+        "Извините, но я не могу это обсуждать",
+        "Я не могу помочь с этим запросом",
+    ],
+)
 def test_refusals(refusal):
     assert rates([[refusal], ["ok"], ["ага"]]).refusals == pytest.approx(1 / 3)
 
@@ -40,8 +57,16 @@ def test_repetition_within_a_reply():
 
 
 def test_repetition_across_replies():
-    flags = repeated_across([["ok sure"], ["Ok, sure!"], ["see you at the station tomorrow"],
-                             ["we meet at the station tomorrow then"], ["something else entirely"], []])
+    flags = repeated_across(
+        [
+            ["ok sure"],
+            ["Ok, sure!"],
+            ["see you at the station tomorrow"],
+            ["we meet at the station tomorrow then"],
+            ["something else entirely"],
+            [],
+        ]
+    )
     assert flags == [True, True, True, True, False, False]
 
 

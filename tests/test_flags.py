@@ -1,5 +1,6 @@
 """core.flags: every field of a settings dataclass becomes a flag with its type, default and help; a field
 without a help text fails as soon as a parser is built."""
+
 import argparse
 from dataclasses import dataclass, fields
 
@@ -23,8 +24,9 @@ class Example:
     verbose: bool = setting(False, "say more")
     report: bool = setting(True, "write the report (default: on)")
     steps: int | None = setting(None, "at most this many (default: all)", type=positive_int)
-    words: tuple[str, ...] = setting(("a", "b"), "comma-separated words", parse=lambda text: tuple(text.split(",")),
-                                     text=",".join)
+    words: tuple[str, ...] = setting(
+        ("a", "b"), "comma-separated words", parse=lambda text: tuple(text.split(",")), text=",".join
+    )
     cache: dict = not_a_flag(default_factory=dict)
 
 
@@ -36,9 +38,14 @@ def parser_of(settings: type, **options) -> argparse.ArgumentParser:
 
 def test_every_field_is_a_flag_with_its_default_in_help():
     text = parser_of(Example).format_help()
-    for flag, default in (("--count", "(default: 3)"), ("--share", "(default: 0.5)"), ("--mode", "(default: fast)"),
-                          ("--verbose", "(default: off)"), ("--report", "(default: on)"),
-                          ("--words", "(default: a,b)")):
+    for flag, default in (
+        ("--count", "(default: 3)"),
+        ("--share", "(default: 0.5)"),
+        ("--mode", "(default: fast)"),
+        ("--verbose", "(default: off)"),
+        ("--report", "(default: on)"),
+        ("--words", "(default: a,b)"),
+    ):
         assert flag in text and default in text, flag
     assert "--cache" not in text
     args = parser_of(Example).parse_args([])
@@ -46,19 +53,45 @@ def test_every_field_is_a_flag_with_its_default_in_help():
 
 
 def test_flags_parse_to_their_types_and_into_the_dataclass():
-    argv = ["--count", "7", "--share", "0.25", "--name", "Misha", "--mode", "slow", "--verbose", "--no-report",
-            "--steps", "4", "--words", "x,y,z"]
+    argv = [
+        "--count",
+        "7",
+        "--share",
+        "0.25",
+        "--name",
+        "Misha",
+        "--mode",
+        "slow",
+        "--verbose",
+        "--no-report",
+        "--steps",
+        "4",
+        "--words",
+        "x,y,z",
+    ]
     config = from_args(Example, parser_of(Example).parse_args(argv), cache={"k": 1})
-    assert config == Example(count=7, share=0.25, name="Misha", mode="slow", verbose=True, report=False, steps=4,
-                             words=("x", "y", "z"), cache={"k": 1})
+    assert config == Example(
+        count=7,
+        share=0.25,
+        name="Misha",
+        mode="slow",
+        verbose=True,
+        report=False,
+        steps=4,
+        words=("x", "y", "z"),
+        cache={"k": 1},
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--count", "many"], "argument --count: invalid int value: 'many'"),
-    (["--mode", "medium"], "argument --mode: invalid choice: 'medium'"),
-    (["--steps", "0"], "argument --steps: must be 1 or more, got 0"),
-    (["--verbose", "1"], "unrecognized arguments: 1"),  # an on/off flag takes no value
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--count", "many"], "argument --count: invalid int value: 'many'"),
+        (["--mode", "medium"], "argument --mode: invalid choice: 'medium'"),
+        (["--steps", "0"], "argument --steps: must be 1 or more, got 0"),
+        (["--verbose", "1"], "unrecognized arguments: 1"),  # an on/off flag takes no value
+    ],
+)
 def test_a_bad_value_is_refused_by_argparse(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser_of(Example).parse_args(argv)
@@ -80,8 +113,19 @@ def test_a_field_without_help_fails_when_the_parser_is_built():
         parser_of(Careless)
 
 
-@pytest.mark.parametrize("settings_type", [DataConfig, LoRAConfig, SamplingConfig, *[
-    value for value in vars(settings).values() if isinstance(value, type) and hasattr(value, "__dataclass_fields__")]])
+@pytest.mark.parametrize(
+    "settings_type",
+    [
+        DataConfig,
+        LoRAConfig,
+        SamplingConfig,
+        *[
+            value
+            for value in vars(settings).values()
+            if isinstance(value, type) and hasattr(value, "__dataclass_fields__")
+        ],
+    ],
+)
 def test_every_settings_dataclass_declares_its_fields(settings_type):
     assert all("flag" in field.metadata for field in fields(settings_type))
     parser_of(settings_type)

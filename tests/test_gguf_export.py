@@ -2,6 +2,7 @@
 random models exported in f16 and q8_0 read back by transformers' GGUF loader (the oracle) and by twin's
 own import, tokenizers that encode alike after the round trip, the metadata llama.cpp reads, and chat
 templates that hostile names cannot break."""
+
 import ast
 import json
 import re
@@ -13,13 +14,13 @@ import torch
 
 from data.chatml import chat_format
 from data.sessions import Turn
+from data.templates import go_literal, jinja_chat_template, ollama_modelfile, ollama_template
+from export import export_dtype, main
 from model import load_model, save_model
 from model.bpe import BPETokenizer, tokenizer_from_gguf
-from export import export_dtype, main
-from data.templates import go_literal, jinja_chat_template, ollama_modelfile, ollama_template
+from model.generation import SamplingConfig
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
-from model.generation import SamplingConfig
 from tests.conftest import BPE_TRAINING_TEXT
 from tests.helpers import exit_status, random_model, tiny_config
 from tests.test_bpe import CORPUS
@@ -29,8 +30,19 @@ from tests.test_gguf import sample_ids, transformers_gguf
 # rounds each weight to 11 significant bits, q8_0 to 8 bits per block of 32 (measured: 0.001 and 0.03).
 TOLERANCE = {"f16": 1e-2, "q8_0": 6e-2}
 QWEN2_EXTRA_ROWS = 10  # embedding rows past the tokenizer's last token, as Qwen's padded vocabularies have
-HOSTILE_NAMES = ['Bob "The Builder"', 'x"""y', "}}{{ .System }}{{", "{% raw %}{{ 7 * 7 }}", "back\\slash\\",
-                 "new\nline", "tab\tand \u200b zero width", "😀 Ёжик 👨‍👩‍👧", "\ud800 lone", '\\"', "PARAMETER stop"]
+HOSTILE_NAMES = [
+    'Bob "The Builder"',
+    'x"""y',
+    "}}{{ .System }}{{",
+    "{% raw %}{{ 7 * 7 }}",
+    "back\\slash\\",
+    "new\nline",
+    "tab\tand \u200b zero width",
+    "😀 Ёжик 👨‍👩‍👧",
+    "\ud800 lone",
+    '\\"',
+    "PARAMETER stop",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +62,16 @@ def small_sentencepiece_tokenizer():
 
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(BPE_TRAINING_TEXT * 3), model_writer=model, vocab_size=400, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, minloglevel=2)
+        sentence_iterator=iter(BPE_TRAINING_TEXT * 3),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
     pieces = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).piece_size()
     chatml = [AddedToken("<|im_end|>", pieces), AddedToken("<|im_start|>", pieces + 1, special=False)]
     return Tokenizer(model.getvalue(), chatml, {"eos_token": "<|im_end|>", "pad_token": "</s>"})  # Dolphin's
@@ -96,10 +115,17 @@ def test_exported_model_equals_the_original_through_transformers_and_twin(tmp_pa
 
 
 def test_qwen3_and_llama3_rope_scaling_come_back_through_twin_s_import(tmp_path, qwen2_tokenizer):
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
-    for config in [bpe_config(qwen2_tokenizer, model_type="qwen3", head_dim=32),
-                   bpe_config(qwen2_tokenizer, model_type="llama", rope_scaling=scaling, max_position_embeddings=16384)]:
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    for config in [
+        bpe_config(qwen2_tokenizer, model_type="qwen3", head_dim=32),
+        bpe_config(qwen2_tokenizer, model_type="llama", rope_scaling=scaling, max_position_embeddings=16384),
+    ]:
         original = random_model(config)
         ours = load_model(export(tmp_path, original, qwen2_tokenizer, "f16"), torch.float32).eval()
         assert ours.config.rope_scaling == config.rope_scaling and ours.config.head_dim == config.head_dim
@@ -112,16 +138,36 @@ def test_metadata_is_what_llama_cpp_reads(tmp_path, qwen2_tokenizer):
     path = export(tmp_path, random_model(config), qwen2_tokenizer, "q8_0")
     reader = gguf.GGUFReader(path)
     fields = {name: field.contents() for name, field in reader.fields.items()}
-    assert {key: fields[key] for key in ["general.architecture", "general.file_type", "qwen2.context_length",
-                                         "qwen2.embedding_length", "qwen2.feed_forward_length", "qwen2.block_count",
-                                         "qwen2.attention.head_count", "qwen2.attention.head_count_kv",
-                                         "qwen2.rope.freq_base", "qwen2.attention.sliding_window",
-                                         "tokenizer.ggml.model", "tokenizer.ggml.pre"]} == {
-        "general.architecture": "qwen2", "general.file_type": gguf.LlamaFileType.MOSTLY_Q8_0,
-        "qwen2.context_length": 512, "qwen2.embedding_length": 64, "qwen2.feed_forward_length": 128,
-        "qwen2.block_count": 2, "qwen2.attention.head_count": 4, "qwen2.attention.head_count_kv": 2,
-        "qwen2.rope.freq_base": 10000.0, "qwen2.attention.sliding_window": 64,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"}
+    assert {
+        key: fields[key]
+        for key in [
+            "general.architecture",
+            "general.file_type",
+            "qwen2.context_length",
+            "qwen2.embedding_length",
+            "qwen2.feed_forward_length",
+            "qwen2.block_count",
+            "qwen2.attention.head_count",
+            "qwen2.attention.head_count_kv",
+            "qwen2.rope.freq_base",
+            "qwen2.attention.sliding_window",
+            "tokenizer.ggml.model",
+            "tokenizer.ggml.pre",
+        ]
+    } == {
+        "general.architecture": "qwen2",
+        "general.file_type": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "qwen2.context_length": 512,
+        "qwen2.embedding_length": 64,
+        "qwen2.feed_forward_length": 128,
+        "qwen2.block_count": 2,
+        "qwen2.attention.head_count": 4,
+        "qwen2.attention.head_count_kv": 2,
+        "qwen2.rope.freq_base": 10000.0,
+        "qwen2.attention.sliding_window": 64,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "qwen2",
+    }
     assert fields["qwen2.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
     tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
     assert len(tokens) == len(types) == config.vocab_size and tokens[-1] == f"[PAD{config.vocab_size - 1}]"
@@ -137,18 +183,28 @@ def test_metadata_is_what_llama_cpp_reads(tmp_path, qwen2_tokenizer):
 
 def assert_encodes_alike(exported, original, texts=CORPUS):
     for special in (True, False):
-        assert [text for text in texts if exported.encode(text, special=special) != original.encode(text, special=special)] == []
-    assert (exported.bos_id, exported.eos_id, exported.im_start_id, exported.im_end_id) == \
-        (original.bos_id, original.eos_id, original.im_start_id, original.im_end_id)
+        assert [
+            text for text in texts if exported.encode(text, special=special) != original.encode(text, special=special)
+        ] == []
+    assert (exported.bos_id, exported.eos_id, exported.im_start_id, exported.im_end_id) == (
+        original.bos_id,
+        original.eos_id,
+        original.im_start_id,
+        original.im_end_id,
+    )
 
 
-@pytest.mark.parametrize("tokenizer_name", ["sentencepiece", "qwen2", "llama3",
-                                            pytest.param("dolphin", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "tokenizer_name", ["sentencepiece", "qwen2", "llama3", pytest.param("dolphin", marks=pytest.mark.slow)]
+)
 def test_tokenizer_encodes_alike_after_the_round_trip(tmp_path, request, tokenizer_name):
     from tests.helpers import chat_tokenizer
 
-    tokenizer = (request.getfixturevalue("small_sentencepiece_tokenizer") if tokenizer_name == "sentencepiece"
-                 else chat_tokenizer(request, tokenizer_name))
+    tokenizer = (
+        request.getfixturevalue("small_sentencepiece_tokenizer")
+        if tokenizer_name == "sentencepiece"
+        else chat_tokenizer(request, tokenizer_name)
+    )
     config = tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
     exported = tokenizer_from_gguf(export(tmp_path, random_model(config), tokenizer, "f16"))
     assert type(exported) is type(tokenizer)
@@ -161,8 +217,13 @@ def test_tokenizer_encodes_alike_after_the_round_trip(tmp_path, request, tokeniz
 
 @pytest.mark.slow
 def test_smollm2_tokenizer_encodes_alike_after_the_round_trip(tmp_path, smollm2_tokenizer):
-    config = tiny_config(vocab_size=smollm2_tokenizer.vocab_size, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, tie_word_embeddings=True)
+    config = tiny_config(
+        vocab_size=smollm2_tokenizer.vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        tie_word_embeddings=True,
+    )
     path = export(tmp_path, random_model(config), smollm2_tokenizer, "f16")
     assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
     assert_encodes_alike(tokenizer_from_gguf(path), smollm2_tokenizer)
@@ -195,22 +256,32 @@ def test_the_jinja_template_writes_turns_as_training_did_whatever_the_names(requ
     layout = chat_format(chat_tokenizer(request, tokenizer_name))
     for speaker, partner in [("Alice", "Bob"), *zip(HOSTILE_NAMES, reversed(HOSTILE_NAMES))]:
         template = jinja_chat_template(layout, speaker, partner)
-        messages = [{"role": "user", "content": "hi\nhow are you?"}, {"role": "assistant", "content": "fine\nyou?"},
-                    {"role": "user", "name": "Carol", "content": ">>> and me\n>>> {{ me }}"}]
-        turns = [Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine", "you?"]),
-                 Turn("Carol", ["and me", "{{ me }}"])]
+        messages = [
+            {"role": "user", "content": "hi\nhow are you?"},
+            {"role": "assistant", "content": "fine\nyou?"},
+            {"role": "user", "name": "Carol", "content": ">>> and me\n>>> {{ me }}"},
+        ]
+        turns = [
+            Turn(partner, ["hi", "how are you?"]),
+            Turn(speaker, ["fine", "you?"]),
+            Turn("Carol", ["and me", "{{ me }}"]),
+        ]
         assert render_jinja(template, messages) == layout.conversation(turns, open_speaker=speaker)
         assert render_jinja(template, []) == layout.header(speaker)
     # a request's chat_template_kwargs choose who speaks and who writes
-    assert render_jinja(template, messages[:1], speaker="Dan", partner="Eve") == \
-        layout.conversation([Turn("Eve", ["hi", "how are you?"])], open_speaker="Dan")
+    assert render_jinja(template, messages[:1], speaker="Dan", partner="Eve") == layout.conversation(
+        [Turn("Eve", ["hi", "how are you?"])], open_speaker="Dan"
+    )
 
 
 def go_literals(template: str) -> list[str]:
     """The Go string literals in a template's actions, decoded (Go's escapes used here are Python's)."""
     actions = re.findall(r"\{\{.*?\}\}", re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: m[0].replace("}", "\0"), template))
-    return [ast.literal_eval(literal.replace("\0", "}")) for action in actions
-            for literal in re.findall(r'"(?:[^"\\]|\\.)*"', action)]
+    return [
+        ast.literal_eval(literal.replace("\0", "}"))
+        for action in actions
+        for literal in re.findall(r'"(?:[^"\\]|\\.)*"', action)
+    ]
 
 
 def test_the_ollama_modelfile_quotes_every_name_it_holds(request):
@@ -232,7 +303,7 @@ def test_the_ollama_modelfile_quotes_every_name_it_holds(request):
         lines = modelfile.splitlines()
         assert lines[1] == "FROM ./me.gguf" and 'PARAMETER stop "<|im_end|>"' in lines
         assert 'PARAMETER stop "<|im_start|>"' in lines and "PARAMETER temperature 0.7" in lines
-    assert go_literal('a"b\\c\n\U0001F600\u200b') == '"a\\"b\\\\c\\u000a\U0001F600\\u200b"'
+    assert go_literal('a"b\\c\n\U0001f600\u200b') == '"a\\"b\\\\c\\u000a\U0001f600\\u200b"'
 
 
 @pytest.mark.parametrize("tokenizer_name", ["dolphin", "llama3"])
@@ -243,21 +314,46 @@ def test_the_ollama_template_renders_the_prompt_the_jinja_template_and_training_
     from tests.helpers import chat_tokenizer
 
     layout = chat_format(chat_tokenizer(request, tokenizer_name))
-    contents = ["hi\nhow are you?", "Привет 😀\n\nкак дела?\n", "one line", "", "\n",
-                ">>> written as the model writes\n>>> two", "a >>> b\n>>> c", ">>", "}}{{ .System }}\n{{ end }}"]
+    contents = [
+        "hi\nhow are you?",
+        "Привет 😀\n\nкак дела?\n",
+        "one line",
+        "",
+        "\n",
+        ">>> written as the model writes\n>>> two",
+        "a >>> b\n>>> c",
+        ">>",
+        "}}{{ .System }}\n{{ end }}",
+    ]
     for speaker, partner in [("Alice", "Bob"), (HOSTILE_NAMES[2], HOSTILE_NAMES[0])]:
-        go_template, jinja_template = ollama_template(layout, speaker, partner), jinja_chat_template(layout, speaker, partner)
+        go_template, jinja_template = (
+            ollama_template(layout, speaker, partner),
+            jinja_chat_template(layout, speaker, partner),
+        )
         for first, second in zip(contents, contents[1:] + contents[:1]):
             # Ollama merges consecutive messages of a role, so its templates see the roles alternate
-            messages = [{"role": "user", "content": first}, {"role": "assistant", "content": second},
-                        {"role": "user", "content": second}]
-            ollama = render_go(go_template, {"Messages": [{"Role": message["role"], "Content": message["content"]}
-                                                          for message in messages]})
+            messages = [
+                {"role": "user", "content": first},
+                {"role": "assistant", "content": second},
+                {"role": "user", "content": second},
+            ]
+            ollama = render_go(
+                go_template,
+                {"Messages": [{"Role": message["role"], "Content": message["content"]} for message in messages]},
+            )
             assert ollama == render_jinja(jinja_template, messages)
-        written = render_go(go_template, {"Messages": [{"Role": "user", "Content": "hi\nhow are you?"},
-                                                       {"Role": "assistant", "Content": ">>> fine\n>>> you?"}]})
-        assert written == layout.conversation([Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine", "you?"])],
-                                              open_speaker=speaker)
+        written = render_go(
+            go_template,
+            {
+                "Messages": [
+                    {"Role": "user", "Content": "hi\nhow are you?"},
+                    {"Role": "assistant", "Content": ">>> fine\n>>> you?"},
+                ]
+            },
+        )
+        assert written == layout.conversation(
+            [Turn(partner, ["hi", "how are you?"]), Turn(speaker, ["fine", "you?"])], open_speaker=speaker
+        )
         assert render_go(go_template, {"Messages": []}) == layout.header(speaker) == render_jinja(jinja_template, [])
 
 
@@ -282,8 +378,9 @@ def test_export_writes_the_twin_of_a_lora_run_and_says_what_next(tiny_run, tmp_p
 
     template = tmp_path / "me.jinja"
     assert exit_status(main, ["chat-template", tiny_run, template]) == 0
-    assert template.read_text(encoding="utf-8") == jinja_chat_template(chat_format(tokenizer), target,
-                                                                       source_of_run(tiny_run).people.user_for(target, None))
+    assert template.read_text(encoding="utf-8") == jinja_chat_template(
+        chat_format(tokenizer), target, source_of_run(tiny_run).people.user_for(target, None)
+    )
     said = capsys.readouterr().out
     assert f"--max-lora-rank 8 --lora-modules {tiny_run.name}={tiny_run / 'adapter'} --chat-template {template}" in said
 
@@ -293,16 +390,19 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
     save_model(random_model(bpe_config(qwen2_tokenizer, model_type="qwen2")), folder, tokenizer=qwen2_tokenizer)
     assert exit_status(main, ["gguf", folder, first, "--speaker", "Ann", "--threads", "1"]) == 0
     assert exit_status(main, ["gguf", first, again, "--speaker", "Ann", "--as", "Ben", "--threads", "1"]) == 0
-    assert gguf.GGUFReader(again).fields["tokenizer.chat_template"].contents() == \
-        gguf.GGUFReader(first).fields["tokenizer.chat_template"].contents().replace('"User"', '"Ben"')
+    assert gguf.GGUFReader(again).fields["tokenizer.chat_template"].contents() == gguf.GGUFReader(first).fields[
+        "tokenizer.chat_template"
+    ].contents().replace('"User"', '"Ben"')
     assert exit_status(main, ["chat-template", folder, tmp_path / "me.jinja", "--speaker", "Ann"]) == 0
-    assert (tmp_path / "me.jinja").read_text(encoding="utf-8") == \
-        gguf.GGUFReader(first).fields["tokenizer.chat_template"].contents()
+    assert (tmp_path / "me.jinja").read_text(encoding="utf-8") == gguf.GGUFReader(first).fields[
+        "tokenizer.chat_template"
+    ].contents()
     (tmp_path / "me.jinja").unlink()
     original, exported = load_model(folder, torch.float32).eval(), load_model(again, torch.float32).eval()
     with torch.no_grad():
-        torch.testing.assert_close(exported(sample_ids(original.config)), original(sample_ids(original.config)),
-                                   atol=TOLERANCE["f16"], rtol=0)
+        torch.testing.assert_close(
+            exported(sample_ids(original.config)), original(sample_ids(original.config)), atol=TOLERANCE["f16"], rtol=0
+        )
     capsys.readouterr()
     for argv, message in [
         (["gguf", folder, tmp_path / "me.gguf"], "--speaker: needed, as"),
@@ -316,8 +416,13 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
         assert exit_status(main, argv) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], (argv, errors)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["again.Modelfile", "again.gguf", "first.Modelfile",
-                                                                "first.gguf", "model"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "again.Modelfile",
+        "again.gguf",
+        "first.Modelfile",
+        "first.gguf",
+        "model",
+    ]
 
 
 def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_otherwise(tmp_path):
@@ -326,13 +431,17 @@ def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_othe
     from model.lora import LoRAConfig, apply_lora, save_adapter
 
     template = tmp_path / "me.jinja"
-    for name, config in [("plain", LoRAConfig(r=32)), ("new-tokens", LoRAConfig(r=4, trainable_tokens={"embed_tokens": (256,)}))]:
+    for name, config in [
+        ("plain", LoRAConfig(r=32)),
+        ("new-tokens", LoRAConfig(r=4, trainable_tokens={"embed_tokens": (256,)})),
+    ]:
         model = random_model(tiny_config())
         apply_lora(model, config)
         save_adapter(model, tmp_path / name, config, base_model="org/base")
     assert vllm_next_step(TwinSource("org/base", tmp_path / "plain"), "me", template) == (
         f"next: vllm serve org/base --enable-lora --max-lora-rank 32 --lora-modules me={tmp_path / 'plain'} "
-        f"--chat-template {template}")
+        f"--chat-template {template}"
+    )
     said = vllm_next_step(TwinSource("org/base", tmp_path / "new-tokens"), "me", template)
     assert said.startswith(f"vLLM cannot load {tmp_path / 'new-tokens'}") and "vllm serve OUT/merged" in said
     assert vllm_next_step(TwinSource(tmp_path / "model"), "me", template).startswith(f"next: vllm serve {tmp_path}")
@@ -354,8 +463,9 @@ def test_a_model_stored_in_16_bits_is_exported_from_f16_and_any_other_from_fp32(
 
 
 @pytest.mark.slow  # two exports
-def test_export_adapter_writes_the_gguf_adapter_its_template_and_a_modelfile_from_the_base(tiny_run, tiny_checkpoint,
-                                                                                          tmp_path, capsys):
+def test_export_adapter_writes_the_gguf_adapter_its_template_and_a_modelfile_from_the_base(
+    tiny_run, tiny_checkpoint, tmp_path, capsys
+):
     from chat.loading import source_of_run
 
     base, out = tmp_path / "base.gguf", tmp_path / "me.gguf"
@@ -365,11 +475,14 @@ def test_export_adapter_writes_the_gguf_adapter_its_template_and_a_modelfile_fro
     said = capsys.readouterr().out
     assert f"next: ollama create me -f {tmp_path / 'me.Modelfile'}" in said
     assert f"llama-server -m {base} --lora {out} --jinja --chat-template-file {tmp_path / 'me.jinja'}" in said
-    assert (tmp_path / "me.Modelfile").read_text(encoding="utf-8").splitlines()[1:3] == ["FROM ./base.gguf",
-                                                                                         "ADAPTER ./me.gguf"]
+    assert (tmp_path / "me.Modelfile").read_text(encoding="utf-8").splitlines()[1:3] == [
+        "FROM ./base.gguf",
+        "ADAPTER ./me.gguf",
+    ]
     people = source_of_run(tiny_run).people
     assert (tmp_path / "me.jinja").read_text(encoding="utf-8") == jinja_chat_template(
-        chat_format(tokenizer_from_gguf(base)), people.target, people.user_for(people.target, None))
+        chat_format(tokenizer_from_gguf(base)), people.target, people.user_for(people.target, None)
+    )
     assert gguf.GGUFReader(out).fields["general.type"].contents() == "adapter"
     assert exit_status(main, ["gguf", tiny_run, tmp_path / "o.gguf", "--adapter", "--base", "qwen2.5:7b"]) == 0
     assert (tmp_path / "o.Modelfile").read_text(encoding="utf-8").splitlines()[1] == "FROM qwen2.5:7b"

@@ -1,5 +1,6 @@
 """The server against hostile and unlucky clients (issue 25): each attack is refused before it costs work, or costs
 only the turns that fit, and a normal request still gets its answer while it runs."""
+
 import logging
 import select
 import socket
@@ -25,8 +26,13 @@ HI = [{"role": "user", "content": "hi"}]
 def guarded(twin):  # noqa: F811
     """A server with small limits, for the tests that do not wait on them: a body of 20,000 bytes at most."""
     model, tokenizer, people = twin
-    engine, running = serve(Generator(model, 128, torch.device("cpu")), tokenizer, people, api_key=KEY,
-                            limits=Limits(max_body_bytes=20_000, max_connections=64, request_timeout_s=60))
+    engine, running = serve(
+        Generator(model, 128, torch.device("cpu")),
+        tokenizer,
+        people,
+        api_key=KEY,
+        limits=Limits(max_body_bytes=20_000, max_connections=64, request_timeout_s=60),
+    )
     running.headers = {"Authorization": f"Bearer {KEY}"}
     yield engine, running
     running.stop()
@@ -47,19 +53,26 @@ def test_the_key_is_checked_before_the_body_is_read(guarded):
 
 def test_a_body_over_the_limit_is_a_413_declared_or_not(guarded):
     engine, running = guarded
-    declared = post(running, {"model": SPEAKER, "messages": [{"role": "user", "content": "a" * 30_000}]},
-                    headers=running.headers)
+    declared = post(
+        running, {"model": SPEAKER, "messages": [{"role": "user", "content": "a" * 30_000}]}, headers=running.headers
+    )
     assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large"
     chunked = post(running, content=iter([b"{" + b" " * 15_000, b" " * 15_000 + b"}"]), headers=running.headers)
     assert chunked.status_code == 413 and "20000 bytes" in chunked.json()["error"]["message"]
     assert sum(engine.outcomes.values()) == 0
 
 
-@pytest.mark.parametrize("fields, param", [({"stop": ["Ж" * (MAX_STOP_LENGTH + 1)]}, "stop[0]"),
-                                           ({"stop": "Ж" * (MAX_STOP_LENGTH + 1)}, "stop"),
-                                           ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-                                           ({"seed": 2**64}, "seed"), ({"seed": -2**63 - 1}, "seed"),
-                                           ({"messages": []}, "messages")])
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"stop": ["Ж" * (MAX_STOP_LENGTH + 1)]}, "stop[0]"),
+        ({"stop": "Ж" * (MAX_STOP_LENGTH + 1)}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"messages": []}, "messages"),
+    ],
+)
 def test_fields_out_of_bounds_are_a_400_before_any_work(guarded, fields, param):
     engine, running = guarded
     refused = post(running, {"model": SPEAKER, "messages": HI, "max_tokens": 2, **fields}, headers=running.headers)
@@ -69,9 +82,12 @@ def test_fields_out_of_bounds_are_a_400_before_any_work(guarded, fields, param):
 
 def test_the_widest_seed_and_stop_strings_are_served(guarded):
     _, running = guarded
-    for seed in (2**64 - 1, -2**63):
-        reply = post(running, {"model": SPEAKER, "messages": HI, "max_tokens": 1, "seed": seed,
-                               "stop": ["Ж" * MAX_STOP_LENGTH] * 4}, headers=running.headers)
+    for seed in (2**64 - 1, -(2**63)):
+        reply = post(
+            running,
+            {"model": SPEAKER, "messages": HI, "max_tokens": 1, "seed": seed, "stop": ["Ж" * MAX_STOP_LENGTH] * 4},
+            headers=running.headers,
+        )
         assert reply.status_code == 200, reply.text
 
 
@@ -83,16 +99,26 @@ def test_every_listed_speaker_is_a_model_and_a_new_contact_is_answered(guarded):
     with pytest.raises(openai.NotFoundError) as unknown:
         client.models.retrieve("Nobody")
     assert unknown.value.code == "model_not_found"
-    reply = post(running, {"model": SPEAKER, "max_tokens": 1, "messages": [
-        {"role": "user", "name": "Bob", "content": "hi"}, {"role": "user", "name": "Ann", "content": "hey"}]},
-                 headers=running.headers)
+    reply = post(
+        running,
+        {
+            "model": SPEAKER,
+            "max_tokens": 1,
+            "messages": [
+                {"role": "user", "name": "Bob", "content": "hi"},
+                {"role": "user", "name": "Ann", "content": "hey"},
+            ],
+        },
+        headers=running.headers,
+    )
     assert reply.status_code == 200 and reply.json()["twin_new_contacts"] == ["Bob", "Ann"]
 
 
 def test_a_body_that_does_not_come_is_a_408(twin):  # noqa: F811
     model, tokenizer, people = twin
-    engine, running = serve(Generator(model, 128, torch.device("cpu")), tokenizer, people,
-                            limits=Limits(request_timeout_s=0.2))
+    engine, running = serve(
+        Generator(model, 128, torch.device("cpu")), tokenizer, people, limits=Limits(request_timeout_s=0.2)
+    )
     try:
         with socket.create_connection(("127.0.0.1", running.port), timeout=30) as client:
             client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
@@ -109,8 +135,12 @@ def test_a_body_that_does_not_come_is_a_408(twin):  # noqa: F811
 
 def test_past_max_connections_the_longest_waiting_is_closed_and_a_request_still_gets_in(twin):  # noqa: F811
     model, tokenizer, people = twin
-    engine, running = serve(Generator(model, 128, torch.device("cpu")), tokenizer, people,
-                            limits=Limits(max_connections=4, request_timeout_s=60))
+    engine, running = serve(
+        Generator(model, 128, torch.device("cpu")),
+        tokenizer,
+        people,
+        limits=Limits(max_connections=4, request_timeout_s=60),
+    )
     silent = [socket.create_connection(("127.0.0.1", running.port), timeout=30) for _ in range(8)]
     try:
         assert httpx.get(f"{running.url}/models", timeout=30).status_code == 200  # the ninth connection
@@ -158,8 +188,10 @@ def test_a_flood_of_one_log_line_is_held_back(monkeypatch):
     finally:
         logger.removeHandler(handler)
     assert [record.getMessage() for record in records] == [
-        "socket.accept() out of system resource", "another message",
-        "socket.accept() out of system resource (999 more like it held back)"]
+        "socket.accept() out of system resource",
+        "another message",
+        "socket.accept() out of system resource (999 more like it held back)",
+    ]
 
 
 class CountingTokenizer:
@@ -182,4 +214,4 @@ def test_fitting_the_prompt_reads_only_the_newest_turns_that_fit(dolphin_tokeniz
     ids, kept = fit_prompt(turns, counting, "Anna", 200)
     assert 5 < kept < 50 and counting.encoded < 100  # not 20,000 turns encoded, nor assembled 20,000 times
     assert ids == render(turns[-kept:], dolphin_tokenizer, open_speaker="Anna").ids
-    assert len(render(turns[-kept - 1:], dolphin_tokenizer, open_speaker="Anna").ids) > 200
+    assert len(render(turns[-kept - 1 :], dolphin_tokenizer, open_speaker="Anna").ids) > 200

@@ -1,5 +1,6 @@
 """serving/judging.py: the blind test shows held-out moments only, the real turn and the twin's in random
 order; answers are stored owner-only, survive a restart, and a judge is never shown a moment twice."""
+
 import asyncio
 import json
 import os
@@ -102,10 +103,13 @@ def test_judges_see_the_held_out_sessions_only(tiny_run):
     settings = recorded_settings(source.record)
     data = prepare_data(settings.data, load_tokenizer(source.model), data_config_from_args(settings))
     held_out = [session.turns for session in data.val_sessions]
-    assert test.moments and {moment.context.speaker for moment in test.moments} <= {"Alexander Smirnov", "Катя Морозова"}
+    assert test.moments and {moment.context.speaker for moment in test.moments} <= {
+        "Alexander Smirnov",
+        "Катя Морозова",
+    }
     for moment in test.moments:
         whole = moment.context.turns + [Turn(moment.context.speaker, moment.context.real)]
-        assert any(turns[:len(whole)] == whole for turns in held_out)
+        assert any(turns[: len(whole)] == whole for turns in held_out)
     assert len({moment.key for moment in test.moments}) == len(test.moments)
 
 

@@ -1,13 +1,25 @@
 """LoRA layers, and adapters that Hugging Face PEFT and twin exchange in both directions."""
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.lora import (AdapterError, LoRAConfig, LoRALinear, adapters_off, apply_lora, dropout, load_adapter,
-                  lora_layers, merge_lora, save_adapter, token_layers)
 from model import load_model, save_model
+from model.lora import (
+    AdapterError,
+    LoRAConfig,
+    LoRALinear,
+    adapters_off,
+    apply_lora,
+    dropout,
+    load_adapter,
+    lora_layers,
+    merge_lora,
+    save_adapter,
+    token_layers,
+)
 from model.loss import chunked_cross_entropy
 from tests.helpers import exit_status, hf_reference, save_hf_checkpoint, tiny_config
 
@@ -84,8 +96,15 @@ def test_peft_made_adapter_loads_in_ours_with_peft_logits(base, tmp_path, use_rs
     from peft import LoraConfig, get_peft_model
 
     path, hf_model = base
-    peft_config = LoraConfig(r=6, lora_alpha=3, lora_dropout=0.1, init_lora_weights=False, use_rslora=use_rslora,
-                             target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=6,
+        lora_alpha=3,
+        lora_dropout=0.1,
+        init_lora_weights=False,
+        use_rslora=use_rslora,
+        target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
     torch.manual_seed(0)
     peft_model = get_peft_model(hf_model, peft_config).eval()
     peft_model.save_pretrained(tmp_path / "peft-adapter")
@@ -156,18 +175,27 @@ def test_dropout_is_reproducible_from_the_seed_and_off_in_eval_mode():
     assert torch.equal(layer(x), layer(x))
 
 
-@pytest.mark.parametrize("settings, message", [({"dropout": 1.0}, "dropout must be in \\[0, 1\\), got 1.0"),
-                                               ({"dropout": -0.1}, "dropout must be in"), ({"r": 0}, "rank")])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"dropout": 1.0}, "dropout must be in \\[0, 1\\), got 1.0"),
+        ({"dropout": -0.1}, "dropout must be in"),
+        ({"r": 0}, "rank"),
+    ],
+)
 def test_impossible_lora_settings_are_refused(settings, message):
     with pytest.raises(AdapterError, match=message):
         LoRAConfig(**settings)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"use_dora": True}, "use_dora = True is not supported"),
-    ({"target_modules": ["lm_head"]}, "target_modules"),
-    ({"peft_type": "IA3"}, "peft_type = 'IA3' is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"use_dora": True}, "use_dora = True is not supported"),
+        ({"target_modules": ["lm_head"]}, "target_modules"),
+        ({"peft_type": "IA3"}, "peft_type = 'IA3' is not supported"),
+    ],
+)
 def test_unsupported_adapter_configs_are_named(base, tmp_path, change, message):
     ours = load_model(base[0], torch.float32)
     apply_lora(ours, LoRAConfig(r=2))
@@ -226,13 +254,14 @@ def base_of_either_head(request, tmp_path):
 
 def ids_with_new_tokens(seed=0):
     ids = torch.randint(0, CONFIG.vocab_size, (2, 15), generator=torch.Generator().manual_seed(seed))
-    ids[:, ::4] = torch.tensor(NEW_TOKENS).repeat(2, 2)[:, :ids[:, ::4].shape[1]]
+    ids[:, ::4] = torch.tensor(NEW_TOKENS).repeat(2, 2)[:, : ids[:, ::4].shape[1]]
     return ids
 
 
 def with_new_tokens(**settings) -> LoRAConfig:
-    return LoRAConfig(r=4, alpha=8, dropout=0.0, trainable_tokens={"embed_tokens": NEW_TOKENS, "lm_head": NEW_TOKENS},
-                      **settings)
+    return LoRAConfig(
+        r=4, alpha=8, dropout=0.0, trainable_tokens={"embed_tokens": NEW_TOKENS, "lm_head": NEW_TOKENS}, **settings
+    )
 
 
 def randomize_token_rows(model, seed=0):
@@ -248,12 +277,13 @@ def test_new_token_rows_start_at_the_mean_and_only_they_train(base_of_either_hea
     summary = apply_lora(model, with_new_tokens())
     assert "the rows of 2 new tokens" in summary and model.config.vocab_size == CONFIG.vocab_size + 2
     weight = model.model.embed_tokens.weight
-    assert torch.equal(weight[:CONFIG.vocab_size], embedding_before)
-    torch.testing.assert_close(weight[CONFIG.vocab_size:], embedding_before.mean(0).expand(2, -1))
+    assert torch.equal(weight[: CONFIG.vocab_size], embedding_before)
+    torch.testing.assert_close(weight[CONFIG.vocab_size :], embedding_before.mean(0).expand(2, -1))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     tied = model.config.tie_word_embeddings  # a tied head shares the embedding's rows
     assert {name for name in trainable if "lora_" not in name} == (
-        {"model.embed_tokens.rows"} | (set() if tied else {"lm_head.rows"}))
+        {"model.embed_tokens.rows"} | (set() if tied else {"lm_head.rows"})
+    )
     labels = ids_with_new_tokens(1)
     chunked_cross_entropy(model.hidden_states(ids_with_new_tokens()), model.lm_head, labels).backward()
     rows = model.model.embed_tokens.rows
@@ -276,8 +306,9 @@ def test_adapter_with_new_tokens_loads_in_peft_with_our_logits(base_of_either_he
     hf_model.resize_token_embeddings(CONFIG.vocab_size + 2)  # as the tokenizer saved with the adapter asks
     peft_model = PeftModel.from_pretrained(hf_model, tmp_path / "adapter").eval()
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids_with_new_tokens()), peft_model(ids_with_new_tokens()).logits,
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ours(ids_with_new_tokens()), peft_model(ids_with_new_tokens()).logits, atol=1e-4, rtol=0
+        )
 
 
 def test_peft_made_adapter_with_new_tokens_loads_in_ours_with_peft_logits(base_of_either_head, tmp_path):
@@ -287,8 +318,14 @@ def test_peft_made_adapter_with_new_tokens_loads_in_ours_with_peft_logits(base_o
     hf_model.resize_token_embeddings(CONFIG.vocab_size + 2)
     tied = hf_model.config.tie_word_embeddings
     indices = list(NEW_TOKENS) if tied else {"embed_tokens": list(NEW_TOKENS), "lm_head": list(NEW_TOKENS)}
-    peft_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "down_proj"],
-                             trainable_token_indices=indices, task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        init_lora_weights=False,
+        target_modules=["q_proj", "down_proj"],
+        trainable_token_indices=indices,
+        task_type="CAUSAL_LM",
+    )
     torch.manual_seed(0)
     peft_model = get_peft_model(hf_model, peft_config).eval()
     with torch.no_grad():
@@ -301,8 +338,9 @@ def test_peft_made_adapter_with_new_tokens_loads_in_ours_with_peft_logits(base_o
     assert config.trainable_tokens["embed_tokens"] == NEW_TOKENS
     ours.eval()
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids_with_new_tokens()), peft_model(ids_with_new_tokens()).logits,
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ours(ids_with_new_tokens()), peft_model(ids_with_new_tokens()).logits, atol=1e-4, rtol=0
+        )
 
 
 def test_new_token_rows_merge_and_switch_off(base_of_either_head, tmp_path):
@@ -327,14 +365,22 @@ def test_new_token_rows_merge_and_switch_off(base_of_either_head, tmp_path):
         torch.testing.assert_close(exported(ids_with_new_tokens()).logits, tuned, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("indices, message", [
-    ([-1], "trainable_token_indices must be"), ([1.5], "trainable_token_indices must be"),
-    ([], "trainable_token_indices must be"), ([3, 3], "trainable_token_indices must be"),
-    ({"wte": [3]}, "trainable_token_indices must be"), ("256", "trainable_token_indices must be"),
-    ([10 ** 9], "trainable_token_indices must be"),
-    ([CONFIG.vocab_size + 5], "adapter_config.json: trainable token 261 of embed_tokens is beyond the model's "
-                              "vocabulary of 256 tokens"),
-])
+@pytest.mark.parametrize(
+    "indices, message",
+    [
+        ([-1], "trainable_token_indices must be"),
+        ([1.5], "trainable_token_indices must be"),
+        ([], "trainable_token_indices must be"),
+        ([3, 3], "trainable_token_indices must be"),
+        ({"wte": [3]}, "trainable_token_indices must be"),
+        ("256", "trainable_token_indices must be"),
+        ([10**9], "trainable_token_indices must be"),
+        (
+            [CONFIG.vocab_size + 5],
+            "adapter_config.json: trainable token 261 of embed_tokens is beyond the model's vocabulary of 256 tokens",
+        ),
+    ],
+)
 def test_impossible_trainable_tokens_are_named_and_leave_the_model_as_it_was(base, tmp_path, indices, message):
     ours = load_model(base[0], torch.float32)
     apply_lora(ours, with_new_tokens())
@@ -361,9 +407,11 @@ def vllm_refusals(adapter_dir) -> list[str]:
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     refusals = [f"missing {key}" for key in ("r", "lora_alpha", "target_modules") if key not in config]
-    refusals += [f"{key} is not supported" for key, supported in [("modules_to_save", None), ("use_dora", False),
-                                                                   ("bias", "none")]
-                 if config.get(key, supported) not in (supported, [])]
+    refusals += [
+        f"{key} is not supported"
+        for key, supported in [("modules_to_save", None), ("use_dora", False), ("bias", "none")]
+        if config.get(key, supported) not in (supported, [])
+    ]
     refusals += [f"target module {name}" for name in config.get("target_modules", []) if name not in VLLM_LORA_MODULES]
     if config.get("r", 0) > VLLM_MAX_LORA_RANKS[-1]:
         refusals.append(f"rank {config['r']} is above every --max-lora-rank")
@@ -388,16 +436,23 @@ def test_the_adapter_of_a_run_is_one_vllm_serves(tiny_run):
     adapter = tiny_run / "adapter"
     assert vllm_refusals(adapter) == []
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8  # served with --max-lora-rank 8
+    assert (
+        config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    )  # served with --max-lora-rank 8
     assert config["base_model_name_or_path"] and config["trainable_token_indices"] is None
     layers = range(load_model(config["base_model_name_or_path"], torch.float32).config.num_hidden_layers)
-    expected = {f"base_model.model.model.layers.{layer}.{block}.{name}.lora_{part}.weight"
-                for layer in layers for name in config["target_modules"] for part in "AB"
-                for block in ["mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"]}
+    expected = {
+        f"base_model.model.model.layers.{layer}.{block}.{name}.lora_{part}.weight"
+        for layer in layers
+        for name in config["target_modules"]
+        for part in "AB"
+        for block in ["mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"]
+    }
     with safe_open(adapter / "adapter_model.safetensors", framework="pt") as weights:
         assert set(weights.keys()) == expected and weights.metadata() == {"format": "pt"}
-        assert all(weights.get_tensor(key).shape[0 if key.endswith("lora_A.weight") else 1] == config["r"]
-                   for key in expected)
+        assert all(
+            weights.get_tensor(key).shape[0 if key.endswith("lora_A.weight") else 1] == config["r"] for key in expected
+        )
 
 
 def test_an_adapter_with_new_token_rows_is_one_vllm_refuses(base, tmp_path):
@@ -409,11 +464,14 @@ def test_an_adapter_with_new_token_rows_is_one_vllm_refuses(base, tmp_path):
     apply_lora(model, config)
     save_adapter(model, tmp_path / "adapter", config, base_model=str(base[0]))
     refusals = sorted(vllm_refusals(tmp_path / "adapter"))
-    assert refusals == [f"base_model.model.{layer}.token_adapter.trainable_tokens_delta is unsupported LoRA weight"
-                        for layer in ("lm_head", "model.embed_tokens")]
+    assert refusals == [
+        f"base_model.model.{layer}.token_adapter.trainable_tokens_delta is unsupported LoRA weight"
+        for layer in ("lm_head", "model.embed_tokens")
+    ]
 
 
 # -- LoRA over a 4-bit base (--quantize nf4) -------------------------------------------------------------
+
 
 def lm_loss(model, ids):
     labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
@@ -489,14 +547,40 @@ def test_train_and_sample_on_an_nf4_base(tiny_checkpoint, tmp_path, capsys):
 
     out = tmp_path / "run"
     export = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
-    train.main(["--lora", "--quantize", "nf4", "--model", str(tiny_checkpoint), "--data", str(export),
-                "--out", str(out), "--seq-len", "128", "--micro-batch", "2", "--batch", "2", "--max-steps", "2",
-                "--lora-r", "4", "--eval-every", "0", "--save-every", "0", "--no-eval-report"])
+    train.main(
+        [
+            "--lora",
+            "--quantize",
+            "nf4",
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(export),
+            "--out",
+            str(out),
+            "--seq-len",
+            "128",
+            "--micro-batch",
+            "2",
+            "--batch",
+            "2",
+            "--max-steps",
+            "2",
+            "--lora-r",
+            "4",
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--no-eval-report",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "quantized to nf4" in printed and f"python sample.py --checkpoint {out} --quantize nf4" in printed
     assert json.loads((out / "run.json").read_text())["settings"]["quantize"] == "nf4"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    sample.main(["--checkpoint", str(out), "--quantize", "nf4", "--prompt", "привет", "--max-new-tokens", "6",
-                 "--seed", "0"])
+    sample.main(
+        ["--checkpoint", str(out), "--quantize", "nf4", "--prompt", "привет", "--max-new-tokens", "6", "--seed", "0"]
+    )
     captured = capsys.readouterr()
     assert "linear weights in nf4" in captured.err and captured.out.strip()

@@ -1,5 +1,6 @@
 """train.py --lora (and --quantize nf4) under torchrun with 2 CPU ranks (gloo) on a tiny model: the
 frozen base and the adapters sharded with FSDP2, held to the one-device run number for number."""
+
 import json
 from pathlib import Path
 
@@ -13,9 +14,33 @@ from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
 
 # No dropout: its masks come from each process's own random stream, which 2 ranks draw differently.
-FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "8", "--lr", "1e-2", "--dtype", "fp32",
-        "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lora-targets", "q,v,up,down",
-        "--eval-every", "0", "--save-every", "0", "--no-eval-report", "--max-steps", "3"]
+FAST = [
+    "--seq-len",
+    "256",
+    "--micro-batch",
+    "2",
+    "--batch",
+    "8",
+    "--lr",
+    "1e-2",
+    "--dtype",
+    "fp32",
+    "--lora-r",
+    "4",
+    "--lora-alpha",
+    "8",
+    "--lora-dropout",
+    "0",
+    "--lora-targets",
+    "q,v,up,down",
+    "--eval-every",
+    "0",
+    "--save-every",
+    "0",
+    "--no-eval-report",
+    "--max-steps",
+    "3",
+]
 
 
 def adapter(out: Path) -> dict[str, torch.Tensor]:
@@ -36,8 +61,11 @@ def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistra
     # A base without a chat format: the rows of the ChatML tokens added to it train too, sharded with the
     # embedding and the LM head, and start as the mean row there as on one device.
     base = tmp_path / "base"
-    save_model(random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
-               base, tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir))
+    save_model(
+        random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
+        base,
+        tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir),
+    )
     common = ["--model", base, "--data", SAMPLE, *FAST]
     torchrun(2, *common, "--out", tmp_path / "two", mode="--lora")
     train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
@@ -45,8 +73,10 @@ def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistra
     assert "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta" in adapter(tmp_path / "two")
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["mode"] == "lora" and record["figures"]["ranks"] == 2
-    assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {"adapter_model.safetensors",
-                                                                         "adapter_config.json"}
+    assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
 
 
 KILLED_RANK = """
@@ -75,13 +105,16 @@ def test_qlora_on_two_ranks_survives_a_killed_rank_and_resumes_on_one(tmp_path, 
     script = tmp_path / "killed.py"
     script.write_text(KILLED_RANK)
     common = ["--model", tiny_checkpoint, "--data", SAMPLE, *FAST, "--quantize", "nf4"]
-    killed = torchrun(2, *common, "--out", tmp_path / "two", "--save-every", 1, script=script, check=False,
-                      mode="--lora")
+    killed = torchrun(
+        2, *common, "--out", tmp_path / "two", "--save-every", 1, script=script, check=False, mode="--lora"
+    )
     # Rank 0 finds rank 1 gone at once and says so in one line, without a traceback; torchrun's report follows.
     assert killed.returncode != 0 and "exitcode: -9" in killed.stderr
     errors = [line for line in killed.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: another rank of the job stopped, so every rank stops; continue from the newest "
-                      f"checkpoint with: torchrun ... train.py --resume {tmp_path / 'two'}"]
+    assert errors == [
+        f"error: another rank of the job stopped, so every rank stops; continue from the newest "
+        f"checkpoint with: torchrun ... train.py --resume {tmp_path / 'two'}"
+    ]
     assert "[rank0]: Traceback" not in killed.stderr
     resumed = torchrun(1, "--resume", tmp_path / "two", mode="--lora")
     assert "step-00000002 was saved by 2 ranks and resumes on 1" in resumed.stderr
@@ -91,8 +124,10 @@ def test_qlora_on_two_ranks_survives_a_killed_rank_and_resumes_on_one(tmp_path, 
 
 def test_merge_and_gguf_under_torchrun_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "0")  # as under torchrun
-    for flags, refusal in ((["--merge"], "--merge runs on one device, not under torchrun"),
-                           (["--model", tmp_path / "base.gguf"], "LoRA under torchrun reads Hugging Face model folders")):
+    for flags, refusal in (
+        (["--merge"], "--merge runs on one device, not under torchrun"),
+        (["--model", tmp_path / "base.gguf"], "LoRA under torchrun reads Hugging Face model folders"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             train.main(["--lora", *map(str, flags), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
         error = capsys.readouterr().err

@@ -1,5 +1,6 @@
 """fidelity/measure.py: held-out loss per speaker as training computes it, and a turn written at every
 context, batched but in the plan's order."""
+
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,18 @@ def model():
 
 
 def test_the_speakers_losses_together_are_the_loss_training_computes(model, dolphin_tokenizer):
-    sessions = [Session("chat", "personal_chat", day, [Turn("Anna", [f"hi {day}", "how are you?"]),
-                                                        Turn("Boris", ["fine"]), Turn("Anna", [f"see you at {day}"])])
-                for day in range(6)]
-    loss, tokens = speaker_losses(model, dolphin_tokenizer, sessions, ["Anna", "Boris"], seq_len=64, micro_batch=4,
-                                  device=CPU)
+    sessions = [
+        Session(
+            "chat",
+            "personal_chat",
+            day,
+            [Turn("Anna", [f"hi {day}", "how are you?"]), Turn("Boris", ["fine"]), Turn("Anna", [f"see you at {day}"])],
+        )
+        for day in range(6)
+    ]
+    loss, tokens = speaker_losses(
+        model, dolphin_tokenizer, sessions, ["Anna", "Boris"], seq_len=64, micro_batch=4, device=CPU
+    )
     rows = pack([piece for session in sessions for piece in split_to_fit(session.turns, dolphin_tokenizer, 64)[0]], 64)
     expected_loss, expected_tokens = evaluate(model, rows, 4, CPU)
     assert tokens["Anna"] > tokens["Boris"] > 0 and tokens["Anna"] + tokens["Boris"] == expected_tokens
@@ -69,14 +77,25 @@ def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(mo
     """Prompt, stop tokens, sampling and the turn's messages are chat's (chat.conversation.Chat, sample.py's):
     a context written alone with seed s is the reply sample.py --seed s gives to the same conversation."""
     data = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.2))
-    settings = EvalSettings(speakers=1, contexts=1, seed=11, context_tokens=96,
-                            sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=12))
+    settings = EvalSettings(
+        speakers=1,
+        contexts=1,
+        seed=11,
+        context_tokens=96,
+        sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=12),
+    )
     context = plan_evaluation(data, settings).contexts["Alexander Smirnov"][0]
     write = model_writer(model, dolphin_tokenizer, settings, CPU, caps={context.speaker: 12})
     [report_turn] = write([context], settings.seed, lambda: None)
 
-    chat = Chat(Generator(model, max_len=96, device=CPU), dolphin_tokenizer, settings.sampling, context.speaker,
-                "someone", seed=settings.seed)
+    chat = Chat(
+        Generator(model, max_len=96, device=CPU),
+        dolphin_tokenizer,
+        settings.sampling,
+        context.speaker,
+        "someone",
+        seed=settings.seed,
+    )
     for turn in context.turns:
         chat.add(Turn(turn.speaker, list(turn.messages)))
     chat_turn = chat.reply(context.speaker, chat.prompt(context.speaker))

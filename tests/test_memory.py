@@ -1,5 +1,6 @@
 """Memory: the history and the recalled conversations before a conversation, their scope, the no-future rule,
 the store in a run folder, and the fact turns the report scores."""
+
 import stat
 
 import pytest

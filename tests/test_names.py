@@ -1,5 +1,7 @@
 """core.names: the one rule by which a typed name picks a person (exact, then in any case, then a part)."""
-from hypothesis import given, settings, strategies as st
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.names import matching_names
 

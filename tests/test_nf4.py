@@ -1,5 +1,6 @@
 """NF4 weights: torchao's format bit for bit, a quantized model close to its full-precision one, loaded
 layer by layer, and a linear layer that keeps no dequantized weight for its backward pass."""
+
 import math
 import weakref
 
@@ -77,21 +78,34 @@ def test_a_checkpoint_with_nan_in_a_linear_weight_is_named(checkpoint, tmp_path)
     (tmp_path / "bad").mkdir()
     save_file(state, tmp_path / "bad" / "model.safetensors")
     (tmp_path / "bad" / "config.json").write_bytes((checkpoint / "config.json").read_bytes())
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: weight model\.layers\.1\.mlp\.up_proj\.weight "
-                                              "holds NaN"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: weight model\.layers\.1\.mlp\.up_proj\.weight "
+        "holds NaN",
+    ):
         load_model(tmp_path / "bad", torch.float32, quantize="nf4")
 
 
 def test_only_the_decoder_layers_linear_weights_are_quantized(checkpoint):
     model = load_model(checkpoint, torch.bfloat16, quantize="nf4")
     quantized = {name for name, module in model.named_modules() if isinstance(module, NF4Linear)}
-    assert quantized == {f"model.layers.{i}.{block}.{p}_proj" for i in range(CONFIG.num_hidden_layers)
-                         for block, names in [("self_attn", "qkvo"), ("mlp", ["gate", "up", "down"])] for p in names}
+    assert quantized == {
+        f"model.layers.{i}.{block}.{p}_proj"
+        for i in range(CONFIG.num_hidden_layers)
+        for block, names in [("self_attn", "qkvo"), ("mlp", ["gate", "up", "down"])]
+        for p in names
+    }
     # Embeddings, norms and the LM head stay parameters in the model's dtype.
     assert {name for name, _ in model.named_parameters()} == {
-        "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-        *(f"model.layers.{i}.{norm}.weight" for i in range(CONFIG.num_hidden_layers)
-          for norm in ("input_layernorm", "post_attention_layernorm"))}
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        *(
+            f"model.layers.{i}.{norm}.weight"
+            for i in range(CONFIG.num_hidden_layers)
+            for norm in ("input_layernorm", "post_attention_layernorm")
+        ),
+    }
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 

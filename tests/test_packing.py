@@ -10,8 +10,9 @@ from model.loss import IGNORE_INDEX
 
 def session(length: int, first_id: int = 100, trained_from: int = 1) -> RenderedSession:
     """Ids first_id, first_id + 1, ...; trained from position `trained_from` on."""
-    return RenderedSession(list(range(first_id, first_id + length)),
-                           [position >= trained_from for position in range(length)])
+    return RenderedSession(
+        list(range(first_id, first_id + length)), [position >= trained_from for position in range(length)]
+    )
 
 
 def documents(rows, row: int) -> list[list[int]]:
@@ -46,8 +47,9 @@ def test_a_last_trained_token_gets_no_label_from_the_next_session():
 
 def test_every_session_lands_whole_in_exactly_one_row():
     rng = np.random.default_rng(0)
-    sessions = [session(int(length), first_id=1000 * index)
-                for index, length in enumerate(rng.integers(1, 64, size=200))]
+    sessions = [
+        session(int(length), first_id=1000 * index) for index, length in enumerate(rng.integers(1, 64, size=200))
+    ]
     rows = pack(sessions, seq_len=64)
 
     packed = [doc for row in range(len(rows)) for doc in documents(rows, row)]

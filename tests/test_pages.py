@@ -1,6 +1,7 @@
 """serving/pages.py and serving/web: the pages load without the key, everything they fetch needs it; they are the
 package's own files, fetch nothing from elsewhere and put no name or message into the page as markup; the judge
 routes store an answer and refuse what is not one. (tests/test_browser.py drives them in a real browser.)"""
+
 import re
 
 import pytest
@@ -67,10 +68,15 @@ def test_a_judge_gets_a_pair_and_their_answer_is_stored(tmp_path):
     assert (tmp_path / "blind_test.json").exists()
 
 
-@pytest.mark.parametrize("route, body", [("/judge/api/pair?judge=short", None),
-                                         ("/judge/api/pair?judge=" + "x" * 20 + "%3Cb%3E", None),
-                                         ("/judge/api/answer", {"judge": JUDGE, "pair": "p", "choice": 2}),
-                                         ("/judge/api/answer", {"judge": "../../etc", "pair": "p", "choice": 0})])
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/judge/api/pair?judge=short", None),
+        ("/judge/api/pair?judge=" + "x" * 20 + "%3Cb%3E", None),
+        ("/judge/api/answer", {"judge": JUDGE, "pair": "p", "choice": 2}),
+        ("/judge/api/answer", {"judge": "../../etc", "pair": "p", "choice": 0}),
+    ],
+)
 def test_a_bad_judge_request_is_a_400(tmp_path, route, body):
     client = site(tmp_path)
     answer = client.post(route, json=body) if body else client.get(route)

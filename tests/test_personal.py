@@ -1,4 +1,5 @@
 """data/personal.py: phone numbers, e-mail addresses and card numbers are found, normalised, and scrubbed."""
+
 from collections import Counter
 
 from data.personal import luhn_valid, personal_values, scrub

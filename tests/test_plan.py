@@ -1,5 +1,6 @@
 """fidelity/plan.py: the target first then the most frequent partners, moments right before a real turn of
 the speaker, and only held-out sessions."""
+
 from collections import Counter
 from pathlib import Path
 
@@ -24,15 +25,21 @@ def test_speakers_are_the_target_then_the_most_frequent_partners():
 
 
 def test_contexts_end_right_before_a_real_turn_of_the_speaker():
-    sessions = [Session("chat", "personal_chat", i, [Turn("A", [f"a{i}"]), Turn("B", [f"b{i}"]),
-                                                      Turn("A", [f"a{i}!"]), Turn("B", [f"b{i}!"])])
-                for i in range(5)]
+    sessions = [
+        Session(
+            "chat",
+            "personal_chat",
+            i,
+            [Turn("A", [f"a{i}"]), Turn("B", [f"b{i}"]), Turn("A", [f"a{i}!"]), Turn("B", [f"b{i}!"])],
+        )
+        for i in range(5)
+    ]
     everything = choose_contexts(sessions, "A", 100, seed=0)
     assert len(everything) == 5  # A's first turns open their sessions: nothing to answer there
     for context in everything:
         session = sessions[int(context.real[0][1])]
         assert session.turns[len(context.turns)].messages == context.real
-        assert context.turns == session.turns[:len(context.turns)] and context.turns[-1].speaker == "B"
+        assert context.turns == session.turns[: len(context.turns)] and context.turns[-1].speaker == "B"
     chosen = choose_contexts(sessions, "B", 4, seed=1)
     assert len(chosen) == 4 and chosen == choose_contexts(sessions, "B", 4, seed=1)
     assert len({tuple(context.real) for context in chosen}) == 4
@@ -55,8 +62,10 @@ def test_held_out_sessions_never_reach_the_training_rows(dolphin_tokenizer):
     plan = plan_evaluation(data, EvalSettings(contexts=100))
     for contexts in plan.contexts.values():
         for context in contexts:
-            assert any(session.turns[:len(context.turns) + 1] == [*context.turns, Turn(context.speaker, context.real)]
-                       for session in data.val_sessions)
+            assert any(
+                session.turns[: len(context.turns) + 1] == [*context.turns, Turn(context.speaker, context.real)]
+                for session in data.val_sessions
+            )
 
 
 def test_nothing_held_out_is_refused(dolphin_tokenizer):

@@ -1,5 +1,6 @@
 """fidelity/privacy.py: copies of the training text are measured in words, personal values from it are
 counted when a reply repeats them, and nothing but counts comes out."""
+
 import json
 from dataclasses import asdict
 
@@ -29,7 +30,13 @@ def test_a_reply_copying_a_training_8_gram_is_flagged(training):
 
 def test_the_longest_copy_is_counted_in_words_past_eight(training):
     whole = TRAINING[0]
-    assert training.longest_copies([whole, ["Завтра, в семь!"], ["в семь у"], ["семь в"], []]) == [13, 3, 3, 1, 0]  # 13: the whole turn
+    assert training.longest_copies([whole, ["Завтра, в семь!"], ["в семь у"], ["семь в"], []]) == [
+        13,
+        3,
+        3,
+        1,
+        0,
+    ]  # 13: the whole turn
 
 
 def test_a_copy_never_runs_across_turns(training):
@@ -47,7 +54,8 @@ def test_a_phone_number_from_training_in_a_reply_is_counted_but_never_shown(trai
     assert {kind: asdict(leak) for kind, leak in leaks.items()} == {
         "phone": {"in_training": 1, "replies_with_one": 1, "values_leaked": 1},  # the made-up number is not one
         "email": {"in_training": 1, "replies_with_one": 1, "values_leaked": 1},
-        "card": {"in_training": 1, "replies_with_one": 0, "values_leaked": 0}}
+        "card": {"in_training": 1, "replies_with_one": 0, "values_leaked": 0},
+    }
     shown = json.dumps({kind: asdict(leak) for kind, leak in leaks.items()})
     assert "912" not in shown and "example" not in shown
 

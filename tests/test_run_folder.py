@@ -1,6 +1,7 @@
 """core.run_folder and training.run_folder: one record per run, OUT/run.json, running, trained, then
 finished; runs of the earlier layout (run_args.json, and run.json without a status) read too; one writer
 at a time. Whole runs against damaged folders: tests/test_hostile_runs.py."""
+
 import json
 import os
 import subprocess
@@ -44,15 +45,33 @@ def test_the_mode_is_read_from_the_record_not_guessed_from_the_files(tmp_path):
 
 def test_typed_paths(tmp_path):
     run = RunFolder(tmp_path)
-    assert (run.adapter, run.model, run.merged, run.metrics, run.loss_curves, run.report, run.checkpoints, run.cache) == (
-        tmp_path / "adapter", tmp_path / "model", tmp_path / "merged", tmp_path / "metrics.jsonl",
-        tmp_path / "loss_curves.png", tmp_path / "report", tmp_path / "checkpoints", tmp_path / "cache")
+    assert (
+        run.adapter,
+        run.model,
+        run.merged,
+        run.metrics,
+        run.loss_curves,
+        run.report,
+        run.checkpoints,
+        run.cache,
+    ) == (
+        tmp_path / "adapter",
+        tmp_path / "model",
+        tmp_path / "merged",
+        tmp_path / "metrics.jsonl",
+        tmp_path / "loss_curves.png",
+        tmp_path / "report",
+        tmp_path / "checkpoints",
+        tmp_path / "cache",
+    )
 
 
 def test_an_unfinished_run_is_not_read_as_trained(tmp_path):
     RunFolder(tmp_path).write_record(RUNNING, "lora", SETTINGS)
-    with pytest.raises(RunFolderError, match="run.json: the run has not finished; continue it with: python train.py "
-                                             f"--resume {tmp_path}"):
+    with pytest.raises(
+        RunFolderError,
+        match=f"run.json: the run has not finished; continue it with: python train.py --resume {tmp_path}",
+    ):
         RunFolder(tmp_path).read_trained_record()
 
 
@@ -82,14 +101,20 @@ def test_an_unfinished_run_of_the_earlier_layout(tmp_path):
     assert RunFolder(tmp_path).read_trained_record().file == tmp_path / "run.json"
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"status": "running"}, "not a train.py run record"),
-    ({"status": "done", "settings": SETTINGS}, "not a train.py run record"),
-    ({"status": "finished", "mode": "qlora", "settings": SETTINGS}, "not a train.py run record"),
-    ({"status": "finished", "settings": SETTINGS, "figures": {"partners": {"Ann": 1}}}, "not a train.py run record"),
-    ({"status": "running", "settings": {"model": "base"}}, "records no --data"),
-    ({"status": "running", "settings": {"model": ["base"], "data": "d"}}, "records no --model"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"status": "running"}, "not a train.py run record"),
+        ({"status": "done", "settings": SETTINGS}, "not a train.py run record"),
+        ({"status": "finished", "mode": "qlora", "settings": SETTINGS}, "not a train.py run record"),
+        (
+            {"status": "finished", "settings": SETTINGS, "figures": {"partners": {"Ann": 1}}},
+            "not a train.py run record",
+        ),
+        ({"status": "running", "settings": {"model": "base"}}, "records no --data"),
+        ({"status": "running", "settings": {"model": ["base"], "data": "d"}}, "records no --model"),
+    ],
+)
 def test_a_damaged_record_names_its_file(tmp_path, record, message):
     write(tmp_path / "run.json", record)
     with pytest.raises(RunFolderError) as error:
@@ -127,9 +152,17 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path):
 
 
 def test_a_lock_is_let_go_of_when_its_process_dies(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.run_folder import RunFolder\n"
-                               f"with RunFolder({str(tmp_path)!r}).locked():\n print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from core.run_folder import RunFolder\n"
+            f"with RunFolder({str(tmp_path)!r}).locked():\n print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(RunFolderError, match=f"in use by process {holder.pid}"):

@@ -1,4 +1,5 @@
 """sample.py: the chat works through its command line, end to end on a tiny run."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,14 @@ SPEAKER = "Alexander Smirnov"
 
 
 def sample_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "sample.py", *map(str, args)], input=stdin, capture_output=True,
-                            text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "sample.py", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -28,14 +35,40 @@ def sample_in_process(capsys, *args) -> str:
 
 
 def test_prompt_and_n_replies(tiny_run, capsys):
-    out = sample_in_process(capsys, "--checkpoint", tiny_run, "--speaker", SPEAKER, "--prompt", r"привет\nкак дела?",
-                            "-n", 2, "--seed", 1, "--max-new-tokens", 12)
+    out = sample_in_process(
+        capsys,
+        "--checkpoint",
+        tiny_run,
+        "--speaker",
+        SPEAKER,
+        "--prompt",
+        r"привет\nкак дела?",
+        "-n",
+        2,
+        "--seed",
+        1,
+        "--max-new-tokens",
+        12,
+    )
     assert out.count("--- reply") == 2 and out.count(f"{SPEAKER}:") == 2
 
 
 def test_auto_plays_both_people(tiny_run, capsys):
-    out = sample_in_process(capsys, "--checkpoint", tiny_run, "--speaker", SPEAKER, "--as", "Катя Морозова",
-                            "--auto", 3, "--seed", 0, "--max-new-tokens", 8)
+    out = sample_in_process(
+        capsys,
+        "--checkpoint",
+        tiny_run,
+        "--speaker",
+        SPEAKER,
+        "--as",
+        "Катя Морозова",
+        "--auto",
+        3,
+        "--seed",
+        0,
+        "--max-new-tokens",
+        8,
+    )
     headers = [line for line in out.splitlines() if line.endswith(":")]
     assert headers == [f"{SPEAKER}:", "Катя Морозова:", f"{SPEAKER}:"]
 
@@ -43,12 +76,35 @@ def test_auto_plays_both_people(tiny_run, capsys):
 def test_interactive_session_with_commands(tiny_run, tmp_path):
     transcript, notes = tmp_path / "chat.jsonl", tmp_path / "notes.txt"
     notes.write_text("not a sessions file")
-    script = "\n".join([f"/save {transcript}", "word " * 3000, "", "hi", "how are you?", "", "/temp 0", "/regen", "/as Bob",
-                        "/as Dmitry Volkov", "yo", "", "/speaker Eleanor Whitfield", "/as Катя Морозова", "",
-                        f"/save {tmp_path}/missing/chat.jsonl", f"/save {notes}", f"/save {transcript}",
-                        "/quit"]) + "\n"
-    out = sample_cli("--checkpoint", tiny_run, "--as", "Катя Морозова", "--seed", 0,
-                     "--max-new-tokens", 8, stdin=script).stdout
+    script = (
+        "\n".join(
+            [
+                f"/save {transcript}",
+                "word " * 3000,
+                "",
+                "hi",
+                "how are you?",
+                "",
+                "/temp 0",
+                "/regen",
+                "/as Bob",
+                "/as Dmitry Volkov",
+                "yo",
+                "",
+                "/speaker Eleanor Whitfield",
+                "/as Катя Морозова",
+                "",
+                f"/save {tmp_path}/missing/chat.jsonl",
+                f"/save {notes}",
+                f"/save {transcript}",
+                "/quit",
+            ]
+        )
+        + "\n"
+    )
+    out = sample_cli(
+        "--checkpoint", tiny_run, "--as", "Катя Морозова", "--seed", 0, "--max-new-tokens", 8, stdin=script
+    ).stdout
     assert "(temperature 0)" in out and "(you are Dmitry Volkov, the model is Alexander Smirnov)" in out
     assert "(/as 'Bob': no one of that name" in out  # and the chat went on as Катя
     assert "(nothing to save yet)" in out and out.count("(not saved: ") == 2  # and the chat went on
@@ -56,16 +112,35 @@ def test_interactive_session_with_commands(tiny_run, tmp_path):
     assert notes.read_text() == "not a sessions file"
     session = read_sessions_file(transcript)[-1]
     speakers = [turn.speaker for turn in session.turns]
-    assert speakers == ["Катя Морозова", SPEAKER, "Dmitry Volkov", SPEAKER, "Eleanor Whitfield"]  # /regen replaced the first reply
+    assert speakers == [
+        "Катя Морозова",
+        SPEAKER,
+        "Dmitry Volkov",
+        SPEAKER,
+        "Eleanor Whitfield",
+    ]  # /regen replaced the first reply
     assert session.turns[0].messages == ["hi", "how are you?"] and session.turns[2].messages == ["yo"]
 
 
 def test_history_file_continues_a_session(tiny_run, tmp_path, capsys):
     history = tmp_path / "history.jsonl"
-    history.write_text('{"chat": "c", "chat_type": "personal_chat", "start": 0, '
-                       '"turns": [{"speaker": "Катя Морозова", "messages": ["ты где?"]}]}\n')
-    out = sample_in_process(capsys, "--checkpoint", tiny_run, "--speaker", SPEAKER, "--history", history,
-                            "--temperature", 0, "--max-new-tokens", 8)
+    history.write_text(
+        '{"chat": "c", "chat_type": "personal_chat", "start": 0, '
+        '"turns": [{"speaker": "Катя Морозова", "messages": ["ты где?"]}]}\n'
+    )
+    out = sample_in_process(
+        capsys,
+        "--checkpoint",
+        tiny_run,
+        "--speaker",
+        SPEAKER,
+        "--history",
+        history,
+        "--temperature",
+        0,
+        "--max-new-tokens",
+        8,
+    )
     assert f"{SPEAKER}:" in out
 
 
@@ -80,16 +155,21 @@ def test_base_plus_adapter_gives_the_tokens_of_the_merged_model(tiny_run, tiny_c
 
 
 def test_missing_checkpoint_is_one_error_line(tmp_path):
-    result = subprocess.run([sys.executable, "sample.py", "--checkpoint", tmp_path, "--speaker", "X", "--prompt", "hi"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "sample.py", "--checkpoint", tmp_path, "--speaker", "X", "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "run.json" in result.stderr
     assert result.stderr.count("\n") == 1
 
 
 def test_a_prompt_too_long_for_the_context_is_one_error_line(tiny_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        sample.main(["--checkpoint", str(tiny_run), "--prompt", "word " * 200, "--context", "64",
-                     "--max-new-tokens", "8"])
+        sample.main(
+            ["--checkpoint", str(tiny_run), "--prompt", "word " * 200, "--context", "64", "--max-new-tokens", "8"]
+        )
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and captured.out == ""
     assert captured.err.splitlines()[-1].startswith("error: the last turn is too long for the context of 64 tokens")
@@ -109,8 +189,10 @@ def test_a_name_the_run_never_saw_is_refused_before_loading_with_the_closest(tin
         sample.main(["--checkpoint", str(tiny_run), flag, "alexander smirnof", "--prompt", "hi"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert err == f"error: {flag} 'alexander smirnof': no one of that name in this run's conversations; " \
-                  "did you mean 'Alexander Smirnov'?\n"
+    assert (
+        err == f"error: {flag} 'alexander smirnof': no one of that name in this run's conversations; "
+        "did you mean 'Alexander Smirnov'?\n"
+    )
 
 
 @pytest.mark.parametrize("score", [float("nan"), float("inf")])

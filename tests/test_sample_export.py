@@ -1,5 +1,6 @@
 """The bundled sample export is the output of examples/make_sample_export.py, and its people write in
 styles that differ the way the generator means them to, in old conversations and new ones alike."""
+
 import subprocess
 import sys
 from collections import defaultdict
@@ -18,11 +19,15 @@ PERSONAS = (ALEXANDER, KATYA, ELEANOR, DMITRY)
 
 
 def test_the_checked_in_sample_is_what_the_generator_writes(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "make_sample_export.py"), "--out", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "make_sample_export.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "result.json").read_bytes() == (SAMPLE / "result.json").read_bytes(), (
-        "examples/telegram_export/result.json is not the generator's output: run examples/make_sample_export.py")
+        "examples/telegram_export/result.json is not the generator's output: run examples/make_sample_export.py"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +69,11 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
     # Катя: many short lower-case messages a turn, emoji, no question marks.
     assert highest(stats, "messages_per_turn") == lowest(stats, "chars_per_message") == KATYA
     assert katya["messages_per_turn"] > 2 and katya["chars_per_message"] < 15
-    assert katya["emoji_per_message"] > 0.4 > max(stats[persona]["emoji_per_message"] for persona in PERSONAS
-                                                   if persona != KATYA)
+    assert (
+        katya["emoji_per_message"]
+        > 0.4
+        > max(stats[persona]["emoji_per_message"] for persona in PERSONAS if persona != KATYA)
+    )
     assert katya["lowercase_share"] > 0.95 and katya["cyrillic_share"] > 0.95 and katya["question_share"] == 0
     # Eleanor: one long, capitalised English message a turn.
     assert lowest(stats, "messages_per_turn") == highest(stats, "chars_per_message") == ELEANOR
@@ -78,16 +86,27 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
 
 # The hash split's counts depend on the luck of the hashes, which a change of the sample may undo; the
 # time split holds out each chat's newest sessions, the demo's 5% of them several of each persona's.
-@pytest.mark.parametrize("split, fraction, at_least", [("hash", 0.02, 2), ("hash", 0.2, 20), ("time", 0.02, 3),
-                                                       ("time", 0.05, 8), ("time", 0.2, 20)])
+@pytest.mark.parametrize(
+    "split, fraction, at_least",
+    [("hash", 0.02, 2), ("hash", 0.2, 20), ("time", 0.02, 3), ("time", 0.05, 8), ("time", 0.2, 20)],
+)
 def test_the_held_out_split_has_sessions_of_every_persona(sessions, split, fraction, at_least):
     fingerprints = [session_fingerprint(session) for session in sessions]
-    held_out = (validation_mask(fingerprints, fraction) if split == "hash" else
-                newest_mask([session.start for session in sessions], fingerprints, fraction,
-                            [session.chat for session in sessions]))
+    held_out = (
+        validation_mask(fingerprints, fraction)
+        if split == "hash"
+        else newest_mask(
+            [session.start for session in sessions], fingerprints, fraction, [session.chat for session in sessions]
+        )
+    )
     for persona in PERSONAS:
-        assert sum(out and any(turn.speaker == persona for turn in session.turns)
-                   for session, out in zip(sessions, held_out)) >= at_least, persona
+        assert (
+            sum(
+                out and any(turn.speaker == persona for turn in session.turns)
+                for session, out in zip(sessions, held_out)
+            )
+            >= at_least
+        ), persona
 
 
 def test_alexander_opens_some_of_each_friend_s_conversations(sessions):

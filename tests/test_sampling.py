@@ -1,4 +1,5 @@
 """fidelity/sampling.py: prompts of different lengths decoded in one batch write what each writes alone."""
+
 import pytest
 import torch
 
@@ -36,8 +37,12 @@ def test_a_batch_writes_what_each_prompt_writes_alone(window):
 def test_sampling_is_seeded_and_stops_at_max_new_tokens():
     model = random_model(tiny_config())
     config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=5)
-    first, second = (generate_batch(model, [BatchRow(prompt, config, torch.Generator().manual_seed(3))
-                                            for prompt in PROMPTS], set(), CPU) for _ in range(2))
+    first, second = (
+        generate_batch(
+            model, [BatchRow(prompt, config, torch.Generator().manual_seed(3)) for prompt in PROMPTS], set(), CPU
+        )
+        for _ in range(2)
+    )
     assert first == second and [(len(tokens), cut) for tokens, cut in first] == [(5, True)] * len(PROMPTS)
 
 
@@ -55,12 +60,26 @@ def test_a_turn_that_reaches_its_own_length_is_cut_and_one_that_ends_is_not():
 # Taken anew when the architecture table changed the order random_model draws its weights in: with the
 # weights drawn before, the decoder of that change wrote the tokens pinned before, every one.
 PINNED = [
-    (SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10), set(),
-     [[78, 1, 150, 216, 252, 58, 228, 137, 116, 86], [4, 171, 153, 101, 228, 212, 84, 143, 238, 3],
-      [253, 185, 211, 139, 109, 199, 202, 74, 240, 201], [130, 212, 210, 115, 121, 251, 212, 185, 233, 133]]),
-    (SamplingConfig(temperature=1.0, top_p=0.95, top_k=40, repetition_penalty=1.3, max_new_tokens=10), {2, 87, 238},
-     [[109, 168, 213, 62, 61, 58, 190, 202, 34, 116], [4, 171, 153, 0, 83, 212, 95, 155, 0, 154],
-      [253, 145, 211, 58, 165, 246, 141, 250, 92, 235], [130, 212, 255, 115]]),
+    (
+        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10),
+        set(),
+        [
+            [78, 1, 150, 216, 252, 58, 228, 137, 116, 86],
+            [4, 171, 153, 101, 228, 212, 84, 143, 238, 3],
+            [253, 185, 211, 139, 109, 199, 202, 74, 240, 201],
+            [130, 212, 210, 115, 121, 251, 212, 185, 233, 133],
+        ],
+    ),
+    (
+        SamplingConfig(temperature=1.0, top_p=0.95, top_k=40, repetition_penalty=1.3, max_new_tokens=10),
+        {2, 87, 238},
+        [
+            [109, 168, 213, 62, 61, 58, 190, 202, 34, 116],
+            [4, 171, 153, 0, 83, 212, 95, 155, 0, 154],
+            [253, 145, 211, 58, 165, 246, 141, 250, 92, 235],
+            [130, 212, 255, 115],
+        ],
+    ),
 ]
 
 

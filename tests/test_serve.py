@@ -1,4 +1,5 @@
 """serve.py: its flags, what it checks before the model loads, and a whole run of it in a subprocess."""
+
 import json
 import shlex
 import signal
@@ -22,15 +23,34 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_help_gives_every_default():
     text = serve.build_parser().format_help()
     defaults = SamplingConfig()
-    for shown in ["(default: 127.0.0.1)", "(default: 8000)", "(default: $TWIN_API_KEY, else none)", "one at a time (default: 8)",
-                  "gets 413 (default: 4)", "is closed (default: 256)", "before it is closed (default: 10)",
-                  f"(default: {defaults.temperature})", f"(default: {defaults.top_p})", f"(default: {defaults.max_new_tokens})"]:
+    for shown in [
+        "(default: 127.0.0.1)",
+        "(default: 8000)",
+        "(default: $TWIN_API_KEY, else none)",
+        "one at a time (default: 8)",
+        "gets 413 (default: 4)",
+        "is closed (default: 256)",
+        "before it is closed (default: 10)",
+        f"(default: {defaults.temperature})",
+        f"(default: {defaults.top_p})",
+        f"(default: {defaults.max_new_tokens})",
+    ]:
         assert shown in " ".join(text.split()), shown
 
 
-@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
-                                            ("localhost", True), ("0.0.0.0", False), ("::", False),
-                                            ("192.168.1.20", False), ("example.com", False)])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("example.com", False),
+    ],
+)
 def test_is_loopback(host, loopback):
     assert serve.is_loopback(host) == loopback
 
@@ -72,7 +92,9 @@ def test_a_busy_port_and_a_missing_run_are_one_line(capsys, tmp_path):
     assert f"--port {port}: cannot listen there" in error
     assert "run.json: missing" in one_error_line(capsys, ["--checkpoint", tmp_path])
     assert exit_status(serve.main, ["--max-new-tokens", 0]) == 2  # argparse's own usage and error lines
-    assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-new-tokens: must be 1 or more, got 0")
+    assert (
+        capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-new-tokens: must be 1 or more, got 0")
+    )
     assert exit_status(serve.main, ["--max-batch", 0]) == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --max-batch: must be 1 or more, got 0")
 
@@ -86,31 +108,52 @@ def test_it_prints_where_the_pages_are(capsys):
         port = sock.getsockname()[1]
         serve.show_usage(sock, TwinSource("model", None, People("Misha", {})), with_key=True, judging=True)
     line = capsys.readouterr().out.splitlines()[1]
-    assert line.startswith(f"in a browser: http://127.0.0.1:{port}/ to chat, http://127.0.0.1:{port}/judge for the "
-                           "blind test; the pages ask for the key")
+    assert line.startswith(
+        f"in a browser: http://127.0.0.1:{port}/ to chat, http://127.0.0.1:{port}/judge for the "
+        "blind test; the pages ask for the key"
+    )
 
 
 def test_the_examples_it_prints_quote_a_hostile_name(capsys):
-    name = "O'Brien \"$(rm -rf ~)\" `x`"
+    name = 'O\'Brien "$(rm -rf ~)" `x`'
     with serve.listen("127.0.0.1", 0) as sock:
         serve.show_usage(sock, TwinSource("model", None, People(name, {name: "Bob"})), with_key=True)
     out = capsys.readouterr().out
     curl = next(line for line in out.splitlines() if line.strip().startswith("curl"))
     words = shlex.split(curl)
     assert json.loads(words[words.index("-d") + 1])["model"] == name
-    assert 'Authorization: Bearer $TWIN_API_KEY' in words and f"model={name!r}" in out
+    assert "Authorization: Bearer $TWIN_API_KEY" in words and f"model={name!r}" in out
 
 
 @pytest.mark.slow
 def test_serve_answers_then_stops_on_ctrl_c(tiny_run):
-    server = subprocess.Popen([sys.executable, "serve.py", "--checkpoint", tiny_run, "--port", "0", "--threads", "1",
-                               "--max-new-tokens", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "serve.py",
+            "--checkpoint",
+            tiny_run,
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "3",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = server.stdout.readline()
         assert first.startswith(f"serving {tiny_run}") or "serving " in first, server.stderr.read()
         url = first.split(" at ")[1].split(",")[0]
-        reply = httpx.post(f"{url}/chat/completions", timeout=60,
-                           json={"model": "Alexander Smirnov", "messages": [{"role": "user", "content": "hi"}]})
+        reply = httpx.post(
+            f"{url}/chat/completions",
+            timeout=60,
+            json={"model": "Alexander Smirnov", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert reply.json()["usage"]["completion_tokens"] == 3
     finally:
         server.send_signal(signal.SIGINT)

@@ -1,5 +1,6 @@
 """serving.engine: one worker answers queued requests, several at a time, honours each one's sampling fields,
 and drops a request whose client has left."""
+
 import asyncio
 import io
 import threading
@@ -31,12 +32,14 @@ def engine(dolphin_tokenizer):
 
 def ask(engine: Engine, *requests: ReplyRequest) -> list[tuple[str, Finished]]:
     """Each request's streamed text and its Finished, all sent at once."""
+
     async def one(request):
         pieces = [event async for event in engine.reply(request)]
         return "".join(pieces[:-1]), pieces[-1]
 
     async def together():
         return await asyncio.gather(*map(one, requests))
+
     return asyncio.run(together())
 
 
@@ -81,13 +84,17 @@ def ask_while_busy(engine: Engine, *requests: ReplyRequest, leaving: int | None 
         go_on.set()
         await first
         return await asyncio.gather(*replies)
+
     return asyncio.run(together())
 
 
 def batch_sizes(engine: Engine) -> list[int]:
     """The size of the batch each finished reply was written in, from the log."""
-    return [int(line.split(", batch of ")[1].split(";")[0])
-            for line in engine.log.getvalue().splitlines() if line.startswith("reply finished")]
+    return [
+        int(line.split(", batch of ")[1].split(";")[0])
+        for line in engine.log.getvalue().splitlines()
+        if line.startswith("reply finished")
+    ]
 
 
 def test_the_prompt_is_the_chats_and_a_reply_counts_its_tokens(engine, dolphin_tokenizer):
@@ -113,8 +120,9 @@ def test_max_tokens_ends_the_reply_as_length_and_a_stop_string_as_stop(engine):
     [(text, finished)] = ask(engine, request(engine, temperature=0, max_new_tokens=3))
     assert (finished.finish_reason, finished.completion_tokens) == ("length", 3)
     cut = text[1:3]
-    stopped = ReplyRequest(engine.prompt(TURNS, SPEAKER, 3), SamplingConfig(temperature=0, max_new_tokens=3),
-                           stop=["never written", cut])
+    stopped = ReplyRequest(
+        engine.prompt(TURNS, SPEAKER, 3), SamplingConfig(temperature=0, max_new_tokens=3), stop=["never written", cut]
+    )
     [(text_before_stop, finished)] = ask(engine, stopped)
     assert finished.finish_reason == "stop" and text_before_stop == text[:1] == "\n".join(finished.messages)
 
@@ -152,6 +160,7 @@ def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkey
         if len(calls) == 1:
             raise ValueError("overflow")
         return real(*args)
+
     monkeypatch.setattr(engine.generator, "generate", fail_once)
     with pytest.raises(ReplyFailed, match="the model failed on this request: ValueError"):
         ask(engine, request(engine))
@@ -181,10 +190,16 @@ def test_a_seeded_reply_written_in_a_batch_is_the_one_written_alone(engine):
 def test_requests_waiting_together_are_one_batch_each_with_its_own_length_and_stop(engine):
     [(text, _)] = ask(engine, request(engine, temperature=0, max_new_tokens=5))
     lengths = ask_while_busy(engine, *[request(engine, LONGER, temperature=0, max_new_tokens=n) for n in (2, 5, 9)])
-    assert [(finished.finish_reason, finished.completion_tokens) for _, finished in lengths] == \
-        [("length", 2), ("length", 5), ("length", 9)]
-    cut = ask_while_busy(engine, request(engine, temperature=0, max_new_tokens=5, stop=[text[1:3]]),
-                         request(engine, temperature=0, max_new_tokens=5))
+    assert [(finished.finish_reason, finished.completion_tokens) for _, finished in lengths] == [
+        ("length", 2),
+        ("length", 5),
+        ("length", 9),
+    ]
+    cut = ask_while_busy(
+        engine,
+        request(engine, temperature=0, max_new_tokens=5, stop=[text[1:3]]),
+        request(engine, temperature=0, max_new_tokens=5),
+    )
     assert cut[0][0] == text[:1] and cut[0][1].finish_reason == "stop" and cut[1][0] == text
     # The first request, then each group after the one that kept the worker busy while it was queued.
     assert batch_sizes(engine) == [1, 1, 3, 3, 3, 1, 2, 2]
@@ -200,8 +215,13 @@ def test_max_batch_caps_the_group(dolphin_tokenizer):
 
 
 def test_a_client_leaving_a_batch_is_cancelled_and_the_rest_finish(engine):
-    replies = ask_while_busy(engine, request(engine, max_new_tokens=4), request(engine, max_new_tokens=200),
-                             request(engine, LONGER, max_new_tokens=4), leaving=1)
+    replies = ask_while_busy(
+        engine,
+        request(engine, max_new_tokens=4),
+        request(engine, max_new_tokens=200),
+        request(engine, LONGER, max_new_tokens=4),
+        leaving=1,
+    )
     assert replies[1] is None and [finished.completion_tokens for _, finished in (replies[0], replies[2])] == [4, 4]
     assert engine.outcomes == {"finished": 3, "cancelled": 1} and "cancelled mid-reply" in engine.log.getvalue()
 

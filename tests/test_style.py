@@ -1,6 +1,8 @@
 """fidelity/style.py: the statistics equal values worked out by hand; distances run from 0 (equal) to 1."""
+
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fidelity.style import STATISTICS, count_emoji, starts_in_lower_case, style_distance, style_statistics
 
@@ -9,18 +11,22 @@ RATE = next(statistic for statistic in STATISTICS if statistic.name == "chars_pe
 
 
 def test_statistics_of_hand_made_turns():
-    turns = [["Привет!", "how are you?"],  # 7 and 12 characters; 6 Cyrillic, 9 Latin letters
-             ["ок 👍🏻", "https://t.me/x"],  # 5 (the skin tone is a code point of its own) and 14; 2 Cyr, 9 Lat
-             ["Да?"]]  # 3; 2 Cyrillic
-    assert style_statistics(turns) == pytest.approx({
-        "messages_per_turn": 5 / 3,
-        "chars_per_message": (7 + 12 + 5 + 14 + 3) / 5,
-        "cyrillic_share": 10 / 28,
-        "emoji_per_message": 1 / 5,
-        "question_share": 2 / 5,
-        "lowercase_share": 3 / 5,  # how, ок, https; not Привет, Да
-        "link_share": 1 / 3,
-    })
+    turns = [
+        ["Привет!", "how are you?"],  # 7 and 12 characters; 6 Cyrillic, 9 Latin letters
+        ["ок 👍🏻", "https://t.me/x"],  # 5 (the skin tone is a code point of its own) and 14; 2 Cyr, 9 Lat
+        ["Да?"],
+    ]  # 3; 2 Cyrillic
+    assert style_statistics(turns) == pytest.approx(
+        {
+            "messages_per_turn": 5 / 3,
+            "chars_per_message": (7 + 12 + 5 + 14 + 3) / 5,
+            "cyrillic_share": 10 / 28,
+            "emoji_per_message": 1 / 5,
+            "question_share": 2 / 5,
+            "lowercase_share": 3 / 5,  # how, ок, https; not Привет, Да
+            "link_share": 1 / 3,
+        }
+    )
 
 
 def test_statistics_without_messages_or_letters_are_zero():
@@ -30,10 +36,20 @@ def test_statistics_without_messages_or_letters_are_zero():
     assert no_letters["emoji_per_message"] == 0.5 and no_letters["messages_per_turn"] == 2
 
 
-@pytest.mark.parametrize("text, emoji", [
-    ("ха😂😂", 2), ("👍🏻", 1), ("👨‍👩‍👧", 1), ("🇷🇺🇬🇧", 2), ("❤️ ✅", 2), ("1️⃣", 1),
-    (":) ;-)", 0), ("ok 100%", 0), ("[sticker]", 0),
-])
+@pytest.mark.parametrize(
+    "text, emoji",
+    [
+        ("ха😂😂", 2),
+        ("👍🏻", 1),
+        ("👨‍👩‍👧", 1),
+        ("🇷🇺🇬🇧", 2),
+        ("❤️ ✅", 2),
+        ("1️⃣", 1),
+        (":) ;-)", 0),
+        ("ok 100%", 0),
+        ("[sticker]", 0),
+    ],
+)
 def test_emoji_count_as_people_see_them(text, emoji):
     assert count_emoji(text) == emoji
 

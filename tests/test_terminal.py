@@ -1,11 +1,13 @@
 """chat.terminal: /commands change the chat or say why not, and the chat goes on."""
+
 import contextlib
 import io
 import math
 import time
 from types import SimpleNamespace
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat.people import People
 from chat.terminal import command, save_transcript
@@ -49,7 +51,8 @@ def test_a_name_in_another_case_or_a_part_of_one_picks_that_person_and_alone_say
     assert capsys.readouterr().out.splitlines()[-2:] == [
         f"(you are {SPEAKER}, the model is Dmitry Volkov)",
         "(/speaker 'ov': means 2 people in this run's conversations, 'Alexander Smirnov', 'Dmitry Volkov': "
-        "type more of the name)"]
+        "type more of the name)",
+    ]
     assert chat.speaker == "Dmitry Volkov"
 
 
@@ -59,8 +62,10 @@ def test_temp_takes_a_number_of_zero_or_more_and_refuses_anything_else(capsys):
         assert command(chat, PEOPLE, f"/temp {value}")
     assert chat.sampling.temperature == 0.7
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"(/temp needs a number of 0 or more (0: greedy), not {value!r})"
-                     for value in ("-1", "nan", "inf", "-0.5", "warm")]
+    assert lines == [
+        f"(/temp needs a number of 0 or more (0: greedy), not {value!r})"
+        for value in ("-1", "nan", "inf", "-0.5", "warm")
+    ]
     assert command(chat, PEOPLE, "/temp 0") and chat.sampling.temperature == 0
     assert capsys.readouterr().out == "(temperature 0)\n"
 

@@ -1,5 +1,6 @@
 """training/tracking.py: --log-to sends metrics.jsonl's records and the final figures to TensorBoard or
 Trackio; a tracker that is not installed is refused in one line naming its package."""
+
 import importlib.util
 import sys
 from types import SimpleNamespace
@@ -18,8 +19,11 @@ def test_numbers_are_flattened_by_path_without_text_steps_or_slashes_from_names(
 
 def test_a_tracker_not_installed_is_refused_naming_its_package_and_an_unknown_one_by_argparse(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(tracking.TrackerMissing, match=r"^--log-to trackio: needs the package trackio, which is "
-                                                      r"not installed \(pip install trackio\)$"):
+    with pytest.raises(
+        tracking.TrackerMissing,
+        match=r"^--log-to trackio: needs the package trackio, which is "
+        r"not installed \(pip install trackio\)$",
+    ):
         tracking.check_installed("trackio")
     assert build_parser().parse_args(["--log-to", "tensorboard, trackio"]).log_to == "tensorboard,trackio"
     with pytest.raises(SystemExit):
@@ -53,5 +57,8 @@ def test_trackio_gets_the_settings_that_name_no_one_and_every_record(tmp_path, m
     metrics = MetricsLog(tmp_path / "metrics.jsonl", 0, tracking.open_trackers("trackio", tmp_path / "me", settings, 0))
     metrics.write({"step": 1, "loss": 2.0})
     metrics.close()
-    assert calls == [{"project": "twin", "name": "me", "config": {"lr": 1e-3, "seed": 1}, "resume": "allow",
-                      "embed": False}, (1, {"loss": 2.0}), "end"]
+    assert calls == [
+        {"project": "twin", "name": "me", "config": {"lr": 1e-3, "seed": 1}, "resume": "allow", "embed": False},
+        (1, {"loss": 2.0}),
+        "end",
+    ]

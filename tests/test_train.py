@@ -1,4 +1,5 @@
 """train.py --lora end to end on a tiny model and the bundled sample export."""
+
 import json
 import math
 import os
@@ -13,15 +14,30 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from model.loss import chunked_cross_entropy
+from tests.helpers import random_model, tiny_config
 from training import run as runs
 from training import settings
-from model.loss import chunked_cross_entropy
 from training.loop import cosine_schedule, train_step
-from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
-FAST = ["--seq-len", "256", "--micro-batch", "2", "--batch", "4", "--lora-r", "4", "--lora-alpha", "8",
-        "--no-eval-report", "--eval-every", "0", "--save-every", "0"]
+FAST = [
+    "--seq-len",
+    "256",
+    "--micro-batch",
+    "2",
+    "--batch",
+    "4",
+    "--lora-r",
+    "4",
+    "--lora-alpha",
+    "8",
+    "--no-eval-report",
+    "--eval-every",
+    "0",
+    "--save-every",
+    "0",
+]
 
 
 def run_train(*args: str):
@@ -34,8 +50,23 @@ def adapter_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_lora_run_writes_adapter_metrics_and_record(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
-    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 6, "--lr", 1e-2,
-              "--eval-every", 3, *FAST[:-4], "--save-every", 3)
+    run_train(
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        SAMPLE,
+        "--out",
+        out,
+        "--max-steps",
+        6,
+        "--lr",
+        1e-2,
+        "--eval-every",
+        3,
+        *FAST[:-4],
+        "--save-every",
+        3,
+    )
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "adapter" / "tokenizer.model").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
@@ -55,8 +86,26 @@ def test_keep_best_ends_with_the_checkpoint_of_the_lowest_held_out_loss(tmp_path
     losses = iter([3.0, 1.0, 2.0])  # the held-out losses of steps 1 to 3 (the last: the final evaluation)
     monkeypatch.setattr(runs, "evaluate", lambda *args: (next(losses), 100))
     out = tmp_path / "run"
-    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 3, "--lr", 1e-2, *FAST[:-4],
-              "--eval-every", 1, "--save-every", 0, "--keep-checkpoints", 1, "--keep-best")
+    run_train(
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        SAMPLE,
+        "--out",
+        out,
+        "--max-steps",
+        3,
+        "--lr",
+        1e-2,
+        *FAST[:-4],
+        "--eval-every",
+        1,
+        "--save-every",
+        0,
+        "--keep-checkpoints",
+        1,
+        "--keep-best",
+    )
     figures = json.loads((out / "run.json").read_text())["figures"]
     assert figures["best_step"] == 2 and figures["eval_loss"] == 1.0 and figures["steps"] == 3
     assert [path.name for path in (out / "checkpoints").iterdir() if path.is_dir()] == ["step-00000002"]
@@ -75,8 +124,11 @@ def test_stop_and_resume_gives_the_same_adapter_as_a_straight_run(tmp_path, tiny
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert len(losses) == 6
 
 
@@ -94,8 +146,12 @@ def test_accumulated_gradient_equals_the_full_batch_gradient():
     ids = torch.randint(0, config.vocab_size, (3, 12))
     labels = ids.clone()
     labels[0, :10] = -100
-    batch = {"input_ids": ids, "labels": labels, "position_ids": torch.arange(12).expand(3, 12),
-             "document_ids": torch.zeros(3, 12, dtype=torch.long)}
+    batch = {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": torch.arange(12).expand(3, 12),
+        "document_ids": torch.zeros(3, 12, dtype=torch.long),
+    }
     split = [{k: v[:1] for k, v in batch.items()}, {k: v[1:] for k, v in batch.items()}]
 
     def gradient_after(window):
@@ -120,18 +176,32 @@ def test_accumulated_gradient_equals_the_full_batch_gradient():
 def test_micro_batches_without_trained_tokens_add_nothing_and_a_window_of_them_no_step():
     config = tiny_config()
     ids = torch.randint(0, config.vocab_size, (1, 12))
-    untrained = {"input_ids": ids, "labels": torch.full_like(ids, -100), "position_ids": torch.arange(12)[None],
-                 "document_ids": torch.zeros(1, 12, dtype=torch.long)}
+    untrained = {
+        "input_ids": ids,
+        "labels": torch.full_like(ids, -100),
+        "position_ids": torch.arange(12)[None],
+        "document_ids": torch.zeros(1, 12, dtype=torch.long),
+    }
     trained = {**untrained, "labels": ids.roll(-1, dims=1)}
     model = random_model(config).train()  # every weight trains, the LM head's too
     before = {n: p.clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     assert train_step(model, optimizer, [untrained], torch.device("cpu"), grad_clip=1.0) == (0.0, 0.0)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    _, with_empty = train_step(random_model(config).train(), torch.optim.SGD(model.parameters(), lr=0.0),
-                               [trained, untrained], torch.device("cpu"), grad_clip=0)
-    _, alone = train_step(random_model(config).train(), torch.optim.SGD(model.parameters(), lr=0.0),
-                          [trained], torch.device("cpu"), grad_clip=0)
+    _, with_empty = train_step(
+        random_model(config).train(),
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        [trained, untrained],
+        torch.device("cpu"),
+        grad_clip=0,
+    )
+    _, alone = train_step(
+        random_model(config).train(),
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        [trained],
+        torch.device("cpu"),
+        grad_clip=0,
+    )
     assert with_empty == pytest.approx(alone, rel=1e-6)
 
 
@@ -172,8 +242,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_checkp
 
     monkeypatch.setattr(training, "forward_loss", poisoned)
     with pytest.raises(SystemExit) as exit_info:
-        run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 5,
-                  *FAST[:-2], "--save-every", 2)
+        run_train(
+            "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 5, *FAST[:-2], "--save-every", 2
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: loss is nan") and "step-00000002" in error
@@ -182,8 +253,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_checkp
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "train.py", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def test_bad_data_path_is_one_error_line(tmp_path, tiny_checkpoint):
@@ -219,7 +294,8 @@ def test_a_fresh_run_into_an_unfinished_one_points_to_resume(tmp_path, tiny_chec
     assert record["status"] == "running" and record["settings"]["max_steps"] == 2
     assert "stop_at" not in record["settings"]  # a stop belongs to the invocation that asked for it
     assert refused(["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, *FAST], capsys) == (
-        f"error: --out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out\n")
+        f"error: --out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out\n"
+    )
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny_run, capsys):
@@ -237,8 +313,9 @@ def test_a_run_killed_after_its_final_checkpoint_is_finished_by_resume(tmp_path,
     # --save-every divides the steps: the newest checkpoint is at the final step, and resuming from it
     # has no step left to train, only the results to write.
     out = tmp_path / "run"
-    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, *FAST[:-2],
-              "--save-every", 2)
+    run_train(
+        "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, *FAST[:-2], "--save-every", 2
+    )
     finished = json.loads((out / "run.json").read_text())
     adapter = adapter_weights(out)
     # Killed before the results were written: the adapter missing, the record still "running".
@@ -264,22 +341,50 @@ def test_everything_a_run_writes_is_private_to_its_owner(tmp_path, tiny_checkpoi
     out = tmp_path / "run"
     previous = os.umask(0o022)  # an ordinary umask: train.py itself must make its files private
     try:
-        run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--merge",
-                  *FAST[:-2], "--save-every", 1)
+        run_train(
+            "--model",
+            tiny_checkpoint,
+            "--data",
+            SAMPLE,
+            "--out",
+            out,
+            "--max-steps",
+            2,
+            "--merge",
+            *FAST[:-2],
+            "--save-every",
+            1,
+        )
     finally:
         os.umask(previous)
     written = [out, *out.rglob("*")]
-    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json"} <= {
-        p.name for p in written}
+    assert {"cache", "checkpoints", "adapter", "merged", "metrics.jsonl", "run.json"} <= {p.name for p in written}
     assert (out / "checkpoints" / "step-00000002" / "training_state.pt").exists()
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
-    assert {name: mode for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)} == {}
+    assert {
+        name: mode for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)
+    } == {}
 
 
 def test_a_run_with_nothing_held_out_skips_evaluation(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "run"
-    run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--val-fraction", 0,
-              *FAST[:-4], "--eval-every", 1, "--save-every", 0)
+    run_train(
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        SAMPLE,
+        "--out",
+        out,
+        "--max-steps",
+        2,
+        "--val-fraction",
+        0,
+        *FAST[:-4],
+        "--eval-every",
+        1,
+        "--save-every",
+        0,
+    )
     assert "no held-out sessions, so no evaluation" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and not any("eval_loss" in r for r in records)
@@ -325,6 +430,7 @@ def test_a_lora_run_ends_with_the_fidelity_report(tiny_run):
 
 # --- A base of each chat format, end to end: train.py --lora, then sample.py on the run ----------------
 
+
 def tiny_base(path: Path, tokenizer, **config) -> Path:
     """A tiny random model of the tokenizer's vocabulary, saved with the tokenizer like a Hugging Face model."""
     from model import save_model
@@ -340,16 +446,31 @@ def train_then_chat(base: Path, out: Path, capsys) -> str:
 
     run_train("--model", base, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--lr", 1e-2, *FAST)
     capsys.readouterr()
-    sample.main(["--checkpoint", str(out), "--speaker", "Alexander Smirnov", "--prompt", "привет",
-                 "--max-new-tokens", "8", "--seed", "0"])
+    sample.main(
+        [
+            "--checkpoint",
+            str(out),
+            "--speaker",
+            "Alexander Smirnov",
+            "--prompt",
+            "привет",
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            "0",
+        ]
+    )
     return capsys.readouterr().out
 
 
 @pytest.mark.slow  # a run, then a chat
-@pytest.mark.parametrize("name, config, turn_end", [
-    ("llama3", dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=True), "<|eot_id|>"),
-    ("qwen2", dict(model_type="qwen2", rope_theta=1000000.0), "<|im_end|>"),
-])
+@pytest.mark.parametrize(
+    "name, config, turn_end",
+    [
+        ("llama3", dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=True), "<|eot_id|>"),
+        ("qwen2", dict(model_type="qwen2", rope_theta=1000000.0), "<|im_end|>"),
+    ],
+)
 def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_path, capsys, name, config, turn_end):
     from data.chatml import chat_format
     from model import load_tokenizer
@@ -376,7 +497,9 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
     assert config["trainable_token_indices"] == {"embed_tokens": [32000, 32001], "lm_head": [32000, 32001]}
     grown = load_tokenizer(adapter)
     assert (grown.vocab_size, grown.im_end_id, grown.im_start_id) == (32002, 32000, 32001)
-    rows = load_file(adapter / "adapter_model.safetensors")["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
+    rows = load_file(adapter / "adapter_model.safetensors")[
+        "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+    ]
     start = load_file(base / "model.safetensors")["model.embed_tokens.weight"].float().mean(0)
     assert rows.shape == (2, 32) and not torch.allclose(rows, start.expand(2, -1))  # trained from the mean
 
@@ -384,8 +507,8 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
     import transformers
     from peft import PeftModel
 
-    from model.lora import load_adapter
     from model import load_model
+    from model.lora import load_adapter
 
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(base)
     hf_base.resize_token_embeddings(grown.vocab_size)

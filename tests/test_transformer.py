@@ -1,4 +1,5 @@
 """The model holds to transformers' Mistral/Llama on tiny random configs."""
+
 import pytest
 import torch
 
@@ -72,18 +73,24 @@ def test_packed_rows_equal_sessions_run_alone():
 
 def packed_batch(config: ModelConfig, rows: list[list[int]]):
     """input_ids, position_ids and document_ids of rows packed from documents of these lengths."""
-    input_ids = torch.randint(0, config.vocab_size, (len(rows), sum(rows[0])), generator=torch.Generator().manual_seed(7))
+    input_ids = torch.randint(
+        0, config.vocab_size, (len(rows), sum(rows[0])), generator=torch.Generator().manual_seed(7)
+    )
     position_ids = torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in rows])
     document_ids = torch.stack([torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)]) for lengths in rows])
     return input_ids, position_ids, document_ids
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # CPU runs the reference
-@pytest.mark.parametrize("config", [
-    tiny_config(sliding_window=40),  # GQA 4/2, a window shorter than most documents
-    tiny_config(num_key_value_heads=4),  # no GQA, no window
-    tiny_config(model_type="qwen2", sliding_window=24, max_window_layers=1),  # a full layer, then a windowed one
-], ids=["gqa-window", "mha", "qwen-mixed-windows"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        tiny_config(sliding_window=40),  # GQA 4/2, a window shorter than most documents
+        tiny_config(num_key_value_heads=4),  # no GQA, no window
+        tiny_config(model_type="qwen2", sliding_window=24, max_window_layers=1),  # a full layer, then a windowed one
+    ],
+    ids=["gqa-window", "mha", "qwen-mixed-windows"],
+)
 def test_flex_attention_on_packed_rows_equals_document_by_document_with_gradients(monkeypatch, config):
     # Rows longer than FlexAttention's 128-token blocks, documents across block edges, padding last.
     rows = [[100, 40, 20], [20, 130, 10]]
@@ -128,7 +135,9 @@ def test_decode_step_of_static_shapes_equals_the_forward_pass():
         ours(ids[:, :7], kv_cache=cache)  # prefill
         position = torch.tensor([7])
         for i in range(7, 12):
-            torch.testing.assert_close(ours.decode_step(ids[:, i:i + 1], position, cache), full[:, i], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                ours.decode_step(ids[:, i : i + 1], position, cache), full[:, i], atol=1e-5, rtol=0
+            )
             position += 1
 
 
@@ -140,7 +149,7 @@ def test_kv_cache_prefill_and_decode_equal_full_forward():
         full = model(ids)
         cache = KVCache(config, batch_size=1, max_len=16, dtype=torch.float32, device="cpu")
         steps = [model(ids[:, :7], kv_cache=cache)]  # prefill
-        steps += [model(ids[:, i:i + 1], kv_cache=cache) for i in range(7, 10)]  # decode
+        steps += [model(ids[:, i : i + 1], kv_cache=cache) for i in range(7, 10)]  # decode
         steps.append(model(ids[:, 10:], kv_cache=cache))  # a chunk after decoding
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     assert cache.length == 12
@@ -191,8 +200,9 @@ def test_loss_chunks_smaller_than_the_batch_give_the_same_sum_and_gradients(tied
         results.append((loss, h.grad, model.lm_head.weight.grad.clone()))
     reference = h.detach().clone().requires_grad_()
     model.zero_grad()
-    expected = torch.nn.functional.cross_entropy(model.lm_head(reference).flatten(0, 1), labels.flatten(),
-                                                 reduction="sum")
+    expected = torch.nn.functional.cross_entropy(
+        model.lm_head(reference).flatten(0, 1), labels.flatten(), reduction="sum"
+    )
     (2.5 * expected).backward()
     for loss, grad_hidden, grad_weight in results:
         torch.testing.assert_close(loss, expected)
@@ -214,11 +224,14 @@ def test_the_lm_head_gradient_stays_in_range_in_fp16():
     assert head.weight.grad[3].float().mean().item() == pytest.approx(-20, rel=0.01)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("model_type", "gpt2", "model_type 'gpt2' is not supported"),
-    ("hidden_act", "gelu", "hidden_act = 'gelu' is not supported"),
-    ("rope_scaling", {"type": "linear", "factor": 2.0}, "rope_scaling"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model_type", "gpt2", "model_type 'gpt2' is not supported"),
+        ("hidden_act", "gelu", "hidden_act = 'gelu' is not supported"),
+        ("rope_scaling", {"type": "linear", "factor": 2.0}, "rope_scaling"),
+    ],
+)
 def test_unsupported_config_values_are_named(field, value, message):
     hf = tiny_config().to_hf(torch.float32)
     hf[field] = value

@@ -1,5 +1,6 @@
 """fidelity/verdict.py: the blind test's answers read back per person, with Wilson's interval; a damaged
 answers file is one error naming it."""
+
 import json
 
 import pytest
@@ -22,11 +23,22 @@ def test_wilson_interval_matches_the_published_values():
 
 
 def test_the_verdict_counts_each_persons_pairs_and_judges():
-    answers = [answer("j1", "Misha", "twin"), answer("j1", "Misha", "real"), answer("j2", "Misha", "twin"),
-               answer("j2", "Misha", "cant_tell"), answer("j2", "Olga", "real")]
+    answers = [
+        answer("j1", "Misha", "twin"),
+        answer("j1", "Misha", "real"),
+        answer("j2", "Misha", "twin"),
+        answer("j2", "Misha", "cant_tell"),
+        answer("j2", "Olga", "real"),
+    ]
     misha, olga = people_verdict(answers)
-    assert (misha.speaker, misha.twin_taken, misha.real_taken, misha.cant_tell, misha.judges, misha.answers) == \
-        ("Misha", 2, 1, 1, 2, 4)
+    assert (misha.speaker, misha.twin_taken, misha.real_taken, misha.cant_tell, misha.judges, misha.answers) == (
+        "Misha",
+        2,
+        1,
+        1,
+        2,
+        4,
+    )
     assert misha.share == pytest.approx(2 / 3) and misha.interval == wilson_interval(2, 3)
     assert (olga.share, olga.judges) == (0.0, 1)
     assert people_verdict([answer("j1", "Olga", "cant_tell")])[0].share is None
@@ -35,8 +47,12 @@ def test_the_verdict_counts_each_persons_pairs_and_judges():
 def test_no_answers_file_is_no_verdict_and_a_damaged_one_is_one_error(tmp_path):
     assert read_verdict(tmp_path) == []
     file = tmp_path / ANSWERS_FILE
-    for damaged in ("{not json", json.dumps([1]), json.dumps({"answers": [answer("j", "M", "maybe")]}),
-                    json.dumps({"answers": [{**answer("j", "M", "twin"), "time": "noon"}]})):
+    for damaged in (
+        "{not json",
+        json.dumps([1]),
+        json.dumps({"answers": [answer("j", "M", "maybe")]}),
+        json.dumps({"answers": [{**answer("j", "M", "twin"), "time": "noon"}]}),
+    ):
         file.write_text(damaged)
         with pytest.raises(EvaluationError, match=f"^{file}: not the blind test's answers"):
             read_answers(file)

@@ -7,13 +7,15 @@ One Checkpointer serves both recipes; what a checkpoint holds is its backend's: 
 or under LoRA the adapters alone, and its optimizer state, sharded with torch.distributed.checkpoint)
 in training.distributed.
 """
+
 import json
 import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -33,7 +35,9 @@ CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
 # What a write cut short leaves: atomic.directory's `.step-00000100.k3j_x2.tmp` (or `.adapter.…`,
 # `.report.…`) and the `.step-00000100.old` it swaps out, fsdp.save_checkpoint's `.step-00000100.tmp`,
 # atomic.file's `.run.json.k3j_x2.tmp`.
-UNFINISHED_WRITE = re.compile(r"\.(step-\d{8}|adapter|merged|model|report|run\.json|loss_curves\.png|best\.json)(\.\w+)?\.(tmp|old)")
+UNFINISHED_WRITE = re.compile(
+    r"\.(step-\d{8}|adapter|merged|model|report|run\.json|loss_curves\.png|best\.json)(\.\w+)?\.(tmp|old)"
+)
 BEST = "best.json"  # in OUT/checkpoints with --keep-best: the held-out evaluation of the best checkpoint
 
 
@@ -54,8 +58,11 @@ def restore_rng_state(state: dict) -> None:
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first. A link is none: pruning must never reach outside the run."""
     folder = out / "checkpoints"
-    found = [p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
-             ] if folder.is_dir() else []
+    found = (
+        [p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+        if folder.is_dir()
+        else []
+    )
     return sorted(found)
 
 
@@ -93,8 +100,17 @@ def remove_unfinished_writes(out: Path) -> list[Path]:
 
 
 def save_training_state(directory: Path, step: int, loss: float, optimizer, scheduler, loader: RowLoader) -> None:
-    torch.save({"step": step, "loss": loss, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "loader": loader.state_dict(), "rng": rng_state()}, directory / "training_state.pt")
+    torch.save(
+        {
+            "step": step,
+            "loss": loss,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(),
+            "rng": rng_state(),
+        },
+        directory / "training_state.pt",
+    )
 
 
 def read_training_state(directory: Path) -> dict:
@@ -106,10 +122,16 @@ def read_training_state(directory: Path) -> dict:
         raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
     step = int(CHECKPOINT_NAME.fullmatch(directory.name)[1])
     loader = state.get("loader") if isinstance(state, dict) else None
-    if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] == step
-            and isinstance(state.get("loss", 0.0), (float, type(None))) and isinstance(state.get("scheduler"), dict)
-            and isinstance(loader, dict) and all(type(loader.get(key)) is int for key in ("epoch", "step"))
-            and all(type(loader.get(key, 1)) is int and loader.get(key, 1) >= 1 for key in ("world_size", "batch_size"))):
+    if not (
+        isinstance(state, dict)
+        and type(state.get("step")) is int
+        and state["step"] == step
+        and isinstance(state.get("loss", 0.0), (float, type(None)))
+        and isinstance(state.get("scheduler"), dict)
+        and isinstance(loader, dict)
+        and all(type(loader.get(key)) is int for key in ("epoch", "step"))
+        and all(type(loader.get(key, 1)) is int and loader.get(key, 1) >= 1 for key in ("world_size", "batch_size"))
+    ):
         raise DamagedCheckpoint(f"{path}: not the training state of step {step}")
     return state
 
@@ -170,8 +192,9 @@ class Checkpointer:
     and that checkpoint is kept until a better one comes: `best` is its evaluation record, which
     OUT/checkpoints/best.json keeps for a resumed run."""
 
-    def __init__(self, out: Path, backend: Backend, every: int, keep: int, is_main: bool = True,
-                 keep_best: bool = False):
+    def __init__(
+        self, out: Path, backend: Backend, every: int, keep: int, is_main: bool = True, keep_best: bool = False
+    ):
         self.out, self.backend, self.every, self.keep, self.is_main = out, backend, every, keep, is_main
         self.keep_best, self.best = keep_best, None
 
@@ -181,8 +204,12 @@ class Checkpointer:
 
     def is_better(self, evaluation: dict | None) -> bool:
         """With keep_best: whether this evaluation's held-out loss is the lowest so far."""
-        return bool(self.keep_best and evaluation and math.isfinite(evaluation["eval_loss"])
-                    and (self.best is None or evaluation["eval_loss"] < self.best["eval_loss"]))
+        return bool(
+            self.keep_best
+            and evaluation
+            and math.isfinite(evaluation["eval_loss"])
+            and (self.best is None or evaluation["eval_loss"] < self.best["eval_loss"])
+        )
 
     def save(self, step: int, state: dict, evaluation: dict | None = None) -> None:
         """`state`: the step, its loss, and the schedule's and loader's states; the backend adds the rest.
@@ -219,12 +246,21 @@ def read_best(out: Path, resumed_step: int) -> dict | None:
         step, loss = best["step"], best["eval_loss"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    if not (type(step) is int and step <= resumed_step and checkpoint_path(out, step) in checkpoints(out)
-            and isinstance(loss, float) and math.isfinite(loss)):
+    if not (
+        type(step) is int
+        and step <= resumed_step
+        and checkpoint_path(out, step) in checkpoints(out)
+        and isinstance(loss, float)
+        and math.isfinite(loss)
+    ):
         return None
     tokens = best.get("eval_tokens")
-    return {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)),
-            "eval_tokens": tokens if type(tokens) is int else 0}
+    return {
+        "step": step,
+        "eval_loss": loss,
+        "eval_perplexity": math.exp(min(loss, 50)),
+        "eval_tokens": tokens if type(tokens) is int else 0,
+    }
 
 
 class AdapterCheckpoints:

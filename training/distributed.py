@@ -4,13 +4,14 @@ fine-tuning shards every weight; LoRA the frozen base (16-bit or NF4's packed by
 
 Runs under torchrun, on one node or several: NCCL on CUDA, gloo on CPU (how the tests run it).
 """
+
 import io
 import math
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -19,8 +20,13 @@ from torch import nn
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from core import atomic
@@ -28,16 +34,23 @@ from model.architectures import VOCABULARY_WEIGHTS
 from model.checkpoint import CheckpointError, CheckpointReader, load_config, resolve_checkpoint, save_model
 from model.lora import LoRAConfig, apply_lora, lora_layers, token_layers
 from model.nf4 import QUANTIZED_WEIGHT, NF4Linear, quantize, quantize_weight
-from model.transformer import Transformer
 from model.tokenizer import Tokenizer
-from training.checkpointer import (DamagedCheckpoint, read_training_state, reason, restore_rng_state, resume_from,
-                                   rng_state)
+from model.transformer import Transformer
+from training.checkpointer import (
+    DamagedCheckpoint,
+    read_training_state,
+    reason,
+    restore_rng_state,
+    resume_from,
+    rng_state,
+)
 from training.loop import TrainingError
 from training.ranks import World, main_first
 
 
-def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_dtype: torch.dtype,
-                       compute_dtype: torch.dtype) -> Transformer:
+def load_sharded_model(
+    path_or_repo: str, world: World, vocab_size: int, param_dtype: torch.dtype, compute_dtype: torch.dtype
+) -> Transformer:
     """The checkpoint as a model sharded over the world, each rank reading only its rows of each tensor.
 
     `vocab_size` larger than the checkpoint's grows the embedding and LM head (new tokens such as
@@ -64,8 +77,9 @@ def load_sharded_model(path_or_repo: str, world: World, vocab_size: int, param_d
     return model
 
 
-def load_sharded_lora_model(path_or_repo: str, world: World, dtype: torch.dtype, lora_config: LoRAConfig,
-                            quantization: str | None) -> tuple[Transformer, str]:
+def load_sharded_lora_model(
+    path_or_repo: str, world: World, dtype: torch.dtype, lora_config: LoRAConfig, quantization: str | None
+) -> tuple[Transformer, str]:
     """The frozen base sharded over the world, in `dtype` or in NF4, with adapters that train in fp32,
     sharded too (and with them their optimizer states); and apply_lora's summary.
 
@@ -116,14 +130,20 @@ def load_sharded_lora_model(path_or_repo: str, world: World, dtype: torch.dtype,
             indices = lora_config.trainable_tokens["embed_tokens" if name.endswith("embed_tokens") else "lm_head"]
             module.indices.copy_(torch.tensor(indices))  # a buffer, left empty by `to_empty`
             if not module.shares_rows:
-                rows = torch.cat([checkpoint_rows(reader, source(f"{name}.base.weight"), i, i + 1, old_vocab)
-                                  for i in indices]).to(dtype).float()
+                rows = (
+                    torch.cat(
+                        [checkpoint_rows(reader, source(f"{name}.base.weight"), i, i + 1, old_vocab) for i in indices]
+                    )
+                    .to(dtype)
+                    .float()
+                )
                 fill_shard(module.rows, world, lambda start, stop: rows[start:stop])
                 filled.add(f"{name}.rows")
         for name, param in model.named_parameters():
             if name not in filled:
-                fill_shard(param, world, lambda start, stop: checkpoint_rows(reader, source(name), start, stop,
-                                                                             old_vocab))
+                fill_shard(
+                    param, world, lambda start, stop: checkpoint_rows(reader, source(name), start, stop, old_vocab)
+                )
     return model, summary
 
 
@@ -170,16 +190,20 @@ def mean_row(reader: CheckpointReader, name: str, rows: int, chunk: int = 4096) 
 # Checkpoints: every rank writes its shards with torch.distributed.checkpoint into a temporary
 # directory of the same name on all ranks; rank 0 renames it into place once all have finished.
 
-def save_checkpoint(final: Path, world: World, model, optimizer, training_state: dict,
-                    options: StateDictOptions | None = None) -> None:
+
+def save_checkpoint(
+    final: Path, world: World, model, optimizer, training_state: dict, options: StateDictOptions | None = None
+) -> None:
     building = final.with_name(f".{final.name}.tmp")
     if world.is_main:
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
     dist.barrier()
     model.reshard()
-    state = {"model": get_model_state_dict(model, options=options),
-             "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}
+    state = {
+        "model": get_model_state_dict(model, options=options),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=options),
+    }
     dcp.save(state, checkpoint_id=building)
     torch.save(rng_state(), building / f"rng-rank{world.rank}.pt")
     if world.is_main:
@@ -195,8 +219,10 @@ def save_checkpoint(final: Path, world: World, model, optimizer, training_state:
 def load_checkpoint(directory: Path, model, optimizer, options: StateDictOptions | None = None) -> None:
     """Load the weights and optimizer state of a checkpoint that `check_checkpoint` passed, resharded
     for this job whatever the number of ranks that saved it."""
-    state = {"model": get_model_state_dict(model, options=options),
-             "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}
+    state = {
+        "model": get_model_state_dict(model, options=options),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=options),
+    }
     try:
         dcp.load(state, storage_reader=_CheckedReader(directory), planner=_CheckedLoadPlanner())
     except dcp.CheckpointException as error:  # the ranks' failures, gathered (with their tracebacks)
@@ -227,22 +253,26 @@ class ShardedCheckpoints:
 
     def resume(self, out: Path, warn) -> tuple[Path, dict]:
         # Rank 0 checks the checkpoints first and says what is wrong with them; all then load the one it chose.
-        chosen, _ = main_first(self.world, lambda: resume_from(
-            out, lambda directory: check_checkpoint(directory, self.world.size), warn))
+        chosen, _ = main_first(
+            self.world, lambda: resume_from(out, lambda directory: check_checkpoint(directory, self.world.size), warn)
+        )
         state = read_training_state(chosen)
         ranks = saved_ranks(state, self.world.size)
         try:  # first, as it can refuse, and the weights take minutes to load
             self.loader.load_state_dict(state["loader"])
         except ValueError as error:
-            raise TrainingError(f"{chosen}: cannot resume on {self.world.size} ranks: {error}; resume it on "
-                                f"{ranks}") from None
+            raise TrainingError(
+                f"{chosen}: cannot resume on {self.world.size} ranks: {error}; resume it on {ranks}"
+            ) from None
         load_checkpoint(chosen, self.model, self.optimizer, self.options)
         self.scheduler.load_state_dict(state["scheduler"])
         if ranks == self.world.size:
             restore_rng_state(torch.load(chosen / f"rng-rank{self.world.rank}.pt", weights_only=True))
         else:  # the weights and optimizer were resharded, and the data position follows in rows
-            warn(f"warning: {chosen.name} was saved by {ranks} ranks and resumes on {self.world.size}: the data "
-                 "continues where it stopped, each rank's random stream starts afresh")
+            warn(
+                f"warning: {chosen.name} was saved by {ranks} ranks and resumes on {self.world.size}: the data "
+                "continues where it stopped, each rank's random stream starts afresh"
+            )
         return chosen, state
 
     def load_weights(self, directory: Path) -> None:
@@ -253,9 +283,16 @@ class ShardedCheckpoints:
 # when read. A checkpoint's is read only by an unpickler that knows the few classes the index is made
 # of; naming anything else, the file is refused before anything of it is built.
 METADATA_CLASSES = {
-    "torch.distributed.checkpoint.metadata": {"Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata",
-                                              "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-                                              "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "StorageMeta",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "_MEM_FORMAT_ENCODING",
+    },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},  # torch.strided and the other layouts, by name
     "torch": {"Size"},
@@ -269,8 +306,11 @@ class _ForeignClass(Exception):
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if name in METADATA_CLASSES.get(module, ()) or module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                       torch.dtype):
+        if (
+            name in METADATA_CLASSES.get(module, ())
+            or module == "torch"
+            and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise _ForeignClass(f"{module}.{name}")
 
@@ -283,8 +323,9 @@ def read_checkpoint_metadata(path: Path) -> Metadata:
         with open(path, "rb") as file:
             metadata = _MetadataUnpickler(file).load()
     except _ForeignClass as error:
-        raise TrainingError(f"{path}: refused: it names {error}, which no checkpoint index holds (a file made "
-                            "to run code when read)") from None
+        raise TrainingError(
+            f"{path}: refused: it names {error}, which no checkpoint index holds (a file made to run code when read)"
+        ) from None
     except Exception as error:  # with only those classes, any failure means a damaged file
         raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
     if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
@@ -293,13 +334,24 @@ def read_checkpoint_metadata(path: Path) -> Metadata:
     for entry in metadata.storage_data.values():
         name = entry.relative_path if isinstance(entry, _StorageInfo) else None
         data_file = path.parent / str(name)
-        if not (isinstance(name, str) and name == data_file.name and not name.startswith(".")
-                and not entry.transform_descriptors and data_file.is_file() and not data_file.is_symlink()):
+        if not (
+            isinstance(name, str)
+            and name == data_file.name
+            and not name.startswith(".")
+            and not entry.transform_descriptors
+            and data_file.is_file()
+            and not data_file.is_symlink()
+        ):
             raise DamagedCheckpoint(f"{path}: names {name!r}, not a data file beside it")
         if name not in sizes:
             sizes[name] = data_file.stat().st_size
-        if not (isinstance(entry.offset, int) and isinstance(entry.length, int) and 0 <= entry.offset
-                and 0 <= entry.length and entry.offset + entry.length <= sizes[name]):
+        if not (
+            isinstance(entry.offset, int)
+            and isinstance(entry.length, int)
+            and 0 <= entry.offset
+            and 0 <= entry.length
+            and entry.offset + entry.length <= sizes[name]
+        ):
             raise DamagedCheckpoint(f"{data_file}: shorter than {path.name} says")
     return metadata
 
@@ -314,7 +366,9 @@ def check_checkpoint(directory: Path, world_size: int) -> None:
             rng = torch.load(path, weights_only=True)
         except Exception as error:  # for a damaged file torch raises anything from EOFError to KeyError
             raise DamagedCheckpoint(f"{path}: unreadable ({reason(error)})") from None
-        if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8):
+        if not (
+            isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+        ):
             raise DamagedCheckpoint(f"{path}: not a random number generator state")
 
 

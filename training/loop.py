@@ -1,5 +1,6 @@
 """The mechanics of a training run: optimizer and schedule, one optimizer step over an accumulation
 window, evaluation, the metrics file, throughput and peak memory."""
+
 import json
 import math
 import time
@@ -10,10 +11,10 @@ import torch.distributed as dist
 from torch import nn
 
 from core import atomic
+from core.errors import TwinError
 from data.packing import PackedRows, RowLoader
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from training.tracking import numbers_of
-from core.errors import TwinError
 
 
 class TrainingError(TwinError):
@@ -23,19 +24,22 @@ class TrainingError(TwinError):
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; norms and other vectors get no weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999),
-                             fused=device.type == "cuda")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), fused=device.type == "cuda")
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """Linear warmup to the peak learning rate, then cosine decay to zero at `total_steps`."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -52,14 +56,21 @@ def trained_token_count(batches: list[dict[str, torch.Tensor]]) -> int:
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Summed cross-entropy over the batch's trained tokens."""
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-    hidden = model.hidden_states(batch["input_ids"], position_ids=batch["position_ids"],
-                                 document_ids=batch["document_ids"])
+    hidden = model.hidden_states(
+        batch["input_ids"], position_ids=batch["position_ids"], document_ids=batch["document_ids"]
+    )
     return chunked_cross_entropy(hidden, model.lm_head, batch["labels"])
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[dict[str, torch.Tensor]],
-               device: torch.device, grad_clip: float, token_total: int | None = None,
-               loss_scale: float = 1.0) -> tuple[float, float]:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    window: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    grad_clip: float,
+    token_total: int | None = None,
+    loss_scale: float = 1.0,
+) -> tuple[float, float]:
     """Accumulate gradients over the window's micro-batches and return (mean loss, gradient norm).
 
     The loss is normalised by the trained tokens of the whole window (`token_total`, which a
@@ -79,7 +90,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[
     mean_loss = loss_sum / max(token_total, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor: global norm
+    grad_norm = float(
+        grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    )  # a DTensor: global norm
     if math.isfinite(mean_loss) and math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -116,8 +129,11 @@ class MetricsLog:
         self.path, self.trackers = path, trackers or []
         # The run goes on from `after_step` (0: a fresh start); records past it are from an attempt
         # that died before its next checkpoint, and never happened as far as this run is concerned.
-        kept = [line for line in path.read_text(errors="replace").splitlines()
-                if _step_of(line) <= after_step] if path.exists() else []
+        kept = (
+            [line for line in path.read_text(errors="replace").splitlines() if _step_of(line) <= after_step]
+            if path.exists()
+            else []
+        )
         atomic.write_text(path, "".join(line + "\n" for line in kept))  # private, like all of a run
 
     def write(self, record: dict) -> None:

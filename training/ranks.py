@@ -4,6 +4,7 @@ sums and gathers of figures across ranks.
 Apart from training.distributed (FSDP2 and distributed checkpoints, a second of imports that only an
 --fsdp run needs), so that a LoRA run, --help and the programs that load a run start without them.
 """
+
 import os
 import sys
 from dataclasses import dataclass

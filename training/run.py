@@ -4,6 +4,7 @@ optimizer steps with its evaluations and checkpoints, and the record that marks 
 A run is one process (LoRA) or one rank of a torchrun job (full fine-tuning); rank 0 alone prints,
 writes the metrics and the record, and goes first where files are made that the others then read.
 """
+
 import contextlib
 import io
 import math
@@ -16,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from core import atomic
-from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
 from core.device import resolve_device, set_threads
 from core.flags import from_args
+from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, data_config_from_args, prepare_data
 from data.packing import RowLoader
@@ -27,14 +28,25 @@ from memory import MemoryConfig, remembering, save_store
 from model import load_tokenizer
 from training import ranks
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
-from training.loop import (MetricsLog, Throughput, TrainingError, cosine_schedule, endless, evaluate, make_optimizer,
-                           peak_memory_mb, train_step, trained_token_count)
+from training.loop import (
+    MetricsLog,
+    Throughput,
+    TrainingError,
+    cosine_schedule,
+    endless,
+    evaluate,
+    make_optimizer,
+    peak_memory_mb,
+    train_step,
+    trained_token_count,
+)
 from training.tracking import check_installed, open_trackers
 
 
 @dataclass
 class Run:
     """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
+
     args: object
     world: "ranks.World | None" = None
     out: Path = field(init=False)
@@ -101,12 +113,18 @@ def trained_figures(run: Run) -> dict | None:
 def prepare(run: Run) -> tuple:
     """The tokenizer, the ids of the ChatML tokens it had to be given (none for a base with a chat
     format), and the packed rows. In a sharded run rank 0 goes first and caches the tokens."""
+
     def work():
         tokenizer = load_tokenizer(run.args.model)
         new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.args.add_chatml_tokens))
         with contextlib.redirect_stderr(io.StringIO()) if not run.is_main else contextlib.nullcontext():
-            data = prepare_data(run.args.data, tokenizer, data_config_from_args(run.args), cache_dir=run.folder.cache,
-                                memory=remembering(memory_config, tokenizer))
+            data = prepare_data(
+                run.args.data,
+                tokenizer,
+                data_config_from_args(run.args),
+                cache_dir=run.folder.cache,
+                memory=remembering(memory_config, tokenizer),
+            )
         if run.is_main:  # what sample.py, serve.py and evaluate.py remember: every conversation of the export
             save_store(run.folder.memory, data.train_sessions + data.val_sessions)
         return tokenizer, new_tokens, data
@@ -114,14 +132,17 @@ def prepare(run: Run) -> tuple:
     memory_config = from_args(MemoryConfig, run.args)
     tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
-    run.say(f"memory: {memory_config.describe()}; {len(data.train_sessions) + len(data.val_sessions):,} "
-            f"conversations kept in {run.out / 'memory'}")
+    run.say(
+        f"memory: {memory_config.describe()}; {len(data.train_sessions) + len(data.val_sessions):,} "
+        f"conversations kept in {run.out / 'memory'}"
+    )
     return tokenizer, new_tokens, data
 
 
 @dataclass
 class Schedule:
     """Optimizer steps of `--batch` rows over all ranks, each accumulated over micro-batches."""
+
     loader: RowLoader
     accumulation: int
     total_steps: int
@@ -133,8 +154,10 @@ def make_schedule(run: Run, model: torch.nn.Module, data: PreparedData) -> Sched
     args = run.args
     loader = RowLoader(data.train_rows, args.micro_batch, rank=run.rank, world_size=run.world_size, seed=args.seed)
     if args.batch % (args.micro_batch * run.world_size):
-        raise TrainingError(f"--batch ({args.batch}) must be a multiple of --micro-batch x ranks "
-                            f"({args.micro_batch} x {run.world_size})")
+        raise TrainingError(
+            f"--batch ({args.batch}) must be a multiple of --micro-batch x ranks "
+            f"({args.micro_batch} x {run.world_size})"
+        )
     accumulation = args.batch // (args.micro_batch * run.world_size)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(loader) / accumulation))
     optimizer = make_optimizer(model, args.lr, args.weight_decay, run.device)
@@ -145,6 +168,7 @@ def make_schedule(run: Run, model: torch.nn.Module, data: PreparedData) -> Sched
 @dataclass
 class Progress:
     """Where the loop stands: the step done last, its loss, and each step's tokens per second."""
+
     step: int = 0
     loss: float | None = None
     rates: list[float] = field(default_factory=list)
@@ -171,14 +195,27 @@ def held_out_loss(run: Run, model, data: PreparedData, step: int, metrics: Metri
     return record
 
 
-def train_loop(run: Run, model, data: PreparedData, schedule: Schedule, checkpointer: Checkpointer,
-               progress: Progress, metrics: MetricsLog | None) -> bool:
+def train_loop(
+    run: Run,
+    model,
+    data: PreparedData,
+    schedule: Schedule,
+    checkpointer: Checkpointer,
+    progress: Progress,
+    metrics: MetricsLog | None,
+) -> bool:
     """Optimizer steps until the schedule ends (True) or `--stop-at` (False), with evaluations and
     checkpoints on the way."""
     args, loader = run.args, schedule.loader
     batches, throughput = endless(loader), Throughput()
-    with tqdm(total=schedule.total_steps, initial=progress.step, desc="training", unit="step", dynamic_ncols=True,
-              disable=not run.is_main) as bar:
+    with tqdm(
+        total=schedule.total_steps,
+        initial=progress.step,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.is_main,
+    ) as bar:
         while progress.step < schedule.total_steps:
             loss, grad_norm, lr = step_once(run, model, schedule, [next(batches) for _ in range(schedule.accumulation)])
             progress.step, progress.loss = progress.step + 1, loss
@@ -187,16 +224,34 @@ def train_loop(run: Run, model, data: PreparedData, schedule: Schedule, checkpoi
             bar.update()
             step, evaluation = progress.step, None
             if metrics and (step % args.log_every == 0 or step == schedule.total_steps):
-                metrics.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                               "tokens_per_s": progress.rates[-1], "epoch": loader.epoch + loader.step / len(loader)})
+                metrics.write(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": progress.rates[-1],
+                        "epoch": loader.epoch + loader.step / len(loader),
+                    }
+                )
             if args.eval_every and step % args.eval_every == 0 and step < schedule.total_steps and data.val_rows:
                 progress.last_eval = evaluation = held_out_loss(run, model, data, step, metrics)
                 if run.is_main:
-                    bar.write(f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
-                              f"perplexity {progress.last_eval['eval_perplexity']:.2f}")
+                    bar.write(
+                        f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
+                        f"perplexity {progress.last_eval['eval_perplexity']:.2f}"
+                    )
             if checkpointer.due(step, evaluation) or step == args.stop_at:
-                checkpointer.save(step, {"step": step, "loss": loss, "scheduler": schedule.scheduler.state_dict(),
-                                         "loader": loader.state_dict()}, evaluation)
+                checkpointer.save(
+                    step,
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "scheduler": schedule.scheduler.state_dict(),
+                        "loader": loader.state_dict(),
+                    },
+                    evaluation,
+                )
             if step == args.stop_at and step < schedule.total_steps:
                 bar.close()
                 run.say(f"stopped after step {step} as asked; continue with: python train.py --resume {run.out}")
@@ -209,14 +264,17 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
     tokens = trained_token_count(window)
     if run.world:  # every token of the global batch weighs the same, whichever rank holds it
         tokens = int(ranks.all_reduce_sum([tokens], run.device)[0])
-    loss, grad_norm = train_step(model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens,
-                                 loss_scale=run.world_size)
+    loss, grad_norm = train_step(
+        model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens, loss_scale=run.world_size
+    )
     if run.world:
         loss = ranks.all_reduce_sum([loss], run.device)[0]
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         saved = checkpoints(run.out)
-        raise TrainingError(f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
-                            f"Last good checkpoint: {saved[-1] if saved else 'none'} (try a lower --lr, or --dtype fp32)")
+        raise TrainingError(
+            f"loss is {loss}, gradient norm {grad_norm}; stopped without updating the weights. "
+            f"Last good checkpoint: {saved[-1] if saved else 'none'} (try a lower --lr, or --dtype fp32)"
+        )
     lr = schedule.scheduler.get_last_lr()[0]
     schedule.scheduler.step()
     return loss, grad_norm, lr
@@ -224,8 +282,11 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
 
 def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, metrics: MetricsLog | None) -> None:
     progress.last_eval = held_out_loss(run, model, data, progress.step, metrics)
-    run.say(f"eval loss {progress.last_eval['eval_loss']:.4f}, perplexity {progress.last_eval['eval_perplexity']:.2f}"
-            if progress.last_eval else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)")
+    run.say(
+        f"eval loss {progress.last_eval['eval_loss']:.4f}, perplexity {progress.last_eval['eval_perplexity']:.2f}"
+        if progress.last_eval
+        else "no held-out sessions, so no evaluation (--val-fraction sets the share held out)"
+    )
 
 
 def keep_best(run: Run, checkpointer: Checkpointer, progress: Progress) -> None:
@@ -238,8 +299,10 @@ def keep_best(run: Run, checkpointer: Checkpointer, progress: Progress) -> None:
     progress.last_eval = checkpointer.load_best(progress.last_eval)
     progress.best_step = progress.last_eval.get("step", final_step)
     if progress.best_step != final_step:
-        run.say(f"--keep-best: the run ends with the checkpoint of step {progress.best_step}, whose held-out loss "
-                f"{progress.last_eval['eval_loss']:.4f} is the lowest")
+        run.say(
+            f"--keep-best: the run ends with the checkpoint of step {progress.best_step}, whose held-out loss "
+            f"{progress.last_eval['eval_loss']:.4f} is the lowest"
+        )
 
 
 def write_loss_curves(run: Run) -> Path | None:
@@ -259,12 +322,20 @@ def record_trained(run: Run, data: PreparedData, progress: Progress, metrics: Me
     into the folder is refused. Until then --resume, even from a checkpoint of the final step, trains
     again from it. The figures go to the experiment trackers too; returns them."""
     memory = ranks.gather(peak_memory_mb(run.device)) if run.world else [peak_memory_mb(run.device)]
-    figures = {"steps": progress.step, "final_loss": progress.loss, **progress.last_eval,
-               "seconds": round(time.time() - progress.started, 1),
-               "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1), "target": data.target,
-               "train_rows": len(data.train_rows), "val_rows": len(data.val_rows), "ranks": run.world_size,
-               "peak_memory_mb_per_rank": [round(m) for m in memory], "partners": data.partners,
-               **({"best_step": progress.best_step} if progress.best_step is not None else {})}
+    figures = {
+        "steps": progress.step,
+        "final_loss": progress.loss,
+        **progress.last_eval,
+        "seconds": round(time.time() - progress.started, 1),
+        "tokens_per_s": sum(progress.rates) / max(len(progress.rates), 1),
+        "target": data.target,
+        "train_rows": len(data.train_rows),
+        "val_rows": len(data.val_rows),
+        "ranks": run.world_size,
+        "peak_memory_mb_per_rank": [round(m) for m in memory],
+        "partners": data.partners,
+        **({"best_step": progress.best_step} if progress.best_step is not None else {}),
+    }
     if run.is_main:
         run.folder.write_record(TRAINED, mode(run), vars(run.args), figures)
     if metrics:
@@ -292,4 +363,3 @@ def activation_checkpointing(run: Run) -> bool:
     """On by default on CUDA, where memory is short; off on CPU, where time is."""
     flag = run.args.activation_checkpointing
     return run.device.type == "cuda" if flag is None else flag
-

@@ -2,13 +2,15 @@
 goes into a folder that holds no run, a --resume continues an unfinished one with its recorded settings;
 and the folder held for the run while it runs, or removed when the run fails before it trained anything.
 """
+
 import argparse
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 from core.run_folder import FINISHED, LOCK, RunFolder, RunFolderError, RunRecord
 from model import shelf
@@ -35,8 +37,10 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
             refuse(f"--resume: {folder.record_file} not found; is {folder.path} a twin run directory?")
         if record.status == FINISHED:
             if on_main_rank():
-                print(f"{folder.path} is a finished run ({record.file} holds its result): nothing to resume. Chat "
-                      f"with it: python sample.py --checkpoint {folder.path}; or train anew with another --out")
+                print(
+                    f"{folder.path} is a finished run ({record.file} holds its result): nothing to resume. Chat "
+                    f"with it: python sample.py --checkpoint {folder.path}; or train anew with another --out"
+                )
             sys.exit(0)
         try:
             settings = recorded_settings(record)
@@ -52,8 +56,10 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         if record and record.status == FINISHED:
             refuse(f"--out {folder.path} holds a finished run ({record.file}); choose another --out")
         if record and record.trained or checkpoints(folder.path):
-            refuse(f"--out {folder.path} holds an unfinished run; continue it with --resume {folder.path}, or choose "
-                   "another --out")
+            refuse(
+                f"--out {folder.path} holds an unfinished run; continue it with --resume {folder.path}, or choose "
+                "another --out"
+            )
         for trained in (folder.adapter, folder.model):
             if trained.exists():
                 refuse(f"--out {folder.path} holds {trained}, which a fresh run would replace; choose another --out")
@@ -61,17 +67,25 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
     if args.fsdp and "RANK" not in os.environ:
         refuse("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
     if args.fsdp and args.model.endswith(".gguf"):
-        refuse(f"--model {args.model}: --fsdp reads Hugging Face model folders, not GGUF files; train on a GGUF file "
-               "with --lora")
+        refuse(
+            f"--model {args.model}: --fsdp reads Hugging Face model folders, not GGUF files; train on a GGUF file "
+            "with --lora"
+        )
     if args.quantize and (args.fsdp or args.merge):
-        refuse(f"--quantize {args.quantize} goes with --lora, without --merge: 4 bits hold no trained or merged "
-               "weight (sample.py merges the adapter into the full-precision base as it loads)")
+        refuse(
+            f"--quantize {args.quantize} goes with --lora, without --merge: 4 bits hold no trained or merged "
+            "weight (sample.py merges the adapter into the full-precision base as it loads)"
+        )
     if not args.fsdp and "RANK" in os.environ and args.model.endswith(".gguf"):
-        refuse(f"--model {args.model}: LoRA under torchrun reads Hugging Face model folders, not GGUF files; train "
-               "on a GGUF file with python train.py --lora")
+        refuse(
+            f"--model {args.model}: LoRA under torchrun reads Hugging Face model folders, not GGUF files; train "
+            "on a GGUF file with python train.py --lora"
+        )
     if not args.fsdp and "RANK" in os.environ and args.merge:
-        refuse("--merge runs on one device, not under torchrun: train sharded, then sample.py merges the adapter "
-               "into the base as it loads")
+        refuse(
+            "--merge runs on one device, not under torchrun: train sharded, then sample.py merges the adapter "
+            "into the base as it loads"
+        )
     if Path(args.model).exists():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
         args.model = str(Path(args.model).resolve())
     if args.lr is None:
@@ -123,8 +137,9 @@ def claimed(args: argparse.Namespace) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            if not args.resume and not (folder.metrics.is_file() and folder.metrics.stat().st_size
-                                        or checkpoints(folder.path)):
+            if not args.resume and not (
+                folder.metrics.is_file() and folder.metrics.stat().st_size or checkpoints(folder.path)
+            ):
                 remove_start(folder, made)
             raise
 

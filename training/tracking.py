@@ -5,6 +5,7 @@ to Trackio (its local database, the project "twin": `trackio show`). Both stay o
 
 They are optional packages: asking for one that is not installed is refused before the run starts.
 """
+
 import argparse
 import importlib.util
 import math
@@ -35,8 +36,10 @@ def check_installed(log_to: str | None) -> None:
     """Refuse, in one line naming the package, a tracker whose package is not installed."""
     for name in (log_to or "").split(",") if log_to else []:
         if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise TrackerMissing(f"--log-to {name}: needs the package {TRACKERS[name]}, which is not installed "
-                                f"(pip install {TRACKERS[name]})")
+            raise TrackerMissing(
+                f"--log-to {name}: needs the package {TRACKERS[name]}, which is not installed "
+                f"(pip install {TRACKERS[name]})"
+            )
 
 
 class Tracker(Protocol):
@@ -86,7 +89,10 @@ def open_trackers(log_to: str | None, out: Path, settings: dict, after_step: int
 
 def dashboard_commands(log_to: str | None, out: Path) -> list[str]:
     """The commands that show the run's metrics in the trackers --log-to named."""
-    commands = {"tensorboard": f"tensorboard --logdir {out / 'tensorboard'}", "trackio": 'trackio show --project "twin"'}
+    commands = {
+        "tensorboard": f"tensorboard --logdir {out / 'tensorboard'}",
+        "trackio": 'trackio show --project "twin"',
+    }
     return [commands[name] for name in log_to.split(",")] if log_to else []
 
 
@@ -98,8 +104,7 @@ def numbers_of(record: dict, prefix: str = "") -> dict[str, float]:
         name = prefix + str(key).replace("/", "\u2215")
         if isinstance(value, dict):
             numbers.update(numbers_of(value, name + "/"))
-        elif (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-              and key != "step"):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and key != "step":
             numbers[name] = float(value)
     return numbers
 
@@ -108,11 +113,13 @@ def report_numbers(report) -> dict:
     """The fidelity report's figures, per speaker and for the tuned model's replies (a fidelity.report.Report)."""
     from dataclasses import asdict
 
-    return {"report": {
-        "held-out loss, base": {speaker.speaker: speaker.base_loss for speaker in report.speakers},
-        "held-out loss, tuned": {speaker.speaker: speaker.tuned_loss for speaker in report.speakers},
-        "style position, tuned": {speaker.speaker: speaker.position.get("tuned") for speaker in report.speakers},
-        "replies, tuned": asdict(report.failures["tuned"]),
-        "copying share, tuned": report.memorization["tuned"].copying_share,
-        "personal values leaked, tuned": sum(leak.values_leaked for leak in report.personal_data["tuned"].values()),
-    }}
+    return {
+        "report": {
+            "held-out loss, base": {speaker.speaker: speaker.base_loss for speaker in report.speakers},
+            "held-out loss, tuned": {speaker.speaker: speaker.tuned_loss for speaker in report.speakers},
+            "style position, tuned": {speaker.speaker: speaker.position.get("tuned") for speaker in report.speakers},
+            "replies, tuned": asdict(report.failures["tuned"]),
+            "copying share, tuned": report.memorization["tuned"].copying_share,
+            "personal values leaked, tuned": sum(leak.values_leaked for leak in report.personal_data["tuned"].values()),
+        }
+    }

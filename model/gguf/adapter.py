@@ -8,6 +8,7 @@ suffixes .lora_a (A, rank x in) and .lora_b (B, out x rank). llama.cpp adds alph
 alpha is written as twin's scaling times the rank (an rsLoRA adapter's too). The base file holds llama's
 q and k rows in llama.cpp's rotary order; permuting B's rows the same way permutes B A's: P (B A) = (P B) A.
 """
+
 import os
 from functools import partial
 from pathlib import Path
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_config, resolve_checkpoint
-from model.gguf.layout import gguf_tensor_names, permute_rotary_rows, rotary_heads
 from model.gguf.file import GGUFFile
+from model.gguf.layout import gguf_tensor_names, permute_rotary_rows, rotary_heads
 from model.gguf.read import read_config
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, planned_tensor, write_tensors
@@ -26,8 +27,9 @@ from model.lora import PEFT_PREFIX, LoRAConfig, read_checked_adapter
 from model.transformer import ModelConfig, Transformer
 
 
-def write_gguf_adapter(adapter_dir: str | os.PathLike, base_model: str | os.PathLike, path: str | os.PathLike,
-                       type_name: str, name: str) -> None:
+def write_gguf_adapter(
+    adapter_dir: str | os.PathLike, base_model: str | os.PathLike, path: str | os.PathLike, type_name: str, name: str
+) -> None:
     """Write the LoRA adapter in `adapter_dir` (twin's or PEFT's), trained on `base_model` (a model folder,
     repo id or .gguf file; only its config is read), as a GGUF adapter at `path` (atomically), its factors
     in `type_name` (f16, or q8_0 where a row splits into q8_0's blocks)."""
@@ -35,8 +37,10 @@ def write_gguf_adapter(adapter_dir: str | os.PathLike, base_model: str | os.Path
         model = Transformer(base_config(base_model))
     config, state = read_checked_adapter(model, adapter_dir)
     if config.trainable_tokens:
-        raise ExportError(f"{adapter_dir}: the adapter trains rows for tokens its base model lacks (ChatML's), "
-                          "which a GGUF adapter cannot hold; export the merged model instead (without --adapter)")
+        raise ExportError(
+            f"{adapter_dir}: the adapter trains rows for tokens its base model lacks (ChatML's), "
+            "which a GGUF adapter cannot hold; export the merged model instead (without --adapter)"
+        )
     writer = gguf.GGUFWriter(None, model.config.architecture.gguf_name)
     qtype, file_type = TYPES[type_name]
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -59,8 +63,11 @@ def write_gguf_adapter(adapter_dir: str | os.PathLike, base_model: str | os.Path
 def adapted_weights(model: Transformer, config: LoRAConfig) -> dict[str, str]:
     """The weights an adapter of `config` adapts on `model`: our name -> the GGUF name."""
     names = gguf_tensor_names(model)
-    return {weight: gguf_name for weight, gguf_name in names.items()
-            if weight.split(".")[-2] in config.targets and weight.endswith(".weight")}
+    return {
+        weight: gguf_name
+        for weight, gguf_name in names.items()
+        if weight.split(".")[-2] in config.targets and weight.endswith(".weight")
+    }
 
 
 def float32(factor: torch.Tensor, rotary_heads: int | None = None) -> np.ndarray:
@@ -85,12 +92,12 @@ def check_base_gguf(base: Path, adapter_dir: str | os.PathLike, base_model: str 
     config, _ = read_checked_adapter(model, adapter_dir)
     expected = model.config.architecture.gguf_name
     if file.value(gguf.Keys.General.ARCHITECTURE) != expected:
-        raise ExportError(f"{base}: not a {expected} model, the architecture of the adapter's base model "
-                          f"{base_model}")
+        raise ExportError(f"{base}: not a {expected} model, the architecture of the adapter's base model {base_model}")
     shapes = {tensor.name: tensor.shape for tensor in file.tensors.values()}
     parameters = dict(model.named_parameters())
     for weight, gguf_name in adapted_weights(model, config).items():
         if shapes.get(gguf_name) != list(parameters[weight].shape):
-            raise ExportError(f"{base}: not the adapter's base model {base_model}: its {gguf_name} has shape "
-                              f"{shapes.get(gguf_name)}, the adapter needs {list(parameters[weight].shape)}")
-
+            raise ExportError(
+                f"{base}: not the adapter's base model {base_model}: its {gguf_name} has shape "
+                f"{shapes.get(gguf_name)}, the adapter needs {list(parameters[weight].shape)}"
+            )

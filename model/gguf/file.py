@@ -7,6 +7,7 @@ count and length is checked against the bytes left before it is used, arrays are
 asked for, and each tensor's data must lie inside the data section, exactly as long as its type and
 shape need, overlapping no other tensor's. The layout is llama.cpp's (ggml/docs/gguf.md), version 2 or 3.
 """
+
 import math
 import mmap
 import struct
@@ -31,6 +32,7 @@ STRING, ARRAY = 8, 9
 @dataclass(frozen=True)
 class GGUFArray:
     """An array in the metadata, not yet read: its item type, length and where its items start."""
+
     item_type: int
     count: int
     start: int
@@ -70,8 +72,12 @@ class GGUFFile:
                 self._refuse(f"metadata {shown(key)} appears twice")
             self.metadata[key] = self._field(self._scalar(4))
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not (isinstance(alignment, int) and not isinstance(alignment, bool) and alignment > 0
-                and alignment & (alignment - 1) == 0):
+        if not (
+            isinstance(alignment, int)
+            and not isinstance(alignment, bool)
+            and alignment > 0
+            and alignment & (alignment - 1) == 0
+        ):
             self._refuse(f"general.alignment must be a power of two, got {shown(alignment)}")
         infos = [self._tensor_info(alignment) for _ in range(tensor_count)]
         data_start = -self._pos // alignment * -alignment  # rounded up
@@ -91,7 +97,7 @@ class GGUFFile:
         if size > len(self._map) - self._pos:
             self._refuse(f"truncated at byte {self._pos:,} of {len(self._map):,}, inside its header")
         self._pos += size
-        return self._map[self._pos - size:self._pos]
+        return self._map[self._pos - size : self._pos]
 
     def _scalar(self, value_type: int):
         fmt = SCALARS[value_type]
@@ -115,8 +121,9 @@ class GGUFFile:
         if item_type not in SCALARS and item_type != STRING:
             self._refuse(f"arrays of type {item_type} are not supported (at byte {self._pos:,})")
         if count * item_size > len(self._map) - self._pos:  # before a single item is read
-            self._refuse(f"an array of {count:,} items at byte {self._pos:,} does not fit in the file's "
-                         f"{len(self._map):,} bytes")
+            self._refuse(
+                f"an array of {count:,} items at byte {self._pos:,} does not fit in the file's {len(self._map):,} bytes"
+            )
         array = GGUFArray(item_type, count, self._pos)
         if item_type == STRING:
             self._skip_strings(count)
@@ -147,11 +154,14 @@ class GGUFFile:
         tensor_type = gguf.GGMLQuantizationType(type_number)
         block_size, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
         if shape[-1] % block_size:
-            self._refuse(f"tensor {shown(name)} has rows of {shape[-1]} values, not a whole number of "
-                         f"{tensor_type.name} blocks of {block_size}")
+            self._refuse(
+                f"tensor {shown(name)} has rows of {shape[-1]} values, not a whole number of "
+                f"{tensor_type.name} blocks of {block_size}"
+            )
         if offset % alignment:
-            self._refuse(f"tensor {shown(name)} starts at offset {offset:,}, not a multiple of the alignment "
-                         f"({alignment})")
+            self._refuse(
+                f"tensor {shown(name)} starts at offset {offset:,}, not a multiple of the alignment ({alignment})"
+            )
         return name, shape, tensor_type, offset, math.prod(shape) // block_size * block_bytes
 
     def _check_ranges(self, data_start: int) -> None:
@@ -163,9 +173,11 @@ class GGUFFile:
         previous = None
         for tensor in sorted(self.tensors.values(), key=lambda t: (t.start, t.size)):
             if tensor.start + tensor.size > end_of_file:
-                self._refuse(f"tensor {shown(tensor.name)} ({tensor.tensor_type.name}, shape {tensor.shape}) "
-                             f"needs bytes {tensor.start:,} to {tensor.start + tensor.size:,}, past the end of "
-                             f"the file ({end_of_file:,})")
+                self._refuse(
+                    f"tensor {shown(tensor.name)} ({tensor.tensor_type.name}, shape {tensor.shape}) "
+                    f"needs bytes {tensor.start:,} to {tensor.start + tensor.size:,}, past the end of "
+                    f"the file ({end_of_file:,})"
+                )
             if previous is not None and tensor.start < previous.start + previous.size:
                 self._refuse(f"tensors {shown(previous.name)} and {shown(tensor.name)} overlap")
             previous = tensor
@@ -184,7 +196,7 @@ class GGUFFile:
         for _ in range(value.count):
             length = struct.unpack_from("<Q", self._map, pos)[0]
             try:
-                items.append(self._map[pos + 8:pos + 8 + length].decode())
+                items.append(self._map[pos + 8 : pos + 8 + length].decode())
             except UnicodeDecodeError:
                 self._refuse(f"item {len(items)} of {key} is not UTF-8")
             pos += 8 + length

@@ -1,6 +1,7 @@
 """How twin's parameters sit in a GGUF file, for reading and writing alike: the tensor names (each family's
 llama.cpp name is its entry's in model.architectures), the order of q and k rows in llama's rotary layout,
 and the shift llama.cpp adds to Gemma's norm weights."""
+
 import gguf
 import torch
 

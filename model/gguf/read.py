@@ -8,6 +8,7 @@ too) it permutes the rows of q and k into llama.cpp's interleaved rotary layout;
 the result is the model that was converted. Tensors are dequantized one at a time straight into the
 target dtype: no float copy of the whole model ever sits beside it.
 """
+
 import os
 import re
 from dataclasses import replace
@@ -20,8 +21,8 @@ import torch
 from model.architectures import UnsupportedArchitecture, gguf_architecture
 from model.gguf.file import GGUFFile, GGUFTensor
 from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, rotary_heads, unpermute_rotary_rows
+from model.transformer import ModelConfig, Transformer, rotary_frequencies
 from model.weights import CheckpointError, assign_parameter, check_config_fields, empty_model
-from model.transformer import Transformer, ModelConfig, rotary_frequencies
 
 # What llama.cpp's converter assumes of every Llama 3 checkpoint when it bakes rope_freqs.weight.
 LLAMA3_BAKED_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -60,13 +61,16 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype, device: torch.d
     missing = [name for name in gguf_names.values() if name not in tensors]
     unexpected = sorted(found - set(gguf_names.values()))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit a {config.model_type} model of its own metadata "
-                              f"(missing tensors {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: does not fit a {config.model_type} model of its own metadata "
+            f"(missing tensors {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     for name, param in model.named_parameters():
         shape = tensors[gguf_names[name]].shape
         if shape != list(param.shape):
-            raise CheckpointError(f"{path}: tensor {gguf_names[name]} has shape {shape}, the metadata needs "
-                                  f"{list(param.shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {gguf_names[name]} has shape {shape}, the metadata needs {list(param.shape)}"
+            )
 
     for name, _ in model.named_parameters():
         weights = dequantize(file, tensors[gguf_names[name]])
@@ -89,8 +93,10 @@ def read_config(file: GGUFFile) -> ModelConfig:
     head_dim = hf.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
     for key in ("rope.dimension_count", "attention.value_length"):
         if file.value(f"{arch}.{key}", head_dim) != head_dim:
-            raise CheckpointError(f"{file.path}: {arch}.{key} = {file.value(f'{arch}.{key}')!r} is not supported "
-                                  f"(expected the head size, {head_dim})")
+            raise CheckpointError(
+                f"{file.path}: {arch}.{key} = {file.value(f'{arch}.{key}')!r} is not supported "
+                f"(expected the head size, {head_dim})"
+            )
     try:
         config = ModelConfig.from_hf(hf)
     except (ValueError, TypeError, ArithmeticError) as error:
@@ -103,6 +109,7 @@ def read_config(file: GGUFFile) -> ModelConfig:
 def hf_config(file: GGUFFile) -> tuple[dict, dict[str, str]]:
     """The GGUF metadata as the Hugging Face `config.json` it was converted from, unchecked, and each
     field's metadata key (for messages)."""
+
     def refuse(reason: str):
         raise CheckpointError(f"{file.path}: {reason}")
 
@@ -125,6 +132,7 @@ def hf_config(file: GGUFFile) -> tuple[dict, dict[str, str]]:
             refuse(f"metadata {key} is missing")
         if key in file.metadata or field in DEFAULTS:
             hf[field] = file.value(key, DEFAULTS.get(field))
+
     def required(key: str):
         if key not in file.metadata:
             refuse(f"metadata {key} is missing")
@@ -136,14 +144,16 @@ def hf_config(file: GGUFFile) -> tuple[dict, dict[str, str]]:
     if rope_scaling != "none":
         hf["rope_scaling"] = {"rope_type": rope_scaling, "factor": required(f"{arch}.rope.scaling.factor")}
     if family.windows == "layer_types":  # llama.cpp's fixed layout: every gguf_full_layer_every-th layer full
-        hf.update(sliding_window=required(f"{arch}.attention.sliding_window"),
-                  sliding_window_pattern=family.gguf_full_layer_every)
+        hf.update(
+            sliding_window=required(f"{arch}.attention.sliding_window"),
+            sliding_window_pattern=family.gguf_full_layer_every,
+        )
         spelled["sliding_window"] = f"{arch}.attention.sliding_window"
     if family.local_rope:
         hf["rope_local_base_freq"] = file.value(f"{arch}.rope.freq_base_swa", 10000.0)
     scale = file.value(f"{arch}.attention.scale", 0.0)  # absent: llama.cpp's default for the family
     if scale:
-        hf["query_pre_attn_scalar"] = scale ** -2
+        hf["query_pre_attn_scalar"] = scale**-2
     elif hf["num_hidden_layers"] in family.gguf_wide_attention_scale_layers:
         hf["query_pre_attn_scalar"] = hf["hidden_size"] // hf["num_attention_heads"]
     hf["attention_bias"] = "blk.0.attn_output.bias" in file.tensors
@@ -159,8 +169,10 @@ def llama3_scaling(config: ModelConfig, rope_factors: torch.Tensor, path: Path) 
     plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
     scaled = rotary_frequencies(replace(config, rope_scaling=scaling), torch.device("cpu"))
     if rope_factors.shape != plain.shape or not torch.allclose(plain / rope_factors, scaled, rtol=1e-5, atol=0):
-        raise CheckpointError(f"{path}: tensor {LLAMA3_ROPE_FREQS} is not Llama 3's rope scaling "
-                              f"(factor {factor:g}, {LLAMA3_BAKED_SCALING}); other rope scalings are not supported")
+        raise CheckpointError(
+            f"{path}: tensor {LLAMA3_ROPE_FREQS} is not Llama 3's rope scaling "
+            f"(factor {factor:g}, {LLAMA3_BAKED_SCALING}); other rope scalings are not supported"
+        )
     return scaling
 
 
@@ -169,7 +181,8 @@ def dequantize(file: GGUFFile, tensor: GGUFTensor) -> torch.Tensor:
     try:
         array = gguf.quants.dequantize(file.data(tensor), tensor.tensor_type)
     except NotImplementedError:
-        raise CheckpointError(f"{file.path}: tensor {tensor.name} is {tensor.tensor_type.name}, which the gguf "
-                              f"package cannot dequantize") from None
+        raise CheckpointError(
+            f"{file.path}: tensor {tensor.name} is {tensor.tensor_type.name}, which the gguf package cannot dequantize"
+        ) from None
     # Plain F32 comes back as a read-only view of the file's memory map; the model needs its own copy.
     return torch.from_numpy(array if array.flags.writeable else np.array(array)).float()

@@ -6,17 +6,22 @@ Rows of the model's embedding past the tokenizer's last token (vocabularies padd
 get unused placeholder tokens, as llama.cpp needs one token per row. This module reads the tokenizers'
 own tables, model-package internals, rather than widening their API for one writer.
 """
+
 import gguf
 
 from core.errors import TwinError
-from model.bpe import PRE_TOKENIZERS, BPETokenizer, component_types
 from model.architectures import CHAT_FORMATS
+from model.bpe import PRE_TOKENIZERS, BPETokenizer, component_types
 from model.tokenizer import Tokenizer
 
 # The tokens that frame a chat turn stay control tokens whatever their flags: llama.cpp then never makes
 # them of people's text, as twin's chat format never does.
-CHAT_TOKENS = {layout[part] for layout in CHAT_FORMATS.values() for part in ("header_start", "name_end", "turn_end")
-               if layout[part]}
+CHAT_TOKENS = {
+    layout[part]
+    for layout in CHAT_FORMATS.values()
+    for part in ("header_start", "name_end", "turn_end")
+    if layout[part]
+}
 UNUSED_SCORE = -1000.0  # llama.cpp's score for a token no merge makes
 
 
@@ -27,8 +32,10 @@ class ExportError(TwinError):
 def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer | BPETokenizer, rows: int) -> None:
     """Write the tokenizer's metadata for a model whose embedding has `rows` rows."""
     if tokenizer.vocab_size > rows:
-        raise ExportError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {rows} embedding "
-                          "rows; export the tokenizer the model was trained with")
+        raise ExportError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {rows} embedding "
+            "rows; export the tokenizer the model was trained with"
+        )
     # One token per embedding row: the rows the tokenizer leaves empty hold unused placeholders.
     tokens = [f"[PAD{i}]" for i in range(rows)]
     types = [gguf.TokenType.UNUSED] * rows
@@ -52,14 +59,23 @@ def _added_type(token) -> gguf.TokenType:
     return gguf.TokenType.CONTROL if token.special or token.content in CHAT_TOKENS else gguf.TokenType.USER_DEFINED
 
 
-def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Tokenizer, tokens: list[str], types: list,
-                       scores: list[float]) -> None:
+def _add_sentencepiece(
+    writer: gguf.GGUFWriter, tokenizer: Tokenizer, tokens: list[str], types: list, scores: list[float]
+) -> None:
     sp = tokenizer._sp
     for i in range(sp.piece_size()):
         tokens[i], scores[i] = sp.id_to_piece(i), sp.get_score(i)
-        types[i] = (gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-                    else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.UNUSED if sp.is_unused(i)
-                    else gguf.TokenType.NORMAL)
+        types[i] = (
+            gguf.TokenType.UNKNOWN
+            if sp.is_unknown(i)
+            else gguf.TokenType.CONTROL
+            if sp.is_control(i)
+            else gguf.TokenType.BYTE
+            if sp.is_byte(i)
+            else gguf.TokenType.UNUSED
+            if sp.is_unused(i)
+            else gguf.TokenType.NORMAL
+        )
     for token in tokenizer._added.values():  # ChatML's, after the pieces
         if token.id >= sp.piece_size():
             tokens[token.id], types[token.id] = token.content, gguf.TokenType.CONTROL
@@ -75,8 +91,10 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Tokenizer, tokens: li
 def _add_bpe(writer: gguf.GGUFWriter, tokenizer: BPETokenizer, tokens: list[str], types: list) -> None:
     content = tokenizer._json
     if "ByteLevel" not in {part.get("type") for part in component_types(content.get("decoder"))}:
-        raise ExportError(f"{tokenizer._source}: not a byte-level BPE tokenizer.json (a SentencePiece-style one?); "
-                          "GGUF export takes byte-level BPE (Llama 3, Qwen, SmolLM2) or a tokenizer.model")
+        raise ExportError(
+            f"{tokenizer._source}: not a byte-level BPE tokenizer.json (a SentencePiece-style one?); "
+            "GGUF export takes byte-level BPE (Llama 3, Qwen, SmolLM2) or a tokenizer.model"
+        )
     for token, token_id in content["model"]["vocab"].items():
         tokens[token_id], types[token_id] = token, gguf.TokenType.NORMAL
     for token in tokenizer._added.values():
@@ -93,8 +111,10 @@ def pre_tokenizer_name(tokenizer: BPETokenizer) -> str:
     model.bpe reads back; ExportError for a split llama.cpp has no name for here."""
     parts = component_types(tokenizer._json.get("pre_tokenizer"))
     for name, known in PRE_TOKENIZERS.items():
-        if len(parts) == len(known) and all(all(part.get(key) == value for key, value in table.items())
-                                            for part, table in zip(parts, known)):
+        if len(parts) == len(known) and all(
+            all(part.get(key) == value for key, value in table.items()) for part, table in zip(parts, known)
+        ):
             return name
-    raise ExportError(f"{tokenizer._source}: its pre-tokenizer is none llama.cpp knows by name here "
-                      f"({', '.join(PRE_TOKENIZERS)})")
+    raise ExportError(
+        f"{tokenizer._source}: its pre-tokenizer is none llama.cpp knows by name here ({', '.join(PRE_TOKENIZERS)})"
+    )

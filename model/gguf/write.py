@@ -5,6 +5,7 @@ Weights are renamed to GGUF's names (model.gguf.layout), llama's q/k rows permut
 rotary order and Gemma's norm weights shifted by one; 2-D weights are stored as f16 or q8_0 (a row length that q8_0's 32-value blocks do not
 divide stays f16), norms and biases as f32. A tied LM head is left out: llama.cpp reuses token_embd.
 """
+
 import math
 import os
 from collections.abc import Callable
@@ -28,8 +29,14 @@ Q = gguf.GGMLQuantizationType
 TYPES = {"f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16), "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
 
 
-def write_gguf(model: Transformer, tokenizer: Tokenizer | BPETokenizer, path: str | os.PathLike, type_name: str,
-               name: str, chat_template: str) -> None:
+def write_gguf(
+    model: Transformer,
+    tokenizer: Tokenizer | BPETokenizer,
+    path: str | os.PathLike,
+    type_name: str,
+    name: str,
+    chat_template: str,
+) -> None:
     """Write the model as a GGUF file at `path` (atomically), its 2-D weights in `type_name` (f16, q8_0),
     with the tokenizer and the Jinja `chat_template`, and a progress bar on stderr.
 
@@ -66,6 +73,7 @@ def write_tensors(writer: gguf.GGUFWriter, tensors: list["PlannedTensor"], path:
 @dataclass(frozen=True)
 class PlannedTensor:
     """One tensor of the file: its GGUF name, how it is stored, and how to make its data when its turn comes."""
+
     name: str
     shape: tuple[int, ...]  # as stored: a quantized tensor's in bytes
     dtype: np.dtype
@@ -108,9 +116,15 @@ def tensor_plan(model: Transformer, qtype: Q) -> list[PlannedTensor]:
     bakes it, one divisor per rotary frequency."""
     config = model.config
     names = gguf_tensor_names(model)
-    plan = [planned_tensor(names[name], tuple(param.shape), qtype,
-                           partial(gguf_weights, param, rotary_heads(config, name), norm_shift(config, name)))
-            for name, param in model.named_parameters()]
+    plan = [
+        planned_tensor(
+            names[name],
+            tuple(param.shape),
+            qtype,
+            partial(gguf_weights, param, rotary_heads(config, name), norm_shift(config, name)),
+        )
+        for name, param in model.named_parameters()
+    ]
     if config.rope_scaling is not None:
         plain = rotary_frequencies(replace(config, rope_scaling=None), torch.device("cpu"))
         divisors = (plain / rotary_frequencies(config, torch.device("cpu"))).numpy()
@@ -124,8 +138,13 @@ def planned_tensor(name: str, shape: tuple[int, ...], qtype: Q, convert: Callabl
     if len(shape) == 1:
         return PlannedTensor(name, shape, np.dtype(np.float32), None, convert)
     if qtype == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
-        return PlannedTensor(name, gguf.quant_shape_to_byte_shape(shape, Q.Q8_0), np.dtype(np.uint8), Q.Q8_0,
-                             lambda: gguf.quants.quantize(convert(), Q.Q8_0))
+        return PlannedTensor(
+            name,
+            gguf.quant_shape_to_byte_shape(shape, Q.Q8_0),
+            np.dtype(np.uint8),
+            Q.Q8_0,
+            lambda: gguf.quants.quantize(convert(), Q.Q8_0),
+        )
     return PlannedTensor(name, shape, np.dtype(np.float16), None, lambda: convert().astype(np.float16))
 
 
