@@ -107,7 +107,7 @@ def test_it_prints_where_the_pages_are(capsys):
     with serve.listen("127.0.0.1", 0) as sock:
         port = sock.getsockname()[1]
         serve.show_usage(sock, TwinSource("model", None, People("Misha", {})), with_key=True, judging=True)
-    line = capsys.readouterr().out.splitlines()[1]
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("in a browser:")]
     assert line.startswith(
         f"in a browser: http://127.0.0.1:{port}/ to chat, http://127.0.0.1:{port}/judge for the "
         "blind test; the pages ask for the key"

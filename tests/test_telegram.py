@@ -1215,7 +1215,7 @@ def test_bundled_sample_end_to_end():
         "Telegram service notifications": 1,
         "public_supergroup (see --public-groups)": 1,
     }
-    assert (report.sessions, report.messages_kept) == (607, 3481)
+    assert (report.sessions, report.messages_kept) == (607, 3482)
     assert report.repairs == {"control characters (removed)": 1}  # a BEL
     assert report.messages_skipped == {
         "in skipped chats": 22,
@@ -1282,5 +1282,5 @@ def test_bundled_sample_with_every_flag():
         "service": 4,
         "unsupported": 1,
     }
-    assert report.messages_kept == 3532 - 16 - 24 - 4 - 1  # every message of the export but these
+    assert report.messages_kept == 3533 - 16 - 24 - 4 - 1  # every message of the export but these
     assert "Tom Baker (synthetic)" in report.speaker_chars and not report.placeholders
