@@ -29,8 +29,8 @@ from core.cli import program
 from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
 from core.flags import add_arguments, from_args
 from core.run_folder import RunFolder
+from data.conversion import ExportOptions
 from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
-from data.telegram import ExportOptions
 from fidelity import EvaluationError
 from fidelity.evaluation import evaluate_full_fine_tune, run_evaluation
 from fidelity.markdown import check_report_folder

@@ -3,7 +3,7 @@
     python bench/bench_telegram.py --size-mb 700 [--baseline]
 
 Writes a synthetic export of about --size-mb MB to a temporary folder, then converts it with
-`python -m data.telegram` in a child process and prints the child's wall time and peak RSS (the
+`python convert.py` in a child process and prints the child's wall time and peak RSS (the
 generator's own memory does not count). The budget is 90 s and 5 GB for 700 MB on 2 cores.
 --baseline also measures plain json.loads of the same file, the approach the streaming reader avoids.
 """
@@ -175,7 +175,7 @@ def main() -> None:
 
         seconds, peak_gb, status = measure(
             # --months 0 keeps every message: the worst case, as nothing is dropped early.
-            [sys.executable, "-m", "data.telegram", str(folder), "-o", str(folder / "s.jsonl"), "--months", "0"],
+            [sys.executable, "convert.py", str(folder), "-o", str(folder / "s.jsonl"), "--months", "0"],
             folder / "convert.log",
         )
         print((folder / "convert.log").read_text().rstrip())
@@ -186,7 +186,7 @@ def main() -> None:
 
         if args.baseline:
             load = (
-                "import sys; from data.telegram import repair_hex_escapes as r; import json; "
+                "import sys; from data.json_stream import repair_hex_escapes as r; import json; "
                 "json.loads(r(open(sys.argv[1], encoding='utf-8').read()))"
             )
             seconds, peak_gb, status = measure(

@@ -31,7 +31,8 @@ def main():
     import transformers
 
     from data.chatml import chat_format
-    from data.telegram import ExportOptions, load_sessions
+    from data.conversion import ExportOptions
+    from data.sources import load_sessions
     from model import Tokenizer
     from tests.conftest import write_dolphin_tokenizer_dir
 

@@ -1,6 +1,6 @@
 """From a Telegram export to packed training and validation rows: what train.py and evaluate.py call.
 
-    sessions (data.telegram) -> validation split -> ChatML pieces (data.chatml) -> rows (data.packing)
+    sessions (data.sources) -> validation split -> ChatML pieces (data.chatml) -> rows (data.packing)
 
 Tokenized rows are cached on disk, so a second run, or the other ranks of a distributed run once the
 first rank has written the cache, skip tokenizing.
@@ -21,10 +21,12 @@ from tqdm import tqdm
 
 from core import atomic
 from core.flags import from_args, not_a_flag, positive_int, setting
+from core.names import matching_names
 from data.chatml import RenderedSession, split_to_fit
+from data.conversion import ConversionReport, ExportOptions, chat_list
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, Turn, most_frequent_partners
-from data.telegram import ConversionReport, ExportOptions, chat_list, load_sessions, matching_names
+from data.sources import load_sessions
 from model.loss import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
@@ -161,7 +163,7 @@ def prepare_data(
             )
         )
         raise DataError(
-            f"{path}: no sessions to train on: {why}; `python -m data.telegram {path} "
+            f"{path}: no sessions to train on: {why}; `python convert.py {path} "
             "-o sessions.jsonl` prints the whole conversion report"
         )
 

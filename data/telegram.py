@@ -1,15 +1,12 @@
 """Read a Telegram Desktop export ("Machine-readable JSON") into conversation sessions.
 
-    python -m data.telegram ~/Downloads/Telegram\\ Desktop/DataExport_2024-05-01 -o sessions.jsonl
-
 How it works:
-  1. _JsonReader walks result.json one value at a time, so a 700 MB export never sits in
-     memory as Python objects all at once (json.load takes about 8 GB for it).
+  1. data.json_stream walks result.json one value at a time, so a 700 MB export never sits in
+     memory as Python objects all at once.
   2. _ExportReader turns each message into (time, author id, text) or a reason to skip it,
      and remembers everyone's newest display name.
   3. The target (the person being cloned) is chosen, names are made unique, and each chat is cut
      into sessions at long silences; consecutive messages of one author become one turn.
-load_sessions() also takes a sessions file (ours or doppelganger's), so train.py accepts either.
 
 A message without text still happened, so media become placeholders that keep the hole visible in
 the turn order: [photo], [video], [video message], [voice message], [audio], [animation], [sticker],
@@ -23,29 +20,20 @@ or chat that cannot be read is skipped and counted by reason, so one bad message
 export; --strict stops at the first one instead.
 """
 
-import argparse
-import codecs
-import dataclasses
-import json
-import re
-import statistics
-import sys
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, NoReturn
+from typing import NamedTuple
 
 from tqdm import tqdm
 
-from core.cli import program
-from core.flags import add_arguments, from_args, setting
 from core.names import matching_names
-from data.personal import PLACEHOLDERS as SCRUBBED_PLACEHOLDERS
-from data.personal import scrub
-from data.sessions import DataError, Session, Turn, clean_message, clean_name, read_sessions_file, write_sessions
+from data.conversion import ConversionReport, ExportOptions, chat_list, note_chat_choices
+from data.json_stream import JsonReader
+from data.sessions import DataError, Session, Turn, clean_message, clean_name
 
 # Chats that hold the target's own conversations; everything else is skipped.
 DEFAULT_CHAT_TYPES = {"personal_chat", "private_group", "private_supergroup"}
@@ -73,106 +61,9 @@ ATTACHMENT_PLACEHOLDERS = {
     "file": "[file]",
 }
 PLACEHOLDERS = {*MEDIA_PLACEHOLDERS.values(), *ATTACHMENT_PLACEHOLDERS.values()}
-MEDIA_CHOICES = ("keep", "drop")
 
 SECONDS_PER_DAY = 24 * 3600
 SECONDS_PER_MONTH = 365.2425 / 12 * SECONDS_PER_DAY
-READ_CHUNK_BYTES = 1 << 20
-SESSION_FIELDS = {field.name for field in dataclasses.fields(Session)}
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-@dataclass
-class ExportOptions:
-    """How an export is read: the flags of `python -m data.telegram`, which train.py and evaluate.py take too."""
-
-    target: str | None = setting(
-        None,
-        "the person to clone, by Telegram id (user123) or name: the full name as the summary shows it, or "
-        "a part of it that only one person's name has, in any case; unset means the export's owner "
-        "(personal_information.user_id, else the author of Saved Messages)",
-        metavar="NAME",
-    )
-    gap_minutes: float = setting(
-        10, "a silence longer than this starts a new session", type=_positive_float, metavar="N"
-    )
-    months: int = setting(
-        24,
-        "keep the messages of the last N months before the newest message in the export; 0 keeps all",
-        type=_non_negative_int,
-        metavar="N",
-    )
-    speakers: str = setting(
-        "target",
-        "target: keep only sessions where the target speaks after the first turn; any: keep every session",
-        choices=("target", "any"),
-    )
-    keep_forwarded: bool = setting(
-        False,
-        "keep forwarded messages and messages sent via bots; they are skipped "
-        "otherwise as they are not their sender's own words",
-    )
-    public_groups: bool = setting(
-        False, "also read public supergroups; otherwise only personal chats and private groups"
-    )
-    strict: bool = setting(
-        False,
-        "stop with an error at the first malformed message or chat of an export; "
-        "otherwise they are skipped and counted",
-    )
-    media: str = setting(
-        "keep",
-        "keep: a photo, sticker, voice message, video, file, location, contact or poll "
-        "without text becomes a placeholder such as [photo] or [voice message] (a caption, a "
-        "sticker's emoji and a poll's question are kept as text); drop: such messages are left "
-        "out",
-        choices=MEDIA_CHOICES,
-    )
-    # Choosing what to learn from
-    chats: str | None = setting(
-        None,
-        "read only these chats: a comma-separated list of chat names (in any case), "
-        "ids or types (personal_chat, private_group, private_supergroup, public_supergroup) "
-        "(default: every chat of the types read)",
-        metavar="CHATS",
-    )
-    exclude_chats: str | None = setting(
-        None, "leave out these chats: names, ids or types, as --chats takes them (default: none)", metavar="CHATS"
-    )
-    scrub: bool = setting(
-        False,
-        "replace phone numbers, e-mail addresses and card numbers in the messages by "
-        "[phone], [email] and [card], so that the model never learns them; the summary counts "
-        "them",
-    )
-
-    def __post_init__(self):
-        if not self.gap_minutes > 0:
-            raise ValueError(f"gap_minutes must be positive, got {self.gap_minutes}")
-        if self.months < 0:
-            raise ValueError(f"months must be 0 (all) or more, got {self.months}")
-        if self.speakers not in ("target", "any"):
-            raise ValueError(f"speakers must be 'target' or 'any', got {self.speakers!r}")
-        if self.media not in MEDIA_CHOICES:
-            raise ValueError(f"media must be 'keep' or 'drop', got {self.media!r}")
-
-
-def chat_list(text: str | None) -> list[str]:
-    """--chats "Mom, Work group,personal_chat" as its entries."""
-    return [entry.strip() for entry in (text or "").split(",") if entry.strip()]
 
 
 def named_by(entries: list[str], name: object, chat_type: object, chat_id: object = None) -> list[str]:
@@ -182,246 +73,6 @@ def named_by(entries: list[str], name: object, chat_type: object, chat_id: objec
     if isinstance(chat_id, (int, str)) and not isinstance(chat_id, bool):
         keys |= {str(chat_id).casefold(), (_person_id(chat_id) or "").casefold()}
     return [entry for entry in entries if entry.casefold() in keys]
-
-
-def add_export_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The options of reading an export; train.py and evaluate.py add them too."""
-    add_arguments(parser, ExportOptions)
-
-
-@dataclass
-class ConversionReport:
-    """What load_sessions did, for a person to check before training on it."""
-
-    source: str
-    source_kind: str  # "Telegram export" or "sessions file"
-    target: str = ""
-    target_how: str = ""
-    chats_read: Counter = field(default_factory=Counter)  # chat type -> chats
-    chats_kept: Counter = field(default_factory=Counter)  # chat type -> chats
-    chats_skipped: Counter = field(default_factory=Counter)  # reason -> chats
-    messages_kept: int = 0
-    messages_skipped: Counter = field(default_factory=Counter)  # reason -> messages
-    turns_per_session: list[int] = field(default_factory=list)
-    speaker_chars: Counter = field(default_factory=Counter)  # speaker -> characters written
-    placeholders: Counter = field(default_factory=Counter)  # "[photo]" -> kept messages saying it
-    repairs: Counter = field(default_factory=Counter)  # what cleaning changed -> messages or names
-    scrubbed: Counter | None = None  # with --scrub: "phone", "email", "card" -> values replaced
-    chat_choices: list[str] = field(default_factory=list)  # --chats and --exclude-chats as given
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def sessions(self) -> int:
-        return len(self.turns_per_session)
-
-    def summary(self) -> str:
-        lines = [f"read {self.source_kind} {self.source}", f"target: {self.target} ({self.target_how})"]
-        if self.chats_read:
-            lines.append(
-                f"chats: {sum(self.chats_read.values())} read, "
-                f"{sum(self.chats_kept.values())} kept ({_counts(self.chats_kept)})"
-            )
-            if self.chats_skipped:
-                lines.append(f"  skipped: {_counts(self.chats_skipped)}")
-        skipped = sum(self.messages_skipped.values())
-        lines.append(f"messages: {self.messages_kept:,} kept, {skipped:,} skipped")
-        if skipped:
-            lines.append(f"  skipped: {_counts(self.messages_skipped)}")
-        if self.repairs:
-            lines.append(f"  repaired: {_counts(self.repairs)}")
-        lines += [f"  {choice}" for choice in self.chat_choices]
-        if self.scrubbed is None:
-            lines.append("  phone numbers, e-mail addresses and card numbers: kept as written (--scrub replaces them)")
-        else:
-            counts = ", ".join(f"{kind} {self.scrubbed[kind]:,}" for kind in SCRUBBED_PLACEHOLDERS)
-            lines.append(f"  scrubbed (--scrub): {counts}, replaced by {', '.join(SCRUBBED_PLACEHOLDERS.values())}")
-        if self.placeholders:
-            lines.append(
-                f"  media without text: {_counts(self.placeholders)} "
-                "(kept as placeholders; --media drop leaves them out)"
-            )
-        turns = self.turns_per_session
-        lines.append(
-            f"sessions: {len(turns):,}"
-            + (
-                f", turns per session: min {min(turns)}, median {statistics.median(turns):g}, max {max(turns)}"
-                if turns
-                else ""
-            )
-        )
-        total_chars = sum(self.speaker_chars.values())
-        if total_chars:
-            lines.append("top speakers by message characters (tokens need a tokenizer):")
-            for speaker, chars in self.speaker_chars.most_common(10):
-                lines.append(f"  {speaker}: {plural(chars, 'char')} ({chars / total_chars:.1%})")
-        lines += [f"warning: {warning}" for warning in self.warnings]
-        return "\n".join(lines)
-
-
-def _counts(counter: Counter) -> str:
-    return ", ".join(f"{key} {count:,}" for key, count in counter.most_common() if count > 0)
-
-
-def plural(count: int, noun: str) -> str:
-    """ "1 session", "2 sessions": the count and the noun, which takes an s unless there is one."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
-
-
-# --- Reading JSON piece by piece -------------------------------------------------------------
-
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-# The escaped backslash is matched too, so that in \\x41 the "x" stays plain text.
-_HEX_ESCAPE = re.compile(r"\\(\\|x([0-9A-Fa-f]{2}))")
-_DECODER = json.JSONDecoder()
-
-
-def repair_hex_escapes(text: str) -> str:
-    """Telegram Desktop writes control characters as \\xHH, which JSON lacks: make them \\u00HH."""
-    if "\\x" not in text:  # the common case, and a fast one
-        return text
-    return _HEX_ESCAPE.sub(lambda match: match[0] if match[2] is None else "\\u00" + match[2], text)
-
-
-def _split_unfinished_escape(text: str) -> tuple[str, str]:
-    """Split off an escape that the end of a chunk may have cut (at most 4 characters: \\xHH)."""
-    last = text.rfind("\\", max(0, len(text) - 3))
-    if last == -1:
-        return text, ""
-    run_start = last
-    while run_start > 0 and text[run_start - 1] == "\\":
-        run_start -= 1
-    if (last - run_start) % 2 == 1:  # the last backslash is escaped by the one before it
-        return text, ""
-    return text[:last], text[last:]
-
-
-class _JsonReader:
-    """Walks a JSON file one value at a time: objects key by key, lists item by item, and
-    anything else decoded whole by json's raw_decode. It reads 1 MB chunks, repairing \\xHH."""
-
-    def __init__(self, path: Path, file: BinaryIO, progress: tqdm):
-        self.path = path
-        self.file = file
-        self.progress = progress
-        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
-        self.buffer = ""
-        self.pos = 0
-        self.consumed = 0  # characters dropped from the front of the buffer, for error positions
-        self.escape_carry = ""
-        self.at_end = False
-
-    def _read_more(self, at_least: int = 0) -> bool:
-        """Append the next chunk of text to the buffer; False once the file is used up."""
-        if self.at_end:
-            return False
-        data = self.file.read(max(READ_CHUNK_BYTES, at_least))
-        self.progress.update(len(data))
-        try:
-            text = self.escape_carry + self.utf8.decode(data, final=not data)
-        except UnicodeDecodeError as error:
-            raise DataError(
-                f"{self.path}: not UTF-8 text ({error.reason} near byte {self.file.tell() - len(data) + error.start})"
-            ) from None
-        if data:
-            text, self.escape_carry = _split_unfinished_escape(text)
-        else:
-            self.at_end = True
-        self.consumed += self.pos
-        self.buffer = self.buffer[self.pos :] + repair_hex_escapes(text)
-        self.pos = 0
-        return True
-
-    def error(self, where: str, problem: str) -> DataError:
-        return DataError(f"{self.path}: {where}: {problem}")
-
-    def peek(self) -> str:
-        """The next character that is not whitespace, not consumed; "" at the end of the file."""
-        while True:
-            self.pos = _WHITESPACE.match(self.buffer, self.pos).end()
-            if self.pos < len(self.buffer):
-                return self.buffer[self.pos]
-            if not self._read_more():
-                return ""
-
-    def _expect(self, char: str, where: str, what: str) -> None:
-        found = self.peek()
-        if found != char:
-            self._fail_at(found, where, what)
-        self.pos += 1
-
-    def _fail_at(self, found: str, where: str, what: str) -> NoReturn:
-        if not found:
-            raise self.error(where, "the file ends here: is it truncated?")
-        raise self.error(where, f"expected {what}, found {found!r} at character {self.consumed + self.pos}")
-
-    def value(self, where: str):
-        """Decode the next whole JSON value."""
-        self.peek()
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self.buffer, self.pos)
-            except json.JSONDecodeError as error:
-                # An error near the end of the text read so far may only mean that the chunk
-                # cut the value in two: read more (at least as much again, to stay linear).
-                unterminated = error.msg.startswith("Unterminated string")
-                if (unterminated or error.pos >= len(self.buffer) - 8) and self._read_more(
-                    at_least=len(self.buffer) - self.pos
-                ):
-                    continue
-                if unterminated or error.pos >= len(self.buffer.rstrip()):
-                    raise self.error(where, "the file ends inside this value: is it truncated?") from None
-                raise self.error(
-                    where, f"not valid JSON: {error.msg} at character {self.consumed + error.pos}"
-                ) from None
-            except (ValueError, RecursionError) as error:  # e.g. a 5000-digit number, deep nesting
-                raise self.error(where, f"cannot decode: {error}") from None
-            if end == len(self.buffer) and self._read_more():
-                continue  # a number at the end of the buffer may go on in the next chunk
-            self.pos = end
-            return value
-
-    def object_keys(self, where: str) -> Iterator[str]:
-        """Walk an object: yields each key; the caller reads its value before the next one."""
-        self._expect("{", where, "an object")
-        if self.peek() == "}":
-            self.pos += 1
-            return
-        while True:
-            if self.peek() != '"':
-                self._fail_at(self.peek(), where, "a key in double quotes")
-            key = self.value(where)
-            self._expect(":", where, "':' after a key")
-            yield key
-            if not self._another_item("}", where):
-                return
-
-    def array_items(self, where: str) -> Iterator[int]:
-        """Walk a list: yields each index; the caller reads the item before the next one."""
-        self._expect("[", where, "a list")
-        if self.peek() == "]":
-            self.pos += 1
-            return
-        index = 0
-        while True:
-            yield index
-            if not self._another_item("]", where):
-                return
-            index += 1
-
-    def _another_item(self, closing: str, where: str) -> bool:
-        """Consume what follows an item: True for a comma, False for the closing bracket."""
-        found = self.peek()
-        if found not in (",", closing):
-            self._fail_at(found, where, f"',' or '{closing}'")
-        self.pos += 1
-        return found == ","
-
-    def expect_end(self) -> None:
-        if self.peek():
-            self._fail_at(self.peek(), "after the top-level object", "the end of the file")
-
-
-# --- Reading an export -----------------------------------------------------------------------
 
 
 class ChatMessage(NamedTuple):
@@ -486,7 +137,7 @@ class _ExportReader:
                 disable=True if size < 64 << 20 else None,
             ) as progress,
         ):
-            reader = _JsonReader(self.path, file, progress)
+            reader = JsonReader(self.path, file, progress)
             top_level = _Chat()  # a single-chat export has its chat at the top level
             found_chat_list = False
             for key in reader.object_keys("the top level"):
@@ -502,7 +153,7 @@ class _ExportReader:
             self._finish_chat(top_level, "the top level")
         elif not found_chat_list:
             raise DataError(f"{self.path}: not a Telegram export: no chats list and no messages at the top level")
-        _note_chat_choices(self.report, self.options, self.chat_entries_used)
+        note_chat_choices(self.report, self.options, self.chat_entries_used)
         # Cleaned once per person rather than once per message.
         self.display_names = {
             person: _display_name(name, person, self.report.repairs) for person, (_, name) in self.latest_names.items()
@@ -530,7 +181,7 @@ class _ExportReader:
         names = [info.get("first_name"), info.get("last_name")]
         self.owner_name = clean_name(" ".join(name for name in names if isinstance(name, str)), self.report.repairs)
 
-    def _read_chat_list(self, reader: _JsonReader, key: str) -> None:
+    def _read_chat_list(self, reader: JsonReader, key: str) -> None:
         for list_key in reader.object_keys(key):
             if list_key != "list":
                 reader.value(f"{key}.{list_key}")
@@ -548,7 +199,7 @@ class _ExportReader:
                     self._read_chat_field(reader, chat, chat_key, f"{where}.")
                 self._finish_chat(chat, where)
 
-    def _read_chat_field(self, reader: _JsonReader, chat: _Chat, key: str, prefix: str) -> None:
+    def _read_chat_field(self, reader: JsonReader, chat: _Chat, key: str, prefix: str) -> None:
         if key == "messages" and reader.peek() == "[":
             chat.messages = []
             for index in reader.array_items(f"{prefix}messages"):
@@ -656,32 +307,6 @@ class _ExportReader:
         if chat.type == PUBLIC_GROUP_TYPE:
             return None if self.options.public_groups else f"{chat.type} (see --public-groups)"
         return chat.type
-
-
-def _note_chat_choices(report: ConversionReport, options: ExportOptions, used: set[str]) -> None:
-    """Say in the summary which chats were asked for and left out; warn of a --chats entry that named none,
-    and refuse an --exclude-chats entry that named none."""
-    for flag, text, choice in (
-        ("--chats", options.chats, "read only the chats named by"),
-        ("--exclude-chats", options.exclude_chats, "left out the chats named by"),
-    ):
-        entries = chat_list(text)
-        if entries:
-            report.chat_choices.append(f"{choice} {flag}: {', '.join(entries)}")
-        unused = [entry for entry in entries if entry not in used]
-        if unused and flag == "--exclude-chats":  # a chat meant to stay out must not slip in by a typo
-            raise DataError(
-                f"{report.source}: --exclude-chats: {unused[0]!r} names no chat here (a chat's name, id or type)"
-            )
-        report.warnings += [f"{flag}: {entry!r} names no chat (a chat's name, id or type)" for entry in unused]
-
-
-def _scrub_sessions(sessions: list[Session], report: ConversionReport) -> None:
-    """--scrub: every message with its phone numbers, e-mail addresses and card numbers replaced, counted."""
-    report.scrubbed = Counter()
-    for session in sessions:
-        for turn in session.turns:
-            turn.messages = [scrub(message, report.scrubbed) for message in turn.messages]
 
 
 def _person_id(value) -> str | None:
@@ -877,6 +502,14 @@ def _turns(messages: list[ChatMessage], names: dict[str, str]) -> list[Turn]:
     return turns
 
 
+def read_export(path: Path, options: ExportOptions) -> tuple[list[Session], ConversionReport]:
+    """The sessions of a Telegram export's result.json in time order, and the report of reading it: what was
+    kept and skipped, and whom it clones. data.sources scrubs and counts them."""
+    export = _ExportReader(path, options)
+    export.read()
+    return _sessions_from_export(export, options)
+
+
 def _sessions_from_export(export: _ExportReader, options: ExportOptions) -> tuple[list[Session], ConversionReport]:
     report = export.report
     names = _unique_names(export)
@@ -924,173 +557,6 @@ def _sessions_from_export(export: _ExportReader, options: ExportOptions) -> tupl
                 "'Only my messages'? Export it again with everyone's messages to learn from it"
             )
     sessions.sort(key=lambda session: session.start)
-    if options.scrub:
-        _scrub_sessions(sessions, report)
-    _count_sessions(report, sessions)
     if not sessions:
         report.warnings.append("no sessions: nothing to train on (see what was skipped above)")
     return sessions, report
-
-
-def _count_sessions(report: ConversionReport, sessions: list[Session]) -> None:
-    for session in sessions:
-        report.turns_per_session.append(len(session.turns))
-        for turn in session.turns:
-            report.messages_kept += len(turn.messages)
-            report.speaker_chars[turn.speaker] += sum(len(message) for message in turn.messages)
-            report.placeholders.update(message for message in turn.messages if message in PLACEHOLDERS)
-
-
-# --- Sessions files ----------------------------------------------------------------------------
-
-
-def _is_sessions_file(path: Path) -> bool:
-    """A sessions file (ours, or a doppelganger list) rather than a Telegram export?"""
-    with open(path, "rb") as file:
-        head = file.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    if not head:
-        raise DataError(f"{path}: empty file")
-    first_key = re.match(r'\{\s*"([^"\\]*)"', head)
-    return head.startswith("[") or bool(first_key and first_key[1] in SESSION_FIELDS)
-
-
-def _load_sessions_file(path: Path, options: ExportOptions) -> tuple[list[Session], ConversionReport]:
-    report = ConversionReport(str(path), "sessions file")
-    sessions = read_sessions_file(path, report.repairs)
-    named_targets = Counter(session.target for session in sessions if session.target)
-    if options.target is not None:
-        messages = Counter(turn.speaker for session in sessions for turn in session.turns for _ in turn.messages)
-        wanted = options.target.strip()
-        matches = matching_names(wanted, [name for name, _ in messages.most_common()])
-        if not matches:
-            raise DataError(
-                f"{path}: --target {wanted!r} never speaks in this file; top speakers: "
-                f"{', '.join(name for name, _ in messages.most_common(10))}"
-            )
-        if len(matches) > 1:
-            raise DataError(
-                f"{path}: --target {wanted!r} matches {len(matches)} speakers: "
-                f"{', '.join(matches[:10])}; pass a full name"
-            )
-        target, report.target_how = matches[0], "chosen with --target"
-    elif named_targets:
-        target, report.target_how = named_targets.most_common(1)[0][0], "named in the sessions file"
-    else:  # doppelganger files name no target; the owner of the chats is in (nearly) all of them
-        appearances = Counter(speaker for session in sessions for speaker in {turn.speaker for turn in session.turns})
-        target = appearances.most_common(1)[0][0]
-        report.target_how = "the speaker in the most sessions, as the file names no target; choose with --target"
-    report.target = target
-    for session in sessions:
-        session.target = target
-    sessions = _chosen_chats(sessions, options, report)
-    if dataclasses.replace(options, target=None, chats=None, exclude_chats=None, scrub=False) != ExportOptions():
-        report.warnings.append(
-            "--gap-minutes, --months, --speakers, --keep-forwarded, --public-groups, "
-            "--strict and --media apply to Telegram exports, not to a sessions file"
-        )
-    if options.scrub:
-        _scrub_sessions(sessions, report)
-    _count_sessions(report, sessions)
-    return sessions, report
-
-
-def _chosen_chats(sessions: list[Session], options: ExportOptions, report: ConversionReport) -> list[Session]:
-    """The sessions of a sessions file in the chats --chats and --exclude-chats choose (by name or type)."""
-    chats, excluded, used = chat_list(options.chats), chat_list(options.exclude_chats), set()
-    kept = []
-    for session in sessions:
-        named, left_out = (
-            named_by(chats, session.chat, session.chat_type),
-            named_by(excluded, session.chat, session.chat_type),
-        )
-        used.update(named + left_out)
-        if left_out or chats and not named:
-            reason = "named by --exclude-chats" if left_out else "not named by --chats"
-            report.messages_skipped[f"in chats {reason}"] += sum(len(turn.messages) for turn in session.turns)
-        else:
-            kept.append(session)
-    _note_chat_choices(report, options, used)
-    return kept
-
-
-def load_sessions(path, options: ExportOptions | None = None) -> tuple[list[Session], ConversionReport]:
-    """Sessions from a Telegram export (result.json or its folder) or from a sessions file."""
-    options = options or ExportOptions()
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "result.json").is_file():
-            raise DataError(
-                f"{path}: no result.json in this folder; pass the folder Telegram "
-                "Desktop exported to, its result.json, or a sessions file"
-            )
-        path = path / "result.json"
-    try:
-        if _is_sessions_file(path):
-            return _load_sessions_file(path, options)
-        export = _ExportReader(path, options)
-        export.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file or directory") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
-    return _sessions_from_export(export, options)
-
-
-# --- Command line ------------------------------------------------------------------------------
-
-
-def _format_session(session: Session) -> str:
-    when = datetime.fromtimestamp(session.start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"=== {session.chat or 'session'} ({session.chat_type or 'no type'}), {when}"]
-    for turn in session.turns:
-        lines.append(f"[{turn.speaker}]")
-        lines += [f">>> {message}" for message in turn.messages]
-    return "\n".join(lines)
-
-
-@program
-def main(argv: list[str] | None = None) -> int:
-    # Names and messages are in any language: never crash on a console that cannot show them.
-    for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(errors="backslashreplace")
-    parser = argparse.ArgumentParser(
-        prog="python -m data.telegram",
-        description="Turn a Telegram Desktop export (Settings > Advanced > Export Telegram data, "
-        "machine-readable JSON) into conversation sessions, one JSON object a line.",
-    )
-    parser.add_argument(
-        "export", help="result.json, the folder holding it, or a sessions file (ours or doppelganger's)"
-    )
-    parser.add_argument(
-        "-o",
-        "--output",
-        help="where to write the sessions (JSONL); without it nothing "
-        "is written, and the summary (and --preview) show what would be",
-    )
-    add_export_args(parser)
-    parser.add_argument(
-        "--preview",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="print the first N sessions; they are private data, so only when asked (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    sessions, report = load_sessions(args.export, from_args(ExportOptions, args))
-    if args.output is not None:
-        try:
-            write_sessions(sessions, args.output)
-        except OSError as error:
-            raise DataError(f"{args.output}: cannot write: {error.strerror or error}") from None
-    print(report.summary())
-    if args.output is None:
-        print(f"wrote nothing (no -o): {plural(len(sessions), 'session')}")
-    else:
-        print(f"wrote {plural(len(sessions), 'session')} to {args.output}")
-    for session in sessions[: args.preview]:
-        print(_format_session(session))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.telegram import ExportOptions, load_sessions  # noqa: E402
+from data.conversion import ExportOptions  # noqa: E402
+from data.sources import load_sessions  # noqa: E402
 from model import ModelConfig, Tokenizer, Transformer, save_model  # noqa: E402
 
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"

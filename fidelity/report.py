@@ -4,9 +4,9 @@ failures, privacy)."""
 
 from dataclasses import dataclass, field
 
+from data.conversion import plural
 from data.dataset import PreparedData
 from data.sessions import Turn
-from data.telegram import plural
 from fidelity.attribution import NgramClassifier, confusion_matrix, real_vs_generated_auc
 from fidelity.calibration import MEAN, Placement, place, style_bounds
 from fidelity.failures import FailureRates, failure_rates

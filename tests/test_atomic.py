@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import convert
 from core import atomic
-from data import telegram
 from tests.helpers import exit_status
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
@@ -45,7 +45,7 @@ def test_private_files_covers_every_writer_of_the_process(tmp_path, ordinary_uma
 
 
 def test_a_converted_sessions_file_is_private(tmp_path, ordinary_umask, capsys):
-    assert exit_status(telegram.main, [str(SAMPLE), "-o", str(tmp_path / "sessions.jsonl")]) == 0
+    assert exit_status(convert.main, [str(SAMPLE), "-o", str(tmp_path / "sessions.jsonl")]) == 0
     assert mode(tmp_path / "sessions.jsonl") == 0o600
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import data.telegram
+import convert
 import evaluate
 import sample
 import serve
@@ -47,12 +47,11 @@ def test_a_closed_pipe_ends_the_program_quietly_with_status_1():
     assert (wrapped.returncode, wrapped.stderr) == (1, "")
 
 
-def test_telegram_preview_into_a_closed_pipe(tmp_path):
+def test_convert_preview_into_a_closed_pipe(tmp_path):
     result = run_into_closed_pipe(
         [
             sys.executable,
-            "-m",
-            "data.telegram",
+            str(ROOT / "convert.py"),
             str(ROOT / "examples" / "telegram_export"),
             "-o",
             str(tmp_path / "sessions.jsonl"),
@@ -64,7 +63,7 @@ def test_telegram_preview_into_a_closed_pipe(tmp_path):
     assert (tmp_path / "sessions.jsonl").exists()  # the work was done; only the printing stopped
 
 
-@pytest.mark.parametrize("program", [train, sample, evaluate, serve, data.telegram], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("program", [train, sample, evaluate, serve, convert], ids=lambda m: m.__name__)
 def test_every_program_main_is_wrapped(program):
     assert program.main.__wrapped__.__module__ == program.__name__
 

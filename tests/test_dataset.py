@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data.chatml import render
+from data.conversion import ExportOptions
 from data.dataset import (
     DataConfig,
     data_config_from_args,
@@ -15,7 +16,7 @@ from data.dataset import (
 )
 from data.packing import PackedRows
 from data.sessions import DataError, Session, Turn, most_frequent_partners, write_sessions
-from data.telegram import ExportOptions, load_sessions
+from data.sources import load_sessions
 from training import settings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "telegram_export" / "result.json"

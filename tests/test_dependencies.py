@@ -26,7 +26,7 @@ RUNTIME_DEPENDENCIES = {
 ORACLES = ["transformers", "peft", "accelerate", "openai", "httpx", "torchao"]
 
 
-PROGRAMS = {"train", "sample", "evaluate", "serve", "export"}
+PROGRAMS = {"convert", "train", "sample", "evaluate", "serve", "export"}
 NOT_RUNTIME = {"tests", "bench", "examples"}
 
 
@@ -117,7 +117,7 @@ LAYERS = [
     {"training"},  # which ends a run with the report's pictures
     {"serving"},
     {"lora", "fsdp"},  # the training recipes, which train.py runs
-    {"train", "sample", "evaluate", "serve", "export"},  # the programs
+    PROGRAMS,  # the programs
 ]
 
 

@@ -1,6 +1,6 @@
 """Hostile and malformed exports and sessions files (issue 11), made here in code.
 
-Every case goes through data.telegram.load_sessions and through `python -m data.telegram` (its main, in
+Every case goes through data.sources.load_sessions and through `python convert.py` (its main, in
 process). Each must either convert, or stop with one line naming the file (exit status 2): never a
 traceback. Whatever it converts has names of one plain line and messages without control characters,
 and every session renders with the structure of each chat format (tests.helpers.assert_chatml_structure,
@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from data import telegram
+import convert
 from data.chatml import render
+from data.conversion import ExportOptions
 from data.sessions import DataError, clean_message, clean_name
-from data.telegram import ExportOptions, load_sessions
+from data.sources import load_sessions
 from tests.helpers import CHAT_TOKENIZERS, assert_chatml_structure, chat_tokenizer, exit_status
 
 ME, BOB, CAROL = 1, 2, 3
@@ -306,7 +307,7 @@ def test_hostile_input_converts_or_stops_with_one_line(tmp_path, capsys, chat_to
 
     out = tmp_path / "out.jsonl"
     flags = [f"--{key}={value}" for key, value in case.options.items()]
-    status = exit_status(telegram.main, [str(path), "-o", str(out), "--preview", "2", *flags])
+    status = exit_status(convert.main, [str(path), "-o", str(out), "--preview", "2", *flags])
     printed = capsys.readouterr()
     if case.outcome == FAILS:
         assert status == 2 and not out.exists()

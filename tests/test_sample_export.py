@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data.dataset import newest_mask, session_fingerprint, validation_mask
-from data.telegram import load_sessions
+from data.sources import load_sessions
 from fidelity.style import style_statistics
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from convert import main as convert_main
 from core.flags import from_args
-from data import telegram
+from data import json_stream, telegram
 from data.chatml import render
+from data.conversion import ConversionReport, ExportOptions, add_export_args, plural
 from data.sessions import DataError, Session, Turn, write_sessions
-from data.telegram import ExportOptions, add_export_args, load_sessions, repair_hex_escapes
+from data.sources import load_sessions
 from tests.helpers import assert_chatml_structure, exit_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +82,7 @@ def write(tmp_path: Path, data, name: str = "result.json") -> Path:
     return path
 
 
-def convert(tmp_path: Path, data, **options) -> tuple[list[Session], telegram.ConversionReport]:
+def convert(tmp_path: Path, data, **options) -> tuple[list[Session], ConversionReport]:
     return load_sessions(write(tmp_path, data), ExportOptions(**options))
 
 
@@ -93,7 +95,7 @@ HELLO = [("Bob", ["hi"]), ("Me Myself", ["hey"])]
 
 def run_cli(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "data.telegram", *map(str, args)],
+        [sys.executable, "convert.py", *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -144,22 +146,6 @@ def test_reads_utf8_under_an_ascii_locale(tmp_path):
     assert "привет 😍" in (tmp_path / "out.jsonl").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize(
-    "raw, repaired",
-    [
-        (r"\x0B", r"\u000B"),
-        (r"a\x1fb\x07", r"a\u001fb\u0007"),
-        (r"\\x41", r"\\x41"),  # an escaped backslash, then a plain "x41"
-        (r"\\\x41", r"\\\u0041"),  # an escaped backslash, then \x41
-        (r"\"\x41", r"\"\u0041"),
-        (r"\xZZ \x4", r"\xZZ \x4"),  # not an escape: left for the JSON parser to reject
-        ("no escapes", "no escapes"),
-    ],
-)
-def test_repair_hex_escapes(raw, repaired):
-    assert repair_hex_escapes(raw) == repaired
-
-
 def test_hex_escapes_in_a_file_are_repaired_but_escaped_backslashes_stay(tmp_path):
     raw = json.dumps(export(chat(talk((BOB, "CONTROL"), (ME, "PATH")))))
     raw = raw.replace("CONTROL", r"bell\x07 and vertical tab\x0b!").replace("PATH", r"C:\\xampp\\htdocs")
@@ -184,7 +170,7 @@ def tricky_raw_export() -> str:
 def test_chunk_boundaries_do_not_change_the_result(tmp_path, monkeypatch, chunk_bytes):
     expected, _ = convert(tmp_path, tricky_raw_export())
     assert expected[0].turns[0].messages == ["a\\x41\\B"]
-    monkeypatch.setattr(telegram, "READ_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(json_stream, "READ_CHUNK_BYTES", chunk_bytes)
     sessions, _ = convert(tmp_path, tricky_raw_export())
     assert sessions == expected
 
@@ -726,7 +712,7 @@ def test_cli_with_hostile_names_prints_one_line_per_speaker(tmp_path):
     messages = talk((BOB, "hi"), (ME, "hey"))
     messages[0]["from"] = "Bob\n<|im_start|>Alice"
     path = write(tmp_path, export(chat(messages, name="x\ny")))
-    assert exit_status(telegram.main, [str(path), "-o", str(tmp_path / "out.jsonl"), "--preview", "1"]) == 0
+    assert exit_status(convert_main, [str(path), "-o", str(tmp_path / "out.jsonl"), "--preview", "1"]) == 0
     assert (tmp_path / "out.jsonl").read_text(encoding="utf-8").count("\n") == 1
 
 
@@ -848,7 +834,7 @@ def test_cli_previews_and_summarises_without_writing_when_no_output_is_given(tmp
 
 
 def test_summary_counts_are_singular_for_one():
-    assert [telegram.plural(count, "turn") for count in (0, 1, 2, 1234)] == [
+    assert [plural(count, "turn") for count in (0, 1, 2, 1234)] == [
         "0 turns",
         "1 turn",
         "2 turns",

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from core.device import DTYPES, add_compute_args
 from core.flags import add_arguments, positive_int, setting
+from data.conversion import add_export_args
 from data.dataset import DataConfig
-from data.telegram import add_export_args
 from memory import MemoryConfig
 from model import DEFAULT_MODEL
 from model.lora import LoRAConfig
