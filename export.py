@@ -31,12 +31,14 @@ from core.device import add_threads_arg, set_threads
 from core.run_folder import RunFolder
 from data.chatml import chat_format
 from data.templates import jinja_chat_template, ollama_modelfile
-from model.checkpoint import CheckpointReader, load_tokenizer, resolve_checkpoint
+from model.checkpoint import load_tokenizer
 from model.generation import SamplingConfig
 from model.gguf.adapter import check_base_gguf, write_gguf_adapter
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
+from model.hub import resolve_checkpoint
 from model.lora import read_adapter_config, tokenizer_source
+from model.weight_files import CheckpointReader
 
 OLLAMA_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")  # "smollm2:135m", "library/qwen2.5:7b"
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices (default 16)

@@ -27,10 +27,10 @@ from torch import nn
 from core import atomic
 from core.errors import TwinError
 from core.flags import not_a_flag, setting
-from model.checkpoint import FLOAT_DTYPES, read_json
 from model.nf4 import NF4Linear, quantized_count
 from model.transformer import Transformer
-from model.weights import MAX_DIMENSION, first_line, is_positive_number, is_whole_number, shown
+from model.weight_files import FLOAT_DTYPES
+from model.weights import MAX_DIMENSION, first_line, is_positive_number, is_whole_number, read_json, shown
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."

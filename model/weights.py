@@ -1,11 +1,13 @@
 """What every way of loading weights shares (Hugging Face folders in model.checkpoint, GGUF files in
-model.gguf): the error for a checkpoint that cannot be loaded, the checks a model's config passes
-before any model is built (config.json's fields and a GGUF file's metadata alike), the empty model, and
-placing a tensor as a parameter."""
+model.gguf, adapters in model.lora): the error for a checkpoint that cannot be loaded, reading its JSON files,
+the checks a model's config passes before any model is built (config.json's fields and a GGUF file's metadata
+alike), the empty model, and placing a tensor as a parameter."""
 
+import json
 import math
 import os
 import reprlib
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -39,6 +41,20 @@ _SHORT.maxstring = _SHORT.maxother = 100
 def shown(value: object) -> str:
     """A value read from a file, for an error message: quoted and escaped, so one line, and cut when long."""
     return _SHORT.repr(value)
+
+
+def read_json(file: Path, error: type[ValueError] = CheckpointError) -> object:
+    """A JSON file's content; a missing, unreadable or malformed file raises `error` naming it."""
+    if file.exists() and not file.is_file():  # a folder, or a FIFO that would block a read forever
+        raise error(f"{file}: not a regular file")
+    try:
+        return json.loads(file.read_bytes())
+    except FileNotFoundError:
+        raise error(f"{file}: missing") from None
+    except OSError as reason:
+        raise error(f"{file}: cannot read ({reason.strerror or reason})") from None
+    except (ValueError, RecursionError) as reason:  # bad JSON or UTF-8; nesting too deep
+        raise error(f"{file}: not valid JSON ({first_line(reason)})") from None
 
 
 def is_whole_number(value: object) -> bool:

@@ -23,8 +23,9 @@ import sample
 import train
 from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.bpe import BPETokenizer
-from model.checkpoint import check_finite, download_from_hub
+from model.checkpoint import check_finite
 from model.gguf import gguf_tensor_names
+from model.hub import download_from_hub
 from model.lora import AdapterError, LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
 from model.tokenizer import TokenizerError
 from tests.helpers import random_model, tiny_config

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import CheckpointError, load_model, save_model
-from model.checkpoint import CheckpointReader
 from model.nf4 import LEVELS, QUANTIZED_WEIGHT, NF4Linear, quantize
+from model.weight_files import CheckpointReader
 from tests.helpers import random_model, tiny_config
 
 # Every linear weight a whole number of torchao's scale blocks (256 x 64 values), which torchao requires.

@@ -31,11 +31,14 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_f
 
 from core import atomic
 from model.architectures import VOCABULARY_WEIGHTS
-from model.checkpoint import CheckpointError, CheckpointReader, load_config, resolve_checkpoint, save_model
+from model.checkpoint import load_config, save_model
+from model.hub import resolve_checkpoint
 from model.lora import LoRAConfig, apply_lora, lora_layers, token_layers
 from model.nf4 import QUANTIZED_WEIGHT, NF4Linear, quantize, quantize_weight
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
+from model.weight_files import CheckpointReader
+from model.weights import CheckpointError
 from training.checkpointer import (
     DamagedCheckpoint,
     read_training_state,

@@ -17,12 +17,13 @@ import gguf
 import numpy as np
 import torch
 
-from model.checkpoint import load_config, resolve_checkpoint
+from model.checkpoint import load_config
 from model.gguf.file import GGUFFile
 from model.gguf.layout import gguf_tensor_names, permute_rotary_rows, rotary_heads
 from model.gguf.read import read_config
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, planned_tensor, write_tensors
+from model.hub import resolve_checkpoint
 from model.lora import PEFT_PREFIX, LoRAConfig, read_checked_adapter
 from model.transformer import ModelConfig, Transformer
 
