@@ -41,7 +41,7 @@ from memory import MemoryConfig, remembering
 from model import DEFAULT_MODEL, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import SamplingConfig
-from model.lora import load_adapter, tokenizer_source
+from model.peft import load_adapter, tokenizer_source
 from training.run_folder import recorded_settings
 
 

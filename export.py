@@ -37,7 +37,7 @@ from model.gguf.adapter import check_base_gguf, write_gguf_adapter
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, write_gguf
 from model.hub import resolve_checkpoint
-from model.lora import read_adapter_config, tokenizer_source
+from model.peft import read_adapter_config, tokenizer_source
 from model.weight_files import CheckpointReader
 
 OLLAMA_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")  # "smollm2:135m", "library/qwen2.5:7b"

@@ -19,7 +19,9 @@ from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
 from memory import MemoryConfig
 from model import load_model, save_model
-from model.lora import LoRAConfig, apply_lora, load_adapter, merge_lora, save_adapter
+from model.lora import LoRAConfig
+from model.lora_surgery import apply_lora, merge_lora
+from model.peft import load_adapter, save_adapter
 from training import distributed
 from training import run as runs
 from training.checkpointer import AdapterCheckpoints, Checkpointer

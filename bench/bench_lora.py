@@ -121,7 +121,7 @@ def packed_batch(vocab_size: int, seq_len: int, micro_batch: int, seed: int = 0)
 
 def twin_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict, quantize: str | None = None):
     from model import load_model
-    from model.lora import apply_lora
+    from model.lora_surgery import apply_lora
     from training.loop import make_optimizer, train_step
 
     model = load_model(checkpoint, dtype=dtype, quantize=quantize)

@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from core.device import DTYPES  # noqa: E402
 from model import save_model  # noqa: E402
-from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
+from model.lora import LoRAConfig  # noqa: E402
+from model.lora_surgery import apply_lora  # noqa: E402
+from model.peft import save_adapter  # noqa: E402
 from model.transformer import KVCache, ModelConfig, Transformer  # noqa: E402
 from tests.conftest import write_dolphin_tokenizer_dir  # noqa: E402
 from tests.helpers import random_model  # noqa: E402

@@ -276,7 +276,7 @@ def peer_model(config: ModelConfig, weights: dict, device: torch.device, dtype: 
 
 def twin_lora_model(config: ModelConfig, weights: dict, device: torch.device, quantize: bool = False):
     """twin with LoRA, over the shared weights or (quantize) over their NF4 copies, as --quantize nf4 trains."""
-    from model.lora import apply_lora
+    from model.lora_surgery import apply_lora
     from model.nf4 import quantize_model
 
     with torch.device("meta"):

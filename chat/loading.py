@@ -19,7 +19,8 @@ from core.run_folder import RunFolder, RunRecord
 from model import DEFAULT_MODEL, Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
 from model.generation import Generator
-from model.lora import load_adapter, merge_lora, tokenizer_source
+from model.lora_surgery import merge_lora
+from model.peft import load_adapter, tokenizer_source
 
 
 def add_twin_arguments(parser: argparse.ArgumentParser) -> None:

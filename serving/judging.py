@@ -33,7 +33,7 @@ from data.dataset import data_config_from_args, prepare_data
 from fidelity.plan import Context, EvalSettings, choose_contexts
 from fidelity.verdict import answers_file, read_answers
 from model import load_tokenizer
-from model.lora import tokenizer_source
+from model.peft import tokenizer_source
 from model.tokenizer import Tokenizer
 from serving.api import APIError
 from serving.engine import ContextLengthError, Engine, Finished, ReplyRequest

@@ -11,7 +11,9 @@ from model.gguf.adapter import check_base_gguf, write_gguf_adapter
 from model.gguf.layout import unpermute_rotary_rows
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
-from model.lora import LoRAConfig, apply_lora, lora_layers, merge_lora, save_adapter
+from model.lora import LoRAConfig, lora_layers
+from model.lora_surgery import apply_lora, merge_lora
+from model.peft import save_adapter
 from tests.helpers import random_model, tiny_config
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

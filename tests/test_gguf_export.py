@@ -428,7 +428,9 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
 def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_otherwise(tmp_path):
     from chat.loading import TwinSource
     from export import vllm_next_step
-    from model.lora import LoRAConfig, apply_lora, save_adapter
+    from model.lora import LoRAConfig
+    from model.lora_surgery import apply_lora
+    from model.peft import save_adapter
 
     template = tmp_path / "me.jinja"
     for name, config in [

@@ -26,7 +26,9 @@ from model.bpe import BPETokenizer
 from model.checkpoint import check_finite
 from model.gguf import gguf_tensor_names
 from model.hub import download_from_hub
-from model.lora import AdapterError, LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
+from model.lora import AdapterError, LoRAConfig, lora_layers
+from model.lora_surgery import apply_lora
+from model.peft import load_adapter, save_adapter
 from model.tokenizer import TokenizerError
 from tests.helpers import random_model, tiny_config
 

@@ -7,20 +7,10 @@ import pytest
 import torch
 
 from model import load_model, save_model
-from model.lora import (
-    AdapterError,
-    LoRAConfig,
-    LoRALinear,
-    adapters_off,
-    apply_lora,
-    dropout,
-    load_adapter,
-    lora_layers,
-    merge_lora,
-    save_adapter,
-    token_layers,
-)
+from model.lora import AdapterError, LoRAConfig, LoRALinear, adapters_off, dropout, lora_layers, token_layers
+from model.lora_surgery import apply_lora, merge_lora
 from model.loss import chunked_cross_entropy
+from model.peft import load_adapter, save_adapter
 from tests.helpers import exit_status, hf_reference, save_hf_checkpoint, tiny_config
 
 CONFIG = tiny_config(sliding_window=6)

@@ -508,7 +508,7 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
     from peft import PeftModel
 
     from model import load_model
-    from model.lora import load_adapter
+    from model.peft import load_adapter
 
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(base)
     hf_base.resize_token_embeddings(grown.vocab_size)

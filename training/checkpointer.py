@@ -21,7 +21,8 @@ import torch
 
 from core import atomic
 from data.packing import RowLoader
-from model.lora import AdapterError, LoRAConfig, load_adapter, save_adapter
+from model.lora import AdapterError, LoRAConfig
+from model.peft import load_adapter, save_adapter
 from training.loop import TrainingError
 
 
