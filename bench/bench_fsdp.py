@@ -19,10 +19,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_model(directory: Path, hidden: int, layers: int) -> int:
-    from model import ModelConfig, Tokenizer, Transformer, save_model
+    from model import ModelConfig, Transformer, save_model
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
     from tests.conftest import write_dolphin_tokenizer_dir
 
-    tokenizer = Tokenizer.from_dir(write_dolphin_tokenizer_dir(directory / "tokenizer"))
+    tokenizer = SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(directory / "tokenizer"))
     config = ModelConfig(
         vocab_size=32002,
         hidden_size=hidden,

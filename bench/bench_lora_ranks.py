@@ -69,11 +69,11 @@ def layer_parameters(config: ModelConfig) -> int:
 
 
 def write_model(directory: Path, config: ModelConfig) -> None:
-    from model import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
     from tests.conftest import write_dolphin_tokenizer_dir
 
     write_random_checkpoint(directory, config, __import__("torch").bfloat16)
-    Tokenizer.from_dir(write_dolphin_tokenizer_dir(directory.parent / "tokenizer")).save(directory)
+    SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(directory.parent / "tokenizer")).save(directory)
 
 
 def wait_for_memory(needed_mib: float, patience_s: int = 1200) -> None:

@@ -22,11 +22,11 @@ def main():
     args = parser.parse_args()
 
     from data.dataset import DataConfig, prepare_data
-    from model import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
     from tests.conftest import write_dolphin_tokenizer_dir
 
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = Tokenizer.from_dir(write_dolphin_tokenizer_dir(Path(scratch)))
+        tokenizer = SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(Path(scratch)))
     for seq_len in map(int, args.seq_lens.split(",")):
         data = prepare_data(ROOT / "examples" / "telegram_export", tokenizer, DataConfig(seq_len=seq_len))
         rows = data.train_rows

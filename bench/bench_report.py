@@ -101,9 +101,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         tokenizer_dir = write_dolphin_tokenizer_dir(directory / "tokenizer")
-        from model.tokenizer import Tokenizer
+        from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
-        tokenizer = Tokenizer.from_dir(tokenizer_dir)
+        tokenizer = SentencePieceTokenizer.from_dir(tokenizer_dir)
         model = random_model(SMOLLM2_135M)
         print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, SmolLM2-135M's shape")
         save_model(model, directory / "model", tokenizer=tokenizer)

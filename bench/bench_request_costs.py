@@ -46,7 +46,7 @@ def main() -> None:
 
     from data.chatml import fit_prompt
     from data.sessions import Turn
-    from model import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
     from serving.reply import held_back
     from tests.conftest import write_dolphin_tokenizer_dir
 
@@ -65,7 +65,7 @@ def main() -> None:
         )
 
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = Tokenizer.from_dir(write_dolphin_tokenizer_dir(Path(folder)))
+        tokenizer = SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(Path(folder)))
     for count in (2_000, 8_000):
         turns = [Turn(("Anna", "Bob")[index % 2], [f"word{index}"]) for index in range(count)]
         now = timed(fit_prompt, turns, tokenizer, "Anna", 4096 - 256)

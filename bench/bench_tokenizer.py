@@ -1,4 +1,4 @@
-"""Encoding speed of ChatML sessions: twin's Tokenizer against transformers' on the same files.
+"""Encoding speed of ChatML sessions: twin's SentencePieceTokenizer against transformers' on the same files.
 
     python bench/bench_tokenizer.py [--repeat 40]
 
@@ -33,13 +33,13 @@ def main():
     from data.chatml import chat_format
     from data.conversion import ExportOptions
     from data.sources import load_sessions
-    from model import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
     from tests.conftest import write_dolphin_tokenizer_dir
 
     sessions, _ = load_sessions(ROOT / "examples" / "telegram_export", ExportOptions(speakers="any", months=0))
     with tempfile.TemporaryDirectory() as scratch:
         directory = write_dolphin_tokenizer_dir(Path(scratch))
-        ours = Tokenizer.from_dir(directory)
+        ours = SentencePieceTokenizer.from_dir(directory)
         theirs = transformers.AutoTokenizer.from_pretrained(directory)
     texts = [chat_format(ours).conversation(session.turns) for session in sessions] * args.repeat
     megabytes = sum(len(text.encode()) for text in texts) / 1e6

@@ -119,15 +119,15 @@ SAMPLE_EXPORT = REPO_ROOT / "examples" / "telegram_export"
 
 def load_tokenizer_for_bench(path: str | None):
     """Mistral's SentencePiece tokenizer with the ChatML tokens (Dolphin's ids 32000/32001)."""
-    from model.tokenizer import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
     if path:
-        tokenizer = Tokenizer.from_dir(path)
+        tokenizer = SentencePieceTokenizer.from_dir(path)
     else:
         import importlib.resources
 
         model = (importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1").read_bytes()
-        tokenizer = Tokenizer(model, [], {"legacy": True}, source="mistral_common tokenizer.model.v1")
+        tokenizer = SentencePieceTokenizer(model, [], {"legacy": True}, source="mistral_common tokenizer.model.v1")
     if tokenizer.im_start_id is None:
         tokenizer.add_special_tokens(["<|im_end|>", "<|im_start|>"])
     return tokenizer

@@ -20,12 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.conversion import ExportOptions  # noqa: E402
 from data.sources import load_sessions  # noqa: E402
-from model import ModelConfig, Tokenizer, Transformer, save_model  # noqa: E402
+from model import ModelConfig, Transformer, save_model  # noqa: E402
+from model.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
 
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> Tokenizer:
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> SentencePieceTokenizer:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
@@ -45,7 +46,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> Tokeniz
         minloglevel=2,
     )
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
-    tokenizer = Tokenizer.from_dir(out_dir)
+    tokenizer = SentencePieceTokenizer.from_dir(out_dir)
     tokenizer.add_special_tokens(["<|im_end|>", "<|im_start|>"])
     return tokenizer
 

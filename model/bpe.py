@@ -6,7 +6,7 @@ it, the same code transformers' fast tokenizers run, so encode() gives transform
 added tokens, normalizer, pre-tokenizer and merges all come from the file. (One exception: where
 tokenizer_config.json names transformers 5's LlamaTokenizer, that class swaps the file's rules for its
 own Metaspace ones; twin keeps the file's, which for Mistral's tokenizer.json on the Hub are
-SentencePiece's, see model/tokenizer.py.) What twin adds on top:
+SentencePiece's, see model/sentencepiece_tokenizer.py.) What twin adds on top:
 
 - BOS/EOS only when asked for. bos_id is the token transformers puts in front of a text (the file's
   post-processor says which), or None where it puts none: SmolLM2 and Qwen have no BOS, and
@@ -20,7 +20,7 @@ A GGUF file carries no tokenizer.json: tokenizer_from_gguf() rebuilds one from l
 SentencePiece tokenizer.model from the tokens, scores and token types. Both encode as llama.cpp does.
 transformers 5.24's own GGUF reading differs in two places: it splits SmolLM2's text without first
 splitting off digits (SmolLM2's tokenizer.json and llama.cpp do), and it reads a "llama" vocabulary
-with LlamaTokenizer's rules (see model/tokenizer.py).
+with LlamaTokenizer's rules (see model/sentencepiece_tokenizer.py).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from pathlib import Path
 import tokenizers
 
 from core import atomic
+from model.sentencepiece_proto import sentencepiece_model
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from model.tokenizer import (
     NAMED_TOKENS,
     PREFIX_ADDED,
@@ -44,7 +46,6 @@ from model.tokenizer import (
     TokenizerError,
     check_eos_is_special,
     read_config,
-    sentencepiece_model,
 )
 from model.weights import MAX_DIMENSION, first_line, is_whole_number, shown
 
@@ -119,7 +120,8 @@ def _check_ids(content: dict, source: str) -> None:
 
 
 class BPETokenizer(TokenizerBase):
-    """Load with BPETokenizer.from_dir(path) or tokenizer_from_gguf(file); the API is model.tokenizer.Tokenizer's."""
+    """Load with BPETokenizer.from_dir(path) or tokenizer_from_gguf(file); the API is model.tokenizer.Tokenizer's,
+    the protocol both kinds of tokenizer meet."""
 
     def __init__(self, tokenizer_json: str, config: dict, source: str = "tokenizer.json"):
         """tokenizer_json: the text of a tokenizer.json; config: tokenizer_config.json's content (bos_token,
@@ -358,9 +360,9 @@ def _gguf_fields(path: Path) -> dict:
     return fields
 
 
-def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer | BPETokenizer:
+def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     """The tokenizer a GGUF file describes: tokenizer.ggml.model "gpt2" as a BPETokenizer, "llama" as a
-    SentencePiece Tokenizer."""
+    SentencePieceTokenizer."""
     path = Path(path)
     if not path.is_file():
         raise TokenizerError(f"{path}: file not found")
@@ -455,7 +457,7 @@ def _bpe_from_gguf(path: Path, fields: dict, tokens: list[str], token_types: lis
 
 def _sentencepiece_from_gguf(
     path: Path, fields: dict, tokens: list[str], token_types: list[int], config: dict
-) -> Tokenizer:
+) -> SentencePieceTokenizer:
     scores = fields.get("tokenizer.ggml.scores")
     if not scores or len(scores) != len(tokens):
         raise TokenizerError(f"{path}: a llama tokenizer needs one tokenizer.ggml.scores entry per token")
@@ -482,4 +484,4 @@ def _sentencepiece_from_gguf(
         for i, (token, token_type) in enumerate(zip(tokens, token_types))
         if token_type == GGUF_CONTROL
     ]
-    return Tokenizer(model, control, config, source=str(path))
+    return SentencePieceTokenizer(model, control, config, source=str(path))

@@ -22,6 +22,7 @@ from model.architectures import text_config
 from model.bpe import BPETokenizer, tokenizer_from_gguf
 from model.hub import resolve_checkpoint
 from model.nf4 import QUANTIZED_WEIGHT, quantize_model, quantize_weight
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from model.tokenizer import Tokenizer
 from model.transformer import ModelConfig, Transformer
 from model.weight_files import CheckpointReader
@@ -90,7 +91,7 @@ def check_finite(model: nn.Module, source: str | os.PathLike) -> None:
             raise CheckpointError(f"{source}: weight {name} holds NaN or infinite values")
 
 
-def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
+def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer:
     """The checkpoint's tokenizer, checked to fit the model's embedding table; a .gguf file's from its metadata.
 
     A folder with a tokenizer.json is read from it, as transformers' fast tokenizers do (for Mistral v0.1
@@ -102,7 +103,7 @@ def load_tokenizer(path_or_repo: str | os.PathLike) -> Tokenizer | BPETokenizer:
     if (directory / "tokenizer.json").is_file():
         tokenizer = BPETokenizer.from_dir(directory)
     else:
-        tokenizer = Tokenizer.from_dir(directory)
+        tokenizer = SentencePieceTokenizer.from_dir(directory)
     config_file = directory / "config.json"
     if config_file.exists():
         vocab_size = load_config(directory).vocab_size

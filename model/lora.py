@@ -161,7 +161,7 @@ class TrainableTokens(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """What the model computes with; model.transformer's chunked loss reads an LM head's `weight` directly."""
+        """What the model computes with; model.loss's chunked_cross_entropy reads an LM head's `weight` directly."""
         if not self.active:
             return self.base.weight
         return self.base.weight.index_copy(0, self.indices, self.rows.to(self.base.weight.dtype))

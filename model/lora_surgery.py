@@ -70,7 +70,7 @@ def add_trainable_tokens(model: Transformer, trainable_tokens: dict[str, tuple[i
 
 def grow_vocabulary(model: Transformer, vocab_size: int) -> None:
     """Give the embedding and the LM head `vocab_size` rows, each new row the mean of the existing ones
-    (as fsdp.load_sharded_model does): a neutral point from which new tokens learn."""
+    (as training.distributed.load_sharded_model does): a neutral point from which new tokens learn."""
     embedding, head = model.model.embed_tokens, model.lm_head
     if vocab_size <= embedding.weight.shape[0]:
         return

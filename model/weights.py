@@ -1,5 +1,5 @@
 """What every way of loading weights shares (Hugging Face folders in model.checkpoint, GGUF files in
-model.gguf, adapters in model.lora): the error for a checkpoint that cannot be loaded, reading its JSON files,
+model.gguf, adapters in model.peft): the error for a checkpoint that cannot be loaded, reading its JSON files,
 the checks a model's config passes before any model is built (config.json's fields and a GGUF file's metadata
 alike), the empty model, and placing a tensor as a parameter."""
 

@@ -127,16 +127,16 @@ def dolphin_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dolphin_tokenizer(dolphin_tokenizer_dir):
     """Shared across the session: don't add tokens to it, load your own copy for that."""
-    from model.tokenizer import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
-    return Tokenizer.from_dir(dolphin_tokenizer_dir)
+    return SentencePieceTokenizer.from_dir(dolphin_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
 def hf_dolphin_tokenizer(dolphin_tokenizer_dir):
     """transformers' tokenizer for the same files, read the way SentencePiece encodes: the oracle for ids.
     (The LlamaTokenizer class the config names would drop the dummy prefix before a leading space; see
-    model/tokenizer.py.)"""
+    model/sentencepiece_tokenizer.py.)"""
     from transformers import TokenizersBackend
 
     return TokenizersBackend.from_pretrained(dolphin_tokenizer_dir)
@@ -156,9 +156,9 @@ GEMMA_TOKENIZER_CONFIG = {  # Gemma's turn tokens on Mistral's SentencePiece mod
 @pytest.fixture(scope="session")
 def gemma_tokenizer(tmp_path_factory):
     """Gemma's chat format offline: its turn tokens added to Mistral's tokenizer."""
-    from model.tokenizer import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
-    return Tokenizer.from_dir(
+    return SentencePieceTokenizer.from_dir(
         write_tokenizer_dir(
             tmp_path_factory.mktemp("gemma-tokenizer"),
             {

@@ -13,9 +13,10 @@ import pytest
 
 from model.bpe import BPETokenizer
 from model.checkpoint import load_tokenizer
-from model.tokenizer import Tokenizer, TokenizerError
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
+from model.tokenizer import TokenizerError
 from tests.conftest import MISTRAL_TOKENIZER_CONFIG, mistral_tokenizer_model, write_tokenizer_dir
-from tests.test_tokenizer import MESSAGES, NAMES
+from tests.test_sentencepiece_tokenizer import MESSAGES, NAMES
 
 HARD_CASES = [
     " hello",
@@ -235,7 +236,7 @@ def test_mistral_tokenizer_json_follows_its_own_rules(mistral_dir, mistral_json_
     """The file decides, as in transformers' fast tokenizers: Metaspace skips the dummy '▁' before a leading space,
     SentencePiece's rules do not; either way decode undoes exactly what encode added. The Hub's tokenizer.json
     holds SentencePiece's rules, so the Hub folder encodes as tokenizer.model alone does (transformers 5.24's
-    LlamaTokenizer, which the config names, rebuilds Metaspace instead: see tests/test_tokenizer.py)."""
+    LlamaTokenizer, which the config names, rebuilds Metaspace instead: see tests/test_sentencepiece_tokenizer.py)."""
     metaspace, sentencepiece, hub = (
         load_tokenizer(mistral_json_dirs[name]) for name in ("metaspace", "sentencepiece", "hub")
     )
@@ -243,7 +244,7 @@ def test_mistral_tokenizer_json_follows_its_own_rules(mistral_dir, mistral_json_
     assert sentencepiece.encode(" hello") == [28705, 6312, 28709]  # '▁', '▁hell', 'o', as SentencePiece
     for text in [" hello", "  hello", "<s> x", "<s>  x", " "]:
         assert sentencepiece.decode(sentencepiece.encode(text)) == text
-    reference = Tokenizer.from_dir(mistral_dir)
+    reference = SentencePieceTokenizer.from_dir(mistral_dir)
     assert [t for t in CORPUS if hub.encode(t, bos=True) != reference.encode(t, bos=True)] == []
 
 
@@ -347,12 +348,12 @@ def mistral_gguf(tmp_path_factory):
 
 def test_sentencepiece_gguf_rebuilds_tokenizer_model(mistral_gguf, mistral_dir, tmp_path):
     """A llama-type GGUF rebuilds Mistral's tokenizer.model: SentencePiece's ids, as llama.cpp's."""
-    ours, reference = load_tokenizer(mistral_gguf), Tokenizer.from_dir(mistral_dir)
-    assert isinstance(ours, Tokenizer) and (ours.bos_id, ours.eos_id, ours.vocab_size) == (1, 2, 32000)
+    ours, reference = load_tokenizer(mistral_gguf), SentencePieceTokenizer.from_dir(mistral_dir)
+    assert isinstance(ours, SentencePieceTokenizer) and (ours.bos_id, ours.eos_id, ours.vocab_size) == (1, 2, 32000)
     assert [t for t in CORPUS if ours.encode(t, bos=True) != reference.encode(t, bos=True)] == []
     assert_decodes_back(ours)
     ours.save(tmp_path)
-    reloaded = Tokenizer.from_dir(tmp_path)
+    reloaded = SentencePieceTokenizer.from_dir(tmp_path)
     assert [t for t in CORPUS if reloaded.encode(t) != ours.encode(t)] == []
 
 

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 from data.chatml import chat_format, find_chat_format, render, split_to_fit
 from data.sessions import Turn, clean_name, format_body, parse_body
 from model.bpe import BPETokenizer
-from model.tokenizer import Tokenizer, TokenizerError
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
+from model.tokenizer import TokenizerError
 from tests.conftest import DOLPHIN_TOKENIZER_CONFIG, write_tokenizer_dir
 from tests.helpers import CHAT_TOKENIZERS, assert_chatml_structure, chat_tokenizer
 
@@ -75,7 +76,7 @@ def test_segment_ids_equal_encoding_the_whole_text(any_tokenizer, turns, open_sp
 def test_segment_ids_equal_encoding_the_whole_text_without_legacy_spaces(tmp_path):
     # legacy=false: no dummy "▁" after an added token, so headers and separators get other ids
     config = {**DOLPHIN_TOKENIZER_CONFIG, "legacy": False}
-    tokenizer = Tokenizer.from_dir(write_tokenizer_dir(tmp_path, {"tokenizer_config.json": config}))
+    tokenizer = SentencePieceTokenizer.from_dir(write_tokenizer_dir(tmp_path, {"tokenizer_config.json": config}))
     for turns in SESSIONS:
         prompt = render(turns, tokenizer, open_speaker="Bob")
         assert prompt.ids == tokenizer.encode(chat_format(tokenizer).conversation(turns, "Bob"), bos=True)
@@ -102,7 +103,7 @@ def test_each_tokenizer_gets_its_own_chat_format(request, name, header, turn_end
 
 
 def test_a_base_without_chat_tokens_has_no_format_until_chatml_is_added(mistral_tokenizer_dir, llama3_tokenizer_dir):
-    base_mistral = Tokenizer.from_dir(mistral_tokenizer_dir)
+    base_mistral = SentencePieceTokenizer.from_dir(mistral_tokenizer_dir)
     assert find_chat_format(base_mistral) is None
     with pytest.raises(TokenizerError, match="ChatML"):
         render([Turn("Bob", ["hi"])], base_mistral)
@@ -264,7 +265,7 @@ HOSTILE_SESSIONS = [
 @pytest.fixture(scope="module")
 def legacy_false_tokenizer(tmp_path_factory):
     config = {**DOLPHIN_TOKENIZER_CONFIG, "legacy": False}
-    return Tokenizer.from_dir(
+    return SentencePieceTokenizer.from_dir(
         write_tokenizer_dir(tmp_path_factory.mktemp("legacy-false"), {"tokenizer_config.json": config})
     )
 

@@ -169,10 +169,10 @@ def test_a_damaged_cache_is_tokenized_again(damage, tmp_path, dolphin_tokenizer,
 
 
 def test_cache_key_covers_the_tokenizer(tmp_path, dolphin_tokenizer, dolphin_tokenizer_dir):
-    from model.tokenizer import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
     prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
-    other = Tokenizer.from_dir(dolphin_tokenizer_dir)
+    other = SentencePieceTokenizer.from_dir(dolphin_tokenizer_dir)
     other.add_special_tokens(["<|new|>"])
     prepare_data(SAMPLE, other, DataConfig(), cache_dir=tmp_path)
     prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(train_on="target"), cache_dir=tmp_path)

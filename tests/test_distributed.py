@@ -132,11 +132,11 @@ def test_stop_and_resume_equals_a_straight_run(tmp_path, tiny_checkpoint):
 def test_export_loads_in_transformers_and_chatml_rows_start_at_the_mean(tmp_path, mistral_tokenizer_dir):
     import transformers
 
-    from model import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
     base = tmp_path / "base"
     original = random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48))
-    save_model(original, base, tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir))
+    save_model(original, base, tokenizer=SentencePieceTokenizer.from_dir(mistral_tokenizer_dir))
     torchrun(
         2,
         "--model",
@@ -153,7 +153,7 @@ def test_export_loads_in_transformers_and_chatml_rows_start_at_the_mean(tmp_path
         *FAST[FAST.index("--lr") + 2 :],
     )
     out = tmp_path / "run" / "model"
-    tokenizer = Tokenizer.from_dir(out)
+    tokenizer = SentencePieceTokenizer.from_dir(out)
     assert (tokenizer.im_end_id, tokenizer.im_start_id) == (32000, 32001)
     ours = load_model(out, dtype=torch.float32)
     assert ours.config.vocab_size == 32002

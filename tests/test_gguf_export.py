@@ -58,7 +58,8 @@ def small_sentencepiece_tokenizer():
 
     import sentencepiece
 
-    from model.tokenizer import AddedToken, Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
+    from model.tokenizer import AddedToken
 
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
@@ -74,7 +75,9 @@ def small_sentencepiece_tokenizer():
     )
     pieces = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).piece_size()
     chatml = [AddedToken("<|im_end|>", pieces), AddedToken("<|im_start|>", pieces + 1, special=False)]
-    return Tokenizer(model.getvalue(), chatml, {"eos_token": "<|im_end|>", "pad_token": "</s>"})  # Dolphin's
+    return SentencePieceTokenizer(
+        model.getvalue(), chatml, {"eos_token": "<|im_end|>", "pad_token": "</s>"}
+    )  # Dolphin's
 
 
 def bpe_config(tokenizer, **overrides):

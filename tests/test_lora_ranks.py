@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from model import Tokenizer, save_model
+from model import save_model
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
 
@@ -64,7 +65,7 @@ def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistra
     save_model(
         random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
         base,
-        tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir),
+        tokenizer=SentencePieceTokenizer.from_dir(mistral_tokenizer_dir),
     )
     common = ["--model", base, "--data", SAMPLE, *FAST]
     torchrun(2, *common, "--out", tmp_path / "two", mode="--lora")
@@ -85,7 +86,8 @@ import signal
 import sys
 import torch.distributed as dist
 import train
-from model import Tokenizer, save_model
+from model import save_model
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from tests.helpers import random_model, tiny_config
 from training import run
 

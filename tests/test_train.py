@@ -487,9 +487,9 @@ def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_
 @pytest.mark.slow  # a run, a chat, then PEFT on its adapter
 def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_path, capsys, mistral_tokenizer_dir):
     from model import load_tokenizer
-    from model.tokenizer import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
-    base = tiny_base(tmp_path / "base", Tokenizer.from_dir(mistral_tokenizer_dir))
+    base = tiny_base(tmp_path / "base", SentencePieceTokenizer.from_dir(mistral_tokenizer_dir))
     reply = train_then_chat(base, tmp_path / "run", capsys)
     assert reply.startswith("\nAlexander Smirnov:\n")
     adapter = tmp_path / "run" / "adapter"
@@ -522,9 +522,9 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
 
 @pytest.mark.slow  # three runs
 def test_new_token_rows_resume_as_if_never_stopped(tmp_path, mistral_tokenizer_dir):
-    from model.tokenizer import Tokenizer
+    from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
-    base = tiny_base(tmp_path / "base", Tokenizer.from_dir(mistral_tokenizer_dir))
+    base = tiny_base(tmp_path / "base", SentencePieceTokenizer.from_dir(mistral_tokenizer_dir))
     common = ["--model", base, "--data", SAMPLE, "--max-steps", 4, "--lr", 5e-3, *FAST]
     run_train(*common, "--out", tmp_path / "straight")
     run_train(*common, "--out", tmp_path / "split", "--stop-at", 2)

@@ -12,6 +12,7 @@ import gguf
 from core.errors import TwinError
 from model.architectures import CHAT_FORMATS
 from model.bpe import PRE_TOKENIZERS, BPETokenizer, component_types
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from model.tokenizer import Tokenizer
 
 # The tokens that frame a chat turn stay control tokens whatever their flags: llama.cpp then never makes
@@ -29,7 +30,7 @@ class ExportError(TwinError):
     """A model or tokenizer that cannot be written as GGUF; the message says what."""
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer | BPETokenizer, rows: int) -> None:
+def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer, rows: int) -> None:
     """Write the tokenizer's metadata for a model whose embedding has `rows` rows."""
     if tokenizer.vocab_size > rows:
         raise ExportError(
@@ -60,7 +61,7 @@ def _added_type(token) -> gguf.TokenType:
 
 
 def _add_sentencepiece(
-    writer: gguf.GGUFWriter, tokenizer: Tokenizer, tokens: list[str], types: list, scores: list[float]
+    writer: gguf.GGUFWriter, tokenizer: SentencePieceTokenizer, tokens: list[str], types: list, scores: list[float]
 ) -> None:
     sp = tokenizer._sp
     for i in range(sp.piece_size()):

@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from core import atomic
-from model.bpe import BPETokenizer
 from model.gguf.layout import LLAMA3_ROPE_FREQS, gguf_tensor_names, norm_shift, permute_rotary_rows, rotary_heads
 from model.gguf.vocab import add_tokenizer
 from model.tokenizer import Tokenizer
@@ -31,7 +30,7 @@ TYPES = {"f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16), "q8_0": (Q.Q8_0, gguf.Ll
 
 def write_gguf(
     model: Transformer,
-    tokenizer: Tokenizer | BPETokenizer,
+    tokenizer: Tokenizer,
     path: str | os.PathLike,
     type_name: str,
     name: str,
