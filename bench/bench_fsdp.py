@@ -19,11 +19,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_model(directory: Path, hidden: int, layers: int) -> int:
-    from model import ModelConfig, Transformer, save_model
-    from model.sentencepiece_tokenizer import SentencePieceTokenizer
-    from tests.conftest import write_dolphin_tokenizer_dir
+    from bases import chatml_tokenizer
 
-    tokenizer = SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(directory / "tokenizer"))
+    from model import ModelConfig, Transformer, save_model
+
+    tokenizer = chatml_tokenizer(directory / "tokenizer")
     config = ModelConfig(
         vocab_size=32002,
         hidden_size=hidden,

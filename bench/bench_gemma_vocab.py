@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_lora import packed_batch, reset_peak_memory, start_worker, status_mib, write_random_checkpoint
+from bases import write_random_checkpoint
+from bench_lora import packed_batch, reset_peak_memory, start_worker, status_mib
 
 from model.lora import LoRAConfig  # noqa: E402
 from model.transformer import ModelConfig  # noqa: E402

@@ -18,7 +18,6 @@ after imports, i.e. weights + adapters + gradients + optimizer state + activatio
 
 import argparse
 import functools
-import json
 import multiprocessing
 import statistics
 import sys
@@ -32,12 +31,14 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bases import write_random_checkpoint  # noqa: E402
+
 from core.flags import add_arguments, from_args  # noqa: E402
 from data.chatml import RenderedSession  # noqa: E402
 from data.packing import RowLoader, pack  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX  # noqa: E402
-from model.transformer import ModelConfig, Transformer  # noqa: E402
+from model.transformer import ModelConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LEARNING_RATE, GRAD_CLIP = 2e-4, 1.0
@@ -67,36 +68,6 @@ def reset_peak_memory() -> None:
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
-
-
-def write_random_checkpoint(directory: Path, config: ModelConfig, dtype: torch.dtype, seed: int = 0) -> int:
-    """A Hugging Face style checkpoint of random weights, one safetensors shard per decoder layer, so
-    the writer holds one layer at a time. Returns the bytes of weights written."""
-    from safetensors.torch import save_file
-
-    with torch.device("meta"):
-        shapes = {name: p.shape for name, p in Transformer(config).named_parameters()}
-    groups: dict[str, list[str]] = {}
-    for name in shapes:
-        parts = name.split(".")
-        groups.setdefault(".".join(parts[:3]) if parts[1] == "layers" else "rest", []).append(name)
-    generator = torch.Generator().manual_seed(seed)
-    weight_map, total = {}, 0
-    for number, names in enumerate(groups.values(), start=1):
-        file_name = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
-        shard = {}
-        for name in names:
-            if name.endswith("norm.weight"):
-                shard[name] = torch.ones(shapes[name], dtype=dtype)
-            else:  # randn straight into the target dtype: no fp32 copy of a 7B-sized matrix
-                shard[name] = torch.randn(shapes[name], generator=generator, dtype=dtype).mul_(0.02)
-            weight_map[name] = file_name
-            total += shard[name].numel() * shard[name].element_size()
-        save_file(shard, directory / file_name, metadata={"format": "pt"})
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    (directory / "config.json").write_text(json.dumps(config.to_hf(dtype), indent=2))
-    return total
 
 
 def packed_batch(vocab_size: int, seq_len: int, micro_batch: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 # bench_lora also puts the repository root on sys.path.
-from bench_lora import SIDE_NAMES, packed_batch, start_worker, write_random_checkpoint
+from bases import write_random_checkpoint
+from bench_lora import SIDE_NAMES, packed_batch, start_worker
 
 from model.lora import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX  # noqa: E402

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_lora import write_random_checkpoint  # noqa: E402
+from bases import chatml_tokenizer, write_random_checkpoint  # noqa: E402
 from bench_lora_memory import DOLPHIN_7B  # noqa: E402
 
 from model.transformer import ModelConfig  # noqa: E402
@@ -69,11 +69,8 @@ def layer_parameters(config: ModelConfig) -> int:
 
 
 def write_model(directory: Path, config: ModelConfig) -> None:
-    from model.sentencepiece_tokenizer import SentencePieceTokenizer
-    from tests.conftest import write_dolphin_tokenizer_dir
-
     write_random_checkpoint(directory, config, __import__("torch").bfloat16)
-    SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(directory.parent / "tokenizer")).save(directory)
+    chatml_tokenizer(directory.parent / "tokenizer").save(directory)
 
 
 def wait_for_memory(needed_mib: float, patience_s: int = 1200) -> None:

@@ -21,12 +21,12 @@ def main():
     parser.add_argument("--seq-lens", default="1024,512,256", help="row lengths to pack into (default: %(default)s)")
     args = parser.parse_args()
 
+    from bases import chatml_tokenizer
+
     from data.dataset import DataConfig, prepare_data
-    from model.sentencepiece_tokenizer import SentencePieceTokenizer
-    from tests.conftest import write_dolphin_tokenizer_dir
 
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(Path(scratch)))
+        tokenizer = chatml_tokenizer(Path(scratch))
     for seq_len in map(int, args.seq_lens.split(",")):
         data = prepare_data(ROOT / "examples" / "telegram_export", tokenizer, DataConfig(seq_len=seq_len))
         rows = data.train_rows

@@ -27,14 +27,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bases import chatml_tokenizer, random_model  # noqa: E402
+
 from core.device import DTYPES  # noqa: E402
 from model import save_model  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 from model.lora_surgery import apply_lora  # noqa: E402
 from model.peft import save_adapter  # noqa: E402
 from model.transformer import KVCache, ModelConfig, Transformer  # noqa: E402
-from tests.conftest import write_dolphin_tokenizer_dir  # noqa: E402
-from tests.helpers import random_model  # noqa: E402
 
 # SmolLM2-135M's shape, with the vocabulary of the tokenizer at hand (Dolphin's 32,002 ids, not 49,152):
 # 125M parameters.
@@ -100,10 +100,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
-        tokenizer_dir = write_dolphin_tokenizer_dir(directory / "tokenizer")
-        from model.sentencepiece_tokenizer import SentencePieceTokenizer
-
-        tokenizer = SentencePieceTokenizer.from_dir(tokenizer_dir)
+        tokenizer = chatml_tokenizer(directory / "tokenizer")
         model = random_model(SMOLLM2_135M)
         print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, SmolLM2-135M's shape")
         save_model(model, directory / "model", tokenizer=tokenizer)

@@ -43,12 +43,11 @@ def main() -> None:
     import tempfile
 
     import torch
+    from bases import chatml_tokenizer
 
     from data.chatml import fit_prompt
     from data.sessions import Turn
-    from model.sentencepiece_tokenizer import SentencePieceTokenizer
     from serving.reply import held_back
-    from tests.conftest import write_dolphin_tokenizer_dir
 
     torch.set_num_threads(1)
     text = "once upon a time " * 60
@@ -65,7 +64,7 @@ def main() -> None:
         )
 
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = SentencePieceTokenizer.from_dir(write_dolphin_tokenizer_dir(Path(folder)))
+        tokenizer = chatml_tokenizer(Path(folder))
     for count in (2_000, 8_000):
         turns = [Turn(("Anna", "Bob")[index % 2], [f"word{index}"]) for index in range(count)]
         now = timed(fit_prompt, turns, tokenizer, "Anna", 4096 - 256)

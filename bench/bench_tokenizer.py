@@ -29,17 +29,16 @@ def main():
     args = parser.parse_args()
 
     import transformers
+    from bases import chatml_tokenizer
 
     from data.chatml import chat_format
     from data.conversion import ExportOptions
     from data.sources import load_sessions
-    from model.sentencepiece_tokenizer import SentencePieceTokenizer
-    from tests.conftest import write_dolphin_tokenizer_dir
 
     sessions, _ = load_sessions(ROOT / "examples" / "telegram_export", ExportOptions(speakers="any", months=0))
     with tempfile.TemporaryDirectory() as scratch:
-        directory = write_dolphin_tokenizer_dir(Path(scratch))
-        ours = SentencePieceTokenizer.from_dir(directory)
+        directory = Path(scratch)
+        ours = chatml_tokenizer(directory)
         theirs = transformers.AutoTokenizer.from_pretrained(directory)
     texts = [chat_format(ours).conversation(session.turns) for session in sessions] * args.repeat
     megabytes = sum(len(text.encode()) for text in texts) / 1e6

@@ -53,7 +53,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench_lora import write_random_checkpoint  # noqa: E402
+from bases import write_random_checkpoint  # noqa: E402
 
 from core.run_folder import RunFolder  # noqa: E402
 from data.chatml import RenderedSession, split_to_fit  # noqa: E402

@@ -158,3 +158,15 @@ def test_no_private_name_is_imported_from_another_module():
                     f"{module}: {node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")
                 ]
     assert private == []
+
+
+def test_nothing_outside_the_tests_imports_them():
+    # The tests' fixtures and tiny-model builders are theirs alone: the benches build from bench/bases.py.
+    outside = [path for folder in ("bench", "examples") for path in (ROOT / folder).rglob("*.py")]
+    outside += [path for path in ROOT.glob("*.py")]
+    importing = [
+        str(path.relative_to(ROOT))
+        for path in outside
+        if re.search(r"^\s*(from|import) tests\b", path.read_text(encoding="utf-8"), re.M)
+    ]
+    assert importing == []
