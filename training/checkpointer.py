@@ -35,8 +35,7 @@ class DamagedCheckpoint(TrainingError):
 CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
 # What a write cut short leaves: atomic.directory's `.step-00000100.k3j_x2.tmp` (or `.adapter.…`,
 # `.report.…`) and the `.step-00000100.old` it swaps out, training.distributed.save_checkpoint's
-# `.step-00000100.tmp`,
-# atomic.file's `.run.json.k3j_x2.tmp`.
+# `.step-00000100.tmp`, atomic.file's `.run.json.k3j_x2.tmp`.
 UNFINISHED_WRITE = re.compile(
     r"\.(step-\d{8}|adapter|merged|model|report|run\.json|loss_curves\.png|best\.json)(\.\w+)?\.(tmp|old)"
 )
