@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import stat
 import subprocess
 import sys
@@ -70,63 +71,67 @@ def exported(out: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in sorted((out / "model").glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-def test_two_ranks_follow_the_single_process_loss_trajectory_and_resume_on_one(tmp_path, tiny_checkpoint):
-    # 3 steps of 8 rows stay inside the first epoch, where both runs see the same rows per step.
-    # Activation checkpointing on the sharded layers must not change a single number either. Two ranks
-    # stop after step 2, and one rank takes their checkpoint on from there: resharded, at the same rows.
-    torchrun(
-        2,
-        "--model",
-        tiny_checkpoint,
-        "--data",
-        SAMPLE,
-        "--out",
-        tmp_path / "two",
-        "--max-steps",
-        3,
-        *FAST,
-        "--activation-checkpointing",
-        "--stop-at",
-        2,
-    )
-    resumed = torchrun(1, "--resume", tmp_path / "two")
-    assert "step-00000002 was saved by 2 ranks and resumes on 1: the data continues where it stopped" in resumed.stderr
-    torchrun(1, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "one", "--max-steps", 3, *FAST)
-    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
-    assert len(two) == 3 and two[-1] < two[0]
-    run = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert run["mode"] == "fsdp"
-    assert two == pytest.approx(one, rel=1e-5)
-    for name, tensor in exported(tmp_path / "one").items():
-        torch.testing.assert_close(exported(tmp_path / "two")[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
-
-
-def test_stop_and_resume_equals_a_straight_run(tmp_path, tiny_checkpoint):
-    common = ["--model", tiny_checkpoint, "--data", SAMPLE, "--max-steps", 4, *FAST]
-    torchrun(2, *common, "--out", tmp_path / "straight")
-    previous = os.umask(0o022)  # an ordinary umask, which the ranks inherit: train.py makes its files private
+@pytest.fixture(scope="module")
+def stopped_on_two_ranks(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A run of 3 steps that 2 ranks stopped after step 2, with activation checkpointing (which must not change
+    a single number), under an ordinary umask (which the ranks inherit: train.py makes its files private),
+    and a checkpoint write killed at step 3. Tests resume copies of it."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    previous = os.umask(0o022)
     try:
-        torchrun(2, *common, "--out", tmp_path / "split", "--stop-at", 2)
-        assert not (tmp_path / "split" / "model").exists()
-        (tmp_path / "split" / "checkpoints" / ".step-00000003.tmp").mkdir()  # a write killed at step 3
-        torchrun(2, "--resume", tmp_path / "split")
+        torchrun(
+            2,
+            "--model",
+            tiny_checkpoint,
+            "--data",
+            SAMPLE,
+            "--out",
+            out,
+            "--max-steps",
+            3,
+            *FAST,
+            "--activation-checkpointing",
+            "--stop-at",
+            2,
+        )
     finally:
         os.umask(previous)
-    written = [tmp_path / "split", *(tmp_path / "split").rglob("*")]
-    assert {".metadata", "__0_0.distcp", "training_state.pt", "rng-rank1.pt", "config.json"} <= {
-        p.name for p in written
-    }
-    assert not (tmp_path / "split" / "checkpoints" / ".step-00000003.tmp").exists()
+    assert not (out / "model").exists()
+    (out / "checkpoints" / ".step-00000003.tmp").mkdir()
+    return out
+
+
+def resumable_copy(stopped: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(stopped, copy)
+    return copy
+
+
+def test_two_ranks_follow_one_and_their_checkpoint_resumes_on_one_exactly(
+    stopped_on_two_ranks, tmp_path, tiny_checkpoint
+):
+    # 3 steps of 8 rows stay inside the first epoch, where both runs see the same rows per step. One rank takes
+    # the two ranks' checkpoint on from step 2: resharded, at the same rows, to the straight run's numbers.
+    two = resumable_copy(stopped_on_two_ranks, tmp_path)
+    written = [two, *two.rglob("*")]
+    assert {".metadata", "__0_0.distcp", "training_state.pt", "rng-rank1.pt"} <= {p.name for p in written}
     assert {
         str(p): oct(stat.S_IMODE(p.stat().st_mode))
         for p in written
         if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)
     } == {}
-    assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
-    assert len(json.loads((tmp_path / "split" / "run.json").read_text())["figures"]["peak_memory_mb_per_rank"]) == 2
-    straight, resumed = exported(tmp_path / "straight"), exported(tmp_path / "split")
-    for name in straight:
-        torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
+    resumed = torchrun(1, "--resume", two)
+    assert "step-00000002 was saved by 2 ranks and resumes on 1: the data continues where it stopped" in resumed.stderr
+    assert not (two / "checkpoints" / ".step-00000003.tmp").exists()
+    torchrun(1, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", tmp_path / "one", "--max-steps", 3, *FAST)
+    after_resume, straight = losses(two), losses(tmp_path / "one")
+    assert len(after_resume) == 3 and after_resume[-1] < after_resume[0]
+    assert after_resume == pytest.approx(straight, rel=1e-5)
+    record = json.loads((two / "run.json").read_text())
+    assert record["mode"] == "fsdp" and len(record["figures"]["peak_memory_mb_per_rank"]) == 1
+    assert (two / "model" / "config.json").is_file()
+    for name, tensor in exported(tmp_path / "one").items():
+        torch.testing.assert_close(exported(two)[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_export_loads_in_transformers_and_chatml_rows_start_at_the_mean(tmp_path, mistral_tokenizer_dir):
@@ -233,10 +238,9 @@ def test_a_bad_data_path_ends_every_rank_with_one_error_line(tmp_path, tiny_chec
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
 
 
-def test_resuming_past_a_crafted_index_runs_nothing_and_says_so_once(tmp_path, tiny_checkpoint):
-    out = tmp_path / "run"
-    torchrun(2, "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, *FAST, "--stop-at", 1)
-    index = out / "checkpoints" / "step-00000001" / ".metadata"
+def test_resuming_past_a_crafted_index_runs_nothing_and_says_so_once(stopped_on_two_ranks, tmp_path):
+    out = resumable_copy(stopped_on_two_ranks, tmp_path)
+    index = out / "checkpoints" / "step-00000002" / ".metadata"
     index.write_bytes(pickle.dumps(CreatesAFile(tmp_path / "pwned")))
     result = torchrun(2, "--resume", out, check=False)
     assert result.returncode != 0 and not (tmp_path / "pwned").exists()
