@@ -138,9 +138,9 @@ def peak_per_rank(model: Path, out: Path, ranks: int, quantize: bool, seq_len: i
     # tensors as a GPU's memory does (bench_lora_memory.py explains why).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, env=env)
-    from training.run_folder import read_finished_record
+    from core.run_folder import RunFolder
 
-    return max(read_finished_record(out).figures["peak_memory_mb_per_rank"])
+    return max(RunFolder(out).read_trained_record().figures["peak_memory_mb_per_rank"])
 
 
 def main():

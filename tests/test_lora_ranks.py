@@ -12,6 +12,7 @@ import train
 from model import Tokenizer, save_model
 from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
+from training import run as runs
 
 # No dropout: its masks come from each process's own random stream, which 2 ranks draw differently.
 FAST = [
@@ -56,23 +57,45 @@ def assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-4, msg=name)
 
 
+# The held-out losses of steps 1 to 3 (the last: the final evaluation), so that --keep-best ends with step 2.
+HELD_OUT_LOSSES = """
+import sys
+import train
+from training import run
+
+losses = iter([3.0, 1.0, 2.0])
+run.evaluate = lambda *args: (next(losses), 100)
+train.main(sys.argv[1:])
+"""
+
+
 @pytest.mark.slow
-def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistral_tokenizer_dir):
+def test_two_ranks_train_the_one_device_adapter_and_chatml_rows_and_keep_the_best(
+    tmp_path, mistral_tokenizer_dir, monkeypatch
+):
     # A base without a chat format: the rows of the ChatML tokens added to it train too, sharded with the
-    # embedding and the LM head, and start as the mean row there as on one device.
+    # embedding and the LM head, and start as the mean row there as on one device. With --keep-best both
+    # end with step 2's adapter: the sharded run loads it back from its sharded checkpoint.
     base = tmp_path / "base"
     save_model(
         random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
         base,
         tokenizer=Tokenizer.from_dir(mistral_tokenizer_dir),
     )
-    common = ["--model", base, "--data", SAMPLE, *FAST]
-    torchrun(2, *common, "--out", tmp_path / "two", mode="--lora")
+    script = tmp_path / "held_out.py"
+    script.write_text(HELD_OUT_LOSSES)
+    keep_best = ["--eval-every", 1, "--keep-checkpoints", 1, "--keep-best"]
+    common = ["--model", base, "--data", SAMPLE, *FAST, *keep_best]
+    torchrun(2, *common, "--out", tmp_path / "two", script=script, mode="--lora")
+    held_out = iter([3.0, 1.0, 2.0])  # the same on one device
+    monkeypatch.setattr(runs, "evaluate", lambda *args: (next(held_out), 100))
     train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
     assert_same_run(tmp_path / "two", tmp_path / "one")
     assert "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta" in adapter(tmp_path / "two")
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["mode"] == "lora" and record["figures"]["ranks"] == 2
+    assert record["figures"]["best_step"] == 2 and record["figures"]["eval_loss"] == 1.0
+    assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.is_dir()] == ["step-00000002"]
     assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {
         "adapter_model.safetensors",
         "adapter_config.json",
