@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import train
 from model import Tokenizer, save_model
+from model.lora import LoRAConfig
 from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
 from training import run as runs
@@ -109,6 +110,7 @@ import sys
 import torch.distributed as dist
 import train
 from model import Tokenizer, save_model
+from model.lora import LoRAConfig
 from tests.helpers import random_model, tiny_config
 from training import run
 
@@ -156,3 +158,38 @@ def test_merge_and_gguf_under_torchrun_are_refused_in_one_line(tmp_path, capsys,
             train.main(["--lora", *map(str, flags), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and error.count("\n") == 1 and refusal in error, error
+
+
+@pytest.fixture
+def two_rank_world():
+    """Rank 0 of a world of 2 in this process, on torch's fake process group (its collectives do nothing):
+    enough to shard a model with FSDP2 and look at one rank's shares."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from training.ranks import World
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        yield World(0, 2, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_holds_half_of_the_packed_nf4_bytes_and_scales(tiny_checkpoint, two_rank_world):
+    from training.distributed import load_sharded_lora_model
+
+    model, _ = load_sharded_lora_model(
+        str(tiny_checkpoint), two_rank_world, torch.float32, LoRAConfig(r=4), quantization="nf4"
+    )
+    packed = [
+        param
+        for name, param in model.named_parameters()
+        if name.rpartition(".")[2] in ("codes", "scale_codes", "scale_factors")
+    ]
+    assert {param.dtype for param in packed} == {torch.uint8, torch.int8, torch.float32}
+    full = sum(param.numel() for param in packed)
+    held = sum(param.to_local().numel() for param in packed)
+    # Each part split in two rows-wise (the first rank takes the odd row), nothing kept whole but the scale means.
+    assert full // 2 <= held <= full // 2 + len(packed)
+    assert all(buffer.numel() == 1 for name, buffer in model.named_buffers() if name.endswith("scale_mean"))
