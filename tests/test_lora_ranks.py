@@ -71,12 +71,13 @@ train.main(sys.argv[1:])
 
 
 @pytest.mark.slow
-def test_two_ranks_train_the_one_device_adapter_and_chatml_rows_and_keep_the_best(
+def test_two_nodes_train_the_one_device_adapter_and_chatml_rows_and_keep_the_best(
     tmp_path, mistral_tokenizer_dir, monkeypatch
 ):
     # A base without a chat format: the rows of the ChatML tokens added to it train too, sharded with the
     # embedding and the LM head, and start as the mean row there as on one device. With --keep-best both
-    # end with step 2's adapter: the sharded run loads it back from its sharded checkpoint.
+    # end with step 2's adapter: the sharded run loads it back from its sharded checkpoint. The 2 ranks
+    # run as 2 nodes of one rank each, launched apart, as on two machines.
     base = tmp_path / "base"
     save_model(
         random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
@@ -87,7 +88,7 @@ def test_two_ranks_train_the_one_device_adapter_and_chatml_rows_and_keep_the_bes
     script.write_text(HELD_OUT_LOSSES)
     keep_best = ["--eval-every", 1, "--keep-checkpoints", 1, "--keep-best"]
     common = ["--model", base, "--data", SAMPLE, *FAST, *keep_best]
-    torchrun(2, *common, "--out", tmp_path / "two", script=script, mode="--lora")
+    torchrun(2, *common, "--out", tmp_path / "two", script=script, mode="--lora", nodes=2)
     held_out = iter([3.0, 1.0, 2.0])  # the same on one device
     monkeypatch.setattr(runs, "evaluate", lambda *args: (next(held_out), 100))
     train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
