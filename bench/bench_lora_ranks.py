@@ -15,8 +15,9 @@ and its fixed part (embedding, LM head, the gathered layer, Python, torch, data)
 each splits into what sharding divides (weights, adapters, optimizer states) and what every rank keeps
 (activations, the gathered layer): per rank = kept + divided / ranks. The projection to a whole model
 multiplies the per-layer figure by its number of layers and by the ratio of its layer's parameters to
-the 7B's, adds its embedding and LM head (bf16) divided by the ranks, and grows the kept part by two
-gathered layers (the one computing and the one prefetched) at the larger layer's size.
+the 7B's, adds its embedding and LM head (bf16; FSDP2's root, held whole on every rank through the step
+as well as sharded) in place of the 7B's, and grows the kept part by two gathered layers (the one
+computing and the one prefetched) at the larger layer's size.
 """
 
 import argparse
@@ -66,6 +67,11 @@ def layer_parameters(config: ModelConfig) -> int:
     attention = 2 * config.hidden_size * config.num_attention_heads * head_dim
     attention += 2 * config.hidden_size * config.num_key_value_heads * head_dim
     return attention + 3 * config.hidden_size * config.intermediate_size
+
+
+def edges_mib(vocab: int, hidden: int) -> float:
+    """The embedding and the LM head (untied), bf16."""
+    return 2 * vocab * hidden * 2 / MIB
 
 
 def adapter_parameters(config: ModelConfig, r: int = 32) -> int:
@@ -230,11 +236,13 @@ def main():
         for setting in settings:
             divided = 2 * (per_layer[setting, 1] - per_layer[setting, 2])  # per layer: a / 1 - a / 2 = a / 2
             layer_mib = (per_layer[setting, 1] - divided + divided / ranks) * scale
-            # Embedding and LM head (untied) in bf16 whatever the setting: NF4 is for decoder layers only.
-            edges = 2 * vocab * layer_shapes.hidden_size * 2 / MIB / ranks
+            # Embedding and LM head (untied) in bf16 whatever the setting: NF4 is for decoder layers only. They
+            # are FSDP2's root, which every rank holds gathered from the forward pass to the end of the backward
+            # pass, beside its share: so whole plus 1/ranks per rank. The 7B's are swapped for the model's.
+            edges = edges_mib(vocab, layer_shapes.hidden_size) * (1 + 1 / ranks)
             divided_fixed = 2 * (fixed[setting, 1] - fixed[setting, 2])
-            rest = fixed[setting, 1] - divided_fixed + divided_fixed / ranks  # the 7B's embedding less, kept part
-            rest -= 2 * shapes.vocab_size * shapes.hidden_size * 2 / MIB / ranks
+            rest = fixed[setting, 1] - divided_fixed + divided_fixed / ranks
+            rest -= edges_mib(shapes.vocab_size, shapes.hidden_size) * (1 + 1 / ranks)
             # Kept whole on every rank: the gathered layer and the one FSDP2 prefetches, at the larger shapes.
             rest += (scale - 1) * 2 * base_layer * BYTES_PER_WEIGHT[setting] / MIB
             total = layers * layer_mib + edges + max(rest, 0.0)
