@@ -1,10 +1,10 @@
 """LoRA and QLoRA sharded over 2 CPU ranks against 1: peak memory per rank at a 7B's layer shapes,
 measured on a few layers and projected per layer to whole models.
 
-    python bench/bench_lora_ranks.py [--layers 1,2] [--seq-len 32] [--small]
+    python bench/bench_lora_ranks.py [--layers 1,3] [--seq-len 32] [--settings bf16,nf4] [--small]
 
 Writes a checkpoint of random bf16 weights with Dolphin-2.2.1-Mistral-7B's shapes (vocabulary 32002,
-hidden 4096, MLP 14336, GQA 32/8) but only a few decoder layers (--layers: 1 and 2, ~1.6 GB), then
+hidden 4096, MLP 14336, GQA 32/8) but only a few decoder layers (--layers: 1 and 3, ~1.8 GB), then
 runs `train.py --lora` (r 32 on q,k,v,o,gate, activation checkpointing, bf16, one optimizer step of
 one row of --seq-len tokens per rank) under torchrun with 1 and with 2 ranks, over the bf16 base and
 with `--quantize nf4`, and reads each rank's peak resident memory from run.json. Every run is its own
@@ -15,8 +15,9 @@ and its fixed part (embedding, LM head, the gathered layer, Python, torch, data)
 each splits into what sharding divides (weights, adapters, optimizer states) and what every rank keeps
 (activations, the gathered layer): per rank = kept + divided / ranks. The projection to a whole model
 multiplies the per-layer figure by its number of layers and by the ratio of its layer's parameters to
-the 7B's, adds its embedding and LM head (bf16) divided by the ranks, and grows the kept part by two
-gathered layers (the one computing and the one prefetched) at the larger layer's size.
+the 7B's, adds its embedding and LM head (bf16; FSDP2's root, held whole on every rank through the step
+as well as sharded) in place of the 7B's, and grows the kept part by two gathered layers (the one
+computing and the one prefetched) at the larger layer's size.
 """
 
 import argparse
@@ -66,6 +67,19 @@ def layer_parameters(config: ModelConfig) -> int:
     attention = 2 * config.hidden_size * config.num_attention_heads * head_dim
     attention += 2 * config.hidden_size * config.num_key_value_heads * head_dim
     return attention + 3 * config.hidden_size * config.intermediate_size
+
+
+def edges_mib(vocab: int, hidden: int) -> float:
+    """The embedding and the LM head (untied), bf16."""
+    return 2 * vocab * hidden * 2 / MIB
+
+
+def adapter_parameters(config: ModelConfig, r: int = 32) -> int:
+    """A layer's LoRA parameters, r x (in + out) for each of q, k, v, o and gate."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    q = o = config.hidden_size + config.num_attention_heads * head_dim
+    k = v = config.hidden_size + config.num_key_value_heads * head_dim
+    return r * (q + k + v + o + config.hidden_size + config.intermediate_size)
 
 
 def write_model(directory: Path, config: ModelConfig) -> None:
@@ -135,14 +149,17 @@ def peak_per_rank(model: Path, out: Path, ranks: int, quantize: bool, seq_len: i
     # tensors as a GPU's memory does (bench_lora_memory.py explains why).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, env=env)
-    from training.run_folder import read_finished_record
+    from core.run_folder import RunFolder
 
-    return max(read_finished_record(out).figures["peak_memory_mb_per_rank"])
+    return max(RunFolder(out).read_trained_record().figures["peak_memory_mb_per_rank"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default="1,2", help="the two decoder layer counts measured (default: %(default)s)")
+    parser.add_argument("--layers", default="1,3", help="the two decoder layer counts measured (default: %(default)s)")
+    parser.add_argument(
+        "--settings", default="bf16,nf4", help="the bases measured: bf16, nf4 or both (default: %(default)s)"
+    )
     parser.add_argument(
         "--seq-len", type=int, default=32, help="tokens of the row each rank trains on (default: %(default)s)"
     )
@@ -153,6 +170,9 @@ def main():
     )
     args = parser.parse_args()
     layer_counts = [int(n) for n in args.layers.split(",")]
+    settings = args.settings.split(",")
+    if not set(settings) <= {"bf16", "nf4"}:
+        parser.error(f"--settings {args.settings!r}: choose among bf16 and nf4")
     shapes = SMALL if args.small else DOLPHIN_7B
     figures = {}  # (setting, ranks, layers) -> MiB
     with tempfile.TemporaryDirectory(prefix="twin-bench-lora-ranks-") as scratch:
@@ -161,7 +181,7 @@ def main():
             model = scratch / f"model-{layers}"
             model.mkdir()
             write_model(model, replace(shapes, num_hidden_layers=layers))
-            for setting in ("bf16", "nf4"):
+            for setting in settings:
                 for ranks in (1, 2):
                     out = scratch / f"run-{layers}-{setting}-{ranks}"
                     # The weights, read by the ranks together, and for each rank its own 1.5 GiB of the rest.
@@ -183,7 +203,7 @@ def main():
     )
     print(f"{'setting':8}{'ranks':>6}{f'{few} layers':>10}{f'{more} layers':>10}{'per layer':>11}{'fixed':>9}")
     per_layer, fixed = {}, {}
-    for setting in ("bf16", "nf4"):
+    for setting in settings:
         for ranks in (1, 2):
             low, high = figures[setting, ranks, few], figures[setting, ranks, more]
             per_layer[setting, ranks] = (high - low) / (more - few)
@@ -196,19 +216,30 @@ def main():
             f"{'':8}2 ranks / 1: per layer {per_layer[setting, 2] / per_layer[setting, 1]:.2f}x, "
             f"at {more} layers {figures[setting, 2, more] / figures[setting, 1, more]:.2f}x"
         )
+        # What sharding should halve: the frozen weights as stored (NF4: the packed bytes and their scales) and
+        # the adapters with their gradients and AdamW's two moments (fp32: 16 bytes a parameter).
+        weights = layer_parameters(shapes) * BYTES_PER_WEIGHT[setting] / MIB
+        adapters = 16 * adapter_parameters(shapes) / MIB
+        print(
+            f"{'':8}divided by the ranks, per layer: {2 * (per_layer[setting, 1] - per_layer[setting, 2]):,.0f} MiB "
+            f"measured; expected {weights + adapters:,.0f} MiB ({weights:,.0f} frozen weights, {adapters:,.0f} "
+            f"adapters, gradients and AdamW)"
+        )
 
     print("\nprojected (per rank = kept + divided / ranks, from the 1- and 2-rank figures):")
     base_layer = layer_parameters(shapes)
     for name, layer_shapes, layers, vocab, ranks, budget in TARGETS:
         scale = layer_parameters(layer_shapes) / base_layer
-        for setting in ("bf16", "nf4"):
+        for setting in settings:
             divided = 2 * (per_layer[setting, 1] - per_layer[setting, 2])  # per layer: a / 1 - a / 2 = a / 2
             layer_mib = (per_layer[setting, 1] - divided + divided / ranks) * scale
-            # Embedding and LM head (untied) in bf16 whatever the setting: NF4 is for decoder layers only.
-            edges = 2 * vocab * layer_shapes.hidden_size * 2 / MIB / ranks
+            # Embedding and LM head (untied) in bf16 whatever the setting: NF4 is for decoder layers only. They
+            # are FSDP2's root, which every rank holds gathered from the forward pass to the end of the backward
+            # pass, beside its share: so whole plus 1/ranks per rank. The 7B's are swapped for the model's.
+            edges = edges_mib(vocab, layer_shapes.hidden_size) * (1 + 1 / ranks)
             divided_fixed = 2 * (fixed[setting, 1] - fixed[setting, 2])
-            rest = fixed[setting, 1] - divided_fixed + divided_fixed / ranks  # the 7B's embedding less, kept part
-            rest -= 2 * shapes.vocab_size * shapes.hidden_size * 2 / MIB / ranks
+            rest = fixed[setting, 1] - divided_fixed + divided_fixed / ranks
+            rest -= edges_mib(shapes.vocab_size, shapes.hidden_size) * (1 + 1 / ranks)
             # Kept whole on every rank: the gathered layer and the one FSDP2 prefetches, at the larger shapes.
             rest += (scale - 1) * 2 * base_layer * BYTES_PER_WEIGHT[setting] / MIB
             total = layers * layer_mib + edges + max(rest, 0.0)

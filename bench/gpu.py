@@ -554,8 +554,11 @@ def torchrun_config(args) -> ModelConfig:
     )
 
 
-def torchrun_train(args, device: torch.device, checkpoint: Path, out: Path, ranks: int, flags: list[str]) -> dict:
-    """`train.py` under torchrun on `ranks` processes for a few steps; its figures from run.json."""
+def torchrun_train(
+    args, device: torch.device, checkpoint: Path, out: Path, ranks: int, batch: int, flags: list[str]
+) -> dict:
+    """`train.py` under torchrun on `ranks` processes for a few steps of `batch` rows (accumulated over
+    micro-batches where the ranks take fewer at once); its figures from run.json."""
     command = [
         sys.executable,
         "-m",
@@ -576,7 +579,7 @@ def torchrun_train(args, device: torch.device, checkpoint: Path, out: Path, rank
         "--micro-batch",
         str(args.micro_batch),
         "--batch",
-        str(args.micro_batch * ranks),
+        str(batch),
         "--max-steps",
         str(args.fsdp_steps),
         "--save-every",
@@ -590,7 +593,10 @@ def torchrun_train(args, device: torch.device, checkpoint: Path, out: Path, rank
         "bf16" if device.type == "cuda" else "fp32",
     ]
     start = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fsdp_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": [f"stopped after --fsdp-timeout {args.fsdp_timeout} s"]}
     if finished.returncode:
         return {"error": (finished.stderr or finished.stdout).strip().splitlines()[-5:]}
     record = RunFolder(out).read_trained_record().figures
@@ -621,7 +627,7 @@ def bench_fsdp(args, device: torch.device, tokenizer_dir: Path) -> dict:
             f"{args.fsdp_steps} steps",
             flush=True,
         )
-        result = torchrun_train(args, device, checkpoint, Path(directory) / "run", 1, ["--fsdp"])
+        result = torchrun_train(args, device, checkpoint, Path(directory) / "run", 1, args.micro_batch, ["--fsdp"])
     with torch.device("meta"):
         params = sum(p.numel() for p in Transformer(config).parameters())
     return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "parameters": params, **result}
@@ -644,7 +650,9 @@ def bench_lora_ranks(args, device: torch.device, tokenizer_dir: Path) -> dict:
                 )
                 flags = ["--lora", "--activation-checkpointing", *(["--quantize", "nf4"] if quantize else [])]
                 out = Path(directory) / f"run-{ranks}-{'nf4' if quantize else 'bf16'}"
-                runs.append({"quantize": quantize, **torchrun_train(args, device, checkpoint, out, ranks, flags)})
+                # The same global batch on 1 rank, which accumulates it: the same steps, so the same losses.
+                figures = torchrun_train(args, device, checkpoint, out, ranks, args.micro_batch * most, flags)
+                runs.append({"quantize": quantize, **figures})
     return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "runs": runs}
 
 
@@ -708,16 +716,23 @@ def markdown(results: dict) -> str:
             f"## LoRA sharded over ranks, hidden {results['lora-ranks']['hidden']}, "
             f"{results['lora-ranks']['layers']} layers",
             "",
-            "| base | ranks | tokens/s | peak memory per rank, MiB | final loss |",
-            "| --- | --- | --- | --- | --- |",
+            "| base | ranks | tokens/s | x 1 rank | peak memory per rank, MiB | x 1 rank | final loss |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        one_rank = {}  # base -> the 1-rank run's figures, which come first
         for run in results["lora-ranks"]["runs"]:
             base = "nf4" if run["quantize"] else "bf16"
+            if "error" in run:
+                lines.append(f"| {base} | error: {run['error']} |")
+                continue
+            if run["ranks"] == 1:
+                one_rank[base] = run
+            one, memory = one_rank.get(base), max(run["peak_memory_mb_per_rank"])
+            speed = f"{run['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else "n/a"
+            memory_ratio = f"{memory / max(one['peak_memory_mb_per_rank']):.2f}x" if one else "n/a"
             lines.append(
-                f"| {base} | error: {run['error']} |"
-                if "error" in run
-                else f"| {base} | {run['ranks']} | {run['tokens_per_s']:,.0f} | "
-                f"{max(run['peak_memory_mb_per_rank']):,} | {run['final_loss']:.4f} |"
+                f"| {base} | {run['ranks']} | {run['tokens_per_s']:,.0f} | {speed} | {memory:,} | {memory_ratio} | "
+                f"{run['final_loss']:.4f} |"
             )
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -43,20 +44,51 @@ FAST = [
 
 
 def torchrun(
-    ranks: int, *args, script: str = "train.py", check: bool = True, mode: str = "--fsdp"
+    ranks: int, *args, script: str = "train.py", check: bool = True, mode: str = "--fsdp", nodes: int = 1
 ) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={ranks}",
-        script,
-        mode,
-        *map(str, args),
-    ]
+    """train.py (or `script`) on `ranks` processes; with `nodes`, as that many "nodes" on this machine:
+    one torchrun launch each, meeting at a c10d rendezvous on localhost, as on several machines."""
+    if nodes == 1:
+        launch = [["--standalone", f"--nproc-per-node={ranks}"]]
+    else:
+        with socket.socket() as free:  # a port free now, for the rendezvous
+            free.bind(("localhost", 0))
+            port = free.getsockname()[1]
+        launch = [
+            [
+                f"--nnodes={nodes}",
+                f"--nproc-per-node={ranks // nodes}",
+                f"--node-rank={node}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=localhost:{port}",
+                "--rdzv-id=twin-test",
+            ]
+            for node in range(nodes)
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", *flags, script, mode, *map(str, args)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for flags in launch
+    ]
+    try:
+        outputs = [process.communicate(timeout=300) for process in started]
+    finally:
+        for process in started:
+            process.kill()  # those still running past the timeout
+    # The job fails where any node's launch does; their outputs one after the other, node 0's first.
+    result = subprocess.CompletedProcess(
+        started[0].args,
+        next((process.returncode for process in started if process.returncode), 0),
+        "".join(out for out, _ in outputs),
+        "".join(err for _, err in outputs),
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -10,9 +10,11 @@ from safetensors.torch import load_file
 
 import train
 from model import save_model
+from model.lora import LoRAConfig
 from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun
+from training import run as runs
 
 # No dropout: its masks come from each process's own random stream, which 2 ranks draw differently.
 FAST = [
@@ -57,23 +59,46 @@ def assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-4, msg=name)
 
 
+# The held-out losses of steps 1 to 3 (the last: the final evaluation), so that --keep-best ends with step 2.
+HELD_OUT_LOSSES = """
+import sys
+import train
+from training import run
+
+losses = iter([3.0, 1.0, 2.0])
+run.evaluate = lambda *args: (next(losses), 100)
+train.main(sys.argv[1:])
+"""
+
+
 @pytest.mark.slow
-def test_two_ranks_train_the_one_device_adapter_and_chatml_rows(tmp_path, mistral_tokenizer_dir):
+def test_two_nodes_train_the_one_device_adapter_and_chatml_rows_and_keep_the_best(
+    tmp_path, mistral_tokenizer_dir, monkeypatch
+):
     # A base without a chat format: the rows of the ChatML tokens added to it train too, sharded with the
-    # embedding and the LM head, and start as the mean row there as on one device.
+    # embedding and the LM head, and start as the mean row there as on one device. With --keep-best both
+    # end with step 2's adapter: the sharded run loads it back from its sharded checkpoint. The 2 ranks
+    # run as 2 nodes of one rank each, launched apart, as on two machines.
     base = tmp_path / "base"
     save_model(
         random_model(tiny_config(vocab_size=32000, hidden_size=32, intermediate_size=64, sliding_window=48)),
         base,
         tokenizer=SentencePieceTokenizer.from_dir(mistral_tokenizer_dir),
     )
-    common = ["--model", base, "--data", SAMPLE, *FAST]
-    torchrun(2, *common, "--out", tmp_path / "two", mode="--lora")
+    script = tmp_path / "held_out.py"
+    script.write_text(HELD_OUT_LOSSES)
+    keep_best = ["--eval-every", 1, "--keep-checkpoints", 1, "--keep-best"]
+    common = ["--model", base, "--data", SAMPLE, *FAST, *keep_best]
+    torchrun(2, *common, "--out", tmp_path / "two", script=script, mode="--lora", nodes=2)
+    held_out = iter([3.0, 1.0, 2.0])  # the same on one device
+    monkeypatch.setattr(runs, "evaluate", lambda *args: (next(held_out), 100))
     train.main(["--lora", *map(str, common), "--out", str(tmp_path / "one")])
     assert_same_run(tmp_path / "two", tmp_path / "one")
     assert "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta" in adapter(tmp_path / "two")
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["mode"] == "lora" and record["figures"]["ranks"] == 2
+    assert record["figures"]["best_step"] == 2 and record["figures"]["eval_loss"] == 1.0
+    assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.is_dir()] == ["step-00000002"]
     assert {p.name for p in (tmp_path / "two" / "adapter").iterdir()} >= {
         "adapter_model.safetensors",
         "adapter_config.json",
@@ -86,9 +111,6 @@ import signal
 import sys
 import torch.distributed as dist
 import train
-from model import save_model
-from model.sentencepiece_tokenizer import SentencePieceTokenizer
-from tests.helpers import random_model, tiny_config
 from training import run
 
 real_step, steps = run.train_step, []
@@ -135,3 +157,38 @@ def test_merge_and_gguf_under_torchrun_are_refused_in_one_line(tmp_path, capsys,
             train.main(["--lora", *map(str, flags), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and error.count("\n") == 1 and refusal in error, error
+
+
+@pytest.fixture
+def two_rank_world():
+    """Rank 0 of a world of 2 in this process, on torch's fake process group (its collectives do nothing):
+    enough to shard a model with FSDP2 and look at one rank's shares."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from training.ranks import World
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        yield World(0, 2, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_holds_half_of_the_packed_nf4_bytes_and_scales(tiny_checkpoint, two_rank_world):
+    from training.distributed import load_sharded_lora_model
+
+    model, _ = load_sharded_lora_model(
+        str(tiny_checkpoint), two_rank_world, torch.float32, LoRAConfig(r=4), quantization="nf4"
+    )
+    packed = [
+        param
+        for name, param in model.named_parameters()
+        if name.rpartition(".")[2] in ("codes", "scale_codes", "scale_factors")
+    ]
+    assert {param.dtype for param in packed} == {torch.uint8, torch.int8, torch.float32}
+    full = sum(param.numel() for param in packed)
+    held = sum(param.to_local().numel() for param in packed)
+    # Each part split in two rows-wise (the first rank takes the odd row), nothing kept whole but the scale means.
+    assert full // 2 <= held <= full // 2 + len(packed)
+    assert all(buffer.numel() == 1 for name, buffer in model.named_buffers() if name.endswith("scale_mean"))

@@ -280,7 +280,7 @@ class ShardedCheckpoints:
         return chosen, state
 
     def load_weights(self, directory: Path) -> None:
-        load_checkpoint(directory, self.model, self.optimizer)
+        load_checkpoint(directory, self.model, self.optimizer, self.options)
 
 
 # torch.distributed.checkpoint keeps its index, `.metadata`, as a plain pickle, which can run any code
