@@ -62,30 +62,36 @@ async def answer(engine: Engine, request: ReplyRequest, leave_after_first_piece:
     return "".join(pieces[:-1]), pieces[-1]
 
 
-def ask_while_busy(engine: Engine, *requests: ReplyRequest, leaving: int | None = None) -> list:
-    """What answer() gives for each request, all queued while the worker is busy with another request, so that
-    it takes them as one group; the client of request number `leaving` leaves after the first piece."""
+def ask_while_busy(engine: Engine, *requests: ReplyRequest, leaving: int | None = None, first=None) -> list:
+    """What answer() gives for each request, all queued while the worker runs its first step for another request
+    (`first`, else a 6-token one), so that they join its batch together at the next step; the client of request
+    number `leaving` leaves after the first piece. The first request's answer comes last."""
     busy, go_on = threading.Event(), threading.Event()
-    real = engine.generator.generate
+    model = engine.generator.model
+    real = model.hidden_states
 
-    def held(*args):
+    def held(*args, **kwargs):
+        del model.hidden_states  # only the first pass waits
         busy.set()
         go_on.wait()
-        return real(*args)
+        return real(*args, **kwargs)
 
     async def together():
-        engine.generator.generate = held
-        first = asyncio.create_task(answer(engine, request(engine)))
+        model.hidden_states = held
+        first_reply = asyncio.create_task(answer(engine, first or request(engine)))
         await asyncio.to_thread(busy.wait)
-        del engine.generator.generate  # the next request alone meets the real one
         replies = [asyncio.create_task(answer(engine, each, number == leaving)) for number, each in enumerate(requests)]
         while engine._jobs.qsize() < len(requests):
             await asyncio.sleep(0.001)
         go_on.set()
-        await first
-        return await asyncio.gather(*replies)
+        return [*await asyncio.gather(*replies), await first_reply]
 
-    return asyncio.run(together())
+    return asyncio.run(together())[: None if first else -1]
+
+
+def finished_prompts(engine: Engine) -> list[int]:
+    """The prompt lengths of the replies finished, in the order they finished, from the log."""
+    return [int(line.split()[2]) for line in engine.log.getvalue().splitlines() if line.startswith("reply finished")]
 
 
 def batch_sizes(engine: Engine) -> list[int]:
@@ -152,20 +158,18 @@ def test_a_prompt_the_context_cannot_hold_is_refused_naming_the_field(engine, do
 
 
 def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkeypatch):
-    real = engine.generator.generate
-    calls = []
+    model = engine.generator.model
+    real = model.hidden_states
 
-    def fail_once(*args):
-        calls.append(args)
-        if len(calls) == 1:
-            raise ValueError("overflow")
-        return real(*args)
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(model, "hidden_states", real)
+        raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(engine.generator, "generate", fail_once)
-    with pytest.raises(ReplyFailed, match="the model failed on this request: ValueError"):
+    monkeypatch.setattr(model, "hidden_states", fail_once)
+    with pytest.raises(ReplyFailed, match="the model failed on this request: RuntimeError"):
         ask(engine, request(engine))
     [(_, finished)] = ask(engine, request(engine))
-    assert engine.outcomes == {"failed": 1, "finished": 1} and "failed ValueError" in engine.log.getvalue()
+    assert engine.outcomes == {"failed": 1, "finished": 1} and "failed RuntimeError" in engine.log.getvalue()
 
 
 def test_a_message_spelling_the_chat_formats_tokens_stays_text(engine, dolphin_tokenizer):
