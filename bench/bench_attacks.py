@@ -3,7 +3,7 @@
     python bench/bench_attacks.py --model ~/.cache/twin/SmolLM2-135M-Instruct.Q4_1.gguf --speaker Anna \\
         [--before DIR] [--files 128] [-- serve.py flags]
 
-For each attack it starts serve.py afresh (with --api-key), starts the attack in the background, waits
+First with no attack (the machine's own load), then for each attack it starts serve.py afresh (with --api-key), starts the attack in the background, waits
 --settle seconds, then sends a normal request (2 tokens, with the key) and prints how long its answer took, or
 "> --timeout s". With --before, a checkout of older code (`git archive COMMIT | tar -x -C DIR`) is measured the
 same way, each attack right after this checkout's, and the ratio printed. With --files, serve.py runs under
@@ -108,7 +108,11 @@ def attacks(speaker: str) -> dict:
                     pass
             time.sleep(1)
 
+    def none():  # the machine's own load, for the figures below it
+        pass
+
     return {
+        "no attack (the machine's load)": none,
         "4 stop strings of 300,000 characters": long_stop,
         "4 stop strings of 1,000 characters, 200 tokens": stop_at_the_limit,
         "20,000 one-word messages": many_turns,
@@ -183,7 +187,7 @@ def main() -> None:
         line = f"{name}: a normal request answered in {shown(now, args.timeout)}"
         if args.before is not None:
             before = measure(args.before, args, attack)
-            ratio = f", {before / now:.0f}x sooner" if before is not None and now else ""
+            ratio = f", {before / now:.1f}x sooner" if before is not None and now else ""
             line += f" (before: {shown(before, args.timeout)}{ratio})"
         print(line, flush=True)
 

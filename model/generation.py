@@ -214,6 +214,10 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 
 PADDING = 0  # any id: padding is never attended to
+# Prompt tokens a row added to a running batch runs per step: on 2 CPU cores, 64 tokens of a 135M model take
+# about as long as a decoding step of the batch, so a long prompt slows the others' replies by about half.
+PREFILL_CHUNK = 64
+CACHE_GROWTH = 64  # tokens of room the batch's cache gains when it fills
 
 
 @dataclass
@@ -228,67 +232,213 @@ class BatchRow:
 @dataclass
 class Chosen:
     """What one row of a batch did in one step. A row whose scores were not finite has `error` (its
-    ValueError from sample_token) and no token; it leaves the batch, and the others go on."""
+    ValueError from sample_token), as has one whose prompt's prefill failed, and no token; it leaves the
+    batch, and the others go on."""
 
     row: int
     token: int | None
     last: bool  # the row leaves the batch: a stop token, its max_new_tokens, or an error
-    error: ValueError | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class _Prefill:
+    """A row's prompt going into its own cache, a chunk a step, before the row joins the batch."""
+
+    row: int
+    prompt: list[int]
+    cache: KVCache  # of one row, as long as the prompt
 
 
 class BatchDecoder:
-    """Decodes the rows' prompts together. Iterating yields, after each forward pass, what every row
-    still in the batch chose, in row order; each row draws from its own stream, so a stream shared by
-    several rows is drawn row by row. `drop(row)` takes a row out before the next forward pass."""
+    """Decodes rows together. Each step (iterating, or `step()`) is one forward pass of the batch, and gives
+    what each row in it chose, in batch order; each row draws from its own stream, so a stream shared by
+    several rows is drawn row by row. `drop(row)` takes a row out before the next step.
 
-    def __init__(self, model: Transformer, rows: list[BatchRow], stop_ids: set[int], device: torch.device):
-        self.model, self.rows, self.stop_ids, self.device = model, rows, stop_ids, torch.device(device)
-        self.context = [torch.tensor(row.prompt, device=device) for row in rows]  # for the repetition penalty
-        self.written = [0] * len(rows)
-        self.batch = list(range(len(rows)))  # the rows still in the batch, in its order
-        self.dropped: set[int] = set()
-        self.width = max(len(row.prompt) for row in rows)
-        self.padding = torch.tensor([self.width - len(row.prompt) for row in rows], device=device)
-        longest_reply = max(row.config.max_new_tokens for row in rows)
-        dtype = next(model.parameters()).dtype
-        self.cache = KVCache(model.config, len(rows), self.width + longest_reply, dtype=dtype, device=device)
+    The rows given at the start are prefilled together, in the first step. A row `add`ed later joins between
+    steps (continuous batching: a server's request that comes while others are written does not wait for them
+    to end). Its prompt goes in `prefill_chunk` tokens a step, the chunk of one waiting row a step, in turn,
+    beside the batch's decoding: a long prompt delays the others' next token by one chunk at most, and a short
+    prompt waits behind no long one. Once its prompt is in, its cache joins the batch's, the shorter side
+    padded on the left. A prompt that starts as the last one added did reuses its cached prefix."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        rows: list[BatchRow],
+        stop_ids: set[int],
+        device: torch.device,
+        prefill_chunk: int = PREFILL_CHUNK,
+    ):
+        self.model, self.stop_ids, self.device = model, stop_ids, torch.device(device)
+        self.prefill_chunk, self.dtype = prefill_chunk, next(model.parameters()).dtype
+        self.rows: dict[int, BatchRow] = {}  # the rows not yet ended, by number
+        self.context: dict[int, torch.Tensor] = {}  # each row's prompt and tokens so far, for the repetition penalty
+        self.written: dict[int, int] = {}
+        self.batch: list[int] = []  # the rows decoding, in the cache's order
+        self.next_ids: list[int] = []  # each batch row's newest token: the next step's input
+        self.dropped: set[int] = set()  # rows to take out of the batch before the next step
+        self.cache: KVCache | None = None  # the batch's: every row's tokens end at cache.length
+        self.padding = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.prefilling: list[_Prefill] = []  # rows added whose prompts are going in, the next to run first
+        self.last_prefill: _Prefill | None = None  # the last prompt that went in, whose prefix the next may reuse
+        self.numbered = 0  # rows numbered so far
+        self.starting = [self._register(row) for row in rows]  # prefilled together in the first step
+
+    def add(self, row: BatchRow) -> int:
+        """A row to join the batch once its prompt is in; its number."""
+        prefill = _Prefill(self._register(row), row.prompt, self._new_cache(1, len(row.prompt)))
+        if (last := self.last_prefill) is not None:
+            reuse = min(common_prefix_length(last.prompt, row.prompt), len(row.prompt) - 1)
+            prefill.cache.keys[:, :, :, :reuse] = last.cache.keys[:, :, :, :reuse]
+            prefill.cache.values[:, :, :, :reuse] = last.cache.values[:, :, :, :reuse]
+            prefill.cache.length = reuse
+        self.prefilling.append(prefill)
+        return prefill.row
 
     def drop(self, row: int) -> None:
         self.dropped.add(row)
+        if any(prefill.row == row for prefill in self.prefilling):
+            self.prefilling = [prefill for prefill in self.prefilling if prefill.row != row]
+            self._forget(row)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a step has work: a row to decode, or a prompt to go in."""
+        return bool(self.starting or self.prefilling or any(row not in self.dropped for row in self.batch))
+
+    def __iter__(self) -> Iterator[list[Chosen]]:
+        while self.busy:
+            yield self.step()
 
     @torch.inference_mode()
-    def __iter__(self) -> Iterator[list[Chosen]]:
-        ids = [[PADDING] * (self.width - len(row.prompt)) + row.prompt for row in self.rows]
-        logits = self._last_logits(torch.tensor(ids, device=self.device))
-        while True:
-            step = [self._choose(row, logits[place]) for place, row in enumerate(self.batch)]
-            yield step
-            going_on = [
-                place for place, chosen in enumerate(step) if not chosen.last and chosen.row not in self.dropped
-            ]
-            if not going_on:
-                return
-            if len(going_on) < len(self.batch):
-                self._keep(going_on)
-            tokens = torch.tensor([[step[place].token] for place in going_on], device=self.device)
-            logits = self._last_logits(tokens)
+    def step(self) -> list[Chosen]:
+        """One forward pass of the batch, then one chunk of the next prompt waiting; what each row chose. An
+        error of the batch's pass is raised; one of a prompt's chunk fails its row alone."""
+        self._leave()
+        chosen = []
+        if self.starting:
+            chosen = self._start()
+        elif self.batch:
+            if self.cache.length == self.cache.max_len:
+                self._widen(right=CACHE_GROWTH)
+            chosen = self._choose_all(self._last_logits(torch.tensor([[token] for token in self.next_ids])))
+        if self.prefilling:
+            chosen += self._prefill_chunk()
+        self._leave()  # the rows that ended: their memory is free at once, not at the next step
+        return chosen
+
+    def _register(self, row: BatchRow) -> int:
+        number, self.numbered = self.numbered, self.numbered + 1
+        self.rows[number], self.written[number] = row, 0
+        self.context[number] = torch.tensor(row.prompt, device=self.device)
+        return number
+
+    def _forget(self, row: int) -> None:
+        del self.rows[row], self.written[row], self.context[row]
+        self.dropped.discard(row)
+
+    def _new_cache(self, batch: int, length: int) -> KVCache:
+        return KVCache(self.model.config, batch, length, dtype=self.dtype, device=self.device)
+
+    def _start(self) -> list[Chosen]:
+        """Prefill the rows given at the start together, each padded on the left to the longest prompt."""
+        prompts = [self.rows[row].prompt for row in self.starting]
+        width = max(len(prompt) for prompt in prompts)
+        longest_reply = max(self.rows[row].config.max_new_tokens for row in self.starting)
+        self.batch, self.starting = self.starting, []
+        self.cache = self._new_cache(len(self.batch), width + longest_reply)
+        self.padding = torch.tensor([width - len(prompt) for prompt in prompts], device=self.device)
+        ids = torch.tensor([[PADDING] * (width - len(prompt)) + prompt for prompt in prompts], device=self.device)
+        return self._choose_all(self._last_logits(ids))
+
+    def _prefill_chunk(self) -> list[Chosen]:
+        """Run the next chunk of the first prompt waiting; once the whole prompt is in, its row's first token,
+        and the row joins the batch."""
+        prefill = self.prefilling.pop(0)
+        start = prefill.cache.length
+        end = min(start + self.prefill_chunk, len(prefill.prompt))
+        try:
+            hidden = self.model.hidden_states(
+                torch.tensor([prefill.prompt[start:end]], device=self.device), kv_cache=prefill.cache
+            )
+        except Exception as error:  # this prompt's alone: the batch goes on
+            self._forget(prefill.row)
+            return [Chosen(prefill.row, None, last=True, error=error)]
+        if end < len(prefill.prompt):
+            self.prefilling.append(prefill)  # the others' turn
+            return []
+        self.last_prefill = prefill
+        chosen = self._choose(prefill.row, self.model.lm_head(hidden[0, -1]))
+        if chosen.last:
+            self._forget(prefill.row)
+        else:
+            self._join(prefill, chosen.token)
+        return [chosen]
+
+    def _join(self, prefill: _Prefill, token: int) -> None:
+        """Put a prefilled row into the batch, its tokens and the batch's ending at the same place."""
+        length = prefill.cache.length
+        if not self.batch:
+            self.cache, self.padding = self._new_cache(0, length + CACHE_GROWTH), self.padding[:0]
+            self.cache.length = length
+        if length > self.cache.length:
+            self._widen(left=length - self.cache.length)
+        pad = (0, 0, self.cache.length - length, self.cache.max_len - self.cache.length)
+        for name in ("keys", "values"):
+            joined = torch.nn.functional.pad(getattr(prefill.cache, name)[:, :, :, :length], pad)
+            setattr(self.cache, name, torch.cat([getattr(self.cache, name), joined], dim=1))
+        self.padding = torch.cat([self.padding, torch.tensor([self.cache.length - length], device=self.device)])
+        self.batch.append(prefill.row)
+        self.next_ids.append(token)
+
+    def _widen(self, left: int = 0, right: int = 0) -> None:
+        """Room in the batch's cache: `left` more padding before every row, `right` more room after."""
+        for name in ("keys", "values"):
+            setattr(self.cache, name, torch.nn.functional.pad(getattr(self.cache, name), (0, 0, left, right)))
+        self.cache.length += left
+        self.cache.max_len += left + right
+        self.padding = self.padding + left
+
+    def _leave(self) -> None:
+        """Take the rows that ended or were dropped out of the batch, its cache and its padding; and the padding
+        no row needs any more."""
+        places = [place for place, row in enumerate(self.batch) if row not in self.dropped]
+        if len(places) == len(self.batch):
+            return
+        for row in self.batch:
+            if row in self.dropped:
+                self._forget(row)
+        self.batch, self.next_ids = [self.batch[place] for place in places], [self.next_ids[place] for place in places]
+        if not self.batch:
+            self.cache = None
+            return
+        kept = torch.tensor(places, device=self.device)
+        trim = int(self.padding[kept].min())  # columns that are padding in every row left
+        for name in ("keys", "values"):
+            setattr(self.cache, name, getattr(self.cache, name)[:, kept, :, trim:])
+        self.padding = self.padding[kept] - trim
+        self.cache.length -= trim
+        self.cache.max_len -= trim
+
+    def _choose_all(self, logits: torch.Tensor) -> list[Chosen]:
+        chosen = [self._choose(row, logits[place]) for place, row in enumerate(self.batch)]
+        self.next_ids = [PADDING if each.token is None else each.token for each in chosen]
+        return chosen
 
     def _choose(self, row: int, logits: torch.Tensor) -> Chosen:
         config = self.rows[row].config
         try:
             token = sample_token(logits, config, self.context[row], self.rows[row].random)
         except ValueError as error:
+            self.dropped.add(row)
             return Chosen(row, None, last=True, error=error)
         self.written[row] += 1
         self.context[row] = torch.cat([self.context[row], torch.tensor([token], device=self.device)])
-        return Chosen(row, token, last=token in self.stop_ids or self.written[row] == config.max_new_tokens)
-
-    def _keep(self, places: list[int]) -> None:
-        """Shrink the batch to the rows at `places`: the cache and the padding too."""
-        kept = torch.tensor(places, device=self.device)
-        self.cache.keys, self.cache.values = self.cache.keys[:, kept], self.cache.values[:, kept]
-        self.padding = self.padding[kept]
-        self.batch = [self.batch[place] for place in places]
+        last = token in self.stop_ids or self.written[row] == config.max_new_tokens
+        if last:
+            self.dropped.add(row)
+        return Chosen(row, token, last=last)
 
     def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Run `ids` [batch, new] after what the cache holds; the logits of each row's last token [batch, vocab]."""

@@ -4,9 +4,12 @@ error repeated cannot flood.
 uvicorn closes a connection that idles after a response, but not one that never sends a whole request: silent
 or slow sockets stayed open for good, and enough of them used up the process's files, so that real clients could
 not connect while asyncio logged every refused accept (164,000 lines in 30 s). Here a connection must send a
-request's head within `request_timeout_s` of opening or of its last response, and past `max_connections` the
-oldest connection still waiting for a request is closed to make room for the new one. A connection in the middle
-of a request is never closed for another; only when all are, the newcomer gets a 503.
+request's head within `request_timeout_s` of opening or of its last response, and past `max_connections` a
+connection still waiting for a request is closed to make room for the new one: one of the client (the address)
+that holds the most connections, the one of its that has waited longest. Choosing by age alone let a client that
+reconnects at once keep the newest places for good, while those of others, older (idle between two requests),
+were closed for it; now a client pays for the connections it holds, however new. A connection in the middle of
+a request is never closed for another; only when all are, the newcomer gets a 503.
 """
 
 import asyncio
@@ -76,17 +79,19 @@ class GuardedProtocol(H11Protocol):
             self.transport.close()
 
     def _make_room(self) -> None:
-        """One connection too many is open: close the one that has waited longest for a request, else this one."""
+        """One connection too many is open: close one waiting for a request, of the client that holds the most
+        connections, the one of its that has waited longest; else this one."""
         open_ = [other for other in self.connections if not other.transport.is_closing()]
         if len(open_) <= self.limits.max_connections:
             return  # the ones closed before have not yet been told
+        held = Counter(client_address(other) for other in open_)
         waiting = [
             other
             for other in open_
             if isinstance(other, GuardedProtocol) and other.deadline is not None and other is not self
         ]
         if waiting:
-            min(waiting, key=lambda other: other.waiting_since)._close()
+            min(waiting, key=lambda other: (-held[client_address(other)], other.waiting_since))._close()
             return
         body = json.dumps(
             {
@@ -104,6 +109,11 @@ class GuardedProtocol(H11Protocol):
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         )
         self._close()
+
+
+def client_address(connection: H11Protocol) -> str | None:
+    """The host a connection comes from (its port changes with each connection); None where it is not known."""
+    return connection.client[0] if connection.client else None
 
 
 class OncePerInterval(logging.Filter):

@@ -1,14 +1,15 @@
-"""The model worker: one thread answers the queued requests, a batch at a time, token by token.
+"""The model worker: one thread answers the queued requests together, token by token.
 
 Decoding reads every weight of the model for each new token, so a batch of replies costs little more than
-one. The worker takes the first request in the queue and, without waiting, up to max_batch - 1 more already
-there, and writes their replies together (model.generation.BatchDecoder); a request alone goes the
-Generator's way, which reuses the cached prefix of the last prompt and can run a compiled step. The batching
-is static: requests that come while a batch decodes wait for the next one, and none is dropped. Each row
-leaves the batch as its reply ends; one the model fails on fails alone.
+one. The worker writes up to max_batch replies at once (model.generation.BatchDecoder), and the batching is
+continuous: between two steps it takes the requests that came, up to max_batch, so a request never waits for
+the replies already being written to end. A new request's prompt goes in a chunk a step (prefill_chunk
+tokens) beside the others' decoding, the prompts waiting taking turns: a long prompt (20,000 messages that
+fill the context) slows the others' replies, but holds none of them. Requests past max_batch wait in order,
+and none is dropped. Each row leaves the batch as its reply ends; one the model fails on fails alone.
 
 The worker runs off the event loop, which stays free to take new requests, stream tokens and notice clients
-that leave: a client gone mid-reply (or still waiting) is cancelled, and its reply ends at its next token.
+that leave: a client gone mid-reply (or still waiting) is cancelled, and its row leaves at the next step.
 
 What the worker logs are counts and times, never a name or a word of the conversation.
 """
@@ -26,7 +27,16 @@ from typing import TextIO
 from core.errors import TwinError
 from data.chatml import render, reply_prompt, turn_stop_ids
 from data.sessions import Turn
-from model.generation import BatchDecoder, BatchRow, Chosen, Generator, SamplingConfig, random_on_device, random_stream
+from model.generation import (
+    PREFILL_CHUNK,
+    BatchDecoder,
+    BatchRow,
+    Chosen,
+    Generator,
+    SamplingConfig,
+    random_on_device,
+    random_stream,
+)
 from model.tokenizer import Tokenizer
 from serving.reply import ReplyText
 
@@ -83,11 +93,12 @@ class _Writing:
         self.job, self.stop_ids = job, stop_ids
         self.text, self.decoder = ReplyText(job.request.stop), tokenizer.stream()
         self.tokens, self.finish_reason = 0, "length"
+        self.started, self.together = time.perf_counter(), 1  # together: the most replies written at once with it
 
     def add(self, token: int) -> bool:
-        """Send the token's text; False once the reply is over (a stop token or string, or its client gone)."""
+        """Send the token's text; False once the reply is over (a stop token or string)."""
         self.tokens += 1
-        if token in self.stop_ids or self.job.cancelled.is_set():
+        if token in self.stop_ids:
             self.finish_reason = "stop"
             return False
         if piece := self.text.add(self.decoder.add(token)):
@@ -107,10 +118,22 @@ class _Writing:
 
 
 class Engine:
-    """Answers ReplyRequests with one model, up to `max_batch` at a time, in the order they came."""
+    """Answers ReplyRequests with one model, up to `max_batch` at a time, taken in the order they came."""
 
-    def __init__(self, generator: Generator, tokenizer: Tokenizer, log: TextIO | None = None, max_batch: int = 8):
-        self.generator, self.tokenizer, self.max_batch = generator, tokenizer, max_batch
+    def __init__(
+        self,
+        generator: Generator,
+        tokenizer: Tokenizer,
+        log: TextIO | None = None,
+        max_batch: int = 8,
+        prefill_chunk: int = PREFILL_CHUNK,
+    ):
+        self.generator, self.tokenizer, self.max_batch, self.prefill_chunk = (
+            generator,
+            tokenizer,
+            max_batch,
+            prefill_chunk,
+        )
         self.stop_ids = turn_stop_ids(tokenizer)
         self.log = log or sys.stderr
         self.outcomes: Counter = Counter()  # replies "finished", "cancelled" and "failed", for the log and tests
@@ -162,65 +185,53 @@ class Engine:
             job.cancelled.set()
 
     def _work(self) -> None:
-        while group := self._next_group():
-            waiting = [job for job in group if not job.cancelled.is_set()]
-            for _ in range(len(group) - len(waiting)):
-                self._note("cancelled", "before it started")
-            if len(waiting) == 1:
-                self._answer_alone(waiting[0])
-            elif waiting:
-                self._answer_together(waiting)
-
-    def _next_group(self) -> list[_Job]:
-        """The first job in the queue (waiting for one), then up to max_batch - 1 more already there;
-        [] once the engine closes."""
-        group = [self._jobs.get()]
-        while group[-1] is not None and len(group) < self.max_batch:
+        decoder, writing, closing = self._decoder(), {}, False
+        while True:
+            closing = self._admit(decoder, writing, closing)
+            if not writing:  # the engine closes, and every reply is written
+                return
+            for row, reply in list(writing.items()):
+                reply.together = max(reply.together, len(writing))
+                if reply.job.cancelled.is_set():  # its client has gone: the others need the place
+                    decoder.drop(row)
+                    del writing[row]
+                    self._conclude(reply, None)
             try:
-                group.append(self._jobs.get_nowait())
+                step = decoder.step()
+            except Exception as error:  # the batch's pass failed: every open reply fails, the worker goes on
+                for reply in writing.values():
+                    self._fail(reply, error)
+                decoder, writing = self._decoder(), {}
+                continue
+            for chosen in step:
+                if not self._advance(writing[chosen.row], chosen):
+                    decoder.drop(chosen.row)
+                    del writing[chosen.row]
+
+    def _decoder(self) -> BatchDecoder:
+        return BatchDecoder(self.generator.model, [], self.stop_ids, self.generator.device, self.prefill_chunk)
+
+    def _admit(self, decoder: BatchDecoder, writing: dict[int, "_Writing"], closing: bool) -> bool:
+        """Add the requests waiting to the decoder, up to max_batch replies written at once, waiting for one
+        while none is written; whether the engine closes (then none is added)."""
+        while not closing and len(writing) < self.max_batch:
+            try:
+                job = self._jobs.get(block=not writing)
             except queue.Empty:
                 break
-        if group[-1] is None:
-            group.pop()
-            if group:
-                self._jobs.put(None)  # answer these first, then stop
-        return group
+            if job is None:
+                return True
+            if job.cancelled.is_set():
+                self._note("cancelled", "before it started")
+                continue
+            request = job.request
+            random = random_on_device(random_stream(request.seed), self.generator.device)
+            writing[decoder.add(BatchRow(request.prompt, request.sampling, random))] = _Writing(
+                job, self.tokenizer, self.stop_ids
+            )
+        return closing
 
-    def _answer_alone(self, job: _Job) -> None:
-        started = time.perf_counter()
-        request, reply = job.request, _Writing(job, self.tokenizer, self.stop_ids)
-        try:
-            for token in self.generator.generate(
-                request.prompt, request.sampling, self.stop_ids, random_stream(request.seed)
-            ):
-                if not reply.add(token):
-                    break
-            finished = reply.finish()
-        except Exception as error:  # the worker serves every other client: one failed reply must not stop it
-            self._fail(job, error, batch=1)
-            return
-        self._conclude(job, finished, started, batch=1)
-
-    def _answer_together(self, jobs: list[_Job]) -> None:
-        started = time.perf_counter()
-        device, requests = self.generator.device, [job.request for job in jobs]
-        rows = [
-            BatchRow(request.prompt, request.sampling, random_on_device(random_stream(request.seed), device))
-            for request in requests
-        ]
-        writing = {row: _Writing(job, self.tokenizer, self.stop_ids) for row, job in enumerate(jobs)}
-        try:
-            decoder = BatchDecoder(self.generator.model, rows, self.stop_ids, device)
-            for step in decoder:
-                for chosen in step:
-                    if not self._advance(writing[chosen.row], chosen, started, len(jobs)):
-                        decoder.drop(chosen.row)
-                        del writing[chosen.row]
-        except Exception as error:  # the batch itself failed (its cache, a forward pass): every open reply fails
-            for reply in writing.values():
-                self._fail(reply.job, error, len(jobs))
-
-    def _advance(self, reply: _Writing, chosen: Chosen, started: float, batch: int) -> bool:
+    def _advance(self, reply: _Writing, chosen: Chosen) -> bool:
         """Give the reply its row's token; False once the reply is over (finished, cancelled or failed)."""
         try:
             if chosen.error is not None:
@@ -229,13 +240,13 @@ class Engine:
                 return True
             finished = reply.finish()
         except Exception as error:  # this reply fails alone; the rest of the batch goes on
-            self._fail(reply.job, error, batch)
+            self._fail(reply, error)
             return False
-        self._conclude(reply.job, finished, started, batch)
+        self._conclude(reply, finished)
         return False
 
-    def _conclude(self, job: _Job, finished: Finished | None, started: float, batch: int) -> None:
-        took = f"in {time.perf_counter() - started:.2f} s, batch of {batch}"
+    def _conclude(self, reply: _Writing, finished: Finished | None) -> None:
+        took = f"in {time.perf_counter() - reply.started:.2f} s, batch of {reply.together}"
         if finished is None:
             self._note("cancelled", f"mid-reply, {took}")
         else:
@@ -244,11 +255,11 @@ class Engine:
                 f"{finished.prompt_tokens} prompt + {finished.completion_tokens} reply "
                 f"tokens ({finished.finish_reason}) {took}",
             )
-            job.send(finished)  # after the note: a client that has its reply finds it counted
+            reply.job.send(finished)  # after the note: a client that has its reply finds it counted
 
-    def _fail(self, job: _Job, error: Exception, batch: int) -> None:
-        job.send(ReplyFailed(f"the model failed on this request: {type(error).__name__}"))
-        self._note("failed", f"{type(error).__name__}, batch of {batch}")
+    def _fail(self, reply: _Writing, error: Exception) -> None:
+        reply.job.send(ReplyFailed(f"the model failed on this request: {type(error).__name__}"))
+        self._note("failed", f"{type(error).__name__}, batch of {reply.together}")
 
     def _note(self, outcome: str, detail: str) -> None:
         self.outcomes[outcome] += 1

@@ -232,3 +232,39 @@ def test_a_dropped_row_and_a_failed_row_leave_and_the_others_write_what_they_wou
     tokens, [failed] = decode_batch(model, set())
     assert (failed.row, failed.last, str(failed.error)) == (1, True, NON_FINITE)
     assert tokens == [expected[0], [], *expected[2:]]
+
+
+def test_rows_added_one_a_step_write_what_they_write_alone():
+    """Continuous batching: each row joins a batch of another width (its prompt longer or shorter than the
+    batch's tokens), rows leave, and a prompt like the last one reuses its prefix; no row's tokens change."""
+    model = random_model(tiny_config(), seed=4)
+    cases = [*enumerate(zip(BATCH_PROMPTS, BATCH_CONFIGS)), (3, (BATCH_PROMPTS[3], BATCH_CONFIGS[3]))]
+    expected = [written_alone(model, prompt, config, set(), seed) for seed, (prompt, config) in cases]
+    decoder = BatchDecoder(model, [], set(), torch.device("cpu"), prefill_chunk=4)
+    tokens: dict[int, list[int]] = {}
+    for step in range(100):
+        if step < len(cases):
+            seed, (prompt, config) = cases[step]
+            tokens[decoder.add(BatchRow(prompt, config, torch.Generator().manual_seed(seed)))] = []
+        for chosen in decoder.step():
+            tokens[chosen.row].append(chosen.token)
+        if not decoder.busy:
+            break
+    assert list(tokens.values()) == expected
+    assert decoder.cache is None and not decoder.rows  # every row gone, and forgotten
+
+
+def test_a_row_added_while_a_long_prompt_goes_in_starts_within_its_own_chunks_and_the_batch_never_waits():
+    model = random_model(tiny_config(), seed=4)
+    decoder = BatchDecoder(model, [], set(), torch.device("cpu"), prefill_chunk=4)
+    writing = decoder.add(BatchRow([5, 17, 99, 3], SamplingConfig(temperature=0, max_new_tokens=30)))
+    decoder.step()
+    long = decoder.add(BatchRow(list(range(100, 160)), SamplingConfig(temperature=0, max_new_tokens=2)))  # 15 chunks
+    decoder.step()
+    short = decoder.add(BatchRow([7, 8, 9, 10, 11, 12], SamplingConfig(temperature=0, max_new_tokens=2)))  # 2 chunks
+    steps = [[chosen.row for chosen in decoder.step()] for _ in range(20)]
+    assert all(writing in rows for rows in steps)  # a token each step, whatever goes in beside it
+    # The two prompts take turns: the short one's 2 chunks come in the first 4 steps, its second token in the 5th;
+    # the long one's 14 chunks left take 12 steps more.
+    assert [number for number, rows in enumerate(steps) if short in rows] == [3, 4]
+    assert [number for number, rows in enumerate(steps) if long in rows] == [15, 16]

@@ -17,7 +17,7 @@ from model.generation import Generator
 from serving import connections
 from serving.api import MAX_STOP_LENGTH
 from serving.connections import Limits, OncePerInterval
-from tests.test_serving_api import KEY, SPEAKER, serve, twin  # noqa: F401 (twin: the fixture)
+from tests.test_serving_api import KEY, SPEAKER, RunningServer, serve, twin  # noqa: F401 (twin: the fixture)
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -151,6 +151,31 @@ def test_past_max_connections_the_longest_waiting_is_closed_and_a_request_still_
             sock.close()
         running.stop()
         engine.close()
+
+
+async def no_app(scope, receive, send) -> None:
+    """An ASGI app that answers nothing: the connections are the test."""
+
+
+def test_a_client_that_reconnects_at_once_loses_its_own_connections_not_anothers():
+    running = RunningServer(no_app, Limits(max_connections=4, request_timeout_s=60))
+
+    def connect(host: str) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", running.port), timeout=30, source_address=(host, 0))
+
+    other = connect("127.0.0.3")  # a client idle between two requests: the oldest connection
+    hog = [connect("127.0.0.2") for _ in range(4)]
+    try:
+        for _ in range(3):  # each connection the server closes is opened again at once, the newest
+            [closed] = select.select([other, *hog], [], [], 30)[0]
+            assert closed in hog and closed.recv(1) == b""  # not the other's
+            hog.remove(closed)
+            closed.close()
+            hog.append(connect("127.0.0.2"))
+    finally:
+        for sock in [other, *hog]:
+            sock.close()
+        running.stop()
 
 
 def test_a_client_gone_while_its_prompt_is_made_gets_no_reply_written(twin):  # noqa: F811

@@ -5,6 +5,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -131,39 +132,49 @@ def test_32_concurrent_plain_http_requests_are_all_answered(server):
     assert all(response.json()["usage"]["completion_tokens"] == 2 for response in responses)
 
 
-class FirstReplyEndless:
-    """A generator whose first reply never ends by itself: only its client leaving can end it."""
+class WritesOnly:
+    """A model whose next token is always `token`: its replies end only at max_tokens, or their client leaving."""
 
-    def __init__(self, generator: Generator, token: int):
-        self.generator, self.token, self.calls = generator, token, 0
-        self.max_len = generator.max_len
+    def __init__(self, model, token: int):
+        self.inner, self.token, self.config = model, token, model.config
 
-    def generate(self, prompt, config, stop_ids, random):
-        self.calls += 1
-        if self.calls > 1:
-            yield from self.generator.generate(prompt, config, stop_ids, random)
-            return
-        while True:
-            yield self.token
-            time.sleep(0.001)
+    def parameters(self):
+        return self.inner.parameters()
+
+    def hidden_states(self, *args, **kwargs):
+        return self.inner.hidden_states(*args, **kwargs)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (
+            torch.nn.functional.one_hot(torch.tensor(self.token), self.config.vocab_size)
+            .float()
+            .expand(*hidden.shape[:-1], -1)
+        )
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_leaving_mid_reply_frees_the_model_for_the_next(twin, stream):
+def test_a_client_leaving_mid_reply_is_cancelled_and_the_next_is_answered_meanwhile(twin, stream):
     model, tokenizer, people = twin
-    endless = FirstReplyEndless(Generator(model, 512, torch.device("cpu")), tokenizer.encode("a", special=False)[0])
-    engine, running = serve(endless, tokenizer, people)
+    # A context of 100,000 tokens: the first reply, of 90,000, outlasts the test unless its client's leaving ends it.
+    endless = WritesOnly(model, tokenizer.encode("a", special=False)[0])
+    engine, running = serve(
+        SimpleNamespace(model=endless, device=torch.device("cpu"), max_len=100_000), tokenizer, people
+    )
     try:
-        body = {"model": SPEAKER, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        body = {"model": SPEAKER, "messages": [{"role": "user", "content": "hi"}]}
+        first = {**body, "stream": stream, "max_tokens": 90_000}
         if stream:
-            with httpx.stream("POST", f"{running.url}/chat/completions", json=body, timeout=30) as response:
+            with httpx.stream("POST", f"{running.url}/chat/completions", json=first, timeout=30) as response:
                 assert next(line for line in response.iter_lines() if '"content": "a' in line)
         else:
             with pytest.raises(httpx.ReadTimeout):  # a client that gives up waiting
-                httpx.post(f"{running.url}/chat/completions", json=body, timeout=1)
-        # The next request waits for the model until the worker sees the first client gone.
-        reply = httpx.post(f"{running.url}/chat/completions", json={**body, "stream": False}, timeout=30)
-        assert reply.status_code == 200 and engine.outcomes == {"cancelled": 1, "finished": 1}
+                httpx.post(f"{running.url}/chat/completions", json=first, timeout=1)
+        reply = httpx.post(f"{running.url}/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
+        deadline = time.monotonic() + 30
+        while engine.outcomes["cancelled"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.outcomes == {"cancelled": 1, "finished": 1}
     finally:
         running.stop()
         engine.close()

@@ -18,9 +18,10 @@ SPEAKER = "Alexander Smirnov"
 TURNS = [Turn("Катя Морозова", ["привет!", "как дела?"])]
 
 
-def make_engine(tokenizer, max_batch: int = 8) -> Engine:
+def make_engine(tokenizer, max_batch: int = 8, prefill_chunk: int = 64) -> Engine:
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
-    return Engine(Generator(model, 256, torch.device("cpu")), tokenizer, log=io.StringIO(), max_batch=max_batch)
+    generator = Generator(model, 256, torch.device("cpu"))
+    return Engine(generator, tokenizer, log=io.StringIO(), max_batch=max_batch, prefill_chunk=prefill_chunk)
 
 
 @pytest.fixture
@@ -62,30 +63,36 @@ async def answer(engine: Engine, request: ReplyRequest, leave_after_first_piece:
     return "".join(pieces[:-1]), pieces[-1]
 
 
-def ask_while_busy(engine: Engine, *requests: ReplyRequest, leaving: int | None = None) -> list:
-    """What answer() gives for each request, all queued while the worker is busy with another request, so that
-    it takes them as one group; the client of request number `leaving` leaves after the first piece."""
+def ask_while_busy(engine: Engine, *requests: ReplyRequest, leaving: int | None = None, first=None) -> list:
+    """What answer() gives for each request, all queued while the worker runs its first step for another request
+    (`first`, else a 6-token one), so that they join its batch together at the next step; the client of request
+    number `leaving` leaves after the first piece. The first request's answer comes last."""
     busy, go_on = threading.Event(), threading.Event()
-    real = engine.generator.generate
+    model = engine.generator.model
+    real = model.hidden_states
 
-    def held(*args):
+    def held(*args, **kwargs):
+        del model.hidden_states  # only the first pass waits
         busy.set()
         go_on.wait()
-        return real(*args)
+        return real(*args, **kwargs)
 
     async def together():
-        engine.generator.generate = held
-        first = asyncio.create_task(answer(engine, request(engine)))
+        model.hidden_states = held
+        first_reply = asyncio.create_task(answer(engine, first or request(engine)))
         await asyncio.to_thread(busy.wait)
-        del engine.generator.generate  # the next request alone meets the real one
         replies = [asyncio.create_task(answer(engine, each, number == leaving)) for number, each in enumerate(requests)]
         while engine._jobs.qsize() < len(requests):
             await asyncio.sleep(0.001)
         go_on.set()
-        await first
-        return await asyncio.gather(*replies)
+        return [*await asyncio.gather(*replies), await first_reply]
 
-    return asyncio.run(together())
+    return asyncio.run(together())[: None if first else -1]
+
+
+def finished_prompts(engine: Engine) -> list[int]:
+    """The prompt lengths of the replies finished, in the order they finished, from the log."""
+    return [int(line.split()[2]) for line in engine.log.getvalue().splitlines() if line.startswith("reply finished")]
 
 
 def batch_sizes(engine: Engine) -> list[int]:
@@ -152,20 +159,18 @@ def test_a_prompt_the_context_cannot_hold_is_refused_naming_the_field(engine, do
 
 
 def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkeypatch):
-    real = engine.generator.generate
-    calls = []
+    model = engine.generator.model
+    real = model.hidden_states
 
-    def fail_once(*args):
-        calls.append(args)
-        if len(calls) == 1:
-            raise ValueError("overflow")
-        return real(*args)
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(model, "hidden_states", real)
+        raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(engine.generator, "generate", fail_once)
-    with pytest.raises(ReplyFailed, match="the model failed on this request: ValueError"):
+    monkeypatch.setattr(model, "hidden_states", fail_once)
+    with pytest.raises(ReplyFailed, match="the model failed on this request: RuntimeError"):
         ask(engine, request(engine))
     [(_, finished)] = ask(engine, request(engine))
-    assert engine.outcomes == {"failed": 1, "finished": 1} and "failed ValueError" in engine.log.getvalue()
+    assert engine.outcomes == {"failed": 1, "finished": 1} and "failed RuntimeError" in engine.log.getvalue()
 
 
 def test_a_message_spelling_the_chat_formats_tokens_stays_text(engine, dolphin_tokenizer):
@@ -184,7 +189,7 @@ def test_a_seeded_reply_written_in_a_batch_is_the_one_written_alone(engine):
     others = [request(engine, LONGER, temperature=0, max_new_tokens=3), request(engine, seed=2, temperature=1.5)]
     batched = ask_while_busy(engine, others[0], sampled, others[1])
     assert batched[1] == alone
-    assert batch_sizes(engine)[-3:] == [3, 3, 3]
+    assert batch_sizes(engine)[-4:] == [4, 4, 4, 4]  # the three, and the request they joined
 
 
 def test_requests_waiting_together_are_one_batch_each_with_its_own_length_and_stop(engine):
@@ -201,8 +206,8 @@ def test_requests_waiting_together_are_one_batch_each_with_its_own_length_and_st
         request(engine, temperature=0, max_new_tokens=5),
     )
     assert cut[0][0] == text[:1] and cut[0][1].finish_reason == "stop" and cut[1][0] == text
-    # The first request, then each group after the one that kept the worker busy while it was queued.
-    assert batch_sizes(engine) == [1, 1, 3, 3, 3, 1, 2, 2]
+    # The first request, then each group with the request it joined.
+    assert batch_sizes(engine) == [1, 4, 4, 4, 4, 3, 3, 3]
 
 
 def test_max_batch_caps_the_group(dolphin_tokenizer):
@@ -211,7 +216,7 @@ def test_max_batch_caps_the_group(dolphin_tokenizer):
         ask_while_busy(engine, *[request(engine, temperature=0, max_new_tokens=2) for _ in range(3)])
     finally:
         engine.close()
-    assert batch_sizes(engine) == [1, 2, 2, 1]
+    assert batch_sizes(engine) == [2, 2, 2, 2]  # four replies, never more than two at once
 
 
 def test_a_client_leaving_a_batch_is_cancelled_and_the_rest_finish(engine):
@@ -234,4 +239,26 @@ def test_a_row_the_model_fails_on_fails_alone_and_the_batch_goes_on(engine):
     replies = ask_while_busy(engine, request(engine), poisoned, request(engine, seed=3))
     assert isinstance(replies[1], ReplyFailed)
     assert [finished.completion_tokens for _, finished in replies[::2]] == [6, 6]
-    assert engine.outcomes == {"finished": 3, "failed": 1} and "failed ValueError, batch of 3" in engine.log.getvalue()
+    assert engine.outcomes == {"finished": 3, "failed": 1} and "failed ValueError, batch of 4" in engine.log.getvalue()
+
+
+def test_a_request_that_comes_while_a_long_reply_is_written_joins_it_and_ends_first(engine):
+    long = request(engine, temperature=0, max_new_tokens=200)  # the random model writes no turn end
+    short = request(engine, LONGER, max_new_tokens=2)
+    [(_, short_finished), (_, long_finished)] = ask_while_busy(engine, short, first=long)
+    assert (short_finished.completion_tokens, long_finished.completion_tokens) == (2, 200)
+    assert finished_prompts(engine) == [len(short.prompt), len(long.prompt)]  # 3 steps after it came, not 200
+
+
+def test_a_request_that_comes_while_a_long_prompt_goes_in_is_answered_first(dolphin_tokenizer):
+    engine = make_engine(dolphin_tokenizer, prefill_chunk=16)
+    try:
+        many = [Turn(("Катя Морозова", SPEAKER)[index % 2], [f"слово {index}"]) for index in range(200)]
+        long = request(engine, many, max_new_tokens=1)
+        assert len(long.prompt) > 200  # 13 chunks or more
+        short = request(engine, max_new_tokens=2)
+        [(_, short_finished), (_, long_finished)] = ask_while_busy(engine, short, first=long)
+    finally:
+        engine.close()
+    assert (short_finished.completion_tokens, long_finished.completion_tokens) == (2, 1)
+    assert finished_prompts(engine) == [len(short.prompt), len(long.prompt)]
