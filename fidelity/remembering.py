@@ -243,6 +243,7 @@ def measure_memory(
         turns_in_memory = {
             speaker: [copied for found in kinds for who, copied, _ in found if who == speaker] for speaker in speakers
         }
+        speakers = [speaker for speaker in speakers if turns_in_memory[speaker]]  # those with held-out turns
         fact_copied = [kinds[number_of[id(fact.session)]][fact.turn][1] for fact in facts]
         fact_recall, fact_new_recall = {}, {}
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
@@ -260,7 +261,7 @@ def measure_memory(
         return MemoryFigures(
             config=dataclasses.asdict(config),
             loss={speaker: loss(lambda who, copied, fact, speaker=speaker: who == speaker) for speaker in speakers},
-            in_memory={speaker: sum(flags) / max(len(flags), 1) for speaker, flags in turns_in_memory.items()},
+            in_memory={speaker: sum(turns_in_memory[speaker]) / len(turns_in_memory[speaker]) for speaker in speakers},
             new_loss={
                 speaker: loss(lambda who, copied, fact, speaker=speaker: who == speaker and not copied)
                 for speaker in speakers

@@ -67,7 +67,8 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
     data = SimpleNamespace(train_sessions=TRAIN, val_sessions=HELD_OUT, report=SimpleNamespace(seq_len=SEQ_LEN))
     settings = EvalSettings(contexts=1, sampling=SamplingConfig(max_new_tokens=4), context_tokens=256)
-    figures = measure_memory(model, dolphin_tokenizer, data, [ME, KATYA], CONFIG, settings, torch.device("cpu"))
+    speakers = [ME, KATYA, "Eleanor"]  # she has no held-out turn: left out
+    figures = measure_memory(model, dolphin_tokenizer, data, speakers, CONFIG, settings, torch.device("cpu"))
 
     memory = Memory(Conversations(TRAIN + HELD_OUT), CONFIG, dolphin_tokenizer).for_session(HELD_OUT[0])
     assert "the film tonight was long and boring" in [message for turn in memory for message in turn.messages]
@@ -75,7 +76,7 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
         for setting, context in (("without", []), ("with", memory)):
             expected = reference_loss(model, dolphin_tokenizer, speaker, context)
             assert figures.loss[speaker][setting] == pytest.approx(expected, rel=1e-5), (speaker, setting)
-    assert figures.in_memory == {ME: 1.0, KATYA: 0.0}
+    assert figures.in_memory == {ME: 1.0, KATYA: 0.0} and list(figures.loss) == [ME, KATYA]
     assert figures.new_loss[ME] is None and figures.new_loss[KATYA] == figures.loss[KATYA]
     assert figures.fact_turns == 1 and figures.fact_speakers == {KATYA: 1} and figures.fact_turns_in_memory == 0
     assert figures.fact_loss == figures.fact_new_loss == figures.loss[KATYA]
