@@ -3,6 +3,7 @@ on the bundled sample at the demo's split (--split time, 5% held out, rows of 51
 
     python bench/bench_memory_report.py                     # this tree
     python bench/bench_memory_report.py --before 9066e84    # and that commit's memory section, same model and data
+    python bench/bench_memory_report.py --sessions 8        # 8 of the 31 held-out sessions, spread over the chats
 
 The section's losses only (no turns written: --eval-contexts 0): before, one pass over the held-out rows per
 speaker and setting; now one pass per setting. The untuned model shows what the memory gives by itself: on
@@ -30,6 +31,8 @@ from model import shelf
 path = shelf.resolve("SmolLM2-135M-Instruct")
 tokenizer, model = load_tokenizer(path), load_model(path, dtype=torch.float32, device="cpu")
 data = prepare_data("{data}", tokenizer, DataConfig(seq_len=512, val_fraction=0.05, split="time"))
+count = {sessions} or len(data.val_sessions)
+data.val_sessions = data.val_sessions[:: max(1, len(data.val_sessions) // count)][:count]  # spread over the chats
 settings = EvalSettings(contexts=0)
 plan = plan_evaluation(data, settings)
 started = time.perf_counter()
@@ -46,7 +49,7 @@ def main() -> None:
         "--before", metavar="COMMIT", help="also time that commit's memory section, and print the ratio"
     )
     args = parser.parse_args()
-    snippet = MEASURE.format(threads=args.threads, data=ROOT / "examples" / "telegram_export")
+    snippet = MEASURE.format(threads=args.threads, data=ROOT / "examples" / "telegram_export", sessions=args.sessions)
     with tempfile.TemporaryDirectory() as directory:
         trees = {"this tree": ROOT}
         if args.before:

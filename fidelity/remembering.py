@@ -26,7 +26,7 @@ from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
 from memory import Conversations, Memory, MemoryConfig
 from memory.context import MARK_SPEAKER
-from memory.facts import FactTurn, fact_turns, states_fact
+from memory.facts import FactTurn, fact_turns, states_fact, words_of
 from model.generation import BatchRow
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
@@ -53,6 +53,7 @@ class MemoryFigures:
     fact_recall: dict[str, float]  # "without"/"with" -> share of written fact turns that state the fact (none
     # where the report writes no turn)
     fact_turns_in_memory: int = 0  # of the fact turns, those that stand in the memory
+    facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
     fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
     fact_new_recall: dict[str, float] | None = None  # as fact_recall, on the fact turns not in memory
 
@@ -70,6 +71,7 @@ class MemoryFigures:
             lines.append(
                 f"  fact turns: loss {self.fact_loss['without']:.3f} → {self.fact_loss['with']:.3f}"
                 + (_recall_text(self.fact_recall) if self.fact_recall else "")
+                + f"; the memory holds the fact at {self.facts_remembered} of {self.fact_turns}"
             )
             new = self.fact_turns - self.fact_turns_in_memory
             lines.append(
@@ -110,7 +112,8 @@ class MemoryFigures:
         lines += [
             "",
             "Fact turns take up a rare name said in an earlier conversation of the chat (a city, a pet, an "
-            "employer): only memory can get them right.",
+            "employer): only memory can get them right, and only where it holds the name: here at "
+            f"{self.facts_remembered} of {self.fact_turns}.",
             "",
             f"| {self.fact_turns} fact turns ({new} not in memory) | without memory | with memory |",
             "|---|---:|---:|",
@@ -139,6 +142,10 @@ def _new_text(loss: dict[str, float] | None) -> str:
 
 def _recall_text(recall: dict[str, float]) -> str:
     return f", state the fact {recall['without']:.0%} → {recall['with']:.0%}"
+
+
+def _text(memory: list[Turn]) -> str:
+    return "\n".join(message for turn in memory if turn.speaker != MARK_SPEAKER for message in turn.messages)
 
 
 def phrases(messages: list[str]) -> set[tuple[str, ...]]:
@@ -245,6 +252,9 @@ def measure_memory(
         }
         speakers = [speaker for speaker in speakers if turns_in_memory[speaker]]  # those with held-out turns
         fact_copied = [kinds[number_of[id(fact.session)]][fact.turn][1] for fact in facts]
+        facts_remembered = sum(
+            bool(fact.words & words_of(_text(remembered[number_of[id(fact.session)]]))) for fact in facts
+        )
         fact_recall, fact_new_recall = {}, {}
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
             for setting in SETTINGS:
@@ -271,6 +281,7 @@ def measure_memory(
             fact_loss=loss(lambda who, copied, fact: fact) or {},
             fact_recall=fact_recall,
             fact_turns_in_memory=sum(fact_copied),
+            facts_remembered=facts_remembered,
             fact_new_loss=loss(lambda who, copied, fact: fact and not copied),
             fact_new_recall=fact_new_recall or None,
         )

@@ -79,12 +79,14 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     assert figures.in_memory == {ME: 1.0, KATYA: 0.0} and list(figures.loss) == [ME, KATYA]
     assert figures.new_loss[ME] is None and figures.new_loss[KATYA] == figures.loss[KATYA]
     assert figures.fact_turns == 1 and figures.fact_speakers == {KATYA: 1} and figures.fact_turns_in_memory == 0
+    assert figures.facts_remembered == 1  # her kitten's name, from the first conversation
     assert figures.fact_loss == figures.fact_new_loss == figures.loss[KATYA]
     assert figures.fact_recall == figures.fact_new_recall == {"without": 0.0, "with": 1.0}
 
     lines = figures.summary()
     assert f"{ME}: loss" in lines[1] and "– on the 0% of turns not in memory" in lines[1]
     assert "on the 100% of turns not in memory" in lines[2] and "the 1 fact turns not in memory: loss" in lines[-1]
+    assert lines[-2].endswith("state the fact 0% → 100%; the memory holds the fact at 1 of 1")
     markdown = "\n".join(figures.markdown())
     assert "| Alexander | 100% |" in markdown and "– | – |" in markdown and "| loss, not in memory |" in markdown
 
