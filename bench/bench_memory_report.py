@@ -45,6 +45,7 @@ print("\\n".join(figures.summary()))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
+    parser.add_argument("--sessions", type=int, help="held-out sessions measured (default: all)")
     parser.add_argument(
         "--before", metavar="COMMIT", help="also time that commit's memory section, and print the ratio"
     )
