@@ -57,11 +57,7 @@ def speaker_losses(
     device: torch.device,
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Each speaker's loss on their held-out turns, and its tokens: the held-out sessions cut and packed as
-    training cut and packed them, with only the speaker's message bodies (and end of turn) counted.
-
-    The model runs over the rows once for all speakers: their rows differ only in which tokens count,
-    as cutting and packing depend on the tokens alone.
-    """
+    training cut and packed them, with only the speaker's message bodies (and end of turn) counted."""
     rows = {
         speaker: pack(
             [
@@ -73,20 +69,33 @@ def speaker_losses(
         )
         for speaker in speakers
     }
-    layout = rows[speakers[0]]
-    sums, tokens = dict.fromkeys(speakers, 0.0), dict.fromkeys(speakers, 0)
-    for start in tqdm(range(0, len(layout), micro_batch), desc="held-out loss", unit="batch", leave=False):
+    sums, tokens = packed_losses(model, rows, micro_batch, device)
+    return {speaker: sums[speaker] / max(tokens[speaker], 1) for speaker in speakers}, tokens
+
+
+@torch.no_grad()
+def packed_losses(
+    model: Transformer, rows: dict, micro_batch: int, device: torch.device, desc: str = "held-out loss"
+) -> tuple[dict, dict]:
+    """The summed cross-entropy and the counted tokens of each of `rows` (key -> PackedRows): packings of the
+    same pieces that differ only in which tokens count. The model runs over them once for all keys, as
+    cutting and packing depend on the tokens alone."""
+    layout = next(iter(rows.values()))
+    sums, tokens = dict.fromkeys(rows, 0.0), dict.fromkeys(rows, 0)
+    for start in tqdm(range(0, len(layout), micro_batch), desc=desc, unit="batch", leave=False):
         window = slice(start, start + micro_batch)
         batch = [
             torch.from_numpy(array[window]).long().to(device)
             for array in (layout.input_ids, layout.position_ids, layout.document_ids)
         ]
         hidden = model.hidden_states(batch[0], position_ids=batch[1], document_ids=batch[2])
-        for speaker in speakers:
-            labels = torch.from_numpy(rows[speaker].labels[window]).long().to(device)
-            sums[speaker] += chunked_cross_entropy(hidden, model.lm_head, labels).item()
-            tokens[speaker] += int((labels != IGNORE_INDEX).sum())
-    return {speaker: sums[speaker] / max(tokens[speaker], 1) for speaker in speakers}, tokens
+        for key, packed in rows.items():
+            labels = torch.from_numpy(packed.labels[window]).long().to(device)
+            if (counted := int((labels != IGNORE_INDEX).sum())) == 0:
+                continue
+            sums[key] += chunked_cross_entropy(hidden, model.lm_head, labels).item()
+            tokens[key] += counted
+    return sums, tokens
 
 
 def turn_length_cap(turns: list[list[str]], tokenizer: Tokenizer, most: int) -> int:

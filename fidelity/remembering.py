@@ -1,51 +1,86 @@
 """Does the memory help? The tuned model on the same held-out sessions with its memory and without it: each
 speaker's loss, and on the fact turns (memory.facts: turns that take up something said in an earlier
-conversation of the chat) their loss and how often the turn the model writes there states the fact."""
+conversation of the chat) their loss and how often the turn the model writes there states the fact.
+
+Memory can help by copying: a held-out turn that stands nearly word for word in a recalled conversation is
+easy to predict with it, whether or not the twin remembers anything that matters (in the bundled sample,
+played from templates, that is most turns). So every figure is also given on the turns new to the memory:
+a turn is "in memory" when at least IN_MEMORY_SHARE of its phrases (word 4-grams, or the whole message
+where it is shorter) stand in the text of the memory placed before its session.
+"""
 
 import dataclasses
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from data.chatml import reply_prompt, split_to_fit, turn_stop_ids
+from data.chatml import RenderedSession, reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
 from data.packing import pack
 from data.sessions import Turn, messages_of
+from fidelity.measure import packed_losses
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
 from memory import Conversations, Memory, MemoryConfig
-from memory.facts import FactTurn, fact_turns, states_fact
+from memory.context import MARK_SPEAKER
+from memory.facts import FactTurn, fact_turns, states_fact, words_of
 from model.generation import BatchRow
-from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
 SETTINGS = ("without", "with")
+PHRASE_WORDS = 4
+IN_MEMORY_SHARE = 0.5
+WORD = re.compile(r"\w+")
 
 
 @dataclass
 class MemoryFigures:
-    """The tuned model without and with its memory, on the held-out sessions."""
+    """The tuned model without and with its memory, on the held-out sessions. Losses are "without"/"with" ->
+    mean cross-entropy per trained token; "new" figures count only the turns not in memory (None where there
+    are none)."""
 
     config: dict  # the memory's settings
     loss: dict[str, dict[str, float]]  # speaker -> "without"/"with" -> loss on their held-out turns
+    in_memory: dict[str, float]  # speaker -> share of their held-out turns that stand in the memory
+    new_loss: dict[str, dict[str, float] | None]  # speaker -> "without"/"with" -> loss on their turns not in memory
     fact_turns: int  # in the held-out sessions
     fact_speakers: dict[str, int]  # speaker -> their fact turns
     fact_loss: dict[str, float]  # "without"/"with" -> loss on the fact turns
     fact_recall: dict[str, float]  # "without"/"with" -> share of written fact turns that state the fact (none
     # where the report writes no turn)
+    fact_turns_in_memory: int = 0  # of the fact turns, those that stand in the memory
+    facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
+    fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
+    fact_new_recall: dict[str, float] | None = None  # as fact_recall, on the fact turns not in memory
 
     def summary(self) -> list[str]:
-        lines = [f"memory, without → with ({self.fact_turns} fact turns held out):"]
+        lines = [
+            f"memory, without → with ({self.fact_turns} fact turns held out; in memory: at least "
+            f"{IN_MEMORY_SHARE:.0%} of the turn's phrases stand in the memory):"
+        ]
         for speaker, loss in self.loss.items():
-            lines.append(f"  {speaker}: loss {loss['without']:.3f} → {loss['with']:.3f}")
+            lines.append(
+                f"  {speaker}: loss {loss['without']:.3f} → {loss['with']:.3f}; {_new_text(self.new_loss[speaker])} "
+                f"on the {1 - self.in_memory[speaker]:.0%} of turns not in memory"
+            )
         if self.fact_turns:
             lines.append(
                 f"  fact turns: loss {self.fact_loss['without']:.3f} → {self.fact_loss['with']:.3f}"
+                + (_recall_text(self.fact_recall) if self.fact_recall else "")
+                + f"; the memory holds the fact at {self.facts_remembered} of {self.fact_turns}"
+            )
+            new = self.fact_turns - self.fact_turns_in_memory
+            lines.append(
+                f"  the {new} fact turns not in memory: "
                 + (
-                    f", state the fact {self.fact_recall['without']:.0%} → {self.fact_recall['with']:.0%}"
-                    if self.fact_recall
-                    else ""
+                    f"loss {_new_text(self.fact_new_loss)}"
+                    + (_recall_text(self.fact_new_recall) if self.fact_new_recall else "")
+                    if new
+                    else "none"
                 )
             )
         return lines
@@ -56,32 +91,96 @@ class MemoryFigures:
             "## Memory",
             "",
             "The tuned model on the same held-out sessions without its memory and with it "
-            f"({', '.join(f'{key} {value}' for key, value in self.config.items())}). Fact turns take up a rare "
-            "name said in an earlier conversation of the chat (a city, a pet, an employer): only memory can "
-            "get them right.",
+            f"({', '.join(f'{key} {value}' for key, value in self.config.items())}). A turn is *in memory* when at "
+            f"least {IN_MEMORY_SHARE:.0%} of its phrases (word {PHRASE_WORDS}-grams, or a whole shorter message) "
+            "stand word for word in the memory placed before its session: with memory, the model can copy such "
+            "a turn rather than know it. The turns *not in memory* show what the memory adds beyond copying.",
             "",
-            "| speaker | loss without memory | loss with memory |",
-            "|---|---:|---:|",
+            "| speaker | turns in memory | all turns: loss without | with | turns not in memory: loss without | with |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
+        for speaker, loss in self.loss.items():
+            new = self.new_loss[speaker]
+            lines.append(
+                f"| {' '.join(speaker.replace('|', '/').split())} | {self.in_memory[speaker]:.0%} | "
+                f"{loss['without']:.3f} | {loss['with']:.3f} | "
+                + (f"{new['without']:.3f} | {new['with']:.3f} |" if new else "– | – |")
+            )
+        if not self.fact_turns:
+            return lines + ["", "No held-out turn takes up a fact of an earlier conversation."]
+        new = self.fact_turns - self.fact_turns_in_memory
         lines += [
-            f"| {' '.join(speaker.replace('|', '/').split())} | {loss['without']:.3f} | {loss['with']:.3f} |"
-            for speaker, loss in self.loss.items()
+            "",
+            "Fact turns take up a rare name said in an earlier conversation of the chat (a city, a pet, an "
+            "employer): only memory can get them right, and only where it holds the name: here at "
+            f"{self.facts_remembered} of {self.fact_turns}.",
+            "",
+            f"| {self.fact_turns} fact turns ({new} not in memory) | without memory | with memory |",
+            "|---|---:|---:|",
+            f"| loss, all | {self.fact_loss['without']:.3f} | {self.fact_loss['with']:.3f} |",
         ]
-        if self.fact_turns:
-            lines += [
-                "",
-                f"| {self.fact_turns} fact turns | without memory | with memory |",
-                "|---|---:|---:|",
-                f"| loss | {self.fact_loss['without']:.3f} | {self.fact_loss['with']:.3f} |",
-            ]
-            if self.fact_recall:
-                lines.append(
-                    f"| written turns that state the fact | {self.fact_recall['without']:.0%} | "
-                    f"{self.fact_recall['with']:.0%} |"
-                )
-        else:
-            lines += ["", "No held-out turn takes up a fact of an earlier conversation."]
+        if self.fact_new_loss:
+            lines.append(
+                f"| loss, not in memory | {self.fact_new_loss['without']:.3f} | {self.fact_new_loss['with']:.3f} |"
+            )
+        if self.fact_recall:
+            lines.append(
+                f"| written turns that state the fact, all | {self.fact_recall['without']:.0%} | "
+                f"{self.fact_recall['with']:.0%} |"
+            )
+        if self.fact_new_recall:
+            lines.append(
+                f"| written turns that state the fact, not in memory | {self.fact_new_recall['without']:.0%} | "
+                f"{self.fact_new_recall['with']:.0%} |"
+            )
         return lines
+
+
+def _new_text(loss: dict[str, float] | None) -> str:
+    return f"{loss['without']:.3f} → {loss['with']:.3f}" if loss else "–"
+
+
+def _recall_text(recall: dict[str, float]) -> str:
+    return f", state the fact {recall['without']:.0%} → {recall['with']:.0%}"
+
+
+def _text(memory: list[Turn]) -> str:
+    return "\n".join(message for turn in memory if turn.speaker != MARK_SPEAKER for message in turn.messages)
+
+
+def phrases(messages: list[str]) -> set[tuple[str, ...]]:
+    """A turn's phrases: each message's word PHRASE_WORDS-grams, lower case, or the whole message where it
+    has fewer words."""
+    found = set()
+    for message in messages:
+        words = WORD.findall(message.lower())
+        if 0 < len(words) <= PHRASE_WORDS:
+            found.add(tuple(words))
+        else:
+            found |= {tuple(words[start : start + PHRASE_WORDS]) for start in range(len(words) - PHRASE_WORDS + 1)}
+    return found
+
+
+def memory_phrases(memory: list[Turn]) -> set[tuple[str, ...]]:
+    """Every run of up to PHRASE_WORDS words within a message of the memory (not its time marks)."""
+    found = set()
+    for turn in memory:
+        if turn.speaker == MARK_SPEAKER:
+            continue
+        for message in turn.messages:
+            words = WORD.findall(message.lower())
+            found |= {
+                tuple(words[start : start + length])
+                for length in range(1, PHRASE_WORDS + 1)
+                for start in range(len(words) - length + 1)
+            }
+    return found
+
+
+def in_memory(turn: Turn, known: set[tuple[str, ...]]) -> bool:
+    """Whether at least IN_MEMORY_SHARE of the turn's phrases stand in `known` (memory_phrases of a memory)."""
+    own = phrases(turn.messages)
+    return bool(own) and len(own & known) >= IN_MEMORY_SHARE * len(own)
 
 
 @torch.no_grad()
@@ -95,87 +194,154 @@ def measure_memory(
     device: torch.device,
 ) -> MemoryFigures:
     """The figures of MemoryFigures. A held-out session remembers every conversation before it, training's
-    and held-out ones alike, as the twin does when it chats."""
+    and held-out ones alike, as the twin does when it chats.
+
+    Each setting's losses take one pass over the held-out sessions, cut and packed as training does with the
+    memory before them: each turn's tokens count in the group of its kind (its speaker, whether it is in
+    memory, whether it is a fact turn)."""
     was_training = model.training
     model.eval()
     try:
-        everything = data.train_sessions + data.val_sessions
+        sessions = data.val_sessions
+        everything = data.train_sessions + sessions
         memory = Memory(Conversations(everything), config, tokenizer)
-        seq_len = data.report.seq_len
-        contexts = {"without": lambda session: [], "with": memory.for_session}
-        loss = {
-            speaker: {
-                setting: _loss(
-                    model,
-                    [
-                        piece
-                        for session in data.val_sessions
-                        for piece in split_to_fit(
-                            session.turns,
-                            tokenizer,
-                            seq_len,
-                            trained_speakers={speaker},
-                            context=contexts[setting](session),
-                        )[0]
-                    ],
-                    seq_len,
-                    settings.micro_batch,
-                    device,
-                )
+        remembered = [memory.for_session(session) for session in sessions]
+        facts = fact_turns(sessions, everything)
+        number_of = {id(session): number for number, session in enumerate(sessions)}
+        fact_at = {(number_of[id(fact.session)], fact.turn) for fact in facts}
+        kinds = []  # per session, the kind of each turn: (speaker, in memory, fact turn)
+        for number, (session, context) in enumerate(zip(sessions, remembered)):
+            known = memory_phrases(context)
+            kinds.append(
+                [
+                    (turn.speaker, in_memory(turn, known), (number, index) in fact_at)
+                    for index, turn in enumerate(session.turns)
+                ]
+            )
+        groups = {kind: group for group, kind in enumerate(sorted({kind for found in kinds for kind in found}))}
+        sums = {
+            setting: _group_losses(
+                model,
+                [
+                    split_to_fit(
+                        session.turns, tokenizer, data.report.seq_len, context=context if setting == "with" else []
+                    )[0]
+                    for session, context in zip(sessions, remembered)
+                ],
+                [[groups[kind] for kind in found] for found in kinds],
+                len(groups),
+                data.report.seq_len,
+                settings.micro_batch,
+                device,
+                f"held-out loss {setting} memory",
+            )
+            for setting in SETTINGS
+        }
+
+        def loss(chosen: Callable[[str, bool, bool], bool]) -> dict[str, float] | None:
+            """Each setting's loss on the turns of the kinds `chosen` picks; None where they have no token."""
+            picked = [group for kind, group in groups.items() if chosen(*kind)]
+            total = {
+                setting: [sum(sums[setting][part][group] for group in picked) for part in (0, 1)]
                 for setting in SETTINGS
             }
-            for speaker in speakers
+            return {setting: loss / tokens for setting, (loss, tokens) in total.items()} if total["with"][1] else None
+
+        turns_in_memory = {
+            speaker: [copied for found in kinds for who, copied, _ in found if who == speaker] for speaker in speakers
         }
-        facts = fact_turns(data.val_sessions, everything)
-        fact_loss, fact_recall = {}, {}
-        for setting in SETTINGS:
-            remembered = [contexts[setting](fact.session) for fact in facts]
-            pieces = [
-                split_to_fit(
-                    [fact.session.turns[fact.turn]],
-                    tokenizer,
-                    seq_len,
-                    context=context + fact.session.turns[: fact.turn],
-                )[0][0]
-                for fact, context in zip(facts, remembered)
-            ]
-            fact_loss[setting] = _loss(model, pieces, seq_len, settings.micro_batch, device) if facts else 0.0
-            if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
-                fact_recall[setting] = _recall(model, tokenizer, facts, remembered, settings, device)
+        speakers = [speaker for speaker in speakers if turns_in_memory[speaker]]  # those with held-out turns
+        fact_copied = [kinds[number_of[id(fact.session)]][fact.turn][1] for fact in facts]
+        facts_remembered = sum(
+            bool(fact.words & words_of(_text(remembered[number_of[id(fact.session)]]))) for fact in facts
+        )
+        fact_recall, fact_new_recall = {}, {}
+        if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
+            for setting in SETTINGS:
+                contexts = [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
+                stated = _stated(model, tokenizer, facts, contexts, settings, device)
+                fact_recall[setting] = sum(stated) / len(stated)
+                new = [said for said, copied in zip(stated, fact_copied) if not copied]
+                if new:
+                    fact_new_recall[setting] = sum(new) / len(new)
         speakers_of_facts = {}
         for fact in facts:
             speaker = fact.session.turns[fact.turn].speaker
             speakers_of_facts[speaker] = speakers_of_facts.get(speaker, 0) + 1
-        return MemoryFigures(dataclasses.asdict(config), loss, len(facts), speakers_of_facts, fact_loss, fact_recall)
+        return MemoryFigures(
+            config=dataclasses.asdict(config),
+            loss={speaker: loss(lambda who, copied, fact, speaker=speaker: who == speaker) for speaker in speakers},
+            in_memory={speaker: sum(turns_in_memory[speaker]) / len(turns_in_memory[speaker]) for speaker in speakers},
+            new_loss={
+                speaker: loss(lambda who, copied, fact, speaker=speaker: who == speaker and not copied)
+                for speaker in speakers
+            },
+            fact_turns=len(facts),
+            fact_speakers=speakers_of_facts,
+            fact_loss=loss(lambda who, copied, fact: fact) or {},
+            fact_recall=fact_recall,
+            fact_turns_in_memory=sum(fact_copied),
+            facts_remembered=facts_remembered,
+            fact_new_loss=loss(lambda who, copied, fact: fact and not copied),
+            fact_new_recall=fact_new_recall or None,
+        )
     finally:
         model.train(was_training)
 
 
-def _loss(model: Transformer, pieces: list, seq_len: int, micro_batch: int, device: torch.device) -> float:
-    """Mean cross-entropy per trained token of `pieces`, packed as training packs them."""
-    rows = pack(pieces, seq_len)
-    total, tokens = 0.0, 0
-    for start in range(0, len(rows), micro_batch):
-        window = slice(start, start + micro_batch)
-        ids, positions, documents, labels = (
-            torch.from_numpy(array[window]).long().to(device)
-            for array in (rows.input_ids, rows.position_ids, rows.document_ids, rows.labels)
+def _group_losses(
+    model: Transformer,
+    pieces: list[list[RenderedSession]],
+    turn_groups: list[list[int]],
+    count: int,
+    seq_len: int,
+    micro_batch: int,
+    device: torch.device,
+    desc: str,
+) -> tuple[dict[int, float], dict[int, int]]:
+    """The summed loss and the tokens of each of `count` groups of turns, from each session's pieces (every
+    turn trained) and the group of each of its turns: one packing per group, differing only in which tokens
+    count, and one pass of the model over them all."""
+    flat, token_groups = [], []
+    for session_pieces, groups in zip(pieces, turn_groups):
+        flat += session_pieces
+        token_groups += _token_groups(session_pieces, groups)
+    rows = {
+        group: pack(
+            [
+                RenderedSession(piece.ids, (np.asarray(piece.trained) & (found == group)).tolist())
+                for piece, found in zip(flat, token_groups)
+            ],
+            seq_len,
         )
-        hidden = model.hidden_states(ids, position_ids=positions, document_ids=documents)
-        total += chunked_cross_entropy(hidden, model.lm_head, labels).item()
-        tokens += int((labels != IGNORE_INDEX).sum())
-    return total / max(tokens, 1)
+        for group in range(count)
+    }
+    return packed_losses(model, rows, micro_batch, device, desc)
 
 
-def _recall(
+def _token_groups(pieces: list[RenderedSession], turn_groups: list[int]) -> list[np.ndarray]:
+    """For each token of a session's pieces, the group of the turn it belongs to (-1: a header, a separator,
+    the memory). Every turn of the session is trained and none of the memory is, so the trained tokens come
+    in one run per turn (headers, never trained, stand between), in the turns' order."""
+    found, turn = [], -1
+    for piece in pieces:
+        trained = np.asarray(piece.trained, dtype=bool)
+        starts = trained & ~np.concatenate([[False], trained[:-1]])
+        numbers = turn + np.cumsum(starts)
+        turn = int(numbers[-1]) if len(numbers) else turn
+        found.append(np.where(trained, np.asarray(turn_groups)[numbers], -1))
+    return found
+
+
+def _stated(
     model: Transformer,
     tokenizer: Tokenizer,
     facts: list[FactTurn],
     remembered: list[list[Turn]],
     settings: EvalSettings,
     device: torch.device,
-) -> float:
-    """The share of fact moments where the turn the model writes (sampled as the report samples) states the fact."""
+) -> list[bool]:
+    """At each fact moment, whether the turn the model writes (sampled as the report samples) states the fact."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
     prompts = [
         reply_prompt(
@@ -188,7 +354,7 @@ def _recall(
         )[0]
         for fact, context in zip(facts, remembered)
     ]
-    stated = 0
+    stated = []
     for start in range(0, len(prompts), settings.sample_batch):
         stream = torch.Generator().manual_seed(settings.seed + start)
         rows = [
@@ -196,8 +362,8 @@ def _recall(
         ]
         written = generate_batch(model, rows, turn_stop_ids(tokenizer), device)
         batch = facts[start : start + settings.sample_batch]
-        stated += sum(
+        stated += [
             states_fact("\n".join(messages_of(tokenizer.decode(tokens))), fact)
             for (tokens, _), fact in zip(written, batch)
-        )
-    return stated / len(facts)
+        ]
+    return stated

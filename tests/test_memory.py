@@ -89,3 +89,47 @@ def test_fact_turns_are_first_mentions_of_a_rare_name_of_an_earlier_conversation
     facts = fact_turns(SESSIONS[3:4], SESSIONS)
     assert [(fact.turn, sorted(fact.words)) for fact in facts] == [(1, ["miso"])]
     assert states_fact("Miso sleeps all day", facts[0]) and not states_fact("she sleeps", facts[0])
+
+
+# The no-future rule through data.dataset.prepare_data, on a split that puts held-out sessions among training ones.
+CODES = ["alpaca", "bison", "cobra", "dingo", "egret", "ferret", "gecko", "heron", "ibis", "jackal", "koala", "lemur"]
+
+
+@pytest.mark.parametrize("split", ["hash", "time"])
+def test_training_never_remembers_a_held_out_session_and_evaluation_nothing_later(split, tmp_path, dolphin_tokenizer):
+    from data.dataset import DataConfig, prepare_data
+    from data.sessions import write_sessions
+    from memory import remembering
+
+    sessions = [
+        session(KATYA, day, (KATYA, f"kitten news: {code} today"), (ME, f"the kitten and {code}, wow"))
+        for day, code in enumerate(CODES, start=1)
+    ]
+    write_sessions(sessions, tmp_path / "sessions.jsonl")
+    config = MemoryConfig(history_tokens=1000, recall=len(CODES), recall_tokens=2000)  # room for everything
+    data = prepare_data(
+        tmp_path / "sessions.jsonl",
+        dolphin_tokenizer,
+        DataConfig(seq_len=4096, val_fraction=0.3, split=split),
+        memory=remembering(config, dolphin_tokenizer),
+    )
+    held_out = {session.turns[0].messages[0].split()[-2] for session in data.val_sessions}
+    assert held_out and (split == "time" or min(CODES.index(code) for code in held_out) < len(CODES) - len(held_out))
+
+    def documents(rows) -> list[str]:
+        return [
+            dolphin_tokenizer.decode(rows.input_ids[row][rows.document_ids[row] == document].tolist())
+            for row in range(len(rows))
+            for document in range(int(rows.document_ids[row, rows.lengths[row] - 1]) + 1)
+        ]
+
+    trained = documents(data.train_rows)
+    assert len(trained) == len(CODES) - len(held_out)
+    assert all(code not in text for text in trained for code in held_out)  # not even in a training row's memory
+    remembered_anything = False
+    for text in documents(data.val_rows):
+        own = max(held_out, key=lambda code: text.rfind(f"news: {code} today"))  # the session comes after its memory
+        assert text.count(f"news: {own} today") == 1  # never in its own memory
+        assert all(code not in text for code in CODES[CODES.index(own) + 1 :])  # nor anything later
+        remembered_anything |= any(code in text for code in CODES[: CODES.index(own)])
+    assert remembered_anything

@@ -1,0 +1,98 @@
+"""The report's memory section: its rule for turns "in memory", and its losses split by that rule in one pass,
+equal to each group's loss measured on its own."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from data.chatml import split_to_fit
+from data.packing import pack
+from data.sessions import Session, Turn
+from fidelity.plan import EvalSettings
+from fidelity.remembering import MemoryFigures, in_memory, measure_memory, memory_phrases
+from memory import Conversations, Memory, MemoryConfig
+from memory.context import MARK_SPEAKER
+from model.generation import SamplingConfig
+from model.loss import IGNORE_INDEX, chunked_cross_entropy
+
+DAY = 86400
+ME, KATYA = "Alexander", "Katya"
+SEQ_LEN = 256
+CONFIG = MemoryConfig(history_tokens=200, recall=2, recall_tokens=200)
+
+
+def session(day: int, *turns: tuple[str, str]) -> Session:
+    return Session(KATYA, "personal_chat", day * DAY, [Turn(speaker, [text]) for speaker, text in turns], ME)
+
+
+TRAIN = [
+    session(1, (KATYA, "we adopted a kitten, her name is Miso"), (ME, "wow so cute and tiny")),
+    session(2, (ME, "the film tonight was long and boring"), (KATYA, "agreed it was far too long")),
+]
+# He says again what he said before (in memory); she says something new that names the kitten (a fact turn).
+HELD_OUT = [session(5, (ME, "the film tonight was long and boring"), (KATYA, "Miso sleeps on my keyboard all day"))]
+
+
+def test_a_turn_is_in_memory_when_half_its_phrases_stand_there():
+    known = memory_phrases(
+        [Turn(MARK_SPEAKER, ["3 days earlier"]), Turn(ME, ["the film tonight was long and boring", "ok"])]
+    )
+    assert in_memory(Turn(ME, ["The film tonight was long, and boring!"]), known)  # case and punctuation aside
+    assert in_memory(Turn(ME, ["the film tonight was long and very dull"]), known)  # 3 of its 6 word 4-grams
+    assert not in_memory(Turn(ME, ["the film tonight was fun and very dull"]), known)
+    assert in_memory(Turn(ME, ["ok"]), known) and in_memory(Turn(ME, ["film tonight"]), known)  # short: whole
+    assert not in_memory(Turn(ME, ["3 days earlier"]), known)  # the marks are no one's words
+    assert not in_memory(Turn(ME, ["🙂"]), known)  # no words, nothing to copy
+
+
+def reference_loss(model, tokenizer, speaker: str, context: list[Turn]) -> float:
+    """The speaker's loss on the held-out session, measured on its own (as the report did before one pass)."""
+    rows = pack(
+        split_to_fit(HELD_OUT[0].turns, tokenizer, SEQ_LEN, trained_speakers={speaker}, context=context)[0], 256
+    )
+    arrays = [torch.from_numpy(array).long() for array in (rows.input_ids, rows.position_ids, rows.document_ids)]
+    labels = torch.from_numpy(rows.labels).long()
+    hidden = model.hidden_states(arrays[0], position_ids=arrays[1], document_ids=arrays[2])
+    return chunked_cross_entropy(hidden, model.lm_head, labels).item() / int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monkeypatch):
+    from fidelity import remembering
+    from tests.helpers import random_model, tiny_config
+
+    # Writing turns is the report's own (tests/test_report.py); here the model states the fact with memory only.
+    monkeypatch.setattr(remembering, "_stated", lambda model, tok, facts, contexts, *rest: [bool(c) for c in contexts])
+    model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
+    data = SimpleNamespace(train_sessions=TRAIN, val_sessions=HELD_OUT, report=SimpleNamespace(seq_len=SEQ_LEN))
+    settings = EvalSettings(contexts=1, sampling=SamplingConfig(max_new_tokens=4), context_tokens=256)
+    speakers = [ME, KATYA, "Eleanor"]  # she has no held-out turn: left out
+    figures = measure_memory(model, dolphin_tokenizer, data, speakers, CONFIG, settings, torch.device("cpu"))
+
+    memory = Memory(Conversations(TRAIN + HELD_OUT), CONFIG, dolphin_tokenizer).for_session(HELD_OUT[0])
+    assert "the film tonight was long and boring" in [message for turn in memory for message in turn.messages]
+    for speaker in (ME, KATYA):
+        for setting, context in (("without", []), ("with", memory)):
+            expected = reference_loss(model, dolphin_tokenizer, speaker, context)
+            assert figures.loss[speaker][setting] == pytest.approx(expected, rel=1e-5), (speaker, setting)
+    assert figures.in_memory == {ME: 1.0, KATYA: 0.0} and list(figures.loss) == [ME, KATYA]
+    assert figures.new_loss[ME] is None and figures.new_loss[KATYA] == figures.loss[KATYA]
+    assert figures.fact_turns == 1 and figures.fact_speakers == {KATYA: 1} and figures.fact_turns_in_memory == 0
+    assert figures.facts_remembered == 1  # her kitten's name, from the first conversation
+    assert figures.fact_loss == figures.fact_new_loss == figures.loss[KATYA]
+    assert figures.fact_recall == figures.fact_new_recall == {"without": 0.0, "with": 1.0}
+
+    lines = figures.summary()
+    assert f"{ME}: loss" in lines[1] and "– on the 0% of turns not in memory" in lines[1]
+    assert "on the 100% of turns not in memory" in lines[2] and "the 1 fact turns not in memory: loss" in lines[-1]
+    assert lines[-2].endswith("state the fact 0% → 100%; the memory holds the fact at 1 of 1")
+    markdown = "\n".join(figures.markdown())
+    assert "| Alexander | 100% |" in markdown and "– | – |" in markdown and "| loss, not in memory |" in markdown
+
+
+def test_the_section_says_when_no_fact_turn_is_held_out():
+    loss = {"without": 2.0, "with": 1.0}
+    figures = MemoryFigures({"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, 0, {}, {}, {})
+    assert figures.summary()[1] == f"  {ME}: loss 2.000 → 1.000; 2.000 → 1.000 on the 50% of turns not in memory"
+    assert figures.markdown()[-1] == "No held-out turn takes up a fact of an earlier conversation."
