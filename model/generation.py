@@ -287,7 +287,8 @@ class BatchDecoder:
 
     def add(self, row: BatchRow) -> int:
         """A row to join the batch once its prompt is in; its number."""
-        prefill = _Prefill(self._register(row), row.prompt, self._new_cache(1, len(row.prompt)))
+        cache = self._new_cache(1, len(row.prompt))  # first: a cache that cannot be made leaves nothing behind
+        prefill = _Prefill(self._register(row), row.prompt, cache)
         if (last := self.last_prefill) is not None:
             reuse = min(common_prefix_length(last.prompt, row.prompt), len(row.prompt) - 1)
             prefill.cache.keys[:, :, :, :reuse] = last.cache.keys[:, :, :, :reuse]

@@ -226,9 +226,11 @@ class Engine:
                 continue
             request = job.request
             random = random_on_device(random_stream(request.seed), self.generator.device)
-            writing[decoder.add(BatchRow(request.prompt, request.sampling, random))] = _Writing(
-                job, self.tokenizer, self.stop_ids
-            )
+            reply = _Writing(job, self.tokenizer, self.stop_ids)
+            try:
+                writing[decoder.add(BatchRow(request.prompt, request.sampling, random))] = reply
+            except Exception as error:  # its cache could not be made (memory, say): it fails alone
+                self._fail(reply, error)
         return closing
 
     def _advance(self, reply: _Writing, chosen: Chosen) -> bool:

@@ -279,19 +279,17 @@ def test_field_path_writes_places_as_openai_does():
     assert field_path(("body", "stop", "str")) == "stop" and field_path(("body",)) is None
 
 
-class Failing:
-    """A generator whose model fails at once, as one whose scores overflow does."""
+class Failing(WritesOnly):
+    """A model that fails at once, as one whose scores overflow does."""
 
-    max_len = 512
-
-    def generate(self, prompt, config, stop_ids, random):
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         raise ValueError("the model's next-token scores are NaN or infinite")
-        yield
 
 
 def test_a_failing_model_is_a_server_error_and_the_server_goes_on(twin):
-    _, tokenizer, people = twin
-    engine, running = serve(Failing(), tokenizer, people)
+    model, tokenizer, people = twin
+    failing = Failing(model, token=0)
+    engine, running = serve(SimpleNamespace(model=failing, device=torch.device("cpu"), max_len=512), tokenizer, people)
     try:
         client = openai.OpenAI(base_url=running.url, api_key="none", max_retries=0)
         messages = [{"role": "user", "content": "hi"}]
