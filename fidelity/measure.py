@@ -12,7 +12,7 @@ from tqdm import tqdm
 from data.chatml import reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
 from data.packing import pack
-from data.sessions import Session, format_body, messages_of
+from data.sessions import Session, Turn, format_body, messages_of
 from fidelity import EvaluationError
 from fidelity.plan import Context, EvalSettings, Plan
 from fidelity.sampling import generate_batch
@@ -55,9 +55,11 @@ def speaker_losses(
     seq_len: int,
     micro_batch: int,
     device: torch.device,
+    memory: Callable[[Session], list[Turn]] = lambda session: [],
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Each speaker's loss on their held-out turns, and its tokens: the held-out sessions cut and packed as
     training cut and packed them, with only the speaker's message bodies (and end of turn) counted.
+    `memory`: a session's memory of earlier conversations, before it as context (none by default).
 
     The model runs over the rows once for all speakers: their rows differ only in which tokens count,
     as cutting and packing depend on the tokens alone.
@@ -67,7 +69,9 @@ def speaker_losses(
             [
                 piece
                 for session in sessions
-                for piece in split_to_fit(session.turns, tokenizer, seq_len, trained_speakers={speaker})[0]
+                for piece in split_to_fit(
+                    session.turns, tokenizer, seq_len, trained_speakers={speaker}, context=memory(session)
+                )[0]
             ],
             seq_len,
         )

@@ -11,6 +11,7 @@ from data.chatml import reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
 from data.packing import pack
 from data.sessions import Turn, messages_of
+from fidelity.measure import speaker_losses
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
 from memory import Conversations, Memory, MemoryConfig
@@ -103,29 +104,14 @@ def measure_memory(
         memory = Memory(Conversations(everything), config, tokenizer)
         seq_len = data.report.seq_len
         contexts = {"without": lambda session: [], "with": memory.for_session}
-        loss = {
-            speaker: {
-                setting: _loss(
-                    model,
-                    [
-                        piece
-                        for session in data.val_sessions
-                        for piece in split_to_fit(
-                            session.turns,
-                            tokenizer,
-                            seq_len,
-                            trained_speakers={speaker},
-                            context=contexts[setting](session),
-                        )[0]
-                    ],
-                    seq_len,
-                    settings.micro_batch,
-                    device,
-                )
-                for setting in SETTINGS
-            }
-            for speaker in speakers
+        # Every speaker's loss in one pass over the rows of each setting (fidelity.measure.speaker_losses)
+        losses = {
+            setting: speaker_losses(
+                model, tokenizer, data.val_sessions, speakers, seq_len, settings.micro_batch, device, contexts[setting]
+            )[0]
+            for setting in SETTINGS
         }
+        loss = {speaker: {setting: losses[setting][speaker] for setting in SETTINGS} for speaker in speakers}
         facts = fact_turns(data.val_sessions, everything)
         fact_loss, fact_recall = {}, {}
         for setting in SETTINGS:

@@ -27,7 +27,12 @@ def model():
     return random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
 
 
-def test_the_speakers_losses_together_are_the_loss_training_computes(model, dolphin_tokenizer):
+# A memory before each session (the memory section's "with"), or none (the report's loss table).
+NO_MEMORY, A_MEMORY = (lambda session: []), (lambda session: [Turn("memory", [f"earlier, on day {session.start}"])])
+
+
+@pytest.mark.parametrize("memory", [NO_MEMORY, A_MEMORY], ids=["without memory", "with memory"])
+def test_the_speakers_losses_together_are_the_loss_training_computes(model, dolphin_tokenizer, memory):
     sessions = [
         Session(
             "chat",
@@ -38,9 +43,16 @@ def test_the_speakers_losses_together_are_the_loss_training_computes(model, dolp
         for day in range(6)
     ]
     loss, tokens = speaker_losses(
-        model, dolphin_tokenizer, sessions, ["Anna", "Boris"], seq_len=64, micro_batch=4, device=CPU
+        model, dolphin_tokenizer, sessions, ["Anna", "Boris"], seq_len=64, micro_batch=4, device=CPU, memory=memory
     )
-    rows = pack([piece for session in sessions for piece in split_to_fit(session.turns, dolphin_tokenizer, 64)[0]], 64)
+    rows = pack(
+        [
+            piece
+            for session in sessions
+            for piece in split_to_fit(session.turns, dolphin_tokenizer, 64, context=memory(session))[0]
+        ],
+        64,
+    )
     expected_loss, expected_tokens = evaluate(model, rows, 4, CPU)
     assert tokens["Anna"] > tokens["Boris"] > 0 and tokens["Anna"] + tokens["Boris"] == expected_tokens
     together = (loss["Anna"] * tokens["Anna"] + loss["Boris"] * tokens["Boris"]) / expected_tokens
