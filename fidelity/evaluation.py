@@ -15,7 +15,7 @@ from fidelity.plan import EvalSettings, Plan, plan_evaluation
 from fidelity.remembering import MemoryFigures, measure_memory
 from fidelity.report import Report, compare
 from fidelity.verdict import PersonVerdict
-from memory import MemoryConfig
+from memory import Conversations, Memory, MemoryConfig
 from model import load_model
 from model.checkpoint import check_finite
 from model.lora import adapters_off, lora_layers
@@ -45,16 +45,18 @@ def run_evaluation(
     settings = settings or EvalSettings()
     if not lora_layers(model):
         raise EvaluationError("the model carries no LoRA adapters, so there is no base model to switch to")
-    plan = plan_evaluation(data, settings)
-    with adapters_off(model):
-        base = measure(model, tokenizer, data, plan, settings, device, "base")
-    tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
+    # A run with memory is written as it trained and as sample.py chats: each context after its memory.
     remembered = (
-        measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device)
+        Memory(Conversations(data.train_sessions + data.val_sessions), memory, tokenizer).for_session
         if memory and memory.on
         else None
     )
-    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict, remembered)
+    plan = plan_evaluation(data, settings, remembered)
+    with adapters_off(model):
+        base = measure(model, tokenizer, data, plan, settings, device, "base")
+    tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
+    figures = measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device) if remembered else None
+    return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict, figures)
 
 
 def evaluate_full_fine_tune(

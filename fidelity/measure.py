@@ -110,8 +110,9 @@ def turn_length_cap(turns: list[list[str]], tokenizer: Tokenizer, most: int) -> 
 def model_writer(
     model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device, caps: dict[str, int]
 ) -> Writer:
-    """The model writing each speaker's next turn with sample.py's prompt, stop tokens and sampling
-    (data.chatml.reply_prompt and turn_stop_ids, data.sessions.messages_of), cut at the speaker's length in `caps`."""
+    """The model writing each speaker's next turn with sample.py's prompt (the context's memory, then its
+    conversation), stop tokens and sampling (data.chatml.reply_prompt and turn_stop_ids,
+    data.sessions.messages_of), cut at the speaker's length in `caps`."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
     if settings.sampling.max_new_tokens >= max_len:
         raise EvaluationError(
@@ -125,7 +126,9 @@ def model_writer(
         stream = torch.Generator().manual_seed(seed)
         rows = [
             BatchRow(
-                reply_prompt(context.turns, tokenizer, context.speaker, max_len, settings.sampling.max_new_tokens)[0],
+                reply_prompt(
+                    context.turns, tokenizer, context.speaker, max_len, settings.sampling.max_new_tokens, context.memory
+                )[0],
                 replace(settings.sampling, max_new_tokens=caps[context.speaker]),
                 stream,
             )

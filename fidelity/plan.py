@@ -3,6 +3,7 @@ each speaker's real turns, and the training turns of the speaker and of everyone
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from data.dataset import PreparedData
@@ -38,11 +39,12 @@ class Context:
     speaker: str
     turns: list[Turn]
     real: list[str]  # the messages the speaker really wrote next
+    memory: list[Turn] = field(default_factory=list)  # earlier conversations before it, as the twin has them
 
     @property
     def characters(self) -> int:
-        """Of the conversation: how long its prompt is, give or take."""
-        return sum(len(message) for turn in self.turns for message in turn.messages)
+        """Of the memory and the conversation: how long its prompt is, give or take."""
+        return sum(len(message) for turn in [*self.memory, *self.turns] for message in turn.messages)
 
 
 @dataclass
@@ -54,7 +56,11 @@ class Plan:
     others_turns: dict[str, list[list[str]]]  # speaker -> everyone else's there (drawn)
 
 
-def plan_evaluation(data: PreparedData, settings: EvalSettings) -> Plan:
+def plan_evaluation(
+    data: PreparedData, settings: EvalSettings, memory: Callable[[Session], list[Turn]] | None = None
+) -> Plan:
+    """`memory`: a held-out session's memory of earlier conversations (a run with memory), which each of its
+    contexts is written after, as the run trained and as sample.py chats."""
     if not data.val_sessions:
         raise EvaluationError(
             "no held-out sessions to evaluate on: the run held none out (--val-fraction 0, or a single session)"
@@ -62,7 +68,8 @@ def plan_evaluation(data: PreparedData, settings: EvalSettings) -> Plan:
     turns = Counter(turn.speaker for session in data.val_sessions for turn in session.turns)
     speakers = choose_speakers(turns, data.target, settings.speakers, len(data.val_sessions))
     contexts = {
-        speaker: choose_contexts(data.val_sessions, speaker, settings.contexts, settings.seed) for speaker in speakers
+        speaker: choose_contexts(data.val_sessions, speaker, settings.contexts, settings.seed, memory)
+        for speaker in speakers
     }
     replies = [turn for session in data.train_sessions for turn in session.turns[1:]]
     own = {
@@ -92,21 +99,30 @@ def choose_speakers(turns: Counter, target: str, wanted: int | list[str], sessio
     return (first + [name for name in by_turns if name != target])[:wanted]
 
 
-def choose_contexts(sessions: list[Session], speaker: str, count: int, seed: int) -> list[Context]:
-    """Up to `count` moments right before one of the speaker's turns, chosen at random (seeded).
+def choose_contexts(
+    sessions: list[Session],
+    speaker: str,
+    count: int,
+    seed: int,
+    memory: Callable[[Session], list[Turn]] | None = None,
+) -> list[Context]:
+    """Up to `count` moments right before one of the speaker's turns, chosen at random (seeded), each with its
+    session's `memory` where there is one.
 
     A session's first turn is never one: with nothing before it there is nothing to answer.
     """
     candidates = [
-        Context(speaker, session.turns[:index], turn.messages)
+        (session, index)
         for session in sessions
         for index, turn in enumerate(session.turns)
         if index > 0 and turn.speaker == speaker
     ]
-    if len(candidates) <= count:
-        return candidates
-    chosen = sorted(random.Random(seed).sample(range(len(candidates)), count))
-    return [candidates[index] for index in chosen]
+    if len(candidates) > count:
+        candidates = [candidates[index] for index in sorted(random.Random(seed).sample(range(len(candidates)), count))]
+    return [
+        Context(speaker, session.turns[:index], session.turns[index].messages, memory(session) if memory else [])
+        for session, index in candidates
+    ]
 
 
 def draw(turns: list[list[str]], seed: int) -> list[list[str]]:

@@ -27,6 +27,10 @@ def model():
     return random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
 
 
+# A memory before each session, or none.
+NO_MEMORY, A_MEMORY = (lambda session: []), (lambda session: [Turn("memory", [f"earlier, on day {session.start}"])])
+
+
 def test_the_speakers_losses_together_are_the_loss_training_computes(model, dolphin_tokenizer):
     sessions = [
         Session(
@@ -73,9 +77,21 @@ def test_a_turn_as_long_as_the_context_is_refused(model, dolphin_tokenizer):
         model_writer(model, dolphin_tokenizer, settings, CPU, caps={})
 
 
-def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(model, dolphin_tokenizer):
-    """Prompt, stop tokens, sampling and the turn's messages are chat's (chat.conversation.Chat, sample.py's):
-    a context written alone with seed s is the reply sample.py --seed s gives to the same conversation."""
+class FixedMemory:
+    """A twin's memory (chat.recall.TwinMemory) that gives every conversation the same earlier turns."""
+
+    def __init__(self, turns: list[Turn]):
+        self.turns = turns
+
+    def context(self, speaker, partner, started, turns, tokenizer) -> list[Turn]:
+        return self.turns
+
+
+@pytest.mark.parametrize("memory", [NO_MEMORY, A_MEMORY], ids=["without memory", "with memory"])
+def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(model, dolphin_tokenizer, memory):
+    """Prompt (the memory of a run that has one, then the conversation), stop tokens, sampling and the turn's
+    messages are chat's (chat.conversation.Chat, sample.py's): a context written alone with seed s is the reply
+    sample.py --seed s gives to the same conversation with the same memory."""
     data = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0.2))
     settings = EvalSettings(
         speakers=1,
@@ -84,7 +100,8 @@ def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(mo
         context_tokens=96,
         sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=12),
     )
-    context = plan_evaluation(data, settings).contexts["Alexander Smirnov"][0]
+    context = plan_evaluation(data, settings, memory).contexts["Alexander Smirnov"][0]
+    assert bool(context.memory) == (memory is A_MEMORY)
     write = model_writer(model, dolphin_tokenizer, settings, CPU, caps={context.speaker: 12})
     [report_turn] = write([context], settings.seed, lambda: None)
 
@@ -95,6 +112,7 @@ def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(mo
         context.speaker,
         "someone",
         seed=settings.seed,
+        memory=FixedMemory(context.memory),
     )
     for turn in context.turns:
         chat.add(Turn(turn.speaker, list(turn.messages)))

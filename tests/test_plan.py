@@ -43,6 +43,14 @@ def test_contexts_end_right_before_a_real_turn_of_the_speaker():
     chosen = choose_contexts(sessions, "B", 4, seed=1)
     assert len(chosen) == 4 and chosen == choose_contexts(sessions, "B", 4, seed=1)
     assert len({tuple(context.real) for context in chosen}) == 4
+    assert all(not context.memory for context in chosen)
+
+    # A run with memory: each context is written after its own session's memory, as the run trained.
+    remembered = choose_contexts(
+        sessions, "B", 4, seed=1, memory=lambda session: [Turn("memory", [str(session.start)])]
+    )
+    assert [context.turns for context in remembered] == [context.turns for context in chosen]
+    assert [context.memory for context in remembered] == [[Turn("memory", [context.real[0][1]])] for context in chosen]
 
 
 def test_held_out_sessions_never_reach_the_training_rows(dolphin_tokenizer):
