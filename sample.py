@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_settings(argv: list[str] | None = None) -> SampleSettings:
+    return from_args(SampleSettings, build_parser().parse_args(argv))
+
+
 def split_messages(text: str) -> list[str]:
     """--prompt's messages: one per line, where a literal backslash-n also breaks a line."""
     return [line for line in text.replace("\\n", "\n").split("\n") if line.strip()]
@@ -85,7 +89,7 @@ def read_history(path: str) -> list[Turn]:
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    settings = from_args(SampleSettings, build_parser().parse_args(argv))
+    settings = parse_settings(argv)
     roles, once = settings.roles, settings.once
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     source = open_source(settings.twin.choice, settings.twin.memory)

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_settings(argv: list[str] | None = None) -> ServeSettings:
+    return from_args(ServeSettings, build_parser().parse_args(argv))
+
+
 def check_exposure(host: str, api_key: str | None) -> None:
     """Anyone who can reach the port can read what the twin writes: off this machine, only with the key."""
     if api_key is None and not is_loopback(host):
@@ -162,7 +166,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    settings = from_args(ServeSettings, build_parser().parse_args(argv))
+    settings = parse_settings(argv)
     server, twin = settings.server, settings.twin
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
     check_exposure(server.host, server.key)

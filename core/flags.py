@@ -67,7 +67,8 @@ def setting(
     type: the flag's converter, where the field's type is not one (default: the annotation: int, float, str).
     parse, text: for a field whose value is not what the command line says (a tuple given as "q,k,v"):
     text turns the default into the flag's words, parse turns the flag's words into the value.
-    flag: the flag's name where it is not the field's ("--as" for the field `user`, "-n").
+    flag: the flag's name where it is not the field's ("--as" for the field `user`, "-n"); a name without
+    dashes, the field's, makes it a positional argument, which the command line must give.
     recorded: False for a setting of one invocation only, which to_dict leaves out (train.py's --resume)."""
     options = {"help": help, "choices": choices, "type": type, "metavar": metavar, "parse": parse, "text": text}
     options = {k: v for k, v in options.items() if v is not None}
@@ -82,13 +83,23 @@ def section(
     exclusive: bool = False,
     recorded: bool = True,
     defaults: dict[str, Any] | None = None,
+    flags: tuple[str, ...] | None = None,
 ) -> Any:
     """A dataclass field that holds the settings of the dataclass `settings`, a branch of a program's tree.
 
     title: the argument group its flags are shown under (sections of one title share it; none: the
     enclosing one). prefix: before each of its flags' names (--lora-r). exclusive: its on/off flags
-    exclude each other. recorded: as setting()'s. defaults: this program's own defaults of some fields."""
-    options = {"title": title, "prefix": prefix, "exclusive": exclusive, "recorded": recorded, "defaults": defaults}
+    exclude each other. recorded: as setting()'s. defaults: this program's own defaults of some fields.
+    flags: the only fields of it (and of its sections, by their names) that are flags of this program; the
+    others keep their defaults."""
+    options = {
+        "title": title,
+        "prefix": prefix,
+        "exclusive": exclusive,
+        "recorded": recorded,
+        "defaults": defaults,
+        "flags": flags,
+    }
     return dataclasses.field(
         default_factory=lambda: settings(**(defaults or {})), metadata={"section": options, "flag": None}
     )
@@ -105,6 +116,7 @@ def add_arguments(
     prefix: str = "",
     defaults: dict[str, Any] | None = None,
     _groups: dict[str, argparse._ArgumentGroup] | None = None,
+    _only: tuple[str, ...] | None = None,
 ) -> None:
     """One flag per field of the dataclass `settings`, named --PREFIX-FIELD-NAME, and those of each of its
     sections, in their groups; `defaults` overrides some fields' defaults, for a program whose defaults
@@ -121,8 +133,9 @@ def add_arguments(
                 if options["title"] not in groups:
                     groups[options["title"]] = parser.add_argument_group(options["title"])
                 target = groups[options["title"]]
-            add_arguments(target, hints[field.name], prefix + options["prefix"], options["defaults"], groups)
-    for field in flag_fields(settings):
+            only = options["flags"] or _only
+            add_arguments(target, hints[field.name], prefix + options["prefix"], options["defaults"], groups, only)
+    for field in flag_fields(settings, _only):
         flag = field.metadata["flag"]
         default = (defaults or {}).get(field.name, field.default)
         if "text" in flag and default is not None:
@@ -138,21 +151,29 @@ def add_arguments(
             help += " (default: off)" if off and "default" not in help else ""
             parser.add_argument(name, dest=dest, action=action, default=default, help=help, **options)
             continue
+        converter = flag.get("type", kind if kind in (int, float) else None)
+        if not name.startswith("-"):  # a positional argument, required, named as its field
+            parser.add_argument(name, type=converter, help=help, **options)
+            continue
         if "default" not in help and default is not None:
             help += " (default: %(default)s)"
-        converter = flag.get("type", kind if kind in (int, float) else None)
         parser.add_argument(name, dest=dest, type=converter, default=default, help=help, **options)
 
 
-def from_args(settings: type, args: argparse.Namespace, prefix: str = "", **given: Any) -> Any:
+def from_args(
+    settings: type, args: argparse.Namespace, prefix: str = "", _only: tuple[str, ...] | None = None, **given: Any
+) -> Any:
     """The dataclass `settings`, its sections too, from parsed flags (those add_arguments made with the same
     prefix); `given` sets the fields that are no flag."""
     values = {}
     hints = typing.get_type_hints(settings)
     for field in dataclasses.fields(settings):
         if "section" in field.metadata:
-            values[field.name] = from_args(hints[field.name], args, prefix + field.metadata["section"]["prefix"])
-    for field in flag_fields(settings):
+            options = field.metadata["section"]
+            values[field.name] = from_args(
+                hints[field.name], args, prefix + options["prefix"], options["flags"] or _only
+            )
+    for field in flag_fields(settings, _only):
         value = getattr(args, prefix + field.name)
         parse = field.metadata["flag"].get("parse")
         values[field.name] = parse(value) if parse and value is not None else value
@@ -200,7 +221,8 @@ def from_dict(settings: type, values: dict, flat: bool = False) -> Any:
     actions = {action.dest: action for action in parser._actions}
     args = argparse.Namespace(**{dest: action.default for dest, action in actions.items()})
     for dest, value in _recorded_values(settings, values, flat):
-        setattr(args, dest, recorded_value(actions[dest], value))
+        if dest in actions:
+            setattr(args, dest, recorded_value(actions[dest], value))
     try:
         return from_args(settings, args)
     except ValueError as error:  # a dataclass's own check, such as a val_fraction of 5
@@ -257,9 +279,9 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict
             action.default = default
 
 
-def flag_fields(settings: type) -> list[dataclasses.Field]:
-    """The fields of `settings` that are flags; TypeError names a field that is neither a flag with a help
-    text nor marked not_a_flag()."""
+def flag_fields(settings: type, only: tuple[str, ...] | None = None) -> list[dataclasses.Field]:
+    """The fields of `settings` that are flags (of those named in `only`, where given); TypeError names a
+    field that is neither a flag with a help text nor marked not_a_flag()."""
     fields = []
     for field in dataclasses.fields(settings):
         flag = field.metadata.get("flag", {})
@@ -268,7 +290,7 @@ def flag_fields(settings: type) -> list[dataclasses.Field]:
                 f"{settings.__name__}.{field.name}: a setting needs a help text: declare it with "
                 "core.flags.setting(default, help), or not_a_flag()"
             )
-        if flag is not None:
+        if flag is not None and (only is None or field.name in only):
             fields.append(field)
     return fields
 

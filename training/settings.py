@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from core.device import DTYPES, Compute
-from core.flags import SettingsError, add_arguments, from_args, from_dict, positive_int, section, setting
+from core.flags import SettingsError, add_arguments, from_dict, positive_int, section, setting
 from core.run_folder import RunFolderError, RunRecord
 from data.dataset import DataConfig
 from memory import MemoryConfig
@@ -206,7 +206,3 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, TrainSettings)
     return parser
-
-
-def parse_settings(argv: list[str] | None = None, description: str = "") -> TrainSettings:
-    return from_args(TrainSettings, build_parser(description).parse_args(argv))
