@@ -117,24 +117,28 @@ def add_arguments(
     defaults: dict[str, Any] | None = None,
     _groups: dict[str, argparse._ArgumentGroup] | None = None,
     _only: tuple[str, ...] | None = None,
+    _root: argparse.ArgumentParser | None = None,
 ) -> None:
     """One flag per field of the dataclass `settings`, named --PREFIX-FIELD-NAME, and those of each of its
     sections, in their groups; `defaults` overrides some fields' defaults, for a program whose defaults
     differ. Raises TypeError for a field without a help text."""
     groups = {} if _groups is None else _groups  # title -> its argument group, made by the first section of it
+    root = _root or parser  # where groups are made: argparse nests none
     hints = typing.get_type_hints(settings)
     for field in dataclasses.fields(settings):
         if "section" in field.metadata:
             options = field.metadata["section"]
             target = parser
             if options["exclusive"]:
-                target = parser.add_mutually_exclusive_group()
+                target = root.add_mutually_exclusive_group()
             elif options["title"]:
                 if options["title"] not in groups:
-                    groups[options["title"]] = parser.add_argument_group(options["title"])
+                    groups[options["title"]] = root.add_argument_group(options["title"])
                 target = groups[options["title"]]
             only = options["flags"] or _only
-            add_arguments(target, hints[field.name], prefix + options["prefix"], options["defaults"], groups, only)
+            add_arguments(
+                target, hints[field.name], prefix + options["prefix"], options["defaults"], groups, only, root
+            )
     for field in flag_fields(settings, _only):
         flag = field.metadata["flag"]
         default = (defaults or {}).get(field.name, field.default)

@@ -180,7 +180,11 @@ def test_cache_key_covers_the_tokenizer(tmp_path, dolphin_tokenizer, dolphin_tok
 
 @pytest.mark.parametrize(
     "setting, message",
-    [({"train_on": "everyone"}, "--train-on"), ({"seq_len": 0}, "--seq-len"), ({"val_fraction": 1.0}, "--val-fraction")],
+    [
+        ({"train_on": "everyone"}, "--train-on"),
+        ({"seq_len": 0}, "--seq-len"),
+        ({"val_fraction": 1.0}, "--val-fraction"),
+    ],
 )
 def test_bad_settings_are_refused(setting, message):
     with pytest.raises(ValueError, match=message):
