@@ -26,164 +26,103 @@ from pathlib import Path
 from chat.loading import TwinSource, source_of_run
 from core import atomic
 from core.cli import program
-from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
-from core.flags import add_arguments, from_args
+from core.device import Compute, Quantization, dtype_name, resolve_device, set_threads
+from core.flags import add_arguments, from_args, given_flags, not_a_flag, section, setting
 from core.run_folder import RunFolder
-from data.conversion import ExportOptions
-from data.dataset import SPLITS, DataConfig, data_config_from_args, prepare_data
+from data.dataset import DataConfig, prepare_data
 from fidelity import EvaluationError
 from fidelity.evaluation import evaluate_full_fine_tune, run_evaluation
 from fidelity.markdown import check_report_folder
-from fidelity.plan import REPLY_TOKENS, EvalSettings
+from fidelity.plan import EvalSettings
 from fidelity.report import Report
 from fidelity.verdict import read_verdict
 from memory import MemoryConfig, remembering
 from model import DEFAULT_MODEL, load_model, load_tokenizer
 from model.checkpoint import check_finite
-from model.generation import SamplingConfig
 from model.peft import load_adapter, tokenizer_source
-from training.run_folder import recorded_settings
+from training.settings import TrainSettings
+
+# What decides the held-out split (the other data settings, a run's own, come with --checkpoint).
+HELD_OUT_FLAGS = ("target", "val_fraction", "split", "seq_len")
+
+
+@dataclass
+class EvalSource:
+    """What is evaluated, on what, and where the report goes."""
+
+    checkpoint: str | None = setting(
+        None,
+        "a train.py output directory: it knows its base model, adapter or full model, data and held-out split; "
+        "replaces --model/--adapter and the data flags",
+        metavar="OUT",
+    )
+    model: str | None = setting(
+        None, f"the base model: directory or Hub repo id (default: {DEFAULT_MODEL})", metavar="DIR_OR_REPO"
+    )
+    adapter: str | None = setting(None, "a LoRA adapter directory (twin or PEFT) trained on --model", metavar="DIR")
+    data: str | None = setting(
+        None,
+        "the Telegram export or sessions file trained on (default with --checkpoint: the run's)",
+        metavar="PATH",
+    )
+    out: str | None = setting(
+        None, "report directory (default: CHECKPOINT/report with --checkpoint, else ./report)", metavar="DIR"
+    )
+
+
+@dataclass
+class EvaluateSettings:
+    """evaluate.py's settings: what to evaluate, its held-out data, the report's measures, the compute."""
+
+    source: EvalSource = section(EvalSource, "what to evaluate")
+    data: DataConfig = section(
+        DataConfig,
+        "held-out data: as given to train.py, so that the split agrees (the run's with --checkpoint)",
+        flags=HELD_OUT_FLAGS,
+    )
+    report: EvalSettings = section(EvalSettings, "report")
+    compute: Compute = section(Compute, "run")
+    quantization: Quantization = section(Quantization, "run")
+    given: frozenset[str] = not_a_flag(default=frozenset())  # the flags given on the command line
+
+    def __post_init__(self):
+        if not self.source.checkpoint:
+            return
+        owned = ["model", "adapter", *HELD_OUT_FLAGS]  # the run's, with --checkpoint
+        given = ["--" + dest.replace("_", "-") for dest in owned if dest in self.given]
+        if given:
+            raise EvaluationError(f"{', '.join(given)}: taken from the run in --checkpoint; leave out")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_argument_group("what to evaluate")
-    source.add_argument(
-        "--checkpoint",
-        metavar="OUT",
-        help="a train.py output directory: it knows its base model, adapter or "
-        "full model, data and held-out split; replaces --model/--adapter and the data flags",
-    )
-    source.add_argument(
-        "--model", metavar="DIR_OR_REPO", help=f"the base model: directory or Hub repo id (default: {DEFAULT_MODEL})"
-    )
-    source.add_argument("--adapter", metavar="DIR", help="a LoRA adapter directory (twin or PEFT) trained on --model")
-    data = parser.add_argument_group("held-out data (given by the run with --checkpoint)")
-    data.add_argument(
-        "--data",
-        metavar="PATH",
-        help="the Telegram export or sessions file trained on (default with --checkpoint: the run's)",
-    )
-    data.add_argument(
-        "--target", metavar="NAME", help="the person cloned, as given to train.py (default: the export's owner)"
-    )
-    data.add_argument(
-        "--val-fraction",
-        type=float,
-        help=f"as given to train.py, so the held-out split agrees (default: {DataConfig.val_fraction})",
-    )
-    data.add_argument(
-        "--split",
-        choices=SPLITS,
-        help=f"as given to train.py: hash, or time for the newest sessions (default: {DataConfig.split})",
-    )
-    data.add_argument(
-        "--seq-len",
-        type=int,
-        help=f"as given to train.py (default: {DataConfig.seq_len}). An export read with other "
-        "train.py data options needs --checkpoint, which knows them",
-    )
-    report = parser.add_argument_group("report")
-    report.add_argument(
-        "--speakers",
-        default="5",
-        metavar="N|NAME,...",
-        help="how many speakers (the target and the most frequent partners "
-        "in the held-out sessions), or names separated by commas (default: %(default)s)",
-    )
-    report.add_argument(
-        "--contexts",
-        type=int,
-        metavar="K",
-        default=EvalSettings.contexts,
-        help="held-out moments each model writes a turn at, per speaker, where there are that many (default: %(default)s)",
-    )
-    report.add_argument(
-        "--examples",
-        type=int,
-        default=EvalSettings.examples,
-        help="examples shown per speaker; 0 keeps message text out of the report (default: %(default)s)",
-    )
-    report.add_argument(
-        "--out", metavar="DIR", help="report directory (default: CHECKPOINT/report with --checkpoint, else ./report)"
-    )
-    sampling = parser.add_argument_group("sampling (sample.py's, but for the length)")
-    sampling.add_argument(
-        "--seed",
-        type=int,
-        default=EvalSettings.seed,
-        help="seed of the contexts chosen and of sampling (default: %(default)s)",
-    )
-    add_arguments(sampling, SamplingConfig, defaults={"max_new_tokens": REPLY_TOKENS})
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--context",
-        type=int,
-        default=EvalSettings.context_tokens,
-        help="tokens of conversation the model sees when writing (default: %(default)s)",
-    )
-    run.add_argument(
-        "--micro-batch",
-        type=int,
-        default=EvalSettings.micro_batch,
-        help="rows per forward pass for the loss (default: %(default)s)",
-    )
-    run.add_argument(
-        "--sample-batch",
-        type=int,
-        default=EvalSettings.sample_batch,
-        help="held-out moments whose turns are written together (default: %(default)s)",
-    )
-    add_compute_args(run)
-    add_quantize_arg(run)
+    add_arguments(parser, EvaluateSettings)
     return parser
 
 
-def settings_from_args(args) -> EvalSettings:
-    text = args.speakers.strip()
-    if text.isdigit():
-        speakers = int(text)
-        if speakers < 1:
-            raise EvaluationError("--speakers: give at least 1 speaker, or names separated by commas")
-    else:
-        speakers = [name.strip() for name in text.split(",") if name.strip()]
-        if not speakers:
-            raise EvaluationError("--speakers: give a number of speakers or names separated by commas")
-    for flag, value in (("--contexts", args.contexts), ("--examples", args.examples)):
-        if value < 0:
-            raise EvaluationError(f"{flag} must be 0 or more, got {value}")
-    if args.sample_batch < 1:
-        raise EvaluationError(f"--sample-batch must be 1 or more, got {args.sample_batch}")
-    return EvalSettings(
-        speakers=speakers,
-        contexts=args.contexts,
-        examples=args.examples,
-        seed=args.seed,
-        sampling=from_args(SamplingConfig, args),
-        context_tokens=args.context,
-        micro_batch=args.micro_batch,
-        sample_batch=args.sample_batch,
-    )
+def parse_settings(argv: list[str] | None = None) -> EvaluateSettings:
+    parser = build_parser()
+    return from_args(EvaluateSettings, parser.parse_args(argv), given=frozenset(given_flags(parser, argv)))
 
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    set_threads(args, sys.stdout)
-    report, out_dir = evaluate_from_args(args)
+    settings = parse_settings(argv)
+    set_threads(settings.compute, sys.stdout)
+    report, out_dir = evaluate_with(settings)
     print(report.summary())
     print(f"report written to {out_dir / 'report.md'} (tables, plots and examples) and {out_dir / 'report.json'}")
-    print(f"to talk with the twin: {next_command(args, report)}")
+    print(f"to talk with the twin: {next_command(settings.source, report)}")
 
 
-def next_command(args, report: Report) -> str:
+def next_command(source: EvalSource, report: Report) -> str:
     """sample.py on the same model, as the first speaker evaluated (the target, when held out), ready to paste."""
-    source = (
-        ["--checkpoint", args.checkpoint]
-        if args.checkpoint
-        else ["--model", args.model or DEFAULT_MODEL, "--adapter", args.adapter]
+    twin = (
+        ["--checkpoint", source.checkpoint]
+        if source.checkpoint
+        else ["--model", source.model or DEFAULT_MODEL, "--adapter", source.adapter]
     )
-    return shlex.join(["python", "sample.py", *source, "--speaker", report.speakers[0].speaker])
+    return shlex.join(["python", "sample.py", *twin, "--speaker", report.speakers[0].speaker])
 
 
 @dataclass
@@ -198,55 +137,29 @@ class Sources:
     memory: MemoryConfig | None  # the run's memory, when it had one
 
 
-def sources_from_args(args) -> Sources:
-    if not args.checkpoint:
-        if not args.adapter:
+def sources_of(settings: EvaluateSettings) -> Sources:
+    given = settings.source
+    if not given.checkpoint:
+        if not given.adapter:
             raise EvaluationError(
                 "give --checkpoint (a train.py run) or --adapter: the report compares a tuned model with its base"
             )
-        if not args.data:
+        if not given.data:
             raise EvaluationError("--data: give the Telegram export or sessions file the adapter was trained on")
-        defaults = DataConfig()
-        try:
-            config = DataConfig(
-                seq_len=args.seq_len or defaults.seq_len,
-                val_fraction=defaults.val_fraction if args.val_fraction is None else args.val_fraction,
-                split=args.split or defaults.split,
-                export=ExportOptions(target=args.target),
-            )
-        except ValueError as error:  # e.g. a --val-fraction of 1 or more
-            raise EvaluationError(str(error)) from None  # it names the setting
-        check_split_of_run(Path(args.adapter), config)
-        base = args.model or DEFAULT_MODEL
-        return Sources(TwinSource(base, Path(args.adapter)), base, args.data, config, Path(args.out or "report"), None)
+        check_split_of_run(Path(given.adapter), settings.data)
+        base = given.model or DEFAULT_MODEL
+        twin = TwinSource(base, Path(given.adapter))
+        return Sources(twin, base, given.data, settings.data, Path(given.out or "report"), None)
 
-    given = [
-        flag
-        for flag, value in (
-            ("--model", args.model),
-            ("--adapter", args.adapter),
-            ("--target", args.target),
-            ("--val-fraction", args.val_fraction),
-            ("--split", args.split),
-            ("--seq-len", args.seq_len),
-        )
-        if value is not None
-    ]
-    if given:
-        raise EvaluationError(f"{', '.join(given)}: taken from the run in --checkpoint; leave out")
-    twin = source_of_run(args.checkpoint)
-    settings = recorded_settings(twin.record)
-    try:
-        config = data_config_from_args(settings)
-    except ValueError as error:  # a record whose flags parse but DataConfig refuses (val_fraction 5)
-        raise EvaluationError(f"{twin.record.file}: {error}") from None
-    memory = from_args(MemoryConfig, settings) if "history_tokens" in twin.record.settings else None
+    twin = source_of_run(given.checkpoint)
+    trained = TrainSettings.of_run(twin.record)
+    memory = trained.memory if "history_tokens" in twin.record.section("memory") else None
     return Sources(
         twin,
         twin.record.model,
-        args.data or twin.record.settings["data"],
-        config,
-        Path(args.out) if args.out else twin.run.report,
+        given.data or twin.record.data,
+        trained.data,
+        Path(given.out) if given.out else twin.run.report,
         memory,
     )
 
@@ -259,7 +172,7 @@ def check_split_of_run(adapter: Path, config: DataConfig) -> None:
     record = run.find_record() if run.record_file.is_file() else None
     if record is None:
         return
-    trained = data_config_from_args(recorded_settings(record))
+    trained = TrainSettings.of_run(record).data
     for flag, given, used in (
         ("--split", config.split, trained.split),
         ("--val-fraction", config.val_fraction, trained.val_fraction),
@@ -272,15 +185,14 @@ def check_split_of_run(adapter: Path, config: DataConfig) -> None:
             )
 
 
-def evaluate_from_args(args) -> tuple[Report, Path]:
-    settings = settings_from_args(args)
-    sources = sources_from_args(args)
+def evaluate_with(settings: EvaluateSettings) -> tuple[Report, Path]:
+    sources = sources_of(settings)
     run = sources.twin.run
     with writer_of(run, sources.out_dir):
         check_report_folder(sources.out_dir)
         for leftover in atomic.remove_leftovers(sources.out_dir):
             print(f"removed {leftover}, left by a report that was cut short")
-        return evaluate(args, settings, sources), sources.out_dir
+        return evaluate(settings, sources), sources.out_dir
 
 
 def writer_of(run: RunFolder | None, out_dir: Path) -> contextlib.AbstractContextManager:
@@ -292,12 +204,13 @@ def writer_of(run: RunFolder | None, out_dir: Path) -> contextlib.AbstractContex
     return run.locked()
 
 
-def evaluate(args, settings: EvalSettings, sources: Sources) -> Report:
-    device, dtype = resolve_device(args)
+def evaluate(settings: EvaluateSettings, sources: Sources) -> Report:
+    device, dtype = resolve_device(settings.compute)
+    quantize = settings.quantization.quantize
     twin, run = sources.twin, sources.twin.run
     verdict = read_verdict(run.path) if run else None  # the blind test's, if judges answered
     adapter = twin.adapter
-    if args.quantize and not adapter:
+    if quantize and not adapter:
         raise EvaluationError(
             f"--quantize: {twin.model} is a full fine-tune, evaluated in {dtype_name(dtype)} "
             "as it was trained; --quantize is for a LoRA run's base"
@@ -315,13 +228,22 @@ def evaluate(args, settings: EvalSettings, sources: Sources) -> Report:
         "tuned": f"adapter {adapter}" if adapter else f"full model {twin.model}",
     }
     if adapter:  # one model in memory, its adapters switched off for the base figures
-        if args.quantize:
-            print(f"loading {sources.base}, its linear weights quantized to {args.quantize} one by one...")
-        model = load_model(sources.base, dtype=dtype, device=device, quantize=args.quantize)
+        if quantize:
+            print(f"loading {sources.base}, its linear weights quantized to {quantize} one by one...")
+        model = load_model(sources.base, dtype=dtype, device=device, quantize=quantize)
         check_finite(model, sources.base)
         load_adapter(model, adapter)
         return run_evaluation(
-            model, tokenizer, data, sources.out_dir, settings, device, about, metrics_file, verdict, sources.memory
+            model,
+            tokenizer,
+            data,
+            sources.out_dir,
+            settings.report,
+            device,
+            about,
+            metrics_file,
+            verdict,
+            sources.memory,
         )
     return evaluate_full_fine_tune(
         sources.base,
@@ -329,7 +251,7 @@ def evaluate(args, settings: EvalSettings, sources: Sources) -> Report:
         tokenizer,
         data,
         sources.out_dir,
-        settings,
+        settings.report,
         device,
         dtype,
         about,

@@ -19,6 +19,7 @@ import argparse
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ from chat.loading import TwinSource, load_twin, source_of_run
 from chat.people import SpeakerError
 from core import atomic
 from core.cli import program
-from core.device import add_threads_arg, set_threads
+from core.device import Threads, set_threads
+from core.flags import add_arguments, from_args, section, setting
 from core.run_folder import RunFolder
 from data.chatml import chat_format
 from data.templates import jinja_chat_template, ollama_modelfile
@@ -44,118 +46,138 @@ OLLAMA_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")  # "smollm2:135m
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices (default 16)
 
 
+@dataclass
+class Twin:
+    """The twin exported, and who writes to whom in its chat template."""
+
+    source: str = setting(
+        None,
+        "a train.py run folder, a Hugging Face model folder or repo id, or a .gguf file",
+        flag="source",
+        metavar="RUN_OR_MODEL",
+    )
+    speaker: str | None = setting(
+        None, "the person the model writes as in the templates, the assistant (default: the person the run twins)"
+    )
+    user: str | None = setting(
+        None,
+        "the person the user writes as in the templates (default: the speaker's most frequent partner, else 'User')",
+        flag="--as",
+    )
+
+
+@dataclass
+class GGUFExport:
+    """python export.py gguf: the model (or its adapter) as a GGUF file, and an Ollama Modelfile."""
+
+    twin: Twin = section(Twin)
+    threads: Threads = section(Threads)
+    out: str = setting(None, "the GGUF file to write (replaced if it exists)", flag="out", metavar="OUT.gguf")
+    type: str = setting(
+        "f16",
+        "how weights are stored: f16 (2 bytes a weight) or q8_0 (about 1.06 bytes, 8-bit) (default: %(default)s)",
+        choices=TYPES,
+    )
+    adapter: bool = setting(
+        False,
+        "write only a LoRA run's adapter, as a GGUF LoRA adapter (llama-server --lora, Ollama's ADAPTER), and "
+        "the chat template as OUT with the suffix .jinja (default: off, the model with its adapter merged in)",
+    )
+    base: str | None = setting(
+        None,
+        "with --adapter: the base model's GGUF file the adapter runs on (checked against the adapter), or the "
+        "name Ollama knows it by, for the Modelfile's FROM line (default: the run's base model, where that is a "
+        ".gguf file)",
+    )
+    modelfile: str | None = setting(
+        None, "where to write the Ollama Modelfile (default: OUT with the suffix .Modelfile)"
+    )
+
+
+@dataclass
+class TemplateExport:
+    """python export.py chat-template: the twin's Jinja chat template alone."""
+
+    twin: Twin = section(Twin)
+    out: str = setting(None, "the template file to write (replaced if it exists)", flag="out", metavar="OUT.jinja")
+
+
+COMMANDS = {"gguf": GGUFExport, "chat-template": TemplateExport}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser(
-        "gguf",
-        help="write a twin as a GGUF file and an Ollama Modelfile",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    add_arguments(
+        commands.add_parser(
+            "gguf",
+            help="write a twin as a GGUF file and an Ollama Modelfile",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ),
+        GGUFExport,
     )
-    add_source_arg(export)
-    export.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write (replaced if it exists)")
-    export.add_argument(
-        "--type",
-        choices=TYPES,
-        default="f16",
-        help="how weights are stored: f16 (2 bytes a weight) or q8_0 (about 1.06 bytes, 8-bit) (default: %(default)s)",
+    add_arguments(
+        commands.add_parser(
+            "chat-template",
+            help="write only the twin's Jinja chat template (for vLLM's --chat-template); loads the tokenizer, "
+            "not the model",
+        ),
+        TemplateExport,
     )
-    export.add_argument(
-        "--adapter",
-        action="store_true",
-        help="write only a LoRA run's adapter, as a GGUF LoRA "
-        "adapter (llama-server --lora, Ollama's ADAPTER), and the chat template as OUT with the "
-        "suffix .jinja (default: off, the model with its adapter merged in)",
-    )
-    export.add_argument(
-        "--base",
-        help="with --adapter: the base model's GGUF file the adapter runs on (checked "
-        "against the adapter), or the name Ollama knows it by, for the Modelfile's FROM line "
-        "(default: the run's base model, where that is a .gguf file)",
-    )
-    add_people_args(export)
-    export.add_argument(
-        "--modelfile", help="where to write the Ollama Modelfile (default: OUT with the suffix .Modelfile)"
-    )
-    add_threads_arg(export)
-    template = commands.add_parser(
-        "chat-template",
-        help="write only the twin's Jinja chat template (for "
-        "vLLM's --chat-template); loads the tokenizer, not the model",
-    )
-    add_source_arg(template)
-    template.add_argument("out", metavar="OUT.jinja", help="the template file to write (replaced if it exists)")
-    add_people_args(template)
     return parser
 
 
-def add_source_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "source",
-        metavar="RUN_OR_MODEL",
-        help="a train.py run folder, a Hugging Face model folder or repo id, or a .gguf file",
-    )
-
-
-def add_people_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--speaker",
-        help="the person the model writes as in the templates, the assistant (default: the person the run twins)",
-    )
-    parser.add_argument(
-        "--as",
-        dest="user",
-        help="the person the user writes as in the templates (default: "
-        "the speaker's most frequent partner, else 'User')",
-    )
+def parse_settings(argv: list[str] | None = None) -> GGUFExport | TemplateExport:
+    args = build_parser().parse_args(argv)
+    return from_args(COMMANDS[args.command], args)
 
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.command == "gguf":
-        export(args)
+    settings = parse_settings(argv)
+    if isinstance(settings, GGUFExport):
+        export(settings)
     else:
-        write_chat_template(args)
+        write_chat_template(settings)
 
 
-def source_and_people(args) -> tuple[TwinSource, str, str]:
+def source_and_people(twin: Twin) -> tuple[TwinSource, str, str]:
     """What to load, the speaker (the assistant) and their partner (the user), checked against the run."""
-    run = RunFolder(Path(args.source))
-    source = source_of_run(run.path) if run.record_file.is_file() else TwinSource(args.source)
-    if args.speaker is None and source.people.target is None:
+    run = RunFolder(Path(twin.source))
+    source = source_of_run(run.path) if run.record_file.is_file() else TwinSource(twin.source)
+    if twin.speaker is None and source.people.target is None:
         raise SpeakerError(
-            f"--speaker: needed, as {args.source} is no train.py run folder, whose record names the person to twin"
+            f"--speaker: needed, as {twin.source} is no train.py run folder, whose record names the person to twin"
         )
-    speaker = source.people.speaker_or_target(args.speaker)
-    return source, speaker, source.people.user_for(speaker, args.user)
+    speaker = source.people.speaker_or_target(twin.speaker)
+    return source, speaker, source.people.user_for(speaker, twin.user)
 
 
-def export(args) -> None:
-    out = Path(args.out)
-    modelfile = Path(args.modelfile) if args.modelfile else out.with_suffix(".Modelfile")
+def export(settings: GGUFExport) -> None:
+    out = Path(settings.out)
+    modelfile = Path(settings.modelfile) if settings.modelfile else out.with_suffix(".Modelfile")
     for path in (out, modelfile):
         check_folder(path)
         for leftover in atomic.remove_leftovers(path):
             print(f"removed {leftover}, left by an export that was cut short", file=sys.stderr)
-    if args.adapter:
-        export_adapter(args, out, modelfile)
+    if settings.adapter:
+        export_adapter(settings, out, modelfile)
         return
-    if args.base:
+    if settings.base:
         raise ExportError("--base: only with --adapter, which writes the adapter for that base model")
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
-    source, speaker, partner = source_and_people(args)
+    source, speaker, partner = source_and_people(settings.twin)
     reference = modelfile_reference(out, modelfile)
-    set_threads(args)
+    set_threads(settings.threads)
 
     model, tokenizer = load_twin(source, torch.device("cpu"), export_dtype(source.model))
     layout = chat_format(tokenizer)
-    print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
+    print(f"writing {out} ({settings.type})...", file=sys.stderr, flush=True)
     write_gguf(
-        model, tokenizer, out, args.type, name=out.stem, chat_template=jinja_chat_template(layout, speaker, partner)
+        model, tokenizer, out, settings.type, name=out.stem, chat_template=jinja_chat_template(layout, speaker, partner)
     )
     atomic.write_text(modelfile, ollama_modelfile(reference, layout, speaker, partner, SamplingConfig()))
     size = out.stat().st_size / 2**30
@@ -167,17 +189,17 @@ def export(args) -> None:
     )
 
 
-def export_adapter(args, out: Path, modelfile: Path) -> None:
+def export_adapter(settings: GGUFExport, out: Path, modelfile: Path) -> None:
     """A LoRA run's adapter as a GGUF adapter, its Jinja template beside it, and a Modelfile with the base
     model FROM and the adapter ADAPTER."""
     template = out.with_suffix(".jinja")
-    source, speaker, partner = source_and_people(args)
+    source, speaker, partner = source_and_people(settings.twin)
     if source.adapter is None:
         raise ExportError(
-            f"--adapter: {args.source} has no LoRA adapter (a full fine-tune, or no run folder); "
+            f"--adapter: {settings.twin.source} has no LoRA adapter (a full fine-tune, or no run folder); "
             "export it without --adapter"
         )
-    base = args.base or (str(source.model) if str(source.model).endswith(".gguf") else None)
+    base = settings.base or (str(source.model) if str(source.model).endswith(".gguf") else None)
     if base is None:
         raise ExportError(
             f"--base: needed with --adapter, as the run's base model {source.model} is no GGUF file: "
@@ -195,8 +217,8 @@ def export_adapter(args, out: Path, modelfile: Path) -> None:
             "'-', '_', '.', ':' and '/')"
         )
     layout = chat_format(load_tokenizer(tokenizer_source(source.model, source.adapter)))
-    print(f"writing {out} ({args.type})...", file=sys.stderr, flush=True)
-    write_gguf_adapter(source.adapter, source.model, out, args.type, name=out.stem)
+    print(f"writing {out} ({settings.type})...", file=sys.stderr, flush=True)
+    write_gguf_adapter(source.adapter, source.model, out, settings.type, name=out.stem)
     atomic.write_text(template, jinja_chat_template(layout, speaker, partner))
     atomic.write_text(
         modelfile,
@@ -234,17 +256,17 @@ def export_dtype(model: str | Path) -> torch.dtype:
     )
 
 
-def write_chat_template(args) -> None:
-    out = Path(args.out)
+def write_chat_template(settings: TemplateExport) -> None:
+    out = Path(settings.out)
     check_folder(out)
-    source, speaker, partner = source_and_people(args)
+    source, speaker, partner = source_and_people(settings.twin)
     tokenizer = load_tokenizer(tokenizer_source(source.model, source.adapter))
     atomic.write_text(out, jinja_chat_template(chat_format(tokenizer), speaker, partner))
     print(
         f"wrote {out}, the model writing as {speaker!r} to {partner!r} (per request: chat_template_kwargs "
         "speaker and partner)"
     )
-    print(vllm_next_step(source, ollama_name(Path(args.source).name), out))
+    print(vllm_next_step(source, ollama_name(Path(settings.twin.source).name), out))
 
 
 def vllm_next_step(source: TwinSource, served_name: str, template: Path) -> str:

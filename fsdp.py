@@ -13,11 +13,12 @@ from training import distributed
 from training import run as runs
 from training.checkpointer import Checkpointer
 from training.ranks import World
+from training.settings import TrainSettings
 from training.tracking import dashboard_commands
 
 
-def train(args, world: World) -> None:
-    run = runs.Run(args, world)
+def train(settings: TrainSettings, world: World) -> None:
+    run = runs.Run(settings, world)
     runs.start(run)
     figures = runs.trained_figures(run)  # of a run stopped after its model was final: only the rest is written
     if figures is None:
@@ -26,22 +27,24 @@ def train(args, world: World) -> None:
             return
     curves = runs.write_loss_curves(run)
     runs.record_finished(run, figures)
-    if args.eval_report:
+    if settings.cadence.eval_report:
         run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
     run.say(f"next: chat with it: python sample.py --checkpoint {run.out}")
     if curves:
         run.say(f"      see the loss curves: {curves}")
-    for command in dashboard_commands(args.log_to, run.out):
+    for command in dashboard_commands(settings.cadence.log_to, run.out):
         run.say(f"      see the metrics: {command}")
 
 
 def train_model(run: runs.Run, world: distributed.World) -> dict | None:
     """The optimizer steps, then the model exported and the run recorded as trained: its figures. None
     where --stop-at stopped it first."""
-    args = run.args
+    settings = run.settings
     tokenizer, _, data = runs.prepare(run)
 
-    model = distributed.load_sharded_model(args.model, world, tokenizer.vocab_size, DTYPES[args.param_dtype], run.dtype)
+    model = distributed.load_sharded_model(
+        settings.job.model, world, tokenizer.vocab_size, DTYPES[settings.full.param_dtype], run.dtype
+    )
     run.say(
         f"full fine-tuning of {sum(p.numel() for p in model.parameters()):,} parameters sharded over {world.size} ranks"
     )
@@ -50,8 +53,9 @@ def train_model(run: runs.Run, world: distributed.World) -> dict | None:
 
     schedule = runs.make_schedule(run, model, data)
     backend = distributed.ShardedCheckpoints(world, model, schedule.optimizer, schedule.scheduler, schedule.loader)
+    cadence = settings.cadence
     checkpointer = Checkpointer(
-        run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main, keep_best=args.keep_best
+        run.out, backend, cadence.save_every, cadence.keep_checkpoints, is_main=run.is_main, keep_best=cadence.keep_best
     )
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
@@ -62,7 +66,7 @@ def train_model(run: runs.Run, world: distributed.World) -> dict | None:
 
     runs.final_evaluation(run, model, data, progress, metrics)
     runs.keep_best(run, checkpointer, progress)
-    distributed.export_model(model, run.folder.model, world, tokenizer, dtype=DTYPES[args.export_dtype])
+    distributed.export_model(model, run.folder.model, world, tokenizer, dtype=DTYPES[settings.full.export_dtype])
     run.say(f"model written to {run.folder.model}")
     figures = runs.record_trained(run, data, progress, metrics)
     if metrics:

@@ -9,15 +9,14 @@ ChatML token rows), the optimizer steps with held-out evaluations and checkpoint
 in PEFT's format, the fidelity report, the merged model if asked, and the record of the run.
 """
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from core.flags import from_args
 from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
-from memory import MemoryConfig
 from model import load_model, save_model
 from model.lora import LoRAConfig
 from model.lora_surgery import apply_lora, merge_lora
@@ -26,27 +25,27 @@ from training import distributed
 from training import run as runs
 from training.checkpointer import AdapterCheckpoints, Checkpointer
 from training.loop import MetricsLog
+from training.settings import TrainSettings
 from training.tracking import dashboard_commands, report_numbers
 
 
-def train(args, world: distributed.World | None = None) -> None:
-    run = runs.Run(args, world)
+def train(settings: TrainSettings, world: distributed.World | None = None) -> None:
+    run = runs.Run(settings, world)
     runs.start(run)
     tokenizer, new_tokens, data = runs.prepare(run)
 
-    if args.quantize:
-        run.say(f"loading {args.model}, its linear weights quantized to {args.quantize} one by one...")
-    lora_config = from_args(
-        LoRAConfig,
-        args,
-        prefix="lora_",
+    model_name, quantize = settings.job.model, settings.lora.quantize
+    if quantize:
+        run.say(f"loading {model_name}, its linear weights quantized to {quantize} one by one...")
+    lora_config = dataclasses.replace(
+        settings.lora.adapter,
         trainable_tokens={"embed_tokens": new_tokens, "lm_head": new_tokens} if new_tokens else {},
     )
     if world:
-        model, summary = distributed.load_sharded_lora_model(args.model, world, run.dtype, lora_config, args.quantize)
+        model, summary = distributed.load_sharded_lora_model(model_name, world, run.dtype, lora_config, quantize)
         run.say(f"{summary}, sharded over {world.size} ranks")
     else:
-        model = load_model(args.model, dtype=run.dtype, device=run.device, quantize=args.quantize)
+        model = load_model(model_name, dtype=run.dtype, device=run.device, quantize=quantize)
         run.say(apply_lora(model, lora_config))
     figures, metrics = runs.trained_figures(run), None
     if figures is not None:  # stopped in its report or merge: the adapter is final, only what follows is written
@@ -58,22 +57,24 @@ def train(args, world: distributed.World | None = None) -> None:
         if trained is None:  # stopped at --stop-at
             return
         figures, metrics = trained
-    report = args.eval_report and not world  # the report generates replies, which a sharded model does not
-    if report and not (run.args.resume and run.folder.report.exists()):
-        write_fidelity_report(args, model, tokenizer, data, run.out, run.device, metrics, figures["steps"])
-    elif world and args.eval_report:
+    report = settings.cadence.eval_report and not world  # the report generates replies, which a sharded model does not
+    if report and not (run.resumed and run.folder.report.exists()):
+        write_fidelity_report(settings, model, tokenizer, data, run.out, run.device, metrics, figures["steps"])
+    elif world and settings.cadence.eval_report:
         run.say(f"next: the fidelity report: python evaluate.py --checkpoint {run.out}")
-    if args.merge and not (run.args.resume and run.folder.merged.exists()):
+    if settings.lora.merge and not (run.resumed and run.folder.merged.exists()):
         save_model(merge_lora(model), run.folder.merged, tokenizer=tokenizer)
         run.say(f"merged model written to {run.folder.merged}")
     curves = runs.write_loss_curves(run)
     runs.record_finished(run, figures, metrics)
     run.say(
         f"next: chat with your twin: python sample.py --checkpoint {run.out}"
-        + (f" --quantize {args.quantize}" if args.quantize else "")
+        + (f" --quantize {quantize}" if quantize else "")
         + (f"\n      read the report: {run.folder.report / 'report.md'}" if report else "")
         + (f"\n      see the loss curves: {curves}" if curves else "")
-        + "".join(f"\n      see the metrics: {command}" for command in dashboard_commands(args.log_to, run.out))
+        + "".join(
+            f"\n      see the metrics: {command}" for command in dashboard_commands(settings.cadence.log_to, run.out)
+        )
     )
 
 
@@ -82,7 +83,7 @@ def train_adapter(
 ) -> tuple[dict, MetricsLog | None] | None:
     """The optimizer steps, then the adapter written and the run recorded as trained: its figures, and the
     metrics log still open for the report's figures. None where --stop-at stopped it first."""
-    args = run.args
+    settings = run.settings
     model.activation_checkpointing = runs.activation_checkpointing(run)
     model.train()
     schedule = runs.make_schedule(run, model, data)
@@ -92,10 +93,11 @@ def train_adapter(
         )
     else:
         backend = AdapterCheckpoints(
-            model, lora_config, args.model, schedule.optimizer, schedule.scheduler, schedule.loader
+            model, lora_config, settings.job.model, schedule.optimizer, schedule.scheduler, schedule.loader
         )
+    cadence = settings.cadence
     checkpointer = Checkpointer(
-        run.out, backend, args.save_every, args.keep_checkpoints, is_main=run.is_main, keep_best=args.keep_best
+        run.out, backend, cadence.save_every, cadence.keep_checkpoints, is_main=run.is_main, keep_best=cadence.keep_best
     )
     progress = runs.resume(run, checkpointer, schedule.total_steps)
     metrics = runs.metrics_log(run, progress)
@@ -113,7 +115,7 @@ def train_adapter(
         model,
         run.folder.adapter,
         lora_config,
-        base_model=args.model,
+        base_model=settings.job.model,
         writes=run.is_main,
         gather=(lambda param: param.full_tensor()) if world else torch.Tensor.detach,
     )
@@ -124,22 +126,34 @@ def train_adapter(
 
 
 def write_fidelity_report(
-    args, model, tokenizer, data, out: Path, device: torch.device, metrics: MetricsLog | None, step: int
+    settings: TrainSettings,
+    model,
+    tokenizer,
+    data,
+    out: Path,
+    device: torch.device,
+    metrics: MetricsLog | None,
+    step: int,
 ) -> None:
     """Held-out loss and style, tuned against base, per speaker: `OUT/report/`, its figures also sent to the
     experiment trackers."""
-    about = {"base": args.model, "tuned": f"adapter {out / 'adapter'}", "data": str(args.data), "split": args.split}
+    about = {
+        "base": settings.job.model,
+        "tuned": f"adapter {out / 'adapter'}",
+        "data": str(settings.job.data),
+        "split": settings.data.split,
+    }
     try:
         report = run_evaluation(
             model,
             tokenizer,
             data,
             out / "report",
-            EvalSettings(contexts=args.eval_contexts),
+            EvalSettings(contexts=settings.cadence.eval_contexts),
             device,
             about,
             metrics_file=out / "metrics.jsonl",
-            memory=from_args(MemoryConfig, args),
+            memory=settings.memory,
         )
     except EvaluationError as error:  # e.g. nothing held out
         print(f"fidelity report skipped: {error}")

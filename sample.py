@@ -9,44 +9,70 @@ Each line you type is one message; an empty line sends your turn. /help lists th
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 from chat.conversation import Chat
-from chat.loading import add_twin_arguments, source_from_args, start_twin
+from chat.loading import TwinSettings, open_source, start_twin
 from chat.terminal import interactive, show_reply, show_turn_header
 from core.cli import program
-from core.flags import add_arguments, from_args
+from core.flags import add_arguments, from_args, section, setting
 from data.sessions import DataError, Turn, read_sessions_file
 from model.generation import SamplingConfig
 
 
+@dataclass
+class Roles:
+    """Who writes as whom."""
+
+    speaker: str | None = setting(None, "the person the model writes as (default: the person the run twins)")
+    user: str | None = setting(
+        None,
+        "the person you write as (default: the speaker's most frequent partner in the training data when known, "
+        "else User)",
+        flag="--as",
+    )
+
+
+@dataclass
+class Once:
+    """Answer once and exit, for scripts."""
+
+    prompt: str | None = setting(
+        None,
+        r"one turn of yours, messages separated by newlines (a literal \n counts too); prints the reply and exits",
+    )
+    history: str | None = setting(
+        None, "a conversation to continue: a sessions JSONL file (its first session) or one session as JSON"
+    )
+    auto: int | None = setting(
+        None, "let the model play both people for TURNS turns, print them and exit", metavar="TURNS"
+    )
+    n: int = setting(1, "how many replies to sample with --prompt/--history (default: %(default)s)", flag="-n")
+
+
+@dataclass
+class Sampling(SamplingConfig):
+    """How a token is drawn, from which seed."""
+
+    seed: int | None = setting(None, "seed for reproducible samples (default: random)")
+
+
+@dataclass
+class SampleSettings:
+    roles: Roles = section(Roles)
+    once: Once = section(Once, "non-interactive")
+    sampling: Sampling = section(Sampling, "sampling")
+    twin: TwinSettings = section(TwinSettings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speaker", help="the person the model writes as (default: the person the run twins)")
-    parser.add_argument(
-        "--as",
-        dest="user",
-        help="the person you write as (default: the speaker's most "
-        "frequent partner in the training data when known, else User)",
-    )
-    once = parser.add_argument_group("non-interactive")
-    once.add_argument(
-        "--prompt",
-        help=r"one turn of yours, messages separated by newlines (a literal \n counts too); prints the reply and exits",
-    )
-    once.add_argument(
-        "--history", help="a conversation to continue: a sessions JSONL file (its first session) or one session as JSON"
-    )
-    once.add_argument(
-        "--auto", type=int, metavar="TURNS", help="let the model play both people for TURNS turns, print them and exit"
-    )
-    once.add_argument(
-        "-n", type=int, default=1, help="how many replies to sample with --prompt/--history (default: %(default)s)"
-    )
-    sampling = parser.add_argument_group("sampling")
-    add_arguments(sampling, SamplingConfig)
-    sampling.add_argument("--seed", type=int, help="seed for reproducible samples (default: random)")
-    add_twin_arguments(parser)
+    add_arguments(parser, SampleSettings)
     return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> SampleSettings:
+    return from_args(SampleSettings, build_parser().parse_args(argv))
 
 
 def split_messages(text: str) -> list[str]:
@@ -63,29 +89,30 @@ def read_history(path: str) -> list[Turn]:
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    settings = parse_settings(argv)
+    roles, once = settings.roles, settings.once
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
-    source = source_from_args(args)
-    speaker = source.people.speaker_or_target(args.speaker)
-    user = source.people.user_for(speaker, args.user)
-    history = read_history(args.history) if args.history else []
+    source = open_source(settings.twin.choice, settings.twin.memory)
+    speaker = source.people.speaker_or_target(roles.speaker)
+    user = source.people.user_for(speaker, roles.user)
+    history = read_history(once.history) if once.history else []
 
     print(
         source.memory.describe() if source.memory else "memory: none (--no-memory, or a run trained without it)",
         file=sys.stderr,
     )
 
-    generator, tokenizer = start_twin(args, source)
-    chat = Chat(generator, tokenizer, from_args(SamplingConfig, args), speaker, user, args.seed, memory=source.memory)
+    generator, tokenizer = start_twin(settings.twin.compute, source, settings.sampling.max_new_tokens)
+    chat = Chat(generator, tokenizer, settings.sampling, speaker, user, settings.sampling.seed, memory=source.memory)
     for turn in history:
         chat.add(turn)
-    if args.prompt is not None:
-        chat.add(Turn(user, split_messages(args.prompt)))
+    if once.prompt is not None:
+        chat.add(Turn(user, split_messages(once.prompt)))
 
-    if args.auto:
-        play_both(chat, args.auto)
-    elif args.prompt is not None or args.history:
-        answer(chat, args.n)
+    if once.auto:
+        play_both(chat, once.auto)
+    elif once.prompt is not None or once.history:
+        answer(chat, once.n)
     else:
         interactive(chat, source.people)
     if source.memory:

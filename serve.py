@@ -18,13 +18,14 @@ import json
 import os
 import shlex
 import socket
+from dataclasses import dataclass
 
 import uvicorn
 
-from chat.loading import TwinSource, add_twin_arguments, source_from_args, start_twin
+from chat.loading import TwinSettings, TwinSource, open_source, start_twin
 from core.cli import program
 from core.errors import TwinError
-from core.flags import add_arguments, from_args, positive_int
+from core.flags import add_arguments, from_args, positive_int, section, setting
 from model.generation import SamplingConfig
 from serving.api import build_app
 from serving.connections import Limits, server_config
@@ -36,59 +37,72 @@ API_KEY_VARIABLE = "TWIN_API_KEY"  # read by default: a key on the command line 
 OTHER_FILES = 64  # files the server keeps open besides its connections: the model's, the listening socket, ...
 
 
+@dataclass
+class Server:
+    """Where the server listens, who may talk to it, and how much one client may take."""
+
+    host: str = setting(
+        "127.0.0.1", "address to listen on; any but a loopback one needs --api-key (default: %(default)s)"
+    )
+    port: int = setting(8000, "port to listen on; 0: any free one (default: %(default)s)")
+    api_key: str | None = setting(
+        None,
+        f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)",
+    )
+    max_batch: int = setting(
+        8,
+        "replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)",
+        type=positive_int,
+    )
+    judge: str | None = setting(
+        None,
+        "open a blind test at /judge on the held-out conversations of these people of --checkpoint's run: judges "
+        "guess which reply is real (default: none)",
+        metavar="NAME,...",
+    )
+    max_body_mb: int = setting(
+        Limits().max_body_bytes // 2**20,
+        "the largest request body taken, in MiB; a larger one gets 413 (default: %(default)s)",
+        type=positive_int,
+    )
+    max_connections: int = setting(
+        Limits().max_connections,
+        "connections open at once; past it the one that has waited longest for a request is closed "
+        "(default: %(default)s)",
+        type=positive_int,
+    )
+    request_timeout: int = setting(
+        int(Limits().request_timeout_s),
+        "seconds a connection has to send a request's head, and again its body, before it is closed "
+        "(default: %(default)s)",
+        type=positive_int,
+    )
+
+    @property
+    def key(self) -> str | None:
+        """--api-key, else the environment's, read as the server starts."""
+        return os.environ.get(API_KEY_VARIABLE) if self.api_key is None else self.api_key
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_body_mb * 2**20, self.max_connections, self.request_timeout)
+
+
+@dataclass
+class ServeSettings:
+    server: Server = section(Server, "server")
+    sampling: SamplingConfig = section(SamplingConfig, "sampling defaults (a request's own fields win)")
+    twin: TwinSettings = section(TwinSettings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    server = parser.add_argument_group("server")
-    server.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; any but a loopback one needs --api-key (default: %(default)s)",
-    )
-    server.add_argument(
-        "--port", type=int, default=8000, help="port to listen on; 0: any free one (default: %(default)s)"
-    )
-    server.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_VARIABLE),
-        help=f"the key every request must send as `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE}, else none)",
-    )
-    server.add_argument(
-        "--max-batch",
-        type=positive_int,
-        default=8,
-        help="replies written together at most, from the requests waiting; 1: one at a time (default: %(default)s)",
-    )
-    server.add_argument(
-        "--judge",
-        metavar="NAME,...",
-        help="open a blind test at /judge on the held-out conversations "
-        "of these people of --checkpoint's run: judges guess which reply is real (default: none)",
-    )
-    defaults = Limits()
-    server.add_argument(
-        "--max-body-mb",
-        type=positive_int,
-        default=defaults.max_body_bytes // 2**20,
-        help="the largest request body taken, in MiB; a larger one gets 413 (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-connections",
-        type=positive_int,
-        default=defaults.max_connections,
-        help="connections open at once; past it the one that has waited longest for a request is "
-        "closed (default: %(default)s)",
-    )
-    server.add_argument(
-        "--request-timeout",
-        type=positive_int,
-        default=int(defaults.request_timeout_s),
-        help="seconds a connection has to send a request's head, and again its body, before it is "
-        "closed (default: %(default)s)",
-    )
-    sampling = parser.add_argument_group("sampling defaults (a request's own fields win)")
-    add_arguments(sampling, SamplingConfig)
-    add_twin_arguments(parser)
+    add_arguments(parser, ServeSettings)
     return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> ServeSettings:
+    return from_args(ServeSettings, build_parser().parse_args(argv))
 
 
 def check_exposure(host: str, api_key: str | None) -> None:
@@ -152,30 +166,30 @@ def listen(host: str, port: int) -> socket.socket:
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    settings = parse_settings(argv)
+    server, twin = settings.server, settings.twin
     # Everything a user can get wrong is checked before the model loads, which takes minutes for a 7B.
-    check_exposure(args.host, args.api_key)
-    allow_files(args.max_connections)
-    limits = Limits(args.max_body_mb * 2**20, args.max_connections, args.request_timeout)
-    if args.remember:
+    check_exposure(server.host, server.key)
+    allow_files(server.max_connections)
+    if twin.memory.remember:
         raise TwinError(
             "--remember: serve.py keeps no conversation (each request carries its whole conversation); "
             "sample.py --remember does"
         )
-    source = source_from_args(args)
-    blind_test = open_blind_test(args.checkpoint, args.judge, source) if args.judge is not None else None
-    sock = listen(args.host, args.port)
+    source = open_source(twin.choice, twin.memory)
+    blind_test = open_blind_test(twin.choice.checkpoint, server.judge, source) if server.judge is not None else None
+    sock = listen(server.host, server.port)
 
-    generator, tokenizer = start_twin(args, source)
-    engine = Engine(generator, tokenizer, max_batch=args.max_batch)
-    app = build_app(engine, source.people, from_args(SamplingConfig, args), args.api_key, limits, source.memory)
-    app = build_site(app, engine, source.people, args.api_key, blind_test, limits)
+    generator, tokenizer = start_twin(twin.compute, source, settings.sampling.max_new_tokens)
+    engine = Engine(generator, tokenizer, max_batch=server.max_batch)
+    app = build_app(engine, source.people, settings.sampling, server.key, server.limits, source.memory)
+    app = build_site(app, engine, source.people, server.key, blind_test, server.limits)
 
-    show_usage(sock, source, args.api_key is not None, blind_test is not None)
+    show_usage(sock, source, server.key is not None, blind_test is not None)
     # No access log: a request line is little, but a log that says nothing of who talks when is safer still.
-    server = uvicorn.Server(server_config(app, limits))
+    uvicorn_server = uvicorn.Server(server_config(app, server.limits))
     try:
-        server.run(sockets=[sock])
+        uvicorn_server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn stops gently on Ctrl-C, then raises it again for its caller
         pass
     finally:

@@ -18,19 +18,19 @@ from training.run_folder import claimed, parse_args
 
 @program
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv, __doc__)
-    world = ranks.start() if args.fsdp or ranks.launched() else None
+    settings = parse_args(argv, __doc__)
+    world = ranks.start() if settings.recipe.fsdp or ranks.launched() else None
     exit_code = 0
     try:
-        with claimed(args):  # locked while it runs; a run that fails before its first step leaves nothing
-            if args.fsdp:
+        with claimed(settings):  # locked while it runs; a run that fails before its first step leaves nothing
+            if settings.recipe.fsdp:
                 import fsdp  # FSDP2 and distributed checkpoints take a second to import: only a run needs them
 
-                fsdp.train(args, world)
+                fsdp.train(settings, world)
             else:
                 import lora
 
-                lora.train(args, world)
+                lora.train(settings, world)
     except ValueError as error:
         # A TwinError (a file or flag the user can fix), or torch refusing a setting, such as a negative --lr.
         # Caught here rather than by `program`: a sharded job must end on every rank with the same status.
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         exit_code = 2
     except torch.cuda.OutOfMemoryError:
         print(
-            f"error: the GPU ran out of memory at --micro-batch {args.micro_batch}, --seq-len {args.seq_len}. "
+            f"error: the GPU ran out of memory at --micro-batch {settings.optimization.micro_batch}, "
+            f"--seq-len {settings.data.seq_len}. "
             "Lower --micro-batch (keeping --batch: more accumulation), lower --seq-len, or turn on "
             "--activation-checkpointing.",
             file=sys.stderr,
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         if world.is_main:
             print(
                 f"error: another rank of the job stopped, so every rank stops; continue from the newest "
-                f"checkpoint with: torchrun ... train.py --resume {args.out}",
+                f"checkpoint with: torchrun ... train.py --resume {settings.job.out}",
                 file=sys.stderr,
             )
         exit_code = 2

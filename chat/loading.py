@@ -1,8 +1,7 @@
-"""A twin from its training run folder, or from a model and an adapter: the flags that say which and how
-(sample.py's and serve.py's alike), what to load (the one way sample.py, serve.py, evaluate.py and the
-GGUF export find it), then loading it."""
+"""A twin from its training run folder, or from a model and an adapter: the settings that say which and how
+(sample.py's and serve.py's alike), what to load (open_source and source_of_run: the one way sample.py,
+serve.py, evaluate.py and export.py find it, a run's mode read from its record), then loading it."""
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -12,9 +11,10 @@ from pathlib import Path
 import torch
 
 from chat.people import People
-from chat.recall import TwinMemory, add_memory_arguments, memory_of_run
-from core.device import add_compute_args, add_quantize_arg, dtype_name, resolve_device, set_threads
+from chat.recall import MemoryChoice, TwinMemory, memory_of_run
+from core.device import Compute, Quantization, dtype_name, resolve_device, set_threads
 from core.errors import TwinError
+from core.flags import section, setting
 from core.run_folder import RunFolder, RunRecord
 from model import DEFAULT_MODEL, Tokenizer, Transformer, load_model, load_tokenizer
 from model.checkpoint import check_finite
@@ -23,36 +23,39 @@ from model.lora_surgery import merge_lora
 from model.peft import load_adapter, tokenizer_source
 
 
-def add_twin_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a program that talks as a twin: which twin, and where and how it computes."""
-    source = parser.add_argument_group("model")
-    source.add_argument(
-        "--checkpoint",
-        help="a train.py output directory (it knows its base model and speakers); replaces --model/--adapter",
+@dataclass
+class TwinChoice:
+    """Which twin: a train.py run, or a model and an adapter."""
+
+    checkpoint: str | None = setting(
+        None, "a train.py output directory (it knows its base model and speakers); replaces --model/--adapter"
     )
-    source.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)",
+    model: str = setting(
+        DEFAULT_MODEL, "base, merged or exported model: directory, .gguf file or Hub repo id (default: %(default)s)"
     )
-    source.add_argument(
-        "--adapter", help="a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)"
+    adapter: str | None = setting(
+        None, "a LoRA adapter directory (twin or PEFT), merged into the model at load (default: none)"
     )
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--context",
-        type=int,
-        default=4096,
-        help="tokens of conversation the model sees; older turns are dropped (default: %(default)s)",
+
+
+@dataclass
+class TwinCompute(Compute, Quantization):
+    """How the twin computes: its context, device, dtype, threads and weights."""
+
+    context: int = setting(
+        4096, "tokens of conversation the model sees; older turns are dropped (default: %(default)s)"
     )
-    add_compute_args(run)
-    add_quantize_arg(run)
-    add_memory_arguments(parser)
-    run.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (CUDA; slow start, faster decoding) (default: off)",
-    )
+    compile: bool = setting(False, "torch.compile the model (CUDA; slow start, faster decoding) (default: off)")
+
+
+@dataclass
+class TwinSettings:
+    """The settings of a program that talks as a twin (sample.py, serve.py): which twin, and where and how
+    it computes and remembers."""
+
+    choice: TwinChoice = section(TwinChoice, "model")
+    compute: TwinCompute = section(TwinCompute, "run")
+    memory: MemoryChoice = section(MemoryChoice, "memory")
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,13 @@ def source_of_run(out: str | Path) -> TwinSource:
     return TwinSource(record.model, run.adapter, people, run, record)
 
 
-def source_from_args(args) -> TwinSource:
-    """--checkpoint (with the run's memory, unless --no-memory), or else --model and --adapter."""
-    if args.checkpoint:
-        source = source_of_run(Path(args.checkpoint))
-        return dataclasses.replace(source, memory=memory_of_run(source.run, source.record, args))
-    return TwinSource(args.model, Path(args.adapter) if args.adapter else None)
+def open_source(choice: TwinChoice, memory: MemoryChoice | None = None) -> TwinSource:
+    """The one way a program finds its twin: --checkpoint, a train.py run, with the run's memory (where
+    `memory` asks for it); or else --model and --adapter."""
+    if not choice.checkpoint:
+        return TwinSource(choice.model, Path(choice.adapter) if choice.adapter else None)
+    source = source_of_run(Path(choice.checkpoint))
+    return dataclasses.replace(source, memory=memory_of_run(source.run, source.record, memory) if memory else None)
 
 
 def load_twin(
@@ -114,13 +118,14 @@ def load_twin(
     return model.eval(), tokenizer
 
 
-def start_twin(args: argparse.Namespace, source: TwinSource) -> tuple[Generator, Tokenizer]:
-    """The flags of add_twin_arguments at work: torch on its device and threads, the twin loaded, and its
-    generator over a cache of --context tokens (or the model's own, where shorter)."""
-    device, dtype = resolve_device(args)
-    set_threads(args)
-    model, tokenizer = load_twin(source, device, dtype, args.quantize)
-    context = min(args.context, model.config.max_position_embeddings)
-    if args.max_new_tokens >= context:
-        raise TwinError(f"--max-new-tokens ({args.max_new_tokens}) must be below --context ({context})")
-    return Generator(model, max_len=context, device=device, compile=args.compile), tokenizer
+def start_twin(settings: TwinCompute, source: TwinSource, max_new_tokens: int) -> tuple[Generator, Tokenizer]:
+    """The twin's compute settings at work: torch on its device and threads, the twin loaded, and its
+    generator over a cache of --context tokens (or the model's own, where shorter), which replies of
+    `max_new_tokens` must fit in."""
+    device, dtype = resolve_device(settings)
+    set_threads(settings)
+    model, tokenizer = load_twin(source, device, dtype, settings.quantize)
+    context = min(settings.context, model.config.max_position_embeddings)
+    if max_new_tokens >= context:
+        raise TwinError(f"--max-new-tokens ({max_new_tokens}) must be below --context ({context})")
+    return Generator(model, max_len=context, device=device, compile=settings.compile), tokenizer

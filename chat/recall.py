@@ -2,30 +2,27 @@
 people share (the scope of what is recalled), the one line that says what it uses, and, only where the user
 asks for it (--remember), a conversation with the twin added to it."""
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.flags import from_args
-from core.run_folder import RunFolder, RunRecord
+from core.flags import SettingsError, from_dict, setting
+from core.run_folder import RunFolder, RunFolderError, RunRecord
 from data.sessions import Session, Turn
 from memory import Conversations, Memory, MemoryConfig, load_store, save_store
 from model.tokenizer import Tokenizer
 
 
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("memory")
-    group.add_argument(
-        "--no-memory",
-        dest="memory",
-        action="store_false",
-        help="answer without the run's memory of earlier conversations (default: the history and "
-        "recall the run trained with)",
+@dataclass
+class MemoryChoice:
+    """Whether a twin talks with its run's memory, and keeps its own conversations in it."""
+
+    memory: bool = setting(
+        True,
+        "answer with the run's memory of earlier conversations; --no-memory: without it (default: the history "
+        "and recall the run trained with)",
     )
-    group.add_argument(
-        "--remember",
-        action="store_true",
-        help="add the conversations had with the twin to the run's memory (default: off: the twin forgets them)",
+    remember: bool = setting(
+        False, "add the conversations had with the twin to the run's memory (default: off: the twin forgets them)"
     )
 
 
@@ -76,12 +73,15 @@ class TwinMemory:
         self.conversations, self._memory = save_store(self.folder, [*self.conversations.sessions, new]), None
 
 
-def memory_of_run(run: RunFolder, record: RunRecord, args) -> TwinMemory | None:
+def memory_of_run(run: RunFolder, record: RunRecord, choice: MemoryChoice) -> TwinMemory | None:
     """The memory of the run, or None: asked off (--no-memory), or a run trained without one (or before twin had
     memory). A store that cannot be read is refused here, before the model loads."""
-    if not args.memory or "history_tokens" not in record.settings:
+    if not choice.memory or "history_tokens" not in record.section("memory"):
         return None
-    config = from_args(MemoryConfig, argparse.Namespace(**record.settings))
+    try:
+        config = from_dict(MemoryConfig, record.section("memory"), flat=record.flat)
+    except SettingsError as error:
+        raise RunFolderError(f"{record.file}: {error}") from None
     if not config.on:
         return None
-    return TwinMemory(load_store(run.memory), config, run.memory, args.remember)
+    return TwinMemory(load_store(run.memory), config, run.memory, choice.remember)

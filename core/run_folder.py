@@ -1,18 +1,20 @@
 """A run folder, OUT: where each of a train.py run's outputs lives, its one record (OUT/run.json), and
 the lock that lets one process at a time write there.
 
-The record holds the run's settings (train.py's flags), its mode (lora or fsdp) and its status:
+The record holds the run's settings (train.py's settings tree, training.settings.TrainSettings, a dict per
+section: {"job": {"model": ..., "data": ...}, "data": {...}, ...}), its mode (lora or fsdp) and its status:
   running   written when a run starts;
   trained   the adapter (or the full fine-tune's model) is written and final, with the run's figures;
             what follows it (the report, the merged model, the loss curves) may still be missing, and
             `--resume` writes only those;
   finished  everything is written.
 sample.py, serve.py, evaluate.py and the GGUF export read a trained or finished run; --resume continues
-a running or trained one. Folders of the earlier layout are read too: their settings in run_args.json
-(written at the start) and a run.json without a status, written only by a run that finished.
+a running or trained one. Folders of the earlier layouts are read too: their settings in run_args.json
+(written at the start) and a run.json without a status, written only by a run that finished; and records
+whose settings are every flag in one flat dict ({"model": ..., "seq_len": ...}).
 
-Below training, chat and fidelity, so that each reads a run the same way; the checks of the settings
-as train.py's flags are training.run_folder's.
+Below training, chat and fidelity, so that each reads a run the same way; the settings are read back as
+the tree, each checked as a value of its flag, by training.settings.TrainSettings.of_run.
 """
 
 import fcntl
@@ -40,7 +42,7 @@ class RunFolderError(TwinError):
 @dataclass(frozen=True)
 class RunRecord:
     file: Path  # the file the settings were read from
-    settings: dict  # as recorded; training.run_folder checks each as a value of its flag
+    settings: dict  # as recorded; TrainSettings.of_run checks each as a value of its flag
     status: str
     mode: str  # lora or fsdp
     figures: dict  # of a trained run: its steps, losses, speed, target and partners (names)
@@ -51,9 +53,27 @@ class RunRecord:
         return self.status in (TRAINED, FINISHED)
 
     @property
+    def flat(self) -> bool:
+        """Settings recorded as every flag in one dict, as before the settings tree."""
+        return "job" not in self.settings
+
+    def section(self, name: str) -> dict:
+        """The recorded settings of one section of the tree (job, data, memory...), as core.flags.from_dict
+        reads them; of a flat record, all of them (their names are the flags')."""
+        if self.flat:
+            return self.settings
+        part = self.settings.get(name, {})
+        return part if isinstance(part, dict) else {}
+
+    @property
     def model(self) -> str:
         """The base model the run trained."""
-        return self.settings["model"]
+        return self.section("job")["model"]
+
+    @property
+    def data(self) -> str:
+        """The export or sessions file the run trained on."""
+        return self.section("job")["data"]
 
 
 @dataclass(frozen=True)
@@ -211,13 +231,14 @@ class RunFolder:
 
 def mode_of(settings) -> str:
     """The mode of a record that does not name it: the earlier layout's, a running record of before."""
-    return "fsdp" if isinstance(settings, dict) and settings.get("fsdp") else "lora"
+    recipe = settings.get("recipe", settings) if isinstance(settings, dict) else {}
+    return "fsdp" if isinstance(recipe, dict) and recipe.get("fsdp") else "lora"
 
 
 def checked(record: RunRecord) -> RunRecord:
     """What every reader of a run needs of its settings: the base model and the data, named."""
     for flag in ("model", "data"):
-        if not isinstance(record.settings.get(flag), str):
+        if not isinstance(record.section("job").get(flag), str):
             raise RunFolderError(f"{record.file}: records no --{flag}")
     return record
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core import atomic
-from core.flags import from_args, not_a_flag, positive_int, setting
+from core.flags import positive_int, section, setting
 from core.names import matching_names
 from data.chatml import RenderedSession, split_to_fit
 from data.conversion import ConversionReport, ExportOptions, chat_list
@@ -40,6 +40,7 @@ ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
 class DataConfig:
     """How an export becomes rows: train.py's data flags (the export's own: ExportOptions)."""
 
+    export: ExportOptions = section(ExportOptions)
     train_on: str = setting("all", "whose turns the loss covers", choices=TRAIN_ON)
     exclude_speakers: str | None = setting(
         None,
@@ -53,22 +54,16 @@ class DataConfig:
     split: str = setting(
         "hash", "which sessions are held out: hash spreads them over time, time holds out the newest", choices=SPLITS
     )
-    export: ExportOptions = not_a_flag(default_factory=ExportOptions)
 
     def __post_init__(self):
         if self.train_on not in TRAIN_ON:
-            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+            raise DataError(f"--train-on: must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+            raise DataError(f"--split: must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.seq_len < 1:
-            raise ValueError(f"seq_len must be positive, got {self.seq_len}")
+            raise DataError(f"--seq-len: must be positive, got {self.seq_len}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-
-
-def data_config_from_args(args) -> DataConfig:
-    """The DataConfig of train.py's flags (or of the settings a run recorded in run.json)."""
-    return from_args(DataConfig, args, export=from_args(ExportOptions, args))
+            raise DataError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core.flags import section, setting
 from data.dataset import PreparedData
 from data.sessions import Session, Turn
 from fidelity import EvaluationError
@@ -20,16 +21,54 @@ REFERENCE_TURNS = 2000  # training turns drawn per speaker, and of everyone else
 REPLY_TOKENS = 128
 
 
+def speakers_from_text(text: str) -> int | list[str]:
+    """--speakers: a number, or names separated by commas."""
+    text = text.strip()
+    return int(text) if text.isdigit() else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def speakers_text(speakers: int | list[str]) -> str:
+    return str(speakers) if isinstance(speakers, int) else ",".join(speakers)
+
+
 @dataclass
 class EvalSettings:
-    speakers: int | list[str] = 5  # how many (the target and the most frequent partners), or names
-    contexts: int = 32  # held-out moments per speaker, where the held-out sessions have that many
-    examples: int = 3  # shown side by side per speaker
-    seed: int = 0
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=REPLY_TOKENS))
-    context_tokens: int = 4096  # conversation the model sees when sampling, as sample.py's --context
-    micro_batch: int = 4  # rows per forward pass for the loss
-    sample_batch: int = 16  # moments whose turns are written together
+    """What a fidelity report measures, and how: evaluate.py's report flags."""
+
+    speakers: int | list[str] = setting(
+        5,
+        "how many speakers (the target and the most frequent partners in the held-out sessions), or names "
+        "separated by commas",
+        metavar="N|NAME,...",
+        parse=speakers_from_text,
+        text=speakers_text,
+    )
+    contexts: int = setting(
+        32,
+        "held-out moments each model writes a turn at, per speaker, where there are that many",
+        metavar="K",
+    )
+    examples: int = setting(3, "examples shown per speaker; 0 keeps message text out of the report")
+    seed: int = setting(0, "seed of the contexts chosen and of sampling")
+    sampling: SamplingConfig = section(
+        SamplingConfig, "sampling (sample.py's, but for the length)", defaults={"max_new_tokens": REPLY_TOKENS}
+    )
+    context_tokens: int = setting(
+        4096, "tokens of conversation the model sees when writing, as sample.py's --context", flag="--context"
+    )
+    micro_batch: int = setting(4, "rows per forward pass for the loss")
+    sample_batch: int = setting(16, "held-out moments whose turns are written together")
+
+    def __post_init__(self):
+        if isinstance(self.speakers, int) and self.speakers < 1:
+            raise EvaluationError("--speakers: give at least 1 speaker, or names separated by commas")
+        if not self.speakers:
+            raise EvaluationError("--speakers: give a number of speakers or names separated by commas")
+        for flag, value in (("--contexts", self.contexts), ("--examples", self.examples)):
+            if value < 0:
+                raise EvaluationError(f"{flag} must be 0 or more, got {value}")
+        if self.sample_batch < 1:
+            raise EvaluationError(f"--sample-batch must be 1 or more, got {self.sample_batch}")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from chat.loading import TwinSource
 from core import atomic
 from core.errors import TwinError
 from core.run_folder import RunFolder
-from data.dataset import data_config_from_args, prepare_data
+from data.dataset import prepare_data
 from fidelity.plan import Context, EvalSettings, choose_contexts
 from fidelity.verdict import answers_file, read_answers
 from model import load_tokenizer
@@ -37,7 +37,7 @@ from model.peft import tokenizer_source
 from model.tokenizer import Tokenizer
 from serving.api import APIError
 from serving.engine import ContextLengthError, Engine, Finished, ReplyRequest
-from training.run_folder import recorded_settings
+from training.settings import TrainSettings
 
 SHOWN_TURNS = 8  # of the conversation before the turn: enough to judge a reply by, short enough to read
 JUDGE_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -82,8 +82,8 @@ def held_out_moments(run: Path, people: list[str], tokenizer: Tokenizer) -> list
     """Every held-out moment right before a turn of one of `people`, split as the run split its sessions
     (its token cache makes this quick). A name with no held-out turn raises BlindTestError."""
     folder = RunFolder(run)
-    settings = recorded_settings(folder.read_trained_record())
-    data = prepare_data(settings.data, tokenizer, data_config_from_args(settings), cache_dir=folder.cache)
+    record = folder.read_trained_record()
+    data = prepare_data(record.data, tokenizer, TrainSettings.of_run(record).data, cache_dir=folder.cache)
     present = {turn.speaker for session in data.val_sessions for turn in session.turns[1:]}
     missing = [name for name in people if name not in present]
     if missing:

@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.flags import from_args
 from data.chatml import render
 from data.conversion import ExportOptions
 from data.dataset import (
     DataConfig,
-    data_config_from_args,
     newest_mask,
     prepare_data,
     session_fingerprint,
@@ -181,7 +181,11 @@ def test_cache_key_covers_the_tokenizer(tmp_path, dolphin_tokenizer, dolphin_tok
 
 @pytest.mark.parametrize(
     "setting, message",
-    [({"train_on": "everyone"}, "train_on"), ({"seq_len": 0}, "seq_len"), ({"val_fraction": 1.0}, "val_fraction")],
+    [
+        ({"train_on": "everyone"}, "--train-on"),
+        ({"seq_len": 0}, "--seq-len"),
+        ({"val_fraction": 1.0}, "--val-fraction"),
+    ],
 )
 def test_bad_settings_are_refused(setting, message):
     with pytest.raises(ValueError, match=message):
@@ -279,11 +283,13 @@ def test_prepare_data_with_the_time_split(dolphin_tokenizer, tmp_path):
 
 def test_the_split_flag_and_its_default():
     assert DataConfig().split == "hash"
-    args = settings.build_parser().parse_args(["--data", "x"])
-    assert data_config_from_args(args).split == "hash"
-    args = settings.build_parser().parse_args(["--data", "x", "--split", "time"])
-    assert data_config_from_args(args).split == "time"
-    with pytest.raises(ValueError, match="split must be one of hash, time"):
+
+    def parsed(*argv):
+        return from_args(settings.TrainSettings, settings.build_parser().parse_args(argv)).data
+
+    assert parsed("--data", "x").split == "hash"
+    assert parsed("--data", "x", "--split", "time").split == "time"
+    with pytest.raises(ValueError, match="--split: must be one of hash, time"):
         DataConfig(split="random")
 
 

@@ -125,7 +125,7 @@ def test_a_run_leaves_its_loss_curves_and_chats_from_anywhere(short_run, smollm2
     assert f"see the loss curves: {out / 'loss_curves.png'}" in printed
 
     # The run records where its base is, so sample.py finds it from any folder, with the adapter's tokenizer.
-    assert json.loads((out / "run.json").read_text())["settings"]["model"] == str(smollm2_gguf.resolve())
+    assert json.loads((out / "run.json").read_text())["settings"]["job"]["model"] == str(smollm2_gguf.resolve())
     assert {"tokenizer.json", "tokenizer_config.json"} <= {path.name for path in (out / "adapter").iterdir()}
     result = subprocess.run(
         [

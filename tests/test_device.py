@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
-from core.device import add_threads_arg, available_cores, set_threads
+from core.device import Threads, available_cores, set_threads
 from core.errors import TwinError
+from core.flags import add_arguments, from_args
 
 
 @pytest.fixture
@@ -17,10 +18,10 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-def parse(*argv: str) -> argparse.Namespace:
+def parse(*argv: str) -> Threads:
     parser = argparse.ArgumentParser()
-    add_threads_arg(parser)
-    return parser.parse_args(argv)
+    add_arguments(parser, Threads)
+    return from_args(Threads, parser.parse_args(argv))
 
 
 def test_threads_follow_the_cores_this_process_may_use(restore_threads, capsys, monkeypatch):

@@ -184,21 +184,21 @@ def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path
 
 def test_the_split_is_the_run_s_or_given(tmp_path):
     def config(*arguments):
-        return evaluate.sources_from_args(
-            evaluate.build_parser().parse_args(["--adapter", str(tmp_path), "--data", str(SAMPLE), *arguments])
+        return evaluate.sources_of(
+            evaluate.parse_settings(["--adapter", str(tmp_path), "--data", str(SAMPLE), *arguments])
         ).data_config
 
     assert config().split == "hash" and config("--split", "time").split == "time"
     (tmp_path / "run.json").write_text(json.dumps({"settings": {"model": "m", "data": str(SAMPLE), "split": "time"}}))
-    sources = evaluate.sources_from_args(evaluate.build_parser().parse_args(["--checkpoint", str(tmp_path)]))
+    sources = evaluate.sources_of(evaluate.parse_settings(["--checkpoint", str(tmp_path)]))
     assert sources.data_config.split == "time" and sources.twin.run.metrics == tmp_path / "metrics.jsonl"
 
 
 def test_the_report_samples_as_train_py_s_and_sees_as_much_as_sample_py():
     # The sampling flags are SamplingConfig's (tests/test_flags.py); the length of a turn and the context
     # are the report's own settings.
-    assert evaluate.settings_from_args(evaluate.build_parser().parse_args([])) == EvalSettings()
-    assert EvalSettings().context_tokens == sample.build_parser().parse_args([]).context
+    assert evaluate.parse_settings([]).report == EvalSettings()
+    assert EvalSettings().context_tokens == sample.parse_settings([]).twin.compute.context
 
 
 def test_an_adapter_is_evaluated_only_on_the_split_its_run_held_out(tmp_path, capsys):
@@ -210,9 +210,7 @@ def test_an_adapter_is_evaluated_only_on_the_split_its_run_held_out(tmp_path, ca
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1
     assert "--split time: the run in" in error and "was trained with --split hash" in error
-    sources = evaluate.sources_from_args(
-        evaluate.build_parser().parse_args(
-            ["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "hash"]
-        )
+    sources = evaluate.sources_of(
+        evaluate.parse_settings(["--adapter", str(tmp_path / "adapter"), "--data", str(SAMPLE), "--split", "hash"])
     )
     assert sources.data_config.split == "hash"

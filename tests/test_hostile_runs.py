@@ -22,11 +22,13 @@ import export as gguf_program
 import lora
 import sample
 import train
+from core.flags import flag_values, from_dict
 from core.run_folder import RunFolder
 from tests.helpers import exit_status
 from training import distributed
 from training.checkpointer import DamagedCheckpoint, resume_from
 from training.loop import TrainingError
+from training.settings import TrainSettings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
 FAST = [
@@ -110,8 +112,9 @@ def earlier_layout(run: Path, outside: Path) -> None:
     without a status."""
     record = json.loads((run / "run.json").read_text())
     del record["status"]
-    (run / "run.json").write_text(json.dumps(record))
-    (run / "run_args.json").write_text(json.dumps(record["settings"]))
+    flat = flag_values(from_dict(TrainSettings, record["settings"]))  # every flag in one dict, as then
+    (run / "run.json").write_text(json.dumps({**record, "settings": flat}))
+    (run / "run_args.json").write_text(json.dumps(flat))
 
 
 def then(*damages: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
@@ -145,11 +148,14 @@ def crafted(name: str) -> Callable[[Path, Path], None]:
     return damage
 
 
-def settings(**changes) -> Callable[[Path, Path], None]:
+def settings(section: str, **changes) -> Callable[[Path, Path], None]:
+    """Values of one section of the recorded settings tree changed."""
+
     def damage(run: Path, outside: Path) -> None:
         path = run / "run.json"
         record = json.loads(path.read_text())
-        path.write_text(json.dumps({**record, "settings": {**record["settings"], **changes}}))
+        record["settings"][section] = {**record["settings"].get(section, {}), **changes}
+        path.write_text(json.dumps(record))
 
     return damage
 
@@ -245,14 +251,20 @@ CASES = {
     "record of an unknown status": Case(
         then(unfinished, run_json({"status": "paused", "settings": {}})), "{run}/run.json: not a train.py run record", 2
     ),
-    "settings text for a number": Case(then(unfinished, settings(seq_len="long")), "{run}/run.json: --seq-len", 2),
-    "settings zero rows a batch": Case(then(unfinished, settings(micro_batch=0)), "{run}/run.json: --micro-batch", 2),
-    "settings a number for a flag": Case(then(unfinished, settings(merge=1)), "{run}/run.json: --merge", 2),
-    "settings no model": Case(then(unfinished, settings(model=None)), "{run}/run.json: records no --model", 2),
-    "settings unknown choice": Case(then(unfinished, settings(train_on="nobody")), "{run}/run.json: --train-on", 2),
-    "settings ask for torchrun": Case(then(unfinished, settings(fsdp=True)), "--fsdp runs under torchrun", 2),
+    "settings text for a number": Case(
+        then(unfinished, settings("data", seq_len="long")), "{run}/run.json: --seq-len", 2
+    ),
+    "settings zero rows a batch": Case(
+        then(unfinished, settings("optimization", micro_batch=0)), "{run}/run.json: --micro-batch", 2
+    ),
+    "settings a number for a flag": Case(then(unfinished, settings("lora", merge=1)), "{run}/run.json: --merge", 2),
+    "settings no model": Case(then(unfinished, settings("job", model=None)), "{run}/run.json: records no --model", 2),
+    "settings unknown choice": Case(
+        then(unfinished, settings("data", train_on="nobody")), "{run}/run.json: --train-on", 2
+    ),
+    "settings ask for torchrun": Case(then(unfinished, settings("recipe", fsdp=True)), "--fsdp runs under torchrun", 2),
     "settings keys that are no flag": Case(
-        then(unfinished, settings(__class__="x", __dict__={}, stop_at=1)),
+        then(unfinished, settings("job", __class__="x", __dict__={}), settings("invocation", stop_at=1)),
         "resumed from {run}/checkpoints/step-00000002",
     ),
     # Runs of the earlier layout: settings in run_args.json, and run.json (no status) once finished.

@@ -8,14 +8,14 @@ import os
 import pytest
 
 from chat.loading import source_of_run
-from data.dataset import data_config_from_args, prepare_data
+from data.dataset import prepare_data
 from data.sessions import Turn
 from fidelity.plan import Context
 from fidelity.verdict import ANSWERS_FILE, read_verdict
 from model import load_tokenizer
 from serving.engine import Finished
 from serving.judging import BlindTest, BlindTestError, Moment, PairClosed, moment_key, open_blind_test
-from training.run_folder import recorded_settings
+from training.settings import TrainSettings
 
 JUDGE, OTHER_JUDGE = "a" * 32, "b" * 32
 TWIN_TURN = ["twin wrote this"]
@@ -100,8 +100,8 @@ def test_an_answer_to_a_pair_no_longer_open_is_refused(tmp_path):
 def test_judges_see_the_held_out_sessions_only(tiny_run):
     source = source_of_run(tiny_run)
     test = open_blind_test(str(tiny_run), "Alexander Smirnov, Катя Морозова", source)
-    settings = recorded_settings(source.record)
-    data = prepare_data(settings.data, load_tokenizer(source.model), data_config_from_args(settings))
+    config = TrainSettings.of_run(source.record).data
+    data = prepare_data(source.record.data, load_tokenizer(source.model), config)
     held_out = [session.turns for session in data.val_sessions]
     assert test.moments and {moment.context.speaker for moment in test.moments} <= {
         "Alexander Smirnov",

@@ -567,7 +567,7 @@ def test_train_and_sample_on_an_nf4_base(tiny_checkpoint, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "quantized to nf4" in printed and f"python sample.py --checkpoint {out} --quantize nf4" in printed
-    assert json.loads((out / "run.json").read_text())["settings"]["quantize"] == "nf4"
+    assert json.loads((out / "run.json").read_text())["settings"]["lora"]["quantize"] == "nf4"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     sample.main(
         ["--checkpoint", str(out), "--quantize", "nf4", "--prompt", "привет", "--max-new-tokens", "6", "--seed", "0"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder, RunFolderError
-from training.run_folder import recorded_settings
+from training.settings import TrainSettings
 
 SETTINGS = {"model": "base", "data": "export/", "seq_len": 256, "lora_targets": "q,v"}
 FIGURES = {"steps": 3, "target": "Ann", "partners": {"Ann": "Bob", "Bob": "Ann"}}
@@ -23,8 +23,9 @@ def test_a_run_is_recorded_running_then_trained_then_finished(tmp_path):
     started = run.read_record()
     assert started.status == RUNNING and not started.trained and started.settings == SETTINGS
     assert started.file == tmp_path / "run.json" and started.mode == "lora" and started.model == "base"
-    settings = recorded_settings(started)
-    assert settings.seq_len == 256 and settings.lora_r == 32  # today's default for what is not recorded
+    settings = TrainSettings.of_run(started)  # a record of before the tree: every flag in one dict
+    assert settings.data.seq_len == 256 and settings.lora.adapter.targets == ("q_proj", "v_proj")
+    assert settings.lora.adapter.r == 32  # today's default for what is not recorded
     run.write_record(TRAINED, "lora", SETTINGS, FIGURES)
     assert run.read_trained_record().figures == FIGURES  # a twin opens from it: its adapter is final
     run.write_record(FINISHED, "lora", SETTINGS, FIGURES)
@@ -125,7 +126,7 @@ def test_a_damaged_record_names_its_file(tmp_path, record, message):
 def test_settings_of_the_wrong_type_name_the_record_and_the_flag(tmp_path):
     write(tmp_path / "run.json", {"status": "running", "settings": {**SETTINGS, "seq_len": "long"}})
     with pytest.raises(RunFolderError, match=f"^{tmp_path / 'run.json'}: --seq-len"):
-        recorded_settings(RunFolder(tmp_path).read_record())
+        TrainSettings.of_run(RunFolder(tmp_path).read_record())
 
 
 def test_links_out_of_the_folder_are_refused(tmp_path):

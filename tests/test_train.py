@@ -291,8 +291,8 @@ def test_a_fresh_run_into_an_unfinished_one_points_to_resume(tmp_path, tiny_chec
     run_train("--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, "--max-steps", 2, "--stop-at", 1, *FAST)
     capsys.readouterr()
     record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "running" and record["settings"]["max_steps"] == 2
-    assert "stop_at" not in record["settings"]  # a stop belongs to the invocation that asked for it
+    assert record["status"] == "running" and record["settings"]["optimization"]["max_steps"] == 2
+    assert "invocation" not in record["settings"]  # a stop belongs to the invocation that asked for it
     assert refused(["--lora", "--model", tiny_checkpoint, "--data", SAMPLE, "--out", out, *FAST], capsys) == (
         f"error: --out {out} holds an unfinished run; continue it with --resume {out}, or choose another --out\n"
     )

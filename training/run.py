@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from core import atomic
 from core.device import resolve_device, set_threads
-from core.flags import from_args
+from core.flags import to_dict
 from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
 from data.chatml import add_chatml_tokens
-from data.dataset import PreparedData, data_config_from_args, prepare_data
+from data.dataset import PreparedData, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
-from memory import MemoryConfig, remembering, save_store
+from memory import remembering, save_store
 from model import load_tokenizer
 from training import ranks
 from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
@@ -40,6 +40,7 @@ from training.loop import (
     train_step,
     trained_token_count,
 )
+from training.settings import TrainSettings
 from training.tracking import check_installed, open_trackers
 
 
@@ -47,7 +48,7 @@ from training.tracking import check_installed, open_trackers
 class Run:
     """One invocation of a recipe: its settings, folder, place in the job, device and dtype."""
 
-    args: object
+    settings: TrainSettings
     world: "ranks.World | None" = None
     out: Path = field(init=False)
     folder: RunFolder = field(init=False)
@@ -55,9 +56,9 @@ class Run:
     dtype: torch.dtype = field(init=False)
 
     def __post_init__(self):
-        self.out = Path(self.args.out)
+        self.out = Path(self.settings.job.out)
         self.folder = RunFolder(self.out)
-        device, self.dtype = resolve_device(self.args)
+        device, self.dtype = resolve_device(self.settings.compute)
         self.device = self.world.device if self.world else device
 
     @property
@@ -72,6 +73,10 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def resumed(self) -> bool:
+        return self.settings.invocation.resume is not None
+
     def say(self, *line) -> None:
         if self.is_main:
             print(*line)
@@ -85,26 +90,21 @@ def start(run: Run) -> None:
     """Compute on --threads (by default this rank's share of the machine's cores), seed, clear what
     killed writes left in the run folder (training.run_folder.claimed made it), and record the run as
     running, with the settings a `--resume` continues with (a stop belongs to this invocation only)."""
-    set_threads(run.args, sys.stdout, quiet=not run.is_main)
-    check_installed(run.args.log_to)
-    torch.manual_seed(run.args.seed)
+    set_threads(run.settings.compute, sys.stdout, quiet=not run.is_main)
+    check_installed(run.settings.cadence.log_to)
+    torch.manual_seed(run.settings.optimization.seed)
     if not run.is_main:
         return
     for path in remove_unfinished_writes(run.out):
         run.say(f"removed {path}, left by a write that was cut short")
-    if not run.args.resume:
-        settings = {k: v for k, v in vars(run.args).items() if k not in ("resume", "stop_at")}
-        run.folder.write_record(RUNNING, mode(run), settings)
-
-
-def mode(run: Run) -> str:
-    return "fsdp" if run.args.fsdp else "lora"
+    if not run.resumed:
+        run.folder.write_record(RUNNING, run.settings.mode, to_dict(run.settings))
 
 
 def trained_figures(run: Run) -> dict | None:
     """The figures of a resumed run whose adapter or model was final before it stopped (in its report or
     merge, say): it has only the rest to write. None for a run still to train."""
-    if not run.args.resume:
+    if not run.resumed:
         return None
     record = run.folder.read_record()
     return record.figures if record.status == TRAINED else None
@@ -115,13 +115,13 @@ def prepare(run: Run) -> tuple:
     format), and the packed rows. In a sharded run rank 0 goes first and caches the tokens."""
 
     def work():
-        tokenizer = load_tokenizer(run.args.model)
-        new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.args.add_chatml_tokens))
+        tokenizer = load_tokenizer(run.settings.job.model)
+        new_tokens = tuple(add_chatml_tokens(tokenizer, always=run.settings.job.add_chatml_tokens))
         with contextlib.redirect_stderr(io.StringIO()) if not run.is_main else contextlib.nullcontext():
             data = prepare_data(
-                run.args.data,
+                run.settings.job.data,
                 tokenizer,
-                data_config_from_args(run.args),
+                run.settings.data,
                 cache_dir=run.folder.cache,
                 memory=remembering(memory_config, tokenizer),
             )
@@ -129,7 +129,7 @@ def prepare(run: Run) -> tuple:
             save_store(run.folder.memory, data.train_sessions + data.val_sessions)
         return tokenizer, new_tokens, data
 
-    memory_config = from_args(MemoryConfig, run.args)
+    memory_config = run.settings.memory
     tokenizer, new_tokens, data = ranks.main_first(run.world, work) if run.world else work()
     run.say(data.summary())
     run.say(
@@ -151,17 +151,19 @@ class Schedule:
 
 
 def make_schedule(run: Run, model: torch.nn.Module, data: PreparedData) -> Schedule:
-    args = run.args
-    loader = RowLoader(data.train_rows, args.micro_batch, rank=run.rank, world_size=run.world_size, seed=args.seed)
-    if args.batch % (args.micro_batch * run.world_size):
+    settings = run.settings.optimization
+    loader = RowLoader(
+        data.train_rows, settings.micro_batch, rank=run.rank, world_size=run.world_size, seed=settings.seed
+    )
+    if settings.batch % (settings.micro_batch * run.world_size):
         raise TrainingError(
-            f"--batch ({args.batch}) must be a multiple of --micro-batch x ranks "
-            f"({args.micro_batch} x {run.world_size})"
+            f"--batch ({settings.batch}) must be a multiple of --micro-batch x ranks "
+            f"({settings.micro_batch} x {run.world_size})"
         )
-    accumulation = args.batch // (args.micro_batch * run.world_size)
-    total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(loader) / accumulation))
-    optimizer = make_optimizer(model, args.lr, args.weight_decay, run.device)
-    scheduler = cosine_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
+    accumulation = settings.batch // (settings.micro_batch * run.world_size)
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * len(loader) / accumulation))
+    optimizer = make_optimizer(model, run.settings.lr, settings.weight_decay, run.device)
+    scheduler = cosine_schedule(optimizer, round(settings.warmup_ratio * total_steps), total_steps)
     return Schedule(loader, accumulation, total_steps, optimizer, scheduler)
 
 
@@ -178,7 +180,7 @@ class Progress:
 
 
 def resume(run: Run, checkpointer: Checkpointer, total_steps: int) -> Progress:
-    if not run.args.resume:
+    if not run.resumed:
         return Progress()
     resumed, state = checkpointer.resume(run.warn)
     run.say(f"resumed from {resumed} at step {state['step']} of {total_steps}")
@@ -188,7 +190,7 @@ def resume(run: Run, checkpointer: Checkpointer, total_steps: int) -> Progress:
 def held_out_loss(run: Run, model, data: PreparedData, step: int, metrics: MetricsLog | None) -> dict:
     if not data.val_rows:
         return {}
-    loss, tokens = evaluate(model, data.val_rows, run.args.micro_batch, run.device)
+    loss, tokens = evaluate(model, data.val_rows, run.settings.optimization.micro_batch, run.device)
     record = {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "eval_tokens": tokens}
     if metrics:
         metrics.write(record)
@@ -206,7 +208,8 @@ def train_loop(
 ) -> bool:
     """Optimizer steps until the schedule ends (True) or `--stop-at` (False), with evaluations and
     checkpoints on the way."""
-    args, loader = run.args, schedule.loader
+    cadence, loader = run.settings.cadence, schedule.loader
+    stop_at = run.settings.invocation.stop_at
     batches, throughput = endless(loader), Throughput()
     with tqdm(
         total=schedule.total_steps,
@@ -219,11 +222,11 @@ def train_loop(
         while progress.step < schedule.total_steps:
             loss, grad_norm, lr = step_once(run, model, schedule, [next(batches) for _ in range(schedule.accumulation)])
             progress.step, progress.loss = progress.step + 1, loss
-            progress.rates.append(throughput.tick(args.batch * args.seq_len))
+            progress.rates.append(throughput.tick(run.settings.optimization.batch * run.settings.data.seq_len))
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.rates[-1]:,.0f}")
             bar.update()
             step, evaluation = progress.step, None
-            if metrics and (step % args.log_every == 0 or step == schedule.total_steps):
+            if metrics and (step % cadence.log_every == 0 or step == schedule.total_steps):
                 metrics.write(
                     {
                         "step": step,
@@ -234,14 +237,15 @@ def train_loop(
                         "epoch": loader.epoch + loader.step / len(loader),
                     }
                 )
-            if args.eval_every and step % args.eval_every == 0 and step < schedule.total_steps and data.val_rows:
+            due = cadence.eval_every and step % cadence.eval_every == 0
+            if due and step < schedule.total_steps and data.val_rows:
                 progress.last_eval = evaluation = held_out_loss(run, model, data, step, metrics)
                 if run.is_main:
                     bar.write(
                         f"step {step}: eval loss {progress.last_eval['eval_loss']:.4f}, "
                         f"perplexity {progress.last_eval['eval_perplexity']:.2f}"
                     )
-            if checkpointer.due(step, evaluation) or step == args.stop_at:
+            if checkpointer.due(step, evaluation) or step == stop_at:
                 checkpointer.save(
                     step,
                     {
@@ -252,7 +256,7 @@ def train_loop(
                     },
                     evaluation,
                 )
-            if step == args.stop_at and step < schedule.total_steps:
+            if step == stop_at and step < schedule.total_steps:
                 bar.close()
                 run.say(f"stopped after step {step} as asked; continue with: python train.py --resume {run.out}")
                 return False
@@ -265,7 +269,13 @@ def step_once(run: Run, model, schedule: Schedule, window: list) -> tuple[float,
     if run.world:  # every token of the global batch weighs the same, whichever rank holds it
         tokens = int(ranks.all_reduce_sum([tokens], run.device)[0])
     loss, grad_norm = train_step(
-        model, schedule.optimizer, window, run.device, run.args.grad_clip, tokens, loss_scale=run.world_size
+        model,
+        schedule.optimizer,
+        window,
+        run.device,
+        run.settings.optimization.grad_clip,
+        tokens,
+        loss_scale=run.world_size,
     )
     if run.world:
         loss = ranks.all_reduce_sum([loss], run.device)[0]
@@ -291,7 +301,7 @@ def final_evaluation(run: Run, model, data: PreparedData, progress: Progress, me
 
 def keep_best(run: Run, checkpointer: Checkpointer, progress: Progress) -> None:
     """--keep-best: end with the checkpoint of the lowest held-out loss, where the last step's is not lower."""
-    if not run.args.keep_best:
+    if not run.settings.cadence.keep_best:
         return
     final_step = progress.step
     if not progress.last_eval:
@@ -337,7 +347,7 @@ def record_trained(run: Run, data: PreparedData, progress: Progress, metrics: Me
         **({"best_step": progress.best_step} if progress.best_step is not None else {}),
     }
     if run.is_main:
-        run.folder.write_record(TRAINED, mode(run), vars(run.args), figures)
+        run.folder.write_record(TRAINED, run.settings.mode, to_dict(run.settings), figures)
     if metrics:
         metrics.track({"run": figures}, progress.step)
     return figures
@@ -346,7 +356,7 @@ def record_trained(run: Run, data: PreparedData, progress: Progress, metrics: Me
 def record_finished(run: Run, figures: dict, metrics: MetricsLog | None = None) -> None:
     """The record rewritten last, as finished: everything of the run is written."""
     if run.is_main:
-        run.folder.write_record(FINISHED, mode(run), vars(run.args), figures)
+        run.folder.write_record(FINISHED, run.settings.mode, to_dict(run.settings), figures)
     if metrics:
         metrics.close()
 
@@ -355,11 +365,11 @@ def metrics_log(run: Run, progress: Progress) -> MetricsLog | None:
     """Rank 0's metrics.jsonl and the experiment trackers of --log-to; None on the other ranks."""
     if not run.is_main:
         return None
-    trackers = open_trackers(run.args.log_to, run.out, vars(run.args), progress.step)
+    trackers = open_trackers(run.settings.cadence.log_to, run.out, to_dict(run.settings), progress.step)
     return MetricsLog(run.folder.metrics, after_step=progress.step, trackers=trackers)
 
 
 def activation_checkpointing(run: Run) -> bool:
     """On by default on CUDA, where memory is short; off on CPU, where time is."""
-    flag = run.args.activation_checkpointing
+    flag = run.settings.compute.activation_checkpointing
     return run.device.type == "cuda" if flag is None else flag

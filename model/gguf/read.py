@@ -178,11 +178,36 @@ def llama3_scaling(config: ModelConfig, rope_factors: torch.Tensor, path: Path) 
 
 def dequantize(file: GGUFFile, tensor: GGUFTensor) -> torch.Tensor:
     """One GGUF tensor as fp32, in PyTorch's dimension order."""
+    raw = file.data(tensor)
+    if tensor.tensor_type.name in BLOCKS:
+        return dequantize_blocks(raw, tensor.tensor_type.name)
     try:
-        array = gguf.quants.dequantize(file.data(tensor), tensor.tensor_type)
+        array = gguf.quants.dequantize(raw, tensor.tensor_type)
     except NotImplementedError:
         raise CheckpointError(
             f"{file.path}: tensor {tensor.name} is {tensor.tensor_type.name}, which the gguf package cannot dequantize"
         ) from None
     # Plain F32 comes back as a read-only view of the file's memory map; the model needs its own copy.
     return torch.from_numpy(array if array.flags.writeable else np.array(array)).float()
+
+
+# The commonest quantizations, dequantized by torch: the gguf package's numpy code took 1.2 of the 1.5 CPU
+# seconds of loading SmolLM2-135M's Q4_1 file. Each block of 32 weights: an f16 scale d (and for Q4_1 an
+# f16 minimum m), then the 32 quants: 4-bit ones two to a byte, the first 16 in the low halves.
+BLOCKS = {"Q4_0": 2, "Q4_1": 4, "Q8_0": 2}  # type -> bytes before the quants
+
+
+def dequantize_blocks(raw: np.ndarray, kind: str) -> torch.Tensor:
+    """Q4_0 (d * (q - 8)), Q4_1 (d * q + m) and Q8_0 (d * q) rows of blocks as fp32, as gguf.quants computes them."""
+    head = BLOCKS[kind]
+    blocks = torch.from_numpy(np.array(raw)).reshape(-1, head + (32 if kind == "Q8_0" else 16))
+    scale = blocks[:, :2].contiguous().view(torch.float16).float()
+    quants = blocks[:, head:]
+    if kind == "Q8_0":
+        values = scale * quants.contiguous().view(torch.int8).float()
+    elif kind == "Q4_0":
+        values = scale * (torch.cat([quants & 0x0F, quants >> 4], dim=1).float() - 8)
+    else:
+        minimum = blocks[:, 2:4].contiguous().view(torch.float16).float()
+        values = scale * torch.cat([quants & 0x0F, quants >> 4], dim=1).float() + minimum
+    return values.reshape(*raw.shape[:-1], -1)
