@@ -8,12 +8,16 @@ a real tokenizer, and weights of random values in a real model's shapes.
 
 import importlib.resources
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from model.sentencepiece_tokenizer import SentencePieceTokenizer
-from model.transformer import ModelConfig, Transformer
+# Run as `python bench/NAME.py`, which puts bench/ on the path: the repository's packages are one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
+from model.transformer import ModelConfig, Transformer  # noqa: E402
 
 CHATML_TOKENS = ["<|im_end|>", "<|im_start|>"]  # in this order they take Dolphin-Mistral's ids, 32000 and 32001
 

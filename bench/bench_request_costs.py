@@ -3,9 +3,10 @@ each against the code before issue 25 (copied here), same inputs, same process.
 
     python bench/bench_request_costs.py
 
-Uses the bundled tokenizer of the tests (Dolphin's, vocabulary 32002); runs on one thread.
+Uses Mistral's SentencePiece model with ChatML's tokens (bench/bases.py, vocabulary 32002); runs on one thread.
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ def timed(function, *args, repeat: int = 1) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     import tempfile
 
     import torch

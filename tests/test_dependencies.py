@@ -170,3 +170,34 @@ def test_nothing_outside_the_tests_imports_them():
         if re.search(r"^\s*(from|import) tests\b", path.read_text(encoding="utf-8"), re.M)
     ]
     assert importing == []
+
+
+# Each bench script as `python bench/NAME.py --help` starts it, in one process: before each, the repository's
+# modules are forgotten and only bench/ is on the path, so a script that imports the packages before putting
+# the repository on the path fails as it would alone; torch, imported once, keeps it quick.
+BENCH_STARTS = """
+import runpy, sys
+from pathlib import Path
+root, failed = Path(sys.argv[1]), []
+for script in sorted((root / "bench").glob("*.py")):
+    sys.path[:] = [str(root / "bench")] + [p for p in sys.path if Path(p or ".").resolve() != root]
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(root)):
+            del sys.modules[name]
+    sys.argv = [str(script), "--help"]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            failed.append(f"{script.name}: exit {stop.code}")
+    except Exception as error:
+        failed.append(f"{script.name}: {type(error).__name__}: {error}")
+print(failed)
+"""
+
+
+def test_every_bench_script_starts_from_the_repository_root():
+    result = subprocess.run(
+        [sys.executable, "-c", BENCH_STARTS, str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.stdout.strip().splitlines()[-1:] == ["[]"], result.stdout[-2000:] + result.stderr[-2000:]
