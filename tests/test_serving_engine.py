@@ -10,6 +10,7 @@ import torch
 
 from data.chatml import fit_prompt, render
 from data.sessions import Turn
+from model import generation
 from model.generation import Generator, SamplingConfig
 from serving.engine import ContextLengthError, Engine, Finished, ReplyFailed, ReplyRequest
 from tests.helpers import random_model, tiny_config
@@ -158,15 +159,19 @@ def test_a_prompt_the_context_cannot_hold_is_refused_naming_the_field(engine, do
     assert older_turns_drop == render(TURNS, dolphin_tokenizer, open_speaker=SPEAKER).ids
 
 
-def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkeypatch):
-    model = engine.generator.model
-    real = model.hidden_states
+def fails_once(monkeypatch, owner, name: str) -> None:
+    """`owner.name` raises RuntimeError("out of memory") the first time it is called, and is itself again after."""
+    real = getattr(owner, name)
 
-    def fail_once(*args, **kwargs):
-        monkeypatch.setattr(model, "hidden_states", real)
+    def fail(*args, **kwargs):
+        monkeypatch.setattr(owner, name, real)
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(model, "hidden_states", fail_once)
+    monkeypatch.setattr(owner, name, fail)
+
+
+def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkeypatch):
+    fails_once(monkeypatch, engine.generator.model, "hidden_states")
     with pytest.raises(ReplyFailed, match="the model failed on this request: RuntimeError"):
         ask(engine, request(engine))
     [(_, finished)] = ask(engine, request(engine))
@@ -174,15 +179,7 @@ def test_a_reply_the_model_fails_on_raises_and_the_worker_goes_on(engine, monkey
 
 
 def test_a_reply_whose_cache_cannot_be_made_fails_alone_and_the_worker_goes_on(engine, monkeypatch):
-    import model.generation
-
-    real = model.generation.KVCache
-
-    def fail_once(*args, **kwargs):
-        monkeypatch.setattr(model.generation, "KVCache", real)
-        raise RuntimeError("out of memory")
-
-    monkeypatch.setattr(model.generation, "KVCache", fail_once)
+    fails_once(monkeypatch, generation, "KVCache")
     with pytest.raises(ReplyFailed, match="the model failed on this request: RuntimeError"):
         ask(engine, request(engine))
     [(_, finished)] = ask(engine, request(engine))
