@@ -26,19 +26,22 @@ from pathlib import Path
 from chat.loading import TwinSource, source_of_run
 from core import atomic
 from core.cli import program
-from core.device import Compute, Quantization, dtype_name, resolve_device, set_threads
+from core.compute import Compute, Quantization
+from core.device import dtype_name, resolve_device, set_threads
 from core.flags import add_arguments, from_args, given_flags, not_a_flag, section, setting
 from core.run_folder import RunFolder
-from data.dataset import DataConfig, prepare_data
+from data.dataset import prepare_data
+from data.settings import DataConfig
 from fidelity import EvaluationError
 from fidelity.evaluation import evaluate_full_fine_tune, run_evaluation
 from fidelity.markdown import check_report_folder
 from fidelity.plan import EvalSettings
 from fidelity.report import Report
 from fidelity.verdict import read_verdict
-from memory import MemoryConfig, remembering
-from model import DEFAULT_MODEL, load_model, load_tokenizer
-from model.checkpoint import check_finite
+from memory.context import remembering
+from memory.settings import MemoryConfig
+from model import DEFAULT_MODEL
+from model.checkpoint import check_finite, load_model, load_tokenizer
 from model.peft import load_adapter, tokenizer_source
 from training.settings import TrainSettings
 

@@ -28,7 +28,8 @@ from chat.loading import TwinSource, load_twin, source_of_run
 from chat.people import SpeakerError
 from core import atomic
 from core.cli import program
-from core.device import Threads, set_threads
+from core.compute import Threads
+from core.device import set_threads
 from core.flags import add_arguments, from_args, section, setting
 from core.run_folder import RunFolder
 from data.chatml import chat_format

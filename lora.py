@@ -17,8 +17,8 @@ import torch
 from fidelity import EvaluationError
 from fidelity.evaluation import run_evaluation
 from fidelity.plan import EvalSettings
-from model import load_model, save_model
-from model.lora import LoRAConfig
+from model.checkpoint import load_model, save_model
+from model.lora_config import LoRAConfig
 from model.lora_surgery import apply_lora, merge_lora
 from model.peft import load_adapter, save_adapter
 from training import distributed

@@ -9,16 +9,19 @@ job; or every weight sharded over the ranks (`--fsdp` under torchrun, the fsdp.p
 
 import sys
 
-import torch
-
 from core.cli import program
-from training import ranks
 from training.run_folder import claimed, parse_args
 
 
 @program
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv, __doc__)
+    # torch loads only now, once the flags are good: --help and a mistyped flag answer at once, not after
+    # the second and a half torch takes to import.
+    import torch
+
+    from training import ranks
+
     world = ranks.start() if settings.recipe.fsdp or ranks.launched() else None
     exit_code = 0
     try:

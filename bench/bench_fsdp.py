@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 def build_model(directory: Path, hidden: int, layers: int) -> int:
     from bases import chatml_tokenizer
 
-    from model import ModelConfig, Transformer, save_model
+    from model.checkpoint import save_model
+    from model.transformer import ModelConfig, Transformer
 
     tokenizer = chatml_tokenizer(directory / "tokenizer")
     config = ModelConfig(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from bases import write_random_checkpoint
 from bench_lora import packed_batch, reset_peak_memory, start_worker, status_mib
 
-from model.lora import LoRAConfig  # noqa: E402
+from model.lora_config import LoRAConfig  # noqa: E402
 from model.transformer import ModelConfig  # noqa: E402
 
 VOCAB = 262_144

@@ -36,7 +36,7 @@ from bases import write_random_checkpoint  # noqa: E402
 from core.flags import add_arguments, from_args  # noqa: E402
 from data.chatml import RenderedSession  # noqa: E402
 from data.packing import RowLoader, pack  # noqa: E402
-from model.lora import LoRAConfig  # noqa: E402
+from model.lora_config import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX  # noqa: E402
 from model.transformer import ModelConfig  # noqa: E402
 
@@ -91,7 +91,7 @@ def packed_batch(vocab_size: int, seq_len: int, micro_batch: int, seed: int = 0)
 
 
 def twin_trainer(checkpoint: Path, dtype: torch.dtype, lora: LoRAConfig, batch: dict, quantize: str | None = None):
-    from model import load_model
+    from model.checkpoint import load_model
     from model.lora_surgery import apply_lora
     from training.loop import make_optimizer, train_step
 

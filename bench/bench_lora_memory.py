@@ -36,7 +36,7 @@ import torch
 from bases import write_random_checkpoint
 from bench_lora import SIDE_NAMES, packed_batch, start_worker
 
-from model.lora import LoRAConfig  # noqa: E402
+from model.lora_config import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX  # noqa: E402
 from model.transformer import ModelConfig  # noqa: E402
 

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_telegram import WORDS  # noqa: E402
 from data.sessions import Session, Turn  # noqa: E402
-from memory import Conversations, Memory, MemoryConfig, save_store  # noqa: E402
+from memory.context import Memory  # noqa: E402
+from memory.settings import MemoryConfig  # noqa: E402
+from memory.store import Conversations, save_store  # noqa: E402
 
 DAY = 86400
 
@@ -66,7 +68,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from model import load_tokenizer
+    from model.checkpoint import load_tokenizer
 
     smollm2 = Path.home() / ".cache" / "twin" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer = load_tokenizer(args.model or str(smollm2))

@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASURE = """
 import sys, time, torch
 torch.set_num_threads({threads})
-from data.dataset import DataConfig, prepare_data
+from data.settings import DataConfig
+from data.dataset import prepare_data
 from fidelity.plan import EvalSettings, plan_evaluation
 from fidelity.remembering import measure_memory
-from memory import MemoryConfig
-from model import load_model, load_tokenizer
+from memory.settings import MemoryConfig
+from model.checkpoint import load_model, load_tokenizer
 from model import shelf
 path = shelf.resolve("SmolLM2-135M-Instruct")
 tokenizer, model = load_tokenizer(path), load_model(path, dtype=torch.float32, device="cpu")

@@ -23,7 +23,8 @@ def main():
 
     from bases import chatml_tokenizer
 
-    from data.dataset import DataConfig, prepare_data
+    from data.dataset import prepare_data
+    from data.settings import DataConfig
 
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = chatml_tokenizer(Path(scratch))

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from bases import chatml_tokenizer, random_model  # noqa: E402
 
 from core.device import DTYPES  # noqa: E402
-from model import save_model  # noqa: E402
-from model.lora import LoRAConfig  # noqa: E402
+from model.checkpoint import save_model  # noqa: E402
+from model.lora_config import LoRAConfig  # noqa: E402
 from model.lora_surgery import apply_lora  # noqa: E402
 from model.peft import save_adapter  # noqa: E402
 from model.transformer import KVCache, ModelConfig, Transformer  # noqa: E402

@@ -59,7 +59,7 @@ from core.run_folder import RunFolder  # noqa: E402
 from data.chatml import RenderedSession, split_to_fit  # noqa: E402
 from data.packing import pack  # noqa: E402
 from data.sources import load_sessions  # noqa: E402
-from model.lora import LoRAConfig  # noqa: E402
+from model.lora_config import LoRAConfig  # noqa: E402
 from model.loss import IGNORE_INDEX, chunked_cross_entropy  # noqa: E402
 from model.transformer import FLEX_ATTENTION_DEVICES, ModelConfig, Transformer  # noqa: E402
 

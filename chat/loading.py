@@ -12,15 +12,18 @@ import torch
 
 from chat.people import People
 from chat.recall import MemoryChoice, TwinMemory, memory_of_run
-from core.device import Compute, Quantization, dtype_name, resolve_device, set_threads
+from core.compute import Compute, Quantization
+from core.device import dtype_name, resolve_device, set_threads
 from core.errors import TwinError
 from core.flags import section, setting
 from core.run_folder import RunFolder, RunRecord
-from model import DEFAULT_MODEL, Tokenizer, Transformer, load_model, load_tokenizer
-from model.checkpoint import check_finite
+from model import DEFAULT_MODEL
+from model.checkpoint import check_finite, load_model, load_tokenizer
 from model.generation import Generator
 from model.lora_surgery import merge_lora
 from model.peft import load_adapter, tokenizer_source
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
 
 
 @dataclass

@@ -8,7 +8,9 @@ from pathlib import Path
 from core.flags import SettingsError, from_dict, setting
 from core.run_folder import RunFolder, RunFolderError, RunRecord
 from data.sessions import Session, Turn
-from memory import Conversations, Memory, MemoryConfig, load_store, save_store
+from memory.context import Memory
+from memory.settings import MemoryConfig
+from memory.store import Conversations, load_store, save_store
 from model.tokenizer import Tokenizer
 
 

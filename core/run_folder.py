@@ -20,6 +20,7 @@ the tree, each checked as a value of its flag, by training.settings.TrainSetting
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ LEGACY_SETTINGS = "run_args.json"
 LOCK = ".lock"
 RUNNING, TRAINED, FINISHED = "running", "trained", "finished"
 MODES = ("lora", "fsdp")
+
+
+# Checkpoints are directories `OUT/checkpoints/step-00000100`, written with `atomic.directory`, so
+# the newest complete one is always safe to resume from.
+CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
 
 
 class RunFolderError(TwinError):
@@ -248,3 +254,18 @@ def read_json(file: Path):
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise RunFolderError(f"{file}: not readable as JSON ({error})") from None
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first. A link is none: pruning must never reach outside the run."""
+    folder = out / "checkpoints"
+    found = (
+        [p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+        if folder.is_dir()
+        else []
+    )
+    return sorted(found)
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:08d}"

@@ -20,50 +20,18 @@ import numpy as np
 from tqdm import tqdm
 
 from core import atomic
-from core.flags import positive_int, section, setting
 from core.names import matching_names
 from data.chatml import RenderedSession, split_to_fit
-from data.conversion import ConversionReport, ExportOptions, chat_list
+from data.conversion import ConversionReport, chat_list
 from data.packing import PackedRows, pack
 from data.sessions import DataError, Session, Turn, most_frequent_partners
+from data.settings import DataConfig
 from data.sources import load_sessions
 from model.loss import IGNORE_INDEX
 from model.tokenizer import Tokenizer
 
-TRAIN_ON = ("all", "target")
-SPLITS = ("hash", "time")
 CACHE_FORMAT = 3  # bump when rendering or packing changes what the same inputs produce
 ROW_ARRAYS = [row_field.name for row_field in dataclasses.fields(PackedRows)]
-
-
-@dataclass
-class DataConfig:
-    """How an export becomes rows: train.py's data flags (the export's own: ExportOptions)."""
-
-    export: ExportOptions = section(ExportOptions)
-    train_on: str = setting("all", "whose turns the loss covers", choices=TRAIN_ON)
-    exclude_speakers: str | None = setting(
-        None,
-        "never train on these people's turns, which stay in the "
-        "conversations as context: a comma-separated list of names (a full "
-        "name, or a part that only one name has, in any case) (default: none)",
-        metavar="NAMES",
-    )
-    seq_len: int = setting(1024, "tokens per packed row", type=positive_int)
-    val_fraction: float = setting(0.02, "share of sessions held out for evaluation")
-    split: str = setting(
-        "hash", "which sessions are held out: hash spreads them over time, time holds out the newest", choices=SPLITS
-    )
-
-    def __post_init__(self):
-        if self.train_on not in TRAIN_ON:
-            raise DataError(f"--train-on: must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
-        if self.split not in SPLITS:
-            raise DataError(f"--split: must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.seq_len < 1:
-            raise DataError(f"--seq-len: must be positive, got {self.seq_len}")
-        if not 0 <= self.val_fraction < 1:
-            raise DataError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass

@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.conversion import ExportOptions  # noqa: E402
 from data.sources import load_sessions  # noqa: E402
-from model import ModelConfig, Transformer, save_model  # noqa: E402
+from model.checkpoint import save_model  # noqa: E402
 from model.sentencepiece_tokenizer import SentencePieceTokenizer  # noqa: E402
+from model.transformer import ModelConfig, Transformer  # noqa: E402
 
 SAMPLE_EXPORT = Path(__file__).resolve().parent / "telegram_export"
 

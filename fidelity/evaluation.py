@@ -15,9 +15,10 @@ from fidelity.plan import EvalSettings, Plan, plan_evaluation
 from fidelity.remembering import MemoryFigures, measure_memory
 from fidelity.report import Report, compare
 from fidelity.verdict import PersonVerdict
-from memory import Conversations, Memory, MemoryConfig
-from model import load_model
-from model.checkpoint import check_finite
+from memory.context import Memory
+from memory.settings import MemoryConfig
+from memory.store import Conversations
+from model.checkpoint import check_finite, load_model
 from model.lora import adapters_off, lora_layers
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer

@@ -24,9 +24,10 @@ from data.sessions import Turn, messages_of
 from fidelity.measure import packed_losses
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
-from memory import Conversations, Memory, MemoryConfig
-from memory.context import MARK_SPEAKER
+from memory.context import MARK_SPEAKER, Memory
 from memory.facts import FactTurn, fact_turns, states_fact, words_of
+from memory.settings import MemoryConfig
+from memory.store import Conversations
 from model.generation import BatchRow
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer

@@ -7,10 +7,6 @@ its folder (memory.store). Context only: never trained, and at training time onl
 conversations count. By default a twin recalls only the chat it talks in: what the owner said to one
 person never comes up with another.
 
-Imports: core, data and model below it; training, fidelity, chat and serving above it.
+Nothing is imported here, so that the settings (memory.settings) load without torch for a program's
+--help. Imports: core, data and model below it; training, fidelity, chat and serving above it.
 """
-
-from memory.context import Memory, MemoryConfig, remembering
-from memory.store import Conversations, MemoryStoreError, load_store, save_store
-
-__all__ = ["Conversations", "Memory", "MemoryConfig", "MemoryStoreError", "load_store", "remembering", "save_store"]

@@ -1,19 +1,7 @@
-"""The model (Mistral, Llama, Qwen2, Qwen3), its checkpoint I/O (Hugging Face and GGUF) and its tokenizer."""
+"""The model (Mistral, Llama, Qwen2, Qwen3, Gemma 3), its checkpoint I/O (Hugging Face and GGUF) and its tokenizer.
 
-from model.checkpoint import CheckpointError, load_model, load_tokenizer, save_model
-from model.tokenizer import Tokenizer
-from model.transformer import KVCache, ModelConfig, Transformer
+Nothing is imported here: a program's --help, which needs only the settings (model.lora_config), answers
+without loading torch. Import from the modules: model.checkpoint, model.transformer, model.tokenizer.
+"""
 
 DEFAULT_MODEL = "cognitivecomputations/dolphin-2.2.1-mistral-7b"  # the base of every program without a --model
-
-__all__ = [
-    "CheckpointError",
-    "DEFAULT_MODEL",
-    "KVCache",
-    "ModelConfig",
-    "Transformer",
-    "Tokenizer",
-    "load_model",
-    "load_tokenizer",
-    "save_model",
-]

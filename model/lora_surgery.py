@@ -4,7 +4,8 @@ token rows, growing the vocabulary for them), and fold them back into plain laye
 import torch
 from torch import nn
 
-from model.lora import PROJECTIONS, AdapterError, LoRAConfig, LoRALinear, TrainableTokens, lora_layers, token_layers
+from model.lora import LoRALinear, TrainableTokens, lora_layers, token_layers
+from model.lora_config import PROJECTIONS, AdapterError, LoRAConfig
 from model.nf4 import NF4Linear, quantized_count
 from model.transformer import Transformer
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import atomic
-from model.lora import PROJECTIONS, AdapterError, LoRAConfig, lora_layers, token_layers
+from model.lora import lora_layers, token_layers
+from model.lora_config import PROJECTIONS, AdapterError, LoRAConfig
 from model.lora_surgery import apply_lora, check_trainable_tokens
 from model.nf4 import NF4Linear
 from model.transformer import Transformer

@@ -32,7 +32,7 @@ from core.run_folder import RunFolder
 from data.dataset import prepare_data
 from fidelity.plan import Context, EvalSettings, choose_contexts
 from fidelity.verdict import answers_file, read_answers
-from model import load_tokenizer
+from model.checkpoint import load_tokenizer
 from model.peft import tokenizer_source
 from model.tokenizer import Tokenizer
 from serving.api import APIError

@@ -172,7 +172,7 @@ def gemma_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, dolphin_tokenizer):
     """A tiny random Mistral with Dolphin's tokenizer (vocab 32002), saved like a Hugging Face model."""
-    from model import save_model
+    from model.checkpoint import save_model
     from tests.helpers import random_model, tiny_config
 
     path = tmp_path_factory.mktemp("tiny-checkpoint")

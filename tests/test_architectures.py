@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import train
-from model import KVCache, ModelConfig, load_model, save_model
-from model.lora import LoRAConfig, lora_layers
+from model.checkpoint import load_model, save_model
+from model.lora import lora_layers
+from model.lora_config import LoRAConfig
 from model.lora_surgery import apply_lora, merge_lora
 from model.peft import load_adapter, save_adapter
+from model.transformer import KVCache, ModelConfig
 from tests.helpers import GEMMA3, hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 # Llama 3.1's scaling, shrunk so that a 16-wide head has frequencies in all three bands: kept

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import CheckpointError, load_model, save_model
+from model.checkpoint import CheckpointError, load_model, save_model
 from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 

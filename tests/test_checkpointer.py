@@ -3,7 +3,8 @@
 import json
 import math
 
-from training.checkpointer import Checkpointer, checkpoint_path, checkpoints
+from core.run_folder import checkpoint_path, checkpoints
+from training.checkpointer import Checkpointer
 
 
 class FolderBackend:

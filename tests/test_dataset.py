@@ -7,15 +7,10 @@ import pytest
 from core.flags import from_args
 from data.chatml import render
 from data.conversion import ExportOptions
-from data.dataset import (
-    DataConfig,
-    newest_mask,
-    prepare_data,
-    session_fingerprint,
-    validation_mask,
-)
+from data.dataset import newest_mask, prepare_data, session_fingerprint, validation_mask
 from data.packing import PackedRows
 from data.sessions import DataError, Session, Turn, most_frequent_partners, write_sessions
+from data.settings import DataConfig
 from data.sources import load_sessions
 from training import settings
 

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from core.device import Threads, available_cores, set_threads
+from core.compute import Threads, available_cores
+from core.device import set_threads
 from core.errors import TwinError
 from core.flags import add_arguments, from_args
 

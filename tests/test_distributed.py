@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import load_model, save_model
+from model.checkpoint import load_model, save_model
 from tests.helpers import random_model, tiny_config
 from tests.test_hostile_runs import CreatesAFile
 

@@ -11,11 +11,12 @@ import torch
 import evaluate
 import sample
 import train
-from data.dataset import DataConfig, prepare_data
+from data.dataset import prepare_data
+from data.settings import DataConfig
 from fidelity.measure import measure
 from fidelity.plan import EvalSettings, plan_evaluation
 from fidelity.verdict import ANSWERS_FILE
-from model import load_model, save_model
+from model.checkpoint import load_model, save_model
 from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"

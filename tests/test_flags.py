@@ -21,10 +21,10 @@ from core.flags import (
     to_dict,
 )
 from core.run_folder import RUNNING, RunFolder
-from data.dataset import DataConfig
+from data.settings import DataConfig
 from fidelity.plan import REPLY_TOKENS
 from model.generation import SamplingConfig
-from model.lora import LoRAConfig
+from model.lora_config import LoRAConfig
 from training import settings
 
 

@@ -15,9 +15,10 @@ import train
 from data.chatml import chat_format, render
 from data.sessions import Turn
 from data.templates import jinja_chat_template
-from model import ModelConfig, load_model, save_model
+from model.checkpoint import load_model, save_model
 from model.gguf.write import write_gguf
 from model.nf4 import QUANTIZED_WEIGHT
+from model.transformer import ModelConfig
 from tests.helpers import GEMMA3, fast_gguf_reader, hf_reference, random_model, save_hf_checkpoint
 from tests.test_nf4 import torchao_nf4
 from tests.test_sample import ROOT, sample_in_process

@@ -10,11 +10,13 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from model import CheckpointError, ModelConfig, load_model
+from model.checkpoint import CheckpointError, load_model
 from model.gguf import gguf_tensor_names
-from model.lora import LoRAConfig, lora_layers
+from model.lora import lora_layers
+from model.lora_config import LoRAConfig
 from model.lora_surgery import apply_lora
 from model.peft import load_adapter, save_adapter
+from model.transformer import ModelConfig
 from tests.helpers import hf_reference, tiny_config
 
 # head_dim 128 for Qwen3: transformers' GGUF loader does not read attention.key_length and assumes it.

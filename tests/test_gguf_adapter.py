@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from model import save_model
+from model.checkpoint import save_model
 from model.gguf.adapter import check_base_gguf, write_gguf_adapter
 from model.gguf.layout import unpermute_rotary_rows
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
-from model.lora import LoRAConfig, lora_layers
+from model.lora import lora_layers
+from model.lora_config import LoRAConfig
 from model.lora_surgery import apply_lora, merge_lora
 from model.peft import save_adapter
 from tests.helpers import random_model, tiny_config

@@ -16,8 +16,8 @@ from data.chatml import chat_format
 from data.sessions import Turn
 from data.templates import go_literal, jinja_chat_template, ollama_modelfile, ollama_template
 from export import export_dtype, main
-from model import load_model, save_model
 from model.bpe import BPETokenizer, tokenizer_from_gguf
+from model.checkpoint import load_model, save_model
 from model.generation import SamplingConfig
 from model.gguf.vocab import ExportError
 from model.gguf.write import write_gguf
@@ -431,7 +431,7 @@ def test_a_model_folder_and_a_gguf_file_export_and_mistakes_are_one_line(tmp_pat
 def test_the_vllm_command_serves_an_adapter_vllm_loads_and_the_merged_model_otherwise(tmp_path):
     from chat.loading import TwinSource
     from export import vllm_next_step
-    from model.lora import LoRAConfig
+    from model.lora_config import LoRAConfig
     from model.lora_surgery import apply_lora
     from model.peft import save_adapter
 

@@ -21,12 +21,12 @@ from safetensors.torch import load_file, save_file
 import evaluate
 import sample
 import train
-from model import CheckpointError, load_model, load_tokenizer, save_model
 from model.bpe import BPETokenizer
-from model.checkpoint import check_finite
+from model.checkpoint import CheckpointError, check_finite, load_model, load_tokenizer, save_model
 from model.gguf import gguf_tensor_names
 from model.hub import download_from_hub
-from model.lora import AdapterError, LoRAConfig, lora_layers
+from model.lora import lora_layers
+from model.lora_config import AdapterError, LoRAConfig
 from model.lora_surgery import apply_lora
 from model.peft import load_adapter, save_adapter
 from model.tokenizer import TokenizerError

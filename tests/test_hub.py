@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from model import CheckpointError, load_model, load_tokenizer
+from model.checkpoint import CheckpointError, load_model, load_tokenizer
 from model.hub import HUB_TIMEOUT_S, download_from_hub, looks_like_repo_id
 
 

@@ -12,7 +12,7 @@ from data.dataset import prepare_data
 from data.sessions import Turn
 from fidelity.plan import Context
 from fidelity.verdict import ANSWERS_FILE, read_verdict
-from model import load_tokenizer
+from model.checkpoint import load_tokenizer
 from serving.engine import Finished
 from serving.judging import BlindTest, BlindTestError, Moment, PairClosed, moment_key, open_blind_test
 from training.settings import TrainSettings

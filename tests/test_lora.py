@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_model, save_model
-from model.lora import AdapterError, LoRAConfig, LoRALinear, adapters_off, dropout, lora_layers, token_layers
+from model.checkpoint import load_model, save_model
+from model.lora import LoRALinear, adapters_off, dropout, lora_layers, token_layers
+from model.lora_config import AdapterError, LoRAConfig
 from model.lora_surgery import apply_lora, merge_lora
 from model.loss import chunked_cross_entropy
 from model.peft import load_adapter, save_adapter

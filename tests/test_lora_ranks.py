@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from model import save_model
-from model.lora import LoRAConfig
+from model.checkpoint import save_model
+from model.lora_config import LoRAConfig
 from model.sentencepiece_tokenizer import SentencePieceTokenizer
 from tests.helpers import random_model, tiny_config
 from tests.test_distributed import SAMPLE, losses, torchrun

@@ -8,9 +8,10 @@ import torch
 
 from chat.conversation import Chat
 from data.chatml import split_to_fit
-from data.dataset import DataConfig, prepare_data
+from data.dataset import prepare_data
 from data.packing import pack
 from data.sessions import Session, Turn
+from data.settings import DataConfig
 from fidelity import EvaluationError
 from fidelity.measure import WrittenTurn, measure, model_writer, speaker_losses
 from fidelity.plan import EvalSettings, plan_evaluation

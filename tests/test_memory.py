@@ -6,9 +6,10 @@ import stat
 import pytest
 
 from data.sessions import Session, Turn
-from memory import Conversations, Memory, MemoryConfig, MemoryStoreError, load_store, save_store
-from memory.context import MARK_SPEAKER, time_mark
+from memory.context import MARK_SPEAKER, Memory, time_mark
 from memory.facts import fact_turns, states_fact
+from memory.settings import MemoryConfig
+from memory.store import Conversations, MemoryStoreError, load_store, save_store
 
 DAY = 86400
 ME, KATYA, ELEANOR = "Alexander", "Katya", "Eleanor"
@@ -97,9 +98,10 @@ CODES = ["alpaca", "bison", "cobra", "dingo", "egret", "ferret", "gecko", "heron
 
 @pytest.mark.parametrize("split", ["hash", "time"])
 def test_training_never_remembers_a_held_out_session_and_evaluation_nothing_later(split, tmp_path, dolphin_tokenizer):
-    from data.dataset import DataConfig, prepare_data
+    from data.dataset import prepare_data
     from data.sessions import write_sessions
-    from memory import remembering
+    from data.settings import DataConfig
+    from memory.context import remembering
 
     sessions = [
         session(KATYA, day, (KATYA, f"kitten news: {code} today"), (ME, f"the kitten and {code}, wow"))

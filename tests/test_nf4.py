@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import CheckpointError, load_model, save_model
+from model.checkpoint import CheckpointError, load_model, save_model
 from model.nf4 import LEVELS, QUANTIZED_WEIGHT, NF4Linear, quantize
 from model.weight_files import CheckpointReader
 from tests.helpers import random_model, tiny_config

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from data.chatml import split_to_fit
-from data.dataset import DataConfig, prepare_data
+from data.dataset import prepare_data
 from data.sessions import Session, Turn
+from data.settings import DataConfig
 from fidelity import EvaluationError
 from fidelity.plan import EvalSettings, choose_contexts, choose_speakers, plan_evaluation
 

@@ -11,8 +11,9 @@ from data.packing import pack
 from data.sessions import Session, Turn
 from fidelity.plan import EvalSettings
 from fidelity.remembering import MemoryFigures, in_memory, measure_memory, memory_phrases
-from memory import Conversations, Memory, MemoryConfig
-from memory.context import MARK_SPEAKER
+from memory.context import MARK_SPEAKER, Memory
+from memory.settings import MemoryConfig
+from memory.store import Conversations
 from model.generation import SamplingConfig
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 

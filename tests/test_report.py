@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.dataset import DataConfig, prepare_data
+from data.dataset import prepare_data
 from data.sessions import Session, Turn
+from data.settings import DataConfig
 from fidelity.calibration import Placement
 from fidelity.markdown import verdict_markdown, write_report
 from fidelity.measure import Measurement, WrittenTurn, measure

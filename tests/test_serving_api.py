@@ -325,7 +325,8 @@ def test_a_partner_cannot_bring_out_what_the_owner_told_another(twin, tmp_path):
     Eleanor is not in the prompt, however Катя asks; with --recall-all-chats (the warned-of wide scope) it is."""
     from chat.recall import TwinMemory
     from data.sessions import Session
-    from memory import MemoryConfig, save_store
+    from memory.settings import MemoryConfig
+    from memory.store import save_store
 
     model, tokenizer, people = twin
     eleanor, day = "Eleanor Whitfield", 86400

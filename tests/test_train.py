@@ -433,7 +433,7 @@ def test_a_lora_run_ends_with_the_fidelity_report(tiny_run):
 
 def tiny_base(path: Path, tokenizer, **config) -> Path:
     """A tiny random model of the tokenizer's vocabulary, saved with the tokenizer like a Hugging Face model."""
-    from model import save_model
+    from model.checkpoint import save_model
 
     model = random_model(tiny_config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, **config))
     save_model(model, path, tokenizer=tokenizer)
@@ -473,7 +473,7 @@ def train_then_chat(base: Path, out: Path, capsys) -> str:
 )
 def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_path, capsys, name, config, turn_end):
     from data.chatml import chat_format
-    from model import load_tokenizer
+    from model.checkpoint import load_tokenizer
 
     tokenizer_dir = request.getfixturevalue(f"{name}_tokenizer_dir")
     base = tiny_base(tmp_path / "base", load_tokenizer(tokenizer_dir), **config)
@@ -486,7 +486,7 @@ def test_llama3_and_qwen2_bases_train_in_their_own_format_and_chat(request, tmp_
 
 @pytest.mark.slow  # a run, a chat, then PEFT on its adapter
 def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_path, capsys, mistral_tokenizer_dir):
-    from model import load_tokenizer
+    from model.checkpoint import load_tokenizer
     from model.sentencepiece_tokenizer import SentencePieceTokenizer
 
     base = tiny_base(tmp_path / "base", SentencePieceTokenizer.from_dir(mistral_tokenizer_dir))
@@ -507,7 +507,7 @@ def test_a_base_without_chat_tokens_learns_chatml_rows_with_lora_and_chats(tmp_p
     import transformers
     from peft import PeftModel
 
-    from model import load_model
+    from model.checkpoint import load_model
     from model.peft import load_adapter
 
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(base)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import model.transformer
-from model import KVCache, ModelConfig, load_model
+from model.checkpoint import load_model
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
-from model.transformer import DocumentSpans
+from model.transformer import DocumentSpans, KVCache, ModelConfig
 from tests.helpers import hf_reference, random_model, save_hf_checkpoint, tiny_config
 
 CONFIGS = {

@@ -20,8 +20,9 @@ from typing import Protocol, TypeVar
 import torch
 
 from core import atomic
+from core.run_folder import CHECKPOINT_NAME, checkpoint_path, checkpoints
 from data.packing import RowLoader
-from model.lora import AdapterError, LoRAConfig
+from model.lora_config import AdapterError, LoRAConfig
 from model.peft import load_adapter, save_adapter
 from training.loop import TrainingError
 
@@ -30,9 +31,6 @@ class DamagedCheckpoint(TrainingError):
     """A checkpoint whose files cannot be read back as one; an older checkpoint may still serve."""
 
 
-# Checkpoints are directories `OUT/checkpoints/step-00000100`, written with `atomic.directory`, so
-# the newest complete one is always safe to resume from.
-CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
 # What a write cut short leaves: atomic.directory's `.step-00000100.k3j_x2.tmp` (or `.adapter.…`,
 # `.report.…`) and the `.step-00000100.old` it swaps out, training.distributed.save_checkpoint's
 # `.step-00000100.tmp`, atomic.file's `.run.json.k3j_x2.tmp`.
@@ -54,21 +52,6 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first. A link is none: pruning must never reach outside the run."""
-    folder = out / "checkpoints"
-    found = (
-        [p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-        if folder.is_dir()
-        else []
-    )
-    return sorted(found)
-
-
-def checkpoint_path(out: Path, step: int) -> Path:
-    return out / "checkpoints" / f"step-{step:08d}"
 
 
 def prune_checkpoints(out: Path, keep: int, spared: Path | None = None) -> None:

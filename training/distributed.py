@@ -33,7 +33,8 @@ from core import atomic
 from model.architectures import VOCABULARY_WEIGHTS
 from model.checkpoint import load_config, save_model
 from model.hub import resolve_checkpoint
-from model.lora import LoRAConfig, lora_layers, token_layers
+from model.lora import lora_layers, token_layers
+from model.lora_config import LoRAConfig
 from model.lora_surgery import apply_lora
 from model.nf4 import QUANTIZED_WEIGHT, NF4Linear, quantize, quantize_weight
 from model.tokenizer import Tokenizer

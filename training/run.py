@@ -19,15 +19,16 @@ from tqdm import tqdm
 from core import atomic
 from core.device import resolve_device, set_threads
 from core.flags import to_dict
-from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder
+from core.run_folder import FINISHED, RUNNING, TRAINED, RunFolder, checkpoints
 from data.chatml import add_chatml_tokens
 from data.dataset import PreparedData, prepare_data
 from data.packing import RowLoader
 from fidelity.plots import loss_curves_png, read_metrics
-from memory import remembering, save_store
-from model import load_tokenizer
+from memory.context import remembering
+from memory.store import save_store
+from model.checkpoint import load_tokenizer
 from training import ranks
-from training.checkpointer import Checkpointer, checkpoints, remove_unfinished_writes
+from training.checkpointer import Checkpointer, remove_unfinished_writes
 from training.loop import (
     MetricsLog,
     Throughput,

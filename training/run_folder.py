@@ -15,9 +15,8 @@ from typing import NoReturn
 
 from core.errors import TwinError
 from core.flags import flag_values, from_args, given_flags
-from core.run_folder import FINISHED, LOCK, RunFolder, RunFolderError, RunRecord
+from core.run_folder import FINISHED, LOCK, RunFolder, RunFolderError, RunRecord, checkpoints
 from model import shelf
-from training.checkpointer import checkpoints
 from training.settings import TrainSettings, build_parser
 
 

@@ -6,13 +6,13 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from core.device import DTYPES, Compute
+from core.compute import DTYPE_NAMES, Compute
 from core.flags import SettingsError, add_arguments, from_dict, positive_int, section, setting
 from core.run_folder import RunFolderError, RunRecord
-from data.dataset import DataConfig
-from memory import MemoryConfig
+from data.settings import DataConfig
+from memory.settings import MemoryConfig
 from model import DEFAULT_MODEL
-from model.lora import LoRAConfig
+from model.lora_config import LoRAConfig
 from training.tracking import tracker_list
 
 
@@ -78,9 +78,9 @@ class LoRARecipe:
 @dataclass
 class FullFineTuning:
     param_dtype: str = setting(
-        "fp32", "dtype of the sharded master weights and AdamW states; bf16 halves their memory", choices=list(DTYPES)
+        "fp32", "dtype of the sharded master weights and AdamW states; bf16 halves their memory", choices=DTYPE_NAMES
     )
-    export_dtype: str = setting("bf16", "dtype of the exported model in OUT/model", choices=list(DTYPES))
+    export_dtype: str = setting("bf16", "dtype of the exported model in OUT/model", choices=DTYPE_NAMES)
 
 
 @dataclass

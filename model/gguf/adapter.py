@@ -24,7 +24,7 @@ from model.gguf.read import read_config
 from model.gguf.vocab import ExportError
 from model.gguf.write import TYPES, planned_tensor, write_tensors
 from model.hub import resolve_checkpoint
-from model.lora import LoRAConfig
+from model.lora_config import LoRAConfig
 from model.peft import PEFT_PREFIX, read_checked_adapter
 from model.transformer import ModelConfig, Transformer
 
