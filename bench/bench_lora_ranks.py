@@ -15,8 +15,9 @@ and its fixed part (embedding, LM head, the gathered layer, Python, torch, data)
 each splits into what sharding divides (weights, adapters, optimizer states) and what every rank keeps
 (activations, the gathered layer): per rank = kept + divided / ranks. The projection to a whole model
 multiplies the per-layer figure by its number of layers and by the ratio of its layer's parameters to
-the 7B's, adds its embedding and LM head (bf16; FSDP2's root, held whole on every rank through the step
-as well as sharded) in place of the 7B's, and grows the kept part by two gathered layers (the one
+the 7B's, adds its embedding and LM head (bf16; each rank keeps its share of both, and the LM head, in
+FSDP2's root, is held whole through the step besides; the embedding is gathered only for its own forward
+pass, before the peak) in place of the 7B's, and grows the kept part by two gathered layers (the one
 computing and the one prefetched) at the larger layer's size.
 """
 
@@ -233,13 +234,13 @@ def main():
         for setting in settings:
             divided = 2 * (per_layer[setting, 1] - per_layer[setting, 2])  # per layer: a / 1 - a / 2 = a / 2
             layer_mib = (per_layer[setting, 1] - divided + divided / ranks) * scale
-            # Embedding and LM head (untied) in bf16 whatever the setting: NF4 is for decoder layers only. They
-            # are FSDP2's root, which every rank holds gathered from the forward pass to the end of the backward
-            # pass, beside its share: so whole plus 1/ranks per rank. The 7B's are swapped for the model's.
-            edges = edges_mib(vocab, layer_shapes.hidden_size) * (1 + 1 / ranks)
+            # Embedding and LM head (untied) in bf16 whatever the setting: NF4 is for decoder layers only. Every
+            # rank keeps its share of both; the LM head is in FSDP2's root, held gathered from the forward pass to
+            # the end of the backward pass: half of them whole, plus 1/ranks. The 7B's are swapped for the model's.
+            edges = edges_mib(vocab, layer_shapes.hidden_size) * (1 / 2 + 1 / ranks)
             divided_fixed = 2 * (fixed[setting, 1] - fixed[setting, 2])
             rest = fixed[setting, 1] - divided_fixed + divided_fixed / ranks
-            rest -= edges_mib(shapes.vocab_size, shapes.hidden_size) * (1 + 1 / ranks)
+            rest -= edges_mib(shapes.vocab_size, shapes.hidden_size) * (1 / 2 + 1 / ranks)
             # Kept whole on every rank: the gathered layer and the one FSDP2 prefetches, at the larger shapes.
             rest += (scale - 1) * 2 * base_layer * BYTES_PER_WEIGHT[setting] / MIB
             total = layers * layer_mib + edges + max(rest, 0.0)

@@ -192,3 +192,17 @@ def test_a_rank_holds_half_of_the_packed_nf4_bytes_and_scales(tiny_checkpoint, t
     # Each part split in two rows-wise (the first rank takes the odd row), nothing kept whole but the scale means.
     assert full // 2 <= held <= full // 2 + len(packed)
     assert all(buffer.numel() == 1 for name, buffer in model.named_buffers() if name.endswith("scale_mean"))
+
+
+def test_a_rank_gathers_the_untied_embedding_only_for_its_forward_pass(tiny_checkpoint, two_rank_world):
+    # The root (norm, LM head) stays gathered from the forward pass through the backward; the embedding, a unit
+    # of its own, is back to its share once it has run: at 70B that is 2 GiB less on every rank.
+    from torch.distributed.tensor import DTensor
+
+    from training.distributed import load_sharded_lora_model
+
+    model, _ = load_sharded_lora_model(str(tiny_checkpoint), two_rank_world, torch.float32, LoRAConfig(r=4), None)
+    assert not model.config.tie_word_embeddings
+    model.hidden_states(torch.tensor([[1, 2, 3]]))
+    assert isinstance(model.model.embed_tokens.weight, DTensor)
+    assert not isinstance(model.lm_head.weight, DTensor)

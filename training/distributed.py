@@ -153,10 +153,14 @@ def load_sharded_lora_model(
 
 
 def shard(model: Transformer, world: World, policy: MixedPrecisionPolicy) -> None:
-    """Shard every decoder layer and the rest (embedding, norm, LM head) over the world with FSDP2, and
-    give each rank uninitialized memory for its shares."""
+    """Shard every decoder layer, the embedding (unless the LM head shares it) and the rest (norm, LM head) over
+    the world with FSDP2, and give each rank uninitialized memory for its shares."""
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=policy)
+    # An untied embedding is a unit of its own, gathered for its forward pass only: in the root it would stay
+    # gathered through the whole step, as the LM head does (the loss reads its weight), 2 GiB a rank at 70B.
+    if not model.config.tie_word_embeddings:
+        fully_shard(model.model.embed_tokens, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     # The loss reads the final hidden states, not the logits: that method gathers the root's weights too.
     register_fsdp_forward_method(model, "hidden_states")
