@@ -147,12 +147,11 @@ def test_history_file_continues_a_session(tiny_run, tmp_path, capsys):
     assert f"{SPEAKER}:" in out
 
 
-@pytest.mark.slow  # two sample.py processes
-def test_base_plus_adapter_gives_the_tokens_of_the_merged_model(tiny_run, tiny_checkpoint):
+def test_base_plus_adapter_gives_the_tokens_of_the_merged_model(tiny_run, tiny_checkpoint, capsys):
     common = ["--speaker", SPEAKER, "--prompt", "как дела?", "--temperature", 0, "--max-new-tokens", 24]
-    with_adapter = sample_cli("--model", tiny_checkpoint, "--adapter", tiny_run / "adapter", *common).stdout
-    merged = sample_cli("--model", tiny_run / "merged", *common).stdout
-    base = sample_cli("--model", tiny_checkpoint, *common).stdout
+    with_adapter = sample_in_process(capsys, "--model", tiny_checkpoint, "--adapter", tiny_run / "adapter", *common)
+    merged = sample_in_process(capsys, "--model", tiny_run / "merged", *common)
+    base = sample_in_process(capsys, "--model", tiny_checkpoint, *common)
     assert with_adapter == merged
     assert with_adapter != base  # the adapter changed something, so the comparison means something
 
