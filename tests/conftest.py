@@ -27,6 +27,23 @@ def no_fsync():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """torch computes on one thread, in the tests and in the programs they run in this process (to
+    core.device this process may use one core, as under `taskset -c 0`). The models here are tiny: a
+    second thread saves nothing on them, and on a machine busy with other work it waits for its share of
+    a core at every operation (the fast tier took 459 s on two threads, 185 s on one, run one after the
+    other on these 2 busy cores). tests/test_device.py sets the cores it checks --threads with itself."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+        yield
+
+
 def _added_token(content: str, special: bool = True) -> dict:
     return {
         "content": content,

@@ -1,4 +1,5 @@
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,14 @@ def test_fingerprint_sees_every_field():
 
 
 @pytest.fixture(scope="module")
-def sample(dolphin_tokenizer):
-    return prepare_data(SAMPLE, dolphin_tokenizer, DataConfig())
+def sample_cache(tmp_path_factory) -> Path:
+    """The token cache `sample` wrote: the damaged-cache tests damage copies of it."""
+    return tmp_path_factory.mktemp("sample-cache")
+
+
+@pytest.fixture(scope="module")
+def sample(dolphin_tokenizer, sample_cache):
+    return prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=sample_cache)
 
 
 def test_sample_becomes_packed_rows(sample, dolphin_tokenizer):
@@ -150,13 +157,13 @@ CACHE_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", CACHE_DAMAGE)
-def test_a_damaged_cache_is_tokenized_again(damage, tmp_path, dolphin_tokenizer, capsys):
-    first = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
-    [cache_file] = tmp_path.iterdir()
+def test_a_damaged_cache_is_tokenized_again(damage, sample, sample_cache, tmp_path, dolphin_tokenizer, capsys):
+    [written] = sample_cache.iterdir()
+    cache_file = Path(shutil.copy(written, tmp_path))
     CACHE_DAMAGE[damage](cache_file)
     capsys.readouterr()
     again = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)
-    assert same_rows(first.train_rows, again.train_rows) and same_rows(first.val_rows, again.val_rows)
+    assert same_rows(sample.train_rows, again.train_rows) and same_rows(sample.val_rows, again.val_rows)
     warning = capsys.readouterr().err
     assert f"warning: {cache_file}: damaged token cache" in warning and "Traceback" not in warning
     prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(), cache_dir=tmp_path)  # rewritten whole

@@ -139,6 +139,8 @@ def test_a_run_leaves_its_loss_curves_and_chats_from_anywhere(short_run, smollm2
             "0",
             "--max-new-tokens",
             "16",
+            "--threads",  # as the tests compute in-process (tests/conftest.py's one_thread)
+            "1",
         ],
         capture_output=True,
         text=True,

@@ -75,8 +75,16 @@ def copy_the_person(contexts, seed):
     return [context.real for context in contexts]
 
 
-def test_a_model_that_copies_the_person_is_at_or_above_the_ceiling(measured, sample_data, tmp_path):
-    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path)
+@pytest.fixture(scope="module")
+def copied(measured, sample_data, tmp_path_factory):
+    """The report of a tuned model that copies the person, read by the tests below and not changed by them:
+    the report, its markdown, its figures and its folder."""
+    out_dir = tmp_path_factory.mktemp("copied")
+    return *report_with(copy_the_person, measured, sample_data, out_dir), out_dir
+
+
+def test_a_model_that_copies_the_person_is_at_or_above_the_ceiling(copied):
+    report, markdown, figures, out_dir = copied
     assert [speaker.speaker for speaker in report.speakers][0] == TARGET
     assert all(speaker.contexts > 0 for speaker in report.speakers)
     positioned = 0
@@ -97,7 +105,7 @@ def test_a_model_that_copies_the_person_is_at_or_above_the_ceiling(measured, sam
     assert positioned >= 10
     assert figures["failures"]["tuned"] == figures["failures"]["real"]
     assert figures["memorization"]["tuned"] == figures["memorization"]["real"]
-    assert figures["plots"] == ["style_positions.png"] and (tmp_path / "style_positions.png").exists()
+    assert figures["plots"] == ["style_positions.png"] and (out_dir / "style_positions.png").exists()
     assert "![Style between the floor and the ceiling](style_positions.png)" in markdown
 
 
@@ -188,8 +196,8 @@ def test_the_top_of_the_report_gives_each_person_a_verdict_with_its_figures(meas
     assert "| cut for running on past the person's own turns | – | 0% | 100% |" in markdown
 
 
-def test_a_speaker_with_too_few_contexts_gets_a_reason_and_no_position(measured, sample_data, tmp_path):
-    report, markdown, figures = report_with(copy_the_person, measured, sample_data, tmp_path)
+def test_a_speaker_with_too_few_contexts_gets_a_reason_and_no_position(copied):
+    report, markdown, figures, _ = copied
     few = [speaker for speaker in figures["speakers"] if speaker["contexts"] < MIN_CONTEXTS]
     assert few  # Misha, at 7 of the 8 asked for
     for speaker in few:

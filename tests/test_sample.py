@@ -1,5 +1,6 @@
 """sample.py: the chat works through its command line, end to end on a tiny run."""
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import sample
 from data.sessions import read_sessions_file
 from model.generation import SamplingConfig, sample_token
+from tests.helpers import exit_status
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKER = "Alexander Smirnov"
@@ -73,7 +75,7 @@ def test_auto_plays_both_people(tiny_run, capsys):
     assert headers == [f"{SPEAKER}:", "Катя Морозова:", f"{SPEAKER}:"]
 
 
-def test_interactive_session_with_commands(tiny_run, tmp_path):
+def test_interactive_session_with_commands(tiny_run, tmp_path, capsys, monkeypatch):
     transcript, notes = tmp_path / "chat.jsonl", tmp_path / "notes.txt"
     notes.write_text("not a sessions file")
     script = (
@@ -102,9 +104,10 @@ def test_interactive_session_with_commands(tiny_run, tmp_path):
         )
         + "\n"
     )
-    out = sample_cli(
-        "--checkpoint", tiny_run, "--as", "Катя Морозова", "--seed", 0, "--max-new-tokens", 8, stdin=script
-    ).stdout
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))  # input() reads it line by line, as from a pipe
+    out = sample_in_process(
+        capsys, "--checkpoint", tiny_run, "--as", "Катя Морозова", "--seed", 0, "--max-new-tokens", 8
+    )
     assert "(temperature 0)" in out and "(you are Dmitry Volkov, the model is Alexander Smirnov)" in out
     assert "(/as 'Bob': no one of that name" in out  # and the chat went on as Катя
     assert "(nothing to save yet)" in out and out.count("(not saved: ") == 2  # and the chat went on
@@ -144,25 +147,19 @@ def test_history_file_continues_a_session(tiny_run, tmp_path, capsys):
     assert f"{SPEAKER}:" in out
 
 
-@pytest.mark.slow  # two sample.py processes
-def test_base_plus_adapter_gives_the_tokens_of_the_merged_model(tiny_run, tiny_checkpoint):
+def test_base_plus_adapter_gives_the_tokens_of_the_merged_model(tiny_run, tiny_checkpoint, capsys):
     common = ["--speaker", SPEAKER, "--prompt", "как дела?", "--temperature", 0, "--max-new-tokens", 24]
-    with_adapter = sample_cli("--model", tiny_checkpoint, "--adapter", tiny_run / "adapter", *common).stdout
-    merged = sample_cli("--model", tiny_run / "merged", *common).stdout
-    base = sample_cli("--model", tiny_checkpoint, *common).stdout
+    with_adapter = sample_in_process(capsys, "--model", tiny_checkpoint, "--adapter", tiny_run / "adapter", *common)
+    merged = sample_in_process(capsys, "--model", tiny_run / "merged", *common)
+    base = sample_in_process(capsys, "--model", tiny_checkpoint, *common)
     assert with_adapter == merged
     assert with_adapter != base  # the adapter changed something, so the comparison means something
 
 
-def test_missing_checkpoint_is_one_error_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "sample.py", "--checkpoint", tmp_path, "--speaker", "X", "--prompt", "hi"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and "run.json" in result.stderr
-    assert result.stderr.count("\n") == 1
+def test_missing_checkpoint_is_one_error_line(tmp_path, capsys):
+    assert exit_status(sample.main, ["--checkpoint", tmp_path, "--speaker", "X", "--prompt", "hi"]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("error: ") and "run.json" in said and said.count("\n") == 1
 
 
 def test_a_prompt_too_long_for_the_context_is_one_error_line(tiny_run, capsys):
