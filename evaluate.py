@@ -28,7 +28,7 @@ from core import atomic
 from core.cli import program
 from core.compute import Compute, Quantization
 from core.device import dtype_name, resolve_device, set_threads
-from core.flags import add_arguments, from_args, given_flags, not_a_flag, section, setting
+from core.flags import from_args, given_flags, not_a_flag, program_parser, section, setting
 from core.run_folder import RunFolder
 from data.dataset import prepare_data
 from data.settings import DataConfig
@@ -98,9 +98,7 @@ class EvaluateSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, EvaluateSettings)
-    return parser
+    return program_parser(EvaluateSettings, __doc__)
 
 
 def parse_settings(argv: list[str] | None = None) -> EvaluateSettings:

@@ -15,7 +15,7 @@ from chat.conversation import Chat
 from chat.loading import TwinSettings, open_source, start_twin
 from chat.terminal import interactive, show_reply, show_turn_header
 from core.cli import program
-from core.flags import add_arguments, from_args, section, setting
+from core.flags import from_args, program_parser, section, setting
 from data.sessions import DataError, Turn, read_sessions_file
 from model.generation import SamplingConfig
 
@@ -66,9 +66,7 @@ class SampleSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, SampleSettings)
-    return parser
+    return program_parser(SampleSettings, __doc__)
 
 
 def parse_settings(argv: list[str] | None = None) -> SampleSettings:

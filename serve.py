@@ -25,7 +25,7 @@ import uvicorn
 from chat.loading import TwinSettings, TwinSource, open_source, start_twin
 from core.cli import program
 from core.errors import TwinError
-from core.flags import add_arguments, from_args, positive_int, section, setting
+from core.flags import from_args, positive_int, program_parser, section, setting
 from model.generation import SamplingConfig
 from serving.api import build_app
 from serving.connections import Limits, server_config
@@ -96,9 +96,7 @@ class ServeSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, ServeSettings)
-    return parser
+    return program_parser(ServeSettings, __doc__)
 
 
 def parse_settings(argv: list[str] | None = None) -> ServeSettings:

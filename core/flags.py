@@ -164,6 +164,13 @@ def add_arguments(
         parser.add_argument(name, dest=dest, type=converter, default=default, help=help, **options)
 
 
+def program_parser(settings: type, description: str) -> argparse.ArgumentParser:
+    """A program's parser: every flag of its settings tree, under its docstring kept as written."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, settings)
+    return parser
+
+
 def from_args(
     settings: type, args: argparse.Namespace, prefix: str = "", _only: tuple[str, ...] | None = None, **given: Any
 ) -> Any:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from core.compute import DTYPE_NAMES, Compute
-from core.flags import SettingsError, add_arguments, from_dict, positive_int, section, setting
+from core.flags import SettingsError, from_dict, positive_int, program_parser, section, setting
 from core.run_folder import RunFolderError, RunRecord
 from data.settings import DataConfig
 from memory.settings import MemoryConfig
@@ -203,6 +203,4 @@ class TrainSettings:
 
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, TrainSettings)
-    return parser
+    return program_parser(TrainSettings, description)
