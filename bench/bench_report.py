@@ -3,6 +3,11 @@
     python bench/bench_report.py                # SmolLM2-135M's shape, random weights, a LoRA adapter
     python bench/bench_report.py --max-new-tokens 256
     python bench/bench_report.py --before 85f79e9    # and the report of that commit, same model and data
+    python bench/bench_report.py --checkpoint runs/demo --contexts 12 --before 85f79e9   # a trained run's report
+
+With --checkpoint, the report of a trained run (examples/demo.sh's, say) is timed instead: a trained model
+ends its turns, so this is the time a user waits. Each report's process CPU seconds are printed beside its
+wall time: on a machine others share, they are what it costs on cores of its own.
 
 Random weights never write the end of a turn, so every reply runs to its cut: --max-new-tokens before the
 report cut turns at the person's own length (fidelity.measure.CUT_QUANTILE), that length after.
@@ -15,6 +20,7 @@ trained model's nucleus lies among its 512 likeliest tokens): the whole report's
 """
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,6 +68,11 @@ def median_seconds(run, repeats: int) -> float:
     return statistics.median(times)
 
 
+def children_cpu_seconds() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 @torch.inference_mode()
 def step_costs(model: Transformer, batch: int, prompt_tokens: int = 200) -> tuple[float, float]:
     """(prompt tokens per second in a prefill, seconds per decoding step) of the model alone, without
@@ -90,7 +101,11 @@ def main() -> None:
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--contexts", type=int, default=32, help="per speaker (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
-    parser.add_argument("--batches", default="1,4,8,16,32", help="batch sizes the model alone is timed at")
+    parser.add_argument(
+        "--batches", default="1,4,8,16,32", help="batch sizes the model alone is timed at (not with --checkpoint)"
+    )
+    parser.add_argument("--checkpoint", metavar="RUN", help="time the report of this train.py run instead")
+    parser.add_argument("--seed", type=int, default=0, help="of the contexts and sampling (default: %(default)s)")
     parser.add_argument(
         "--before",
         metavar="COMMIT",
@@ -100,19 +115,36 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
-        tokenizer = chatml_tokenizer(directory / "tokenizer")
-        model = random_model(SMOLLM2_135M)
-        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, SmolLM2-135M's shape")
-        save_model(model, directory / "model", tokenizer=tokenizer)
-        apply_lora(model, LoRAConfig(r=8, alpha=16))
-        save_adapter(model, directory / "adapter", LoRAConfig(r=8, alpha=16), base_model=str(directory / "model"))
-        model.eval()
-        for batch in map(int, args.batches.split(",")):
-            prefill, step = step_costs(model.to(DTYPES[args.dtype]), batch)
-            print(
-                f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
-                f"{step * 1000:.0f} ms"
-            )
+        if not args.checkpoint:
+            tokenizer = chatml_tokenizer(directory / "tokenizer")
+            model = random_model(SMOLLM2_135M)
+            print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, SmolLM2-135M's shape")
+            save_model(model, directory / "model", tokenizer=tokenizer)
+            apply_lora(model, LoRAConfig(r=8, alpha=16))
+            save_adapter(model, directory / "adapter", LoRAConfig(r=8, alpha=16), base_model=str(directory / "model"))
+            model.eval()
+            for batch in map(int, args.batches.split(",")):
+                prefill, step = step_costs(model.to(DTYPES[args.dtype]), batch)
+                print(
+                    f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
+                    f"{step * 1000:.0f} ms"
+                )
+        common = [
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--sample-batch",
+            str(args.sample_batch),
+            "--contexts",
+            str(args.contexts),
+            "--seed",
+            str(args.seed),
+            "--device",
+            "cpu",
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+        ]
         flags = [
             "--model",
             str(directory / "model"),
@@ -126,19 +158,8 @@ def main() -> None:
             args.split,
             "--seq-len",
             "256",
-            "--max-new-tokens",
-            str(args.max_new_tokens),
-            "--sample-batch",
-            str(args.sample_batch),
-            "--contexts",
-            str(args.contexts),
-            "--device",
-            "cpu",
-            "--dtype",
-            args.dtype,
-            "--threads",
-            str(args.threads),
         ]
+        flags = (["--checkpoint", str(Path(args.checkpoint).resolve())] if args.checkpoint else flags) + common
         trees = {"this tree": ROOT}
         if args.before:
             trees[args.before] = directory / "before"
@@ -147,7 +168,7 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", str(trees[args.before])], input=archive.stdout, check=True)
         seconds = {}
         for name, tree in trees.items():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), children_cpu_seconds()
             subprocess.run(
                 [sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
                 check=True,
@@ -155,8 +176,9 @@ def main() -> None:
             )
             seconds[name] = time.perf_counter() - started
             print(
-                f"whole report, {name} (evaluate.py, --max-new-tokens {args.max_new_tokens}, "
-                f"--contexts {args.contexts}): {seconds[name]:.1f} s"
+                f"whole report, {name} (evaluate.py {' '.join(flags[:2]) if args.checkpoint else ''}, "
+                f"--max-new-tokens {args.max_new_tokens}, --contexts {args.contexts}, --sample-batch "
+                f"{args.sample_batch}): {seconds[name]:.1f} s, {children_cpu_seconds() - cpu:.1f} CPU seconds"
             )
         if args.before:
             print(f"ratio {args.before} / this tree: {seconds[args.before] / seconds['this tree']:.2f}x")

@@ -55,8 +55,11 @@ def run_evaluation(
     plan = plan_evaluation(data, settings, remembered)
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
-    tuned = measure(model, tokenizer, data, plan, settings, device, "tuned")
     figures = measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device) if remembered else None
+    # The memory section's pass without memory gives the tuned model's held-out losses: not run twice.
+    tuned = measure(
+        model, tokenizer, data, plan, settings, device, "tuned", losses=figures.without_memory() if figures else None
+    )
     return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict, figures)
 
 

@@ -152,12 +152,14 @@ def measure(
     device: torch.device,
     name: str,
     write: Writer | None = None,
+    losses: tuple[dict[str, float], dict[str, int]] | None = None,
 ) -> Measurement:
-    """Loss per speaker, and a turn written at every context (by `write`, default the model itself)."""
+    """Loss per speaker (`losses` where they were measured already: speaker_losses' loss and tokens), and a
+    turn written at every context (by `write`, default the model itself)."""
     was_training = model.training
     model.eval()  # no adapter dropout while sampling
     try:
-        loss, tokens = speaker_losses(
+        loss, tokens = losses or speaker_losses(
             model, tokenizer, data.val_sessions, plan.speakers, data.report.seq_len, settings.micro_batch, device
         )
         caps = {

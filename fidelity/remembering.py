@@ -57,6 +57,16 @@ class MemoryFigures:
     facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
     fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
     fact_new_recall: dict[str, float] | None = None  # as fact_recall, on the fact turns not in memory
+    tokens: dict[str, int] = dataclasses.field(
+        default_factory=dict
+    )  # speaker -> trained tokens of their held-out turns
+
+    def without_memory(self) -> tuple[dict[str, float], dict[str, int]]:
+        """Each speaker's held-out loss and tokens without memory: what fidelity.measure.speaker_losses gives
+        the tuned model (0.0 for a speaker without held-out turns), so that the report runs that pass once."""
+        return {speaker: self.loss[speaker]["without"] if count else 0.0 for speaker, count in self.tokens.items()}, (
+            self.tokens
+        )
 
     def summary(self) -> list[str]:
         lines = [
@@ -248,6 +258,10 @@ def measure_memory(
             }
             return {setting: loss / tokens for setting, (loss, tokens) in total.items()} if total["with"][1] else None
 
+        tokens = {
+            speaker: sum(sums["without"][1][group] for kind, group in groups.items() if kind[0] == speaker)
+            for speaker in speakers
+        }
         turns_in_memory = {
             speaker: [copied for found in kinds for who, copied, _ in found if who == speaker] for speaker in speakers
         }
@@ -285,6 +299,7 @@ def measure_memory(
             facts_remembered=facts_remembered,
             fact_new_loss=loss(lambda who, copied, fact: fact and not copied),
             fact_new_recall=fact_new_recall or None,
+            tokens=tokens,
         )
     finally:
         model.train(was_training)

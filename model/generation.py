@@ -255,11 +255,14 @@ class BatchDecoder:
     what each row in it chose, in batch order; each row draws from its own stream, so a stream shared by
     several rows is drawn row by row. `drop(row)` takes a row out before the next step.
 
-    The rows given at the start are prefilled together, in the first step. A row `add`ed later joins between
-    steps (continuous batching: a server's request that comes while others are written does not wait for them
-    to end). Its prompt goes in `prefill_chunk` tokens a step, the chunk of one waiting row a step, in turn,
-    beside the batch's decoding: a long prompt delays the others' next token by one chunk at most, and a short
-    prompt waits behind no long one. Once its prompt is in, its cache joins the batch's, the shorter side
+    The rows given at the start go in during the first step, each prompt alone, in the order of their tokens so
+    that each reuses the prefix it shares with the one before (a report's moments of one conversation share
+    all of it); then they decode together. A padded batch of prompts computes its padding too, and on a CPU runs
+    slower per token than the same prompts one by one (bench/bench_report.py). A row `add`ed later joins
+    between steps (continuous batching: a server's request that comes while others are written does not wait
+    for them to end). Its prompt goes in `prefill_chunk` tokens a step, the chunk of one waiting row a step, in
+    turn, beside the batch's decoding: a long prompt delays the others' next token by one chunk at most, and a
+    short prompt waits behind no long one. Once its prompt is in, its cache joins the batch's, the shorter side
     padded on the left. A prompt that starts as the last one added did reuses its cached prefix."""
 
     def __init__(
@@ -288,14 +291,18 @@ class BatchDecoder:
     def add(self, row: BatchRow) -> int:
         """A row to join the batch once its prompt is in; its number."""
         cache = self._new_cache(1, len(row.prompt))  # first: a cache that cannot be made leaves nothing behind
-        prefill = _Prefill(self._register(row), row.prompt, cache)
+        prefill = self._reusing_last(_Prefill(self._register(row), row.prompt, cache))
+        self.prefilling.append(prefill)
+        return prefill.row
+
+    def _reusing_last(self, prefill: _Prefill) -> _Prefill:
+        """`prefill` with the prefix its prompt shares with the last prompt that went in already in its cache."""
         if (last := self.last_prefill) is not None:
-            reuse = min(common_prefix_length(last.prompt, row.prompt), len(row.prompt) - 1)
+            reuse = min(common_prefix_length(last.prompt, prefill.prompt), len(prefill.prompt) - 1)
             prefill.cache.keys[:, :, :, :reuse] = last.cache.keys[:, :, :, :reuse]
             prefill.cache.values[:, :, :, :reuse] = last.cache.values[:, :, :, :reuse]
             prefill.cache.length = reuse
-        self.prefilling.append(prefill)
-        return prefill.row
+        return prefill
 
     def drop(self, row: int) -> None:
         self.dropped.add(row)
@@ -343,39 +350,64 @@ class BatchDecoder:
         return KVCache(self.model.config, batch, length, dtype=self.dtype, device=self.device)
 
     def _start(self) -> list[Chosen]:
-        """Prefill the rows given at the start together, each padded on the left to the longest prompt."""
-        prompts = [self.rows[row].prompt for row in self.starting]
-        width = max(len(prompt) for prompt in prompts)
-        longest_reply = max(self.rows[row].config.max_new_tokens for row in self.starting)
-        self.batch, self.starting = self.starting, []
-        self.cache = self._new_cache(len(self.batch), width + longest_reply)
-        self.padding = torch.tensor([width - len(prompt) for prompt in prompts], device=self.device)
-        ids = torch.tensor([[PADDING] * (width - len(prompt)) + prompt for prompt in prompts], device=self.device)
-        return self._choose_all(self._last_logits(ids))
+        """Prefill the rows given at the start, each alone and reusing the prefix of the one before, then put
+        them in one cache, each padded on the left to the longest prompt, with room for the longest reply."""
+        starting, self.starting = self.starting, []
+        chosen, ready = [], []
+        for row in sorted(starting, key=lambda row: self.rows[row].prompt):
+            prompt = self.rows[row].prompt
+            prefill = self._reusing_last(_Prefill(row, prompt, self._new_cache(1, len(prompt))))
+            first = self._prefill(prefill, len(prompt))
+            chosen.append(first)
+            if first.token is not None and not first.last:
+                ready.append((prefill, first.token))
+        if not ready:
+            return chosen
+        width = max(len(prefill.prompt) for prefill, _ in ready)
+        longest_reply = max(self.rows[prefill.row].config.max_new_tokens for prefill, _ in ready)
+        self.cache = self._new_cache(len(ready), width + longest_reply)
+        for place, (prefill, _) in enumerate(ready):
+            for name in ("keys", "values"):
+                getattr(self.cache, name)[:, place, :, width - len(prefill.prompt) : width] = getattr(
+                    prefill.cache, name
+                )[:, 0]
+        self.cache.length = width
+        self.padding = torch.tensor([width - len(prefill.prompt) for prefill, _ in ready], device=self.device)
+        self.batch = [prefill.row for prefill, _ in ready]
+        self.next_ids = [token for _, token in ready]
+        return chosen
 
     def _prefill_chunk(self) -> list[Chosen]:
         """Run the next chunk of the first prompt waiting; once the whole prompt is in, its row's first token,
         and the row joins the batch."""
         prefill = self.prefilling.pop(0)
+        chosen = self._prefill(prefill, self.prefill_chunk)
+        if chosen is None:
+            self.prefilling.append(prefill)  # the others' turn
+            return []
+        if chosen.token is not None and not chosen.last:
+            self._join(prefill, chosen.token)
+        return [chosen]
+
+    def _prefill(self, prefill: _Prefill, tokens: int) -> Chosen | None:
+        """Run up to `tokens` more of a row's prompt into its cache; once the whole prompt is in, the row's first
+        token (None before). A row that fails or ends there is forgotten; an error is its alone."""
         start = prefill.cache.length
-        end = min(start + self.prefill_chunk, len(prefill.prompt))
+        end = min(start + tokens, len(prefill.prompt))
         try:
             hidden = self.model.hidden_states(
                 torch.tensor([prefill.prompt[start:end]], device=self.device), kv_cache=prefill.cache
             )
         except Exception as error:  # this prompt's alone: the batch goes on
             self._forget(prefill.row)
-            return [Chosen(prefill.row, None, last=True, error=error)]
+            return Chosen(prefill.row, None, last=True, error=error)
         if end < len(prefill.prompt):
-            self.prefilling.append(prefill)  # the others' turn
-            return []
+            return None
         self.last_prefill = prefill
         chosen = self._choose(prefill.row, self.model.lm_head(hidden[0, -1]))
         if chosen.last:
             self._forget(prefill.row)
-        else:
-            self._join(prefill, chosen.token)
-        return [chosen]
+        return chosen
 
     def _join(self, prefill: _Prefill, token: int) -> None:
         """Put a prefilled row into the batch, its tokens and the batch's ending at the same place."""

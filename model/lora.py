@@ -64,7 +64,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x) if self.base is not None else F.linear(x, self.weight, self.bias)
-        if self.merged:
+        if self.merged or not self.scaling:  # merged, or switched off (adapters_off): nothing to add
             return y
         # addmm adds the scaled low-rank product into y within the matrix multiply: no extra passes over y.
         dropped = dropout(x, self.dropout) if self.training and self.dropout > 0 else x

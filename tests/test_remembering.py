@@ -9,6 +9,7 @@ import torch
 from data.chatml import split_to_fit
 from data.packing import pack
 from data.sessions import Session, Turn
+from fidelity.measure import speaker_losses
 from fidelity.plan import EvalSettings
 from fidelity.remembering import MemoryFigures, in_memory, measure_memory, memory_phrases
 from memory.context import MARK_SPEAKER, Memory
@@ -78,6 +79,10 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
             expected = reference_loss(model, dolphin_tokenizer, speaker, context)
             assert figures.loss[speaker][setting] == pytest.approx(expected, rel=1e-5), (speaker, setting)
     assert figures.in_memory == {ME: 1.0, KATYA: 0.0} and list(figures.loss) == [ME, KATYA]
+    # The pass without memory is the tuned model's held-out loss, so the report does not run it twice.
+    loss, tokens = speaker_losses(model, dolphin_tokenizer, HELD_OUT, speakers, SEQ_LEN, 4, torch.device("cpu"))
+    assert figures.tokens == tokens and tokens["Eleanor"] == 0 and tokens[KATYA] > 0
+    assert figures.without_memory()[0] == pytest.approx(loss, rel=1e-5)
     assert figures.new_loss[ME] is None and figures.new_loss[KATYA] == figures.loss[KATYA]
     assert figures.fact_turns == 1 and figures.fact_speakers == {KATYA: 1} and figures.fact_turns_in_memory == 0
     assert figures.facts_remembered == 1  # her kitten's name, from the first conversation
