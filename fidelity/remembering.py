@@ -24,6 +24,7 @@ from data.sessions import Turn, messages_of
 from fidelity.measure import packed_losses
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
+from fidelity.verdict import wilson_interval
 from memory.context import MARK_SPEAKER, Memory
 from memory.facts import FactTurn, fact_turns, states_fact, words_of
 from memory.settings import MemoryConfig
@@ -57,15 +58,39 @@ class MemoryFigures:
     facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
     fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
     fact_new_recall: dict[str, float] | None = None  # as fact_recall, on the fact turns not in memory
-    tokens: dict[str, int] = dataclasses.field(
-        default_factory=dict
-    )  # speaker -> trained tokens of their held-out turns
+    fact_stated: dict[str, int] = dataclasses.field(default_factory=dict)  # "without"/"with" -> written fact turns
+    # that state the fact (fact_recall's numerator, of fact_turns)
+    # speaker -> the trained tokens of their held-out turns
+    tokens: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def without_memory(self) -> tuple[dict[str, float], dict[str, int]]:
         """Each speaker's held-out loss and tokens without memory: what fidelity.measure.speaker_losses gives
         the tuned model (0.0 for a speaker without held-out turns), so that the report runs that pass once."""
         return {speaker: self.loss[speaker]["without"] if count else 0.0 for speaker, count in self.tokens.items()}, (
             self.tokens
+        )
+
+    def recall_interval(self, setting: str) -> tuple[float, float] | None:
+        """The 95% interval (Wilson's) of fact_recall[setting]: with a few dozen fact turns a share moves by tens
+        of points from one sampling to the next, so memory brings facts back clearly only where the intervals
+        without and with it do not overlap."""
+        if setting not in self.fact_stated:
+            return None
+        return wilson_interval(self.fact_stated[setting], self.fact_turns)
+
+    def recall_clearly_higher(self) -> bool | None:
+        """Whether the written turns state the fact more often with memory, the two intervals apart; None where
+        no turn was written."""
+        without, with_memory = self.recall_interval("without"), self.recall_interval("with")
+        if without is None or with_memory is None:
+            return None
+        return with_memory[0] > without[1]
+
+    def _recall_with_intervals(self) -> str:
+        verdict = "clearly higher with memory" if self.recall_clearly_higher() else "not clearly higher with memory"
+        return (
+            f", state the fact {self.fact_recall['without']:.0%} ({_interval_text(self.recall_interval('without'))})"
+            f" → {self.fact_recall['with']:.0%} ({_interval_text(self.recall_interval('with'))}), {verdict}"
         )
 
     def summary(self) -> list[str]:
@@ -81,7 +106,7 @@ class MemoryFigures:
         if self.fact_turns:
             lines.append(
                 f"  fact turns: loss {self.fact_loss['without']:.3f} → {self.fact_loss['with']:.3f}"
-                + (_recall_text(self.fact_recall) if self.fact_recall else "")
+                + (self._recall_with_intervals() if self.fact_recall else "")
                 + f"; the memory holds the fact at {self.facts_remembered} of {self.fact_turns}"
             )
             new = self.fact_turns - self.fact_turns_in_memory
@@ -136,8 +161,12 @@ class MemoryFigures:
             )
         if self.fact_recall:
             lines.append(
-                f"| written turns that state the fact, all | {self.fact_recall['without']:.0%} | "
-                f"{self.fact_recall['with']:.0%} |"
+                "| written turns that state the fact, all (95% interval) | "
+                + " | ".join(
+                    f"{self.fact_recall[setting]:.0%} ({_interval_text(self.recall_interval(setting))})"
+                    for setting in SETTINGS
+                )
+                + " |"
             )
         if self.fact_new_recall:
             lines.append(
@@ -149,6 +178,10 @@ class MemoryFigures:
 
 def _new_text(loss: dict[str, float] | None) -> str:
     return f"{loss['without']:.3f} → {loss['with']:.3f}" if loss else "–"
+
+
+def _interval_text(interval: tuple[float, float] | None) -> str:
+    return f"{interval[0]:.0%} to {interval[1]:.0%}" if interval else "–"
 
 
 def _recall_text(recall: dict[str, float]) -> str:
@@ -270,11 +303,12 @@ def measure_memory(
         facts_remembered = sum(
             bool(fact.words & words_of(_text(remembered[number_of[id(fact.session)]]))) for fact in facts
         )
-        fact_recall, fact_new_recall = {}, {}
+        fact_recall, fact_new_recall, fact_stated = {}, {}, {}
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
             for setting in SETTINGS:
                 contexts = [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
                 stated = _stated(model, tokenizer, facts, contexts, settings, device)
+                fact_stated[setting] = sum(stated)
                 fact_recall[setting] = sum(stated) / len(stated)
                 new = [said for said, copied in zip(stated, fact_copied) if not copied]
                 if new:
@@ -299,6 +333,7 @@ def measure_memory(
             facts_remembered=facts_remembered,
             fact_new_loss=loss(lambda who, copied, fact: fact and not copied),
             fact_new_recall=fact_new_recall or None,
+            fact_stated=fact_stated,
             tokens=tokens,
         )
     finally:

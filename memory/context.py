@@ -60,42 +60,46 @@ class Memory:
         if not self.config.on:
             return []
         earlier = self.conversations.before(chat, start) if chat is not None else []
-        history, in_history = self._history(earlier, start)
-        recalled = self._recalled(chat, start, said, in_history)
+        history, held = self._history(earlier, start)
+        recalled = self._recalled(chat, start, said, held)
         if not history and not recalled:
             return []
         return recalled + history + [Turn(MARK_SPEAKER, [NOW])]
 
-    def _history(self, earlier: list[int], start: int) -> tuple[list[Turn], set[int]]:
-        """The end of the chat's conversations before `start`, newest first until the budget is spent."""
-        turns, used, room = [], set(), self.config.history_tokens
+    def _history(self, earlier: list[int], start: int) -> tuple[list[Turn], dict[int, int]]:
+        """The end of the chat's conversations before `start`, newest first until the budget is spent, and how
+        many of each one's last turns it holds."""
+        turns, held, room = [], {}, self.config.history_tokens
         for number in reversed(earlier):
             session = self.conversations.sessions[number]
             block = self._tail(Turn(MARK_SPEAKER, [time_mark(start - session.start)]), session.turns, room)
             if not block:
                 break
-            turns, used, room = block + turns, used | {number}, room - sum(self.token_counts(block))
+            turns, held[number], room = block + turns, len(block) - 1, room - sum(self.token_counts(block))
             if len(block) <= len(session.turns):  # cut: nothing older fits
                 break
-        return turns, used
+        return turns, held
 
-    def _recalled(self, chat: str | None, start: int, said: list[Turn], exclude: set[int]) -> list[Turn]:
+    def _recalled(self, chat: str | None, start: int, said: list[Turn], held: dict[int, int]) -> list[Turn]:
+        """The beginnings of the `config.recall` earlier conversations most like what was `said`, but of those the
+        history `held` only the turns it does not hold: a conversation cut by the history stays recallable, since
+        its beginning is where news is told ("I fly to Lisbon on Thursday") and the history keeps its end."""
         config = self.config
         if not config.recall or not config.recall_tokens or (chat is None and not config.recall_all_chats):
             return []
         candidates = [
             number
             for number in self.conversations.before(None if config.recall_all_chats else chat, start)
-            if number not in exclude
+            if held.get(number, 0) < len(self.conversations.sessions[number].turns)
         ]
         query = "\n".join(message for turn in said for message in turn.messages)
         chosen = sorted(self.conversations.most_relevant(query, candidates, config.recall, start))  # oldest first
         turns = []
         for number in chosen:
             session = self.conversations.sessions[number]
+            unheld = session.turns[: len(session.turns) - held.get(number, 0)]
             mark = Turn(MARK_SPEAKER, [f"recalled, {time_mark(start - session.start)}"])
-            # Its beginning, where a conversation says what it is about (the history keeps the end instead).
-            turns += self._tail(mark, session.turns, config.recall_tokens // len(chosen), from_start=True)
+            turns += self._tail(mark, unheld, config.recall_tokens // len(chosen), from_start=True)
         return turns
 
     def _tail(self, mark: Turn, turns: list[Turn], room: int, from_start: bool = False) -> list[Turn]:

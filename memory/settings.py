@@ -14,7 +14,8 @@ class MemoryConfig:
     # Defaults measured on the sample export with SmolLM2's tokenizer: of its 61 fact turns (memory.facts), the
     # fact stands in the memory of 16 with 128 tokens of history alone, 28 with 256; of 38 with 2 recalled
     # conversations alone; of 44 with both, at 441 tokens a session on average, memory included (256 tokens of
-    # history on top: 42, at 561 tokens).
+    # history on top: 42, at 561 tokens). Since recall prefers recent conversations more and may take up one the
+    # history cuts: of 48 with both (python bench/bench_recall.py).
     history_tokens: int = setting(
         128,
         "tokens of the same chat's conversations just before a session, placed before it as context (0: none)",

@@ -53,6 +53,30 @@ def test_recall_finds_the_earlier_conversation_of_the_same_chat(memory):
     assert "her name is Miso" in text_of(turns) and turns[0].messages[0].startswith("recalled, 4 days")
 
 
+def test_a_follow_up_recalls_the_recent_telling_not_an_older_same_question(dolphin_tokenizer):
+    """ "so how was your trip?" is about the trip told 4 days ago, not the one the same words asked about in spring."""
+    sessions = [
+        session(KATYA, 1, (KATYA, "we fly to Lisbon on Thursday, a trip at last"), (ME, "wow")),
+        session(KATYA, 6, (ME, "so how was your trip?"), (KATYA, "Lisbon was lovely")),
+        *[session(KATYA, day, (ME, "so how was your day?"), (KATYA, "fine")) for day in range(10, 50, 4)],
+        session(KATYA, 60, (KATYA, "we fly to Porto next week, a trip at last"), (ME, "wow")),
+    ]
+    memory = Memory(Conversations(sessions), MemoryConfig(history_tokens=0, recall=1), dolphin_tokenizer)
+    turns = memory.context(KATYA, 64 * DAY, [Turn(ME, ["so how was your trip?"])])
+    assert "Porto" in text_of(turns) and "Lisbon" not in text_of(turns)
+
+
+def test_a_conversation_the_history_cuts_is_recalled_from_its_beginning_without_repeating_a_turn(dolphin_tokenizer):
+    told = session(KATYA, 60, (KATYA, "we fly to Porto next week"), (ME, "wow, a trip"), (KATYA, "yes, at last"))
+    memory = Memory(Conversations([told]), MemoryConfig(history_tokens=25, recall=1), dolphin_tokenizer)
+    turns = memory.context(KATYA, 64 * DAY, [Turn(ME, ["how was the trip?"])])
+    said = [turn for turn in turns if turn.speaker != MARK_SPEAKER]
+    assert said[0].messages == ["we fly to Porto next week"] and said[-1].messages == ["yes, at last"]
+    assert len(said) == len({id(turn) for turn in said}) == len(told.turns)  # each turn once: recalled or history
+    everything = Memory(Conversations([told]), MemoryConfig(history_tokens=400, recall=1), dolphin_tokenizer)
+    assert text_of(everything.context(KATYA, 64 * DAY, [Turn(ME, ["how was the trip?"])])).count("Porto") == 1
+
+
 def test_nothing_from_the_future_or_from_another_chat(memory):
     """Training gives a session only what started strictly before it, and by default only its own chat's."""
     for config in (dict(history_tokens=400, recall=3), dict(history_tokens=0, recall=3)):

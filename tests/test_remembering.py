@@ -92,7 +92,11 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     lines = figures.summary()
     assert f"{ME}: loss" in lines[1] and "– on the 0% of turns not in memory" in lines[1]
     assert "on the 100% of turns not in memory" in lines[2] and "the 1 fact turns not in memory: loss" in lines[-1]
-    assert lines[-2].endswith("state the fact 0% → 100%; the memory holds the fact at 1 of 1")
+    assert figures.fact_stated == {"without": 0, "with": 1}
+    assert lines[-2].endswith(
+        "state the fact 0% (0% to 79%) → 100% (21% to 100%), not clearly higher with memory; "
+        "the memory holds the fact at 1 of 1"
+    )
     markdown = "\n".join(figures.markdown())
     assert "| Alexander | 100% |" in markdown and "– | – |" in markdown and "| loss, not in memory |" in markdown
 
@@ -102,3 +106,22 @@ def test_the_section_says_when_no_fact_turn_is_held_out():
     figures = MemoryFigures({"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, 0, {}, {}, {})
     assert figures.summary()[1] == f"  {ME}: loss 2.000 → 1.000; 2.000 → 1.000 on the 50% of turns not in memory"
     assert figures.markdown()[-1] == "No held-out turn takes up a fact of an earlier conversation."
+
+
+def test_fact_recall_is_clearly_higher_only_where_the_intervals_do_not_overlap():
+    loss = {"without": 2.0, "with": 1.0}
+
+    def figures(without: int, with_memory: int) -> MemoryFigures:
+        stated = {"without": without, "with": with_memory}
+        return MemoryFigures(
+            {"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, 20, {ME: 20}, loss,
+            {setting: count / 20 for setting, count in stated.items()}, fact_stated=stated,
+        )  # fmt: skip
+
+    assert figures(1, 12).recall_clearly_higher() and not figures(3, 8).recall_clearly_higher()
+    assert figures(1, 12).recall_interval("with") == pytest.approx((0.387, 0.781), abs=1e-3)
+    assert "clearly higher with memory" in figures(1, 12).summary()[2]
+    assert "| written turns that state the fact, all (95% interval) | 15% (5% to 36%) | 40% (22% to 61%) |" in (
+        figures(3, 8).markdown()
+    )
+    assert MemoryFigures({}, {}, {}, {}, 20, {}, loss, {}).recall_clearly_higher() is None  # no turn written
