@@ -175,9 +175,9 @@ def measure(
             order[start : start + settings.sample_batch] for start in range(0, len(order), settings.sample_batch)
         ]
         written: list[WrittenTurn] = [WrittenTurn([], False)] * len(everywhere)
-        # Counted in decoding steps, at most a batch's longest cap each, so that the time left shows from
-        # the first step on; a batch whose turns all end early skips the rest of its steps.
-        steps = [max(caps[everywhere[index].speaker] for index in batch) for batch in batches]
+        # Counted in steps: a batch's prompts go in one a step, then it decodes for at most its longest cap, so
+        # that the time left shows from the first prompt on; a batch whose turns all end early skips the rest.
+        steps = [len(batch) + max(caps[everywhere[index].speaker] for index in batch) for batch in batches]
         with tqdm(
             total=sum(steps),
             desc=f"writing {len(everywhere)} turns as the speakers ({name} model)",

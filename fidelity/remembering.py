@@ -13,6 +13,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import exp
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
 from fidelity.verdict import wilson_interval
 from memory.context import MARK_SPEAKER, Memory
-from memory.facts import FactTurn, fact_turns, states_fact, words_of
+from memory.facts import NAME, FactTurn, fact_turns, states_fact, words_of
 from memory.settings import MemoryConfig
 from memory.store import Conversations
 from model.generation import BatchRow
@@ -58,6 +59,9 @@ class MemoryFigures:
     facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
     fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
     fact_new_recall: dict[str, float] | None = None  # as fact_recall, on the fact turns not in memory
+    # "without"/"with" -> loss on the tokens of the fact's name in the real fact turns, given the words before it
+    # (teacher-forced: how likely the twin finds the name, whether or not its sampled turn goes that way)
+    name_loss: dict[str, float] | None = None
     fact_stated: dict[str, int] = dataclasses.field(default_factory=dict)  # "without"/"with" -> written fact turns
     # that state the fact (fact_recall's numerator, of fact_turns)
     # speaker -> the trained tokens of their held-out turns
@@ -109,6 +113,8 @@ class MemoryFigures:
                 + (self._recall_with_intervals() if self.fact_recall else "")
                 + f"; the memory holds the fact at {self.facts_remembered} of {self.fact_turns}"
             )
+            if self.name_loss:
+                lines.append(f"  the fact's name, given the turn's words before it: {_name_text(self.name_loss)}")
             new = self.fact_turns - self.fact_turns_in_memory
             lines.append(
                 f"  the {new} fact turns not in memory: "
@@ -155,6 +161,14 @@ class MemoryFigures:
             "|---|---:|---:|",
             f"| loss, all | {self.fact_loss['without']:.3f} | {self.fact_loss['with']:.3f} |",
         ]
+        if self.name_loss:
+            lines.append(
+                "| the fact's name, given the turn's words before it: loss (probability per token) | "
+                + " | ".join(
+                    f"{self.name_loss[setting]:.2f} ({exp(-self.name_loss[setting]):.0%})" for setting in SETTINGS
+                )
+                + " |"
+            )
         if self.fact_new_loss:
             lines.append(
                 f"| loss, not in memory | {self.fact_new_loss['without']:.3f} | {self.fact_new_loss['with']:.3f} |"
@@ -178,6 +192,13 @@ class MemoryFigures:
 
 def _new_text(loss: dict[str, float] | None) -> str:
     return f"{loss['without']:.3f} → {loss['with']:.3f}" if loss else "–"
+
+
+def _name_text(loss: dict[str, float]) -> str:
+    return (
+        f"loss {loss['without']:.2f} → {loss['with']:.2f} (probability per token "
+        f"{exp(-loss['without']):.0%} → {exp(-loss['with']):.0%})"
+    )
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:
@@ -252,17 +273,25 @@ def measure_memory(
         remembered = [memory.for_session(session) for session in sessions]
         facts = fact_turns(sessions, everything)
         number_of = {id(session): number for number, session in enumerate(sessions)}
-        fact_at = {(number_of[id(fact.session)], fact.turn) for fact in facts}
-        kinds = []  # per session, the kind of each turn: (speaker, in memory, fact turn)
+        fact_at = {(number_of[id(fact.session)], fact.turn): fact for fact in facts}
+        kinds = []  # per session, the kind of each turn: (speaker, in memory, fact turn, False)
         for number, (session, context) in enumerate(zip(sessions, remembered)):
             known = memory_phrases(context)
             kinds.append(
                 [
-                    (turn.speaker, in_memory(turn, known), (number, index) in fact_at)
+                    (turn.speaker, in_memory(turn, known), (number, index) in fact_at, False)
                     for index, turn in enumerate(session.turns)
                 ]
             )
-        groups = {kind: group for group, kind in enumerate(sorted({kind for found in kinds for kind in found}))}
+        # The tokens of a fact turn's name count apart: (speaker, in memory, True, True).
+        name_kinds = {place: (*kinds[place[0]][place[1]][:3], True) for place in fact_at}
+        groups = {
+            kind: group
+            for group, kind in enumerate(sorted({kind for found in kinds for kind in found} | set(name_kinds.values())))
+        }
+        names = [{} for _ in sessions]  # per session: turn -> (the group of its name's tokens, the name's token ids)
+        for (number, index), fact in fact_at.items():
+            names[number][index] = (groups[name_kinds[number, index]], name_forms(fact, tokenizer))
         sums = {
             setting: _group_losses(
                 model,
@@ -273,6 +302,7 @@ def measure_memory(
                     for session, context in zip(sessions, remembered)
                 ],
                 [[groups[kind] for kind in found] for found in kinds],
+                names,
                 len(groups),
                 data.report.seq_len,
                 settings.micro_batch,
@@ -282,7 +312,7 @@ def measure_memory(
             for setting in SETTINGS
         }
 
-        def loss(chosen: Callable[[str, bool, bool], bool]) -> dict[str, float] | None:
+        def loss(chosen: Callable[[str, bool, bool, bool], bool]) -> dict[str, float] | None:
             """Each setting's loss on the turns of the kinds `chosen` picks; None where they have no token."""
             picked = [group for kind, group in groups.items() if chosen(*kind)]
             total = {
@@ -296,7 +326,7 @@ def measure_memory(
             for speaker in speakers
         }
         turns_in_memory = {
-            speaker: [copied for found in kinds for who, copied, _ in found if who == speaker] for speaker in speakers
+            speaker: [copied for found in kinds for who, copied, *_ in found if who == speaker] for speaker in speakers
         }
         speakers = [speaker for speaker in speakers if turns_in_memory[speaker]]  # those with held-out turns
         fact_copied = [kinds[number_of[id(fact.session)]][fact.turn][1] for fact in facts]
@@ -319,19 +349,22 @@ def measure_memory(
             speakers_of_facts[speaker] = speakers_of_facts.get(speaker, 0) + 1
         return MemoryFigures(
             config=dataclasses.asdict(config),
-            loss={speaker: loss(lambda who, copied, fact, speaker=speaker: who == speaker) for speaker in speakers},
+            loss={
+                speaker: loss(lambda who, copied, fact, name, speaker=speaker: who == speaker) for speaker in speakers
+            },
             in_memory={speaker: sum(turns_in_memory[speaker]) / len(turns_in_memory[speaker]) for speaker in speakers},
             new_loss={
-                speaker: loss(lambda who, copied, fact, speaker=speaker: who == speaker and not copied)
+                speaker: loss(lambda who, copied, fact, name, speaker=speaker: who == speaker and not copied)
                 for speaker in speakers
             },
             fact_turns=len(facts),
             fact_speakers=speakers_of_facts,
-            fact_loss=loss(lambda who, copied, fact: fact) or {},
+            fact_loss=loss(lambda who, copied, fact, name: fact) or {},
             fact_recall=fact_recall,
             fact_turns_in_memory=sum(fact_copied),
             facts_remembered=facts_remembered,
-            fact_new_loss=loss(lambda who, copied, fact: fact and not copied),
+            fact_new_loss=loss(lambda who, copied, fact, name: fact and not copied),
+            name_loss=loss(lambda who, copied, fact, name: name),
             fact_new_recall=fact_new_recall or None,
             fact_stated=fact_stated,
             tokens=tokens,
@@ -344,6 +377,7 @@ def _group_losses(
     model: Transformer,
     pieces: list[list[RenderedSession]],
     turn_groups: list[list[int]],
+    names: list[dict[int, tuple[int, list[list[int]]]]],
     count: int,
     seq_len: int,
     micro_batch: int,
@@ -351,12 +385,12 @@ def _group_losses(
     desc: str,
 ) -> tuple[dict[int, float], dict[int, int]]:
     """The summed loss and the tokens of each of `count` groups of turns, from each session's pieces (every
-    turn trained) and the group of each of its turns: one packing per group, differing only in which tokens
-    count, and one pass of the model over them all."""
+    turn trained), the group of each of its turns and those of its names (_token_groups): one packing per group,
+    differing only in which tokens count, and one pass of the model over them all."""
     flat, token_groups = [], []
-    for session_pieces, groups in zip(pieces, turn_groups):
+    for session_pieces, groups, session_names in zip(pieces, turn_groups, names):
         flat += session_pieces
-        token_groups += _token_groups(session_pieces, groups)
+        token_groups += _token_groups(session_pieces, groups, session_names)
     rows = {
         group: pack(
             [
@@ -370,18 +404,47 @@ def _group_losses(
     return packed_losses(model, rows, micro_batch, device, desc)
 
 
-def _token_groups(pieces: list[RenderedSession], turn_groups: list[int]) -> list[np.ndarray]:
+def _token_groups(
+    pieces: list[RenderedSession], turn_groups: list[int], names: dict[int, tuple[int, list[list[int]]]]
+) -> list[np.ndarray]:
     """For each token of a session's pieces, the group of the turn it belongs to (-1: a header, a separator,
-    the memory). Every turn of the session is trained and none of the memory is, so the trained tokens come
-    in one run per turn (headers, never trained, stand between), in the turns' order."""
+    the memory), or of its name where `names` gives the turn one (turn -> the name's group and token ids): the
+    first place in the turn where one of the name's forms stands. Every turn of the session is trained and none
+    of the memory is, so the trained tokens come in one run per turn (headers, never trained, stand between),
+    in the turns' order."""
     found, turn = [], -1
     for piece in pieces:
         trained = np.asarray(piece.trained, dtype=bool)
         starts = trained & ~np.concatenate([[False], trained[:-1]])
         numbers = turn + np.cumsum(starts)
         turn = int(numbers[-1]) if len(numbers) else turn
-        found.append(np.where(trained, np.asarray(turn_groups)[numbers], -1))
+        groups = np.where(trained, np.asarray(turn_groups)[numbers], -1)
+        for number, (group, forms) in names.items():
+            where = np.flatnonzero(trained & (numbers == number))
+            if (span := first_match(np.asarray(piece.ids)[where].tolist(), forms)) is not None:
+                groups[where[span[0] : span[1]]] = group
+        found.append(groups)
     return found
+
+
+def name_forms(fact: FactTurn, tokenizer: Tokenizer) -> list[list[int]]:
+    """The token ids the fact's name may stand as in its turn: each name of the turn that is one of the fact's
+    words, as written there, alone (a message's first word) and after a space."""
+    text = "\n".join(fact.session.turns[fact.turn].messages)
+    written = sorted({word for word in NAME.findall(text) if word.lower() in fact.words})
+    return [tokenizer.encode(form, special=False) for word in written for form in (word, " " + word)]
+
+
+def first_match(ids: list[int], forms: list[list[int]]) -> tuple[int, int] | None:
+    """The span of the earliest place where one of `forms` stands in `ids` (the longest form there); None."""
+    spans = [
+        (start, start + len(form))
+        for form in forms
+        if form
+        for start in range(len(ids) - len(form) + 1)
+        if ids[start : start + len(form)] == form
+    ]
+    return min(spans, key=lambda span: (span[0], -span[1]), default=None)
 
 
 def _stated(

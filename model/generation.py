@@ -255,9 +255,9 @@ class BatchDecoder:
     what each row in it chose, in batch order; each row draws from its own stream, so a stream shared by
     several rows is drawn row by row. `drop(row)` takes a row out before the next step.
 
-    The rows given at the start go in during the first step, each prompt alone, in the order of their tokens so
-    that each reuses the prefix it shares with the one before (a report's moments of one conversation share
-    all of it); then they decode together. A padded batch of prompts computes its padding too, and on a CPU runs
+    The rows given at the start go in first, a prompt a step (so that a progress bar moves from the start), each
+    alone, in the order of their tokens so that each reuses the prefix it shares with the one before (a report's
+    moments of one conversation share all of it); then they decode together. A padded batch of prompts computes its padding too, and on a CPU runs
     slower per token than the same prompts one by one (bench/bench_report.py). A row `add`ed later joins
     between steps (continuous batching: a server's request that comes while others are written does not wait
     for them to end). Its prompt goes in `prefill_chunk` tokens a step, the chunk of one waiting row a step, in
@@ -286,7 +286,9 @@ class BatchDecoder:
         self.prefilling: list[_Prefill] = []  # rows added whose prompts are going in, the next to run first
         self.last_prefill: _Prefill | None = None  # the last prompt that went in, whose prefix the next may reuse
         self.numbered = 0  # rows numbered so far
-        self.starting = [self._register(row) for row in rows]  # prefilled together in the first step
+        # prefilled first, a prompt a step, in the order of their tokens; then they decode together
+        self.starting = sorted((self._register(row) for row in rows), key=lambda row: self.rows[row].prompt)
+        self.ready: list[tuple[_Prefill, torch.Tensor]] = []  # of them, those whose prompts are in, with their scores
 
     def add(self, row: BatchRow) -> int:
         """A row to join the batch once its prompt is in; its number."""
@@ -306,7 +308,10 @@ class BatchDecoder:
 
     def drop(self, row: int) -> None:
         self.dropped.add(row)
-        if any(prefill.row == row for prefill in self.prefilling):
+        waiting = row in self.starting or any(prefill.row == row for prefill, _ in self.ready)
+        if waiting or any(prefill.row == row for prefill in self.prefilling):
+            self.starting = [number for number in self.starting if number != row]
+            self.ready = [(prefill, token) for prefill, token in self.ready if prefill.row != row]
             self.prefilling = [prefill for prefill in self.prefilling if prefill.row != row]
             self._forget(row)
 
@@ -326,12 +331,12 @@ class BatchDecoder:
         self._leave()
         chosen = []
         if self.starting:
-            chosen = self._start()
+            chosen = self._start_next()
         elif self.batch:
             if self.cache.length == self.cache.max_len:
                 self._widen(right=CACHE_GROWTH)
             chosen = self._choose_all(self._last_logits(torch.tensor([[token] for token in self.next_ids])))
-        if self.prefilling:
+        if self.prefilling and not self.starting:  # an added row joins a batch that has started
             chosen += self._prefill_chunk()
         self._leave()  # the rows that ended: their memory is free at once, not at the next step
         return chosen
@@ -349,49 +354,61 @@ class BatchDecoder:
     def _new_cache(self, batch: int, length: int) -> KVCache:
         return KVCache(self.model.config, batch, length, dtype=self.dtype, device=self.device)
 
-    def _start(self) -> list[Chosen]:
-        """Prefill the rows given at the start, each alone and reusing the prefix of the one before, then put
-        them in one cache, each padded on the left to the longest prompt, with room for the longest reply."""
-        starting, self.starting = self.starting, []
-        chosen, ready = [], []
-        for row in sorted(starting, key=lambda row: self.rows[row].prompt):
-            prompt = self.rows[row].prompt
-            prefill = self._reusing_last(_Prefill(row, prompt, self._new_cache(1, len(prompt))))
-            first = self._prefill(prefill, len(prompt))
-            chosen.append(first)
-            if first.token is not None and not first.last:
-                ready.append((prefill, first.token))
-        if not ready:
-            return chosen
-        width = max(len(prefill.prompt) for prefill, _ in ready)
-        longest_reply = max(self.rows[prefill.row].config.max_new_tokens for prefill, _ in ready)
-        self.cache = self._new_cache(len(ready), width + longest_reply)
-        for place, (prefill, _) in enumerate(ready):
-            for name in ("keys", "values"):
-                getattr(self.cache, name)[:, place, :, width - len(prefill.prompt) : width] = getattr(
-                    prefill.cache, name
-                )[:, 0]
-        self.cache.length = width
-        self.padding = torch.tensor([width - len(prefill.prompt) for prefill, _ in ready], device=self.device)
-        self.batch = [prefill.row for prefill, _ in ready]
-        self.next_ids = [token for _, token in ready]
-        return chosen
+    def _start_next(self) -> list[Chosen]:
+        """Prefill the next row given at the start, reusing the prefix of the one before. After the last, choose
+        every row's first token, in row order as each later step does, and put the rows in one cache, each
+        padded on the left to the longest prompt, with room for the longest reply."""
+        row = self.starting.pop(0)
+        prompt = self.rows[row].prompt
+        prefill = self._reusing_last(_Prefill(row, prompt, self._new_cache(1, len(prompt))))
+        logits = self._prefill(prefill, len(prompt))
+        failed = [logits] if isinstance(logits, Chosen) else []
+        if not failed:
+            self.ready.append((prefill, logits))
+        if self.starting:
+            return failed
+        ready, self.ready = sorted(self.ready, key=lambda item: item[0].row), []
+        chosen = [self._choose(prefill.row, logits) for prefill, logits in ready]
+        going = [(prefill, first.token) for (prefill, _), first in zip(ready, chosen) if not first.last]
+        for first in chosen:
+            if first.last:
+                self._forget(first.row)
+        if going:
+            width = max(len(prefill.prompt) for prefill, _ in going)
+            longest_reply = max(self.rows[prefill.row].config.max_new_tokens for prefill, _ in going)
+            self.cache = self._new_cache(len(going), width + longest_reply)
+            for place, (prefill, _) in enumerate(going):
+                for name in ("keys", "values"):
+                    getattr(self.cache, name)[:, place, :, width - len(prefill.prompt) : width] = getattr(
+                        prefill.cache, name
+                    )[:, 0]
+            self.cache.length = width
+            self.padding = torch.tensor([width - len(prefill.prompt) for prefill, _ in going], device=self.device)
+            self.batch = [prefill.row for prefill, _ in going]
+            self.next_ids = [token for _, token in going]
+        return failed + chosen
 
     def _prefill_chunk(self) -> list[Chosen]:
         """Run the next chunk of the first prompt waiting; once the whole prompt is in, its row's first token,
         and the row joins the batch."""
         prefill = self.prefilling.pop(0)
-        chosen = self._prefill(prefill, self.prefill_chunk)
-        if chosen is None:
+        logits = self._prefill(prefill, self.prefill_chunk)
+        if logits is None:
             self.prefilling.append(prefill)  # the others' turn
             return []
-        if chosen.token is not None and not chosen.last:
+        if isinstance(logits, Chosen):
+            return [logits]
+        chosen = self._choose(prefill.row, logits)
+        if chosen.last:
+            self._forget(prefill.row)
+        else:
             self._join(prefill, chosen.token)
         return [chosen]
 
-    def _prefill(self, prefill: _Prefill, tokens: int) -> Chosen | None:
-        """Run up to `tokens` more of a row's prompt into its cache; once the whole prompt is in, the row's first
-        token (None before). A row that fails or ends there is forgotten; an error is its alone."""
+    def _prefill(self, prefill: _Prefill, tokens: int) -> torch.Tensor | Chosen | None:
+        """Run up to `tokens` more of a row's prompt into its cache: once the whole prompt is in, the scores of
+        its next token (None before); where the model fails on it, the row's Chosen with the error (the row is
+        forgotten; the error is its alone, and the batch goes on)."""
         start = prefill.cache.length
         end = min(start + tokens, len(prefill.prompt))
         try:
@@ -404,10 +421,7 @@ class BatchDecoder:
         if end < len(prefill.prompt):
             return None
         self.last_prefill = prefill
-        chosen = self._choose(prefill.row, self.model.lm_head(hidden[0, -1]))
-        if chosen.last:
-            self._forget(prefill.row)
-        return chosen
+        return self.model.lm_head(hidden[0, -1])
 
     def _join(self, prefill: _Prefill, token: int) -> None:
         """Put a prefilled row into the batch, its tokens and the batch's ending at the same place."""

@@ -225,8 +225,11 @@ def test_a_batch_row_writes_what_its_prompt_writes_alone_with_its_own_sampling_a
 def test_a_dropped_row_and_a_failed_row_leave_and_the_others_write_what_they_would():
     model = random_model(tiny_config(), seed=4)
     expected, _ = decode_batch(model, set())
-    tokens, _ = decode_batch(model, set(), drop=0, after_steps=2)
+    # The prompts go in a step each, then every row's first token comes, then the second: dropped after it.
+    tokens, _ = decode_batch(model, set(), drop=0, after_steps=len(BATCH_PROMPTS) + 1)
     assert tokens == [expected[0][:2]] + expected[1:]
+    tokens, _ = decode_batch(model, set(), drop=2, after_steps=1)  # before its prompt went in: it writes nothing
+    assert tokens == expected[:2] + [[]] + expected[3:]
     with torch.no_grad():
         model.model.embed_tokens.weight[BATCH_PROMPTS[1][5]] = float("nan")  # only the second prompt holds it
     tokens, [failed] = decode_batch(model, set())

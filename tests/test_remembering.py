@@ -8,10 +8,10 @@ import torch
 
 from data.chatml import split_to_fit
 from data.packing import pack
-from data.sessions import Session, Turn
+from data.sessions import Session, Turn, format_body
 from fidelity.measure import speaker_losses
 from fidelity.plan import EvalSettings
-from fidelity.remembering import MemoryFigures, in_memory, measure_memory, memory_phrases
+from fidelity.remembering import MemoryFigures, first_match, in_memory, measure_memory, memory_phrases
 from memory.context import MARK_SPEAKER, Memory
 from memory.settings import MemoryConfig
 from memory.store import Conversations
@@ -48,13 +48,18 @@ def test_a_turn_is_in_memory_when_half_its_phrases_stand_there():
     assert not in_memory(Turn(ME, ["🙂"]), known)  # no words, nothing to copy
 
 
-def reference_loss(model, tokenizer, speaker: str, context: list[Turn]) -> float:
-    """The speaker's loss on the held-out session, measured on its own (as the report did before one pass)."""
+def reference_loss(model, tokenizer, speaker: str, context: list[Turn], only: slice | None = None) -> float:
+    """The speaker's loss on the held-out session, measured on its own (as the report did before one pass); on
+    the `only` slice of their tokens, where given."""
     rows = pack(
         split_to_fit(HELD_OUT[0].turns, tokenizer, SEQ_LEN, trained_speakers={speaker}, context=context)[0], 256
     )
     arrays = [torch.from_numpy(array).long() for array in (rows.input_ids, rows.position_ids, rows.document_ids)]
     labels = torch.from_numpy(rows.labels).long()
+    if only is not None:
+        flat = labels.view(-1)
+        counted = (flat != IGNORE_INDEX).nonzero().flatten()
+        flat[[place for place in counted.tolist() if place not in counted[only].tolist()]] = IGNORE_INDEX
     hidden = model.hidden_states(arrays[0], position_ids=arrays[1], document_ids=arrays[2])
     return chunked_cross_entropy(hidden, model.lm_head, labels).item() / int((labels != IGNORE_INDEX).sum())
 
@@ -87,18 +92,28 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     assert figures.fact_turns == 1 and figures.fact_speakers == {KATYA: 1} and figures.fact_turns_in_memory == 0
     assert figures.facts_remembered == 1  # her kitten's name, from the first conversation
     assert figures.fact_loss == figures.fact_new_loss == figures.loss[KATYA]
+    # The kitten's name opens her message, after the body's first token (its mark of a message): those tokens,
+    # scored apart, and still in her turn's loss.
+    name = dolphin_tokenizer.encode("Miso", special=False)
+    body = dolphin_tokenizer.encode(format_body(HELD_OUT[0].turns[1].messages), special=False)
+    assert body[1 : 1 + len(name)] == name
+    for setting, context in (("without", []), ("with", memory)):
+        expected = reference_loss(model, dolphin_tokenizer, KATYA, context, only=slice(1, 1 + len(name)))
+        assert figures.name_loss[setting] == pytest.approx(expected, rel=1e-5), setting
     assert figures.fact_recall == figures.fact_new_recall == {"without": 0.0, "with": 1.0}
 
     lines = figures.summary()
     assert f"{ME}: loss" in lines[1] and "– on the 0% of turns not in memory" in lines[1]
     assert "on the 100% of turns not in memory" in lines[2] and "the 1 fact turns not in memory: loss" in lines[-1]
     assert figures.fact_stated == {"without": 0, "with": 1}
-    assert lines[-2].endswith(
+    assert lines[-2].startswith("  the fact's name, given the turn's words before it: loss ")
+    assert lines[-3].endswith(
         "state the fact 0% (0% to 79%) → 100% (21% to 100%), not clearly higher with memory; "
         "the memory holds the fact at 1 of 1"
     )
     markdown = "\n".join(figures.markdown())
     assert "| Alexander | 100% |" in markdown and "– | – |" in markdown and "| loss, not in memory |" in markdown
+    assert "| the fact's name, given the turn's words before it: loss (probability per token) |" in markdown
 
 
 def test_the_section_says_when_no_fact_turn_is_held_out():
@@ -125,3 +140,9 @@ def test_fact_recall_is_clearly_higher_only_where_the_intervals_do_not_overlap()
         figures(3, 8).markdown()
     )
     assert MemoryFigures({}, {}, {}, {}, 20, {}, loss, {}).recall_clearly_higher() is None  # no turn written
+
+
+def test_a_fact_name_is_found_where_it_first_stands_in_its_turn():
+    assert first_match([5, 1, 2, 3, 1, 2], [[1, 2], [9]]) == (1, 3)
+    assert first_match([5, 1, 2, 3], [[1], [1, 2]]) == (1, 3)  # the longest form at the earliest place
+    assert first_match([5, 6], [[1, 2], []]) is None
