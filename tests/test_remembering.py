@@ -11,7 +11,7 @@ from data.packing import pack
 from data.sessions import Session, Turn, format_body
 from fidelity.measure import speaker_losses
 from fidelity.plan import EvalSettings
-from fidelity.remembering import MemoryFigures, first_match, in_memory, measure_memory, memory_phrases
+from fidelity.remembering import MemoryFigures, chance, first_match, in_memory, measure_memory, memory_phrases
 from memory.context import MARK_SPEAKER, Memory
 from memory.settings import MemoryConfig
 from memory.store import Conversations
@@ -113,7 +113,7 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     )
     markdown = "\n".join(figures.markdown())
     assert "| Alexander | 100% |" in markdown and "– | – |" in markdown and "| loss, not in memory |" in markdown
-    assert "| the fact's name, given the turn's words before it: loss (probability per token) |" in markdown
+    assert "| the fact's name, given the turn's words before it: loss (a token's chance) |" in markdown
 
 
 def test_the_section_says_when_no_fact_turn_is_held_out():
@@ -146,3 +146,7 @@ def test_a_fact_name_is_found_where_it_first_stands_in_its_turn():
     assert first_match([5, 1, 2, 3, 1, 2], [[1, 2], [9]]) == (1, 3)
     assert first_match([5, 1, 2, 3], [[1], [1, 2]]) == (1, 3)  # the longest form at the earliest place
     assert first_match([5, 6], [[1, 2], []]) is None
+
+
+def test_a_chance_reads_as_a_share_or_as_one_in_so_many():
+    assert (chance(0.5), chance(7.25), chance(5.81)) == ("61%", "1 in 1,400", "1 in 330")
