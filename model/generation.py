@@ -32,15 +32,10 @@ NON_FINITE = "the model's next-token scores are NaN or infinite; with --dtype fp
 
 @dataclass
 class SamplingConfig:
-    """How a token is drawn from the model's scores; sample.py's and evaluate.py's sampling flags.
+    """How a token is drawn from the model's scores; sample.py's and evaluate.py's sampling flags."""
 
-    By default a twin samples from what it learned, neither cooled nor cut: a lower temperature or a nucleus
-    favours a person's most common words and erases their rarer habits. The demo's owner mixes English into
-    his Russian (55% of his letters Cyrillic); his twin wrote 97% Cyrillic at temperature 0.7 and top-p 0.9,
-    72% at 1.0 and 0.95, and 54% at 1.0 and 1.0 (docs/figures.md)."""
-
-    temperature: float = setting(1.0, "0: greedy; below 1 favours the likeliest words")
-    top_p: float = setting(1.0, "nucleus sampling mass; 1: every token")
+    temperature: float = setting(0.7, "0: greedy")
+    top_p: float = setting(0.9, "nucleus sampling mass")
     top_k: int = setting(0, "sample from the k likeliest tokens; 0: all")
     repetition_penalty: float = setting(1.0, ">1 discourages repeating the context")
     max_new_tokens: int = setting(256, "longest reply in tokens", type=positive_int)

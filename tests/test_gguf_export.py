@@ -305,7 +305,7 @@ def test_the_ollama_modelfile_quotes_every_name_it_holds(request):
         assert outside.count("{{") == outside.count("}}") and not any(name in outside for name in names)
         lines = modelfile.splitlines()
         assert lines[1] == "FROM ./me.gguf" and 'PARAMETER stop "<|im_end|>"' in lines
-        assert 'PARAMETER stop "<|im_start|>"' in lines and "PARAMETER temperature 1" in lines
+        assert 'PARAMETER stop "<|im_start|>"' in lines and "PARAMETER temperature 0.7" in lines
     assert go_literal('a"b\\c\n\U0001f600\u200b') == '"a\\"b\\\\c\\u000a\U0001f600\\u200b"'
 
 
