@@ -7,8 +7,9 @@ SmolLM2's tokenizer (cached by examples/demo.sh or the tests) for the token budg
     python bench/bench_recall.py --before main       # and that commit's memory, side by side
 
 Counted over every fact turn of the export (each session remembering all conversations before it, as at chat
-time) and over the held-out ones of the demo's split (--split time --val-fraction 0.05, or --val-fraction). "ranked first": fact
-turns whose top recalled conversation (no budget) holds the fact, what the ranking alone decides.
+time) and over the held-out ones of the demo's split (--split time --val-fraction 0.05, or the --val-fraction
+given). "ranked first": fact turns whose top recalled conversation (no budget) holds the fact, what the ranking
+alone decides.
 """
 
 import argparse

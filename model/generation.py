@@ -257,8 +257,9 @@ class BatchDecoder:
 
     The rows given at the start go in first, a prompt a step (so that a progress bar moves from the start), each
     alone, in the order of their tokens so that each reuses the prefix it shares with the one before (a report's
-    moments of one conversation share all of it); then they decode together. A padded batch of prompts computes its padding too, and on a CPU runs
-    slower per token than the same prompts one by one (bench/bench_report.py). A row `add`ed later joins
+    moments of one conversation share all of it); then they decode together. A padded batch of prompts computes
+    its padding too, and on a CPU runs slower per token than the same prompts one by one (bench/bench_report.py,
+    docs/figures.md). A row `add`ed later joins
     between steps (continuous batching: a server's request that comes while others are written does not wait
     for them to end). Its prompt goes in `prefill_chunk` tokens a step, the chunk of one waiting row a step, in
     turn, beside the batch's decoding: a long prompt delays the others' next token by one chunk at most, and a
@@ -311,7 +312,7 @@ class BatchDecoder:
         waiting = row in self.starting or any(prefill.row == row for prefill, _ in self.ready)
         if waiting or any(prefill.row == row for prefill in self.prefilling):
             self.starting = [number for number in self.starting if number != row]
-            self.ready = [(prefill, token) for prefill, token in self.ready if prefill.row != row]
+            self.ready = [(prefill, scores) for prefill, scores in self.ready if prefill.row != row]
             self.prefilling = [prefill for prefill in self.prefilling if prefill.row != row]
             self._forget(row)
 
