@@ -11,10 +11,10 @@ turns that stand in the memory word for word it can copy them without any traini
 """
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from trees import printed, trees
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,17 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     snippet = MEASURE.format(threads=args.threads, data=ROOT / "examples" / "telegram_export", sessions=args.sessions)
     with tempfile.TemporaryDirectory() as directory:
-        trees = {"this tree": ROOT}
-        if args.before:
-            trees[args.before] = Path(directory)  # the commit's files, without touching the repository's worktrees
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
-            subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
         seconds = {}
-        for name, tree in trees.items():
-            result = subprocess.run(
-                [sys.executable, "-c", snippet], cwd=tree, check=True, capture_output=True, text=True
-            )
-            lines = result.stdout.splitlines()
+        for name, tree in trees(args.before, Path(directory)).items():
+            lines = printed(snippet, tree)
             seconds[name] = float(next(line for line in lines if line.startswith("seconds")).split()[1])
             print(f"memory section's losses, {name}: {seconds[name]:.1f} s")
             print("\n".join(line for line in lines if not line.startswith("seconds")))

@@ -14,10 +14,10 @@ alone decides.
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from trees import printed, trees
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = Path.home() / ".cache" / "twin" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,17 +77,9 @@ def main() -> None:
         tokenizer=str(SMOLLM2), data=str(Path(args.data).resolve()), memories=MEMORIES, val_fraction=args.val_fraction
     )
     with tempfile.TemporaryDirectory() as directory:
-        trees = {"this tree": ROOT}
-        if args.before:
-            trees[args.before] = Path(directory)  # the commit's files, without touching the repository's worktrees
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
-            subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
-        figures = {}
-        for name, tree in trees.items():
-            result = subprocess.run(
-                [sys.executable, "-c", snippet], cwd=tree, check=True, capture_output=True, text=True
-            )
-            figures[name] = json.loads(result.stdout.splitlines()[-1])
+        figures = {
+            name: json.loads(printed(snippet, tree)[-1]) for name, tree in trees(args.before, Path(directory)).items()
+        }
     names = list(figures)
     print("| fact turns whose memory holds the fact | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))

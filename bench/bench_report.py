@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bases import chatml_tokenizer, random_model  # noqa: E402
+from trees import unpack  # noqa: E402
 
 from core.device import DTYPES  # noqa: E402
 from model.checkpoint import save_model  # noqa: E402
@@ -162,10 +163,7 @@ def main() -> None:
         flags = (["--checkpoint", str(Path(args.checkpoint).resolve())] if args.checkpoint else flags) + common
         trees = {"this tree": ROOT}
         if args.before:
-            trees[args.before] = directory / "before"
-            trees[args.before].mkdir()  # the commit's files, without touching the repository's worktrees
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
-            subprocess.run(["tar", "-x", "-C", str(trees[args.before])], input=archive.stdout, check=True)
+            trees[args.before] = unpack(args.before, directory / "before")
         seconds = {}
         for name, tree in trees.items():
             started, cpu = time.perf_counter(), children_cpu_seconds()

@@ -20,10 +20,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from trees import unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = Path.home() / ".cache/twin/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,15 +49,6 @@ def commands(model: Path) -> dict[str, list[str]]:
             "1",
         ],
     }
-
-
-def unpack(ref: str, folder: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
-    with tempfile.TemporaryFile() as file:
-        file.write(archive)
-        file.seek(0)
-        with tarfile.open(fileobj=file) as tar:
-            tar.extractall(folder, filter="data")
 
 
 def run_once(tree: Path, arguments: list[str]) -> tuple[float, float, float | None]:
