@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bases import chatml_tokenizer, random_model  # noqa: E402
-from trees import unpack  # noqa: E402
+from trees import trees  # noqa: E402
 
 from core.device import DTYPES  # noqa: E402
 from model.checkpoint import save_model  # noqa: E402
@@ -130,7 +130,24 @@ def main() -> None:
                     f"{args.dtype}, {batch} replies at once: prefill {prefill:.0f} tokens/s, decoding step "
                     f"{step * 1000:.0f} ms"
                 )
-        common = [
+        if args.checkpoint:
+            evaluated = ["--checkpoint", str(Path(args.checkpoint).resolve())]
+        else:
+            evaluated = [
+                "--model",
+                str(directory / "model"),
+                "--adapter",
+                str(directory / "adapter"),
+                "--data",
+                str(ROOT / "examples" / "telegram_export"),
+                "--val-fraction",
+                str(args.val_fraction),
+                "--split",
+                args.split,
+                "--seq-len",
+                "256",
+            ]
+        flags = evaluated + [
             "--max-new-tokens",
             str(args.max_new_tokens),
             "--sample-batch",
@@ -146,26 +163,9 @@ def main() -> None:
             "--threads",
             str(args.threads),
         ]
-        flags = [
-            "--model",
-            str(directory / "model"),
-            "--adapter",
-            str(directory / "adapter"),
-            "--data",
-            str(ROOT / "examples" / "telegram_export"),
-            "--val-fraction",
-            str(args.val_fraction),
-            "--split",
-            args.split,
-            "--seq-len",
-            "256",
-        ]
-        flags = (["--checkpoint", str(Path(args.checkpoint).resolve())] if args.checkpoint else flags) + common
-        trees = {"this tree": ROOT}
-        if args.before:
-            trees[args.before] = unpack(args.before, directory / "before")
+        model = " ".join(evaluated) if args.checkpoint else "random weights"
         seconds = {}
-        for name, tree in trees.items():
+        for name, tree in trees(args.before, directory / "before").items():
             started, cpu = time.perf_counter(), children_cpu_seconds()
             subprocess.run(
                 [sys.executable, str(tree / "evaluate.py"), *flags, "--out", str(directory / name)],
@@ -174,9 +174,9 @@ def main() -> None:
             )
             seconds[name] = time.perf_counter() - started
             print(
-                f"whole report, {name} (evaluate.py {' '.join(flags[:2]) if args.checkpoint else ''}, "
-                f"--max-new-tokens {args.max_new_tokens}, --contexts {args.contexts}, --sample-batch "
-                f"{args.sample_batch}): {seconds[name]:.1f} s, {children_cpu_seconds() - cpu:.1f} CPU seconds"
+                f"whole report, {name} (evaluate.py, {model}, --max-new-tokens {args.max_new_tokens}, --contexts "
+                f"{args.contexts}, --sample-batch {args.sample_batch}): {seconds[name]:.1f} s, "
+                f"{children_cpu_seconds() - cpu:.1f} CPU seconds"
             )
         if args.before:
             print(f"ratio {args.before} / this tree: {seconds[args.before] / seconds['this tree']:.2f}x")

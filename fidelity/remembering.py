@@ -70,9 +70,8 @@ class MemoryFigures:
     def without_memory(self) -> tuple[dict[str, float], dict[str, int]]:
         """Each speaker's held-out loss and tokens without memory: what fidelity.measure.speaker_losses gives
         the tuned model (0.0 for a speaker without held-out turns), so that the report runs that pass once."""
-        return {speaker: self.loss[speaker]["without"] if count else 0.0 for speaker, count in self.tokens.items()}, (
-            self.tokens
-        )
+        loss = {speaker: self.loss[speaker]["without"] if count else 0.0 for speaker, count in self.tokens.items()}
+        return loss, self.tokens
 
     def recall_interval(self, setting: str) -> tuple[float, float] | None:
         """The 95% interval (Wilson's) of fact_recall[setting]: with a few dozen fact turns a share moves by tens

@@ -374,7 +374,7 @@ class BatchDecoder:
         for first in chosen:
             if first.last:
                 self._forget(first.row)
-        if going:
+        if going:  # one cache made once and each row copied in (joined one by one, the batch would be copied each time)
             width = max(len(prefill.prompt) for prefill, _ in going)
             longest_reply = max(self.rows[prefill.row].config.max_new_tokens for prefill, _ in going)
             self.cache = self._new_cache(len(going), width + longest_reply)
