@@ -145,9 +145,12 @@ class WritesOnly:
         return self.inner.hidden_states(*args, **kwargs)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        # A score far above the rest: a score of 1 against 0 for 32,001 other tokens gave it 0.01% at temperature
+        # 0.7, so the "endless" reply was random tokens that now and then sampled a stop token and ended.
         return (
             torch.nn.functional.one_hot(torch.tensor(self.token), self.config.vocab_size)
             .float()
+            .mul(1e4)
             .expand(*hidden.shape[:-1], -1)
         )
 
