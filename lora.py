@@ -149,7 +149,7 @@ def write_fidelity_report(
             tokenizer,
             data,
             out / "report",
-            EvalSettings(contexts=settings.cadence.eval_contexts),
+            EvalSettings(contexts=settings.cadence.eval_contexts, fact_samples=settings.cadence.eval_fact_samples),
             device,
             about,
             metrics_file=out / "metrics.jsonl",

@@ -12,6 +12,7 @@ from fidelity.calibration import Placement
 from fidelity.measure import CUT_QUANTILE
 from fidelity.plots import PersonShown, StyleRowShown, loss_curves_png, read_metrics, style_positions_png
 from fidelity.privacy import COPY_WORDS
+from fidelity.remembering import MemoryFigures
 from fidelity.report import (
     CONTEXT_TURNS_READ,
     MODELS,
@@ -169,8 +170,14 @@ def report_json(report: Report) -> dict:
             {**asdict(person), "answers": person.answers, "share": person.share, "interval": person.interval}
             for person in report.verdict
         ],
-        "memory": asdict(report.memory) if report.memory else None,
+        "memory": memory_json(report.memory) if report.memory else None,
     }
+
+
+def memory_json(memory: MemoryFigures) -> dict:
+    """The memory section's figures, with the gain in fact recall that decides "clearly higher"."""
+    gain = memory.recall_gain()
+    return {**asdict(memory), "recall_gain": dict(zip(("gain", "low", "high"), gain)) if gain else None}
 
 
 def cell(text: str) -> str:

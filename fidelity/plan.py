@@ -48,6 +48,11 @@ class EvalSettings:
         "held-out moments each model writes a turn at, per speaker, where there are that many",
         metavar="K",
     )
+    fact_samples: int = setting(
+        8,
+        "turns written at each moment that takes up a fact of an earlier conversation, without and with memory: "
+        "a fact is said in a few turns of a hundred, so one turn a moment says little",
+    )
     examples: int = setting(3, "examples shown per speaker; 0 keeps message text out of the report")
     seed: int = setting(0, "seed of the contexts chosen and of sampling")
     sampling: SamplingConfig = section(
@@ -67,8 +72,9 @@ class EvalSettings:
         for flag, value in (("--contexts", self.contexts), ("--examples", self.examples)):
             if value < 0:
                 raise EvaluationError(f"{flag} must be 0 or more, got {value}")
-        if self.sample_batch < 1:
-            raise EvaluationError(f"--sample-batch must be 1 or more, got {self.sample_batch}")
+        for flag, value in (("--sample-batch", self.sample_batch), ("--fact-samples", self.fact_samples)):
+            if value < 1:
+                raise EvaluationError(f"{flag} must be 1 or more, got {value}")
 
 
 @dataclass

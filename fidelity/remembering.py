@@ -1,6 +1,6 @@
 """Does the memory help? The tuned model on the same held-out sessions with its memory and without it: each
 speaker's loss, and on the fact turns (memory.facts: turns that take up something said in an earlier
-conversation of the chat) their loss and how often the turn the model writes there states the fact.
+conversation of the chat) their loss and how often the turns the model writes there state the fact.
 
 Memory can help by copying: a held-out turn that stands nearly word for word in a recalled conversation is
 easy to predict with it, whether or not the twin remembers anything that matters (in the bundled sample,
@@ -12,7 +12,7 @@ where it is shorter) stand in the text of the memory placed before its session.
 import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import exp
 
 import numpy as np
@@ -22,10 +22,10 @@ from data.chatml import RenderedSession, reply_prompt, split_to_fit, turn_stop_i
 from data.dataset import PreparedData
 from data.packing import pack
 from data.sessions import Turn, messages_of
-from fidelity.measure import packed_losses
+from fidelity.calibration import INTERVAL, RESAMPLES
+from fidelity.measure import packed_losses, turn_length_cap
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
-from fidelity.verdict import wilson_interval
 from memory.context import MARK_SPEAKER, Memory
 from memory.facts import NAME, FactTurn, fact_turns, states_fact, words_of
 from memory.settings import MemoryConfig
@@ -53,8 +53,8 @@ class MemoryFigures:
     fact_turns: int  # in the held-out sessions
     fact_speakers: dict[str, int]  # speaker -> their fact turns
     fact_loss: dict[str, float]  # "without"/"with" -> loss on the fact turns
-    fact_recall: dict[str, float]  # "without"/"with" -> share of written fact turns that state the fact (none
-    # where the report writes no turn)
+    fact_recall: dict[str, float]  # "without"/"with" -> share of the turns written at the fact turns' moments
+    # that state the fact (none where the report writes no turn)
     fact_turns_in_memory: int = 0  # of the fact turns, those that stand in the memory
     facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
     fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
@@ -62,8 +62,9 @@ class MemoryFigures:
     # "without"/"with" -> loss on the tokens of the fact's name in the real fact turns, given the words before it
     # (teacher-forced: how likely the twin finds the name, whether or not its sampled turn goes that way)
     name_loss: dict[str, float] | None = None
-    fact_stated: dict[str, int] = dataclasses.field(default_factory=dict)  # "without"/"with" -> written fact turns
-    # that state the fact (fact_recall's numerator, of fact_turns)
+    fact_samples: int = 1  # turns written at each fact turn's moment, without and with memory
+    # "without"/"with" -> at each fact turn's moment, how many of its fact_samples written turns state the fact
+    fact_stated: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     # speaker -> the trained tokens of their held-out turns
     tokens: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -73,28 +74,45 @@ class MemoryFigures:
         loss = {speaker: self.loss[speaker]["without"] if count else 0.0 for speaker, count in self.tokens.items()}
         return loss, self.tokens
 
-    def recall_interval(self, setting: str) -> tuple[float, float] | None:
-        """The 95% interval (Wilson's) of fact_recall[setting]: with a few dozen fact turns a share moves by tens
-        of points from one sampling to the next, so memory brings facts back clearly only where the intervals
-        without and with it do not overlap."""
-        if setting not in self.fact_stated:
+    def recall_gain(self) -> tuple[float, float, float] | None:
+        """How much larger a share of the written turns states the fact with memory than without, and its 95%
+        interval, which resamples the fact turns' moments, each with all its written turns without and with
+        memory: the turns of one moment stand or fall together (one moment's memory holds the fact, another's
+        does not), so they do not count as independent draws. None where no turn was written."""
+        if set(self.fact_stated) != set(SETTINGS):
             return None
-        return wilson_interval(self.fact_stated[setting], self.fact_turns)
+        gains = (np.array(self.fact_stated["with"]) - np.array(self.fact_stated["without"])) / self.fact_samples
+        resampled = np.random.default_rng(0).integers(0, len(gains), size=(RESAMPLES, len(gains)))
+        low, high = np.percentile(gains[resampled].mean(axis=1), INTERVAL)
+        return float(gains.mean()), float(low), float(high)
 
     def recall_clearly_higher(self) -> bool | None:
-        """Whether the written turns state the fact more often with memory, the two intervals apart; None where
-        no turn was written."""
-        without, with_memory = self.recall_interval("without"), self.recall_interval("with")
-        if without is None or with_memory is None:
-            return None
-        return with_memory[0] > without[1]
+        """Whether the written turns state the fact more often with memory: the gain's interval above 0. None
+        where no turn was written."""
+        gain = self.recall_gain()
+        return None if gain is None else gain[1] > 0
 
-    def _recall_with_intervals(self) -> str:
-        verdict = "clearly higher with memory" if self.recall_clearly_higher() else "not clearly higher with memory"
+    def stated_text(self, setting: str) -> str:
+        """ "16 of 240 written turns (at 4 of 30 moments)": how often, and how widely, the turns state the fact."""
+        stated = self.fact_stated[setting]
+        turns = f"{sum(stated)} of {len(stated) * self.fact_samples} written turns"
         return (
-            f", state the fact {self.fact_recall['without']:.0%} ({_interval_text(self.recall_interval('without'))})"
-            f" → {self.fact_recall['with']:.0%} ({_interval_text(self.recall_interval('with'))}), {verdict}"
+            turns
+            if self.fact_samples == 1
+            else f"{turns} (at {sum(count > 0 for count in stated)} of {len(stated)} moments)"
         )
+
+    def gain_text(self) -> str:
+        """The gain and its interval, and what they decide."""
+        gain, low, high = self.recall_gain()
+        verdict = "clearly higher with memory" if low > 0 else "not clearly higher with memory"
+        return (
+            f"{100 * gain:+.1f} points with memory (95% {100 * low:+.1f} to {100 * high:+.1f}, resampling the "
+            f"{len(self.fact_stated['with'])} moments): {verdict}"
+        )
+
+    def _recall_with_interval(self) -> str:
+        return f", state the fact in {self.stated_text('without')} → {self.stated_text('with')}, {self.gain_text()}"
 
     def summary(self) -> list[str]:
         lines = [
@@ -109,7 +127,7 @@ class MemoryFigures:
         if self.fact_turns:
             lines.append(
                 f"  fact turns: loss {self.fact_loss['without']:.3f} → {self.fact_loss['with']:.3f}"
-                + (self._recall_with_intervals() if self.fact_recall else "")
+                + (self._recall_with_interval() if self.fact_stated else "")
                 + f"; the memory holds the fact at {self.facts_remembered} of {self.fact_turns}"
             )
             if self.name_loss:
@@ -172,13 +190,10 @@ class MemoryFigures:
             lines.append(
                 f"| loss, not in memory | {self.fact_new_loss['without']:.3f} | {self.fact_new_loss['with']:.3f} |"
             )
-        if self.fact_recall:
+        if self.fact_stated:
             lines.append(
-                "| written turns that state the fact, all (95% interval) | "
-                + " | ".join(
-                    f"{self.fact_recall[setting]:.0%} ({_interval_text(self.recall_interval(setting))})"
-                    for setting in SETTINGS
-                )
+                f"| turns written at the fact turns' moments ({self.fact_samples} a moment) that state the fact | "
+                + " | ".join(self.stated_text(setting) for setting in SETTINGS)
                 + " |"
             )
         if self.fact_new_recall:
@@ -186,6 +201,8 @@ class MemoryFigures:
                 f"| written turns that state the fact, not in memory | {self.fact_new_recall['without']:.0%} | "
                 f"{self.fact_new_recall['with']:.0%} |"
             )
+        if self.fact_stated:
+            lines += ["", f"Written turns that state the fact: {self.gain_text()}."]
         return lines
 
 
@@ -204,10 +221,6 @@ def chance(loss: float) -> str:
     """The probability a loss per token stands for, as a reader takes it in: "40%", or "1 in 1,400"."""
     probability = exp(-loss)
     return f"{probability:.0%}" if probability >= 0.1 else f"1 in {float(f'{1 / probability:.2g}'):,.0f}"
-
-
-def _interval_text(interval: tuple[float, float] | None) -> str:
-    return f"{interval[0]:.0%} to {interval[1]:.0%}" if interval else "–"
 
 
 def _recall_text(recall: dict[str, float]) -> str:
@@ -339,15 +352,24 @@ def measure_memory(
             bool(fact.words & words_of(_text(remembered[number_of[id(fact.session)]]))) for fact in facts
         )
         fact_recall, fact_new_recall, fact_stated = {}, {}, {}
+        # Cut where the report cuts a turn written as the person: at their own turns' length.
+        caps = {
+            speaker: turn_length_cap(
+                [turn.messages for session in data.train_sessions for turn in session.turns if turn.speaker == speaker],
+                tokenizer,
+                settings.sampling.max_new_tokens,
+            )
+            for speaker in {fact.session.turns[fact.turn].speaker for fact in facts}
+        }
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
             for setting in SETTINGS:
                 contexts = [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
-                stated = _stated(model, tokenizer, facts, contexts, settings, device)
-                fact_stated[setting] = sum(stated)
-                fact_recall[setting] = sum(stated) / len(stated)
+                stated = _stated(model, tokenizer, facts, contexts, settings, device, caps)
+                fact_stated[setting] = stated
+                fact_recall[setting] = sum(stated) / (len(stated) * settings.fact_samples)
                 new = [said for said, copied in zip(stated, fact_copied) if not copied]
                 if new:
-                    fact_new_recall[setting] = sum(new) / len(new)
+                    fact_new_recall[setting] = sum(new) / (len(new) * settings.fact_samples)
         speakers_of_facts = {}
         for fact in facts:
             speaker = fact.session.turns[fact.turn].speaker
@@ -371,6 +393,7 @@ def measure_memory(
             fact_new_loss=loss(lambda who, copied, fact, name: fact and not copied),
             name_loss=loss(lambda who, copied, fact, name: name),
             fact_new_recall=fact_new_recall or None,
+            fact_samples=settings.fact_samples,
             fact_stated=fact_stated,
             tokens=tokens,
         )
@@ -459,8 +482,11 @@ def _stated(
     remembered: list[list[Turn]],
     settings: EvalSettings,
     device: torch.device,
-) -> list[bool]:
-    """At each fact moment, whether the turn the model writes (sampled as the report samples) states the fact."""
+    caps: dict[str, int],
+) -> list[int]:
+    """At each fact turn's moment, how many of the settings.fact_samples turns the model writes there (sampled as
+    the report samples) state the fact. A moment's turns follow each other, so each after the first reuses its
+    whole prompt. A turn is cut at its speaker's length in `caps`."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
     prompts = [
         reply_prompt(
@@ -472,17 +498,25 @@ def _stated(
             context,
         )[0]
         for fact, context in zip(facts, remembered)
+        for _ in range(settings.fact_samples)
     ]
+    at = [fact for fact in facts for _ in range(settings.fact_samples)]
     stated = []
     for start in range(0, len(prompts), settings.sample_batch):
         stream = torch.Generator().manual_seed(settings.seed + start)
         rows = [
-            BatchRow(prompt, settings.sampling, stream) for prompt in prompts[start : start + settings.sample_batch]
+            BatchRow(
+                prompt, replace(settings.sampling, max_new_tokens=caps[fact.session.turns[fact.turn].speaker]), stream
+            )
+            for prompt, fact in zip(
+                prompts[start : start + settings.sample_batch], at[start : start + settings.sample_batch]
+            )
         ]
         written = generate_batch(model, rows, turn_stop_ids(tokenizer), device)
-        batch = facts[start : start + settings.sample_batch]
         stated += [
             states_fact("\n".join(messages_of(tokenizer.decode(tokens))), fact)
-            for (tokens, _), fact in zip(written, batch)
+            for (tokens, _), fact in zip(written, at[start : start + settings.sample_batch])
         ]
-    return stated
+    return [
+        sum(stated[start : start + settings.fact_samples]) for start in range(0, len(stated), settings.fact_samples)
+    ]

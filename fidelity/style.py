@@ -2,7 +2,7 @@
 
 These are the habits that give a chat model away when it plays a person: it writes longer and
 more formally, answers every message with a question, in a single long message, in the wrong
-script. evaluate.py computes them for a person's real held-out turns and for the turns a model
+script, or in one script where the person mixes two. evaluate.py computes them for a person's real held-out turns and for the turns a model
 wrote in their place, and compares.
 
 A turn is a list of messages (strings). Every statistic pools all turns of a set: "characters per
@@ -30,6 +30,7 @@ COUNTS = (
     "messages_with_a_letter",
     "lowercase_starts",
     "turns_with_a_link",
+    "mixed_script_messages",
 )
 
 
@@ -43,7 +44,9 @@ class Statistic:
 
 
 # One statistic per habit: a Latin share would be the Cyrillic share's other side (for the scripts chats
-# are written in), counting the script twice in a mean position.
+# are written in), counting the script twice in a mean position. Mixing is a habit of its own: a person who
+# writes half Russian, half English in each message has the Cyrillic share of a crowd of people who each write
+# one language, and only the mixed messages tell the two apart.
 STATISTICS = (
     Statistic("messages_per_turn", "messages per turn", False, "messages", "turns"),
     Statistic("chars_per_message", "characters per message", False, "characters", "messages"),
@@ -52,6 +55,13 @@ STATISTICS = (
     Statistic("question_share", 'messages ending in "?"', True, "questions", "messages"),
     Statistic("lowercase_share", "messages starting in lower case", True, "lowercase_starts", "messages_with_a_letter"),
     Statistic("link_share", "turns with a link", True, "turns_with_a_link", "turns"),
+    Statistic(
+        "mixed_script_share",
+        "messages mixing Cyrillic and Latin",
+        True,
+        "mixed_script_messages",
+        "messages_with_a_letter",
+    ),
 )
 
 # One emoji as a person sees it: a flag (two regional indicators), a keycap, or a pictograph with
@@ -68,6 +78,7 @@ EMOJI = re.compile(
     "|[\U0001f3fb-\U0001f3ff]"
 )
 LINK = re.compile(r"https?://\S|www\.\S|\bt\.me/\S", re.IGNORECASE)
+WHOLE_LINK = re.compile(r"(?:https?://|www\.|\bt\.me/)\S+", re.IGNORECASE)  # a link is no word of a language
 
 
 def count_emoji(text: str) -> int:
@@ -88,6 +99,12 @@ def starts_in_lower_case(message: str) -> bool | None:
     return None
 
 
+def mixes_scripts(message: str) -> bool:
+    """Whether the message has both Cyrillic and Latin letters outside its links."""
+    scripts = {script_of(character) for character in WHOLE_LINK.sub(" ", message) if character.isalpha()}
+    return {"CYRILLIC", "LATIN"} <= scripts
+
+
 def turn_counts(turn: list[str]) -> list[int]:
     """The turn's contribution to each of COUNTS."""
     letters = [character for message in turn for character in message if character.isalpha()]
@@ -104,6 +121,7 @@ def turn_counts(turn: list[str]) -> list[int]:
         len(cases),
         sum(cases),
         int(any(LINK.search(message) for message in turn)),
+        sum(map(mixes_scripts, turn)),
     ]
 
 

@@ -47,7 +47,10 @@ class MemoryConfig:
             if self.recall_all_chats
             else "the same chat only"
         )
-        return (
-            f"the last {self.history_tokens} tokens of the chat's history, and {self.recall} recalled "
-            f"conversations ({self.recall_tokens} tokens) from {scope}"
+        history = (
+            f"the last {self.history_tokens} tokens of the chat's history" if self.history_tokens else "no history"
         )
+        if not (self.recall and self.recall_tokens):
+            return f"{history}, and no recalled conversation"
+        conversations = "1 recalled conversation" if self.recall == 1 else f"{self.recall} recalled conversations"
+        return f"{history}, and {conversations} ({self.recall_tokens} tokens) from {scope}"

@@ -173,6 +173,7 @@ def test_a_lora_run_is_evaluated_over_its_base_in_4_bits(tiny_run, tmp_path, cap
         (["--checkpoint", "{tmp}", "--val-fraction", "0.5"], "--val-fraction: taken from the run in --checkpoint"),
         (["--checkpoint", "{tmp}", "--split", "time"], "--split: taken from the run in --checkpoint"),
         (["--checkpoint", "{tmp}", "--sample-batch", "0"], "--sample-batch must be 1 or more"),
+        (["--checkpoint", "{tmp}", "--fact-samples", "0"], "--fact-samples must be 1 or more"),
     ],
 )
 def test_bad_arguments_get_one_line_and_exit_code_2(arguments, message, tmp_path, capsys):

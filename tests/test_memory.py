@@ -159,3 +159,19 @@ def test_training_never_remembers_a_held_out_session_and_evaluation_nothing_late
         assert all(code not in text for code in CODES[CODES.index(own) + 1 :])  # nor anything later
         remembered_anything |= any(code in text for code in CODES[: CODES.index(own)])
     assert remembered_anything
+
+
+@pytest.mark.parametrize(
+    "config, line",
+    [
+        (
+            MemoryConfig(history_tokens=64, recall=1, recall_tokens=64),
+            "the last 64 tokens of the chat's history, and 1 recalled conversation (64 tokens) from the same chat only",
+        ),
+        (MemoryConfig(history_tokens=0, recall=2, recall_tokens=256), "no history, and 2 recalled conversations"),
+        (MemoryConfig(history_tokens=128, recall=0), "the last 128 tokens of the chat's history, and no recalled"),
+        (MemoryConfig(history_tokens=0, recall=0), "memory off"),
+    ],
+)
+def test_the_memory_line_says_what_is_on_in_plain_words(config, line):
+    assert config.describe().startswith(line)

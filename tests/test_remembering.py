@@ -70,10 +70,14 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     from tests.helpers import random_model, tiny_config
 
     # Writing turns is the report's own (tests/test_report.py); here the model states the fact with memory only.
-    monkeypatch.setattr(remembering, "_stated", lambda model, tok, facts, contexts, *rest: [bool(c) for c in contexts])
+    monkeypatch.setattr(
+        remembering,
+        "_stated",
+        lambda model, tok, facts, contexts, settings, device, caps: [bool(c) * 3 for c in contexts],
+    )
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
     data = SimpleNamespace(train_sessions=TRAIN, val_sessions=HELD_OUT, report=SimpleNamespace(seq_len=SEQ_LEN))
-    settings = EvalSettings(contexts=1, sampling=SamplingConfig(max_new_tokens=4), context_tokens=256)
+    settings = EvalSettings(contexts=1, sampling=SamplingConfig(max_new_tokens=4), context_tokens=256, fact_samples=3)
     speakers = [ME, KATYA, "Eleanor"]  # she has no held-out turn: left out
     figures = measure_memory(model, dolphin_tokenizer, data, speakers, CONFIG, settings, torch.device("cpu"))
 
@@ -105,10 +109,11 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     lines = figures.summary()
     assert f"{ME}: loss" in lines[1] and "– on the 0% of turns not in memory" in lines[1]
     assert "on the 100% of turns not in memory" in lines[2] and "the 1 fact turns not in memory: loss" in lines[-1]
-    assert figures.fact_stated == {"without": 0, "with": 1}
+    assert figures.fact_stated == {"without": [0], "with": [3]} and figures.fact_samples == 3
     assert lines[-2].startswith("  the fact's name, given the turn's words before it: loss ")
     assert lines[-3].endswith(
-        "state the fact 0% (0% to 79%) → 100% (21% to 100%), not clearly higher with memory; "
+        "state the fact in 0 of 3 written turns (at 0 of 1 moments) → 3 of 3 written turns (at 1 of 1 moments), "
+        "+100.0 points with memory (95% +100.0 to +100.0, resampling the 1 moments): clearly higher with memory; "
         "the memory holds the fact at 1 of 1"
     )
     markdown = "\n".join(figures.markdown())
@@ -123,21 +128,32 @@ def test_the_section_says_when_no_fact_turn_is_held_out():
     assert figures.markdown()[-1] == "No held-out turn takes up a fact of an earlier conversation."
 
 
-def test_fact_recall_is_clearly_higher_only_where_the_intervals_do_not_overlap():
+def test_fact_recall_is_clearly_higher_only_where_the_gain_holds_over_the_moments():
     loss = {"without": 2.0, "with": 1.0}
 
-    def figures(without: int, with_memory: int) -> MemoryFigures:
+    def figures(without: list[int], with_memory: list[int]) -> MemoryFigures:
         stated = {"without": without, "with": with_memory}
         return MemoryFigures(
-            {"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, 20, {ME: 20}, loss,
-            {setting: count / 20 for setting, count in stated.items()}, fact_stated=stated,
+            {"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, len(without), {ME: len(without)}, loss,
+            {setting: sum(counts) / (8 * len(counts)) for setting, counts in stated.items()},
+            fact_samples=8, fact_stated=stated,
         )  # fmt: skip
 
-    assert figures(1, 12).recall_clearly_higher() and not figures(3, 8).recall_clearly_higher()
-    assert figures(1, 12).recall_interval("with") == pytest.approx((0.387, 0.781), abs=1e-3)
-    assert "clearly higher with memory" in figures(1, 12).summary()[2]
-    assert "| written turns that state the fact, all (95% interval) | 15% (5% to 36%) | 40% (22% to 61%) |" in (
-        figures(3, 8).markdown()
+    nothing = [0] * 20
+    # The same 16 of 160 turns: spread over 8 moments the gain is clear; at 2 moments it may be those moments'
+    # luck, and resampling the moments says so (a moment's turns are not 8 independent draws).
+    spread, at_two = figures(nothing, [2] * 8 + [0] * 12), figures(nothing, [8, 8] + [0] * 18)
+    assert spread.recall_clearly_higher() and not at_two.recall_clearly_higher()
+    gain, low, high = spread.recall_gain()
+    assert gain == pytest.approx(0.1) and 0 < low < gain < high
+    assert at_two.recall_gain()[1] == 0.0
+    assert "+10.0 points with memory" in spread.summary()[2] and "clearly higher with memory" in spread.summary()[2]
+    assert "not clearly higher with memory" in at_two.summary()[2]
+    # Memory that takes the fact away is not a gain, however clear.
+    assert not figures([2] * 8 + [0] * 12, nothing).recall_clearly_higher()
+    assert (
+        "| turns written at the fact turns' moments (8 a moment) that state the fact | 0 of 160 written turns "
+        "(at 0 of 20 moments) | 16 of 160 written turns (at 2 of 20 moments) |" in at_two.markdown()
     )
     assert MemoryFigures({}, {}, {}, {}, 20, {}, loss, {}).recall_clearly_higher() is None  # no turn written
 
@@ -150,3 +166,26 @@ def test_a_fact_name_is_found_where_it_first_stands_in_its_turn():
 
 def test_a_chance_reads_as_a_share_or_as_one_in_so_many():
     assert (chance(0.5), chance(7.25), chance(5.81)) == ("61%", "1 in 1,400", "1 in 330")
+
+
+def test_each_fact_moment_is_written_several_times_each_cut_at_its_speaker_s_length(dolphin_tokenizer, monkeypatch):
+    from fidelity import remembering
+    from memory.facts import fact_turns
+    from tests.helpers import random_model, tiny_config
+
+    asked = []
+
+    def writes_the_name_every_other_time(model, rows, stop_ids, device):
+        first = len(asked)
+        asked.extend(rows)
+        said = ["Miso" if (first + index) % 2 == 0 else "ok" for index in range(len(rows))]  # 1st and 3rd turns
+        return [(dolphin_tokenizer.encode(text, special=False), None) for text in said]
+
+    monkeypatch.setattr(remembering, "generate_batch", writes_the_name_every_other_time)
+    facts = fact_turns(HELD_OUT, TRAIN + HELD_OUT)
+    settings = EvalSettings(contexts=1, fact_samples=3, sample_batch=2, sampling=SamplingConfig(max_new_tokens=40))
+    model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
+    stated = remembering._stated(model, dolphin_tokenizer, facts, [[]], settings, torch.device("cpu"), {KATYA: 7})
+    assert len(facts) == 1 and stated == [2]  # 3 turns at the one moment (in batches of 2 and 1): 2 name Miso
+    assert len(asked) == 3 and len({tuple(row.prompt) for row in asked}) == 1
+    assert {row.config.max_new_tokens for row in asked} == {7}

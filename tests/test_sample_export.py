@@ -65,6 +65,9 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
 
     assert minor_script(alexander) > 0.35
     assert all(minor_script(other) < 0.3 for other in (katya, eleanor, dmitry))
+    # ... and within a message: the others' Cyrillic shares pool to about his, their messages do not mix.
+    assert alexander["mixed_script_share"] > 0.5
+    assert all(other["mixed_script_share"] < 0.15 for other in (katya, eleanor, dmitry))
     assert alexander["lowercase_share"] > 0.95
     # Катя: many short lower-case messages a turn, emoji, no question marks.
     assert highest(stats, "messages_per_turn") == lowest(stats, "chars_per_message") == KATYA

@@ -4,7 +4,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fidelity.style import STATISTICS, count_emoji, starts_in_lower_case, style_distance, style_statistics
+from fidelity.style import (
+    STATISTICS,
+    count_emoji,
+    mixes_scripts,
+    starts_in_lower_case,
+    style_distance,
+    style_statistics,
+)
 
 SHARE = next(statistic for statistic in STATISTICS if statistic.name == "question_share")
 RATE = next(statistic for statistic in STATISTICS if statistic.name == "chars_per_message")
@@ -14,19 +21,35 @@ def test_statistics_of_hand_made_turns():
     turns = [
         ["Привет!", "how are you?"],  # 7 and 12 characters; 6 Cyrillic, 9 Latin letters
         ["ок 👍🏻", "https://t.me/x"],  # 5 (the skin tone is a code point of its own) and 14; 2 Cyr, 9 Lat
-        ["Да?"],
-    ]  # 3; 2 Cyrillic
+        ["Да? ok"],
+    ]  # 6; 2 Cyrillic, 2 Latin: mixes the scripts
     assert style_statistics(turns) == pytest.approx(
         {
             "messages_per_turn": 5 / 3,
-            "chars_per_message": (7 + 12 + 5 + 14 + 3) / 5,
-            "cyrillic_share": 10 / 28,
+            "chars_per_message": (7 + 12 + 5 + 14 + 6) / 5,
+            "cyrillic_share": 10 / 30,
             "emoji_per_message": 1 / 5,
-            "question_share": 2 / 5,
+            "question_share": 1 / 5,
             "lowercase_share": 3 / 5,  # how, ок, https; not Привет, Да
             "link_share": 1 / 3,
+            "mixed_script_share": 1 / 5,  # Да? ok; not ок with a link's Latin letters
         }
     )
+
+
+@pytest.mark.parametrize(
+    "message, mixes",
+    [
+        ("wow, где это?", True),
+        ("да)) see you there", True),
+        ("смотри https://example.com/article", False),  # a link is no English
+        ("where is it?", False),
+        ("где это?", False),
+        ("👍", False),
+    ],
+)
+def test_a_message_mixes_scripts_where_it_has_words_in_both(message, mixes):
+    assert mixes_scripts(message) is mixes
 
 
 def test_statistics_without_messages_or_letters_are_zero():

@@ -112,6 +112,11 @@ class Cadence:
         "vs base, per speaker) to OUT/report (default: on)",
     )
     eval_contexts: int = setting(32, "held-out contexts per speaker the report samples replies at")
+    eval_fact_samples: int = setting(
+        8,
+        "turns the report's memory section writes at each moment that takes up an earlier conversation's fact",
+        type=positive_int,
+    )
 
 
 @dataclass
