@@ -237,6 +237,8 @@ def tiny_run(tmp_path_factory, tiny_checkpoint):
             "--merge",
             "--eval-contexts",
             "1",
+            "--eval-fact-samples",  # one turn a fact moment: the memory section is checked, not its precision
+            "1",
         ]
     )
     return out
