@@ -2,8 +2,8 @@
 
 These are the habits that give a chat model away when it plays a person: it writes longer and
 more formally, answers every message with a question, in a single long message, in the wrong
-script, or in one script where the person mixes two. evaluate.py computes them for a person's real held-out turns and for the turns a model
-wrote in their place, and compares.
+script, or in one script where the person mixes two. evaluate.py computes them for a person's real
+held-out turns and for the turns a model wrote in their place, and compares.
 
 A turn is a list of messages (strings). Every statistic pools all turns of a set: "characters per
 message" is all characters over all messages, not a mean of per-turn means, so a turn of ten
@@ -77,8 +77,7 @@ EMOJI = re.compile(
     f"|{_PICTOGRAPH}{_MODIFIERS}(?:\u200d{_PICTOGRAPH}{_MODIFIERS})*"
     "|[\U0001f3fb-\U0001f3ff]"
 )
-LINK = re.compile(r"https?://\S|www\.\S|\bt\.me/\S", re.IGNORECASE)
-WHOLE_LINK = re.compile(r"(?:https?://|www\.|\bt\.me/)\S+", re.IGNORECASE)  # a link is no word of a language
+LINK = re.compile(r"(?:https?://|www\.|\bt\.me/)\S+", re.IGNORECASE)
 
 
 def count_emoji(text: str) -> int:
@@ -101,7 +100,7 @@ def starts_in_lower_case(message: str) -> bool | None:
 
 def mixes_scripts(message: str) -> bool:
     """Whether the message has both Cyrillic and Latin letters outside its links."""
-    scripts = {script_of(character) for character in WHOLE_LINK.sub(" ", message) if character.isalpha()}
+    scripts = {script_of(character) for character in LINK.sub(" ", message) if character.isalpha()}  # a link is no word
     return {"CYRILLIC", "LATIN"} <= scripts
 
 
