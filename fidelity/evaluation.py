@@ -10,7 +10,7 @@ import torch
 from data.dataset import PreparedData
 from fidelity import EvaluationError
 from fidelity.markdown import write_report
-from fidelity.measure import Measurement, measure
+from fidelity.measure import Measurement, measure, turn_length_caps
 from fidelity.plan import EvalSettings, Plan, plan_evaluation
 from fidelity.remembering import MemoryFigures, measure_memory
 from fidelity.report import Report, compare
@@ -55,7 +55,20 @@ def run_evaluation(
     plan = plan_evaluation(data, settings, remembered)
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
-    figures = measure_memory(model, tokenizer, data, plan.speakers, memory, settings, device) if remembered else None
+    figures = (
+        measure_memory(
+            model,
+            tokenizer,
+            data,
+            plan.speakers,
+            memory,
+            settings,
+            device,
+            turn_length_caps(plan, tokenizer, settings.sampling.max_new_tokens),
+        )
+        if remembered
+        else None
+    )
     # The memory section's pass without memory gives the tuned model's held-out losses: not run twice.
     tuned = measure(
         model, tokenizer, data, plan, settings, device, "tuned", losses=figures.without_memory() if figures else None

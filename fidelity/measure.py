@@ -107,6 +107,11 @@ def turn_length_cap(turns: list[list[str]], tokenizer: Tokenizer, most: int) -> 
     return max(1, min(most, int(np.ceil(np.quantile(lengths, CUT_QUANTILE)))))
 
 
+def turn_length_caps(plan: Plan, tokenizer: Tokenizer, most: int) -> dict[str, int]:
+    """Where a turn written as each speaker of the plan is cut: turn_length_cap of their own turns."""
+    return {speaker: turn_length_cap(plan.own_turns[speaker], tokenizer, most) for speaker in plan.speakers}
+
+
 def model_writer(
     model: Transformer, tokenizer: Tokenizer, settings: EvalSettings, device: torch.device, caps: dict[str, int]
 ) -> Writer:
@@ -162,10 +167,7 @@ def measure(
         loss, tokens = losses or speaker_losses(
             model, tokenizer, data.val_sessions, plan.speakers, data.report.seq_len, settings.micro_batch, device
         )
-        caps = {
-            speaker: turn_length_cap(plan.own_turns[speaker], tokenizer, settings.sampling.max_new_tokens)
-            for speaker in plan.speakers
-        }
+        caps = turn_length_caps(plan, tokenizer, settings.sampling.max_new_tokens)
         write = write or model_writer(model, tokenizer, settings, device, caps)
         everywhere = [context for speaker in plan.speakers for context in plan.contexts[speaker]]
         # Batches of conversations of about one length waste little on padding. Batch n is sampled with

@@ -23,7 +23,7 @@ from data.dataset import PreparedData
 from data.packing import pack
 from data.sessions import Turn, messages_of
 from fidelity.calibration import INTERVAL, RESAMPLES
-from fidelity.measure import packed_losses, turn_length_cap
+from fidelity.measure import packed_losses
 from fidelity.plan import EvalSettings
 from fidelity.sampling import generate_batch
 from memory.context import MARK_SPEAKER, Memory
@@ -275,9 +275,12 @@ def measure_memory(
     config: MemoryConfig,
     settings: EvalSettings,
     device: torch.device,
+    caps: dict[str, int] | None = None,
 ) -> MemoryFigures:
     """The figures of MemoryFigures. A held-out session remembers every conversation before it, training's
-    and held-out ones alike, as the twin does when it chats.
+    and held-out ones alike, as the twin does when it chats. A fact turn is written as the report writes a turn,
+    cut at its speaker's length in `caps` (fidelity.measure.turn_length_caps; a speaker without one is cut at
+    settings.sampling.max_new_tokens, as turn_length_cap cuts a speaker without turns to go by).
 
     Each setting's losses take one pass over the held-out sessions, cut and packed as training does with the
     memory before them: each turn's tokens count in the group of its kind (its speaker, whether it is in
@@ -352,19 +355,10 @@ def measure_memory(
             bool(fact.words & words_of(_text(remembered[number_of[id(fact.session)]]))) for fact in facts
         )
         fact_recall, fact_new_recall, fact_stated = {}, {}, {}
-        # Cut where the report cuts a turn written as the person: at their own turns' length.
-        caps = {
-            speaker: turn_length_cap(
-                [turn.messages for session in data.train_sessions for turn in session.turns if turn.speaker == speaker],
-                tokenizer,
-                settings.sampling.max_new_tokens,
-            )
-            for speaker in {fact.session.turns[fact.turn].speaker for fact in facts}
-        }
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
             for setting in SETTINGS:
                 contexts = [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
-                stated = _stated(model, tokenizer, facts, contexts, settings, device, caps)
+                stated = _stated(model, tokenizer, facts, contexts, settings, device, caps or {})
                 fact_stated[setting] = stated
                 fact_recall[setting] = sum(stated) / (len(stated) * settings.fact_samples)
                 new = [said for said, copied in zip(stated, fact_copied) if not copied]
@@ -486,36 +480,30 @@ def _stated(
 ) -> list[int]:
     """At each fact turn's moment, how many of the settings.fact_samples turns the model writes there (sampled as
     the report samples) state the fact. A moment's turns follow each other, so each after the first reuses its
-    whole prompt. A turn is cut at its speaker's length in `caps`."""
+    whole prompt. A turn is cut at its speaker's length in `caps` (max_new_tokens for a speaker without one)."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
-    prompts = [
-        reply_prompt(
-            fact.session.turns[: fact.turn],
-            tokenizer,
-            fact.session.turns[fact.turn].speaker,
-            max_len,
-            settings.sampling.max_new_tokens,
-            context,
+    moments = []  # (prompt, sampling, fact), one a fact turn
+    for fact, context in zip(facts, remembered):
+        speaker = fact.session.turns[fact.turn].speaker
+        prompt = reply_prompt(
+            fact.session.turns[: fact.turn], tokenizer, speaker, max_len, settings.sampling.max_new_tokens, context
         )[0]
-        for fact, context in zip(facts, remembered)
-        for _ in range(settings.fact_samples)
-    ]
-    at = [fact for fact in facts for _ in range(settings.fact_samples)]
+        most = caps.get(speaker, settings.sampling.max_new_tokens)
+        moments.append((prompt, replace(settings.sampling, max_new_tokens=most), fact))
+    written_at = [moment for moment in moments for _ in range(settings.fact_samples)]
     stated = []
-    for start in range(0, len(prompts), settings.sample_batch):
+    for start in range(0, len(written_at), settings.sample_batch):
+        batch = written_at[start : start + settings.sample_batch]
         stream = torch.Generator().manual_seed(settings.seed + start)
-        rows = [
-            BatchRow(
-                prompt, replace(settings.sampling, max_new_tokens=caps[fact.session.turns[fact.turn].speaker]), stream
-            )
-            for prompt, fact in zip(
-                prompts[start : start + settings.sample_batch], at[start : start + settings.sample_batch]
-            )
-        ]
-        written = generate_batch(model, rows, turn_stop_ids(tokenizer), device)
+        written = generate_batch(
+            model,
+            [BatchRow(prompt, sampling, stream) for prompt, sampling, _ in batch],
+            turn_stop_ids(tokenizer),
+            device,
+        )
         stated += [
             states_fact("\n".join(messages_of(tokenizer.decode(tokens))), fact)
-            for (tokens, _), fact in zip(written, at[start : start + settings.sample_batch])
+            for (tokens, _), (_, _, fact) in zip(written, batch)
         ]
     return [
         sum(stated[start : start + settings.fact_samples]) for start in range(0, len(stated), settings.fact_samples)

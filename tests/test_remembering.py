@@ -70,16 +70,22 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     from tests.helpers import random_model, tiny_config
 
     # Writing turns is the report's own (tests/test_report.py); here the model states the fact with memory only.
+    caps_given = []
     monkeypatch.setattr(
         remembering,
         "_stated",
-        lambda model, tok, facts, contexts, settings, device, caps: [bool(c) * 3 for c in contexts],
+        lambda model, tok, facts, contexts, settings, device, caps: (
+            caps_given.append(caps) or [bool(c) * 3 for c in contexts]
+        ),
     )
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
     data = SimpleNamespace(train_sessions=TRAIN, val_sessions=HELD_OUT, report=SimpleNamespace(seq_len=SEQ_LEN))
     settings = EvalSettings(contexts=1, sampling=SamplingConfig(max_new_tokens=4), context_tokens=256, fact_samples=3)
     speakers = [ME, KATYA, "Eleanor"]  # she has no held-out turn: left out
-    figures = measure_memory(model, dolphin_tokenizer, data, speakers, CONFIG, settings, torch.device("cpu"))
+    figures = measure_memory(
+        model, dolphin_tokenizer, data, speakers, CONFIG, settings, torch.device("cpu"), caps={KATYA: 5}
+    )
+    assert caps_given == [{KATYA: 5}] * 2  # the report's lengths, to write the fact turns without and with memory
 
     memory = Memory(Conversations(TRAIN + HELD_OUT), CONFIG, dolphin_tokenizer).for_session(HELD_OUT[0])
     assert "the film tonight was long and boring" in [message for turn in memory for message in turn.messages]
@@ -189,3 +195,6 @@ def test_each_fact_moment_is_written_several_times_each_cut_at_its_speaker_s_len
     assert len(facts) == 1 and stated == [2]  # 3 turns at the one moment (in batches of 2 and 1): 2 name Miso
     assert len(asked) == 3 and len({tuple(row.prompt) for row in asked}) == 1
     assert {row.config.max_new_tokens for row in asked} == {7}
+    asked.clear()  # a speaker without a length of their own is cut where every turn is: at max_new_tokens
+    remembering._stated(model, dolphin_tokenizer, facts, [[]], settings, torch.device("cpu"), {})
+    assert {row.config.max_new_tokens for row in asked} == {40}
