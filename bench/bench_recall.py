@@ -22,7 +22,7 @@ from trees import printed, trees
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = Path.home() / ".cache" / "twin" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MEMORIES = {
-    "demo (history 64, recall 1 x 64)": (64, 1, 64),
+    "demo (no history, recall 1 x 128)": (0, 1, 128),
     "train.py's default (history 128, recall 2 x 256)": (128, 2, 256),
 }
 

@@ -10,13 +10,11 @@ ends its turns, so this is the time a user waits. Each report's process CPU seco
 wall time: on a machine others share, they are what it costs on cores of its own.
 
 Random weights never write the end of a turn, so every reply runs to its cut: --max-new-tokens before the
-report cut turns at the person's own length (fidelity.measure.CUT_QUANTILE), that length after.
-
-Random weights never write the end of a turn, so every reply runs to --max-new-tokens: the time is that
-of replies of exactly that length. The script first times the model alone (a prefill, a decoding step)
-at a few batch sizes, from which the time at other reply lengths follows. Random weights also spread
-the next token's probability flat, so top-p sampling sorts the whole vocabulary at every token (a
-trained model's nucleus lies among its 512 likeliest tokens): the whole report's time is an upper bound.
+report cut turns at the person's own length (fidelity.measure.CUT_QUANTILE), that length after. The script
+first times the model alone (a prefill, a decoding step) at a few batch sizes, from which the time at other
+reply lengths follows. Random weights also spread the next token's probability flat, so top-p sampling sorts
+the whole vocabulary at every token (a trained model's nucleus lies among its 512 likeliest tokens): the
+whole report's time is an upper bound.
 """
 
 import argparse

@@ -19,7 +19,7 @@ from memory.context import Memory
 from memory.settings import MemoryConfig
 from memory.store import Conversations
 from model.checkpoint import check_finite, load_model
-from model.lora import adapters_off, lora_layers
+from model.lora import adapters_merged, adapters_off, lora_layers
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
@@ -41,7 +41,7 @@ def run_evaluation(
     `about` says what the report is about: "base", "tuned", "data" (strings for the reader).
     `metrics_file`: the run's metrics.jsonl, for the loss curves. `verdict`: the blind test's, if judged.
     `memory`: the run's, for the report's memory section (the tuned model without and with it).
-    The model is left as it came: adapters on, same training mode.
+    The model is left as it came: adapters on and unmerged (its weights to within rounding), same training mode.
     """
     settings = settings or EvalSettings()
     if not lora_layers(model):
@@ -55,24 +55,32 @@ def run_evaluation(
     plan = plan_evaluation(data, settings, remembered)
     with adapters_off(model):
         base = measure(model, tokenizer, data, plan, settings, device, "base")
-    figures = (
-        measure_memory(
+    with adapters_merged(model):  # as sample.py chats, and faster
+        figures = (
+            measure_memory(
+                model,
+                tokenizer,
+                data,
+                plan.speakers,
+                memory,
+                settings,
+                device,
+                turn_length_caps(plan, tokenizer, settings.sampling.max_new_tokens),
+            )
+            if remembered
+            else None
+        )
+        # The memory section's pass without memory gives the tuned model's held-out losses: not run twice.
+        tuned = measure(
             model,
             tokenizer,
             data,
-            plan.speakers,
-            memory,
+            plan,
             settings,
             device,
-            turn_length_caps(plan, tokenizer, settings.sampling.max_new_tokens),
+            "tuned",
+            losses=figures.without_memory() if figures else None,
         )
-        if remembered
-        else None
-    )
-    # The memory section's pass without memory gives the tuned model's held-out losses: not run twice.
-    tuned = measure(
-        model, tokenizer, data, plan, settings, device, "tuned", losses=figures.without_memory() if figures else None
-    )
     return compare_and_write(plan, data, base, tuned, settings, out_dir, about or {}, metrics_file, verdict, figures)
 
 

@@ -4,11 +4,11 @@ In the suite (slow), a short run: every persona's held-out loss falls below the 
 leaves its loss curves beside it, and sample.py answers as the run's target from any folder.
 With -m demo (5-6 minutes by itself, so outside the suite's budget), the demo's own run at its default seed,
 checking the claims as the README writes them: every persona's held-out loss falls; the report's top line says
-the twin writes like Dmitry and Eleanor ("yes": a style position of 0.5 or more, the low end of its 95%
-interval above 0, the held-out loss below the base's), at least partly like Катя, and partly like the owner,
-whose position is still above the base model's; on 10 or more held-out moments each; and the memory lowers
-every persona's loss, the target's and most partners' also on turns it does not hold, holds the fact at 4 of
-the 7 fact turns and makes the fact's name likelier. Skips where the SmolLM2 GGUF cannot be fetched.
+the twin writes like each of them, the owner included ("yes": a style position of 0.5 or more, the low end of its
+95% interval above 0, the held-out loss below the base's); on 10 or more held-out moments each; the owner's twin
+mixes Russian and English in its messages as he does; and the memory lowers every persona's loss, also on turns it
+does not hold, holds the fact at 4 of the 7 fact turns and makes the fact's name likelier. Skips where the SmolLM2
+GGUF cannot be fetched.
 """
 
 import contextlib
@@ -98,27 +98,27 @@ def test_the_demo_lowers_every_persona_s_held_out_loss(demo_run):
     assert_every_loss_falls(demo_run[1])
 
 
-# The README's verdicts at the demo's default seed: "yes" for Dmitry and Eleanor, "partly" for the owner, "yes" or
-# "partly" for Катя (yes at one of the two seeds measured).
-VERDICTS = {PERSONAS[0]: {"partly"}, PERSONAS[1]: {"yes", "partly"}, PERSONAS[2]: {"yes"}, PERSONAS[3]: {"yes"}}
-
-
 @pytest.mark.demo
 @pytest.mark.parametrize("persona", PERSONAS)
-def test_the_report_s_top_line_says_what_the_readme_says_of_each_persona(demo_run, persona):
+def test_the_report_s_top_line_says_the_twin_writes_like_each_persona(demo_run, persona):
     out, speakers, printed = demo_run
     speaker = speakers[persona]
     assert speaker["contexts"] >= 10, (persona, speaker["contexts"])
-    assert speaker["verdict"] in VERDICTS[persona], (persona, speaker["position"], speaker["position_interval"])
-    if speaker["verdict"] == "yes":
-        assert speaker["position"]["tuned"] >= LIKE_THEM and speaker["position_interval"]["tuned"][0] > 0
-    if persona == PERSONAS[0]:  # short of 0.5, but above the base model's
-        assert speaker["position"]["tuned"] > speaker["position"]["base"], speaker["position"]
+    assert speaker["verdict"] == "yes", (persona, speaker["position"], speaker["position_interval"])
+    assert speaker["position"]["tuned"] >= LIKE_THEM and speaker["position_interval"]["tuned"][0] > 0
     assert (
         f"- {persona}" in (out / "report" / "report.md").read_text().split("## At a glance")[1].split("| speaker |")[0]
     )
     title = f"{persona}{' (target)' if persona == PERSONAS[0] else ''}"
-    assert f"{title}: writes like them: {speaker['verdict']}" in printed
+    assert f"{title}: writes like them: yes" in printed
+
+
+@pytest.mark.demo
+def test_the_owner_s_twin_mixes_russian_and_english_as_he_does(demo_run):
+    """His habit, which a twin without the recalled conversation lost (docs/figures.md): at least half his share of
+    messages mixing the two alphabets, where the base model's turns mix in none or few."""
+    owner = demo_run[1][PERSONAS[0]]["style"]["mixed_script_share"]
+    assert owner["tuned"] >= owner["real"] / 2 > owner["base"], owner
 
 
 @pytest.mark.slow
@@ -158,8 +158,8 @@ def test_a_run_leaves_its_loss_curves_and_chats_from_anywhere(short_run, smollm2
 @pytest.mark.demo
 def test_the_demo_s_memory_lowers_the_loss_also_on_turns_it_does_not_hold(demo_run):
     """The demo trains with a small memory: on the newest sessions of each chat the tuned twin does better with it
-    than without it, for the target and most partners, and also on the turns whose words the memory does not
-    already hold; it holds 4 of the 7 facts that later turns take up, and makes their names likelier."""
+    than without it, for every persona, also on the turns whose words the memory does not already hold; it holds
+    4 of the 7 facts that later turns take up, and makes their names likelier."""
     out, speakers, _ = demo_run
     memory = json.loads((out / "report" / "report.json").read_text())["memory"]
     helped = [speaker for speaker, loss in memory["loss"].items() if loss["with"] < loss["without"]]
@@ -168,5 +168,6 @@ def test_the_demo_s_memory_lowers_the_loss_also_on_turns_it_does_not_hold(demo_r
     new = memory["new_loss"]
     helped_on_new = [speaker for speaker, loss in new.items() if loss["with"] < loss["without"]]
     assert "Alexander Smirnov" in helped_on_new and len(helped_on_new) > len(new) / 2, new
+    assert len(helped_on_new) == len(new), new  # every persona, as the README says
     assert (memory["fact_turns"], memory["facts_remembered"]) == (7, 4)
     assert memory["name_loss"]["with"] < memory["name_loss"]["without"], memory["name_loss"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_model, save_model
-from model.lora import LoRALinear, adapters_off, dropout, lora_layers, token_layers
+from model.lora import LoRALinear, adapters_merged, adapters_off, dropout, lora_layers, token_layers
 from model.lora_config import AdapterError, LoRAConfig
 from model.lora_surgery import apply_lora, merge_lora
 from model.loss import chunked_cross_entropy
@@ -227,6 +227,34 @@ def test_adapters_off_is_the_base_model_and_the_adapters_come_back(base):
         with pytest.raises(AdapterError, match="merged"):
             with adapters_off(model):
                 pass
+
+
+def test_adapters_merged_is_the_tuned_model_in_one_matrix_a_projection_and_the_weights_come_back(base):
+    model = load_model(base[0], torch.float32).eval()
+    apply_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    randomize_adapters(model)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        tuned_logits = model(sample_ids())
+        with adapters_merged(model):
+            assert all(layer.merged for layer in lora_layers(model).values())
+            torch.testing.assert_close(model(sample_ids()), tuned_logits, atol=1e-5, rtol=0)
+        assert not any(layer.merged for layer in lora_layers(model).values())
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, before[name], atol=1e-6, rtol=0)
+        with adapters_off(model):  # unmerged again: the base model is there to switch to
+            assert not torch.allclose(model(sample_ids()), tuned_logits)
+
+
+def test_adapters_over_an_nf4_base_stay_beside_it_when_merged_for_a_while(base, tmp_path):
+    quantized = load_model(base[0], torch.float32, quantize="nf4")
+    apply_lora(quantized, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    randomize_adapters(quantized)
+    with torch.no_grad():
+        expected = quantized.eval()(sample_ids())
+        with adapters_merged(quantized):
+            assert not any(layer.merged for layer in lora_layers(quantized).values())
+            assert torch.equal(quantized(sample_ids()), expected)
 
 
 # --- Trainable tokens: the rows of tokens added to a base model (ChatML's), in PEFT's format ----------
