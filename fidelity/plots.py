@@ -7,6 +7,7 @@ matplotlib is imported only here, when a picture is drawn, with its file-only Ag
 import io
 import json
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from fidelity.report import LIKE_THEM
 
 SHOWN_POSITIONS = (-2.0, 3.0)  # positions beyond are drawn at these edges: a scale that fits 0 to 1 well
 MODEL_MARKS = {"base": ("o", "tab:gray"), "tuned": ("D", "tab:blue")}
+REASON_WIDTH = 80  # characters a line of a row's reason for having no position: what a panel holds at 8 points
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -195,7 +197,18 @@ def _position_panel(axes, labels: list[str], rows: list[dict[str, Placement] | N
                 labelled.add(name)
     for row, reason in enumerate(reasons):
         if reason:
-            axes.text(0.5, row, reason, ha="center", va="center", fontsize=8, color="tab:gray", style="italic")
+            # centred in the panel (x in the axes' width), in lines that fit it
+            axes.text(
+                0.5,
+                row,
+                textwrap.fill(reason, REASON_WIDTH),
+                transform=axes.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="tab:gray",
+                style="italic",
+            )
     axes.set_yticks(range(len(labels)), labels, fontsize=8, parse_math=False)  # names are text, even with $
     axes.set_ylim(len(labels) - 0.5, -0.5)
     axes.set_xlim(low_edge - 0.1, high_edge + 0.1)
