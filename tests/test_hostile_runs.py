@@ -404,6 +404,7 @@ def files_under(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
 
 
+@pytest.mark.slow  # each case runs a program end to end on its copy: the whole suite runs them
 @pytest.mark.parametrize("name", CASES)
 def test_a_hostile_run_folder(name, finished_run, tiny_checkpoint, tmp_path, monkeypatch, capsys):
     case = CASES[name]
