@@ -129,7 +129,11 @@ def test_32_concurrent_plain_http_requests_are_all_answered(server):
     responses = asyncio.run(ask_all())
     assert [response.status_code for response in responses] == [200] * 32
     assert {response.json()["model"] for response in responses} == {SPEAKER, PARTNER}
-    assert all(response.json()["usage"]["completion_tokens"] == 2 for response in responses)
+    for response in responses:  # each at its max_tokens, unless the sampled turn ended first (a random tiny model may)
+        body = response.json()
+        ended = body["choices"][0]["finish_reason"]
+        assert (body["usage"]["completion_tokens"], ended) == (2, "length") or ended == "stop", body
+        assert body["usage"]["completion_tokens"] <= 2, body
 
 
 class WritesOnly:
