@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate
+import fidelity.evaluation
 import sample
 import train
 from data.dataset import prepare_data
@@ -17,6 +18,7 @@ from fidelity.measure import measure
 from fidelity.plan import EvalSettings, plan_evaluation
 from fidelity.verdict import ANSWERS_FILE
 from model.checkpoint import load_model, save_model
+from model.lora import lora_layers
 from tests.helpers import random_model, tiny_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "telegram_export"
@@ -97,6 +99,23 @@ def test_a_lora_run_ends_with_the_report_and_its_plots(tiny_run):
     assert figures["about"]["split"] == "hash" and figures["failures"]["tuned"]["replies"] == sum(
         speaker["contexts"] for speaker in figures["speakers"]
     )
+
+
+def test_the_tuned_model_is_measured_with_its_adapters_merged_as_sample_py_loads_it(tiny_run, tmp_path, monkeypatch):
+    """The base model with its adapters switched off, the tuned one with them folded into its weights (one matrix a
+    projection, as chat.loading gives sample.py and serve.py); afterwards they are unmerged again."""
+    merged, models = {}, []
+
+    def recording(model, tokenizer, data, plan, settings, device, name, **kwargs):
+        models.append(model)
+        merged[name] = [layer.merged for layer in lora_layers(model).values()]
+        return measure(model, tokenizer, data, plan, settings, device, name, **kwargs)
+
+    monkeypatch.setattr(fidelity.evaluation, "measure", recording)
+    evaluate.main(["--checkpoint", str(tiny_run), "--out", str(tmp_path), "--contexts", "1", "--max-new-tokens", "4"])
+    assert set(merged) == {"base", "tuned"}
+    assert merged["base"] and not any(merged["base"]) and all(merged["tuned"]), merged
+    assert not any(layer.merged for layer in lora_layers(models[0]).values())
 
 
 def test_a_full_fine_tune_is_compared_with_the_base_it_started_from(
