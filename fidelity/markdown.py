@@ -175,9 +175,14 @@ def report_json(report: Report) -> dict:
 
 
 def memory_json(memory: MemoryFigures) -> dict:
-    """The memory section's figures, with the gain in fact recall that decides "clearly higher"."""
+    """The memory section's figures, with the share of written turns that state the fact and the gain in it that
+    decides "clearly higher"."""
     gain = memory.recall_gain()
-    return {**asdict(memory), "recall_gain": dict(zip(("gain", "low", "high"), gain)) if gain else None}
+    return {
+        **asdict(memory),
+        "fact_recall": memory.fact_recall,
+        "recall_gain": dict(zip(("gain", "low", "high"), gain)) if gain else None,
+    }
 
 
 def cell(text: str) -> str:

@@ -53,12 +53,10 @@ class MemoryFigures:
     fact_turns: int  # in the held-out sessions
     fact_speakers: dict[str, int]  # speaker -> their fact turns
     fact_loss: dict[str, float]  # "without"/"with" -> loss on the fact turns
-    fact_recall: dict[str, float]  # "without"/"with" -> share of the turns written at the fact turns' moments
-    # that state the fact (none where the report writes no turn)
     fact_turns_in_memory: int = 0  # of the fact turns, those that stand in the memory
     facts_remembered: int = 0  # of the fact turns, those whose memory holds the fact (what recall must find)
     fact_new_loss: dict[str, float] | None = None  # as fact_loss, on the fact turns not in memory
-    fact_new_recall: dict[str, float] | None = None  # as fact_recall, on the fact turns not in memory
+    fact_new_recall: dict[str, float] | None = None  # as `fact_recall`, on the fact turns not in memory
     # "without"/"with" -> loss on the tokens of the fact's name in the real fact turns, given the words before it
     # (teacher-forced: how likely the twin finds the name, whether or not its sampled turn goes that way)
     name_loss: dict[str, float] | None = None
@@ -67,6 +65,14 @@ class MemoryFigures:
     fact_stated: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     # speaker -> the trained tokens of their held-out turns
     tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def fact_recall(self) -> dict[str, float]:
+        """ "without"/"with" -> the share of the turns written at the fact turns' moments that state the fact (none
+        where the report writes no turn)."""
+        return {
+            setting: sum(stated) / (len(stated) * self.fact_samples) for setting, stated in self.fact_stated.items()
+        }
 
     def without_memory(self) -> tuple[dict[str, float], dict[str, int]]:
         """Each speaker's held-out loss and tokens without memory: what fidelity.measure.speaker_losses gives
@@ -354,13 +360,12 @@ def measure_memory(
         facts_remembered = sum(
             bool(fact.words & words_of(_text(remembered[number_of[id(fact.session)]]))) for fact in facts
         )
-        fact_recall, fact_new_recall, fact_stated = {}, {}, {}
+        fact_new_recall, fact_stated = {}, {}
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
             for setting in SETTINGS:
                 contexts = [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
                 stated = _stated(model, tokenizer, facts, contexts, settings, device, caps or {})
                 fact_stated[setting] = stated
-                fact_recall[setting] = sum(stated) / (len(stated) * settings.fact_samples)
                 new = [said for said, copied in zip(stated, fact_copied) if not copied]
                 if new:
                     fact_new_recall[setting] = sum(new) / (len(new) * settings.fact_samples)
@@ -381,7 +386,6 @@ def measure_memory(
             fact_turns=len(facts),
             fact_speakers=speakers_of_facts,
             fact_loss=loss(lambda who, copied, fact, name: fact) or {},
-            fact_recall=fact_recall,
             fact_turns_in_memory=sum(fact_copied),
             facts_remembered=facts_remembered,
             fact_new_loss=loss(lambda who, copied, fact, name: fact and not copied),

@@ -9,6 +9,7 @@ import torch
 from data.chatml import split_to_fit
 from data.packing import pack
 from data.sessions import Session, Turn, format_body
+from fidelity.markdown import memory_json
 from fidelity.measure import speaker_losses
 from fidelity.plan import EvalSettings
 from fidelity.remembering import MemoryFigures, chance, first_match, in_memory, measure_memory, memory_phrases
@@ -111,6 +112,9 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
         expected = reference_loss(model, dolphin_tokenizer, KATYA, context, only=slice(1, 1 + len(name)))
         assert figures.name_loss[setting] == pytest.approx(expected, rel=1e-5), setting
     assert figures.fact_recall == figures.fact_new_recall == {"without": 0.0, "with": 1.0}
+    in_json = memory_json(figures)  # report.json keeps the share and the gain beside the counts they come from
+    assert in_json["fact_recall"] == {"without": 0.0, "with": 1.0} and in_json["fact_stated"] == figures.fact_stated
+    assert in_json["recall_gain"] == {"gain": 1.0, "low": 1.0, "high": 1.0}
 
     lines = figures.summary()
     assert f"{ME}: loss" in lines[1] and "– on the 0% of turns not in memory" in lines[1]
@@ -129,7 +133,7 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
 
 def test_the_section_says_when_no_fact_turn_is_held_out():
     loss = {"without": 2.0, "with": 1.0}
-    figures = MemoryFigures({"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, 0, {}, {}, {})
+    figures = MemoryFigures({"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, 0, {}, {})
     assert figures.summary()[1] == f"  {ME}: loss 2.000 → 1.000; 2.000 → 1.000 on the 50% of turns not in memory"
     assert figures.markdown()[-1] == "No held-out turn takes up a fact of an earlier conversation."
 
@@ -141,7 +145,6 @@ def test_fact_recall_is_clearly_higher_only_where_the_gain_holds_over_the_moment
         stated = {"without": without, "with": with_memory}
         return MemoryFigures(
             {"recall": 2}, {ME: loss}, {ME: 0.5}, {ME: loss}, len(without), {ME: len(without)}, loss,
-            {setting: sum(counts) / (8 * len(counts)) for setting, counts in stated.items()},
             fact_samples=8, fact_stated=stated,
         )  # fmt: skip
 
@@ -161,7 +164,7 @@ def test_fact_recall_is_clearly_higher_only_where_the_gain_holds_over_the_moment
         "| turns written at the fact turns' moments (8 a moment) that state the fact | 0 of 160 written turns "
         "(at 0 of 20 moments) | 16 of 160 written turns (at 2 of 20 moments) |" in at_two.markdown()
     )
-    assert MemoryFigures({}, {}, {}, {}, 20, {}, loss, {}).recall_clearly_higher() is None  # no turn written
+    assert MemoryFigures({}, {}, {}, {}, 20, {}, loss).recall_clearly_higher() is None  # no turn written
 
 
 def test_a_fact_name_is_found_where_it_first_stands_in_its_turn():
