@@ -260,10 +260,11 @@ class BatchDecoder:
     moments of one conversation share all of it); then they decode together. A padded batch of prompts computes
     its padding too, and on a CPU runs slower per token than the same prompts one by one (bench/bench_report.py,
     docs/figures.md). A row `add`ed later joins between steps (continuous batching: a server's request that
-    comes while others are written does not wait for them to end). Its prompt goes in `prefill_chunk` tokens a step, the chunk of one waiting row a step, in
-    turn, beside the batch's decoding: a long prompt delays the others' next token by one chunk at most, and a
-    short prompt waits behind no long one. Once its prompt is in, its cache joins the batch's, the shorter side
-    padded on the left. A prompt that starts as the last one added did reuses its cached prefix."""
+    comes while others are written does not wait for them to end). Its prompt goes in `prefill_chunk` tokens a
+    step, the chunk of one waiting row a step, in turn, beside the batch's decoding: a long prompt delays the
+    others' next token by one chunk at most, and a short prompt waits behind no long one. Once its prompt is in,
+    its cache joins the batch's, the shorter side padded on the left. A prompt that starts as the last one added
+    did reuses its cached prefix."""
 
     def __init__(
         self,
