@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="every reply's length (default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--split", default="time")
-    parser.add_argument("--sample-batch", type=int, default=16)
+    parser.add_argument("--sample-batch", type=int, help="turns written together (default: evaluate.py's, 48 on a CPU)")
+    parser.add_argument("--fact-samples", type=int, help="turns a fact moment (default: evaluate.py's, 8)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--contexts", type=int, default=32, help="per speaker (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
@@ -145,11 +146,15 @@ def main() -> None:
                 "--seq-len",
                 "256",
             ]
-        flags = evaluated + [
+        chosen = [
+            (flag, str(value))
+            for flag, value in (("--sample-batch", args.sample_batch), ("--fact-samples", args.fact_samples))
+            if value is not None
+        ]
+        flags = evaluated + [flag_or_value for pair in chosen for flag_or_value in pair]
+        flags += [
             "--max-new-tokens",
             str(args.max_new_tokens),
-            "--sample-batch",
-            str(args.sample_batch),
             "--contexts",
             str(args.contexts),
             "--seed",
@@ -173,7 +178,7 @@ def main() -> None:
             seconds[name] = time.perf_counter() - started
             print(
                 f"whole report, {name} (evaluate.py, {model}, --max-new-tokens {args.max_new_tokens}, --contexts "
-                f"{args.contexts}, --sample-batch {args.sample_batch}): {seconds[name]:.1f} s, "
+                f"{args.contexts}{''.join(f', {flag} {value}' for flag, value in chosen)}): {seconds[name]:.1f} s, "
                 f"{children_cpu_seconds() - cpu:.1f} CPU seconds"
             )
         if args.before:

@@ -15,7 +15,7 @@ from data.packing import pack
 from data.sessions import Session, format_body, messages_of
 from fidelity import EvaluationError
 from fidelity.plan import Context, EvalSettings, Plan
-from fidelity.sampling import generate_batch
+from fidelity.sampling import even_batches, generate_batch
 from model.generation import BatchRow
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer
@@ -32,8 +32,9 @@ class WrittenTurn(NamedTuple):
     cut: bool  # it ran on past the person's usual longest turns (CUT_QUANTILE) and was cut there
 
 
-# (contexts, seed, on_step) -> the turn written at each; on_step() after each decoding step, for the progress bar
-Writer = Callable[[list[Context], int, Callable[[], None]], list[WrittenTurn]]
+# (contexts, the seed of each one's turn, on_step) -> the turn written at each; on_step() after each decoding
+# step, for the progress bar
+Writer = Callable[[list[Context], list[int], Callable[[], None]], list[WrittenTurn]]
 
 
 @dataclass
@@ -125,19 +126,18 @@ def model_writer(
         )
     stop_ids = turn_stop_ids(tokenizer)
 
-    def write(contexts: list[Context], seed: int, on_step: Callable[[], None]) -> list[WrittenTurn]:
+    def write(contexts: list[Context], seeds: list[int], on_step: Callable[[], None]) -> list[WrittenTurn]:
         # A held-out turn longer than the whole context leaves the prompt with none: the moment is then
         # answered without a conversation, by both models alike.
-        stream = torch.Generator().manual_seed(seed)
         rows = [
             BatchRow(
                 reply_prompt(
                     context.turns, tokenizer, context.speaker, max_len, settings.sampling.max_new_tokens, context.memory
                 )[0],
                 replace(settings.sampling, max_new_tokens=caps[context.speaker]),
-                stream,
+                torch.Generator().manual_seed(seed),
             )
-            for context in contexts
+            for context, seed in zip(contexts, seeds)
         ]
         try:
             written = generate_batch(model, rows, stop_ids, device, on_step)
@@ -170,12 +170,11 @@ def measure(
         caps = turn_length_caps(plan, tokenizer, settings.sampling.max_new_tokens)
         write = write or model_writer(model, tokenizer, settings, device, caps)
         everywhere = [context for speaker in plan.speakers for context in plan.contexts[speaker]]
-        # Batches of conversations of about one length waste little on padding. Batch n is sampled with
-        # seed + n under both models, so their replies differ by the model only.
+        # Batches of conversations of about one length waste little on padding. The turn at context n is
+        # sampled with seed + n under both models, whatever it is batched with, so their turns differ by the
+        # model only.
         order = sorted(range(len(everywhere)), key=lambda index: everywhere[index].characters)
-        batches = [
-            order[start : start + settings.sample_batch] for start in range(0, len(order), settings.sample_batch)
-        ]
+        batches = even_batches(order, settings.turns_at_once(device))
         written: list[WrittenTurn] = [WrittenTurn([], False)] * len(everywhere)
         # Counted in steps: a batch's prompts go in one a step, then it decodes for at most its longest cap, so
         # that the time left shows from the first prompt on; a batch whose turns all end early skips the rest.
@@ -186,11 +185,10 @@ def measure(
             unit="step",
             leave=False,
         ) as bar:
-            for number, (batch, most) in enumerate(zip(batches, steps)):
+            for batch, most in zip(batches, steps):
                 done = bar.n
-                for index, turn in zip(
-                    batch, write([everywhere[index] for index in batch], settings.seed + number, lambda: bar.update(1))
-                ):
+                contexts, seeds = [everywhere[index] for index in batch], [settings.seed + index for index in batch]
+                for index, turn in zip(batch, write(contexts, seeds, lambda: bar.update(1))):
                     written[index] = turn
                 bar.update(done + most - bar.n)
         replies = {speaker: [] for speaker in plan.speakers}

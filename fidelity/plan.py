@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from core.flags import section, setting
 from data.dataset import PreparedData
 from data.sessions import Session, Turn
@@ -19,6 +21,12 @@ REFERENCE_TURNS = 2000  # training turns drawn per speaker, and of everyone else
 # sooner, at their own length (fidelity.measure.turn_length_cap). The prompt leaves this much room, as
 # sample.py leaves its --max-new-tokens.
 REPLY_TOKENS = 128
+
+# Turns written together unless --sample-batch says. On a CPU a decoding step reads every weight from memory
+# whatever its rows, so up to about 48 rows of SmolLM2-135M cost little more than 16 on 2 cores
+# (docs/figures.md, "The report's time"); a GPU holds each row's cache in its memory, where a 7B model with
+# long memories leaves room for about 16.
+SAMPLE_BATCH = {"cpu": 48, "cuda": 16}
 
 
 def speakers_from_text(text: str) -> int | list[str]:
@@ -62,7 +70,14 @@ class EvalSettings:
         4096, "tokens of conversation the model sees when writing, as sample.py's --context", flag="--context"
     )
     micro_batch: int = setting(4, "rows per forward pass for the loss")
-    sample_batch: int = setting(16, "held-out moments whose turns are written together")
+    sample_batch: int | None = setting(
+        None,
+        "held-out moments whose turns are written together (default: 48 on a CPU, 16 on a GPU); fewer hold less memory",
+    )
+
+    def turns_at_once(self, device: torch.device) -> int:
+        """How many turns are written together: --sample-batch, else the device's SAMPLE_BATCH."""
+        return self.sample_batch or SAMPLE_BATCH.get(device.type, SAMPLE_BATCH["cuda"])
 
     def __post_init__(self):
         if isinstance(self.speakers, int) and self.speakers < 1:
@@ -73,7 +88,7 @@ class EvalSettings:
             if value < 0:
                 raise EvaluationError(f"{flag} must be 0 or more, got {value}")
         for flag, value in (("--sample-batch", self.sample_batch), ("--fact-samples", self.fact_samples)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise EvaluationError(f"{flag} must be 1 or more, got {value}")
 
 

@@ -17,6 +17,7 @@ from math import exp
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from data.chatml import RenderedSession, reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
@@ -25,7 +26,7 @@ from data.sessions import Turn, messages_of
 from fidelity.calibration import INTERVAL, RESAMPLES
 from fidelity.measure import packed_losses
 from fidelity.plan import EvalSettings
-from fidelity.sampling import generate_batch
+from fidelity.sampling import even_batches, generate_batch
 from memory.context import MARK_SPEAKER, Memory
 from memory.facts import NAME, FactTurn, fact_turns, states_fact, words_of
 from memory.settings import MemoryConfig
@@ -362,10 +363,12 @@ def measure_memory(
         )
         fact_new_recall, fact_stated = {}, {}
         if facts and settings.contexts:  # no turn written where the report writes none (--eval-contexts 0)
-            for setting in SETTINGS:
-                contexts = [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
-                stated = _stated(model, tokenizer, facts, contexts, settings, device, caps or {})
-                fact_stated[setting] = stated
+            memories = {
+                setting: [remembered[number_of[id(fact.session)]] if setting == "with" else [] for fact in facts]
+                for setting in SETTINGS
+            }
+            fact_stated = _stated(model, tokenizer, facts, memories, settings, device, caps or {})
+            for setting, stated in fact_stated.items():
                 new = [said for said, copied in zip(stated, fact_copied) if not copied]
                 if new:
                     fact_new_recall[setting] = sum(new) / (len(new) * settings.fact_samples)
@@ -477,38 +480,38 @@ def _stated(
     model: Transformer,
     tokenizer: Tokenizer,
     facts: list[FactTurn],
-    remembered: list[list[Turn]],
+    memories: dict[str, list[list[Turn]]],
     settings: EvalSettings,
     device: torch.device,
     caps: dict[str, int],
-) -> list[int]:
-    """At each fact turn's moment, how many of the settings.fact_samples turns the model writes there (sampled as
-    the report samples) state the fact. A moment's turns follow each other, so each after the first reuses its
-    whole prompt. A turn is cut at its speaker's length in `caps` (max_new_tokens for a speaker without one)."""
+) -> dict[str, list[int]]:
+    """At each fact turn's moment, under each setting of `memories` (the memory it gives each moment), how many of
+    the settings.fact_samples turns the model writes there (sampled as the report samples) state the fact. The
+    turns of every setting are written together; turn k at moment n is sampled with seed + n * fact_samples + k
+    under each, whatever it is batched with, so that the settings' turns differ by the memory only. A moment's
+    turns follow each other, so each after the first reuses its whole prompt. A turn is cut at its speaker's
+    length in `caps` (max_new_tokens for a speaker without one)."""
     max_len = min(settings.context_tokens, model.config.max_position_embeddings)
-    moments = []  # (prompt, sampling, fact), one a fact turn
-    for fact, context in zip(facts, remembered):
-        speaker = fact.session.turns[fact.turn].speaker
-        prompt = reply_prompt(
-            fact.session.turns[: fact.turn], tokenizer, speaker, max_len, settings.sampling.max_new_tokens, context
-        )[0]
-        most = caps.get(speaker, settings.sampling.max_new_tokens)
-        moments.append((prompt, replace(settings.sampling, max_new_tokens=most), fact))
-    written_at = [moment for moment in moments for _ in range(settings.fact_samples)]
-    stated = []
-    for start in range(0, len(written_at), settings.sample_batch):
-        batch = written_at[start : start + settings.sample_batch]
-        stream = torch.Generator().manual_seed(settings.seed + start)
-        written = generate_batch(
-            model,
-            [BatchRow(prompt, sampling, stream) for prompt, sampling, _ in batch],
-            turn_stop_ids(tokenizer),
-            device,
-        )
-        stated += [
-            states_fact("\n".join(messages_of(tokenizer.decode(tokens))), fact)
-            for (tokens, _), (_, _, fact) in zip(written, batch)
-        ]
-    return [
-        sum(stated[start : start + settings.fact_samples]) for start in range(0, len(stated), settings.fact_samples)
-    ]
+    written_at = []  # (setting, moment, row), settings.fact_samples rows a moment
+    for setting, contexts in memories.items():
+        for moment, (fact, context) in enumerate(zip(facts, contexts)):
+            speaker = fact.session.turns[fact.turn].speaker
+            prompt = reply_prompt(
+                fact.session.turns[: fact.turn], tokenizer, speaker, max_len, settings.sampling.max_new_tokens, context
+            )[0]
+            sampling = replace(settings.sampling, max_new_tokens=caps.get(speaker, settings.sampling.max_new_tokens))
+            for sample in range(settings.fact_samples):
+                seed = settings.seed + moment * settings.fact_samples + sample
+                written_at.append((setting, moment, BatchRow(prompt, sampling, torch.Generator().manual_seed(seed))))
+    stated = {setting: [0] * len(facts) for setting in memories}
+    batches = even_batches(written_at, settings.turns_at_once(device))
+    steps = [len(batch) + max(row.config.max_new_tokens for *_, row in batch) for batch in batches]
+    with tqdm(total=sum(steps), desc=f"writing {len(written_at)} fact turns", unit="step", leave=False) as bar:
+        for batch, most in zip(batches, steps):
+            done = bar.n
+            rows = [row for *_, row in batch]
+            written = generate_batch(model, rows, turn_stop_ids(tokenizer), device, lambda: bar.update(1))
+            for (setting, moment, _), (tokens, _) in zip(batch, written):
+                stated[setting][moment] += states_fact("\n".join(messages_of(tokenizer.decode(tokens))), facts[moment])
+            bar.update(done + most - bar.n)
+    return stated

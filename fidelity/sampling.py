@@ -1,15 +1,28 @@
 """Replies at many contexts at once: their prompts decoded together by model.generation.BatchDecoder.
 
 Each reply is sampled token by token exactly as generation.Generator samples one (`sample_token`, the
-same stop tokens); only the random stream is shared by the batch, drawn row by row in row order.
+same stop tokens), from its row's own random stream: a row's reply is the one it gets alone, whatever it is
+batched with (to within the rounding of a batch's arithmetic).
 """
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
 from model.generation import BatchDecoder, BatchRow
 from model.transformer import Transformer
+
+Item = TypeVar("Item")
+
+
+def even_batches(items: Sequence[Item], most: int) -> list[Sequence[Item]]:
+    """`items` in order, in as few batches of at most `most` as hold them, of sizes as even as can be: a batch
+    decodes until its longest turn ends, so 50 turns go as 25 and 25, not as 48 and a batch of 2 that costs
+    nearly as long."""
+    count = math.ceil(len(items) / most)
+    return [items[number * len(items) // count : (number + 1) * len(items) // count] for number in range(count)]
 
 
 def generate_batch(

@@ -58,8 +58,8 @@ def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it
     plan = plan_evaluation(data, settings)
     seeds = []
 
-    def echo(contexts, seed, on_step):
-        seeds.append(seed)
+    def echo(contexts, context_seeds, on_step):
+        seeds.append(context_seeds)
         return [WrittenTurn([f"{context.real[0]}?"], cut=False) for context in contexts]
 
     model.train()
@@ -67,7 +67,12 @@ def test_a_turn_is_written_at_every_context_in_order_and_the_model_is_left_as_it
     assert model.training
     for speaker in plan.speakers:
         assert measurement.replies[speaker] == [[f"{context.real[0]}?"] for context in plan.contexts[speaker]]
-    assert seeds == [7, 8, 9]  # six contexts, two at a time: batch n is sampled with seed + n
+    # Six contexts, two at a time, shortest first: the turn at context n (in the plan's order) is sampled with
+    # seed + n, whatever it is batched with.
+    assert [len(batch) for batch in seeds] == [2, 2, 2] and sorted(sum(seeds, [])) == list(range(7, 13))
+    everywhere = [context for speaker in plan.speakers for context in plan.contexts[speaker]]
+    lengths = [everywhere[seed - 7].characters for seed in sum(seeds, [])]
+    assert lengths == sorted(lengths)
     assert measurement.cut == {speaker: [False] * len(plan.contexts[speaker]) for speaker in plan.speakers}
     assert set(measurement.loss) == set(plan.speakers) and all(measurement.tokens[name] > 0 for name in plan.speakers)
 
@@ -104,7 +109,7 @@ def test_the_report_writes_the_turn_sample_py_writes_at_the_same_conversation(mo
     context = plan_evaluation(data, settings, memory).contexts["Alexander Smirnov"][0]
     assert bool(context.memory) == (memory is A_MEMORY)
     write = model_writer(model, dolphin_tokenizer, settings, CPU, caps={context.speaker: 12})
-    [report_turn] = write([context], settings.seed, lambda: None)
+    [report_turn] = write([context], [settings.seed], lambda: None)
 
     chat = Chat(
         Generator(model, max_len=96, device=CPU),

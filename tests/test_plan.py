@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.chatml import split_to_fit
 from data.dataset import prepare_data
@@ -81,3 +82,9 @@ def test_nothing_held_out_is_refused(dolphin_tokenizer):
     data = prepare_data(SAMPLE, dolphin_tokenizer, DataConfig(seq_len=256, val_fraction=0))
     with pytest.raises(EvaluationError, match="no held-out sessions to evaluate on"):
         plan_evaluation(data, EvalSettings())
+
+
+def test_turns_are_written_48_at_once_on_a_cpu_16_on_a_gpu_unless_sample_batch_says():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert (EvalSettings().turns_at_once(cpu), EvalSettings().turns_at_once(gpu)) == (48, 16)
+    assert EvalSettings(sample_batch=5).turns_at_once(cpu) == EvalSettings(sample_batch=5).turns_at_once(gpu) == 5

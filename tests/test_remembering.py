@@ -75,8 +75,9 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     monkeypatch.setattr(
         remembering,
         "_stated",
-        lambda model, tok, facts, contexts, settings, device, caps: (
-            caps_given.append(caps) or [bool(c) * 3 for c in contexts]
+        lambda model, tok, facts, memories, settings, device, caps: (
+            caps_given.append(caps)
+            or {setting: [bool(c) * 3 for c in contexts] for setting, contexts in memories.items()}
         ),
     )
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
@@ -86,7 +87,7 @@ def test_one_pass_gives_each_group_of_turns_its_own_loss(dolphin_tokenizer, monk
     figures = measure_memory(
         model, dolphin_tokenizer, data, speakers, CONFIG, settings, torch.device("cpu"), caps={KATYA: 5}
     )
-    assert caps_given == [{KATYA: 5}] * 2  # the report's lengths, to write the fact turns without and with memory
+    assert caps_given == [{KATYA: 5}]  # the report's lengths, to write the fact turns without and with memory
 
     memory = Memory(Conversations(TRAIN + HELD_OUT), CONFIG, dolphin_tokenizer).for_session(HELD_OUT[0])
     assert "the film tonight was long and boring" in [message for turn in memory for message in turn.messages]
@@ -182,22 +183,32 @@ def test_each_fact_moment_is_written_several_times_each_cut_at_its_speaker_s_len
     from memory.facts import fact_turns
     from tests.helpers import random_model, tiny_config
 
-    asked = []
+    asked, batches = [], []
 
-    def writes_the_name_every_other_time(model, rows, stop_ids, device):
+    def writes_the_name_every_other_time(model, rows, stop_ids, device, on_step):
         first = len(asked)
         asked.extend(rows)
-        said = ["Miso" if (first + index) % 2 == 0 else "ok" for index in range(len(rows))]  # 1st and 3rd turns
+        batches.append(len(rows))
+        said = ["Miso" if (first + index) % 2 == 0 else "ok" for index in range(len(rows))]  # 1st, 3rd, 5th turns
         return [(dolphin_tokenizer.encode(text, special=False), None) for text in said]
 
     monkeypatch.setattr(remembering, "generate_batch", writes_the_name_every_other_time)
     facts = fact_turns(HELD_OUT, TRAIN + HELD_OUT)
-    settings = EvalSettings(contexts=1, fact_samples=3, sample_batch=2, sampling=SamplingConfig(max_new_tokens=40))
+    settings = EvalSettings(
+        contexts=1, fact_samples=3, sample_batch=4, seed=5, sampling=SamplingConfig(max_new_tokens=40)
+    )
     model = random_model(tiny_config(vocab_size=32002, hidden_size=32, intermediate_size=64))
-    stated = remembering._stated(model, dolphin_tokenizer, facts, [[]], settings, torch.device("cpu"), {KATYA: 7})
-    assert len(facts) == 1 and stated == [2]  # 3 turns at the one moment (in batches of 2 and 1): 2 name Miso
-    assert len(asked) == 3 and len({tuple(row.prompt) for row in asked}) == 1
+    memories = {"without": [[]], "with": [HELD_OUT[0].turns[:1]]}
+    stated = remembering._stated(model, dolphin_tokenizer, facts, memories, settings, torch.device("cpu"), {KATYA: 7})
+    # 3 turns at the one moment under each setting, written together, at most 4 at once (so 3 and 3): turns 1,
+    # 3 and 5 name Miso, so 2 of those without memory and 1 of those with it.
+    assert len(facts) == 1 and stated == {"without": [2], "with": [1]} and batches == [3, 3]
+    assert len({tuple(row.prompt) for row in asked[:3]}) == len({tuple(row.prompt) for row in asked[3:]}) == 1
+    assert asked[0].prompt != asked[3].prompt  # the memory stands before the conversation
     assert {row.config.max_new_tokens for row in asked} == {7}
+    # Turn k is sampled from its own stream, seed + k, under both settings: they differ by the memory only.
+    draws = [row.random.initial_seed() for row in asked]
+    assert draws == [5, 6, 7, 5, 6, 7]
     asked.clear()  # a speaker without a length of their own is cut where every turn is: at max_new_tokens
-    remembering._stated(model, dolphin_tokenizer, facts, [[]], settings, torch.device("cpu"), {})
+    remembering._stated(model, dolphin_tokenizer, facts, memories, settings, torch.device("cpu"), {})
     assert {row.config.max_new_tokens for row in asked} == {40}

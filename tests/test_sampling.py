@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fidelity.sampling import generate_batch
+from fidelity.sampling import even_batches, generate_batch
 from model.generation import BatchRow, Generator, SamplingConfig
 from tests.helpers import random_model, tiny_config
 
@@ -44,6 +44,27 @@ def test_sampling_is_seeded_and_stops_at_max_new_tokens():
         for _ in range(2)
     )
     assert first == second and [(len(tokens), cut) for tokens, cut in first] == [(5, True)] * len(PROMPTS)
+
+
+def test_a_row_with_a_stream_of_its_own_writes_what_it_writes_alone_whatever_it_is_batched_with():
+    model = random_model(tiny_config())
+    config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=8)
+
+    def rows(numbers):
+        return [BatchRow(PROMPTS[number], config, torch.Generator().manual_seed(number)) for number in numbers]
+
+    alone = [generate_batch(model, rows([number]), set(), CPU)[0] for number in range(len(PROMPTS))]
+    assert generate_batch(model, rows(range(len(PROMPTS))), set(), CPU) == alone
+    assert generate_batch(model, rows([3, 1]), set(), CPU) == [alone[3], alone[1]]
+    assert len({tuple(tokens) for tokens, _ in alone}) == len(PROMPTS)
+
+
+@pytest.mark.parametrize(
+    ("count", "sizes"), [(0, []), (5, [5]), (48, [48]), (50, [25, 25]), (112, [37, 37, 38]), (480, [48] * 10)]
+)
+def test_batches_are_as_few_as_hold_the_turns_and_as_even_as_can_be(count, sizes):
+    batches = even_batches(list(range(count)), 48)
+    assert [len(batch) for batch in batches] == sizes and sum(batches, []) == list(range(count))
 
 
 def test_a_turn_that_reaches_its_own_length_is_cut_and_one_that_ends_is_not():
