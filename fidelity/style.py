@@ -25,7 +25,7 @@ COUNTS = (
     "characters",
     "letters",
     "cyrillic_letters",
-    "emoji",
+    "messages_with_emoji",
     "questions",
     "messages_with_a_letter",
     "lowercase_starts",
@@ -46,12 +46,14 @@ class Statistic:
 # One statistic per habit: a Latin share would be the Cyrillic share's other side (for the scripts chats
 # are written in), counting the script twice in a mean position. Mixing is a habit of its own: a person who
 # writes half Russian, half English in each message has the Cyrillic share of a crowd of people who each write
-# one language, and only the mixed messages tell the two apart.
+# one language, and only the mixed messages tell the two apart. Emoji count as the share of messages with one,
+# not as a rate: a rate's distance is relative (style_distance), so for a person who never writes one, a twin
+# writing one emoji in a hundred messages would be as far from them as one writing an emoji in every message.
 STATISTICS = (
     Statistic("messages_per_turn", "messages per turn", False, "messages", "turns"),
     Statistic("chars_per_message", "characters per message", False, "characters", "messages"),
     Statistic("cyrillic_share", "Cyrillic share of letters", True, "cyrillic_letters", "letters"),
-    Statistic("emoji_per_message", "emoji per message", False, "emoji", "messages"),
+    Statistic("emoji_share", "messages with an emoji", True, "messages_with_emoji", "messages"),
     Statistic("question_share", 'messages ending in "?"', True, "questions", "messages"),
     Statistic("lowercase_share", "messages starting in lower case", True, "lowercase_starts", "messages_with_a_letter"),
     Statistic("link_share", "turns with a link", True, "turns_with_a_link", "turns"),
@@ -115,7 +117,7 @@ def turn_counts(turn: list[str]) -> list[int]:
         sum(map(len, turn)),
         len(letters),
         scripts.count("CYRILLIC"),
-        sum(map(count_emoji, turn)),
+        sum(count_emoji(message) > 0 for message in turn),
         sum(message.rstrip().endswith("?") for message in turn),
         len(cases),
         sum(cases),
@@ -147,8 +149,8 @@ def style_distance(statistic: Statistic, value, real):
     floats or numpy arrays of them, element by element.
 
     A share is already on a common scale: the distance is the absolute difference, 0.3 meaning 30
-    percentage points. A rate has no natural scale (characters per message run to hundreds, emoji
-    per message rarely pass 1), so its distance is the difference relative to the larger of the
+    percentage points. A rate has no natural scale (characters per message run to hundreds, messages
+    per turn rarely pass 5), so its distance is the difference relative to the larger of the
     two: 0.5 means one is half the other, 1 that one of them is zero and the other not.
     """
     difference = np.abs(np.subtract(value, real, dtype=np.float64))

@@ -72,16 +72,12 @@ def test_each_persona_has_a_style_of_their_own_throughout(sessions, half):
     # Катя: many short lower-case messages a turn, emoji, no question marks.
     assert highest(stats, "messages_per_turn") == lowest(stats, "chars_per_message") == KATYA
     assert katya["messages_per_turn"] > 2 and katya["chars_per_message"] < 15
-    assert (
-        katya["emoji_per_message"]
-        > 0.4
-        > max(stats[persona]["emoji_per_message"] for persona in PERSONAS if persona != KATYA)
-    )
+    assert katya["emoji_share"] > 0.4 > max(stats[persona]["emoji_share"] for persona in PERSONAS if persona != KATYA)
     assert katya["lowercase_share"] > 0.95 and katya["cyrillic_share"] > 0.95 and katya["question_share"] == 0
     # Eleanor: one long, capitalised English message a turn.
     assert lowest(stats, "messages_per_turn") == highest(stats, "chars_per_message") == ELEANOR
     assert eleanor["messages_per_turn"] < 1.05 and eleanor["chars_per_message"] > 100
-    assert eleanor["lowercase_share"] < 0.05 and eleanor["cyrillic_share"] < 0.05 and eleanor["emoji_per_message"] == 0
+    assert eleanor["lowercase_share"] < 0.05 and eleanor["cyrillic_share"] < 0.05 and eleanor["emoji_share"] == 0
     # Dmitry: capitalised Russian, questions and links.
     assert highest(stats, "question_share") == highest(stats, "link_share") == DMITRY
     assert dmitry["question_share"] > 0.5 and dmitry["link_share"] > 0.15 and dmitry["lowercase_share"] < 0.1

@@ -28,7 +28,7 @@ def test_statistics_of_hand_made_turns():
             "messages_per_turn": 5 / 3,
             "chars_per_message": (7 + 12 + 5 + 14 + 6) / 5,
             "cyrillic_share": 10 / 30,
-            "emoji_per_message": 1 / 5,
+            "emoji_share": 1 / 5,
             "question_share": 1 / 5,
             "lowercase_share": 3 / 5,  # how, ок, https; not Привет, Да
             "link_share": 1 / 3,
@@ -56,7 +56,7 @@ def test_statistics_without_messages_or_letters_are_zero():
     assert set(style_statistics([[]]).values()) == {0.0}
     no_letters = style_statistics([["🙂", "123"]])
     assert no_letters["cyrillic_share"] == no_letters["lowercase_share"] == 0
-    assert no_letters["emoji_per_message"] == 0.5 and no_letters["messages_per_turn"] == 2
+    assert no_letters["emoji_share"] == 0.5 and no_letters["messages_per_turn"] == 2
 
 
 @pytest.mark.parametrize(
@@ -99,3 +99,14 @@ def test_distances_are_symmetric_and_between_zero_and_one(rate_a, rate_b, share_
         assert 0 <= distance <= 1
         assert distance == style_distance(statistic, b, a)
         assert (distance == 0) == (a == b)
+
+
+def test_emoji_count_by_the_messages_that_have_one():
+    """For a person who never writes an emoji, one in a hundred messages is close, and one in every message is
+    as far as can be: a share's distance, not a rate's (which is relative, so both would be as far)."""
+    never = style_statistics([["ok"]] * 100)["emoji_share"]
+    rarely = style_statistics([["ok 🙂🙂"]] + [["ok"]] * 99)["emoji_share"]
+    always = style_statistics([["ok 🙂"]] * 100)["emoji_share"]
+    emoji = next(statistic for statistic in STATISTICS if statistic.name == "emoji_share")
+    assert (rarely, always) == (0.01, 1.0)
+    assert style_distance(emoji, rarely, never) == pytest.approx(0.01) and style_distance(emoji, always, never) == 1
