@@ -15,7 +15,7 @@ from data.packing import pack
 from data.sessions import Session, format_body, messages_of
 from fidelity import EvaluationError
 from fidelity.plan import Context, EvalSettings, Plan
-from fidelity.sampling import even_batches, generate_batch
+from fidelity.sampling import batches_with_progress, generate_batch
 from model.generation import BatchRow
 from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from model.tokenizer import Tokenizer
@@ -174,23 +174,16 @@ def measure(
         # sampled with seed + n under both models, whatever it is batched with, so their turns differ by the
         # model only.
         order = sorted(range(len(everywhere)), key=lambda index: everywhere[index].characters)
-        batches = even_batches(order, settings.turns_at_once(device))
         written: list[WrittenTurn] = [WrittenTurn([], False)] * len(everywhere)
-        # Counted in steps: a batch's prompts go in one a step, then it decodes for at most its longest cap, so
-        # that the time left shows from the first prompt on; a batch whose turns all end early skips the rest.
-        steps = [len(batch) + max(caps[everywhere[index].speaker] for index in batch) for batch in batches]
-        with tqdm(
-            total=sum(steps),
-            desc=f"writing {len(everywhere)} turns as the speakers ({name} model)",
-            unit="step",
-            leave=False,
-        ) as bar:
-            for batch, most in zip(batches, steps):
-                done = bar.n
-                contexts, seeds = [everywhere[index] for index in batch], [settings.seed + index for index in batch]
-                for index, turn in zip(batch, write(contexts, seeds, lambda: bar.update(1))):
-                    written[index] = turn
-                bar.update(done + most - bar.n)
+        for batch, on_step in batches_with_progress(
+            order,
+            settings.turns_at_once(device),
+            lambda index: caps[everywhere[index].speaker],
+            f"writing {len(everywhere)} turns as the speakers ({name} model)",
+        ):
+            contexts, seeds = [everywhere[index] for index in batch], [settings.seed + index for index in batch]
+            for index, turn in zip(batch, write(contexts, seeds, on_step)):
+                written[index] = turn
         replies = {speaker: [] for speaker in plan.speakers}
         cut = {speaker: [] for speaker in plan.speakers}
         for context, turn in zip(everywhere, written):

@@ -17,7 +17,6 @@ from math import exp
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.chatml import RenderedSession, reply_prompt, split_to_fit, turn_stop_ids
 from data.dataset import PreparedData
@@ -26,7 +25,7 @@ from data.sessions import Turn, messages_of
 from fidelity.calibration import INTERVAL, RESAMPLES
 from fidelity.measure import packed_losses
 from fidelity.plan import EvalSettings
-from fidelity.sampling import even_batches, generate_batch
+from fidelity.sampling import batches_with_progress, generate_batch
 from memory.context import MARK_SPEAKER, Memory
 from memory.facts import NAME, FactTurn, fact_turns, states_fact, words_of
 from memory.settings import MemoryConfig
@@ -504,14 +503,13 @@ def _stated(
                 seed = settings.seed + moment * settings.fact_samples + sample
                 written_at.append((setting, moment, BatchRow(prompt, sampling, torch.Generator().manual_seed(seed))))
     stated = {setting: [0] * len(facts) for setting in memories}
-    batches = even_batches(written_at, settings.turns_at_once(device))
-    steps = [len(batch) + max(row.config.max_new_tokens for *_, row in batch) for batch in batches]
-    with tqdm(total=sum(steps), desc=f"writing {len(written_at)} fact turns", unit="step", leave=False) as bar:
-        for batch, most in zip(batches, steps):
-            done = bar.n
-            rows = [row for *_, row in batch]
-            written = generate_batch(model, rows, turn_stop_ids(tokenizer), device, lambda: bar.update(1))
-            for (setting, moment, _), (tokens, _) in zip(batch, written):
-                stated[setting][moment] += states_fact("\n".join(messages_of(tokenizer.decode(tokens))), facts[moment])
-            bar.update(done + most - bar.n)
+    for batch, on_step in batches_with_progress(
+        written_at,
+        settings.turns_at_once(device),
+        lambda item: item[2].config.max_new_tokens,
+        f"writing {len(written_at)} fact turns",
+    ):
+        written = generate_batch(model, [row for *_, row in batch], turn_stop_ids(tokenizer), device, on_step)
+        for (setting, moment, _), (tokens, _) in zip(batch, written):
+            stated[setting][moment] += states_fact("\n".join(messages_of(tokenizer.decode(tokens))), facts[moment])
     return stated

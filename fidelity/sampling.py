@@ -6,10 +6,11 @@ batched with (to within the rounding of a batch's arithmetic).
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import torch
+from tqdm import tqdm
 
 from model.generation import BatchDecoder, BatchRow
 from model.transformer import Transformer
@@ -23,6 +24,22 @@ def even_batches(items: Sequence[Item], most: int) -> list[Sequence[Item]]:
     nearly as long."""
     count = math.ceil(len(items) / most)
     return [items[number * len(items) // count : (number + 1) * len(items) // count] for number in range(count)]
+
+
+def batches_with_progress(
+    items: Sequence[Item], most: int, longest: Callable[[Item], int], desc: str
+) -> Iterator[tuple[Sequence[Item], Callable[[], None]]]:
+    """even_batches of `items`, each with the on_step of one progress bar over them all. The bar counts steps: a
+    batch's prompts go in one a step, then it decodes for at most its longest turn (`longest`: an item's cap in
+    tokens), so that the time left shows from the first prompt on; a batch whose turns all end early skips the
+    rest."""
+    batches = even_batches(items, most)
+    steps = [len(batch) + max(map(longest, batch)) for batch in batches]
+    with tqdm(total=sum(steps), desc=desc, unit="step", leave=False) as bar:
+        for batch, count in zip(batches, steps):
+            done = bar.n
+            yield batch, lambda: bar.update(1)
+            bar.update(done + count - bar.n)
 
 
 def generate_batch(

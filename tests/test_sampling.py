@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from fidelity.sampling import even_batches, generate_batch
+from fidelity import sampling
+from fidelity.sampling import batches_with_progress, even_batches, generate_batch
 from model.generation import BatchRow, Generator, SamplingConfig
 from tests.helpers import random_model, tiny_config
 
@@ -65,6 +66,33 @@ def test_a_row_with_a_stream_of_its_own_writes_what_it_writes_alone_whatever_it_
 def test_batches_are_as_few_as_hold_the_turns_and_as_even_as_can_be(count, sizes):
     batches = even_batches(list(range(count)), 48)
     assert [len(batch) for batch in batches] == sizes and sum(batches, []) == list(range(count))
+
+
+def test_the_progress_bar_counts_each_prompt_and_each_batch_s_longest_turn_and_skips_what_ends_early(monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **_):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, steps):
+            self.n += steps
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            pass
+
+    monkeypatch.setattr(sampling, "tqdm", Bar)
+    caps = [4, 9, 2, 3, 5]
+    seen = []
+    for batch, on_step in batches_with_progress(list(range(5)), 3, caps.__getitem__, "writing"):
+        seen.append(list(batch))
+        on_step()  # the batch ends after one step of its prompts: the rest of its steps are skipped
+        assert bars[0].n == 1 + (0 if len(seen) == 1 else 2 + 9)
+    assert seen == [[0, 1], [2, 3, 4]] and bars[0].total == (2 + 9) + (3 + 5) == bars[0].n
 
 
 def test_a_turn_that_reaches_its_own_length_is_cut_and_one_that_ends_is_not():
