@@ -15,7 +15,7 @@ prompt computes what it would alone. A row that ends leaves the batch, and the b
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -344,7 +344,8 @@ class BatchDecoder:
 
     def _register(self, row: BatchRow) -> int:
         number, self.numbered = self.numbered, self.numbered + 1
-        self.rows[number], self.written[number] = row, 0
+        # A CPU stream cannot draw for a GPU's scores: the row draws from one on the device, seeded from it.
+        self.rows[number], self.written[number] = replace(row, random=random_on_device(row.random, self.device)), 0
         self.context[number] = torch.tensor(row.prompt, device=self.device)
         return number
 

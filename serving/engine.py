@@ -34,7 +34,6 @@ from model.generation import (
     Chosen,
     Generator,
     SamplingConfig,
-    random_on_device,
     random_stream,
 )
 from model.tokenizer import Tokenizer
@@ -225,7 +224,7 @@ class Engine:
                 self._note("cancelled", "before it started")
                 continue
             request = job.request
-            random = random_on_device(random_stream(request.seed), self.generator.device)
+            random = random_stream(request.seed)  # the decoder draws it on its device
             reply = _Writing(job, self.tokenizer, self.stop_ids)
             try:
                 writing[decoder.add(BatchRow(request.prompt, request.sampling, random))] = reply

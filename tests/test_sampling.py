@@ -136,3 +136,24 @@ PINNED = [
 def test_seeded_tokens_are_those_written_before_the_decoder_moved(config, stop_ids, expected):
     model = random_model(tiny_config(), seed=2)
     assert written(model, config, stop_ids, torch.Generator().manual_seed(5)) == expected
+
+
+def test_each_row_draws_from_a_stream_on_the_decoder_s_device(monkeypatch):
+    """On a GPU a CPU stream cannot draw for the scores (and sample.py's Generator draws on the device too):
+    model.generation.random_on_device gives each row its stream there. Only the wiring can be checked on a CPU."""
+    from model import generation
+
+    moved = []
+
+    def on_device(stream, device):
+        moved.append((stream.initial_seed(), device.type))
+        return stream
+
+    monkeypatch.setattr(generation, "random_on_device", on_device)
+    model = random_model(tiny_config())
+    rows = [
+        BatchRow(prompt, SamplingConfig(max_new_tokens=2), torch.Generator().manual_seed(n))
+        for n, prompt in enumerate(PROMPTS)
+    ]
+    generate_batch(model, rows, set(), CPU)
+    assert sorted(moved) == [(n, "cpu") for n in range(len(PROMPTS))]
