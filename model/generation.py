@@ -253,7 +253,8 @@ class _Prefill:
 class BatchDecoder:
     """Decodes rows together. Each step (iterating, or `step()`) is one forward pass of the batch, and gives
     what each row in it chose, in batch order; each row draws from its own stream, so a stream shared by
-    several rows is drawn row by row. `drop(row)` takes a row out before the next step.
+    several rows is drawn row by row (on a GPU, each row from a stream on the GPU that it seeds: see
+    _register). `drop(row)` takes a row out before the next step.
 
     The rows given at the start go in first, a prompt a step (so that a progress bar moves from the start), each
     alone, in the order of their tokens so that each reuses the prefix it shares with the one before (a report's
