@@ -12,25 +12,24 @@ where it is shorter) stand in the text of the memory placed before its session.
 import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from math import exp
 
 import numpy as np
 import torch
 
-from data.chatml import RenderedSession, reply_prompt, split_to_fit, turn_stop_ids
+from data.chatml import RenderedSession, split_to_fit
 from data.dataset import PreparedData
 from data.packing import pack
-from data.sessions import Turn, messages_of
+from data.sessions import Turn
 from fidelity.calibration import INTERVAL, RESAMPLES
-from fidelity.measure import packed_losses
-from fidelity.plan import EvalSettings
-from fidelity.sampling import batches_with_progress, generate_batch
+from fidelity.measure import model_writer, packed_losses
+from fidelity.plan import Context, EvalSettings
+from fidelity.sampling import batches_with_progress
 from memory.context import MARK_SPEAKER, Memory
 from memory.facts import NAME, FactTurn, fact_turns, states_fact, words_of
 from memory.settings import MemoryConfig
 from memory.store import Conversations
-from model.generation import BatchRow
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
@@ -485,31 +484,31 @@ def _stated(
     caps: dict[str, int],
 ) -> dict[str, list[int]]:
     """At each fact turn's moment, under each setting of `memories` (the memory it gives each moment), how many of
-    the settings.fact_samples turns the model writes there (sampled as the report samples) state the fact. The
-    turns of every setting are written together; turn k at moment n is sampled with seed + n * fact_samples + k
-    under each, whatever it is batched with, so that the settings' turns differ by the memory only. A moment's
-    turns follow each other, so each after the first reuses its whole prompt. A turn is cut at its speaker's
-    length in `caps` (max_new_tokens for a speaker without one)."""
-    max_len = min(settings.context_tokens, model.config.max_position_embeddings)
-    written_at = []  # (setting, moment, row), settings.fact_samples rows a moment
-    for setting, contexts in memories.items():
-        for moment, (fact, context) in enumerate(zip(facts, contexts)):
-            speaker = fact.session.turns[fact.turn].speaker
-            prompt = reply_prompt(
-                fact.session.turns[: fact.turn], tokenizer, speaker, max_len, settings.sampling.max_new_tokens, context
-            )[0]
-            sampling = replace(settings.sampling, max_new_tokens=caps.get(speaker, settings.sampling.max_new_tokens))
-            for sample in range(settings.fact_samples):
-                seed = settings.seed + moment * settings.fact_samples + sample
-                written_at.append((setting, moment, BatchRow(prompt, sampling, torch.Generator().manual_seed(seed))))
+    the settings.fact_samples turns the model writes there (as the report writes a turn: fidelity.measure's
+    model_writer) state the fact. The turns of every setting are written together; turn k at moment n is sampled
+    with seed + n * fact_samples + k under each, whatever it is batched with, so that the settings' turns differ
+    by the memory only. A moment's turns follow each other, so each after the first reuses its whole prompt. A
+    turn is cut at its speaker's length in `caps` (max_new_tokens for a speaker without one)."""
+    speakers = {fact.session.turns[fact.turn].speaker for fact in facts}
+    caps = {speaker: caps.get(speaker, settings.sampling.max_new_tokens) for speaker in speakers}
+    write = model_writer(model, tokenizer, settings, device, caps)
+    written_at = []  # (setting, moment, context, seed), settings.fact_samples a moment
+    for setting, memory_at in memories.items():
+        for moment, (fact, memory) in enumerate(zip(facts, memory_at)):
+            turn = fact.session.turns[fact.turn]
+            context = Context(turn.speaker, fact.session.turns[: fact.turn], turn.messages, memory)
+            written_at += [
+                (setting, moment, context, settings.seed + moment * settings.fact_samples + sample)
+                for sample in range(settings.fact_samples)
+            ]
     stated = {setting: [0] * len(facts) for setting in memories}
     for batch, on_step in batches_with_progress(
         written_at,
         settings.turns_at_once(device),
-        lambda item: item[2].config.max_new_tokens,
+        lambda item: caps[item[2].speaker],
         f"writing {len(written_at)} fact turns",
     ):
-        written = generate_batch(model, [row for *_, row in batch], turn_stop_ids(tokenizer), device, on_step)
-        for (setting, moment, _), (tokens, _) in zip(batch, written):
-            stated[setting][moment] += states_fact("\n".join(messages_of(tokenizer.decode(tokens))), facts[moment])
+        turns = write([context for _, _, context, _ in batch], [seed for *_, seed in batch], on_step)
+        for (setting, moment, _, _), turn in zip(batch, turns):
+            stated[setting][moment] += states_fact("\n".join(turn.messages), facts[moment])
     return stated

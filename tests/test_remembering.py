@@ -179,7 +179,7 @@ def test_a_chance_reads_as_a_share_or_as_one_in_so_many():
 
 
 def test_each_fact_moment_is_written_several_times_each_cut_at_its_speaker_s_length(dolphin_tokenizer, monkeypatch):
-    from fidelity import remembering
+    from fidelity import measure, remembering
     from memory.facts import fact_turns
     from tests.helpers import random_model, tiny_config
 
@@ -192,7 +192,7 @@ def test_each_fact_moment_is_written_several_times_each_cut_at_its_speaker_s_len
         said = ["Miso" if (first + index) % 2 == 0 else "ok" for index in range(len(rows))]  # 1st, 3rd, 5th turns
         return [(dolphin_tokenizer.encode(text, special=False), None) for text in said]
 
-    monkeypatch.setattr(remembering, "generate_batch", writes_the_name_every_other_time)
+    monkeypatch.setattr(measure, "generate_batch", writes_the_name_every_other_time)  # as the report writes a turn
     facts = fact_turns(HELD_OUT, TRAIN + HELD_OUT)
     settings = EvalSettings(
         contexts=1, fact_samples=3, sample_batch=4, seed=5, sampling=SamplingConfig(max_new_tokens=40)
